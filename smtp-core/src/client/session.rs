@@ -1,0 +1,213 @@
+//! Session set-up: greeting, EHLO (HELO fallback), STARTTLS, AUTH.
+//!
+//! One command at a time (RFC 2920 §3.1: EHLO, STARTTLS and AUTH end a
+//! pipelined group anyway). The STARTTLS decisions follow the policy matrix
+//! of DESIGN.md; the secret-revealing rule is enforced by
+//! [`choose_mechanism`].
+
+use std::time::Instant;
+
+use super::event::{Event, Warning};
+use super::outbox::Expect;
+use super::{Client, State};
+use crate::command::Command;
+use crate::ehlo::Capabilities;
+use crate::error::{Error, PolicyError, ProtocolError};
+use crate::policy::TlsPolicy;
+use crate::reply::Reply;
+use crate::sasl::{Authenticator, Mechanism, choose_mechanism};
+use crate::timeouts::Phase;
+
+/// EHLO replies after which HELO is worth a try (RFC 5321 §4.1.4: a server
+/// that does not know EHLO answers 500, 502, 504 or 550).
+const EHLO_UNSUPPORTED: [u16; 4] = [500, 502, 504, 550];
+
+impl Client {
+    pub(super) fn send_ehlo(&mut self, now: Instant) {
+        self.out.command(&Command::Ehlo(&self.config.client_id));
+        self.pending.push(now, Expect::Ehlo);
+    }
+
+    pub(super) fn on_greeting(&mut self, now: Instant, reply: Reply) {
+        if reply.code().as_u16() != 220 {
+            // RFC 5321 §3.1: after a 554 greeting the client should say QUIT.
+            self.fail_and_quit(Error::Rejected {
+                phase: Phase::Greeting,
+                reply,
+            });
+            return;
+        }
+        self.out.event(Event::Greeting(reply));
+        if self.quit_requested && self.messages.is_empty() {
+            self.send_quit(now);
+        } else {
+            self.send_ehlo(now);
+        }
+    }
+
+    pub(super) fn on_ehlo(&mut self, now: Instant, reply: Reply) {
+        let code = reply.code();
+        if code.is_positive() {
+            self.caps = Capabilities::from_reply(&reply);
+            self.out.event(Event::Capabilities(self.caps.clone()));
+            self.after_hello(now);
+        } else if EHLO_UNSUPPORTED.contains(&code.as_u16()) {
+            self.out.command(&Command::Helo(&self.config.client_id));
+            self.pending.push(now, Expect::Helo);
+        } else {
+            self.fail_and_quit(Error::Rejected {
+                phase: Phase::Ehlo,
+                reply,
+            });
+        }
+    }
+
+    pub(super) fn on_helo(&mut self, now: Instant, reply: Reply) {
+        if reply.code().is_positive() {
+            self.caps = Capabilities::default();
+            self.after_hello(now);
+        } else {
+            self.fail_and_quit(Error::Rejected {
+                phase: Phase::Ehlo,
+                reply,
+            });
+        }
+    }
+
+    /// After a successful EHLO/HELO: STARTTLS if the policy wants it, else AUTH.
+    fn after_hello(&mut self, now: Instant) {
+        let policy = self.config.tls;
+        if self.tls || !policy.attempts_tls() {
+            self.start_auth(now);
+        } else if self.caps.starttls() {
+            self.out.command(&Command::StartTls);
+            self.pending.push(now, Expect::StartTls);
+        } else if policy.requires_tls() {
+            self.fail_and_quit(PolicyError::StartTlsNotOffered { policy }.into());
+        } else {
+            // Optional: plaintext, and start_auth will not reveal a secret.
+            self.start_auth(now);
+        }
+    }
+
+    /// Returns true when the driver must now do the TLS handshake.
+    pub(super) fn on_starttls(&mut self, now: Instant, reply: Reply) -> bool {
+        let policy = self.config.tls;
+        if reply.code().as_u16() == 220 {
+            // The event comes from handle_input, once it has checked that
+            // nothing followed the 220.
+            self.state = State::TlsUpgrade;
+            return true;
+        }
+        if !reply.code().is_positive() && policy == TlsPolicy::Optional {
+            // The matrix: Optional goes on in plaintext on this connection.
+            self.start_auth(now);
+        } else if reply.code().is_positive() {
+            self.fail_and_quit(
+                ProtocolError::UnexpectedReply {
+                    phase: Phase::StartTls,
+                    reply,
+                }
+                .into(),
+            );
+        } else {
+            self.fail_and_quit(PolicyError::StartTlsRefused { policy, reply }.into());
+        }
+        false
+    }
+
+    fn start_auth(&mut self, now: Instant) {
+        let Some(credentials) = self.config.credentials.as_ref() else {
+            self.ready(now);
+            return;
+        };
+        if self.caps.auth_mechanisms().is_empty() {
+            self.fail_and_quit(PolicyError::AuthNotOffered { tls: self.tls }.into());
+            return;
+        }
+        let plaintext_allowed = self.config.tls == TlsPolicy::None;
+        let mechanism = match choose_mechanism(
+            self.caps.auth_mechanisms(),
+            credentials,
+            self.config.auth,
+            self.tls,
+            plaintext_allowed,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail_and_quit(e.into());
+                return;
+            }
+        };
+        if mechanism.reveals_secret() && !self.tls {
+            self.out
+                .event(Event::Warning(Warning::PlaintextSecret(mechanism)));
+        }
+        let mut auth = Authenticator::new(mechanism, credentials, &self.config.sasl_nonce);
+        let initial = auth.initial_response();
+        self.out.command(&Command::Auth {
+            mechanism: mechanism.name(),
+            initial_response: initial.as_ref().map(|s| s.expose()),
+        });
+        self.pending.push(now, Expect::Auth);
+        self.auth = Some(auth);
+    }
+
+    pub(super) fn on_auth(&mut self, now: Instant, reply: Reply) {
+        let Some(auth) = self.auth.as_mut() else {
+            self.fail(
+                ProtocolError::UnexpectedReply {
+                    phase: Phase::Auth,
+                    reply,
+                }
+                .into(),
+            );
+            return;
+        };
+        let mechanism = auth.mechanism();
+        match reply.code().as_u16() {
+            334 => match auth.respond(reply.first_line()) {
+                Ok(response) => {
+                    self.out.command(&Command::AuthResponse(response.expose()));
+                    self.pending.push(now, Expect::Auth);
+                }
+                Err(e) => {
+                    // Cancel the exchange (RFC 4954 §4) before leaving.
+                    self.out.command(&Command::AuthResponse("*"));
+                    self.fail_and_quit(e.into());
+                }
+            },
+            235 if mechanism == Mechanism::ScramSha256 && !auth.server_verified() => {
+                self.fail_and_quit(ProtocolError::ScramUnverified.into());
+            }
+            235 => {
+                self.auth = None;
+                self.out.event(Event::Authenticated(mechanism));
+                self.ready(now);
+            }
+            _ if reply.code().is_intermediate() || reply.code().is_positive() => {
+                self.fail_and_quit(
+                    ProtocolError::UnexpectedReply {
+                        phase: Phase::Auth,
+                        reply,
+                    }
+                    .into(),
+                );
+            }
+            _ => {
+                let detail = auth.error_detail().map(str::to_owned);
+                self.fail_and_quit(Error::AuthenticationFailed {
+                    mechanism,
+                    reply,
+                    detail,
+                });
+            }
+        }
+    }
+
+    fn ready(&mut self, now: Instant) {
+        self.state = State::Ready;
+        self.out.event(Event::Ready);
+        self.advance(now);
+    }
+}

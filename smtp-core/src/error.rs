@@ -1,0 +1,373 @@
+//! The crate's error type, split by who is at fault.
+//!
+//! - [`Error::Protocol`]: the server broke the protocol (malformed reply,
+//!   response injection, a reply that makes no sense where it came).
+//! - [`Error::Rejected`] and [`Error::AuthenticationFailed`]: the server said no,
+//!   with its reply (permanent for 5xx, transient for 4xx).
+//! - [`Error::Timeout`] and [`Error::ConnectionClosed`]: the server went quiet or away.
+//! - [`Error::Policy`]: the session cannot meet the configured encryption or
+//!   secret-handling policy.
+//! - [`Error::Message`]: this message cannot be sent to this server as it is.
+//! - [`Error::Tls`]: the TLS layer failed (reported by the driver).
+//! - [`Error::Misuse`]: the caller broke the API contract.
+//!
+//! Every `Display` says what happened and what to do about it.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::data::BodyError;
+use crate::policy::TlsPolicy;
+use crate::reply::{Reply, ReplyError};
+use crate::sasl::{Mechanism, SaslError};
+use crate::timeouts::Phase;
+
+/// Everything that can go wrong in a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server broke the SMTP protocol.
+    Protocol(ProtocolError),
+    /// The server refused a step with this reply.
+    Rejected {
+        /// What the client was doing.
+        phase: Phase,
+        /// The server's reply (4xx: transient, 5xx: permanent).
+        reply: Reply,
+    },
+    /// The server did not accept the credentials.
+    AuthenticationFailed {
+        /// The mechanism that was tried.
+        mechanism: Mechanism,
+        /// The server's reply.
+        reply: Reply,
+        /// Extra detail from the mechanism (e.g. XOAUTH2's JSON error).
+        detail: Option<String>,
+    },
+    /// No reply within the phase's deadline.
+    Timeout {
+        /// The phase that ran out of time.
+        phase: Phase,
+        /// Its limit.
+        limit: Duration,
+    },
+    /// The server closed the connection.
+    ConnectionClosed {
+        /// What the client was waiting for.
+        phase: Phase,
+    },
+    /// The encryption or secret-handling policy cannot be met.
+    Policy(PolicyError),
+    /// This message cannot go to this server as it is.
+    Message(MessageError),
+    /// Authentication could not proceed (no usable mechanism, bad challenge).
+    Sasl(SaslError),
+    /// The TLS layer failed; the text comes from the driver.
+    Tls {
+        /// What the TLS layer reported.
+        detail: String,
+    },
+    /// The caller broke the API contract.
+    Misuse(Misuse),
+}
+
+impl Error {
+    /// True when retrying the same thing later cannot succeed: a 5xx refusal,
+    /// a message the server cannot take. Everything else (4xx, timeouts,
+    /// disconnects, policy not met this time) is worth a retry.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Rejected { reply, .. } | Self::AuthenticationFailed { reply, .. } => {
+                reply.code().is_permanent()
+            }
+            Self::Message(_) | Self::Misuse(_) => true,
+            Self::Protocol(_)
+            | Self::Timeout { .. }
+            | Self::ConnectionClosed { .. }
+            | Self::Policy(_)
+            | Self::Sasl(_)
+            | Self::Tls { .. } => false,
+        }
+    }
+
+    /// The server's reply behind this error, if one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Self::Rejected { reply, .. } | Self::AuthenticationFailed { reply, .. } => Some(reply),
+            Self::Policy(PolicyError::StartTlsRefused { reply, .. }) => Some(reply),
+            Self::Protocol(ProtocolError::UnexpectedReply { reply, .. }) => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Protocol(e) => write!(f, "the server broke the SMTP protocol: {e}"),
+            Self::Rejected { phase, reply } => {
+                let kind = if reply.code().is_permanent() {
+                    "refused"
+                } else {
+                    "temporarily refused (try again later)"
+                };
+                write!(f, "server {kind} {phase}: {reply}")
+            }
+            Self::AuthenticationFailed {
+                mechanism,
+                reply,
+                detail,
+            } => {
+                write!(f, "authentication with {mechanism} failed: {reply}")?;
+                if let Some(d) = detail {
+                    write!(f, " ({d})")?;
+                }
+                if reply.code().is_permanent() {
+                    f.write_str("; check the user name and password (or token)")?;
+                }
+                Ok(())
+            }
+            Self::Timeout { phase, limit } => write!(
+                f,
+                "no reply to {phase} within {}s; the server or the network is too slow or \
+                 unreachable, try again later or raise the timeout",
+                limit.as_secs()
+            ),
+            Self::ConnectionClosed { phase } => write!(
+                f,
+                "the server closed the connection during {phase}; try again later"
+            ),
+            Self::Policy(e) => e.fmt(f),
+            Self::Message(e) => e.fmt(f),
+            Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),
+            Self::Tls { detail } => write!(f, "TLS failed: {detail}"),
+            Self::Misuse(e) => write!(f, "API misuse: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Protocol(ProtocolError::Malformed(e)) => Some(e),
+            Self::Message(MessageError::Body(e)) => Some(e),
+            Self::Sasl(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The server broke the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A reply could not be parsed or broke a size bound.
+    Malformed(ReplyError),
+    /// Bytes arrived after the `220` to STARTTLS, before the TLS handshake:
+    /// someone tried to inject replies into the encrypted session.
+    ResponseInjection {
+        /// How many bytes arrived.
+        bytes: usize,
+    },
+    /// A reply that cannot answer what the client sent.
+    UnexpectedReply {
+        /// What the client was waiting for.
+        phase: Phase,
+        /// The reply.
+        reply: Reply,
+    },
+    /// A reply when the client had sent nothing.
+    Unsolicited(Reply),
+    /// The server said `235` to SCRAM without proving it knows the password.
+    ScramUnverified,
+    /// Input after the STARTTLS `220` and before the driver said TLS is up.
+    InputDuringHandshake,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(e) => e.fmt(f),
+            Self::ResponseInjection { bytes } => write!(
+                f,
+                "{bytes} bytes arrived together with the 220 to STARTTLS, before encryption \
+                 started (a response-injection attack or a broken middlebox); the session \
+                 was abandoned"
+            ),
+            Self::UnexpectedReply { phase, reply } => {
+                write!(f, "unexpected reply to {phase}: {reply}")
+            }
+            Self::Unsolicited(reply) => {
+                write!(f, "reply received when no command was outstanding: {reply}")
+            }
+            Self::ScramUnverified => f.write_str(
+                "the server accepted SCRAM authentication without proving it knows the \
+                 password (possible impostor); the session was abandoned",
+            ),
+            Self::InputDuringHandshake => {
+                f.write_str("plaintext input arrived while the TLS handshake was pending")
+            }
+        }
+    }
+}
+
+/// The configured policy cannot be met with this server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The server does not offer STARTTLS (or did not say EHLO at all).
+    StartTlsNotOffered {
+        /// The policy in force.
+        policy: TlsPolicy,
+    },
+    /// The server answered STARTTLS with an error.
+    StartTlsRefused {
+        /// The policy in force.
+        policy: TlsPolicy,
+        /// The refusal.
+        reply: Reply,
+    },
+    /// Credentials are set but the server offers no AUTH.
+    AuthNotOffered {
+        /// Whether the session was encrypted.
+        tls: bool,
+    },
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::StartTlsNotOffered { policy } => write!(
+                f,
+                "server does not offer STARTTLS; encryption is {policy} — use --tls optional \
+                 to allow plaintext, or port 465 for implicit TLS"
+            ),
+            Self::StartTlsRefused { policy, reply } => write!(
+                f,
+                "server refused STARTTLS ({reply}); encryption is {policy} — try again later, \
+                 use --tls optional to allow plaintext, or port 465 for implicit TLS"
+            ),
+            Self::AuthNotOffered { tls: false } => f.write_str(
+                "credentials are set but the server offers no AUTH on this plaintext session; \
+                 many servers offer AUTH only after STARTTLS — use --tls required, or port 587 / 465",
+            ),
+            Self::AuthNotOffered { tls: true } => f.write_str(
+                "credentials are set but the server offers no AUTH; check the server and port \
+                 (submission is usually 587 or 465), or send without --user",
+            ),
+        }
+    }
+}
+
+/// This message cannot be sent to this server as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The body broke a rule while it was being sent.
+    Body(BodyError),
+    /// The message is 8-bit and the server lacks 8BITMIME.
+    EightBitUnsupported,
+    /// BINARYMIME was asked for and the server lacks BINARYMIME, CHUNKING or PIPELINING.
+    BinaryUnsupported,
+    /// An address needs SMTPUTF8 and the server lacks it.
+    Utf8Unsupported {
+        /// The address.
+        address: String,
+    },
+    /// REQUIRETLS was asked for and the session is not encrypted or the server lacks it.
+    RequireTlsUnsupported,
+    /// The message is larger than the server's SIZE limit.
+    TooLarge {
+        /// The message size in octets.
+        size: u64,
+        /// The server's limit.
+        limit: u64,
+    },
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Body(e) => e.fmt(f),
+            Self::EightBitUnsupported => f.write_str(
+                "the message has 8-bit content but the server does not offer 8BITMIME; \
+                 re-encode the body as quoted-printable or base64",
+            ),
+            Self::BinaryUnsupported => f.write_str(
+                "the message needs BINARYMIME but the server does not offer BINARYMIME with \
+                 CHUNKING and PIPELINING; re-encode the body as base64",
+            ),
+            Self::Utf8Unsupported { address } => write!(
+                f,
+                "address {address} needs SMTPUTF8 but the server does not offer it; use an \
+                 ASCII address"
+            ),
+            Self::RequireTlsUnsupported => f.write_str(
+                "the message requires REQUIRETLS but the session is not encrypted or the server \
+                 does not offer REQUIRETLS",
+            ),
+            Self::TooLarge { size, limit } => write!(
+                f,
+                "the message is {size} octets but the server accepts at most {limit}; send a \
+                 smaller message (e.g. link large attachments)"
+            ),
+        }
+    }
+}
+
+/// The caller broke the API contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Misuse {
+    /// An envelope with no recipients.
+    NoRecipients,
+    /// A body chunk or body end when no body was asked for.
+    NoBodyWanted,
+    /// A call after the session ended or QUIT was requested.
+    SessionOver,
+    /// `tls_established` when no STARTTLS upgrade was pending.
+    NoUpgradePending,
+}
+
+impl fmt::Display for Misuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoRecipients => "the envelope has no recipients; add at least one",
+            Self::NoBodyWanted => {
+                "body data given when the client had not asked for it (wait for Event::BodyWanted)"
+            }
+            Self::SessionOver => "the session is over or closing; open a new one",
+            Self::NoUpgradePending => "tls_established called but no STARTTLS upgrade was pending",
+        })
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+impl From<PolicyError> for Error {
+    fn from(e: PolicyError) -> Self {
+        Self::Policy(e)
+    }
+}
+
+impl From<MessageError> for Error {
+    fn from(e: MessageError) -> Self {
+        Self::Message(e)
+    }
+}
+
+impl From<Misuse> for Error {
+    fn from(e: Misuse) -> Self {
+        Self::Misuse(e)
+    }
+}
+
+impl From<SaslError> for Error {
+    fn from(e: SaslError) -> Self {
+        Self::Sasl(e)
+    }
+}

@@ -1,0 +1,164 @@
+//! Session phases and their deadlines (RFC 5321 §4.5.3.2).
+//!
+//! A deadline starts when the client begins waiting for a reply and does not
+//! move while bytes trickle in, so a server that drips one byte a minute
+//! cannot hold a phase open past its limit.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A step of an SMTP session: what the client was doing when something happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Opening the TCP connection (enforced by the driver).
+    Connect,
+    /// Waiting for the server's `220` greeting.
+    Greeting,
+    /// EHLO (or the HELO fallback).
+    Ehlo,
+    /// The STARTTLS command.
+    StartTls,
+    /// The TLS handshake (enforced by the driver).
+    TlsHandshake,
+    /// AUTH and its challenges.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// The DATA command, up to its `354`.
+    Data,
+    /// Writing a block of message data (enforced by the driver).
+    DataBlock,
+    /// The reply to the end of the message data (`.` or `BDAT … LAST`).
+    DataEnd,
+    /// RSET.
+    Rset,
+    /// NOOP.
+    Noop,
+    /// QUIT.
+    Quit,
+}
+
+impl Phase {
+    /// A short lower-case name for messages ("greeting", "RCPT", …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Greeting => "greeting",
+            Self::Ehlo => "EHLO",
+            Self::StartTls => "STARTTLS",
+            Self::TlsHandshake => "TLS handshake",
+            Self::Auth => "AUTH",
+            Self::Mail => "MAIL",
+            Self::Rcpt => "RCPT",
+            Self::Data => "DATA",
+            Self::DataBlock => "message data",
+            Self::DataEnd => "end of data",
+            Self::Rset => "RSET",
+            Self::Noop => "NOOP",
+            Self::Quit => "QUIT",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How long each phase may take. Defaults are RFC 5321 §4.5.3.2's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening the connection: 30 s (the RFC sets none; the driver enforces it
+    /// for each address tried).
+    pub connect: Duration,
+    /// The greeting: 5 minutes.
+    pub greeting: Duration,
+    /// EHLO, HELO, STARTTLS, AUTH, RSET, NOOP and QUIT: 5 minutes.
+    pub command: Duration,
+    /// The TLS handshake: 1 minute (enforced by the driver).
+    pub tls_handshake: Duration,
+    /// MAIL: 5 minutes.
+    pub mail: Duration,
+    /// Each RCPT: 5 minutes.
+    pub rcpt: Duration,
+    /// DATA up to its `354`: 2 minutes.
+    pub data: Duration,
+    /// Each write of message data: 3 minutes (enforced by the driver).
+    pub data_block: Duration,
+    /// The reply to the end of data: 10 minutes.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        const MIN: u64 = 60;
+        Self {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(5 * MIN),
+            command: Duration::from_secs(5 * MIN),
+            tls_handshake: Duration::from_secs(MIN),
+            mail: Duration::from_secs(5 * MIN),
+            rcpt: Duration::from_secs(5 * MIN),
+            data: Duration::from_secs(2 * MIN),
+            data_block: Duration::from_secs(3 * MIN),
+            data_end: Duration::from_secs(10 * MIN),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same limit for every phase (handy for tests and impatient tools).
+    pub const fn uniform(limit: Duration) -> Self {
+        Self {
+            connect: limit,
+            greeting: limit,
+            command: limit,
+            tls_handshake: limit,
+            mail: limit,
+            rcpt: limit,
+            data: limit,
+            data_block: limit,
+            data_end: limit,
+        }
+    }
+
+    /// The limit for waiting on a reply in `phase`.
+    pub const fn for_phase(&self, phase: Phase) -> Duration {
+        match phase {
+            Phase::Connect => self.connect,
+            Phase::Greeting => self.greeting,
+            Phase::TlsHandshake => self.tls_handshake,
+            Phase::Mail => self.mail,
+            Phase::Rcpt => self.rcpt,
+            Phase::Data => self.data,
+            Phase::DataBlock => self.data_block,
+            Phase::DataEnd => self.data_end,
+            Phase::Ehlo
+            | Phase::StartTls
+            | Phase::Auth
+            | Phase::Rset
+            | Phase::Noop
+            | Phase::Quit => self.command,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_rfc_5321() {
+        let t = Timeouts::default();
+        assert_eq!(t.for_phase(Phase::Greeting), Duration::from_secs(300));
+        assert_eq!(t.for_phase(Phase::Mail), Duration::from_secs(300));
+        assert_eq!(t.for_phase(Phase::Rcpt), Duration::from_secs(300));
+        assert_eq!(t.for_phase(Phase::Data), Duration::from_secs(120));
+        assert_eq!(t.for_phase(Phase::DataBlock), Duration::from_secs(180));
+        assert_eq!(t.for_phase(Phase::DataEnd), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,214 @@
+//! A scripted server and a virtual clock driving the sans-IO client.
+//!
+//! Scripts read like transcripts: `S: ` lines are what the server sends
+//! (consecutive ones in one write), `C: ` lines what the client must have
+//! sent by then, exactly and in order (`*` at the end matches any rest).
+
+use std::time::{Duration, Instant};
+
+use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::command::ClientId;
+use smtp_core::{Client, Config, Envelope, Error, Event, MessageOutcome, TlsPolicy};
+
+pub(crate) struct Run {
+    pub(crate) client: Client,
+    pub(crate) now: Instant,
+    /// What the client wrote that no `C:` line has matched yet.
+    pub(crate) wire: Vec<u8>,
+    pub(crate) events: Vec<Event>,
+    /// The body given on every `BodyWanted`, in chunks of `chunk` bytes.
+    pub(crate) body: Vec<u8>,
+    pub(crate) chunk: usize,
+    /// Answer `StartTls` with `tls_established` at once.
+    pub(crate) auto_tls: bool,
+}
+
+pub(crate) fn config() -> Config {
+    Config::new(ClientId::parse("client.example").unwrap()).with_tls(TlsPolicy::None)
+}
+
+pub(crate) fn mailbox(s: &str) -> Mailbox {
+    Mailbox::parse(s).unwrap()
+}
+
+pub(crate) fn envelope(from: &str, to: &[&str]) -> Envelope {
+    Envelope::new(
+        ReversePath::parse(from).unwrap(),
+        to.iter().map(|t| mailbox(t)).collect(),
+    )
+}
+
+impl Run {
+    pub(crate) fn new(config: Config) -> Self {
+        // The clock is virtual: any starting instant will do.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        Self {
+            client: Client::new(config, now),
+            now,
+            wire: Vec::new(),
+            events: Vec::new(),
+            body: b"Subject: test\r\n\r\nHello.\r\n".to_vec(),
+            chunk: 4096,
+            auto_tls: true,
+        }
+    }
+
+    pub(crate) fn send(&mut self, env: Envelope) {
+        self.client.send(self.now, env).expect("send");
+        self.pump();
+    }
+
+    /// Drains output and events, answering BodyWanted and StartTls.
+    pub(crate) fn pump(&mut self) {
+        loop {
+            let mut progressed = self.client.poll_transmit(&mut self.wire);
+            while let Some(event) = self.client.poll_event() {
+                progressed = true;
+                match &event {
+                    Event::BodyWanted(_) => {
+                        let body = self.body.clone();
+                        for piece in body.chunks(self.chunk.max(1)) {
+                            if self.client.body_chunk(self.now, piece).is_err() {
+                                break;
+                            }
+                            let _ = self.client.poll_transmit(&mut self.wire);
+                        }
+                        let _ = self.client.body_end(self.now);
+                    }
+                    Event::StartTls if self.auto_tls => {
+                        let _ = self.client.poll_transmit(&mut self.wire);
+                        self.client
+                            .tls_established(self.now)
+                            .expect("upgrade pending");
+                    }
+                    _ => {}
+                }
+                self.events.push(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Feeds raw server bytes.
+    pub(crate) fn input(&mut self, bytes: &[u8]) {
+        self.client.handle_input(self.now, bytes);
+        self.pump();
+    }
+
+    /// Takes everything the client wrote so far as text.
+    pub(crate) fn take_wire(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.wire)).into_owned()
+    }
+
+    pub(crate) fn script(&mut self, script: &str) {
+        let mut server = String::new();
+        let mut client: Vec<&str> = Vec::new();
+        for raw in script.lines() {
+            let line = raw.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(s) = line.strip_prefix("S:") {
+                self.check_client(&client);
+                client.clear();
+                server.push_str(s.strip_prefix(' ').unwrap_or(s));
+                server.push_str("\r\n");
+            } else if let Some(c) = line.strip_prefix("C:") {
+                if !server.is_empty() {
+                    self.input(std::mem::take(&mut server).as_bytes());
+                }
+                client.push(c.strip_prefix(' ').unwrap_or(c));
+            } else {
+                panic!("script line must start with S: or C: — {raw:?}");
+            }
+        }
+        if !server.is_empty() {
+            self.input(server.as_bytes());
+        }
+        self.check_client(&client);
+    }
+
+    fn check_client(&mut self, expected: &[&str]) {
+        self.pump();
+        if expected.is_empty() {
+            return;
+        }
+        let wire = self.take_wire();
+        let got: Vec<&str> = wire.split_terminator("\r\n").collect();
+        let ok = got.len() == expected.len()
+            && got
+                .iter()
+                .zip(expected)
+                .all(|(g, e)| match e.strip_suffix('*') {
+                    Some(prefix) => g.starts_with(prefix),
+                    None => g == e,
+                });
+        assert!(
+            ok,
+            "client sent:\n{}\nscript expected:\n{}",
+            got.join("\n"),
+            expected.join("\n")
+        );
+        assert!(
+            wire.ends_with("\r\n"),
+            "client output does not end in CRLF: {wire:?}"
+        );
+    }
+
+    /// Moves the virtual clock to the next deadline and fires it.
+    pub(crate) fn expire(&mut self) -> Duration {
+        let at = self.client.poll_timeout().expect("a deadline is armed");
+        let waited = at - self.now;
+        self.now = at;
+        self.client.handle_timeout(self.now);
+        self.pump();
+        waited
+    }
+
+    pub(crate) fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.client.handle_timeout(self.now);
+        self.pump();
+    }
+
+    pub(crate) fn close(&mut self) {
+        self.client.handle_close(self.now);
+        self.pump();
+    }
+
+    pub(crate) fn outcomes(&self) -> Vec<MessageOutcome> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageResult(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Each recipient of each message as `address=status`, in order.
+    pub(crate) fn statuses(&self) -> Vec<String> {
+        self.outcomes()
+            .iter()
+            .flat_map(|m| {
+                m.recipients
+                    .iter()
+                    .map(|r| format!("{}={}", r.recipient, r.status))
+            })
+            .collect()
+    }
+
+    pub(crate) fn failure(&self) -> Option<&Error> {
+        self.events.iter().find_map(|e| match e {
+            Event::Failed(err) => Some(err),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn closed(&self) -> bool {
+        self.events.iter().any(|e| matches!(e, Event::Closed))
+    }
+}

@@ -1,0 +1,8 @@
+//! smtp-core integration tests, one binary so the suite links once.
+
+mod appendix_d;
+mod chunking;
+mod harness;
+mod session;
+mod timeouts;
+mod transactions;
