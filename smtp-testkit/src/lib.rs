@@ -1,6 +1,15 @@
 //! Test tools for SMTP clients.
 //!
-//! This crate will hold a scripted fake SMTP server (real TCP on 127.0.0.1 and
-//! in memory) with fault injection, certificates made on the fly, a capture
-//! server that keeps what it receives, a DNS zone server on loopback, and a
-//! virtual-clock driver for `smtp-core`'s sans-IO client. Not yet built.
+//! - [`certs`]: a test CA and leaf certificates made on the fly (valid,
+//!   self-signed, wrong name, expired).
+//! - [`script`]: a scripted fake SMTP server that reads like a transcript,
+//!   with fault injection, over real TCP on 127.0.0.1 or in memory.
+//! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
+//!   and keeps what it receives.
+//! - [`dns`]: a DNS server on loopback serving a zone built in code.
+#![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod certs;
+pub mod dns;
+pub mod script;
