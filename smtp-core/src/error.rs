@@ -80,6 +80,7 @@ impl Error {
             Self::Rejected { reply, .. } | Self::AuthenticationFailed { reply, .. } => {
                 reply.code().is_permanent()
             }
+            Self::Message(MessageError::Unreadable { .. }) => false,
             Self::Message(_) | Self::Misuse(_) => true,
             Self::Protocol(_)
             | Self::Timeout { .. }
@@ -276,6 +277,11 @@ pub enum MessageError {
     },
     /// REQUIRETLS was asked for and the session is not encrypted or the server lacks it.
     RequireTlsUnsupported,
+    /// The message's source failed while it was being sent.
+    Unreadable {
+        /// What the source reported.
+        detail: String,
+    },
     /// The message is larger than the server's SIZE limit.
     TooLarge {
         /// The message size in octets.
@@ -305,6 +311,11 @@ impl fmt::Display for MessageError {
             Self::RequireTlsUnsupported => f.write_str(
                 "the message requires REQUIRETLS but the session is not encrypted or the server \
                  does not offer REQUIRETLS",
+            ),
+            Self::Unreadable { detail } => write!(
+                f,
+                "the message could not be read while it was being sent ({detail}); nothing was \
+                 delivered, fix the source and send again"
             ),
             Self::TooLarge { size, limit } => write!(
                 f,

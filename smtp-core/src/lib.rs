@@ -104,6 +104,7 @@ mod policy;
 pub mod reply;
 pub mod sasl;
 mod timeouts;
+pub mod transport;
 
 pub use client::{Client, Config, Direction, Event, TranscriptLine, Warning};
 pub use envelope::{

@@ -315,6 +315,11 @@ impl Client {
         }
     }
 
+    /// The configured deadlines (drivers enforce connect, handshake and data-block ones).
+    pub fn timeouts(&self) -> crate::timeouts::Timeouts {
+        self.config.timeouts
+    }
+
     /// Whether the session is encrypted.
     pub fn is_tls(&self) -> bool {
         self.tls

@@ -393,6 +393,24 @@ impl Client {
         Ok(())
     }
 
+    /// The body could not be read (`detail` says why). The session ends
+    /// without the end-of-data mark, so the server never takes a truncated
+    /// message; that message's recipients are deferred, as are the others.
+    pub fn body_failed(&mut self, _now: Instant, detail: impl Into<String>) -> Result<(), Error> {
+        let Some(body) = self.body.as_ref() else {
+            return Err(self.misuse(Misuse::NoBodyWanted));
+        };
+        let (tx, message) = (body.tx, body.message);
+        self.abort_body(
+            tx,
+            message,
+            MessageError::Unreadable {
+                detail: detail.into(),
+            },
+        );
+        Ok(())
+    }
+
     fn misuse(&self, misuse: Misuse) -> Error {
         if matches!(self.state, State::Closed | State::Failed | State::Quitting) {
             Misuse::SessionOver.into()

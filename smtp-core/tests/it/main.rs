@@ -2,6 +2,7 @@
 
 mod appendix_d;
 mod chunking;
+mod drive;
 mod harness;
 mod session;
 mod timeouts;

@@ -1,0 +1,153 @@
+//! The transport-driven loop, over an in-memory transport whose server
+//! answers each read with the next scripted chunk.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use smtp_core::transport::{BodySource, MemoryBody, ReadOutcome, TlsInfo, Transport, drive};
+use smtp_core::{Client, Error, MessageError, RecipientStatus};
+
+use crate::harness::{config, envelope};
+
+struct Scripted {
+    now: Instant,
+    replies: VecDeque<&'static str>,
+    written: Vec<u8>,
+}
+
+#[async_trait]
+impl Transport for Scripted {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    async fn read(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<ReadOutcome> {
+        match self.replies.pop_front() {
+            Some(r) => {
+                buf[..r.len()].copy_from_slice(r.as_bytes());
+                Ok(ReadOutcome::Data(r.len()))
+            }
+            None => {
+                // Silence: jump the clock to the deadline.
+                self.now = deadline.unwrap_or(self.now + Duration::from_secs(1));
+                Ok(ReadOutcome::DeadlinePassed)
+            }
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8], _deadline: Instant) -> io::Result<()> {
+        self.written.extend_from_slice(data);
+        Ok(())
+    }
+
+    async fn start_tls(&mut self, _deadline: Instant) -> Result<TlsInfo, String> {
+        Err("not in this test".into())
+    }
+
+    fn tls_info(&self) -> Option<TlsInfo> {
+        None
+    }
+}
+
+struct Failing;
+
+#[async_trait]
+impl BodySource for Failing {
+    async fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::other("disk on fire"))
+    }
+    async fn rewind(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    // The transports here never wait, so polling in a loop finishes.
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn transport(replies: &[&'static str]) -> Scripted {
+    #[allow(clippy::disallowed_methods)] // the virtual clock starts anywhere
+    let now = Instant::now();
+    Scripted {
+        now,
+        replies: replies.iter().copied().collect(),
+        written: Vec::new(),
+    }
+}
+
+#[test]
+fn delivers_and_quits() {
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 queued\r\n221 bye\r\n",
+    ]);
+    let mut client = Client::new(config(), t.now);
+    client
+        .send(t.now, envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    client.quit(t.now);
+    let mut bodies: Vec<Box<dyn BodySource>> =
+        vec![Box::new(MemoryBody::new("Subject: hi\n\n.dot\n"))];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert!(report.messages[0].all_accepted());
+    let wire = String::from_utf8(t.written).unwrap();
+    assert!(
+        wire.ends_with("Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n"),
+        "{wire}"
+    );
+}
+
+#[test]
+fn unreadable_body_is_never_terminated() {
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+    ]);
+    let mut client = Client::new(config(), t.now);
+    client
+        .send(t.now, envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![Box::new(Failing)];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(matches!(
+        report.error,
+        Some(Error::Message(MessageError::Unreadable { .. }))
+    ));
+    assert_eq!(
+        report.messages[0].recipients[0].status,
+        RecipientStatus::Deferred
+    );
+    let wire = String::from_utf8(t.written).unwrap();
+    assert!(!wire.contains("\r\n.\r\n"), "{wire}");
+    assert!(report.error.unwrap().to_string().contains("disk on fire"));
+}
+
+#[test]
+fn silent_server_times_out() {
+    let mut t = transport(&["220 mx\r\n"]);
+    let mut client = Client::new(config(), t.now);
+    client
+        .send(t.now, envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![Box::new(MemoryBody::new("x"))];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(matches!(report.error, Some(Error::Timeout { .. })));
+    assert_eq!(
+        report.messages[0].recipients[0].status,
+        RecipientStatus::Deferred
+    );
+}
