@@ -1,12 +1,75 @@
-//! The four SMTP encryption policies on rustls, and a tokio transport for `smtp-core`.
+//! The four SMTP encryption policies on rustls 0.23, a tokio transport for
+//! `smtp-core`, and standard delivery through a submission server.
 //!
-//! This crate will hold:
+//! | server does | None | Optional | Required | Certified |
+//! |---|---|---|---|---|
+//! | STARTTLS, valid certificate | plaintext | TLS | TLS | TLS |
+//! | self-signed / expired / wrong name | plaintext | TLS, unverified | TLS, unverified | **fails** |
+//! | no STARTTLS | plaintext | plaintext | **fails** | **fails** |
+//! | STARTTLS refused | – | plaintext | fails | fails |
+//! | handshake fails | – | one plaintext retry (not with credentials) | fails | fails |
 //!
-//! - the policies **None**, **Optional**, **Required** and **Certified** turned into
-//!   rustls 0.23 client configurations (chain and name verification for Certified,
-//!   handshake signatures only for Required, with every weakening named `danger…`);
-//! - a tokio TCP + TLS transport implementing `smtp-core`'s async transport traits,
-//!   with STARTTLS upgrades and implicit TLS (port 465);
-//! - the standard-delivery API: one session, many messages, a report per recipient.
+//! Certified verifies the chain against the web PKI roots (plus any CA file)
+//! and the host name. Required and Optional encrypt without trusting the
+//! certificate but still check the handshake signatures; what weakens checks
+//! is named `Danger…`. Port 465 means implicit TLS; `None` there is refused.
 //!
-//! See `docs/tls.md` in the repository for the policy matrix. Not yet built.
+//! ```text
+//! Submission::send ─► TcpTransport::connect (each address in turn, connect timeout,
+//!                     implicit TLS handshake) ─► smtp_core::transport::drive(Client, …)
+//!                     ─► STARTTLS via TcpTransport::start_tls (rustls, policy's verifier)
+//!                     ─► Delivery { SessionReport (outcome per recipient, TLS facts), … }
+//! ```
+//!
+//! # Example: a submission server on 587, Certified, with AUTH
+//!
+//! ```no_run
+//! use smtp_core::address::{Mailbox, ReversePath};
+//! use smtp_core::sasl::{Credentials, Secret};
+//! use smtp_core::transport::MemoryBody;
+//! use smtp_core::Envelope;
+//! use smtp_tls::{Outgoing, Submission};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = Submission::new("smtp.example.com", 587);
+//! server.credentials = Some(Credentials::Password {
+//!     username: "alice@example.com".into(),
+//!     password: Secret::new(std::env::var("SMTP_PASSWORD")?),
+//! });
+//! let message = Outgoing {
+//!     envelope: Envelope::new(
+//!         ReversePath::parse("alice@example.com")?,
+//!         vec![Mailbox::parse("bob@example.net")?],
+//!     ),
+//!     body: Box::new(MemoryBody::new("From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n")),
+//! };
+//! let delivery = server.send(vec![message], &mut |_| {}).await?;
+//! for outcome in &delivery.session.messages[0].recipients {
+//!     println!("{outcome}");
+//! }
+//! if let Some(tls) = &delivery.session.tls {
+//!     println!("{} {} verified={}", tls.version, tls.cipher_suite, tls.verified);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod body;
+mod config;
+mod error;
+mod submission;
+mod transport;
+mod verify;
+
+pub use body::FileBody;
+pub use config::TlsOptions;
+pub use error::ConnectError;
+pub use submission::{Delivery, Outgoing, Submission};
+pub use transport::TcpTransport;
+
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

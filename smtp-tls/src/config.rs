@@ -1,0 +1,102 @@
+//! The encryption policies turned into rustls client configurations.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+use smtp_core::TlsPolicy;
+
+use crate::verify::{DangerRecordingVerifier, StrictVerifier, Verdict};
+
+/// Which certificates to trust and how strictly.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// The encryption policy.
+    pub policy: TlsPolicy,
+    /// Extra trust anchors (e.g. a private CA), on top of the web PKI roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Trust the web PKI roots (webpki-roots). On by default.
+    pub web_pki_roots: bool,
+    /// Check the certificate against this name instead of the host connected
+    /// to (direct delivery checks the MX host name; this is for the rest).
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// `policy` with the web PKI roots.
+    pub fn new(policy: TlsPolicy) -> Self {
+        Self {
+            policy,
+            extra_roots: Vec::new(),
+            web_pki_roots: true,
+            server_name: None,
+        }
+    }
+
+    /// Adds every certificate of a PEM file as a trust anchor.
+    pub fn add_ca_file(&mut self, path: &Path) -> io::Result<usize> {
+        let pem = std::fs::read(path)?;
+        self.add_ca_pem(&pem)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// Adds every certificate of PEM text as a trust anchor.
+    pub fn add_ca_pem(&mut self, pem: &[u8]) -> io::Result<usize> {
+        let mut reader = pem;
+        let certs = rustls_pemfile::certs(&mut reader).collect::<Result<Vec<_>, _>>()?;
+        if certs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no PEM certificate found",
+            ));
+        }
+        let n = certs.len();
+        self.extra_roots.extend(certs);
+        Ok(n)
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        if self.web_pki_roots {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        // A CA the user gave that webpki cannot use would only make every
+        // handshake fail later, with a vaguer error; skip it here.
+        let _ = roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+        roots
+    }
+
+    /// A client configuration for one connection, and the slot where its
+    /// verifier records whether the certificate verified.
+    pub(crate) fn client_config(&self) -> io::Result<(Arc<ClientConfig>, Verdict)> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verdict: Verdict = Arc::new(Mutex::new(None));
+        let roots = Arc::new(self.roots());
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| io::Error::other(format!("cannot build the certificate verifier: {e}")))?;
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .dangerous();
+        let config = match self.policy {
+            TlsPolicy::Certified => builder
+                .with_custom_certificate_verifier(Arc::new(StrictVerifier::new(
+                    webpki,
+                    verdict.clone(),
+                )))
+                .with_no_client_auth(),
+            TlsPolicy::None | TlsPolicy::Optional | TlsPolicy::Required => builder
+                .with_custom_certificate_verifier(Arc::new(DangerRecordingVerifier::new(
+                    webpki,
+                    provider.clone(),
+                    verdict.clone(),
+                )))
+                .with_no_client_auth(),
+        };
+        Ok((Arc::new(config), verdict))
+    }
+}

@@ -1,0 +1,61 @@
+//! Why a connection could not be made.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A connection that could not be opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The host name did not resolve.
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's words.
+        detail: String,
+    },
+    /// Every address refused or timed out.
+    Unreachable {
+        /// The host.
+        host: String,
+        /// Each address tried and what happened.
+        attempts: Vec<(SocketAddr, String)>,
+    },
+    /// Implicit TLS failed.
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        detail: String,
+    },
+    /// Implicit TLS with the policy None.
+    ImplicitTlsWithoutEncryption {
+        /// The port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Resolve { host, detail } => {
+                write!(f, "cannot resolve {host}: {detail}; check the server name")
+            }
+            Self::Unreachable { host, attempts } => {
+                write!(f, "cannot connect to {host}:")?;
+                for (addr, why) in attempts {
+                    write!(f, " {addr} ({why});")?;
+                }
+                f.write_str(" check the host and port, and that a firewall does not block it")
+            }
+            Self::Tls { addr, detail } => write!(f, "TLS with {addr} failed: {detail}"),
+            Self::ImplicitTlsWithoutEncryption { port } => write!(
+                f,
+                "port {port} needs encryption (implicit TLS) but encryption is none; use --tls \
+                 optional, required or certified, or a STARTTLS port such as 587"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}

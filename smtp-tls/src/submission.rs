@@ -1,0 +1,171 @@
+//! Standard delivery: one session with a server the user has access to,
+//! many messages through it, a report for each.
+
+use smtp_core::command::ClientId;
+use smtp_core::sasl::{AuthChoice, Credentials};
+use smtp_core::transport::{BodySource, SessionReport, drive};
+use smtp_core::{Client, Config, Envelope, Error, Event, Timeouts, TlsPolicy};
+
+use crate::config::TlsOptions;
+use crate::error::ConnectError;
+use crate::transport::TcpTransport;
+
+/// One message to send.
+pub struct Outgoing {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The body, read from its start (perhaps more than once).
+    pub body: Box<dyn BodySource>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server to submit mail through, and how.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// Host name or address.
+    pub host: String,
+    /// Port: 25, 587, 465, …
+    pub port: u16,
+    /// TLS from the first byte (the default on port 465).
+    pub implicit_tls: bool,
+    /// Encryption policy and trust anchors.
+    pub tls: TlsOptions,
+    /// The name sent with EHLO.
+    pub client_id: ClientId,
+    /// Credentials for AUTH, if any.
+    pub credentials: Option<Credentials>,
+    /// Which mechanism.
+    pub auth: AuthChoice,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+    /// Record a transcript (secrets redacted) in the report.
+    pub transcript: bool,
+}
+
+/// What a submission produced.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The session's report.
+    pub session: SessionReport,
+    /// The address the session ran on.
+    pub peer: std::net::SocketAddr,
+    /// Set when Optional fell back to plaintext after a failed handshake: why.
+    pub tls_fallback: Option<String>,
+}
+
+impl Submission {
+    /// A submission to `host:port` with the policy Certified (implicit TLS on 465).
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            implicit_tls: port == 465,
+            tls: TlsOptions::new(TlsPolicy::Certified),
+            client_id: ClientId::localhost(),
+            credentials: None,
+            auth: AuthChoice::Auto,
+            timeouts: Timeouts::default(),
+            transcript: false,
+        }
+    }
+
+    fn config(&self, policy: TlsPolicy) -> Config {
+        let mut config = Config::new(self.client_id.clone())
+            .with_tls(policy)
+            .with_implicit_tls(self.implicit_tls)
+            .with_timeouts(self.timeouts)
+            .with_transcript(self.transcript);
+        if let Some(credentials) = &self.credentials {
+            config = config.with_credentials(credentials.clone(), self.auth, nonce());
+        }
+        config
+    }
+
+    /// Sends `messages` through one session and reports on each.
+    /// `observe` sees every event as it happens (transcripts, progress).
+    pub async fn send(
+        &self,
+        messages: Vec<Outgoing>,
+        observe: &mut (dyn FnMut(&Event) + Send),
+    ) -> Result<Delivery, ConnectError> {
+        // A message without recipients has nothing to deliver.
+        let (envelopes, mut bodies): (Vec<Envelope>, Vec<Box<dyn BodySource>>) = messages
+            .into_iter()
+            .filter(|m| !m.envelope.to.is_empty())
+            .map(|m| (m.envelope, m.body))
+            .unzip();
+        let policy = self.tls.policy;
+        let mut delivery = self
+            .session(policy, &envelopes, &mut bodies, observe)
+            .await?;
+        // The matrix: under Optional a failed handshake is retried once in
+        // plaintext on a new connection, unless credentials would then be
+        // at risk (those stay deferred).
+        if policy == TlsPolicy::Optional && !self.implicit_tls && self.credentials.is_none() {
+            if let Some(Error::Tls { detail }) = &delivery.session.error {
+                let detail = detail.clone();
+                let mut retry = self
+                    .session(TlsPolicy::None, &envelopes, &mut bodies, observe)
+                    .await?;
+                retry.tls_fallback = Some(detail);
+                delivery = retry;
+            }
+        }
+        Ok(delivery)
+    }
+
+    async fn session(
+        &self,
+        policy: TlsPolicy,
+        envelopes: &[Envelope],
+        bodies: &mut [Box<dyn BodySource>],
+        observe: &mut (dyn FnMut(&Event) + Send),
+    ) -> Result<Delivery, ConnectError> {
+        let mut options = self.tls.clone();
+        options.policy = policy;
+        let mut transport = TcpTransport::connect(
+            &self.host,
+            self.port,
+            self.implicit_tls,
+            &options,
+            self.timeouts.connect,
+            self.timeouts.tls_handshake,
+        )
+        .await?;
+        let now = smtp_core::transport::Transport::now(&transport);
+        let mut client = Client::new(self.config(policy), now);
+        for envelope in envelopes {
+            // Cannot fail: every envelope has recipients and the session is new.
+            let _ = client.send(now, envelope.clone());
+        }
+        client.quit(now);
+        let session = drive(&mut client, &mut transport, bodies, observe).await;
+        Ok(Delivery {
+            session,
+            peer: transport.peer(),
+            tls_fallback: None,
+        })
+    }
+}
+
+/// Random bytes for SASL nonces, from the TLS provider's generator.
+pub(crate) fn nonce() -> Vec<u8> {
+    let mut bytes = vec![0u8; 24];
+    if rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .is_err()
+    {
+        // Without randomness SCRAM's nonce would be predictable; a zero
+        // nonce still works but only against servers that add their own.
+        bytes.fill(0);
+    }
+    bytes
+}

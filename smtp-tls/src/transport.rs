@@ -1,0 +1,297 @@
+//! TCP and TLS on tokio, as an `smtp_core::transport::Transport`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use smtp_core::transport::{ReadOutcome, TlsInfo, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::TlsOptions;
+use crate::error::ConnectError;
+use crate::verify::Verdict;
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Between taking the plain stream and getting the TLS one back.
+    Gone,
+}
+
+/// A connection to an SMTP server over TCP, upgraded to TLS when asked.
+pub struct TcpTransport {
+    stream: Stream,
+    peer: SocketAddr,
+    host: String,
+    options: TlsOptions,
+    tls: Option<TlsInfo>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpTransport {
+    /// Connects to each address of `host` in turn (each within
+    /// `connect_timeout`) and, for implicit TLS, completes the handshake.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        implicit_tls: bool,
+        options: &TlsOptions,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        if implicit_tls && options.policy == smtp_core::TlsPolicy::None {
+            return Err(ConnectError::ImplicitTlsWithoutEncryption { port });
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| ConnectError::Resolve {
+                host: host.to_owned(),
+                detail: e.to_string(),
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(ConnectError::Resolve {
+                host: host.to_owned(),
+                detail: "no addresses".into(),
+            });
+        }
+        Self::connect_addrs(
+            host,
+            &addrs,
+            implicit_tls,
+            options,
+            connect_timeout,
+            handshake_timeout,
+        )
+        .await
+    }
+
+    /// Like [`connect`](Self::connect) with the addresses already known
+    /// (direct delivery resolves MX hosts itself). `host` is the name the
+    /// certificate is checked against.
+    pub async fn connect_addrs(
+        host: &str,
+        addrs: &[SocketAddr],
+        implicit_tls: bool,
+        options: &TlsOptions,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        let mut attempts = Vec::new();
+        for &addr in addrs {
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    // Commands are written whole, one write per pipelined
+                    // group: Nagle would only add a round trip of delay.
+                    let _ = tcp.set_nodelay(true);
+                    let mut t = Self {
+                        stream: Stream::Plain(tcp),
+                        peer: addr,
+                        host: host.to_owned(),
+                        options: options.clone(),
+                        tls: None,
+                    };
+                    if implicit_tls {
+                        let deadline = Instant::now() + handshake_timeout;
+                        t.start_tls(deadline)
+                            .await
+                            .map_err(|detail| ConnectError::Tls { addr, detail })?;
+                    }
+                    return Ok(t);
+                }
+                Ok(Err(e)) => attempts.push((addr, e.to_string())),
+                Err(_) => attempts.push((
+                    addr,
+                    format!("no answer within {}s", connect_timeout.as_secs()),
+                )),
+            }
+        }
+        Err(ConnectError::Unreachable {
+            host: host.to_owned(),
+            attempts,
+        })
+    }
+
+    /// The address connected to.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn server_name(&self) -> Result<ServerName<'static>, String> {
+        let name = self
+            .options
+            .server_name
+            .clone()
+            .unwrap_or_else(|| self.host.clone());
+        let name = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        ServerName::try_from(name.clone())
+            .map_err(|_| format!("{name} is not a valid TLS server name"))
+    }
+}
+
+async fn within<F: Future>(deadline: Instant, f: F) -> Option<F::Output> {
+    tokio::time::timeout_at(deadline.into(), f).await.ok()
+}
+
+fn info(stream: &TlsStream<TcpStream>, server_name: &str, verdict: &Verdict) -> TlsInfo {
+    let (_, conn) = stream.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_owned(),
+    };
+    let cipher_suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let verdict = verdict.lock().ok().and_then(|v| v.clone());
+    let (verified, verify_error) = match verdict {
+        Some(Ok(())) => (true, None),
+        Some(Err(e)) => (false, Some(e)),
+        None => (false, Some("the certificate was not checked".to_owned())),
+    };
+    let (peer_subject, peer_not_after) = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
+        .map(|(_, cert)| {
+            (
+                Some(cert.subject().to_string()),
+                Some(cert.validity().not_after.to_string()),
+            )
+        })
+        .unwrap_or((None, None));
+    TlsInfo {
+        version,
+        cipher_suite,
+        verified,
+        verify_error,
+        peer_subject,
+        peer_not_after,
+        server_name: server_name.to_owned(),
+    }
+}
+
+fn io_of(stream: &mut Stream) -> Option<&mut (dyn AsyncReadWrite + Send)> {
+    match stream {
+        Stream::Plain(s) => Some(s),
+        Stream::Tls(s) => Some(s.as_mut()),
+        Stream::Gone => None,
+    }
+}
+
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncReadWrite for T {}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection was lost during the TLS handshake",
+    )
+}
+
+#[async_trait]
+impl Transport for TcpTransport {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    async fn read(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<ReadOutcome> {
+        let io = io_of(&mut self.stream).ok_or_else(gone)?;
+        let result = match deadline {
+            Some(d) => match within(d, io.read(buf)).await {
+                Some(r) => r,
+                None => return Ok(ReadOutcome::DeadlinePassed),
+            },
+            None => io.read(buf).await,
+        };
+        match result {
+            Ok(0) => Ok(ReadOutcome::Closed),
+            Ok(n) => Ok(ReadOutcome::Data(n)),
+            // A TLS peer that closes without close_notify has still closed.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(ReadOutcome::Closed),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8], deadline: Instant) -> io::Result<()> {
+        let io = io_of(&mut self.stream).ok_or_else(gone)?;
+        let write = async {
+            io.write_all(data).await?;
+            io.flush().await
+        };
+        match within(deadline, write).await {
+            Some(r) => r,
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the server stopped reading",
+            )),
+        }
+    }
+
+    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, String> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err("the connection is already encrypted".to_owned());
+        };
+        let name = self.server_name()?;
+        let name_text = self
+            .options
+            .server_name
+            .clone()
+            .unwrap_or_else(|| self.host.clone());
+        let (config, verdict): (Arc<ClientConfig>, Verdict) =
+            self.options.client_config().map_err(|e| e.to_string())?;
+        let connector = TlsConnector::from(config);
+        let stream = match within(deadline, connector.connect(name.clone(), tcp)).await {
+            None => return Err("the TLS handshake did not finish in time".to_owned()),
+            Some(Err(e)) => {
+                // Prefer the verifier's own words for certificate failures.
+                let recorded = verdict
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.clone())
+                    .and_then(Result::err);
+                return Err(recorded.unwrap_or_else(|| handshake_error(&e)));
+            }
+            Some(Ok(s)) => s,
+        };
+        let info = info(&stream, &name_text, &verdict);
+        self.stream = Stream::Tls(Box::new(stream));
+        self.tls = Some(info.clone());
+        Ok(info)
+    }
+
+    fn tls_info(&self) -> Option<TlsInfo> {
+        self.tls.clone()
+    }
+}
+
+fn handshake_error(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        format!(
+            "the TLS handshake failed ({text}); the server may expect plaintext here (port 587/25 use STARTTLS, 465 implicit TLS)"
+        )
+    } else {
+        format!("the TLS handshake failed: {text}")
+    }
+}
