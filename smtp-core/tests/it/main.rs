@@ -4,6 +4,7 @@ mod appendix_d;
 mod chunking;
 mod drive;
 mod harness;
+mod model;
 mod session;
 mod timeouts;
 mod transactions;
