@@ -67,6 +67,11 @@ pub enum Error {
         /// What the TLS layer reported.
         detail: String,
     },
+    /// No connection could be made (direct delivery: every address failed).
+    Connect {
+        /// What happened at each address.
+        detail: String,
+    },
     /// The caller broke the API contract.
     Misuse(Misuse),
 }
@@ -87,7 +92,8 @@ impl Error {
             | Self::ConnectionClosed { .. }
             | Self::Policy(_)
             | Self::Sasl(_)
-            | Self::Tls { .. } => false,
+            | Self::Tls { .. }
+            | Self::Connect { .. } => false,
         }
     }
 
@@ -142,6 +148,7 @@ impl fmt::Display for Error {
             Self::Message(e) => e.fmt(f),
             Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),
             Self::Tls { detail } => write!(f, "TLS failed: {detail}"),
+            Self::Connect { detail } => write!(f, "could not connect: {detail}"),
             Self::Misuse(e) => write!(f, "API misuse: {e}"),
         }
     }

@@ -1,0 +1,432 @@
+//! MX resolution and planning for direct delivery (RFC 5321 §5.1, RFC 7505).
+//!
+//! The [`Resolver`] trait is all the planning needs from DNS (`smtp-dns`
+//! implements it on hickory-resolver). [`plan`] turns a domain into the list
+//! of hosts and addresses to try, in order:
+//!
+//! - MX records by preference, equal preferences shuffled (the random source
+//!   is the caller's, so tests are deterministic);
+//! - no MX records: the domain itself (implicit MX, from its A/AAAA);
+//! - a null MX (`MX 0 .`, RFC 7505): permanent failure, nothing to try;
+//! - NXDOMAIN: permanent; SERVFAIL or a timeout: temporary;
+//! - at most `max_addresses` addresses in all.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+
+/// One MX record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MxRecord {
+    /// Lower is tried first.
+    pub preference: u16,
+    /// The mail exchanger's host name (`.` for a null MX).
+    pub exchange: String,
+}
+
+/// A DNS lookup that did not produce records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// The name does not exist.
+    NxDomain,
+    /// The lookup failed for now (SERVFAIL, timeout, network): try later.
+    Temporary(String),
+}
+
+impl fmt::Display for DnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NxDomain => f.write_str("the domain does not exist (NXDOMAIN)"),
+            Self::Temporary(why) => write!(f, "DNS lookup failed for now ({why})"),
+        }
+    }
+}
+
+impl std::error::Error for DnsError {}
+
+/// What planning needs from DNS. An empty answer is `Ok(vec![])`, not an error.
+#[async_trait]
+pub trait Resolver: Send + Sync {
+    /// The MX records of `domain`.
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError>;
+    /// The IPv4 and IPv6 addresses of `host`.
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError>;
+}
+
+/// How the hosts were found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanKind {
+    /// From MX records.
+    Mx,
+    /// No MX records: the domain's own addresses (RFC 5321 §5.1).
+    ImplicitMx,
+}
+
+/// A host to try and its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedHost {
+    /// The host name (the certificate is checked against it under Certified).
+    pub name: String,
+    /// Its MX preference (0 for an implicit MX).
+    pub preference: u16,
+    /// Its addresses, in the order to try.
+    pub addresses: Vec<IpAddr>,
+    /// Why it has no addresses, if it has none.
+    pub error: Option<DnsError>,
+}
+
+/// The hosts to try for a domain, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MxPlan {
+    /// The domain (A-label form).
+    pub domain: String,
+    /// MX or implicit MX.
+    pub kind: PlanKind,
+    /// The hosts, in order.
+    pub hosts: Vec<PlannedHost>,
+}
+
+impl MxPlan {
+    /// Every (host, address) pair in the order to try.
+    pub fn attempts(&self) -> impl Iterator<Item = (&str, IpAddr)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| h.addresses.iter().map(move |a| (h.name.as_str(), *a)))
+    }
+}
+
+/// Why a domain has nothing to try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The domain says it accepts no mail (RFC 7505 null MX).
+    NullMx {
+        /// The domain.
+        domain: String,
+    },
+    /// The domain does not exist.
+    NxDomain {
+        /// The domain.
+        domain: String,
+    },
+    /// DNS failed for now.
+    Temporary {
+        /// The domain.
+        domain: String,
+        /// Why.
+        detail: String,
+    },
+    /// Records exist but no host has an address.
+    NoAddresses {
+        /// The domain.
+        domain: String,
+    },
+}
+
+impl PlanError {
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::NullMx { .. } | Self::NxDomain { .. })
+    }
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NullMx { domain } => {
+                write!(
+                    f,
+                    "{domain} accepts no mail (null MX, RFC 7505); check the address"
+                )
+            }
+            Self::NxDomain { domain } => {
+                write!(
+                    f,
+                    "the domain {domain} does not exist; check the address for typos"
+                )
+            }
+            Self::Temporary { domain, detail } => {
+                write!(
+                    f,
+                    "cannot look up the mail servers of {domain} now ({detail}); try again later"
+                )
+            }
+            Self::NoAddresses { domain } => write!(
+                f,
+                "the mail servers of {domain} have no addresses; the domain's DNS is broken, try later"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// Plans delivery to `domain`. `pick(n)` returns a number below `n`, used to
+/// shuffle equal preferences (pass a random source; tests pass a fixed one).
+pub async fn plan(
+    resolver: &dyn Resolver,
+    domain: &str,
+    pick: &mut (dyn FnMut(usize) -> usize + Send),
+    max_addresses: usize,
+) -> Result<MxPlan, PlanError> {
+    let owned = || domain.to_owned();
+    let records = match resolver.mx(domain).await {
+        Ok(r) => r,
+        Err(DnsError::NxDomain) => return Err(PlanError::NxDomain { domain: owned() }),
+        Err(DnsError::Temporary(detail)) => {
+            return Err(PlanError::Temporary {
+                domain: owned(),
+                detail,
+            });
+        }
+    };
+    let is_null = |r: &MxRecord| r.exchange.trim_end_matches('.').is_empty();
+    if records.iter().any(is_null) {
+        return Err(PlanError::NullMx { domain: owned() });
+    }
+    let (kind, mut hosts) = if records.is_empty() {
+        (
+            PlanKind::ImplicitMx,
+            vec![(0, domain.trim_end_matches('.').to_owned())],
+        )
+    } else {
+        let mut sorted: Vec<(u16, String)> = records
+            .into_iter()
+            .map(|r| {
+                (
+                    r.preference,
+                    r.exchange.trim_end_matches('.').to_ascii_lowercase(),
+                )
+            })
+            .collect();
+        sorted.sort_by_key(|(p, _)| *p);
+        sorted.dedup_by(|a, b| a.1 == b.1);
+        (PlanKind::Mx, sorted)
+    };
+    // Shuffle each run of equal preferences (Fisher-Yates with `pick`).
+    let mut start = 0;
+    while start < hosts.len() {
+        let end = hosts[start..]
+            .iter()
+            .position(|h| h.0 != hosts[start].0)
+            .map_or(hosts.len(), |n| start + n);
+        for i in (start + 1..end).rev() {
+            let j = start + pick(i - start + 1).min(i - start);
+            hosts.swap(i, j);
+        }
+        start = end;
+    }
+    let mut planned = Vec::new();
+    let mut budget = max_addresses;
+    let mut temporary = None;
+    for (preference, name) in hosts {
+        if budget == 0 {
+            break;
+        }
+        let (mut addresses, error) = match resolver.addresses(&name).await {
+            Ok(a) => (a, None),
+            Err(e) => {
+                if let DnsError::Temporary(d) = &e {
+                    temporary.get_or_insert_with(|| d.clone());
+                }
+                (Vec::new(), Some(e))
+            }
+        };
+        if kind == PlanKind::ImplicitMx && error == Some(DnsError::NxDomain) {
+            return Err(PlanError::NxDomain { domain: owned() });
+        }
+        addresses.truncate(budget);
+        budget -= addresses.len();
+        planned.push(PlannedHost {
+            name,
+            preference,
+            addresses,
+            error,
+        });
+    }
+    if planned.iter().all(|h| h.addresses.is_empty()) {
+        return Err(match temporary {
+            Some(detail) => PlanError::Temporary {
+                domain: owned(),
+                detail,
+            },
+            None => PlanError::NoAddresses { domain: owned() },
+        });
+    }
+    Ok(MxPlan {
+        domain: owned(),
+        kind,
+        hosts: planned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use mockall::mock;
+    use mockall::predicate::eq;
+
+    use super::*;
+
+    mock! {
+        Dns {}
+        #[async_trait]
+        impl Resolver for Dns {
+            async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError>;
+            async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError>;
+        }
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    fn mx(preference: u16, exchange: &str) -> MxRecord {
+        MxRecord {
+            preference,
+            exchange: exchange.to_owned(),
+        }
+    }
+
+    fn first(_: usize) -> usize {
+        0
+    }
+
+    async fn run(
+        dns: &MockDns,
+        pick: &mut (dyn FnMut(usize) -> usize + Send),
+    ) -> Result<MxPlan, PlanError> {
+        plan(dns, "example.net", pick, 5).await
+    }
+
+    #[tokio::test]
+    async fn preference_order() {
+        let mut dns = MockDns::new();
+        dns.expect_mx()
+            .with(eq("example.net"))
+            .returning(|_| Ok(vec![mx(20, "b.example.net."), mx(10, "A.example.net.")]));
+        dns.expect_addresses()
+            .with(eq("a.example.net"))
+            .returning(|_| Ok(vec![ip(1)]));
+        dns.expect_addresses()
+            .with(eq("b.example.net"))
+            .returning(|_| Ok(vec![ip(2)]));
+        let p = run(&dns, &mut first).await.unwrap();
+        assert_eq!(p.kind, PlanKind::Mx);
+        let names: Vec<&str> = p.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["a.example.net", "b.example.net"]);
+        assert_eq!(p.attempts().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn equal_preferences_are_shuffled_by_the_given_source() {
+        let mut dns = MockDns::new();
+        dns.expect_mx()
+            .returning(|_| Ok(vec![mx(10, "a."), mx(10, "b."), mx(10, "c."), mx(5, "z.")]));
+        dns.expect_addresses().returning(|_| Ok(vec![ip(1)]));
+        let order = |p: MxPlan| {
+            p.hosts
+                .into_iter()
+                .map(|h| h.name)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(order(run(&dns, &mut first).await.unwrap()), "z,b,c,a");
+        let mut last = |n: usize| n - 1;
+        assert_eq!(order(run(&dns, &mut last).await.unwrap()), "z,a,b,c");
+        // Every order shows up for some source; the lowest preference always leads.
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..64usize {
+            let mut state = seed;
+            let mut pick = move |n: usize| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407)
+                    >> 7;
+                state % n
+            };
+            let o = order(run(&dns, &mut pick).await.unwrap());
+            assert!(o.starts_with("z,"));
+            seen.insert(o);
+        }
+        assert_eq!(seen.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn implicit_mx_from_addresses() {
+        let mut dns = MockDns::new();
+        dns.expect_mx().returning(|_| Ok(vec![]));
+        dns.expect_addresses()
+            .with(eq("example.net"))
+            .returning(|_| Ok(vec![ip(9)]));
+        let p = run(&dns, &mut first).await.unwrap();
+        assert_eq!(p.kind, PlanKind::ImplicitMx);
+        assert_eq!(p.hosts[0].name, "example.net");
+    }
+
+    #[tokio::test]
+    async fn null_mx_is_permanent_without_address_lookups() {
+        let mut dns = MockDns::new();
+        dns.expect_mx().returning(|_| Ok(vec![mx(0, ".")]));
+        dns.expect_addresses().never();
+        let e = run(&dns, &mut first).await.unwrap_err();
+        assert!(matches!(e, PlanError::NullMx { .. }) && e.is_permanent());
+        assert!(e.to_string().contains("accepts no mail"));
+    }
+
+    #[tokio::test]
+    async fn nxdomain_is_permanent_and_servfail_temporary() {
+        let mut dns = MockDns::new();
+        dns.expect_mx().returning(|_| Err(DnsError::NxDomain));
+        assert!(run(&dns, &mut first).await.unwrap_err().is_permanent());
+        let mut dns = MockDns::new();
+        dns.expect_mx()
+            .returning(|_| Err(DnsError::Temporary("SERVFAIL".into())));
+        let e = run(&dns, &mut first).await.unwrap_err();
+        assert!(!e.is_permanent());
+        assert!(e.to_string().contains("SERVFAIL"));
+    }
+
+    #[tokio::test]
+    async fn a_host_without_addresses_is_skipped() {
+        let mut dns = MockDns::new();
+        dns.expect_mx()
+            .returning(|_| Ok(vec![mx(10, "dead."), mx(20, "live.")]));
+        dns.expect_addresses()
+            .with(eq("dead"))
+            .returning(|_| Err(DnsError::NxDomain));
+        dns.expect_addresses()
+            .with(eq("live"))
+            .returning(|_| Ok(vec![ip(2)]));
+        let p = run(&dns, &mut first).await.unwrap();
+        let attempts: Vec<_> = p.attempts().collect();
+        assert_eq!(attempts, [("live", ip(2))]);
+    }
+
+    #[tokio::test]
+    async fn only_temporary_failures_defer() {
+        let mut dns = MockDns::new();
+        dns.expect_mx().returning(|_| Ok(vec![mx(10, "a.")]));
+        dns.expect_addresses()
+            .returning(|_| Err(DnsError::Temporary("timeout".into())));
+        assert!(matches!(
+            run(&dns, &mut first).await,
+            Err(PlanError::Temporary { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn at_most_max_addresses() {
+        let mut dns = MockDns::new();
+        dns.expect_mx()
+            .returning(|_| Ok(vec![mx(10, "a."), mx(20, "b."), mx(30, "c.")]));
+        dns.expect_addresses()
+            .returning(|_| Ok(vec![ip(1), ip(2), ip(3)]));
+        let p = run(&dns, &mut first).await.unwrap();
+        assert_eq!(p.attempts().count(), 5);
+        assert_eq!(p.hosts.len(), 2);
+    }
+}
