@@ -58,6 +58,7 @@
 
 mod body;
 mod config;
+mod connector;
 mod error;
 mod submission;
 mod transport;
@@ -65,6 +66,7 @@ mod verify;
 
 pub use body::FileBody;
 pub use config::TlsOptions;
+pub use connector::MxConnector;
 pub use error::ConnectError;
 pub use submission::{Delivery, Outgoing, Submission};
 pub use transport::TcpTransport;

@@ -1,0 +1,60 @@
+//! Connections to mail exchangers for direct delivery.
+
+use std::io;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use smtp_core::Timeouts;
+use smtp_core::direct::{ConnectFailure, Connector};
+use smtp_core::transport::Transport;
+
+use crate::config::TlsOptions;
+use crate::error::ConnectError;
+use crate::transport::TcpTransport;
+
+/// Opens STARTTLS-capable connections to MX hosts; under Certified the
+/// certificate is checked against the MX host name.
+#[derive(Clone, Debug)]
+pub struct MxConnector {
+    /// Policy and trust anchors.
+    pub tls: TlsOptions,
+    /// Connect and handshake deadlines.
+    pub timeouts: Timeouts,
+}
+
+#[async_trait]
+impl Connector for MxConnector {
+    async fn connect(&self, host: &str, addr: SocketAddr) -> Result<Box<dyn Transport>, ConnectFailure> {
+        let mut options = self.tls.clone();
+        options.server_name = Some(host.to_owned());
+        match TcpTransport::connect_addrs(
+            host,
+            &[addr],
+            false,
+            &options,
+            self.timeouts.connect,
+            self.timeouts.tls_handshake,
+        )
+        .await
+        {
+            Ok(t) => Ok(Box::new(t)),
+            Err(ConnectError::Unreachable { attempts, .. }) => {
+                let why = attempts.into_iter().next().map(|(_, why)| why).unwrap_or_default();
+                Err(classify(&why))
+            }
+            Err(e) => Err(ConnectFailure::Other(e.to_string())),
+        }
+    }
+}
+
+fn classify(why: &str) -> ConnectFailure {
+    if why.starts_with("no answer within") {
+        ConnectFailure::TimedOut
+    } else if why.contains(&io::Error::from(io::ErrorKind::ConnectionRefused).to_string())
+        || why.to_ascii_lowercase().contains("refused")
+    {
+        ConnectFailure::Refused
+    } else {
+        ConnectFailure::Other(why.to_owned())
+    }
+}
