@@ -1,7 +1,144 @@
-//! MX resolution for direct SMTP delivery.
+//! MX resolution for direct SMTP delivery on hickory-resolver.
 //!
-//! This crate will hold `smtp-core`'s resolver trait implemented on
-//! hickory-resolver, and the MX planning rules of RFC 5321 §5.1 and RFC 7505:
-//! preference order, equal preferences shuffled, implicit MX from A/AAAA,
-//! null MX as a permanent failure, NXDOMAIN permanent, SERVFAIL and timeouts
-//! deferred. hickory's types stay inside this crate. Not yet built.
+//! [`HickoryResolver`] implements `smtp_core::mx::Resolver`, the only thing
+//! the core's MX planning (`smtp_core::mx::plan`: RFC 5321 §5.1 ordering,
+//! implicit MX, RFC 7505 null MX) needs from DNS. hickory's types stay
+//! inside this crate, so its API changes stop here.
+//!
+//! | DNS answer | becomes |
+//! |---|---|
+//! | records | `Ok(records)` |
+//! | NOERROR without records (NODATA) | `Ok(vec![])` — for MX: implicit MX |
+//! | NXDOMAIN | `DnsError::NxDomain` (permanent) |
+//! | SERVFAIL, REFUSED, timeout, network error | `DnsError::Temporary` |
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use smtp_core::mx::{plan, Resolver};
+//! let resolver = smtp_dns::HickoryResolver::system()?;
+//! let mut first = |_n: usize| 0;
+//! let plan = plan(&resolver, "example.net", &mut first, 5).await?;
+//! for (host, addr) in plan.attempts() {
+//!     println!("{host} {addr}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
+use smtp_core::mx::{DnsError, MxRecord, Resolver};
+
+/// A resolver that could not be set up.
+#[derive(Debug)]
+pub struct SetupError(String);
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot set up DNS resolution: {}; pass a nameserver with --dns-server IP[:PORT]", self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// DNS over hickory-resolver, on tokio.
+pub struct HickoryResolver {
+    inner: TokioResolver,
+}
+
+impl fmt::Debug for HickoryResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HickoryResolver")
+    }
+}
+
+impl HickoryResolver {
+    /// The system's configuration (`/etc/resolv.conf`).
+    pub fn system() -> Result<Self, SetupError> {
+        let builder = TokioResolver::builder_tokio().map_err(|e| SetupError(e.to_string()))?;
+        let inner = builder.build().map_err(|e| SetupError(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// One nameserver (UDP, then TCP for truncated answers), e.g. a test
+    /// zone on loopback, with a per-query `timeout`.
+    pub fn with_nameserver(server: SocketAddr, timeout: Duration) -> Result<Self, SetupError> {
+        let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+        for connection in &mut ns.connections {
+            connection.port = server.port();
+        }
+        let config = ResolverConfig::from_name_servers(vec![ns]);
+        let mut options = ResolverOpts::default();
+        options.timeout = timeout;
+        options.attempts = 1;
+        options.cache_size = 0;
+        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
+            .build()
+            .map_err(|e| SetupError(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// Parses `IP[:PORT]` (port 53 by default).
+    pub fn parse_nameserver(s: &str) -> Result<SocketAddr, SetupError> {
+        s.parse::<SocketAddr>()
+            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| SetupError(format!("{s:?} is not IP or IP:PORT")))
+    }
+}
+
+/// Names are looked up as absolute, so no search domain is ever appended.
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+}
+
+fn classify(e: &NetError) -> Result<(), DnsError> {
+    if e.is_nx_domain() {
+        return Err(DnsError::NxDomain);
+    }
+    if let NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(no)) = e {
+        if no.response_code == ResponseCode::NoError {
+            return Ok(());
+        }
+        return Err(DnsError::Temporary(format!("{}", no.response_code)));
+    }
+    Err(DnsError::Temporary(e.to_string()))
+}
+
+#[async_trait]
+impl Resolver for HickoryResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
+        match self.inner.mx_lookup(absolute(domain)).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some(MxRecord {
+                        preference: mx.preference,
+                        exchange: mx.exchange.to_ascii(),
+                    }),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => classify(&e).map(|()| Vec::new()),
+        }
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        match self.inner.lookup_ip(absolute(host)).await {
+            Ok(lookup) => Ok(lookup.iter().collect()),
+            Err(e) => classify(&e).map(|()| Vec::new()),
+        }
+    }
+}
