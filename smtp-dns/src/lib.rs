@@ -46,7 +46,11 @@ pub struct SetupError(String);
 
 impl fmt::Display for SetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot set up DNS resolution: {}; pass a nameserver with --dns-server IP[:PORT]", self.0)
+        write!(
+            f,
+            "cannot set up DNS resolution: {}; pass a nameserver with --dns-server IP[:PORT]",
+            self.0
+        )
     }
 }
 
@@ -100,7 +104,11 @@ impl HickoryResolver {
 
 /// Names are looked up as absolute, so no search domain is ever appended.
 fn absolute(name: &str) -> String {
-    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
 }
 
 fn classify(e: &NetError) -> Result<(), DnsError> {

@@ -24,7 +24,11 @@ pub struct MxConnector {
 
 #[async_trait]
 impl Connector for MxConnector {
-    async fn connect(&self, host: &str, addr: SocketAddr) -> Result<Box<dyn Transport>, ConnectFailure> {
+    async fn connect(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+    ) -> Result<Box<dyn Transport>, ConnectFailure> {
         let mut options = self.tls.clone();
         options.server_name = Some(host.to_owned());
         match TcpTransport::connect_addrs(
@@ -39,7 +43,11 @@ impl Connector for MxConnector {
         {
             Ok(t) => Ok(Box::new(t)),
             Err(ConnectError::Unreachable { attempts, .. }) => {
-                let why = attempts.into_iter().next().map(|(_, why)| why).unwrap_or_default();
+                let why = attempts
+                    .into_iter()
+                    .next()
+                    .map(|(_, why)| why)
+                    .unwrap_or_default();
                 Err(classify(&why))
             }
             Err(e) => Err(ConnectFailure::Other(e.to_string())),
