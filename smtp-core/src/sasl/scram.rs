@@ -1,26 +1,230 @@
-//! SCRAM-SHA-256 (RFC 5802, RFC 7677), without channel binding (`n,,`).
+//! SCRAM-SHA-256 (RFC 5802 §3, §5, §7 with RFC 7677), client side, without
+//! channel binding (gs2 header `n,,`).
 //!
-//! The user name is escaped (`=` → `=3D`, `,` → `=2C`) but not run through
-//! full SASLprep: non-ASCII user names and passwords are sent as their
-//! UTF-8 bytes, which matches servers that do not normalise either.
+//! ```text
+//! C: n,,n=<user>,r=<cnonce>                       initial response
+//! S: r=<cnonce><snonce>,s=<salt>,i=<iterations>   334
+//! C: c=biws,r=<cnonce><snonce>,p=<proof>
+//! S: v=<server signature>  (or e=<error>)         334
+//! C: (empty)
+//! S: 235
+//! ```
+//!
+//! The password never travels and the server proves it knows it too
+//! (`v=`), so a `235` counts only once that proof was checked.
+//!
+//! Limits of this implementation, on purpose:
+//! - The username gets only the escaping RFC 5802 §5.1 requires (`=` → `=3D`,
+//!   `,` → `=2C`), not full SASLprep (RFC 4013), and the password is used as
+//!   its UTF-8 bytes without normalization. ASCII names and passwords are
+//!   unaffected; a non-ASCII password that the server normalized differently
+//!   fails to authenticate (it does not leak).
+//! - The iteration count must lie in 4096 (RFC 7677 §4's minimum) ..=
+//!   10,000,000, so a hostile server can neither weaken the hash nor make the
+//!   client burn seconds of CPU per attempt.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::{Mechanism, SaslError};
+use super::{Mechanism, SaslError, Secret, Step, encode, printable};
 
-/// RFC 7677 §4 recommends at least 4096; more than this is a server trying
-/// to burn the client's CPU.
+/// RFC 7677 §4: at least 4096 iterations for SCRAM-SHA-256.
 const MIN_ITERATIONS: u32 = 4096;
+/// Beyond this a server is wasting the client's CPU, not protecting a password.
 const MAX_ITERATIONS: u32 = 10_000_000;
+/// `c=` for gs2 header `n,,`: base64("n,,").
+const CHANNEL_BINDING: &str = "biws";
 
+#[derive(Clone)]
+enum Stage {
+    Fresh,
+    SentClientFirst,
+    SentClientFinal { server_signature: [u8; 32] },
+    Verified,
+}
+
+/// A SCRAM-SHA-256 exchange.
+#[derive(Clone)]
 pub(super) struct Scram {
-    client_first_bare: String,
+    password: Secret,
     client_nonce: String,
-    server_signature: Option<Vec<u8>>,
-    verified: bool,
+    /// `n=<user>,r=<cnonce>`, part of the AuthMessage.
+    client_first_bare: String,
+    stage: Stage,
+}
+
+impl Scram {
+    /// `client_nonce` must be printable ASCII without `,` (base64 text is).
+    pub(super) fn new(username: &str, password: &Secret, client_nonce: &str) -> Self {
+        let mut client_first_bare = String::from("n=");
+        for c in username.chars() {
+            match c {
+                '=' => client_first_bare.push_str("=3D"),
+                ',' => client_first_bare.push_str("=2C"),
+                c => client_first_bare.push(c),
+            }
+        }
+        client_first_bare.push_str(",r=");
+        client_first_bare.push_str(client_nonce);
+        Self {
+            password: password.clone(),
+            client_nonce: client_nonce.to_owned(),
+            client_first_bare,
+            stage: Stage::Fresh,
+        }
+    }
+
+    pub(super) fn initial_response(&mut self) -> Secret {
+        if matches!(self.stage, Stage::Fresh) {
+            self.stage = Stage::SentClientFirst;
+        }
+        encode(format!("n,,{}", self.client_first_bare).as_bytes())
+    }
+
+    pub(super) const fn server_verified(&self) -> bool {
+        matches!(self.stage, Stage::Verified)
+    }
+
+    pub(super) fn respond(&mut self, challenge: &[u8]) -> Result<Step, SaslError> {
+        match &self.stage {
+            // `AUTH SCRAM-SHA-256` went without an initial response (RFC 4954 §4).
+            Stage::Fresh if challenge.is_empty() => Ok(Step::send(self.initial_response())),
+            Stage::Fresh | Stage::Verified => Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::ScramSha256,
+            }),
+            Stage::SentClientFirst => {
+                let (client_final, server_signature) = self.client_final(challenge)?;
+                self.stage = Stage::SentClientFinal { server_signature };
+                Ok(Step::send(encode(client_final.as_bytes())))
+            }
+            Stage::SentClientFinal { server_signature } => {
+                verify_server_final(challenge, server_signature)?;
+                self.stage = Stage::Verified;
+                Ok(Step::send(Secret::new("")))
+            }
+        }
+    }
+
+    /// Parses the server-first-message and computes the client-final-message
+    /// and the server signature to expect (RFC 5802 §3).
+    fn client_final(&self, server_first: &[u8]) -> Result<(String, [u8; 32]), SaslError> {
+        let server_first = std::str::from_utf8(server_first)
+            .map_err(|_| invalid("the server-first-message is not UTF-8"))?;
+        let mut attrs = server_first.split(',');
+        let nonce = match attrs.next().and_then(|a| a.split_once('=')) {
+            Some(("r", nonce)) => nonce,
+            Some(("m", _)) => {
+                return Err(invalid(
+                    "the server requires an extension (m=) this client does not support",
+                ));
+            }
+            _ => return Err(invalid("the server-first-message does not start with r=")),
+        };
+        let Some(("s", salt)) = attrs.next().and_then(|a| a.split_once('=')) else {
+            return Err(invalid("the server-first-message lacks s= after r="));
+        };
+        let Some(("i", iterations)) = attrs.next().and_then(|a| a.split_once('=')) else {
+            return Err(invalid("the server-first-message lacks i= after s="));
+        };
+        // Further attributes are extensions (RFC 5802 §7), ignored.
+
+        if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
+            return Err(invalid(
+                "the server nonce does not extend the client nonce (RFC 5802 §5.1)",
+            ));
+        }
+        if !nonce.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(invalid("the server nonce has unprintable characters"));
+        }
+        let salt = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, salt)
+            .map_err(|_| invalid("the salt is not valid base64"))?;
+        if salt.is_empty() {
+            return Err(invalid("the salt is empty"));
+        }
+        let iterations = parse_iterations(iterations)?;
+
+        let mut salted_password = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(
+            self.password.expose().as_bytes(),
+            &salt,
+            iterations,
+            &mut salted_password,
+        );
+        let client_key = hmac(&salted_password, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let server_key = hmac(&salted_password, b"Server Key");
+
+        let without_proof = format!("c={CHANNEL_BINDING},r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let client_signature = hmac(&stored_key, auth_message.as_bytes());
+        let mut proof = client_key;
+        for (p, s) in proof.iter_mut().zip(client_signature) {
+            *p ^= s;
+        }
+        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        let proof = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof);
+        Ok((format!("{without_proof},p={proof}"), server_signature))
+    }
+}
+
+/// `i=`: a positive decimal within [MIN_ITERATIONS, MAX_ITERATIONS].
+fn parse_iterations(text: &str) -> Result<u32, SaslError> {
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("the iteration count is not a decimal number"));
+    }
+    match text.parse::<u32>() {
+        Ok(n) if n < MIN_ITERATIONS => Err(SaslError::InvalidChallenge {
+            mechanism: Mechanism::ScramSha256,
+            reason: format!(
+                "the iteration count {n} is below the minimum of {MIN_ITERATIONS} \
+                 (RFC 7677 §4), which would weaken the stored password"
+            ),
+        }),
+        Ok(n) if n > MAX_ITERATIONS => Err(SaslError::InvalidChallenge {
+            mechanism: Mechanism::ScramSha256,
+            reason: format!("the iteration count {n} is above the limit of {MAX_ITERATIONS}"),
+        }),
+        Ok(n) => Ok(n),
+        Err(_) => Err(invalid("the iteration count is too large")),
+    }
+}
+
+/// Checks the server-final-message: `v=<signature>` must match, `e=` is the
+/// server's error (RFC 5802 §7).
+fn verify_server_final(server_final: &[u8], expected: &[u8; 32]) -> Result<(), SaslError> {
+    let text = std::str::from_utf8(server_final)
+        .map_err(|_| invalid("the server-final-message is not UTF-8"))?;
+    // Extensions may follow after a comma.
+    let first = text.split(',').next().unwrap_or_default();
+    match first.split_once('=') {
+        Some(("v", signature)) => {
+            let signature =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature)
+                    .map_err(|_| invalid("the server signature is not valid base64"))?;
+            if constant_time_eq(&signature, expected) {
+                Ok(())
+            } else {
+                Err(SaslError::ServerSignatureMismatch)
+            }
+        }
+        Some(("e", message)) => Err(SaslError::ServerError {
+            mechanism: Mechanism::ScramSha256,
+            message: printable(message.as_bytes()),
+        }),
+        _ => Err(invalid("the server-final-message has neither v= nor e=")),
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC takes keys of any length (longer ones are hashed), so this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// Compares without an early exit, so timing does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn invalid(reason: &str) -> SaslError {
@@ -30,105 +234,168 @@ fn invalid(reason: &str) -> SaslError {
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC takes keys of any length: this cannot fail.
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The value of attribute `name` (`r`, `s`, `i`, `v`, `e`) in a SCRAM message.
-fn attribute(message: &str, name: char) -> Option<&str> {
-    message.split(',').find_map(|part| {
-        let mut chars = part.chars();
-        (chars.next() == Some(name) && chars.next() == Some('=')).then(|| &part[2..])
-    })
-}
+    const NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
 
-impl Scram {
-    pub(super) fn new(username: &str, client_nonce: &str) -> Self {
-        let user = username.replace('=', "=3D").replace(',', "=2C");
-        // base64 has no ','; drop anything else that could break the syntax.
-        let nonce: String = client_nonce
-            .chars()
-            .filter(|c| c.is_ascii_graphic() && *c != ',')
-            .collect();
-        Self {
-            client_first_bare: format!("n={user},r={nonce}"),
-            client_nonce: nonce,
-            server_signature: None,
-            verified: false,
-        }
+    fn decode(s: &Secret) -> String {
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s.expose())
+            .expect("responses are base64");
+        String::from_utf8(bytes).expect("SCRAM messages are UTF-8")
     }
 
-    pub(super) fn client_first(&self) -> String {
-        format!("n,,{}", self.client_first_bare)
+    fn rfc() -> Scram {
+        Scram::new("user", &Secret::new("pencil"), NONCE)
     }
 
-    pub(super) fn client_final(
-        &mut self,
-        password: &str,
-        server_first: &str,
-    ) -> Result<String, SaslError> {
-        if self.server_signature.is_some() {
-            return Err(SaslError::UnexpectedChallenge {
+    #[test]
+    fn rfc7677_example() {
+        let mut m = rfc();
+        assert_eq!(
+            decode(&m.initial_response()),
+            "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+        );
+        let step = m
+            .respond(SERVER_FIRST.as_bytes())
+            .expect("valid server-first");
+        assert_eq!(decode(&step.response), CLIENT_FINAL);
+        assert!(!m.server_verified());
+        let step = m
+            .respond(SERVER_FINAL.as_bytes())
+            .expect("valid server-final");
+        assert_eq!(step.response.expose(), "");
+        assert!(m.server_verified());
+        assert!(matches!(
+            m.respond(b""),
+            Err(SaslError::UnexpectedChallenge { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_server_signature_is_rejected() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        m.respond(SERVER_FIRST.as_bytes())
+            .expect("valid server-first");
+        let wrong = "v=7rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+        assert_eq!(
+            m.respond(wrong.as_bytes()).err(),
+            Some(SaslError::ServerSignatureMismatch)
+        );
+        assert!(!m.server_verified());
+        // Truncated signature.
+        let mut m = rfc();
+        let _ = m.initial_response();
+        m.respond(SERVER_FIRST.as_bytes())
+            .expect("valid server-first");
+        assert_eq!(
+            m.respond(b"v=6rriTRBi").err().map(|e| matches!(
+                e,
+                SaslError::InvalidChallenge { .. } | SaslError::ServerSignatureMismatch
+            )),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn server_error_is_reported() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        m.respond(SERVER_FIRST.as_bytes())
+            .expect("valid server-first");
+        assert_eq!(
+            m.respond(b"e=invalid-proof").err(),
+            Some(SaslError::ServerError {
                 mechanism: Mechanism::ScramSha256,
-            });
-        }
-        if let Some(e) = attribute(server_first, 'e') {
-            return Err(invalid(&format!("the server refused: {e}")));
-        }
-        let nonce = attribute(server_first, 'r').ok_or_else(|| invalid("no nonce"))?;
-        if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
-            return Err(invalid("the server nonce does not extend the client nonce"));
-        }
-        let salt = attribute(server_first, 's')
-            .and_then(|s| STANDARD.decode(s).ok())
-            .ok_or_else(|| invalid("no valid salt"))?;
-        let iterations: u32 = attribute(server_first, 'i')
-            .and_then(|i| i.parse().ok())
-            .ok_or_else(|| invalid("no valid iteration count"))?;
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
-            return Err(invalid(&format!(
-                "iteration count {iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"
-            )));
-        }
-        let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, iterations, &mut salted);
-        let client_key = hmac(&salted, b"Client Key");
-        let stored_key = Sha256::digest(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let client_signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&client_signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let server_key = hmac(&salted, b"Server Key");
-        self.server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
-        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)))
+                message: "invalid-proof".to_owned()
+            })
+        );
     }
 
-    pub(super) fn verify_server_final(&mut self, server_final: &str) -> Result<(), SaslError> {
-        if let Some(e) = attribute(server_final, 'e') {
-            return Err(invalid(&format!("the server refused: {e}")));
-        }
-        let expected = self
-            .server_signature
-            .as_ref()
-            .ok_or(SaslError::UnexpectedChallenge {
-                mechanism: Mechanism::ScramSha256,
-            })?;
-        let given = attribute(server_final, 'v').and_then(|v| STANDARD.decode(v).ok());
-        if given.as_ref() != Some(expected) {
-            return Err(SaslError::ServerSignatureMismatch);
-        }
-        self.verified = true;
-        Ok(())
+    #[test]
+    fn username_escaping() {
+        let mut m = Scram::new("a=b,c", &Secret::new("p"), "abc");
+        assert_eq!(decode(&m.initial_response()), "n,,n=a=3Db=2Cc,r=abc");
     }
 
-    pub(super) fn verified(&self) -> bool {
-        self.verified
+    macro_rules! bad_server_first {
+        ($($name:ident: $msg:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                let mut m = rfc();
+                let _ = m.initial_response();
+                let got = m.respond($msg.as_bytes()).err();
+                assert!(matches!(got, Some(SaslError::InvalidChallenge { .. })), "{got:?}");
+            }
+        )*};
+    }
+
+    bad_server_first! {
+        empty: "";
+        missing_salt: "r=rOprNGfwEbeRWgbNEkqOxyz,i=4096";
+        missing_iterations: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==";
+        wrong_order: "s=W22ZaJ0SNY7soEsUEjb6gQ==,r=rOprNGfwEbeRWgbNEkqOxyz,i=4096";
+        mandatory_extension: "m=x,r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        one_iteration: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1";
+        iterations_4095: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4095";
+        iterations_absurd: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=10000001";
+        iterations_overflow: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=99999999999";
+        iterations_signed: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=+4096";
+        iterations_empty: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=";
+        nonce_not_ours: "r=XOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        nonce_not_extended: "r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        nonce_prefix_of_ours: "r=rOprNG,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        nonce_unprintable: "r=rOprNGfwEbeRWgbNEkqO x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        salt_not_base64: "r=rOprNGfwEbeRWgbNEkqOxyz,s=%%%,i=4096";
+        salt_empty: "r=rOprNGfwEbeRWgbNEkqOxyz,s=,i=4096";
+        nonce_not_ascii: "r=rOprNGfwEbeRWgbNEkqOé,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        assert!(matches!(
+            m.respond(b"r=\xff\xfe"),
+            Err(SaslError::InvalidChallenge { .. })
+        ));
+    }
+
+    #[test]
+    fn extensions_after_iterations_are_ignored() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        let with_ext = format!("{SERVER_FIRST},x=ignored");
+        let step = m
+            .respond(with_ext.as_bytes())
+            .expect("extensions are allowed");
+        // The AuthMessage includes the extension, so the proof differs from the RFC's.
+        assert!(decode(&step.response).starts_with("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYD"));
+        assert_ne!(decode(&step.response), CLIENT_FINAL);
+    }
+
+    #[test]
+    fn malformed_server_final() {
+        for bad in ["", "x=1", "v=%%%", "v="] {
+            let mut m = rfc();
+            let _ = m.initial_response();
+            m.respond(SERVER_FIRST.as_bytes())
+                .expect("valid server-first");
+            let got = m.respond(bad.as_bytes()).err();
+            assert!(
+                matches!(
+                    got,
+                    Some(SaslError::InvalidChallenge { .. } | SaslError::ServerSignatureMismatch)
+                ),
+                "{bad:?}: {got:?}"
+            );
+            assert!(!m.server_verified());
+        }
     }
 }
