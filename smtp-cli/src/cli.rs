@@ -1,0 +1,206 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes (sysexits.h), documented in `--help`.
+pub(crate) const EXIT_CODES: &str = "\
+Exit codes (sysexits.h):
+  0   every recipient accepted
+  64  usage error (EX_USAGE)
+  65  bad message or address (EX_DATAERR)
+  66  message file not found (EX_NOINPUT)
+  68  host or domain not found (EX_NOHOST)
+  69  a recipient was rejected for good (EX_UNAVAILABLE)
+  75  a recipient was deferred: a retry may succeed (EX_TEMPFAIL)
+  76  the encryption policy was not satisfied (EX_PROTOCOL)
+  77  authentication failed (EX_NOPERM)
+  78  configuration error (EX_CONFIG)";
+
+/// Send mail by standard or direct delivery, probe servers, show MX plans.
+#[derive(Debug, Parser)]
+#[command(name = "smtp", version, about, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Send messages (files, standard input, or composed from options).
+    Send(Box<SendArgs>),
+    /// Connect to a server and show what it offers; sends no mail.
+    Probe(ProbeArgs),
+    /// Show the MX plan direct delivery would follow for a domain.
+    Mx(MxArgs),
+}
+
+/// Encryption policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TlsArg {
+    /// Plaintext; STARTTLS never sent.
+    None,
+    /// TLS when offered.
+    Optional,
+    /// TLS required, certificate not verified.
+    Required,
+    /// TLS with a verified certificate.
+    Certified,
+}
+
+impl From<TlsArg> for smtp_core::TlsPolicy {
+    fn from(t: TlsArg) -> Self {
+        match t {
+            TlsArg::None => Self::None,
+            TlsArg::Optional => Self::Optional,
+            TlsArg::Required => Self::Required,
+            TlsArg::Certified => Self::Certified,
+        }
+    }
+}
+
+/// SASL mechanism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum AuthArg {
+    /// The strongest the rules allow.
+    Auto,
+    /// PLAIN.
+    Plain,
+    /// LOGIN.
+    Login,
+    /// CRAM-MD5.
+    CramMd5,
+    /// XOAUTH2 (the secret is an OAuth 2.0 access token).
+    Xoauth2,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+}
+
+#[derive(Debug, Args, Default)]
+pub(crate) struct SendArgs {
+    /// RFC 5322 message files; `-` or none for standard input.
+    pub(crate) messages: Vec<PathBuf>,
+    /// Envelope sender (default: the From: header's address).
+    #[arg(short = 'f', long = "from", value_name = "ADDR")]
+    pub(crate) from: Option<String>,
+    /// Recipient (repeatable).
+    #[arg(long = "to", value_name = "ADDR")]
+    pub(crate) to: Vec<String>,
+    /// Take recipients from the To, Cc and Bcc headers (Bcc is removed before sending).
+    #[arg(short = 't', long = "read-recipients")]
+    pub(crate) read_recipients: bool,
+    /// Subject of a composed message.
+    #[arg(long)]
+    pub(crate) subject: Option<String>,
+    /// Body text of a composed message.
+    #[arg(long, conflicts_with = "body_file")]
+    pub(crate) body: Option<String>,
+    /// Body of a composed message, from a file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) body_file: Option<PathBuf>,
+    /// Attach a file to a composed message (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) attach: Vec<PathBuf>,
+    /// Extra header for a composed message, "Name: value" (repeatable).
+    #[arg(long, value_name = "HEADER")]
+    pub(crate) header: Vec<String>,
+    /// Standard delivery through this server; without it, direct delivery.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) server: Option<String>,
+    /// Server port (default 587; 465 means implicit TLS).
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+    /// Encryption policy (default: certified with --server, optional for direct delivery).
+    #[arg(long, value_enum)]
+    pub(crate) tls: Option<TlsArg>,
+    /// TLS from the first byte (default on port 465).
+    #[arg(long)]
+    pub(crate) implicit_tls: bool,
+    /// Extra trusted CA certificates (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// User name for AUTH.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) user: Option<String>,
+    /// Environment variable holding the password.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) password_env: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) password_file: Option<PathBuf>,
+    /// Command that prints the password (first line of its output).
+    #[arg(long, value_name = "CMD")]
+    pub(crate) password_command: Option<String>,
+    /// SASL mechanism.
+    #[arg(long, value_enum)]
+    pub(crate) auth: Option<AuthArg>,
+    /// Name to send with EHLO (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) helo: Option<String>,
+    /// Nameserver for direct delivery, IP[:PORT].
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub(crate) dns_server: Option<String>,
+    /// Port for direct delivery (default 25).
+    #[arg(long, value_name = "N")]
+    pub(crate) mx_port: Option<u16>,
+    /// Seconds to wait for a connection.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) connect_timeout: Option<u64>,
+    /// Seconds to wait for each reply.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) command_timeout: Option<u64>,
+    /// Config file of named accounts (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Account from the config file.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) account: Option<String>,
+    /// Print one JSON object with every outcome.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print the session transcript on stderr (secrets redacted).
+    #[arg(short = 'v', long)]
+    pub(crate) verbose: bool,
+    /// Sendmail compatibility: ignored (a lone dot never ends input here).
+    #[arg(short = 'i', hide = true)]
+    pub(crate) ignore_dots: bool,
+    /// Sendmail compatibility: the sender's full name for a composed From:.
+    #[arg(short = 'F', value_name = "NAME", hide = true)]
+    pub(crate) full_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// HOST[:PORT] (port 25 by default).
+    pub(crate) target: String,
+    /// Encryption policy.
+    #[arg(long, value_enum, default_value = "optional")]
+    pub(crate) tls: TlsArg,
+    /// TLS from the first byte (default on port 465).
+    #[arg(long)]
+    pub(crate) implicit_tls: bool,
+    /// Extra trusted CA certificates (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print the transcript on stderr.
+    #[arg(short = 'v', long)]
+    pub(crate) verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MxArgs {
+    /// The domain.
+    pub(crate) domain: String,
+    /// Nameserver, IP[:PORT].
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub(crate) dns_server: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

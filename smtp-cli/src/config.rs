@@ -1,0 +1,111 @@
+//! Named accounts in a TOML file, holding the same settings as the options.
+//!
+//! ```toml
+//! [accounts.work]
+//! server = "smtp.example.com"
+//! port = 587
+//! tls = "certified"
+//! user = "alice@example.com"
+//! password_command = "pass show smtp/work"
+//! from = "alice@example.com"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::{AuthArg, TlsArg};
+use crate::fail::Failure;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    #[serde(default)]
+    pub(crate) accounts: BTreeMap<String, Account>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Account {
+    pub(crate) server: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) tls: Option<TlsArg>,
+    pub(crate) implicit_tls: Option<bool>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) password_command: Option<String>,
+    pub(crate) auth: Option<AuthArg>,
+    pub(crate) helo: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) dns_server: Option<String>,
+}
+
+/// `$XDG_CONFIG_HOME/smtp/config.toml` or `~/.config/smtp/config.toml`.
+pub(crate) fn default_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("smtp").join("config.toml"))
+}
+
+/// Loads the account `name` (or `default` when none is named and it exists).
+pub(crate) fn load(path: Option<&Path>, name: Option<&str>) -> Result<Option<Account>, Failure> {
+    let explicit = path.is_some();
+    let Some(path) = path.map(Path::to_path_buf).or_else(default_path) else {
+        return Ok(None);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+            return match name {
+                Some(n) => Err(Failure::config(format!(
+                    "no config file at {} for account {n:?}",
+                    path.display()
+                ))),
+                None => Ok(None),
+            };
+        }
+        Err(e) => {
+            return Err(Failure::config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let file: File =
+        toml::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+    let account = match name {
+        Some(n) => Some(file.accounts.get(n).cloned().ok_or_else(|| {
+            let known: Vec<&str> = file.accounts.keys().map(String::as_str).collect();
+            Failure::config(format!(
+                "no account {n:?} in {} (it has: {})",
+                path.display(),
+                known.join(", ")
+            ))
+        })?),
+        None => file.accounts.get("default").cloned(),
+    };
+    if account.as_ref().is_some_and(|a| a.password.is_some()) && world_readable(&path) {
+        eprintln!(
+            "warning: {} holds a password and other users can read it; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(account)
+}
+
+#[cfg(unix)]
+fn world_readable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn world_readable(_: &Path) -> bool {
+    false
+}

@@ -1,0 +1,468 @@
+//! `smtp send`: standard delivery through `--server`, or direct delivery.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::command::ClientId;
+use smtp_core::direct::{DirectOptions, deliver};
+use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
+use smtp_core::transport::BodySource;
+use smtp_core::{Config, Envelope, Event, Timeouts, TlsPolicy};
+use smtp_dns::HickoryResolver;
+use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
+
+use crate::cli::{AuthArg, SendArgs, TlsArg};
+use crate::config::{self, Account};
+use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
+use crate::message::{Prepared, PreparedBody, compose, prepare, spool_stdin};
+use crate::output::{MessageReport, RecipientReport, Report};
+use crate::secrets::{self, DEFAULT_ENV, Source};
+
+/// This machine's name for EHLO, or `localhost` when it is not a valid one.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|h| ClientId::parse(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// A random number below `n`, for MX shuffling.
+pub(crate) fn random_below(n: usize) -> usize {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let x = RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
+    usize::try_from(x % n.max(1) as u64).unwrap_or(0)
+}
+
+fn mechanism(a: AuthArg) -> AuthChoice {
+    match a {
+        AuthArg::Auto => AuthChoice::Auto,
+        AuthArg::Plain => AuthChoice::Explicit(Mechanism::Plain),
+        AuthArg::Login => AuthChoice::Explicit(Mechanism::Login),
+        AuthArg::CramMd5 => AuthChoice::Explicit(Mechanism::CramMd5),
+        AuthArg::Xoauth2 => AuthChoice::Explicit(Mechanism::XOAuth2),
+        AuthArg::ScramSha256 => AuthChoice::Explicit(Mechanism::ScramSha256),
+    }
+}
+
+/// Options with the account's settings filled in where the options are silent.
+struct Settings {
+    server: Option<(String, Option<u16>)>,
+    port: Option<u16>,
+    tls: Option<TlsArg>,
+    implicit_tls: bool,
+    ca_file: Option<PathBuf>,
+    credentials: Option<Credentials>,
+    auth: AuthChoice,
+    helo: String,
+    from: Option<String>,
+    dns_server: Option<String>,
+    timeouts: Timeouts,
+}
+
+fn split_server(s: &str) -> Result<(String, Option<u16>), Failure> {
+    // [v6]:port, host:port, host
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| Failure::usage(format!("--server {s}: missing ]")))?;
+        let port = tail
+            .strip_prefix(':')
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| Failure::usage(format!("--server {s}: bad port")))?;
+        return Ok((host.to_owned(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            let port = p
+                .parse()
+                .map_err(|_| Failure::usage(format!("--server {s}: {p:?} is not a port")))?;
+            Ok((h.to_owned(), Some(port)))
+        }
+        _ => Ok((s.to_owned(), None)),
+    }
+}
+
+fn settings(args: &SendArgs) -> Result<Settings, Failure> {
+    let account =
+        config::load(args.config.as_deref(), args.account.as_deref())?.unwrap_or_default();
+    let Account {
+        server,
+        port,
+        tls,
+        implicit_tls,
+        ca_file,
+        user,
+        password,
+        password_env,
+        password_file,
+        password_command,
+        auth,
+        helo,
+        from,
+        dns_server,
+    } = account;
+    let server = args
+        .server
+        .clone()
+        .or(server)
+        .map(|s| split_server(&s))
+        .transpose()?;
+    let user = args.user.clone().or(user);
+    let credentials = match user {
+        None => None,
+        Some(username) => {
+            let secret = if let Some(v) = &args.password_env {
+                secrets::read(Source::Env(v))?
+            } else if let Some(f) = &args.password_file {
+                secrets::read(Source::File(f))?
+            } else if let Some(c) = &args.password_command {
+                secrets::read(Source::Command(c))?
+            } else if let Some(p) = password {
+                p
+            } else if let Some(v) = &password_env {
+                secrets::read(Source::Env(v))?
+            } else if let Some(f) = &password_file {
+                secrets::read(Source::File(f))?
+            } else if let Some(c) = &password_command {
+                secrets::read(Source::Command(c))?
+            } else {
+                secrets::read(Source::Env(DEFAULT_ENV))?
+            };
+            let auth = args.auth.or(auth);
+            Some(if auth == Some(AuthArg::Xoauth2) {
+                Credentials::OAuth2 {
+                    username,
+                    token: Secret::new(secret),
+                }
+            } else {
+                Credentials::Password {
+                    username,
+                    password: Secret::new(secret),
+                }
+            })
+        }
+    };
+    let mut timeouts = Timeouts::default();
+    if let Some(s) = args.connect_timeout {
+        timeouts.connect = Duration::from_secs(s);
+        timeouts.tls_handshake = Duration::from_secs(s);
+    }
+    if let Some(s) = args.command_timeout {
+        let t = Duration::from_secs(s);
+        let connect = timeouts.connect;
+        timeouts = Timeouts::uniform(t);
+        timeouts.connect = connect;
+    }
+    Ok(Settings {
+        server,
+        port: args.port.or(port),
+        tls: args.tls.or(tls),
+        implicit_tls: args.implicit_tls || implicit_tls.unwrap_or(false),
+        ca_file: args.ca_file.clone().or(ca_file),
+        credentials,
+        auth: mechanism(args.auth.or(auth).unwrap_or(AuthArg::Auto)),
+        helo: args.helo.clone().or(helo).unwrap_or_else(hostname),
+        from: args.from.clone().or(from),
+        dns_server: args.dns_server.clone().or(dns_server),
+        timeouts,
+    })
+}
+
+fn tls_options(policy: TlsPolicy, ca_file: Option<&Path>) -> Result<TlsOptions, Failure> {
+    let mut tls = TlsOptions::new(policy);
+    if let Some(path) = ca_file {
+        tls.add_ca_file(path)
+            .map_err(|e| Failure::config(format!("--ca-file: {e}")))?;
+    }
+    Ok(tls)
+}
+
+/// Reads, composes or spools the messages.
+fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
+    let composing = args.subject.is_some()
+        || args.body.is_some()
+        || args.body_file.is_some()
+        || !args.attach.is_empty();
+    let host = s.helo.clone();
+    if composing {
+        if !args.messages.is_empty() {
+            return Err(Failure::usage(
+                "give message files or --subject/--body/--attach, not both",
+            ));
+        }
+        let from = s
+            .from
+            .clone()
+            .ok_or_else(|| Failure::usage("a composed message needs --from"))?;
+        let body = match (&args.body, &args.body_file) {
+            (Some(b), _) => b.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Failure::no_input(f, &e))?,
+            (None, None) => String::new(),
+        };
+        let bytes = compose(
+            &from,
+            args.full_name.as_deref(),
+            &args.to,
+            args.subject.as_deref().unwrap_or(""),
+            &body,
+            &args.attach,
+            &args.header,
+        )?;
+        let path = std::env::temp_dir().join(format!(
+            "smtp-compose-{}-{}.eml",
+            std::process::id(),
+            random_below(1 << 30)
+        ));
+        std::fs::write(&path, bytes)
+            .map_err(|e| Failure::io("cannot write the composed message", &e))?;
+        return Ok(vec![prepare(
+            &path,
+            "composed message".into(),
+            true,
+            args.read_recipients,
+            &host,
+        )?]);
+    }
+    let inputs: Vec<PathBuf> = if args.messages.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        args.messages.clone()
+    };
+    inputs
+        .iter()
+        .map(|p| {
+            if p.as_os_str() == "-" {
+                let spooled = spool_stdin()?;
+                prepare(
+                    &spooled,
+                    "standard input".into(),
+                    true,
+                    args.read_recipients,
+                    &host,
+                )
+            } else {
+                prepare(
+                    p,
+                    p.display().to_string(),
+                    false,
+                    args.read_recipients,
+                    &host,
+                )
+            }
+        })
+        .collect()
+}
+
+fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Failure> {
+    let from_text = s.from.clone().or_else(|| m.from.clone()).ok_or_else(|| {
+        Failure::usage(format!(
+            "{}: no sender: give -f/--from, or a From: header",
+            m.name
+        ))
+    })?;
+    let from = ReversePath::parse(&from_text).map_err(|e| Failure::data(format!("sender: {e}")))?;
+    let mut to_text: Vec<String> = args.to.clone();
+    if args.read_recipients {
+        to_text.extend(m.recipients.iter().cloned());
+    }
+    let mut to: Vec<Mailbox> = Vec::new();
+    for t in &to_text {
+        let mb = Mailbox::parse(t).map_err(|e| Failure::data(format!("recipient: {e}")))?;
+        if !to.contains(&mb) {
+            to.push(mb);
+        }
+    }
+    if to.is_empty() {
+        return Err(Failure::usage(format!(
+            "{}: no recipients: give --to ADDR, or -t to read To/Cc/Bcc",
+            m.name
+        )));
+    }
+    Ok(Envelope::new(from, to)
+        .with_body(m.body_type)
+        .with_size(m.size))
+}
+
+fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnMut(&Event) + Send {
+    move |event: &Event| match event {
+        Event::Transcript(line) if verbose => eprintln!("{line}"),
+        Event::Warning(w) => eprintln!("warning: {w}"),
+        Event::MessageResult(_) => {
+            if let Some(p) = &progress {
+                p.inc(1);
+            }
+        }
+        _ => {}
+    }
+}
+
+pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
+    let s = settings(&args)?;
+    let prepared = messages(&args, &s)?;
+    let envelopes = prepared
+        .iter()
+        .map(|m| envelope(&args, &s, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
+    let report = match &s.server {
+        Some((host, port)) => {
+            standard(&args, &s, host, *port, client_id, &prepared, envelopes).await?
+        }
+        None => direct(&args, &s, client_id, &prepared, envelopes).await?,
+    };
+    report.print(args.json);
+    Ok(report.exit_code())
+}
+
+async fn standard(
+    args: &SendArgs,
+    s: &Settings,
+    host: &str,
+    port: Option<u16>,
+    client_id: ClientId,
+    prepared: &[Prepared],
+    envelopes: Vec<Envelope>,
+) -> Result<Report, Failure> {
+    let port = port.or(s.port).unwrap_or(587);
+    let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Certified).into();
+    let mut sub = Submission::new(host, port);
+    sub.implicit_tls = s.implicit_tls || port == 465;
+    sub.tls = tls_options(policy, s.ca_file.as_deref())?;
+    sub.client_id = client_id;
+    sub.credentials = s.credentials.clone();
+    sub.auth = s.auth;
+    sub.timeouts = s.timeouts;
+    sub.transcript = args.verbose;
+    let outgoing: Vec<Outgoing> = prepared
+        .iter()
+        .zip(envelopes)
+        .map(|(m, envelope)| Outgoing {
+            envelope,
+            body: Box::new(PreparedBody::new(m)),
+        })
+        .collect();
+    let progress =
+        (prepared.len() > 1 && std::io::stderr().is_terminal() && !args.verbose && !args.json)
+            .then(|| indicatif::ProgressBar::new(prepared.len() as u64));
+    let mut observe = observer(args.verbose, progress.clone());
+    let delivery = sub.send(outgoing, &mut observe).await.map_err(|e| {
+        let code = match e {
+            ConnectError::Resolve { .. } => EX_NOHOST,
+            ConnectError::ImplicitTlsWithoutEncryption { .. } => crate::fail::EX_USAGE,
+            _ => EX_TEMPFAIL,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    if let Some(why) = &delivery.tls_fallback {
+        eprintln!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
+    }
+    let host = delivery.peer.to_string();
+    let session = &delivery.session;
+    let mut messages: Vec<MessageReport> = session
+        .messages
+        .iter()
+        .map(|m| MessageReport {
+            message: prepared
+                .get(m.message.index() as usize)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            recipients: m
+                .recipients
+                .iter()
+                .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
+                .collect(),
+            diagnosis: None,
+            errors: session.error.iter().cloned().collect(),
+        })
+        .collect();
+    if messages.is_empty() {
+        if let Some(e) = &session.error {
+            return Err(Failure::new(EX_TEMPFAIL, e.to_string()));
+        }
+    }
+    messages.sort_by(|a, b| a.message.cmp(&b.message));
+    if let Some(e) = &session.error {
+        eprintln!("smtp: {e}");
+    }
+    Ok(Report { messages })
+}
+
+async fn direct(
+    args: &SendArgs,
+    s: &Settings,
+    client_id: ClientId,
+    prepared: &[Prepared],
+    envelopes: Vec<Envelope>,
+) -> Result<Report, Failure> {
+    if s.credentials.is_some() {
+        return Err(Failure::usage(
+            "--user is for standard delivery; add --server HOST",
+        ));
+    }
+    let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Optional).into();
+    let resolver = match &s.dns_server {
+        Some(ns) => {
+            let addr =
+                HickoryResolver::parse_nameserver(ns).map_err(|e| Failure::usage(e.to_string()))?;
+            HickoryResolver::with_nameserver(addr, Duration::from_secs(5))
+        }
+        None => HickoryResolver::system(),
+    }
+    .map_err(|e| Failure::config(e.to_string()))?;
+    let connector = MxConnector {
+        tls: tls_options(policy, s.ca_file.as_deref())?,
+        timeouts: s.timeouts,
+    };
+    let config = Config::new(client_id)
+        .with_tls(policy)
+        .with_timeouts(s.timeouts)
+        .with_transcript(args.verbose);
+    let mut options = DirectOptions::new(config);
+    options.port = args.mx_port.unwrap_or(25);
+    let mut messages = Vec::new();
+    for (m, envelope) in prepared.iter().zip(envelopes) {
+        let factory =
+            || -> std::io::Result<Box<dyn BodySource>> { Ok(Box::new(PreparedBody::new(m))) };
+        let domains = deliver(
+            &resolver,
+            &connector,
+            &envelope,
+            &factory,
+            &options,
+            &random_below,
+        )
+        .await;
+        let mut recipients = Vec::new();
+        let mut diagnosis = Vec::new();
+        let mut errors = Vec::new();
+        for d in &domains {
+            for o in &d.outcomes {
+                recipients.push(RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()));
+            }
+            if let Some(x) = &d.diagnosis {
+                diagnosis.push(format!("{}: {x}", d.domain));
+            }
+            errors.extend(d.attempts.iter().filter_map(|a| a.error.clone()));
+        }
+        // Keep the envelope's order of recipients.
+        recipients.sort_by_key(|r| envelope.to.iter().position(|t| t.to_string() == r.address));
+        messages.push(MessageReport {
+            message: m.name.clone(),
+            recipients,
+            diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
+            errors,
+        });
+    }
+    Ok(Report { messages })
+}
