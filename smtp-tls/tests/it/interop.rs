@@ -1,0 +1,212 @@
+//! Interoperability with real server software from Debian's packages:
+//! Postfix's `smtp-sink` (installed by `.ci/run`). These tests fail, rather
+//! than skip, when it is missing: set `SMTP_SKIP_INTEROP=1` to leave them out
+//! on a machine without it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::transport::MemoryBody;
+use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
+use smtp_tls::{Delivery, Outgoing, Submission};
+
+const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+
+fn skip() -> bool {
+    if std::env::var_os("SMTP_SKIP_INTEROP").is_some() {
+        return true;
+    }
+    assert!(
+        Path::new(SMTP_SINK).exists(),
+        "{SMTP_SINK} is missing: install Debian's postfix package (.ci/run does), or set SMTP_SKIP_INTEROP=1"
+    );
+    false
+}
+
+/// A running smtp-sink, killed on drop.
+struct Sink {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn sink(options: &[&str]) -> Sink {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("smtp-sink-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // smtp-sink drops privileges to this user when run as root; it must be
+    // able to write the dumps.
+    let _ = Command::new("chmod").arg("777").arg(&dir).status();
+    let mut cmd = Command::new(SMTP_SINK);
+    cmd.args(options)
+        .arg("-u")
+        .arg("nobody")
+        .arg("-d")
+        .arg(format!("{}/%M.", dir.display()))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().expect("start smtp-sink");
+    // Wait until it listens.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Sink { child, port, dir }
+}
+
+fn dumps(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn submission(port: u16) -> Submission {
+    let mut s = Submission::new("127.0.0.1", port);
+    s.tls.policy = TlsPolicy::None;
+    s.timeouts = Timeouts::uniform(Duration::from_secs(10));
+    s
+}
+
+fn message(n: usize, to: &[&str]) -> Outgoing {
+    Outgoing {
+        envelope: Envelope::new(
+            ReversePath::parse("alice@example.org").unwrap(),
+            to.iter().map(|t| Mailbox::parse(t).unwrap()).collect(),
+        ),
+        body: Box::new(MemoryBody::new(format!(
+            "Subject: interop {n}\r\n\r\n.leading dot {n}\r\nbody\r\n"
+        ))),
+    }
+}
+
+async fn send(port: u16, messages: Vec<Outgoing>) -> Delivery {
+    submission(port)
+        .send(messages, &mut |_| {})
+        .await
+        .expect("connects")
+}
+
+#[tokio::test]
+async fn pipelined_messages_through_one_session() {
+    if skip() {
+        return;
+    }
+    let sink = sink(&[]).await;
+    let msgs = (0..3)
+        .map(|n| message(n, &["bob@example.net", "carol@example.net"]))
+        .collect();
+    let d = send(sink.port, msgs).await;
+    assert!(d.session.error.is_none(), "{:?}", d.session.error);
+    assert_eq!(d.session.messages.len(), 3);
+    assert!(d.session.messages.iter().all(|m| m.all_accepted()));
+    assert!(d.session.capabilities.as_ref().unwrap().pipelining());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dumps = dumps(&sink.dir);
+    assert_eq!(dumps.len(), 3, "{dumps:?}");
+    for (n, dump) in dumps.iter().enumerate() {
+        assert!(dump.contains("alice@example.org"), "{dump}");
+        assert!(
+            dump.contains("bob@example.net") && dump.contains("carol@example.net"),
+            "{dump}"
+        );
+        assert!(dump.contains(&format!(".leading dot")), "{dump}");
+        assert!(!dump.contains("..leading"), "the sink un-stuffs: {dump}");
+        let _ = n;
+    }
+}
+
+#[tokio::test]
+async fn lockstep_without_pipelining() {
+    if skip() {
+        return;
+    }
+    let sink = sink(&["-p"]).await;
+    let d = send(sink.port, vec![message(0, &["bob@example.net"])]).await;
+    assert!(!d.session.capabilities.as_ref().unwrap().pipelining());
+    assert!(
+        d.session.messages[0].all_accepted(),
+        "{:?}",
+        d.session.error
+    );
+}
+
+#[tokio::test]
+async fn helo_fallback_without_esmtp() {
+    if skip() {
+        return;
+    }
+    let sink = sink(&["-e"]).await;
+    let d = send(sink.port, vec![message(0, &["bob@example.net"])]).await;
+    assert!(
+        d.session.messages[0].all_accepted(),
+        "{:?}",
+        d.session.error
+    );
+}
+
+#[tokio::test]
+async fn hard_and_soft_rcpt_refusals() {
+    if skip() {
+        return;
+    }
+    for (option, status) in [
+        ("-f", RecipientStatus::Rejected),
+        ("-r", RecipientStatus::Deferred),
+    ] {
+        let sink = sink(&[option, "RCPT"]).await;
+        let d = send(sink.port, vec![message(0, &["bob@example.net"])]).await;
+        let r = &d.session.messages[0].recipients[0];
+        assert_eq!(r.status, status, "{option}: {r}");
+        assert!(dumps(&sink.dir).is_empty(), "{option}: nothing delivered");
+    }
+}
+
+#[tokio::test]
+async fn disconnect_at_data_defers() {
+    if skip() {
+        return;
+    }
+    let sink = sink(&["-q", "DATA"]).await;
+    let d = send(sink.port, vec![message(0, &["bob@example.net"])]).await;
+    assert_eq!(
+        d.session.messages[0].recipients[0].status,
+        RecipientStatus::Deferred
+    );
+    assert!(
+        matches!(d.session.error, Some(Error::ConnectionClosed { .. })),
+        "{:?}",
+        d.session.error
+    );
+}
