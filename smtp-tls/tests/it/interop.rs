@@ -141,7 +141,7 @@ async fn pipelined_messages_through_one_session() {
             dump.contains("bob@example.net") && dump.contains("carol@example.net"),
             "{dump}"
         );
-        assert!(dump.contains(&format!(".leading dot")), "{dump}");
+        assert!(dump.contains("\n.leading dot"), "{dump}");
         assert!(!dump.contains("..leading"), "the sink un-stuffs: {dump}");
         let _ = n;
     }
@@ -189,7 +189,13 @@ async fn hard_and_soft_rcpt_refusals() {
         let d = send(sink.port, vec![message(0, &["bob@example.net"])]).await;
         let r = &d.session.messages[0].recipients[0];
         assert_eq!(r.status, status, "{option}: {r}");
-        assert!(dumps(&sink.dir).is_empty(), "{option}: nothing delivered");
+        // smtp-sink may record the envelope, but no message data arrived.
+        assert!(
+            dumps(&sink.dir)
+                .iter()
+                .all(|d| !d.contains("Subject: interop")),
+            "{option}: nothing delivered"
+        );
     }
 }
 
