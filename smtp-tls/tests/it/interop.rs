@@ -15,7 +15,7 @@ use smtp_tls::{Delivery, Outgoing, Submission};
 
 const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if std::env::var_os("SMTP_SKIP_INTEROP").is_some() {
         return true;
     }
@@ -27,10 +27,10 @@ fn skip() -> bool {
 }
 
 /// A running smtp-sink, killed on drop.
-struct Sink {
+pub(crate) struct Sink {
     child: Child,
-    port: u16,
-    dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Sink {
@@ -41,7 +41,7 @@ impl Drop for Sink {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -50,8 +50,12 @@ fn free_port() -> u16 {
 }
 
 async fn sink(options: &[&str]) -> Sink {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("smtp-sink-{}-{port}", std::process::id()));
+    sink_on("127.0.0.1", free_port(), options).await
+}
+
+/// smtp-sink on `ip:port`, dumping into a directory of its own.
+pub(crate) async fn sink_on(ip: &str, port: u16, options: &[&str]) -> Sink {
+    let dir = std::env::temp_dir().join(format!("smtp-sink-{}-{ip}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // smtp-sink drops privileges to this user when run as root; it must be
     // able to write the dumps.
@@ -62,7 +66,7 @@ async fn sink(options: &[&str]) -> Sink {
         .arg("nobody")
         .arg("-d")
         .arg(format!("{}/%M.", dir.display()))
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("{ip}:{port}"))
         .arg("10")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -80,7 +84,7 @@ async fn sink(options: &[&str]) -> Sink {
     Sink { child, port, dir }
 }
 
-fn dumps(dir: &Path) -> Vec<String> {
+pub(crate) fn dumps(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())

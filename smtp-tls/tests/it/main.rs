@@ -1,4 +1,5 @@
 //! smtp-tls integration tests over real sockets on 127.0.0.1, one binary so
 //! the suite links once.
 
+mod direct;
 mod interop;
