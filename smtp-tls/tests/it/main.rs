@@ -1,5 +1,7 @@
 //! smtp-tls integration tests over real sockets on 127.0.0.1, one binary so
 //! the suite links once.
 
+mod aiosmtpd;
+mod certs;
 mod direct;
 mod interop;
