@@ -4,4 +4,5 @@
 mod aiosmtpd;
 mod certs;
 mod direct;
+mod handshake;
 mod interop;
