@@ -2,8 +2,6 @@
 //!
 //! - [`certs`]: a test CA and leaf certificates made on the fly (valid,
 //!   self-signed, wrong name, expired).
-//! - [`script`]: a scripted fake SMTP server that reads like a transcript,
-//!   with fault injection, over real TCP on 127.0.0.1 or in memory.
 //! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
 //!   and keeps what it receives.
 //! - [`dns`]: a DNS server on loopback serving a zone built in code.
@@ -12,4 +10,3 @@
 pub mod capture;
 pub mod certs;
 pub mod dns;
-pub mod script;

@@ -1,0 +1,136 @@
+//! The testkit's capture server as a peer: TLS with a test CA, AUTH,
+//! per-recipient refusals, Maildir output; and direct delivery with one
+//! recipient of a domain refused while the others are accepted.
+
+use std::time::Duration;
+
+use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::command::ClientId;
+use smtp_core::direct::{BodyFactory, DirectOptions, deliver};
+use smtp_core::sasl::{Credentials, Secret};
+use smtp_core::transport::{BodySource, MemoryBody};
+use smtp_core::{Config, Envelope, RecipientStatus, Timeouts, TlsPolicy};
+use smtp_dns::HickoryResolver;
+use smtp_testkit::capture::{CaptureConfig, CaptureServer};
+use smtp_testkit::certs::TestCa;
+use smtp_testkit::dns::{DnsServer, Zone};
+use smtp_tls::{MxConnector, Outgoing, Submission, TlsOptions};
+
+fn envelope(to: &[&str]) -> Envelope {
+    Envelope::new(
+        ReversePath::parse("alice@example.org").unwrap(),
+        to.iter().map(|t| Mailbox::parse(t).unwrap()).collect(),
+    )
+}
+
+#[tokio::test]
+async fn certified_auth_and_a_refused_recipient() {
+    let ca = TestCa::new();
+    let config = CaptureConfig {
+        tls: Some(ca.leaf(&["sink.test"])),
+        auth: Some(("alice".into(), "s3cret".into())),
+        require_auth: true,
+        reject: vec![("nobody@example.net".into(), "550 5.1.1 no such user".into())],
+        ..CaptureConfig::default()
+    };
+    let server = CaptureServer::start(config).await.unwrap();
+    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    s.tls.web_pki_roots = false;
+    s.tls.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+    s.tls.server_name = Some("sink.test".into());
+    s.credentials = Some(Credentials::Password {
+        username: "alice".into(),
+        password: Secret::new("s3cret"),
+    });
+    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let message = Outgoing {
+        envelope: envelope(&["bob@example.net", "nobody@example.net"]),
+        body: Box::new(MemoryBody::new("Subject: hi\n\n.dot\n")),
+    };
+    let d = s.send(vec![message], &mut |_| {}).await.unwrap();
+    let statuses: Vec<RecipientStatus> = d.session.messages[0]
+        .recipients
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [RecipientStatus::Accepted, RecipientStatus::Rejected]
+    );
+    assert!(d.session.tls.as_ref().unwrap().verified);
+    let got = server.wait_for_messages(1, Duration::from_secs(2)).await;
+    assert_eq!(got[0].data, b"Subject: hi\r\n\r\n.dot\r\n");
+    assert_eq!(got[0].rcpt_to, ["bob@example.net"]);
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth_user.as_deref(), Some("alice"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        server
+            .sessions()
+            .iter()
+            .all(|l| !l.credentials_in_plaintext && l.mail_commands_in_plaintext == 0)
+    );
+
+    let dir = std::env::temp_dir().join(format!("maildir-{}", std::process::id()));
+    let paths = server.write_maildir(&dir).unwrap();
+    assert_eq!(std::fs::read(&paths[0]).unwrap(), got[0].data);
+    assert!(dir.join("cur").is_dir() && dir.join("tmp").is_dir());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn direct_delivery_with_one_recipient_refused() {
+    let config = CaptureConfig {
+        reject: vec![("gone@k.test".into(), "550 5.1.1 mailbox gone".into())],
+        ..CaptureConfig::default()
+    };
+    let server = CaptureServer::start_on("127.0.0.30:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let zone = Zone::new()
+        .mx("k.test", 10, "mx.k.test")
+        .a("mx.k.test", "127.0.0.30".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let resolver =
+        HickoryResolver::with_nameserver(dns.addr(), Duration::from_millis(500)).unwrap();
+    let timeouts = Timeouts::uniform(Duration::from_secs(3));
+    let connector = MxConnector {
+        tls: TlsOptions::new(TlsPolicy::Optional),
+        timeouts,
+    };
+    let mut options = DirectOptions::new(
+        Config::new(ClientId::parse("client.test").unwrap())
+            .with_tls(TlsPolicy::Optional)
+            .with_timeouts(timeouts),
+    );
+    options.port = server.addr().port();
+    let body: BodyFactory<'_> = &|| -> std::io::Result<Box<dyn BodySource>> {
+        Ok(Box::new(MemoryBody::new("Subject: d\r\n\r\nx\r\n")))
+    };
+    let first = |_: usize| 0;
+    let reports = deliver(
+        &resolver,
+        &connector,
+        &envelope(&["a@k.test", "gone@k.test", "b@k.test"]),
+        body,
+        &options,
+        &first,
+    )
+    .await;
+    let statuses: Vec<String> = reports[0]
+        .outcomes
+        .iter()
+        .map(|o| format!("{}={}", o.recipient, o.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "a@k.test=accepted",
+            "gone@k.test=rejected",
+            "b@k.test=accepted"
+        ]
+    );
+    let got = server.wait_for_messages(1, Duration::from_secs(2)).await;
+    assert_eq!(got.len(), 1, "one session, one message");
+    assert_eq!(got[0].rcpt_to, ["a@k.test", "b@k.test"]);
+}
