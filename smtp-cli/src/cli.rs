@@ -1,5 +1,6 @@
 //! The command line, as clap parses it.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -34,6 +35,11 @@ pub(crate) enum Command {
     Probe(ProbeArgs),
     /// Show the MX plan direct delivery would follow for a domain.
     Mx(MxArgs),
+    /// Run a local capture server that accepts and keeps mail.
+    Sink(SinkArgs),
+    /// Send a real message end to end on this machine: a local TLS server with
+    /// AUTH and a local DNS zone, by standard and by direct delivery.
+    Demo(DemoArgs),
 }
 
 /// Encryption policy.
@@ -203,4 +209,28 @@ pub(crate) struct MxArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SinkArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    pub(crate) listen: SocketAddr,
+    /// Offer STARTTLS with a self-signed certificate.
+    #[arg(long)]
+    pub(crate) tls_self_signed: bool,
+    /// Require AUTH as USER:PASS (a throwaway test credential: it is visible
+    /// in the process list).
+    #[arg(long, value_name = "USER:PASS")]
+    pub(crate) auth: Option<String>,
+    /// Also write each received message into this Maildir.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) maildir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Print the transcripts on stderr.
+    #[arg(short = 'v', long)]
+    pub(crate) verbose: bool,
 }

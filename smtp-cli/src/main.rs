@@ -8,12 +8,14 @@
 
 mod cli;
 mod config;
+mod demo;
 mod fail;
 mod message;
 mod output;
 mod probe;
 mod secrets;
 mod send;
+mod sink;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -60,6 +62,8 @@ async fn run(command: Command) -> Result<u8, Failure> {
         Command::Send(args) => send::run(*args).await,
         Command::Probe(args) => probe::run(args).await,
         Command::Mx(args) => probe::mx(args).await,
+        Command::Sink(args) => sink::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 

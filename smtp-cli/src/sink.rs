@@ -1,0 +1,82 @@
+//! `smtp sink`: the testkit's capture server, for trying things out locally.
+
+use std::time::Duration;
+
+use smtp_testkit::capture::{CaptureConfig, CaptureServer, write_maildir};
+use smtp_testkit::certs::Identity;
+
+use crate::cli::SinkArgs;
+use crate::fail::{EX_OK, EX_SOFTWARE, Failure};
+
+pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
+    let mut config = CaptureConfig::default();
+    if args.tls_self_signed {
+        config.tls = Some(Identity::self_signed(&["localhost", "127.0.0.1"]));
+    }
+    if let Some(auth) = &args.auth {
+        let (user, pass) = auth
+            .split_once(':')
+            .ok_or_else(|| Failure::usage("--auth takes USER:PASS"))?;
+        config.auth = Some((user.to_owned(), pass.to_owned()));
+        config.require_auth = true;
+    }
+    let server = CaptureServer::start_on(args.listen, config)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                EX_SOFTWARE,
+                format!("cannot listen on {}: {e}", args.listen),
+            )
+        })?;
+    eprintln!(
+        "smtp sink: listening on {}{}{}; Ctrl-C to stop",
+        server.addr(),
+        if args.tls_self_signed {
+            ", STARTTLS with a self-signed certificate"
+        } else {
+            ""
+        },
+        if args.auth.is_some() {
+            ", AUTH required"
+        } else {
+            ""
+        },
+    );
+    let mut shown = 0;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let messages = server.messages();
+        for m in messages.iter().skip(shown) {
+            println!(
+                "received from <{}> to {} ({} octets{}{})",
+                m.mail_from,
+                m.rcpt_to
+                    .iter()
+                    .map(|r| format!("<{r}>"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                m.data.len(),
+                if m.tls { ", TLS" } else { "" },
+                m.auth_user
+                    .as_deref()
+                    .map(|u| format!(", user {u}"))
+                    .unwrap_or_default(),
+            );
+            if let Some(dir) = &args.maildir {
+                let paths = write_maildir(dir, std::slice::from_ref(m)).map_err(|e| {
+                    Failure::new(EX_SOFTWARE, format!("cannot write {}: {e}", dir.display()))
+                })?;
+                for p in paths {
+                    println!("  stored in {}", p.display());
+                }
+            }
+        }
+        shown = messages.len();
+    }
+    Ok(EX_OK)
+}
