@@ -10,3 +10,8 @@
 pub mod capture;
 pub mod certs;
 pub mod dns;
+
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
