@@ -153,6 +153,9 @@ impl RecipientOutcome {
 
     pub(crate) fn from_error(recipient: Mailbox, phase: Phase, error: Error) -> Self {
         let status = match error.reply() {
+            // The policy was not met: the recipient was not refused, and
+            // another path (or a later try) may succeed.
+            _ if matches!(error, Error::Policy(_)) => RecipientStatus::Deferred,
             Some(r) if r.code().is_permanent() => RecipientStatus::Rejected,
             Some(_) => RecipientStatus::Deferred,
             None if error.is_permanent() => RecipientStatus::Rejected,

@@ -2,6 +2,7 @@
 
 mod appendix_d;
 mod chunking;
+mod conformance;
 mod drive;
 mod harness;
 mod model;
