@@ -382,3 +382,67 @@ async fn demo_runs() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn mx_through_a_nameserver() {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    let zone = Zone::new()
+        .mx("m.test", 20, "b.m.test")
+        .mx("m.test", 10, "a.m.test")
+        .a("a.m.test", "127.0.0.40".parse().unwrap())
+        .a("b.m.test", "127.0.0.41".parse().unwrap())
+        .null_mx("nomail.test");
+    let dns = DnsServer::start(zone).await.unwrap();
+    let mx = |domain: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["mx", domain, "--json", "--dns-server"])
+            .arg(dns.addr().to_string());
+        c
+    };
+    let o = run(mx("m.test")).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "mx");
+    assert_eq!(v["hosts"][0]["host"], "a.m.test");
+    assert_eq!(v["hosts"][0]["addresses"][0], "127.0.0.40");
+    assert_eq!(v["hosts"][1]["preference"], 20);
+    let o = run(mx("nomail.test")).await;
+    assert_eq!(code(&o), 68, "null MX: the domain takes no mail");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("accepts no mail"));
+}
+
+#[tokio::test]
+async fn probe_shows_capabilities_and_tls() {
+    let f = fixture(true, &[]).await;
+    let mut c = Command::new(BIN);
+    c.args([
+        "probe",
+        &format!("localhost:{}", f.server.addr().port()),
+        "--tls",
+        "certified",
+        "--json",
+        "--ca-file",
+    ])
+    .arg(f.dir.join("ca.pem"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["greeting"].as_str().unwrap().starts_with("220 mail.test"));
+    let before: Vec<String> = v["capabilities_before_tls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert!(before.iter().any(|c| c == "STARTTLS"), "{before:?}");
+    assert_eq!(
+        v["auth"],
+        serde_json::json!(["PLAIN", "LOGIN"]),
+        "AUTH appears only after TLS"
+    );
+    assert_eq!(v["tls"]["verified"], true);
+    assert!(v["tls"]["version"].as_str().unwrap().starts_with("TLSv1."));
+    assert!(v["tls"]["not_after"].as_str().is_some());
+    assert!(f.server.messages().is_empty(), "a probe sends no mail");
+}

@@ -284,9 +284,6 @@ impl Client {
             return;
         }
         self.quit_requested = true;
-        if self.state == State::Setup && self.messages.is_empty() && self.pending.is_empty() {
-            self.send_quit(now);
-        }
         self.advance(now);
     }
 

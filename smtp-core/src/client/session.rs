@@ -38,11 +38,9 @@ impl Client {
             return;
         }
         self.out.event(Event::Greeting(reply));
-        if self.quit_requested && self.messages.is_empty() {
-            self.send_quit(now);
-        } else {
-            self.send_ehlo(now);
-        }
+        // Even with nothing to send, the session is set up before QUIT:
+        // that is how a probe learns capabilities, TLS and AUTH.
+        self.send_ehlo(now);
     }
 
     pub(super) fn on_ehlo(&mut self, now: Instant, reply: Reply) {

@@ -545,6 +545,8 @@ fn quit_on_idle_session() {
     run.script(
         "
         S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250 mx.example.net
         C: QUIT
         S: 221 bye
         ",

@@ -135,7 +135,8 @@ fn quit_timeout_just_closes() {
     let mut run = Run::new(config().with_timeouts(timeouts()));
     run.client.quit(run.now);
     run.input(b"220 hi\r\n");
-    assert_eq!(run.take_wire(), "QUIT\r\n");
+    run.input(b"250 hi\r\n");
+    assert_eq!(run.take_wire(), "EHLO client.example\r\nQUIT\r\n");
     run.expire();
     assert!(run.closed());
     assert!(run.failure().is_none());
