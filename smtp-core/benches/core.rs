@@ -23,17 +23,16 @@ fn replies(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let one = b"250 2.0.0 Ok: queued as 4Xyz1234AbC\r\n";
     g.bench_function("single line", |b| {
-        b.iter(|| parse_reply(black_box(one), &limits))
+        b.iter(|| parse_reply(black_box(one), &limits));
     });
     g.bench_function("EHLO, 12 lines", |b| {
-        b.iter(|| parse_reply(black_box(EHLO), &limits))
+        b.iter(|| parse_reply(black_box(EHLO), &limits));
     });
-    let reply = match parse_reply(EHLO, &limits) {
-        Ok(Status::Complete((_, r))) => r,
-        _ => unreachable!("the EHLO vector is a complete reply"),
+    let Ok(Status::Complete((_, reply))) = parse_reply(EHLO, &limits) else {
+        panic!("the EHLO vector is a complete reply");
     };
     g.bench_function("capabilities from EHLO", |b| {
-        b.iter(|| Capabilities::from_reply(black_box(&reply)))
+        b.iter(|| Capabilities::from_reply(black_box(&reply)));
     });
     g.finish();
 }
