@@ -143,8 +143,8 @@ fn expected(step: Step, failure: Failure) -> [RecipientStatus; 2] {
     }
 }
 
-/// Runs one cell; returns the statuses and everything the client sent.
-fn cell(step: Step, failure: Failure) -> (Vec<RecipientStatus>, String, Vec<Event>) {
+/// A lock-step session under Required with credentials, two recipients.
+fn session() -> Run {
     let creds = Credentials::Password {
         username: "u".into(),
         password: Secret::new("p"),
@@ -158,6 +158,12 @@ fn cell(step: Step, failure: Failure) -> (Vec<RecipientStatus>, String, Vec<Even
         "a@example.org",
         &["one@example.net", "two@example.net"],
     ));
+    run
+}
+
+/// Runs one cell; returns the statuses and everything the client sent.
+fn cell(step: Step, failure: Failure) -> (Vec<RecipientStatus>, String, Vec<Event>) {
+    let mut run = session();
     run.client.quit(run.now);
     let (mut ehlos, mut rcpts) = (0, 0);
     let mut all_sent = String::new();
@@ -248,19 +254,7 @@ fn every_step_times_every_failure() {
 #[test]
 fn the_happy_path_delivers_both() {
     // Control for the matrix: the same session with no failure injected.
-    let creds = Credentials::Password {
-        username: "u".into(),
-        password: Secret::new("p"),
-    };
-    let cfg = config()
-        .with_tls(TlsPolicy::Required)
-        .with_credentials(creds, AuthChoice::Auto, vec![9; 24])
-        .with_extensions(false, false);
-    let mut run = Run::new(cfg);
-    run.send(envelope(
-        "a@example.org",
-        &["one@example.net", "two@example.net"],
-    ));
+    let mut run = session();
     run.script(
         "
         S: 220 mx.example.net ESMTP
