@@ -5,11 +5,14 @@
 //! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
 //!   and keeps what it receives.
 //! - [`dns`]: a DNS server on loopback serving a zone built in code.
+//! - [`script`]: a scripted fake SMTP server that reads like a transcript,
+//!   with faults on purpose, over real TCP on 127.0.0.1 or in memory.
 #![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod certs;
 pub mod dns;
+pub mod script;
 
 /// The README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]

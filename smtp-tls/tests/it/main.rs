@@ -5,5 +5,6 @@ mod aiosmtpd;
 mod capture;
 mod certs;
 mod direct;
+mod faults;
 mod handshake;
 mod interop;
