@@ -40,8 +40,16 @@ pub struct CaptureConfig {
     /// `(recipient, reply line)`: refuse these recipients with that reply,
     /// e.g. `("nobody@example.net", "550 5.1.1 no such user")`.
     pub reject: Vec<(String, String)>,
-    /// Largest message accepted, in bytes.
+    /// Largest message accepted, in bytes (advertised as SIZE).
     pub max_message_size: usize,
+    /// Advertise PIPELINING.
+    pub pipelining: bool,
+    /// Advertise 8BITMIME.
+    pub eight_bit_mime: bool,
+    /// Advertise SMTPUTF8.
+    pub smtputf8: bool,
+    /// Answer EHLO with 502 (an old server: the client must fall back to HELO).
+    pub no_ehlo: bool,
 }
 
 impl Default for CaptureConfig {
@@ -54,6 +62,10 @@ impl Default for CaptureConfig {
             require_auth: false,
             reject: Vec::new(),
             max_message_size: 64 * 1024 * 1024,
+            pipelining: true,
+            eight_bit_mime: true,
+            smtputf8: true,
+            no_ehlo: false,
         }
     }
 }
@@ -307,10 +319,20 @@ async fn serve(
         let arg = line.get(verb.len()..).unwrap_or("").trim().to_owned();
         match verb.as_str() {
             "EHLO" => {
-                let mut caps = format!(
-                    "250-{}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n",
-                    config.hostname
-                );
+                if config.no_ehlo {
+                    reply(&mut stream, log, "502 5.5.2 EHLO not implemented\r\n").await?;
+                    continue;
+                }
+                let mut caps = format!("250-{}\r\n250-ENHANCEDSTATUSCODES\r\n", config.hostname);
+                for (on, keyword) in [
+                    (config.pipelining, "PIPELINING"),
+                    (config.eight_bit_mime, "8BITMIME"),
+                    (config.smtputf8, "SMTPUTF8"),
+                ] {
+                    if on {
+                        caps.push_str(&format!("250-{keyword}\r\n"));
+                    }
+                }
                 caps.push_str(&format!("250-SIZE {}\r\n", config.max_message_size));
                 if acceptor.is_some() && !tls {
                     caps.push_str("250-STARTTLS\r\n");

@@ -5,6 +5,8 @@
 //! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
 //!   and keeps what it receives.
 //! - [`dns`]: a DNS server on loopback serving a zone built in code.
+//! - [`sansio`]: the sans-IO client driven directly by transcript scripts,
+//!   with a virtual clock.
 //! - [`script`]: a scripted fake SMTP server that reads like a transcript,
 //!   with faults on purpose, over real TCP on 127.0.0.1 or in memory.
 #![forbid(unsafe_code)]
@@ -12,6 +14,7 @@
 pub mod capture;
 pub mod certs;
 pub mod dns;
+pub mod sansio;
 pub mod script;
 
 /// The README's example, compiled as a doctest.

@@ -3,7 +3,7 @@
 use smtp_core::RecipientStatus;
 use smtp_core::command::ClientId;
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 /// D.1: a typical SMTP transaction scenario (no PIPELINING, so lock-step).
 #[test]

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use smtp_core::Event;
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 /// A session's server turns: each turn answers what the client has sent.
 const PIPELINED: &[&str] = &[

@@ -7,7 +7,7 @@
 use smtp_core::sasl::{AuthChoice, Credentials, Secret};
 use smtp_core::{Event, RecipientStatus, TlsPolicy};
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {

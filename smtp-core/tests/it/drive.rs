@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use smtp_core::transport::{BodySource, MemoryBody, ReadOutcome, TlsInfo, Transport, drive};
 use smtp_core::{Client, Error, MessageError, RecipientStatus};
 
-use crate::harness::{config, envelope};
+use smtp_testkit::sansio::{config, envelope};
 
 struct Scripted {
     now: Instant,

@@ -4,7 +4,6 @@ mod appendix_d;
 mod chunking;
 mod conformance;
 mod drive;
-mod harness;
 mod model;
 mod session;
 mod timeouts;

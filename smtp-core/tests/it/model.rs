@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use smtp_core::{Event, RecipientStatus};
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 #[derive(Clone, Debug)]
 struct Plan {

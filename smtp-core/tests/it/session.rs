@@ -3,7 +3,7 @@
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_core::{Error, Event, PolicyError, ProtocolError, RecipientStatus, TlsPolicy, Warning};
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 fn password() -> Credentials {
     Credentials::Password {

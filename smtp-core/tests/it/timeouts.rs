@@ -7,7 +7,7 @@ use std::time::Duration;
 use smtp_core::sasl::{AuthChoice, Credentials, Secret};
 use smtp_core::{Error, Phase, Timeouts, TlsPolicy};
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 /// Distinct limits so a wrong phase's limit cannot pass unnoticed.
 fn timeouts() -> Timeouts {

@@ -4,7 +4,7 @@
 use smtp_core::command::BodyType;
 use smtp_core::{Error, MessageError, Phase, RecipientStatus};
 
-use crate::harness::{Run, config, envelope};
+use smtp_testkit::sansio::{Run, config, envelope};
 
 const PIPELINED_EHLO: &str = "
     S: 220 mx.example.net

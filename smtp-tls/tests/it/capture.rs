@@ -134,3 +134,43 @@ async fn direct_delivery_with_one_recipient_refused() {
     assert_eq!(got.len(), 1, "one session, one message");
     assert_eq!(got[0].rcpt_to, ["a@k.test", "b@k.test"]);
 }
+
+#[tokio::test]
+async fn capabilities_are_configurable() {
+    // Without PIPELINING the client goes lock-step; without EHLO, HELO.
+    for (pipelining, no_ehlo) in [(false, false), (true, true)] {
+        let server = CaptureServer::start(CaptureConfig {
+            pipelining,
+            no_ehlo,
+            ..CaptureConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut s = Submission::new("127.0.0.1", server.addr().port());
+        s.tls.policy = TlsPolicy::None;
+        s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+        let message = Outgoing {
+            envelope: envelope(&["b@example.net"]),
+            body: Box::new(MemoryBody::new("x\r\n")),
+        };
+        let d = s.send(vec![message], &mut |_| {}).await.unwrap();
+        assert!(
+            d.session.messages[0].all_accepted(),
+            "{:?}",
+            d.session.error
+        );
+        let caps = d.session.capabilities.clone().unwrap_or_default();
+        assert_eq!(caps.pipelining(), pipelining && !no_ehlo);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let transcript: Vec<String> = server
+            .sessions()
+            .into_iter()
+            .flat_map(|s| s.transcript)
+            .collect();
+        assert_eq!(
+            transcript.iter().any(|l| l.starts_with("C: HELO")),
+            no_ehlo,
+            "{transcript:?}"
+        );
+    }
+}

@@ -1,8 +1,26 @@
-//! A scripted server and a virtual clock driving the sans-IO client.
+//! The sans-IO client driven directly, with a virtual clock: no sockets,
+//! no runtime, every deadline reachable in an instant.
 //!
 //! Scripts read like transcripts: `S: ` lines are what the server sends
 //! (consecutive ones in one write), `C: ` lines what the client must have
 //! sent by then, exactly and in order (`*` at the end matches any rest).
+//!
+//! ```
+//! use smtp_testkit::sansio::{Run, config, envelope};
+//!
+//! let mut run = Run::new(config());
+//! run.send(envelope("a@example.org", &["b@example.net"]));
+//! run.script(
+//!     "
+//!     S: 220 mx.example.net
+//!     C: EHLO client.example
+//!     S: 250 mx.example.net
+//!     C: MAIL FROM:<a@example.org>
+//!     S: 550 5.7.1 go away
+//!     ",
+//! );
+//! assert_eq!(run.statuses(), ["b@example.net=rejected"]);
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -10,28 +28,36 @@ use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::command::ClientId;
 use smtp_core::{Client, Config, Envelope, Error, Event, MessageOutcome, TlsPolicy};
 
-pub(crate) struct Run {
-    pub(crate) client: Client,
-    pub(crate) now: Instant,
+/// A client session under test, its virtual clock and what it did.
+pub struct Run {
+    /// The client under test.
+    pub client: Client,
+    /// The virtual clock.
+    pub now: Instant,
     /// What the client wrote that no `C:` line has matched yet.
-    pub(crate) wire: Vec<u8>,
-    pub(crate) events: Vec<Event>,
+    pub wire: Vec<u8>,
+    /// Every event, in order.
+    pub events: Vec<Event>,
     /// The body given on every `BodyWanted`, in chunks of `chunk` bytes.
-    pub(crate) body: Vec<u8>,
-    pub(crate) chunk: usize,
+    pub body: Vec<u8>,
+    /// The size of the body chunks.
+    pub chunk: usize,
     /// Answer `StartTls` with `tls_established` at once.
-    pub(crate) auto_tls: bool,
+    pub auto_tls: bool,
 }
 
-pub(crate) fn config() -> Config {
+/// A test configuration: EHLO `client.example`, policy None.
+pub fn config() -> Config {
     Config::new(ClientId::parse("client.example").unwrap()).with_tls(TlsPolicy::None)
 }
 
-pub(crate) fn mailbox(s: &str) -> Mailbox {
+/// A mailbox from a literal (panics on an invalid one: a test bug).
+pub fn mailbox(s: &str) -> Mailbox {
     Mailbox::parse(s).unwrap()
 }
 
-pub(crate) fn envelope(from: &str, to: &[&str]) -> Envelope {
+/// An envelope from literals.
+pub fn envelope(from: &str, to: &[&str]) -> Envelope {
     Envelope::new(
         ReversePath::parse(from).unwrap(),
         to.iter().map(|t| mailbox(t)).collect(),
@@ -39,9 +65,9 @@ pub(crate) fn envelope(from: &str, to: &[&str]) -> Envelope {
 }
 
 impl Run {
-    pub(crate) fn new(config: Config) -> Self {
+    /// A new session at an arbitrary starting instant.
+    pub fn new(config: Config) -> Self {
         // The clock is virtual: any starting instant will do.
-        #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         Self {
             client: Client::new(config, now),
@@ -54,13 +80,14 @@ impl Run {
         }
     }
 
-    pub(crate) fn send(&mut self, env: Envelope) {
+    /// Queues a message.
+    pub fn send(&mut self, env: Envelope) {
         self.client.send(self.now, env).expect("send");
         self.pump();
     }
 
     /// Drains output and events, answering BodyWanted and StartTls.
-    pub(crate) fn pump(&mut self) {
+    pub fn pump(&mut self) {
         loop {
             let mut progressed = self.client.poll_transmit(&mut self.wire);
             while let Some(event) = self.client.poll_event() {
@@ -93,17 +120,18 @@ impl Run {
     }
 
     /// Feeds raw server bytes.
-    pub(crate) fn input(&mut self, bytes: &[u8]) {
+    pub fn input(&mut self, bytes: &[u8]) {
         self.client.handle_input(self.now, bytes);
         self.pump();
     }
 
     /// Takes everything the client wrote so far as text.
-    pub(crate) fn take_wire(&mut self) -> String {
+    pub fn take_wire(&mut self) -> String {
         String::from_utf8_lossy(&std::mem::take(&mut self.wire)).into_owned()
     }
 
-    pub(crate) fn script(&mut self, script: &str) {
+    /// Plays a transcript (panics on a mismatch, naming both sides).
+    pub fn script(&mut self, script: &str) {
         let mut server = String::new();
         let mut client: Vec<&str> = Vec::new();
         for raw in script.lines() {
@@ -159,7 +187,7 @@ impl Run {
     }
 
     /// Moves the virtual clock to the next deadline and fires it.
-    pub(crate) fn expire(&mut self) -> Duration {
+    pub fn expire(&mut self) -> Duration {
         let at = self.client.poll_timeout().expect("a deadline is armed");
         let waited = at - self.now;
         self.now = at;
@@ -168,18 +196,21 @@ impl Run {
         waited
     }
 
-    pub(crate) fn advance(&mut self, by: Duration) {
+    /// Moves the virtual clock by `by` and fires any deadline passed.
+    pub fn advance(&mut self, by: Duration) {
         self.now += by;
         self.client.handle_timeout(self.now);
         self.pump();
     }
 
-    pub(crate) fn close(&mut self) {
+    /// The server hangs up.
+    pub fn close(&mut self) {
         self.client.handle_close(self.now);
         self.pump();
     }
 
-    pub(crate) fn outcomes(&self) -> Vec<MessageOutcome> {
+    /// Every message result so far.
+    pub fn outcomes(&self) -> Vec<MessageOutcome> {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -190,7 +221,7 @@ impl Run {
     }
 
     /// Each recipient of each message as `address=status`, in order.
-    pub(crate) fn statuses(&self) -> Vec<String> {
+    pub fn statuses(&self) -> Vec<String> {
         self.outcomes()
             .iter()
             .flat_map(|m| {
@@ -201,14 +232,16 @@ impl Run {
             .collect()
     }
 
-    pub(crate) fn failure(&self) -> Option<&Error> {
+    /// The error that ended the session, if one did.
+    pub fn failure(&self) -> Option<&Error> {
         self.events.iter().find_map(|e| match e {
             Event::Failed(err) => Some(err),
             _ => None,
         })
     }
 
-    pub(crate) fn closed(&self) -> bool {
+    /// True once the session closed cleanly.
+    pub fn closed(&self) -> bool {
         self.events.iter().any(|e| matches!(e, Event::Closed))
     }
 }
