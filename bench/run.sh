@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# End-to-end throughput against Postfix's smtp-sink on loopback, side by side
+# with Postfix's smtp-source, in one run on the same sink. The sink is pinned
+# to CPU 0 and each client to CPU 1 (unpinned figures swing by 2x on 2-vCPU
+# machines). Both clients are timed the same way, process start included.
+#
+#   bench/run.sh [COUNT_1K] [COUNT_1M]
+#
+# Needs: postfix (smtp-sink, smtp-source), taskset, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count_small=${1:-20000}
+count_large=${2:-100}
+port=${PORT:-25525}
+
+cargo build --release --locked -q -p smtp-tls --example blast
+blast=${CARGO_TARGET_DIR:-target}/release/examples/blast
+
+user=()
+[ "$(id -u)" -eq 0 ] && user=(-u nobody)
+taskset -c 0 /usr/sbin/smtp-sink "${user[@]}" "127.0.0.1:$port" 100 &
+sink=$!
+trap 'kill $sink 2>/dev/null' EXIT
+sleep 0.5
+
+timed() { # prints seconds taken by "$@"
+    local s e
+    s=$(date +%s.%N)
+    "$@" >/dev/null
+    e=$(date +%s.%N)
+    python3 -c "print($e - $s)"
+}
+
+row() { # name count size seconds
+    python3 -c "import sys; n,c,s,t=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(f'| {n} | {s} | {c} | {t:.3f} | {c/t:,.0f} | {c*s/t/1048576:.1f} |')" "$@"
+}
+
+echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
+echo "|---|---|---|---|---|---|"
+for size_count in "1024 $count_small" "1048576 $count_large"; do
+    set -- $size_count
+    size=$1 count=$2
+    t=$(timed taskset -c 1 "$blast" "127.0.0.1:$port" "$count" "$size")
+    row "smtp-tls (one session, pipelined)" "$count" "$size" "$t"
+    t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count" -l "$size" "127.0.0.1:$port")
+    row "smtp-source -d" "$count" "$size" "$t"
+done
