@@ -45,3 +45,23 @@ for size_count in "1024 $count_small" "1048576 $count_large"; do
     t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count" -l "$size" "127.0.0.1:$port")
     row "smtp-source -d" "$count" "$size" "$t"
 done
+
+# Peak RSS while sending a 1 GiB message from a file with the smtp command.
+if [ -x /usr/bin/time ] && [ "${SKIP_RSS:-}" = "" ]; then
+    cargo build --release --locked -q -p smtp-cli
+    big=$(mktemp --suffix=.eml)
+    python3 - "$big" <<'PY'
+import sys
+line = b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n"
+with open(sys.argv[1], "wb") as f:
+    f.write(b"From: a@example.org\r\nTo: b@example.net\r\nSubject: 1 GiB\r\n\r\n")
+    chunk = line * 13000
+    for _ in range((1 << 30) // len(chunk) + 1):
+        f.write(chunk)
+PY
+    /usr/bin/time -f "%M" -o "$big.rss" "${CARGO_TARGET_DIR:-target}/release/smtp" send \
+        --server "127.0.0.1:$port" --tls none -t "$big" >/dev/null
+    echo
+    echo "peak RSS sending a $(du -h "$big" | cut -f1) message: $(( $(cat "$big.rss") / 1024 )) MiB"
+    rm -f "$big" "$big.rss"
+fi
