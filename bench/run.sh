@@ -13,14 +13,18 @@ count_small=${1:-20000}
 count_large=${2:-100}
 port=${PORT:-25525}
 
-cargo build --release --locked -q -p smtp-tls --example blast
+cargo build --release --locked -q -p smtp-tls --example blast --example delay_proxy
 blast=${CARGO_TARGET_DIR:-target}/release/examples/blast
+proxy=${CARGO_TARGET_DIR:-target}/release/examples/delay_proxy
 
 user=()
 [ "$(id -u)" -eq 0 ] && user=(-u nobody)
 taskset -c 0 /usr/sbin/smtp-sink "${user[@]}" "127.0.0.1:$port" 100 &
 sink=$!
-trap 'kill $sink 2>/dev/null' EXIT
+# The same sink behind a proxy adding 5 ms each way: a 10 ms round trip.
+"$proxy" $((port + 1)) "127.0.0.1:$port" 5 &
+proxy_pid=$!
+trap 'kill $sink $proxy_pid 2>/dev/null' EXIT
 sleep 0.5
 
 timed() { # prints seconds taken by "$@"
@@ -45,6 +49,17 @@ for size_count in "1024 $count_small" "1048576 $count_large"; do
     t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count" -l "$size" "127.0.0.1:$port")
     row "smtp-source -d" "$count" "$size" "$t"
 done
+
+echo
+echo "At a 10 ms round trip (delay proxy), 1 KiB messages:"
+echo
+echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
+echo "|---|---|---|---|---|---|"
+count_rtt=${COUNT_RTT:-500}
+t=$(timed taskset -c 1 "$blast" "127.0.0.1:$((port + 1))" "$count_rtt" 1024)
+row "smtp-tls (one session, pipelined)" "$count_rtt" 1024 "$t"
+t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count_rtt" -l 1024 "127.0.0.1:$((port + 1))")
+row "smtp-source -d" "$count_rtt" 1024 "$t"
 
 # Peak RSS while sending a 1 GiB message from a file with the smtp command.
 if [ -x /usr/bin/time ] && [ "${SKIP_RSS:-}" = "" ]; then
