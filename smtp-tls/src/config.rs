@@ -9,7 +9,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use smtp_core::TlsPolicy;
 
-use crate::verify::{DangerRecordingVerifier, StrictVerifier, Verdict};
+use crate::verify::{Verdict, Verifier};
 
 /// Which certificates to trust and how strictly.
 #[derive(Clone, Debug)]
@@ -78,25 +78,19 @@ impl TlsOptions {
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(|e| io::Error::other(format!("cannot build the certificate verifier: {e}")))?;
-        let builder = ClientConfig::builder_with_provider(provider.clone())
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| io::Error::other(e.to_string()))?
             .dangerous();
-        let config = match self.policy {
-            TlsPolicy::Certified => builder
-                .with_custom_certificate_verifier(Arc::new(StrictVerifier::new(
-                    webpki,
-                    verdict.clone(),
-                )))
-                .with_no_client_auth(),
-            TlsPolicy::None | TlsPolicy::Optional | TlsPolicy::Required => builder
-                .with_custom_certificate_verifier(Arc::new(DangerRecordingVerifier::new(
-                    webpki,
-                    provider.clone(),
-                    verdict.clone(),
-                )))
-                .with_no_client_auth(),
+        let verifier = match self.policy {
+            TlsPolicy::Certified => Verifier::strict(webpki, verdict.clone()),
+            TlsPolicy::None | TlsPolicy::Optional | TlsPolicy::Required => {
+                Verifier::danger_accept_unverified(webpki, verdict.clone())
+            }
         };
+        let config = builder
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         Ok((Arc::new(config), verdict))
     }
 }

@@ -1,10 +1,11 @@
 //! Certificate checks per encryption policy.
 //!
 //! Certified runs rustls's webpki verifier and lets it fail the handshake.
-//! Optional and Required use [`DangerRecordingVerifier`]: it runs the same
-//! verification, records the verdict for the report, and accepts the
-//! certificate anyway — but it still checks the handshake signatures, so
-//! the peer must hold the private key of the certificate it showed.
+//! Optional and Required run the same verification, record the verdict for
+//! the report, and accept the certificate anyway
+//! ([`Verifier::danger_accept_unverified`]) — but still check the handshake
+//! signatures, so the peer must hold the private key of the certificate it
+//! showed.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -12,116 +13,54 @@ use std::sync::{Arc, Mutex};
 use rustls::DigitallySignedStruct;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, Error, SignatureScheme};
 
 /// What the verification of one handshake concluded.
 pub(crate) type Verdict = Arc<Mutex<Option<Result<(), String>>>>;
 
-/// Accepts any certificate after recording whether it verified. Only for
-/// the Optional and Required policies, where encryption without
-/// authentication is the user's stated choice.
-pub(crate) struct DangerRecordingVerifier {
+/// Runs webpki's verification, records its verdict for the report, and —
+/// only when built with [`Verifier::danger_accept_unverified`] — accepts the
+/// certificate anyway. Handshake signatures are always checked.
+pub(crate) struct Verifier {
     inner: Arc<WebPkiServerVerifier>,
-    provider: Arc<CryptoProvider>,
     verdict: Verdict,
+    accept_unverified: bool,
 }
 
-impl DangerRecordingVerifier {
-    pub(crate) fn new(
+impl Verifier {
+    /// Certified: the verdict decides.
+    pub(crate) fn strict(inner: Arc<WebPkiServerVerifier>, verdict: Verdict) -> Self {
+        Self {
+            inner,
+            verdict,
+            accept_unverified: false,
+        }
+    }
+
+    /// Optional and Required: encryption without authentication, the
+    /// user's stated choice. The verdict is only reported.
+    pub(crate) fn danger_accept_unverified(
         inner: Arc<WebPkiServerVerifier>,
-        provider: Arc<CryptoProvider>,
         verdict: Verdict,
     ) -> Self {
         Self {
             inner,
-            provider,
             verdict,
+            accept_unverified: true,
         }
     }
 }
 
-impl fmt::Debug for DangerRecordingVerifier {
+impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DangerRecordingVerifier")
+        f.debug_struct("Verifier")
+            .field("accept_unverified", &self.accept_unverified)
+            .finish_non_exhaustive()
     }
 }
 
-impl ServerCertVerifier for DangerRecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let verdict = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            .map(|_| ())
-            .map_err(|e| describe(&e, server_name));
-        if let Ok(mut slot) = self.verdict.lock() {
-            *slot = Some(verdict);
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Certified: the webpki verifier decides, and its verdict is recorded too.
-pub(crate) struct StrictVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    verdict: Verdict,
-}
-
-impl StrictVerifier {
-    pub(crate) fn new(inner: Arc<WebPkiServerVerifier>, verdict: Verdict) -> Self {
-        Self { inner, verdict }
-    }
-}
-
-impl fmt::Debug for StrictVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StrictVerifier")
-    }
-}
-
-impl ServerCertVerifier for StrictVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -145,7 +84,11 @@ impl ServerCertVerifier for StrictVerifier {
                     .map_err(|e| describe(e, server_name)),
             );
         }
-        result
+        if self.accept_unverified {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            result
+        }
     }
 
     fn verify_tls12_signature(
