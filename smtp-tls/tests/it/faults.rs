@@ -181,3 +181,33 @@ async fn garbage_421_and_hang_ups() {
         assert!(d.session.error.is_some(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_script_opening_with_starttls_is_implicit_tls() {
+    let ca = TestCa::new();
+    let script =
+        format!("STARTTLS\nS: 220 mail.test ESMTP\nC: EHLO *\nS: 250 mail.test\n{SESSION_TAIL}");
+    let server = ScriptedServer::start(
+        Script::parse(&script).unwrap(),
+        Some(ca.leaf(&["mail.test"])),
+    )
+    .await
+    .unwrap();
+    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    s.implicit_tls = true;
+    s.tls.web_pki_roots = false;
+    s.tls.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+    s.tls.server_name = Some("mail.test".into());
+    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let message = Outgoing {
+        envelope: Envelope::new(
+            ReversePath::parse("alice@example.org").unwrap(),
+            vec![Mailbox::parse("bob@example.net").unwrap()],
+        ),
+        body: Box::new(MemoryBody::new("Subject: x\r\n\r\nbody\r\n")),
+    };
+    let d = s.send(vec![message], &mut |_| {}).await.unwrap();
+    server.finish(Duration::from_secs(5)).await.assert_ok();
+    assert_eq!(status(&d), RecipientStatus::Accepted);
+    assert!(d.session.tls.as_ref().unwrap().verified);
+}
