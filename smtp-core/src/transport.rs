@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::client::{Client, Event, TranscriptLine, Warning};
 use crate::ehlo::Capabilities;
-use crate::envelope::MessageOutcome;
+use crate::envelope::{MessageId, MessageOutcome};
 use crate::error::Error;
 use crate::reply::Reply;
 
@@ -134,6 +134,211 @@ pub struct SessionReport {
 /// How many bytes are read from the server or a body at a time.
 const CHUNK: usize = 64 * 1024;
 
+/// Where each message's body comes from, by message.
+pub trait Bodies: Send {
+    /// The body of message `id`, if there is one.
+    fn body(&mut self, id: MessageId) -> Option<&mut dyn BodySource>;
+}
+
+/// Bodies by position: message `n` of a fresh [`Client`] has body `n`.
+impl Bodies for [Box<dyn BodySource>] {
+    fn body(&mut self, id: MessageId) -> Option<&mut dyn BodySource> {
+        let index = usize::try_from(id.index()).ok()?;
+        Some(self.get_mut(index)?.as_mut())
+    }
+}
+
+/// How long [`Driver::run`] goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// Until the session ends (after QUIT, or a fault).
+    Closed,
+    /// Until the session is set up with nothing in flight
+    /// ([`Client::is_idle`]), or ends. A kept connection stops here.
+    Idle,
+}
+
+/// Drives a [`Client`] over a [`Transport`]: writes what it has to send in
+/// one write per group, reads replies, streams bodies, runs STARTTLS and
+/// keeps time. Its two buffers are reused across runs, so a connection kept
+/// for many messages allocates nothing per message.
+#[derive(Debug)]
+pub struct Driver {
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Driver {
+    /// A driver with 64 KiB buffers.
+    pub fn new() -> Self {
+        Self {
+            out: Vec::with_capacity(CHUNK),
+            buf: vec![0u8; CHUNK],
+        }
+    }
+
+    /// Runs `client` over `transport` until `until`, streaming each message's
+    /// body from `bodies` when the client asks for it. Every event goes to
+    /// `on_event` as it happens, in order.
+    pub async fn run<T: Transport + ?Sized, B: Bodies + ?Sized>(
+        &mut self,
+        client: &mut Client,
+        transport: &mut T,
+        bodies: &mut B,
+        until: Until,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) {
+        let timeouts = client.timeouts();
+        loop {
+            while let Some(event) = client.poll_event() {
+                match &event {
+                    Event::BodyWanted(id) => {
+                        let id = *id;
+                        on_event(event);
+                        self.stream_body(client, transport, bodies.body(id)).await;
+                        continue;
+                    }
+                    Event::StartTls => {
+                        on_event(event);
+                        self.start_tls(client, transport).await;
+                        continue;
+                    }
+                    _ => on_event(event),
+                }
+            }
+            let now = transport.now();
+            if !self.flush(client, transport, now + timeouts.command).await {
+                continue;
+            }
+            if client.is_closed() || (until == Until::Idle && client.is_idle()) {
+                break;
+            }
+            match transport.read(&mut self.buf, client.poll_timeout()).await {
+                Ok(ReadOutcome::Data(n)) => {
+                    client.handle_input(transport.now(), self.buf.get(..n).unwrap_or_default());
+                }
+                Ok(ReadOutcome::DeadlinePassed) => client.handle_timeout(transport.now()),
+                Ok(ReadOutcome::Closed) | Err(_) => client.handle_close(transport.now()),
+            }
+        }
+        // Events raised by the last step (a close after the final reply).
+        while let Some(event) = client.poll_event() {
+            on_event(event);
+        }
+    }
+
+    /// Takes in, without waiting, whatever the server sent while the session
+    /// sat idle: a `421` before its idle timeout, or the close itself. No
+    /// command is sent (no NOOP probe). Returns true if the session is still
+    /// usable; events (a [`Event::Failed`] or [`Event::Closed`]) go to `on_event`.
+    pub async fn refresh<T: Transport + ?Sized>(
+        &mut self,
+        client: &mut Client,
+        transport: &mut T,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> bool {
+        while client.is_idle() {
+            let now = transport.now();
+            match transport.read(&mut self.buf, Some(now)).await {
+                Ok(ReadOutcome::Data(n)) => {
+                    client.handle_input(transport.now(), self.buf.get(..n).unwrap_or_default());
+                }
+                Ok(ReadOutcome::DeadlinePassed) => break,
+                Ok(ReadOutcome::Closed) | Err(_) => client.handle_close(transport.now()),
+            }
+        }
+        while let Some(event) = client.poll_event() {
+            on_event(event);
+        }
+        // Whatever arrived unasked ended the session (an unsolicited reply
+        // is a fault) or left it idle.
+        !client.is_closed()
+    }
+
+    async fn start_tls<T: Transport + ?Sized>(&mut self, client: &mut Client, transport: &mut T) {
+        let timeouts = client.timeouts();
+        let now = transport.now();
+        if self.flush(client, transport, now + timeouts.command).await {
+            match transport.start_tls(now + timeouts.tls_handshake).await {
+                // The client only refuses this when no upgrade is pending,
+                // and one is: it just asked.
+                Ok(_) => {
+                    let _ = client.tls_established(transport.now());
+                }
+                Err(detail) => client.tls_failed(transport.now(), detail),
+            }
+        }
+    }
+
+    /// Writes what the client has to send. False when the write failed (the
+    /// client has been told the connection is gone).
+    async fn flush<T: Transport + ?Sized>(
+        &mut self,
+        client: &mut Client,
+        transport: &mut T,
+        deadline: Instant,
+    ) -> bool {
+        if !client.poll_transmit(&mut self.out) {
+            return true;
+        }
+        let result = transport.write_all(&self.out, deadline).await;
+        self.out.clear();
+        if result.is_err() {
+            client.handle_close(transport.now());
+            return false;
+        }
+        true
+    }
+
+    async fn stream_body<T: Transport + ?Sized>(
+        &mut self,
+        client: &mut Client,
+        transport: &mut T,
+        source: Option<&mut dyn BodySource>,
+    ) {
+        let data_block = client.timeouts().data_block;
+        let Some(source) = source else {
+            let _ = client.body_failed(transport.now(), "no body was given for this message");
+            return;
+        };
+        if let Err(e) = source.rewind().await {
+            let _ =
+                client.body_failed(transport.now(), format!("cannot go back to its start: {e}"));
+            return;
+        }
+        loop {
+            let n = match source.read(&mut self.buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Never end the data early: a truncated message must not be accepted.
+                    let _ = client.body_failed(transport.now(), e.to_string());
+                    return;
+                }
+            };
+            let now = transport.now();
+            if n == 0 {
+                let _ = client.body_end(now);
+                return;
+            }
+            if client
+                .body_chunk(now, self.buf.get(..n).unwrap_or_default())
+                .is_err()
+            {
+                return;
+            }
+            if !self.flush(client, transport, now + data_block).await {
+                return;
+            }
+        }
+    }
+}
+
 /// Runs `client` over `transport` until the session ends, streaming each
 /// message's body from `bodies[message index]`. `observe` sees every event as
 /// it happens (for live transcripts and progress).
@@ -147,123 +352,31 @@ pub async fn drive<T: Transport + ?Sized>(
         tls: transport.tls_info(),
         ..SessionReport::default()
     };
-    let timeouts = client.timeouts();
-    let mut out = Vec::with_capacity(CHUNK);
-    let mut buf = vec![0u8; CHUNK];
-    let mut ended = false;
-    loop {
-        while let Some(event) = client.poll_event() {
-            observe(&event);
-            match event {
-                Event::BodyWanted(id) => {
-                    let source = usize::try_from(id.index())
-                        .ok()
-                        .and_then(|i| bodies.get_mut(i));
-                    stream_body(client, transport, source, &mut out, &mut buf).await;
-                }
-                Event::StartTls => {
-                    let now = transport.now();
-                    if flush(client, transport, &mut out, now + timeouts.command).await {
-                        match transport.start_tls(now + timeouts.tls_handshake).await {
-                            Ok(info) => {
-                                report.tls = Some(info);
-                                // The client only refuses this when no upgrade is
-                                // pending, and one is: it just asked.
-                                let _ = client.tls_established(transport.now());
-                            }
-                            Err(detail) => client.tls_failed(transport.now(), detail),
-                        }
-                    }
-                }
-                Event::Greeting(reply) => report.greeting = Some(reply),
-                Event::Capabilities(caps) => report.capabilities = Some(caps),
-                Event::MessageResult(m) => report.messages.push(m),
-                Event::Warning(w) => report.warnings.push(w),
-                Event::Transcript(line) => report.transcript.push(line),
-                Event::Failed(e) => {
-                    report.error = Some(e);
-                    ended = true;
-                }
-                Event::Closed => ended = true,
-                _ => {}
-            }
-        }
-        let now = transport.now();
-        if !flush(client, transport, &mut out, now + timeouts.command).await {
-            continue;
-        }
-        if ended || client.is_closed() {
-            break;
-        }
-        match transport.read(&mut buf, client.poll_timeout()).await {
-            Ok(ReadOutcome::Data(n)) => {
-                client.handle_input(transport.now(), buf.get(..n).unwrap_or_default());
-            }
-            Ok(ReadOutcome::DeadlinePassed) => client.handle_timeout(transport.now()),
-            Ok(ReadOutcome::Closed) | Err(_) => client.handle_close(transport.now()),
-        }
+    let mut on_event = |event: Event| {
+        observe(&event);
+        report.record(event);
+    };
+    Driver::new()
+        .run(client, transport, bodies, Until::Closed, &mut on_event)
+        .await;
+    if client.is_tls() {
+        report.tls = transport.tls_info();
     }
     report
 }
 
-/// Writes what the client has to send. False when the write failed (the
-/// client has been told the connection is gone).
-async fn flush<T: Transport + ?Sized>(
-    client: &mut Client,
-    transport: &mut T,
-    out: &mut Vec<u8>,
-    deadline: Instant,
-) -> bool {
-    if !client.poll_transmit(out) {
-        return true;
-    }
-    let result = transport.write_all(out, deadline).await;
-    out.clear();
-    if result.is_err() {
-        client.handle_close(transport.now());
-        return false;
-    }
-    true
-}
-
-async fn stream_body<T: Transport + ?Sized>(
-    client: &mut Client,
-    transport: &mut T,
-    source: Option<&mut Box<dyn BodySource>>,
-    out: &mut Vec<u8>,
-    buf: &mut [u8],
-) {
-    let data_block = client.timeouts().data_block;
-    let Some(source) = source else {
-        let _ = client.body_failed(transport.now(), "no body was given for this message");
-        return;
-    };
-    if let Err(e) = source.rewind().await {
-        let _ = client.body_failed(transport.now(), format!("cannot go back to its start: {e}"));
-        return;
-    }
-    loop {
-        let n = match source.read(buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Never end the data early: a truncated message must not be accepted.
-                let _ = client.body_failed(transport.now(), e.to_string());
-                return;
-            }
-        };
-        let now = transport.now();
-        if n == 0 {
-            let _ = client.body_end(now);
-            return;
-        }
-        if client
-            .body_chunk(now, buf.get(..n).unwrap_or_default())
-            .is_err()
-        {
-            return;
-        }
-        if !flush(client, transport, out, now + data_block).await {
-            return;
+impl SessionReport {
+    /// Files an event under the report's fields (message results, greeting,
+    /// capabilities, warnings, transcript, the ending fault).
+    pub fn record(&mut self, event: Event) {
+        match event {
+            Event::Greeting(reply) => self.greeting = Some(reply),
+            Event::Capabilities(caps) => self.capabilities = Some(caps),
+            Event::MessageResult(m) => self.messages.push(m),
+            Event::Warning(w) => self.warnings.push(w),
+            Event::Transcript(line) => self.transcript.push(line),
+            Event::Failed(e) => self.error = Some(e),
+            _ => {}
         }
     }
 }

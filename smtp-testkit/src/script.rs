@@ -401,26 +401,41 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     run(Box::new(stream), script, None).await
 }
 
-/// A scripted server for one connection on 127.0.0.1.
+/// A scripted server on 127.0.0.1: one script per connection, in order.
 #[derive(Debug)]
 pub struct ScriptedServer {
     addr: SocketAddr,
-    task: JoinHandle<ScriptOutcome>,
+    task: JoinHandle<Vec<ScriptOutcome>>,
 }
 
 impl ScriptedServer {
     /// Listens on an ephemeral port; runs `script` on the first connection.
     pub async fn start(script: Script, tls: Option<Identity>) -> std::io::Result<Self> {
+        Self::start_sequence(vec![script], tls).await
+    }
+
+    /// Listens on an ephemeral port; runs `scripts[n]` on the `n`th
+    /// connection, one connection at a time, and stops listening after the
+    /// last (a further connection is refused). For clients that reconnect
+    /// or keep connections for reuse.
+    pub async fn start_sequence(
+        scripts: Vec<Script>,
+        tls: Option<Identity>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            match listener.accept().await {
-                Ok((tcp, _)) => run(Box::new(tcp), script, tls.as_ref()).await,
-                Err(e) => ScriptOutcome {
-                    mismatch: Some(format!("accept failed: {e}")),
-                    ..ScriptOutcome::default()
-                },
+            let mut outcomes = Vec::with_capacity(scripts.len());
+            for script in scripts {
+                outcomes.push(match listener.accept().await {
+                    Ok((tcp, _)) => run(Box::new(tcp), script, tls.as_ref()).await,
+                    Err(e) => ScriptOutcome {
+                        mismatch: Some(format!("accept failed: {e}")),
+                        ..ScriptOutcome::default()
+                    },
+                });
             }
+            outcomes
         });
         Ok(Self { addr, task })
     }
@@ -432,16 +447,26 @@ impl ScriptedServer {
 
     /// Waits for the script to end (at most `timeout`).
     pub async fn finish(self, timeout: Duration) -> ScriptOutcome {
+        self.finish_all(timeout)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// Waits for every connection's script to end (at most `timeout` in
+    /// all); one outcome per script, in order.
+    pub async fn finish_all(self, timeout: Duration) -> Vec<ScriptOutcome> {
+        let failed = |why: String| {
+            vec![ScriptOutcome {
+                mismatch: Some(why),
+                ..ScriptOutcome::default()
+            }]
+        };
         match tokio::time::timeout(timeout, self.task).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => ScriptOutcome {
-                mismatch: Some(format!("the script task failed: {e}")),
-                ..ScriptOutcome::default()
-            },
-            Err(_) => ScriptOutcome {
-                mismatch: Some(format!("the script did not finish within {timeout:?}")),
-                ..ScriptOutcome::default()
-            },
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(e)) => failed(format!("the script task failed: {e}")),
+            Err(_) => failed(format!("the scripts did not finish within {timeout:?}")),
         }
     }
 }

@@ -59,3 +59,38 @@ impl fmt::Display for ConnectError {
 }
 
 impl std::error::Error for ConnectError {}
+
+/// A session that could not be set up for reuse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No connection.
+    Connect(ConnectError),
+    /// Connected, but the session could not be set up (greeting refused,
+    /// encryption policy not met, authentication failed, …).
+    Session(smtp_core::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(e) => e.fmt(f),
+            Self::Session(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) => Some(e),
+            Self::Session(e) => Some(e),
+        }
+    }
+}
+
+impl From<ConnectError> for OpenError {
+    fn from(e: ConnectError) -> Self {
+        Self::Connect(e)
+    }
+}

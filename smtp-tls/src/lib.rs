@@ -58,16 +58,20 @@
 
 mod body;
 mod config;
+mod connection;
 mod connector;
 mod error;
+mod pool;
 mod submission;
 mod transport;
 mod verify;
 
 pub use body::FileBody;
 pub use config::TlsOptions;
+pub use connection::Connection;
 pub use connector::MxConnector;
-pub use error::ConnectError;
+pub use error::{ConnectError, OpenError};
+pub use pool::{Pool, PoolError};
 pub use submission::{Delivery, Outgoing, Submission};
 pub use transport::TcpTransport;
 

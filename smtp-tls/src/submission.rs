@@ -88,6 +88,32 @@ impl Submission {
         config
     }
 
+    /// Under Optional, a failed STARTTLS handshake may be retried once in
+    /// plaintext: never on implicit TLS, never with credentials.
+    pub(crate) fn may_retry_plaintext(&self) -> bool {
+        self.tls.policy == TlsPolicy::Optional && !self.implicit_tls && self.credentials.is_none()
+    }
+
+    /// Connects under `policy` and makes the client for that connection.
+    pub(crate) async fn start(
+        &self,
+        policy: TlsPolicy,
+    ) -> Result<(TcpTransport, Client), ConnectError> {
+        let mut options = self.tls.clone();
+        options.policy = policy;
+        let transport = TcpTransport::connect(
+            &self.host,
+            self.port,
+            self.implicit_tls,
+            &options,
+            self.timeouts.connect,
+            self.timeouts.tls_handshake,
+        )
+        .await?;
+        let now = smtp_core::transport::Transport::now(&transport);
+        Ok((transport, Client::new(self.config(policy), now)))
+    }
+
     /// Sends `messages` through one session and reports on each.
     /// `observe` sees every event as it happens (transcripts, progress).
     pub async fn send(
@@ -108,8 +134,8 @@ impl Submission {
         // The matrix: under Optional a failed handshake is retried once in
         // plaintext on a new connection, unless credentials would then be
         // at risk (those stay deferred).
-        if policy == TlsPolicy::Optional && !self.implicit_tls && self.credentials.is_none() {
-            if let Some(Error::Tls { detail }) = &delivery.session.error {
+        if let Some(Error::Tls { detail }) = &delivery.session.error {
+            if self.may_retry_plaintext() {
                 let detail = detail.clone();
                 let mut retry = self
                     .session(TlsPolicy::None, &envelopes, &mut bodies, observe)
@@ -128,19 +154,8 @@ impl Submission {
         bodies: &mut [Box<dyn BodySource>],
         observe: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Delivery, ConnectError> {
-        let mut options = self.tls.clone();
-        options.policy = policy;
-        let mut transport = TcpTransport::connect(
-            &self.host,
-            self.port,
-            self.implicit_tls,
-            &options,
-            self.timeouts.connect,
-            self.timeouts.tls_handshake,
-        )
-        .await?;
+        let (mut transport, mut client) = self.start(policy).await?;
         let now = smtp_core::transport::Transport::now(&transport);
-        let mut client = Client::new(self.config(policy), now);
         for envelope in envelopes {
             // Cannot fail: every envelope has recipients and the session is new.
             let _ = client.send(now, envelope.clone());

@@ -327,6 +327,20 @@ impl Client {
         &self.caps
     }
 
+    /// True when the session is set up and has nothing in flight: no reply
+    /// awaited, no message queued or streaming, nothing left to write or to
+    /// report. A connection kept for reuse waits in this state.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Ready
+            && !self.quit_requested
+            && self.pending.is_empty()
+            && self.messages.is_empty()
+            && self.txs.is_empty()
+            && self.body.is_none()
+            && self.out.bytes.is_empty()
+            && self.out.events.is_empty()
+    }
+
     /// True once the session has ended, cleanly or not.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed | State::Failed)

@@ -151,3 +151,80 @@ fn silent_server_times_out() {
         RecipientStatus::Deferred
     );
 }
+
+#[test]
+fn until_idle_stops_after_setup_and_after_each_batch() {
+    use smtp_core::transport::{Driver, Until};
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 queued\r\n",
+    ]);
+    let mut client = Client::new(config(), t.now);
+    let mut driver = Driver::new();
+    let mut none: Vec<Box<dyn BodySource>> = Vec::new();
+    block_on(driver.run(
+        &mut client,
+        &mut t,
+        none.as_mut_slice(),
+        Until::Idle,
+        &mut |_| {},
+    ));
+    assert!(client.is_idle());
+    assert_eq!(
+        String::from_utf8_lossy(&t.written),
+        "EHLO client.example\r\n"
+    );
+    client
+        .send(t.now, envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    assert!(!client.is_idle());
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![Box::new(MemoryBody::new("x\n"))];
+    let mut results = Vec::new();
+    block_on(driver.run(
+        &mut client,
+        &mut t,
+        bodies.as_mut_slice(),
+        Until::Idle,
+        &mut |e| {
+            if let smtp_core::Event::MessageResult(m) = e {
+                results.push(m);
+            }
+        },
+    ));
+    assert!(client.is_idle() && !client.is_closed());
+    assert!(results[0].all_accepted());
+    // Still open: no QUIT went out.
+    assert!(String::from_utf8_lossy(&t.written).ends_with("x\r\n.\r\n"));
+}
+
+#[test]
+fn refresh_takes_in_a_421_sent_while_idle_without_writing() {
+    use smtp_core::transport::{Driver, Until};
+    let mut t = transport(&["220 mx\r\n", "250 mx\r\n"]);
+    let mut client = Client::new(config(), t.now);
+    let mut driver = Driver::new();
+    let mut none: Vec<Box<dyn BodySource>> = Vec::new();
+    block_on(driver.run(
+        &mut client,
+        &mut t,
+        none.as_mut_slice(),
+        Until::Idle,
+        &mut |_| {},
+    ));
+    let written = t.written.len();
+    // Nothing arrived: still usable, and the clock did not move past "now".
+    assert!(block_on(driver.refresh(&mut client, &mut t, &mut |_| {})));
+    t.replies.push_back("421 4.4.2 mx idle timeout\r\n");
+    let mut events = Vec::new();
+    assert!(!block_on(
+        driver.refresh(&mut client, &mut t, &mut |e| events.push(e))
+    ));
+    assert!(client.is_closed());
+    assert!(
+        matches!(events.last(), Some(smtp_core::Event::Failed(Error::Rejected { reply, .. })) if reply.code().as_u16() == 421),
+        "{events:?}"
+    );
+    assert_eq!(t.written.len(), written, "no NOOP, nothing written");
+}

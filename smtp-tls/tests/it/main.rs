@@ -8,3 +8,4 @@ mod direct;
 mod faults;
 mod handshake;
 mod interop;
+mod reuse;
