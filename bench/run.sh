@@ -2,9 +2,20 @@
 # End-to-end throughput against Postfix's smtp-sink on loopback, side by side
 # with Postfix's smtp-source, in one run on the same sink. The sink is pinned
 # to CPU 0 and each client to CPU 1 (unpinned figures swing by 2x on 2-vCPU
-# machines). Both clients are timed the same way, process start included.
+# machines). All clients are timed the same way, process start included.
 #
 #   bench/run.sh [COUNT_1K] [COUNT_1M]
+#
+# Rows beside smtp-tls's blast example and smtp-source:
+# - `smtp CLI (one session)`: the smtp command given one message file COUNT
+#   times (one session, one MAIL transaction per file). It keeps every file
+#   open until the session ends, so its count is held under `ulimit -n`.
+# - lettre and mail-send (bench/peers, a crate of its own) driven like blast.
+#   They run at tens of messages/s on loopback, so they send fewer messages:
+#   PEER_COUNT_1K (200), PEER_COUNT_1M (20), PEER_COUNT_RTT (100); compare
+#   messages/s. `mail-send (PEER_NODELAY=1)` sets TCP_NODELAY through
+#   mail-send's public stream; lettre has no such setting. SKIP_PEERS=1 leaves
+#   them out (and skips building them).
 #
 # Needs: postfix (smtp-sink, smtp-source), taskset, python3.
 set -euo pipefail
@@ -14,8 +25,36 @@ count_large=${2:-100}
 port=${PORT:-25525}
 
 cargo build --release --locked -q -p smtp-tls --example blast --example delay_proxy
+cargo build --release --locked -q -p smtp-cli
 blast=${CARGO_TARGET_DIR:-target}/release/examples/blast
 proxy=${CARGO_TARGET_DIR:-target}/release/examples/delay_proxy
+smtp=${CARGO_TARGET_DIR:-target}/release/smtp
+peers=""
+if [ "${SKIP_PEERS:-}" != 1 ]; then
+    cargo build --release --locked -q --manifest-path bench/peers/Cargo.toml
+    peers=$(realpath "${CARGO_TARGET_DIR:-bench/peers/target}")/release
+fi
+peer_count_small=${PEER_COUNT_1K:-200}
+peer_count_large=${PEER_COUNT_1M:-20}
+peer_count_rtt=${PEER_COUNT_RTT:-100}
+
+# RFC 5322 message files of exactly 1 KiB and 1 MiB for the smtp command.
+msgdir=$(mktemp -d)
+trap 'rm -rf "$msgdir"' EXIT
+for size in 1024 1048576; do
+    python3 - "$msgdir/$size.eml" "$size" <<'PY'
+import sys
+path, size = sys.argv[1], int(sys.argv[2])
+msg = (b"From: blast@example.org\r\nTo: sink@example.net\r\nSubject: blast\r\n"
+       b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <blast@example.org>\r\n\r\n")
+line = b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n"
+while len(msg) + len(line) <= size:
+    msg += line
+msg += line[: size - len(msg) - 2] + b"\r\n"
+assert len(msg) == size
+open(path, "wb").write(msg)
+PY
+done
 
 user=()
 [ "$(id -u)" -eq 0 ] && user=(-u nobody)
@@ -24,19 +63,41 @@ sink=$!
 # The same sink behind a proxy adding 5 ms each way: a 10 ms round trip.
 "$proxy" $((port + 1)) "127.0.0.1:$port" 5 &
 proxy_pid=$!
-trap 'kill $sink $proxy_pid 2>/dev/null' EXIT
+trap 'kill $sink $proxy_pid 2>/dev/null; rm -rf "$msgdir"' EXIT
 sleep 0.5
 
 timed() { # prints seconds taken by "$@"
     local s e
     s=$(date +%s.%N)
-    "$@" >/dev/null
+    "$@" >/dev/null || { echo "failed: $*" >&2; return 1; }
     e=$(date +%s.%N)
     python3 -c "print($e - $s)"
 }
 
 row() { # name count size seconds
     python3 -c "import sys; n,c,s,t=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),float(sys.argv[4]); print(f'| {n} | {s} | {c} | {t:.3f} | {c/t:,.0f} | {c*s/t/1048576:.1f} |')" "$@"
+}
+
+smtp_cli() { # server count size: the smtp command, one session
+    local files=() i count=$2 max=$(($(ulimit -n) - 64))
+    if [ "$count" -gt "$max" ]; then
+        echo "smtp CLI: $count messages would hold $count files open; sending $max (ulimit -n)" >&2
+        count=$max
+    fi
+    for ((i = 0; i < count; i++)); do files+=("$msgdir/$3.eml"); done
+    t=$(timed taskset -c 1 "$smtp" send --server "$1" --tls none \
+        --from blast@example.org --to sink@example.net "${files[@]}")
+    row "smtp CLI (one session)" "$count" "$3" "$t"
+}
+
+peer_rows() { # server count size
+    [ -n "$peers" ] || return 0
+    t=$(timed taskset -c 1 "$peers/lettre-blast" "$@")
+    row "lettre (pooled async)" "$2" "$3" "$t"
+    t=$(timed taskset -c 1 "$peers/mail-send-blast" "$@")
+    row "mail-send" "$2" "$3" "$t"
+    t=$(PEER_NODELAY=1 timed taskset -c 1 "$peers/mail-send-blast" "$@")
+    row "mail-send (PEER_NODELAY=1)" "$2" "$3" "$t"
 }
 
 echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
@@ -48,7 +109,10 @@ for size_count in "1024 $count_small" "1048576 $count_large"; do
     row "smtp-tls (one session, pipelined)" "$count" "$size" "$t"
     t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count" -l "$size" "127.0.0.1:$port")
     row "smtp-source -d" "$count" "$size" "$t"
+    smtp_cli "127.0.0.1:$port" "$count" "$size"
 done
+peer_rows "127.0.0.1:$port" "$peer_count_small" 1024
+peer_rows "127.0.0.1:$port" "$peer_count_large" 1048576
 
 echo
 echo "At a 10 ms round trip (delay proxy), 1 KiB messages:"
@@ -60,6 +124,8 @@ t=$(timed taskset -c 1 "$blast" "127.0.0.1:$((port + 1))" "$count_rtt" 1024)
 row "smtp-tls (one session, pipelined)" "$count_rtt" 1024 "$t"
 t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count_rtt" -l 1024 "127.0.0.1:$((port + 1))")
 row "smtp-source -d" "$count_rtt" 1024 "$t"
+smtp_cli "127.0.0.1:$((port + 1))" "$count_rtt" 1024
+peer_rows "127.0.0.1:$((port + 1))" "$peer_count_rtt" 1024
 
 # Peak RSS while sending a 1 GiB message from a file with the smtp command.
 if [ -x /usr/bin/time ] && [ "${SKIP_RSS:-}" = "" ]; then
