@@ -7,6 +7,7 @@
 //! end and returns a [`SessionReport`].
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -79,20 +80,30 @@ pub trait BodySource: Send {
     async fn rewind(&mut self) -> io::Result<()>;
 }
 
-/// A body held in memory.
-#[derive(Clone, Debug, Default)]
+/// A body held in memory. Clones share the bytes, so one body sent many
+/// times (to many recipients in separate sessions, or in a benchmark) is
+/// held once.
+#[derive(Clone, Debug)]
 pub struct MemoryBody {
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     pos: usize,
 }
 
+impl Default for MemoryBody {
+    fn default() -> Self {
+        Self::shared(Arc::from(&[][..]))
+    }
+}
+
 impl MemoryBody {
-    /// Wraps the bytes.
+    /// Takes the bytes.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self {
-            bytes: bytes.into(),
-            pos: 0,
-        }
+        Self::shared(Arc::from(bytes.into()))
+    }
+
+    /// Shares bytes already behind an [`Arc`], without copying them.
+    pub fn shared(bytes: Arc<[u8]>) -> Self {
+        Self { bytes, pos: 0 }
     }
 }
 

@@ -21,17 +21,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut body = b"Subject: blast\r\n\r\n".to_vec();
     while body.len() < size {
         body.extend_from_slice(
-            b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n",
+            // 80 bytes a line, as smtp-source sends: the sink's work is per line.
+            b"012345678901234567890123456789012345678901234567890123456789012345678901234567\r\n",
         );
     }
     body.truncate(size.max(20));
     body.extend_from_slice(b"\r\n");
     let from = ReversePath::parse("blast@example.org")?;
     let to = vec![Mailbox::parse("sink@example.net")?];
+    // One copy of the body, shared by every message.
+    let body = MemoryBody::new(body);
     let messages = (0..count)
         .map(|_| Outgoing {
             envelope: Envelope::new(from.clone(), to.clone()),
-            body: Box::new(MemoryBody::new(body.clone())),
+            body: Box::new(body.clone()),
         })
         .collect();
     let mut server = Submission::new(host, port.parse()?);
