@@ -8,14 +8,16 @@
 #
 # Rows beside smtp-tls's blast example and smtp-source:
 # - `smtp CLI (one session)`: the smtp command given one message file COUNT
-#   times (one session, one MAIL transaction per file). It keeps every file
-#   open until the session ends, so its count is held under `ulimit -n`.
+#   times (one session, one MAIL transaction per file).
 # - lettre and mail-send (bench/peers, a crate of its own) driven like blast.
 #   They run at tens of messages/s on loopback, so they send fewer messages:
 #   PEER_COUNT_1K (200), PEER_COUNT_1M (20), PEER_COUNT_RTT (100); compare
 #   messages/s. `mail-send (PEER_NODELAY=1)` sets TCP_NODELAY through
 #   mail-send's public stream; lettre has no such setting. SKIP_PEERS=1 leaves
 #   them out (and skips building them).
+#
+# Every message body is made of 80-byte lines, as smtp-source sends them
+# (the sink's work is per line).
 #
 # Needs: postfix (smtp-sink, smtp-source), taskset, python3.
 set -euo pipefail
@@ -47,7 +49,7 @@ import sys
 path, size = sys.argv[1], int(sys.argv[2])
 msg = (b"From: blast@example.org\r\nTo: sink@example.net\r\nSubject: blast\r\n"
        b"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <blast@example.org>\r\n\r\n")
-line = b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n"
+line = b"012345678901234567890123456789012345678901234567890123456789012345678901234567\r\n"
 while len(msg) + len(line) <= size:
     msg += line
 msg += line[: size - len(msg) - 2] + b"\r\n"
@@ -79,11 +81,7 @@ row() { # name count size seconds
 }
 
 smtp_cli() { # server count size: the smtp command, one session
-    local files=() i count=$2 max=$(($(ulimit -n) - 64))
-    if [ "$count" -gt "$max" ]; then
-        echo "smtp CLI: $count messages would hold $count files open; sending $max (ulimit -n)" >&2
-        count=$max
-    fi
+    local files=() i count=$2
     for ((i = 0; i < count; i++)); do files+=("$msgdir/$3.eml"); done
     t=$(timed taskset -c 1 "$smtp" send --server "$1" --tls none \
         --from blast@example.org --to sink@example.net "${files[@]}")
@@ -133,7 +131,7 @@ if [ -x /usr/bin/time ] && [ "${SKIP_RSS:-}" = "" ]; then
     big=$(mktemp --suffix=.eml)
     python3 - "$big" <<'PY'
 import sys
-line = b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n"
+line = b"012345678901234567890123456789012345678901234567890123456789012345678901234567\r\n"
 with open(sys.argv[1], "wb") as f:
     f.write(b"From: a@example.org\r\nTo: b@example.net\r\nSubject: 1 GiB\r\n\r\n")
     chunk = line * 13000

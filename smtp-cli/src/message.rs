@@ -5,6 +5,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use smtp_core::command::BodyType;
@@ -17,6 +18,11 @@ use crate::fail::Failure;
 /// The header section may be at most this large.
 const MAX_HEADER: usize = 1024 * 1024;
 
+/// A body after the header section up to this size is kept in memory from
+/// the pre-scan, so sending it costs no file I/O (many small messages in
+/// one session); a larger one streams from its file.
+const INLINE_BODY: usize = 32 * 1024;
+
 /// A message ready to send: its rewritten header section and where its body starts.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -27,6 +33,8 @@ pub(crate) struct Prepared {
     /// The file holding the message, and the offset of the rest after the header section.
     pub(crate) file: PathBuf,
     pub(crate) body_offset: u64,
+    /// The body after the header section, when it is small enough to keep.
+    pub(crate) inline: Option<Arc<[u8]>>,
     /// Addresses from the headers.
     pub(crate) from: Option<String>,
     pub(crate) recipients: Vec<String>,
@@ -144,6 +152,7 @@ pub(crate) fn prepare(
     let mut rest = std::fs::File::open(path).map_err(|e| Failure::no_input(path, &e))?;
     io::Seek::seek(&mut rest, io::SeekFrom::Start(end as u64))
         .map_err(|e| Failure::no_input(path, &e))?;
+    let mut inline = Some(Vec::new());
     loop {
         let n = rest
             .read(&mut buf)
@@ -152,6 +161,12 @@ pub(crate) fn prepare(
             break;
         }
         scanner.scan(&buf[..n]);
+        inline = inline
+            .filter(|kept| kept.len() + n <= INLINE_BODY)
+            .map(|mut kept| {
+                kept.extend_from_slice(&buf[..n]);
+                kept
+            });
     }
     let facts = scanner.finish();
     let body_type = match facts.rules() {
@@ -164,6 +179,7 @@ pub(crate) fn prepare(
         head: rewritten,
         file: path.to_owned(),
         body_offset: end as u64,
+        inline: inline.map(Arc::from),
         from,
         recipients,
         body_type,
@@ -259,13 +275,22 @@ pub(crate) fn compose(
         .map_err(|e| Failure::io("cannot compose the message", &e))
 }
 
-/// The prepared header section, then the file from its body.
+/// The prepared header section, then the body: from memory when it is
+/// small, else from the file, opened on the first read and closed at its
+/// end (a session with thousands of messages holds one file at a time).
 pub(crate) struct PreparedBody {
     head: Vec<u8>,
     pos: usize,
+    inline: Option<Arc<[u8]>>,
     path: PathBuf,
     offset: u64,
-    file: Option<tokio::fs::File>,
+    file: FileState,
+}
+
+enum FileState {
+    NotOpened,
+    Open(tokio::fs::File),
+    Finished,
 }
 
 impl PreparedBody {
@@ -273,9 +298,10 @@ impl PreparedBody {
         Self {
             head: p.head.clone(),
             pos: 0,
+            inline: p.inline.clone(),
             path: p.file.clone(),
             offset: p.body_offset,
-            file: None,
+            file: FileState::NotOpened,
         }
     }
 }
@@ -283,26 +309,42 @@ impl PreparedBody {
 #[async_trait]
 impl BodySource for PreparedBody {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos < self.head.len() {
-            let n = (self.head.len() - self.pos).min(buf.len());
+        let head_len = self.head.len();
+        if let Some(inline) = &self.inline {
+            // The header section and the kept body, as one run of bytes.
+            let part = match self.pos.checked_sub(head_len) {
+                None => self.head.get(self.pos..).unwrap_or_default(),
+                Some(at) => inline.get(at..).unwrap_or_default(),
+            };
+            let n = part.len().min(buf.len());
+            buf[..n].copy_from_slice(&part[..n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        if self.pos < head_len {
+            let n = (head_len - self.pos).min(buf.len());
             buf[..n].copy_from_slice(&self.head[self.pos..self.pos + n]);
             self.pos += n;
             return Ok(n);
         }
-        if self.file.is_none() {
+        if let FileState::NotOpened = self.file {
             let mut f = tokio::fs::File::open(&self.path).await?;
             f.seek(io::SeekFrom::Start(self.offset)).await?;
-            self.file = Some(f);
+            self.file = FileState::Open(f);
         }
-        match self.file.as_mut() {
-            Some(f) => f.read(buf).await,
-            None => Ok(0),
+        let FileState::Open(f) = &mut self.file else {
+            return Ok(0);
+        };
+        let n = f.read(buf).await?;
+        if n == 0 {
+            self.file = FileState::Finished;
         }
+        Ok(n)
     }
 
     async fn rewind(&mut self) -> io::Result<()> {
         self.pos = 0;
-        self.file = None;
+        self.file = FileState::NotOpened;
         Ok(())
     }
 }
@@ -310,6 +352,69 @@ impl BodySource for PreparedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `bytes` to a fresh file in the temporary directory.
+    fn message_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("smtp-cli-{}-{name}.eml", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    async fn read_all(body: &mut PreparedBody) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1000];
+        loop {
+            let n = body.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn message(lines: usize) -> Vec<u8> {
+        let mut m = b"From: a@example.org\r\nTo: b@example.net\r\nDate: Sun, 29 Nov 2026 02:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n".to_vec();
+        for n in 0..lines {
+            m.extend_from_slice(format!("line {n:072}\r\n").as_bytes());
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn a_small_body_is_sent_from_memory_and_again_after_rewind() {
+        let bytes = message(10);
+        let path = message_file("small", &bytes);
+        let p = prepare(&path, "m".into(), false, false, "client.example").unwrap();
+        assert!(p.inline.is_some());
+        let mut body = PreparedBody::new(&p);
+        // The file is not needed any more once prepared.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(read_all(&mut body).await, bytes);
+        body.rewind().await.unwrap();
+        assert_eq!(read_all(&mut body).await, bytes);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_streams_from_its_file_and_closes_it_at_the_end() {
+        let bytes = message(1000); // 80 KiB: above the inline limit
+        let path = message_file("large", &bytes);
+        let p = prepare(&path, "m".into(), false, false, "client.example").unwrap();
+        assert!(p.inline.is_none());
+        let mut body = PreparedBody::new(&p);
+        assert_eq!(read_all(&mut body).await, bytes);
+        assert!(
+            matches!(body.file, FileState::Finished),
+            "the file is closed"
+        );
+        assert_eq!(
+            body.read(&mut [0u8; 10]).await.unwrap(),
+            0,
+            "and stays at its end"
+        );
+        body.rewind().await.unwrap();
+        assert_eq!(read_all(&mut body).await, bytes);
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn bcc_removed_with_continuations() {

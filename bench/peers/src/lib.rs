@@ -33,7 +33,7 @@ pub fn body(size: usize) -> Vec<u8> {
     let mut body = b"Subject: blast\r\n\r\n".to_vec();
     while body.len() < size {
         body.extend_from_slice(
-            b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n",
+            b"012345678901234567890123456789012345678901234567890123456789012345678901234567\r\n",
         );
     }
     body.truncate(size.max(20));
