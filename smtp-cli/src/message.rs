@@ -102,7 +102,8 @@ pub(crate) fn prepare(
             )));
         }
     };
-    head.truncate(end);
+    // What was read past the header section is the body's first bytes.
+    let first = head.split_off(end);
     let parsed = mail_parser::MessageParser::default().parse_headers(&head[..]);
     let addresses = |a: Option<&mail_parser::Address<'_>>| -> Vec<String> {
         a.map(|a| {
@@ -149,12 +150,11 @@ pub(crate) fn prepare(
     // Scan the whole message once for BODY= and SIZE=.
     let mut scanner = BodyScanner::new();
     scanner.scan(&rewritten);
-    let mut rest = std::fs::File::open(path).map_err(|e| Failure::no_input(path, &e))?;
-    io::Seek::seek(&mut rest, io::SeekFrom::Start(end as u64))
-        .map_err(|e| Failure::no_input(path, &e))?;
-    let mut inline = Some(Vec::new());
+    // The rest of the body, read on from where the header section ended.
+    scanner.scan(&first);
+    let mut inline = (first.len() <= INLINE_BODY).then_some(first);
     loop {
-        let n = rest
+        let n = file
             .read(&mut buf)
             .map_err(|e| Failure::no_input(path, &e))?;
         if n == 0 {
