@@ -226,6 +226,9 @@ pub(crate) struct SinkArgs {
     /// Also write each received message into this Maildir.
     #[arg(long, value_name = "DIR")]
     pub(crate) maildir: Option<PathBuf>,
+    /// Offer CHUNKING and take BDAT (RFC 3030).
+    #[arg(long)]
+    pub(crate) chunking: bool,
 }
 
 #[derive(Debug, Args)]

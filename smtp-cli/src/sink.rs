@@ -9,7 +9,10 @@ use crate::cli::SinkArgs;
 use crate::fail::{EX_OK, EX_SOFTWARE, Failure};
 
 pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
-    let mut config = CaptureConfig::default();
+    let mut config = CaptureConfig {
+        chunking: args.chunking,
+        ..CaptureConfig::default()
+    };
     if args.tls_self_signed {
         config.tls = Some(Identity::self_signed(&["localhost", "127.0.0.1"]));
     }

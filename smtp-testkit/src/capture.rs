@@ -50,6 +50,8 @@ pub struct CaptureConfig {
     pub smtputf8: bool,
     /// Answer EHLO with 502 (an old server: the client must fall back to HELO).
     pub no_ehlo: bool,
+    /// Advertise CHUNKING and take BDAT (RFC 3030).
+    pub chunking: bool,
 }
 
 impl Default for CaptureConfig {
@@ -66,6 +68,7 @@ impl Default for CaptureConfig {
             eight_bit_mime: true,
             smtputf8: true,
             no_ehlo: false,
+            chunking: false,
         }
     }
 }
@@ -131,6 +134,9 @@ impl CaptureServer {
         let shared = store.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                // Each reply is its own write: without this, Nagle holds a
+                // pipelined reply until the previous one is acknowledged.
+                let _ = tcp.set_nodelay(true);
                 let (config, store) = (config.clone(), shared.clone());
                 tokio::spawn(async move {
                     let mut log = SessionLog::default();
@@ -259,6 +265,38 @@ impl Lines {
         }
     }
 
+    /// Reads exactly `n` bytes (a BDAT chunk), keeping them in `into` while
+    /// it stays within `limit` bytes and dropping them past it. False when
+    /// the client closed the connection first.
+    async fn take(
+        &mut self,
+        stream: &mut Stream,
+        mut n: u64,
+        into: &mut Vec<u8>,
+        limit: usize,
+    ) -> io::Result<bool> {
+        loop {
+            let here = self.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            let part: Vec<u8> = self.buf.drain(..here).collect();
+            if into.len() + part.len() <= limit {
+                into.extend_from_slice(&part);
+            } else {
+                into.clear();
+                into.shrink_to_fit();
+            }
+            n -= here as u64;
+            if n == 0 {
+                return Ok(true);
+            }
+            let mut chunk = [0u8; 8192];
+            let got = stream.read(&mut chunk).await?;
+            if got == 0 {
+                return Ok(false);
+            }
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+
     /// Drops what was read ahead (what a client pipelined after STARTTLS).
     fn clear(&mut self) {
         self.buf.clear();
@@ -297,6 +335,9 @@ async fn serve(
     let mut user: Option<String> = None;
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
+    // BDAT chunks so far, and whether one overflowed the size limit.
+    let mut chunks: Vec<u8> = Vec::new();
+    let mut chunks_too_big = false;
     reply(
         &mut stream,
         log,
@@ -328,6 +369,7 @@ async fn serve(
                     (config.pipelining, "PIPELINING"),
                     (config.eight_bit_mime, "8BITMIME"),
                     (config.smtputf8, "SMTPUTF8"),
+                    (config.chunking, "CHUNKING"),
                 ] {
                     if on {
                         caps.push_str(&format!("250-{keyword}\r\n"));
@@ -496,9 +538,64 @@ async fn serve(
                 from = None;
                 rcpts.clear();
             }
+            "BDAT" if config.chunking => {
+                let mut words = arg.split_whitespace();
+                let size = words.next().and_then(|w| w.parse::<u64>().ok());
+                let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let Some(size) = size else {
+                    // Without a size the data cannot be skipped: end the session.
+                    reply(&mut stream, log, "501 5.5.4 BDAT needs a chunk size\r\n").await?;
+                    return Ok(());
+                };
+                let before = chunks.len();
+                if !lines
+                    .take(&mut stream, size, &mut chunks, config.max_message_size)
+                    .await?
+                {
+                    return Ok(());
+                }
+                chunks_too_big |= chunks.len() < before + usize::try_from(size).unwrap_or(0);
+                log.transcript.push(format!("C: <{size} octets of BDAT>"));
+                if from.is_none() || rcpts.is_empty() {
+                    reply(&mut stream, log, "554 5.5.1 no valid recipients\r\n").await?;
+                    chunks.clear();
+                    chunks_too_big = false;
+                    continue;
+                }
+                if !last {
+                    reply(
+                        &mut stream,
+                        log,
+                        &format!("250 2.0.0 {size} octets received\r\n"),
+                    )
+                    .await?;
+                    continue;
+                }
+                if chunks_too_big {
+                    reply(&mut stream, log, "552 5.3.4 message too big\r\n").await?;
+                } else {
+                    let received = Received {
+                        mail_from: from.take().unwrap_or_default(),
+                        rcpt_to: std::mem::take(&mut rcpts),
+                        data: std::mem::take(&mut chunks),
+                        tls,
+                        auth_user: user.clone(),
+                    };
+                    if let Ok(mut s) = store.lock() {
+                        s.messages.push(received);
+                    }
+                    reply(&mut stream, log, "250 2.0.0 message accepted\r\n").await?;
+                }
+                from = None;
+                rcpts.clear();
+                chunks.clear();
+                chunks_too_big = false;
+            }
             "RSET" => {
                 from = None;
                 rcpts.clear();
+                chunks.clear();
+                chunks_too_big = false;
                 reply(&mut stream, log, "250 2.0.0 reset\r\n").await?;
             }
             "NOOP" => reply(&mut stream, log, "250 2.0.0 ok\r\n").await?,

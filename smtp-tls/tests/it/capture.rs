@@ -174,3 +174,49 @@ async fn capabilities_are_configurable() {
         );
     }
 }
+
+#[tokio::test]
+async fn chunking_sends_bdat_pipelined_and_the_data_arrives_unstuffed() {
+    let server = CaptureServer::start(CaptureConfig {
+        chunking: true,
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    s.tls.policy = TlsPolicy::None;
+    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let bodies = [
+        "Subject: one\n\n.leading dot\nend\n".to_owned(),
+        // Over the 64 KiB read size: several BDAT chunks, the last with LAST.
+        "Subject: two\r\n\r\n".to_owned() + &format!("{}\r\n", "x".repeat(900)).repeat(200),
+        "Subject: three\r\n\r\n.\r\n..\r\n".to_owned(),
+    ];
+    let messages = bodies
+        .iter()
+        .map(|b| Outgoing {
+            envelope: envelope(&["bob@example.net"]),
+            body: Box::new(MemoryBody::new(b.clone())),
+        })
+        .collect();
+    let d = s.send(messages, &mut |_| {}).await.unwrap();
+    assert!(d.session.error.is_none(), "{:?}", d.session.error);
+    assert!(d.session.messages.iter().all(|m| m.all_accepted()));
+    let received = server.wait_for_messages(3, Duration::from_secs(5)).await;
+    let expected: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| b.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes())
+        .collect();
+    let got: Vec<Vec<u8>> = received.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(
+        got, expected,
+        "BDAT carries the bytes as they are: no dot-stuffing"
+    );
+    let transcript = &server.sessions()[0].transcript;
+    assert!(
+        transcript
+            .iter()
+            .any(|l| l.starts_with("C: BDAT ") && l.ends_with(" LAST"))
+    );
+    assert!(!transcript.iter().any(|l| l == "C: DATA"), "{transcript:?}");
+}
