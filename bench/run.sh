@@ -125,6 +125,28 @@ row "smtp-source -d" "$count_rtt" 1024 "$t"
 smtp_cli "127.0.0.1:$((port + 1))" "$count_rtt" 1024
 peer_rows "127.0.0.1:$((port + 1))" "$peer_count_rtt" 1024
 
+# smtp-sink offers no CHUNKING, so over DATA a message costs at least the
+# round trip to its 354. With CHUNKING, BDAT ... LAST and the next envelope
+# go without waiting: the same clients against `smtp sink --chunking` (this
+# project's capture server), also behind the 10 ms delay proxy.
+"$smtp" sink --listen "127.0.0.1:$((port + 2))" --chunking >/dev/null 2>&1 &
+chunking_sink=$!
+"$proxy" $((port + 3)) "127.0.0.1:$((port + 2))" 5 &
+chunking_proxy=$!
+trap 'kill $sink $proxy_pid $chunking_sink $chunking_proxy 2>/dev/null; rm -rf "$msgdir"' EXIT
+sleep 0.5
+echo
+echo "At a 10 ms round trip against \`smtp sink --chunking\` (CHUNKING offered), 1 KiB messages:"
+echo
+echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
+echo "|---|---|---|---|---|---|"
+t=$(timed taskset -c 1 "$blast" "127.0.0.1:$((port + 3))" "$count_rtt" 1024)
+row "smtp-tls (one session, BDAT pipelined)" "$count_rtt" 1024 "$t"
+t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count_rtt" -l 1024 "127.0.0.1:$((port + 3))")
+row "smtp-source -d (DATA)" "$count_rtt" 1024 "$t"
+smtp_cli "127.0.0.1:$((port + 3))" "$count_rtt" 1024
+peer_rows "127.0.0.1:$((port + 3))" "$peer_count_rtt" 1024
+
 # Peak RSS while sending a 1 GiB message from a file with the smtp command.
 if [ -x /usr/bin/time ] && [ "${SKIP_RSS:-}" = "" ]; then
     cargo build --release --locked -q -p smtp-cli
