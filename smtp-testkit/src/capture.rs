@@ -183,6 +183,20 @@ impl CaptureServer {
         }
     }
 
+    /// Waits until `n` sessions have ended or `timeout` passed; returns
+    /// their logs. (A session's log is filed when the server is done with
+    /// it, which may be just after the client saw the reply to QUIT.)
+    pub async fn wait_for_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionLog> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.sessions();
+            if s.len() >= n || tokio::time::Instant::now() >= deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Writes every message into the Maildir `dir` (`tmp/`, `new/`, `cur/`),
     /// one file each in `new/`. Returns their paths.
     pub fn write_maildir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {

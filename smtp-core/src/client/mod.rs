@@ -84,6 +84,8 @@ pub struct Client {
     next_tx: u64,
     rset_needed: bool,
     quit_requested: bool,
+    /// Work to resume at the next poll (after a BDAT body was abandoned).
+    deferred_advance: Option<Instant>,
 }
 
 /// Where the session stands.
@@ -126,6 +128,7 @@ impl Client {
             next_tx: 0,
             rset_needed: false,
             quit_requested: false,
+            deferred_advance: None,
         }
     }
 
@@ -231,6 +234,7 @@ impl Client {
     /// `buf` is empty). Returns true if there were any.
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> bool {
+        self.resume();
         if self.out.bytes.is_empty() {
             return false;
         }
@@ -245,6 +249,7 @@ impl Client {
     /// The next event, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
+        self.resume();
         self.out.events.pop_front()
     }
 
@@ -337,6 +342,7 @@ impl Client {
             && self.messages.is_empty()
             && self.txs.is_empty()
             && self.body.is_none()
+            && self.deferred_advance.is_none()
             && self.out.bytes.is_empty()
             && self.out.events.is_empty()
     }
@@ -344,6 +350,13 @@ impl Client {
     /// True once the session has ended, cleanly or not.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed | State::Failed)
+    }
+
+    /// Runs work deferred to the next poll.
+    fn resume(&mut self) {
+        if let Some(now) = self.deferred_advance {
+            self.advance(now);
+        }
     }
 
     /// Dispatches one reply. Returns true when it was the `220` to STARTTLS.

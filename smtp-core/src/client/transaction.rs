@@ -174,6 +174,7 @@ impl Client {
 
     /// Starts whatever can start now: transactions, then QUIT.
     pub(super) fn advance(&mut self, now: Instant) {
+        self.deferred_advance = None;
         if self.state != State::Ready {
             return;
         }
@@ -324,9 +325,10 @@ impl Client {
     /// [`poll_transmit`](Self::poll_transmit) after each call.
     ///
     /// A body that breaks its rules (8-bit data in a 7-bit message, a line
-    /// over 998 octets, NUL) ends the session without the end-of-data mark,
-    /// so the server never takes a damaged message; the error is returned
-    /// and reported in the message's outcome.
+    /// over 998 octets, NUL) is never ended, so the server never takes a
+    /// damaged message: over BDAT the transaction is cleared with RSET and
+    /// the session goes on; over DATA, which has no way back, the session
+    /// ends. The error is returned and reported in the message's outcome.
     pub fn body_chunk(&mut self, now: Instant, chunk: &[u8]) -> Result<(), Error> {
         let Some(body) = self.body.as_mut() else {
             return Err(self.misuse(Misuse::NoBodyWanted));
@@ -353,7 +355,7 @@ impl Client {
                 enc.encode(chunk, &mut self.scratch)
             }
         };
-        result.map_err(|e| self.abort_body(tx, message, MessageError::Body(e)))
+        result.map_err(|e| self.abort_body(now, tx, message, MessageError::Body(e)))
     }
 
     /// Ends the body asked for by [`Event::BodyWanted`]: writes the end-of-data
@@ -385,7 +387,9 @@ impl Client {
                         t.outstanding += 1;
                     }
                 }
-                Err(e) => return Err(self.abort_body(tx, body.message, MessageError::Body(e))),
+                Err(e) => {
+                    return Err(self.abort_body(now, tx, body.message, MessageError::Body(e)));
+                }
             }
         }
         self.finish_tx_if_done(tx);
@@ -393,15 +397,18 @@ impl Client {
         Ok(())
     }
 
-    /// The body could not be read (`detail` says why). The session ends
-    /// without the end-of-data mark, so the server never takes a truncated
-    /// message; that message's recipients are deferred, as are the others.
-    pub fn body_failed(&mut self, _now: Instant, detail: impl Into<String>) -> Result<(), Error> {
+    /// The body could not be read (`detail` says why). It is never ended,
+    /// so the server never takes a truncated message; its recipients are
+    /// deferred. Over BDAT the transaction is cleared with RSET and the
+    /// session goes on; over DATA the session ends and the other messages
+    /// are deferred too.
+    pub fn body_failed(&mut self, now: Instant, detail: impl Into<String>) -> Result<(), Error> {
         let Some(body) = self.body.as_ref() else {
             return Err(self.misuse(Misuse::NoBodyWanted));
         };
         let (tx, message) = (body.tx, body.message);
         self.abort_body(
+            now,
             tx,
             message,
             MessageError::Unreadable {
@@ -421,8 +428,18 @@ impl Client {
 
     /// The body broke its rules mid-stream: that message is rejected, the
     /// others are deferred, and the session ends without an end-of-data mark.
-    fn abort_body(&mut self, tx: u64, message: MessageId, error: MessageError) -> Error {
+    fn abort_body(
+        &mut self,
+        now: Instant,
+        tx: u64,
+        message: MessageId,
+        error: MessageError,
+    ) -> Error {
         let error = Error::Message(error);
+        let bdat = matches!(
+            self.body.as_ref().map(|b| &b.encoder),
+            Some(Encoder::Bdat(_))
+        );
         self.body = None;
         self.scratch.clear();
         let mut rcpts = Vec::new();
@@ -432,6 +449,28 @@ impl Client {
         if let Some(m) = self.messages.iter_mut().find(|m| m.id == message) {
             rcpts.extend(m.todo.drain(..));
         }
+        if bdat {
+            // RFC 3030 §2: RSET between BDAT chunks and BDAT LAST clears the
+            // transaction, so the server never takes the partial message and
+            // the session goes on with the next one. The chunks' replies are
+            // still awaited; RSET goes before the next MAIL (or QUIT ends it).
+            if let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) {
+                t.settled = true;
+                t.accepted.clear();
+            }
+            for index in rcpts {
+                self.settle(message, index, |r| {
+                    RecipientOutcome::from_error(r, Phase::DataBlock, error.clone())
+                });
+            }
+            self.rset_needed = true;
+            self.finish_tx_if_done(tx);
+            // The next message starts from the next poll, not inside this
+            // call: a driver that ends "the body" after this error must not
+            // end the next message's.
+            self.deferred_advance = Some(now);
+            return error;
+        }
         self.txs.retain(|t| t.id != tx);
         for index in rcpts {
             self.settle(message, index, |r| {
@@ -439,6 +478,8 @@ impl Client {
             });
         }
         self.finish_message_if_done(message);
+        // Over DATA there is no way back short of the end-of-data mark, which
+        // would deliver a damaged message: the session ends.
         // The other messages did nothing wrong: a new session may take them.
         self.fail_with(error.clone(), Some(RecipientStatus::Deferred));
         error

@@ -664,3 +664,87 @@ fn misuse_is_an_error_not_a_panic() {
         Err(Error::Misuse(_))
     ));
 }
+
+#[test]
+fn a_broken_body_over_bdat_is_reset_and_the_session_goes_on() {
+    let mut run = Run::new(config());
+    run.body = b"Subject: x\r\n\r\n\xff\r\n".to_vec();
+    // Declared 7-bit, so its 8-bit byte breaks the rules; the second
+    // message declares 8BITMIME and may carry it.
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.send(envelope("a@example.org", &["c@example.net"]).with_body(BodyType::EightBitMime));
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250-CHUNKING
+        S: 250-8BITMIME
+        S: 250 PIPELINING
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: RSET
+        C: MAIL FROM:<a@example.org> BODY=8BITMIME
+        C: RCPT TO:<c@example.net>
+        C: BDAT 17 LAST
+        C: Subject: x
+        C: 
+        C: *
+        S: 250 ok
+        S: 250 ok
+        S: 250 reset
+        S: 250 ok
+        S: 250 ok
+        S: 250 2.0.0 accepted
+        ",
+    );
+    assert_eq!(
+        run.statuses(),
+        ["b@example.net=rejected", "c@example.net=accepted"]
+    );
+    assert!(run.failure().is_none(), "{:?}", run.failure());
+    let first = &run.outcomes()[0].recipients[0];
+    assert!(
+        matches!(first.error, Some(Error::Message(MessageError::Body(_)))),
+        "{first}"
+    );
+    assert_eq!(first.phase, Phase::DataBlock);
+}
+
+#[test]
+fn a_broken_body_after_bdat_chunks_went_out_is_reset_too() {
+    let mut run = Run::new(config());
+    // Clean first chunk, then a NUL in the second: one BDAT chunk is on the
+    // wire before the fault, and it must never be followed by BDAT LAST.
+    run.body = b"Subject: x\r\n\r\nabcd\r\n\0\r\n".to_vec();
+    run.chunk = 20;
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250-CHUNKING
+        S: 250 PIPELINING
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: BDAT 20
+        C: Subject: x
+        C: 
+        C: abcd
+        S: 250 ok
+        S: 250 ok
+        S: 250 20 octets
+        ",
+    );
+    assert_eq!(run.statuses(), ["b@example.net=rejected"]);
+    assert!(run.failure().is_none(), "{:?}", run.failure());
+    // The session is idle and usable: the next message starts with RSET.
+    run.send(envelope("a@example.org", &["c@example.net"]));
+    let wire = run.take_wire();
+    assert!(
+        wire.starts_with("RSET\r\nMAIL FROM:<a@example.org>\r\n"),
+        "{wire:?}"
+    );
+    assert!(!wire.contains("LAST\r\nSubject: x\r\n\r\nabcd"), "{wire:?}");
+}

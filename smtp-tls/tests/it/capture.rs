@@ -220,3 +220,47 @@ async fn chunking_sends_bdat_pipelined_and_the_data_arrives_unstuffed() {
     );
     assert!(!transcript.iter().any(|l| l == "C: DATA"), "{transcript:?}");
 }
+
+#[tokio::test]
+async fn over_bdat_a_broken_body_is_reset_and_the_next_message_still_goes() {
+    let server = CaptureServer::start(CaptureConfig {
+        chunking: true,
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    s.tls.policy = TlsPolicy::None;
+    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    // 100 KiB of good lines (a BDAT chunk goes out), then one over 998 octets.
+    let broken = "Subject: broken\r\n\r\n".to_owned()
+        + &format!("{}\r\n", "y".repeat(500)).repeat(200)
+        + &"z".repeat(1200)
+        + "\r\n";
+    let messages = [broken, "Subject: fine\r\n\r\nok\r\n".to_owned()]
+        .into_iter()
+        .map(|b| Outgoing {
+            envelope: envelope(&["bob@example.net"]),
+            body: Box::new(MemoryBody::new(b)),
+        })
+        .collect();
+    let d = s.send(messages, &mut |_| {}).await.unwrap();
+    assert!(d.session.error.is_none(), "{:?}", d.session.error);
+    let statuses: Vec<RecipientStatus> = d
+        .session
+        .messages
+        .iter()
+        .map(|m| m.recipients[0].status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [RecipientStatus::Rejected, RecipientStatus::Accepted]
+    );
+    let received = server.wait_for_messages(1, Duration::from_secs(5)).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].data, b"Subject: fine\r\n\r\nok\r\n");
+    let sessions = server.wait_for_sessions(1, Duration::from_secs(5)).await;
+    assert_eq!(sessions.len(), 1, "one session for both");
+    let transcript = &sessions[0].transcript;
+    assert!(transcript.iter().any(|l| l == "C: RSET"), "{transcript:?}");
+}

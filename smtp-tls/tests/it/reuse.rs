@@ -184,7 +184,7 @@ async fn one_session_per_destination_and_destinations_in_parallel() {
                 .len(),
             5
         );
-        let sessions = server.sessions();
+        let sessions = server.wait_for_sessions(1, Duration::from_secs(5)).await;
         assert_eq!(sessions.len(), 1, "{sessions:?}");
         let transcript = &sessions[0].transcript;
         assert!(
@@ -237,7 +237,13 @@ async fn a_connection_pipelines_a_batch_and_reports_in_order() {
         subjects,
         ["Subject: 1", "Subject: 2", "Subject: 3", "Subject: 4"]
     );
-    assert_eq!(server.sessions().len(), 1);
+    assert_eq!(
+        server
+            .wait_for_sessions(1, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
