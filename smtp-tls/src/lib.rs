@@ -19,7 +19,15 @@
 //!                     implicit TLS handshake) ─► smtp_core::transport::drive(Client, …)
 //!                     ─► STARTTLS via TcpTransport::start_tls (rustls, policy's verifier)
 //!                     ─► Delivery { SessionReport (outcome per recipient, TLS facts), … }
+//!
+//! Connection::open ─► the same set-up, run by smtp_core::transport::Driver until idle
+//! Connection::send / send_all ─► queued on the kept session, run until idle again
+//! Pool::send ─► one kept Connection per destination: refresh (no NOOP), reuse or reopen
 //! ```
+//!
+//! [`Submission::send`] is one session for a known batch. [`Connection`]
+//! keeps a session open for sends over time. [`Pool`] keeps one per
+//! destination, and is for programs that send mail as it comes.
 //!
 //! # Example: a submission server on 587, Certified, with AUTH
 //!
