@@ -309,21 +309,17 @@ impl PreparedBody {
 #[async_trait]
 impl BodySource for PreparedBody {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let head_len = self.head.len();
-        if let Some(inline) = &self.inline {
-            // The header section and the kept body, as one run of bytes.
-            let part = match self.pos.checked_sub(head_len) {
-                None => self.head.get(self.pos..).unwrap_or_default(),
-                Some(at) => inline.get(at..).unwrap_or_default(),
-            };
+        // The header section, then the kept body if there is one.
+        let in_memory = match self.pos.checked_sub(self.head.len()) {
+            None => self.head.get(self.pos..),
+            Some(at) => self
+                .inline
+                .as_deref()
+                .map(|b| b.get(at..).unwrap_or_default()),
+        };
+        if let Some(part) = in_memory {
             let n = part.len().min(buf.len());
             buf[..n].copy_from_slice(&part[..n]);
-            self.pos += n;
-            return Ok(n);
-        }
-        if self.pos < head_len {
-            let n = (head_len - self.pos).min(buf.len());
-            buf[..n].copy_from_slice(&self.head[self.pos..self.pos + n]);
             self.pos += n;
             return Ok(n);
         }

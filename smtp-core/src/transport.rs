@@ -3,8 +3,10 @@
 //!
 //! The core stays free of any runtime: a [`Transport`] (TCP + TLS on tokio
 //! in `smtp-tls`, an in-memory pipe in tests) moves bytes and keeps time;
-//! a [`BodySource`] yields a message's bytes; [`drive`] runs a session to its
-//! end and returns a [`SessionReport`].
+//! a [`BodySource`] yields a message's bytes. A [`Driver`] runs a client
+//! over them until the session ends or, for a connection kept for reuse,
+//! until it is idle ([`Until`]); [`drive`] runs one session to its end and
+//! returns a [`SessionReport`].
 
 use std::io;
 use std::sync::Arc;

@@ -175,6 +175,14 @@ async fn capabilities_are_configurable() {
     }
 }
 
+/// A submission to `server` without TLS.
+fn plaintext(server: &CaptureServer) -> Submission {
+    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    s.tls.policy = TlsPolicy::None;
+    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    s
+}
+
 #[tokio::test]
 async fn chunking_sends_bdat_pipelined_and_the_data_arrives_unstuffed() {
     let server = CaptureServer::start(CaptureConfig {
@@ -183,9 +191,7 @@ async fn chunking_sends_bdat_pipelined_and_the_data_arrives_unstuffed() {
     })
     .await
     .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.policy = TlsPolicy::None;
-    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let s = plaintext(&server);
     let bodies = [
         "Subject: one\n\n.leading dot\nend\n".to_owned(),
         // Over the 64 KiB read size: several BDAT chunks, the last with LAST.
@@ -229,9 +235,7 @@ async fn over_bdat_a_broken_body_is_reset_and_the_next_message_still_goes() {
     })
     .await
     .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.policy = TlsPolicy::None;
-    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let s = plaintext(&server);
     // 100 KiB of good lines (a BDAT chunk goes out), then one over 998 octets.
     let broken = "Subject: broken\r\n\r\n".to_owned()
         + &format!("{}\r\n", "y".repeat(500)).repeat(200)
