@@ -15,6 +15,11 @@ struct Scripted {
     now: Instant,
     replies: VecDeque<&'static str>,
     written: Vec<u8>,
+    /// Each `write_all` call's bytes, to check what shares a write.
+    writes: Vec<Vec<u8>>,
+    /// How many server replies had been read at each write.
+    reads_at_write: Vec<usize>,
+    reads: usize,
 }
 
 #[async_trait]
@@ -26,6 +31,7 @@ impl Transport for Scripted {
     async fn read(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<ReadOutcome> {
         match self.replies.pop_front() {
             Some(r) => {
+                self.reads += 1;
                 buf[..r.len()].copy_from_slice(r.as_bytes());
                 Ok(ReadOutcome::Data(r.len()))
             }
@@ -39,6 +45,8 @@ impl Transport for Scripted {
 
     async fn write_all(&mut self, data: &[u8], _deadline: Instant) -> io::Result<()> {
         self.written.extend_from_slice(data);
+        self.writes.push(data.to_vec());
+        self.reads_at_write.push(self.reads);
         Ok(())
     }
 
@@ -82,6 +90,9 @@ fn transport(replies: &[&'static str]) -> Scripted {
         now,
         replies: replies.iter().copied().collect(),
         written: Vec::new(),
+        writes: Vec::new(),
+        reads_at_write: Vec::new(),
+        reads: 0,
     }
 }
 
@@ -227,4 +238,86 @@ fn refresh_takes_in_a_421_sent_while_idle_without_writing() {
         "{events:?}"
     );
     assert_eq!(t.written.len(), written, "no NOOP, nothing written");
+}
+
+/// The fast path (RFC 2920): the end of one message's data and the next
+/// message's MAIL/RCPT/DATA go out in one write; so does the last end of
+/// data and QUIT.
+#[test]
+fn end_of_data_and_the_next_envelope_share_one_write() {
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 queued 2\r\n221 bye\r\n",
+    ]);
+    let mut client = Client::new(config(), t.now);
+    for to in ["b@example.net", "c@example.net"] {
+        client
+            .send(t.now, envelope("a@example.org", &[to]))
+            .unwrap();
+    }
+    client.quit(t.now);
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![
+        Box::new(MemoryBody::new("one\n")),
+        Box::new(MemoryBody::new("two\n")),
+    ];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(report.messages.iter().all(|m| m.all_accepted()));
+    let writes: Vec<String> = t
+        .writes
+        .iter()
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    assert!(
+        writes.contains(
+            &".\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n".to_owned()
+        ),
+        "{writes:?}"
+    );
+    assert_eq!(
+        writes.last().map(String::as_str),
+        Some(".\r\nQUIT\r\n"),
+        "{writes:?}"
+    );
+}
+
+/// With CHUNKING there is no 354 to wait for: `BDAT … LAST` with its data
+/// and the next message's envelope and BDAT all go before any reply.
+#[test]
+fn with_chunking_messages_go_out_without_waiting_for_replies() {
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250-CHUNKING\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n250 queued 1\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n",
+        "221 bye\r\n",
+    ]);
+    let mut client = Client::new(config(), t.now);
+    for to in ["b@example.net", "c@example.net"] {
+        client
+            .send(t.now, envelope("a@example.org", &[to]))
+            .unwrap();
+    }
+    client.quit(t.now);
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![
+        Box::new(MemoryBody::new("one\n")),
+        Box::new(MemoryBody::new("two\n")),
+    ];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert!(report.messages.iter().all(|m| m.all_accepted()));
+    // What was written after reading only the greeting and the EHLO reply.
+    let before_replies: String = t
+        .writes
+        .iter()
+        .zip(&t.reads_at_write)
+        .filter(|(_, reads)| **reads == 2)
+        .map(|(w, _)| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    assert_eq!(
+        before_replies,
+        "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nBDAT 5 LAST\r\none\r\n\
+         MAIL FROM:<a@example.org>\r\nRCPT TO:<c@example.net>\r\nBDAT 5 LAST\r\ntwo\r\n"
+    );
 }
