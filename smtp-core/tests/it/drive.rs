@@ -321,3 +321,56 @@ fn with_chunking_messages_go_out_without_waiting_for_replies() {
          MAIL FROM:<a@example.org>\r\nRCPT TO:<c@example.net>\r\nBDAT 5 LAST\r\ntwo\r\n"
     );
 }
+
+/// A body made on the fly, `lines` lines of 78 octets.
+struct Generated {
+    lines: usize,
+    sent: usize,
+}
+
+#[async_trait]
+impl BodySource for Generated {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let line =
+            b"0123456789012345678901234567890123456789012345678901234567890123456789012345\r\n";
+        let mut n = 0;
+        while self.sent < self.lines && n + line.len() <= buf.len() {
+            buf[n..n + line.len()].copy_from_slice(line);
+            n += line.len();
+            self.sent += 1;
+        }
+        Ok(n)
+    }
+    async fn rewind(&mut self) -> io::Result<()> {
+        self.sent = 0;
+        Ok(())
+    }
+}
+
+/// Streaming: a body goes out in bounded writes as it is read, however
+/// large the message (the client never holds more than about one chunk).
+#[test]
+fn a_large_body_streams_in_bounded_writes() {
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 queued\r\n221 bye\r\n",
+    ]);
+    let mut client = Client::new(config(), t.now);
+    client
+        .send(t.now, envelope("a@example.org", &["b@example.net"]))
+        .unwrap();
+    client.quit(t.now);
+    let lines = 4 * 1024 * 1024 / 78;
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![Box::new(Generated { lines, sent: 0 })];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(report.messages[0].all_accepted(), "{report:?}");
+    assert!(t.written.len() > lines * 78, "the whole body went out");
+    let largest = t.writes.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        largest <= 64 * 1024 + 1024,
+        "a write of {largest} bytes: the body was buffered, not streamed"
+    );
+    assert!(t.writes.len() > 60, "{} writes", t.writes.len());
+}
