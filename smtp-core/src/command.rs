@@ -97,8 +97,8 @@ pub struct MailParams {
 pub struct RcptParams {
     /// `NOTIFY=` (RFC 3461).
     pub notify: Option<Notify>,
-    /// `ORCPT=rfc822;…` (RFC 3461), xtext-encoded. A UTF-8 address is sent
-    /// as xtext of its UTF-8 octets (RFC 6533's `utf-8` type is not used).
+    /// `ORCPT=rfc822;…` (RFC 3461), xtext-encoded; a UTF-8 address as
+    /// `ORCPT=utf-8;…` (RFC 6533), utf-8-addr-xtext-encoded.
     pub orcpt: Option<Mailbox>,
 }
 
@@ -296,9 +296,30 @@ fn rcpt_params(p: &RcptParams, out: &mut Vec<u8>) {
     }
     if let Some(orcpt) = &p.orcpt {
         let mut x = String::new();
-        xtext_encode(&orcpt.to_string(), &mut x);
-        out.extend_from_slice(b" ORCPT=rfc822;");
+        if orcpt.needs_smtputf8() {
+            // RFC 3461's rfc822 type is ASCII: a UTF-8 address takes RFC
+            // 6533's utf-8 type, in its ASCII-only form, which any server
+            // can pass on (even to one without SMTPUTF8).
+            utf8_addr_xtext(&orcpt.to_string(), &mut x);
+            out.extend_from_slice(b" ORCPT=utf-8;");
+        } else {
+            xtext_encode(&orcpt.to_string(), &mut x);
+            out.extend_from_slice(b" ORCPT=rfc822;");
+        }
         out.extend_from_slice(x.as_bytes());
+    }
+}
+
+/// RFC 6533 §3 `utf-8-addr-xtext`: printable ASCII other than `+`, `=` and
+/// `\` as it is; anything else as `\x{HEX}`, upper-case, with the fewest
+/// digits (at least two).
+pub fn utf8_addr_xtext(input: &str, out: &mut String) {
+    for c in input.chars() {
+        if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:02X}}}", u32::from(c)));
+        }
     }
 }
 
@@ -451,6 +472,25 @@ mod tests {
         let mut s = String::new();
         xtext_encode("a+b=c d\u{e9}", &mut s);
         assert_eq!(s, "a+2Bb+3Dc+20d+C3+A9");
+    }
+
+    #[test]
+    fn utf8_orcpt_uses_the_rfc6533_type() {
+        let to = Mailbox::parse("jörg+x=y@example.com").unwrap();
+        let params = RcptParams {
+            notify: None,
+            orcpt: Some(to.clone()),
+        };
+        assert_eq!(
+            wire(&Command::Rcpt {
+                to: &to,
+                params: &params
+            }),
+            "RCPT TO:<jörg+x=y@example.com> ORCPT=utf-8;j\\x{F6}rg\\x{2B}x\\x{3D}y@example.com\r\n"
+        );
+        let mut s = String::new();
+        utf8_addr_xtext("a\\b \u{7528}\u{1F600}", &mut s);
+        assert_eq!(s, "a\\x{5C}b\\x{20}\\x{7528}\\x{1F600}");
     }
 
     #[test]
