@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::sasl::{Credentials, Secret};
+use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_core::transport::MemoryBody;
-use smtp_core::{Envelope, Error, PolicyError, RecipientStatus, Timeouts, TlsPolicy};
+use smtp_core::{Envelope, Error, Event, PolicyError, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_tls::{ConnectError, Delivery, Outgoing, Submission};
 
 use crate::certs::{Ca, Leaf, self_signed};
@@ -323,6 +323,95 @@ async fn auth_over_starttls() {
             .filter(|l| l.ends_with("AUTH-CREDENTIALS"))
             .all(|l| l.contains(" 1 AUTH"))
     );
+}
+
+/// Every SASL mechanism, right and wrong secret, against a server whose
+/// CRAM-MD5, SCRAM-SHA-256 and XOAUTH2 are written from the RFCs in Python
+/// (independent of the client's code), over STARTTLS.
+#[tokio::test]
+async fn every_mechanism_against_an_independent_server() {
+    if skip() {
+        return;
+    }
+    let ca = Ca::new();
+    let server = start(
+        Some(&ca.leaf(NAME, false)),
+        &[
+            "--auth",
+            "user:secret",
+            "--auth-require-tls",
+            "--extra-mechs",
+        ],
+    );
+    let mechanisms = [
+        Mechanism::Plain,
+        Mechanism::Login,
+        Mechanism::CramMd5,
+        Mechanism::ScramSha256,
+        Mechanism::XOAuth2,
+    ];
+    for mechanism in mechanisms {
+        for (secret, ok) in [("secret", true), ("wrong", false)] {
+            let mut s = submission(&ca, server.port, TlsPolicy::Certified);
+            s.credentials = Some(if mechanism == Mechanism::XOAuth2 {
+                Credentials::OAuth2 {
+                    username: "user".into(),
+                    token: Secret::new(secret),
+                }
+            } else {
+                Credentials::Password {
+                    username: "user".into(),
+                    password: Secret::new(secret),
+                }
+            });
+            s.auth = AuthChoice::Explicit(mechanism);
+            let mut used = None;
+            let d = s
+                .send(vec![message()], &mut |e| {
+                    if let Event::Authenticated(m) = e {
+                        used = Some(*m);
+                    }
+                })
+                .await
+                .unwrap();
+            let what = format!("{mechanism:?} with {secret}: {:?}", d.session.error);
+            assert_eq!(d.session.messages[0].all_accepted(), ok, "{what}");
+            if ok {
+                assert_eq!(used, Some(mechanism), "{what}");
+                assert_eq!(
+                    server.messages().last().unwrap().1.auth_user.as_deref(),
+                    Some("user"),
+                    "{what}"
+                );
+            } else {
+                assert!(
+                    matches!(d.session.error, Some(Error::AuthenticationFailed { .. })),
+                    "{what}"
+                );
+            }
+        }
+    }
+    // Left to choose, the client takes the strongest offered.
+    let mut s = submission(&ca, server.port, TlsPolicy::Certified);
+    s.credentials = Some(Credentials::Password {
+        username: "user".into(),
+        password: Secret::new("secret"),
+    });
+    let mut used = None;
+    let d = s
+        .send(vec![message()], &mut |e| {
+            if let Event::Authenticated(m) = e {
+                used = Some(*m);
+            }
+        })
+        .await
+        .unwrap();
+    assert!(
+        d.session.messages[0].all_accepted(),
+        "{:?}",
+        d.session.error
+    );
+    assert_eq!(used, Some(Mechanism::ScramSha256));
 }
 
 #[tokio::test]
