@@ -330,6 +330,24 @@ async fn reply(stream: &mut Stream, log: &mut SessionLog, text: &str) -> io::Res
     stream.write(text.as_bytes()).await
 }
 
+/// Ends a transaction after its data: stores the message and says 250, or
+/// says 552 when it went over the size limit.
+async fn end_transaction(
+    stream: &mut Stream,
+    log: &mut SessionLog,
+    store: &Mutex<Store>,
+    too_big: bool,
+    message: Received,
+) -> io::Result<()> {
+    if too_big {
+        return reply(stream, log, "552 5.3.4 message too big\r\n").await;
+    }
+    if let Ok(mut s) = store.lock() {
+        s.messages.push(message);
+    }
+    reply(stream, log, "250 2.0.0 message accepted\r\n").await
+}
+
 async fn serve(
     tcp: TcpStream,
     config: &CaptureConfig,
@@ -534,21 +552,14 @@ async fn serve(
                 }
                 log.transcript
                     .push(format!("C: <{} octets of data>", data.len()));
-                if too_big {
-                    reply(&mut stream, log, "552 5.3.4 message too big\r\n").await?;
-                } else {
-                    let received = Received {
-                        mail_from: from.take().unwrap_or_default(),
-                        rcpt_to: std::mem::take(&mut rcpts),
-                        data,
-                        tls,
-                        auth_user: user.clone(),
-                    };
-                    if let Ok(mut s) = store.lock() {
-                        s.messages.push(received);
-                    }
-                    reply(&mut stream, log, "250 2.0.0 message accepted\r\n").await?;
-                }
+                let received = Received {
+                    mail_from: from.take().unwrap_or_default(),
+                    rcpt_to: std::mem::take(&mut rcpts),
+                    data,
+                    tls,
+                    auth_user: user.clone(),
+                };
+                end_transaction(&mut stream, log, store, too_big, received).await?;
                 from = None;
                 rcpts.clear();
             }
@@ -585,21 +596,14 @@ async fn serve(
                     .await?;
                     continue;
                 }
-                if chunks_too_big {
-                    reply(&mut stream, log, "552 5.3.4 message too big\r\n").await?;
-                } else {
-                    let received = Received {
-                        mail_from: from.take().unwrap_or_default(),
-                        rcpt_to: std::mem::take(&mut rcpts),
-                        data: std::mem::take(&mut chunks),
-                        tls,
-                        auth_user: user.clone(),
-                    };
-                    if let Ok(mut s) = store.lock() {
-                        s.messages.push(received);
-                    }
-                    reply(&mut stream, log, "250 2.0.0 message accepted\r\n").await?;
-                }
+                let received = Received {
+                    mail_from: from.take().unwrap_or_default(),
+                    rcpt_to: std::mem::take(&mut rcpts),
+                    data: std::mem::take(&mut chunks),
+                    tls,
+                    auth_user: user.clone(),
+                };
+                end_transaction(&mut stream, log, store, chunks_too_big, received).await?;
                 from = None;
                 rcpts.clear();
                 chunks.clear();

@@ -325,6 +325,20 @@ async fn auth_over_starttls() {
     );
 }
 
+/// Sends one message and notes which SASL mechanism authenticated, if any.
+async fn send_noting_mechanism(s: &Submission) -> (Delivery, Option<Mechanism>) {
+    let mut used = None;
+    let d = s
+        .send(vec![message()], &mut |e| {
+            if let Event::Authenticated(m) = e {
+                used = Some(*m);
+            }
+        })
+        .await
+        .unwrap();
+    (d, used)
+}
+
 /// Every SASL mechanism, right and wrong secret, against a server whose
 /// CRAM-MD5, SCRAM-SHA-256 and XOAUTH2 are written from the RFCs in Python
 /// (independent of the client's code), over STARTTLS.
@@ -365,15 +379,7 @@ async fn every_mechanism_against_an_independent_server() {
                 }
             });
             s.auth = AuthChoice::Explicit(mechanism);
-            let mut used = None;
-            let d = s
-                .send(vec![message()], &mut |e| {
-                    if let Event::Authenticated(m) = e {
-                        used = Some(*m);
-                    }
-                })
-                .await
-                .unwrap();
+            let (d, used) = send_noting_mechanism(&s).await;
             let what = format!("{mechanism:?} with {secret}: {:?}", d.session.error);
             assert_eq!(d.session.messages[0].all_accepted(), ok, "{what}");
             if ok {
@@ -397,15 +403,7 @@ async fn every_mechanism_against_an_independent_server() {
         username: "user".into(),
         password: Secret::new("secret"),
     });
-    let mut used = None;
-    let d = s
-        .send(vec![message()], &mut |e| {
-            if let Event::Authenticated(m) = e {
-                used = Some(*m);
-            }
-        })
-        .await
-        .unwrap();
+    let (d, used) = send_noting_mechanism(&s).await;
     assert!(
         d.session.messages[0].all_accepted(),
         "{:?}",
