@@ -240,6 +240,22 @@ fn refresh_takes_in_a_421_sent_while_idle_without_writing() {
     assert_eq!(t.written.len(), written, "no NOOP, nothing written");
 }
 
+/// Sends "one" to b@ and "two" to c@ over `t`, then QUIT.
+fn two_messages_then_quit(t: &mut Scripted) -> smtp_core::transport::SessionReport {
+    let mut client = Client::new(config(), t.now);
+    for to in ["b@example.net", "c@example.net"] {
+        client
+            .send(t.now, envelope("a@example.org", &[to]))
+            .unwrap();
+    }
+    client.quit(t.now);
+    let mut bodies: Vec<Box<dyn BodySource>> = vec![
+        Box::new(MemoryBody::new("one\n")),
+        Box::new(MemoryBody::new("two\n")),
+    ];
+    block_on(drive(&mut client, t, &mut bodies, &mut |_| {}))
+}
+
 /// The fast path (RFC 2920): the end of one message's data and the next
 /// message's MAIL/RCPT/DATA go out in one write; so does the last end of
 /// data and QUIT.
@@ -252,18 +268,7 @@ fn end_of_data_and_the_next_envelope_share_one_write() {
         "250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 queued 2\r\n221 bye\r\n",
     ]);
-    let mut client = Client::new(config(), t.now);
-    for to in ["b@example.net", "c@example.net"] {
-        client
-            .send(t.now, envelope("a@example.org", &[to]))
-            .unwrap();
-    }
-    client.quit(t.now);
-    let mut bodies: Vec<Box<dyn BodySource>> = vec![
-        Box::new(MemoryBody::new("one\n")),
-        Box::new(MemoryBody::new("two\n")),
-    ];
-    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    let report = two_messages_then_quit(&mut t);
     assert!(report.messages.iter().all(|m| m.all_accepted()));
     let writes: Vec<String> = t
         .writes
@@ -293,18 +298,7 @@ fn with_chunking_messages_go_out_without_waiting_for_replies() {
         "250 ok\r\n250 ok\r\n250 queued 1\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n",
         "221 bye\r\n",
     ]);
-    let mut client = Client::new(config(), t.now);
-    for to in ["b@example.net", "c@example.net"] {
-        client
-            .send(t.now, envelope("a@example.org", &[to]))
-            .unwrap();
-    }
-    client.quit(t.now);
-    let mut bodies: Vec<Box<dyn BodySource>> = vec![
-        Box::new(MemoryBody::new("one\n")),
-        Box::new(MemoryBody::new("two\n")),
-    ];
-    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    let report = two_messages_then_quit(&mut t);
     assert!(report.error.is_none(), "{:?}", report.error);
     assert!(report.messages.iter().all(|m| m.all_accepted()));
     // What was written after reading only the greeting and the EHLO reply.
