@@ -39,6 +39,7 @@ fi
 peer_count_small=${PEER_COUNT_1K:-200}
 peer_count_large=${PEER_COUNT_1M:-20}
 peer_count_rtt=${PEER_COUNT_RTT:-100}
+count_rtt=${COUNT_RTT:-500}
 
 # RFC 5322 message files of exactly 1 KiB and 1 MiB for the smtp command.
 msgdir=$(mktemp -d)
@@ -98,8 +99,21 @@ peer_rows() { # server count size
     row "mail-send (PEER_NODELAY=1)" "$2" "$3" "$t"
 }
 
-echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
-echo "|---|---|---|---|---|---|"
+header() {
+    echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
+    echo "|---|---|---|---|---|---|"
+}
+
+rtt_rows() { # server "blast's row name" "smtp-source's row name": 1 KiB, every client
+    t=$(timed taskset -c 1 "$blast" "$1" "$count_rtt" 1024)
+    row "$2" "$count_rtt" 1024 "$t"
+    t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count_rtt" -l 1024 "$1")
+    row "$3" "$count_rtt" 1024 "$t"
+    smtp_cli "$1" "$count_rtt" 1024
+    peer_rows "$1" "$peer_count_rtt" 1024
+}
+
+header
 for size_count in "1024 $count_small" "1048576 $count_large"; do
     set -- $size_count
     size=$1 count=$2
@@ -115,15 +129,8 @@ peer_rows "127.0.0.1:$port" "$peer_count_large" 1048576
 echo
 echo "At a 10 ms round trip (delay proxy), 1 KiB messages:"
 echo
-echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
-echo "|---|---|---|---|---|---|"
-count_rtt=${COUNT_RTT:-500}
-t=$(timed taskset -c 1 "$blast" "127.0.0.1:$((port + 1))" "$count_rtt" 1024)
-row "smtp-tls (one session, pipelined)" "$count_rtt" 1024 "$t"
-t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count_rtt" -l 1024 "127.0.0.1:$((port + 1))")
-row "smtp-source -d" "$count_rtt" 1024 "$t"
-smtp_cli "127.0.0.1:$((port + 1))" "$count_rtt" 1024
-peer_rows "127.0.0.1:$((port + 1))" "$peer_count_rtt" 1024
+header
+rtt_rows "127.0.0.1:$((port + 1))" "smtp-tls (one session, pipelined)" "smtp-source -d"
 
 # smtp-sink offers no CHUNKING, so over DATA a message costs at least the
 # round trip to its 354. With CHUNKING, BDAT ... LAST and the next envelope
@@ -138,14 +145,8 @@ sleep 0.5
 echo
 echo "At a 10 ms round trip against \`smtp sink --chunking\` (CHUNKING offered), 1 KiB messages:"
 echo
-echo "| client | message bytes | messages | seconds | messages/s | MiB/s |"
-echo "|---|---|---|---|---|---|"
-t=$(timed taskset -c 1 "$blast" "127.0.0.1:$((port + 3))" "$count_rtt" 1024)
-row "smtp-tls (one session, BDAT pipelined)" "$count_rtt" 1024 "$t"
-t=$(timed taskset -c 1 /usr/sbin/smtp-source -d -s 1 -m "$count_rtt" -l 1024 "127.0.0.1:$((port + 3))")
-row "smtp-source -d (DATA)" "$count_rtt" 1024 "$t"
-smtp_cli "127.0.0.1:$((port + 3))" "$count_rtt" 1024
-peer_rows "127.0.0.1:$((port + 3))" "$peer_count_rtt" 1024
+header
+rtt_rows "127.0.0.1:$((port + 3))" "smtp-tls (one session, BDAT pipelined)" "smtp-source -d (DATA)"
 
 # Peak RSS while sending a 1 GiB message from a file with the smtp command.
 if [ -x /usr/bin/time ] && [ "${SKIP_RSS:-}" = "" ]; then

@@ -175,6 +175,16 @@ async fn capabilities_are_configurable() {
     }
 }
 
+/// A capture server that offers CHUNKING.
+async fn chunking_server() -> CaptureServer {
+    CaptureServer::start(CaptureConfig {
+        chunking: true,
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// A submission to `server` without TLS.
 fn plaintext(server: &CaptureServer) -> Submission {
     let mut s = Submission::new("127.0.0.1", server.addr().port());
@@ -185,12 +195,7 @@ fn plaintext(server: &CaptureServer) -> Submission {
 
 #[tokio::test]
 async fn chunking_sends_bdat_pipelined_and_the_data_arrives_unstuffed() {
-    let server = CaptureServer::start(CaptureConfig {
-        chunking: true,
-        ..CaptureConfig::default()
-    })
-    .await
-    .unwrap();
+    let server = chunking_server().await;
     let s = plaintext(&server);
     let bodies = [
         "Subject: one\n\n.leading dot\nend\n".to_owned(),
@@ -229,12 +234,7 @@ async fn chunking_sends_bdat_pipelined_and_the_data_arrives_unstuffed() {
 
 #[tokio::test]
 async fn over_bdat_a_broken_body_is_reset_and_the_next_message_still_goes() {
-    let server = CaptureServer::start(CaptureConfig {
-        chunking: true,
-        ..CaptureConfig::default()
-    })
-    .await
-    .unwrap();
+    let server = chunking_server().await;
     let s = plaintext(&server);
     // 100 KiB of good lines (a BDAT chunk goes out), then one over 998 octets.
     let broken = "Subject: broken\r\n\r\n".to_owned()

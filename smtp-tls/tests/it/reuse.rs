@@ -46,6 +46,15 @@ fn script(text: &str) -> Script {
     Script::parse(text).unwrap()
 }
 
+/// A server running `scripts`, one per connection, and a plaintext
+/// submission to it.
+async fn scripted(scripts: &[&str]) -> (ScriptedServer, Submission) {
+    let scripts = scripts.iter().map(|s| script(s)).collect();
+    let server = ScriptedServer::start_sequence(scripts, None).await.unwrap();
+    let submission = plain(server.addr().port());
+    (server, submission)
+}
+
 fn accepted(result: Result<smtp_core::MessageOutcome, PoolError>) -> bool {
     result.unwrap().all_accepted()
 }
@@ -61,10 +70,7 @@ async fn a_pool_reuses_one_connection_without_noop_and_reconnects_after_a_421() 
         transaction(2, "250 2.0.0 queued 2"),
     );
     let second = format!("{GREETING}{}{QUIT}", transaction(3, "250 2.0.0 queued 3"));
-    let server = ScriptedServer::start_sequence(vec![script(&first), script(&second)], None)
-        .await
-        .unwrap();
-    let submission = plain(server.addr().port());
+    let (server, submission) = scripted(&[&first, &second]).await;
     let pool = Pool::new();
     assert!(accepted(pool.send(&submission, message(1)).await));
     assert!(accepted(pool.send(&submission, message(2)).await));
@@ -91,10 +97,7 @@ async fn a_kept_connection_found_dead_at_mail_is_retried_on_a_new_one() {
         transaction(1, "250 2.0.0 queued 1"),
     );
     let second = format!("{GREETING}{}{QUIT}", transaction(2, "250 2.0.0 queued 2"));
-    let server = ScriptedServer::start_sequence(vec![script(&first), script(&second)], None)
-        .await
-        .unwrap();
-    let submission = plain(server.addr().port());
+    let (server, submission) = scripted(&[&first, &second]).await;
     let pool = Pool::new();
     assert!(accepted(pool.send(&submission, message(1)).await));
     let outcome = pool.send(&submission, message(2)).await.unwrap();
@@ -115,10 +118,7 @@ async fn a_connection_lost_after_the_data_is_not_retried() {
          C: Subject: 2\nC: *\nC: body 2\nC: .\nCLOSE\n",
         transaction(1, "250 2.0.0 queued 1"),
     );
-    let server = ScriptedServer::start_sequence(vec![script(&first)], None)
-        .await
-        .unwrap();
-    let submission = plain(server.addr().port());
+    let (server, submission) = scripted(&[&first]).await;
     let pool = Pool::new();
     assert!(accepted(pool.send(&submission, message(1)).await));
     let outcome = pool.send(&submission, message(2)).await.unwrap();
@@ -143,10 +143,7 @@ async fn a_connection_lost_after_the_data_is_not_retried() {
 async fn a_connection_idle_too_long_is_closed_with_quit_not_reused() {
     let first = format!("{GREETING}{}{QUIT}", transaction(1, "250 2.0.0 queued 1"));
     let second = format!("{GREETING}{}{QUIT}", transaction(2, "250 2.0.0 queued 2"));
-    let server = ScriptedServer::start_sequence(vec![script(&first), script(&second)], None)
-        .await
-        .unwrap();
-    let submission = plain(server.addr().port());
+    let (server, submission) = scripted(&[&first, &second]).await;
     let pool = Pool::new().with_max_idle(Duration::ZERO);
     assert!(accepted(pool.send(&submission, message(1)).await));
     assert!(accepted(pool.send(&submission, message(2)).await));
