@@ -336,18 +336,19 @@ async fn deliver_domain(
             .unwrap_or_default();
         for (k, outcome) in outcomes.into_iter().enumerate() {
             let Some(&i) = pending.get(k) else { continue };
-            // Final: accepted, or refused for good once the server has let
-            // us through to the transaction. Anything else (greeting, EHLO,
-            // TLS, 4xx, timeouts) is for the next host to try.
-            let in_transaction = matches!(
-                outcome.phase,
-                Phase::Mail | Phase::Rcpt | Phase::Data | Phase::DataBlock | Phase::DataEnd
-            );
+            // Final: accepted, refused for good once the server has let us
+            // through to the transaction, or an unknown outcome (this host
+            // may have the message: another would deliver it twice).
+            // Anything else (greeting, EHLO, TLS, 4xx, timeouts) is for the
+            // next host to try.
             let final_ = outcome.status == RecipientStatus::Accepted
                 || (outcome.status == RecipientStatus::Rejected
-                    && in_transaction
+                    && outcome.phase.is_transaction()
                     && outcome.reply.is_some())
-                || matches!(outcome.error, Some(Error::Message(_)));
+                || matches!(
+                    outcome.error,
+                    Some(Error::Message(_) | Error::OutcomeUnknown { .. })
+                );
             if final_ {
                 decided.insert(i, outcome);
             } else {

@@ -94,9 +94,11 @@ impl Envelope {
 pub enum RecipientStatus {
     /// The server took responsibility for the message (2xx to the end of data).
     Accepted,
-    /// Refused for good (5xx, or a local reason that a retry cannot fix).
+    /// Refused for good: the server's 5xx to MAIL, RCPT or the message, or a
+    /// message this server cannot take as it is (too large, 8-bit, UTF-8).
     Rejected,
-    /// Not delivered this time; a retry may succeed (4xx, timeout, disconnect, …).
+    /// Not delivered this time; a retry may succeed (4xx, timeout, disconnect,
+    /// a session that failed before the transaction, an unknown outcome).
     Deferred,
 }
 
@@ -151,15 +153,23 @@ impl RecipientOutcome {
         }
     }
 
+    /// An outcome decided by `error`. Rejected only when the server refused
+    /// this message for good in its transaction (a 5xx to MAIL, RCPT, DATA,
+    /// a chunk or the end of data) or the message cannot go to this server
+    /// as it is (too large, 8-bit or UTF-8 it does not take). A session that
+    /// failed — greeting or EHLO refused, authentication, TLS or encryption
+    /// policy, a connection lost — says nothing against the recipient: it is
+    /// deferred, with the session's reply, and a script cleaning its list on
+    /// `rejected` keeps it.
     pub(crate) fn from_error(recipient: Mailbox, phase: Phase, error: Error) -> Self {
-        let status = match error.reply() {
-            // The policy was not met: the recipient was not refused, and
-            // another path (or a later try) may succeed.
-            _ if matches!(error, Error::Policy(_)) => RecipientStatus::Deferred,
-            Some(r) if r.code().is_permanent() => RecipientStatus::Rejected,
-            Some(_) => RecipientStatus::Deferred,
-            None if error.is_permanent() => RecipientStatus::Rejected,
-            None => RecipientStatus::Deferred,
+        let status = match &error {
+            Error::Rejected { phase, reply }
+                if reply.code().is_permanent() && phase.is_transaction() =>
+            {
+                RecipientStatus::Rejected
+            }
+            Error::Message(_) if error.is_permanent() => RecipientStatus::Rejected,
+            _ => RecipientStatus::Deferred,
         };
         Self {
             recipient,

@@ -56,6 +56,22 @@ pub enum Error {
         /// What the client was waiting for.
         phase: Phase,
     },
+    /// The server stopped reading what the client wrote: a write made no
+    /// progress until the driver's deadline.
+    WriteTimeout {
+        /// What the client was sending.
+        phase: Phase,
+        /// The deadline the write had.
+        limit: Duration,
+    },
+    /// The whole message went out but the session ended (`cause`) before
+    /// the server answered its end of data: the server may have accepted it.
+    /// A recipient with this error is deferred, never accepted; sending the
+    /// message again may deliver it twice.
+    OutcomeUnknown {
+        /// What ended the session.
+        cause: Box<Self>,
+    },
     /// The encryption or secret-handling policy cannot be met.
     Policy(PolicyError),
     /// This message cannot go to this server as it is.
@@ -90,6 +106,8 @@ impl Error {
             Self::Protocol(_)
             | Self::Timeout { .. }
             | Self::ConnectionClosed { .. }
+            | Self::WriteTimeout { .. }
+            | Self::OutcomeUnknown { .. }
             | Self::Policy(_)
             | Self::Sasl(_)
             | Self::Tls { .. }
@@ -144,6 +162,29 @@ impl fmt::Display for Error {
                 f,
                 "the server closed the connection during {phase}; try again later"
             ),
+            Self::WriteTimeout { phase, limit } => {
+                let secs = limit.as_secs();
+                if *phase == Phase::DataBlock {
+                    write!(f, "the server stopped reading the message for {secs}s")?;
+                } else {
+                    write!(f, "the server stopped reading for {secs}s during {phase}")?;
+                }
+                f.write_str("; the server or the network is stuck, try again later")
+            }
+            Self::OutcomeUnknown { cause } => {
+                f.write_str("outcome unknown: the whole message was sent, then ")?;
+                match cause.as_ref() {
+                    Self::ConnectionClosed { .. } => f.write_str("the connection was lost")?,
+                    Self::Timeout { limit, .. } => {
+                        write!(f, "no reply came within {}s", limit.as_secs())?;
+                    }
+                    other => write!(f, "the session failed ({other})")?,
+                }
+                f.write_str(
+                    " before the server answered; the server may have accepted it, so \
+                     sending it again may deliver it twice",
+                )
+            }
             Self::Policy(e) => e.fmt(f),
             Self::Message(e) => e.fmt(f),
             Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),

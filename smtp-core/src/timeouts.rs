@@ -42,6 +42,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// True for the steps of a mail transaction (MAIL, RCPT, DATA, the data
+    /// and its end), where a refusal is about the message or a recipient
+    /// rather than the session.
+    pub const fn is_transaction(self) -> bool {
+        matches!(
+            self,
+            Self::Mail | Self::Rcpt | Self::Data | Self::DataBlock | Self::DataEnd
+        )
+    }
+
     /// A short lower-case name for messages ("greeting", "RCPT", …).
     pub const fn name(self) -> &'static str {
         match self {

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -225,8 +225,7 @@ impl Driver {
                     _ => on_event(event),
                 }
             }
-            let now = transport.now();
-            if !self.flush(client, transport, now + timeouts.command).await {
+            if !self.flush(client, transport, timeouts.command).await {
                 continue;
             }
             if client.is_closed() || (until == Until::Idle && client.is_idle()) {
@@ -276,8 +275,8 @@ impl Driver {
 
     async fn start_tls<T: Transport + ?Sized>(&mut self, client: &mut Client, transport: &mut T) {
         let timeouts = client.timeouts();
-        let now = transport.now();
-        if self.flush(client, transport, now + timeouts.command).await {
+        if self.flush(client, transport, timeouts.command).await {
+            let now = transport.now();
             match transport.start_tls(now + timeouts.tls_handshake).await {
                 // The client only refuses this when no upgrade is pending,
                 // and one is: it just asked.
@@ -289,24 +288,32 @@ impl Driver {
         }
     }
 
-    /// Writes what the client has to send. False when the write failed (the
-    /// client has been told the connection is gone).
+    /// Writes what the client has to send, allowing `limit` for it. False
+    /// when the write failed (the client has been told why: a stalled
+    /// server, or a connection gone).
     async fn flush<T: Transport + ?Sized>(
         &mut self,
         client: &mut Client,
         transport: &mut T,
-        deadline: Instant,
+        limit: Duration,
     ) -> bool {
         if !client.poll_transmit(&mut self.out) {
             return true;
         }
+        let deadline = transport.now() + limit;
         let result = transport.write_all(&self.out, deadline).await;
         self.out.clear();
-        if result.is_err() {
-            client.handle_close(transport.now());
-            return false;
+        match result {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                client.handle_write_timeout(transport.now(), limit);
+                false
+            }
+            Err(_) => {
+                client.handle_close(transport.now());
+                false
+            }
         }
-        true
     }
 
     async fn stream_body<T: Transport + ?Sized>(
@@ -345,7 +352,7 @@ impl Driver {
             {
                 return;
             }
-            if !self.flush(client, transport, now + data_block).await {
+            if !self.flush(client, transport, data_block).await {
                 return;
             }
         }

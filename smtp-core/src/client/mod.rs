@@ -11,7 +11,7 @@ mod session;
 mod transaction;
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use config::Config;
 pub use event::{Direction, Event, TranscriptLine, Warning};
@@ -35,7 +35,8 @@ use crate::timeouts::Phase;
 /// - **Input** — [`handle_input`](Self::handle_input) with every byte read
 ///   from the server (any chunking), [`handle_close`](Self::handle_close)
 ///   when the server closes its side, [`handle_timeout`](Self::handle_timeout)
-///   when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
+///   when the instant from [`poll_timeout`](Self::poll_timeout) has passed,
+///   [`handle_write_timeout`](Self::handle_write_timeout) when a write stalls.
 /// - **Output** — after every call, drain [`poll_transmit`](Self::poll_transmit)
 ///   (write those bytes, in one write) and [`poll_event`](Self::poll_event)
 ///   until it returns `None`, and re-read [`poll_timeout`](Self::poll_timeout).
@@ -52,9 +53,13 @@ use crate::timeouts::Phase;
 /// - **Time** is an [`Instant`] passed in, monotonic; the client never reads a clock.
 ///
 /// Each message ends in exactly one [`Event::MessageResult`] holding every
-/// recipient's outcome; a recipient is accepted only after the server's 2xx
-/// to the end of its data. Fatal faults end in [`Event::Failed`], after which
-/// the client ignores input.
+/// recipient's outcome, whatever the server does; a recipient is accepted
+/// only after the server's 2xx to the end of its data. When the session ends
+/// after a message's end of data went out and before its reply came, its
+/// recipients are deferred with [`Error::OutcomeUnknown`]: the server may
+/// have accepted it. Fatal faults end in [`Event::Failed`], after which the
+/// client ignores input; [`Event::Closed`] comes only when no message is left
+/// without its outcome.
 ///
 /// # Panics
 ///
@@ -202,7 +207,9 @@ impl Client {
     pub fn handle_close(&mut self, _now: Instant) {
         match self.state {
             State::Closed | State::Failed => {}
-            State::Quitting => self.close(),
+            // Once every message has its outcome, a close (even before the
+            // reply to QUIT or to a last RSET) loses nothing.
+            State::Quitting if self.messages.is_empty() => self.close(),
             _ if self.pending.is_empty() && self.messages.is_empty() && self.body.is_none() => {
                 self.close();
             }
@@ -213,6 +220,20 @@ impl Client {
         }
     }
 
+    /// A write made no progress for `limit` (the driver's deadline for it):
+    /// the server stopped reading. Ends the session like any other fault.
+    pub fn handle_write_timeout(&mut self, _now: Instant, limit: Duration) {
+        if matches!(self.state, State::Closed | State::Failed) {
+            return;
+        }
+        let phase = if self.body.is_some() {
+            Phase::DataBlock
+        } else {
+            self.current_phase()
+        };
+        self.fail(Error::WriteTimeout { phase, limit });
+    }
+
     /// Call when the instant from [`poll_timeout`](Self::poll_timeout) has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.state, State::Closed | State::Failed) {
@@ -220,7 +241,7 @@ impl Client {
         }
         if let Some((deadline, phase, limit)) = self.pending.deadline(&self.config.timeouts) {
             if now >= deadline {
-                if self.state == State::Quitting {
+                if self.state == State::Quitting && self.messages.is_empty() {
                     // The server never answered QUIT; nothing is lost.
                     self.close();
                 } else {
@@ -422,7 +443,14 @@ impl Client {
         }
     }
 
+    /// Ends the session cleanly; with a message still unfinished that is a
+    /// failure instead, so that every message gets its outcome.
     fn close(&mut self) {
+        if !self.messages.is_empty() {
+            let phase = self.current_phase();
+            self.fail(Error::ConnectionClosed { phase });
+            return;
+        }
         self.state = State::Closed;
         self.pending.clear();
         self.out.event(Event::Closed);

@@ -80,6 +80,10 @@ pub(super) struct Transaction {
     /// Outcomes are settled (MAIL, DATA or a chunk refused, or nobody
     /// accepted): later replies are read and ignored.
     settled: bool,
+    /// The end-of-data mark (`CRLF.CRLF` or `BDAT … LAST`) is written: from
+    /// here on the server may hold the whole message, so a session lost
+    /// before its reply leaves the outcome unknown.
+    ended: bool,
 }
 
 /// The body being streamed.
@@ -266,6 +270,7 @@ impl Client {
             outstanding: 1,
             rcpt_replies: 0,
             settled: false,
+            ended: false,
         };
         if pipelining {
             for (k, &index) in tx.rcpts.iter().enumerate() {
@@ -385,6 +390,7 @@ impl Client {
                     self.pending.push(now, Expect::DataEnd(tx));
                     if let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) {
                         t.outstanding += 1;
+                        t.ended = true;
                     }
                 }
                 Err(e) => {
@@ -783,7 +789,26 @@ impl Client {
         error: &Error,
         status: Option<RecipientStatus>,
     ) {
-        self.txs.clear();
+        // First the transactions whose end of data went out unanswered:
+        // their recipients' outcome is unknown, not merely deferred.
+        let unknown = Error::OutcomeUnknown {
+            cause: Box::new(error.clone()),
+        };
+        let txs = std::mem::take(&mut self.txs);
+        for t in txs.iter().filter(|t| t.ended && !t.settled) {
+            // Recipients a 452 sent back to their message were not in it.
+            let requeued: Vec<usize> = self
+                .messages
+                .iter()
+                .find(|m| m.id == t.message)
+                .map(|m| m.todo.iter().copied().collect())
+                .unwrap_or_default();
+            for &index in t.rcpts.iter().filter(|i| !requeued.contains(i)) {
+                self.settle(t.message, index, |r| {
+                    RecipientOutcome::from_error(r, Phase::DataEnd, unknown.clone())
+                });
+            }
+        }
         let ids: Vec<MessageId> = self.messages.iter().map(|m| m.id).collect();
         for id in ids {
             let n = self

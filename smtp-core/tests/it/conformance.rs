@@ -136,10 +136,11 @@ fn expected(step: Step, failure: Failure) -> [RecipientStatus; 2] {
         (Failure::Transient, _) => [Deferred, Deferred],
         (Failure::Permanent, Step::Rcpt1) => [Rejected, Accepted],
         (Failure::Permanent, Step::Rcpt2) => [Accepted, Rejected],
-        // A refused STARTTLS under Required is a policy failure: not the
-        // recipients' fault, worth a retry.
-        (Failure::Permanent, Step::StartTls) => [Deferred, Deferred],
-        (Failure::Permanent, _) => [Rejected, Rejected],
+        // A 5xx in the transaction refuses the message for everyone.
+        (Failure::Permanent, Step::Mail | Step::Data | Step::DataEnd) => [Rejected, Rejected],
+        // Before it (greeting, EHLO, STARTTLS, AUTH) the session failed:
+        // not the recipients' fault, worth a retry.
+        (Failure::Permanent, _) => [Deferred, Deferred],
     }
 }
 

@@ -5,6 +5,7 @@ mod chunking;
 mod conformance;
 mod drive;
 mod model;
+mod outcomes;
 mod session;
 mod timeouts;
 mod transactions;

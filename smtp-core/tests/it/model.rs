@@ -2,18 +2,34 @@
 //! proptest state machines): random sessions of several messages, each
 //! recipient answered at random, with and without PIPELINING and CHUNKING.
 //! A small SMTP server simulation answers whatever the client sends; the
-//! model says what every recipient's outcome must be.
+//! model says what every recipient's outcome must be. At a random step the
+//! server may instead close the connection, fall silent or send garbage:
+//! then every recipient still gets exactly one outcome, none is accepted
+//! without the server's 250 reaching the client, and a message whose end of
+//! data the server took but whose reply was lost is an unknown outcome.
+
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use smtp_core::{Event, RecipientStatus};
+use smtp_core::{Error, Event, RecipientStatus};
 
 use smtp_testkit::sansio::{Run, config, envelope};
+
+/// What the server does instead of answering, at one step.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Close,
+    Silence,
+    Garbage,
+}
 
 #[derive(Clone, Debug)]
 struct Plan {
     pipelining: bool,
     chunking: bool,
+    /// The step (batch of replies) replaced by a fault, if any.
+    fault: Option<(usize, Fault)>,
     /// Per message: each recipient's RCPT reply code, and the end-of-data code.
     messages: Vec<(Vec<u16>, u16)>,
     body: Vec<u8>,
@@ -24,9 +40,15 @@ fn plan() -> impl Strategy<Value = Plan> {
     let rcpt = prop_oneof![4 => Just(250u16), 1 => Just(550), 1 => Just(450)];
     let end = prop_oneof![4 => Just(250u16), 1 => Just(554), 1 => Just(451)];
     let message = (proptest::collection::vec(rcpt, 1..5), end);
+    let fault = prop_oneof![
+        Just(Fault::Close),
+        Just(Fault::Silence),
+        Just(Fault::Garbage)
+    ];
     (
         any::<bool>(),
         any::<bool>(),
+        proptest::option::weighted(0.6, (0..12usize, fault)),
         proptest::collection::vec(message, 1..5),
         proptest::collection::vec(
             prop_oneof![Just(b'.'), Just(b'\n'), Just(b'\r'), Just(b'x')],
@@ -34,13 +56,16 @@ fn plan() -> impl Strategy<Value = Plan> {
         ),
         1..20usize,
     )
-        .prop_map(|(pipelining, chunking, messages, body, chunk)| Plan {
-            pipelining,
-            chunking,
-            messages,
-            body,
-            chunk,
-        })
+        .prop_map(
+            |(pipelining, chunking, fault, messages, body, chunk)| Plan {
+                pipelining,
+                chunking,
+                fault,
+                messages,
+                body,
+                chunk,
+            },
+        )
 }
 
 /// What the model says: each recipient's status, in order.
@@ -80,6 +105,8 @@ struct Server {
     /// What the server stored for each delivered message.
     stored: Vec<Vec<u8>>,
     current: Vec<u8>,
+    /// Ends of data taken in the latest batch: message and reply code.
+    ended: Vec<(usize, u16)>,
 }
 
 impl Server {
@@ -96,10 +123,12 @@ impl Server {
             buf: Vec::new(),
             stored: Vec::new(),
             current: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
     fn reply(&mut self, input: &[u8]) -> String {
+        self.ended.clear();
         self.buf.extend_from_slice(input);
         let mut out = String::new();
         loop {
@@ -193,8 +222,10 @@ impl Server {
         let code = self.plan.messages[self.message].1;
         if self.accepted == 0 {
             // BDAT with nobody accepted: refused.
+            self.ended.push((self.message, 554));
             return "554 no valid recipients\r\n".into();
         }
+        self.ended.push((self.message, code));
         if code == 250 {
             self.stored.push(std::mem::take(&mut self.current));
         }
@@ -222,43 +253,112 @@ fn normalised(body: &[u8]) -> Vec<u8> {
     out
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
-    #[test]
-    fn client_matches_the_model(plan in plan()) {
-        let mut run = Run::new(config());
-        run.body = plan.body.clone();
-        run.chunk = plan.chunk;
-        for (i, (rcpts, _)) in plan.messages.iter().enumerate() {
-            let to: Vec<String> = (0..rcpts.len()).map(|r| format!("m{i}r{r}@example.net")).collect();
-            let to: Vec<&str> = to.iter().map(String::as_str).collect();
-            run.send(envelope("a@example.org", &to));
+/// Runs the plan: the client against the simulated server.
+struct Outcome {
+    run: Run,
+    server: Server,
+    /// Ends of data whose reply reached the client, and whose reply was lost.
+    answered: BTreeMap<usize, u16>,
+    lost: BTreeMap<usize, u16>,
+}
+
+fn play(plan: &Plan) -> Outcome {
+    let mut run = Run::new(config());
+    run.body = plan.body.clone();
+    run.chunk = plan.chunk;
+    for (i, (rcpts, _)) in plan.messages.iter().enumerate() {
+        let to: Vec<String> = (0..rcpts.len())
+            .map(|r| format!("m{i}r{r}@example.net"))
+            .collect();
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        run.send(envelope("a@example.org", &to));
+    }
+    run.client.quit(run.now);
+    let mut server = Server::new(plan.clone());
+    let mut input = String::from("220 sim\r\n");
+    let (mut answered, mut lost) = (BTreeMap::new(), BTreeMap::new());
+    let mut ended: Vec<(usize, u16)> = Vec::new();
+    for step in 0..200 {
+        if input.is_empty() {
+            break;
         }
-        run.client.quit(run.now);
-        let mut server = Server::new(plan.clone());
-        let mut input = String::from("220 sim\r\n");
-        for _ in 0..200 {
-            if input.is_empty() {
+        match plan.fault {
+            Some((at, fault)) if at == step => {
+                lost.extend(ended.drain(..));
+                match fault {
+                    Fault::Close => run.close(),
+                    Fault::Garbage => run.input(b"this is no reply\r\n"),
+                    Fault::Silence => {
+                        while !run.client.is_closed() {
+                            run.expire();
+                        }
+                    }
+                }
                 break;
             }
-            run.input(input.as_bytes());
-            let wire = std::mem::take(&mut run.wire);
-            input = server.reply(&wire);
+            _ => {}
         }
-        prop_assert!(run.closed(), "session did not end: {:?}", run.failure());
-        prop_assert!(run.failure().is_none(), "{:?}", run.failure());
-        let got: Vec<RecipientStatus> = run
-            .outcomes()
-            .iter()
-            .flat_map(|m| m.recipients.iter().map(|r| r.status))
-            .collect();
-        prop_assert_eq!(got, expected(&plan));
-        prop_assert_eq!(run.outcomes().len(), plan.messages.len());
+        run.input(input.as_bytes());
+        answered.extend(ended.drain(..));
+        let wire = std::mem::take(&mut run.wire);
+        input = server.reply(&wire);
+        ended = server.ended.clone();
+    }
+    Outcome {
+        run,
+        server,
+        answered,
+        lost,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+    #[test]
+    fn client_matches_the_model(plan in plan()) {
+        let Outcome { run, server, answered, lost } = play(&plan);
+        // Whatever happened: the session is over, each message has exactly
+        // one result and each recipient exactly one outcome.
+        prop_assert!(run.client.is_closed(), "session did not end");
+        let outcomes = run.outcomes();
+        prop_assert_eq!(outcomes.len(), plan.messages.len());
+        for (m, outcome) in outcomes.iter().enumerate() {
+            prop_assert_eq!(outcome.message.index() as usize, m);
+            prop_assert_eq!(outcome.recipients.len(), plan.messages[m].0.len());
+        }
+        let results = run.events.iter().filter(|e| matches!(e, Event::RecipientResult { .. })).count();
+        prop_assert_eq!(results, expected(&plan).len());
         // Every stored message is exactly the normalised body.
         for stored in &server.stored {
             prop_assert_eq!(stored, &normalised(&plan.body));
         }
-        let results = run.events.iter().filter(|e| matches!(e, Event::RecipientResult { .. })).count();
-        prop_assert_eq!(results, expected(&plan).len());
+        let got: Vec<RecipientStatus> = outcomes
+            .iter()
+            .flat_map(|m| m.recipients.iter().map(|r| r.status))
+            .collect();
+        if plan.fault.is_none() || (run.closed() && run.failure().is_none()) {
+            prop_assert!(run.failure().is_none(), "{:?}", run.failure());
+            prop_assert_eq!(got, expected(&plan));
+            return Ok(());
+        }
+        for (m, outcome) in outcomes.iter().enumerate() {
+            for (r, o) in outcome.recipients.iter().enumerate() {
+                let rcpt_ok = plan.messages[m].0[r] == 250;
+                let unknown = matches!(o.error, Some(Error::OutcomeUnknown { .. }));
+                // Accepted only on the server's 250 to the end of data,
+                // received by the client.
+                if o.status == RecipientStatus::Accepted {
+                    prop_assert!(rcpt_ok && answered.get(&m) == Some(&250), "{m}/{r}: {o}");
+                }
+                // Unknown exactly when the server took the whole message
+                // and its answer was lost.
+                if lost.contains_key(&m) && rcpt_ok {
+                    prop_assert!(unknown && o.status == RecipientStatus::Deferred, "{m}/{r}: {o}");
+                }
+                if unknown {
+                    prop_assert!(lost.contains_key(&m), "{m}/{r}: {o}");
+                }
+            }
+        }
     }
 }

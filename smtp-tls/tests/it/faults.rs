@@ -211,3 +211,57 @@ async fn a_script_opening_with_starttls_is_implicit_tls() {
     assert_eq!(status(&d), RecipientStatus::Accepted);
     assert!(d.session.tls.as_ref().unwrap().verified);
 }
+
+#[tokio::test]
+async fn a_server_that_stops_reading_the_message_is_named_as_such() {
+    // The server says 354 and then reads nothing: once the socket buffers
+    // are full the client's write stalls until the data-block deadline.
+    let server = ScriptedServer::start(
+        Script::parse(
+            "S: 220 mx.test\nC: EHLO *\nS: 250 mx.test\nC: MAIL FROM:*\nS: 250 ok\n\
+             C: RCPT TO:*\nS: 250 ok\nC: DATA\nS: 354 go\nSLEEP 15s\n",
+        )
+        .unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    s.tls.policy = TlsPolicy::None;
+    s.timeouts = Timeouts::uniform(Duration::from_secs(1));
+    // Far more than loopback's socket buffers hold.
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    body.extend(
+        std::iter::repeat_n(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n".as_slice(),
+            1 << 20,
+        )
+        .flatten(),
+    );
+    let message = Outgoing {
+        envelope: Envelope::new(
+            ReversePath::parse("alice@example.org").unwrap(),
+            vec![Mailbox::parse("bob@example.net").unwrap()],
+        ),
+        body: Box::new(MemoryBody::new(body)),
+    };
+    let delivery =
+        tokio::time::timeout(Duration::from_secs(20), s.send(vec![message], &mut |_| {}))
+            .await
+            .expect("never hangs")
+            .expect("connects");
+    let r = &delivery.session.messages[0].recipients[0];
+    assert_eq!(r.status, RecipientStatus::Deferred, "{r}");
+    assert_eq!(
+        delivery.session.error,
+        Some(Error::WriteTimeout {
+            phase: smtp_core::Phase::DataBlock,
+            limit: Duration::from_secs(1)
+        })
+    );
+    assert!(
+        r.text()
+            .contains("the server stopped reading the message for 1s"),
+        "{r}"
+    );
+}

@@ -125,10 +125,13 @@ async fn a_connection_lost_after_the_data_is_not_retried() {
     let r = &outcome.recipients[0];
     assert_eq!(r.status, RecipientStatus::Deferred, "{r}");
     assert_eq!(r.phase, Phase::DataEnd, "{r}");
+    // The outcome is unknown, and says so.
     assert!(
-        matches!(r.error, Some(Error::ConnectionClosed { .. })),
+        matches!(&r.error, Some(Error::OutcomeUnknown { cause })
+            if matches!(**cause, Error::ConnectionClosed { .. })),
         "{r}"
     );
+    assert!(r.text().contains("may have accepted"), "{r}");
     assert_eq!(
         pool.open_connections(),
         0,

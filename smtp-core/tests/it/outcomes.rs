@@ -1,0 +1,241 @@
+//! Every message handed to the client ends with exactly one outcome per
+//! recipient, whatever the server does — above all when the reply to the
+//! end of data never comes. Then the outcome is unknown: the server has the
+//! whole message and may have accepted it, so the recipient is deferred with
+//! a text that says so, never reported accepted and never silently dropped.
+
+use smtp_core::{Error, MessageOutcome, Phase, RecipientStatus};
+
+use smtp_testkit::sansio::{Run, config, envelope};
+
+const PIPELINED: &str = "
+    S: 220 mx.example.net
+    C: EHLO client.example
+    S: 250-mx.example.net
+    S: 250 PIPELINING
+";
+
+const CHUNKING: &str = "
+    S: 220 mx.example.net
+    C: EHLO client.example
+    S: 250-mx.example.net
+    S: 250-PIPELINING
+    S: 250 CHUNKING
+";
+
+/// One message to b@ and c@, QUIT requested: with PIPELINING the QUIT rides
+/// with the end of data, so the session is already "quitting" when the
+/// server goes away.
+fn sent_with_quit_pending() -> Run {
+    let mut run = Run::new(config());
+    run.send(envelope(
+        "a@example.org",
+        &["b@example.net", "c@example.net"],
+    ));
+    run.client.quit(run.now);
+    run.script(PIPELINED);
+    run.script(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        S: 250 ok
+        S: 250 ok
+        S: 250 ok
+        S: 354 go
+        C: Subject: test
+        C: 
+        C: Hello.
+        C: .
+        C: QUIT
+        ",
+    );
+    assert!(run.outcomes().is_empty(), "nothing is decided yet");
+    run
+}
+
+fn assert_unknown(run: &Run, expected: &[&str]) {
+    let outcomes = run.outcomes();
+    assert_unknown_in(&outcomes, expected);
+}
+
+fn assert_unknown_in(outcomes: &[MessageOutcome], expected: &[&str]) {
+    let recipients: Vec<_> = outcomes.iter().flat_map(|m| &m.recipients).collect();
+    let got: Vec<String> = recipients.iter().map(|r| r.recipient.to_string()).collect();
+    assert_eq!(got, expected);
+    for r in recipients {
+        assert_eq!(r.status, RecipientStatus::Deferred, "{r}");
+        assert!(
+            matches!(r.error, Some(Error::OutcomeUnknown { .. })),
+            "{:?}",
+            r.error
+        );
+        assert!(r.text().contains("may have accepted"), "{}", r.text());
+    }
+}
+
+#[test]
+fn a_close_after_the_final_dot_with_quit_pipelined_is_an_unknown_outcome() {
+    let mut run = sent_with_quit_pending();
+    run.close();
+    assert_unknown(&run, &["b@example.net", "c@example.net"]);
+    assert!(
+        matches!(
+            run.failure(),
+            Some(Error::OutcomeUnknown { .. })
+                | Some(Error::ConnectionClosed {
+                    phase: Phase::DataEnd
+                })
+        ),
+        "{:?}",
+        run.failure()
+    );
+    assert!(
+        !run.closed(),
+        "a lost outcome is a failure, not a clean close"
+    );
+}
+
+#[test]
+fn silence_after_the_final_dot_with_quit_pipelined_is_an_unknown_outcome() {
+    let mut run = sent_with_quit_pending();
+    let waited = run.expire();
+    assert_eq!(waited, smtp_core::Timeouts::default().data_end);
+    assert_unknown(&run, &["b@example.net", "c@example.net"]);
+    assert!(!run.closed());
+}
+
+#[test]
+fn garbage_after_the_final_dot_is_an_unknown_outcome() {
+    let mut run = sent_with_quit_pending();
+    run.input(b"this is not a reply\r\n");
+    assert_unknown(&run, &["b@example.net", "c@example.net"]);
+}
+
+#[test]
+fn a_close_after_bdat_last_is_an_unknown_outcome() {
+    let mut run = Run::new(config().with_extensions(true, true));
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.client.quit(run.now);
+    run.script(CHUNKING);
+    run.script(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: BDAT 25 LAST
+        C: Subject: test
+        C: 
+        C: Hello.
+        ",
+    );
+    // Nothing was answered, not even MAIL or RCPT: the server had the whole
+    // message all the same.
+    run.close();
+    assert_unknown(&run, &["b@example.net"]);
+}
+
+#[test]
+fn the_second_of_two_messages_loses_its_reply() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.send(envelope("a@example.org", &["c@example.net"]));
+    run.client.quit(run.now);
+    run.script(PIPELINED);
+    run.script(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: DATA
+        S: 250 ok
+        S: 250 ok
+        S: 354 go
+        C: Subject: test
+        C: 
+        C: Hello.
+        C: .
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        S: 250 queued as 1
+        S: 250 ok
+        S: 250 ok
+        S: 354 go
+        C: Subject: test
+        C: 
+        C: Hello.
+        C: .
+        C: QUIT
+        ",
+    );
+    run.close();
+    let outcomes = run.outcomes();
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes[0].recipients[0].status, RecipientStatus::Accepted);
+    assert_unknown_in(&outcomes[1..], &["c@example.net"]);
+}
+
+#[test]
+fn a_close_before_the_dot_is_deferred_but_not_unknown() {
+    // The server never had the whole message: it cannot have accepted it.
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.client.quit(run.now);
+    run.script(PIPELINED);
+    run.script(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: DATA
+        S: 250 ok
+        S: 250 ok
+        ",
+    );
+    run.close();
+    let outcomes = run.outcomes();
+    let r = &outcomes[0].recipients[0];
+    assert_eq!(r.status, RecipientStatus::Deferred);
+    assert_eq!(
+        r.error,
+        Some(Error::ConnectionClosed { phase: Phase::Data })
+    );
+}
+
+#[test]
+fn a_close_while_waiting_for_the_quit_reply_is_a_clean_end() {
+    let mut run = sent_with_quit_pending();
+    run.input(b"250 2.0.0 queued\r\n");
+    run.close();
+    assert_eq!(
+        run.statuses(),
+        ["b@example.net=accepted", "c@example.net=accepted"]
+    );
+    assert!(run.closed());
+    assert!(run.failure().is_none());
+}
+
+#[test]
+fn lockstep_close_after_the_dot_is_an_unknown_outcome() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.client.quit(run.now);
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250 mx.example.net
+        C: MAIL FROM:<a@example.org>
+        S: 250 ok
+        C: RCPT TO:<b@example.net>
+        S: 250 ok
+        C: DATA
+        S: 354 go
+        C: Subject: test
+        C: 
+        C: Hello.
+        C: .
+        ",
+    );
+    run.close();
+    assert_unknown(&run, &["b@example.net"]);
+}
