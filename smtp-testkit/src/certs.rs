@@ -132,6 +132,15 @@ impl Identity {
         }
     }
 
+    /// A certificate chain and key from PEM text, as `openssl` writes them.
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> std::io::Result<Self> {
+        let chain = rustls_pemfile::certs(&mut &chain[..]).collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut &key[..])?.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "no PEM private key")
+        })?;
+        Ok(Self { chain, key })
+    }
+
     /// A rustls server configuration (TLS 1.2 and 1.3, ring provider).
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

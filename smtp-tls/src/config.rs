@@ -17,6 +17,8 @@ pub struct TlsOptions {
     /// The encryption policy.
     pub policy: TlsPolicy,
     /// Extra trust anchors (e.g. a private CA), on top of the web PKI roots.
+    /// A server presenting one of these itself (a self-signed certificate)
+    /// is trusted as that pinned certificate, whatever its name and CA flag.
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Trust the web PKI roots (webpki-roots). On by default.
     pub web_pki_roots: bool,
@@ -83,9 +85,15 @@ impl TlsOptions {
             .map_err(|e| io::Error::other(e.to_string()))?
             .dangerous();
         let verifier = match self.policy {
-            TlsPolicy::Certified => Verifier::strict(webpki, verdict.clone()),
+            TlsPolicy::Certified => {
+                Verifier::strict(webpki, self.extra_roots.clone(), verdict.clone())
+            }
             TlsPolicy::None | TlsPolicy::Optional | TlsPolicy::Required => {
-                Verifier::danger_accept_unverified(webpki, verdict.clone())
+                Verifier::danger_accept_unverified(
+                    webpki,
+                    self.extra_roots.clone(),
+                    verdict.clone(),
+                )
             }
         };
         let config = builder

@@ -24,15 +24,22 @@ pub(crate) type Verdict = Arc<Mutex<Option<Result<(), String>>>>;
 /// certificate anyway. Handshake signatures are always checked.
 pub(crate) struct Verifier {
     inner: Arc<WebPkiServerVerifier>,
+    /// Certificates trusted exactly as they are (the user's trust anchors).
+    pinned: Vec<CertificateDer<'static>>,
     verdict: Verdict,
     accept_unverified: bool,
 }
 
 impl Verifier {
     /// Certified: the verdict decides.
-    pub(crate) fn strict(inner: Arc<WebPkiServerVerifier>, verdict: Verdict) -> Self {
+    pub(crate) fn strict(
+        inner: Arc<WebPkiServerVerifier>,
+        pinned: Vec<CertificateDer<'static>>,
+        verdict: Verdict,
+    ) -> Self {
         Self {
             inner,
+            pinned,
             verdict,
             accept_unverified: false,
         }
@@ -42,10 +49,12 @@ impl Verifier {
     /// user's stated choice. The verdict is only reported.
     pub(crate) fn danger_accept_unverified(
         inner: Arc<WebPkiServerVerifier>,
+        pinned: Vec<CertificateDer<'static>>,
         verdict: Verdict,
     ) -> Self {
         Self {
             inner,
+            pinned,
             verdict,
             accept_unverified: true,
         }
@@ -69,13 +78,21 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let result = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
+        let pinned = self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref());
+        let result = if pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )
+        };
         if let Ok(mut slot) = self.verdict.lock() {
             *slot = Some(
                 result
@@ -149,7 +166,41 @@ pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
                  give the CA with --ca-file, or use --tls required to encrypt without verifying"
             ),
             CertificateError::Revoked => format!("the certificate of {name} has been revoked"),
-            other => format!("the certificate of {name} is invalid: {other:?}"),
+            CertificateError::BadEncoding => {
+                format!("the certificate of {name} is malformed (it cannot be decoded)")
+            }
+            CertificateError::BadSignature => format!(
+                "the certificate of {name} has a signature that does not verify (forged or damaged)"
+            ),
+            CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                format!(
+                    "the certificate of {name} is signed with an algorithm this client does not accept"
+                )
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                format!("the certificate of {name} is not meant for a TLS server")
+            }
+            CertificateError::UnhandledCriticalExtension => format!(
+                "the certificate of {name} has a critical extension this client does not understand"
+            ),
+            CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::CaUsedAsEndEntity) => format!(
+                    "the server {name} presents a CA certificate as its own; if it is a \
+                     self-signed certificate you trust, give that exact certificate as a \
+                     trust anchor and it is pinned"
+                ),
+                Some(webpki::Error::EndEntityUsedAsCa) => format!(
+                    "the certificate chain of {name} uses a server certificate as an issuer"
+                ),
+                Some(webpki::Error::CertDistrusted) => {
+                    format!(
+                        "the certificate of {name} is from an authority that is no longer trusted"
+                    )
+                }
+                _ => format!("the certificate of {name} was not accepted: {other}"),
+            },
+            other => format!("the certificate of {name} was not accepted: {other}"),
         },
         other => other.to_string(),
     }

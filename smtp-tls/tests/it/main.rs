@@ -8,4 +8,5 @@ mod direct;
 mod faults;
 mod handshake;
 mod interop;
+mod pinning;
 mod reuse;
