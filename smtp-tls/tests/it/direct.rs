@@ -221,6 +221,57 @@ async fn refused_greeting_moves_to_the_next_host() {
     assert_eq!(dumps(&good.dir).len(), 1);
 }
 
+/// A host on 127.0.0.`last`:`port` that greets with `greeting` and hangs up.
+async fn greets_and_hangs_up(last: u8, port: u16, greeting: &'static [u8]) {
+    let listener = tokio::net::TcpListener::bind((ip(last), port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.write_all(greeting).await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_5xx_greeting_is_skipped_for_the_next_host() {
+    // Postfix's smtp_skip_5xx_greeting: a host that refuses the session
+    // says nothing about the recipient; the next MX host may take it.
+    if skip() {
+        return;
+    }
+    let port = free_port();
+    greets_and_hangs_up(13, port, b"554 5.7.1 no service for you\r\n").await;
+    let good = sink_on("127.0.0.14", port, &[]).await;
+    let zone = Zone::new()
+        .mx("h.test", 10, "refusing.h.test")
+        .a("refusing.h.test", ip(13))
+        .mx("h.test", 20, "good.h.test")
+        .a("good.h.test", ip(14));
+    let (reports, _dns) = run(zone, port, &["x@h.test"], &first).await;
+    assert_eq!(statuses(&reports), ["x@h.test=accepted"]);
+    assert_eq!(reports[0].host.as_deref(), Some("good.h.test"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(dumps(&good.dir).len(), 1);
+}
+
+#[tokio::test]
+async fn when_every_host_greets_with_5xx_the_recipient_is_deferred_not_rejected() {
+    let port = free_port();
+    greets_and_hangs_up(15, port, b"554 5.7.1 no service for you\r\n").await;
+    greets_and_hangs_up(16, port, b"554 5.7.1 no service here either\r\n").await;
+    let zone = Zone::new()
+        .mx("i.test", 10, "one.i.test")
+        .a("one.i.test", ip(15))
+        .mx("i.test", 20, "two.i.test")
+        .a("two.i.test", ip(16));
+    let (reports, _dns) = run(zone, port, &["x@i.test"], &first).await;
+    assert_eq!(statuses(&reports), ["x@i.test=deferred"]);
+    let o = &reports[0].outcomes[0];
+    assert_eq!(o.code().map(|c| c.as_u16()), Some(554), "{o}");
+    assert_eq!(reports[0].attempts.len(), 2, "both hosts were tried");
+}
+
 #[tokio::test]
 async fn hard_refusal_is_final_soft_goes_on() {
     if skip() {
