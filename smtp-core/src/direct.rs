@@ -25,20 +25,50 @@ use crate::transport::{BodySource, TlsInfo, Transport, drive};
 
 /// Why a connection attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnectFailure {
     /// Nothing answered before the connect timeout (often a blocked port).
     TimedOut,
     /// The host refused the connection.
     Refused,
-    /// Anything else (unreachable network, TLS failure, …).
+    /// The network said there is no route to the host, or that the
+    /// network is unreachable (ICMP, or a firewall answering for it).
+    Unreachable,
+    /// The connection was reset while it was being made.
+    Reset,
+    /// Anything else (TLS failure, …).
     Other(String),
+}
+
+impl ConnectFailure {
+    /// Classifies the error of a failed connect by its kind.
+    pub fn from_io(error: &io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::TimedOut => Self::TimedOut,
+            io::ErrorKind::ConnectionRefused => Self::Refused,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Self::Unreachable,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Self::Reset,
+            _ => Self::Other(error.to_string()),
+        }
+    }
+
+    /// True for what a network blocking the port looks like from here:
+    /// silence, a refusal, no route or a reset.
+    pub fn looks_blocked(&self) -> bool {
+        matches!(
+            self,
+            Self::TimedOut | Self::Refused | Self::Unreachable | Self::Reset
+        )
+    }
 }
 
 impl fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TimedOut => f.write_str("connection timed out"),
+            Self::TimedOut => f.write_str("no answer (connection timed out)"),
             Self::Refused => f.write_str("connection refused"),
+            Self::Unreachable => f.write_str("no route to the host (network unreachable)"),
+            Self::Reset => f.write_str("connection reset"),
             Self::Other(why) => f.write_str(why),
         }
     }
@@ -101,7 +131,8 @@ pub struct Attempt {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Diagnosis {
-    /// Every connection to port 25 timed out or was refused.
+    /// Every attempt on port 25 timed out, was refused, found no route, or
+    /// was closed or reset before the server's greeting.
     Port25Blocked {
         /// The port tried.
         port: u16,
@@ -123,10 +154,11 @@ impl fmt::Display for Diagnosis {
         match self {
             Self::Port25Blocked { port } => write!(
                 f,
-                "every connection to port {port} timed out or was refused: outbound port {port} is \
-                 probably blocked by your network or provider (most home and cloud networks do \
-                 this). Use standard delivery through a submission server instead (--server \
-                 HOST with port 587 or 465)"
+                "no mail server answered on port {port} (every connection timed out, was refused, \
+                 found no route, or was closed before the server's greeting): outbound port \
+                 {port} is probably blocked or intercepted by your network or provider (most \
+                 home and cloud networks do this). Use standard delivery through a submission \
+                 server instead (--server HOST with port 587 or 465)"
             ),
             Self::Blocklisted { text } => write!(
                 f,
@@ -246,9 +278,7 @@ async fn deliver_domain(
     let plan = match plan {
         Ok(p) => p,
         Err(e) => {
-            let error = Error::Connect {
-                detail: e.to_string(),
-            };
+            let error = Error::Plan(e.clone());
             report.outcomes = rcpts
                 .into_iter()
                 .map(|r| {
@@ -405,13 +435,19 @@ const BLOCKLIST_WORDS: [&str; 10] = [
 const RDNS_WORDS: [&str; 4] = ["reverse dns", "rdns", "ptr", "reverse lookup"];
 
 fn diagnose(report: &DomainReport, port: u16) -> Option<Diagnosis> {
-    let sessions = report.attempts.iter().any(|a| a.failure.is_none());
+    // A session that ended before any greeting is what an intercepting or
+    // resetting middlebox looks like: it counts as blocked too.
     let blocked = report
         .attempts
         .iter()
-        .filter_map(|a| a.failure.as_ref())
-        .all(|f| matches!(f, ConnectFailure::TimedOut | ConnectFailure::Refused));
-    if !report.attempts.is_empty() && !sessions && blocked {
+        .all(|a| match (&a.failure, &a.error) {
+            (Some(f), _) => f.looks_blocked(),
+            (None, Some(Error::ConnectionClosed { phase } | Error::Timeout { phase, .. })) => {
+                *phase == Phase::Greeting
+            }
+            (None, _) => false,
+        });
+    if !report.attempts.is_empty() && blocked {
         return Some(Diagnosis::Port25Blocked { port });
     }
     let texts = report
@@ -435,4 +471,65 @@ fn diagnose(report: &DomainReport, port: u16) -> Option<Diagnosis> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_are_classified_by_kind() {
+        let kind = |k| ConnectFailure::from_io(&io::Error::from(k));
+        assert_eq!(
+            kind(io::ErrorKind::ConnectionRefused),
+            ConnectFailure::Refused
+        );
+        assert_eq!(kind(io::ErrorKind::TimedOut), ConnectFailure::TimedOut);
+        assert_eq!(
+            kind(io::ErrorKind::HostUnreachable),
+            ConnectFailure::Unreachable
+        );
+        assert_eq!(
+            kind(io::ErrorKind::NetworkUnreachable),
+            ConnectFailure::Unreachable
+        );
+        assert_eq!(kind(io::ErrorKind::ConnectionReset), ConnectFailure::Reset);
+        assert!(kind(io::ErrorKind::HostUnreachable).looks_blocked());
+        assert!(!kind(io::ErrorKind::PermissionDenied).looks_blocked());
+    }
+
+    #[test]
+    fn no_route_to_every_host_is_diagnosed_as_a_blocked_port() {
+        let attempt = |last: u8, failure| Attempt {
+            host: format!("mx{last}.example.net"),
+            addr: SocketAddr::from(([192, 0, 2, last], 25)),
+            failure: Some(failure),
+            error: None,
+        };
+        let mut report = DomainReport {
+            domain: "example.net".into(),
+            plan: Err(PlanError::NoAddresses {
+                domain: "example.net".into(),
+            }),
+            attempts: vec![
+                attempt(1, ConnectFailure::Unreachable),
+                attempt(2, ConnectFailure::Reset),
+            ],
+            outcomes: Vec::new(),
+            host: None,
+            tls: None,
+            diagnosis: None,
+        };
+        assert_eq!(
+            diagnose(&report, 25),
+            Some(Diagnosis::Port25Blocked { port: 25 })
+        );
+        // One host that answered is not a blocked port.
+        report.attempts.push(Attempt {
+            failure: None,
+            error: None,
+            ..attempt(3, ConnectFailure::Refused)
+        });
+        assert_eq!(diagnose(&report, 25), None);
+    }
 }

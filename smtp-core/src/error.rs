@@ -83,6 +83,9 @@ pub enum Error {
         /// What the TLS layer reported.
         detail: String,
     },
+    /// Direct delivery found no mail server to try for the domain (null MX,
+    /// nonexistent domain, DNS failing, hosts without addresses).
+    Plan(crate::mx::PlanError),
     /// No connection could be made (direct delivery: every address failed).
     Connect {
         /// What happened at each address.
@@ -103,6 +106,7 @@ impl Error {
             }
             Self::Message(MessageError::Unreadable { .. }) => false,
             Self::Message(_) | Self::Misuse(_) => true,
+            Self::Plan(e) => e.is_permanent(),
             Self::Protocol(_)
             | Self::Timeout { .. }
             | Self::ConnectionClosed { .. }
@@ -189,6 +193,7 @@ impl fmt::Display for Error {
             Self::Message(e) => e.fmt(f),
             Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),
             Self::Tls { detail } => write!(f, "TLS failed: {detail}"),
+            Self::Plan(e) => e.fmt(f),
             Self::Connect { detail } => write!(f, "could not connect: {detail}"),
             Self::Misuse(e) => write!(f, "API misuse: {e}"),
         }
@@ -201,6 +206,7 @@ impl std::error::Error for Error {
             Self::Protocol(ProtocolError::Malformed(e)) => Some(e),
             Self::Message(MessageError::Body(e)) => Some(e),
             Self::Sasl(e) => Some(e),
+            Self::Plan(e) => Some(e),
             _ => None,
         }
     }

@@ -53,6 +53,11 @@ pub trait Resolver: Send + Sync {
     async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError>;
     /// The IPv4 and IPv6 addresses of `host`.
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError>;
+    /// Who answers, for errors ("the nameserver 192.0.2.53:53"): a resolver
+    /// that calls every domain nonexistent is a broken network, not a typo.
+    fn name(&self) -> String {
+        "the DNS resolver".to_owned()
+    }
 }
 
 /// How the hosts were found.
@@ -110,6 +115,8 @@ pub enum PlanError {
     NxDomain {
         /// The domain.
         domain: String,
+        /// Who said so ([`Resolver::name`]).
+        resolver: String,
     },
     /// DNS failed for now.
     Temporary {
@@ -141,12 +148,12 @@ impl fmt::Display for PlanError {
                     "{domain} accepts no mail (null MX, RFC 7505); check the address"
                 )
             }
-            Self::NxDomain { domain } => {
-                write!(
-                    f,
-                    "the domain {domain} does not exist; check the address for typos"
-                )
-            }
+            Self::NxDomain { domain, resolver } => write!(
+                f,
+                "the domain {domain} does not exist, according to {resolver}; check the \
+                 address for typos (if domains that do exist fail the same way, that resolver \
+                 is broken or intercepted: use another one)"
+            ),
             Self::Temporary { domain, detail } => {
                 write!(
                     f,
@@ -174,7 +181,12 @@ pub async fn plan(
     let owned = || domain.to_owned();
     let records = match resolver.mx(domain).await {
         Ok(r) => r,
-        Err(DnsError::NxDomain) => return Err(PlanError::NxDomain { domain: owned() }),
+        Err(DnsError::NxDomain) => {
+            return Err(PlanError::NxDomain {
+                domain: owned(),
+                resolver: resolver.name(),
+            });
+        }
         Err(DnsError::Temporary(detail)) => {
             return Err(PlanError::Temporary {
                 domain: owned(),
@@ -235,7 +247,10 @@ pub async fn plan(
             }
         };
         if kind == PlanKind::ImplicitMx && error == Some(DnsError::NxDomain) {
-            return Err(PlanError::NxDomain { domain: owned() });
+            return Err(PlanError::NxDomain {
+                domain: owned(),
+                resolver: resolver.name(),
+            });
         }
         addresses.truncate(budget);
         budget -= addresses.len();

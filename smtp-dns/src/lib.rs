@@ -59,6 +59,8 @@ impl std::error::Error for SetupError {}
 /// DNS over hickory-resolver, on tokio.
 pub struct HickoryResolver {
     inner: TokioResolver,
+    /// Who answers, for errors.
+    name: String,
 }
 
 impl fmt::Debug for HickoryResolver {
@@ -72,7 +74,10 @@ impl HickoryResolver {
     pub fn system() -> Result<Self, SetupError> {
         let builder = TokioResolver::builder_tokio().map_err(|e| SetupError(e.to_string()))?;
         let inner = builder.build().map_err(|e| SetupError(e.to_string()))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            name: "the system resolver (/etc/resolv.conf)".to_owned(),
+        })
     }
 
     /// One nameserver (UDP, then TCP for truncated answers), e.g. a test
@@ -91,7 +96,10 @@ impl HickoryResolver {
             .with_options(options)
             .build()
             .map_err(|e| SetupError(e.to_string()))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            name: format!("the nameserver {server}"),
+        })
     }
 
     /// Parses `IP[:PORT]` (port 53 by default).
@@ -126,6 +134,10 @@ fn classify(e: &NetError) -> Result<(), DnsError> {
 
 #[async_trait]
 impl Resolver for HickoryResolver {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
     async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
         match self.inner.mx_lookup(absolute(domain)).await {
             Ok(lookup) => Ok(lookup

@@ -1,6 +1,5 @@
 //! Connections to mail exchangers for direct delivery.
 
-use std::io;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
@@ -42,27 +41,11 @@ impl Connector for MxConnector {
         .await
         {
             Ok(t) => Ok(Box::new(t)),
-            Err(ConnectError::Unreachable { attempts, .. }) => {
-                let why = attempts
-                    .into_iter()
-                    .next()
-                    .map(|(_, why)| why)
-                    .unwrap_or_default();
-                Err(classify(&why))
-            }
+            Err(ConnectError::Unreachable { attempts, .. }) => Err(attempts
+                .into_iter()
+                .next()
+                .map_or(ConnectFailure::TimedOut, |(_, why)| why)),
             Err(e) => Err(ConnectFailure::Other(e.to_string())),
         }
-    }
-}
-
-fn classify(why: &str) -> ConnectFailure {
-    if why.starts_with("no answer within") {
-        ConnectFailure::TimedOut
-    } else if why.contains(&io::Error::from(io::ErrorKind::ConnectionRefused).to_string())
-        || why.to_ascii_lowercase().contains("refused")
-    {
-        ConnectFailure::Refused
-    } else {
-        ConnectFailure::Other(why.to_owned())
     }
 }

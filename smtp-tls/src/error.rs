@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use smtp_core::direct::ConnectFailure;
+
 /// A connection that could not be opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -19,7 +21,7 @@ pub enum ConnectError {
         /// The host.
         host: String,
         /// Each address tried and what happened.
-        attempts: Vec<(SocketAddr, String)>,
+        attempts: Vec<(SocketAddr, ConnectFailure)>,
     },
     /// Implicit TLS failed.
     Tls {

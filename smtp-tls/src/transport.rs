@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use smtp_core::direct::ConnectFailure;
 use smtp_core::transport::{ReadOutcome, TlsInfo, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -114,11 +115,8 @@ impl TcpTransport {
                     }
                     return Ok(t);
                 }
-                Ok(Err(e)) => attempts.push((addr, e.to_string())),
-                Err(_) => attempts.push((
-                    addr,
-                    format!("no answer within {}s", connect_timeout.as_secs()),
-                )),
+                Ok(Err(e)) => attempts.push((addr, ConnectFailure::from_io(&e))),
+                Err(_) => attempts.push((addr, ConnectFailure::TimedOut)),
             }
         }
         Err(ConnectError::Unreachable {

@@ -191,6 +191,15 @@ async fn null_mx_nxdomain_servfail() {
     );
     let text = reports[1].outcomes[0].text();
     assert!(text.contains("accepts no mail"), "{text}");
+    // NXDOMAIN names who said so: a resolver that says it of everything is
+    // a broken network, not a typo.
+    let text = reports[2].outcomes[0].text();
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(
+        text.contains(&format!("the nameserver {}", dns.addr())),
+        "{text}"
+    );
+    assert!(!text.contains("could not connect"), "{text}");
 }
 
 #[tokio::test]
@@ -328,4 +337,28 @@ async fn blocked_port_25_is_diagnosed() {
         text.contains("probably blocked") && text.contains("587"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn hosts_that_hang_up_before_the_greeting_look_like_a_blocked_port() {
+    // What an intercepting middlebox or a reset at the greeting looks like:
+    // the connection opens and closes without a word.
+    let port = free_port();
+    for last in [22, 23] {
+        greets_and_hangs_up(last, port, b"").await;
+    }
+    let zone = Zone::new()
+        .mx("reset.test", 10, "mx1.reset.test")
+        .a("mx1.reset.test", ip(22))
+        .mx("reset.test", 20, "mx2.reset.test")
+        .a("mx2.reset.test", ip(23));
+    let (reports, _dns) = run(zone, port, &["x@reset.test"], &first).await;
+    let o = &reports[0].outcomes[0];
+    assert_eq!(o.status, RecipientStatus::Deferred, "{o}");
+    assert_eq!(
+        reports[0].diagnosis,
+        Some(Diagnosis::Port25Blocked { port })
+    );
+    // A connection was made: the text says what happened in it.
+    assert!(!o.text().contains("could not connect"), "{o}");
 }
