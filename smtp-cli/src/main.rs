@@ -16,6 +16,7 @@ mod probe;
 mod secrets;
 mod send;
 mod sink;
+mod spool;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -57,9 +58,39 @@ fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
     Ok(send)
 }
 
+/// Exit codes after SIGINT and SIGTERM, as a shell reports them (128 + signal).
+const EXIT_SIGINT: u8 = 130;
+const EXIT_SIGTERM: u8 = 143;
+
+/// On SIGINT or SIGTERM: removes any spool of standard input, then exits.
+/// The handlers are installed before this returns; the waiting runs as a
+/// task of its own, so it acts even while the command blocks on reading
+/// standard input. Drops do not run on exit, hence the explicit removal.
+fn stop_on_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        eprintln!("smtp: warning: cannot watch for signals; a spool may be left on interruption");
+        return;
+    };
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = int.recv() => EXIT_SIGINT,
+            _ = term.recv() => EXIT_SIGTERM,
+        };
+        spool::remove_all();
+        std::process::exit(i32::from(code));
+    });
+}
+
 async fn run(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Send(args) => send::run(*args).await,
+        Command::Send(args) => {
+            stop_on_signal();
+            send::run(*args).await
+        }
         Command::Probe(args) => probe::run(args).await,
         Command::Mx(args) => probe::mx(args).await,
         Command::Sink(args) => sink::run(args).await,

@@ -19,7 +19,7 @@ use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
 use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
-use crate::message::{Prepared, PreparedBody, compose, prepare, spool_stdin};
+use crate::message::{Composition, Input, Prepared, PreparedBody, compose, prepare, read_stdin};
 use crate::output::{MessageReport, RecipientReport, Report};
 use crate::secrets::{self, DEFAULT_ENV, Source};
 
@@ -207,29 +207,26 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
             (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Failure::no_input(f, &e))?,
             (None, None) => String::new(),
         };
-        let bytes = compose(
-            &from,
-            args.full_name.as_deref(),
-            &args.to,
-            args.subject.as_deref().unwrap_or(""),
-            &body,
-            &args.attach,
-            &args.header,
-        )?;
-        let path = std::env::temp_dir().join(format!(
-            "smtp-compose-{}-{}.eml",
-            std::process::id(),
-            random_below(1 << 30)
-        ));
-        std::fs::write(&path, bytes)
-            .map_err(|e| Failure::io("cannot write the composed message", &e))?;
+        let bytes = compose(&Composition {
+            from: &from,
+            full_name: args.full_name.as_deref(),
+            to: &args.to,
+            cc: &args.cc,
+            subject: args.subject.as_deref().unwrap_or(""),
+            body: &body,
+            attachments: &args.attach,
+            headers: &args.header,
+        })?;
         return Ok(vec![prepare(
-            &path,
+            Input::Bytes(bytes),
             "composed message".into(),
-            true,
-            args.read_recipients,
             &host,
         )?]);
+    }
+    if !args.cc.is_empty() {
+        return Err(Failure::usage(
+            "--cc writes a Cc header into a composed message; for a message file, use --to",
+        ));
     }
     let inputs: Vec<PathBuf> = if args.messages.is_empty() {
         vec![PathBuf::from("-")]
@@ -240,22 +237,9 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
         .iter()
         .map(|p| {
             if p.as_os_str() == "-" {
-                let spooled = spool_stdin()?;
-                prepare(
-                    &spooled,
-                    "standard input".into(),
-                    true,
-                    args.read_recipients,
-                    &host,
-                )
+                prepare(read_stdin()?, "standard input".into(), &host)
             } else {
-                prepare(
-                    p,
-                    p.display().to_string(),
-                    false,
-                    args.read_recipients,
-                    &host,
-                )
+                prepare(Input::File(p.clone(), None), p.display().to_string(), &host)
             }
         })
         .collect()
@@ -269,7 +253,11 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
         ))
     })?;
     let from = ReversePath::parse(&from_text).map_err(|e| Failure::data(format!("sender: {e}")))?;
+    // Cc and Bcc recipients given as options are recipients like --to;
+    // only Cc is named in a (composed) header.
     let mut to_text: Vec<String> = args.to.clone();
+    to_text.extend(args.cc.iter().cloned());
+    to_text.extend(args.bcc.iter().cloned());
     if args.read_recipients {
         to_text.extend(m.recipients.iter().cloned());
     }
