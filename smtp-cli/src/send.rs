@@ -90,6 +90,32 @@ fn split_server(s: &str) -> Result<(String, Option<u16>), Failure> {
     }
 }
 
+/// Whether an account's secrets may go to the destination: only when it is
+/// the account's own server, the same host and port (the port defaulting as
+/// a send does). Otherwise, why not, in words for a note.
+fn secrets_stay(
+    own: Option<&(String, Option<u16>)>,
+    destination: Option<&(String, Option<u16>)>,
+    port_option: Option<u16>,
+    account_port: Option<u16>,
+) -> Result<(), String> {
+    let Some((own_host, own_port)) = own else {
+        return Err("the account names no server of its own".into());
+    };
+    let own_port = own_port.or(account_port).unwrap_or(587);
+    let Some((host, port)) = destination else {
+        return Err("they are not for direct delivery".into());
+    };
+    let port = port.or(port_option).or(account_port).unwrap_or(587);
+    if own_host.eq_ignore_ascii_case(host) && own_port == port {
+        Ok(())
+    } else {
+        Err(format!(
+            "they are for {own_host}:{own_port}, and this send goes to {host}:{port}"
+        ))
+    }
+}
+
 fn settings(args: &SendArgs) -> Result<Settings, Failure> {
     let account =
         config::load(args.config.as_deref(), args.account.as_deref())?.unwrap_or_default();
@@ -109,12 +135,39 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
         from,
         dns_server,
     } = account;
-    let server = args
-        .server
-        .clone()
-        .or(server)
-        .map(|s| split_server(&s))
-        .transpose()?;
+    let own_server = server.as_deref().map(split_server).transpose()?;
+    let server = match &args.server {
+        Some(s) => Some(split_server(s)?),
+        None => own_server.clone(),
+    };
+    // The account's secrets go to the account's own server only: a
+    // --server or --port naming another destination must not receive them.
+    let account_secrets = user.is_some()
+        || password.is_some()
+        || password_env.is_some()
+        || password_file.is_some()
+        || password_command.is_some();
+    let (user, password, password_env, password_file, password_command) =
+        match secrets_stay(own_server.as_ref(), server.as_ref(), args.port, port) {
+            Ok(()) => (
+                user,
+                password,
+                password_env,
+                password_file,
+                password_command,
+            ),
+            Err(note) => {
+                if account_secrets {
+                    let then = if args.user.is_some() {
+                        "the --user given is used instead"
+                    } else {
+                        "no AUTH is sent"
+                    };
+                    eprintln!("note: the account's credentials were not used: {note}; {then}");
+                }
+                (None, None, None, None, None)
+            }
+        };
     let user = args.user.clone().or(user);
     let credentials = match user {
         None => None,
@@ -453,4 +506,36 @@ async fn direct(
         });
     }
     Ok(Report { messages })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(s: &str) -> (String, Option<u16>) {
+        split_server(s).unwrap()
+    }
+
+    #[test]
+    fn account_secrets_go_only_to_the_account_s_own_host_and_port() {
+        let own = server("smtp.example.com");
+        let stay = |dest: &str, port: Option<u16>, account_port: Option<u16>| {
+            secrets_stay(Some(&own), Some(&server(dest)), port, account_port).is_ok()
+        };
+        assert!(stay("smtp.example.com", None, None));
+        assert!(
+            stay("SMTP.example.com:587", None, None),
+            "587 is the default"
+        );
+        assert!(stay("smtp.example.com", Some(587), None));
+        assert!(stay("smtp.example.com:465", None, Some(465)));
+        assert!(!stay("smtp.example.com:465", None, None), "another port");
+        assert!(
+            !stay("smtp.example.com", Some(25), None),
+            "--port elsewhere"
+        );
+        assert!(!stay("other.example.com", None, None), "another host");
+        assert!(secrets_stay(None, Some(&own), None, None).is_err());
+        assert!(secrets_stay(Some(&own), None, None, None).is_err());
+    }
 }
