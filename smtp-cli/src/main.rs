@@ -6,6 +6,9 @@
 //! input, so it can stand in `/usr/sbin/sendmail`'s place.
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod terminal;
+
 mod cli;
 mod config;
 mod demo;
@@ -51,7 +54,7 @@ fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
             s if s.starts_with("-f") || s.starts_with("-r") => send.from = Some(value(&s[..2])?),
             s if s.starts_with("-F") => send.full_name = Some(value("-F")?),
             "--" => send.to.extend(it.by_ref().cloned()),
-            s if s.starts_with('-') => eprintln!("smtp (sendmail mode): ignoring option {s}"),
+            s if s.starts_with('-') => tell!("smtp (sendmail mode): ignoring option {s}"),
             s => send.to.push(s.to_owned()),
         }
     }
@@ -72,7 +75,7 @@ fn stop_on_signal() {
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        eprintln!("smtp: warning: cannot watch for signals; a spool may be left on interruption");
+        tell!("smtp: warning: cannot watch for signals; a spool may be left on interruption");
         return;
     };
     tokio::spawn(async move {
@@ -113,7 +116,7 @@ fn main() -> ExitCode {
         match sendmail_args(&args) {
             Ok(a) => Command::Send(Box::new(a)),
             Err(f) => {
-                eprintln!("sendmail: {f}");
+                tell!("sendmail: {f}");
                 return ExitCode::from(f.code);
             }
         }
@@ -126,14 +129,14 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("smtp: cannot start: {e}");
+            tell!("smtp: cannot start: {e}");
             return ExitCode::from(fail::EX_SOFTWARE);
         }
     };
     match runtime.block_on(run(command)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("smtp: {f}");
+            tell!("smtp: {f}");
             ExitCode::from(f.code)
         }
     }

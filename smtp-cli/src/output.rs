@@ -53,8 +53,8 @@ impl Report {
     pub(crate) fn print(&self, json: bool) {
         if json {
             match serde_json::to_string_pretty(self) {
-                Ok(s) => println!("{s}"),
-                Err(e) => eprintln!("smtp: cannot render JSON: {e}"),
+                Ok(s) => say!("{s}"),
+                Err(e) => tell!("smtp: cannot render JSON: {e}"),
             }
             return;
         }
@@ -76,10 +76,10 @@ impl Report {
                     _ => String::new(),
                 };
                 let text = r.text.replace('\n', " / ");
-                println!("{:<9} {}  {code}{text}{via}", r.status, r.address);
+                say!("{:<9} {}  {code}{text}{via}", r.status, r.address);
             }
             if let Some(d) = &m.diagnosis {
-                println!("note: {d}");
+                say!("note: {d}");
             }
         }
     }

@@ -163,7 +163,7 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
                     } else {
                         "no AUTH is sent"
                     };
-                    eprintln!("note: the account's credentials were not used: {note}; {then}");
+                    tell!("note: the account's credentials were not used: {note}; {then}");
                 }
                 (None, None, None, None, None)
             }
@@ -334,8 +334,8 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
 
 fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
-        Event::Transcript(line) if verbose => eprintln!("{line}"),
-        Event::Warning(w) => eprintln!("warning: {w}"),
+        Event::Transcript(line) if verbose => tell!("{line}"),
+        Event::Warning(w) => tell!("warning: {w}"),
         Event::MessageResult(_) => {
             if let Some(p) = &progress {
                 p.inc(1);
@@ -406,7 +406,7 @@ async fn standard(
         p.finish_and_clear();
     }
     if let Some(why) = &delivery.tls_fallback {
-        eprintln!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
+        tell!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
     }
     let host = delivery.peer.to_string();
     let session = &delivery.session;
@@ -434,7 +434,7 @@ async fn standard(
     }
     messages.sort_by(|a, b| a.message.cmp(&b.message));
     if let Some(e) = &session.error {
-        eprintln!("smtp: {e}");
+        tell!("smtp: {e}");
     }
     Ok(Report { messages })
 }

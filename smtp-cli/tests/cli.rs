@@ -680,7 +680,9 @@ async fn account_credentials_stay_with_their_server() {
     let f = open_fixture().await;
     let port = f.server.addr().port();
     let config = |server: &str| {
-        let path = f.dir.join(format!("accounts-{}.toml", server.replace(':', "-")));
+        let path = f
+            .dir
+            .join(format!("accounts-{}.toml", server.replace(':', "-")));
         std::fs::write(
             &path,
             format!(
