@@ -151,6 +151,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
                 .collect(),
             diagnosis: None,
             errors: delivery.session.error.iter().cloned().collect(),
+            missing_outcomes: false,
         })
         .collect();
     Report {
@@ -197,6 +198,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
         recipients: Vec::new(),
         diagnosis: None,
         errors: Vec::new(),
+        missing_outcomes: false,
     };
     for d in &domains {
         direct.recipients.extend(
@@ -230,6 +232,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
                     .collect(),
                 diagnosis: None,
                 errors: delivery.session.error.iter().cloned().collect(),
+                missing_outcomes: false,
             })
             .chain(direct_report.messages)
             .collect(),

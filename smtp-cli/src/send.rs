@@ -20,7 +20,7 @@ use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
 use crate::message::{Composition, Input, Prepared, PreparedBody, compose, prepare, read_stdin};
-use crate::output::{MessageReport, RecipientReport, Report};
+use crate::output::{MessageReport, RecipientReport, Report, Sent};
 use crate::secrets::{self, DEFAULT_ENV, Source};
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
@@ -382,6 +382,7 @@ async fn standard(
     sub.auth = s.auth;
     sub.timeouts = s.timeouts;
     sub.transcript = args.verbose;
+    let sent = sent(prepared, &envelopes);
     let outgoing: Vec<Outgoing> = prepared
         .iter()
         .zip(envelopes)
@@ -410,33 +411,46 @@ async fn standard(
     }
     let host = delivery.peer.to_string();
     let session = &delivery.session;
-    let mut messages: Vec<MessageReport> = session
+    let found: Vec<(usize, MessageReport)> = session
         .messages
         .iter()
-        .map(|m| MessageReport {
-            message: prepared
-                .get(m.message.index() as usize)
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            recipients: m
-                .recipients
-                .iter()
-                .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
-                .collect(),
-            diagnosis: None,
-            errors: session.error.iter().cloned().collect(),
+        .map(|m| {
+            let index = m.message.index() as usize;
+            let report = MessageReport {
+                message: sent.get(index).map(|s| s.name.clone()).unwrap_or_default(),
+                recipients: m
+                    .recipients
+                    .iter()
+                    .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
+                    .collect(),
+                diagnosis: None,
+                errors: session.error.iter().cloned().collect(),
+                missing_outcomes: false,
+            };
+            (index, report)
         })
         .collect();
-    if messages.is_empty() {
+    if found.is_empty() {
         if let Some(e) = &session.error {
             return Err(Failure::new(EX_TEMPFAIL, e.to_string()));
         }
     }
-    messages.sort_by(|a, b| a.message.cmp(&b.message));
     if let Some(e) = &session.error {
         tell!("smtp: {e}");
     }
-    Ok(Report { messages })
+    Ok(Report::reconciled(&sent, found))
+}
+
+/// Each message's name and recipients, for [`Report::reconciled`].
+fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
+    prepared
+        .iter()
+        .zip(envelopes)
+        .map(|(m, e)| Sent {
+            name: m.name.clone(),
+            recipients: e.to.iter().map(ToString::to_string).collect(),
+        })
+        .collect()
 }
 
 async fn direct(
@@ -471,8 +485,9 @@ async fn direct(
         .with_transcript(args.verbose);
     let mut options = DirectOptions::new(config);
     options.port = args.mx_port.unwrap_or(25);
+    let sent = sent(prepared, &envelopes);
     let mut messages = Vec::new();
-    for (m, envelope) in prepared.iter().zip(envelopes) {
+    for (index, (m, envelope)) in prepared.iter().zip(envelopes).enumerate() {
         let factory =
             || -> std::io::Result<Box<dyn BodySource>> { Ok(Box::new(PreparedBody::new(m))) };
         let domains = deliver(
@@ -498,14 +513,18 @@ async fn direct(
         }
         // Keep the envelope's order of recipients.
         recipients.sort_by_key(|r| envelope.to.iter().position(|t| t.to_string() == r.address));
-        messages.push(MessageReport {
-            message: m.name.clone(),
-            recipients,
-            diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
-            errors,
-        });
+        messages.push((
+            index,
+            MessageReport {
+                message: m.name.clone(),
+                recipients,
+                diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
+                errors,
+                missing_outcomes: false,
+            },
+        ));
     }
-    Ok(Report { messages })
+    Ok(Report::reconciled(&sent, messages))
 }
 
 #[cfg(test)]
