@@ -142,6 +142,11 @@ pub(crate) fn prepare(input: Input, name: String, hostname: &str) -> Result<Prep
     match input {
         Input::Bytes(bytes) => {
             let end = header_end(&bytes, true).unwrap_or(bytes.len());
+            if end > MAX_HEADER {
+                return Err(Failure::data(format!(
+                    "{name}: no end of the header section within {MAX_HEADER} bytes; is this an RFC 5322 message?"
+                )));
+            }
             let (head, rest) = bytes.split_at(end);
             let head = Head::read(head, &name, hostname)?;
             let mut scanner = BodyScanner::new();
