@@ -676,6 +676,33 @@ mod tests {
         assert_eq!(err.to_string(), CHANGED);
     }
 
+    #[tokio::test]
+    async fn a_file_changed_while_it_streams_fails_at_its_end() {
+        let bytes = message(1000);
+        let path = message_file("streaming", &bytes);
+        let p = prepare_path(&path).unwrap();
+        let mut body = PreparedBody::new(&p);
+        let mut buf = vec![0u8; 1000];
+        // Past the header section: the file is open.
+        while body.pos <= body.head.len() && !matches!(body.file, FileState::Open(_)) {
+            body.read(&mut buf).await.unwrap();
+        }
+        // Changed in place (same size), while open: read on to the end.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut other = bytes.clone();
+        other[bytes.len() - 10] = b'X';
+        std::fs::write(&path, &other).unwrap();
+        let err = loop {
+            match body.read(&mut buf).await {
+                Ok(0) => panic!("the end was reached without noticing the change"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.to_string(), CHANGED);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn bcc_removed_with_continuations() {
         let head = b"From: a@x\r\nBcc: secret@x,\r\n  other@x\r\nTo: b@y\r\nbcc : c@z\r\nBccX: kept\r\n\r\n";

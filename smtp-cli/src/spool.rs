@@ -11,8 +11,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Spool directories that exist now, for [`remove_all`].
-static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Spool directories that exist now, for [`remove_all`]; `None` once it
+/// has run, so no spool made after it can be left behind.
+static LIVE: Mutex<Option<Vec<PathBuf>>> = Mutex::new(Some(Vec::new()));
 
 /// A private directory holding one spooled file.
 #[derive(Debug)]
@@ -40,8 +41,13 @@ impl Spool {
                 Err(e) => return Err(e),
             }
         };
-        if let Ok(mut live) = LIVE.lock() {
-            live.push(dir.clone());
+        let registered = match LIVE.lock() {
+            Ok(mut live) => live.as_mut().map(|l| l.push(dir.clone())).is_some(),
+            Err(_) => false,
+        };
+        if !registered {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(io::Error::other("the command is stopping"));
         }
         let spool = Self {
             file: dir.join("message.eml"),
@@ -65,7 +71,9 @@ impl Drop for Spool {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Ok(mut live) = LIVE.lock() {
-            live.retain(|d| d != &self.dir);
+            if let Some(l) = live.as_mut() {
+                l.retain(|d| d != &self.dir);
+            }
         }
     }
 }
@@ -73,10 +81,10 @@ impl Drop for Spool {
 /// Removes every spool directory; for a signal handler about to exit.
 pub(crate) fn remove_all() {
     let dirs = match LIVE.lock() {
-        Ok(mut live) => std::mem::take(&mut *live),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        Ok(mut live) => live.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
     };
-    for d in dirs {
+    for d in dirs.into_iter().flatten() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
