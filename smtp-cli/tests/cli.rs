@@ -1,6 +1,9 @@
 //! The built `smtp` binary against testkit servers on 127.0.0.1: JSON,
 //! exit codes, -t with Bcc removal, sendmail mode, config accounts, and no
-//! secret in the transcript or the process arguments.
+//! secret in the transcript or the process arguments; then the safety rules:
+//! Bcc never sent, account credentials only for their own server, no
+//! message left in the temporary directory (signals included), no terminal
+//! escape printed, message files that are not messages or that change.
 
 use std::path::PathBuf;
 use std::process::Output;
