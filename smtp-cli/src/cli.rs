@@ -14,6 +14,7 @@ Exit codes (sysexits.h):
   66  message file not found (EX_NOINPUT)
   68  host or domain not found (EX_NOHOST)
   69  a recipient was rejected for good (EX_UNAVAILABLE)
+  70  internal error: a message got no outcome (EX_SOFTWARE)
   75  a recipient was deferred: a retry may succeed (EX_TEMPFAIL)
   76  the encryption policy was not satisfied (EX_PROTOCOL)
   77  authentication failed (EX_NOPERM)
@@ -95,7 +96,13 @@ pub(crate) struct SendArgs {
     /// Recipient (repeatable).
     #[arg(long = "to", value_name = "ADDR")]
     pub(crate) to: Vec<String>,
-    /// Take recipients from the To, Cc and Bcc headers (Bcc is removed before sending).
+    /// Cc recipient of a composed message: in its Cc header, and a recipient (repeatable).
+    #[arg(long = "cc", value_name = "ADDR")]
+    pub(crate) cc: Vec<String>,
+    /// Hidden recipient: gets the message, named in no header (repeatable).
+    #[arg(long = "bcc", value_name = "ADDR")]
+    pub(crate) bcc: Vec<String>,
+    /// Take recipients from the To, Cc and Bcc headers (a Bcc header is never sent).
     #[arg(short = 't', long = "read-recipients")]
     pub(crate) read_recipients: bool,
     /// Subject of a composed message.

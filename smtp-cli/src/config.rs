@@ -90,7 +90,7 @@ pub(crate) fn load(path: Option<&Path>, name: Option<&str>) -> Result<Option<Acc
         None => file.accounts.get("default").cloned(),
     };
     if account.as_ref().is_some_and(|a| a.password.is_some()) && world_readable(&path) {
-        eprintln!(
+        tell!(
             "warning: {} holds a password and other users can read it; run: chmod 600 {}",
             path.display(),
             path.display()

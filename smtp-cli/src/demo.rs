@@ -43,7 +43,7 @@ fn message(subject: &str, to: &str) -> String {
 
 fn show_received(label: &str, server: &CaptureServer) {
     for m in server.messages() {
-        println!(
+        say!(
             "\n{label} received from <{}> for {} ({}{}):",
             m.mail_from,
             m.rcpt_to.join(", "),
@@ -54,7 +54,7 @@ fn show_received(label: &str, server: &CaptureServer) {
                 .unwrap_or_default(),
         );
         for line in String::from_utf8_lossy(&m.data).lines() {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
 }
@@ -84,16 +84,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
     let dns = DnsServer::start(zone)
         .await
         .map_err(io_failure("cannot start the DNS zone"))?;
-    println!("smtp demo: everything runs on this machine, on 127.0.0.1");
-    println!(
+    say!("smtp demo: everything runs on this machine, on 127.0.0.1");
+    say!(
         "  submission server  {} ({SUBMISSION_NAME}, STARTTLS with a test CA, AUTH required)",
         submission.addr()
     );
-    println!(
+    say!(
         "  mail exchanger     {} ({MX_NAME}, STARTTLS with the same CA)",
         mx.addr()
     );
-    println!(
+    say!(
         "  DNS zone           {} (example.test MX 10 {MX_NAME})",
         dns.addr()
     );
@@ -102,13 +102,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
     let mut observe = |e: &Event| {
         if let Event::Transcript(line) = e {
             if args.verbose {
-                eprintln!("{line}");
+                tell!("{line}");
             }
         }
     };
 
     // Standard delivery: Certified against the test CA, with AUTH.
-    println!("\n1. standard delivery through {SUBMISSION_NAME}, --tls certified, AUTH as demo");
+    say!("\n1. standard delivery through {SUBMISSION_NAME}, --tls certified, AUTH as demo");
     let mut tls = TlsOptions::new(TlsPolicy::Certified);
     tls.web_pki_roots = false;
     tls.add_ca_pem(ca.cert_pem().as_bytes())
@@ -151,6 +151,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
                 .collect(),
             diagnosis: None,
             errors: delivery.session.error.iter().cloned().collect(),
+            missing_outcomes: false,
         })
         .collect();
     Report {
@@ -159,7 +160,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
     .print(false);
 
     // Direct delivery: MX from the zone, the certificate checked against the MX name.
-    println!("\n2. direct delivery to example.test: MX lookup through the zone, --tls certified");
+    say!("\n2. direct delivery to example.test: MX lookup through the zone, --tls certified");
     let resolver = HickoryResolver::with_nameserver(dns.addr(), Duration::from_secs(2))
         .map_err(|e| Failure::config(e.to_string()))?;
     let connector = MxConnector { tls, timeouts };
@@ -197,6 +198,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
         recipients: Vec::new(),
         diagnosis: None,
         errors: Vec::new(),
+        missing_outcomes: false,
     };
     for d in &domains {
         direct.recipients.extend(
@@ -230,12 +232,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
                     .collect(),
                 diagnosis: None,
                 errors: delivery.session.error.iter().cloned().collect(),
+                missing_outcomes: false,
             })
             .chain(direct_report.messages)
             .collect(),
     };
     let code = all.exit_code();
-    println!(
+    say!(
         "\n{}",
         if code == EX_OK {
             "demo: every recipient accepted"

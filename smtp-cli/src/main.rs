@@ -6,6 +6,9 @@
 //! input, so it can stand in `/usr/sbin/sendmail`'s place.
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod terminal;
+
 mod cli;
 mod config;
 mod demo;
@@ -16,6 +19,7 @@ mod probe;
 mod secrets;
 mod send;
 mod sink;
+mod spool;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -50,16 +54,46 @@ fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
             s if s.starts_with("-f") || s.starts_with("-r") => send.from = Some(value(&s[..2])?),
             s if s.starts_with("-F") => send.full_name = Some(value("-F")?),
             "--" => send.to.extend(it.by_ref().cloned()),
-            s if s.starts_with('-') => eprintln!("smtp (sendmail mode): ignoring option {s}"),
+            s if s.starts_with('-') => tell!("smtp (sendmail mode): ignoring option {s}"),
             s => send.to.push(s.to_owned()),
         }
     }
     Ok(send)
 }
 
+/// Exit codes after SIGINT and SIGTERM, as a shell reports them (128 + signal).
+const EXIT_SIGINT: u8 = 130;
+const EXIT_SIGTERM: u8 = 143;
+
+/// On SIGINT or SIGTERM: removes any spool of standard input, then exits.
+/// The handlers are installed before this returns; the waiting runs as a
+/// task of its own, so it acts even while the command blocks on reading
+/// standard input. Drops do not run on exit, hence the explicit removal.
+fn stop_on_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tell!("smtp: warning: cannot watch for signals; a spool may be left on interruption");
+        return;
+    };
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = int.recv() => EXIT_SIGINT,
+            _ = term.recv() => EXIT_SIGTERM,
+        };
+        spool::remove_all();
+        std::process::exit(i32::from(code));
+    });
+}
+
 async fn run(command: Command) -> Result<u8, Failure> {
     match command {
-        Command::Send(args) => send::run(*args).await,
+        Command::Send(args) => {
+            stop_on_signal();
+            send::run(*args).await
+        }
         Command::Probe(args) => probe::run(args).await,
         Command::Mx(args) => probe::mx(args).await,
         Command::Sink(args) => sink::run(args).await,
@@ -82,7 +116,7 @@ fn main() -> ExitCode {
         match sendmail_args(&args) {
             Ok(a) => Command::Send(Box::new(a)),
             Err(f) => {
-                eprintln!("sendmail: {f}");
+                tell!("sendmail: {f}");
                 return ExitCode::from(f.code);
             }
         }
@@ -95,14 +129,14 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("smtp: cannot start: {e}");
+            tell!("smtp: cannot start: {e}");
             return ExitCode::from(fail::EX_SOFTWARE);
         }
     };
     match runtime.block_on(run(command)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("smtp: {f}");
+            tell!("smtp: {f}");
             ExitCode::from(f.code)
         }
     }

@@ -1,7 +1,9 @@
 //! Messages as the user gives them: files, standard input, or composed
 //! from options; their header section read for `-t` and the default sender,
-//! Bcc removed, Date and Message-ID added when missing. Bodies stream from
-//! their file: only the header section is held in memory.
+//! Bcc removed, Date and Message-ID added when missing. A composed message
+//! and standard input up to [`STDIN_IN_MEMORY`] stay in memory; a larger
+//! standard input is spooled privately ([`Spool`]); a message file's body
+//! streams from the file, which is checked to be the one scanned.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use smtp_core::transport::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fail::Failure;
+use crate::spool::Spool;
 
 /// The header section may be at most this large.
 const MAX_HEADER: usize = 1024 * 1024;
@@ -23,136 +26,176 @@ const MAX_HEADER: usize = 1024 * 1024;
 /// one session); a larger one streams from its file.
 const INLINE_BODY: usize = 32 * 1024;
 
-/// A message ready to send: its rewritten header section and where its body starts.
+/// Standard input up to this size is held in memory; beyond, it is spooled.
+const STDIN_IN_MEMORY: usize = 16 * 1024 * 1024;
+
+/// What a body source reports when its file is not the one scanned.
+const CHANGED: &str = "the message file changed after it was read; nothing was sent, send it again";
+
+/// Where a message's bytes are, before it is prepared.
+pub(crate) enum Input {
+    /// In memory (a composed message, a small standard input).
+    Bytes(Vec<u8>),
+    /// In a file: the user's, or a spool of standard input.
+    File(PathBuf, Option<Arc<Spool>>),
+}
+
+/// A message ready to send: its rewritten header section and its body.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     /// What to call it in reports.
     pub(crate) name: String,
-    /// The header section as it will be sent (Bcc removed, Date/Message-ID added).
+    /// The header section as it will be sent (CRLF line ends, Bcc removed,
+    /// Date/Message-ID added).
     pub(crate) head: Vec<u8>,
-    /// The file holding the message, and the offset of the rest after the header section.
-    pub(crate) file: PathBuf,
-    pub(crate) body_offset: u64,
-    /// The body after the header section, when it is small enough to keep.
-    pub(crate) inline: Option<Arc<[u8]>>,
+    /// What follows the header section.
+    pub(crate) body: Body,
     /// Addresses from the headers.
     pub(crate) from: Option<String>,
     pub(crate) recipients: Vec<String>,
     /// Body type and size after encoding.
     pub(crate) body_type: BodyType,
     pub(crate) size: u64,
-    /// A spooled copy of standard input to remove afterwards.
-    pub(crate) spooled: bool,
 }
 
-impl Drop for Prepared {
-    fn drop(&mut self) {
-        if self.spooled {
-            let _ = std::fs::remove_file(&self.file);
+/// The bytes after the header section.
+#[derive(Clone, Debug)]
+pub(crate) enum Body {
+    /// Held in memory.
+    Memory(Arc<[u8]>),
+    /// In a file from `offset`, which must still be the file scanned. It is
+    /// opened only while it is sent: a run of thousands of files holds one
+    /// descriptor at a time.
+    File {
+        path: PathBuf,
+        offset: u64,
+        identity: Identity,
+        /// Keeps a spool alive while a body may still be read from it.
+        _spool: Option<Arc<Spool>>,
+    },
+}
+
+/// What identifies the content of a file without reading it again: the
+/// same inode, size and change times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Identity {
+    #[cfg(unix)]
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn of(m: &std::fs::Metadata) -> Self {
+        let mtime_ns = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or_default();
+        Self {
+            dev: 0,
+            ino: 0,
+            size: m.len(),
+            mtime_ns,
+            ctime_ns: 0,
         }
     }
 }
 
-/// Spools standard input to a private temporary file, so a message of any
-/// size streams (and can be read again if the server wants it twice).
-pub(crate) fn spool_stdin() -> Result<PathBuf, Failure> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let path = std::env::temp_dir().join(format!("smtp-stdin-{}-{nanos}.eml", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| Failure::io("cannot spool standard input", &e))?;
-    io::copy(&mut io::stdin().lock(), &mut file)
+/// Reads standard input: into memory when it fits, else into a spool.
+pub(crate) fn read_stdin() -> Result<Input, Failure> {
+    let mut stdin = io::stdin().lock();
+    let mut bytes = Vec::new();
+    (&mut stdin)
+        .take(STDIN_IN_MEMORY as u64 + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| Failure::io("cannot read standard input", &e))?;
-    Ok(path)
+    if bytes.len() <= STDIN_IN_MEMORY {
+        return Ok(Input::Bytes(bytes));
+    }
+    let (spool, mut file) =
+        Spool::create().map_err(|e| Failure::io("cannot spool standard input", &e))?;
+    io::Write::write_all(&mut file, &bytes)
+        .and_then(|()| io::copy(&mut stdin, &mut file).map(drop))
+        .map_err(|e| Failure::io("cannot spool standard input", &e))?;
+    Ok(Input::File(spool.path().to_owned(), Some(Arc::new(spool))))
 }
 
-/// Reads the header section of `path` and prepares the message.
-pub(crate) fn prepare(
+/// Reads the header section of `input` and prepares the message.
+pub(crate) fn prepare(input: Input, name: String, hostname: &str) -> Result<Prepared, Failure> {
+    match input {
+        Input::Bytes(bytes) => {
+            let end = header_end(&bytes, true).unwrap_or(bytes.len());
+            if end > MAX_HEADER {
+                return Err(Failure::data(format!(
+                    "{name}: no end of the header section within {MAX_HEADER} bytes; is this an RFC 5322 message?"
+                )));
+            }
+            let (head, rest) = bytes.split_at(end);
+            let head = Head::read(head, &name, hostname)?;
+            let mut scanner = BodyScanner::new();
+            scanner.scan(&head.bytes);
+            scanner.scan(rest);
+            Ok(head.into_prepared(name, Body::Memory(Arc::from(rest)), scanner))
+        }
+        Input::File(path, spool) => prepare_file(&path, spool, name, hostname),
+    }
+}
+
+fn prepare_file(
     path: &Path,
+    spool: Option<Arc<Spool>>,
     name: String,
-    spooled: bool,
-    strip_bcc: bool,
     hostname: &str,
 ) -> Result<Prepared, Failure> {
     let mut file = std::fs::File::open(path).map_err(|e| Failure::no_input(path, &e))?;
+    let identity = |f: &std::fs::File| {
+        f.metadata()
+            .map(|m| Identity::of(&m))
+            .map_err(|e| Failure::no_input(path, &e))
+    };
+    let before = identity(&file)?;
     let mut head = Vec::new();
-    let mut buf = [0u8; 8192];
+    let mut buf = vec![0u8; 64 * 1024];
     let end = loop {
         let n = file
             .read(&mut buf)
             .map_err(|e| Failure::no_input(path, &e))?;
         head.extend_from_slice(&buf[..n]);
-        if let Some(end) = header_end(&head) {
+        if let Some(end) = header_end(&head, n == 0) {
             break end;
-        }
-        if n == 0 {
-            break head.len();
         }
         if head.len() > MAX_HEADER {
             return Err(Failure::data(format!(
-                "{}: no end of the header section within {MAX_HEADER} bytes; is this an RFC 5322 message?",
-                path.display()
+                "{name}: no end of the header section within {MAX_HEADER} bytes; is this an RFC 5322 message?"
             )));
         }
     };
     // What was read past the header section is the body's first bytes.
     let first = head.split_off(end);
-    let parsed = mail_parser::MessageParser::default().parse_headers(&head[..]);
-    let addresses = |a: Option<&mail_parser::Address<'_>>| -> Vec<String> {
-        a.map(|a| {
-            a.iter()
-                .filter_map(|x| x.address().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let (from, recipients, has_date, has_id) = match &parsed {
-        Some(m) => {
-            let mut r = addresses(m.to());
-            r.extend(addresses(m.cc()));
-            r.extend(addresses(m.bcc()));
-            (
-                addresses(m.from()).into_iter().next(),
-                r,
-                m.date().is_some(),
-                m.message_id().is_some(),
-            )
-        }
-        None => (None, Vec::new(), false, false),
-    };
-    let mut rewritten = Vec::with_capacity(head.len() + 128);
-    if !has_date {
-        rewritten.extend_from_slice(b"Date: ");
-        rewritten.extend_from_slice(
-            mail_builder::headers::date::Date::now()
-                .to_rfc822()
-                .as_bytes(),
-        );
-        rewritten.extend_from_slice(b"\r\n");
-    }
-    if !has_id {
-        rewritten.extend_from_slice(b"Message-ID: ");
-        mail_builder::headers::message_id::generate_message_id_header(&mut rewritten, hostname);
-        rewritten.extend_from_slice(b"\r\n");
-    }
-    rewritten.extend_from_slice(&if strip_bcc {
-        remove_header(&head, b"bcc")
-    } else {
-        head
-    });
-    // Scan the whole message once for BODY= and SIZE=.
+    let head = Head::read(&head, &name, hostname)?;
+    // The whole message is scanned once for BODY= and SIZE=, chunk by
+    // chunk: a large body is never held whole.
     let mut scanner = BodyScanner::new();
-    scanner.scan(&rewritten);
-    // The rest of the body, read on from where the header section ended.
+    scanner.scan(&head.bytes);
     scanner.scan(&first);
-    let mut inline = (first.len() <= INLINE_BODY).then_some(first);
+    let mut kept = (first.len() <= INLINE_BODY).then_some(first);
     loop {
         let n = file
             .read(&mut buf)
@@ -161,47 +204,197 @@ pub(crate) fn prepare(
             break;
         }
         scanner.scan(&buf[..n]);
-        inline = inline
-            .filter(|kept| kept.len() + n <= INLINE_BODY)
-            .map(|mut kept| {
-                kept.extend_from_slice(&buf[..n]);
-                kept
-            });
+        kept = kept.filter(|k| k.len() + n <= INLINE_BODY).map(|mut k| {
+            k.extend_from_slice(&buf[..n]);
+            k
+        });
     }
-    let facts = scanner.finish();
-    let body_type = match facts.rules() {
-        r if r == BodyRules::SEVEN_BIT => BodyType::SevenBit,
-        r if r == BodyRules::EIGHT_BIT_MIME => BodyType::EightBitMime,
-        _ => BodyType::BinaryMime,
+    let after = identity(&file)?;
+    if after != before {
+        return Err(Failure::new(
+            crate::fail::EX_TEMPFAIL,
+            format!("{name}: the file changed while it was read; nothing was sent, send it again"),
+        ));
+    }
+    let body = match kept {
+        Some(k) => Body::Memory(Arc::from(k)),
+        None => Body::File {
+            path: path.to_owned(),
+            offset: end as u64,
+            identity: after,
+            _spool: spool,
+        },
     };
-    Ok(Prepared {
-        name,
-        head: rewritten,
-        file: path.to_owned(),
-        body_offset: end as u64,
-        inline: inline.map(Arc::from),
-        from,
-        recipients,
-        body_type,
-        size: facts.encoded_size,
-        spooled,
-    })
+    Ok(head.into_prepared(name, body, scanner))
 }
 
-/// Where the header section ends (after its blank line), if it does.
-fn header_end(buf: &[u8]) -> Option<usize> {
-    if buf.starts_with(b"\r\n") {
-        return Some(2);
+/// A header section as read and rewritten.
+struct Head {
+    bytes: Vec<u8>,
+    from: Option<String>,
+    recipients: Vec<String>,
+}
+
+impl Head {
+    /// Checks that `raw` is a header section, and rewrites it: CRLF line
+    /// ends, Bcc removed, Date and Message-ID added when missing.
+    fn read(raw: &[u8], name: &str, hostname: &str) -> Result<Self, Failure> {
+        let lines = lines(raw);
+        match lines.first() {
+            None => {
+                return Err(Failure::data(format!(
+                    "{name}: the message is empty; nothing was sent"
+                )));
+            }
+            Some(first) if field_name(first).is_none() => {
+                return Err(Failure::data(format!(
+                    "{name}: the message does not start with a header field (\"Name: value\"); \
+                     is this an RFC 5322 message? Nothing was sent"
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut normal = Vec::with_capacity(raw.len() + 64);
+        for (n, line) in lines.iter().enumerate() {
+            let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+            if line.is_empty() {
+                // The blank line that ends the section.
+                normal.extend_from_slice(b"\r\n");
+                break;
+            }
+            if !continuation && field_name(line).is_none() {
+                return Err(Failure::data(format!(
+                    "{name}: line {} of the header section is not a header field \
+                     (\"Name: value\"); is a blank line missing before the body? Nothing was sent",
+                    n + 1
+                )));
+            }
+            normal.extend_from_slice(line);
+            normal.extend_from_slice(b"\r\n");
+        }
+        let parsed = mail_parser::MessageParser::default().parse_headers(&normal[..]);
+        let addresses = |a: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+            a.map(|a| {
+                a.iter()
+                    .filter_map(|x| x.address().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (from, recipients, has_date, has_id) = match &parsed {
+            Some(m) => {
+                let mut r = addresses(m.to());
+                r.extend(addresses(m.cc()));
+                r.extend(addresses(m.bcc()));
+                (
+                    addresses(m.from()).into_iter().next(),
+                    r,
+                    m.date().is_some(),
+                    m.message_id().is_some(),
+                )
+            }
+            None => (None, Vec::new(), false, false),
+        };
+        let mut bytes = Vec::with_capacity(normal.len() + 128);
+        if !has_date {
+            bytes.extend_from_slice(b"Date: ");
+            bytes.extend_from_slice(
+                mail_builder::headers::date::Date::now()
+                    .to_rfc822()
+                    .as_bytes(),
+            );
+            bytes.extend_from_slice(b"\r\n");
+        }
+        if !has_id {
+            bytes.extend_from_slice(b"Message-ID: ");
+            mail_builder::headers::message_id::generate_message_id_header(&mut bytes, hostname);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        // Bcc never goes out, whatever the options: its recipients get the
+        // message through the envelope alone.
+        bytes.extend_from_slice(&remove_header(&normal, b"bcc"));
+        Ok(Self {
+            bytes,
+            from,
+            recipients,
+        })
     }
-    if buf.starts_with(b"\n") {
-        return Some(1);
+
+    fn into_prepared(self, name: String, body: Body, scanner: BodyScanner) -> Prepared {
+        let facts = scanner.finish();
+        let body_type = match facts.rules() {
+            r if r == BodyRules::SEVEN_BIT => BodyType::SevenBit,
+            r if r == BodyRules::EIGHT_BIT_MIME => BodyType::EightBitMime,
+            _ => BodyType::BinaryMime,
+        };
+        Prepared {
+            name,
+            head: self.bytes,
+            body,
+            from: self.from,
+            recipients: self.recipients,
+            body_type,
+            size: facts.encoded_size,
+        }
     }
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+}
+
+/// Where a line ends in `buf` from `at`: CRLF, LF, or a CR alone (old Mac
+/// files). `None` when the end of the line is not in `buf` yet (a CR at the
+/// end may be half of a CRLF unless `eof`). Returns (end of content, start
+/// of the next line).
+fn line_end(buf: &[u8], at: usize, eof: bool) -> Option<(usize, usize)> {
+    let rest = buf.get(at..)?;
+    let i = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
+    let end = at + i;
+    match (buf[end], buf.get(end + 1)) {
+        (b'\n', _) => Some((end, end + 1)),
+        (_, Some(b'\n')) => Some((end, end + 2)),
+        (_, Some(_)) => Some((end, end + 1)),
+        (_, None) if eof => Some((end, end + 1)),
+        (_, None) => None,
     }
+}
+
+/// Where the header section ends (after its blank line), if it does; at
+/// the end of the input, the whole input is the header section.
+fn header_end(buf: &[u8], eof: bool) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        match line_end(buf, at, eof) {
+            Some((end, next)) if end == at => return Some(next),
+            Some((_, next)) => at = next,
+            None if eof => return Some(buf.len()),
+            None => return None,
+        }
+    }
+}
+
+/// The lines of a header section, without their line ends; the blank line
+/// that ends it (if any) is the last, empty one.
+fn lines(head: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < head.len() {
+        match line_end(head, at, true) {
+            Some((end, next)) => {
+                out.push(&head[at..end]);
+                at = next;
+            }
+            None => {
+                out.push(&head[at..]);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The name of a header field line (`Name:` or the obsolete `Name :`).
+fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = line[..colon].trim_ascii_end();
+    (!name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic() && b != b':')).then_some(name)
 }
 
 /// Removes every `name:` header field (with its folded continuation lines).
@@ -222,26 +415,45 @@ pub(crate) fn remove_header(head: &[u8], name: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Composes a message from `--subject`, `--body`, `--attach`, `--header`.
-pub(crate) fn compose(
-    from: &str,
-    full_name: Option<&str>,
-    to: &[String],
-    subject: &str,
-    body: &str,
-    attachments: &[PathBuf],
-    headers: &[String],
-) -> Result<Vec<u8>, Failure> {
+/// What a composed message is made of (`--subject`, `--body`, `--attach`,
+/// `--header`, and the addresses).
+pub(crate) struct Composition<'a> {
+    pub(crate) from: &'a str,
+    pub(crate) full_name: Option<&'a str>,
+    pub(crate) to: &'a [String],
+    pub(crate) cc: &'a [String],
+    pub(crate) subject: &'a str,
+    pub(crate) body: &'a str,
+    pub(crate) attachments: &'a [PathBuf],
+    pub(crate) headers: &'a [String],
+}
+
+/// Composes the message, in memory.
+pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
+    let Composition {
+        from,
+        full_name,
+        to,
+        cc,
+        subject,
+        body,
+        attachments,
+        headers,
+    } = *c;
     let from_addr: mail_builder::headers::address::Address<'_> = match full_name {
         Some(n) => (n, from).into(),
         None => from.into(),
     };
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let cc: Vec<&str> = cc.iter().map(String::as_str).collect();
     let mut builder = mail_builder::MessageBuilder::new()
         .from(from_addr)
         .to(to)
         .subject(subject)
         .text_body(body);
+    if !cc.is_empty() {
+        builder = builder.cc(cc);
+    }
     for h in headers {
         let (name, value) = h.split_once(':').ok_or_else(|| {
             Failure::usage(format!("--header {h:?}: write it as \"Name: value\""))
@@ -275,15 +487,16 @@ pub(crate) fn compose(
         .map_err(|e| Failure::io("cannot compose the message", &e))
 }
 
-/// The prepared header section, then the body: from memory when it is
-/// small, else from the file, opened on the first read and closed at its
-/// end (a session with thousands of messages holds one file at a time).
+/// The prepared header section, then the body: from memory, or from its
+/// file, opened on the first read and closed at its end (a session with
+/// thousands of messages holds one file at a time). The file must be the
+/// one scanned, when it is opened and again after its last byte: otherwise
+/// the read fails, which makes the session give up this message without
+/// ending its data, so a server never takes a mix of two files.
 pub(crate) struct PreparedBody {
     head: Vec<u8>,
     pos: usize,
-    inline: Option<Arc<[u8]>>,
-    path: PathBuf,
-    offset: u64,
+    body: Body,
     file: FileState,
 }
 
@@ -293,14 +506,16 @@ enum FileState {
     Finished,
 }
 
+fn changed() -> io::Error {
+    io::Error::other(CHANGED)
+}
+
 impl PreparedBody {
     pub(crate) fn new(p: &Prepared) -> Self {
         Self {
             head: p.head.clone(),
             pos: 0,
-            inline: p.inline.clone(),
-            path: p.file.clone(),
-            offset: p.body_offset,
+            body: p.body.clone(),
             file: FileState::NotOpened,
         }
     }
@@ -309,13 +524,11 @@ impl PreparedBody {
 #[async_trait]
 impl BodySource for PreparedBody {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // The header section, then the kept body if there is one.
-        let in_memory = match self.pos.checked_sub(self.head.len()) {
-            None => self.head.get(self.pos..),
-            Some(at) => self
-                .inline
-                .as_deref()
-                .map(|b| b.get(at..).unwrap_or_default()),
+        // The header section, then the body if it is in memory.
+        let in_memory = match (self.pos.checked_sub(self.head.len()), &self.body) {
+            (None, _) => self.head.get(self.pos..),
+            (Some(at), Body::Memory(b)) => Some(b.get(at..).unwrap_or_default()),
+            (Some(_), Body::File { .. }) => None,
         };
         if let Some(part) = in_memory {
             let n = part.len().min(buf.len());
@@ -323,9 +536,27 @@ impl BodySource for PreparedBody {
             self.pos += n;
             return Ok(n);
         }
+        let Body::File {
+            path,
+            offset,
+            identity,
+            ..
+        } = &self.body
+        else {
+            return Ok(0);
+        };
         if let FileState::NotOpened = self.file {
-            let mut f = tokio::fs::File::open(&self.path).await?;
-            f.seek(io::SeekFrom::Start(self.offset)).await?;
+            let mut f = tokio::fs::File::open(path).await.map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    changed()
+                } else {
+                    e
+                }
+            })?;
+            if Identity::of(&f.metadata().await?) != *identity {
+                return Err(changed());
+            }
+            f.seek(io::SeekFrom::Start(*offset)).await?;
             self.file = FileState::Open(f);
         }
         let FileState::Open(f) = &mut self.file else {
@@ -333,7 +564,15 @@ impl BodySource for PreparedBody {
         };
         let n = f.read(buf).await?;
         if n == 0 {
+            // Changed in place while it was sent, or replaced under its name.
+            let same = Identity::of(&f.metadata().await?) == *identity
+                && tokio::fs::metadata(path)
+                    .await
+                    .is_ok_and(|m| Identity::of(&m) == *identity);
             self.file = FileState::Finished;
+            if !same {
+                return Err(changed());
+            }
         }
         Ok(n)
     }
@@ -356,13 +595,13 @@ mod tests {
         path
     }
 
-    async fn read_all(body: &mut PreparedBody) -> Vec<u8> {
+    async fn read_all(body: &mut PreparedBody) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1000];
         loop {
-            let n = body.read(&mut buf).await.unwrap();
+            let n = body.read(&mut buf).await?;
             if n == 0 {
-                return out;
+                return Ok(out);
             }
             out.extend_from_slice(&buf[..n]);
         }
@@ -376,28 +615,36 @@ mod tests {
         m
     }
 
+    fn prepare_path(path: &Path) -> Result<Prepared, Failure> {
+        prepare(
+            Input::File(path.to_owned(), None),
+            "m".into(),
+            "client.example",
+        )
+    }
+
     #[tokio::test]
     async fn a_small_body_is_sent_from_memory_and_again_after_rewind() {
         let bytes = message(10);
         let path = message_file("small", &bytes);
-        let p = prepare(&path, "m".into(), false, false, "client.example").unwrap();
-        assert!(p.inline.is_some());
+        let p = prepare_path(&path).unwrap();
+        assert!(matches!(p.body, Body::Memory(_)));
         let mut body = PreparedBody::new(&p);
         // The file is not needed any more once prepared.
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(read_all(&mut body).await, bytes);
+        assert_eq!(read_all(&mut body).await.unwrap(), bytes);
         body.rewind().await.unwrap();
-        assert_eq!(read_all(&mut body).await, bytes);
+        assert_eq!(read_all(&mut body).await.unwrap(), bytes);
     }
 
     #[tokio::test]
     async fn a_large_body_streams_from_its_file_and_closes_it_at_the_end() {
         let bytes = message(1000); // 80 KiB: above the inline limit
         let path = message_file("large", &bytes);
-        let p = prepare(&path, "m".into(), false, false, "client.example").unwrap();
-        assert!(p.inline.is_none());
+        let p = prepare_path(&path).unwrap();
+        assert!(matches!(p.body, Body::File { .. }));
         let mut body = PreparedBody::new(&p);
-        assert_eq!(read_all(&mut body).await, bytes);
+        assert_eq!(read_all(&mut body).await.unwrap(), bytes);
         assert!(
             matches!(body.file, FileState::Finished),
             "the file is closed"
@@ -408,7 +655,51 @@ mod tests {
             "and stays at its end"
         );
         body.rewind().await.unwrap();
-        assert_eq!(read_all(&mut body).await, bytes);
+        assert_eq!(read_all(&mut body).await.unwrap(), bytes);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_after_its_scan_fails_the_body() {
+        let bytes = message(1000);
+        let path = message_file("changing", &bytes);
+        let p = prepare_path(&path).unwrap();
+        // Changed before the send opens it.
+        let mut other = bytes.clone();
+        other[200] = b'X';
+        std::fs::write(&path, &other).unwrap();
+        let err = read_all(&mut PreparedBody::new(&p)).await.unwrap_err();
+        assert_eq!(err.to_string(), CHANGED);
+        // Removed.
+        std::fs::remove_file(&path).unwrap();
+        let err = read_all(&mut PreparedBody::new(&p)).await.unwrap_err();
+        assert_eq!(err.to_string(), CHANGED);
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_while_it_streams_fails_at_its_end() {
+        let bytes = message(1000);
+        let path = message_file("streaming", &bytes);
+        let p = prepare_path(&path).unwrap();
+        let mut body = PreparedBody::new(&p);
+        let mut buf = vec![0u8; 1000];
+        // Past the header section: the file is open.
+        while body.pos <= body.head.len() && !matches!(body.file, FileState::Open(_)) {
+            body.read(&mut buf).await.unwrap();
+        }
+        // Changed in place (same size), while open: read on to the end.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut other = bytes.clone();
+        other[bytes.len() - 10] = b'X';
+        std::fs::write(&path, &other).unwrap();
+        let err = loop {
+            match body.read(&mut buf).await {
+                Ok(0) => panic!("the end was reached without noticing the change"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.to_string(), CHANGED);
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -423,9 +714,34 @@ mod tests {
 
     #[test]
     fn header_section_end() {
-        assert_eq!(header_end(b"A: b\r\n\r\nbody"), Some(8));
-        assert_eq!(header_end(b"A: b\n\nbody"), Some(6));
-        assert_eq!(header_end(b"\r\nbody"), Some(2));
-        assert_eq!(header_end(b"A: b\r\n"), None);
+        assert_eq!(header_end(b"A: b\r\n\r\nbody", false), Some(8));
+        assert_eq!(header_end(b"A: b\n\nbody", false), Some(6));
+        assert_eq!(header_end(b"A: b\r\rbody", false), Some(6));
+        assert_eq!(header_end(b"A: b\r\n\rbody", false), Some(7));
+        assert_eq!(header_end(b"\r\nbody", false), Some(2));
+        assert_eq!(header_end(b"A: b\r\n", false), None);
+        assert_eq!(header_end(b"A: b\r\n\r", false), None, "half a CRLF");
+        assert_eq!(header_end(b"A: b\r\n", true), Some(6));
+    }
+
+    #[test]
+    fn what_is_not_a_header_section_is_refused() {
+        let read = |raw: &[u8]| Head::read(raw, "m", "client.example").map(|h| h.bytes);
+        assert_eq!(read(b"").unwrap_err().code, crate::fail::EX_DATAERR);
+        assert_eq!(
+            read(b"Dear Bob,\n").unwrap_err().code,
+            crate::fail::EX_DATAERR
+        );
+        assert_eq!(read(b"\r\n").unwrap_err().code, crate::fail::EX_DATAERR);
+        let e = read(b"Subject: hi\nthis is the body\n").unwrap_err();
+        assert!(e.message.contains("line 2"), "{e}");
+        let ok = read(
+            b"Subject: hi\r  folded\rDate: Sun, 29 Nov 2026 02:00:00 +0000\rMessage-ID: <a@b>\r\r",
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            b"Subject: hi\r\n  folded\r\nDate: Sun, 29 Nov 2026 02:00:00 +0000\r\nMessage-ID: <a@b>\r\n\r\n"
+        );
     }
 }

@@ -5,7 +5,10 @@ use serde::Serialize;
 use smtp_core::transport::TlsInfo;
 use smtp_core::{Error, RecipientOutcome, RecipientStatus};
 
-use crate::fail::{EX_NOPERM, EX_OK, EX_PROTOCOL, EX_TEMPFAIL, EX_UNAVAILABLE};
+use crate::fail::{EX_NOPERM, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE};
+
+/// The text for a recipient the session gave no outcome for.
+pub(crate) const NO_OUTCOME: &str = "internal error: no outcome was reported for this message; it may or may not have been delivered";
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
@@ -20,6 +23,17 @@ pub(crate) struct MessageReport {
     /// Faults that ended sessions (for the exit code), not serialised.
     #[serde(skip)]
     pub(crate) errors: Vec<Error>,
+    /// Some recipient had no outcome from the session: a bug, reported as
+    /// deferred and by the exit code.
+    #[serde(skip)]
+    pub(crate) missing_outcomes: bool,
+}
+
+/// A message as it was handed to a session: its name and recipients.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    pub(crate) name: String,
+    pub(crate) recipients: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +49,20 @@ pub(crate) struct RecipientReport {
 }
 
 impl RecipientReport {
+    /// A recipient the session reported nothing for.
+    pub(crate) fn no_outcome(address: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            status: RecipientStatus::Deferred.name(),
+            code: None,
+            enhanced_code: None,
+            text: NO_OUTCOME.to_owned(),
+            host: None,
+            tls: None,
+            cert_verified: None,
+        }
+    }
+
     pub(crate) fn new(o: &RecipientOutcome, host: Option<&str>, tls: Option<&TlsInfo>) -> Self {
         Self {
             address: o.recipient.to_string(),
@@ -50,11 +78,50 @@ impl RecipientReport {
 }
 
 impl Report {
+    /// The report of `sent`, from the reports `found` for it (by index in
+    /// `sent`): one per message, in order, where every recipient has a line.
+    /// A session that gave no outcome for a message or a recipient is a bug
+    /// in this program, but the user must still learn that the message may
+    /// not have gone, rather than see nothing and an exit code of 0.
+    pub(crate) fn reconciled(sent: &[Sent], found: Vec<(usize, MessageReport)>) -> Self {
+        let mut slots: Vec<Option<MessageReport>> = sent.iter().map(|_| None).collect();
+        let mut strays = Vec::new();
+        for (index, report) in found {
+            match slots.get_mut(index) {
+                Some(Some(kept)) => kept.recipients.extend(report.recipients),
+                Some(slot) => *slot = Some(report),
+                None => strays.push(report),
+            }
+        }
+        let mut messages: Vec<MessageReport> = slots
+            .into_iter()
+            .zip(sent)
+            .map(|(slot, s)| {
+                let mut m = slot.unwrap_or_else(|| MessageReport {
+                    message: s.name.clone(),
+                    recipients: Vec::new(),
+                    diagnosis: None,
+                    errors: Vec::new(),
+                    missing_outcomes: false,
+                });
+                for r in &s.recipients {
+                    if !m.recipients.iter().any(|x| &x.address == r) {
+                        m.recipients.push(RecipientReport::no_outcome(r));
+                        m.missing_outcomes = true;
+                    }
+                }
+                m
+            })
+            .collect();
+        messages.extend(strays);
+        Self { messages }
+    }
+
     pub(crate) fn print(&self, json: bool) {
         if json {
             match serde_json::to_string_pretty(self) {
-                Ok(s) => println!("{s}"),
-                Err(e) => eprintln!("smtp: cannot render JSON: {e}"),
+                Ok(s) => say!("{s}"),
+                Err(e) => tell!("smtp: cannot render JSON: {e}"),
             }
             return;
         }
@@ -76,15 +143,17 @@ impl Report {
                     _ => String::new(),
                 };
                 let text = r.text.replace('\n', " / ");
-                println!("{:<9} {}  {code}{text}{via}", r.status, r.address);
+                say!("{:<9} {}  {code}{text}{via}", r.status, r.address);
             }
             if let Some(d) = &m.diagnosis {
-                println!("note: {d}");
+                say!("note: {d}");
             }
         }
     }
 
-    /// 0 only when everyone was accepted; see `EXIT_CODES`.
+    /// 0 only when everyone was accepted; see `EXIT_CODES`. Authentication
+    /// and policy failures come first, then a missing outcome (70), then
+    /// deferred (75) and rejected (69).
     pub(crate) fn exit_code(&self) -> u8 {
         let errors = self.messages.iter().flat_map(|m| &m.errors);
         let mut code = EX_OK;
@@ -98,6 +167,9 @@ impl Report {
         if code != EX_OK {
             return code;
         }
+        if self.messages.iter().any(|m| m.missing_outcomes) {
+            return EX_SOFTWARE;
+        }
         let statuses: Vec<&str> = self
             .messages
             .iter()
@@ -110,5 +182,88 @@ impl Report {
         } else {
             EX_OK
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, accepted: &[&str]) -> MessageReport {
+        MessageReport {
+            message: name.into(),
+            recipients: accepted
+                .iter()
+                .map(|a| RecipientReport {
+                    status: RecipientStatus::Accepted.name(),
+                    code: Some(250),
+                    text: "ok".into(),
+                    ..RecipientReport::no_outcome(a)
+                })
+                .collect(),
+            diagnosis: None,
+            errors: Vec::new(),
+            missing_outcomes: false,
+        }
+    }
+
+    fn sent(name: &str, to: &[&str]) -> Sent {
+        Sent {
+            name: name.into(),
+            recipients: to.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_outcome_reported_exits_0() {
+        let sent = [sent("a", &["x@t"]), sent("b", &["y@t"])];
+        let r = Report::reconciled(
+            &sent,
+            vec![(1, report("b", &["y@t"])), (0, report("a", &["x@t"]))],
+        );
+        assert_eq!(r.messages[0].message, "a", "in the order sent");
+        assert_eq!(r.exit_code(), EX_OK);
+    }
+
+    #[test]
+    fn a_message_without_an_outcome_is_deferred_and_an_internal_error() {
+        let sent = [sent("a", &["x@t"]), sent("b", &["y@t", "z@t"])];
+        let r = Report::reconciled(&sent, vec![(0, report("a", &["x@t"]))]);
+        assert_eq!(r.messages.len(), 2);
+        let b = &r.messages[1];
+        assert_eq!(b.message, "b");
+        let lines: Vec<(&str, &str, &str)> = b
+            .recipients
+            .iter()
+            .map(|r| (r.address.as_str(), r.status, r.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("y@t", "deferred", NO_OUTCOME),
+                ("z@t", "deferred", NO_OUTCOME)
+            ]
+        );
+        assert_eq!(r.exit_code(), EX_SOFTWARE);
+    }
+
+    #[test]
+    fn a_recipient_without_an_outcome_is_an_internal_error_too() {
+        let sent = [sent("a", &["x@t", "y@t"])];
+        let r = Report::reconciled(&sent, vec![(0, report("a", &["x@t"]))]);
+        assert_eq!(r.messages[0].recipients[1].address, "y@t");
+        assert_eq!(r.messages[0].recipients[1].status, "deferred");
+        assert_eq!(r.exit_code(), EX_SOFTWARE);
+    }
+
+    #[test]
+    fn a_tls_failure_outranks_a_missing_outcome() {
+        let sent = [sent("a", &["x@t"]), sent("b", &["y@t"])];
+        let mut a = report("a", &["x@t"]);
+        a.errors.push(Error::Tls {
+            detail: "handshake failed".into(),
+        });
+        let r = Report::reconciled(&sent, vec![(0, a)]);
+        assert_eq!(r.exit_code(), EX_PROTOCOL);
     }
 }

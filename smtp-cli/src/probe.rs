@@ -68,7 +68,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     client.quit(transport.now());
     let mut first_caps: Option<Vec<String>> = None;
     let mut observe = |e: &Event| match e {
-        Event::Transcript(line) if args.verbose => eprintln!("{line}"),
+        Event::Transcript(line) if args.verbose => tell!("{line}"),
         Event::Capabilities(c) if first_caps.is_none() => {
             first_caps = Some(
                 c.extensions()
@@ -120,20 +120,20 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         error: report.error.as_ref().map(ToString::to_string),
     };
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&probe).unwrap_or_default()
         );
     } else {
-        println!("server     {} ({})", probe.host, probe.peer);
+        say!("server     {} ({})", probe.host, probe.peer);
         if let Some(g) = &probe.greeting {
-            println!("greeting   {g}");
+            say!("greeting   {g}");
         }
         if !probe.capabilities_before_tls.is_empty() {
-            println!("before TLS {}", probe.capabilities_before_tls.join(", "));
+            say!("before TLS {}", probe.capabilities_before_tls.join(", "));
         }
-        println!("offers     {}", probe.capabilities.join(", "));
-        println!(
+        say!("offers     {}", probe.capabilities.join(", "));
+        say!(
             "auth       {}",
             if probe.auth.is_empty() {
                 "none".to_owned()
@@ -143,21 +143,21 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         );
         match &probe.tls {
             Some(t) => {
-                println!("tls        {} {}", t.version, t.cipher_suite);
-                println!(
+                say!("tls        {} {}", t.version, t.cipher_suite);
+                say!(
                     "cert       {} (expires {})",
                     t.subject.as_deref().unwrap_or("?"),
                     t.not_after.as_deref().unwrap_or("?")
                 );
                 match &t.verify_error {
-                    None => println!("verified   yes"),
-                    Some(e) => println!("verified   no: {e}"),
+                    None => say!("verified   yes"),
+                    Some(e) => say!("verified   no: {e}"),
                 }
             }
-            None => println!("tls        none"),
+            None => say!("tls        none"),
         }
         if let Some(e) = &probe.error {
-            println!("error      {e}");
+            say!("error      {e}");
         }
     }
     Ok(if probe.error.is_some() {
@@ -212,9 +212,9 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
             };
             if args.json {
                 let v = serde_json::json!({ "domain": p.domain, "kind": kind, "hosts": hosts });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!(
+                say!(
                     "{} ({})",
                     p.domain,
                     if kind == "mx" {
@@ -225,7 +225,7 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
                 );
                 for h in &hosts {
                     let what = h.error.clone().unwrap_or_else(|| h.addresses.join(" "));
-                    println!("  {:>5}  {}  {what}", h.preference, h.host);
+                    say!("  {:>5}  {}  {what}", h.preference, h.host);
                 }
             }
             Ok(EX_OK)
@@ -233,9 +233,9 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
         Err(e) => {
             if args.json {
                 let v = serde_json::json!({ "domain": domain.as_str(), "error": e.to_string(), "permanent": e.is_permanent() });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("{}: {e}", domain.as_str());
+                say!("{}: {e}", domain.as_str());
             }
             Ok(if e.is_permanent() {
                 EX_NOHOST

@@ -19,8 +19,8 @@ use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
 use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
-use crate::message::{Prepared, PreparedBody, compose, prepare, spool_stdin};
-use crate::output::{MessageReport, RecipientReport, Report};
+use crate::message::{Composition, Input, Prepared, PreparedBody, compose, prepare, read_stdin};
+use crate::output::{MessageReport, RecipientReport, Report, Sent};
 use crate::secrets::{self, DEFAULT_ENV, Source};
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
@@ -90,6 +90,32 @@ fn split_server(s: &str) -> Result<(String, Option<u16>), Failure> {
     }
 }
 
+/// Whether an account's secrets may go to the destination: only when it is
+/// the account's own server, the same host and port (the port defaulting as
+/// a send does). Otherwise, why not, in words for a note.
+fn secrets_stay(
+    own: Option<&(String, Option<u16>)>,
+    destination: Option<&(String, Option<u16>)>,
+    port_option: Option<u16>,
+    account_port: Option<u16>,
+) -> Result<(), String> {
+    let Some((own_host, own_port)) = own else {
+        return Err("the account names no server of its own".into());
+    };
+    let own_port = own_port.or(account_port).unwrap_or(587);
+    let Some((host, port)) = destination else {
+        return Err("they are not for direct delivery".into());
+    };
+    let port = port.or(port_option).or(account_port).unwrap_or(587);
+    if own_host.eq_ignore_ascii_case(host) && own_port == port {
+        Ok(())
+    } else {
+        Err(format!(
+            "they are for {own_host}:{own_port}, and this send goes to {host}:{port}"
+        ))
+    }
+}
+
 fn settings(args: &SendArgs) -> Result<Settings, Failure> {
     let account =
         config::load(args.config.as_deref(), args.account.as_deref())?.unwrap_or_default();
@@ -109,12 +135,39 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
         from,
         dns_server,
     } = account;
-    let server = args
-        .server
-        .clone()
-        .or(server)
-        .map(|s| split_server(&s))
-        .transpose()?;
+    let own_server = server.as_deref().map(split_server).transpose()?;
+    let server = match &args.server {
+        Some(s) => Some(split_server(s)?),
+        None => own_server.clone(),
+    };
+    // The account's secrets go to the account's own server only: a
+    // --server or --port naming another destination must not receive them.
+    let account_secrets = user.is_some()
+        || password.is_some()
+        || password_env.is_some()
+        || password_file.is_some()
+        || password_command.is_some();
+    let (user, password, password_env, password_file, password_command) =
+        match secrets_stay(own_server.as_ref(), server.as_ref(), args.port, port) {
+            Ok(()) => (
+                user,
+                password,
+                password_env,
+                password_file,
+                password_command,
+            ),
+            Err(note) => {
+                if account_secrets {
+                    let then = if args.user.is_some() {
+                        "the --user given is used instead"
+                    } else {
+                        "no AUTH is sent"
+                    };
+                    tell!("note: the account's credentials were not used: {note}; {then}");
+                }
+                (None, None, None, None, None)
+            }
+        };
     let user = args.user.clone().or(user);
     let credentials = match user {
         None => None,
@@ -207,29 +260,26 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
             (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Failure::no_input(f, &e))?,
             (None, None) => String::new(),
         };
-        let bytes = compose(
-            &from,
-            args.full_name.as_deref(),
-            &args.to,
-            args.subject.as_deref().unwrap_or(""),
-            &body,
-            &args.attach,
-            &args.header,
-        )?;
-        let path = std::env::temp_dir().join(format!(
-            "smtp-compose-{}-{}.eml",
-            std::process::id(),
-            random_below(1 << 30)
-        ));
-        std::fs::write(&path, bytes)
-            .map_err(|e| Failure::io("cannot write the composed message", &e))?;
+        let bytes = compose(&Composition {
+            from: &from,
+            full_name: args.full_name.as_deref(),
+            to: &args.to,
+            cc: &args.cc,
+            subject: args.subject.as_deref().unwrap_or(""),
+            body: &body,
+            attachments: &args.attach,
+            headers: &args.header,
+        })?;
         return Ok(vec![prepare(
-            &path,
+            Input::Bytes(bytes),
             "composed message".into(),
-            true,
-            args.read_recipients,
             &host,
         )?]);
+    }
+    if !args.cc.is_empty() {
+        return Err(Failure::usage(
+            "--cc writes a Cc header into a composed message; for a message file, use --to",
+        ));
     }
     let inputs: Vec<PathBuf> = if args.messages.is_empty() {
         vec![PathBuf::from("-")]
@@ -240,22 +290,9 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
         .iter()
         .map(|p| {
             if p.as_os_str() == "-" {
-                let spooled = spool_stdin()?;
-                prepare(
-                    &spooled,
-                    "standard input".into(),
-                    true,
-                    args.read_recipients,
-                    &host,
-                )
+                prepare(read_stdin()?, "standard input".into(), &host)
             } else {
-                prepare(
-                    p,
-                    p.display().to_string(),
-                    false,
-                    args.read_recipients,
-                    &host,
-                )
+                prepare(Input::File(p.clone(), None), p.display().to_string(), &host)
             }
         })
         .collect()
@@ -269,7 +306,11 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
         ))
     })?;
     let from = ReversePath::parse(&from_text).map_err(|e| Failure::data(format!("sender: {e}")))?;
+    // Cc and Bcc recipients given as options are recipients like --to;
+    // only Cc is named in a (composed) header.
     let mut to_text: Vec<String> = args.to.clone();
+    to_text.extend(args.cc.iter().cloned());
+    to_text.extend(args.bcc.iter().cloned());
     if args.read_recipients {
         to_text.extend(m.recipients.iter().cloned());
     }
@@ -293,8 +334,8 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
 
 fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
-        Event::Transcript(line) if verbose => eprintln!("{line}"),
-        Event::Warning(w) => eprintln!("warning: {w}"),
+        Event::Transcript(line) if verbose => tell!("{line}"),
+        Event::Warning(w) => tell!("warning: {w}"),
         Event::MessageResult(_) => {
             if let Some(p) = &progress {
                 p.inc(1);
@@ -341,6 +382,7 @@ async fn standard(
     sub.auth = s.auth;
     sub.timeouts = s.timeouts;
     sub.transcript = args.verbose;
+    let sent = sent(prepared, &envelopes);
     let outgoing: Vec<Outgoing> = prepared
         .iter()
         .zip(envelopes)
@@ -365,37 +407,50 @@ async fn standard(
         p.finish_and_clear();
     }
     if let Some(why) = &delivery.tls_fallback {
-        eprintln!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
+        tell!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
     }
     let host = delivery.peer.to_string();
     let session = &delivery.session;
-    let mut messages: Vec<MessageReport> = session
+    let found: Vec<(usize, MessageReport)> = session
         .messages
         .iter()
-        .map(|m| MessageReport {
-            message: prepared
-                .get(m.message.index() as usize)
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            recipients: m
-                .recipients
-                .iter()
-                .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
-                .collect(),
-            diagnosis: None,
-            errors: session.error.iter().cloned().collect(),
+        .map(|m| {
+            let index = m.message.index() as usize;
+            let report = MessageReport {
+                message: sent.get(index).map(|s| s.name.clone()).unwrap_or_default(),
+                recipients: m
+                    .recipients
+                    .iter()
+                    .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
+                    .collect(),
+                diagnosis: None,
+                errors: session.error.iter().cloned().collect(),
+                missing_outcomes: false,
+            };
+            (index, report)
         })
         .collect();
-    if messages.is_empty() {
+    if found.is_empty() {
         if let Some(e) = &session.error {
             return Err(Failure::new(EX_TEMPFAIL, e.to_string()));
         }
     }
-    messages.sort_by(|a, b| a.message.cmp(&b.message));
     if let Some(e) = &session.error {
-        eprintln!("smtp: {e}");
+        tell!("smtp: {e}");
     }
-    Ok(Report { messages })
+    Ok(Report::reconciled(&sent, found))
+}
+
+/// Each message's name and recipients, for [`Report::reconciled`].
+fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
+    prepared
+        .iter()
+        .zip(envelopes)
+        .map(|(m, e)| Sent {
+            name: m.name.clone(),
+            recipients: e.to.iter().map(ToString::to_string).collect(),
+        })
+        .collect()
 }
 
 async fn direct(
@@ -430,8 +485,9 @@ async fn direct(
         .with_transcript(args.verbose);
     let mut options = DirectOptions::new(config);
     options.port = args.mx_port.unwrap_or(25);
+    let sent = sent(prepared, &envelopes);
     let mut messages = Vec::new();
-    for (m, envelope) in prepared.iter().zip(envelopes) {
+    for (index, (m, envelope)) in prepared.iter().zip(envelopes).enumerate() {
         let factory =
             || -> std::io::Result<Box<dyn BodySource>> { Ok(Box::new(PreparedBody::new(m))) };
         let domains = deliver(
@@ -457,12 +513,48 @@ async fn direct(
         }
         // Keep the envelope's order of recipients.
         recipients.sort_by_key(|r| envelope.to.iter().position(|t| t.to_string() == r.address));
-        messages.push(MessageReport {
-            message: m.name.clone(),
-            recipients,
-            diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
-            errors,
-        });
+        messages.push((
+            index,
+            MessageReport {
+                message: m.name.clone(),
+                recipients,
+                diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
+                errors,
+                missing_outcomes: false,
+            },
+        ));
     }
-    Ok(Report { messages })
+    Ok(Report::reconciled(&sent, messages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(s: &str) -> (String, Option<u16>) {
+        split_server(s).unwrap()
+    }
+
+    #[test]
+    fn account_secrets_go_only_to_the_account_s_own_host_and_port() {
+        let own = server("smtp.example.com");
+        let stay = |dest: &str, port: Option<u16>, account_port: Option<u16>| {
+            secrets_stay(Some(&own), Some(&server(dest)), port, account_port).is_ok()
+        };
+        assert!(stay("smtp.example.com", None, None));
+        assert!(
+            stay("SMTP.example.com:587", None, None),
+            "587 is the default"
+        );
+        assert!(stay("smtp.example.com", Some(587), None));
+        assert!(stay("smtp.example.com:465", None, Some(465)));
+        assert!(!stay("smtp.example.com:465", None, None), "another port");
+        assert!(
+            !stay("smtp.example.com", Some(25), None),
+            "--port elsewhere"
+        );
+        assert!(!stay("other.example.com", None, None), "another host");
+        assert!(secrets_stay(None, Some(&own), None, None).is_err());
+        assert!(secrets_stay(Some(&own), None, None, None).is_err());
+    }
 }

@@ -31,7 +31,7 @@ pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
                 format!("cannot listen on {}: {e}", args.listen),
             )
         })?;
-    eprintln!(
+    tell!(
         "smtp sink: listening on {}{}{}; Ctrl-C to stop",
         server.addr(),
         if args.tls_self_signed {
@@ -55,7 +55,7 @@ pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
         }
         let messages = server.messages();
         for m in messages.iter().skip(shown) {
-            println!(
+            say!(
                 "received from <{}> to {} ({} octets{}{})",
                 m.mail_from,
                 m.rcpt_to
@@ -75,7 +75,7 @@ pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
                     Failure::new(EX_SOFTWARE, format!("cannot write {}: {e}", dir.display()))
                 })?;
                 for p in paths {
-                    println!("  stored in {}", p.display());
+                    say!("  stored in {}", p.display());
                 }
             }
         }

@@ -1,6 +1,9 @@
 //! The built `smtp` binary against testkit servers on 127.0.0.1: JSON,
 //! exit codes, -t with Bcc removal, sendmail mode, config accounts, and no
-//! secret in the transcript or the process arguments.
+//! secret in the transcript or the process arguments; then the safety rules:
+//! Bcc never sent, account credentials only for their own server, no
+//! message left in the temporary directory (signals included), no terminal
+//! escape printed, message files that are not messages or that change.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -445,4 +448,762 @@ async fn probe_shows_capabilities_and_tls() {
     assert!(v["tls"]["version"].as_str().unwrap().starts_with("TLSv1."));
     assert!(v["tls"]["not_after"].as_str().is_some());
     assert!(f.server.messages().is_empty(), "a probe sends no mail");
+}
+
+// ---- Safety (issue 11): Bcc, credentials, temporary files, terminal
+// escapes, message files that are not what they seem.
+
+/// A capture server that offers AUTH without requiring it, in plaintext.
+async fn open_fixture() -> Fixture {
+    let server = CaptureServer::start(CaptureConfig {
+        hostname: "mail.test".into(),
+        auth: Some(("alice".into(), PASSWORD.into())),
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "smtp-cli-test-{}-{}",
+        std::process::id(),
+        server.addr().port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    Fixture { server, dir }
+}
+
+/// `smtp send` to the fixture in plaintext, no account, no AUTH.
+fn plain_send(f: &Fixture) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("send")
+        .arg("--server")
+        .arg(format!("127.0.0.1:{}", f.server.addr().port()))
+        .args(["--tls", "none", "--helo", "client.test"])
+        .env("XDG_CONFIG_HOME", f.dir.join("empty"));
+    c
+}
+
+/// Runs `c` with `input` on its standard input.
+async fn run_with_stdin(mut c: Command, input: Vec<u8>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::spawn(async move {
+        let _ = stdin.write_all(&input).await;
+    });
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("smtp finishes")
+        .unwrap()
+}
+
+/// The header section of received data (up to its blank line).
+fn header_section(data: &[u8]) -> String {
+    let data = text(data);
+    match data.find("\r\n\r\n") {
+        Some(end) => data[..end + 2].to_owned(),
+        None => data,
+    }
+}
+
+/// No Bcc field (nor a continuation line of one) in what the server got.
+fn assert_no_bcc(data: &[u8], hidden: &[&str], case: &str) {
+    let head = header_section(data);
+    for line in head.split("\r\n") {
+        let name = line.split(':').next().unwrap_or("").trim();
+        assert!(
+            !name.eq_ignore_ascii_case("bcc"),
+            "{case}: a Bcc field went out:\n{head}"
+        );
+    }
+    for h in hidden {
+        assert!(
+            !text(data).contains(h),
+            "{case}: the hidden recipient {h} is in the data:\n{}",
+            text(data)
+        );
+    }
+}
+
+const WITH_BCC: &str = "From: Alice <alice@example.org>\nTo: bob@example.net\nBcc: secret-dave@example.net,\n  secret-erin@example.net\nSubject: t\n\nhello\n";
+
+#[tokio::test]
+async fn bcc_is_never_transmitted_on_any_path() {
+    let f = open_fixture().await;
+    let file = f.dir.join("bcc.eml");
+    std::fs::write(&file, WITH_BCC).unwrap();
+    let hidden = ["secret-dave@example.net", "secret-erin@example.net"];
+    let mut expected_messages = 0;
+    let mut check = |o: &Output, case: &str, rcpt: &[&str]| {
+        assert_eq!(code(o), 0, "{case}: {}{}", text(&o.stdout), text(&o.stderr));
+        expected_messages += 1;
+        let got = f.server.messages();
+        assert_eq!(got.len(), expected_messages, "{case}");
+        let m = got.last().unwrap();
+        assert_eq!(m.rcpt_to, rcpt, "{case}");
+        assert_no_bcc(&m.data, &hidden, case);
+    };
+
+    // A message file, without and with -t.
+    let mut c = plain_send(&f);
+    c.args(["--to", "bob@example.net"]).arg(&file);
+    check(&run(c).await, "file without -t", &["bob@example.net"]);
+    let mut c = plain_send(&f);
+    c.arg("-t").arg(&file);
+    check(
+        &run(c).await,
+        "file with -t",
+        &[
+            "bob@example.net",
+            "secret-dave@example.net",
+            "secret-erin@example.net",
+        ],
+    );
+
+    // Standard input, without and with -t.
+    let mut c = plain_send(&f);
+    c.args(["--to", "bob@example.net"]);
+    check(
+        &run_with_stdin(c, WITH_BCC.into()).await,
+        "stdin without -t",
+        &["bob@example.net"],
+    );
+    let mut c = plain_send(&f);
+    c.arg("-t");
+    check(
+        &run_with_stdin(c, WITH_BCC.into()).await,
+        "stdin with -t",
+        &[
+            "bob@example.net",
+            "secret-dave@example.net",
+            "secret-erin@example.net",
+        ],
+    );
+
+    // A composed message with a Bcc header given as --header.
+    let mut c = plain_send(&f);
+    c.args([
+        "--from",
+        "alice@example.org",
+        "--to",
+        "bob@example.net",
+        "--header",
+        "Bcc: secret-dave@example.net",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    check(&run(c).await, "--header Bcc", &["bob@example.net"]);
+
+    // --cc goes in the header and is a recipient; --bcc only a recipient.
+    let mut c = plain_send(&f);
+    c.args([
+        "--from",
+        "alice@example.org",
+        "--to",
+        "bob@example.net",
+        "--cc",
+        "carol@example.net",
+        "--bcc",
+        "secret-dave@example.net",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    check(
+        &run(c).await,
+        "--cc/--bcc",
+        &[
+            "bob@example.net",
+            "carol@example.net",
+            "secret-dave@example.net",
+        ],
+    );
+    let head = header_section(&f.server.messages().last().unwrap().data);
+    assert!(
+        head.contains("Cc: <carol@example.net>") || head.contains("Cc: carol@example.net"),
+        "{head}"
+    );
+
+    // sendmail mode, without and with -t.
+    let link = f.dir.join("sendmail");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let config_dir = f.dir.join("xdg").join("smtp");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!(
+            "[accounts.default]\nserver = \"127.0.0.1:{}\"\ntls = \"none\"\n",
+            f.server.addr().port()
+        ),
+    )
+    .unwrap();
+    let sendmail = || {
+        let mut c = Command::new(&link);
+        c.env("XDG_CONFIG_HOME", f.dir.join("xdg"));
+        c
+    };
+    let mut c = sendmail();
+    c.args(["-oi", "bob@example.net"]);
+    check(
+        &run_with_stdin(c, WITH_BCC.into()).await,
+        "sendmail without -t",
+        &["bob@example.net"],
+    );
+    let mut c = sendmail();
+    c.args(["-t", "-oi"]);
+    check(
+        &run_with_stdin(c, WITH_BCC.into()).await,
+        "sendmail -t",
+        &[
+            "bob@example.net",
+            "secret-dave@example.net",
+            "secret-erin@example.net",
+        ],
+    );
+}
+
+/// The client's command lines in the server's transcripts.
+fn client_lines(f: &Fixture) -> Vec<String> {
+    f.server
+        .sessions()
+        .iter()
+        .flat_map(|s| s.transcript.iter())
+        .filter(|l| l.starts_with("C: "))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn account_credentials_stay_with_their_server() {
+    let f = open_fixture().await;
+    let port = f.server.addr().port();
+    let config = |server: &str| {
+        let path = f
+            .dir
+            .join(format!("accounts-{}.toml", server.replace(':', "-")));
+        std::fs::write(
+            &path,
+            format!(
+                "[accounts.default]\nserver = \"{server}\"\ntls = \"none\"\nauth = \"plain\"\n\
+                 user = \"alice\"\npassword_env = \"ACCOUNT_SECRET\"\nfrom = \"alice@example.org\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let send = |config: &PathBuf, server: Option<String>| {
+        let mut c = Command::new(BIN);
+        c.args(["send", "--config"]).arg(config);
+        if let Some(s) = server {
+            c.args(["--server", &s]);
+        }
+        c.args(["--to", "bob@example.net", "--subject", "s", "--body", "b"])
+            .env("ACCOUNT_SECRET", PASSWORD)
+            .env_remove("SMTP_PASSWORD");
+        c
+    };
+    let no_auth = |case: &str| {
+        let lines = client_lines(&f);
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.to_ascii_uppercase().starts_with("C: AUTH")),
+            "{case}: the account's secret went to another server: {lines:?}"
+        );
+    };
+
+    // The account's server is another port on this host: no AUTH here.
+    let other_port = config("127.0.0.1:1");
+    let o = run(send(&other_port, Some(format!("127.0.0.1:{port}")))).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    no_auth("another port");
+    assert_eq!(f.server.messages()[0].auth_user, None);
+    assert!(!text(&o.stderr).contains(PASSWORD));
+
+    // The account's server by another name: no AUTH either.
+    let by_ip = config(&format!("127.0.0.1:{port}"));
+    let o = run(send(&by_ip, Some(format!("localhost:{port}")))).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    no_auth("another host name");
+
+    // --user on the command line: that user with the command line's
+    // password source, and a note that the account's were not used.
+    let mut c = send(&other_port, Some(format!("127.0.0.1:{port}")));
+    c.args(["--user", "alice"]).env("SMTP_PASSWORD", PASSWORD);
+    let o = run(c).await;
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 0, "{}{err}", text(&o.stdout));
+    assert_eq!(f.server.messages()[2].auth_user.as_deref(), Some("alice"));
+    assert!(err.contains("not used"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("not used")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+
+    // The account's own server (port given or not): AUTH with its secret.
+    let own = config(&format!("127.0.0.1:{port}"));
+    for server in [None, Some(format!("127.0.0.1:{port}"))] {
+        let o = run(send(&own, server.clone())).await;
+        assert_eq!(
+            code(&o),
+            0,
+            "{server:?}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        assert_eq!(
+            f.server.messages().last().unwrap().auth_user.as_deref(),
+            Some("alice"),
+            "{server:?}"
+        );
+    }
+}
+
+/// Entries of a directory.
+fn entries(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+/// A server that greets, answers EHLO and MAIL, and then says nothing.
+async fn stalling_server() -> smtp_testkit::script::ScriptedServer {
+    let script = smtp_testkit::script::Script::parse(
+        "S: 220 stall.test ESMTP\nC: EHLO *\nS: 250 stall.test\nC: MAIL *\nS: 250 ok\nC: *\nSLEEP 30s\n",
+    )
+    .unwrap();
+    smtp_testkit::script::ScriptedServer::start(script, None)
+        .await
+        .unwrap()
+}
+
+fn terminate(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until `ready` holds (at most 20 s).
+async fn wait_until(mut ready: impl FnMut() -> bool, what: &str) {
+    for _ in 0..200 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_composed_message_is_kept_in_memory_and_nothing_is_left_after_sigterm() {
+    let server = stalling_server().await;
+    let tmp = std::env::temp_dir().join(format!("smtp-cli-tmp-compose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let attachment =
+        std::env::temp_dir().join(format!("smtp-cli-attachment-{}", std::process::id()));
+    std::fs::write(&attachment, "private attachment").unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "send",
+        "--server",
+        &server.addr().to_string(),
+        "--tls",
+        "none",
+    ])
+    .args(["--from", "a@example.org", "--to", "b@example.net"])
+    .args(["--subject", "s", "--body", "private words", "--attach"])
+    .arg(&attachment)
+    .env("TMPDIR", &tmp)
+    .env("XDG_CONFIG_HOME", tmp.join("none"))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Give it time to compose and reach the stalled server.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        entries(&tmp),
+        Vec::<PathBuf>::new(),
+        "a composed message needs no file"
+    );
+    terminate(child.id().unwrap());
+    let o = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code(&o), 143, "{}", text(&o.stderr));
+    assert_eq!(entries(&tmp), Vec::<PathBuf>::new());
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_file(&attachment);
+}
+
+#[tokio::test]
+async fn a_large_standard_input_is_spooled_privately_and_removed_on_sigterm() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+    let server = stalling_server().await;
+    let tmp = std::env::temp_dir().join(format!("smtp-cli-tmp-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "send",
+        "--server",
+        &server.addr().to_string(),
+        "--tls",
+        "none",
+    ])
+    .args(["--from", "a@example.org", "--to", "b@example.net"])
+    .env("TMPDIR", &tmp)
+    .env("XDG_CONFIG_HOME", tmp.join("none"))
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // 17 MiB: more than is kept in memory.
+    let mut message = b"From: a@example.org\nSubject: big\n\n".to_vec();
+    let line = [b'x'; 76];
+    while message.len() < 17 << 20 {
+        message.extend_from_slice(&line);
+        message.push(b'\n');
+    }
+    stdin.write_all(&message).await.unwrap();
+    drop(stdin);
+    let mut spool = None;
+    wait_until(
+        || {
+            let found: Vec<PathBuf> = entries(&tmp).iter().flat_map(|d| entries(d)).collect();
+            spool = found.first().cloned();
+            spool.is_some()
+        },
+        "the spool file",
+    )
+    .await;
+    let spool = spool.unwrap();
+    let dir = spool.parent().unwrap().to_owned();
+    assert_ne!(dir, tmp, "the spool is in a directory of its own");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&spool), 0o600, "{}", spool.display());
+    // Let it reach the stalled server, then stop it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    terminate(child.id().unwrap());
+    let o = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code(&o), 143, "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(entries(&tmp), Vec::<PathBuf>::new(), "the spool is removed");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Text that must never reach a terminal raw: CSI sequences, an OSC title,
+/// a bell, a carriage return, a C1 CSI (U+009B) and a bidi override.
+const EVIL: &str = "\x1b[31mred\x1b[0m\x1b]0;title\x07\rover\u{9b}2J\u{202e}rev";
+
+fn assert_clean(o: &Output, case: &str) {
+    for (name, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        let s = text(bytes);
+        let bad: Vec<char> = s
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}')
+            .collect();
+        assert!(bad.is_empty(), "{case}: {name} holds {bad:?}:\n{s}");
+    }
+}
+
+#[tokio::test]
+async fn server_text_reaches_the_terminal_without_escapes() {
+    use smtp_testkit::script::{Script, ScriptedServer};
+    let ca = TestCa::new();
+    let identity = ca.leaf_with_common_name(&["localhost"], &format!("evil{EVIL}.test"));
+    let line = |s: String| s.into_bytes();
+    // probe: greeting, EHLO before and after TLS, the certificate.
+    let probe_script = Script::new()
+        .send_raw(&line(format!("220 mx.test {EVIL}\r\n")))
+        .expect("EHLO *")
+        .send_raw(&line(format!(
+            "250-mx.test {EVIL}\r\n250-X-EVIL{EVIL}\r\n250 STARTTLS\r\n"
+        )))
+        .expect("STARTTLS")
+        .send("220 go ahead")
+        .starttls()
+        .expect("EHLO *")
+        .send_raw(&line(format!("250-mx.test\r\n250 X{EVIL}\r\n")))
+        .expect("QUIT")
+        .send_raw(&line(format!("221 bye {EVIL}\r\n")));
+    let server = ScriptedServer::start(probe_script, Some(identity.clone()))
+        .await
+        .unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "probe",
+        &server.addr().to_string(),
+        "--tls",
+        "required",
+        "-v",
+    ]);
+    let o = run(c).await;
+    assert!(text(&o.stdout).contains("cert"), "{}", text(&o.stdout));
+    assert_clean(&o, "probe");
+
+    // send -v: replies with escapes, a refused recipient, a failure.
+    let send_script = Script::new()
+        .send_raw(&line(format!("220 mx.test {EVIL}\r\n")))
+        .expect("EHLO *")
+        .send_raw(&line(format!("250-mx.test {EVIL}\r\n250 8BITMIME\r\n")))
+        .expect("MAIL *")
+        .send_raw(&line(format!("250 ok {EVIL}\r\n")))
+        .expect("RCPT *")
+        .send_raw(&line(format!("550 5.1.1 no {EVIL}\r\n")))
+        .expect("RCPT *")
+        .send_raw(&line(format!("451 4.3.0 later {EVIL}\r\n")))
+        .expect("*")
+        .send_raw(&line(format!("421 4.3.0 closing {EVIL}\r\n")))
+        .close();
+    let server = ScriptedServer::start(send_script, None).await.unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "send",
+        "--server",
+        &server.addr().to_string(),
+        "--tls",
+        "none",
+        "-v",
+    ])
+    .args([
+        "--from",
+        "a@example.org",
+        "--to",
+        "b@example.net",
+        "--to",
+        "c@example.net",
+    ])
+    .args(["--subject", "s", "--body", "b"])
+    .env("XDG_CONFIG_HOME", "/nonexistent");
+    let o = run(c).await;
+    assert!(
+        text(&o.stdout).contains("b@example.net"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_clean(&o, "send -v");
+
+    // A certificate for another name under Certified: the refusal names it.
+    let tls_script = Script::new()
+        .send("220 mx.test ESMTP")
+        .expect("EHLO *")
+        .send("250-mx.test\r\n250 STARTTLS")
+        .expect("STARTTLS")
+        .send("220 go ahead")
+        .starttls();
+    let evil_name = ca.leaf_with_common_name(&["other.test"], &format!("x{EVIL}"));
+    let server = ScriptedServer::start(tls_script, Some(evil_name))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("smtp-cli-evil-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "probe",
+        &server.addr().to_string(),
+        "--tls",
+        "optional",
+        "--ca-file",
+    ])
+    .arg(dir.join("ca.pem"));
+    let o = run(c).await;
+    assert!(
+        text(&o.stdout).contains("verified   no"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_clean(&o, "probe, another name");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A message file ≥ 32 KiB, so its body streams from the file.
+fn large_message() -> Vec<u8> {
+    let mut m = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: big\r\n\r\n".to_vec();
+    for n in 0..500 {
+        m.extend_from_slice(format!("original line {n:066}\r\n").as_bytes());
+    }
+    m
+}
+
+/// A one-connection server that holds its 354 until `go` and returns
+/// every byte the client sent after it (until it closes or stays silent).
+async fn data_holding_server(
+    go: tokio::sync::oneshot::Receiver<()>,
+    at_data: tokio::sync::oneshot::Sender<()>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut io = BufReader::new(tcp);
+        io.get_mut().write_all(b"220 hold.test\r\n").await.unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if io.read_line(&mut line).await.unwrap() == 0 {
+                return Vec::new();
+            }
+            let reply: &[u8] = match line.trim_end() {
+                l if l.starts_with("EHLO") => b"250 hold.test\r\n",
+                "DATA" => break,
+                _ => b"250 ok\r\n",
+            };
+            io.get_mut().write_all(reply).await.unwrap();
+        }
+        let _ = at_data.send(());
+        let _ = go.await;
+        io.get_mut().write_all(b"354 go ahead\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(2), io.read(&mut chunk)).await
+        {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_message_file_changed_during_the_send_is_not_sent() {
+    let dir = std::env::temp_dir().join(format!("smtp-cli-changed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for how in ["modified in place", "replaced by rename"] {
+        let path = dir.join("big.eml");
+        let original = large_message();
+        std::fs::write(&path, &original).unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        let (at_data_tx, at_data_rx) = tokio::sync::oneshot::channel();
+        let (addr, server) = data_holding_server(go_rx, at_data_tx).await;
+        let mut c = Command::new(BIN);
+        c.args(["send", "--server", &addr.to_string(), "--tls", "none"])
+            .args(["--to", "b@example.net", "--command-timeout", "5", "--json"])
+            .arg(&path)
+            .env("XDG_CONFIG_HOME", dir.join("none"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), at_data_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        let changed = String::from_utf8(original.clone())
+            .unwrap()
+            .replace("original", "modified");
+        if how == "modified in place" {
+            std::fs::write(&path, &changed).unwrap();
+        } else {
+            let new = dir.join("big.eml.new");
+            std::fs::write(&new, &changed).unwrap();
+            std::fs::rename(&new, &path).unwrap();
+        }
+        go_tx.send(()).unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let got = server.await.unwrap();
+        let got_text = text(&got);
+        assert!(
+            !got_text.contains("\r\n.\r\n"),
+            "{how}: the server got an end of data:\n{got_text}"
+        );
+        assert_eq!(
+            code(&o),
+            75,
+            "{how}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let r = &v["messages"][0]["recipients"][0];
+        assert_eq!(r["status"], "deferred", "{how}");
+        assert!(
+            r["text"]
+                .as_str()
+                .unwrap()
+                .contains("changed after it was read"),
+            "{how}: {r}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn message_files_that_are_not_messages_are_refused() {
+    let f = open_fixture().await;
+    for (name, bytes) in [
+        ("empty", &b""[..]),
+        ("no header section", &b"Dear Bob,\n\nhello.\n"[..]),
+        (
+            "body text as headers",
+            &b"hello: world but\nthis is a letter\n\nbye\n"[..],
+        ),
+    ] {
+        let path = f.dir.join("not.eml");
+        std::fs::write(&path, bytes).unwrap();
+        let mut c = plain_send(&f);
+        c.args(["--from", "a@example.org", "--to", "b@example.net"])
+            .arg(&path);
+        let o = run(c).await;
+        assert_eq!(
+            code(&o),
+            65,
+            "{name}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        assert!(
+            text(&o.stderr).contains("not.eml"),
+            "{name}: {}",
+            text(&o.stderr)
+        );
+    }
+    assert!(f.server.messages().is_empty());
+}
+
+#[tokio::test]
+async fn cr_only_line_endings_end_header_lines() {
+    let f = open_fixture().await;
+    let path = f.dir.join("cr.eml");
+    std::fs::write(
+        &path,
+        "From: alice@example.org\rTo: bob@example.net\rBcc: secret-dave@example.net\rSubject: cr\rDate: Sun, 29 Nov 2026 02:00:00 +0000\rMessage-ID: <cr@example.org>\r\rhello\rworld\r",
+    )
+    .unwrap();
+    let mut c = plain_send(&f);
+    c.arg("-t").arg(&path);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let m = &f.server.messages()[0];
+    assert_eq!(m.mail_from, "alice@example.org");
+    assert_eq!(m.rcpt_to, ["bob@example.net", "secret-dave@example.net"]);
+    assert_no_bcc(&m.data, &["secret-dave@example.net"], "CR only");
+    let data = text(&m.data);
+    assert_eq!(data.matches("Date:").count(), 1, "{data}");
+    assert_eq!(data.matches("Message-ID:").count(), 1, "{data}");
+    assert!(data.contains("Subject: cr\r\n"), "{data}");
+    assert!(data.contains("\r\n\r\nhello\r\nworld\r\n"), "{data}");
 }

@@ -113,6 +113,23 @@ impl TestCa {
         self.sign(names, false)
     }
 
+    /// A leaf for `names` whose subject common name is `common_name`, any
+    /// text at all (e.g. one holding terminal escapes, to test that a
+    /// client never prints it raw).
+    pub fn leaf_with_common_name(&self, names: &[&str], common_name: &str) -> Identity {
+        let key = key();
+        let mut params = leaf_params(names, false);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
     /// A leaf for `names` that expired in 2020.
     pub fn expired_leaf(&self, names: &[&str]) -> Identity {
         self.sign(names, true)

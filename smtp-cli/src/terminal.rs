@@ -1,0 +1,66 @@
+//! The one way text reaches the terminal. Servers (and, for `smtp sink`,
+//! clients) choose much of what is printed: greetings, replies, certificate
+//! subjects and names, error texts. Printed raw, an escape sequence in any
+//! of them could recolour, retitle or rewrite the user's terminal, or make
+//! a failure look like a success. So every line printed goes through
+//! [`printable`], by the [`say!`] and [`tell!`] macros, at the boundary
+//! rather than at each source: a source forgotten cannot leak.
+
+use std::borrow::Cow;
+
+/// `text` with every character that could act on a terminal replaced by
+/// U+FFFD: control characters (C0, DEL, C1) other than line feed and tab,
+/// and the bidirectional formatting characters (they reorder what is
+/// displayed). The same rule the core applies to reply text, keeping the
+/// line feeds of our own multi-line output.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    )
+}
+
+/// `println!`, made [`printable`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::terminal::printable(&format!($($arg)*)))
+    };
+}
+
+/// `eprintln!`, made [`printable`].
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::terminal::printable(&format!($($arg)*)))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_controls_are_replaced_and_lines_kept() {
+        assert_eq!(
+            printable("plain text\n\tsecond line"),
+            "plain text\n\tsecond line"
+        );
+        assert_eq!(
+            printable("a\x1b[31mb\x07c\rd\u{9b}e\u{202e}f\x7f"),
+            "a\u{fffd}[31mb\u{fffd}c\u{fffd}d\u{fffd}e\u{fffd}f\u{fffd}"
+        );
+    }
+}
