@@ -182,10 +182,18 @@ async fn auth_failure_and_policy_failure() {
         "s",
         "--body",
         "b",
+        "--json",
     ]);
     c.env("SMTP_PASSWORD", "wrong-password");
     let o = run(c).await;
     assert_eq!(code(&o), 77, "{}{}", text(&o.stdout), text(&o.stderr));
+    // A wrong password says nothing against the recipient: deferred (not
+    // rejected, which a list-cleaning script would act on), with the
+    // server's 535.
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v["messages"][0]["recipients"][0];
+    assert_eq!(r["status"], "deferred", "{r}");
+    assert_eq!(r["code"], 535, "{r}");
 
     // Required against a server without STARTTLS → 76, and no MAIL reached it.
     let plain = fixture(false, &[]).await;
