@@ -180,9 +180,13 @@ pub(crate) struct SendArgs {
     /// Sendmail compatibility: ignored (a lone dot never ends input here).
     #[arg(short = 'i', hide = true)]
     pub(crate) ignore_dots: bool,
-    /// Sendmail compatibility: the sender's full name for a composed From:.
+    /// Sendmail compatibility: the sender's full name for a From: that is added.
     #[arg(short = 'F', value_name = "NAME", hide = true)]
     pub(crate) full_name: Option<String>,
+    /// Invoked as `sendmail`: quiet on success, report on stderr, and a
+    /// From: added from the user's own address when nothing else gives one.
+    #[arg(skip)]
+    pub(crate) sendmail: bool,
 }
 
 #[derive(Debug, Args)]

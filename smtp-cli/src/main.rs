@@ -30,35 +30,79 @@ use clap::Parser;
 use crate::cli::{Cli, Command, SendArgs};
 use crate::fail::Failure;
 
-/// sendmail's command line turned into `smtp send` arguments.
+/// sendmail's command line turned into `smtp send` arguments, as Postfix's
+/// sendmail reads it: every option that takes a value consumes it (attached
+/// or as the next argument), so no value is ever taken for a recipient.
+/// Options about the local MTA's own workings are accepted and ignored;
+/// modes other than delivering one message (`-bs`, `-bp`, `-q`) are
+/// refused.
 fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
     let mut send = SendArgs {
         read_recipients: false,
+        sendmail: true,
         ..SendArgs::default()
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |flag: &str| -> Result<String, Failure> {
-            match a.strip_prefix(flag).filter(|v| !v.is_empty()) {
-                Some(v) => Ok(v.to_owned()),
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| Failure::usage(format!("{flag} needs a value"))),
-            }
+        if !a.starts_with('-') || a == "-" {
+            send.to.push(a.clone());
+            continue;
+        }
+        if a == "--" {
+            send.to.extend(it.by_ref().cloned());
+            break;
+        }
+        if let Some(name) = a.strip_prefix("--account=") {
+            send.account = Some(name.to_owned());
+            continue;
+        }
+        if a == "--account" {
+            send.account = Some(next_value(&mut it, a)?);
+            continue;
+        }
+        let flag = a.get(..2).unwrap_or(a);
+        let attached = a.get(2..).filter(|v| !v.is_empty());
+        let mut value = || match attached {
+            Some(v) => Ok(v.to_owned()),
+            None => next_value(&mut it, flag),
         };
-        match a.as_str() {
-            "-t" => send.read_recipients = true,
-            "-i" | "-oi" | "-oem" | "-oee" | "-om" => {}
-            "-v" => send.verbose = true,
-            s if s.starts_with("-f") || s.starts_with("-r") => send.from = Some(value(&s[..2])?),
-            s if s.starts_with("-F") => send.full_name = Some(value("-F")?),
-            "--" => send.to.extend(it.by_ref().cloned()),
-            s if s.starts_with('-') => tell!("smtp (sendmail mode): ignoring option {s}"),
-            s => send.to.push(s.to_owned()),
+        match flag {
+            "-t" if attached.is_none() => send.read_recipients = true,
+            "-v" if attached.is_none() => send.verbose = true,
+            // -i, -oi: a lone dot never ends the message here anyway.
+            "-i" | "-n" | "-U" | "-G" | "-m" | "-d" => {}
+            "-f" | "-r" => send.from = Some(value()?),
+            "-F" => send.full_name = Some(value()?),
+            "-a" => send.account = Some(value()?),
+            // DSN, body type, queue and logging options, MTA options:
+            // consumed with their value, not applied.
+            "-N" | "-B" | "-R" | "-V" | "-L" | "-O" | "-o" | "-C" | "-X" | "-h" => {
+                let _ = value()?;
+            }
+            "-b" => match attached {
+                Some("m") => {}
+                Some(mode) => {
+                    return Err(Failure::usage(format!(
+                        "-b{mode} is not supported: this sendmail only delivers a message \
+                         (-bm, the default)"
+                    )));
+                }
+                None => return Err(Failure::usage("-b needs a mode")),
+            },
+            _ => {
+                return Err(Failure::usage(format!(
+                    "unknown option {a}; see `smtp send --help` for what this sendmail takes"
+                )));
+            }
         }
     }
     Ok(send)
+}
+
+fn next_value(it: &mut std::slice::Iter<'_, String>, flag: &str) -> Result<String, Failure> {
+    it.next()
+        .cloned()
+        .ok_or_else(|| Failure::usage(format!("{flag} needs a value")))
 }
 
 /// Exit codes after SIGINT and SIGTERM, as a shell reports them (128 + signal).
@@ -121,7 +165,15 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        Cli::parse_from(argv).command
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.command,
+            // --help and --version are not errors; everything else a usage
+            // error, with sysexits' code rather than clap's 2.
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { fail::EX_USAGE } else { 0 });
+            }
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,6 +198,62 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<SendArgs, Failure> {
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        sendmail_args(&args)
+    }
+
+    #[test]
+    fn sendmail_options_with_values_are_never_recipients() {
+        let s = parse(&[
+            "-N",
+            "never",
+            "-B",
+            "8BITMIME",
+            "-R",
+            "hdrs",
+            "-O",
+            "DeliveryMode=b",
+            "-o",
+            "i",
+            "-oem",
+            "-L",
+            "tag",
+            "-V",
+            "envid",
+            "-X",
+            "/tmp/log",
+            "-h",
+            "17",
+            "-Ffull name",
+            "-a",
+            "work",
+            "-bm",
+            "-U",
+            "-G",
+            "-i",
+            "bob@example.net",
+        ])
+        .unwrap();
+        assert_eq!(s.to, ["bob@example.net"]);
+        assert_eq!(s.account.as_deref(), Some("work"));
+        assert_eq!(s.full_name.as_deref(), Some("full name"));
+        let s = parse(&["--account=home", "-t", "--", "-odd@example.net"]).unwrap();
+        assert_eq!(s.account.as_deref(), Some("home"));
+        assert!(s.read_recipients);
+        assert_eq!(s.to, ["-odd@example.net"]);
+        let s = parse(&["--account", "home", "a@example.net"]).unwrap();
+        assert_eq!(s.account.as_deref(), Some("home"));
+    }
+
+    #[test]
+    fn sendmail_modes_other_than_delivery_and_unknown_options_are_refused() {
+        for args in [&["-bs"][..], &["-bp"], &["-q"], &["-Z"], &["-N"]] {
+            let e = parse(args).map(|_| ()).unwrap_err();
+            assert_eq!(e.code, fail::EX_USAGE, "{args:?}: {e}");
+        }
+    }
+
     #[test]
     fn sendmail_options() {
         let args: Vec<String> = [
@@ -155,7 +263,6 @@ mod tests {
             "-F",
             "Alice",
             "bob@example.net",
-            "-x",
         ]
         .iter()
         .map(|s| s.to_string())

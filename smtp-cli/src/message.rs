@@ -58,6 +58,27 @@ pub(crate) struct Prepared {
     pub(crate) size: u64,
 }
 
+impl Prepared {
+    /// Adds `From:` with `sender` (and `display`, the sender's full name) to
+    /// a message that has none, as an MTA's submission service does: RFC
+    /// 5322 requires the field, and receivers refuse mail without it.
+    pub(crate) fn add_from(&mut self, sender: &str, display: Option<&str>) {
+        use mail_builder::headers::Header;
+        use mail_builder::headers::address::Address;
+        let address: Address<'_> = match display {
+            Some(name) => (name, sender).into(),
+            None => sender.into(),
+        };
+        let mut line = b"From: ".to_vec();
+        let column = line.len();
+        address.write_header(&mut line, column);
+        self.size += line.len() as u64;
+        line.extend_from_slice(&self.head);
+        self.head = line;
+        self.from = Some(sender.to_owned());
+    }
+}
+
 /// The bytes after the header section.
 #[derive(Clone, Debug)]
 pub(crate) enum Body {

@@ -125,6 +125,25 @@ impl Report {
             }
             return;
         }
+        for line in self.lines() {
+            say!("{line}");
+        }
+    }
+
+    /// Sendmail's way: nothing when every recipient was accepted, otherwise
+    /// the report on standard error (a caller such as mutt or cron shows it).
+    pub(crate) fn print_unless_accepted(&self) {
+        if self.exit_code() == EX_OK {
+            return;
+        }
+        for line in self.lines() {
+            tell!("{line}");
+        }
+    }
+
+    /// The report as text: a line per recipient, then any diagnosis.
+    fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
         for m in &self.messages {
             for r in &m.recipients {
                 let code = match (r.code, &r.enhanced_code) {
@@ -143,12 +162,13 @@ impl Report {
                     _ => String::new(),
                 };
                 let text = r.text.replace('\n', " / ");
-                say!("{:<9} {}  {code}{text}{via}", r.status, r.address);
+                lines.push(format!("{:<9} {}  {code}{text}{via}", r.status, r.address));
             }
             if let Some(d) = &m.diagnosis {
-                say!("note: {d}");
+                lines.push(format!("note: {d}"));
             }
         }
+        lines
     }
 
     /// 0 only when everyone was accepted; see `EXIT_CODES`. Authentication

@@ -347,7 +347,10 @@ fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnM
 
 pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
     let s = settings(&args)?;
-    let prepared = messages(&args, &s)?;
+    let mut prepared = messages(&args, &s)?;
+    if args.sendmail {
+        add_missing_from(&args, &s, &mut prepared);
+    }
     let envelopes = prepared
         .iter()
         .map(|m| envelope(&args, &s, m))
@@ -359,8 +362,28 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         }
         None => direct(&args, &s, client_id, &prepared, envelopes).await?,
     };
-    report.print(args.json);
+    if args.sendmail {
+        report.print_unless_accepted();
+    } else {
+        report.print(args.json);
+    }
     Ok(report.exit_code())
+}
+
+/// Sendmail mode: a message without `From:` gets one, as sendmail adds it,
+/// from `-f`, the account's sender, or else this user at this host; with
+/// `-F`'s full name.
+fn add_missing_from(args: &SendArgs, s: &Settings, prepared: &mut [Prepared]) {
+    let sender = s.from.clone().or_else(|| {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()?;
+        Some(format!("{user}@{}", s.helo))
+    });
+    let Some(sender) = sender else { return };
+    for m in prepared.iter_mut().filter(|m| m.from.is_none()) {
+        m.add_from(&sender, args.full_name.as_deref());
+    }
 }
 
 async fn standard(

@@ -34,17 +34,30 @@ pub(crate) fn printable(text: &str) -> Cow<'_, str> {
     )
 }
 
-/// `println!`, made [`printable`].
-macro_rules! say {
-    ($($arg:tt)*) => {
-        println!("{}", $crate::terminal::printable(&format!($($arg)*)))
+/// Writes one line to standard output or error. A closed pipe (`smtp send
+/// … | head -1`) or a full disk loses the line, never the run: the
+/// delivery goes on and the exit code still tells what happened.
+pub(crate) fn line(to_stderr: bool, text: &str) {
+    use std::io::Write;
+    let text = printable(text);
+    let _ = if to_stderr {
+        writeln!(std::io::stderr().lock(), "{text}")
+    } else {
+        writeln!(std::io::stdout().lock(), "{text}")
     };
 }
 
-/// `eprintln!`, made [`printable`].
+/// `println!`, made [`printable`], never panicking on a closed pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::terminal::line(false, &format!($($arg)*))
+    };
+}
+
+/// `eprintln!`, made [`printable`], never panicking on a closed pipe.
 macro_rules! tell {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::terminal::printable(&format!($($arg)*)))
+        $crate::terminal::line(true, &format!($($arg)*))
     };
 }
 

@@ -337,6 +337,151 @@ async fn sendmail_mode() {
     assert!(text(&got[0].data).contains("\r\n.one dot\r\n"));
 }
 
+/// The binary through a symlink named `sendmail`, with an account
+/// `default` for `f`'s server (TLS certified by the fixture's CA, AUTH);
+/// `stdin` is the message.
+async fn sendmail(f: &Fixture, args: &[&str], stdin: &[u8]) -> Output {
+    let link = f.dir.join("sendmail");
+    if !link.exists() {
+        std::os::unix::fs::symlink(BIN, &link).unwrap();
+    }
+    let config_dir = f.dir.join("xdg").join("smtp");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!(
+            "[accounts.default]\nserver = \"localhost:{}\"\nca_file = {:?}\nuser = \"alice\"\n",
+            f.server.addr().port(),
+            f.dir.join("ca.pem")
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(&link);
+    c.args(args)
+        .env("XDG_CONFIG_HOME", f.dir.join("xdg"))
+        .env("SMTP_PASSWORD", PASSWORD)
+        .env("USER", "carol")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sendmail_as_mutt_and_git_send_email_call_it() {
+    let f = fixture(true, &[("gone@example.net", "550 5.1.1 no such user")]).await;
+    let message = b"From: Alice <alice@example.org>\nTo: bob@example.net\n\
+        Bcc: secret@example.net\nSubject: patch\n\nbody\n";
+    // mutt: sendmail -oem -oi -- recipients; with DSN, -N and -R too.
+    let o = sendmail(
+        &f,
+        &[
+            "-oem",
+            "-oi",
+            "-N",
+            "failure,delay",
+            "-R",
+            "hdrs",
+            "--",
+            "bob@example.net",
+        ],
+        message,
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        o.stdout.is_empty() && o.stderr.is_empty(),
+        "quiet on success"
+    );
+    // git send-email: sendmail -i -f FROM recipients...
+    let o = sendmail(
+        &f,
+        &[
+            "-i",
+            "-f",
+            "alice@example.org",
+            "bob@example.net",
+            "dave@example.net",
+        ],
+        message,
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        o.stdout.is_empty() && o.stderr.is_empty(),
+        "quiet on success"
+    );
+    let got = f.server.wait_for_messages(2, Duration::from_secs(2)).await;
+    assert_eq!(
+        got[0].rcpt_to,
+        ["bob@example.net"],
+        "no option value became a recipient"
+    );
+    assert_eq!(got[1].rcpt_to, ["bob@example.net", "dave@example.net"]);
+    assert_eq!(got[1].mail_from, "alice@example.org");
+    for m in &got {
+        assert!(!text(&m.data).contains("Bcc"), "{}", text(&m.data));
+    }
+    // A refused recipient: sendmail's exit code and the report on stderr only.
+    let o = sendmail(&f, &["-oi", "gone@example.net"], message).await;
+    assert_eq!(code(&o), 69);
+    assert!(o.stdout.is_empty());
+    assert!(
+        text(&o.stderr).contains("gone@example.net"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sendmail_adds_a_missing_from() {
+    let f = fixture(true, &[]).await;
+    // With -f and -F: that sender, with that name.
+    let o = sendmail(
+        &f,
+        &[
+            "-i",
+            "-f",
+            "alice@example.org",
+            "-F",
+            "Alice Liddell",
+            "bob@example.net",
+        ],
+        b"To: bob@example.net\nSubject: no from\n\nbody\n",
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    // Without -f: this user at this host.
+    let o = sendmail(
+        &f,
+        &["-i", "-t"],
+        b"To: bob@example.net\nSubject: x\n\nbody\n",
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let got = f.server.wait_for_messages(2, Duration::from_secs(2)).await;
+    let first = text(&got[0].data);
+    assert!(
+        first.starts_with("From: \"Alice Liddell\" <alice@example.org>\r\n"),
+        "{first}"
+    );
+    let second = text(&got[1].data);
+    assert!(second.starts_with("From: <carol@"), "{second}");
+    assert!(
+        got[1].mail_from.starts_with("carol@"),
+        "{}",
+        got[1].mail_from
+    );
+}
+
 #[tokio::test]
 async fn usage_errors() {
     let o = run({
@@ -375,6 +520,46 @@ async fn usage_errors() {
     .await;
     assert_eq!(code(&o), 65, "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("only the address"));
+}
+
+#[tokio::test]
+async fn argument_errors_exit_64_and_help_exits_0() {
+    for (args, want) in [
+        (&["send", "--no-such-option"][..], 64),
+        (&["frobnicate"], 64),
+        (&["send", "--tls", "sometimes"], 64),
+        (&[], 64),
+        (&["--help"], 0),
+        (&["send", "--help"], 0),
+        (&["--version"], 0),
+    ] {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        let o = run(c).await;
+        assert_eq!(code(&o), want, "{args:?}: {}", text(&o.stderr));
+    }
+}
+
+#[tokio::test]
+async fn a_closed_standard_output_does_not_stop_the_report() {
+    // `smtp send … | head -0`: the reader is gone before anything is written.
+    let f = fixture(true, &[]).await;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut c = f.send();
+    c.args(["--from", "a@example.org", "--to", "b@example.net"])
+        .args(["--subject", "s", "--body", "b", "--tls", "required"])
+        .stdout(writer);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
+    assert_eq!(
+        f.server
+            .wait_for_messages(1, Duration::from_secs(2))
+            .await
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -139,6 +139,15 @@ fn name_text(name: &ServerName<'_>) -> String {
     }
 }
 
+/// A name as rustls presents it (`DnsName("mail.example")`,
+/// `IpAddress(192.0.2.1)`) without the type around it.
+fn bare_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map_or(presented, |inner| inner.trim_matches('"'))
+}
+
 /// A certificate error in words a user can act on.
 pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
     let name = name_text(server_name);
@@ -151,7 +160,11 @@ pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
             }
             CertificateError::NotValidForNameContext { presented, .. } => format!(
                 "the certificate for {} is not valid for {name}; connect with the name it was issued for",
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|p| bare_name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 format!(
