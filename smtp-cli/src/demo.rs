@@ -156,6 +156,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
         .collect();
     Report {
         messages: std::mem::take(&mut reports),
+        fault: None,
     }
     .print(false);
 
@@ -213,6 +214,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
     }
     let direct_report = Report {
         messages: vec![direct],
+        fault: None,
     };
     direct_report.print(false);
 
@@ -236,6 +238,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
             })
             .chain(direct_report.messages)
             .collect(),
+        fault: None,
     };
     let code = all.exit_code();
     say!(

@@ -20,6 +20,24 @@ pub(crate) const EX_CONFIG: u8 = 78;
 pub(crate) struct Failure {
     pub(crate) code: u8,
     pub(crate) message: String,
+    /// What went wrong in one word, for `--json` (`error.kind`).
+    pub(crate) kind: &'static str,
+}
+
+/// The kind a failure with this exit code has unless it says otherwise.
+const fn kind_of(code: u8) -> &'static str {
+    match code {
+        EX_USAGE => "usage",
+        EX_DATAERR => "data",
+        EX_NOINPUT => "no-input",
+        EX_NOHOST => "resolve",
+        EX_UNAVAILABLE => "unavailable",
+        EX_TEMPFAIL => "temporary",
+        EX_PROTOCOL => "tls-policy",
+        EX_NOPERM => "authentication",
+        EX_CONFIG => "config",
+        _ => "internal",
+    }
 }
 
 impl Failure {
@@ -27,7 +45,13 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            kind: kind_of(code),
         }
+    }
+    /// The same failure with a more precise kind.
+    pub(crate) fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
     }
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(EX_USAGE, message)

@@ -185,10 +185,20 @@ fn main() -> ExitCode {
             return ExitCode::from(fail::EX_SOFTWARE);
         }
     };
+    // With --json, standard output is one JSON object whatever happens.
+    let json = match &command {
+        Command::Send(a) if a.json => Some(true),
+        Command::Probe(a) if a.json => Some(false),
+        Command::Mx(a) if a.json => Some(false),
+        _ => None,
+    };
     match runtime.block_on(run(command)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             tell!("smtp: {f}");
+            if let Some(send) = json {
+                output::print_failure_json(&f, send);
+            }
             ExitCode::from(f.code)
         }
     }

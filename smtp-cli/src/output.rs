@@ -10,9 +10,81 @@ use crate::fail::{EX_NOPERM, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, EX_UN
 /// The text for a recipient the session gave no outcome for.
 pub(crate) const NO_OUTCOME: &str = "internal error: no outcome was reported for this message; it may or may not have been delivered";
 
-#[derive(Debug, Serialize)]
+/// The version of the JSON that `send`, `probe` and `mx` print; it changes
+/// only when a field changes meaning or goes away.
+pub(crate) const JSON_VERSION: u32 = 1;
+
+#[derive(Debug, Default)]
 pub(crate) struct Report {
     pub(crate) messages: Vec<MessageReport>,
+    /// Why nothing could be sent at all (no connection, say), with the exit
+    /// code it implies; every recipient is then deferred with its text.
+    pub(crate) fault: Option<(u8, ErrorReport)>,
+}
+
+/// The top-level `error` of the JSON: what stopped a session or a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct ErrorReport {
+    /// One word: `connect`, `resolve`, `dns`, `tls`, `tls-policy`,
+    /// `authentication`, `refused`, `timeout`, `connection-lost`,
+    /// `protocol`, `outcome-unknown`, `message`, or a failure's kind.
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+}
+
+impl ErrorReport {
+    pub(crate) fn of_failure(f: &crate::fail::Failure) -> Self {
+        Self {
+            kind: f.kind,
+            message: f.message.clone(),
+        }
+    }
+
+    pub(crate) fn of_session(e: &Error) -> Self {
+        let kind = match e {
+            Error::AuthenticationFailed { .. } | Error::Sasl(_) => "authentication",
+            Error::Policy(_) => "tls-policy",
+            Error::Tls { .. } => "tls",
+            Error::Rejected { .. } => "refused",
+            Error::Timeout { .. } | Error::WriteTimeout { .. } => "timeout",
+            Error::ConnectionClosed { .. } => "connection-lost",
+            Error::OutcomeUnknown { .. } => "outcome-unknown",
+            Error::Message(_) => "message",
+            Error::Plan(_) => "dns",
+            Error::Connect { .. } => "connect",
+            _ => "protocol",
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How many recipients ended in each status.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) messages: usize,
+    pub(crate) accepted: usize,
+    pub(crate) rejected: usize,
+    pub(crate) deferred: usize,
+}
+
+/// `--json` when a command stops before it has a report: the same shape,
+/// with the error.
+pub(crate) fn print_failure_json(f: &crate::fail::Failure, send: bool) {
+    let error = ErrorReport::of_failure(f);
+    let v = if send {
+        serde_json::json!({
+            "version": JSON_VERSION,
+            "messages": [],
+            "summary": Summary::default(),
+            "error": error,
+        })
+    } else {
+        serde_json::json!({ "version": JSON_VERSION, "error": error })
+    };
+    say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
 #[derive(Debug, Serialize)]
@@ -114,15 +186,75 @@ impl Report {
             })
             .collect();
         messages.extend(strays);
-        Self { messages }
+        Self {
+            messages,
+            fault: None,
+        }
+    }
+
+    /// Nothing could be sent (`error` says why): every recipient of every
+    /// message is deferred with that text, and the exit code is `code`.
+    pub(crate) fn not_sent(sent: &[Sent], code: u8, error: ErrorReport) -> Self {
+        let messages = sent
+            .iter()
+            .map(|s| MessageReport {
+                message: s.name.clone(),
+                recipients: s
+                    .recipients
+                    .iter()
+                    .map(|r| RecipientReport {
+                        text: error.message.clone(),
+                        ..RecipientReport::no_outcome(r)
+                    })
+                    .collect(),
+                diagnosis: None,
+                errors: Vec::new(),
+                missing_outcomes: false,
+            })
+            .collect();
+        Self {
+            messages,
+            fault: Some((code, error)),
+        }
+    }
+
+    /// Counts per status.
+    pub(crate) fn summary(&self) -> Summary {
+        let mut s = Summary {
+            messages: self.messages.len(),
+            ..Summary::default()
+        };
+        for r in self.messages.iter().flat_map(|m| &m.recipients) {
+            match r.status {
+                x if x == RecipientStatus::Accepted.name() => s.accepted += 1,
+                x if x == RecipientStatus::Rejected.name() => s.rejected += 1,
+                _ => s.deferred += 1,
+            }
+        }
+        s
+    }
+
+    /// The top-level error: the fault that stopped everything, or else the
+    /// first session's.
+    pub(crate) fn error(&self) -> Option<ErrorReport> {
+        self.fault.as_ref().map(|(_, e)| e.clone()).or_else(|| {
+            self.messages
+                .iter()
+                .flat_map(|m| &m.errors)
+                .next()
+                .map(ErrorReport::of_session)
+        })
     }
 
     pub(crate) fn print(&self, json: bool) {
         if json {
-            match serde_json::to_string_pretty(self) {
-                Ok(s) => say!("{s}"),
-                Err(e) => tell!("smtp: cannot render JSON: {e}"),
-            }
+            let v = serde_json::json!({
+                "version": JSON_VERSION,
+                "messages": &self.messages,
+                "summary": self.summary(),
+                "error": self.error(),
+            });
+            say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return;
         }
         for line in self.lines() {
@@ -186,6 +318,9 @@ impl Report {
         }
         if code != EX_OK {
             return code;
+        }
+        if let Some((code, _)) = &self.fault {
+            return *code;
         }
         if self.messages.iter().any(|m| m.missing_outcomes) {
             return EX_SOFTWARE;

@@ -8,14 +8,16 @@ use smtp_core::mx::{Resolver, plan};
 use smtp_core::transport::{Transport, drive};
 use smtp_core::{Client, Config, Event, TlsPolicy};
 use smtp_dns::HickoryResolver;
-use smtp_tls::{TcpTransport, TlsOptions};
+use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
 
 use crate::cli::{MxArgs, ProbeArgs};
 use crate::fail::{EX_NOHOST, EX_OK, EX_TEMPFAIL, Failure};
+use crate::output::{ErrorReport, JSON_VERSION};
 use crate::send::{hostname, random_below};
 
 #[derive(Serialize)]
 struct Probe {
+    version: u32,
     host: String,
     peer: String,
     greeting: Option<String>,
@@ -23,7 +25,7 @@ struct Probe {
     capabilities: Vec<String>,
     auth: Vec<String>,
     tls: Option<TlsReport>,
-    error: Option<String>,
+    error: Option<ErrorReport>,
 }
 
 #[derive(Serialize)]
@@ -58,7 +60,10 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     let timeout = Duration::from_secs(30);
     let mut transport = TcpTransport::connect(&host, port, implicit, &tls, timeout, timeout)
         .await
-        .map_err(|e| Failure::new(EX_TEMPFAIL, e.to_string()))?;
+        .map_err(|e| match e {
+            ConnectError::Resolve { .. } => Failure::new(EX_NOHOST, e.to_string()),
+            _ => Failure::new(EX_TEMPFAIL, e.to_string()).kind("connect"),
+        })?;
     let id = ClientId::parse(&hostname()).unwrap_or_else(|_| ClientId::localhost());
     let config = Config::new(id)
         .with_tls(policy)
@@ -86,6 +91,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     let report = drive(&mut client, &mut transport, &mut [], &mut observe).await;
     let caps = report.capabilities.as_ref();
     let probe = Probe {
+        version: JSON_VERSION,
         host: host.clone(),
         peer: transport.peer().to_string(),
         greeting: report.greeting.as_ref().map(ToString::to_string),
@@ -117,7 +123,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
             subject: t.peer_subject.clone(),
             not_after: t.peer_not_after.clone(),
         }),
-        error: report.error.as_ref().map(ToString::to_string),
+        error: report.error.as_ref().map(ErrorReport::of_session),
     };
     if args.json {
         say!(
@@ -157,7 +163,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
             None => say!("tls        none"),
         }
         if let Some(e) = &probe.error {
-            say!("error      {e}");
+            say!("error      {}", e.message);
         }
     }
     Ok(if probe.error.is_some() {
@@ -211,7 +217,12 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
                 smtp_core::mx::PlanKind::ImplicitMx => "implicit-mx",
             };
             if args.json {
-                let v = serde_json::json!({ "domain": p.domain, "kind": kind, "hosts": hosts });
+                let v = serde_json::json!({
+                    "version": JSON_VERSION,
+                    "domain": p.domain,
+                    "kind": kind,
+                    "hosts": hosts,
+                });
                 say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 say!(
@@ -232,7 +243,12 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
         }
         Err(e) => {
             if args.json {
-                let v = serde_json::json!({ "domain": domain.as_str(), "error": e.to_string(), "permanent": e.is_permanent() });
+                let v = serde_json::json!({
+                    "version": JSON_VERSION,
+                    "domain": domain.as_str(),
+                    "error": ErrorReport { kind: "dns", message: e.to_string() },
+                    "permanent": e.is_permanent(),
+                });
                 say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 say!("{}: {e}", domain.as_str());

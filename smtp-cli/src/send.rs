@@ -20,7 +20,7 @@ use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
 use crate::message::{Composition, Input, Prepared, PreparedBody, compose, prepare, read_stdin};
-use crate::output::{MessageReport, RecipientReport, Report, Sent};
+use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent};
 use crate::secrets::{self, DEFAULT_ENV, Source};
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
@@ -418,14 +418,27 @@ async fn standard(
         (prepared.len() > 1 && std::io::stderr().is_terminal() && !args.verbose && !args.json)
             .then(|| indicatif::ProgressBar::new(prepared.len() as u64));
     let mut observe = observer(args.verbose, progress.clone());
-    let delivery = sub.send(outgoing, &mut observe).await.map_err(|e| {
-        let code = match e {
-            ConnectError::Resolve { .. } => EX_NOHOST,
-            ConnectError::ImplicitTlsWithoutEncryption { .. } => crate::fail::EX_USAGE,
-            _ => EX_TEMPFAIL,
-        };
-        Failure::new(code, e.to_string())
-    })?;
+    let delivery = match sub.send(outgoing, &mut observe).await {
+        Ok(d) => d,
+        Err(e @ ConnectError::ImplicitTlsWithoutEncryption { .. }) => {
+            return Err(Failure::usage(e.to_string()));
+        }
+        // Nothing was sent: every recipient is deferred with the reason,
+        // so a script reading the report still finds each one.
+        Err(e) => {
+            let (code, kind) = match e {
+                ConnectError::Resolve { .. } => (EX_NOHOST, "resolve"),
+                ConnectError::Tls { .. } => (EX_TEMPFAIL, "tls"),
+                _ => (EX_TEMPFAIL, "connect"),
+            };
+            tell!("smtp: {e}");
+            let error = ErrorReport {
+                kind,
+                message: e.to_string(),
+            };
+            return Ok(Report::not_sent(&sent, code, error));
+        }
+    };
     if let Some(p) = progress {
         p.finish_and_clear();
     }

@@ -522,6 +522,87 @@ async fn usage_errors() {
     assert!(text(&o.stderr).contains("only the address"));
 }
 
+/// `smtp send … --json` and its exit code.
+async fn send_json(args: &[&str]) -> (i32, serde_json::Value) {
+    let mut c = Command::new(BIN);
+    c.arg("send")
+        .args(args)
+        .arg("--json")
+        .env("XDG_CONFIG_HOME", "/nonexistent");
+    let o = run(c).await;
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: stdout is not one JSON object ({e}): {:?} / {}",
+            text(&o.stdout),
+            text(&o.stderr)
+        )
+    });
+    (code(&o), v)
+}
+
+#[tokio::test]
+async fn json_is_one_object_whatever_happens() {
+    let refused = {
+        // A port nothing listens on.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("127.0.0.1:{port}")
+    };
+    let compose = [
+        "--from",
+        "a@example.org",
+        "--to",
+        "b@example.net",
+        "--to",
+        "c@example.net",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ];
+    // Connection refused: each recipient deferred with the reason.
+    let (code, v) =
+        send_json(&[&["--server", &refused, "--tls", "none"][..], &compose].concat()).await;
+    assert_eq!(code, 75);
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["error"]["kind"], "connect", "{v}");
+    assert_eq!(v["summary"]["deferred"], 2, "{v}");
+    assert_eq!(v["messages"][0]["recipients"][1]["status"], "deferred");
+    // A server name that does not resolve.
+    let (code, v) = send_json(
+        &[
+            &["--server", "nosuch.invalid:25", "--tls", "none"][..],
+            &compose,
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(code, 68);
+    assert_eq!(v["error"]["kind"], "resolve", "{v}");
+    // An unreadable message file: nothing to report but the error.
+    let (code, v) = send_json(&[
+        "--server",
+        &refused,
+        "--to",
+        "b@example.net",
+        "/nonexistent.eml",
+    ])
+    .await;
+    assert_eq!(code, 66);
+    assert_eq!(v["error"]["kind"], "no-input", "{v}");
+    assert_eq!(v["messages"], serde_json::json!([]));
+    assert_eq!(v["summary"]["messages"], 0);
+    // TLS policy and authentication: the session's error, recipients deferred.
+    let f = fixture(false, &[]).await;
+    let server = format!("127.0.0.1:{}", f.server.addr().port());
+    let (code, v) =
+        send_json(&[&["--server", &server, "--tls", "required"][..], &compose].concat()).await;
+    assert_eq!(code, 76);
+    assert_eq!(v["error"]["kind"], "tls-policy", "{v}");
+    assert_eq!(v["summary"]["deferred"], 2, "{v}");
+}
+
 #[tokio::test]
 async fn argument_errors_exit_64_and_help_exits_0() {
     for (args, want) in [
@@ -605,7 +686,14 @@ async fn mx_through_a_nameserver() {
     let o = run(mx("nomail.test")).await;
     assert_eq!(code(&o), 68, "null MX: the domain takes no mail");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["error"].as_str().unwrap().contains("accepts no mail"));
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["error"]["kind"], "dns");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("accepts no mail")
+    );
 }
 
 #[tokio::test]
