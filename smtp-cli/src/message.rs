@@ -303,17 +303,12 @@ impl Head {
             .unwrap_or_default()
         };
         let (from, recipients, has_date, has_id) = match &parsed {
-            Some(m) => {
-                let mut r = addresses(m.to());
-                r.extend(addresses(m.cc()));
-                r.extend(addresses(m.bcc()));
-                (
-                    addresses(m.from()).into_iter().next(),
-                    r,
-                    m.date().is_some(),
-                    m.message_id().is_some(),
-                )
-            }
+            Some(m) => (
+                addresses(m.from()).into_iter().next(),
+                header_recipients(m),
+                m.date().is_some(),
+                m.message_id().is_some(),
+            ),
             None => (None, Vec::new(), false, false),
         };
         let mut bytes = Vec::with_capacity(normal.len() + 128);
@@ -331,9 +326,10 @@ impl Head {
             mail_builder::headers::message_id::generate_message_id_header(&mut bytes, hostname);
             bytes.extend_from_slice(b"\r\n");
         }
-        // Bcc never goes out, whatever the options: its recipients get the
-        // message through the envelope alone.
-        bytes.extend_from_slice(&remove_header(&normal, b"bcc"));
+        // Bcc (and a resend's Resent-Bcc) never goes out, whatever the
+        // options: its recipients get the message through the envelope alone.
+        let without_bcc = remove_header(&normal, b"bcc");
+        bytes.extend_from_slice(&remove_header(&without_bcc, b"resent-bcc"));
         Ok(Self {
             bytes,
             from,
@@ -434,6 +430,30 @@ pub(crate) fn remove_header(head: &[u8], name: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The recipients `-t` reads, as sendmail reads them: every address of
+/// every To, Cc and Bcc field (a message may repeat a field); when the
+/// message was resent (it has Resent-To, -Cc or -Bcc), those fields only.
+fn header_recipients(m: &mail_parser::Message<'_>) -> Vec<String> {
+    use mail_parser::HeaderName;
+    let collect = |names: &[HeaderName<'static>]| -> Vec<String> {
+        m.headers()
+            .iter()
+            .filter(|h| names.contains(&h.name))
+            .filter_map(|h| h.value.as_address())
+            .flat_map(|a| a.iter().filter_map(|x| x.address().map(str::to_owned)))
+            .collect()
+    };
+    let resent = collect(&[
+        HeaderName::ResentTo,
+        HeaderName::ResentCc,
+        HeaderName::ResentBcc,
+    ]);
+    if !resent.is_empty() {
+        return resent;
+    }
+    collect(&[HeaderName::To, HeaderName::Cc, HeaderName::Bcc])
 }
 
 /// What a composed message is made of (`--subject`, `--body`, `--attach`,

@@ -297,6 +297,54 @@ async fn read_recipients_removes_bcc_and_keeps_secrets_out() {
 }
 
 #[tokio::test]
+async fn read_recipients_takes_every_field_and_a_resend_s_own() {
+    let f = fixture(true, &[]).await;
+    let send = |name: &str, content: &str| {
+        let message = f.dir.join(name);
+        std::fs::write(&message, content).unwrap();
+        let mut c = f.send();
+        c.args(["--tls", "required", "-t"]).arg(&message);
+        c
+    };
+    // Repeated fields, in any case: every address of every one.
+    let o = run(send(
+        "repeated.eml",
+        "From: a@example.org\nTo: b@example.net\nto: c@example.net\nTO: d@example.net\n\
+         Bcc: e@example.net\nBcc: f@example.net\nSubject: t\n\nhello\n",
+    ))
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    // A resent message: its Resent- fields only; Resent-Bcc never goes out.
+    let o = run(send(
+        "resent.eml",
+        "Resent-From: a@example.org\nResent-To: g@example.net\nResent-Bcc: h@example.net\n\
+         From: old@example.org\nTo: b@example.net\nSubject: t\n\nhello\n",
+    ))
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let got = f.server.wait_for_messages(2, Duration::from_secs(2)).await;
+    assert_eq!(
+        got[0].rcpt_to,
+        [
+            "b@example.net",
+            "c@example.net",
+            "d@example.net",
+            "e@example.net",
+            "f@example.net"
+        ]
+    );
+    assert_eq!(got[1].rcpt_to, ["g@example.net", "h@example.net"]);
+    for m in &got {
+        let data = text(&m.data).to_ascii_lowercase();
+        assert!(!data.contains("bcc"), "{data}");
+        assert!(
+            !data.contains("h@example.net") && !data.contains("e@example.net"),
+            "{data}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sendmail_mode() {
     let f = fixture(false, &[]).await;
     let link = f.dir.join("sendmail");
