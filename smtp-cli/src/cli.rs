@@ -83,6 +83,8 @@ pub(crate) enum AuthArg {
     /// XOAUTH2 (the secret is an OAuth 2.0 access token).
     Xoauth2,
     /// SCRAM-SHA-256.
+    #[value(name = "scram-sha-256", alias = "scram-sha256")]
+    #[serde(rename = "scram-sha-256", alias = "scram-sha256")]
     ScramSha256,
 }
 
@@ -247,4 +249,23 @@ pub(crate) struct DemoArgs {
     /// Print the transcripts on stderr.
     #[arg(short = 'v', long)]
     pub(crate) verbose: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_is_spelt_as_its_mechanism_name_and_the_old_way() {
+        for spelling in ["scram-sha-256", "scram-sha256"] {
+            let cli = Cli::try_parse_from(["smtp", "send", "--auth", spelling]).unwrap();
+            let Command::Send(args) = cli.command else {
+                panic!("send")
+            };
+            assert_eq!(args.auth, Some(AuthArg::ScramSha256), "{spelling}");
+            let account: crate::config::Account =
+                toml::from_str(&format!("auth = \"{spelling}\"")).unwrap();
+            assert_eq!(account.auth, Some(AuthArg::ScramSha256), "{spelling}");
+        }
+    }
 }

@@ -310,11 +310,20 @@ impl Report {
         let errors = self.messages.iter().flat_map(|m| &m.errors);
         let mut code = EX_OK;
         for e in errors {
-            match e {
-                Error::AuthenticationFailed { .. } => return EX_NOPERM,
-                Error::Policy(_) | Error::Tls { .. } | Error::Sasl(_) => code = EX_PROTOCOL,
-                _ => {}
+            match session_exit_code(e) {
+                Some(EX_NOPERM) => return EX_NOPERM,
+                Some(c) => code = c,
+                None => {}
             }
+        }
+        // A 530 to MAIL: the server wanted credentials it did not get.
+        if self
+            .messages
+            .iter()
+            .flat_map(|m| &m.recipients)
+            .any(|r| r.code == Some(530))
+        {
+            return EX_NOPERM;
         }
         if code != EX_OK {
             return code;
@@ -337,6 +346,26 @@ impl Report {
         } else {
             EX_OK
         }
+    }
+}
+
+/// The exit code a session's fault stands for, when it names one: 77 for
+/// authentication (wrong credentials, no AUTH offered, a mechanism that
+/// cannot proceed), 76 for the encryption policy (no STARTTLS, TLS failed,
+/// a secret that would travel readable).
+pub(crate) fn session_exit_code(e: &Error) -> Option<u8> {
+    use smtp_core::PolicyError;
+    use smtp_core::sasl::SaslError;
+    match e {
+        Error::AuthenticationFailed { .. } | Error::Policy(PolicyError::AuthNotOffered { .. }) => {
+            Some(EX_NOPERM)
+        }
+        Error::Sasl(
+            SaslError::WouldRevealSecret { .. } | SaslError::NoUsableMechanism { tls: false, .. },
+        ) => Some(EX_PROTOCOL),
+        Error::Sasl(_) => Some(EX_NOPERM),
+        Error::Policy(_) | Error::Tls { .. } => Some(EX_PROTOCOL),
+        _ => None,
     }
 }
 
@@ -420,5 +449,46 @@ mod tests {
         });
         let r = Report::reconciled(&sent, vec![(0, a)]);
         assert_eq!(r.exit_code(), EX_PROTOCOL);
+    }
+
+    #[test]
+    fn session_faults_map_to_the_documented_codes() {
+        use smtp_core::sasl::{Mechanism, SaslError};
+        use smtp_core::{PolicyError, TlsPolicy};
+        let cases = [
+            (
+                Error::Policy(PolicyError::AuthNotOffered { tls: true }),
+                Some(EX_NOPERM),
+            ),
+            (
+                Error::Sasl(SaslError::NotOffered {
+                    mechanism: Mechanism::CramMd5,
+                    offered: vec!["PLAIN".into()],
+                }),
+                Some(EX_NOPERM),
+            ),
+            (
+                Error::Sasl(SaslError::WouldRevealSecret {
+                    mechanism: Mechanism::Plain,
+                }),
+                Some(EX_PROTOCOL),
+            ),
+            (
+                Error::Policy(PolicyError::StartTlsNotOffered {
+                    policy: TlsPolicy::Required,
+                }),
+                Some(EX_PROTOCOL),
+            ),
+            (Error::Tls { detail: "x".into() }, Some(EX_PROTOCOL)),
+            (
+                Error::ConnectionClosed {
+                    phase: smtp_core::Phase::Mail,
+                },
+                None,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(session_exit_code(&e), want, "{e}");
+        }
     }
 }

@@ -11,8 +11,8 @@ use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
 
 use crate::cli::{MxArgs, ProbeArgs};
-use crate::fail::{EX_NOHOST, EX_OK, EX_TEMPFAIL, Failure};
-use crate::output::{ErrorReport, JSON_VERSION};
+use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_TEMPFAIL, Failure};
+use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
 use crate::send::{hostname, random_below};
 
 #[derive(Serialize)]
@@ -62,6 +62,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         .await
         .map_err(|e| match e {
             ConnectError::Resolve { .. } => Failure::new(EX_NOHOST, e.to_string()),
+            ConnectError::Tls { .. } => Failure::new(EX_PROTOCOL, e.to_string()).kind("tls"),
             _ => Failure::new(EX_TEMPFAIL, e.to_string()).kind("connect"),
         })?;
     let id = ClientId::parse(&hostname()).unwrap_or_else(|_| ClientId::localhost());
@@ -166,10 +167,10 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
             say!("error      {}", e.message);
         }
     }
-    Ok(if probe.error.is_some() {
-        EX_TEMPFAIL
-    } else {
-        EX_OK
+    // The same codes as `send`: 76 for the encryption policy, 77 for AUTH.
+    Ok(match &report.error {
+        Some(e) => session_exit_code(e).unwrap_or(EX_TEMPFAIL),
+        None => EX_OK,
     })
 }
 

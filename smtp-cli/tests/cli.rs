@@ -195,6 +195,23 @@ async fn auth_failure_and_policy_failure() {
     assert_eq!(r["status"], "deferred", "{r}");
     assert_eq!(r["code"], 535, "{r}");
 
+    // No credentials where the server wants them: its 530 to MAIL is about
+    // the session, not the recipient: deferred, exit 77.
+    let mut c = Command::new(BIN);
+    c.args(["send", "--server"])
+        .arg(format!("localhost:{}", f.server.addr().port()))
+        .arg("--ca-file")
+        .arg(f.dir.join("ca.pem"))
+        .args(["--from", "a@example.org", "--to", "b@example.net"])
+        .args(["--subject", "s", "--body", "b", "--json"])
+        .env("XDG_CONFIG_HOME", f.dir.join("empty"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 77, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v["messages"][0]["recipients"][0];
+    assert_eq!(r["status"], "deferred", "{r}");
+    assert_eq!(r["code"], 530, "{r}");
+
     // Required against a server without STARTTLS → 76, and no MAIL reached it.
     let plain = fixture(false, &[]).await;
     let mut c = plain.send();

@@ -139,9 +139,11 @@ impl RecipientOutcome {
     pub(crate) fn from_reply(recipient: Mailbox, phase: Phase, reply: Reply) -> Self {
         let status = if reply.code().is_positive() {
             RecipientStatus::Accepted
-        } else if reply.code().is_permanent() {
+        } else if reply.code().is_permanent() && !reply.is_authentication_required() {
             RecipientStatus::Rejected
         } else {
+            // A 4xx; or RFC 4954's 530 "authentication required", which is
+            // about the session's credentials, not this recipient.
             RecipientStatus::Deferred
         };
         Self {

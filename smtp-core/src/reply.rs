@@ -319,6 +319,12 @@ impl Reply {
         self.code
     }
 
+    /// `530`: the server wants AUTH before this command (RFC 4954 §6). It
+    /// refuses the session's missing credentials, not a recipient.
+    pub fn is_authentication_required(&self) -> bool {
+        self.code.as_u16() == 530
+    }
+
     /// The enhanced status code, if the first line carried one whose class matches the code.
     pub fn enhanced_code(&self) -> Option<EnhancedCode> {
         self.enhanced

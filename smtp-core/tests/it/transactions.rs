@@ -188,6 +188,30 @@ fn mail_refused_rejects_every_recipient() {
 }
 
 #[test]
+fn authentication_required_defers_rather_than_rejects() {
+    // RFC 4954's 530 refuses the session's missing credentials: no
+    // recipient is at fault, so none is rejected.
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["x@example.net"]));
+    run.script(PIPELINED_EHLO);
+    run.script(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<x@example.net>
+        C: DATA
+        S: 530 5.7.0 Authentication required
+        S: 503 need MAIL
+        S: 503 need MAIL
+        ",
+    );
+    assert_eq!(run.statuses(), ["x@example.net=deferred"]);
+    assert_eq!(
+        run.outcomes()[0].recipients[0].code().unwrap().as_u16(),
+        530
+    );
+}
+
+#[test]
 fn next_envelope_rides_with_end_of_data() {
     let mut run = Run::new(config());
     run.body = b"one\r\n".to_vec();
