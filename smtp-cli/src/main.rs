@@ -45,7 +45,13 @@ fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if !a.starts_with('-') || a == "-" {
-            send.to.push(a.clone());
+            // Postfix's sendmail takes "a@x, b@y" in one argument too.
+            send.to.extend(
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned),
+            );
             continue;
         }
         if a == "--" {
@@ -248,6 +254,20 @@ mod tests {
         assert_eq!(s.to, ["bob@example.net"]);
         assert_eq!(s.account.as_deref(), Some("work"));
         assert_eq!(s.full_name.as_deref(), Some("full name"));
+        let s = parse(&[
+            "a@example.net,b@example.net",
+            "c@example.net, d@example.net",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.to,
+            [
+                "a@example.net",
+                "b@example.net",
+                "c@example.net",
+                "d@example.net"
+            ]
+        );
         let s = parse(&["--account=home", "-t", "--", "-odd@example.net"]).unwrap();
         assert_eq!(s.account.as_deref(), Some("home"));
         assert!(s.read_recipients);

@@ -117,6 +117,25 @@ fn secrets_stay(
 }
 
 fn settings(args: &SendArgs) -> Result<Settings, Failure> {
+    let sources = [
+        args.password_env.is_some(),
+        args.password_file.is_some(),
+        args.password_command.is_some(),
+    ];
+    if sources.iter().filter(|given| **given).count() > 1 {
+        return Err(Failure::usage(
+            "give one of --password-env, --password-file and --password-command",
+        ));
+    }
+    if let (Some(port), Some(server)) = (args.port, &args.server) {
+        if let (_, Some(in_server)) = split_server(server)? {
+            if in_server != port {
+                return Err(Failure::usage(format!(
+                    "--server {server} and --port {port} name two ports; give one"
+                )));
+            }
+        }
+    }
     let account =
         config::load(args.config.as_deref(), args.account.as_deref())?.unwrap_or_default();
     let Account {

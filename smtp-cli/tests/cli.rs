@@ -684,6 +684,34 @@ async fn argument_errors_exit_64_and_help_exits_0() {
         let o = run(c).await;
         assert_eq!(code(&o), want, "{args:?}: {}", text(&o.stderr));
     }
+    // Options that contradict each other are refused, not silently ranked.
+    for (args, says) in [
+        (
+            &["--server", "127.0.0.1:2525", "--port", "2526"][..],
+            "name two ports",
+        ),
+        (
+            &["--password-env", "X", "--password-file", "f"],
+            "give one of --password-env",
+        ),
+    ] {
+        let mut c = Command::new(BIN);
+        c.arg("send").args(args).args([
+            "--from",
+            "a@example.org",
+            "--to",
+            "b@example.net",
+            "--body",
+            "b",
+        ]);
+        let o = run(c).await;
+        assert_eq!(code(&o), 64, "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(says),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
 }
 
 #[tokio::test]

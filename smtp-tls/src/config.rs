@@ -40,7 +40,8 @@ impl TlsOptions {
 
     /// Adds every certificate of a PEM file as a trust anchor.
     pub fn add_ca_file(&mut self, path: &Path) -> io::Result<usize> {
-        let pem = std::fs::read(path)?;
+        let pem = std::fs::read(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         self.add_ca_pem(&pem)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
