@@ -456,6 +456,72 @@ fn header_recipients(m: &mail_parser::Message<'_>) -> Vec<String> {
     collect(&[HeaderName::To, HeaderName::Cc, HeaderName::Bcc])
 }
 
+/// `--header` options for a composed message, sorted: the fields the
+/// composer writes itself come out as their options (To, Cc and Bcc as
+/// recipients, Subject as the subject), so no field is written twice; the
+/// rest go into the message as given, Date and Message-ID under the names
+/// that keep the composer from adding its own.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderFields {
+    pub(crate) to: Vec<String>,
+    pub(crate) cc: Vec<String>,
+    pub(crate) bcc: Vec<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) rest: Vec<(String, String)>,
+}
+
+impl HeaderFields {
+    pub(crate) fn read(headers: &[String]) -> Result<Self, Failure> {
+        let mut fields = Self::default();
+        for h in headers {
+            let (name, value) = h.split_once(':').ok_or_else(|| {
+                Failure::usage(format!("--header {h:?}: write it as \"Name: value\""))
+            })?;
+            let name = name.trim();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return Err(Failure::usage(format!(
+                    "--header {h:?}: {name:?} is not a header name"
+                )));
+            }
+            if value.contains(['\r', '\n']) {
+                return Err(Failure::usage(format!(
+                    "--header {name}: the value cannot hold line breaks"
+                )));
+            }
+            let value = value.trim().to_owned();
+            let list = |v: &str| -> Vec<String> {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            match name.to_ascii_lowercase().as_str() {
+                "to" => fields.to.extend(list(&value)),
+                "cc" => fields.cc.extend(list(&value)),
+                "bcc" => fields.bcc.extend(list(&value)),
+                "subject" if fields.subject.is_none() => fields.subject = Some(value),
+                "subject" => return Err(Failure::usage("--header 'Subject: …' given twice")),
+                "from" | "sender" => {
+                    return Err(Failure::usage(format!(
+                        "--header {name}: give the sender with --from \"Name <address>\""
+                    )));
+                }
+                "mime-version" | "content-type" | "content-transfer-encoding" => {
+                    return Err(Failure::usage(format!(
+                        "--header {name}: the composer writes the MIME structure; use \
+                         --body, --body-file and --attach (or send a message file)"
+                    )));
+                }
+                "date" => fields.rest.push(("Date".to_owned(), value)),
+                "message-id" => fields.rest.push(("Message-ID".to_owned(), value)),
+                _ => fields.rest.push((name.to_owned(), value)),
+            }
+        }
+        Ok(fields)
+    }
+}
+
 /// What a composed message is made of (`--subject`, `--body`, `--attach`,
 /// `--header`, and the addresses).
 pub(crate) struct Composition<'a> {
@@ -466,7 +532,7 @@ pub(crate) struct Composition<'a> {
     pub(crate) subject: &'a str,
     pub(crate) body: &'a str,
     pub(crate) attachments: &'a [PathBuf],
-    pub(crate) headers: &'a [String],
+    pub(crate) headers: &'a [(String, String)],
 }
 
 /// Composes the message, in memory.
@@ -495,24 +561,10 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
     if !cc.is_empty() {
         builder = builder.cc(cc);
     }
-    for h in headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| {
-            Failure::usage(format!("--header {h:?}: write it as \"Name: value\""))
-        })?;
-        let name = name.trim();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            return Err(Failure::usage(format!(
-                "--header {h:?}: {name:?} is not a header name"
-            )));
-        }
-        if value.contains(['\r', '\n']) {
-            return Err(Failure::usage(format!(
-                "--header {name}: the value cannot hold line breaks"
-            )));
-        }
+    for (name, value) in headers {
         builder = builder.header(
-            name.to_owned(),
-            mail_builder::headers::raw::Raw::new(value.trim().to_owned()),
+            name.clone(),
+            mail_builder::headers::raw::Raw::new(value.clone()),
         );
     }
     for path in attachments {
@@ -521,7 +573,10 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "attachment".into());
-        builder = builder.attachment("application/octet-stream", filename, bytes);
+        // The type from the name, as mail programs do (report.pdf is a
+        // PDF); octet-stream only when the name says nothing.
+        let content_type = mime_guess::from_path(path).first_or_octet_stream();
+        builder = builder.attachment(content_type.essence_str().to_owned(), filename, bytes);
     }
     builder
         .write_to_vec()

@@ -19,7 +19,9 @@ use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
 use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
-use crate::message::{Composition, Input, Prepared, PreparedBody, compose, prepare, read_stdin};
+use crate::message::{
+    Composition, HeaderFields, Input, Prepared, PreparedBody, compose, prepare, read_stdin,
+};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent};
 use crate::secrets::{self, DEFAULT_ENV, Source};
 
@@ -61,9 +63,29 @@ struct Settings {
     credentials: Option<Credentials>,
     auth: AuthChoice,
     helo: String,
+    /// The sender's address (from `--from` or the account), without any
+    /// display name; `from_name` holds the name given with it.
     from: Option<String>,
+    from_name: Option<String>,
     dns_server: Option<String>,
     timeouts: Timeouts,
+}
+
+/// `Name <addr>`, `"Name" <addr>`, `<addr>` or `addr`: the display name
+/// (if any) and the address.
+fn split_display_name(text: &str) -> Result<(Option<String>, String), Failure> {
+    let text = text.trim();
+    let Some((name, rest)) = text.split_once('<') else {
+        return Ok((None, text.to_owned()));
+    };
+    let address = rest
+        .strip_suffix('>')
+        .ok_or_else(|| Failure::data(format!("sender {text:?}: a '<' without its closing '>'")))?;
+    let name = name.trim().trim_matches('"').trim();
+    Ok((
+        (!name.is_empty()).then(|| name.to_owned()),
+        address.trim().to_owned(),
+    ))
 }
 
 fn split_server(s: &str) -> Result<(String, Option<u16>), Failure> {
@@ -233,6 +255,14 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
         timeouts = Timeouts::uniform(t);
         timeouts.connect = connect;
     }
+    // "Alice <alice@example.org>" and "<alice@example.org>" are senders
+    // too: the address goes in the envelope, the name in a composed From:.
+    let sender = args
+        .from
+        .clone()
+        .or(from)
+        .map(|f| split_display_name(&f))
+        .transpose()?;
     Ok(Settings {
         server,
         port: args.port.or(port),
@@ -242,7 +272,8 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
         credentials,
         auth: mechanism(args.auth.or(auth).unwrap_or(AuthArg::Auto)),
         helo: args.helo.clone().or(helo).unwrap_or_else(hostname),
-        from: args.from.clone().or(from),
+        from: sender.as_ref().map(|(_, a)| a.clone()),
+        from_name: sender.and_then(|(n, _)| n),
         dns_server: args.dns_server.clone().or(dns_server),
         timeouts,
     })
@@ -279,15 +310,27 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
             (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Failure::no_input(f, &e))?,
             (None, None) => String::new(),
         };
+        let fields = HeaderFields::read(&args.header)?;
+        if args.subject.is_some() && fields.subject.is_some() {
+            return Err(Failure::usage(
+                "--subject and --header 'Subject: …' both give the subject; give one",
+            ));
+        }
+        let to: Vec<String> = args.to.iter().chain(&fields.to).cloned().collect();
+        let cc: Vec<String> = args.cc.iter().chain(&fields.cc).cloned().collect();
         let bytes = compose(&Composition {
             from: &from,
-            full_name: args.full_name.as_deref(),
-            to: &args.to,
-            cc: &args.cc,
-            subject: args.subject.as_deref().unwrap_or(""),
+            full_name: args.full_name.as_deref().or(s.from_name.as_deref()),
+            to: &to,
+            cc: &cc,
+            subject: args
+                .subject
+                .as_deref()
+                .or(fields.subject.as_deref())
+                .unwrap_or(""),
             body: &body,
             attachments: &args.attach,
-            headers: &args.header,
+            headers: &fields.rest,
         })?;
         return Ok(vec![prepare(
             Input::Bytes(bytes),
@@ -298,6 +341,12 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
     if !args.cc.is_empty() {
         return Err(Failure::usage(
             "--cc writes a Cc header into a composed message; for a message file, use --to",
+        ));
+    }
+    if !args.header.is_empty() {
+        return Err(Failure::usage(
+            "--header adds a field to a composed message (with --subject, --body or \
+             --attach); a message file keeps its own header section",
         ));
     }
     let inputs: Vec<PathBuf> = if args.messages.is_empty() {
@@ -330,6 +379,9 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
     let mut to_text: Vec<String> = args.to.clone();
     to_text.extend(args.cc.iter().cloned());
     to_text.extend(args.bcc.iter().cloned());
+    // --header 'To: …', 'Cc: …', 'Bcc: …' name recipients as the options do.
+    let fields = HeaderFields::read(&args.header)?;
+    to_text.extend(fields.to.into_iter().chain(fields.cc).chain(fields.bcc));
     if args.read_recipients {
         to_text.extend(m.recipients.iter().cloned());
     }
@@ -401,7 +453,10 @@ fn add_missing_from(args: &SendArgs, s: &Settings, prepared: &mut [Prepared]) {
     });
     let Some(sender) = sender else { return };
     for m in prepared.iter_mut().filter(|m| m.from.is_none()) {
-        m.add_from(&sender, args.full_name.as_deref());
+        m.add_from(
+            &sender,
+            args.full_name.as_deref().or(s.from_name.as_deref()),
+        );
     }
 }
 

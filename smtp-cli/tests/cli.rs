@@ -856,6 +856,96 @@ fn plain_send(f: &Fixture) -> Command {
     c
 }
 
+#[tokio::test]
+async fn a_composed_message_has_each_field_once() {
+    let f = open_fixture().await;
+    std::fs::write(f.dir.join("notes.txt"), "plain text\n").unwrap();
+    std::fs::write(f.dir.join("report.pdf"), "%PDF-1.4\n").unwrap();
+    let mut c = plain_send(&f);
+    c.args([
+        "--from",
+        "Alice Liddell <alice@example.org>",
+        "--to",
+        "bob@example.net",
+    ])
+    .args([
+        "--cc",
+        "carol@example.net",
+        "--header",
+        "Cc: dave@example.net",
+    ])
+    .args([
+        "--header",
+        "to: erin@example.net",
+        "--header",
+        "message-id: <fixed@example.org>",
+    ])
+    .args([
+        "--header",
+        "Date: Tue, 1 Dec 2026 02:00:00 +0000",
+        "--header",
+        "X-Tag: t",
+    ])
+    .args(["--subject", "s", "--body", "b", "--attach"])
+    .arg(f.dir.join("notes.txt"))
+    .arg("--attach")
+    .arg(f.dir.join("report.pdf"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    let m = &got[0];
+    assert_eq!(m.mail_from, "alice@example.org");
+    assert_eq!(
+        m.rcpt_to,
+        [
+            "bob@example.net",
+            "carol@example.net",
+            "erin@example.net",
+            "dave@example.net"
+        ]
+    );
+    let head = header_section(&m.data);
+    for name in ["from", "to", "cc", "subject", "date", "message-id", "x-tag"] {
+        let n = head
+            .split("\r\n")
+            .filter(|l| l.split(':').next().unwrap_or("").eq_ignore_ascii_case(name))
+            .count();
+        assert_eq!(n, 1, "{name} once:\n{head}");
+    }
+    assert!(head.contains("<fixed@example.org>"), "{head}");
+    assert!(
+        head.contains("Alice Liddell") && !head.contains("<<"),
+        "{head}"
+    );
+    let data = text(&m.data);
+    assert!(data.contains("Content-Type: text/plain"), "{data}");
+    assert!(data.contains("Content-Type: application/pdf"), "{data}");
+
+    // `<addr>` alone is an address, not a name.
+    let mut c = plain_send(&f);
+    c.args(["--from", "<alice@example.org>", "--to", "bob@example.net"])
+        .args(["--subject", "s", "--body", "b"]);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let got = f.server.wait_for_messages(2, Duration::from_secs(2)).await;
+    let head = header_section(&got[1].data);
+    assert!(head.contains("From: <alice@example.org>\r\n"), "{head}");
+
+    // Two subjects, or a From via --header: refused with what to do.
+    for (extra, says) in [
+        (["--header", "Subject: other"], "give one"),
+        (["--header", "From: x@example.org"], "--from"),
+    ] {
+        let mut c = plain_send(&f);
+        c.args(["--from", "a@example.org", "--to", "b@example.net"])
+            .args(["--subject", "s", "--body", "b"])
+            .args(extra);
+        let o = run(c).await;
+        assert_eq!(code(&o), 64, "{extra:?}");
+        assert!(text(&o.stderr).contains(says), "{}", text(&o.stderr));
+    }
+}
+
 /// Runs `c` with `input` on its standard input.
 async fn run_with_stdin(mut c: Command, input: Vec<u8>) -> Output {
     use tokio::io::AsyncWriteExt;
@@ -956,7 +1046,8 @@ async fn bcc_is_never_transmitted_on_any_path() {
         ],
     );
 
-    // A composed message with a Bcc header given as --header.
+    // A composed message with a Bcc header given as --header: a hidden
+    // recipient, as with --bcc.
     let mut c = plain_send(&f);
     c.args([
         "--from",
@@ -970,7 +1061,11 @@ async fn bcc_is_never_transmitted_on_any_path() {
         "--body",
         "b",
     ]);
-    check(&run(c).await, "--header Bcc", &["bob@example.net"]);
+    check(
+        &run(c).await,
+        "--header Bcc",
+        &["bob@example.net", "secret-dave@example.net"],
+    );
 
     // --cc goes in the header and is a recipient; --bcc only a recipient.
     let mut c = plain_send(&f);
