@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use smtp_testkit::capture::{CaptureConfig, CaptureServer, write_maildir};
+use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::certs::Identity;
 
 use crate::cli::SinkArgs;
@@ -11,6 +11,9 @@ use crate::fail::{EX_OK, EX_SOFTWARE, Failure};
 pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
     let mut config = CaptureConfig {
         chunking: args.chunking,
+        // Stored before the 250: once `smtp send` says accepted, the file
+        // is in new/.
+        maildir: args.maildir.clone(),
         ..CaptureConfig::default()
     };
     if args.tls_self_signed {
@@ -45,6 +48,28 @@ pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
             ""
         },
     );
+    // The command that delivers here, so a first try needs no reading.
+    let user = args
+        .auth
+        .as_deref()
+        .and_then(|a| a.split_once(':'))
+        .map(|(user, _)| format!(" --user {user}"))
+        .unwrap_or_default();
+    let tls = match (args.tls_self_signed, user.is_empty()) {
+        (true, _) => "required",
+        (false, true) => "none",
+        (false, false) => "none --auth plain",
+    };
+    tell!(
+        "smtp sink: try: {}smtp send --server {} --tls {tls}{user} --from you@example.org \
+         --to someone@example.net --subject hi --body hello",
+        if user.is_empty() {
+            ""
+        } else {
+            "SMTP_PASSWORD=… "
+        },
+        server.addr(),
+    );
     let mut shown = 0;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -71,12 +96,7 @@ pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
                     .unwrap_or_default(),
             );
             if let Some(dir) = &args.maildir {
-                let paths = write_maildir(dir, std::slice::from_ref(m)).map_err(|e| {
-                    Failure::new(EX_SOFTWARE, format!("cannot write {}: {e}", dir.display()))
-                })?;
-                for p in paths {
-                    say!("  stored in {}", p.display());
-                }
+                say!("  stored in {}", dir.join("new").display());
             }
         }
         shown = messages.len();

@@ -737,6 +737,58 @@ async fn a_closed_standard_output_does_not_stop_the_report() {
 }
 
 #[tokio::test]
+async fn sink_stores_before_it_accepts_and_says_how_to_send_to_it() {
+    let dir = std::env::temp_dir().join(format!("smtp-sink-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut sink = Command::new(BIN)
+        .args([
+            "sink",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--maildir",
+        ])
+        .arg(dir.join("md"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Its first words on stderr: where it listens, then the command to use.
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(sink.stderr.take().unwrap()).lines();
+    let mut hint = String::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
+    {
+        if let Some(command) = line.split("try: ").nth(1) {
+            hint = command.to_owned();
+            break;
+        }
+    }
+    assert!(
+        hint.starts_with(&format!("smtp send --server 127.0.0.1:{port} --tls none ")),
+        "{hint}"
+    );
+    // The printed command, run as printed, delivers; the message is in new/
+    // the moment the client has its 250.
+    let args: Vec<&str> = hint.split_whitespace().skip(1).collect();
+    let mut c = Command::new(BIN);
+    c.args(&args).env("XDG_CONFIG_HOME", dir.join("no-config"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let stored = std::fs::read_dir(dir.join("md").join("new"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 1, "stored before the 250");
+    let _ = sink.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn demo_runs() {
     let o = run({
         let mut c = Command::new(BIN);

@@ -52,6 +52,10 @@ pub struct CaptureConfig {
     pub no_ehlo: bool,
     /// Advertise CHUNKING and take BDAT (RFC 3030).
     pub chunking: bool,
+    /// Store each message in this Maildir (`tmp/`, then renamed into
+    /// `new/`) before answering its end of data: a 250 means it is on disk.
+    /// A message that cannot be stored gets a 451 instead.
+    pub maildir: Option<PathBuf>,
 }
 
 impl Default for CaptureConfig {
@@ -69,6 +73,7 @@ impl Default for CaptureConfig {
             smtputf8: true,
             no_ehlo: false,
             chunking: false,
+            maildir: None,
         }
     }
 }
@@ -336,11 +341,19 @@ async fn end_transaction(
     stream: &mut Stream,
     log: &mut SessionLog,
     store: &Mutex<Store>,
+    config: &CaptureConfig,
     too_big: bool,
     message: Received,
 ) -> io::Result<()> {
     if too_big {
         return reply(stream, log, "552 5.3.4 message too big\r\n").await;
+    }
+    if let Some(dir) = &config.maildir {
+        let (dir, one) = (dir.clone(), vec![message.clone()]);
+        let stored = tokio::task::spawn_blocking(move || write_maildir(&dir, &one)).await;
+        if !matches!(stored, Ok(Ok(_))) {
+            return reply(stream, log, "451 4.3.0 cannot store the message\r\n").await;
+        }
     }
     if let Ok(mut s) = store.lock() {
         s.messages.push(message);
@@ -559,7 +572,7 @@ async fn serve(
                     tls,
                     auth_user: user.clone(),
                 };
-                end_transaction(&mut stream, log, store, too_big, received).await?;
+                end_transaction(&mut stream, log, store, config, too_big, received).await?;
                 from = None;
                 rcpts.clear();
             }
@@ -603,7 +616,7 @@ async fn serve(
                     tls,
                     auth_user: user.clone(),
                 };
-                end_transaction(&mut stream, log, store, chunks_too_big, received).await?;
+                end_transaction(&mut stream, log, store, config, chunks_too_big, received).await?;
                 from = None;
                 rcpts.clear();
                 chunks.clear();
