@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::command::ClientId;
-use smtp_core::direct::{DirectOptions, deliver};
+use smtp_core::direct::{DirectOptions, Trace, deliver_traced};
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_core::transport::BodySource;
 use smtp_core::{Config, Envelope, Event, Timeouts, TlsPolicy};
@@ -406,12 +406,42 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
 fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
         Event::Transcript(line) if verbose => tell!("{line}"),
+        Event::StartTls if verbose => tell!("=== Starting TLS"),
         Event::Warning(w) => tell!("warning: {w}"),
         Event::MessageResult(_) => {
             if let Some(p) = &progress {
                 p.inc(1);
             }
         }
+        _ => {}
+    }
+}
+
+/// Direct delivery's `-v`: the transcript with swaks's `===` markers for
+/// connecting, TLS and closing, each host named; warnings always.
+fn trace(verbose: bool, t: Trace<'_>) {
+    match t {
+        Trace::Session {
+            event: Event::Warning(w),
+            host,
+        } => tell!("warning: {host}: {w}"),
+        _ if !verbose => {}
+        Trace::Connecting { host, addr } => tell!("=== Trying {host} [{addr}]..."),
+        Trace::ConnectFailed {
+            host,
+            addr,
+            failure,
+        } => tell!("=== {host} [{addr}]: {failure}"),
+        Trace::Connected { host, addr } => tell!("=== Connected to {host} [{addr}]."),
+        Trace::Session {
+            event: Event::Transcript(line),
+            ..
+        } => tell!("{line}"),
+        Trace::Session {
+            event: Event::StartTls,
+            ..
+        } => tell!("=== Starting TLS"),
+        Trace::Closed { host, .. } => tell!("=== Connection closed with {host}."),
         _ => {}
     }
 }
@@ -492,8 +522,16 @@ async fn standard(
         (prepared.len() > 1 && std::io::stderr().is_terminal() && !args.verbose && !args.json)
             .then(|| indicatif::ProgressBar::new(prepared.len() as u64));
     let mut observe = observer(args.verbose, progress.clone());
+    if args.verbose {
+        tell!("=== Trying {host}:{port}...");
+    }
     let delivery = match sub.send(outgoing, &mut observe).await {
-        Ok(d) => d,
+        Ok(d) => {
+            if args.verbose {
+                tell!("=== Connection closed with {}.", d.peer);
+            }
+            d
+        }
         Err(e @ ConnectError::ImplicitTlsWithoutEncryption { .. }) => {
             return Err(Failure::usage(e.to_string()));
         }
@@ -600,13 +638,14 @@ async fn direct(
     for (index, (m, envelope)) in prepared.iter().zip(envelopes).enumerate() {
         let factory =
             || -> std::io::Result<Box<dyn BodySource>> { Ok(Box::new(PreparedBody::new(m))) };
-        let domains = deliver(
+        let domains = deliver_traced(
             &resolver,
             &connector,
             &envelope,
             &factory,
             &options,
             &random_below,
+            &|t| trace(args.verbose, t),
         )
         .await;
         let mut recipients = Vec::new();

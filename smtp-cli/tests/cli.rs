@@ -842,6 +842,45 @@ async fn mx_through_a_nameserver() {
 }
 
 #[tokio::test]
+async fn direct_delivery_prints_its_transcript_with_v() {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    let f = open_fixture().await;
+    let zone = Zone::new()
+        .mx("m.test", 10, "mx.m.test")
+        .a("mx.m.test", "127.0.0.1".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["send", "-v", "--dns-server", &dns.addr().to_string()])
+        .args(["--mx-port", &f.server.addr().port().to_string()])
+        .args([
+            "--from",
+            "a@example.org",
+            "--to",
+            "b@m.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ])
+        .args(["--helo", "client.test"])
+        .env("XDG_CONFIG_HOME", f.dir.join("empty"));
+    let o = run(c).await;
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 0, "{err}");
+    let addr = format!("127.0.0.1:{}", f.server.addr().port());
+    for expected in [
+        format!("=== Trying mx.m.test [{addr}]..."),
+        format!("=== Connected to mx.m.test [{addr}]."),
+        "-> MAIL FROM:<a@example.org>".to_owned(),
+        "-> RCPT TO:<b@m.test>".to_owned(),
+        "<- 250".to_owned(),
+        "=== Connection closed with mx.m.test.".to_owned(),
+    ] {
+        assert!(err.contains(&expected), "{expected:?} missing from:\n{err}");
+    }
+}
+
+#[tokio::test]
 async fn probe_shows_capabilities_and_tls() {
     let f = fixture(true, &[]).await;
     let mut c = Command::new(BIN);

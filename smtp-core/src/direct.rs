@@ -205,6 +205,63 @@ pub async fn deliver(
     options: &DirectOptions,
     pick: &(dyn Fn(usize) -> usize + Sync),
 ) -> Vec<DomainReport> {
+    deliver_traced(resolver, connector, envelope, body, options, pick, &|_| {}).await
+}
+
+/// What direct delivery is doing, as it happens: for a transcript (`-v`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Trace<'a> {
+    /// Connecting to an address of an MX host.
+    Connecting {
+        /// The MX host.
+        host: &'a str,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// That connection failed.
+    ConnectFailed {
+        /// The MX host.
+        host: &'a str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        failure: &'a ConnectFailure,
+    },
+    /// The connection is open; a session starts.
+    Connected {
+        /// The MX host.
+        host: &'a str,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// An event of that session (transcript lines among them).
+    Session {
+        /// The MX host.
+        host: &'a str,
+        /// The event.
+        event: &'a Event,
+    },
+    /// The session is over and the connection closed.
+    Closed {
+        /// The MX host.
+        host: &'a str,
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// [`deliver`], telling `trace` what happens as it happens (domains run
+/// concurrently, so traces of different domains interleave).
+pub async fn deliver_traced(
+    resolver: &dyn Resolver,
+    connector: &dyn Connector,
+    envelope: &Envelope,
+    body: BodyFactory<'_>,
+    options: &DirectOptions,
+    pick: &(dyn Fn(usize) -> usize + Sync),
+    trace: &(dyn Fn(Trace<'_>) + Sync),
+) -> Vec<DomainReport> {
     let mut domains: BTreeMap<String, Vec<Mailbox>> = BTreeMap::new();
     for rcpt in &envelope.to {
         domains
@@ -214,7 +271,7 @@ pub async fn deliver(
     }
     let jobs = domains.into_iter().map(|(domain, rcpts)| async move {
         deliver_domain(
-            resolver, connector, envelope, domain, rcpts, body, options, pick,
+            resolver, connector, envelope, domain, rcpts, body, options, pick, trace,
         )
         .await
     });
@@ -264,6 +321,7 @@ async fn deliver_domain(
     body: BodyFactory<'_>,
     options: &DirectOptions,
     pick: &(dyn Fn(usize) -> usize + Sync),
+    trace: &(dyn Fn(Trace<'_>) + Sync),
 ) -> DomainReport {
     let plan = plan_domain(resolver, &domain, options, pick).await;
     let mut report = DomainReport {
@@ -305,9 +363,15 @@ async fn deliver_domain(
             break;
         }
         let addr = SocketAddr::new(ip, options.port);
+        trace(Trace::Connecting { host, addr });
         let mut transport = match connector.connect(host, addr).await {
             Ok(t) => t,
             Err(failure) => {
+                trace(Trace::ConnectFailed {
+                    host,
+                    addr,
+                    failure: &failure,
+                });
                 report.attempts.push(Attempt {
                     host: host.to_owned(),
                     addr,
@@ -343,13 +407,15 @@ async fn deliver_domain(
         // Cannot fail: the envelope has recipients and the session is new.
         let _ = client.send(now, env);
         client.quit(now);
+        trace(Trace::Connected { host, addr });
         let session = drive(
             &mut client,
             transport.as_mut(),
             &mut bodies,
-            &mut |_: &Event| {},
+            &mut |event: &Event| trace(Trace::Session { host, event }),
         )
         .await;
+        trace(Trace::Closed { host, addr });
         report.attempts.push(Attempt {
             host: host.to_owned(),
             addr,
