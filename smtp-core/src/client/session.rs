@@ -142,7 +142,9 @@ impl Client {
                 .event(Event::Warning(Warning::PlaintextSecret(mechanism)));
         }
         let mut auth = Authenticator::new(mechanism, credentials, &self.config.sasl_nonce);
-        let initial = auth.initial_response();
+        // RFC 4954 §4: an initial response that would make the AUTH line
+        // longer than 512 octets goes after the server's empty 334 instead.
+        let initial = auth.initial_response_within_limit();
         self.out.command(&Command::Auth {
             mechanism: mechanism.name(),
             initial_response: initial.as_ref().map(|s| s.expose()),

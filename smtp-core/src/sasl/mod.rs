@@ -48,6 +48,13 @@ use base64::engine::general_purpose::STANDARD;
 /// octets; a longer challenge is refused instead of decoded.
 pub const MAX_CHALLENGE_LEN: usize = 12288;
 
+/// The longest `AUTH` command line, initial response and CRLF included.
+///
+/// RFC 4954 §4 keeps `AUTH` under RFC 5321's 512-octet command line: a
+/// longer initial response (XOAUTH2 tokens are often 2–3 KB) is not sent
+/// with the command but after the server's empty `334`.
+pub const MAX_AUTH_LINE_LEN: usize = 512;
+
 /// The fewest nonce bytes [`Authenticator::new`] accepts for SCRAM-SHA-256.
 ///
 /// 18 random bytes (24 base64 characters) or more are recommended; with
@@ -330,7 +337,9 @@ pub fn choose_mechanism(
 /// each `334` reply to [`respond`](Self::respond) and send what it returns.
 /// If the initial response would make the `AUTH` line longer than 512 octets
 /// (RFC 4954 §4), do not call `initial_response`: send `AUTH <mech>` alone,
-/// and the first `respond` (to the server's empty `334`) returns it instead.
+/// and the first `respond` (to the server's empty `334`) returns it instead;
+/// [`initial_response_within_limit`](Self::initial_response_within_limit)
+/// makes that choice.
 ///
 /// When `respond` fails, send `*` to cancel the exchange (RFC 4954 §4); every
 /// later call fails with the same error.
@@ -432,6 +441,25 @@ impl Authenticator {
             State::Scram(m) => Some(m.initial_response()),
             State::Login(_) | State::CramMd5(_) | State::Failed(_) => None,
         }
+    }
+
+    /// The initial response when `AUTH <mechanism> <ir>` CRLF fits in
+    /// [`MAX_AUTH_LINE_LEN`] octets, as [`initial_response`](Self::initial_response)
+    /// returns it. `None` when the mechanism has none or when it is too long:
+    /// then send `AUTH <mechanism>` alone, and the first
+    /// [`respond`](Self::respond) (to the server's empty `334`) returns it.
+    #[must_use]
+    pub fn initial_response_within_limit(&mut self) -> Option<Secret> {
+        // Try on a copy: handing out the response moves the mechanism on,
+        // which must not happen when it is kept for the 334.
+        let mut trial = self.clone();
+        let response = trial.initial_response()?;
+        let line = "AUTH ".len() + self.mechanism.name().len() + 1 + response.expose().len() + 2;
+        if line > MAX_AUTH_LINE_LEN {
+            return None;
+        }
+        *self = trial;
+        Some(response)
     }
 
     /// Answers a `334` challenge, given the reply's text (base64; surrounding
@@ -1249,6 +1277,34 @@ mod tests {
         let json = r#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
         assert_eq!(respond(&mut auth, &b64(json)), Ok(String::new()));
         assert_eq!(auth.error_detail(), Some(json));
+    }
+
+    #[test]
+    fn an_initial_response_beyond_the_512_octet_auth_line_waits_for_the_334() {
+        // "AUTH PLAIN " + base64 + CRLF: 6 bytes of NULs and "user" plus a
+        // 366-character password encode to 496 characters, a 509-octet
+        // line; one more character makes 500 and 513 octets.
+        let with_password = |len: usize| Credentials::Password {
+            username: "user".to_owned(),
+            password: Secret::new("p".repeat(len)),
+        };
+        let mut auth = Authenticator::new(Mechanism::Plain, &with_password(366), &[]);
+        let sent = auth.initial_response_within_limit().expect("fits");
+        assert_eq!(sent.expose().len(), 496);
+        assert!(matches!(
+            respond(&mut auth, ""),
+            Err(SaslError::UnexpectedChallenge { .. })
+        ));
+
+        let mut auth = Authenticator::new(Mechanism::Plain, &with_password(367), &[]);
+        assert_eq!(auth.initial_response_within_limit(), None);
+        let later = respond(&mut auth, "").expect("the response follows the empty 334");
+        assert_eq!(later.len(), 500);
+        assert_eq!(later, b64(&format!("\0user\0{}", "p".repeat(367))));
+
+        // Mechanisms without an initial response have none to hold back.
+        let mut auth = Authenticator::new(Mechanism::Login, &pw(), &[]);
+        assert_eq!(auth.initial_response_within_limit(), None);
     }
 
     #[test]
