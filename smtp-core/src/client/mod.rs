@@ -147,7 +147,7 @@ impl Client {
         // server dripping bytes one by one costs linear time, not quadratic.
         if !self.input.is_empty()
             && !bytes.contains(&b'\n')
-            && self.input.len() + bytes.len() <= self.config.reply_limits.max_line_len
+            && self.input.len() + bytes.len() <= self.reply_limits().max_line_len
         {
             self.input.extend_from_slice(bytes);
             return;
@@ -163,7 +163,7 @@ impl Client {
         let mut pos = 0;
         while pos < buf.len() {
             let rest = buf.get(pos..).unwrap_or_default();
-            match parse_reply(rest, &self.config.reply_limits) {
+            match parse_reply(rest, &self.reply_limits()) {
                 Ok(Status::Complete((used, reply))) => {
                     pos += used;
                     let upgrading = self.on_reply(now, reply);
@@ -184,7 +184,7 @@ impl Client {
                 }
                 Ok(Status::Partial) => break,
                 Err(e) => {
-                    self.fail(ProtocolError::Malformed(e).into());
+                    self.fail(self.malformed(e));
                     return;
                 }
             }

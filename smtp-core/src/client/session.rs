@@ -14,15 +14,47 @@ use crate::command::Command;
 use crate::ehlo::Capabilities;
 use crate::error::{Error, PolicyError, ProtocolError};
 use crate::policy::TlsPolicy;
-use crate::reply::Reply;
-use crate::sasl::{Authenticator, Mechanism, choose_mechanism};
+use crate::reply::{Reply, ReplyError, ReplyLimits};
+use crate::sasl::{Authenticator, MAX_CHALLENGE_LEN, Mechanism, choose_mechanism};
 use crate::timeouts::Phase;
+
+/// The longest line of a reply to AUTH: `334 `, a challenge of RFC 4954 §4's
+/// [`MAX_CHALLENGE_LEN`] octets, and CRLF.
+const AUTH_REPLY_LINE_LEN: usize = 4 + MAX_CHALLENGE_LEN + 2;
 
 /// EHLO replies after which HELO is worth a try (RFC 5321 §4.1.4: a server
 /// that does not know EHLO answers 500, 502, 504 or 550).
 const EHLO_UNSUPPORTED: [u16; 4] = [500, 502, 504, 550];
 
 impl Client {
+    /// The bounds on the next reply. While an AUTH reply is awaited a line
+    /// may carry a whole RFC 4954 challenge (12,288 octets), more than the
+    /// configured line limit (8 KiB by default) that every other reply keeps:
+    /// no other reply has a reason to be that long, and the buffer stays
+    /// bounded either way, by a constant.
+    pub(super) fn reply_limits(&self) -> ReplyLimits {
+        let mut limits = self.config.reply_limits;
+        if self.pending.front() == Some(Expect::Auth) {
+            limits.max_line_len = limits.max_line_len.max(AUTH_REPLY_LINE_LEN);
+            limits.max_reply_len = limits.max_reply_len.max(AUTH_REPLY_LINE_LEN);
+        }
+        limits
+    }
+
+    /// The error for a reply that broke the parser: a line too long for
+    /// AUTH is said in RFC 4954's terms rather than as a configurable bound.
+    pub(super) fn malformed(&self, e: ReplyError) -> Error {
+        match e {
+            ReplyError::LineTooLong { .. } if self.pending.front() == Some(Expect::Auth) => {
+                ProtocolError::ChallengeTooLong {
+                    limit: MAX_CHALLENGE_LEN,
+                }
+                .into()
+            }
+            e => ProtocolError::Malformed(e).into(),
+        }
+    }
+
     pub(super) fn send_ehlo(&mut self, now: Instant) {
         self.out.command(&Command::Ehlo(&self.config.client_id));
         self.pending.push(now, Expect::Ehlo);

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_core::transport::{BodySource, MemoryBody, SessionReport, drive};
-use smtp_core::{Client, Config, Timeouts, TlsPolicy};
+use smtp_core::{Client, Config, Error, ProtocolError, Timeouts, TlsPolicy};
 use smtp_testkit::certs::TestCa;
 use smtp_testkit::sansio::{config, envelope};
 use smtp_testkit::script::{Script, ScriptOutcome, ScriptedServer};
@@ -87,6 +87,8 @@ async fn run(script: &str, config: Config, ca: Option<&TestCa>) -> (SessionRepor
     )
     .await
     .expect("never hangs");
+    // Hang up before waiting for the script, which may wait for more lines.
+    drop(transport);
     let outcome = server.finish(Duration::from_secs(5)).await;
     (report, outcome)
 }
@@ -139,4 +141,44 @@ async fn a_short_plain_response_still_goes_on_the_auth_line() {
     let (report, outcome) = run(&script, config, None).await;
     outcome.assert_ok();
     assert_eq!(report.error, None);
+}
+
+/// A CRAM-MD5 session whose challenge is `challenge_len` octets of base64.
+fn cram_md5_with_challenge(challenge_len: usize) -> String {
+    // 9 bytes encode to 12 base64 characters without padding.
+    let unit = STANDARD.encode(b"<12@mail>");
+    let challenge: String = unit.chars().cycle().take(challenge_len).collect();
+    format!(
+        "S: 220 mail.test\nC: EHLO *\nS: 250-mail.test\nS: 250 AUTH CRAM-MD5\n\
+         C: AUTH CRAM-MD5\nS: 334 {challenge}\nC: *\nS: 235 ok\n{SESSION_TAIL}"
+    )
+}
+
+#[tokio::test]
+async fn a_challenge_of_the_12288_octets_rfc_4954_allows_gets_through() {
+    let config = auth_config(TlsPolicy::None, password("pass"), AuthChoice::Auto);
+    let (report, outcome) = run(&cram_md5_with_challenge(12_288), config, None).await;
+    assert_eq!(report.error, None);
+    outcome.assert_ok();
+    assert_eq!(report.error, None);
+    assert!(report.messages[0].all_accepted());
+}
+
+#[tokio::test]
+async fn a_longer_challenge_is_refused_in_rfc_4954_terms() {
+    let config = auth_config(TlsPolicy::None, password("pass"), AuthChoice::Auto);
+    let (report, outcome) = run(&cram_md5_with_challenge(12_300), config, None).await;
+    assert_eq!(
+        report.error,
+        Some(Error::Protocol(ProtocolError::ChallengeTooLong {
+            limit: 12_288
+        }))
+    );
+    let text = report.error.unwrap().to_string();
+    assert!(text.contains("RFC 4954"), "{text}");
+    assert!(
+        !text.contains("--"),
+        "no CLI flags in library errors: {text}"
+    );
+    assert!(!mail_sent(&outcome));
 }
