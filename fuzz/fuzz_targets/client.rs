@@ -34,6 +34,11 @@ fuzz_target!(|data: &[u8]| {
                 Event::StartTls => {
                     let _ = client.tls_established(now);
                 }
+                Event::DerivationWanted => {
+                    if let Some(job) = client.take_derivation() {
+                        let _ = client.derivation_done(now, job.run());
+                    }
+                }
                 Event::MessageResult(m) => {
                     assert_eq!(m.recipients.len(), 2);
                     results += 1;

@@ -356,6 +356,8 @@ pub enum Misuse {
     SessionOver,
     /// `tls_established` when no STARTTLS upgrade was pending.
     NoUpgradePending,
+    /// `derivation_done` when no key derivation was pending.
+    NoDerivationPending,
 }
 
 impl fmt::Display for Misuse {
@@ -367,6 +369,10 @@ impl fmt::Display for Misuse {
             }
             Self::SessionOver => "the session is over or closing; open a new one",
             Self::NoUpgradePending => "tls_established called but no STARTTLS upgrade was pending",
+            Self::NoDerivationPending => {
+                "derivation_done called but no key derivation was pending (wait for \
+                 Event::DerivationWanted)"
+            }
         })
     }
 }

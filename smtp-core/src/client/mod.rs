@@ -23,7 +23,7 @@ use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
 use crate::reply::{Status, parse_reply};
-use crate::sasl::Authenticator;
+use crate::sasl::{Authenticator, KeyDerivation};
 use crate::timeouts::Phase;
 
 /// An SMTP client session, without I/O.
@@ -45,6 +45,12 @@ use crate::timeouts::Phase;
 ///   finish with [`body_end`](Self::body_end), draining `poll_transmit` after
 ///   each call so memory stays bounded. [`quit`](Self::quit) ends the session
 ///   once queued messages are done.
+/// - **Key derivation** — on [`Event::DerivationWanted`], take the job with
+///   [`take_derivation`](Self::take_derivation), run it
+///   ([`KeyDerivation::run`](crate::sasl::KeyDerivation::run): pure, but
+///   CPU-bound, so off an async executor's threads), and hand the result to
+///   [`derivation_done`](Self::derivation_done) before feeding more input.
+///   Until then the client has nothing to send and no deadline.
 /// - **STARTTLS** — on [`Event::StartTls`], write pending bytes, run the TLS
 ///   handshake, then call [`tls_established`](Self::tls_established) (or
 ///   [`tls_failed`](Self::tls_failed)). Plaintext bytes that arrive before
@@ -72,6 +78,8 @@ pub struct Client {
     out: Outbox,
     pending: Pending,
     auth: Option<Authenticator>,
+    /// A SCRAM key derivation not yet taken by the driver.
+    derivation: Option<KeyDerivation>,
     /// Messages not yet finished, in the order given.
     messages: VecDeque<Message>,
     /// Transactions whose commands are on the wire, oldest first.
@@ -120,6 +128,7 @@ impl Client {
             input: Vec::new(),
             pending,
             auth: None,
+            derivation: None,
             messages: VecDeque::new(),
             txs: VecDeque::new(),
             body: None,

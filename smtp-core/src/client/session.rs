@@ -12,10 +12,13 @@ use super::outbox::Expect;
 use super::{Client, State};
 use crate::command::Command;
 use crate::ehlo::Capabilities;
-use crate::error::{Error, PolicyError, ProtocolError};
+use crate::error::{Error, Misuse, PolicyError, ProtocolError};
 use crate::policy::TlsPolicy;
 use crate::reply::{Reply, ReplyError, ReplyLimits};
-use crate::sasl::{Authenticator, MAX_CHALLENGE_LEN, Mechanism, choose_mechanism};
+use crate::sasl::{
+    Answer, Authenticator, DerivedKey, KeyDerivation, MAX_CHALLENGE_LEN, Mechanism, SaslError,
+    Secret, choose_mechanism,
+};
 use crate::timeouts::Phase;
 
 /// The longest line of a reply to AUTH: `334 `, a challenge of RFC 4954 §4's
@@ -173,7 +176,8 @@ impl Client {
             self.out
                 .event(Event::Warning(Warning::PlaintextSecret(mechanism)));
         }
-        let mut auth = Authenticator::new(mechanism, credentials, &self.config.sasl_nonce);
+        let mut auth = Authenticator::new(mechanism, credentials, &self.config.sasl_nonce)
+            .with_max_iterations(self.config.max_scram_iterations);
         // RFC 4954 §4: an initial response that would make the AUTH line
         // longer than 512 octets goes after the server's empty 334 instead.
         let initial = auth.initial_response_within_limit();
@@ -198,16 +202,13 @@ impl Client {
         };
         let mechanism = auth.mechanism();
         match reply.code().as_u16() {
-            334 => match auth.respond(reply.first_line()) {
-                Ok(response) => {
-                    self.out.command(&Command::AuthResponse(response.expose()));
-                    self.pending.push(now, Expect::Auth);
+            334 => match auth.answer(reply.first_line()) {
+                Ok(Answer::Send(response)) => self.send_auth_response(now, &response),
+                Ok(Answer::Derive(job)) => {
+                    self.derivation = Some(job);
+                    self.out.event(Event::DerivationWanted);
                 }
-                Err(e) => {
-                    // Cancel the exchange (RFC 4954 §4) before leaving.
-                    self.out.command(&Command::AuthResponse("*"));
-                    self.fail_and_quit(e.into());
-                }
+                Err(e) => self.cancel_auth(e),
             },
             235 if mechanism == Mechanism::ScramSha256 && !auth.server_verified() => {
                 self.fail_and_quit(ProtocolError::ScramUnverified.into());
@@ -235,6 +236,42 @@ impl Client {
                 });
             }
         }
+    }
+
+    /// The key derivation asked for by [`Event::DerivationWanted`], once.
+    #[must_use]
+    pub fn take_derivation(&mut self) -> Option<KeyDerivation> {
+        self.derivation.take()
+    }
+
+    /// The driver ran the [`KeyDerivation`] from
+    /// [`take_derivation`](Self::take_derivation): the exchange goes on. After
+    /// the session ended this does nothing; without a derivation pending it
+    /// fails with [`Misuse::NoDerivationPending`].
+    pub fn derivation_done(&mut self, now: Instant, key: DerivedKey) -> Result<(), Error> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        let Some(auth) = self.auth.as_mut().filter(|a| a.is_deriving()) else {
+            return Err(Misuse::NoDerivationPending.into());
+        };
+        self.derivation = None;
+        match auth.derived(key) {
+            Ok(response) => self.send_auth_response(now, &response),
+            Err(e) => self.cancel_auth(e),
+        }
+        Ok(())
+    }
+
+    fn send_auth_response(&mut self, now: Instant, response: &Secret) {
+        self.out.command(&Command::AuthResponse(response.expose()));
+        self.pending.push(now, Expect::Auth);
+    }
+
+    /// Cancels the exchange (RFC 4954 §4) before leaving.
+    fn cancel_auth(&mut self, e: SaslError) {
+        self.out.command(&Command::AuthResponse("*"));
+        self.fail_and_quit(e.into());
     }
 
     fn ready(&mut self, now: Instant) {

@@ -27,6 +27,13 @@
 //! 4xx / 5xx          ──> failure; error_detail() may explain (XOAUTH2, SCRAM)
 //! ```
 //!
+//! `respond` runs SCRAM's PBKDF2 step inline. [`Authenticator::answer`]
+//! instead hands it out as a [`KeyDerivation`] to run anywhere (the client
+//! passes it to its driver, which keeps it off the async executor), and
+//! [`Authenticator::derived`] takes the result back. The iteration count a
+//! server may ask for is capped ([`DEFAULT_MAX_ITERATIONS`]) before anything
+//! is derived.
+//!
 //! The module reads no randomness: SCRAM's client nonce is made from bytes the
 //! caller passes to [`Authenticator::new`].
 
@@ -61,6 +68,19 @@ pub const MAX_AUTH_LINE_LEN: usize = 512;
 /// fewer, a nonce repeating across sessions (which would let a recorded
 /// exchange be replayed) becomes too likely.
 pub const MIN_NONCE_LEN: usize = 12;
+
+/// The most PBKDF2 iterations a SCRAM-SHA-256 server may ask for, unless
+/// the caller sets another cap ([`Authenticator::with_max_iterations`],
+/// `Config::max_scram_iterations`).
+///
+/// RFC 7677 §4 asks servers for at least 4096, and that is what the common
+/// servers use by default (Dovecot, Cyrus SASL, PostgreSQL; MongoDB uses
+/// 15,000). 100,000 leaves room for servers that raised it several times
+/// over while bounding what one attempt costs the client: about 30 ms of
+/// CPU, where the 10,000,000 a hostile server may ask for would be
+/// seconds. A server that deliberately uses more (e.g. OWASP's 600,000 for
+/// stored password hashes) needs the cap raised.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000;
 
 /// The longest server error text kept for [`Authenticator::error_detail`], in characters.
 const MAX_DETAIL_LEN: usize = 1024;
@@ -365,6 +385,70 @@ enum State {
     Failed(SaslError),
 }
 
+/// What to do with a challenge, from [`Authenticator::answer`].
+#[derive(Debug)]
+pub enum Answer {
+    /// Send this line.
+    Send(Secret),
+    /// Run this key derivation, then hand its result to
+    /// [`Authenticator::derived`], which returns the line to send.
+    Derive(KeyDerivation),
+}
+
+/// SCRAM's PBKDF2 step (RFC 5802 §3 `Hi()`): a pure computation, costly by
+/// design (milliseconds to seconds of CPU), handed to the caller so that it
+/// can run where blocking does no harm, e.g. off an async executor's threads.
+///
+/// It holds the password (never printed: `Debug` shows only the cost).
+#[derive(Clone)]
+pub struct KeyDerivation {
+    password: Secret,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl KeyDerivation {
+    /// The iteration count the server asked for (within the cap).
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// Runs the derivation, blocking the calling thread.
+    #[must_use]
+    pub fn run(self) -> DerivedKey {
+        DerivedKey(scram::salted_password(
+            &self.password,
+            &self.salt,
+            self.iterations,
+        ))
+    }
+}
+
+impl fmt::Debug for KeyDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyDerivation")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a [`KeyDerivation`]: SCRAM's salted password, as secret as
+/// the password itself (`Debug` shows `<redacted>`).
+#[derive(Clone)]
+pub struct DerivedKey([u8; 32]);
+
+impl fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What a mechanism does with a challenge: answer it, or first have a key derived.
+enum Next {
+    Send(Step),
+    Derive(KeyDerivation),
+}
+
 /// What a mechanism's step returns: the response, plus error text from the
 /// server worth keeping for [`Authenticator::error_detail`].
 struct Step {
@@ -462,8 +546,22 @@ impl Authenticator {
         Some(response)
     }
 
+    /// Caps the PBKDF2 iterations a SCRAM-SHA-256 server may ask for
+    /// (default [`DEFAULT_MAX_ITERATIONS`]); a higher count fails with
+    /// [`SaslError::TooManyIterations`] before any derivation. Other
+    /// mechanisms ignore it.
+    #[must_use]
+    pub fn with_max_iterations(mut self, max: u32) -> Self {
+        if let State::Scram(m) = &mut self.state {
+            m.set_max_iterations(max);
+        }
+        self
+    }
+
     /// Answers a `334` challenge, given the reply's text (base64; surrounding
-    /// white space is ignored), with the base64 text to send.
+    /// white space is ignored), with the base64 text to send. A SCRAM key
+    /// derivation is run here, on the calling thread; use
+    /// [`answer`](Self::answer) to run it elsewhere.
     ///
     /// For SCRAM-SHA-256 the server-final-message also arrives as a `334`: its
     /// server signature is verified ([`SaslError::ServerSignatureMismatch`]
@@ -472,27 +570,44 @@ impl Authenticator {
     /// `""` so that the server sends its `5xx`, and the decoded text is kept
     /// for [`error_detail`](Self::error_detail).
     pub fn respond(&mut self, challenge_base64: &str) -> Result<Secret, SaslError> {
+        match self.answer(challenge_base64)? {
+            Answer::Send(response) => Ok(response),
+            Answer::Derive(job) => self.derived(job.run()),
+        }
+    }
+
+    /// Like [`respond`](Self::respond), but a SCRAM-SHA-256 server-first
+    /// message yields [`Answer::Derive`]: run the [`KeyDerivation`] (e.g. on
+    /// a thread that may block) and pass its result to
+    /// [`derived`](Self::derived) for the line to send.
+    pub fn answer(&mut self, challenge_base64: &str) -> Result<Answer, SaslError> {
+        let send = |r: Result<Step, SaslError>| r.map(Next::Send);
         let result = match &mut self.state {
             State::Failed(e) => return Err(e.clone()),
-            State::Plain(m) => decode_challenge(Mechanism::Plain, challenge_base64)
-                .and_then(|c| m.respond(&c))
-                .map(Step::send),
-            State::Login(m) => m.respond(challenge_base64).map(Step::send),
-            State::CramMd5(m) => decode_challenge(Mechanism::CramMd5, challenge_base64)
-                .and_then(|c| m.respond(&c))
-                .map(Step::send),
-            State::XOAuth2(m) => {
-                decode_challenge(Mechanism::XOAuth2, challenge_base64).and_then(|c| m.respond(&c))
-            }
+            State::Plain(m) => send(
+                decode_challenge(Mechanism::Plain, challenge_base64)
+                    .and_then(|c| m.respond(&c))
+                    .map(Step::send),
+            ),
+            State::Login(m) => send(m.respond(challenge_base64).map(Step::send)),
+            State::CramMd5(m) => send(
+                decode_challenge(Mechanism::CramMd5, challenge_base64)
+                    .and_then(|c| m.respond(&c))
+                    .map(Step::send),
+            ),
+            State::XOAuth2(m) => send(
+                decode_challenge(Mechanism::XOAuth2, challenge_base64).and_then(|c| m.respond(&c)),
+            ),
             State::Scram(m) => decode_challenge(Mechanism::ScramSha256, challenge_base64)
                 .and_then(|c| m.respond(&c)),
         };
         match result {
-            Ok(step) => {
+            Ok(Next::Derive(job)) => Ok(Answer::Derive(job)),
+            Ok(Next::Send(step)) => {
                 if step.detail.is_some() {
                     self.error_detail = step.detail;
                 }
-                Ok(step.response)
+                Ok(Answer::Send(step.response))
             }
             Err(e) => {
                 if let SaslError::ServerError { message, .. } = &e {
@@ -502,6 +617,23 @@ impl Authenticator {
                 Err(e)
             }
         }
+    }
+
+    /// Takes the result of the [`KeyDerivation`] that [`answer`](Self::answer)
+    /// handed out and returns the line to send (SCRAM's client-final-message).
+    /// Fails with [`SaslError::NoDerivationPending`], leaving the exchange as
+    /// it was, when no derivation was handed out.
+    pub fn derived(&mut self, key: DerivedKey) -> Result<Secret, SaslError> {
+        match &mut self.state {
+            State::Scram(m) if m.is_deriving() => Ok(m.derived(&key)),
+            _ => Err(SaslError::NoDerivationPending),
+        }
+    }
+
+    /// Whether a [`KeyDerivation`] handed out by [`answer`](Self::answer)
+    /// awaits [`derived`](Self::derived).
+    pub fn is_deriving(&self) -> bool {
+        matches!(&self.state, State::Scram(m) if m.is_deriving())
     }
 
     /// For SCRAM-SHA-256: whether the server's signature was verified, i.e.
@@ -606,6 +738,17 @@ pub enum SaslError {
         /// The mechanism of the exchange.
         mechanism: Mechanism,
     },
+    /// The SCRAM-SHA-256 server asked for more PBKDF2 iterations than the
+    /// cap allows; nothing was derived.
+    TooManyIterations {
+        /// The iteration count the server asked for.
+        requested: u32,
+        /// The cap in force.
+        limit: u32,
+    },
+    /// A derived key was handed over when no key derivation was pending
+    /// (a caller bug).
+    NoDerivationPending,
 }
 
 fn supported_names() -> String {
@@ -717,6 +860,16 @@ impl fmt::Display for SaslError {
                 "the server sent a {mechanism} challenge after the exchange was complete; \
                  the exchange was cancelled"
             ),
+            Self::TooManyIterations { requested, limit } => write!(
+                f,
+                "the server asked for {requested} SCRAM-SHA-256 iterations, more than the \
+                 cap of {limit} (a server wasting the client's CPU, or one that raised its \
+                 count on purpose: then raise Config::max_scram_iterations); the exchange \
+                 was cancelled"
+            ),
+            Self::NoDerivationPending => {
+                f.write_str("a derived key was handed over when no key derivation was pending")
+            }
         }
     }
 }
