@@ -45,6 +45,9 @@ pub struct Submission {
     pub credentials: Option<Credentials>,
     /// Which mechanism.
     pub auth: AuthChoice,
+    /// The most PBKDF2 iterations a SCRAM-SHA-256 server may ask for
+    /// (`Config::max_scram_iterations`).
+    pub max_scram_iterations: u32,
     /// Deadlines.
     pub timeouts: Timeouts,
     /// Record a transcript (secrets redacted) in the report.
@@ -73,6 +76,7 @@ impl Submission {
             client_id: ClientId::localhost(),
             credentials: None,
             auth: AuthChoice::Auto,
+            max_scram_iterations: smtp_core::sasl::DEFAULT_MAX_ITERATIONS,
             timeouts: Timeouts::default(),
             transcript: false,
         }
@@ -88,6 +92,7 @@ impl Submission {
             .with_transcript(self.transcript);
         if let Some(credentials) = &self.credentials {
             config = config.with_credentials(credentials.clone(), self.auth, nonce()?);
+            config.max_scram_iterations = self.max_scram_iterations;
         }
         Ok(config)
     }

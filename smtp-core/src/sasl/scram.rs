@@ -179,6 +179,9 @@ impl Scram {
         };
         // Further attributes are extensions (RFC 5802 §7), ignored.
 
+        // The cost first: a refused count is refused whatever else is wrong,
+        // and before anything is derived.
+        let iterations = parse_iterations(iterations, self.max_iterations)?;
         if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
             return Err(invalid(
                 "the server nonce does not extend the client nonce (RFC 5802 §5.1)",
@@ -192,8 +195,6 @@ impl Scram {
         if salt.is_empty() {
             return Err(invalid("the salt is empty"));
         }
-        // Checked before any derivation, so a refused count costs nothing.
-        let iterations = parse_iterations(iterations, self.max_iterations)?;
         let job = KeyDerivation {
             password: self.password.clone(),
             salt,

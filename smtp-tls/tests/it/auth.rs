@@ -479,3 +479,32 @@ fn the_tokio_transport_derives_the_key_off_the_session_task() {
         assert_eq!(auth.derived(key), again.derived(inline));
     });
 }
+
+#[tokio::test]
+async fn a_submission_passes_its_iteration_cap_to_the_session() {
+    // The nonce is random here, so the server cannot extend it; the cap is
+    // checked first, whatever else is wrong with the message.
+    let server_first = "r=someone-elses-nonce,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    let script = format!(
+        "S: 220 mail.test\nC: EHLO *\nS: 250-mail.test\nS: 250 AUTH SCRAM-SHA-256\n\
+         C: AUTH SCRAM-SHA-256 *\nS: 334 {}\nC: *\nC: QUIT\n",
+        STANDARD.encode(server_first)
+    );
+    let server = ScriptedServer::start(Script::parse(&script).unwrap(), None)
+        .await
+        .unwrap();
+    let mut submission = smtp_tls::Submission::new("127.0.0.1", server.addr().port());
+    submission.tls.policy = TlsPolicy::None;
+    submission.credentials = Some(password("pencil"));
+    submission.max_scram_iterations = 4095;
+    submission.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let delivery = submission.send(Vec::new(), &mut |_| {}).await.unwrap();
+    server.finish(Duration::from_secs(5)).await.assert_ok();
+    assert_eq!(
+        delivery.session.error,
+        Some(Error::Sasl(SaslError::TooManyIterations {
+            requested: 4096,
+            limit: 4095
+        }))
+    );
+}
