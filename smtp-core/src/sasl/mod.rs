@@ -1236,6 +1236,33 @@ mod tests {
     }
 
     #[test]
+    fn xoauth2_refuses_credentials_that_could_inject_fields() {
+        // ^A separates XOAUTH2's fields: in the username it would let the
+        // username write an `auth=` field of its own; white space or control
+        // characters in a bearer token are never valid and could end it early.
+        let reason = |username: &str, token: &str| {
+            let credentials = Credentials::OAuth2 {
+                username: username.to_owned(),
+                token: Secret::new(token),
+            };
+            match Mechanism::XOAuth2.check_credentials(&credentials) {
+                Err(SaslError::InvalidCredentials { reason, .. }) => Some(reason),
+                Err(e) => panic!("{e:?}"),
+                Ok(()) => None,
+            }
+        };
+        let separator =
+            Some("the username or token contains a ^A character, which XOAUTH2 uses as separator");
+        let spacing = Some("the token contains white space or control characters");
+        assert_eq!(reason("u\x01auth=Bearer evil", "tok"), separator);
+        assert_eq!(reason("u", "to\x01k"), separator);
+        assert_eq!(reason("u", "to k"), spacing);
+        assert_eq!(reason("u", "tok\x07"), spacing);
+        assert_eq!(reason("u", "tok\u{2028}"), spacing);
+        assert_eq!(reason("u@example.org", "ya29.a-b_c~d+e/f="), None);
+    }
+
+    #[test]
     fn error_messages_say_what_to_do() {
         let clear = choose_mechanism(&["PLAIN".to_owned()], &pw(), AuthChoice::Auto, false, false)
             .expect_err("PLAIN is not used automatically in the clear")
