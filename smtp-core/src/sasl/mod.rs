@@ -625,7 +625,7 @@ impl Authenticator {
     /// it was, when no derivation was handed out.
     pub fn derived(&mut self, key: DerivedKey) -> Result<Secret, SaslError> {
         match &mut self.state {
-            State::Scram(m) if m.is_deriving() => Ok(m.derived(&key)),
+            State::Scram(m) => m.derived(&key).ok_or(SaslError::NoDerivationPending),
             _ => Err(SaslError::NoDerivationPending),
         }
     }
@@ -1485,6 +1485,42 @@ mod tests {
         // Mechanisms without an initial response have none to hold back.
         let mut auth = Authenticator::new(Mechanism::Login, &pw(), &[]);
         assert_eq!(auth.initial_response_within_limit(), None);
+    }
+
+    #[test]
+    fn a_derived_key_is_taken_only_while_a_derivation_is_pending() {
+        let nonce = STANDARD.decode("rOprNGfwEbeRWgbNEkqO").unwrap();
+        let mut auth = Authenticator::new(Mechanism::ScramSha256, &pw(), &nonce);
+        let _ = auth.initial_response();
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let Ok(Answer::Derive(job)) = auth.answer(&b64(server_first)) else {
+            panic!("SCRAM hands its derivation out");
+        };
+        assert!(auth.is_deriving());
+        let key = job.run();
+        // Another mechanism, or SCRAM before its server-first-message: misuse.
+        let mut other = Authenticator::new(Mechanism::Plain, &pw(), &[]);
+        assert_eq!(
+            other.derived(key.clone()),
+            Err(SaslError::NoDerivationPending)
+        );
+        let mut early = Authenticator::new(Mechanism::ScramSha256, &pw(), &nonce);
+        assert_eq!(
+            early.derived(key.clone()),
+            Err(SaslError::NoDerivationPending)
+        );
+        assert!(auth.derived(key.clone()).is_ok());
+        assert!(!auth.is_deriving());
+        assert_eq!(auth.derived(key), Err(SaslError::NoDerivationPending));
+    }
+
+    #[test]
+    fn an_equals_sign_is_the_empty_challenge() {
+        // The server asks for the response held back from the AUTH line.
+        let mut auth = Authenticator::new(Mechanism::Plain, &pw(), &[]);
+        assert_eq!(respond(&mut auth, "="), Ok(b64("\0user\0pencil")));
+        let mut auth = Authenticator::new(Mechanism::Plain, &pw(), &[]);
+        assert_eq!(respond(&mut auth, "  "), Ok(b64("\0user\0pencil")));
     }
 
     #[test]

@@ -139,18 +139,18 @@ impl Scram {
     }
 
     /// Takes the salted password of the job `respond` handed out and
-    /// returns the client-final-message. The caller checks `is_deriving`.
-    pub(super) fn derived(&mut self, key: &DerivedKey) -> Secret {
+    /// returns the client-final-message; `None` when no job is out.
+    pub(super) fn derived(&mut self, key: &DerivedKey) -> Option<Secret> {
         let Stage::Deriving {
             server_first,
             nonce,
         } = &self.stage
         else {
-            return Secret::new("");
+            return None;
         };
         let (client_final, server_signature) = self.client_final(&key.0, server_first, nonce);
         self.stage = Stage::SentClientFinal { server_signature };
-        encode(client_final.as_bytes())
+        Some(encode(client_final.as_bytes()))
     }
 
     /// Checks the server-first-message (RFC 5802 §5.1) and returns the key
@@ -324,7 +324,10 @@ mod tests {
             Next::Send(step) => Ok(step),
             Next::Derive(job) => {
                 assert!(m.is_deriving());
-                Ok(Step::send(m.derived(&job.run())))
+                let key = job.run();
+                let response = m.derived(&key).expect("a derivation is pending");
+                assert!(m.derived(&key).is_none(), "taken once");
+                Ok(Step::send(response))
             }
         }
     }
