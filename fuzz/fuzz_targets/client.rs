@@ -30,6 +30,11 @@ impl Tally {
             Event::StartTls => {
                 let _ = client.tls_established(now);
             }
+            Event::DerivationWanted => {
+                if let Some(job) = client.take_derivation() {
+                    let _ = client.derivation_done(now, job.run());
+                }
+            }
             Event::RecipientResult { message, .. } => {
                 self.recipients[message.index() as usize] += 1;
             }

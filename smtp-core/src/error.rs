@@ -235,6 +235,12 @@ pub enum ProtocolError {
     Unsolicited(Reply),
     /// The server said `235` to SCRAM without proving it knows the password.
     ScramUnverified,
+    /// A `334` challenge line longer than RFC 4954 §4 allows.
+    ChallengeTooLong {
+        /// The longest challenge accepted, in octets of base64
+        /// ([`MAX_CHALLENGE_LEN`](crate::sasl::MAX_CHALLENGE_LEN)).
+        limit: usize,
+    },
     /// Input after the STARTTLS `220` and before the driver said TLS is up.
     InputDuringHandshake,
 }
@@ -258,6 +264,11 @@ impl fmt::Display for ProtocolError {
             Self::ScramUnverified => f.write_str(
                 "the server accepted SCRAM authentication without proving it knows the \
                  password (possible impostor); the session was abandoned",
+            ),
+            Self::ChallengeTooLong { limit } => write!(
+                f,
+                "the server's AUTH challenge is longer than the {limit} octets RFC 4954 \
+                 allows; the server is misbehaving, and the exchange was abandoned"
             ),
             Self::InputDuringHandshake => {
                 f.write_str("plaintext input arrived while the TLS handshake was pending")
@@ -392,6 +403,8 @@ pub enum Misuse {
     SessionOver,
     /// `tls_established` when no STARTTLS upgrade was pending.
     NoUpgradePending,
+    /// `derivation_done` when no key derivation was pending.
+    NoDerivationPending,
 }
 
 impl fmt::Display for Misuse {
@@ -403,6 +416,10 @@ impl fmt::Display for Misuse {
             }
             Self::SessionOver => "the session is over or closing; open a new one",
             Self::NoUpgradePending => "tls_established called but no STARTTLS upgrade was pending",
+            Self::NoDerivationPending => {
+                "derivation_done called but no key derivation was pending (wait for \
+                 Event::DerivationWanted)"
+            }
         })
     }
 }

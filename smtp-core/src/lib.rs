@@ -11,6 +11,7 @@
 //!  timer fired  ──► Client::handle_timeout(now)               ▼
 //!  user         ──► Client::send(now, Envelope)        session set-up (client/session.rs)
 //!                   Client::body_chunk / body_end       greeting, EHLO, STARTTLS, AUTH (sasl/)
+//!                   Client::derivation_done (SCRAM key)
 //!                                                             │
 //!                                                             ▼
 //!                                                      transactions (client/transaction.rs)
@@ -18,8 +19,9 @@
 //!                                                             │
 //!  bytes to write ◄── Client::poll_transmit(&mut buf) ◄───────┤ commands (command.rs)
 //!  what happened  ◄── Client::poll_event()            ◄───────┤ Greeting, Capabilities, StartTls,
-//!                                                             │ BodyWanted, RecipientResult,
-//!                                                             │ MessageResult, Closed, Failed
+//!                                                             │ DerivationWanted, BodyWanted,
+//!                                                             │ RecipientResult, MessageResult,
+//!                                                             │ Closed, Failed
 //!  next deadline  ◄── Client::poll_timeout()          ◄───────┘ per-phase timers (timeouts.rs)
 //! ```
 //!

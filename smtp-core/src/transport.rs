@@ -19,6 +19,7 @@ use crate::ehlo::Capabilities;
 use crate::envelope::{MessageId, MessageOutcome};
 use crate::error::Error;
 use crate::reply::Reply;
+use crate::sasl::{DerivedKey, KeyDerivation};
 
 /// What a [`Transport::read`] produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,14 @@ pub trait Transport: Send {
 
     /// The TLS facts, if the connection is encrypted.
     fn tls_info(&self) -> Option<TlsInfo>;
+
+    /// Runs a SCRAM key derivation: pure, but up to the iteration cap's
+    /// worth of CPU (tens of milliseconds by default). This default runs it
+    /// inline, on the calling task; a transport on a multi-task runtime
+    /// should move it to a thread where blocking does no harm.
+    async fn derive_key(&mut self, job: KeyDerivation) -> DerivedKey {
+        job.run()
+    }
 }
 
 /// A message body that can be read from the start as often as needed (a
@@ -173,7 +182,7 @@ pub enum Until {
 
 /// Drives a [`Client`] over a [`Transport`]: writes what it has to send in
 /// one write per group, reads replies, streams bodies, runs STARTTLS and
-/// keeps time. Its two buffers are reused across runs, so a connection kept
+/// SCRAM key derivations ([`Transport::derive_key`]), and keeps time. Its two buffers are reused across runs, so a connection kept
 /// for many messages allocates nothing per message.
 #[derive(Debug)]
 pub struct Driver {
@@ -220,6 +229,15 @@ impl Driver {
                     Event::StartTls => {
                         on_event(event);
                         self.start_tls(client, transport).await;
+                        continue;
+                    }
+                    Event::DerivationWanted => {
+                        on_event(event);
+                        if let Some(job) = client.take_derivation() {
+                            let key = transport.derive_key(job).await;
+                            // Cannot be misuse: the client just asked for it.
+                            let _ = client.derivation_done(transport.now(), key);
+                        }
                         continue;
                     }
                     _ => on_event(event),

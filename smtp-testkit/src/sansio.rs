@@ -86,7 +86,7 @@ impl Run {
         self.pump();
     }
 
-    /// Drains output and events, answering BodyWanted and StartTls.
+    /// Drains output and events, answering BodyWanted, DerivationWanted and StartTls.
     pub fn pump(&mut self) {
         loop {
             let mut progressed = self.client.poll_transmit(&mut self.wire);
@@ -102,6 +102,13 @@ impl Run {
                             let _ = self.client.poll_transmit(&mut self.wire);
                         }
                         let _ = self.client.body_end(self.now);
+                    }
+                    Event::DerivationWanted => {
+                        if let Some(job) = self.client.take_derivation() {
+                            self.client
+                                .derivation_done(self.now, job.run())
+                                .expect("derivation pending");
+                        }
                     }
                     Event::StartTls if self.auto_tls => {
                         let _ = self.client.poll_transmit(&mut self.wire);

@@ -35,6 +35,12 @@ pub enum ConnectError {
         /// The port.
         port: u16,
     },
+    /// The system's random number generator failed, so a value that must
+    /// be unpredictable could not be made; nothing was sent.
+    NoRandomness {
+        /// What the random bytes were for.
+        purpose: &'static str,
+    },
 }
 
 impl fmt::Display for ConnectError {
@@ -51,6 +57,12 @@ impl fmt::Display for ConnectError {
                 f.write_str(" check the host and port, and that a firewall does not block it")
             }
             Self::Tls { addr, detail } => write!(f, "TLS with {addr} failed: {detail}"),
+            Self::NoRandomness { purpose } => write!(
+                f,
+                "the system's random number generator failed, so {purpose} could not be \
+                 made unpredictable; no connection was opened (check the operating \
+                 system's entropy source)"
+            ),
             Self::ImplicitTlsWithoutEncryption { port } => write!(
                 f,
                 "port {port} needs encryption (implicit TLS) but encryption is none; use --tls \

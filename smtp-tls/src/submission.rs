@@ -6,6 +6,8 @@ use smtp_core::sasl::{AuthChoice, Credentials};
 use smtp_core::transport::{BodySource, SessionReport, drive};
 use smtp_core::{Client, Config, Envelope, Error, Event, Timeouts, TlsPolicy};
 
+use rustls::crypto::SecureRandom;
+
 use crate::config::TlsOptions;
 use crate::error::ConnectError;
 use crate::transport::TcpTransport;
@@ -43,6 +45,9 @@ pub struct Submission {
     pub credentials: Option<Credentials>,
     /// Which mechanism.
     pub auth: AuthChoice,
+    /// The most PBKDF2 iterations a SCRAM-SHA-256 server may ask for
+    /// (`Config::max_scram_iterations`).
+    pub max_scram_iterations: u32,
     /// Deadlines.
     pub timeouts: Timeouts,
     /// Record a transcript (secrets redacted) in the report.
@@ -71,21 +76,25 @@ impl Submission {
             client_id: ClientId::localhost(),
             credentials: None,
             auth: AuthChoice::Auto,
+            max_scram_iterations: smtp_core::sasl::DEFAULT_MAX_ITERATIONS,
             timeouts: Timeouts::default(),
             transcript: false,
         }
     }
 
-    fn config(&self, policy: TlsPolicy) -> Config {
+    /// The client's configuration; fails only when credentials need a
+    /// nonce and the system has no randomness to give.
+    fn config(&self, policy: TlsPolicy) -> Result<Config, ConnectError> {
         let mut config = Config::new(self.client_id.clone())
             .with_tls(policy)
             .with_implicit_tls(self.implicit_tls)
             .with_timeouts(self.timeouts)
             .with_transcript(self.transcript);
         if let Some(credentials) = &self.credentials {
-            config = config.with_credentials(credentials.clone(), self.auth, nonce());
+            config = config.with_credentials(credentials.clone(), self.auth, nonce()?);
+            config.max_scram_iterations = self.max_scram_iterations;
         }
-        config
+        Ok(config)
     }
 
     /// Under Optional, a failed STARTTLS handshake may be retried once in
@@ -99,6 +108,8 @@ impl Submission {
         &self,
         policy: TlsPolicy,
     ) -> Result<(TcpTransport, Client), ConnectError> {
+        // Before connecting: without a nonce there is no session to open.
+        let config = self.config(policy)?;
         let mut options = self.tls.clone();
         options.policy = policy;
         let transport = TcpTransport::connect(
@@ -111,7 +122,7 @@ impl Submission {
         )
         .await?;
         let now = smtp_core::transport::Transport::now(&transport);
-        Ok((transport, Client::new(self.config(policy), now)))
+        Ok((transport, Client::new(config, now)))
     }
 
     /// Sends `messages` through one session and reports on each.
@@ -171,16 +182,56 @@ impl Submission {
 }
 
 /// Random bytes for SASL nonces, from the TLS provider's generator.
-pub(crate) fn nonce() -> Vec<u8> {
+pub(crate) fn nonce() -> Result<Vec<u8>, ConnectError> {
+    nonce_from(rustls::crypto::ring::default_provider().secure_random)
+}
+
+/// [`nonce`] from `random`. A generator that fails is an error: SCRAM with
+/// a predictable nonce would let a recorded exchange be replayed, so there
+/// is no fallback value.
+fn nonce_from(random: &dyn SecureRandom) -> Result<Vec<u8>, ConnectError> {
     let mut bytes = vec![0u8; 24];
-    if rustls::crypto::ring::default_provider()
-        .secure_random
+    random
         .fill(&mut bytes)
-        .is_err()
-    {
-        // Without randomness SCRAM's nonce would be predictable; a zero
-        // nonce still works but only against servers that add their own.
-        bytes.fill(0);
+        .map_err(|_| ConnectError::NoRandomness {
+            purpose: "the SASL nonce",
+        })?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::GetRandomFailed;
+
+    /// A generator that always fails, as a broken system one would.
+    #[derive(Debug)]
+    struct Broken;
+
+    impl SecureRandom for Broken {
+        fn fill(&self, _: &mut [u8]) -> Result<(), GetRandomFailed> {
+            Err(GetRandomFailed)
+        }
     }
-    bytes
+
+    #[test]
+    fn a_failing_generator_is_an_error_never_a_predictable_nonce() {
+        let err = nonce_from(&Broken).expect_err("no nonce without randomness");
+        assert_eq!(
+            err,
+            ConnectError::NoRandomness {
+                purpose: "the SASL nonce"
+            }
+        );
+        assert!(err.to_string().contains("random"), "{err}");
+    }
+
+    #[test]
+    fn nonces_come_from_the_generator() {
+        let a = nonce().expect("the system has randomness");
+        let b = nonce().expect("the system has randomness");
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 24]);
+    }
 }

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use smtp_core::direct::ConnectFailure;
+use smtp_core::sasl::{DerivedKey, KeyDerivation};
 use smtp_core::transport::{ReadOutcome, TlsInfo, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -276,6 +277,18 @@ impl Transport for TcpTransport {
         self.stream = Stream::Tls(Box::new(stream));
         self.tls = Some(info.clone());
         Ok(info)
+    }
+
+    /// PBKDF2 runs on tokio's blocking pool, so the session's worker thread
+    /// (and every other task on it) is not held for its duration.
+    async fn derive_key(&mut self, job: KeyDerivation) -> DerivedKey {
+        // Kept for the one case the pool cannot run it (the runtime is
+        // shutting down): then inline, as a transport without a pool would.
+        let fallback = job.clone();
+        match tokio::task::spawn_blocking(move || job.run()).await {
+            Ok(key) => key,
+            Err(_) => fallback.run(),
+        }
     }
 
     fn tls_info(&self) -> Option<TlsInfo> {

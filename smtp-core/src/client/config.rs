@@ -26,6 +26,10 @@ pub struct Config {
     /// no randomness source of its own: drivers must fill this with at least
     /// 18 bytes from a cryptographic generator.
     pub sasl_nonce: Vec<u8>,
+    /// The most PBKDF2 iterations a SCRAM-SHA-256 server may ask for
+    /// ([`DEFAULT_MAX_ITERATIONS`](crate::sasl::DEFAULT_MAX_ITERATIONS) by
+    /// default); a higher count ends the exchange before any derivation.
+    pub max_scram_iterations: u32,
     /// Per-phase deadlines.
     pub timeouts: Timeouts,
     /// Bounds on the server's replies.
@@ -53,6 +57,7 @@ impl Config {
             credentials: None,
             auth: AuthChoice::Auto,
             sasl_nonce: Vec::new(),
+            max_scram_iterations: crate::sasl::DEFAULT_MAX_ITERATIONS,
             timeouts: Timeouts::default(),
             reply_limits: ReplyLimits::default(),
             pipelining: true,

@@ -21,6 +21,12 @@ pub enum Event {
     /// handshake on this connection, then call
     /// [`Client::tls_established`](super::Client::tls_established).
     StartTls,
+    /// The SCRAM exchange needs its key derived (seconds of CPU at worst):
+    /// take the job with [`Client::take_derivation`](super::Client::take_derivation),
+    /// run it where blocking does no harm, and hand the result to
+    /// [`Client::derivation_done`](super::Client::derivation_done). The
+    /// client sends nothing and awaits no reply until then.
+    DerivationWanted,
     /// AUTH succeeded.
     Authenticated(Mechanism),
     /// The session is set up; messages are being sent.

@@ -23,7 +23,7 @@ use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
 use crate::reply::{Status, parse_reply};
-use crate::sasl::Authenticator;
+use crate::sasl::{Authenticator, KeyDerivation};
 use crate::timeouts::Phase;
 
 /// An SMTP client session, without I/O.
@@ -46,6 +46,12 @@ use crate::timeouts::Phase;
 ///   finish with [`body_end`](Self::body_end), draining `poll_transmit` after
 ///   each call so memory stays bounded. [`quit`](Self::quit) ends the session
 ///   once queued messages are done.
+/// - **Key derivation** — on [`Event::DerivationWanted`], take the job with
+///   [`take_derivation`](Self::take_derivation), run it
+///   ([`KeyDerivation::run`](crate::sasl::KeyDerivation::run): pure, but
+///   CPU-bound, so off an async executor's threads), and hand the result to
+///   [`derivation_done`](Self::derivation_done) before feeding more input.
+///   Until then the client has nothing to send and no deadline.
 /// - **STARTTLS** — on [`Event::StartTls`], write pending bytes, run the TLS
 ///   handshake, then call [`tls_established`](Self::tls_established) (or
 ///   [`tls_failed`](Self::tls_failed)). Plaintext bytes that arrive before
@@ -77,6 +83,8 @@ pub struct Client {
     out: Outbox,
     pending: Pending,
     auth: Option<Authenticator>,
+    /// A SCRAM key derivation not yet taken by the driver.
+    derivation: Option<KeyDerivation>,
     /// Messages not yet finished, in the order given.
     messages: VecDeque<Message>,
     /// Transactions whose commands are on the wire, oldest first.
@@ -125,6 +133,7 @@ impl Client {
             input: Vec::new(),
             pending,
             auth: None,
+            derivation: None,
             messages: VecDeque::new(),
             txs: VecDeque::new(),
             body: None,
@@ -152,7 +161,7 @@ impl Client {
         // server dripping bytes one by one costs linear time, not quadratic.
         if !self.input.is_empty()
             && !bytes.contains(&b'\n')
-            && self.input.len() + bytes.len() <= self.config.reply_limits.max_line_len
+            && self.input.len() + bytes.len() <= self.reply_limits().max_line_len
         {
             self.input.extend_from_slice(bytes);
             return;
@@ -168,7 +177,7 @@ impl Client {
         let mut pos = 0;
         while pos < buf.len() {
             let rest = buf.get(pos..).unwrap_or_default();
-            match parse_reply(rest, &self.config.reply_limits) {
+            match parse_reply(rest, &self.reply_limits()) {
                 Ok(Status::Complete((used, reply))) => {
                     pos += used;
                     let upgrading = self.on_reply(now, reply);
@@ -189,7 +198,7 @@ impl Client {
                 }
                 Ok(Status::Partial) => break,
                 Err(e) => {
-                    self.fail(ProtocolError::Malformed(e).into());
+                    self.fail(self.malformed(e));
                     return;
                 }
             }

@@ -12,17 +12,52 @@ use super::outbox::Expect;
 use super::{Client, State};
 use crate::command::Command;
 use crate::ehlo::Capabilities;
-use crate::error::{Error, PolicyError, ProtocolError};
+use crate::error::{Error, Misuse, PolicyError, ProtocolError};
 use crate::policy::TlsPolicy;
-use crate::reply::Reply;
-use crate::sasl::{Authenticator, Mechanism, choose_mechanism};
+use crate::reply::{Reply, ReplyError, ReplyLimits};
+use crate::sasl::{
+    Answer, Authenticator, DerivedKey, KeyDerivation, MAX_CHALLENGE_LEN, Mechanism, SaslError,
+    Secret, choose_mechanism,
+};
 use crate::timeouts::Phase;
+
+/// The longest line of a reply to AUTH: `334 `, a challenge of RFC 4954 §4's
+/// [`MAX_CHALLENGE_LEN`] octets, and CRLF.
+const AUTH_REPLY_LINE_LEN: usize = 4 + MAX_CHALLENGE_LEN + 2;
 
 /// EHLO replies after which HELO is worth a try (RFC 5321 §4.1.4: a server
 /// that does not know EHLO answers 500, 502, 504 or 550).
 const EHLO_UNSUPPORTED: [u16; 4] = [500, 502, 504, 550];
 
 impl Client {
+    /// The bounds on the next reply. While an AUTH reply is awaited a line
+    /// may carry a whole RFC 4954 challenge (12,288 octets), more than the
+    /// configured line limit (8 KiB by default) that every other reply keeps:
+    /// no other reply has a reason to be that long, and the buffer stays
+    /// bounded either way, by a constant.
+    pub(super) fn reply_limits(&self) -> ReplyLimits {
+        let mut limits = self.config.reply_limits;
+        if self.pending.front() == Some(Expect::Auth) {
+            limits.max_line_len = limits.max_line_len.max(AUTH_REPLY_LINE_LEN);
+            limits.max_reply_len = limits.max_reply_len.max(AUTH_REPLY_LINE_LEN);
+        }
+        limits
+    }
+
+    /// The error for a reply that broke the parser: a line too long for
+    /// AUTH is said in RFC 4954's terms rather than as a configurable bound.
+    pub(super) fn malformed(&self, e: ReplyError) -> Error {
+        match e {
+            ReplyError::LineTooLong { .. } if self.pending.front() == Some(Expect::Auth) => {
+                ProtocolError::ChallengeTooLong {
+                    limit: MAX_CHALLENGE_LEN,
+                }
+                .into()
+            }
+            e => ProtocolError::Malformed(e).into(),
+        }
+    }
+
     pub(super) fn send_ehlo(&mut self, now: Instant) {
         self.out.command(&Command::Ehlo(&self.config.client_id));
         self.pending.push(now, Expect::Ehlo);
@@ -141,8 +176,11 @@ impl Client {
             self.out
                 .event(Event::Warning(Warning::PlaintextSecret(mechanism)));
         }
-        let mut auth = Authenticator::new(mechanism, credentials, &self.config.sasl_nonce);
-        let initial = auth.initial_response();
+        let mut auth = Authenticator::new(mechanism, credentials, &self.config.sasl_nonce)
+            .with_max_iterations(self.config.max_scram_iterations);
+        // RFC 4954 §4: an initial response that would make the AUTH line
+        // longer than 512 octets goes after the server's empty 334 instead.
+        let initial = auth.initial_response_within_limit();
         self.out.command(&Command::Auth {
             mechanism: mechanism.name(),
             initial_response: initial.as_ref().map(|s| s.expose()),
@@ -164,16 +202,13 @@ impl Client {
         };
         let mechanism = auth.mechanism();
         match reply.code().as_u16() {
-            334 => match auth.respond(reply.first_line()) {
-                Ok(response) => {
-                    self.out.command(&Command::AuthResponse(response.expose()));
-                    self.pending.push(now, Expect::Auth);
+            334 => match auth.answer(reply.first_line()) {
+                Ok(Answer::Send(response)) => self.send_auth_response(now, &response),
+                Ok(Answer::Derive(job)) => {
+                    self.derivation = Some(job);
+                    self.out.event(Event::DerivationWanted);
                 }
-                Err(e) => {
-                    // Cancel the exchange (RFC 4954 §4) before leaving.
-                    self.out.command(&Command::AuthResponse("*"));
-                    self.fail_and_quit(e.into());
-                }
+                Err(e) => self.cancel_auth(e),
             },
             235 if mechanism == Mechanism::ScramSha256 && !auth.server_verified() => {
                 self.fail_and_quit(ProtocolError::ScramUnverified.into());
@@ -201,6 +236,42 @@ impl Client {
                 });
             }
         }
+    }
+
+    /// The key derivation asked for by [`Event::DerivationWanted`], once.
+    #[must_use]
+    pub fn take_derivation(&mut self) -> Option<KeyDerivation> {
+        self.derivation.take()
+    }
+
+    /// The driver ran the [`KeyDerivation`] from
+    /// [`take_derivation`](Self::take_derivation): the exchange goes on. After
+    /// the session ended this does nothing; without a derivation pending it
+    /// fails with [`Misuse::NoDerivationPending`].
+    pub fn derivation_done(&mut self, now: Instant, key: DerivedKey) -> Result<(), Error> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        let Some(auth) = self.auth.as_mut().filter(|a| a.is_deriving()) else {
+            return Err(Misuse::NoDerivationPending.into());
+        };
+        self.derivation = None;
+        match auth.derived(key) {
+            Ok(response) => self.send_auth_response(now, &response),
+            Err(e) => self.cancel_auth(e),
+        }
+        Ok(())
+    }
+
+    fn send_auth_response(&mut self, now: Instant, response: &Secret) {
+        self.out.command(&Command::AuthResponse(response.expose()));
+        self.pending.push(now, Expect::Auth);
+    }
+
+    /// Cancels the exchange (RFC 4954 §4) before leaving.
+    fn cancel_auth(&mut self, e: SaslError) {
+        self.out.command(&Command::AuthResponse("*"));
+        self.fail_and_quit(e.into());
     }
 
     fn ready(&mut self, now: Instant) {

@@ -27,6 +27,13 @@
 //! 4xx / 5xx          ──> failure; error_detail() may explain (XOAUTH2, SCRAM)
 //! ```
 //!
+//! `respond` runs SCRAM's PBKDF2 step inline. [`Authenticator::answer`]
+//! instead hands it out as a [`KeyDerivation`] to run anywhere (the client
+//! passes it to its driver, which keeps it off the async executor), and
+//! [`Authenticator::derived`] takes the result back. The iteration count a
+//! server may ask for is capped ([`DEFAULT_MAX_ITERATIONS`]) before anything
+//! is derived.
+//!
 //! The module reads no randomness: SCRAM's client nonce is made from bytes the
 //! caller passes to [`Authenticator::new`].
 
@@ -48,12 +55,32 @@ use base64::engine::general_purpose::STANDARD;
 /// octets; a longer challenge is refused instead of decoded.
 pub const MAX_CHALLENGE_LEN: usize = 12288;
 
+/// The longest `AUTH` command line, initial response and CRLF included.
+///
+/// RFC 4954 §4 keeps `AUTH` under RFC 5321's 512-octet command line: a
+/// longer initial response (XOAUTH2 tokens are often 2–3 KB) is not sent
+/// with the command but after the server's empty `334`.
+pub const MAX_AUTH_LINE_LEN: usize = 512;
+
 /// The fewest nonce bytes [`Authenticator::new`] accepts for SCRAM-SHA-256.
 ///
 /// 18 random bytes (24 base64 characters) or more are recommended; with
 /// fewer, a nonce repeating across sessions (which would let a recorded
 /// exchange be replayed) becomes too likely.
 pub const MIN_NONCE_LEN: usize = 12;
+
+/// The most PBKDF2 iterations a SCRAM-SHA-256 server may ask for, unless
+/// the caller sets another cap ([`Authenticator::with_max_iterations`],
+/// `Config::max_scram_iterations`).
+///
+/// RFC 7677 §4 asks servers for at least 4096, and that is what the common
+/// servers use by default (Dovecot, Cyrus SASL, PostgreSQL; MongoDB uses
+/// 15,000). 100,000 leaves room for servers that raised it several times
+/// over while bounding what one attempt costs the client: about 30 ms of
+/// CPU, where the 10,000,000 a hostile server may ask for would be
+/// seconds. A server that deliberately uses more (e.g. OWASP's 600,000 for
+/// stored password hashes) needs the cap raised.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000;
 
 /// The longest server error text kept for [`Authenticator::error_detail`], in characters.
 const MAX_DETAIL_LEN: usize = 1024;
@@ -330,7 +357,9 @@ pub fn choose_mechanism(
 /// each `334` reply to [`respond`](Self::respond) and send what it returns.
 /// If the initial response would make the `AUTH` line longer than 512 octets
 /// (RFC 4954 §4), do not call `initial_response`: send `AUTH <mech>` alone,
-/// and the first `respond` (to the server's empty `334`) returns it instead.
+/// and the first `respond` (to the server's empty `334`) returns it instead;
+/// [`initial_response_within_limit`](Self::initial_response_within_limit)
+/// makes that choice.
 ///
 /// When `respond` fails, send `*` to cancel the exchange (RFC 4954 §4); every
 /// later call fails with the same error.
@@ -354,6 +383,70 @@ enum State {
     Scram(Box<scram::Scram>),
     /// Set up wrong or failed earlier: every call returns this error.
     Failed(SaslError),
+}
+
+/// What to do with a challenge, from [`Authenticator::answer`].
+#[derive(Debug)]
+pub enum Answer {
+    /// Send this line.
+    Send(Secret),
+    /// Run this key derivation, then hand its result to
+    /// [`Authenticator::derived`], which returns the line to send.
+    Derive(KeyDerivation),
+}
+
+/// SCRAM's PBKDF2 step (RFC 5802 §3 `Hi()`): a pure computation, costly by
+/// design (milliseconds to seconds of CPU), handed to the caller so that it
+/// can run where blocking does no harm, e.g. off an async executor's threads.
+///
+/// It holds the password (never printed: `Debug` shows only the cost).
+#[derive(Clone)]
+pub struct KeyDerivation {
+    password: Secret,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl KeyDerivation {
+    /// The iteration count the server asked for (within the cap).
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// Runs the derivation, blocking the calling thread.
+    #[must_use]
+    pub fn run(self) -> DerivedKey {
+        DerivedKey(scram::salted_password(
+            &self.password,
+            &self.salt,
+            self.iterations,
+        ))
+    }
+}
+
+impl fmt::Debug for KeyDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyDerivation")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a [`KeyDerivation`]: SCRAM's salted password, as secret as
+/// the password itself (`Debug` shows `<redacted>`).
+#[derive(Clone)]
+pub struct DerivedKey([u8; 32]);
+
+impl fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What a mechanism does with a challenge: answer it, or first have a key derived.
+enum Next {
+    Send(Step),
+    Derive(KeyDerivation),
 }
 
 /// What a mechanism's step returns: the response, plus error text from the
@@ -434,8 +527,41 @@ impl Authenticator {
         }
     }
 
+    /// The initial response when `AUTH <mechanism> <ir>` CRLF fits in
+    /// [`MAX_AUTH_LINE_LEN`] octets, as [`initial_response`](Self::initial_response)
+    /// returns it. `None` when the mechanism has none or when it is too long:
+    /// then send `AUTH <mechanism>` alone, and the first
+    /// [`respond`](Self::respond) (to the server's empty `334`) returns it.
+    #[must_use]
+    pub fn initial_response_within_limit(&mut self) -> Option<Secret> {
+        // Try on a copy: handing out the response moves the mechanism on,
+        // which must not happen when it is kept for the 334.
+        let mut trial = self.clone();
+        let response = trial.initial_response()?;
+        let line = "AUTH ".len() + self.mechanism.name().len() + 1 + response.expose().len() + 2;
+        if line > MAX_AUTH_LINE_LEN {
+            return None;
+        }
+        *self = trial;
+        Some(response)
+    }
+
+    /// Caps the PBKDF2 iterations a SCRAM-SHA-256 server may ask for
+    /// (default [`DEFAULT_MAX_ITERATIONS`]); a higher count fails with
+    /// [`SaslError::TooManyIterations`] before any derivation. Other
+    /// mechanisms ignore it.
+    #[must_use]
+    pub fn with_max_iterations(mut self, max: u32) -> Self {
+        if let State::Scram(m) = &mut self.state {
+            m.set_max_iterations(max);
+        }
+        self
+    }
+
     /// Answers a `334` challenge, given the reply's text (base64; surrounding
-    /// white space is ignored), with the base64 text to send.
+    /// white space is ignored), with the base64 text to send. A SCRAM key
+    /// derivation is run here, on the calling thread; use
+    /// [`answer`](Self::answer) to run it elsewhere.
     ///
     /// For SCRAM-SHA-256 the server-final-message also arrives as a `334`: its
     /// server signature is verified ([`SaslError::ServerSignatureMismatch`]
@@ -444,27 +570,44 @@ impl Authenticator {
     /// `""` so that the server sends its `5xx`, and the decoded text is kept
     /// for [`error_detail`](Self::error_detail).
     pub fn respond(&mut self, challenge_base64: &str) -> Result<Secret, SaslError> {
+        match self.answer(challenge_base64)? {
+            Answer::Send(response) => Ok(response),
+            Answer::Derive(job) => self.derived(job.run()),
+        }
+    }
+
+    /// Like [`respond`](Self::respond), but a SCRAM-SHA-256 server-first
+    /// message yields [`Answer::Derive`]: run the [`KeyDerivation`] (e.g. on
+    /// a thread that may block) and pass its result to
+    /// [`derived`](Self::derived) for the line to send.
+    pub fn answer(&mut self, challenge_base64: &str) -> Result<Answer, SaslError> {
+        let send = |r: Result<Step, SaslError>| r.map(Next::Send);
         let result = match &mut self.state {
             State::Failed(e) => return Err(e.clone()),
-            State::Plain(m) => decode_challenge(Mechanism::Plain, challenge_base64)
-                .and_then(|c| m.respond(&c))
-                .map(Step::send),
-            State::Login(m) => m.respond(challenge_base64).map(Step::send),
-            State::CramMd5(m) => decode_challenge(Mechanism::CramMd5, challenge_base64)
-                .and_then(|c| m.respond(&c))
-                .map(Step::send),
-            State::XOAuth2(m) => {
-                decode_challenge(Mechanism::XOAuth2, challenge_base64).and_then(|c| m.respond(&c))
-            }
+            State::Plain(m) => send(
+                decode_challenge(Mechanism::Plain, challenge_base64)
+                    .and_then(|c| m.respond(&c))
+                    .map(Step::send),
+            ),
+            State::Login(m) => send(m.respond(challenge_base64).map(Step::send)),
+            State::CramMd5(m) => send(
+                decode_challenge(Mechanism::CramMd5, challenge_base64)
+                    .and_then(|c| m.respond(&c))
+                    .map(Step::send),
+            ),
+            State::XOAuth2(m) => send(
+                decode_challenge(Mechanism::XOAuth2, challenge_base64).and_then(|c| m.respond(&c)),
+            ),
             State::Scram(m) => decode_challenge(Mechanism::ScramSha256, challenge_base64)
                 .and_then(|c| m.respond(&c)),
         };
         match result {
-            Ok(step) => {
+            Ok(Next::Derive(job)) => Ok(Answer::Derive(job)),
+            Ok(Next::Send(step)) => {
                 if step.detail.is_some() {
                     self.error_detail = step.detail;
                 }
-                Ok(step.response)
+                Ok(Answer::Send(step.response))
             }
             Err(e) => {
                 if let SaslError::ServerError { message, .. } = &e {
@@ -474,6 +617,23 @@ impl Authenticator {
                 Err(e)
             }
         }
+    }
+
+    /// Takes the result of the [`KeyDerivation`] that [`answer`](Self::answer)
+    /// handed out and returns the line to send (SCRAM's client-final-message).
+    /// Fails with [`SaslError::NoDerivationPending`], leaving the exchange as
+    /// it was, when no derivation was handed out.
+    pub fn derived(&mut self, key: DerivedKey) -> Result<Secret, SaslError> {
+        match &mut self.state {
+            State::Scram(m) => m.derived(&key).ok_or(SaslError::NoDerivationPending),
+            _ => Err(SaslError::NoDerivationPending),
+        }
+    }
+
+    /// Whether a [`KeyDerivation`] handed out by [`answer`](Self::answer)
+    /// awaits [`derived`](Self::derived).
+    pub fn is_deriving(&self) -> bool {
+        matches!(&self.state, State::Scram(m) if m.is_deriving())
     }
 
     /// For SCRAM-SHA-256: whether the server's signature was verified, i.e.
@@ -578,6 +738,17 @@ pub enum SaslError {
         /// The mechanism of the exchange.
         mechanism: Mechanism,
     },
+    /// The SCRAM-SHA-256 server asked for more PBKDF2 iterations than the
+    /// cap allows; nothing was derived.
+    TooManyIterations {
+        /// The iteration count the server asked for.
+        requested: u32,
+        /// The cap in force.
+        limit: u32,
+    },
+    /// A derived key was handed over when no key derivation was pending
+    /// (a caller bug).
+    NoDerivationPending,
 }
 
 fn supported_names() -> String {
@@ -689,6 +860,16 @@ impl fmt::Display for SaslError {
                 "the server sent a {mechanism} challenge after the exchange was complete; \
                  the exchange was cancelled"
             ),
+            Self::TooManyIterations { requested, limit } => write!(
+                f,
+                "the server asked for {requested} SCRAM-SHA-256 iterations, more than the \
+                 cap of {limit} (a server wasting the client's CPU, or one that raised its \
+                 count on purpose: then raise Config::max_scram_iterations); the exchange \
+                 was cancelled"
+            ),
+            Self::NoDerivationPending => {
+                f.write_str("a derived key was handed over when no key derivation was pending")
+            }
         }
     }
 }
@@ -1055,6 +1236,33 @@ mod tests {
     }
 
     #[test]
+    fn xoauth2_refuses_credentials_that_could_inject_fields() {
+        // ^A separates XOAUTH2's fields: in the username it would let the
+        // username write an `auth=` field of its own; white space or control
+        // characters in a bearer token are never valid and could end it early.
+        let reason = |username: &str, token: &str| {
+            let credentials = Credentials::OAuth2 {
+                username: username.to_owned(),
+                token: Secret::new(token),
+            };
+            match Mechanism::XOAuth2.check_credentials(&credentials) {
+                Err(SaslError::InvalidCredentials { reason, .. }) => Some(reason),
+                Err(e) => panic!("{e:?}"),
+                Ok(()) => None,
+            }
+        };
+        let separator =
+            Some("the username or token contains a ^A character, which XOAUTH2 uses as separator");
+        let spacing = Some("the token contains white space or control characters");
+        assert_eq!(reason("u\x01auth=Bearer evil", "tok"), separator);
+        assert_eq!(reason("u", "to\x01k"), separator);
+        assert_eq!(reason("u", "to k"), spacing);
+        assert_eq!(reason("u", "tok\x07"), spacing);
+        assert_eq!(reason("u", "tok\u{2028}"), spacing);
+        assert_eq!(reason("u@example.org", "ya29.a-b_c~d+e/f="), None);
+    }
+
+    #[test]
     fn error_messages_say_what_to_do() {
         let clear = choose_mechanism(&["PLAIN".to_owned()], &pw(), AuthChoice::Auto, false, false)
             .expect_err("PLAIN is not used automatically in the clear")
@@ -1249,6 +1457,70 @@ mod tests {
         let json = r#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
         assert_eq!(respond(&mut auth, &b64(json)), Ok(String::new()));
         assert_eq!(auth.error_detail(), Some(json));
+    }
+
+    #[test]
+    fn an_initial_response_beyond_the_512_octet_auth_line_waits_for_the_334() {
+        // "AUTH PLAIN " + base64 + CRLF: 6 bytes of NULs and "user" plus a
+        // 366-character password encode to 496 characters, a 509-octet
+        // line; one more character makes 500 and 513 octets.
+        let with_password = |len: usize| Credentials::Password {
+            username: "user".to_owned(),
+            password: Secret::new("p".repeat(len)),
+        };
+        let mut auth = Authenticator::new(Mechanism::Plain, &with_password(366), &[]);
+        let sent = auth.initial_response_within_limit().expect("fits");
+        assert_eq!(sent.expose().len(), 496);
+        assert!(matches!(
+            respond(&mut auth, ""),
+            Err(SaslError::UnexpectedChallenge { .. })
+        ));
+
+        let mut auth = Authenticator::new(Mechanism::Plain, &with_password(367), &[]);
+        assert_eq!(auth.initial_response_within_limit(), None);
+        let later = respond(&mut auth, "").expect("the response follows the empty 334");
+        assert_eq!(later.len(), 500);
+        assert_eq!(later, b64(&format!("\0user\0{}", "p".repeat(367))));
+
+        // Mechanisms without an initial response have none to hold back.
+        let mut auth = Authenticator::new(Mechanism::Login, &pw(), &[]);
+        assert_eq!(auth.initial_response_within_limit(), None);
+    }
+
+    #[test]
+    fn a_derived_key_is_taken_only_while_a_derivation_is_pending() {
+        let nonce = STANDARD.decode("rOprNGfwEbeRWgbNEkqO").unwrap();
+        let mut auth = Authenticator::new(Mechanism::ScramSha256, &pw(), &nonce);
+        let _ = auth.initial_response();
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let Ok(Answer::Derive(job)) = auth.answer(&b64(server_first)) else {
+            panic!("SCRAM hands its derivation out");
+        };
+        assert!(auth.is_deriving());
+        let key = job.run();
+        // Another mechanism, or SCRAM before its server-first-message: misuse.
+        let mut other = Authenticator::new(Mechanism::Plain, &pw(), &[]);
+        assert_eq!(
+            other.derived(key.clone()),
+            Err(SaslError::NoDerivationPending)
+        );
+        let mut early = Authenticator::new(Mechanism::ScramSha256, &pw(), &nonce);
+        assert_eq!(
+            early.derived(key.clone()),
+            Err(SaslError::NoDerivationPending)
+        );
+        assert!(auth.derived(key.clone()).is_ok());
+        assert!(!auth.is_deriving());
+        assert_eq!(auth.derived(key), Err(SaslError::NoDerivationPending));
+    }
+
+    #[test]
+    fn an_equals_sign_is_the_empty_challenge() {
+        // The server asks for the response held back from the AUTH line.
+        let mut auth = Authenticator::new(Mechanism::Plain, &pw(), &[]);
+        assert_eq!(respond(&mut auth, "="), Ok(b64("\0user\0pencil")));
+        let mut auth = Authenticator::new(Mechanism::Plain, &pw(), &[]);
+        assert_eq!(respond(&mut auth, "  "), Ok(b64("\0user\0pencil")));
     }
 
     #[test]

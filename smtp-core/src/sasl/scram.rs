@@ -19,19 +19,25 @@
 //!   its UTF-8 bytes without normalization. ASCII names and passwords are
 //!   unaffected; a non-ASCII password that the server normalized differently
 //!   fails to authenticate (it does not leak).
-//! - The iteration count must lie in 4096 (RFC 7677 §4's minimum) ..=
-//!   10,000,000, so a hostile server can neither weaken the hash nor make the
-//!   client burn seconds of CPU per attempt.
+//! - The iteration count must lie in 4096 (RFC 7677 §4's minimum) ..= the
+//!   caller's cap ([`DEFAULT_MAX_ITERATIONS`](super::DEFAULT_MAX_ITERATIONS)
+//!   unless set), so a hostile server can neither weaken the hash nor make
+//!   the client burn seconds of CPU per attempt.
+//!
+//! The PBKDF2 step is the one costly computation of the whole client, so it
+//! is handed out as a [`KeyDerivation`] for the caller to run where it likes
+//! (off an async executor's threads) rather than run inside `respond`.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::{Mechanism, SaslError, Secret, Step, encode, printable};
+use super::{
+    DEFAULT_MAX_ITERATIONS, DerivedKey, KeyDerivation, Mechanism, Next, SaslError, Secret, Step,
+    encode, printable,
+};
 
 /// RFC 7677 §4: at least 4096 iterations for SCRAM-SHA-256.
 const MIN_ITERATIONS: u32 = 4096;
-/// Beyond this a server is wasting the client's CPU, not protecting a password.
-const MAX_ITERATIONS: u32 = 10_000_000;
 /// `c=` for gs2 header `n,,`: base64("n,,").
 const CHANNEL_BINDING: &str = "biws";
 
@@ -39,7 +45,15 @@ const CHANNEL_BINDING: &str = "biws";
 enum Stage {
     Fresh,
     SentClientFirst,
-    SentClientFinal { server_signature: [u8; 32] },
+    /// The server-first-message passed its checks; the salted password is
+    /// being derived by the caller.
+    Deriving {
+        server_first: String,
+        nonce: String,
+    },
+    SentClientFinal {
+        server_signature: [u8; 32],
+    },
     Verified,
 }
 
@@ -50,6 +64,8 @@ pub(super) struct Scram {
     client_nonce: String,
     /// `n=<user>,r=<cnonce>`, part of the AuthMessage.
     client_first_bare: String,
+    /// The most PBKDF2 iterations the server may ask for.
+    max_iterations: u32,
     stage: Stage,
 }
 
@@ -70,8 +86,13 @@ impl Scram {
             password: password.clone(),
             client_nonce: client_nonce.to_owned(),
             client_first_bare,
+            max_iterations: DEFAULT_MAX_ITERATIONS,
             stage: Stage::Fresh,
         }
+    }
+
+    pub(super) fn set_max_iterations(&mut self, max: u32) {
+        self.max_iterations = max;
     }
 
     pub(super) fn initial_response(&mut self) -> Secret {
@@ -85,29 +106,59 @@ impl Scram {
         matches!(self.stage, Stage::Verified)
     }
 
-    pub(super) fn respond(&mut self, challenge: &[u8]) -> Result<Step, SaslError> {
+    pub(super) fn respond(&mut self, challenge: &[u8]) -> Result<Next, SaslError> {
         match &self.stage {
             // `AUTH SCRAM-SHA-256` went without an initial response (RFC 4954 §4).
-            Stage::Fresh if challenge.is_empty() => Ok(Step::send(self.initial_response())),
-            Stage::Fresh | Stage::Verified => Err(SaslError::UnexpectedChallenge {
-                mechanism: Mechanism::ScramSha256,
-            }),
+            Stage::Fresh if challenge.is_empty() => {
+                Ok(Next::Send(Step::send(self.initial_response())))
+            }
+            Stage::Fresh | Stage::Deriving { .. } | Stage::Verified => {
+                Err(SaslError::UnexpectedChallenge {
+                    mechanism: Mechanism::ScramSha256,
+                })
+            }
             Stage::SentClientFirst => {
-                let (client_final, server_signature) = self.client_final(challenge)?;
-                self.stage = Stage::SentClientFinal { server_signature };
-                Ok(Step::send(encode(client_final.as_bytes())))
+                let (job, server_first, nonce) = self.server_first(challenge)?;
+                self.stage = Stage::Deriving {
+                    server_first,
+                    nonce,
+                };
+                Ok(Next::Derive(job))
             }
             Stage::SentClientFinal { server_signature } => {
                 verify_server_final(challenge, server_signature)?;
                 self.stage = Stage::Verified;
-                Ok(Step::send(Secret::new("")))
+                Ok(Next::Send(Step::send(Secret::new(""))))
             }
         }
     }
 
-    /// Parses the server-first-message and computes the client-final-message
-    /// and the server signature to expect (RFC 5802 §3).
-    fn client_final(&self, server_first: &[u8]) -> Result<(String, [u8; 32]), SaslError> {
+    /// Whether a [`KeyDerivation`] handed out by `respond` awaits its result.
+    pub(super) const fn is_deriving(&self) -> bool {
+        matches!(self.stage, Stage::Deriving { .. })
+    }
+
+    /// Takes the salted password of the job `respond` handed out and
+    /// returns the client-final-message; `None` when no job is out.
+    pub(super) fn derived(&mut self, key: &DerivedKey) -> Option<Secret> {
+        let Stage::Deriving {
+            server_first,
+            nonce,
+        } = &self.stage
+        else {
+            return None;
+        };
+        let (client_final, server_signature) = self.client_final(&key.0, server_first, nonce);
+        self.stage = Stage::SentClientFinal { server_signature };
+        Some(encode(client_final.as_bytes()))
+    }
+
+    /// Checks the server-first-message (RFC 5802 §5.1) and returns the key
+    /// derivation it asks for, the message as text and the combined nonce.
+    fn server_first(
+        &self,
+        server_first: &[u8],
+    ) -> Result<(KeyDerivation, String, String), SaslError> {
         let server_first = std::str::from_utf8(server_first)
             .map_err(|_| invalid("the server-first-message is not UTF-8"))?;
         let mut attrs = server_first.split(',');
@@ -128,6 +179,9 @@ impl Scram {
         };
         // Further attributes are extensions (RFC 5802 §7), ignored.
 
+        // The cost first: a refused count is refused whatever else is wrong,
+        // and before anything is derived.
+        let iterations = parse_iterations(iterations, self.max_iterations)?;
         if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
             return Err(invalid(
                 "the server nonce does not extend the client nonce (RFC 5802 §5.1)",
@@ -141,18 +195,25 @@ impl Scram {
         if salt.is_empty() {
             return Err(invalid("the salt is empty"));
         }
-        let iterations = parse_iterations(iterations)?;
-
-        let mut salted_password = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<Sha256>(
-            self.password.expose().as_bytes(),
-            &salt,
+        let job = KeyDerivation {
+            password: self.password.clone(),
+            salt,
             iterations,
-            &mut salted_password,
-        );
-        let client_key = hmac(&salted_password, b"Client Key");
+        };
+        Ok((job, server_first.to_owned(), nonce.to_owned()))
+    }
+
+    /// Computes the client-final-message and the server signature to expect
+    /// (RFC 5802 §3) from the salted password.
+    fn client_final(
+        &self,
+        salted_password: &[u8; 32],
+        server_first: &str,
+        nonce: &str,
+    ) -> (String, [u8; 32]) {
+        let client_key = hmac(salted_password, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        let server_key = hmac(&salted_password, b"Server Key");
+        let server_key = hmac(salted_password, b"Server Key");
 
         let without_proof = format!("c={CHANNEL_BINDING},r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
@@ -163,12 +224,19 @@ impl Scram {
         }
         let server_signature = hmac(&server_key, auth_message.as_bytes());
         let proof = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof);
-        Ok((format!("{without_proof},p={proof}"), server_signature))
+        (format!("{without_proof},p={proof}"), server_signature)
     }
 }
 
-/// `i=`: a positive decimal within [MIN_ITERATIONS, MAX_ITERATIONS].
-fn parse_iterations(text: &str) -> Result<u32, SaslError> {
+/// PBKDF2-HMAC-SHA-256 of the password: `SaltedPassword` of RFC 5802 §3.
+pub(super) fn salted_password(password: &Secret, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.expose().as_bytes(), salt, iterations, &mut out);
+    out
+}
+
+/// `i=`: a positive decimal within [MIN_ITERATIONS, max].
+fn parse_iterations(text: &str, max: u32) -> Result<u32, SaslError> {
     if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid("the iteration count is not a decimal number"));
     }
@@ -180,9 +248,9 @@ fn parse_iterations(text: &str) -> Result<u32, SaslError> {
                  (RFC 7677 §4), which would weaken the stored password"
             ),
         }),
-        Ok(n) if n > MAX_ITERATIONS => Err(SaslError::InvalidChallenge {
-            mechanism: Mechanism::ScramSha256,
-            reason: format!("the iteration count {n} is above the limit of {MAX_ITERATIONS}"),
+        Ok(n) if n > max => Err(SaslError::TooManyIterations {
+            requested: n,
+            limit: max,
         }),
         Ok(n) => Ok(n),
         Err(_) => Err(invalid("the iteration count is too large")),
@@ -250,6 +318,20 @@ mod tests {
         String::from_utf8(bytes).expect("SCRAM messages are UTF-8")
     }
 
+    /// `Scram::respond`, with any key derivation run inline.
+    fn respond(m: &mut Scram, challenge: &[u8]) -> Result<Step, SaslError> {
+        match m.respond(challenge)? {
+            Next::Send(step) => Ok(step),
+            Next::Derive(job) => {
+                assert!(m.is_deriving());
+                let key = job.run();
+                let response = m.derived(&key).expect("a derivation is pending");
+                assert!(m.derived(&key).is_none(), "taken once");
+                Ok(Step::send(response))
+            }
+        }
+    }
+
     fn rfc() -> Scram {
         Scram::new("user", &Secret::new("pencil"), NONCE)
     }
@@ -261,18 +343,14 @@ mod tests {
             decode(&m.initial_response()),
             "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
         );
-        let step = m
-            .respond(SERVER_FIRST.as_bytes())
-            .expect("valid server-first");
+        let step = respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
         assert_eq!(decode(&step.response), CLIENT_FINAL);
         assert!(!m.server_verified());
-        let step = m
-            .respond(SERVER_FINAL.as_bytes())
-            .expect("valid server-final");
+        let step = respond(&mut m, SERVER_FINAL.as_bytes()).expect("valid server-final");
         assert_eq!(step.response.expose(), "");
         assert!(m.server_verified());
         assert!(matches!(
-            m.respond(b""),
+            respond(&mut m, b""),
             Err(SaslError::UnexpectedChallenge { .. })
         ));
     }
@@ -281,21 +359,19 @@ mod tests {
     fn wrong_server_signature_is_rejected() {
         let mut m = rfc();
         let _ = m.initial_response();
-        m.respond(SERVER_FIRST.as_bytes())
-            .expect("valid server-first");
+        respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
         let wrong = "v=7rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
         assert_eq!(
-            m.respond(wrong.as_bytes()).err(),
+            respond(&mut m, wrong.as_bytes()).err(),
             Some(SaslError::ServerSignatureMismatch)
         );
         assert!(!m.server_verified());
         // Truncated signature.
         let mut m = rfc();
         let _ = m.initial_response();
-        m.respond(SERVER_FIRST.as_bytes())
-            .expect("valid server-first");
+        respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
         assert_eq!(
-            m.respond(b"v=6rriTRBi").err().map(|e| matches!(
+            respond(&mut m, b"v=6rriTRBi").err().map(|e| matches!(
                 e,
                 SaslError::InvalidChallenge { .. } | SaslError::ServerSignatureMismatch
             )),
@@ -307,10 +383,9 @@ mod tests {
     fn server_error_is_reported() {
         let mut m = rfc();
         let _ = m.initial_response();
-        m.respond(SERVER_FIRST.as_bytes())
-            .expect("valid server-first");
+        respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
         assert_eq!(
-            m.respond(b"e=invalid-proof").err(),
+            respond(&mut m, b"e=invalid-proof").err(),
             Some(SaslError::ServerError {
                 mechanism: Mechanism::ScramSha256,
                 message: "invalid-proof".to_owned()
@@ -330,7 +405,7 @@ mod tests {
             fn $name() {
                 let mut m = rfc();
                 let _ = m.initial_response();
-                let got = m.respond($msg.as_bytes()).err();
+                let got = respond(&mut m, $msg.as_bytes()).err();
                 assert!(matches!(got, Some(SaslError::InvalidChallenge { .. })), "{got:?}");
             }
         )*};
@@ -344,7 +419,6 @@ mod tests {
         mandatory_extension: "m=x,r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         one_iteration: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1";
         iterations_4095: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4095";
-        iterations_absurd: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=10000001";
         iterations_overflow: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=99999999999";
         iterations_signed: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=+4096";
         iterations_empty: "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=";
@@ -358,11 +432,39 @@ mod tests {
     }
 
     #[test]
+    fn an_iteration_count_above_the_cap_is_refused_before_any_derivation() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        let demand = "r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=10000000";
+        // No job comes out (the error is returned instead of a KeyDerivation).
+        assert_eq!(
+            m.respond(demand.as_bytes()).err(),
+            Some(SaslError::TooManyIterations {
+                requested: 10_000_000,
+                limit: DEFAULT_MAX_ITERATIONS
+            })
+        );
+        // The cap itself is allowed, one more is not.
+        for (cap, allowed) in [(4096, true), (4095, false)] {
+            let mut m = rfc();
+            m.set_max_iterations(cap);
+            let _ = m.initial_response();
+            match m.respond(SERVER_FIRST.as_bytes()) {
+                Ok(Next::Derive(job)) => assert!(allowed && job.iterations() == 4096),
+                Err(SaslError::TooManyIterations { requested, limit }) => {
+                    assert!(!allowed && requested == 4096 && limit == 4095);
+                }
+                _ => panic!("cap {cap}"),
+            }
+        }
+    }
+
+    #[test]
     fn invalid_utf8_is_an_error() {
         let mut m = rfc();
         let _ = m.initial_response();
         assert!(matches!(
-            m.respond(b"r=\xff\xfe"),
+            respond(&mut m, b"r=\xff\xfe"),
             Err(SaslError::InvalidChallenge { .. })
         ));
     }
@@ -372,9 +474,7 @@ mod tests {
         let mut m = rfc();
         let _ = m.initial_response();
         let with_ext = format!("{SERVER_FIRST},x=ignored");
-        let step = m
-            .respond(with_ext.as_bytes())
-            .expect("extensions are allowed");
+        let step = respond(&mut m, with_ext.as_bytes()).expect("extensions are allowed");
         // The AuthMessage includes the extension, so the proof differs from the RFC's.
         assert!(decode(&step.response).starts_with("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYD"));
         assert_ne!(decode(&step.response), CLIENT_FINAL);
@@ -385,9 +485,8 @@ mod tests {
         for bad in ["", "x=1", "v=%%%", "v="] {
             let mut m = rfc();
             let _ = m.initial_response();
-            m.respond(SERVER_FIRST.as_bytes())
-                .expect("valid server-first");
-            let got = m.respond(bad.as_bytes()).err();
+            respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
+            let got = respond(&mut m, bad.as_bytes()).err();
             assert!(
                 matches!(
                     got,

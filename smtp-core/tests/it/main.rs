@@ -1,6 +1,7 @@
 //! smtp-core integration tests, one binary so the suite links once.
 
 mod appendix_d;
+mod auth;
 mod chunking;
 mod conformance;
 mod drive;

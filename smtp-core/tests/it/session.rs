@@ -558,3 +558,61 @@ fn quit_on_idle_session() {
     assert!(run.closed());
     assert!(run.failure().is_none());
 }
+
+/// A CRAM-MD5 session up to a `334` whose challenge is `len` octets, fed in
+/// 1000-byte pieces as a network would.
+fn cram_md5_challenge(len: usize) -> Run {
+    let mut run = with_auth(TlsPolicy::None, AuthChoice::Auto);
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250 AUTH CRAM-MD5
+        C: AUTH CRAM-MD5
+        ",
+    );
+    let mut reply = b"334 ".to_vec();
+    reply.extend(b"PDEyQG1haWw+".iter().cycle().take(len));
+    reply.extend_from_slice(b"\r\n");
+    for piece in reply.chunks(1000) {
+        run.input(piece);
+    }
+    run
+}
+
+#[test]
+fn an_auth_challenge_may_fill_rfc_4954s_12288_octets_and_no_more() {
+    let mut run = cram_md5_challenge(12_288);
+    assert_eq!(run.failure(), None);
+    // The client answered the challenge (`user <digest>`, base64).
+    let answer = run.take_wire();
+    assert!(
+        answer.starts_with("dXNlciA") && answer.ends_with("\r\n"),
+        "{answer:?}"
+    );
+
+    let run = cram_md5_challenge(12_289);
+    assert_eq!(
+        run.failure(),
+        Some(&Error::Protocol(ProtocolError::ChallengeTooLong {
+            limit: 12_288
+        }))
+    );
+}
+
+#[test]
+fn outside_auth_a_reply_line_keeps_the_configured_limit() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    let mut line = b"220 ".to_vec();
+    line.resize(9000, b'x');
+    line.extend_from_slice(b"\r\n");
+    run.input(&line);
+    assert_eq!(
+        run.failure(),
+        Some(&Error::Protocol(ProtocolError::Malformed(
+            smtp_core::reply::ReplyError::LineTooLong { limit: 8192 }
+        )))
+    );
+}

@@ -2,6 +2,7 @@
 //! the suite links once.
 
 mod aiosmtpd;
+mod auth;
 mod capture;
 mod certs;
 mod direct;
