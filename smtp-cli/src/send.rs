@@ -251,9 +251,10 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
     }
     if let Some(s) = args.command_timeout {
         let t = Duration::from_secs(s);
-        let connect = timeouts.connect;
+        let (connect, quit) = (timeouts.connect, timeouts.quit);
         timeouts = Timeouts::uniform(t);
         timeouts.connect = connect;
+        timeouts.quit = quit.min(t);
     }
     // "Alice <alice@example.org>" and "<alice@example.org>" are senders
     // too: the address goes in the envelope, the name in a composed From:.

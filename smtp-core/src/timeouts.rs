@@ -87,8 +87,12 @@ pub struct Timeouts {
     pub connect: Duration,
     /// The greeting: 5 minutes.
     pub greeting: Duration,
-    /// EHLO, HELO, STARTTLS, AUTH, RSET, NOOP and QUIT: 5 minutes.
+    /// EHLO, HELO, STARTTLS, AUTH, RSET and NOOP: 5 minutes.
     pub command: Duration,
+    /// The reply to QUIT: 10 seconds. Every message has its outcome by then,
+    /// so a server slow to say goodbye must not hold the report back (RFC
+    /// 5321 asks the client to wait for the reply, not for how long).
+    pub quit: Duration,
     /// The TLS handshake: 1 minute (enforced by the driver).
     pub tls_handshake: Duration,
     /// MAIL: 5 minutes.
@@ -110,6 +114,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(30),
             greeting: Duration::from_secs(5 * MIN),
             command: Duration::from_secs(5 * MIN),
+            quit: Duration::from_secs(10),
             tls_handshake: Duration::from_secs(MIN),
             mail: Duration::from_secs(5 * MIN),
             rcpt: Duration::from_secs(5 * MIN),
@@ -127,6 +132,7 @@ impl Timeouts {
             connect: limit,
             greeting: limit,
             command: limit,
+            quit: limit,
             tls_handshake: limit,
             mail: limit,
             rcpt: limit,
@@ -147,12 +153,10 @@ impl Timeouts {
             Phase::Data => self.data,
             Phase::DataBlock => self.data_block,
             Phase::DataEnd => self.data_end,
-            Phase::Ehlo
-            | Phase::StartTls
-            | Phase::Auth
-            | Phase::Rset
-            | Phase::Noop
-            | Phase::Quit => self.command,
+            Phase::Quit => self.quit,
+            Phase::Ehlo | Phase::StartTls | Phase::Auth | Phase::Rset | Phase::Noop => {
+                self.command
+            }
         }
     }
 }
@@ -170,5 +174,6 @@ mod tests {
         assert_eq!(t.for_phase(Phase::Data), Duration::from_secs(120));
         assert_eq!(t.for_phase(Phase::DataBlock), Duration::from_secs(180));
         assert_eq!(t.for_phase(Phase::DataEnd), Duration::from_secs(600));
+        assert_eq!(t.for_phase(Phase::Quit), Duration::from_secs(10));
     }
 }
