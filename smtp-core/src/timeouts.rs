@@ -154,9 +154,7 @@ impl Timeouts {
             Phase::DataBlock => self.data_block,
             Phase::DataEnd => self.data_end,
             Phase::Quit => self.quit,
-            Phase::Ehlo | Phase::StartTls | Phase::Auth | Phase::Rset | Phase::Noop => {
-                self.command
-            }
+            Phase::Ehlo | Phase::StartTls | Phase::Auth | Phase::Rset | Phase::Noop => self.command,
         }
     }
 }

@@ -122,8 +122,7 @@ impl Client {
     /// A new session on a freshly opened connection, waiting for the greeting.
     pub fn new(config: Config, now: Instant) -> Self {
         let tls = config.implicit_tls;
-        let mut pending = Pending::new(now);
-        pending.push(now, Expect::Greeting);
+        let pending = Pending::new(now);
         Self {
             out: Outbox::new(config.transcript, tls),
             config,
@@ -268,6 +267,7 @@ impl Client {
         if self.out.bytes.is_empty() {
             return false;
         }
+        self.pending.mark_sent();
         if buf.is_empty() {
             std::mem::swap(buf, &mut self.out.bytes);
         } else {
@@ -392,6 +392,15 @@ impl Client {
     /// Dispatches one reply. Returns true when it was the `220` to STARTTLS.
     fn on_reply(&mut self, now: Instant, reply: crate::reply::Reply) -> bool {
         self.out.received(&reply);
+        // A reply to a command still in the outbox came early (a server
+        // answering twice, or ahead): taken for the next command's reply,
+        // it would shift every later reply onto the wrong command and, say,
+        // reject a recipient with another's refusal. A 421 is the one reply
+        // a server may send at any time.
+        if self.pending.front_unsent() && reply.code().as_u16() != 421 {
+            self.fail(ProtocolError::Unsolicited(reply).into());
+            return false;
+        }
         let Some(expect) = self.pending.pop(now) else {
             let error = if reply.code().as_u16() == 421 {
                 Error::Rejected {
@@ -475,11 +484,21 @@ impl Client {
     /// recipient's outcome would take from `error`.
     fn fail_with(&mut self, error: Error, status: Option<crate::envelope::RecipientStatus>) {
         let phase = self.current_phase();
+        // The session's error says so when a message's fate is unknown, so
+        // nobody reads "try again later" and sends it twice.
+        let unknown = self.end_of_data_unanswered();
         self.abandon_messages(phase, &error, status);
         self.pending.clear();
         self.body = None;
         self.input.clear();
         self.state = State::Failed;
+        let error = if unknown {
+            Error::OutcomeUnknown {
+                cause: Box::new(error),
+            }
+        } else {
+            error
+        };
         self.out.event(Event::Failed(error));
     }
 

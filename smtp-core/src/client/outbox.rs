@@ -120,17 +120,28 @@ impl Expect {
 ///
 /// The oldest's deadline runs from when it became the oldest: a pipelined
 /// RCPT does not start its clock until the MAIL before it is answered.
+///
+/// A reply can only answer a command the driver has been handed to write:
+/// the newest `unsent` entries are still in the outbox, and a reply that
+/// would match one of them arrived before its command left (a server
+/// answering ahead, or sending one reply twice), which would pair every
+/// later reply with the wrong command.
 #[derive(Debug)]
 pub(super) struct Pending {
     queue: VecDeque<Expect>,
     front_since: Instant,
+    unsent: usize,
 }
 
 impl Pending {
+    /// Awaiting the greeting, which answers no command.
     pub(super) fn new(now: Instant) -> Self {
+        let mut queue = VecDeque::new();
+        queue.push_back(Expect::Greeting);
         Self {
-            queue: VecDeque::new(),
+            queue,
             front_since: now,
+            unsent: 0,
         }
     }
 
@@ -139,10 +150,23 @@ impl Pending {
             self.front_since = now;
         }
         self.queue.push_back(expect);
+        self.unsent += 1;
+    }
+
+    /// Every command queued so far has been handed to the driver.
+    pub(super) fn mark_sent(&mut self) {
+        self.unsent = 0;
+    }
+
+    /// True when the oldest awaited reply answers a command not yet handed
+    /// to the driver: no honest server can have sent it.
+    pub(super) fn front_unsent(&self) -> bool {
+        !self.queue.is_empty() && self.unsent >= self.queue.len()
     }
 
     pub(super) fn pop(&mut self, now: Instant) -> Option<Expect> {
         let e = self.queue.pop_front();
+        self.unsent = self.unsent.min(self.queue.len());
         self.front_since = now;
         e
     }
@@ -164,6 +188,7 @@ impl Pending {
 
     pub(super) fn clear(&mut self) {
         self.queue.clear();
+        self.unsent = 0;
     }
 
     /// The deadline for the oldest awaited reply, its phase and its limit.

@@ -73,6 +73,11 @@ pub(super) struct Transaction {
     accepted: Vec<usize>,
     /// Recipients refused with "too many recipients", for the next transaction.
     spilled: Vec<(usize, Reply)>,
+    /// Pipelined RCPT refusals, held until a reply after them (DATA's, a
+    /// chunk's) shows the replies line up with the commands: a server that
+    /// sent one reply twice would otherwise have one recipient rejected
+    /// with another's refusal.
+    refused: Vec<(usize, Reply)>,
     /// Replies still to come for this transaction.
     outstanding: usize,
     /// RCPT replies received so far.
@@ -267,6 +272,7 @@ impl Client {
             rcpts,
             accepted: Vec::new(),
             spilled: Vec::new(),
+            refused: Vec::new(),
             outstanding: 1,
             rcpt_replies: 0,
             settled: false,
@@ -558,7 +564,11 @@ impl Client {
                 t.accepted.push(index);
             } else if too_many_recipients(&reply) {
                 t.spilled.push((index, reply));
+            } else if !lockstep {
+                t.refused.push((index, reply));
             } else {
+                // Lock-step replies cannot shift: one arriving before its
+                // command is refused as unsolicited.
                 let message = t.message;
                 self.settle(message, index, |r| {
                     RecipientOutcome::from_reply(r, Phase::Rcpt, reply)
@@ -603,12 +613,15 @@ impl Client {
     }
 
     pub(super) fn on_data(&mut self, now: Instant, tx: u64, reply: Reply) {
+        let code = reply.code();
+        if code.as_u16() == 354 || !(code.is_positive() || code.is_intermediate()) {
+            self.confirm_refusals(tx);
+        }
         let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
             return;
         };
         t.outstanding -= 1;
         t.stage = Stage::Body;
-        let code = reply.code();
         if code.as_u16() == 354 {
             if t.settled || t.accepted.is_empty() {
                 // Nobody to deliver to, yet the server wants data (RFC 2920
@@ -648,6 +661,7 @@ impl Client {
     }
 
     pub(super) fn on_bdat(&mut self, _now: Instant, tx: u64, reply: Reply) {
+        self.confirm_refusals(tx);
         let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
             return;
         };
@@ -659,11 +673,14 @@ impl Client {
     }
 
     pub(super) fn on_data_end(&mut self, _now: Instant, tx: u64, reply: Reply) {
+        let code = reply.code();
+        if !code.is_intermediate() {
+            self.confirm_refusals(tx);
+        }
         let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
             return;
         };
         t.outstanding -= 1;
-        let code = reply.code();
         if code.is_intermediate() {
             self.fail(
                 ProtocolError::UnexpectedReply {
@@ -723,6 +740,26 @@ impl Client {
         }
     }
 
+    /// True when some transaction's end-of-data mark went out and its reply
+    /// has not come: ending the session now leaves that message's fate unknown.
+    pub(super) fn end_of_data_unanswered(&self) -> bool {
+        self.txs.iter().any(|t| t.ended && !t.settled)
+    }
+
+    /// Settles the RCPT refusals held for `tx`: the replies after them came
+    /// as expected, so they answered the commands they seemed to.
+    fn confirm_refusals(&mut self, tx: u64) {
+        let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
+            return;
+        };
+        let (message, refused) = (t.message, std::mem::take(&mut t.refused));
+        for (index, reply) in refused {
+            self.settle(message, index, |r| {
+                RecipientOutcome::from_reply(r, Phase::Rcpt, reply)
+            });
+        }
+    }
+
     /// Removes `tx` once no reply is outstanding and its body is done.
     fn finish_tx_if_done(&mut self, tx: u64) {
         let Some(pos) = self.txs.iter().position(|t| t.id == tx) else {
@@ -733,6 +770,7 @@ impl Client {
         if t.outstanding > 0 || busy || (t.stage == Stage::Envelope && !t.settled) {
             return;
         }
+        self.confirm_refusals(tx);
         let Some(t) = self.txs.remove(pos) else {
             return;
         };
@@ -789,7 +827,15 @@ impl Client {
         error: &Error,
         status: Option<RecipientStatus>,
     ) {
-        // First the transactions whose end of data went out unanswered:
+        // Held RCPT refusals stand unless the replies were out of step with
+        // the commands, which is what the server's protocol errors show.
+        if !matches!(error, Error::Protocol(_)) {
+            let ids: Vec<u64> = self.txs.iter().map(|t| t.id).collect();
+            for id in ids {
+                self.confirm_refusals(id);
+            }
+        }
+        // Then the transactions whose end of data went out unanswered:
         // their recipients' outcome is unknown, not merely deferred.
         let unknown = Error::OutcomeUnknown {
             cause: Box::new(error.clone()),

@@ -74,10 +74,11 @@ fn the_scram_key_is_derived_by_the_driver_between_two_calls() {
         client.derivation_done(now, spare.clone()),
         Err(Error::Misuse(Misuse::NoDerivationPending))
     );
+    let _ = feed(&mut client, now, "220 mx.example.net\r\n");
     let (wire, _) = feed(
         &mut client,
         now,
-        "220 mx.example.net\r\n250-mx.example.net\r\n250 AUTH SCRAM-SHA-256\r\n",
+        "250-mx.example.net\r\n250 AUTH SCRAM-SHA-256\r\n",
     );
     assert!(wire.contains("AUTH SCRAM-SHA-256 "), "{wire:?}");
     let (wire, events) = feed(
@@ -148,10 +149,11 @@ fn a_derivation_finished_after_the_session_ended_is_ignored() {
     client
         .send(now, envelope("a@example.org", &["b@example.net"]))
         .unwrap();
+    let _ = feed(&mut client, now, "220 mx.example.net\r\n");
     let _ = feed(
         &mut client,
         now,
-        "220 mx.example.net\r\n250-mx.example.net\r\n250 AUTH SCRAM-SHA-256\r\n",
+        "250-mx.example.net\r\n250 AUTH SCRAM-SHA-256\r\n",
     );
     let _ = feed(
         &mut client,

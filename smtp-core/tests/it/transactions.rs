@@ -636,8 +636,10 @@ fn disconnect_before_end_of_data_reply_is_not_accepted() {
     assert_eq!(run.statuses(), ["b@example.net=deferred"]);
     assert_eq!(
         run.failure(),
-        Some(&Error::ConnectionClosed {
-            phase: Phase::DataEnd
+        Some(&Error::OutcomeUnknown {
+            cause: Box::new(Error::ConnectionClosed {
+                phase: Phase::DataEnd
+            })
         })
     );
 }
