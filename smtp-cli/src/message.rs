@@ -555,9 +555,18 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
     let cc: Vec<&str> = cc.iter().map(String::as_str).collect();
     let mut builder = mail_builder::MessageBuilder::new()
         .from(from_addr)
-        .to(to)
         .subject(subject)
         .text_body(body);
+    builder = if to.is_empty() {
+        // Only hidden recipients: an empty group, as MTAs write it, rather
+        // than an empty To: that some receivers refuse.
+        builder.header(
+            "To",
+            mail_builder::headers::raw::Raw::new("undisclosed-recipients:;"),
+        )
+    } else {
+        builder.to(to)
+    };
     if !cc.is_empty() {
         builder = builder.cc(cc);
     }

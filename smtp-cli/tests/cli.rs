@@ -1022,6 +1022,17 @@ async fn a_composed_message_has_each_field_once() {
     let head = header_section(&got[1].data);
     assert!(head.contains("From: <alice@example.org>\r\n"), "{head}");
 
+    // Only hidden recipients: To names the empty group, not nobody.
+    let mut c = plain_send(&f);
+    c.args(["--from", "a@example.org", "--bcc", "hidden@example.net"])
+        .args(["--subject", "s", "--body", "b"]);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let got = f.server.wait_for_messages(3, Duration::from_secs(2)).await;
+    let head = header_section(&got[2].data);
+    assert!(head.contains("To: undisclosed-recipients:;\r\n"), "{head}");
+    assert_eq!(got[2].rcpt_to, ["hidden@example.net"]);
+
     // Two subjects, or a From via --header: refused with what to do.
     for (extra, says) in [
         (["--header", "Subject: other"], "give one"),

@@ -378,6 +378,7 @@ impl Client {
         };
         let tx = body.tx;
         if !body.discard {
+            let dot = matches!(body.encoder, Encoder::Data(_));
             let result = match body.encoder {
                 Encoder::Data(mut enc) => enc.finish(&mut self.out.bytes).map(|()| enc.bytes_in()),
                 Encoder::Bdat(mut enc) => enc.finish(&mut self.scratch).map(|()| {
@@ -392,7 +393,10 @@ impl Client {
                 Ok(octets) => {
                     self.out
                         .trace(Direction::Sent, format!("<message body, {octets} octets>"));
-                    self.out.trace(Direction::Sent, ".".to_owned());
+                    // BDAT's LAST ends the data; only DATA has a dot.
+                    if dot {
+                        self.out.trace(Direction::Sent, ".".to_owned());
+                    }
                     self.pending.push(now, Expect::DataEnd(tx));
                     if let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) {
                         t.outstanding += 1;

@@ -774,3 +774,39 @@ fn a_broken_body_after_bdat_chunks_went_out_is_reset_too() {
     );
     assert!(!wire.contains("LAST\r\nSubject: x\r\n\r\nabcd"), "{wire:?}");
 }
+
+#[test]
+fn the_transcript_shows_a_dot_only_where_one_is_sent() {
+    let transcript = |chunking: bool| -> Vec<String> {
+        let mut run = Run::new(
+            config()
+                .with_transcript(true)
+                .with_extensions(true, chunking),
+        );
+        run.send(envelope("a@example.org", &["b@example.net"]));
+        run.input(b"220 mx.example.net\r\n");
+        run.input(b"250-mx.example.net\r\n250-CHUNKING\r\n250 PIPELINING\r\n");
+        if !chunking {
+            run.input(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        }
+        run.events
+            .iter()
+            .filter_map(|e| match e {
+                smtp_core::Event::Transcript(line) => Some(line.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let bdat = transcript(true);
+    assert!(
+        bdat.iter()
+            .any(|l| l.starts_with("-> BDAT ") && l.ends_with(" LAST")),
+        "{bdat:?}"
+    );
+    assert!(
+        !bdat.iter().any(|l| l == "-> ."),
+        "BDAT sends no dot: {bdat:?}"
+    );
+    let data = transcript(false);
+    assert!(data.iter().any(|l| l == "-> ."), "{data:?}");
+}
