@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod demo;
 mod fail;
+mod interrupt;
 mod message;
 mod output;
 mod probe;
@@ -134,6 +135,7 @@ fn stop_on_signal() {
             _ = term.recv() => EXIT_SIGTERM,
         };
         spool::remove_all();
+        interrupt::report();
         std::process::exit(i32::from(code));
     });
 }

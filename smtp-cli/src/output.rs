@@ -108,7 +108,7 @@ pub(crate) struct Sent {
     pub(crate) recipients: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct RecipientReport {
     pub(crate) address: String,
     pub(crate) status: &'static str,

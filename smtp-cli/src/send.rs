@@ -19,6 +19,7 @@ use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
 use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
+use crate::interrupt;
 use crate::message::{
     Composition, HeaderFields, Input, Prepared, PreparedBody, compose, prepare, read_stdin,
 };
@@ -406,14 +407,15 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
 
 fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
-        Event::Transcript(line) if verbose => tell!("{line}"),
-        Event::StartTls if verbose => tell!("=== Starting TLS"),
-        Event::Warning(w) => tell!("warning: {w}"),
-        Event::MessageResult(_) => {
+        Event::MessageResult(m) => {
+            interrupt::record(m.message.index() as usize, m);
             if let Some(p) = &progress {
                 p.inc(1);
             }
         }
+        Event::Transcript(line) if verbose => tell!("{line}"),
+        Event::StartTls if verbose => tell!("=== Starting TLS"),
+        Event::Warning(w) => tell!("warning: {w}"),
         _ => {}
     }
 }
@@ -523,6 +525,7 @@ async fn standard(
         (prepared.len() > 1 && std::io::stderr().is_terminal() && !args.verbose && !args.json)
             .then(|| indicatif::ProgressBar::new(prepared.len() as u64));
     let mut observe = observer(args.verbose, progress.clone());
+    interrupt::begin(&sent, args.json);
     if args.verbose {
         tell!("=== Trying {host}:{port}...");
     }
@@ -635,6 +638,7 @@ async fn direct(
     let mut options = DirectOptions::new(config);
     options.port = args.mx_port.unwrap_or(25);
     let sent = sent(prepared, &envelopes);
+    interrupt::begin(&sent, args.json);
     let mut messages = Vec::new();
     for (index, (m, envelope)) in prepared.iter().zip(envelopes).enumerate() {
         let factory =
@@ -663,6 +667,7 @@ async fn direct(
         }
         // Keep the envelope's order of recipients.
         recipients.sort_by_key(|r| envelope.to.iter().position(|t| t.to_string() == r.address));
+        interrupt::record_recipients(index, recipients.clone());
         messages.push((
             index,
             MessageReport {

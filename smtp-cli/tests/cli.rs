@@ -1778,3 +1778,108 @@ async fn cr_only_line_endings_end_header_lines() {
     assert!(data.contains("Subject: cr\r\n"), "{data}");
     assert!(data.contains("\r\n\r\nhello\r\nworld\r\n"), "{data}");
 }
+
+/// A lock-step server that takes one message, then says nothing more once
+/// the next MAIL arrives (and tells `stalled`).
+async fn stalls_at_the_second_mail(stalled: tokio::sync::oneshot::Sender<()>) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (r, mut w) = tcp.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"220 stall.test\r\n").await.unwrap();
+        let (mut mails, mut in_data) = (0, false);
+        let mut stalled = Some(stalled);
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply: &[u8] = if in_data {
+                if line != "." {
+                    continue;
+                }
+                in_data = false;
+                b"250 2.0.0 queued\r\n"
+            } else if line.starts_with("EHLO") {
+                b"250 stall.test\r\n"
+            } else if line.starts_with("MAIL") {
+                mails += 1;
+                if mails == 2 {
+                    let _ = stalled.take().map(|s| s.send(()));
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                b"250 ok\r\n"
+            } else if line == "DATA" {
+                in_data = true;
+                b"354 go\r\n"
+            } else {
+                b"250 ok\r\n"
+            };
+            if w.write_all(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_interrupted_send_reports_what_was_accepted_and_what_is_not_known() {
+    let dir = std::env::temp_dir().join(format!("smtp-interrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|n| {
+            let p = dir.join(format!("m{n}.eml"));
+            std::fs::write(
+                &p,
+                format!("From: a@example.org\nSubject: {n}\n\nbody {n}\n"),
+            )
+            .unwrap();
+            p
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let port = stalls_at_the_second_mail(tx).await;
+    let child = Command::new(BIN)
+        .args([
+            "send",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--tls",
+            "none",
+        ])
+        .args(["--to", "b@example.net", "--json"])
+        .args(&files)
+        .env("XDG_CONFIG_HOME", dir.join("no-config"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the first message went through")
+        .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code(&o), 130, "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let status_of = |m: usize| v["messages"][m]["recipients"][0]["status"].clone();
+    assert_eq!(status_of(0), "accepted", "{v}");
+    for m in [1, 2] {
+        assert_eq!(status_of(m), "deferred", "{v}");
+        let t = v["messages"][m]["recipients"][0]["text"].as_str().unwrap();
+        assert!(t.contains("interrupted"), "{t}");
+    }
+    assert!(
+        text(&o.stderr).contains("interrupted: 1 accepted"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
