@@ -132,10 +132,15 @@ impl Client {
             self.state = State::TlsUpgrade;
             return true;
         }
-        if !reply.code().is_positive() && policy == TlsPolicy::Optional {
-            // The matrix: Optional goes on in plaintext on this connection.
-            self.start_auth(now);
-        } else if reply.code().is_positive() {
+        let code = reply.code();
+        if code.is_transient() || code.is_permanent() {
+            if policy == TlsPolicy::Optional {
+                // The matrix: Optional goes on in plaintext on this connection.
+                self.start_auth(now);
+            } else {
+                self.fail_and_quit(PolicyError::StartTlsRefused { policy, reply }.into());
+            }
+        } else if code.is_positive() || code.is_intermediate() {
             self.fail_and_quit(
                 ProtocolError::UnexpectedReply {
                     phase: Phase::StartTls,

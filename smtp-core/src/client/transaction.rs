@@ -502,6 +502,17 @@ impl Client {
     }
 
     pub(super) fn on_mail(&mut self, now: Instant, tx: u64, reply: Reply) {
+        if reply.code().is_intermediate() {
+            // A 3xx answers no MAIL: the server is out of step.
+            self.fail(
+                ProtocolError::UnexpectedReply {
+                    phase: Phase::Mail,
+                    reply,
+                }
+                .into(),
+            );
+            return;
+        }
         let lockstep = !self.pipelining();
         let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
             return;
@@ -555,6 +566,16 @@ impl Client {
     }
 
     pub(super) fn on_rcpt(&mut self, now: Instant, tx: u64, k: usize, reply: Reply) {
+        if reply.code().is_intermediate() {
+            self.fail(
+                ProtocolError::UnexpectedReply {
+                    phase: Phase::Rcpt,
+                    reply,
+                }
+                .into(),
+            );
+            return;
+        }
         let lockstep = !self.pipelining();
         let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
             return;

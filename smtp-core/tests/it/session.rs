@@ -616,3 +616,27 @@ fn outside_auth_a_reply_line_keeps_the_configured_limit() {
         )))
     );
 }
+
+#[test]
+fn a_3xx_to_starttls_is_a_protocol_error_even_under_optional() {
+    // Only 4xx and 5xx refuse STARTTLS; a 354 is a server out of step, not
+    // permission to go on in plaintext.
+    let mut run = Run::new(config().with_tls(TlsPolicy::Optional));
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 354 go ahead
+        C: QUIT
+        ",
+    );
+    assert!(matches!(
+        run.failure(),
+        Some(Error::Protocol(ProtocolError::UnexpectedReply { .. }))
+    ));
+    assert_eq!(run.statuses(), ["b@example.net=deferred"]);
+}

@@ -810,3 +810,32 @@ fn the_transcript_shows_a_dot_only_where_one_is_sent() {
     let data = transcript(false);
     assert!(data.iter().any(|l| l == "-> ."), "{data:?}");
 }
+
+#[test]
+fn a_3xx_to_mail_or_rcpt_is_a_protocol_error_not_a_deferral() {
+    for (replies, phase) in [
+        ("354 go\r\n", Phase::Mail),
+        ("250 ok\r\n354 go\r\n", Phase::Rcpt),
+    ] {
+        let mut run = Run::new(config());
+        run.send(envelope("a@example.org", &["b@example.net"]));
+        run.script(PIPELINED_EHLO);
+        run.script(
+            "
+            C: MAIL FROM:<a@example.org>
+            C: RCPT TO:<b@example.net>
+            C: DATA
+            ",
+        );
+        run.input(replies.as_bytes());
+        assert!(
+            matches!(
+                run.failure(),
+                Some(Error::Protocol(smtp_core::ProtocolError::UnexpectedReply { phase: p, .. })) if *p == phase
+            ),
+            "{phase}: {:?}",
+            run.failure()
+        );
+        assert_eq!(run.statuses(), ["b@example.net=deferred"]);
+    }
+}
