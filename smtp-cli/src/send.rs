@@ -231,6 +231,9 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
             } else {
                 secrets::read(Source::Env(DEFAULT_ENV))?
             };
+            // A server that echoes the secret back (in a 535's text, say)
+            // must not get it printed.
+            crate::terminal::redact_secret(&username, &secret);
             let auth = args.auth.or(auth);
             Some(if auth == Some(AuthArg::Xoauth2) {
                 Credentials::OAuth2 {

@@ -34,12 +34,51 @@ pub(crate) fn printable(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// Texts never printed: the secret in use and the forms AUTH sends it in.
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `secret` (used with `user`) so that no printed line shows it,
+/// nor the base64 forms PLAIN, LOGIN and XOAUTH2 send it in — a server may
+/// echo what it got into a reply's text.
+pub(crate) fn redact_secret(user: &str, secret: &str) {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    if secret.is_empty() {
+        return;
+    }
+    let forms = [
+        secret.to_owned(),
+        STANDARD.encode(secret),
+        STANDARD.encode(format!("\0{user}\0{secret}")),
+        STANDARD.encode(format!("user={user}\x01auth=Bearer {secret}\x01\x01")),
+    ];
+    let mut guard = SECRETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    guard.extend(forms);
+}
+
+fn redacted(text: &str) -> Cow<'_, str> {
+    let guard = SECRETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !guard.iter().any(|s| text.contains(s.as_str())) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = text.to_owned();
+    for s in guard.iter() {
+        out = out.replace(s.as_str(), "<redacted>");
+    }
+    Cow::Owned(out)
+}
+
 /// Writes one line to standard output or error. A closed pipe (`smtp send
 /// … | head -1`) or a full disk loses the line, never the run: the
 /// delivery goes on and the exit code still tells what happened.
 pub(crate) fn line(to_stderr: bool, text: &str) {
     use std::io::Write;
-    let text = printable(text);
+    let text = redacted(text);
+    let text = printable(&text);
     let _ = if to_stderr {
         writeln!(std::io::stderr().lock(), "{text}")
     } else {

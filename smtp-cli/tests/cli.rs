@@ -1883,3 +1883,37 @@ async fn an_interrupted_send_reports_what_was_accepted_and_what_is_not_known() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_secret_the_server_echoes_back_is_never_printed() {
+    let plain = "AGFsaWNlAGNvcnJlY3QtaG9yc2UtYmF0dGVyeQ=="; // PLAIN's "\0alice\0<password>"
+    let script = smtp_testkit::script::Script::parse(&format!(
+        "S: 220 echo.test\nC: EHLO *\nS: 250-echo.test\nS: 250 AUTH PLAIN\nC: AUTH PLAIN *\n\
+         S: 535 5.7.8 you sent {PASSWORD} as {plain}\nC: QUIT\n"
+    ))
+    .unwrap();
+    let server = smtp_testkit::script::ScriptedServer::start(script, None)
+        .await
+        .unwrap();
+    // -v (the transcript on stderr) and --json (the report on stdout) at once.
+    let mut c = Command::new(BIN);
+    c.args([
+        "send",
+        "--server",
+        &format!("127.0.0.1:{}", server.addr().port()),
+    ])
+    .args([
+        "--tls", "none", "--auth", "plain", "--user", "alice", "-v", "--json",
+    ])
+    .args(["--from", "a@example.org", "--to", "b@example.net"])
+    .args(["--subject", "s", "--body", "b"])
+    .env("SMTP_PASSWORD", PASSWORD)
+    .env("XDG_CONFIG_HOME", "/nonexistent");
+    let o = run(c).await;
+    assert_eq!(code(&o), 77);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(out.contains("you sent <redacted> as <redacted>"), "{out}");
+    assert!(err.contains("you sent <redacted> as <redacted>"), "{err}");
+    let all = format!("{out}{err}");
+    assert!(!all.contains(PASSWORD) && !all.contains(plain), "{all}");
+}
