@@ -193,7 +193,8 @@ pub(crate) struct SendArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
-    /// HOST[:PORT] (port 25 by default).
+    /// HOST[:PORT]; the port is 25 (a mail exchanger) unless given: 587 or
+    /// 465 for a submission server.
     pub(crate) target: String,
     /// Encryption policy.
     #[arg(long, value_enum, default_value = "optional")]
@@ -210,6 +211,30 @@ pub(crate) struct ProbeArgs {
     /// Print the transcript on stderr.
     #[arg(short = 'v', long)]
     pub(crate) verbose: bool,
+    /// Name to send with EHLO (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) helo: Option<String>,
+    /// Test AUTH with this user (the password as for `send`); no mail is sent.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) user: Option<String>,
+    /// Environment variable holding the password (default SMTP_PASSWORD).
+    #[arg(long, value_name = "VAR")]
+    pub(crate) password_env: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) password_file: Option<PathBuf>,
+    /// Command that prints the password (first line of its output).
+    #[arg(long, value_name = "CMD")]
+    pub(crate) password_command: Option<String>,
+    /// SASL mechanism.
+    #[arg(long, value_enum)]
+    pub(crate) auth: Option<AuthArg>,
+    /// Seconds to wait for a connection (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) connect_timeout: Option<u64>,
+    /// Seconds to wait for each reply (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) command_timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]

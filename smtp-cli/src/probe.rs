@@ -5,15 +5,17 @@ use std::time::Duration;
 use serde::Serialize;
 use smtp_core::command::ClientId;
 use smtp_core::mx::{Resolver, plan};
+use smtp_core::sasl::{Credentials, Secret};
 use smtp_core::transport::{Transport, drive};
-use smtp_core::{Client, Config, Event, TlsPolicy};
+use smtp_core::{Client, Config, Event, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
 
-use crate::cli::{MxArgs, ProbeArgs};
-use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_TEMPFAIL, Failure};
+use crate::cli::{AuthArg, MxArgs, ProbeArgs};
+use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, Failure};
 use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
-use crate::send::{hostname, random_below};
+use crate::secrets::{self, DEFAULT_ENV, Source};
+use crate::send::{hostname, mechanism, random_below};
 
 #[derive(Serialize)]
 struct Probe {
@@ -25,6 +27,8 @@ struct Probe {
     capabilities: Vec<String>,
     auth: Vec<String>,
     tls: Option<TlsReport>,
+    /// With `--user`: the mechanism that authenticated.
+    authenticated: Option<String>,
     error: Option<ErrorReport>,
 }
 
@@ -35,21 +39,66 @@ struct TlsReport {
     verified: bool,
     verify_error: Option<String>,
     subject: Option<String>,
+    issuer: Option<String>,
+    names: Vec<String>,
+    not_before: Option<String>,
     not_after: Option<String>,
+    sha256: Option<String>,
 }
 
-fn split(target: &str) -> (String, u16) {
+/// HOST, HOST:PORT, [V6] or [V6]:PORT; port 25 unless given. A port that
+/// is not a number is an error, never a silent 25.
+fn split(target: &str) -> Result<(String, u16), Failure> {
+    let bad = |p: &str| Failure::usage(format!("{target}: {p:?} is not a port"));
+    if let Some(rest) = target.strip_prefix('[') {
+        let (host, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| Failure::usage(format!("{target}: missing ]")))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad(p))?,
+            None if tail.is_empty() => 25,
+            None => return Err(bad(tail)),
+        };
+        return Ok((host.to_owned(), port));
+    }
     match target.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (
-            h.trim_matches(['[', ']']).to_owned(),
-            p.parse().unwrap_or(25),
-        ),
-        _ => (target.trim_matches(['[', ']']).to_owned(), 25),
+        Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), p.parse().map_err(|_| bad(p))?)),
+        _ => Ok((target.to_owned(), 25)),
     }
 }
 
+/// The credentials `--user` asks to test, with the password read as `send`
+/// reads it.
+fn credentials(args: &ProbeArgs) -> Result<Option<Credentials>, Failure> {
+    let Some(username) = args.user.clone() else {
+        return Ok(None);
+    };
+    let secret = if let Some(v) = &args.password_env {
+        secrets::read(Source::Env(v))?
+    } else if let Some(f) = &args.password_file {
+        secrets::read(Source::File(f))?
+    } else if let Some(c) = &args.password_command {
+        secrets::read(Source::Command(c))?
+    } else {
+        secrets::read(Source::Env(DEFAULT_ENV))?
+    };
+    crate::terminal::redact_secret(&username, &secret);
+    Ok(Some(if args.auth == Some(AuthArg::Xoauth2) {
+        Credentials::OAuth2 {
+            username,
+            token: Secret::new(secret),
+        }
+    } else {
+        Credentials::Password {
+            username,
+            password: Secret::new(secret),
+        }
+    }))
+}
+
 pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
-    let (host, port) = split(&args.target);
+    let (host, port) = split(&args.target)?;
+    let credentials = credentials(&args)?;
     let implicit = args.implicit_tls || port == 465;
     let policy: TlsPolicy = args.tls.into();
     let mut tls = TlsOptions::new(policy);
@@ -57,23 +106,36 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         tls.add_ca_file(ca)
             .map_err(|e| Failure::config(format!("--ca-file: {e}")))?;
     }
-    let timeout = Duration::from_secs(30);
-    let mut transport = TcpTransport::connect(&host, port, implicit, &tls, timeout, timeout)
+    let connect = Duration::from_secs(args.connect_timeout.unwrap_or(30));
+    let command = Duration::from_secs(args.command_timeout.unwrap_or(30));
+    let mut transport = TcpTransport::connect(&host, port, implicit, &tls, connect, command)
         .await
         .map_err(|e| match e {
             ConnectError::Resolve { .. } => Failure::new(EX_NOHOST, e.to_string()),
             ConnectError::Tls { .. } => Failure::new(EX_PROTOCOL, e.to_string()).kind("tls"),
             _ => Failure::new(EX_TEMPFAIL, e.to_string()).kind("connect"),
         })?;
-    let id = ClientId::parse(&hostname()).unwrap_or_else(|_| ClientId::localhost());
-    let config = Config::new(id)
+    let id = match &args.helo {
+        Some(h) => ClientId::parse(h).map_err(|e| Failure::usage(format!("--helo: {e}")))?,
+        None => ClientId::parse(&hostname()).unwrap_or_else(|_| ClientId::localhost()),
+    };
+    let mut timeouts = Timeouts::uniform(command);
+    timeouts.connect = connect;
+    let mut config = Config::new(id)
         .with_tls(policy)
         .with_implicit_tls(implicit)
+        .with_timeouts(timeouts)
         .with_transcript(args.verbose);
+    if let Some(c) = credentials {
+        let nonce = smtp_tls::sasl_nonce().map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?;
+        config = config.with_credentials(c, mechanism(args.auth.unwrap_or(AuthArg::Auto)), nonce);
+    }
     let mut client = Client::new(config, transport.now());
     client.quit(transport.now());
     let mut first_caps: Option<Vec<String>> = None;
+    let mut authenticated: Option<String> = None;
     let mut observe = |e: &Event| match e {
+        Event::Authenticated(m) => authenticated = Some(m.name().to_owned()),
         Event::Transcript(line) if args.verbose => tell!("{line}"),
         Event::Capabilities(c) if first_caps.is_none() => {
             first_caps = Some(
@@ -122,8 +184,13 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
             verified: t.verified,
             verify_error: t.verify_error.clone(),
             subject: t.peer_subject.clone(),
+            issuer: t.peer_issuer.clone(),
+            names: t.peer_names.clone(),
+            not_before: t.peer_not_before.clone(),
             not_after: t.peer_not_after.clone(),
+            sha256: t.peer_sha256.clone(),
         }),
+        authenticated,
         error: report.error.as_ref().map(ErrorReport::of_session),
     };
     if args.json {
@@ -151,17 +218,24 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         match &probe.tls {
             Some(t) => {
                 say!("tls        {} {}", t.version, t.cipher_suite);
+                say!("subject    {}", t.subject.as_deref().unwrap_or("?"));
+                say!("issuer     {}", t.issuer.as_deref().unwrap_or("?"));
+                say!("names      {}", t.names.join(", "));
                 say!(
-                    "cert       {} (expires {})",
-                    t.subject.as_deref().unwrap_or("?"),
+                    "valid      {} to {}",
+                    t.not_before.as_deref().unwrap_or("?"),
                     t.not_after.as_deref().unwrap_or("?")
                 );
+                say!("sha256     {}", t.sha256.as_deref().unwrap_or("?"));
                 match &t.verify_error {
                     None => say!("verified   yes"),
                     Some(e) => say!("verified   no: {e}"),
                 }
             }
             None => say!("tls        none"),
+        }
+        if let Some(m) = &probe.authenticated {
+            say!("login      ok ({m})");
         }
         if let Some(e) = &probe.error {
             say!("error      {}", e.message);

@@ -43,7 +43,7 @@ pub(crate) fn random_below(n: usize) -> usize {
     usize::try_from(x % n.max(1) as u64).unwrap_or(0)
 }
 
-fn mechanism(a: AuthArg) -> AuthChoice {
+pub(crate) fn mechanism(a: AuthArg) -> AuthChoice {
     match a {
         AuthArg::Auto => AuthChoice::Auto,
         AuthArg::Plain => AuthChoice::Explicit(Mechanism::Plain),

@@ -912,7 +912,69 @@ async fn probe_shows_capabilities_and_tls() {
     assert_eq!(v["tls"]["verified"], true);
     assert!(v["tls"]["version"].as_str().unwrap().starts_with("TLSv1."));
     assert!(v["tls"]["not_after"].as_str().is_some());
+    // The certificate as msmtp --serverinfo shows it.
+    assert!(
+        v["tls"]["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("smtp-toolkit test CA"),
+        "{v}"
+    );
+    assert_eq!(
+        v["tls"]["names"],
+        serde_json::json!(["mail.test", "localhost"])
+    );
+    assert!(v["tls"]["not_before"].as_str().is_some());
+    let sha = v["tls"]["sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 32 * 3 - 1, "{sha}");
+    assert!(
+        sha.split(':')
+            .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+    );
     assert!(f.server.messages().is_empty(), "a probe sends no mail");
+
+    // --user tests the login (and --helo names the client); still no mail.
+    let probe = |password: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["probe", &format!("localhost:{}", f.server.addr().port())])
+            .args([
+                "--tls",
+                "certified",
+                "--user",
+                "alice",
+                "--helo",
+                "probe.test",
+                "-v",
+            ])
+            .arg("--ca-file")
+            .arg(f.dir.join("ca.pem"))
+            .args(["--json", "--command-timeout", "10"])
+            .env("SMTP_PASSWORD", password);
+        c
+    };
+    let o = run(probe(PASSWORD)).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["authenticated"], "PLAIN", "{v}");
+    assert!(
+        text(&o.stderr).contains("EHLO probe.test"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(probe("wrong")).await;
+    assert_eq!(code(&o), 77, "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(f.server.messages().is_empty(), "a probe sends no mail");
+
+    // A port that is not a number is refused, not taken for 25.
+    let mut c = Command::new(BIN);
+    c.args(["probe", "localhost:smtp"]);
+    let o = run(c).await;
+    assert_eq!(code(&o), 64, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("is not a port"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 // ---- Safety (issue 11): Bcc, credentials, temporary files, terminal

@@ -48,6 +48,15 @@ pub struct TlsInfo {
     pub peer_subject: Option<String>,
     /// The peer certificate's expiry (`notAfter`), as text.
     pub peer_not_after: Option<String>,
+    /// The peer certificate's issuer.
+    pub peer_issuer: Option<String>,
+    /// The peer certificate's start of validity (`notBefore`), as text.
+    pub peer_not_before: Option<String>,
+    /// The DNS names and addresses in its subjectAltName.
+    pub peer_names: Vec<String>,
+    /// The SHA-256 fingerprint of the certificate (DER), as colon-separated
+    /// hex, the form `openssl x509 -fingerprint -sha256` prints.
+    pub peer_sha256: Option<String>,
     /// The name the certificate was checked against (SNI).
     pub server_name: String,
 }

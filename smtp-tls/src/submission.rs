@@ -91,7 +91,7 @@ impl Submission {
             .with_timeouts(self.timeouts)
             .with_transcript(self.transcript);
         if let Some(credentials) = &self.credentials {
-            config = config.with_credentials(credentials.clone(), self.auth, nonce()?);
+            config = config.with_credentials(credentials.clone(), self.auth, sasl_nonce()?);
             config.max_scram_iterations = self.max_scram_iterations;
         }
         Ok(config)
@@ -181,12 +181,13 @@ impl Submission {
     }
 }
 
-/// Random bytes for SASL nonces, from the TLS provider's generator.
-pub(crate) fn nonce() -> Result<Vec<u8>, ConnectError> {
+/// Random bytes for SASL nonces (`Config::with_credentials`), from the TLS
+/// provider's generator; an error when it fails, never a predictable value.
+pub fn sasl_nonce() -> Result<Vec<u8>, ConnectError> {
     nonce_from(rustls::crypto::ring::default_provider().secure_random)
 }
 
-/// [`nonce`] from `random`. A generator that fails is an error: SCRAM with
+/// [`sasl_nonce`] from `random`. A generator that fails is an error: SCRAM with
 /// a predictable nonce would let a recorded exchange be replayed, so there
 /// is no fallback value.
 fn nonce_from(random: &dyn SecureRandom) -> Result<Vec<u8>, ConnectError> {
@@ -228,8 +229,8 @@ mod tests {
 
     #[test]
     fn nonces_come_from_the_generator() {
-        let a = nonce().expect("the system has randomness");
-        let b = nonce().expect("the system has randomness");
+        let a = sasl_nonce().expect("the system has randomness");
+        let b = sasl_nonce().expect("the system has randomness");
         assert_eq!(a.len(), 24);
         assert_ne!(a, b);
         assert_ne!(a, [0u8; 24]);

@@ -168,25 +168,64 @@ fn info(stream: &TlsStream<TcpStream>, server_name: &str, verdict: &Verdict) -> 
         Some(Err(e)) => (false, Some(e)),
         None => (false, Some("the certificate was not checked".to_owned())),
     };
-    let (peer_subject, peer_not_after) = conn
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok())
-        .map(|(_, cert)| {
-            (
-                Some(cert.subject().to_string()),
-                Some(cert.validity().not_after.to_string()),
-            )
-        })
-        .unwrap_or((None, None));
-    TlsInfo {
+    let mut info = TlsInfo {
         version,
         cipher_suite,
         verified,
         verify_error,
-        peer_subject,
-        peer_not_after,
+        peer_subject: None,
+        peer_not_after: None,
+        peer_issuer: None,
+        peer_not_before: None,
+        peer_names: Vec::new(),
+        peer_sha256: None,
         server_name: server_name.to_owned(),
+    };
+    if let Some(der) = conn.peer_certificates().and_then(|certs| certs.first()) {
+        describe_certificate(der.as_ref(), &mut info);
+    }
+    info
+}
+
+/// Fills in what a user checks of a certificate, as `msmtp --serverinfo`
+/// shows it: subject, issuer, names, validity and fingerprint.
+fn describe_certificate(der: &[u8], info: &mut TlsInfo) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(der);
+    info.peer_sha256 = Some(
+        digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    );
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return;
+    };
+    info.peer_subject = Some(cert.subject().to_string());
+    info.peer_issuer = Some(cert.issuer().to_string());
+    info.peer_not_before = Some(cert.validity().not_before.to_string());
+    info.peer_not_after = Some(cert.validity().not_after.to_string());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        use x509_parser::extensions::GeneralName;
+        info.peer_names = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some((*d).to_owned()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
     }
 }
 
