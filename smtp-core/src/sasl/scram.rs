@@ -460,6 +460,33 @@ mod tests {
     }
 
     #[test]
+    fn without_an_initial_response_only_an_empty_challenge_asks_for_it() {
+        let mut m = rfc();
+        assert!(matches!(
+            m.respond(b"r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
+            Err(SaslError::UnexpectedChallenge { .. })
+        ));
+        let mut m = rfc();
+        let first = respond(&mut m, b"").expect("the empty 334 asks for it");
+        assert_eq!(decode(&first.response), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+    }
+
+    #[test]
+    fn a_mandatory_extension_is_named_as_such() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        let got = respond(
+            &mut m,
+            b"m=x,r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+        );
+        assert!(
+            matches!(&got, Err(SaslError::InvalidChallenge { reason, .. }) if reason.contains("extension (m=)")),
+            "{:?}",
+            got.err()
+        );
+    }
+
+    #[test]
     fn invalid_utf8_is_an_error() {
         let mut m = rfc();
         let _ = m.initial_response();
