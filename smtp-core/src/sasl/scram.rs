@@ -487,6 +487,27 @@ mod tests {
     }
 
     #[test]
+    fn iteration_counts_are_parsed_with_bounds() {
+        let not_decimal = Err(invalid("the iteration count is not a decimal number"));
+        assert_eq!(parse_iterations("", 100_000), not_decimal);
+        assert_eq!(parse_iterations("99999999999", u32::MAX), not_decimal);
+        assert_eq!(parse_iterations("1e5", u32::MAX), not_decimal);
+        // Ten digits are still read: the largest u32 is refused by the cap.
+        assert_eq!(
+            parse_iterations("4294967295", 100_000),
+            Err(SaslError::TooManyIterations {
+                requested: u32::MAX,
+                limit: 100_000
+            })
+        );
+        assert_eq!(
+            parse_iterations("4294967296", u32::MAX),
+            Err(invalid("the iteration count is too large"))
+        );
+        assert_eq!(parse_iterations("100000", 100_000), Ok(100_000));
+    }
+
+    #[test]
     fn invalid_utf8_is_an_error() {
         let mut m = rfc();
         let _ = m.initial_response();
