@@ -508,6 +508,33 @@ mod tests {
     }
 
     #[test]
+    fn signatures_differing_in_two_bytes_the_same_way_do_not_match() {
+        // Differences must not cancel out (an XOR fold would let them).
+        assert!(!constant_time_eq(&[1, 1], &[0, 0]));
+        assert!(!constant_time_eq(&[1, 2, 3], &[1, 2]));
+        assert!(constant_time_eq(&[7, 8], &[7, 8]));
+        let mut m = rfc();
+        let _ = m.initial_response();
+        respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
+        let mut forged = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            SERVER_FINAL.trim_start_matches("v="),
+        )
+        .unwrap();
+        forged[0] ^= 0x10;
+        forged[1] ^= 0x10;
+        let forged = format!(
+            "v={}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, forged)
+        );
+        assert_eq!(
+            respond(&mut m, forged.as_bytes()).err(),
+            Some(SaslError::ServerSignatureMismatch)
+        );
+        assert!(!m.server_verified());
+    }
+
+    #[test]
     fn invalid_utf8_is_an_error() {
         let mut m = rfc();
         let _ = m.initial_response();
