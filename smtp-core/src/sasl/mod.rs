@@ -1515,6 +1515,27 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_the_password_or_derived_key() {
+        let nonce = STANDARD.decode("rOprNGfwEbeRWgbNEkqO").unwrap();
+        let mut auth = Authenticator::new(Mechanism::ScramSha256, &pw(), &nonce);
+        let _ = auth.initial_response();
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let Ok(Answer::Derive(job)) = auth.answer(&b64(server_first)) else {
+            panic!("SCRAM hands its derivation out");
+        };
+        let shown = format!("{job:?}");
+        assert_eq!(shown, "KeyDerivation { iterations: 4096, .. }");
+        let key = job.run();
+        assert_eq!(format!("{key:?}"), "<redacted>");
+        let shown = format!("{auth:?}");
+        assert!(
+            shown.starts_with("Authenticator { mechanism: ScramSha256")
+                && !shown.contains("pencil"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn an_equals_sign_is_the_empty_challenge() {
         // The server asks for the response held back from the AUTH line.
         let mut auth = Authenticator::new(Mechanism::Plain, &pw(), &[]);

@@ -460,6 +460,81 @@ mod tests {
     }
 
     #[test]
+    fn without_an_initial_response_only_an_empty_challenge_asks_for_it() {
+        let mut m = rfc();
+        assert!(matches!(
+            m.respond(b"r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
+            Err(SaslError::UnexpectedChallenge { .. })
+        ));
+        let mut m = rfc();
+        let first = respond(&mut m, b"").expect("the empty 334 asks for it");
+        assert_eq!(decode(&first.response), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+    }
+
+    #[test]
+    fn a_mandatory_extension_is_named_as_such() {
+        let mut m = rfc();
+        let _ = m.initial_response();
+        let got = respond(
+            &mut m,
+            b"m=x,r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+        );
+        assert!(
+            matches!(&got, Err(SaslError::InvalidChallenge { reason, .. }) if reason.contains("extension (m=)")),
+            "{:?}",
+            got.err()
+        );
+    }
+
+    #[test]
+    fn iteration_counts_are_parsed_with_bounds() {
+        let not_decimal = Err(invalid("the iteration count is not a decimal number"));
+        assert_eq!(parse_iterations("", 100_000), not_decimal);
+        assert_eq!(parse_iterations("99999999999", u32::MAX), not_decimal);
+        assert_eq!(parse_iterations("1e5", u32::MAX), not_decimal);
+        // Ten digits are still read: the largest u32 is refused by the cap.
+        assert_eq!(
+            parse_iterations("4294967295", 100_000),
+            Err(SaslError::TooManyIterations {
+                requested: u32::MAX,
+                limit: 100_000
+            })
+        );
+        assert_eq!(
+            parse_iterations("4294967296", u32::MAX),
+            Err(invalid("the iteration count is too large"))
+        );
+        assert_eq!(parse_iterations("100000", 100_000), Ok(100_000));
+    }
+
+    #[test]
+    fn signatures_differing_in_two_bytes_the_same_way_do_not_match() {
+        // Differences must not cancel out (an XOR fold would let them).
+        assert!(!constant_time_eq(&[1, 1], &[0, 0]));
+        assert!(!constant_time_eq(&[1, 2, 3], &[1, 2]));
+        assert!(constant_time_eq(&[7, 8], &[7, 8]));
+        let mut m = rfc();
+        let _ = m.initial_response();
+        respond(&mut m, SERVER_FIRST.as_bytes()).expect("valid server-first");
+        let mut forged = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            SERVER_FINAL.trim_start_matches("v="),
+        )
+        .unwrap();
+        forged[0] ^= 0x10;
+        forged[1] ^= 0x10;
+        let forged = format!(
+            "v={}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, forged)
+        );
+        assert_eq!(
+            respond(&mut m, forged.as_bytes()).err(),
+            Some(SaslError::ServerSignatureMismatch)
+        );
+        assert!(!m.server_verified());
+    }
+
+    #[test]
     fn invalid_utf8_is_an_error() {
         let mut m = rfc();
         let _ = m.initial_response();

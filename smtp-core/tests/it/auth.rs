@@ -201,3 +201,119 @@ fn a_full_challenge_fits_even_under_a_small_reply_limit() {
     assert_eq!(run.failure(), None);
     assert!(run.take_wire().starts_with("dXNlciA"));
 }
+
+#[test]
+fn a_refused_challenge_cancels_the_exchange_with_a_star_and_quits() {
+    let mut run = Run::new(scram_config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.script(&format!(
+        "S: 220 mx.example.net\nC: EHLO client.example\nS: 250-mx.example.net\n\
+         S: 250 AUTH SCRAM-SHA-256\nC: AUTH SCRAM-SHA-256 {}\nS: 334 {}\nC: *\nC: QUIT\n",
+        STANDARD.encode(format!("n,,n=user,r={CLIENT_NONCE}")),
+        STANDARD.encode("r=rOprNGfwEbeRWgbNEkqOx,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=10000000"),
+    ));
+    assert_eq!(
+        run.failure(),
+        Some(&Error::Sasl(
+            smtp_core::sasl::SaslError::TooManyIterations {
+                requested: 10_000_000,
+                limit: 100_000
+            }
+        ))
+    );
+    assert!(!run.events.contains(&Event::DerivationWanted));
+}
+
+fn plain(policy: TlsPolicy) -> Run {
+    let cfg = config().with_tls(policy).with_credentials(
+        Credentials::Password {
+            username: "user".into(),
+            password: Secret::new("pass"),
+        },
+        AuthChoice::Explicit(Mechanism::Plain),
+        vec![7; 24],
+    );
+    let mut run = Run::new(cfg);
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run
+}
+
+fn warned(run: &Run) -> bool {
+    run.events
+        .iter()
+        .any(|e| matches!(e, Event::Warning(smtp_core::Warning::PlaintextSecret(_))))
+}
+
+#[test]
+fn plain_inside_tls_goes_without_a_warning() {
+    let mut run = plain(TlsPolicy::Required);
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250 STARTTLS
+        C: STARTTLS
+        S: 220 go ahead
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250 AUTH PLAIN
+        C: AUTH PLAIN AHVzZXIAcGFzcw==
+        S: 235 ok
+        C: MAIL FROM:<a@example.org>
+        ",
+    );
+    assert!(run.client.is_tls());
+    assert!(!warned(&run));
+}
+
+#[test]
+fn cram_md5_in_the_clear_goes_without_a_warning() {
+    let cfg = config().with_tls(TlsPolicy::None).with_credentials(
+        Credentials::Password {
+            username: "user".into(),
+            password: Secret::new("pass"),
+        },
+        AuthChoice::Auto,
+        vec![7; 24],
+    );
+    let mut run = Run::new(cfg);
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250-mx.example.net
+        S: 250 AUTH CRAM-MD5
+        C: AUTH CRAM-MD5
+        S: 334 PDEyQG1haWw+
+        C: *
+        S: 235 ok
+        C: MAIL FROM:<a@example.org>
+        ",
+    );
+    assert!(!warned(&run));
+}
+
+#[test]
+fn a_2xx_or_3xx_other_than_235_and_334_to_auth_is_a_protocol_error() {
+    for reply in ["250 ok", "354 go ahead"] {
+        let mut run = plain(TlsPolicy::None);
+        run.script(&format!(
+            "S: 220 mx.example.net\nC: EHLO client.example\nS: 250-mx.example.net\n\
+             S: 250 AUTH PLAIN\nC: AUTH PLAIN AHVzZXIAcGFzcw==\nS: {reply}\nC: QUIT\n"
+        ));
+        assert!(warned(&run), "explicit PLAIN in the clear under None warns");
+        assert!(
+            matches!(
+                run.failure(),
+                Some(Error::Protocol(ProtocolError::UnexpectedReply {
+                    phase: smtp_core::Phase::Auth,
+                    ..
+                }))
+            ),
+            "{reply}: {:?}",
+            run.failure()
+        );
+    }
+}
