@@ -231,7 +231,8 @@ pub enum ProtocolError {
         /// The reply.
         reply: Reply,
     },
-    /// A reply when the client had sent nothing.
+    /// A reply before the command it would answer was sent (or when none
+    /// was outstanding).
     Unsolicited(Reply),
     /// The server said `235` to SCRAM without proving it knows the password.
     ScramUnverified,
@@ -258,9 +259,12 @@ impl fmt::Display for ProtocolError {
             Self::UnexpectedReply { phase, reply } => {
                 write!(f, "unexpected reply to {phase}: {reply}")
             }
-            Self::Unsolicited(reply) => {
-                write!(f, "reply received when no command was outstanding: {reply}")
-            }
+            Self::Unsolicited(reply) => write!(
+                f,
+                "a reply came before any command it could answer was sent (a server \
+                 answering twice or ahead, which would pair later replies with the wrong \
+                 commands): {reply}"
+            ),
             Self::ScramUnverified => f.write_str(
                 "the server accepted SCRAM authentication without proving it knows the \
                  password (possible impostor); the session was abandoned",
