@@ -12,7 +12,7 @@ use smtp_core::command::ClientId;
 use smtp_core::direct::{DirectOptions, Trace, deliver_traced};
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_core::transport::BodySource;
-use smtp_core::{Config, Envelope, Event, Timeouts, TlsPolicy};
+use smtp_core::{Config, Envelope, Event, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
 
@@ -666,7 +666,14 @@ async fn direct(
             if let Some(x) = &d.diagnosis {
                 diagnosis.push(format!("{}: {x}", d.domain));
             }
-            errors.extend(d.attempts.iter().filter_map(|a| a.error.clone()));
+            // A host that failed before another took every recipient says
+            // nothing about the outcome (nor the exit code).
+            if d.outcomes
+                .iter()
+                .any(|o| o.status != RecipientStatus::Accepted)
+            {
+                errors.extend(d.attempts.iter().filter_map(|a| a.error.clone()));
+            }
         }
         // Keep the envelope's order of recipients.
         recipients.sort_by_key(|r| envelope.to.iter().position(|t| t.to_string() == r.address));

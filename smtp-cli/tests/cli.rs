@@ -1979,3 +1979,62 @@ async fn a_secret_the_server_echoes_back_is_never_printed() {
     let all = format!("{out}{err}");
     assert!(!all.contains(PASSWORD) && !all.contains(plain), "{all}");
 }
+
+#[tokio::test]
+async fn a_host_that_failed_before_another_took_the_mail_does_not_set_the_exit_code() {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    // mx1 offers no STARTTLS (a policy failure under --tls required); mx2
+    // does, and takes the message.
+    let plain = CaptureServer::start_on("127.0.0.30:0".parse().unwrap(), CaptureConfig::default())
+        .await
+        .unwrap();
+    let port = plain.addr().port();
+    let ca = TestCa::new();
+    let tls = CaptureServer::start_on(
+        format!("127.0.0.31:{port}").parse().unwrap(),
+        CaptureConfig {
+            tls: Some(ca.leaf(&["mx2.p.test"])),
+            ..CaptureConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let zone = Zone::new()
+        .mx("p.test", 10, "mx1.p.test")
+        .a("mx1.p.test", "127.0.0.30".parse().unwrap())
+        .mx("p.test", 20, "mx2.p.test")
+        .a("mx2.p.test", "127.0.0.31".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let mut c = Command::new(BIN);
+    c.args([
+        "send",
+        "--tls",
+        "required",
+        "--dns-server",
+        &dns.addr().to_string(),
+    ])
+    .args(["--mx-port", &port.to_string(), "--helo", "client.test"])
+    .args([
+        "--from",
+        "a@example.org",
+        "--to",
+        "b@p.test",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ])
+    .env("XDG_CONFIG_HOME", "/nonexistent");
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("accepted"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert_eq!(
+        tls.wait_for_messages(1, Duration::from_secs(2)).await.len(),
+        1
+    );
+    assert!(plain.messages().is_empty());
+}
