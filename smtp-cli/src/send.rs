@@ -4,7 +4,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
@@ -53,6 +54,9 @@ pub(crate) fn mechanism(a: AuthArg) -> AuthChoice {
         AuthArg::ScramSha256 => AuthChoice::Explicit(Mechanism::ScramSha256),
     }
 }
+
+/// How long a silent server may take before the implicit-TLS hint.
+const GREETING_HINT_AFTER: Duration = Duration::from_secs(5);
 
 /// Options with the account's settings filled in where the options are silent.
 struct Settings {
@@ -527,12 +531,39 @@ async fn standard(
     let progress =
         (prepared.len() > 1 && std::io::stderr().is_terminal() && !args.verbose && !args.json)
             .then(|| indicatif::ProgressBar::new(prepared.len() as u64));
-    let mut observe = observer(args.verbose, progress.clone());
+    // A server that says nothing for a while may be waiting for a TLS
+    // ClientHello (port 465 given without --implicit-tls, or a custom
+    // port): say so while the greeting deadline runs out.
+    let greeted = Arc::new(AtomicBool::new(false));
+    let hint = (!sub.implicit_tls).then(|| {
+        let (greeted, host) = (greeted.clone(), host.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(GREETING_HINT_AFTER).await;
+            if !greeted.load(Ordering::Relaxed) {
+                tell!(
+                    "note: no greeting from {host}:{port} after {}s; if this port expects \
+                     TLS from the first byte, use --implicit-tls (still waiting)",
+                    GREETING_HINT_AFTER.as_secs()
+                );
+            }
+        })
+    });
+    let mut inner = observer(args.verbose, progress.clone());
+    let mut observe = |e: &Event| {
+        if matches!(e, Event::Greeting(_)) {
+            greeted.store(true, Ordering::Relaxed);
+        }
+        inner(e);
+    };
     interrupt::begin(&sent, args.json);
     if args.verbose {
         tell!("=== Trying {host}:{port}...");
     }
-    let delivery = match sub.send(outgoing, &mut observe).await {
+    let sending = sub.send(outgoing, &mut observe).await;
+    if let Some(h) = hint {
+        h.abort();
+    }
+    let delivery = match sending {
         Ok(d) => {
             if args.verbose {
                 tell!("=== Connection closed with {}.", d.peer);

@@ -2038,3 +2038,39 @@ async fn a_host_that_failed_before_another_took_the_mail_does_not_set_the_exit_c
     );
     assert!(plain.messages().is_empty());
 }
+
+#[tokio::test]
+async fn a_silent_server_gets_the_implicit_tls_hint() {
+    // An implicit-TLS port says nothing until it gets a ClientHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (_tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let mut c = Command::new(BIN);
+    c.args([
+        "send",
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--tls",
+        "none",
+    ])
+    .args([
+        "--command-timeout",
+        "7",
+        "--from",
+        "a@example.org",
+        "--to",
+        "b@example.net",
+    ])
+    .args(["--subject", "s", "--body", "b"])
+    .env("XDG_CONFIG_HOME", "/nonexistent");
+    let o = run(c).await;
+    assert_eq!(code(&o), 75, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("use --implicit-tls"),
+        "{}",
+        text(&o.stderr)
+    );
+}
