@@ -137,21 +137,8 @@ pub(crate) struct SendArgs {
     /// Extra trusted CA certificates (PEM).
     #[arg(long, value_name = "PEM")]
     pub(crate) ca_file: Option<PathBuf>,
-    /// User name for AUTH.
-    #[arg(long, value_name = "NAME")]
-    pub(crate) user: Option<String>,
-    /// Environment variable holding the password.
-    #[arg(long, value_name = "VAR")]
-    pub(crate) password_env: Option<String>,
-    /// File holding the password (first line).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) password_file: Option<PathBuf>,
-    /// Command that prints the password (first line of its output).
-    #[arg(long, value_name = "CMD")]
-    pub(crate) password_command: Option<String>,
-    /// SASL mechanism.
-    #[arg(long, value_enum)]
-    pub(crate) auth: Option<AuthArg>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
     /// Name to send with EHLO (default: this host's name).
     #[arg(long, value_name = "NAME")]
     pub(crate) helo: Option<String>,
@@ -214,10 +201,25 @@ pub(crate) struct ProbeArgs {
     /// Name to send with EHLO (default: this host's name).
     #[arg(long, value_name = "NAME")]
     pub(crate) helo: Option<String>,
-    /// Test AUTH with this user (the password as for `send`); no mail is sent.
+    /// AUTH to test (no mail is sent).
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    /// Seconds to wait for a connection (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) connect_timeout: Option<u64>,
+    /// Seconds to wait for each reply (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) command_timeout: Option<u64>,
+}
+
+/// Who logs in, and where the password comes from (at most one source;
+/// without one, the environment variable SMTP_PASSWORD).
+#[derive(Debug, Args, Default)]
+pub(crate) struct LoginArgs {
+    /// User name for AUTH.
     #[arg(long, value_name = "NAME")]
     pub(crate) user: Option<String>,
-    /// Environment variable holding the password (default SMTP_PASSWORD).
+    /// Environment variable holding the password.
     #[arg(long, value_name = "VAR")]
     pub(crate) password_env: Option<String>,
     /// File holding the password (first line).
@@ -229,12 +231,6 @@ pub(crate) struct ProbeArgs {
     /// SASL mechanism.
     #[arg(long, value_enum)]
     pub(crate) auth: Option<AuthArg>,
-    /// Seconds to wait for a connection (default 30).
-    #[arg(long, value_name = "SECS")]
-    pub(crate) connect_timeout: Option<u64>,
-    /// Seconds to wait for each reply (default 30).
-    #[arg(long, value_name = "SECS")]
-    pub(crate) command_timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -287,7 +283,7 @@ mod tests {
             let Command::Send(args) = cli.command else {
                 panic!("send")
             };
-            assert_eq!(args.auth, Some(AuthArg::ScramSha256), "{spelling}");
+            assert_eq!(args.login.auth, Some(AuthArg::ScramSha256), "{spelling}");
             let account: crate::config::Account =
                 toml::from_str(&format!("auth = \"{spelling}\"")).unwrap();
             assert_eq!(account.auth, Some(AuthArg::ScramSha256), "{spelling}");

@@ -5,13 +5,13 @@ use std::time::Duration;
 use serde::Serialize;
 use smtp_core::command::ClientId;
 use smtp_core::mx::{Resolver, plan};
-use smtp_core::sasl::{Credentials, Secret};
+use smtp_core::sasl::Credentials;
 use smtp_core::transport::{Transport, drive};
 use smtp_core::{Client, Config, Event, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
 
-use crate::cli::{AuthArg, MxArgs, ProbeArgs};
+use crate::cli::{AuthArg, LoginArgs, MxArgs, ProbeArgs};
 use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, Failure};
 use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
 use crate::secrets::{self, DEFAULT_ENV, Source};
@@ -67,38 +67,19 @@ fn split(target: &str) -> Result<(String, u16), Failure> {
     }
 }
 
-/// The credentials `--user` asks to test, with the password read as `send`
+/// The credentials `--user` asks to test, the password read as `send`
 /// reads it.
-fn credentials(args: &ProbeArgs) -> Result<Option<Credentials>, Failure> {
-    let Some(username) = args.user.clone() else {
+fn credentials(login: &LoginArgs) -> Result<Option<Credentials>, Failure> {
+    let Some(username) = login.user.clone() else {
         return Ok(None);
     };
-    let secret = if let Some(v) = &args.password_env {
-        secrets::read(Source::Env(v))?
-    } else if let Some(f) = &args.password_file {
-        secrets::read(Source::File(f))?
-    } else if let Some(c) = &args.password_command {
-        secrets::read(Source::Command(c))?
-    } else {
-        secrets::read(Source::Env(DEFAULT_ENV))?
-    };
-    crate::terminal::redact_secret(&username, &secret);
-    Ok(Some(if args.auth == Some(AuthArg::Xoauth2) {
-        Credentials::OAuth2 {
-            username,
-            token: Secret::new(secret),
-        }
-    } else {
-        Credentials::Password {
-            username,
-            password: Secret::new(secret),
-        }
-    }))
+    let secret = secrets::read(login.source()?.unwrap_or(Source::Env(DEFAULT_ENV)))?;
+    Ok(Some(secrets::credentials(username, secret, login.auth)))
 }
 
 pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     let (host, port) = split(&args.target)?;
-    let credentials = credentials(&args)?;
+    let credentials = credentials(&args.login)?;
     let implicit = args.implicit_tls || port == 465;
     let policy: TlsPolicy = args.tls.into();
     let mut tls = TlsOptions::new(policy);
@@ -128,7 +109,11 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         .with_transcript(args.verbose);
     if let Some(c) = credentials {
         let nonce = smtp_tls::sasl_nonce().map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?;
-        config = config.with_credentials(c, mechanism(args.auth.unwrap_or(AuthArg::Auto)), nonce);
+        config = config.with_credentials(
+            c,
+            mechanism(args.login.auth.unwrap_or(AuthArg::Auto)),
+            nonce,
+        );
     }
     let mut client = Client::new(config, transport.now());
     client.quit(transport.now());

@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use smtp_core::sasl::{Credentials, Secret};
+
+use crate::cli::{AuthArg, LoginArgs};
 use crate::fail::Failure;
 
 /// The default environment variable.
@@ -50,6 +53,44 @@ pub(crate) fn read(source: Source<'_>) -> Result<String, Failure> {
                 )));
             }
             Ok(first_line(&String::from_utf8_lossy(&out.stdout)))
+        }
+    }
+}
+
+impl LoginArgs {
+    /// The password source the command line names, if any; two are a usage
+    /// error rather than a silent choice.
+    pub(crate) fn source(&self) -> Result<Option<Source<'_>>, Failure> {
+        let given = [
+            self.password_env.as_deref().map(Source::Env),
+            self.password_file.as_deref().map(Source::File),
+            self.password_command.as_deref().map(Source::Command),
+        ];
+        let mut given = given.into_iter().flatten();
+        let first = given.next();
+        if given.next().is_some() {
+            return Err(Failure::usage(
+                "give one of --password-env, --password-file and --password-command",
+            ));
+        }
+        Ok(first)
+    }
+}
+
+/// The credentials for `username` with `secret` (a token for XOAUTH2),
+/// the secret registered so that nothing printed shows it — a server may
+/// echo it back in a reply.
+pub(crate) fn credentials(username: String, secret: String, auth: Option<AuthArg>) -> Credentials {
+    crate::terminal::redact_secret(&username, &secret);
+    if auth == Some(AuthArg::Xoauth2) {
+        Credentials::OAuth2 {
+            username,
+            token: Secret::new(secret),
+        }
+    } else {
+        Credentials::Password {
+            username,
+            password: Secret::new(secret),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::command::ClientId;
 use smtp_core::direct::{DirectOptions, Trace, deliver_traced};
-use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
+use smtp_core::sasl::{AuthChoice, Credentials, Mechanism};
 use smtp_core::transport::BodySource;
 use smtp_core::{Config, Envelope, Event, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
@@ -144,16 +144,7 @@ fn secrets_stay(
 }
 
 fn settings(args: &SendArgs) -> Result<Settings, Failure> {
-    let sources = [
-        args.password_env.is_some(),
-        args.password_file.is_some(),
-        args.password_command.is_some(),
-    ];
-    if sources.iter().filter(|given| **given).count() > 1 {
-        return Err(Failure::usage(
-            "give one of --password-env, --password-file and --password-command",
-        ));
-    }
+    let command_line_source = args.login.source()?;
     if let (Some(port), Some(server)) = (args.port, &args.server) {
         if let (_, Some(in_server)) = split_server(server)? {
             if in_server != port {
@@ -204,7 +195,7 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
             ),
             Err(note) => {
                 if account_secrets {
-                    let then = if args.user.is_some() {
+                    let then = if args.login.user.is_some() {
                         "the --user given is used instead"
                     } else {
                         "no AUTH is sent"
@@ -214,42 +205,30 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
                 (None, None, None, None, None)
             }
         };
-    let user = args.user.clone().or(user);
+    let user = args.login.user.clone().or(user);
     let credentials = match user {
         None => None,
+        // The command line's source, then the account's, then SMTP_PASSWORD.
         Some(username) => {
-            let secret = if let Some(v) = &args.password_env {
-                secrets::read(Source::Env(v))?
-            } else if let Some(f) = &args.password_file {
-                secrets::read(Source::File(f))?
-            } else if let Some(c) = &args.password_command {
-                secrets::read(Source::Command(c))?
-            } else if let Some(p) = password {
-                p
-            } else if let Some(v) = &password_env {
-                secrets::read(Source::Env(v))?
-            } else if let Some(f) = &password_file {
-                secrets::read(Source::File(f))?
-            } else if let Some(c) = &password_command {
-                secrets::read(Source::Command(c))?
-            } else {
-                secrets::read(Source::Env(DEFAULT_ENV))?
+            let secret = match command_line_source {
+                Some(source) => secrets::read(source)?,
+                None => match password {
+                    Some(p) => p,
+                    None => secrets::read(
+                        password_env
+                            .as_deref()
+                            .map(Source::Env)
+                            .or(password_file.as_deref().map(Source::File))
+                            .or(password_command.as_deref().map(Source::Command))
+                            .unwrap_or(Source::Env(DEFAULT_ENV)),
+                    )?,
+                },
             };
-            // A server that echoes the secret back (in a 535's text, say)
-            // must not get it printed.
-            crate::terminal::redact_secret(&username, &secret);
-            let auth = args.auth.or(auth);
-            Some(if auth == Some(AuthArg::Xoauth2) {
-                Credentials::OAuth2 {
-                    username,
-                    token: Secret::new(secret),
-                }
-            } else {
-                Credentials::Password {
-                    username,
-                    password: Secret::new(secret),
-                }
-            })
+            Some(secrets::credentials(
+                username,
+                secret,
+                args.login.auth.or(auth),
+            ))
         }
     };
     let mut timeouts = Timeouts::default();
@@ -279,7 +258,7 @@ fn settings(args: &SendArgs) -> Result<Settings, Failure> {
         implicit_tls: args.implicit_tls || implicit_tls.unwrap_or(false),
         ca_file: args.ca_file.clone().or(ca_file),
         credentials,
-        auth: mechanism(args.auth.or(auth).unwrap_or(AuthArg::Auto)),
+        auth: mechanism(args.login.auth.or(auth).unwrap_or(AuthArg::Auto)),
         helo: args.helo.clone().or(helo).unwrap_or_else(hostname),
         from: sender.as_ref().map(|(_, a)| a.clone()),
         from_name: sender.and_then(|(n, _)| n),
