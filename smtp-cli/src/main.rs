@@ -10,6 +10,7 @@
 mod terminal;
 
 mod cli;
+mod compose;
 mod config;
 mod demo;
 mod fail;
@@ -19,6 +20,7 @@ mod output;
 mod probe;
 mod secrets;
 mod send;
+mod settings;
 mod sink;
 mod spool;
 

@@ -15,7 +15,8 @@ use crate::cli::{AuthArg, LoginArgs, MxArgs, ProbeArgs};
 use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, Failure};
 use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
 use crate::secrets::{self, DEFAULT_ENV, Source};
-use crate::send::{hostname, mechanism, random_below};
+use crate::send::{hostname, random_below};
+use crate::settings::mechanism;
 
 #[derive(Serialize)]
 struct Probe {
