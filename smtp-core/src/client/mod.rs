@@ -1,12 +1,14 @@
 //! The sans-IO SMTP client state machine.
 //!
 //! Split by phase: [`session`] (greeting, EHLO, STARTTLS, AUTH),
-//! [`transaction`] (MAIL, RCPT, DATA/BDAT, RSET), [`outbox`] (what goes out
-//! and which replies are awaited).
+//! [`transaction`] (MAIL, RCPT, DATA/BDAT, RSET), [`params`] (what a message
+//! asks of the server: the pre-MAIL checks and the MAIL/RCPT parameters),
+//! [`outbox`] (what goes out and which replies are awaited).
 
 mod config;
 mod event;
 mod outbox;
+mod params;
 mod session;
 mod transaction;
 

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use super::event::{Direction, Event};
 use super::outbox::Expect;
+use super::params::{mail_params, precheck, rcpt_params};
 use super::{Client, State};
-use crate::command::{BodyType, Command, MailParams, RcptParams};
+use crate::command::{BodyType, Command};
 use crate::data::{BdatEncoder, BodyRules, DataEncoder};
-use crate::ehlo::{Capabilities, Size};
 use crate::envelope::{Envelope, MessageId, MessageOutcome, RecipientOutcome, RecipientStatus};
 use crate::error::{Error, MessageError, Misuse, ProtocolError};
 use crate::reply::{EnhancedCode, Reply};
@@ -120,60 +120,6 @@ fn too_many_recipients(reply: &Reply) -> bool {
                 .text()
                 .to_ascii_lowercase()
                 .contains("too many recipients"))
-}
-
-/// Can this server take this message at all? Checked before MAIL, so a
-/// message it cannot take costs no bytes on the wire.
-fn precheck(
-    envelope: &Envelope,
-    caps: &Capabilities,
-    tls: bool,
-    bdat: bool,
-) -> Result<(), MessageError> {
-    match envelope.body {
-        BodyType::SevenBit => {}
-        BodyType::EightBitMime if caps.eight_bit_mime() => {}
-        BodyType::EightBitMime => return Err(MessageError::EightBitUnsupported),
-        BodyType::BinaryMime if caps.binary_mime() && bdat => {}
-        BodyType::BinaryMime => return Err(MessageError::BinaryUnsupported),
-    }
-    if envelope.needs_smtputf8() && !caps.smtputf8() {
-        let address = if envelope.from.needs_smtputf8() {
-            envelope.from.to_string()
-        } else {
-            envelope
-                .to
-                .iter()
-                .find(|m| m.needs_smtputf8())
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        };
-        return Err(MessageError::Utf8Unsupported { address });
-    }
-    if envelope.require_tls && !(tls && caps.requiretls()) {
-        return Err(MessageError::RequireTlsUnsupported);
-    }
-    if let (Some(size), Some(Size::Max(limit))) = (envelope.size, caps.size()) {
-        if size > limit {
-            return Err(MessageError::TooLarge { size, limit });
-        }
-    }
-    Ok(())
-}
-
-fn mail_params(envelope: &Envelope, caps: &Capabilities) -> MailParams {
-    let dsn = envelope.dsn.as_ref().filter(|_| caps.dsn());
-    MailParams {
-        size: caps.size().and(envelope.size),
-        body: match envelope.body {
-            BodyType::SevenBit => None,
-            other => Some(other),
-        },
-        smtputf8: envelope.needs_smtputf8(),
-        ret: dsn.and_then(|d| d.ret),
-        envid: dsn.and_then(|d| d.envid.clone()),
-        requiretls: envelope.require_tls,
-    }
 }
 
 impl Client {
@@ -898,19 +844,5 @@ impl Client {
             }
             self.finish_message_if_done(id);
         }
-    }
-}
-
-fn rcpt_params(
-    envelope: &Envelope,
-    to: &crate::address::Mailbox,
-    caps: &Capabilities,
-) -> RcptParams {
-    match envelope.dsn.as_ref().filter(|_| caps.dsn()) {
-        Some(dsn) => RcptParams {
-            notify: dsn.notify,
-            orcpt: dsn.orcpt.then(|| to.clone()),
-        },
-        None => RcptParams::default(),
     }
 }
