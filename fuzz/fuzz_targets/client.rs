@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::command::ClientId;
+use smtp_core::ehlo::ClientId;
 use smtp_core::{Client, Config, Envelope, Event, TlsPolicy};
 
 /// Counts results and checks each as it comes.

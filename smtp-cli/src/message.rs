@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use smtp_core::command::BodyType;
+use smtp_core::data::BodyType;
 use smtp_core::data::{BodyRules, BodyScanner};
-use smtp_core::transport::BodySource;
+use smtp_core::delivery::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fail::Failure;

@@ -2,7 +2,7 @@
 //! exit code that sums it up.
 
 use serde::Serialize;
-use smtp_core::transport::TlsInfo;
+use smtp_core::delivery::TlsInfo;
 use smtp_core::{Error, RecipientOutcome, RecipientStatus};
 
 use crate::fail::{EX_NOPERM, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE};

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use smtp_core::command::ClientId;
-use smtp_core::mx::{Resolver, plan};
+use smtp_core::delivery::mx::{Resolver, plan};
+use smtp_core::delivery::{Transport, drive};
+use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::Credentials;
-use smtp_core::transport::{Transport, drive};
 use smtp_core::{Client, Config, Event, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
@@ -274,8 +274,8 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
                 })
                 .collect();
             let kind = match p.kind {
-                smtp_core::mx::PlanKind::Mx => "mx",
-                smtp_core::mx::PlanKind::ImplicitMx => "implicit-mx",
+                smtp_core::delivery::mx::PlanKind::Mx => "mx",
+                smtp_core::delivery::mx::PlanKind::ImplicitMx => "implicit-mx",
             };
             if args.json {
                 let v = serde_json::json!({

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::command::ClientId;
-use smtp_core::direct::{DirectOptions, Trace, deliver_traced};
-use smtp_core::transport::BodySource;
+use smtp_core::delivery::BodySource;
+use smtp_core::delivery::direct::{DirectOptions, Trace, deliver_traced};
+use smtp_core::ehlo::ClientId;
 use smtp_core::{Config, Envelope, Event, RecipientStatus, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::command::ClientId;
 use smtp_core::data::{BodyRules, DataEncoder};
 use smtp_core::ehlo::Capabilities;
+use smtp_core::ehlo::ClientId;
 use smtp_core::reply::{ReplyLimits, Status, parse_reply};
 use smtp_core::{Client, Config, Envelope, Event, TlsPolicy};
 

@@ -7,31 +7,9 @@
 //! so a command can only ever end with its one CRLF: nothing a user types can
 //! smuggle a second command onto the wire.
 
-use std::fmt;
-
-use crate::address::{AddressError, Domain, Mailbox, ReversePath};
-
-/// The body type of a message (`BODY=`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BodyType {
-    /// 7-bit text (no `BODY=` parameter is sent).
-    SevenBit,
-    /// 8-bit text (`BODY=8BITMIME`, RFC 6152).
-    EightBitMime,
-    /// Binary (`BODY=BINARYMIME`, RFC 3030; needs BDAT).
-    BinaryMime,
-}
-
-impl BodyType {
-    /// The `BODY=` keyword value.
-    pub const fn keyword(self) -> &'static str {
-        match self {
-            Self::SevenBit => "7BIT",
-            Self::EightBitMime => "8BITMIME",
-            Self::BinaryMime => "BINARYMIME",
-        }
-    }
-}
+use crate::address::{AddressError, Mailbox, ReversePath};
+use crate::data::BodyType;
+use crate::ehlo::ClientId;
 
 /// How much of a message a failure DSN returns (`RET=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,34 +78,6 @@ pub struct RcptParams {
     /// `ORCPT=rfc822;…` (RFC 3461), xtext-encoded; a UTF-8 address as
     /// `ORCPT=utf-8;…` (RFC 6533), utf-8-addr-xtext-encoded.
     pub orcpt: Option<Mailbox>,
-}
-
-/// The EHLO/HELO argument: a domain or an address literal (RFC 5321 §4.1.4).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClientId(Domain);
-
-impl ClientId {
-    /// Validates a host name or address literal such as `[192.0.2.1]`.
-    pub fn parse(s: &str) -> Result<Self, AddressError> {
-        Domain::parse(s).map(Self)
-    }
-
-    /// The wire form.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-
-    /// `localhost`.
-    pub fn localhost() -> Self {
-        // `localhost` is a valid domain: this cannot fail.
-        Self(Domain::parse("localhost").expect("localhost is a valid domain"))
-    }
-}
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// One client command, borrowing its parts.
@@ -313,7 +263,7 @@ fn rcpt_params(p: &RcptParams, out: &mut Vec<u8>) {
 /// RFC 6533 §3 `utf-8-addr-xtext`: printable ASCII other than `+`, `=` and
 /// `\` as it is; anything else as `\x{HEX}`, upper-case, with the fewest
 /// digits (at least two).
-pub fn utf8_addr_xtext(input: &str, out: &mut String) {
+fn utf8_addr_xtext(input: &str, out: &mut String) {
     for c in input.chars() {
         if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
             out.push(c);
@@ -324,7 +274,7 @@ pub fn utf8_addr_xtext(input: &str, out: &mut String) {
 }
 
 /// xtext (RFC 3461 §4): octets outside `!`..`~`, and `+` and `=`, become `+XX`.
-pub fn xtext_encode(input: &str, out: &mut String) {
+fn xtext_encode(input: &str, out: &mut String) {
     for b in input.bytes() {
         if (0x21..=0x7e).contains(&b) && b != b'+' && b != b'=' {
             out.push(char::from(b));

@@ -17,6 +17,37 @@
 
 use std::fmt;
 
+/// The body type of a message (`BODY=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BodyType {
+    /// 7-bit text (no `BODY=` parameter is sent).
+    SevenBit,
+    /// 8-bit text (`BODY=8BITMIME`, RFC 6152).
+    EightBitMime,
+    /// Binary (`BODY=BINARYMIME`, RFC 3030; needs BDAT).
+    BinaryMime,
+}
+
+impl BodyType {
+    /// The `BODY=` keyword value.
+    pub const fn keyword(self) -> &'static str {
+        match self {
+            Self::SevenBit => "7BIT",
+            Self::EightBitMime => "8BITMIME",
+            Self::BinaryMime => "BINARYMIME",
+        }
+    }
+
+    /// What a body of this type may contain.
+    pub const fn rules(self) -> BodyRules {
+        match self {
+            Self::SevenBit => BodyRules::SEVEN_BIT,
+            Self::EightBitMime => BodyRules::EIGHT_BIT_MIME,
+            Self::BinaryMime => BodyRules::BINARY,
+        }
+    }
+}
+
 /// What a body may contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BodyRules {

@@ -12,8 +12,11 @@
 //! input is a [`Reply`], already bounded by the reply parser, so this needs no bounds of its own.
 //!
 //! Whether the reply is a success (250) is for the caller to check before calling
-//! [`Capabilities::from_reply`].
+//! [`Capabilities::from_reply`]. What the client says of itself in EHLO is a [`ClientId`].
 
+use std::fmt;
+
+use crate::address::{AddressError, Domain};
 use crate::reply::Reply;
 
 /// What a server announced in its EHLO reply.
@@ -214,6 +217,34 @@ fn parse_size(param: Option<&str>) -> Size {
             }
         }
         _ => Size::Unlimited,
+    }
+}
+
+/// The EHLO/HELO argument: a domain or an address literal (RFC 5321 §4.1.4).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(Domain);
+
+impl ClientId {
+    /// Validates a host name or address literal such as `[192.0.2.1]`.
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        Domain::parse(s).map(Self)
+    }
+
+    /// The wire form.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// `localhost`.
+    pub fn localhost() -> Self {
+        // `localhost` is a valid domain: this cannot fail.
+        Self(Domain::parse("localhost").expect("localhost is a valid domain"))
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

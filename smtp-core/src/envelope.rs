@@ -3,10 +3,11 @@
 use std::fmt;
 
 use crate::address::{Mailbox, ReversePath};
-use crate::command::{BodyType, EnvId, Notify, Ret};
+use crate::command::{EnvId, Notify, Ret};
+use crate::data::BodyType;
 use crate::error::Error;
+use crate::phase::Phase;
 use crate::reply::{EnhancedCode, Reply, ReplyCode};
-use crate::timeouts::Phase;
 
 /// Identifies a message within one [`Client`](crate::Client) session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,10 +17,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::data::BodyError;
+use crate::phase::Phase;
 use crate::policy::TlsPolicy;
 use crate::reply::{Reply, ReplyError};
 use crate::sasl::{Mechanism, SaslError};
-use crate::timeouts::Phase;
 
 /// Everything that can go wrong in a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub enum Error {
     },
     /// Direct delivery found no mail server to try for the domain (null MX,
     /// nonexistent domain, DNS failing, hosts without addresses).
-    Plan(crate::mx::PlanError),
+    Plan(crate::delivery::mx::PlanError),
     /// No connection could be made (direct delivery: every address failed).
     Connect {
         /// What happened at each address.

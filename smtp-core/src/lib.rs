@@ -40,7 +40,7 @@
 //! use std::time::Instant;
 //! use smtp_core::{Client, Config, Envelope, Event, TlsPolicy};
 //! use smtp_core::address::{Mailbox, ReversePath};
-//! use smtp_core::command::ClientId;
+//! use smtp_core::ehlo::ClientId;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut stream = TcpStream::connect("127.0.0.1:2525")?;
@@ -99,24 +99,24 @@ pub mod address;
 mod client;
 pub mod command;
 pub mod data;
-pub mod direct;
+pub mod delivery;
 pub mod ehlo;
 mod envelope;
 mod error;
-pub mod mx;
+mod phase;
 mod policy;
 pub mod reply;
 pub mod sasl;
 mod timeouts;
-pub mod transport;
 
 pub use client::{Client, Config, Direction, Event, TranscriptLine, Warning};
 pub use envelope::{
     DsnRequest, Envelope, MessageId, MessageOutcome, RecipientOutcome, RecipientStatus,
 };
 pub use error::{Error, MessageError, Misuse, PolicyError, ProtocolError};
+pub use phase::Phase;
 pub use policy::{TlsPolicy, UnknownTlsPolicy};
-pub use timeouts::{Phase, Timeouts};
+pub use timeouts::Timeouts;
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

@@ -1,83 +1,12 @@
-//! Session phases and their deadlines (RFC 5321 §4.5.3.2).
+//! The deadline of each session phase (RFC 5321 §4.5.3.2).
 //!
 //! A deadline starts when the client begins waiting for a reply and does not
 //! move while bytes trickle in, so a server that drips one byte a minute
 //! cannot hold a phase open past its limit.
 
-use std::fmt;
 use std::time::Duration;
 
-/// A step of an SMTP session: what the client was doing when something happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Phase {
-    /// Opening the TCP connection (enforced by the driver).
-    Connect,
-    /// Waiting for the server's `220` greeting.
-    Greeting,
-    /// EHLO (or the HELO fallback).
-    Ehlo,
-    /// The STARTTLS command.
-    StartTls,
-    /// The TLS handshake (enforced by the driver).
-    TlsHandshake,
-    /// AUTH and its challenges.
-    Auth,
-    /// MAIL FROM.
-    Mail,
-    /// RCPT TO.
-    Rcpt,
-    /// The DATA command, up to its `354`.
-    Data,
-    /// Writing a block of message data (enforced by the driver).
-    DataBlock,
-    /// The reply to the end of the message data (`.` or `BDAT … LAST`).
-    DataEnd,
-    /// RSET.
-    Rset,
-    /// NOOP.
-    Noop,
-    /// QUIT.
-    Quit,
-}
-
-impl Phase {
-    /// True for the steps of a mail transaction (MAIL, RCPT, DATA, the data
-    /// and its end), where a refusal is about the message or a recipient
-    /// rather than the session.
-    pub const fn is_transaction(self) -> bool {
-        matches!(
-            self,
-            Self::Mail | Self::Rcpt | Self::Data | Self::DataBlock | Self::DataEnd
-        )
-    }
-
-    /// A short lower-case name for messages ("greeting", "RCPT", …).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Greeting => "greeting",
-            Self::Ehlo => "EHLO",
-            Self::StartTls => "STARTTLS",
-            Self::TlsHandshake => "TLS handshake",
-            Self::Auth => "AUTH",
-            Self::Mail => "MAIL",
-            Self::Rcpt => "RCPT",
-            Self::Data => "DATA",
-            Self::DataBlock => "message data",
-            Self::DataEnd => "end of data",
-            Self::Rset => "RSET",
-            Self::Noop => "NOOP",
-            Self::Quit => "QUIT",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::phase::Phase;
 
 /// How long each phase may take. Defaults are RFC 5321 §4.5.3.2's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! MX resolution for direct SMTP delivery on hickory-resolver.
 //!
-//! [`HickoryResolver`] implements `smtp_core::mx::Resolver`, the only thing
-//! the core's MX planning (`smtp_core::mx::plan`: RFC 5321 §5.1 ordering,
+//! [`HickoryResolver`] implements `smtp_core::delivery::mx::Resolver`, the only thing
+//! the core's MX planning (`smtp_core::delivery::mx::plan`: RFC 5321 §5.1 ordering,
 //! implicit MX, RFC 7505 null MX) needs from DNS. hickory's types stay
 //! inside this crate, so its API changes stop here.
 //!
@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use smtp_core::mx::{plan, Resolver};
+//! use smtp_core::delivery::mx::{plan, Resolver};
 //! let resolver = smtp_dns::HickoryResolver::system()?;
 //! let mut first = |_n: usize| 0;
 //! let plan = plan(&resolver, "example.net", &mut first, 5).await?;
@@ -38,7 +38,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
-use smtp_core::mx::{DnsError, MxRecord, Resolver};
+use smtp_core::delivery::mx::{DnsError, MxRecord, Resolver};
 
 /// A resolver that could not be set up.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use smtp_core::mx::{DnsError, PlanError, PlanKind, Resolver, plan};
+use smtp_core::delivery::mx::{DnsError, PlanError, PlanKind, Resolver, plan};
 use smtp_dns::HickoryResolver;
 use smtp_testkit::dns::{DnsServer, Zone};
 

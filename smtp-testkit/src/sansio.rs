@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::command::ClientId;
+use smtp_core::ehlo::ClientId;
 use smtp_core::{Client, Config, Envelope, Error, Event, MessageOutcome, TlsPolicy};
 
 /// A client session under test, its virtual clock and what it did.

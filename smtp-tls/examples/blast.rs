@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::transport::MemoryBody;
+use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, TlsPolicy};
 use smtp_tls::{Outgoing, Submission};
 

@@ -4,7 +4,7 @@ use std::io;
 use std::path::Path;
 
 use async_trait::async_trait;
-use smtp_core::transport::BodySource;
+use smtp_core::delivery::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// A message body streamed from a file: memory use does not grow with its size.

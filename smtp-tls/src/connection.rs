@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use smtp_core::MessageId;
-use smtp_core::transport::{Bodies, BodySource, Driver, SessionReport, TlsInfo, Until};
+use smtp_core::delivery::{Bodies, BodySource, Driver, SessionReport, TlsInfo, Until};
 use smtp_core::{Client, Error, Event, MessageOutcome, Misuse, TlsPolicy};
 
 use crate::error::OpenError;
@@ -22,7 +22,7 @@ use crate::transport::TcpTransport;
 ///
 /// ```no_run
 /// use smtp_core::address::{Mailbox, ReversePath};
-/// use smtp_core::transport::MemoryBody;
+/// use smtp_core::delivery::MemoryBody;
 /// use smtp_core::Envelope;
 /// use smtp_tls::{Connection, Outgoing, Submission};
 ///
@@ -76,7 +76,7 @@ impl Connection {
     async fn open_with(server: &Submission, policy: TlsPolicy) -> Result<Self, OpenError> {
         let (mut transport, mut client) = server.start(policy).await?;
         let mut report = SessionReport {
-            tls: smtp_core::transport::Transport::tls_info(&transport),
+            tls: smtp_core::delivery::Transport::tls_info(&transport),
             ..SessionReport::default()
         };
         let mut driver = Driver::new();
@@ -97,7 +97,7 @@ impl Connection {
                 phase: smtp_core::Phase::Greeting,
             }));
         }
-        report.tls = smtp_core::transport::Transport::tls_info(&transport);
+        report.tls = smtp_core::delivery::Transport::tls_info(&transport);
         Ok(Self {
             client,
             transport,
@@ -129,7 +129,7 @@ impl Connection {
         messages: &mut [Outgoing],
         observe: &mut (dyn FnMut(&Event) + Send),
     ) -> Vec<Result<MessageOutcome, Error>> {
-        let now = smtp_core::transport::Transport::now(&self.transport);
+        let now = smtp_core::delivery::Transport::now(&self.transport);
         let mut results: Vec<Result<MessageOutcome, Error>> = Vec::with_capacity(messages.len());
         let mut batch = Batch {
             first: None,
@@ -193,7 +193,7 @@ impl Connection {
     /// capabilities, TLS facts, warnings, transcript; message results were
     /// returned by each send).
     pub async fn close(mut self) -> SessionReport {
-        let now = smtp_core::transport::Transport::now(&self.transport);
+        let now = smtp_core::delivery::Transport::now(&self.transport);
         self.client.quit(now);
         let report = &mut self.report;
         self.driver

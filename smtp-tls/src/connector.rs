@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use smtp_core::Timeouts;
-use smtp_core::direct::{ConnectFailure, Connector};
-use smtp_core::transport::Transport;
+use smtp_core::delivery::Transport;
+use smtp_core::delivery::direct::{ConnectFailure, Connector};
 
 use crate::config::TlsOptions;
 use crate::error::ConnectError;

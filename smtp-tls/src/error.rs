@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use smtp_core::direct::ConnectFailure;
+use smtp_core::delivery::direct::ConnectFailure;
 
 /// A connection that could not be opened.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,11 +16,11 @@
 //!
 //! ```text
 //! Submission::send ─► TcpTransport::connect (each address in turn, connect timeout,
-//!                     implicit TLS handshake) ─► smtp_core::transport::drive(Client, …)
+//!                     implicit TLS handshake) ─► smtp_core::delivery::drive(Client, …)
 //!                     ─► STARTTLS via TcpTransport::start_tls (rustls, policy's verifier)
 //!                     ─► Delivery { SessionReport (outcome per recipient, TLS facts), … }
 //!
-//! Connection::open ─► the same set-up, run by smtp_core::transport::Driver until idle
+//! Connection::open ─► the same set-up, run by smtp_core::delivery::Driver until idle
 //! Connection::send / send_all ─► queued on the kept session, run until idle again
 //! Pool::send ─► one kept Connection per destination: refresh (no NOOP), reuse or reopen
 //! ```
@@ -34,7 +34,7 @@
 //! ```no_run
 //! use smtp_core::address::{Mailbox, ReversePath};
 //! use smtp_core::sasl::{Credentials, Secret};
-//! use smtp_core::transport::MemoryBody;
+//! use smtp_core::delivery::MemoryBody;
 //! use smtp_core::Envelope;
 //! use smtp_tls::{Outgoing, Submission};
 //!

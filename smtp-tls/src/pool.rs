@@ -28,7 +28,7 @@ use crate::submission::{Outgoing, Submission};
 ///
 /// ```no_run
 /// use smtp_core::address::{Mailbox, ReversePath};
-/// use smtp_core::transport::MemoryBody;
+/// use smtp_core::delivery::MemoryBody;
 /// use smtp_core::Envelope;
 /// use smtp_tls::{Outgoing, Pool, Submission};
 ///

@@ -1,9 +1,9 @@
 //! Standard delivery: one session with a server the user has access to,
 //! many messages through it, a report for each.
 
-use smtp_core::command::ClientId;
+use smtp_core::delivery::{BodySource, SessionReport, drive};
+use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::{AuthChoice, Credentials};
-use smtp_core::transport::{BodySource, SessionReport, drive};
 use smtp_core::{Client, Config, Envelope, Error, Event, Timeouts, TlsPolicy};
 
 use rustls::crypto::SecureRandom;
@@ -121,7 +121,7 @@ impl Submission {
             self.timeouts.tls_handshake,
         )
         .await?;
-        let now = smtp_core::transport::Transport::now(&transport);
+        let now = smtp_core::delivery::Transport::now(&transport);
         Ok((transport, Client::new(config, now)))
     }
 
@@ -166,7 +166,7 @@ impl Submission {
         observe: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Delivery, ConnectError> {
         let (mut transport, mut client) = self.start(policy).await?;
-        let now = smtp_core::transport::Transport::now(&transport);
+        let now = smtp_core::delivery::Transport::now(&transport);
         for envelope in envelopes {
             // Cannot fail: every envelope has recipients and the session is new.
             let _ = client.send(now, envelope.clone());

@@ -1,4 +1,4 @@
-//! TCP and TLS on tokio, as an `smtp_core::transport::Transport`.
+//! TCP and TLS on tokio, as an `smtp_core::delivery::Transport`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use smtp_core::direct::ConnectFailure;
+use smtp_core::delivery::direct::ConnectFailure;
+use smtp_core::delivery::{ReadOutcome, TlsInfo, Transport};
 use smtp_core::sasl::{DerivedKey, KeyDerivation};
-use smtp_core::transport::{ReadOutcome, TlsInfo, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;

@@ -1,6 +1,6 @@
 //! How a session is configured.
 
-use crate::command::ClientId;
+use crate::ehlo::ClientId;
 use crate::policy::TlsPolicy;
 use crate::reply::ReplyLimits;
 use crate::sasl::{AuthChoice, Credentials};

@@ -24,9 +24,9 @@ use crate::command::Command;
 use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
+use crate::phase::Phase;
 use crate::reply::{Status, parse_reply};
 use crate::sasl::{Authenticator, KeyDerivation};
-use crate::timeouts::Phase;
 
 /// An SMTP client session, without I/O.
 ///

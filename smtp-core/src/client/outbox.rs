@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use super::event::{Direction, Event, TranscriptLine};
 use crate::command::Command;
+use crate::phase::Phase;
 use crate::reply::Reply;
-use crate::timeouts::{Phase, Timeouts};
+use crate::timeouts::Timeouts;
 
 /// Bytes to write and events to report, with the transcript hook.
 #[derive(Debug)]

@@ -2,7 +2,8 @@
 //! checks made before MAIL (8BITMIME, SMTPUTF8, REQUIRETLS, SIZE) and the
 //! MAIL and RCPT parameters (RFC 1870, 6152, 6531, 3461, 8689).
 
-use crate::command::{BodyType, MailParams, RcptParams};
+use crate::command::{MailParams, RcptParams};
+use crate::data::BodyType;
 use crate::ehlo::{Capabilities, Size};
 use crate::envelope::Envelope;
 use crate::error::MessageError;

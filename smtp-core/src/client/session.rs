@@ -13,13 +13,13 @@ use super::{Client, State};
 use crate::command::Command;
 use crate::ehlo::Capabilities;
 use crate::error::{Error, Misuse, PolicyError, ProtocolError};
+use crate::phase::Phase;
 use crate::policy::TlsPolicy;
 use crate::reply::{Reply, ReplyError, ReplyLimits};
 use crate::sasl::{
     Answer, Authenticator, DerivedKey, KeyDerivation, MAX_CHALLENGE_LEN, Mechanism, SaslError,
     Secret, choose_mechanism,
 };
-use crate::timeouts::Phase;
 
 /// The longest line of a reply to AUTH: `334 `, a challenge of RFC 4954 §4's
 /// [`MAX_CHALLENGE_LEN`] octets, and CRLF.

@@ -14,12 +14,13 @@ use super::event::{Direction, Event};
 use super::outbox::Expect;
 use super::params::{mail_params, precheck, rcpt_params};
 use super::{Client, State};
-use crate::command::{BodyType, Command};
+use crate::command::Command;
+use crate::data::BodyType;
 use crate::data::{BdatEncoder, BodyRules, DataEncoder};
 use crate::envelope::{Envelope, MessageId, MessageOutcome, RecipientOutcome, RecipientStatus};
 use crate::error::{Error, MessageError, Misuse, ProtocolError};
+use crate::phase::Phase;
 use crate::reply::{EnhancedCode, Reply};
-use crate::timeouts::Phase;
 
 /// A message from [`Client::send`] until its last recipient has an outcome.
 #[derive(Debug)]
@@ -252,16 +253,11 @@ impl Client {
     }
 
     fn start_body(&mut self, tx: u64, message: MessageId, mode: Mode) {
-        let rules = match self
+        let rules = self
             .messages
             .iter()
             .find(|m| m.id == message)
-            .map(|m| m.envelope.body)
-        {
-            Some(BodyType::BinaryMime) => BodyRules::BINARY,
-            Some(BodyType::EightBitMime) => BodyRules::EIGHT_BIT_MIME,
-            _ => BodyRules::SEVEN_BIT,
-        };
+            .map_or(BodyRules::SEVEN_BIT, |m| m.envelope.body.rules());
         let encoder = match mode {
             Mode::Data => Encoder::Data(DataEncoder::new(rules)),
             Mode::Bdat => Encoder::Bdat(BdatEncoder::new(rules)),

@@ -1,7 +1,7 @@
 //! RFC 5321 Appendix D transcripts, replayed against the client.
 
 use smtp_core::RecipientStatus;
-use smtp_core::command::ClientId;
+use smtp_core::ehlo::ClientId;
 
 use smtp_testkit::sansio::{Run, config, envelope};
 

@@ -6,7 +6,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use smtp_core::transport::{BodySource, MemoryBody, ReadOutcome, TlsInfo, Transport, drive};
+use smtp_core::delivery::{BodySource, MemoryBody, ReadOutcome, TlsInfo, Transport, drive};
 use smtp_core::{Client, Error, MessageError, RecipientStatus};
 
 use smtp_testkit::sansio::{config, envelope};
@@ -165,7 +165,7 @@ fn silent_server_times_out() {
 
 #[test]
 fn until_idle_stops_after_setup_and_after_each_batch() {
-    use smtp_core::transport::{Driver, Until};
+    use smtp_core::delivery::{Driver, Until};
     let mut t = transport(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
@@ -212,7 +212,7 @@ fn until_idle_stops_after_setup_and_after_each_batch() {
 
 #[test]
 fn refresh_takes_in_a_421_sent_while_idle_without_writing() {
-    use smtp_core::transport::{Driver, Until};
+    use smtp_core::delivery::{Driver, Until};
     let mut t = transport(&["220 mx\r\n", "250 mx\r\n"]);
     let mut client = Client::new(config(), t.now);
     let mut driver = Driver::new();
@@ -241,7 +241,7 @@ fn refresh_takes_in_a_421_sent_while_idle_without_writing() {
 }
 
 /// Sends "one" to b@ and "two" to c@ over `t`, then QUIT.
-fn two_messages_then_quit(t: &mut Scripted) -> smtp_core::transport::SessionReport {
+fn two_messages_then_quit(t: &mut Scripted) -> smtp_core::delivery::SessionReport {
     let mut client = Client::new(config(), t.now);
     for to in ["b@example.net", "c@example.net"] {
         client

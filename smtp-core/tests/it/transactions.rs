@@ -1,7 +1,7 @@
 //! Mail transactions: pipelined and lock-step, mixed recipient outcomes,
 //! several messages per session, 452 splitting, SIZE, 8BITMIME, BDAT.
 
-use smtp_core::command::BodyType;
+use smtp_core::data::BodyType;
 use smtp_core::{Error, MessageError, Phase, RecipientStatus};
 
 use smtp_testkit::sansio::{Run, config, envelope};

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::delivery::MemoryBody;
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
-use smtp_core::transport::MemoryBody;
 use smtp_core::{Envelope, Error, Event, PolicyError, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_tls::{ConnectError, Delivery, Outgoing, Submission};
 

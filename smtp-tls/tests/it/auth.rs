@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use smtp_core::delivery::{BodySource, MemoryBody, SessionReport, drive};
 use smtp_core::sasl::{Answer, Authenticator, SaslError};
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
-use smtp_core::transport::{BodySource, MemoryBody, SessionReport, drive};
 use smtp_core::{Client, Config, Error, Event, Phase, ProtocolError, Timeouts, TlsPolicy, Warning};
 use smtp_testkit::certs::TestCa;
 use smtp_testkit::sansio::{config, envelope};
@@ -84,7 +84,7 @@ async fn run_seeing(
     )
     .await
     .expect("connects");
-    let now = smtp_core::transport::Transport::now(&transport);
+    let now = smtp_core::delivery::Transport::now(&transport);
     let mut client = Client::new(config, now);
     client
         .send(now, envelope("alice@example.org", &["bob@example.net"]))
@@ -472,7 +472,7 @@ fn the_tokio_transport_derives_the_key_off_the_session_task() {
         let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ran.clone();
         tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
-        let key = smtp_core::transport::Transport::derive_key(&mut transport, job).await;
+        let key = smtp_core::delivery::Transport::derive_key(&mut transport, job).await;
         assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
         // Same key either way: the client-final-messages agree.
         let mut again = auth.clone();

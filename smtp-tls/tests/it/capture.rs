@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::command::ClientId;
-use smtp_core::direct::{BodyFactory, DirectOptions, deliver};
+use smtp_core::delivery::direct::{BodyFactory, DirectOptions, deliver};
+use smtp_core::delivery::{BodySource, MemoryBody};
+use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::{Credentials, Secret};
-use smtp_core::transport::{BodySource, MemoryBody};
 use smtp_core::{Config, Envelope, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};

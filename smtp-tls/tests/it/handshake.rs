@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::delivery::MemoryBody;
 use smtp_core::sasl::{Credentials, Secret};
-use smtp_core::transport::MemoryBody;
 use smtp_core::{Envelope, Error, Timeouts, TlsPolicy};
 use smtp_tls::{Outgoing, Submission};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::transport::MemoryBody;
+use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_tls::{Delivery, Outgoing, Submission};
 

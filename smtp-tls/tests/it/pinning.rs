@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::transport::MemoryBody;
+use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::certs::{Identity, TestCa};
 use smtp_testkit::script::{Script, ScriptedServer};

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::transport::MemoryBody;
+use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, Misuse, Phase, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::script::{Script, ScriptedServer};

@@ -17,11 +17,11 @@ use futures_util::StreamExt;
 
 use crate::address::Mailbox;
 use crate::client::{Client, Config, Event};
+use crate::delivery::mx::{MxPlan, PlanError, PlanKind, PlannedHost, Resolver, plan};
+use crate::delivery::{BodySource, TlsInfo, Transport, drive};
 use crate::envelope::{Envelope, RecipientOutcome, RecipientStatus};
 use crate::error::Error;
-use crate::mx::{MxPlan, PlanError, PlanKind, PlannedHost, Resolver, plan};
-use crate::timeouts::Phase;
-use crate::transport::{BodySource, TlsInfo, Transport, drive};
+use crate::phase::Phase;
 
 /// Why a connection attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
