@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use crate::address::Mailbox;
 use crate::client::{Client, Config, Event};
@@ -270,9 +271,11 @@ pub async fn deliver_traced(
             .push(rcpt.clone());
     }
     let jobs = domains.into_iter().map(|(domain, rcpts)| async move {
+        let span = tracing::info_span!("smtp.direct", domain = %domain);
         deliver_domain(
             resolver, connector, envelope, domain, rcpts, body, options, pick, trace,
         )
+        .instrument(span)
         .await
     });
     futures_util::stream::iter(jobs)
@@ -367,6 +370,7 @@ async fn deliver_domain(
         let mut transport = match connector.connect(host, addr).await {
             Ok(t) => t,
             Err(failure) => {
+                tracing::info!(host, %addr, %failure, "cannot connect");
                 trace(Trace::ConnectFailed {
                     host,
                     addr,
@@ -414,6 +418,7 @@ async fn deliver_domain(
             &mut bodies,
             &mut |event: &Event| trace(Trace::Session { host, event }),
         )
+        .instrument(tracing::info_span!("smtp.session", host, %addr))
         .await;
         trace(Trace::Closed { host, addr });
         report.attempts.push(Attempt {

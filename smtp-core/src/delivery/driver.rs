@@ -77,6 +77,7 @@ impl Driver {
         let timeouts = client.timeouts();
         loop {
             while let Some(event) = client.poll_event() {
+                trace(&event);
                 match &event {
                     Event::BodyWanted(id) => {
                         let id = *id;
@@ -117,6 +118,7 @@ impl Driver {
         }
         // Events raised by the last step (a close after the final reply).
         while let Some(event) = client.poll_event() {
+            trace(&event);
             on_event(event);
         }
     }
@@ -142,6 +144,7 @@ impl Driver {
             }
         }
         while let Some(event) = client.poll_event() {
+            trace(&event);
             on_event(event);
         }
         // Whatever arrived unasked ended the session (an unsolicited reply
@@ -259,4 +262,48 @@ pub async fn drive<T: Transport + ?Sized>(
         report.tls = transport.tls_info();
     }
     report
+}
+
+/// Reports an event through `tracing` (target `smtp_core::delivery`), beside
+/// the caller's callback: the transcript's lines at TRACE (they exist when
+/// the client keeps a transcript, and are redacted by the client: no
+/// secret reaches a field), the session's steps at DEBUG, each recipient's
+/// outcome at INFO, faults and warnings at WARN. Addresses are fields of
+/// outcome events, as they are in a mail log.
+fn trace(event: &Event) {
+    use tracing::{debug, info, trace, warn};
+    match event {
+        Event::Greeting(reply) => debug!(code = reply.code().as_u16(), "greeting"),
+        Event::Capabilities(caps) => debug!(
+            server = caps.domain(),
+            pipelining = caps.pipelining(),
+            starttls = caps.starttls(),
+            chunking = caps.chunking(),
+            auth = ?caps.auth_mechanisms(),
+            "capabilities"
+        ),
+        Event::StartTls => debug!("STARTTLS accepted; TLS handshake"),
+        Event::DerivationWanted => debug!("SCRAM key derivation"),
+        Event::Authenticated(mechanism) => info!(%mechanism, "authenticated"),
+        Event::Ready => debug!("session ready"),
+        Event::BodyWanted(id) => debug!(msg = id.index(), "sending message data"),
+        Event::RecipientResult { message, outcome } => info!(
+            msg = message.index(),
+            recipient = %outcome.recipient,
+            status = outcome.status.name(),
+            phase = %outcome.phase,
+            code = outcome.code().map(|c| c.as_u16()),
+            "recipient"
+        ),
+        Event::MessageResult(m) => debug!(
+            msg = m.message.index(),
+            recipients = m.recipients.len(),
+            accepted = m.count(crate::RecipientStatus::Accepted),
+            "message done"
+        ),
+        Event::Warning(w) => warn!(warning = %w),
+        Event::Transcript(line) => trace!(target: "smtp_core::transcript", "{line}"),
+        Event::Closed => debug!("session closed"),
+        Event::Failed(e) => warn!(error = %e, "session failed"),
+    }
 }

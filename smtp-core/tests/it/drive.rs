@@ -368,3 +368,96 @@ fn a_large_body_streams_in_bounded_writes() {
     );
     assert!(t.writes.len() > 60, "{} writes", t.writes.len());
 }
+
+/// Every event's fields as text, from a subscriber installed for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Captured {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut fields = Fields(format!(
+            "{} {}",
+            event.metadata().level(),
+            event.metadata().target()
+        ));
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_session_is_observable_through_tracing_without_its_secrets() {
+    use smtp_core::sasl::{AuthChoice, Credentials, Secret};
+    let captured = Captured::default();
+    let _guard = tracing::subscriber::set_default(captured.clone());
+    let mut t = transport(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 AUTH PLAIN\r\n",
+        "235 2.7.0 ok\r\n",
+        "250 ok\r\n",
+        "250 ok\r\n",
+        "550 5.1.1 no such user\r\n",
+        "354 go\r\n",
+        "250 queued\r\n",
+        "221 bye\r\n",
+    ]);
+    let credentials = Credentials::Password {
+        username: "alice".into(),
+        password: Secret::new("hunter2-very-secret"),
+    };
+    let config = config()
+        .with_tls(smtp_core::TlsPolicy::None)
+        .with_credentials(
+            credentials,
+            AuthChoice::Explicit(smtp_core::sasl::Mechanism::Plain),
+            vec![7; 24],
+        )
+        .with_transcript(true);
+    let mut client = Client::new(config, t.now);
+    client
+        .send(
+            t.now,
+            envelope("a@example.org", &["b@example.net", "gone@example.net"]),
+        )
+        .unwrap();
+    client.quit(t.now);
+    let mut bodies: Vec<Box<dyn BodySource>> =
+        vec![Box::new(MemoryBody::new("Subject: hi\n\nhi\n"))];
+    let report = block_on(drive(&mut client, &mut t, &mut bodies, &mut |_| {}));
+    assert!(report.error.is_none(), "{:?}", report.error);
+    let log = captured.0.lock().unwrap().join("\n");
+    assert!(log.contains("greeting"), "{log}");
+    assert!(log.contains("authenticated"), "{log}");
+    assert!(
+        log.contains("recipient=b@example.net") && log.contains("status=\"accepted\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("recipient=gone@example.net") && log.contains("code=550"),
+        "{log}"
+    );
+    assert!(
+        log.contains("TRACE smtp_core::transcript") && log.contains("MAIL FROM:<a@example.org>"),
+        "{log}"
+    );
+    // Neither the password nor its base64 form (as AUTH PLAIN sends it).
+    assert!(!log.contains("hunter2"), "{log}");
+    assert!(!log.contains("aHVudGVyMi"), "{log}");
+    assert!(!log.contains("AGFsaWNlAGh1bnRlcj"), "{log}");
+}
