@@ -80,7 +80,7 @@ pub use connection::Connection;
 pub use connector::MxConnector;
 pub use error::{ConnectError, OpenError};
 pub use pool::{Pool, PoolError};
-pub use submission::{Delivery, Outgoing, Submission, sasl_nonce};
+pub use submission::{Delivery, Outgoing, Settled, Submission, sasl_nonce};
 pub use transport::TcpTransport;
 
 /// The README's example, compiled as a doctest.

@@ -1,10 +1,15 @@
 //! Standard delivery: one session with a server the user has access to,
 //! many messages through it, a report for each.
 
-use smtp_core::delivery::{BodySource, SessionReport, drive};
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use smtp_core::delivery::{BodySource, ReadOutcome, SessionReport, TlsInfo, Transport, drive};
 use smtp_core::ehlo::ClientId;
-use smtp_core::sasl::{AuthChoice, Credentials};
-use smtp_core::{Client, Config, Envelope, Error, Event, Timeouts, TlsPolicy};
+use smtp_core::sasl::{AuthChoice, Credentials, DerivedKey, KeyDerivation};
+use smtp_core::{Client, Config, Envelope, Error, Event, MessageOutcome, Timeouts, TlsPolicy};
 
 use rustls::crypto::SecureRandom;
 
@@ -60,9 +65,21 @@ pub struct Delivery {
     /// The session's report.
     pub session: SessionReport,
     /// The address the session ran on.
-    pub peer: std::net::SocketAddr,
+    pub peer: SocketAddr,
     /// Set when Optional fell back to plaintext after a failed handshake: why.
     pub tls_fallback: Option<String>,
+}
+
+/// A message's outcome once it is final, with the session that decided it:
+/// what [`Submission::send_settling`] reports as each message finishes.
+#[derive(Clone, Copy, Debug)]
+pub struct Settled<'a> {
+    /// The outcome.
+    pub outcome: &'a MessageOutcome,
+    /// The address the session ran on.
+    pub peer: SocketAddr,
+    /// The session's TLS facts, when it was encrypted.
+    pub tls: Option<&'a TlsInfo>,
 }
 
 impl Submission {
@@ -121,7 +138,7 @@ impl Submission {
             self.timeouts.tls_handshake,
         )
         .await?;
-        let now = smtp_core::delivery::Transport::now(&transport);
+        let now = transport.now();
         Ok((transport, Client::new(config, now)))
     }
 
@@ -132,6 +149,20 @@ impl Submission {
         messages: Vec<Outgoing>,
         observe: &mut (dyn FnMut(&Event) + Send),
     ) -> Result<Delivery, ConnectError> {
+        self.send_settling(messages, observe, &mut |_| {}).await
+    }
+
+    /// [`send`](Self::send), telling `settled` each message's outcome as
+    /// soon as it is final, with the address and TLS facts of the session
+    /// that decided it: the report of a run that is stopped halfway. An
+    /// outcome the plaintext retry will redo (a failed handshake under
+    /// Optional) is not final; the retry's is. `observe` still sees both.
+    pub async fn send_settling(
+        &self,
+        messages: Vec<Outgoing>,
+        observe: &mut (dyn FnMut(&Event) + Send),
+        settled: &mut (dyn FnMut(Settled<'_>) + Send),
+    ) -> Result<Delivery, ConnectError> {
         // A message without recipients has nothing to deliver.
         let (envelopes, mut bodies): (Vec<Envelope>, Vec<Box<dyn BodySource>>) = messages
             .into_iter()
@@ -139,8 +170,9 @@ impl Submission {
             .map(|m| (m.envelope, m.body))
             .unzip();
         let policy = self.tls.policy;
+        let retry = self.may_retry_plaintext();
         let mut delivery = self
-            .session(policy, &envelopes, &mut bodies, observe)
+            .session(policy, &envelopes, &mut bodies, observe, settled, retry)
             .await?;
         // The matrix: under Optional a failed handshake is retried once in
         // plaintext on a new connection, unless credentials would then be
@@ -149,7 +181,14 @@ impl Submission {
             if self.may_retry_plaintext() {
                 let detail = detail.clone();
                 let mut retry = self
-                    .session(TlsPolicy::None, &envelopes, &mut bodies, observe)
+                    .session(
+                        TlsPolicy::None,
+                        &envelopes,
+                        &mut bodies,
+                        observe,
+                        settled,
+                        false,
+                    )
                     .await?;
                 retry.tls_fallback = Some(detail);
                 delivery = retry;
@@ -158,26 +197,97 @@ impl Submission {
         Ok(delivery)
     }
 
+    /// One session; `retry` when a failed handshake will be retried in
+    /// plaintext (its outcomes are then not final).
     async fn session(
         &self,
         policy: TlsPolicy,
         envelopes: &[Envelope],
         bodies: &mut [Box<dyn BodySource>],
         observe: &mut (dyn FnMut(&Event) + Send),
+        settled: &mut (dyn FnMut(Settled<'_>) + Send),
+        retry: bool,
     ) -> Result<Delivery, ConnectError> {
-        let (mut transport, mut client) = self.start(policy).await?;
-        let now = smtp_core::delivery::Transport::now(&transport);
+        let (transport, mut client) = self.start(policy).await?;
+        let now = transport.now();
         for envelope in envelopes {
             // Cannot fail: every envelope has recipients and the session is new.
             let _ = client.send(now, envelope.clone());
         }
         client.quit(now);
-        let session = drive(&mut client, &mut transport, bodies, observe).await;
+        let peer = transport.peer();
+        let tls = Mutex::new(transport.tls_info());
+        let mut transport = Noting {
+            inner: transport,
+            tls: &tls,
+        };
+        let mut on_event = |event: &Event| {
+            observe(event);
+            let Event::MessageResult(outcome) = event else {
+                return;
+            };
+            // A failed handshake comes before any MAIL, so every recipient
+            // carries it; the retry sends these messages again.
+            let redone = retry
+                && outcome
+                    .recipients
+                    .iter()
+                    .all(|r| matches!(r.error, Some(Error::Tls { .. })));
+            if !redone {
+                let tls = tls.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                settled(Settled {
+                    outcome,
+                    peer,
+                    tls: tls.as_ref(),
+                });
+            }
+        };
+        let session = drive(&mut client, &mut transport, bodies, &mut on_event).await;
         Ok(Delivery {
             session,
-            peer: transport.peer(),
+            peer,
             tls_fallback: None,
         })
+    }
+}
+
+/// The transport of a session, noting its TLS facts once the handshake is
+/// done, where the observer of its events can read them.
+struct Noting<'a> {
+    inner: TcpTransport,
+    tls: &'a Mutex<Option<TlsInfo>>,
+}
+
+#[async_trait]
+impl Transport for Noting<'_> {
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
+    async fn read(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> std::io::Result<ReadOutcome> {
+        self.inner.read(buf, deadline).await
+    }
+
+    async fn write_all(&mut self, data: &[u8], deadline: Instant) -> std::io::Result<()> {
+        self.inner.write_all(data, deadline).await
+    }
+
+    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, String> {
+        let info = self.inner.start_tls(deadline).await?;
+        *self.tls.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
+        Ok(info)
+    }
+
+    fn tls_info(&self) -> Option<TlsInfo> {
+        self.inner.tls_info()
+    }
+
+    async fn derive_key(&mut self, job: KeyDerivation) -> DerivedKey {
+        self.inner.derive_key(job).await
     }
 }
 

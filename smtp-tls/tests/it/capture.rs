@@ -47,7 +47,17 @@ async fn certified_auth_and_a_refused_recipient() {
         envelope: envelope(&["bob@example.net", "nobody@example.net"]),
         body: Box::new(MemoryBody::new("Subject: hi\n\n.dot\n")),
     };
-    let d = s.send(vec![message], &mut |_| {}).await.unwrap();
+    let mut settled = Vec::new();
+    let d = s
+        .send_settling(vec![message], &mut |_| {}, &mut |s| {
+            settled.push((s.peer, s.tls.cloned()));
+        })
+        .await
+        .unwrap();
+    // As the message finished, the session was known to be encrypted.
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].0, d.peer);
+    assert_eq!(settled[0].1, d.session.tls);
     let statuses: Vec<RecipientStatus> = d.session.messages[0]
         .recipients
         .iter()

@@ -119,6 +119,33 @@ async fn optional_retries_in_plaintext() {
 }
 
 #[tokio::test]
+async fn only_the_retry_s_outcomes_are_settled() {
+    let (port, _) = server().await;
+    let mut settled = Vec::new();
+    let mut results = 0;
+    let d = submission(port, TlsPolicy::Optional)
+        .send_settling(
+            vec![message(), message()],
+            &mut |e| {
+                if matches!(e, smtp_core::Event::MessageResult(_)) {
+                    results += 1;
+                }
+            },
+            &mut |s| settled.push((s.outcome.clone(), s.peer, s.tls.cloned())),
+        )
+        .await
+        .unwrap();
+    assert!(d.tls_fallback.is_some());
+    assert_eq!(results, 4, "the observer sees both sessions' results");
+    assert_eq!(settled.len(), 2, "{settled:?}");
+    for (outcome, peer, tls) in &settled {
+        assert!(outcome.all_accepted(), "{outcome:?}");
+        assert_eq!(*peer, d.peer);
+        assert!(tls.is_none());
+    }
+}
+
+#[tokio::test]
 async fn optional_with_credentials_defers() {
     let (port, delivered) = server().await;
     let mut s = submission(port, TlsPolicy::Optional);
