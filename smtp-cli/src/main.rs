@@ -14,10 +14,10 @@ mod compose;
 mod config;
 mod demo;
 mod fail;
-mod interrupt;
 mod message;
 mod output;
 mod probe;
+mod progress;
 mod secrets;
 mod send;
 mod settings;
@@ -137,7 +137,7 @@ fn stop_on_signal() {
             _ = term.recv() => EXIT_SIGTERM,
         };
         spool::remove_all();
-        interrupt::report();
+        progress::interrupted();
         std::process::exit(i32::from(code));
     });
 }

@@ -70,6 +70,32 @@ pub(crate) struct Summary {
     pub(crate) deferred: usize,
 }
 
+impl Summary {
+    /// The closing line of a run of several messages, e.g. `3 messages, 5
+    /// recipients: 4 accepted, 1 deferred, 0 rejected in 1.2 s`.
+    pub(crate) fn line(&self, took: std::time::Duration) -> String {
+        let recipients = self.accepted + self.deferred + self.rejected;
+        format!(
+            "{}, {}: {} accepted, {} deferred, {} rejected in {:.1} s",
+            counted(self.messages, "message"),
+            counted(recipients, "recipient"),
+            self.accepted,
+            self.deferred,
+            self.rejected,
+            took.as_secs_f64()
+        )
+    }
+}
+
+/// `n` and the noun, plural unless `n` is 1.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `--json` when a command stops before it has a report: the same shape,
 /// with the error.
 pub(crate) fn print_failure_json(f: &crate::fail::Failure, send: bool) {
@@ -87,7 +113,7 @@ pub(crate) fn print_failure_json(f: &crate::fail::Failure, send: bool) {
     say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct MessageReport {
     pub(crate) message: String,
     pub(crate) recipients: Vec<RecipientReport>,
@@ -99,6 +125,19 @@ pub(crate) struct MessageReport {
     /// deferred and by the exit code.
     #[serde(skip)]
     pub(crate) missing_outcomes: bool,
+}
+
+impl MessageReport {
+    /// The message as text: a line per recipient, then any diagnosis.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.recipients.iter().map(RecipientReport::line).collect();
+        lines.extend(self.note());
+        lines
+    }
+
+    fn note(&self) -> Option<String> {
+        self.diagnosis.as_ref().map(|d| format!("note: {d}"))
+    }
 }
 
 /// A message as it was handed to a session: its name and recipients.
@@ -133,6 +172,28 @@ impl RecipientReport {
             tls: None,
             cert_verified: None,
         }
+    }
+
+    /// The recipient's line: status, address, reply and the session's host
+    /// and TLS state.
+    fn line(&self) -> String {
+        let code = match (self.code, &self.enhanced_code) {
+            (Some(c), Some(e)) => format!("{c} {e} "),
+            (Some(c), None) => format!("{c} "),
+            _ => String::new(),
+        };
+        let via = match (&self.host, &self.tls, self.cert_verified) {
+            (Some(h), Some(t), Some(v)) => {
+                format!(
+                    " [{h}, {t}, {}]",
+                    if v { "verified" } else { "not verified" }
+                )
+            }
+            (Some(h), None, _) => format!(" [{h}, plaintext]"),
+            _ => String::new(),
+        };
+        let text = self.text.replace('\n', " / ");
+        format!("{:<9} {}  {code}{text}{via}", self.status, self.address)
     }
 
     pub(crate) fn new(o: &RecipientOutcome, host: Option<&str>, tls: Option<&TlsInfo>) -> Self {
@@ -247,6 +308,12 @@ impl Report {
     }
 
     pub(crate) fn print(&self, json: bool) {
+        self.print_after(json, &[]);
+    }
+
+    /// [`print`](Self::print), leaving out the lines already `printed` as
+    /// each message finished (see [`lines_after`](Self::lines_after)).
+    pub(crate) fn print_after(&self, json: bool, printed: &[(usize, MessageReport)]) {
         if json {
             let v = serde_json::json!({
                 "version": JSON_VERSION,
@@ -257,7 +324,7 @@ impl Report {
             say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return;
         }
-        for line in self.lines() {
+        for line in self.lines_after(printed) {
             say!("{line}");
         }
     }
@@ -275,29 +342,32 @@ impl Report {
 
     /// The report as text: a line per recipient, then any diagnosis.
     fn lines(&self) -> Vec<String> {
+        self.lines_after(&[])
+    }
+
+    /// The lines not printed yet: `printed` holds what was printed as each
+    /// message finished, by its index (its place in this report).
+    fn lines_after(&self, printed: &[(usize, MessageReport)]) -> Vec<String> {
         let mut lines = Vec::new();
-        for m in &self.messages {
-            for r in &m.recipients {
-                let code = match (r.code, &r.enhanced_code) {
-                    (Some(c), Some(e)) => format!("{c} {e} "),
-                    (Some(c), None) => format!("{c} "),
-                    _ => String::new(),
-                };
-                let via = match (&r.host, &r.tls, r.cert_verified) {
-                    (Some(h), Some(t), Some(v)) => {
-                        format!(
-                            " [{h}, {t}, {}]",
-                            if v { "verified" } else { "not verified" }
-                        )
-                    }
-                    (Some(h), None, _) => format!(" [{h}, plaintext]"),
-                    _ => String::new(),
-                };
-                let text = r.text.replace('\n', " / ");
-                lines.push(format!("{:<9} {}  {code}{text}{via}", r.status, r.address));
-            }
-            if let Some(d) = &m.diagnosis {
-                lines.push(format!("note: {d}"));
+        for (index, m) in self.messages.iter().enumerate() {
+            let before: Vec<&MessageReport> = printed
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, m)| m)
+                .collect();
+            let shown = |r: &RecipientReport| {
+                before
+                    .iter()
+                    .any(|b| b.recipients.iter().any(|x| x.address == r.address))
+            };
+            lines.extend(
+                m.recipients
+                    .iter()
+                    .filter(|r| !shown(r))
+                    .map(RecipientReport::line),
+            );
+            if !before.iter().any(|b| b.diagnosis.is_some()) {
+                lines.extend(m.note());
             }
         }
         lines
@@ -449,6 +519,58 @@ mod tests {
         });
         let r = Report::reconciled(&sent, vec![(0, a)]);
         assert_eq!(r.exit_code(), EX_PROTOCOL);
+    }
+
+    #[test]
+    fn the_summary_line_counts_messages_and_recipients_by_status() {
+        let sent = [
+            sent("a", &["x@t", "y@t"]),
+            sent("b", &["x@t", "z@t"]),
+            sent("c", &["x@t"]),
+        ];
+        let r = Report::reconciled(
+            &sent,
+            vec![
+                (0, report("a", &["x@t", "y@t"])),
+                (1, report("b", &["x@t"])),
+                (2, report("c", &["x@t"])),
+            ],
+        );
+        assert_eq!(
+            r.summary().line(std::time::Duration::from_millis(1234)),
+            "3 messages, 5 recipients: 4 accepted, 1 deferred, 0 rejected in 1.2 s"
+        );
+        let mut one = Report::reconciled(&sent[2..], vec![(0, report("c", &["x@t"]))]);
+        one.messages[0].recipients[0].status = RecipientStatus::Rejected.name();
+        assert_eq!(
+            one.summary().line(std::time::Duration::ZERO),
+            "1 message, 1 recipient: 0 accepted, 0 deferred, 1 rejected in 0.0 s"
+        );
+    }
+
+    #[test]
+    fn lines_printed_as_they_came_are_not_printed_again_and_the_rest_are() {
+        let sent = [sent("a", &["x@t", "y@t"]), sent("b", &["z@t"])];
+        let mut a = report("a", &["x@t"]);
+        a.diagnosis = Some("d".into());
+        let printed = [(0, a.clone())];
+        assert_eq!(
+            a.lines(),
+            ["accepted  x@t  250 ok", "note: d"],
+            "a message's lines, as the report prints them"
+        );
+        let r = Report::reconciled(&sent, vec![(0, a)]);
+        assert_eq!(r.lines().len(), 4);
+        let rest = r.lines_after(&printed);
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert!(
+            rest[0].starts_with("deferred  y@t  internal error"),
+            "{rest:?}"
+        );
+        assert!(
+            rest[1].starts_with("deferred  z@t  internal error"),
+            "{rest:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,14 +13,14 @@ use smtp_core::delivery::direct::{DirectOptions, Trace, deliver_traced};
 use smtp_core::ehlo::ClientId;
 use smtp_core::{Config, Envelope, Event, RecipientStatus, TlsPolicy};
 use smtp_dns::HickoryResolver;
-use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
+use smtp_tls::{ConnectError, MxConnector, Outgoing, Settled, Submission, TlsOptions};
 
 use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
-use crate::interrupt;
 use crate::message::{Input, Prepared, PreparedBody, prepare, read_stdin};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent};
+use crate::progress::{self, Mode};
 use crate::settings::{Settings, settings};
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
@@ -168,17 +167,11 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
         .with_size(m.size))
 }
 
-fn observer(verbose: bool, progress: Option<indicatif::ProgressBar>) -> impl FnMut(&Event) + Send {
+fn observer(verbose: bool) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
-        Event::MessageResult(m) => {
-            interrupt::record(m.message.index() as usize, m);
-            if let Some(p) = &progress {
-                p.inc(1);
-            }
-        }
         Event::Transcript(line) if verbose => tell!("{line}"),
         Event::StartTls if verbose => tell!("=== Starting TLS"),
-        Event::Warning(w) => tell!("warning: {w}"),
+        Event::Warning(w) => progress::suspend(|| tell!("warning: {w}")),
         _ => {}
     }
 }
@@ -190,7 +183,7 @@ fn trace(verbose: bool, t: Trace<'_>) {
         Trace::Session {
             event: Event::Warning(w),
             host,
-        } => tell!("warning: {host}: {w}"),
+        } => progress::suspend(|| tell!("warning: {host}: {w}")),
         _ if !verbose => {}
         Trace::Connecting { host, addr } => tell!("=== Trying {host} [{addr}]..."),
         Trace::ConnectFailed {
@@ -229,12 +222,16 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         }
         None => direct(&args, &s, client_id, &prepared, envelopes).await?,
     };
-    if args.sendmail {
-        report.print_unless_accepted();
-    } else {
-        report.print(args.json);
-    }
+    progress::finish(&report, mode(&args));
     Ok(report.exit_code())
+}
+
+fn mode(args: &SendArgs) -> Mode {
+    Mode {
+        json: args.json,
+        verbose: args.verbose,
+        sendmail: args.sendmail,
+    }
 }
 
 /// Sendmail mode: a message without `From:` gets one, as sendmail adds it,
@@ -284,9 +281,6 @@ async fn standard(
             body: Box::new(PreparedBody::new(m)),
         })
         .collect();
-    let progress =
-        (prepared.len() > 1 && std::io::stderr().is_terminal() && !args.verbose && !args.json)
-            .then(|| indicatif::ProgressBar::new(prepared.len() as u64));
     // A server that says nothing for a while may be waiting for a TLS
     // ClientHello (port 465 given without --implicit-tls, or a custom
     // port): say so while the greeting deadline runs out.
@@ -296,29 +290,53 @@ async fn standard(
         tokio::spawn(async move {
             tokio::time::sleep(GREETING_HINT_AFTER).await;
             if !greeted.load(Ordering::Relaxed) {
-                tell!(
-                    "note: no greeting from {host}:{port} after {}s; if this port expects \
-                     TLS from the first byte, use --implicit-tls (still waiting)",
-                    GREETING_HINT_AFTER.as_secs()
-                );
+                progress::suspend(|| {
+                    tell!(
+                        "note: no greeting from {host}:{port} after {}s; if this port expects \
+                         TLS from the first byte, use --implicit-tls (still waiting)",
+                        GREETING_HINT_AFTER.as_secs()
+                    );
+                });
             }
         })
     });
-    let mut inner = observer(args.verbose, progress.clone());
+    let mut inner = observer(args.verbose);
     let mut observe = |e: &Event| {
         if matches!(e, Event::Greeting(_)) {
             greeted.store(true, Ordering::Relaxed);
         }
         inner(e);
     };
-    interrupt::begin(&sent, args.json);
+    // Each message's lines as soon as it is settled, with the host and TLS
+    // state the final report gives it.
+    let mut settle = |s: Settled<'_>| {
+        let host = s.peer.to_string();
+        let index = s.outcome.message.index() as usize;
+        progress::record(
+            index,
+            MessageReport {
+                message: sent.get(index).map(|m| m.name.clone()).unwrap_or_default(),
+                recipients: s
+                    .outcome
+                    .recipients
+                    .iter()
+                    .map(|o| RecipientReport::new(o, Some(&host), s.tls))
+                    .collect(),
+                diagnosis: None,
+                errors: Vec::new(),
+                missing_outcomes: false,
+            },
+        );
+    };
+    progress::begin(&sent, mode(args));
     if args.verbose {
         tell!("=== Trying {host}:{port}...");
     }
-    let sending = sub.send(outgoing, &mut observe).await;
+    let sending = sub.send_settling(outgoing, &mut observe, &mut settle).await;
     if let Some(h) = hint {
         h.abort();
     }
+    progress::done_sending();
     let delivery = match sending {
         Ok(d) => {
             if args.verbose {
@@ -345,9 +363,6 @@ async fn standard(
             return Ok(Report::not_sent(&sent, code, error));
         }
     };
-    if let Some(p) = progress {
-        p.finish_and_clear();
-    }
     if let Some(why) = &delivery.tls_fallback {
         tell!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
     }
@@ -428,7 +443,7 @@ async fn direct(
     let mut options = DirectOptions::new(config);
     options.port = args.mx_port.unwrap_or(25);
     let sent = sent(prepared, &envelopes);
-    interrupt::begin(&sent, args.json);
+    progress::begin(&sent, mode(args));
     let mut messages = Vec::new();
     for (index, (m, envelope)) in prepared.iter().zip(envelopes).enumerate() {
         let factory =
@@ -464,17 +479,16 @@ async fn direct(
         }
         // Keep the envelope's order of recipients.
         recipients.sort_by_key(|r| envelope.to.iter().position(|t| t.to_string() == r.address));
-        interrupt::record_recipients(index, recipients.clone());
-        messages.push((
-            index,
-            MessageReport {
-                message: m.name.clone(),
-                recipients,
-                diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
-                errors,
-                missing_outcomes: false,
-            },
-        ));
+        let report = MessageReport {
+            message: m.name.clone(),
+            recipients,
+            diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
+            errors,
+            missing_outcomes: false,
+        };
+        progress::record(index, report.clone());
+        messages.push((index, report));
     }
+    progress::done_sending();
     Ok(Report::reconciled(&sent, messages))
 }

@@ -2074,3 +2074,242 @@ async fn a_silent_server_gets_the_implicit_tls_hint() {
         text(&o.stderr)
     );
 }
+
+// ---- Bulk sending output (issue 12): each message's lines as it finishes,
+// a closing summary, a bar on a terminal.
+
+/// Message files `m1.eml`… in `dir`, message n to the recipients `to[n-1]`.
+fn message_files(dir: &std::path::Path, to: &[&str]) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    to.iter()
+        .enumerate()
+        .map(|(n, to)| {
+            let p = dir.join(format!("m{}.eml", n + 1));
+            std::fs::write(
+                &p,
+                format!("From: a@example.org\nTo: {to}\nSubject: {n}\n\nbody {n}\n"),
+            )
+            .unwrap();
+            p
+        })
+        .collect()
+}
+
+/// The lines of `out` that start with `status`, trimmed of the rest.
+fn status_lines<'a>(out: &'a str, status: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(status)).collect()
+}
+
+#[tokio::test]
+async fn several_messages_print_their_lines_once_in_order_and_a_summary() {
+    let server = CaptureServer::start(CaptureConfig {
+        reject: vec![("x@example.net".into(), "550 5.1.1 no such user".into())],
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("smtp-bulk-a-{}", std::process::id()));
+    let files = message_files(
+        &dir,
+        &[
+            "r1@example.net",
+            "r2@example.net, x@example.net",
+            "r3@example.net",
+        ],
+    );
+    let mut c = Command::new(BIN);
+    c.args(["send", "--server"])
+        .arg(format!("127.0.0.1:{}", server.addr().port()))
+        .args(["--tls", "none", "-t"])
+        .args(&files)
+        .env("XDG_CONFIG_HOME", dir.join("no-config"));
+    let o = run(c).await;
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(code(&o), 69, "{out}{err}");
+    let addresses: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "r1@example.net",
+            "r2@example.net",
+            "x@example.net",
+            "r3@example.net"
+        ],
+        "each recipient's line once, in the order sent:\n{out}"
+    );
+    assert!(out.lines().all(|l| !l.contains("messages,")), "{out}");
+    let summary = "3 messages, 4 recipients: 3 accepted, 0 deferred, 1 rejected in ";
+    assert_eq!(err.matches(summary).count(), 1, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads `child`'s standard output until a line contains `needle`, within
+/// 10 s; what was read so far.
+async fn read_until(
+    out: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+) -> String {
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = out.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "no {needle:?} while running; read:\n{seen}"
+    );
+    seen
+}
+
+/// Runs `c` against a server that takes the first message and then stalls:
+/// the first message's line must appear while the run goes on; after
+/// SIGINT, every other recipient is reported as not known, and nothing
+/// already printed is printed again. Returns all standard output.
+async fn first_line_while_running_then_interrupt(mut c: Command, first: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = read_until(&mut out, first).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running when the first line came"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    let mut err = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = out.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        stderr.read_to_string(&mut err).await.unwrap();
+    })
+    .await
+    .expect("the interrupted run ends");
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let all = format!("{seen}{rest}");
+    assert_eq!(all.matches(first).count(), 1, "printed once:\n{all}");
+    assert!(err.contains("interrupted: 1 accepted"), "{err}");
+    all
+}
+
+#[tokio::test]
+async fn a_record_of_each_sent_message_is_printed_before_the_run_ends() {
+    let dir = std::env::temp_dir().join(format!("smtp-bulk-b-{}", std::process::id()));
+    let files = message_files(
+        &dir,
+        &["r1@example.net", "r2@example.net", "r3@example.net"],
+    );
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let port = stalls_at_the_second_mail(tx).await;
+    let mut c = Command::new(BIN);
+    c.args(["send", "--server", &format!("127.0.0.1:{port}")])
+        .args(["--tls", "none", "-t"])
+        .args(&files)
+        .env("XDG_CONFIG_HOME", dir.join("no-config"));
+    let out = first_line_while_running_then_interrupt(c, "accepted  r1@example.net").await;
+    let later = status_lines(&out, "deferred");
+    assert_eq!(later.len(), 2, "{out}");
+    assert!(later[0].contains("r2@example.net") && later[0].contains("interrupted"));
+    assert!(later[1].contains("r3@example.net") && later[1].contains("interrupted"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn direct_delivery_prints_each_message_as_it_finishes() {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    let dir = std::env::temp_dir().join(format!("smtp-bulk-c-{}", std::process::id()));
+    let files = message_files(&dir, &["r1@m.test", "r2@m.test"]);
+    // Takes the first message's session; the second one's connection is
+    // never accepted, so its greeting never comes.
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let port = stalls_at_the_second_mail(tx).await;
+    let zone = Zone::new()
+        .mx("m.test", 10, "mx.m.test")
+        .a("mx.m.test", "127.0.0.1".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["send", "--dns-server", &dns.addr().to_string()])
+        .args([
+            "--mx-port",
+            &port.to_string(),
+            "--helo",
+            "client.test",
+            "-t",
+        ])
+        .args(&files)
+        .env("XDG_CONFIG_HOME", dir.join("no-config"));
+    let out = first_line_while_running_then_interrupt(c, "accepted  r1@m.test").await;
+    let later = status_lines(&out, "deferred");
+    assert_eq!(later.len(), 1, "{out}");
+    assert!(later[0].contains("r2@m.test") && later[0].contains("interrupted"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn on_a_terminal_a_bar_shows_progress_rate_and_time_left() {
+    // script(1) from util-linux runs the command on a pseudo-terminal.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no script(1) to run smtp on a terminal");
+        return;
+    }
+    let f = open_fixture().await;
+    let files = message_files(
+        &f.dir,
+        &["r1@example.net", "r2@example.net", "r3@example.net"],
+    );
+    let command = format!(
+        "{BIN} send --server 127.0.0.1:{} --tls none -t {}",
+        f.server.addr().port(),
+        files
+            .iter()
+            .map(|p| format!("'{}'", p.display()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut c = Command::new("script");
+    c.args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("XDG_CONFIG_HOME", f.dir.join("empty"))
+        .stdin(std::process::Stdio::null());
+    let o = run(c).await;
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}");
+    for bar in ["/3 messages", "/s", "ETA "] {
+        assert!(out.contains(bar), "{bar:?} missing from:\n{out:?}");
+    }
+    for n in 1..=3 {
+        let line = format!("accepted  r{n}@example.net  250");
+        assert_eq!(out.matches(&line).count(), 1, "{out:?}");
+    }
+    assert_eq!(
+        out.matches("3 messages, 3 recipients").count(),
+        1,
+        "{out:?}"
+    );
+}
