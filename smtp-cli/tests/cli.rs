@@ -1842,7 +1842,8 @@ async fn cr_only_line_endings_end_header_lines() {
 }
 
 /// A lock-step server that takes one message, then says nothing more once
-/// the next MAIL arrives (and tells `stalled`).
+/// the next MAIL arrives (and tells `stalled`). A second connection is
+/// neither accepted nor refused: its greeting never comes.
 async fn stalls_at_the_second_mail(stalled: tokio::sync::oneshot::Sender<()>) -> u16 {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1880,6 +1881,8 @@ async fn stalls_at_the_second_mail(stalled: tokio::sync::oneshot::Sender<()>) ->
                 break;
             }
         }
+        let _listening = listener;
+        tokio::time::sleep(Duration::from_secs(60)).await;
     });
     port
 }
