@@ -2184,6 +2184,7 @@ async fn first_line_while_running_then_interrupt(mut c: Command, first: &str) ->
     let mut child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
