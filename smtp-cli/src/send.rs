@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::BodySource;
 use smtp_core::delivery::direct::{DirectOptions, Trace, deliver_traced};
+use smtp_core::delivery::{BodySource, TlsInfo};
 use smtp_core::ehlo::ClientId;
-use smtp_core::{Config, Envelope, Event, RecipientStatus, TlsPolicy};
+use smtp_core::{Config, Envelope, Event, MessageOutcome, RecipientStatus, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, MxConnector, Outgoing, Settled, Submission, TlsOptions};
 
@@ -310,23 +310,8 @@ async fn standard(
     // Each message's lines as soon as it is settled, with the host and TLS
     // state the final report gives it.
     let mut settle = |s: Settled<'_>| {
-        let host = s.peer.to_string();
-        let index = s.outcome.message.index() as usize;
-        progress::record(
-            index,
-            MessageReport {
-                message: sent.get(index).map(|m| m.name.clone()).unwrap_or_default(),
-                recipients: s
-                    .outcome
-                    .recipients
-                    .iter()
-                    .map(|o| RecipientReport::new(o, Some(&host), s.tls))
-                    .collect(),
-                diagnosis: None,
-                errors: Vec::new(),
-                missing_outcomes: false,
-            },
-        );
+        let (index, report) = settled_report(&sent, s.outcome, &s.peer.to_string(), s.tls);
+        progress::record(index, report);
     };
     progress::begin(&sent, mode(args));
     if args.verbose {
@@ -372,19 +357,9 @@ async fn standard(
         .messages
         .iter()
         .map(|m| {
-            let index = m.message.index() as usize;
-            let report = MessageReport {
-                message: sent.get(index).map(|s| s.name.clone()).unwrap_or_default(),
-                recipients: m
-                    .recipients
-                    .iter()
-                    .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
-                    .collect(),
-                diagnosis: None,
-                errors: session.error.iter().cloned().collect(),
-                missing_outcomes: false,
-            };
-            (index, report)
+            let mut report = settled_report(&sent, m, &host, session.tls.as_ref());
+            report.1.errors = session.error.iter().cloned().collect();
+            report
         })
         .collect();
     if found.is_empty() {
@@ -396,6 +371,29 @@ async fn standard(
         tell!("smtp: {e}");
     }
     Ok(Report::reconciled(&sent, found))
+}
+
+/// A session's outcome for a message, by its index in `sent`, with the host
+/// and TLS state of the session.
+fn settled_report(
+    sent: &[Sent],
+    outcome: &MessageOutcome,
+    host: &str,
+    tls: Option<&TlsInfo>,
+) -> (usize, MessageReport) {
+    let index = outcome.message.index() as usize;
+    let report = MessageReport {
+        message: sent.get(index).map(|s| s.name.clone()).unwrap_or_default(),
+        recipients: outcome
+            .recipients
+            .iter()
+            .map(|o| RecipientReport::new(o, Some(host), tls))
+            .collect(),
+        diagnosis: None,
+        errors: Vec::new(),
+        missing_outcomes: false,
+    };
+    (index, report)
 }
 
 /// Each message's name and recipients, for [`Report::reconciled`].
