@@ -2274,14 +2274,13 @@ async fn direct_delivery_prints_each_message_as_it_finishes() {
 #[tokio::test]
 async fn on_a_terminal_a_bar_shows_progress_rate_and_time_left() {
     // script(1) from util-linux runs the command on a pseudo-terminal.
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no script(1) to run smtp on a terminal");
-        return;
-    }
+    assert!(
+        std::process::Command::new("script")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "this test needs script(1) from util-linux (Debian's bsdutils) to run smtp on a terminal"
+    );
     let f = open_fixture().await;
     let files = message_files(
         &f.dir,
