@@ -1161,6 +1161,100 @@ async fn probe_shows_capabilities_and_tls() {
     );
 }
 
+#[tokio::test]
+async fn probe_shows_the_certificate_that_failed_verification() {
+    let f = fixture(true, &[]).await;
+    let target = |host: &str| format!("{host}:{}", f.server.addr().port());
+    let probe = |host: &str, tls: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["probe", &target(host), "--tls", tls, "--helo", "probe.test"]);
+        c
+    };
+    // The fingerprint, as a probe that does not verify sees it.
+    let mut c = probe("localhost", "required");
+    c.arg("--json");
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sha = v["tls"]["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(v["certificate"]["sha256"], sha.as_str(), "{v}");
+
+    // Certified without the test CA: an unknown issuer. The certificate is
+    // shown all the same, beside the reason; the exit code stays 76.
+    let o = run(probe("localhost", "certified")).await;
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 76, "{out}{}", text(&o.stderr));
+    for expected in [
+        "issuer     CN=smtp-toolkit test CA",
+        "names      mail.test, localhost",
+        &format!("sha256     {sha}"),
+        "verified   no: the certificate of localhost is not signed by a trusted authority",
+        "error      TLS failed:",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    assert!(
+        out.contains("valid      ") && !out.contains("valid      ? to ?"),
+        "{out}"
+    );
+
+    // Certified with the CA but the wrong name, as JSON.
+    let mut c = probe("127.0.0.1", "certified");
+    c.arg("--json").arg("--ca-file").arg(f.dir.join("ca.pem"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 76, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["tls"].is_null(), "no TLS session: {v}");
+    let cert = &v["certificate"];
+    assert!(
+        cert["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("smtp-toolkit test CA"),
+        "{v}"
+    );
+    assert_eq!(cert["names"], serde_json::json!(["mail.test", "localhost"]));
+    assert_eq!(cert["sha256"], sha.as_str());
+    assert!(cert["not_after"].is_string(), "{v}");
+    assert_eq!(v["error"]["kind"], "tls");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not valid for 127.0.0.1"),
+        "{v}"
+    );
+    assert!(f.server.messages().is_empty(), "a probe sends no mail");
+}
+
+#[tokio::test]
+async fn probe_shows_the_certificate_that_failed_implicit_tls() {
+    let ca = TestCa::new();
+    let server = CaptureServer::start(CaptureConfig {
+        hostname: "mail.test".into(),
+        tls: Some(ca.expired_leaf(&["mail.test"])),
+        implicit_tls: true,
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["probe", &format!("localhost:{}", server.addr().port())])
+        .args(["--implicit-tls", "--tls", "certified"]);
+    let o = run(c).await;
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 76, "{out}{}", text(&o.stderr));
+    for expected in [
+        "issuer     CN=smtp-toolkit test CA",
+        "names      mail.test",
+        "2020",
+        "sha256     ",
+        "verified   no: the certificate of localhost",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+}
+
 // ---- Safety (issue 11): Bcc, credentials, temporary files, terminal
 // escapes, message files that are not what they seem.
 

@@ -82,6 +82,10 @@ pub enum Error {
     Tls {
         /// What the TLS layer reported.
         detail: String,
+        /// The certificate the server presented, when the handshake got
+        /// that far: a certificate that failed verification can still be
+        /// shown (issuer, names, validity, fingerprint).
+        certificate: Option<Box<crate::transport::PeerCertificate>>,
     },
     /// Direct delivery found no mail server to try for the domain (null MX,
     /// nonexistent domain, DNS failing, hosts without addresses).
@@ -192,7 +196,7 @@ impl fmt::Display for Error {
             Self::Policy(e) => e.fmt(f),
             Self::Message(e) => e.fmt(f),
             Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),
-            Self::Tls { detail } => write!(f, "TLS failed: {detail}"),
+            Self::Tls { detail, .. } => write!(f, "TLS failed: {detail}"),
             Self::Plan(e) => e.fmt(f),
             Self::Connect { detail } => write!(f, "could not connect: {detail}"),
             Self::Misuse(e) => write!(f, "API misuse: {e}"),

@@ -145,7 +145,7 @@ impl Submission {
         // The matrix: under Optional a failed handshake is retried once in
         // plaintext on a new connection, unless credentials would then be
         // at risk (those stay deferred).
-        if let Some(Error::Tls { detail }) = &delivery.session.error {
+        if let Some(Error::Tls { detail, .. }) = &delivery.session.error {
             if self.may_retry_plaintext() {
                 let detail = detail.clone();
                 let mut retry = self

@@ -27,6 +27,7 @@ use crate::error::{Error, Misuse, ProtocolError};
 use crate::reply::{Status, parse_reply};
 use crate::sasl::{Authenticator, KeyDerivation};
 use crate::timeouts::Phase;
+use crate::transport::TlsFailure;
 
 /// An SMTP client session, without I/O.
 ///
@@ -339,12 +340,18 @@ impl Client {
         Ok(())
     }
 
-    /// The driver's TLS handshake failed; `detail` says why (it ends up in the
-    /// error and in every unfinished recipient's outcome).
-    pub fn tls_failed(&mut self, _now: Instant, detail: impl Into<String>) {
+    /// The driver's TLS handshake failed; `failure` says why (it ends up in
+    /// the error and in every unfinished recipient's outcome) and carries
+    /// the certificate the server presented, if any.
+    pub fn tls_failed(&mut self, _now: Instant, failure: impl Into<TlsFailure>) {
         if !matches!(self.state, State::Closed | State::Failed) {
+            let TlsFailure {
+                detail,
+                certificate,
+            } = failure.into();
             self.fail(Error::Tls {
-                detail: detail.into(),
+                detail,
+                certificate,
             });
         }
     }
