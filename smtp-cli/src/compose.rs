@@ -3,7 +3,28 @@
 
 use std::path::PathBuf;
 
+use smtp_core::address::Mailbox;
+
 use crate::fail::Failure;
+
+/// An address as a composed header field writes it. An IDN domain with an
+/// ASCII local part goes as A-labels (`user@xn--bcher-kva.example`), as in
+/// the envelope, so the header section stays 7-bit and needs no SMTPUTF8 —
+/// unless `utf8` (the message uses SMTPUTF8 anyway: an address it names has
+/// a UTF-8 local part), when it stays as given. An ASCII address, and one
+/// that does not parse (the envelope refuses it, saying why), stay as given.
+pub(crate) fn header_address(address: &str, utf8: bool) -> String {
+    match Mailbox::parse(address) {
+        Ok(m) if !utf8 && !address.is_ascii() => m.to_string(),
+        _ => address.to_owned(),
+    }
+}
+
+/// True when `address` has a UTF-8 local part, so a message naming it is a
+/// SMTPUTF8 one (RFC 6531).
+pub(crate) fn needs_smtputf8(address: &str) -> bool {
+    Mailbox::parse(address).is_ok_and(|m| m.needs_smtputf8())
+}
 
 /// `--header` options for a composed message, sorted: the fields the
 /// composer writes itself come out as their options (To, Cc and Bcc as
@@ -96,10 +117,17 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
         attachments,
         headers,
     } = *c;
+    let utf8 = [from]
+        .into_iter()
+        .chain(to.iter().chain(cc).map(String::as_str))
+        .any(needs_smtputf8);
+    let from = header_address(from, utf8);
     let from_addr: mail_builder::headers::address::Address<'_> = match full_name {
-        Some(n) => (n, from).into(),
-        None => from.into(),
+        Some(n) => (n, from.as_str()).into(),
+        None => from.as_str().into(),
     };
+    let to: Vec<String> = to.iter().map(|a| header_address(a, utf8)).collect();
+    let cc: Vec<String> = cc.iter().map(|a| header_address(a, utf8)).collect();
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     let cc: Vec<&str> = cc.iter().map(String::as_str).collect();
     let mut builder = mail_builder::MessageBuilder::new()
@@ -139,4 +167,27 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
     builder
         .write_to_vec()
         .map_err(|e| Failure::io("cannot compose the message", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_addresses_carry_idn_domains_as_a_labels_unless_the_message_is_utf8() {
+        for (given, utf8, written) in [
+            ("user@bücher.example", false, "user@xn--bcher-kva.example"),
+            ("User@BÜCHER.example", false, "User@xn--bcher-kva.example"),
+            ("<user@bücher.example>", false, "user@xn--bcher-kva.example"),
+            ("user@bücher.example", true, "user@bücher.example"),
+            ("Bob@Example.ORG", false, "Bob@Example.ORG"),
+            ("user@xn--a.example", false, "user@xn--a.example"),
+            ("not an address ü", false, "not an address ü"),
+        ] {
+            assert_eq!(header_address(given, utf8), written, "{given} {utf8}");
+        }
+        assert!(needs_smtputf8("jörg@example.org"));
+        assert!(!needs_smtputf8("user@bücher.example"));
+        assert!(!needs_smtputf8("nonsense"));
+    }
 }

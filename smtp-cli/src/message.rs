@@ -66,14 +66,21 @@ impl Prepared {
     pub(crate) fn add_from(&mut self, sender: &str, display: Option<&str>) {
         use mail_builder::headers::Header;
         use mail_builder::headers::address::Address;
+        let written =
+            crate::compose::header_address(sender, crate::compose::needs_smtputf8(sender));
         let address: Address<'_> = match display {
-            Some(name) => (name, sender).into(),
-            None => sender.into(),
+            Some(name) => (name, written.as_str()).into(),
+            None => written.as_str().into(),
         };
         let mut line = b"From: ".to_vec();
         let column = line.len();
         address.write_header(&mut line, column);
         self.size += line.len() as u64;
+        if !line.is_ascii() && self.body_type == BodyType::SevenBit {
+            // A UTF-8 local part: the field is 8-bit (and the envelope
+            // asks for SMTPUTF8).
+            self.body_type = BodyType::EightBitMime;
+        }
         line.extend_from_slice(&self.head);
         self.head = line;
         self.from = Some(sender.to_owned());

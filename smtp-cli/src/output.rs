@@ -516,6 +516,7 @@ mod tests {
         let mut a = report("a", &["x@t"]);
         a.errors.push(Error::Tls {
             detail: "handshake failed".into(),
+            certificate: None,
         });
         let r = Report::reconciled(&sent, vec![(0, a)]);
         assert_eq!(r.exit_code(), EX_PROTOCOL);
@@ -601,7 +602,13 @@ mod tests {
                 }),
                 Some(EX_PROTOCOL),
             ),
-            (Error::Tls { detail: "x".into() }, Some(EX_PROTOCOL)),
+            (
+                Error::Tls {
+                    detail: "x".into(),
+                    certificate: None,
+                },
+                Some(EX_PROTOCOL),
+            ),
             (
                 Error::ConnectionClosed {
                     phase: smtp_core::Phase::Mail,

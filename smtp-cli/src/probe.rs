@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use smtp_core::delivery::mx::{Resolver, plan};
-use smtp_core::delivery::{Transport, drive};
+use smtp_core::delivery::{PeerCertificate, Transport, drive};
 use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::Credentials;
-use smtp_core::{Client, Config, Event, Timeouts, TlsPolicy};
+use smtp_core::{Client, Config, Error, Event, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
 
@@ -28,9 +28,58 @@ struct Probe {
     capabilities: Vec<String>,
     auth: Vec<String>,
     tls: Option<TlsReport>,
+    /// The certificate the server presented: also when verification failed
+    /// and no TLS session was made (then `tls` is null and `error` says why).
+    certificate: Option<CertificateReport>,
+    /// Why the handshake refused `certificate` (for the text output; JSON
+    /// has it in `error`).
+    #[serde(skip)]
+    refused: Option<String>,
     /// With `--user`: the mechanism that authenticated.
     authenticated: Option<String>,
     error: Option<ErrorReport>,
+}
+
+/// A certificate as `msmtp --serverinfo` shows it.
+#[derive(Serialize)]
+struct CertificateReport {
+    subject: Option<String>,
+    issuer: Option<String>,
+    names: Vec<String>,
+    not_before: Option<String>,
+    not_after: Option<String>,
+    sha256: String,
+    /// The subjects of the other certificates the server sent.
+    chain: Vec<String>,
+}
+
+impl CertificateReport {
+    fn of(c: &PeerCertificate) -> Self {
+        Self {
+            subject: c.subject.clone(),
+            issuer: c.issuer.clone(),
+            names: c.names.clone(),
+            not_before: c.not_before.clone(),
+            not_after: c.not_after.clone(),
+            sha256: c.sha256.clone(),
+            chain: c.chain.clone(),
+        }
+    }
+
+    fn print(&self) {
+        say!("subject    {}", self.subject.as_deref().unwrap_or("?"));
+        say!("issuer     {}", self.issuer.as_deref().unwrap_or("?"));
+        if !self.chain.is_empty() {
+            say!("chain      {}", self.chain.join("; "));
+        }
+        say!("names      {}", self.names.join(", "));
+        say!(
+            "valid      {} to {}",
+            self.not_before.as_deref().unwrap_or("?"),
+            self.not_after.as_deref().unwrap_or("?")
+        );
+        say!("sha256     {}", self.sha256);
+    }
 }
 
 #[derive(Serialize)]
@@ -90,13 +139,49 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     }
     let connect = Duration::from_secs(args.connect_timeout.unwrap_or(30));
     let command = Duration::from_secs(args.command_timeout.unwrap_or(30));
-    let mut transport = TcpTransport::connect(&host, port, implicit, &tls, connect, command)
+    let mut transport = match TcpTransport::connect(&host, port, implicit, &tls, connect, command)
         .await
-        .map_err(|e| match e {
-            ConnectError::Resolve { .. } => Failure::new(EX_NOHOST, e.to_string()),
-            ConnectError::Tls { .. } => Failure::new(EX_PROTOCOL, e.to_string()).kind("tls"),
-            _ => Failure::new(EX_TEMPFAIL, e.to_string()).kind("connect"),
-        })?;
+    {
+        Ok(t) => t,
+        // Implicit TLS failed: still show the certificate the server sent.
+        Err(ConnectError::Tls {
+            addr,
+            detail,
+            certificate: Some(certificate),
+        }) => {
+            let error = ConnectError::Tls {
+                addr,
+                detail: detail.clone(),
+                certificate: None,
+            };
+            let probe = Probe {
+                version: JSON_VERSION,
+                host,
+                peer: addr.to_string(),
+                greeting: None,
+                capabilities_before_tls: Vec::new(),
+                capabilities: Vec::new(),
+                auth: Vec::new(),
+                tls: None,
+                certificate: Some(CertificateReport::of(&certificate)),
+                refused: Some(detail),
+                authenticated: None,
+                error: Some(ErrorReport {
+                    kind: "tls",
+                    message: error.to_string(),
+                }),
+            };
+            print(&probe, args.json);
+            return Ok(EX_PROTOCOL);
+        }
+        Err(e) => {
+            return Err(match e {
+                ConnectError::Resolve { .. } => Failure::new(EX_NOHOST, e.to_string()),
+                ConnectError::Tls { .. } => Failure::new(EX_PROTOCOL, e.to_string()).kind("tls"),
+                _ => Failure::new(EX_TEMPFAIL, e.to_string()).kind("connect"),
+            });
+        }
+    };
     let id = match &args.helo {
         Some(h) => ClientId::parse(h).map_err(|e| Failure::usage(format!("--helo: {e}")))?,
         None => ClientId::parse(&hostname()).unwrap_or_else(|_| ClientId::localhost()),
@@ -164,22 +249,46 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         auth: caps
             .map(|c| c.auth_mechanisms().to_vec())
             .unwrap_or_default(),
-        tls: report.tls.as_ref().map(|t| TlsReport {
-            version: t.version.clone(),
-            cipher_suite: t.cipher_suite.clone(),
-            verified: t.verified,
-            verify_error: t.verify_error.clone(),
-            subject: t.peer_subject.clone(),
-            issuer: t.peer_issuer.clone(),
-            names: t.peer_names.clone(),
-            not_before: t.peer_not_before.clone(),
-            not_after: t.peer_not_after.clone(),
-            sha256: t.peer_sha256.clone(),
+        tls: report.tls.as_ref().map(|t| {
+            let c = t.certificate.as_ref();
+            TlsReport {
+                version: t.version.clone(),
+                cipher_suite: t.cipher_suite.clone(),
+                verified: t.verified,
+                verify_error: t.verify_error.clone(),
+                subject: c.and_then(|c| c.subject.clone()),
+                issuer: c.and_then(|c| c.issuer.clone()),
+                names: c.map(|c| c.names.clone()).unwrap_or_default(),
+                not_before: c.and_then(|c| c.not_before.clone()),
+                not_after: c.and_then(|c| c.not_after.clone()),
+                sha256: c.map(|c| c.sha256.clone()),
+            }
         }),
+        // From the session, or from the handshake that refused it.
+        certificate: match (&report.tls, &report.error) {
+            (Some(t), _) => t.certificate.as_ref(),
+            (None, Some(Error::Tls { certificate, .. })) => certificate.as_deref(),
+            _ => None,
+        }
+        .map(CertificateReport::of),
+        refused: match &report.error {
+            Some(Error::Tls { detail, .. }) if report.tls.is_none() => Some(detail.clone()),
+            _ => None,
+        },
         authenticated,
         error: report.error.as_ref().map(ErrorReport::of_session),
     };
-    if args.json {
+    print(&probe, args.json);
+    // The same codes as `send`: 76 for the encryption policy, 77 for AUTH.
+    Ok(match &report.error {
+        Some(e) => session_exit_code(e).unwrap_or(EX_TEMPFAIL),
+        None => EX_OK,
+    })
+}
+
+/// The probe as JSON, or as `msmtp --serverinfo`-like lines.
+fn print(probe: &Probe, json: bool) {
+    if json {
         say!(
             "{}",
             serde_json::to_string_pretty(&probe).unwrap_or_default()
@@ -201,24 +310,24 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
                 probe.auth.join(" ")
             }
         );
-        match &probe.tls {
-            Some(t) => {
+        match (&probe.tls, &probe.certificate) {
+            (Some(t), certificate) => {
                 say!("tls        {} {}", t.version, t.cipher_suite);
-                say!("subject    {}", t.subject.as_deref().unwrap_or("?"));
-                say!("issuer     {}", t.issuer.as_deref().unwrap_or("?"));
-                say!("names      {}", t.names.join(", "));
-                say!(
-                    "valid      {} to {}",
-                    t.not_before.as_deref().unwrap_or("?"),
-                    t.not_after.as_deref().unwrap_or("?")
-                );
-                say!("sha256     {}", t.sha256.as_deref().unwrap_or("?"));
+                if let Some(c) = certificate {
+                    c.print();
+                }
                 match &t.verify_error {
                     None => say!("verified   yes"),
                     Some(e) => say!("verified   no: {e}"),
                 }
             }
-            None => say!("tls        none"),
+            // The handshake refused the certificate: show it all the same.
+            (None, Some(c)) => {
+                say!("tls        failed: no TLS session");
+                c.print();
+                say!("verified   no: {}", probe.refused.as_deref().unwrap_or("?"));
+            }
+            (None, None) => say!("tls        none"),
         }
         if let Some(m) = &probe.authenticated {
             say!("login      ok ({m})");
@@ -227,11 +336,6 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
             say!("error      {}", e.message);
         }
     }
-    // The same codes as `send`: 76 for the encryption policy, 77 for AUTH.
-    Ok(match &report.error {
-        Some(e) => session_exit_code(e).unwrap_or(EX_TEMPFAIL),
-        None => EX_OK,
-    })
 }
 
 #[derive(Serialize)]

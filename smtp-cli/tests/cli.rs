@@ -880,6 +880,190 @@ async fn direct_delivery_prints_its_transcript_with_v() {
     }
 }
 
+// ---- Internationalised addresses (issue 12): an IDN domain with an ASCII
+// local part needs no SMTPUTF8; a UTF-8 local part does.
+
+/// A plaintext capture server that offers neither SMTPUTF8 nor 8BITMIME:
+/// whatever it takes must be 7-bit, envelope and header section alike.
+async fn ascii_only_fixture() -> Fixture {
+    let server = CaptureServer::start(CaptureConfig {
+        hostname: "mail.test".into(),
+        smtputf8: false,
+        eight_bit_mime: false,
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "smtp-cli-test-{}-{}",
+        std::process::id(),
+        server.addr().port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    Fixture { server, dir }
+}
+
+#[tokio::test]
+async fn an_idn_domain_goes_as_a_labels_without_smtputf8() {
+    let f = ascii_only_fixture().await;
+    let mut c = plain_send(&f);
+    c.args(["-v", "--from", "Bücherwurm <me@BÜCHER.example>"])
+        .args(["--to", "user@bücher.example", "--cc", "x@Bücher.Example"])
+        .args(["--subject", "s", "--body", "b"]);
+    let o = run(c).await;
+    let err = text(&o.stderr);
+    assert_eq!(code(&o), 0, "{}{err}", text(&o.stdout));
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    let m = &got[0];
+    assert_eq!(m.mail_from, "me@xn--bcher-kva.example");
+    assert_eq!(
+        m.rcpt_to,
+        ["user@xn--bcher-kva.example", "x@xn--bcher-kva.example"]
+    );
+    let head = header_section(&m.data);
+    assert!(head.is_ascii(), "a 7-bit header section:\n{head}");
+    assert!(
+        head.contains("<me@xn--bcher-kva.example>\r\n"),
+        "From in A-labels:\n{head}"
+    );
+    assert!(
+        head.contains("To: <user@xn--bcher-kva.example>\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Cc: <x@xn--bcher-kva.example>\r\n"), "{head}");
+    assert!(
+        !err.contains("SMTPUTF8") && !err.contains("BODY=8BITMIME"),
+        "no extension asked for:\n{err}"
+    );
+
+    // A message file's own header fields are the user's: not rewritten.
+    let f = open_fixture().await;
+    let file = f.dir.join("idn.eml");
+    let original = "From: me@bücher.example\r\nTo: user@bücher.example\r\nSubject: t\r\n\
+                    Date: Tue, 1 Dec 2026 02:00:00 +0000\r\nMessage-ID: <m@example.org>\r\n\r\nhi\r\n";
+    std::fs::write(&file, original).unwrap();
+    let mut c = plain_send(&f);
+    c.args(["--to", "user@bücher.example"]).arg(&file);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    assert_eq!(got[0].mail_from, "me@xn--bcher-kva.example");
+    assert_eq!(got[0].rcpt_to, ["user@xn--bcher-kva.example"]);
+    assert_eq!(text(&got[0].data), original);
+}
+
+#[tokio::test]
+async fn sendmail_adds_a_from_in_a_labels() {
+    let f = fixture(true, &[]).await;
+    let o = sendmail(
+        &f,
+        &["-i", "-f", "me@BÜCHER.example", "user@bücher.example"],
+        b"To: someone\nSubject: no from\n\nbody\n",
+    )
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    let data = text(&got[0].data);
+    assert!(
+        data.starts_with("From: <me@xn--bcher-kva.example>\r\n"),
+        "{data}"
+    );
+    assert_eq!(got[0].rcpt_to, ["user@xn--bcher-kva.example"]);
+}
+
+#[tokio::test]
+async fn a_utf8_local_part_to_a_server_without_smtputf8_is_refused_in_plain_words() {
+    let f = ascii_only_fixture().await;
+    let mut c = plain_send(&f);
+    c.args(["--json", "--to", "jörg@example.org"]).args([
+        "--from",
+        "a@example.org",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    let o = run(c).await;
+    assert_eq!(code(&o), 69, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v["messages"][0]["recipients"][0];
+    assert_eq!(r["address"], "jörg@example.org", "{v}");
+    assert_eq!(r["status"], "rejected", "{v}");
+    let why = r["text"].as_str().unwrap();
+    for words in [
+        "jörg@example.org",
+        "does not offer SMTPUTF8",
+        "RFC 6531",
+        "ASCII address",
+        "server that offers",
+    ] {
+        assert!(why.contains(words), "{words:?} missing from: {why}");
+    }
+    assert!(
+        !client_lines(&f).iter().any(|l| l.starts_with("C: MAIL")),
+        "refused before MAIL: {:?}",
+        client_lines(&f)
+    );
+
+    // Per message: in one run, the message to an ASCII address still goes.
+    let plain = f.dir.join("plain.eml");
+    let utf8 = f.dir.join("utf8.eml");
+    std::fs::write(
+        &plain,
+        "From: a@example.org\nTo: bob@example.org\nSubject: a\n\nhi\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &utf8,
+        "From: a@example.org\nTo: jörg@example.org\nSubject: b\n\nhi\n",
+    )
+    .unwrap();
+    let mut c = plain_send(&f);
+    c.arg("-t").arg(&plain).arg(&utf8);
+    let o = run(c).await;
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 69, "{out}{}", text(&o.stderr));
+    assert!(out.contains("accepted  bob@example.org"), "{out}");
+    assert!(
+        out.contains("rejected  jörg@example.org") && out.contains("RFC 6531"),
+        "{out}"
+    );
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_to, ["bob@example.org"]);
+}
+
+#[tokio::test]
+async fn direct_delivery_to_an_idn_domain_looks_up_its_a_label() {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    let f = open_fixture().await;
+    let zone = Zone::new()
+        .mx("xn--bcher-kva.example", 10, "mx.xn--bcher-kva.example")
+        .a("mx.xn--bcher-kva.example", "127.0.0.1".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["send", "--dns-server", &dns.addr().to_string()])
+        .args(["--mx-port", &f.server.addr().port().to_string()])
+        .args(["--from", "a@example.org", "--to", "user@Bücher.example"])
+        .args(["--subject", "s", "--body", "b", "--helo", "client.test"])
+        .env("XDG_CONFIG_HOME", f.dir.join("empty"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(dns.queried("xn--bcher-kva.example"), "{:?}", dns.queries());
+    assert!(
+        dns.queries().iter().all(|(n, _)| n.is_ascii()),
+        "{:?}",
+        dns.queries()
+    );
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    assert_eq!(got[0].rcpt_to, ["user@xn--bcher-kva.example"]);
+    assert!(
+        header_section(&got[0].data).contains("To: <user@xn--bcher-kva.example>\r\n"),
+        "{}",
+        header_section(&got[0].data)
+    );
+}
+
 #[tokio::test]
 async fn probe_shows_capabilities_and_tls() {
     let f = fixture(true, &[]).await;
@@ -975,6 +1159,100 @@ async fn probe_shows_capabilities_and_tls() {
         "{}",
         text(&o.stderr)
     );
+}
+
+#[tokio::test]
+async fn probe_shows_the_certificate_that_failed_verification() {
+    let f = fixture(true, &[]).await;
+    let target = |host: &str| format!("{host}:{}", f.server.addr().port());
+    let probe = |host: &str, tls: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["probe", &target(host), "--tls", tls, "--helo", "probe.test"]);
+        c
+    };
+    // The fingerprint, as a probe that does not verify sees it.
+    let mut c = probe("localhost", "required");
+    c.arg("--json");
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sha = v["tls"]["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(v["certificate"]["sha256"], sha.as_str(), "{v}");
+
+    // Certified without the test CA: an unknown issuer. The certificate is
+    // shown all the same, beside the reason; the exit code stays 76.
+    let o = run(probe("localhost", "certified")).await;
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 76, "{out}{}", text(&o.stderr));
+    for expected in [
+        "issuer     CN=smtp-toolkit test CA",
+        "names      mail.test, localhost",
+        &format!("sha256     {sha}"),
+        "verified   no: the certificate of localhost is not signed by a trusted authority",
+        "error      TLS failed:",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    assert!(
+        out.contains("valid      ") && !out.contains("valid      ? to ?"),
+        "{out}"
+    );
+
+    // Certified with the CA but the wrong name, as JSON.
+    let mut c = probe("127.0.0.1", "certified");
+    c.arg("--json").arg("--ca-file").arg(f.dir.join("ca.pem"));
+    let o = run(c).await;
+    assert_eq!(code(&o), 76, "{}{}", text(&o.stdout), text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["tls"].is_null(), "no TLS session: {v}");
+    let cert = &v["certificate"];
+    assert!(
+        cert["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("smtp-toolkit test CA"),
+        "{v}"
+    );
+    assert_eq!(cert["names"], serde_json::json!(["mail.test", "localhost"]));
+    assert_eq!(cert["sha256"], sha.as_str());
+    assert!(cert["not_after"].is_string(), "{v}");
+    assert_eq!(v["error"]["kind"], "tls");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not valid for 127.0.0.1"),
+        "{v}"
+    );
+    assert!(f.server.messages().is_empty(), "a probe sends no mail");
+}
+
+#[tokio::test]
+async fn probe_shows_the_certificate_that_failed_implicit_tls() {
+    let ca = TestCa::new();
+    let server = CaptureServer::start(CaptureConfig {
+        hostname: "mail.test".into(),
+        tls: Some(ca.expired_leaf(&["mail.test"])),
+        implicit_tls: true,
+        ..CaptureConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["probe", &format!("localhost:{}", server.addr().port())])
+        .args(["--implicit-tls", "--tls", "certified"]);
+    let o = run(c).await;
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 76, "{out}{}", text(&o.stderr));
+    for expected in [
+        "issuer     CN=smtp-toolkit test CA",
+        "names      mail.test",
+        "2020",
+        "sha256     ",
+        "verified   no: the certificate of localhost",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
 }
 
 // ---- Safety (issue 11): Bcc, credentials, temporary files, terminal

@@ -79,24 +79,24 @@ impl fmt::Display for AddressError {
             Self::MissingAt { input } => {
                 write!(
                     f,
-                    "{input:?} has no @; give an address like user@example.com"
+                    "\"{input}\" has no @; give an address like user@example.com"
                 )
             }
             Self::DisplayName { input } => write!(
                 f,
-                "{input:?} has a display name; pass only the address (the part between < and >)"
+                "\"{input}\" has a display name; pass only the address (the part between < and >)"
             ),
             Self::InvalidCharacter { input, character } => {
                 write!(
                     f,
-                    "{input:?} contains {character}, which an address cannot hold"
+                    "\"{input}\" contains {character}, which an address cannot hold"
                 )
             }
             Self::InvalidLocalPart { input, reason } => {
-                write!(f, "the part before @ in {input:?} is invalid: {reason}")
+                write!(f, "the part before @ in \"{input}\" is invalid: {reason}")
             }
             Self::InvalidDomain { input, reason } => {
-                write!(f, "the domain {input:?} is invalid: {reason}")
+                write!(f, "the domain \"{input}\" is invalid: {reason}")
             }
             Self::TooLong { what, len, limit } => {
                 write!(f, "the {what} is {len} octets; SMTP allows at most {limit}")
@@ -108,13 +108,12 @@ impl fmt::Display for AddressError {
 
 impl std::error::Error for AddressError {}
 
-/// Input quoted in an error: control characters escaped, cut at 80 characters.
+/// Input quoted in an error, for writing between double quotes: control
+/// characters, quotes and backslashes escaped as Rust's `Debug` does, other
+/// characters (`ü`) kept as typed; cut at 80 characters.
 fn sanitise(input: &str) -> String {
-    let mut s: String = input
-        .chars()
-        .take(80)
-        .flat_map(char::escape_default)
-        .collect();
+    let cut: String = input.chars().take(80).collect();
+    let mut s = cut.escape_debug().to_string();
     if input.chars().count() > 80 {
         s.push('…');
     }
@@ -129,8 +128,32 @@ fn describe(c: char) -> String {
     }
 }
 
+/// Why `input` is not an internationalised domain name: the first label
+/// that fails on its own, or the name as a whole (a rule across labels,
+/// such as the bidi rule).
+fn idna_fault(input: &str) -> String {
+    match input
+        .split('.')
+        .find(|label| idna::domain_to_ascii(label).is_err())
+    {
+        Some(label) => format!(
+            "its label \"{}\" is not a valid internationalised label (IDNA2008, UTS #46); \
+             check its spelling",
+            sanitise(label)
+        ),
+        None => "it is not a valid internationalised domain name (IDNA2008, UTS #46); \
+                 check its spelling"
+            .to_owned(),
+    }
+}
+
 /// A domain as it goes on the wire: lower-case ASCII with IDN labels as
 /// A-labels, or an address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`).
+///
+/// An internationalised name is converted once, here, as UTS #46 maps it
+/// (`BÜCHER.example` → `xn--bcher-kva.example`): an ASCII-only form that
+/// every server and resolver takes, so an IDN domain never needs SMTPUTF8;
+/// only a UTF-8 local part does ([`Mailbox::needs_smtputf8`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Domain(String);
 
@@ -177,8 +200,7 @@ impl Domain {
                 "it has an empty label (two dots in a row, or a leading dot)",
             ));
         }
-        let ascii = idna::domain_to_ascii(input)
-            .map_err(|_| err("it is not a valid internationalised domain name"))?;
+        let ascii = idna::domain_to_ascii(input).map_err(|_| err(&idna_fault(input)))?;
         if ascii.len() > MAX_DOMAIN {
             return Err(AddressError::TooLong {
                 what: "domain",
@@ -235,7 +257,9 @@ impl fmt::Display for Domain {
     }
 }
 
-/// `local-part@domain` (RFC 5321 §4.1.2). The local part keeps its case.
+/// `local-part@domain` (RFC 5321 §4.1.2). The local part keeps its case;
+/// the domain is a [`Domain`], in A-labels. Its [`Display`](fmt::Display)
+/// is the wire form: all ASCII unless the local part is not.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Mailbox {
     local: String,
@@ -500,6 +524,52 @@ mod tests {
         assert!(m.needs_smtputf8());
         assert_eq!(m.to_string(), "jörg@xn--bcher-kva.example");
         assert!(ReversePath::Mailbox(m).needs_smtputf8());
+    }
+
+    #[test]
+    fn idn_domains_become_lower_case_a_labels() {
+        for (input, ascii) in [
+            ("bücher.example", "xn--bcher-kva.example"),
+            ("BÜCHER.example", "xn--bcher-kva.example"),
+            ("Bücher.EXAMPLE", "xn--bcher-kva.example"),
+            ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+            ("mail.example.org", "mail.example.org"),
+            ("Mail.Example.ORG", "mail.example.org"),
+            ("münchen.de", "xn--mnchen-3ya.de"),
+            ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
+            ("faß.de", "xn--fa-hia.de"),
+        ] {
+            assert_eq!(Domain::parse(input).unwrap().as_str(), ascii, "{input}");
+        }
+        let m = Mailbox::parse("User@BÜCHER.example").unwrap();
+        assert_eq!(m.to_string(), "User@xn--bcher-kva.example");
+        assert!(m.to_string().is_ascii() && !m.needs_smtputf8());
+    }
+
+    #[test]
+    fn an_invalid_idn_names_its_label() {
+        for (input, label) in [
+            ("xn--a.example", "xn--a"),
+            ("mail.\u{301}x.example", "\\u{301}x"),
+            ("bü--cher.xn--a.example", "xn--a"),
+            ("xn--bcher-kva.xn--zz9.example", "xn--zz9"),
+        ] {
+            let e = Domain::parse(input).unwrap_err();
+            assert!(
+                matches!(e, AddressError::InvalidDomain { .. }),
+                "{input}: {e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("label \"{label}\"")) && text.contains("IDNA"),
+                "{input}: {text}"
+            );
+        }
+        let e = Mailbox::parse("user@xn--a.example")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xn--a.example") && e.contains("spelling"), "{e}");
     }
 
     #[test]

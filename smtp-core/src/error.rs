@@ -82,6 +82,10 @@ pub enum Error {
     Tls {
         /// What the TLS layer reported.
         detail: String,
+        /// The certificate the server presented, when the handshake got
+        /// that far: a certificate that failed verification can still be
+        /// shown (issuer, names, validity, fingerprint).
+        certificate: Option<Box<crate::delivery::PeerCertificate>>,
     },
     /// Direct delivery found no mail server to try for the domain (null MX,
     /// nonexistent domain, DNS failing, hosts without addresses).
@@ -192,7 +196,7 @@ impl fmt::Display for Error {
             Self::Policy(e) => e.fmt(f),
             Self::Message(e) => e.fmt(f),
             Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),
-            Self::Tls { detail } => write!(f, "TLS failed: {detail}"),
+            Self::Tls { detail, .. } => write!(f, "TLS failed: {detail}"),
             Self::Plan(e) => e.fmt(f),
             Self::Connect { detail } => write!(f, "could not connect: {detail}"),
             Self::Misuse(e) => write!(f, "API misuse: {e}"),
@@ -339,10 +343,14 @@ pub enum MessageError {
     EightBitUnsupported,
     /// BINARYMIME was asked for and the server lacks BINARYMIME, CHUNKING or PIPELINING.
     BinaryUnsupported,
-    /// An address needs SMTPUTF8 and the server lacks it.
+    /// An address has a UTF-8 local part, which needs SMTPUTF8 (RFC 6531),
+    /// and the server lacks it. (A UTF-8 domain alone never does: it goes
+    /// as A-labels.)
     Utf8Unsupported {
-        /// The address.
+        /// The first such address: the sender's, else a recipient's.
         address: String,
+        /// It is the sender (MAIL FROM), not a recipient.
+        sender: bool,
     },
     /// REQUIRETLS was asked for and the session is not encrypted or the server lacks it.
     RequireTlsUnsupported,
@@ -372,11 +380,20 @@ impl fmt::Display for MessageError {
                 "the message needs BINARYMIME but the server does not offer BINARYMIME with \
                  CHUNKING and PIPELINING; re-encode the body as base64",
             ),
-            Self::Utf8Unsupported { address } => write!(
-                f,
-                "address {address} needs SMTPUTF8 but the server does not offer it; use an \
-                 ASCII address"
-            ),
+            Self::Utf8Unsupported { address, sender } => {
+                let (whose, advice) = if *sender {
+                    ("sender", "send from an ASCII address")
+                } else {
+                    ("recipient", "ask the recipient for an ASCII address")
+                };
+                write!(
+                    f,
+                    "the {whose} address {address} has non-ASCII characters before the @, which \
+                     only a server that offers SMTPUTF8 (RFC 6531) can take, and this server \
+                     does not offer SMTPUTF8; the message was not sent: {advice}, or send \
+                     through a server that offers SMTPUTF8"
+                )
+            }
             Self::RequireTlsUnsupported => f.write_str(
                 "the message requires REQUIRETLS but the session is not encrypted or the server \
                  does not offer REQUIRETLS",

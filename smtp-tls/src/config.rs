@@ -2,7 +2,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::CertificateDer;
@@ -73,10 +73,11 @@ impl TlsOptions {
     }
 
     /// A client configuration for one connection, and the slot where its
-    /// verifier records whether the certificate verified.
+    /// verifier records the certificates presented and whether they
+    /// verified.
     pub(crate) fn client_config(&self) -> io::Result<(Arc<ClientConfig>, Verdict)> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verdict: Verdict = Arc::new(Mutex::new(None));
+        let verdict: Verdict = Arc::default();
         let roots = Arc::new(self.roots());
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()

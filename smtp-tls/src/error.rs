@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use smtp_core::delivery::PeerCertificate;
 use smtp_core::delivery::direct::ConnectFailure;
 
 /// A connection that could not be opened.
@@ -29,6 +30,9 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// Why.
         detail: String,
+        /// The certificate the server presented, when the handshake got
+        /// that far (a certificate that failed verification included).
+        certificate: Option<Box<PeerCertificate>>,
     },
     /// Implicit TLS with the policy None.
     ImplicitTlsWithoutEncryption {
@@ -56,7 +60,7 @@ impl fmt::Display for ConnectError {
                 }
                 f.write_str(" check the host and port, and that a firewall does not block it")
             }
-            Self::Tls { addr, detail } => write!(f, "TLS with {addr} failed: {detail}"),
+            Self::Tls { addr, detail, .. } => write!(f, "TLS with {addr} failed: {detail}"),
             Self::NoRandomness { purpose } => write!(
                 f,
                 "the system's random number generator failed, so {purpose} could not be \

@@ -65,6 +65,7 @@
 #![warn(missing_docs)]
 
 mod body;
+mod certificate;
 mod config;
 mod connection;
 mod connector;

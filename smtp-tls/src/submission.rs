@@ -6,7 +6,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use smtp_core::delivery::{BodySource, ReadOutcome, SessionReport, TlsInfo, Transport, drive};
+use smtp_core::delivery::{
+    BodySource, ReadOutcome, SessionReport, TlsFailure, TlsInfo, Transport, drive,
+};
 use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::{AuthChoice, Credentials, DerivedKey, KeyDerivation};
 use smtp_core::{Client, Config, Envelope, Error, Event, MessageOutcome, Timeouts, TlsPolicy};
@@ -177,7 +179,7 @@ impl Submission {
         // The matrix: under Optional a failed handshake is retried once in
         // plaintext on a new connection, unless credentials would then be
         // at risk (those stay deferred).
-        if let Some(Error::Tls { detail }) = &delivery.session.error {
+        if let Some(Error::Tls { detail, .. }) = &delivery.session.error {
             if self.may_retry_plaintext() {
                 let detail = detail.clone();
                 let mut retry = self
@@ -276,7 +278,7 @@ impl Transport for Noting<'_> {
         self.inner.write_all(data, deadline).await
     }
 
-    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, String> {
+    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, TlsFailure> {
         let info = self.inner.start_tls(deadline).await?;
         *self.tls.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
         Ok(info)

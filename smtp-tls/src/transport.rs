@@ -9,13 +9,14 @@ use async_trait::async_trait;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use smtp_core::delivery::direct::ConnectFailure;
-use smtp_core::delivery::{ReadOutcome, TlsInfo, Transport};
+use smtp_core::delivery::{ReadOutcome, TlsFailure, TlsInfo, Transport};
 use smtp_core::sasl::{DerivedKey, KeyDerivation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::certificate;
 use crate::config::TlsOptions;
 use crate::error::ConnectError;
 use crate::verify::Verdict;
@@ -110,9 +111,11 @@ impl TcpTransport {
                     };
                     if implicit_tls {
                         let deadline = Instant::now() + handshake_timeout;
-                        t.start_tls(deadline)
-                            .await
-                            .map_err(|detail| ConnectError::Tls { addr, detail })?;
+                        t.start_tls(deadline).await.map_err(|f| ConnectError::Tls {
+                            addr,
+                            detail: f.detail,
+                            certificate: f.certificate,
+                        })?;
                     }
                     return Ok(t);
                 }
@@ -162,70 +165,19 @@ fn info(stream: &TlsStream<TcpStream>, server_name: &str, verdict: &Verdict) -> 
         .negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_default();
-    let verdict = verdict.lock().ok().and_then(|v| v.clone());
+    let verdict = verdict.lock().ok().and_then(|v| v.verdict.clone());
     let (verified, verify_error) = match verdict {
         Some(Ok(())) => (true, None),
         Some(Err(e)) => (false, Some(e)),
         None => (false, Some("the certificate was not checked".to_owned())),
     };
-    let mut info = TlsInfo {
+    TlsInfo {
         version,
         cipher_suite,
         verified,
         verify_error,
-        peer_subject: None,
-        peer_not_after: None,
-        peer_issuer: None,
-        peer_not_before: None,
-        peer_names: Vec::new(),
-        peer_sha256: None,
+        certificate: conn.peer_certificates().and_then(certificate::describe),
         server_name: server_name.to_owned(),
-    };
-    if let Some(der) = conn.peer_certificates().and_then(|certs| certs.first()) {
-        describe_certificate(der.as_ref(), &mut info);
-    }
-    info
-}
-
-/// Fills in what a user checks of a certificate, as `msmtp --serverinfo`
-/// shows it: subject, issuer, names, validity and fingerprint.
-fn describe_certificate(der: &[u8], info: &mut TlsInfo) {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(der);
-    info.peer_sha256 = Some(
-        digest
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":"),
-    );
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return;
-    };
-    info.peer_subject = Some(cert.subject().to_string());
-    info.peer_issuer = Some(cert.issuer().to_string());
-    info.peer_not_before = Some(cert.validity().not_before.to_string());
-    info.peer_not_after = Some(cert.validity().not_after.to_string());
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        use x509_parser::extensions::GeneralName;
-        info.peer_names = san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some((*d).to_owned()),
-                GeneralName::IPAddress(b) => match b.len() {
-                    4 => <[u8; 4]>::try_from(*b)
-                        .ok()
-                        .map(|a| std::net::IpAddr::from(a).to_string()),
-                    16 => <[u8; 16]>::try_from(*b)
-                        .ok()
-                        .map(|a| std::net::IpAddr::from(a).to_string()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
     }
 }
 
@@ -286,9 +238,9 @@ impl Transport for TcpTransport {
         }
     }
 
-    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, String> {
+    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, TlsFailure> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err("the connection is already encrypted".to_owned());
+            return Err("the connection is already encrypted".into());
         };
         let name = self.server_name()?;
         let name_text = self
@@ -296,19 +248,27 @@ impl Transport for TcpTransport {
             .server_name
             .clone()
             .unwrap_or_else(|| self.host.clone());
-        let (config, verdict): (Arc<ClientConfig>, Verdict) =
-            self.options.client_config().map_err(|e| e.to_string())?;
+        let (config, verdict): (Arc<ClientConfig>, Verdict) = self
+            .options
+            .client_config()
+            .map_err(|e| TlsFailure::from(e.to_string()))?;
         let connector = TlsConnector::from(config);
         let stream = match within(deadline, connector.connect(name.clone(), tcp)).await {
-            None => return Err("the TLS handshake did not finish in time".to_owned()),
+            None => return Err("the TLS handshake did not finish in time".into()),
             Some(Err(e)) => {
-                // Prefer the verifier's own words for certificate failures.
-                let recorded = verdict
-                    .lock()
-                    .ok()
-                    .and_then(|v| v.clone())
-                    .and_then(Result::err);
-                return Err(recorded.unwrap_or_else(|| handshake_error(&e)));
+                // Prefer the verifier's own words for certificate failures,
+                // and show the certificate it saw, verified or not.
+                let (recorded, certificate) = match verdict.lock() {
+                    Ok(seen) => (
+                        seen.verdict.clone().and_then(Result::err),
+                        certificate::describe(&seen.presented),
+                    ),
+                    Err(_) => (None, None),
+                };
+                return Err(TlsFailure {
+                    detail: recorded.unwrap_or_else(|| handshake_error(&e)),
+                    certificate: certificate.map(Box::new),
+                });
             }
             Some(Ok(s)) => s,
         };

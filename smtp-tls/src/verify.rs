@@ -16,8 +16,22 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, Error, SignatureScheme};
 
-/// What the verification of one handshake concluded.
-pub(crate) type Verdict = Arc<Mutex<Option<Result<(), String>>>>;
+use crate::certificate::MAX_CHAIN;
+
+/// What the verifier of one handshake saw and concluded, shared with the
+/// transport that reports it.
+pub(crate) type Verdict = Arc<Mutex<Verification>>;
+
+/// The certificates a server presented and the verdict on them.
+#[derive(Debug, Default)]
+pub(crate) struct Verification {
+    /// The end-entity certificate first, then the chain the server sent
+    /// with it (at most [`MAX_CHAIN`]); recorded before verification runs,
+    /// so a certificate that fails it can still be shown.
+    pub(crate) presented: Vec<CertificateDer<'static>>,
+    /// `None` until verification ran; the reason in words when it failed.
+    pub(crate) verdict: Option<Result<(), String>>,
+}
 
 /// Runs webpki's verification, records its verdict for the report, and —
 /// only when built with [`Verifier::danger_accept_unverified`] — accepts the
@@ -78,6 +92,13 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        if let Ok(mut seen) = self.verdict.lock() {
+            seen.presented = std::iter::once(end_entity)
+                .chain(intermediates)
+                .take(MAX_CHAIN)
+                .map(|c| c.clone().into_owned())
+                .collect();
+        }
         let pinned = self
             .pinned
             .iter()
@@ -93,8 +114,8 @@ impl ServerCertVerifier for Verifier {
                 now,
             )
         };
-        if let Ok(mut slot) = self.verdict.lock() {
-            *slot = Some(
+        if let Ok(mut seen) = self.verdict.lock() {
+            seen.verdict = Some(
                 result
                     .as_ref()
                     .map(|_| ())

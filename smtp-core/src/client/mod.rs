@@ -21,6 +21,7 @@ pub use event::{Direction, Event, TranscriptLine, Warning};
 use self::outbox::{Expect, Outbox, Pending};
 use self::transaction::{Body, Message, Transaction};
 use crate::command::Command;
+use crate::delivery::TlsFailure;
 use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
@@ -339,12 +340,18 @@ impl Client {
         Ok(())
     }
 
-    /// The driver's TLS handshake failed; `detail` says why (it ends up in the
-    /// error and in every unfinished recipient's outcome).
-    pub fn tls_failed(&mut self, _now: Instant, detail: impl Into<String>) {
+    /// The driver's TLS handshake failed; `failure` says why (it ends up in
+    /// the error and in every unfinished recipient's outcome) and carries
+    /// the certificate the server presented, if any.
+    pub fn tls_failed(&mut self, _now: Instant, failure: impl Into<TlsFailure>) {
         if !matches!(self.state, State::Closed | State::Failed) {
+            let TlsFailure {
+                detail,
+                certificate,
+            } = failure.into();
             self.fail(Error::Tls {
-                detail: detail.into(),
+                detail,
+                certificate,
             });
         }
     }

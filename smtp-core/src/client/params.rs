@@ -2,6 +2,7 @@
 //! checks made before MAIL (8BITMIME, SMTPUTF8, REQUIRETLS, SIZE) and the
 //! MAIL and RCPT parameters (RFC 1870, 6152, 6531, 3461, 8689).
 
+use crate::address::ReversePath;
 use crate::command::{MailParams, RcptParams};
 use crate::data::BodyType;
 use crate::ehlo::{Capabilities, Size};
@@ -16,25 +17,30 @@ pub(super) fn precheck(
     tls: bool,
     bdat: bool,
 ) -> Result<(), MessageError> {
+    // First: a UTF-8 address is the real cause when its message is also
+    // 8-bit (its header fields name the address).
+    if !caps.smtputf8() {
+        if let ReversePath::Mailbox(m) = &envelope.from {
+            if m.needs_smtputf8() {
+                return Err(MessageError::Utf8Unsupported {
+                    address: m.to_string(),
+                    sender: true,
+                });
+            }
+        }
+        if let Some(m) = envelope.to.iter().find(|m| m.needs_smtputf8()) {
+            return Err(MessageError::Utf8Unsupported {
+                address: m.to_string(),
+                sender: false,
+            });
+        }
+    }
     match envelope.body {
         BodyType::SevenBit => {}
         BodyType::EightBitMime if caps.eight_bit_mime() => {}
         BodyType::EightBitMime => return Err(MessageError::EightBitUnsupported),
         BodyType::BinaryMime if caps.binary_mime() && bdat => {}
         BodyType::BinaryMime => return Err(MessageError::BinaryUnsupported),
-    }
-    if envelope.needs_smtputf8() && !caps.smtputf8() {
-        let address = if envelope.from.needs_smtputf8() {
-            envelope.from.to_string()
-        } else {
-            envelope
-                .to
-                .iter()
-                .find(|m| m.needs_smtputf8())
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        };
-        return Err(MessageError::Utf8Unsupported { address });
     }
     if envelope.require_tls && !(tls && caps.requiretls()) {
         return Err(MessageError::RequireTlsUnsupported);

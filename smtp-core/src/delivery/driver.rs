@@ -162,7 +162,7 @@ impl Driver {
                 Ok(_) => {
                     let _ = client.tls_established(transport.now());
                 }
-                Err(detail) => client.tls_failed(transport.now(), detail),
+                Err(failure) => client.tls_failed(transport.now(), failure),
             }
         }
     }

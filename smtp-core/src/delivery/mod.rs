@@ -28,4 +28,6 @@ pub mod mx;
 
 pub use driver::{Bodies, Driver, Until, drive};
 pub use report::SessionReport;
-pub use transport::{BodySource, MemoryBody, ReadOutcome, TlsInfo, Transport};
+pub use transport::{
+    BodySource, MemoryBody, PeerCertificate, ReadOutcome, TlsFailure, TlsInfo, Transport,
+};

@@ -33,21 +33,60 @@ pub struct TlsInfo {
     /// Why verification failed, when it did (the session may still be in use
     /// under the Optional and Required policies).
     pub verify_error: Option<String>,
-    /// The peer certificate's subject.
-    pub peer_subject: Option<String>,
-    /// The peer certificate's expiry (`notAfter`), as text.
-    pub peer_not_after: Option<String>,
-    /// The peer certificate's issuer.
-    pub peer_issuer: Option<String>,
-    /// The peer certificate's start of validity (`notBefore`), as text.
-    pub peer_not_before: Option<String>,
-    /// The DNS names and addresses in its subjectAltName.
-    pub peer_names: Vec<String>,
-    /// The SHA-256 fingerprint of the certificate (DER), as colon-separated
-    /// hex, the form `openssl x509 -fingerprint -sha256` prints.
-    pub peer_sha256: Option<String>,
+    /// The certificate the server presented.
+    pub certificate: Option<PeerCertificate>,
     /// The name the certificate was checked against (SNI).
     pub server_name: String,
+}
+
+/// A server's certificate as a user checks it, the way `msmtp
+/// --serverinfo` shows it. Public facts only (no key material beyond what
+/// the certificate itself shows), each text bounded by the transport that
+/// fills it in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The subject, e.g. `CN=mail.example.com`.
+    pub subject: Option<String>,
+    /// The issuer, e.g. `CN=R11, O=Let's Encrypt, C=US`.
+    pub issuer: Option<String>,
+    /// The DNS names and addresses in its subjectAltName.
+    pub names: Vec<String>,
+    /// Start of validity (`notBefore`), as text.
+    pub not_before: Option<String>,
+    /// End of validity (`notAfter`), as text.
+    pub not_after: Option<String>,
+    /// The SHA-256 fingerprint of the certificate (DER), as colon-separated
+    /// hex, the form `openssl x509 -fingerprint -sha256` prints.
+    pub sha256: String,
+    /// The subjects of the other certificates the server sent with it, in
+    /// the order sent (its intermediates, as it presents them).
+    pub chain: Vec<String>,
+}
+
+/// Why a TLS handshake failed: in words a user can act on, and the
+/// certificate the server presented, when it got that far (so a refused
+/// certificate can still be shown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFailure {
+    /// What failed and what to do.
+    pub detail: String,
+    /// The server's certificate, when one was presented.
+    pub certificate: Option<Box<PeerCertificate>>,
+}
+
+impl From<String> for TlsFailure {
+    fn from(detail: String) -> Self {
+        Self {
+            detail,
+            certificate: None,
+        }
+    }
+}
+
+impl From<&str> for TlsFailure {
+    fn from(detail: &str) -> Self {
+        detail.to_owned().into()
+    }
 }
 
 /// A connection to an SMTP server.
@@ -63,8 +102,9 @@ pub trait Transport: Send {
     async fn write_all(&mut self, data: &[u8], deadline: Instant) -> io::Result<()>;
 
     /// Upgrades the connection to TLS (after STARTTLS's `220`). On failure
-    /// the text says why, in words a user can act on.
-    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, String>;
+    /// the text says why, in words a user can act on, beside the
+    /// certificate the server presented, if it presented one.
+    async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, TlsFailure>;
 
     /// The TLS facts, if the connection is encrypted.
     fn tls_info(&self) -> Option<TlsInfo>;

@@ -6,7 +6,9 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use smtp_core::delivery::{BodySource, MemoryBody, ReadOutcome, TlsInfo, Transport, drive};
+use smtp_core::delivery::{
+    BodySource, MemoryBody, ReadOutcome, TlsFailure, TlsInfo, Transport, drive,
+};
 use smtp_core::{Client, Error, MessageError, RecipientStatus};
 
 use smtp_testkit::sansio::{config, envelope};
@@ -50,7 +52,7 @@ impl Transport for Scripted {
         Ok(())
     }
 
-    async fn start_tls(&mut self, _deadline: Instant) -> Result<TlsInfo, String> {
+    async fn start_tls(&mut self, _deadline: Instant) -> Result<TlsInfo, TlsFailure> {
         Err("not in this test".into())
     }
 

@@ -467,6 +467,52 @@ fn smtputf8_needed_but_not_offered() {
 }
 
 #[test]
+fn a_utf8_address_is_named_before_the_8bit_body_it_brings() {
+    // No SMTPUTF8 and no 8BITMIME: the UTF-8 address is the cause to name
+    // (its header fields made the message 8-bit); an IDN domain is not one.
+    let mut run = Run::new(config());
+    run.send(
+        envelope(
+            "a@bücher.example",
+            &["ok@bücher.example", "jörg@example.net"],
+        )
+        .with_body(BodyType::EightBitMime),
+    );
+    run.send(envelope("jörg@example.org", &["b@example.net"]));
+    run.script(PIPELINED_EHLO);
+    assert!(run.take_wire().is_empty());
+    let outcomes = run.outcomes();
+    let Some(Error::Message(e)) = &outcomes[0].recipients[0].error else {
+        panic!("{:?}", outcomes[0]);
+    };
+    assert_eq!(
+        *e,
+        MessageError::Utf8Unsupported {
+            address: "jörg@example.net".into(),
+            sender: false
+        }
+    );
+    let text = e.to_string();
+    for words in [
+        "recipient address jörg@example.net",
+        "does not offer SMTPUTF8",
+        "RFC 6531",
+        "ask the recipient for an ASCII address",
+        "a server that offers SMTPUTF8",
+    ] {
+        assert!(text.contains(words), "{words:?} missing from: {text}");
+    }
+    let Some(Error::Message(e)) = &outcomes[1].recipients[0].error else {
+        panic!("{:?}", outcomes[1]);
+    };
+    assert!(
+        matches!(e, MessageError::Utf8Unsupported { sender: true, address } if address == "jörg@example.org"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("send from an ASCII address"), "{e}");
+}
+
+#[test]
 fn smtputf8_sent_when_offered() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["jörg@example.net"]));

@@ -218,8 +218,9 @@ async fn policy_matrix() {
                     assert_eq!(tls.verified, cert == Cert::Valid, "{case}: {tls:?}");
                     assert!(tls.version.starts_with("TLSv1."), "{case}");
                     assert!(
-                        tls.peer_subject
-                            .as_deref()
+                        tls.certificate
+                            .as_ref()
+                            .and_then(|c| c.subject.as_deref())
                             .is_some_and(|s| s.contains("test")),
                         "{case}: {tls:?}"
                     );

@@ -10,4 +10,5 @@ mod faults;
 mod handshake;
 mod interop;
 mod pinning;
+mod presented;
 mod reuse;
