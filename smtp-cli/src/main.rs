@@ -18,6 +18,7 @@ mod interrupt;
 mod message;
 mod output;
 mod probe;
+mod reencode;
 mod secrets;
 mod send;
 mod settings;

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use smtp_core::command::BodyType;
-use smtp_core::data::{BodyRules, BodyScanner};
+use smtp_core::data::{BodyFacts, BodyRules, BodyScanner};
 use smtp_core::transport::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fail::Failure;
+use crate::reencode::{self, HeadFacts};
 use crate::spool::Spool;
 
 /// The header section may be at most this large.
@@ -57,6 +58,11 @@ pub(crate) struct Prepared {
     /// Body type and size after encoding.
     pub(crate) body_type: BodyType,
     pub(crate) size: u64,
+    /// What was changed to keep lines within 998 octets, for a note.
+    pub(crate) notes: Vec<String>,
+    /// Why the message needs BINARYMIME, when it has a line too long that
+    /// could not be re-encoded ([`crate::reencode`]).
+    pub(crate) binary_cause: Option<String>,
 }
 
 impl Prepared {
@@ -110,7 +116,7 @@ pub(crate) struct Identity {
 
 impl Identity {
     #[cfg(unix)]
-    fn of(m: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         Self {
@@ -123,7 +129,7 @@ impl Identity {
     }
 
     #[cfg(not(unix))]
-    fn of(m: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Self {
         let mtime_ns = m
             .modified()
             .ok()
@@ -174,7 +180,7 @@ pub(crate) fn prepare(input: Input, name: String, hostname: &str) -> Result<Prep
             let mut scanner = BodyScanner::new();
             scanner.scan(&head.bytes);
             scanner.scan(rest);
-            Ok(head.into_prepared(name, Body::Memory(Arc::from(rest)), scanner))
+            head.into_prepared(name, Body::Memory(Arc::from(rest)), scanner)
         }
         Input::File(path, spool) => prepare_file(&path, spool, name, hostname),
     }
@@ -247,7 +253,7 @@ fn prepare_file(
             _spool: spool,
         },
     };
-    Ok(head.into_prepared(name, body, scanner))
+    head.into_prepared(name, body, scanner)
 }
 
 /// A header section as read and rewritten.
@@ -255,11 +261,13 @@ struct Head {
     bytes: Vec<u8>,
     from: Option<String>,
     recipients: Vec<String>,
+    long_lines: HeadFacts,
 }
 
 impl Head {
     /// Checks that `raw` is a header section, and rewrites it: CRLF line
-    /// ends, Bcc removed, Date and Message-ID added when missing.
+    /// ends, Bcc removed, Date and Message-ID added when missing, lines
+    /// over 998 octets folded.
     fn read(raw: &[u8], name: &str, hostname: &str) -> Result<Self, Failure> {
         let lines = lines(raw);
         match lines.first() {
@@ -276,6 +284,7 @@ impl Head {
             }
             Some(_) => {}
         }
+        let mut long_lines = HeadFacts::new(&lines);
         let mut normal = Vec::with_capacity(raw.len() + 64);
         for (n, line) in lines.iter().enumerate() {
             let continuation = matches!(line.first(), Some(b' ' | b'\t'));
@@ -291,7 +300,9 @@ impl Head {
                     n + 1
                 )));
             }
-            normal.extend_from_slice(line);
+            long_lines
+                .line(&mut normal, line, n as u64 + 1)
+                .map_err(|e| Failure::data(format!("{name}: {e}")))?;
             normal.extend_from_slice(b"\r\n");
         }
         let parsed = mail_parser::MessageParser::default().parse_headers(&normal[..]);
@@ -335,25 +346,38 @@ impl Head {
             bytes,
             from,
             recipients,
+            long_lines,
         })
     }
 
-    fn into_prepared(self, name: String, body: Body, scanner: BodyScanner) -> Prepared {
+    fn into_prepared(
+        self,
+        name: String,
+        body: Body,
+        scanner: BodyScanner,
+    ) -> Result<Prepared, Failure> {
         let facts = scanner.finish();
-        let body_type = match facts.rules() {
-            r if r == BodyRules::SEVEN_BIT => BodyType::SevenBit,
-            r if r == BodyRules::EIGHT_BIT_MIME => BodyType::EightBitMime,
-            _ => BodyType::BinaryMime,
-        };
-        Prepared {
+        let p = Prepared {
             name,
             head: self.bytes,
             body,
             from: self.from,
             recipients: self.recipients,
-            body_type,
+            body_type: body_type(&facts),
             size: facts.encoded_size,
-        }
+            notes: Vec::new(),
+            binary_cause: None,
+        };
+        reencode::long_lines(p, self.long_lines, &facts)
+    }
+}
+
+/// The `BODY=` a scanned message needs.
+pub(crate) fn body_type(facts: &BodyFacts) -> BodyType {
+    match facts.rules() {
+        r if r == BodyRules::SEVEN_BIT => BodyType::SevenBit,
+        r if r == BodyRules::EIGHT_BIT_MIME => BodyType::EightBitMime,
+        _ => BodyType::BinaryMime,
     }
 }
 
@@ -409,7 +433,7 @@ fn lines(head: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The name of a header field line (`Name:` or the obsolete `Name :`).
-fn field_name(line: &[u8]) -> Option<&[u8]> {
+pub(crate) fn field_name(line: &[u8]) -> Option<&[u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
     let name = line[..colon].trim_ascii_end();
     (!name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic() && b != b':')).then_some(name)

@@ -12,7 +12,7 @@ use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::command::ClientId;
 use smtp_core::direct::{DirectOptions, Trace, deliver_traced};
 use smtp_core::transport::BodySource;
-use smtp_core::{Config, Envelope, Event, RecipientStatus, TlsPolicy};
+use smtp_core::{Config, Envelope, Event, RecipientOutcome, RecipientStatus, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, MxConnector, Outgoing, Submission, TlsOptions};
 
@@ -21,7 +21,7 @@ use crate::compose::{Composition, HeaderFields, compose};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
 use crate::interrupt;
 use crate::message::{Input, Prepared, PreparedBody, prepare, read_stdin};
-use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent};
+use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
 use crate::settings::{Settings, settings};
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
@@ -217,6 +217,10 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
     let mut prepared = messages(&args, &s)?;
     if args.sendmail {
         add_missing_from(&args, &s, &mut prepared);
+    } else {
+        for m in prepared.iter().filter(|m| !m.notes.is_empty()) {
+            tell!("note: {}: {}", m.name, m.notes.join("; "));
+        }
     }
     let envelopes = prepared
         .iter()
@@ -358,12 +362,17 @@ async fn standard(
         .iter()
         .map(|m| {
             let index = m.message.index() as usize;
+            let cause = prepared.get(index).and_then(|p| p.binary_cause.as_ref());
+            tell_binary_cause(args, cause, &m.recipients);
             let report = MessageReport {
                 message: sent.get(index).map(|s| s.name.clone()).unwrap_or_default(),
                 recipients: m
                     .recipients
                     .iter()
-                    .map(|o| RecipientReport::new(o, Some(&host), session.tls.as_ref()))
+                    .map(|o| {
+                        RecipientReport::new(o, Some(&host), session.tls.as_ref())
+                            .explained(o, cause)
+                    })
                     .collect(),
                 diagnosis: None,
                 errors: session.error.iter().cloned().collect(),
@@ -381,6 +390,17 @@ async fn standard(
         tell!("smtp: {e}");
     }
     Ok(Report::reconciled(&sent, found))
+}
+
+/// Says on stderr why a message with a line too long was not re-encoded,
+/// when a server's lack of BINARYMIME stopped it (sendmail mode prints its
+/// whole report there anyway).
+fn tell_binary_cause(args: &SendArgs, cause: Option<&String>, outcomes: &[RecipientOutcome]) {
+    if let (false, Some(cause)) = (args.sendmail, cause) {
+        if outcomes.iter().any(needs_binary) {
+            tell!("smtp: {cause}");
+        }
+    }
 }
 
 /// Each message's name and recipients, for [`Report::reconciled`].
@@ -446,9 +466,13 @@ async fn direct(
         let mut recipients = Vec::new();
         let mut diagnosis = Vec::new();
         let mut errors = Vec::new();
+        let cause = m.binary_cause.as_ref();
         for d in &domains {
+            tell_binary_cause(args, cause, &d.outcomes);
             for o in &d.outcomes {
-                recipients.push(RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()));
+                recipients.push(
+                    RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()).explained(o, cause),
+                );
             }
             if let Some(x) = &d.diagnosis {
                 diagnosis.push(format!("{}: {x}", d.domain));
