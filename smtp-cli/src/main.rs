@@ -14,6 +14,7 @@ mod compose;
 mod config;
 mod demo;
 mod fail;
+mod identity;
 mod interrupt;
 mod message;
 mod output;

@@ -1,7 +1,7 @@
 //! Messages as the user gives them: files, standard input, or composed
 //! from options ([`crate::compose`]); their header section read for `-t`
-//! and the default sender,
-//! Bcc removed, Date and Message-ID added when missing. A composed message
+//! and the default sender, Bcc removed, Date and Message-ID added when
+//! missing, lines over 998 octets re-encoded ([`reencode`]). A composed message
 //! and standard input up to [`STDIN_IN_MEMORY`] stay in memory; a larger
 //! standard input is spooled privately ([`Spool`]); a message file's body
 //! streams from the file, which is checked to be the one scanned.
@@ -17,6 +17,7 @@ use smtp_core::transport::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fail::Failure;
+use crate::identity::Identity;
 use crate::reencode::{self, HeadFacts};
 use crate::spool::Spool;
 
@@ -101,49 +102,6 @@ pub(crate) enum Body {
         /// Keeps a spool alive while a body may still be read from it.
         _spool: Option<Arc<Spool>>,
     },
-}
-
-/// What identifies the content of a file without reading it again: the
-/// same inode, size and change times.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl Identity {
-    #[cfg(unix)]
-    pub(crate) fn of(m: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-        }
-    }
-
-    #[cfg(not(unix))]
-    pub(crate) fn of(m: &std::fs::Metadata) -> Self {
-        let mtime_ns = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or_default();
-        Self {
-            dev: 0,
-            ino: 0,
-            size: m.len(),
-            mtime_ns,
-            ctime_ns: 0,
-        }
-    }
 }
 
 /// Reads standard input: into memory when it fits, else into a spool.

@@ -32,7 +32,8 @@ use smtp_core::data::{BodyFacts, BodyScanner};
 pub(crate) use header::HeadFacts;
 
 use crate::fail::{EX_SOFTWARE, EX_TEMPFAIL, Failure};
-use crate::message::{Body, Identity, Prepared, body_type};
+use crate::identity::Identity;
+use crate::message::{Body, Prepared, body_type};
 use crate::spool::Spool;
 use header::Fields;
 use plan::{Cause, explain};
