@@ -199,12 +199,17 @@ impl Parser<'_> {
 
 /// `line` folded: CRLF inserted before white space so that each line is
 /// at most 78 octets where the white space allows, and never over 998.
-/// Only white space after the colon that follows a word is used, and
-/// never where the next line would be white space alone. `None` when no
+/// Only white space after the colon (in a continuation line, after its
+/// first word) is used, and never where the next line would be white
+/// space alone. `None` when no
 /// folding keeps every line within 998 octets.
 pub(super) fn fold(line: &[u8]) -> Option<Vec<u8>> {
-    let colon = line.iter().position(|&b| b == b':')?;
     let wsp = |b: u8| b == b' ' || b == b'\t';
+    // A continuation line folds anywhere after its leading white space.
+    let colon = match line.first() {
+        Some(&b) if wsp(b) => 0,
+        _ => line.iter().position(|&b| b == b':')?,
+    };
     let last_text = line.iter().rposition(|&b| !wsp(b))?;
     // Where a fold may go: the first white space of a run that has text
     // before it (after the colon) and text after it.
@@ -369,6 +374,11 @@ mod tests {
                 "a line of white space"
             );
         }
+        // A continuation line folds too.
+        let more = format!("\t{}", words.join("  "));
+        let folded = fold(more.as_bytes()).unwrap();
+        assert_eq!(unfold(&folded), more.as_bytes());
+        assert!(folded.starts_with(b"\tword0  word1"));
         // Runs of white space stay whole on the next line.
         let line = format!("X-List: {}", vec!["a".repeat(60); 20].join("   \t ")).into_bytes();
         let folded = fold(&line).unwrap();
