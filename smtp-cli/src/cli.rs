@@ -260,7 +260,7 @@ pub(crate) struct SinkArgs {
     /// Also write each received message into this Maildir.
     #[arg(long, value_name = "DIR")]
     pub(crate) maildir: Option<PathBuf>,
-    /// Offer CHUNKING and take BDAT (RFC 3030).
+    /// Offer CHUNKING and BINARYMIME and take BDAT (RFC 3030).
     #[arg(long)]
     pub(crate) chunking: bool,
 }

@@ -1,7 +1,7 @@
 //! Messages as the user gives them: files, standard input, or composed
 //! from options ([`crate::compose`]); their header section read for `-t`
-//! and the default sender,
-//! Bcc removed, Date and Message-ID added when missing. A composed message
+//! and the default sender, Bcc removed, Date and Message-ID added when
+//! missing, lines over 998 octets re-encoded ([`reencode`]). A composed message
 //! and standard input up to [`STDIN_IN_MEMORY`] stay in memory; a larger
 //! standard input is spooled privately ([`Spool`]); a message file's body
 //! streams from the file, which is checked to be the one scanned.
@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use smtp_core::data::BodyType;
-use smtp_core::data::{BodyRules, BodyScanner};
+use smtp_core::data::{BodyFacts, BodyRules, BodyScanner, BodyType};
 use smtp_core::delivery::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fail::Failure;
+use crate::identity::Identity;
+use crate::reencode::{self, HeadFacts};
 use crate::spool::Spool;
 
 /// The header section may be at most this large.
@@ -57,6 +58,11 @@ pub(crate) struct Prepared {
     /// Body type and size after encoding.
     pub(crate) body_type: BodyType,
     pub(crate) size: u64,
+    /// What was changed to keep lines within 998 octets, for a note.
+    pub(crate) notes: Vec<String>,
+    /// Why the message needs BINARYMIME, when it has a line too long that
+    /// could not be re-encoded ([`crate::reencode`]).
+    pub(crate) binary_cause: Option<String>,
 }
 
 impl Prepared {
@@ -104,49 +110,6 @@ pub(crate) enum Body {
     },
 }
 
-/// What identifies the content of a file without reading it again: the
-/// same inode, size and change times.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl Identity {
-    #[cfg(unix)]
-    fn of(m: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-        }
-    }
-
-    #[cfg(not(unix))]
-    fn of(m: &std::fs::Metadata) -> Self {
-        let mtime_ns = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or_default();
-        Self {
-            dev: 0,
-            ino: 0,
-            size: m.len(),
-            mtime_ns,
-            ctime_ns: 0,
-        }
-    }
-}
-
 /// Reads standard input: into memory when it fits, else into a spool.
 pub(crate) fn read_stdin() -> Result<Input, Failure> {
     let mut stdin = io::stdin().lock();
@@ -181,7 +144,7 @@ pub(crate) fn prepare(input: Input, name: String, hostname: &str) -> Result<Prep
             let mut scanner = BodyScanner::new();
             scanner.scan(&head.bytes);
             scanner.scan(rest);
-            Ok(head.into_prepared(name, Body::Memory(Arc::from(rest)), scanner))
+            head.into_prepared(name, Body::Memory(Arc::from(rest)), scanner)
         }
         Input::File(path, spool) => prepare_file(&path, spool, name, hostname),
     }
@@ -254,7 +217,7 @@ fn prepare_file(
             _spool: spool,
         },
     };
-    Ok(head.into_prepared(name, body, scanner))
+    head.into_prepared(name, body, scanner)
 }
 
 /// A header section as read and rewritten.
@@ -262,11 +225,13 @@ struct Head {
     bytes: Vec<u8>,
     from: Option<String>,
     recipients: Vec<String>,
+    long_lines: HeadFacts,
 }
 
 impl Head {
     /// Checks that `raw` is a header section, and rewrites it: CRLF line
-    /// ends, Bcc removed, Date and Message-ID added when missing.
+    /// ends, Bcc removed, Date and Message-ID added when missing, lines
+    /// over 998 octets folded.
     fn read(raw: &[u8], name: &str, hostname: &str) -> Result<Self, Failure> {
         let lines = lines(raw);
         match lines.first() {
@@ -283,6 +248,7 @@ impl Head {
             }
             Some(_) => {}
         }
+        let mut long_lines = HeadFacts::new(&lines);
         let mut normal = Vec::with_capacity(raw.len() + 64);
         for (n, line) in lines.iter().enumerate() {
             let continuation = matches!(line.first(), Some(b' ' | b'\t'));
@@ -298,7 +264,9 @@ impl Head {
                     n + 1
                 )));
             }
-            normal.extend_from_slice(line);
+            long_lines
+                .line(&mut normal, line, n as u64 + 1)
+                .map_err(|e| Failure::data(format!("{name}: {e}")))?;
             normal.extend_from_slice(b"\r\n");
         }
         let parsed = mail_parser::MessageParser::default().parse_headers(&normal[..]);
@@ -342,25 +310,38 @@ impl Head {
             bytes,
             from,
             recipients,
+            long_lines,
         })
     }
 
-    fn into_prepared(self, name: String, body: Body, scanner: BodyScanner) -> Prepared {
+    fn into_prepared(
+        self,
+        name: String,
+        body: Body,
+        scanner: BodyScanner,
+    ) -> Result<Prepared, Failure> {
         let facts = scanner.finish();
-        let body_type = match facts.rules() {
-            r if r == BodyRules::SEVEN_BIT => BodyType::SevenBit,
-            r if r == BodyRules::EIGHT_BIT_MIME => BodyType::EightBitMime,
-            _ => BodyType::BinaryMime,
-        };
-        Prepared {
+        let p = Prepared {
             name,
             head: self.bytes,
             body,
             from: self.from,
             recipients: self.recipients,
-            body_type,
+            body_type: body_type(&facts),
             size: facts.encoded_size,
-        }
+            notes: Vec::new(),
+            binary_cause: None,
+        };
+        reencode::long_lines(p, self.long_lines, &facts)
+    }
+}
+
+/// The `BODY=` a scanned message needs.
+pub(crate) fn body_type(facts: &BodyFacts) -> BodyType {
+    match facts.rules() {
+        r if r == BodyRules::SEVEN_BIT => BodyType::SevenBit,
+        r if r == BodyRules::EIGHT_BIT_MIME => BodyType::EightBitMime,
+        _ => BodyType::BinaryMime,
     }
 }
 
@@ -416,7 +397,7 @@ fn lines(head: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The name of a header field line (`Name:` or the obsolete `Name :`).
-fn field_name(line: &[u8]) -> Option<&[u8]> {
+pub(crate) fn field_name(line: &[u8]) -> Option<&[u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
     let name = line[..colon].trim_ascii_end();
     (!name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic() && b != b':')).then_some(name)

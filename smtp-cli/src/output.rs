@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use smtp_core::delivery::TlsInfo;
-use smtp_core::{Error, RecipientOutcome, RecipientStatus};
+use smtp_core::{Error, MessageError, RecipientOutcome, RecipientStatus};
 
 use crate::fail::{EX_NOPERM, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE};
 
@@ -208,6 +208,23 @@ impl RecipientReport {
             cert_verified: tls.map(|t| t.verified),
         }
     }
+
+    /// With `binary_cause` (why the message keeps a line too long) in
+    /// place of the session's "needs BINARYMIME", when that refused it.
+    pub(crate) fn explained(mut self, o: &RecipientOutcome, binary_cause: Option<&String>) -> Self {
+        if let (true, Some(cause)) = (needs_binary(o), binary_cause) {
+            self.text.clone_from(cause);
+        }
+        self
+    }
+}
+
+/// The message went nowhere because the server lacks BINARYMIME.
+pub(crate) fn needs_binary(o: &RecipientOutcome) -> bool {
+    matches!(
+        o.error,
+        Some(Error::Message(MessageError::BinaryUnsupported))
+    )
 }
 
 impl Report {

@@ -11,7 +11,9 @@ use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::delivery::direct::{DirectOptions, Trace, deliver_traced};
 use smtp_core::delivery::{BodySource, TlsInfo};
 use smtp_core::ehlo::ClientId;
-use smtp_core::{Config, Envelope, Event, MessageOutcome, RecipientStatus, TlsPolicy};
+use smtp_core::{
+    Config, Envelope, Event, MessageOutcome, RecipientOutcome, RecipientStatus, TlsPolicy,
+};
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, MxConnector, Outgoing, Settled, Submission, TlsOptions};
 
@@ -19,7 +21,7 @@ use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
 use crate::message::{Input, Prepared, PreparedBody, prepare, read_stdin};
-use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent};
+use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
 use crate::progress::{self, Mode};
 use crate::settings::{Settings, settings};
 
@@ -210,6 +212,10 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
     let mut prepared = messages(&args, &s)?;
     if args.sendmail {
         add_missing_from(&args, &s, &mut prepared);
+    } else {
+        for m in prepared.iter().filter(|m| !m.notes.is_empty()) {
+            tell!("note: {}: {}", m.name, m.notes.join("; "));
+        }
     }
     let envelopes = prepared
         .iter()
@@ -310,7 +316,8 @@ async fn standard(
     // Each message's lines as soon as it is settled, with the host and TLS
     // state the final report gives it.
     let mut settle = |s: Settled<'_>| {
-        let (index, report) = settled_report(&sent, s.outcome, &s.peer.to_string(), s.tls);
+        let (index, report) =
+            settled_report(&sent, prepared, s.outcome, &s.peer.to_string(), s.tls);
         progress::record(index, report);
     };
     progress::begin(&sent, mode(args));
@@ -357,7 +364,10 @@ async fn standard(
         .messages
         .iter()
         .map(|m| {
-            let mut report = settled_report(&sent, m, &host, session.tls.as_ref());
+            let index = m.message.index() as usize;
+            let cause = prepared.get(index).and_then(|p| p.binary_cause.as_ref());
+            tell_binary_cause(args, cause, &m.recipients);
+            let mut report = settled_report(&sent, prepared, m, &host, session.tls.as_ref());
             report.1.errors = session.error.iter().cloned().collect();
             report
         })
@@ -374,26 +384,40 @@ async fn standard(
 }
 
 /// A session's outcome for a message, by its index in `sent`, with the host
-/// and TLS state of the session.
+/// and TLS state of the session, and why a line too long was not
+/// re-encoded where that stopped it.
 fn settled_report(
     sent: &[Sent],
+    prepared: &[Prepared],
     outcome: &MessageOutcome,
     host: &str,
     tls: Option<&TlsInfo>,
 ) -> (usize, MessageReport) {
     let index = outcome.message.index() as usize;
+    let cause = prepared.get(index).and_then(|p| p.binary_cause.as_ref());
     let report = MessageReport {
         message: sent.get(index).map(|s| s.name.clone()).unwrap_or_default(),
         recipients: outcome
             .recipients
             .iter()
-            .map(|o| RecipientReport::new(o, Some(host), tls))
+            .map(|o| RecipientReport::new(o, Some(host), tls).explained(o, cause))
             .collect(),
         diagnosis: None,
         errors: Vec::new(),
         missing_outcomes: false,
     };
     (index, report)
+}
+
+/// Says on stderr why a message with a line too long was not re-encoded,
+/// when a server's lack of BINARYMIME stopped it (sendmail mode prints its
+/// whole report there anyway).
+fn tell_binary_cause(args: &SendArgs, cause: Option<&String>, outcomes: &[RecipientOutcome]) {
+    if let (false, Some(cause)) = (args.sendmail, cause) {
+        if outcomes.iter().any(needs_binary) {
+            tell!("smtp: {cause}");
+        }
+    }
 }
 
 /// Each message's name and recipients, for [`Report::reconciled`].
@@ -459,9 +483,13 @@ async fn direct(
         let mut recipients = Vec::new();
         let mut diagnosis = Vec::new();
         let mut errors = Vec::new();
+        let cause = m.binary_cause.as_ref();
         for d in &domains {
+            tell_binary_cause(args, cause, &d.outcomes);
             for o in &d.outcomes {
-                recipients.push(RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()));
+                recipients.push(
+                    RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()).explained(o, cause),
+                );
             }
             if let Some(x) = &d.diagnosis {
                 diagnosis.push(format!("{}: {x}", d.domain));

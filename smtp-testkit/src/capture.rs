@@ -50,7 +50,8 @@ pub struct CaptureConfig {
     pub smtputf8: bool,
     /// Answer EHLO with 502 (an old server: the client must fall back to HELO).
     pub no_ehlo: bool,
-    /// Advertise CHUNKING and take BDAT (RFC 3030).
+    /// Advertise CHUNKING and BINARYMIME and take BDAT (RFC 3030); the
+    /// chunks are kept as they come, binary or not.
     pub chunking: bool,
     /// Store each message in this Maildir (`tmp/`, then renamed into
     /// `new/`) before answering its end of data: a 250 means it is on disk.
@@ -415,6 +416,7 @@ async fn serve(
                     (config.eight_bit_mime, "8BITMIME"),
                     (config.smtputf8, "SMTPUTF8"),
                     (config.chunking, "CHUNKING"),
+                    (config.chunking, "BINARYMIME"),
                 ] {
                     if on {
                         caps.push_str(&format!("250-{keyword}\r\n"));
