@@ -7,6 +7,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, date_time_ymd,
 };
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A certificate authority for tests.
@@ -151,9 +152,15 @@ impl Identity {
 
     /// A certificate chain and key from PEM text, as `openssl` writes them.
     pub fn from_pem(chain: &[u8], key: &[u8]) -> std::io::Result<Self> {
-        let chain = rustls_pemfile::certs(&mut &chain[..]).collect::<Result<Vec<_>, _>>()?;
-        let key = rustls_pemfile::private_key(&mut &key[..])?.ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "no PEM private key")
+        let invalid = |e: pem::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let chain = CertificateDer::pem_slice_iter(chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| match e {
+            pem::Error::NoItemsFound => {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "no PEM private key")
+            }
+            e => invalid(e),
         })?;
         Ok(Self { chain, key })
     }

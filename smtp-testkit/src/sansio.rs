@@ -4,6 +4,8 @@
 //! Scripts read like transcripts: `S: ` lines are what the server sends
 //! (consecutive ones in one write), `C: ` lines what the client must have
 //! sent by then, exactly and in order (`*` at the end matches any rest).
+//! Whatever the client sends after the script's last line must be shown
+//! too: a script whose client writes more than its `C:` lines fails.
 //!
 //! ```
 //! use smtp_testkit::sansio::{Run, config, envelope};
@@ -137,8 +139,24 @@ impl Run {
         String::from_utf8_lossy(&std::mem::take(&mut self.wire)).into_owned()
     }
 
-    /// Plays a transcript (panics on a mismatch, naming both sides).
+    /// Plays a transcript (panics on a mismatch, naming both sides, and on
+    /// anything the client sent after the transcript's last line).
     pub fn script(&mut self, script: &str) {
+        self.play(script);
+        self.check_nothing_more();
+    }
+
+    /// Plays a transcript like [`script`](Self::script), but returns what the
+    /// client sent after its last line, for the caller to check, instead of
+    /// failing on it.
+    #[must_use = "the client's output after the script is for the caller to check"]
+    pub fn script_and_rest(&mut self, script: &str) -> String {
+        self.play(script);
+        self.pump();
+        self.take_wire()
+    }
+
+    fn play(&mut self, script: &str) {
         let mut server = String::new();
         let mut client: Vec<&str> = Vec::new();
         for raw in script.lines() {
@@ -164,6 +182,25 @@ impl Run {
             self.input(server.as_bytes());
         }
         self.check_client(&client);
+    }
+
+    /// After the script's last line the client must have sent nothing the
+    /// script does not show: a script ending in `S: 250 queued` would
+    /// otherwise pass whatever the client then wrote.
+    fn check_nothing_more(&mut self) {
+        self.pump();
+        if self.wire.is_empty() {
+            return;
+        }
+        let leftover = self.take_wire();
+        panic!(
+            "client sent more than the script expects after its last line \
+             (add the C: lines that follow):\n{}\nraw: {leftover:?}",
+            leftover
+                .split_terminator("\r\n")
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
     }
 
     fn check_client(&mut self, expected: &[&str]) {
@@ -250,5 +287,93 @@ impl Run {
     /// True once the session closed cleanly.
     pub fn closed(&self) -> bool {
         self.events.iter().any(|e| matches!(e, Event::Closed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+
+    /// One message, QUIT requested: after the end-of-data reply the client
+    /// sends `QUIT`.
+    fn quitting() -> Run {
+        let mut run = Run::new(config());
+        run.send(envelope("a@example.org", &["b@example.net"]));
+        run.client.quit(run.now);
+        run
+    }
+
+    const UNTIL_QUEUED: &str = "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250 mx.example.net
+        C: MAIL FROM:<a@example.org>
+        S: 250 ok
+        C: RCPT TO:<b@example.net>
+        S: 250 ok
+        C: DATA
+        S: 354 go
+        C: Subject: test
+        C: 
+        C: Hello.
+        C: .
+        S: 250 queued
+    ";
+
+    /// The panic message of `f`, which must panic.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err("the script must fail");
+        match (
+            payload.downcast_ref::<String>(),
+            payload.downcast_ref::<&str>(),
+        ) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => (*s).to_owned(),
+            (None, None) => panic!("a panic without a message"),
+        }
+    }
+
+    #[test]
+    fn a_script_fails_when_the_client_sends_more_after_its_last_line() {
+        let mut run = quitting();
+        let message = panic_message(|| run.script(UNTIL_QUEUED));
+        assert!(
+            message.contains("after its last line") && message.contains("QUIT"),
+            "{message}"
+        );
+        assert!(message.contains(r#"raw: "QUIT\r\n""#), "{message}");
+    }
+
+    #[test]
+    fn a_script_that_shows_every_client_line_passes() {
+        let mut run = quitting();
+        run.script(&format!("{UNTIL_QUEUED}\n        C: QUIT"));
+        assert_eq!(run.statuses(), ["b@example.net=accepted"]);
+    }
+
+    #[test]
+    fn script_and_rest_hands_what_follows_to_the_caller() {
+        let mut run = quitting();
+        assert_eq!(run.script_and_rest(UNTIL_QUEUED), "QUIT\r\n");
+        assert!(run.wire.is_empty());
+    }
+
+    #[test]
+    fn a_session_opening_alone_fails_when_the_client_goes_on() {
+        // A script split in two is two scripts: the first must show its own
+        // client lines, not leave them to the second.
+        let mut run = quitting();
+        let message = panic_message(|| {
+            run.script(
+                "
+                S: 220 mx.example.net
+                C: EHLO client.example
+                S: 250 mx.example.net
+                ",
+            );
+        });
+        assert!(message.contains("MAIL FROM:<a@example.org>"), "{message}");
     }
 }

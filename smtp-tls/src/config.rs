@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::{ClientConfig, RootCertStore};
 use smtp_core::TlsPolicy;
 
@@ -48,8 +49,9 @@ impl TlsOptions {
 
     /// Adds every certificate of PEM text as a trust anchor.
     pub fn add_ca_pem(&mut self, pem: &[u8]) -> io::Result<usize> {
-        let mut reader = pem;
-        let certs = rustls_pemfile::certs(&mut reader).collect::<Result<Vec<_>, _>>()?;
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_error)?;
         if certs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -102,5 +104,82 @@ impl TlsOptions {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         Ok((Arc::new(config), verdict))
+    }
+}
+
+/// A PEM syntax error in words: the marker or line as text (the error's
+/// `Display` shows them as lists of byte values).
+fn pem_error(error: pem::Error) -> io::Error {
+    let text = match error {
+        // The error holds the section's label, e.g. `CERTIFICATE`.
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "section end \"-----END {}-----\" missing",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "illegal section start: {:?}",
+            String::from_utf8_lossy(&line)
+        ),
+        pem::Error::Base64Decode(text) => format!("a PEM section is not valid base64: {text}"),
+        other => other.to_string(),
+    };
+    io::Error::new(io::ErrorKind::InvalidData, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use smtp_testkit::certs::TestCa;
+
+    use super::*;
+
+    fn add(pem: &[u8]) -> io::Result<usize> {
+        TlsOptions::new(TlsPolicy::Certified).add_ca_pem(pem)
+    }
+
+    fn error(pem: &[u8]) -> String {
+        let e = add(pem).expect_err("not a usable CA file");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn every_certificate_of_a_pem_file_is_a_trust_anchor() {
+        let pem = format!("{}{}", TestCa::new().cert_pem(), TestCa::new().cert_pem());
+        let mut options = TlsOptions::new(TlsPolicy::Certified);
+        assert_eq!(options.add_ca_pem(pem.as_bytes()).unwrap(), 2);
+        assert_eq!(options.extra_roots.len(), 2);
+    }
+
+    #[test]
+    fn a_file_without_a_certificate_says_so() {
+        assert_eq!(error(b""), "no PEM certificate found");
+        assert_eq!(error(b"just some text\n"), "no PEM certificate found");
+        let key_only = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n";
+        assert_eq!(error(key_only), "no PEM certificate found");
+    }
+
+    #[test]
+    fn a_damaged_certificate_is_named_in_words() {
+        let pem = TestCa::new().cert_pem();
+        let cut = pem.find("-----END").expect("an end marker");
+        assert_eq!(
+            error(&pem.as_bytes()[..cut]),
+            "section end \"-----END CERTIFICATE-----\" missing"
+        );
+        let garbled = pem.replacen("M", "!", 1);
+        let text = error(garbled.as_bytes());
+        assert!(
+            text.starts_with("a PEM section is not valid base64: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_error_names_the_file() {
+        let path = Path::new("/nonexistent/ca.pem");
+        let e = TlsOptions::new(TlsPolicy::Certified)
+            .add_ca_file(path)
+            .expect_err("no such file");
+        assert!(e.to_string().starts_with("/nonexistent/ca.pem: "), "{e}");
     }
 }

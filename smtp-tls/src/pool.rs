@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use smtp_core::reply::ReplyCode;
 use smtp_core::{Error, MessageOutcome, Phase, RecipientStatus, TlsPolicy};
 
 use crate::connection::Connection;
@@ -218,7 +219,7 @@ fn lost_before_data(outcome: &MessageOutcome) -> bool {
         let before_data = matches!(r.phase, Phase::Mail | Phase::Rcpt | Phase::Data);
         let lost = match &r.error {
             Some(Error::ConnectionClosed { .. }) => true,
-            Some(Error::Rejected { reply, .. }) => reply.code().as_u16() == 421,
+            Some(Error::Rejected { reply, .. }) => reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE,
             _ => false,
         };
         r.status == RecipientStatus::Deferred && before_data && lost

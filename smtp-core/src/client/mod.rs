@@ -26,7 +26,7 @@ use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
 use crate::phase::Phase;
-use crate::reply::{Status, parse_reply};
+use crate::reply::{ReplyCode, Status, parse_reply};
 use crate::sasl::{Authenticator, KeyDerivation};
 
 /// An SMTP client session, without I/O.
@@ -406,12 +406,12 @@ impl Client {
         // it would shift every later reply onto the wrong command and, say,
         // reject a recipient with another's refusal. A 421 is the one reply
         // a server may send at any time.
-        if self.pending.front_unsent() && reply.code().as_u16() != 421 {
+        if self.pending.front_unsent() && reply.code() != ReplyCode::SERVICE_NOT_AVAILABLE {
             self.fail(ProtocolError::Unsolicited(reply).into());
             return false;
         }
         let Some(expect) = self.pending.pop(now) else {
-            let error = if reply.code().as_u16() == 421 {
+            let error = if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE {
                 Error::Rejected {
                     phase: self.current_phase(),
                     reply,
@@ -423,7 +423,7 @@ impl Client {
             return false;
         };
         // 421: the server is shutting the session down, whatever we asked.
-        if reply.code().as_u16() == 421 && expect != Expect::Quit {
+        if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE && expect != Expect::Quit {
             self.fail(Error::Rejected {
                 phase: expect.phase(),
                 reply,

@@ -15,7 +15,7 @@ use crate::ehlo::Capabilities;
 use crate::error::{Error, Misuse, PolicyError, ProtocolError};
 use crate::phase::Phase;
 use crate::policy::TlsPolicy;
-use crate::reply::{Reply, ReplyError, ReplyLimits};
+use crate::reply::{Reply, ReplyCode, ReplyError, ReplyLimits};
 use crate::sasl::{
     Answer, Authenticator, DerivedKey, KeyDerivation, MAX_CHALLENGE_LEN, Mechanism, SaslError,
     Secret, choose_mechanism,
@@ -27,7 +27,12 @@ const AUTH_REPLY_LINE_LEN: usize = 4 + MAX_CHALLENGE_LEN + 2;
 
 /// EHLO replies after which HELO is worth a try (RFC 5321 §4.1.4: a server
 /// that does not know EHLO answers 500, 502, 504 or 550).
-const EHLO_UNSUPPORTED: [u16; 4] = [500, 502, 504, 550];
+const EHLO_UNSUPPORTED: [ReplyCode; 4] = [
+    ReplyCode::SYNTAX_ERROR,
+    ReplyCode::COMMAND_NOT_IMPLEMENTED,
+    ReplyCode::PARAMETER_NOT_IMPLEMENTED,
+    ReplyCode::MAILBOX_UNAVAILABLE,
+];
 
 impl Client {
     /// The bounds on the next reply. While an AUTH reply is awaited a line
@@ -64,7 +69,7 @@ impl Client {
     }
 
     pub(super) fn on_greeting(&mut self, now: Instant, reply: Reply) {
-        if reply.code().as_u16() != 220 {
+        if reply.code() != ReplyCode::SERVICE_READY {
             // RFC 5321 §3.1: after a 554 greeting the client should say QUIT.
             self.fail_and_quit(Error::Rejected {
                 phase: Phase::Greeting,
@@ -84,7 +89,7 @@ impl Client {
             self.caps = Capabilities::from_reply(&reply);
             self.out.event(Event::Capabilities(self.caps.clone()));
             self.after_hello(now);
-        } else if EHLO_UNSUPPORTED.contains(&code.as_u16()) {
+        } else if EHLO_UNSUPPORTED.contains(&code) {
             self.out.command(&Command::Helo(&self.config.client_id));
             self.pending.push(now, Expect::Helo);
         } else {
@@ -126,7 +131,7 @@ impl Client {
     /// Returns true when the driver must now do the TLS handshake.
     pub(super) fn on_starttls(&mut self, now: Instant, reply: Reply) -> bool {
         let policy = self.config.tls;
-        if reply.code().as_u16() == 220 {
+        if reply.code() == ReplyCode::SERVICE_READY {
             // The event comes from handle_input, once it has checked that
             // nothing followed the 220.
             self.state = State::TlsUpgrade;
@@ -206,8 +211,8 @@ impl Client {
             return;
         };
         let mechanism = auth.mechanism();
-        match reply.code().as_u16() {
-            334 => match auth.answer(reply.first_line()) {
+        match reply.code() {
+            ReplyCode::AUTH_CONTINUE => match auth.answer(reply.first_line()) {
                 Ok(Answer::Send(response)) => self.send_auth_response(now, &response),
                 Ok(Answer::Derive(job)) => {
                     self.derivation = Some(job);
@@ -215,10 +220,12 @@ impl Client {
                 }
                 Err(e) => self.cancel_auth(e),
             },
-            235 if mechanism == Mechanism::ScramSha256 && !auth.server_verified() => {
+            ReplyCode::AUTH_SUCCESS
+                if mechanism == Mechanism::ScramSha256 && !auth.server_verified() =>
+            {
                 self.fail_and_quit(ProtocolError::ScramUnverified.into());
             }
-            235 => {
+            ReplyCode::AUTH_SUCCESS => {
                 self.auth = None;
                 self.out.event(Event::Authenticated(mechanism));
                 self.ready(now);

@@ -20,7 +20,7 @@ use crate::data::{BdatEncoder, BodyRules, DataEncoder};
 use crate::envelope::{Envelope, MessageId, MessageOutcome, RecipientOutcome, RecipientStatus};
 use crate::error::{Error, MessageError, Misuse, ProtocolError};
 use crate::phase::Phase;
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::{EnhancedCode, Reply, ReplyCode};
 
 /// A message from [`Client::send`] until its last recipient has an outcome.
 #[derive(Debug)]
@@ -110,7 +110,7 @@ enum Encoder {
 
 /// Is this refusal "too many recipients" (RFC 5321 §4.5.3.1.10, RFC 3463 X.5.3)?
 fn too_many_recipients(reply: &Reply) -> bool {
-    reply.code().as_u16() == 452
+    reply.code() == ReplyCode::INSUFFICIENT_STORAGE
         && (reply.enhanced_code()
             == Some(EnhancedCode {
                 class: 4,
@@ -581,7 +581,7 @@ impl Client {
 
     pub(super) fn on_data(&mut self, now: Instant, tx: u64, reply: Reply) {
         let code = reply.code();
-        if code.as_u16() == 354 || !(code.is_positive() || code.is_intermediate()) {
+        if code == ReplyCode::START_MAIL_INPUT || !(code.is_positive() || code.is_intermediate()) {
             self.confirm_refusals(tx);
         }
         let Some(t) = self.txs.iter_mut().find(|t| t.id == tx) else {
@@ -589,7 +589,7 @@ impl Client {
         };
         t.outstanding -= 1;
         t.stage = Stage::Body;
-        if code.as_u16() == 354 {
+        if code == ReplyCode::START_MAIL_INPUT {
             if t.settled || t.accepted.is_empty() {
                 // Nobody to deliver to, yet the server wants data (RFC 2920
                 // §3.1): end it at once; the reply to it is meaningless.

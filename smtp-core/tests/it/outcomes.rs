@@ -23,6 +23,17 @@ const CHUNKING: &str = "
     S: 250 CHUNKING
 ";
 
+/// The session opening [`PIPELINED`] and then `rest`, as one script: the
+/// client's first commands after the EHLO reply are `rest`'s to show.
+fn after_pipelined_ehlo(rest: &str) -> String {
+    [PIPELINED, rest].concat()
+}
+
+/// The same after [`CHUNKING`].
+fn after_chunking_ehlo(rest: &str) -> String {
+    [CHUNKING, rest].concat()
+}
+
 /// One message to b@ and c@, QUIT requested: with PIPELINING the QUIT rides
 /// with the end of data, so the session is already "quitting" when the
 /// server goes away.
@@ -33,8 +44,7 @@ fn sent_with_quit_pending() -> Run {
         &["b@example.net", "c@example.net"],
     ));
     run.client.quit(run.now);
-    run.script(PIPELINED);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -50,7 +60,7 @@ fn sent_with_quit_pending() -> Run {
         C: .
         C: QUIT
         ",
-    );
+    ));
     assert!(run.outcomes().is_empty(), "nothing is decided yet");
     run
 }
@@ -112,8 +122,7 @@ fn a_close_after_bdat_last_is_an_unknown_outcome() {
     let mut run = Run::new(config().with_extensions(true, true));
     run.send(envelope("a@example.org", &["b@example.net"]));
     run.client.quit(run.now);
-    run.script(CHUNKING);
-    run.script(
+    run.script(&after_chunking_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -122,7 +131,7 @@ fn a_close_after_bdat_last_is_an_unknown_outcome() {
         C: 
         C: Hello.
         ",
-    );
+    ));
     // Nothing was answered, not even MAIL or RCPT: the server had the whole
     // message all the same.
     run.close();
@@ -135,8 +144,7 @@ fn the_second_of_two_messages_loses_its_reply() {
     run.send(envelope("a@example.org", &["b@example.net"]));
     run.send(envelope("a@example.org", &["c@example.net"]));
     run.client.quit(run.now);
-    run.script(PIPELINED);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -161,7 +169,7 @@ fn the_second_of_two_messages_loses_its_reply() {
         C: .
         C: QUIT
         ",
-    );
+    ));
     run.close();
     let outcomes = run.outcomes();
     assert_eq!(outcomes.len(), 2);
@@ -175,8 +183,7 @@ fn a_close_before_the_dot_is_deferred_but_not_unknown() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["b@example.net"]));
     run.client.quit(run.now);
-    run.script(PIPELINED);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -184,7 +191,7 @@ fn a_close_before_the_dot_is_deferred_but_not_unknown() {
         S: 250 ok
         S: 250 ok
         ",
-    );
+    ));
     run.close();
     let outcomes = run.outcomes();
     let r = &outcomes[0].recipients[0];
@@ -293,15 +300,14 @@ fn a_pipelined_reply_sent_twice_rejects_nobody_with_another_s_refusal() {
         "a@example.org",
         &["b@example.net", "c@example.net"],
     ));
-    run.script(PIPELINED);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
         C: RCPT TO:<c@example.net>
         C: DATA
         ",
-    );
+    ));
     // MAIL's reply twice, then b's refusal, c's acceptance and DATA's 354:
     // read in order, c would get b's 550 and DATA c's 250.
     run.input(
@@ -326,8 +332,7 @@ fn a_pipelined_refusal_stands_when_the_connection_drops_before_data_s_reply() {
         "a@example.org",
         &["b@example.net", "c@example.net"],
     ));
-    run.script(PIPELINED);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -337,7 +342,7 @@ fn a_pipelined_refusal_stands_when_the_connection_drops_before_data_s_reply() {
         S: 550 5.1.1 no such user
         S: 250 ok
         ",
-    );
+    ));
     run.close();
     assert_eq!(
         run.statuses(),

@@ -86,7 +86,7 @@ fn starttls_offered() {
     ] {
         let mut run = Run::new(config().with_tls(policy));
         run.send(envelope("a@example.org", &["b@example.net"]));
-        run.script(
+        let wire = run.script_and_rest(
             "
             S: 220 mx.example.net
             C: EHLO client.example
@@ -94,7 +94,6 @@ fn starttls_offered() {
             S: 250 STARTTLS
             ",
         );
-        let wire = run.take_wire();
         if policy == TlsPolicy::None {
             assert_eq!(wire, "MAIL FROM:<a@example.org>\r\n", "{policy}");
             assert!(!run.client.is_tls());
@@ -129,14 +128,13 @@ fn starttls_not_offered() {
     ] {
         let mut run = Run::new(config().with_tls(policy));
         run.send(envelope("a@example.org", &["b@example.net"]));
-        run.script(
+        let wire = run.script_and_rest(
             "
             S: 220 mx.example.net
             C: EHLO client.example
             S: 250 mx.example.net
             ",
         );
-        let wire = run.take_wire();
         if policy.requires_tls() {
             assert_eq!(wire, "QUIT\r\n", "{policy}: no MAIL before TLS");
             assert_eq!(
@@ -166,7 +164,7 @@ fn starttls_refused() {
         ] {
             let mut run = Run::new(config().with_tls(policy));
             run.send(envelope("a@example.org", &["b@example.net"]));
-            run.script(&format!(
+            let wire = run.script_and_rest(&format!(
                 "
                 S: 220 mx.example.net
                 C: EHLO client.example
@@ -176,7 +174,6 @@ fn starttls_refused() {
                 S: {code}
                 "
             ));
-            let wire = run.take_wire();
             if policy == TlsPolicy::Optional {
                 assert_eq!(
                     wire, "MAIL FROM:<a@example.org>\r\n",

@@ -14,6 +14,12 @@ const PIPELINED_EHLO: &str = "
     S: 250 PIPELINING
 ";
 
+/// The session opening [`PIPELINED_EHLO`] and then `rest`, as one script:
+/// the client's first commands after the EHLO reply are `rest`'s to show.
+fn after_pipelined_ehlo(rest: &str) -> String {
+    [PIPELINED_EHLO, rest].concat()
+}
+
 #[test]
 fn pipelined_mixed_outcomes() {
     let mut run = Run::new(config());
@@ -21,8 +27,7 @@ fn pipelined_mixed_outcomes() {
         "a@example.org",
         &["ok@example.net", "no@example.net", "later@example.net"],
     ));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<ok@example.net>
@@ -40,7 +45,7 @@ fn pipelined_mixed_outcomes() {
         C: .
         S: 250 2.0.0 queued as 1234
         ",
-    );
+    ));
     assert_eq!(
         run.statuses(),
         [
@@ -71,8 +76,7 @@ fn none_accepted_sends_no_body_and_session_stays_usable() {
     ));
     run.send(envelope("a@example.org", &["ok@example.net"]));
     run.client.quit(run.now);
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<x@example.net>
@@ -98,7 +102,7 @@ fn none_accepted_sends_no_body_and_session_stays_usable() {
         S: 250 queued
         S: 221 bye
         ",
-    );
+    ));
     assert_eq!(
         run.statuses(),
         [
@@ -138,8 +142,7 @@ fn none_accepted_lockstep_never_sends_data() {
 fn server_says_354_with_no_recipients() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["x@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<x@example.net>
@@ -150,7 +153,7 @@ fn server_says_354_with_no_recipients() {
         C: .
         S: 554 no recipients
         ",
-    );
+    ));
     assert_eq!(run.statuses(), ["x@example.net=rejected"]);
     assert!(run.failure().is_none());
 }
@@ -162,8 +165,7 @@ fn mail_refused_rejects_every_recipient() {
         "a@example.org",
         &["x@example.net", "y@example.net"],
     ));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<x@example.net>
@@ -174,7 +176,7 @@ fn mail_refused_rejects_every_recipient() {
         S: 503 need MAIL
         S: 503 need MAIL
         ",
-    );
+    ));
     assert_eq!(
         run.statuses(),
         ["x@example.net=rejected", "y@example.net=rejected"]
@@ -193,8 +195,7 @@ fn authentication_required_defers_rather_than_rejects() {
     // recipient is at fault, so none is rejected.
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["x@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<x@example.net>
@@ -203,7 +204,7 @@ fn authentication_required_defers_rather_than_rejects() {
         S: 503 need MAIL
         S: 503 need MAIL
         ",
-    );
+    ));
     assert_eq!(run.statuses(), ["x@example.net=deferred"]);
     assert_eq!(
         run.outcomes()[0].recipients[0].code().unwrap().as_u16(),
@@ -218,8 +219,7 @@ fn next_envelope_rides_with_end_of_data() {
     run.send(envelope("a@example.org", &["b@example.net"]));
     run.send(envelope("a@example.org", &["c@example.net"]));
     run.client.quit(run.now);
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -242,7 +242,7 @@ fn next_envelope_rides_with_end_of_data() {
         S: 451 4.3.0 try later
         S: 221 bye
         ",
-    );
+    ));
     assert_eq!(
         run.statuses(),
         ["b@example.net=accepted", "c@example.net=deferred"]
@@ -257,8 +257,7 @@ fn too_many_recipients_go_in_the_next_transaction() {
         "a@example.org",
         &["1@example.net", "2@example.net", "3@example.net"],
     ));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<1@example.net>
@@ -285,7 +284,7 @@ fn too_many_recipients_go_in_the_next_transaction() {
         C: .
         S: 250 queued again
         ",
-    );
+    ));
     assert_eq!(
         run.statuses(),
         [
@@ -301,8 +300,7 @@ fn too_many_recipients_go_in_the_next_transaction() {
 fn too_many_with_no_progress_defers() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["1@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<1@example.net>
@@ -311,7 +309,7 @@ fn too_many_with_no_progress_defers() {
         S: 452 4.5.3 Too many recipients
         S: 554 no valid recipients
         ",
-    );
+    ));
     assert_eq!(run.statuses(), ["1@example.net=deferred"]);
 }
 
@@ -325,8 +323,7 @@ fn recipients_split_at_the_configured_maximum() {
         "a@example.org",
         &["1@example.net", "2@example.net", "3@example.net"],
     ));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<1@example.net>
@@ -349,7 +346,7 @@ fn recipients_split_at_the_configured_maximum() {
         C: .
         S: 250 queued
         ",
-    );
+    ));
     assert_eq!(run.statuses().len(), 3);
     assert!(run.outcomes()[0].all_accepted());
 }
@@ -359,14 +356,13 @@ fn size_checked_before_any_data() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["b@example.net"]).with_size(5000));
     run.send(envelope("a@example.org", &["c@example.net"]).with_size(10));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org> SIZE=10
         C: RCPT TO:<c@example.net>
         C: DATA
         ",
-    );
+    ));
     let m = &run.outcomes()[0];
     assert_eq!(m.recipients[0].status, RecipientStatus::Rejected);
     assert_eq!(
@@ -426,8 +422,7 @@ fn undeclared_8bit_body_is_never_terminated() {
     run.body = b"Subject: x\r\n\r\nline two \xff\r\n".to_vec();
     run.send(envelope("a@example.org", &["b@example.net"]));
     run.send(envelope("a@example.org", &["c@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    let wire = run.script_and_rest(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -436,8 +431,7 @@ fn undeclared_8bit_body_is_never_terminated() {
         S: 250 ok
         S: 354 go
         ",
-    );
-    let wire = run.take_wire();
+    ));
     assert!(!wire.contains("\r\n.\r\n"), "no terminator: {wire:?}");
     assert_eq!(
         run.statuses(),
@@ -616,8 +610,7 @@ fn data_end_refusals() {
     ] {
         let mut run = Run::new(config());
         run.send(envelope("a@example.org", &["b@example.net"]));
-        run.script(PIPELINED_EHLO);
-        run.script(&format!(
+        run.script(&after_pipelined_ehlo(&format!(
             "
             C: MAIL FROM:<a@example.org>
             C: RCPT TO:<b@example.net>
@@ -631,7 +624,7 @@ fn data_end_refusals() {
             C: .
             S: {reply}
             "
-        ));
+        )));
         assert_eq!(run.statuses(), [format!("b@example.net={status}")]);
         assert!(run.failure().is_none(), "the session goes on");
     }
@@ -642,8 +635,7 @@ fn service_closing_mid_transaction_defers_everyone() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["b@example.net"]));
     run.send(envelope("a@example.org", &["c@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -651,7 +643,7 @@ fn service_closing_mid_transaction_defers_everyone() {
         S: 250 ok
         S: 421 4.3.2 shutting down
         ",
-    );
+    ));
     assert_eq!(
         run.statuses(),
         ["b@example.net=deferred", "c@example.net=deferred"]
@@ -663,8 +655,7 @@ fn service_closing_mid_transaction_defers_everyone() {
 fn disconnect_before_end_of_data_reply_is_not_accepted() {
     let mut run = Run::new(config());
     run.send(envelope("a@example.org", &["b@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -677,7 +668,7 @@ fn disconnect_before_end_of_data_reply_is_not_accepted() {
         C: Hello.
         C: .
         ",
-    );
+    ));
     run.close();
     assert_eq!(run.statuses(), ["b@example.net=deferred"]);
     assert_eq!(
@@ -696,8 +687,7 @@ fn body_line_endings_and_dots_on_the_wire() {
     run.body = b".first\nbare lf\rbare cr\r\n.\r\n..two\n".to_vec();
     run.chunk = 3;
     run.send(envelope("a@example.org", &["b@example.net"]));
-    run.script(PIPELINED_EHLO);
-    run.script(
+    run.script(&after_pipelined_ehlo(
         "
         C: MAIL FROM:<a@example.org>
         C: RCPT TO:<b@example.net>
@@ -713,7 +703,7 @@ fn body_line_endings_and_dots_on_the_wire() {
         C: .
         S: 250 ok
         ",
-    );
+    ));
 }
 
 #[test]
@@ -865,14 +855,13 @@ fn a_3xx_to_mail_or_rcpt_is_a_protocol_error_not_a_deferral() {
     ] {
         let mut run = Run::new(config());
         run.send(envelope("a@example.org", &["b@example.net"]));
-        run.script(PIPELINED_EHLO);
-        run.script(
+        run.script(&after_pipelined_ehlo(
             "
             C: MAIL FROM:<a@example.org>
             C: RCPT TO:<b@example.net>
             C: DATA
             ",
-        );
+        ));
         run.input(replies.as_bytes());
         assert!(
             matches!(
