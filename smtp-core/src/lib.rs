@@ -14,7 +14,8 @@
 //!                   Client::derivation_done (SCRAM key)
 //!                                                             │
 //!                                                             ▼
-//!                                                      transactions (client/transaction.rs)
+//!                                                      transactions (client/transaction.rs,
+//!                                                      client/body.rs, client/settle.rs)
 //!                                                      MAIL, RCPT, DATA/BDAT (data.rs), RSET
 //!                                                             │
 //!  bytes to write ◄── Client::poll_transmit(&mut buf) ◄───────┤ commands (command.rs)

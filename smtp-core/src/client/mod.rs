@@ -5,11 +5,13 @@
 //! asks of the server: the pre-MAIL checks and the MAIL/RCPT parameters),
 //! [`outbox`] (what goes out and which replies are awaited).
 
+mod body;
 mod config;
 mod event;
 mod outbox;
 mod params;
 mod session;
+mod settle;
 mod transaction;
 
 use std::collections::VecDeque;
@@ -18,8 +20,9 @@ use std::time::{Duration, Instant};
 pub use config::Config;
 pub use event::{Direction, Event, TranscriptLine, Warning};
 
+use self::body::Body;
 use self::outbox::{Expect, Outbox, Pending};
-use self::transaction::{Body, Message, Transaction};
+use self::transaction::{Message, Transaction};
 use crate::command::Command;
 use crate::delivery::TlsFailure;
 use crate::ehlo::Capabilities;
@@ -323,6 +326,36 @@ impl Client {
         }
         self.quit_requested = true;
         self.advance(now);
+    }
+
+    /// Feeds the next piece of the body asked for by [`Event::BodyWanted`].
+    /// The bytes are the message as stored (RFC 5322, any line endings): the
+    /// client normalises line endings and dot-stuffs. Drain
+    /// [`poll_transmit`](Self::poll_transmit) after each call.
+    ///
+    /// A body that breaks its rules (8-bit data in a 7-bit message, a line
+    /// over 998 octets, NUL) is never ended, so the server never takes a
+    /// damaged message: over BDAT the transaction is cleared with RSET and
+    /// the session goes on; over DATA, which has no way back, the session
+    /// ends. The error is returned and reported in the message's outcome.
+    pub fn body_chunk(&mut self, now: Instant, chunk: &[u8]) -> Result<(), Error> {
+        self.write_chunk(now, chunk)
+    }
+
+    /// Ends the body asked for by [`Event::BodyWanted`]: writes the end-of-data
+    /// mark (`CRLF.CRLF`, or `BDAT n LAST`) and, with PIPELINING, the next
+    /// message's envelope in the same write.
+    pub fn body_end(&mut self, now: Instant) -> Result<(), Error> {
+        self.end_body(now)
+    }
+
+    /// The body could not be read (`detail` says why). It is never ended,
+    /// so the server never takes a truncated message; its recipients are
+    /// deferred. Over BDAT the transaction is cleared with RSET and the
+    /// session goes on; over DATA the session ends and the other messages
+    /// are deferred too.
+    pub fn body_failed(&mut self, now: Instant, detail: impl Into<String>) -> Result<(), Error> {
+        self.fail_body(now, detail)
     }
 
     /// The driver finished the TLS handshake asked for by [`Event::StartTls`].
