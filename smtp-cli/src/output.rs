@@ -56,7 +56,7 @@ impl ErrorReport {
         };
         Self {
             kind,
-            message: e.to_string(),
+            message: crate::advice::error_text(e),
         }
     }
 }
@@ -202,7 +202,7 @@ impl RecipientReport {
             status: o.status.name(),
             code: o.code().map(|c| c.as_u16()),
             enhanced_code: o.enhanced_code().map(|c| c.to_string()),
-            text: o.text(),
+            text: crate::advice::outcome_text(o),
             host: host.map(str::to_owned),
             tls: tls.map(|t| t.version.clone()),
             cert_verified: tls.map(|t| t.verified),

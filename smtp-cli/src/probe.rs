@@ -354,7 +354,7 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
         ),
         None => HickoryResolver::system(),
     }
-    .map_err(|e| Failure::config(e.to_string()))?;
+    .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
     let domain = smtp_core::address::Domain::parse(&args.domain)
         .map_err(|e| Failure::data(e.to_string()))?;
     let mut pick = random_below;

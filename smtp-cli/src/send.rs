@@ -17,6 +17,7 @@ use smtp_core::{
 use smtp_dns::HickoryResolver;
 use smtp_tls::{ConnectError, MxConnector, Outgoing, Settled, Submission, TlsOptions};
 
+use crate::advice;
 use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
@@ -173,7 +174,9 @@ fn observer(verbose: bool) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
         Event::Transcript(line) if verbose => tell!("{line}"),
         Event::StartTls if verbose => tell!("=== Starting TLS"),
-        Event::Warning(w) => progress::suspend(|| tell!("warning: {w}")),
+        Event::Warning(w) => {
+            progress::suspend(|| tell!("warning: {}", advice::warning_text(w)));
+        }
         _ => {}
     }
 }
@@ -185,7 +188,7 @@ fn trace(verbose: bool, t: Trace<'_>) {
         Trace::Session {
             event: Event::Warning(w),
             host,
-        } => progress::suspend(|| tell!("warning: {host}: {w}")),
+        } => progress::suspend(|| tell!("warning: {host}: {}", advice::warning_text(w))),
         _ if !verbose => {}
         Trace::Connecting { host, addr } => tell!("=== Trying {host} [{addr}]..."),
         Trace::ConnectFailed {
@@ -374,11 +377,11 @@ async fn standard(
         .collect();
     if found.is_empty() {
         if let Some(e) = &session.error {
-            return Err(Failure::new(EX_TEMPFAIL, e.to_string()));
+            return Err(Failure::new(EX_TEMPFAIL, advice::error_text(e)));
         }
     }
     if let Some(e) = &session.error {
-        tell!("smtp: {e}");
+        tell!("smtp: {}", advice::error_text(e));
     }
     Ok(Report::reconciled(&sent, found))
 }
@@ -453,7 +456,7 @@ async fn direct(
         }
         None => HickoryResolver::system(),
     }
-    .map_err(|e| Failure::config(e.to_string()))?;
+    .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
     let connector = MxConnector {
         tls: tls_options(policy, s.ca_file.as_deref())?,
         timeouts: s.timeouts,
@@ -492,7 +495,7 @@ async fn direct(
                 );
             }
             if let Some(x) = &d.diagnosis {
-                diagnosis.push(format!("{}: {x}", d.domain));
+                diagnosis.push(format!("{}: {}", d.domain, advice::diagnosis_text(x)));
             }
             // A host that failed before another took every recipient says
             // nothing about the outcome (nor the exit code).

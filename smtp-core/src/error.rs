@@ -313,21 +313,22 @@ impl fmt::Display for PolicyError {
         match self {
             Self::StartTlsNotOffered { policy } => write!(
                 f,
-                "server does not offer STARTTLS; encryption is {policy} — use --tls optional \
-                 to allow plaintext, or port 465 for implicit TLS"
+                "server does not offer STARTTLS; encryption is {policy} — the policy optional \
+                 allows plaintext, or use implicit TLS (port 465)"
             ),
             Self::StartTlsRefused { policy, reply } => write!(
                 f,
-                "server refused STARTTLS ({reply}); encryption is {policy} — try again later, \
-                 use --tls optional to allow plaintext, or port 465 for implicit TLS"
+                "server refused STARTTLS ({reply}); encryption is {policy} — try again later; \
+                 the policy optional allows plaintext, or use implicit TLS (port 465)"
             ),
             Self::AuthNotOffered { tls: false } => f.write_str(
                 "credentials are set but the server offers no AUTH on this plaintext session; \
-                 many servers offer AUTH only after STARTTLS — use --tls required, or port 587 / 465",
+                 many servers offer AUTH only after STARTTLS — require TLS (the policy \
+                 required), or use port 587 / 465",
             ),
             Self::AuthNotOffered { tls: true } => f.write_str(
                 "credentials are set but the server offers no AUTH; check the server and port \
-                 (submission is usually 587 or 465), or send without --user",
+                 (submission is usually 587 or 465), or send without credentials",
             ),
         }
     }

@@ -48,7 +48,7 @@ impl fmt::Display for SetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "cannot set up DNS resolution: {}; pass a nameserver with --dns-server IP[:PORT]",
+            "cannot set up DNS resolution: {}; name a nameserver (HickoryResolver::with_nameserver)",
             self.0
         )
     }

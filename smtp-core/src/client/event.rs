@@ -73,7 +73,8 @@ impl fmt::Display for Warning {
             Self::PlaintextSecret(m) => write!(
                 f,
                 "AUTH {m} sends the password readable to anyone on the network path because \
-                 encryption is none; use --tls required or port 465"
+                 encryption is none; require TLS (the policy required, or implicit TLS on \
+                 port 465)"
             ),
         }
     }

@@ -159,7 +159,7 @@ impl fmt::Display for Diagnosis {
                  found no route, or was closed before the server's greeting): outbound port \
                  {port} is probably blocked or intercepted by your network or provider (most \
                  home and cloud networks do this). Use standard delivery through a submission \
-                 server instead (--server HOST with port 587 or 465)"
+                 server instead (port 587 or 465)"
             ),
             Self::Blocklisted { text } => write!(
                 f,

@@ -124,8 +124,9 @@ impl fmt::Display for SaslError {
             Self::WouldRevealSecret { mechanism } => write!(
                 f,
                 "AUTH {mechanism} would send the secret readable over an unencrypted \
-                 connection, so it was not sent; enable TLS (`--tls required`, or port 465), \
-                 or, to send it in the clear on purpose, use `--tls none`"
+                 connection, so it was not sent; require TLS (the policy required, or \
+                 implicit TLS on port 465), or, to send it in the clear on purpose, name the \
+                 mechanism under the policy none"
             ),
             Self::NoUsableMechanism {
                 offered,
@@ -142,9 +143,9 @@ impl fmt::Display for SaslError {
                     (true, false) => write!(
                         f,
                         "XOAUTH2 would send the token readable over an unencrypted \
-                         connection (the server offers: {offered_text}); enable TLS \
-                         (`--tls required`, or port 465), or name the mechanism \
-                         explicitly (`--auth xoauth2`) under `--tls none`"
+                         connection (the server offers: {offered_text}); require TLS \
+                         (the policy required, or implicit TLS on port 465), or name \
+                         XOAUTH2 explicitly under the policy none"
                     ),
                     (false, true) => write!(
                         f,
@@ -156,10 +157,10 @@ impl fmt::Display for SaslError {
                         f,
                         "without TLS only SCRAM-SHA-256 and CRAM-MD5 are used \
                          automatically, since they keep the password secret, and the \
-                         server offers neither (it offers: {offered_text}); enable TLS \
-                         (`--tls required`, or port 465; many servers offer AUTH only \
-                         after STARTTLS), or name the mechanism explicitly (e.g. \
-                         `--auth plain`) under `--tls none` to send the password readable"
+                         server offers neither (it offers: {offered_text}); require TLS \
+                         (the policy required, or implicit TLS on port 465; many servers \
+                         offer AUTH only after STARTTLS), or name the mechanism explicitly \
+                         (e.g. PLAIN) under the policy none to send the password readable"
                     ),
                 }
             }

@@ -339,7 +339,9 @@ fn error_messages_say_what_to_do() {
         .expect_err("PLAIN is not used automatically in the clear")
         .to_string();
     assert!(
-        clear.contains("--tls required") && clear.contains("465") && clear.contains("--tls none"),
+        clear.contains("the policy required")
+            && clear.contains("465")
+            && clear.contains("the policy none"),
         "{clear}"
     );
     assert!(clear.contains("it offers: PLAIN"), "{clear}");
@@ -353,7 +355,7 @@ fn error_messages_say_what_to_do() {
     .expect_err("explicit PLAIN in the clear needs policy None")
     .to_string();
     assert!(
-        reveal.contains("unencrypted") && reveal.contains("--tls required"),
+        reveal.contains("unencrypted") && reveal.contains("the policy required"),
         "{reveal}"
     );
     let not_offered = choose_mechanism(

@@ -144,7 +144,7 @@ fn starttls_not_offered() {
             assert_eq!(run.statuses(), ["b@example.net=deferred"]);
             let text = run.failure().unwrap().to_string();
             assert!(
-                text.contains("--tls optional") && text.contains("465"),
+                text.contains("the policy optional allows plaintext") && text.contains("465"),
                 "{text}"
             );
         } else {
