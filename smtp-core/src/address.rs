@@ -128,13 +128,30 @@ fn describe(c: char) -> String {
     }
 }
 
+/// UTS #46 ToASCII as IDNA2008 registration wants it for mail domains: a
+/// label may not start or end with a hyphen, in its Unicode form too
+/// (`bücher-.example` is refused, not sent as `xn--bcher--3ya.example`).
+/// Characters and lengths are checked afterwards, with our own words.
+fn to_ascii(input: &str) -> Option<String> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    Uts46::new()
+        .to_ascii(
+            input.as_bytes(),
+            AsciiDenyList::EMPTY,
+            Hyphens::CheckFirstLast,
+            DnsLength::Ignore,
+        )
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}
+
 /// Why `input` is not an internationalised domain name: the first label
 /// that fails on its own, or the name as a whole (a rule across labels,
 /// such as the bidi rule).
 fn idna_fault(input: &str) -> String {
     match input
         .split('.')
-        .find(|label| idna::domain_to_ascii(label).is_err())
+        .find(|label| to_ascii(label).is_none())
     {
         Some(label) => format!(
             "its label \"{}\" is not a valid internationalised label (IDNA2008, UTS #46); \
@@ -200,7 +217,7 @@ impl Domain {
                 "it has an empty label (two dots in a row, or a leading dot)",
             ));
         }
-        let ascii = idna::domain_to_ascii(input).map_err(|_| err(&idna_fault(input)))?;
+        let ascii = to_ascii(input).ok_or_else(|| err(&idna_fault(input)))?;
         if ascii.len() > MAX_DOMAIN {
             return Err(AddressError::TooLong {
                 what: "domain",
@@ -554,6 +571,9 @@ mod tests {
             ("mail.\u{301}x.example", "\\u{301}x"),
             ("bü--cher.xn--a.example", "xn--a"),
             ("xn--bcher-kva.xn--zz9.example", "xn--zz9"),
+            // A hyphen first or last is refused in the Unicode form too.
+            ("user.bücher-.example", "bücher-"),
+            ("-bücher.example", "-bücher"),
         ] {
             let e = Domain::parse(input).unwrap_err();
             assert!(
