@@ -230,8 +230,8 @@ struct Head {
 
 impl Head {
     /// Checks that `raw` is a header section, and rewrites it: CRLF line
-    /// ends, Bcc removed, Date and Message-ID added when missing, lines
-    /// over 998 octets folded.
+    /// ends, Bcc removed, Date and Message-ID added when missing (unless
+    /// the message is signed), lines over 998 octets folded.
     fn read(raw: &[u8], name: &str, hostname: &str) -> Result<Self, Failure> {
         let lines = lines(raw);
         match lines.first() {
@@ -288,6 +288,13 @@ impl Head {
             None => (None, Vec::new(), false, false),
         };
         let mut bytes = Vec::with_capacity(normal.len() + 128);
+        // A signed message goes as signed: a Date or Message-ID the signer
+        // listed as absent (h=) would break its signature once added.
+        let (has_date, has_id) = if long_lines.is_signed() {
+            (true, true)
+        } else {
+            (has_date, has_id)
+        };
         if !has_date {
             bytes.extend_from_slice(b"Date: ");
             bytes.extend_from_slice(

@@ -320,3 +320,18 @@ async fn sendmail_mode_re_encodes_quietly() {
         .unwrap();
     assert_eq!(parsed.body_html(0).unwrap(), page);
 }
+
+#[tokio::test]
+async fn a_signed_message_without_date_or_message_id_gets_neither_added() {
+    let f = fixture(false).await;
+    // The signer listed date and message-id in h= while the message had
+    // none: adding either would break the signature.
+    let m = "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=news;\r\n \
+             h=from:to:subject:date:message-id; bh=x; b=AAAA\r\n\
+             From: alice@example.org\r\nTo: bob@example.net\r\nSubject: signed\r\n\r\nhello\r\n";
+    let path = f.message("signed-bare.eml", m.as_bytes());
+    let o = f.send(&path).await;
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let got = f.server.wait_for_messages(1, Duration::from_secs(2)).await;
+    assert_eq!(text(&got[0].data), m, "byte for byte");
+}

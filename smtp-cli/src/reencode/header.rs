@@ -297,6 +297,12 @@ pub(crate) struct HeadFacts {
 }
 
 impl HeadFacts {
+    /// True when the header section carries a signature (DKIM or ARC):
+    /// adding a field the signer listed would break it.
+    pub(crate) fn is_signed(&self) -> bool {
+        self.signature.is_some()
+    }
+
     /// Facts about the header section of `lines` (without line ends).
     pub(crate) fn new(lines: &[&[u8]]) -> Self {
         let signature = lines
