@@ -166,7 +166,8 @@ pub(crate) struct SendArgs {
     /// Print the session transcript on stderr (secrets redacted).
     #[arg(short = 'v', long)]
     pub(crate) verbose: bool,
-    /// Sendmail compatibility: ignored (a lone dot never ends input here).
+    /// Sendmail mode's `-i`/`-oi`: a line holding only `.` does not end
+    /// standard input (without it, in sendmail mode, it does).
     #[arg(short = 'i', hide = true)]
     pub(crate) ignore_dots: bool,
     /// Sendmail compatibility: the sender's full name for a From: that is added.

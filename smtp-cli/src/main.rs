@@ -81,8 +81,10 @@ fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
         match flag {
             "-t" if attached.is_none() => send.read_recipients = true,
             "-v" if attached.is_none() => send.verbose = true,
-            // -i, -oi: a lone dot never ends the message here anyway.
-            "-i" | "-n" | "-U" | "-G" | "-m" | "-d" => {}
+            // -i, -oi: a lone dot does not end the message (it does without).
+            "-i" if attached.is_none() => send.ignore_dots = true,
+            "-o" if attached == Some("i") => send.ignore_dots = true,
+            "-n" | "-U" | "-G" | "-m" | "-d" => {}
             "-f" | "-r" => send.from = Some(value()?),
             "-F" => send.full_name = Some(value()?),
             "-a" => send.account = Some(value()?),

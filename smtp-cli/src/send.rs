@@ -125,7 +125,11 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
         .iter()
         .map(|p| {
             if p.as_os_str() == "-" {
-                prepare(read_stdin()?, "standard input".into(), &host)
+                prepare(
+                    read_stdin(args.sendmail && !args.ignore_dots)?,
+                    "standard input".into(),
+                    &host,
+                )
             } else {
                 prepare(Input::File(p.clone(), None), p.display().to_string(), &host)
             }

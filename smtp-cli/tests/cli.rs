@@ -441,6 +441,29 @@ async fn sendmail(f: &Fixture, args: &[&str], stdin: &[u8]) -> Output {
 }
 
 #[tokio::test]
+async fn in_sendmail_mode_a_lone_dot_ends_the_message_unless_i_is_given() {
+    let f = fixture(true, &[]).await;
+    let message = b"Subject: dots\n\nfirst\n.\nafter the dot\n";
+    let o = sendmail(&f, &["bob@example.net"], message).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    for flag in ["-i", "-oi"] {
+        let o = sendmail(&f, &[flag, "bob@example.net"], message).await;
+        assert_eq!(code(&o), 0, "{flag}: {}", text(&o.stderr));
+    }
+    let got = f.server.wait_for_messages(3, Duration::from_secs(2)).await;
+    let without = text(&got[0].data);
+    assert!(
+        without.contains("first\r\n") && !without.contains("after the dot"),
+        "{without}"
+    );
+    for m in &got[1..] {
+        let data = text(&m.data);
+        // As received: the server took the dot-stuffing off.
+        assert!(data.contains("first\r\n.\r\nafter the dot\r\n"), "{data}");
+    }
+}
+
+#[tokio::test]
 async fn sendmail_as_mutt_and_git_send_email_call_it() {
     let f = fixture(true, &[("gone@example.net", "550 5.1.1 no such user")]).await;
     let message = b"From: Alice <alice@example.org>\nTo: bob@example.net\n\

@@ -149,10 +149,7 @@ fn to_ascii(input: &str) -> Option<String> {
 /// that fails on its own, or the name as a whole (a rule across labels,
 /// such as the bidi rule).
 fn idna_fault(input: &str) -> String {
-    match input
-        .split('.')
-        .find(|label| to_ascii(label).is_none())
-    {
+    match input.split('.').find(|label| to_ascii(label).is_none()) {
         Some(label) => format!(
             "its label \"{}\" is not a valid internationalised label (IDNA2008, UTS #46); \
              check its spelling",
