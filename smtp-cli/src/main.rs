@@ -15,6 +15,7 @@ mod compose;
 mod config;
 mod demo;
 mod fail;
+mod greeting;
 mod identity;
 mod message;
 mod output;

@@ -13,6 +13,7 @@ use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
 
 use crate::cli::{AuthArg, LoginArgs, MxArgs, ProbeArgs};
 use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, Failure};
+use crate::greeting::GreetingHint;
 use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
 use crate::secrets::{self, DEFAULT_ENV, Source};
 use crate::send::{hostname, random_below};
@@ -205,7 +206,13 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     client.quit(transport.now());
     let mut first_caps: Option<Vec<String>> = None;
     let mut authenticated: Option<String> = None;
+    let hint = (!implicit).then(|| GreetingHint::start(&host, port));
     let mut observe = |e: &Event| match e {
+        Event::Greeting(_) => {
+            if let Some(h) = &hint {
+                h.greeted();
+            }
+        }
         Event::Authenticated(m) => authenticated = Some(m.name().to_owned()),
         Event::Transcript(line) if args.verbose => tell!("{line}"),
         Event::Capabilities(c) if first_caps.is_none() => {
@@ -223,6 +230,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         _ => {}
     };
     let report = drive(&mut client, &mut transport, &mut [], &mut observe).await;
+    drop(hint);
     let caps = report.capabilities.as_ref();
     let probe = Probe {
         version: JSON_VERSION,

@@ -3,8 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
@@ -21,6 +20,7 @@ use crate::advice;
 use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
 use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
+use crate::greeting::GreetingHint;
 use crate::message::{Input, Prepared, PreparedBody, prepare, read_stdin};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
 use crate::progress::{self, Mode};
@@ -42,9 +42,6 @@ pub(crate) fn random_below(n: usize) -> usize {
     let x = RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
     usize::try_from(x % n.max(1) as u64).unwrap_or(0)
 }
-
-/// How long a silent server may take before the implicit-TLS hint.
-const GREETING_HINT_AFTER: Duration = Duration::from_secs(5);
 
 fn tls_options(policy: TlsPolicy, ca_file: Option<&Path>) -> Result<TlsOptions, Failure> {
     let mut tls = TlsOptions::new(policy);
@@ -294,29 +291,11 @@ async fn standard(
             body: Box::new(PreparedBody::new(m)),
         })
         .collect();
-    // A server that says nothing for a while may be waiting for a TLS
-    // ClientHello (port 465 given without --implicit-tls, or a custom
-    // port): say so while the greeting deadline runs out.
-    let greeted = Arc::new(AtomicBool::new(false));
-    let hint = (!sub.implicit_tls).then(|| {
-        let (greeted, host) = (greeted.clone(), host.to_owned());
-        tokio::spawn(async move {
-            tokio::time::sleep(GREETING_HINT_AFTER).await;
-            if !greeted.load(Ordering::Relaxed) {
-                progress::suspend(|| {
-                    tell!(
-                        "note: no greeting from {host}:{port} after {}s; if this port expects \
-                         TLS from the first byte, use --implicit-tls (still waiting)",
-                        GREETING_HINT_AFTER.as_secs()
-                    );
-                });
-            }
-        })
-    });
+    let hint = (!sub.implicit_tls).then(|| GreetingHint::start(host, port));
     let mut inner = observer(args.verbose);
     let mut observe = |e: &Event| {
-        if matches!(e, Event::Greeting(_)) {
-            greeted.store(true, Ordering::Relaxed);
+        if let (Event::Greeting(_), Some(h)) = (e, &hint) {
+            h.greeted();
         }
         inner(e);
     };
@@ -332,9 +311,7 @@ async fn standard(
         tell!("=== Trying {host}:{port}...");
     }
     let sending = sub.send_settling(outgoing, &mut observe, &mut settle).await;
-    if let Some(h) = hint {
-        h.abort();
-    }
+    drop(hint);
     progress::done_sending();
     let delivery = match sending {
         Ok(d) => {

@@ -2379,6 +2379,27 @@ async fn a_silent_server_gets_the_implicit_tls_hint() {
     );
 }
 
+#[tokio::test]
+async fn probe_gives_a_silent_server_the_implicit_tls_hint_too() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (_tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let mut c = Command::new(BIN);
+    c.args(["probe", &format!("127.0.0.1:{port}"), "--tls", "none"])
+        .args(["--command-timeout", "7"])
+        .env("XDG_CONFIG_HOME", "/nonexistent");
+    let o = run(c).await;
+    assert!(
+        text(&o.stderr).contains("use --implicit-tls"),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
 // ---- Bulk sending output (issue 12): each message's lines as it finishes,
 // a closing summary, a bar on a terminal.
 
