@@ -128,9 +128,12 @@ pub(crate) struct MessageReport {
 }
 
 impl MessageReport {
-    /// The message as text: a line per recipient, then any diagnosis.
-    pub(crate) fn lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.recipients.iter().map(RecipientReport::line).collect();
+    /// The message as text: a line per recipient, then any diagnosis. In a
+    /// run of several messages (`named`), each line ends with the
+    /// message's name, so the output says which file each line is about.
+    pub(crate) fn lines(&self, named: bool) -> Vec<String> {
+        let name = named.then_some(self.message.as_str());
+        let mut lines: Vec<String> = self.recipients.iter().map(|r| r.line(name)).collect();
         lines.extend(self.note());
         lines
     }
@@ -174,9 +177,9 @@ impl RecipientReport {
         }
     }
 
-    /// The recipient's line: status, address, reply and the session's host
-    /// and TLS state.
-    fn line(&self) -> String {
+    /// The recipient's line: status, address, reply, the session's host
+    /// and TLS state, and the message's name when there are several.
+    fn line(&self, message: Option<&str>) -> String {
         let code = match (self.code, &self.enhanced_code) {
             (Some(c), Some(e)) => format!("{c} {e} "),
             (Some(c), None) => format!("{c} "),
@@ -193,7 +196,8 @@ impl RecipientReport {
             _ => String::new(),
         };
         let text = self.text.replace('\n', " / ");
-        format!("{:<9} {}  {code}{text}{via}", self.status, self.address)
+        let of = message.map(|m| format!("  ({m})")).unwrap_or_default();
+        format!("{:<9} {}  {code}{text}{via}{of}", self.status, self.address)
     }
 
     pub(crate) fn new(o: &RecipientOutcome, host: Option<&str>, tls: Option<&TlsInfo>) -> Self {
@@ -366,7 +370,9 @@ impl Report {
     /// message finished, by its index (its place in this report).
     fn lines_after(&self, printed: &[(usize, MessageReport)]) -> Vec<String> {
         let mut lines = Vec::new();
+        let named = (self.messages.len() > 1).then_some(());
         for (index, m) in self.messages.iter().enumerate() {
+            let name = named.map(|()| m.message.as_str());
             let before: Vec<&MessageReport> = printed
                 .iter()
                 .filter(|(i, _)| *i == index)
@@ -381,7 +387,7 @@ impl Report {
                 m.recipients
                     .iter()
                     .filter(|r| !shown(r))
-                    .map(RecipientReport::line),
+                    .map(|r| r.line(name)),
             );
             if !before.iter().any(|b| b.diagnosis.is_some()) {
                 lines.extend(m.note());
@@ -573,7 +579,7 @@ mod tests {
         a.diagnosis = Some("d".into());
         let printed = [(0, a.clone())];
         assert_eq!(
-            a.lines(),
+            a.lines(false),
             ["accepted  x@t  250 ok", "note: d"],
             "a message's lines, as the report prints them"
         );

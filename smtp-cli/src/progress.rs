@@ -118,7 +118,7 @@ pub(crate) fn record(index: usize, report: MessageReport) {
         let Some(r) = r else { return };
         if r.live() && index < r.sent.len() {
             let print = || {
-                for line in report.lines() {
+                for line in report.lines(r.sent.len() > 1) {
                     say!("{line}");
                 }
             };

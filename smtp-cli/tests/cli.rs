@@ -2465,6 +2465,13 @@ async fn several_messages_print_their_lines_once_in_order_and_a_summary() {
         ],
         "each recipient's line once, in the order sent:\n{out}"
     );
+    // Each line names its message file.
+    let names: Vec<bool> = out
+        .lines()
+        .zip(["m1.eml)", "m2.eml)", "m2.eml)", "m3.eml)"])
+        .map(|(l, name)| l.ends_with(name))
+        .collect();
+    assert_eq!(names, [true; 4], "{out}");
     assert!(out.lines().all(|l| !l.contains("messages,")), "{out}");
     let summary = "3 messages, 4 recipients: 3 accepted, 0 deferred, 1 rejected in ";
     assert_eq!(err.matches(summary).count(), 1, "{err}");
