@@ -19,6 +19,9 @@ use crate::output::{MessageReport, Report, Sent};
 const INTERRUPTED: &str = "interrupted before the outcome was known; the message may or may \
                            not have been delivered";
 
+/// The reason of a recipient whose message's data never went out.
+const NOT_SENT: &str = "interrupted before this message was sent; it was not delivered";
+
 /// The bar: how far, how fast, how long still.
 const BAR: &str = "{wide_bar} {pos}/{len} messages  {per_sec:1}  ETA {eta}";
 
@@ -46,6 +49,9 @@ struct Record {
     mode: Mode,
     bar: Option<ProgressBar>,
     started: Instant,
+    /// Messages (by index) whose data began to go out: only these can have
+    /// been delivered.
+    data_sent: Vec<bool>,
 }
 
 impl Record {
@@ -93,6 +99,7 @@ pub(crate) fn begin(sent: &[Sent], mode: Mode) {
             recipients: s.recipients.clone(),
         })
         .collect();
+    let len = sent.len();
     let bar = (sent.len() > 1 && !mode.verbose && !mode.json && std::io::stderr().is_terminal())
         .then(|| {
             let bar = bar(sent.len() as u64, ProgressDrawTarget::stderr());
@@ -107,7 +114,18 @@ pub(crate) fn begin(sent: &[Sent], mode: Mode) {
             mode,
             bar,
             started: Instant::now(),
+            data_sent: vec![false; len],
         });
+    });
+}
+
+/// Message `index`'s data began to go out: from now on an interruption
+/// leaves its outcome unknown (before, it certainly was not delivered).
+pub(crate) fn data_sent(index: usize) {
+    with(|r| {
+        if let Some(slot) = r.as_mut().and_then(|r| r.data_sent.get_mut(index)) {
+            *slot = true;
+        }
     });
 }
 
@@ -182,14 +200,25 @@ pub(crate) fn interrupted() {
         let Some(mut r) = r.take() else { return };
         r.hide_bar();
         let mut report = Report::reconciled(&r.sent, r.found);
-        for m in &mut report.messages {
+        for (index, m) in report.messages.iter_mut().enumerate() {
+            let why = match r.data_sent.get(index) {
+                Some(true) => INTERRUPTED,
+                _ => NOT_SENT,
+            };
             for rcpt in &mut m.recipients {
                 if m.missing_outcomes && rcpt.text == crate::output::NO_OUTCOME {
-                    rcpt.text = INTERRUPTED.to_owned();
+                    rcpt.text = why.to_owned();
                 }
             }
             m.missing_outcomes = false;
         }
+        report.fault = Some((
+            crate::fail::EX_TEMPFAIL,
+            crate::output::ErrorReport {
+                kind: "interrupted",
+                message: "interrupted by a signal before every outcome was known".to_owned(),
+            },
+        ));
         let summary = report.summary();
         report.print_after(r.mode.json, &r.printed);
         tell!(

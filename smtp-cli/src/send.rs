@@ -175,6 +175,7 @@ fn observer(verbose: bool) -> impl FnMut(&Event) + Send {
     move |event: &Event| match event {
         Event::Transcript(line) if verbose => tell!("{line}"),
         Event::StartTls if verbose => tell!("=== Starting TLS"),
+        Event::BodyWanted(id) => progress::data_sent(id.index() as usize),
         Event::Warning(w) => {
             progress::suspend(|| tell!("warning: {}", advice::warning_text(w)));
         }
@@ -461,7 +462,16 @@ async fn direct(
             &factory,
             &options,
             &random_below,
-            &|t| trace(args.verbose, t),
+            &|t| {
+                if let Trace::Session {
+                    event: Event::BodyWanted(_),
+                    ..
+                } = t
+                {
+                    progress::data_sent(index);
+                }
+                trace(args.verbose, t);
+            },
         )
         .await;
         let mut recipients = Vec::new();

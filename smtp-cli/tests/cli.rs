@@ -2548,6 +2548,40 @@ async fn first_line_while_running_then_interrupt(mut c: Command, first: &str) ->
 }
 
 #[tokio::test]
+async fn an_interrupted_json_run_says_so_in_its_error() {
+    let dir = std::env::temp_dir().join(format!("smtp-bulk-j-{}", std::process::id()));
+    let files = message_files(&dir, &["r1@example.net", "r2@example.net"]);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let port = stalls_at_the_second_mail(tx).await;
+    let mut c = Command::new(BIN);
+    c.args(["send", "--json", "--server", &format!("127.0.0.1:{port}")])
+        .args(["--tls", "none", "-t"])
+        .args(&files)
+        .env("XDG_CONFIG_HOME", dir.join("no-config"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the client reaches the second message")
+        .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the interrupted run ends")
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    assert_eq!(v["summary"]["accepted"], 1, "{v}");
+    assert_eq!(v["summary"]["deferred"], 1, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn a_record_of_each_sent_message_is_printed_before_the_run_ends() {
     let dir = std::env::temp_dir().join(format!("smtp-bulk-b-{}", std::process::id()));
     let files = message_files(
@@ -2566,6 +2600,11 @@ async fn a_record_of_each_sent_message_is_printed_before_the_run_ends() {
     assert_eq!(later.len(), 2, "{out}");
     assert!(later[0].contains("r2@example.net") && later[0].contains("interrupted"));
     assert!(later[1].contains("r3@example.net") && later[1].contains("interrupted"));
+    // Neither message's data went out: certainly not delivered.
+    assert!(
+        later.iter().all(|l| l.contains("it was not delivered")),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -2597,6 +2636,7 @@ async fn direct_delivery_prints_each_message_as_it_finishes() {
     let later = status_lines(&out, "deferred");
     assert_eq!(later.len(), 1, "{out}");
     assert!(later[0].contains("r2@m.test") && later[0].contains("interrupted"));
+    assert!(later[0].contains("it was not delivered"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
