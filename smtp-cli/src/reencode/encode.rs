@@ -288,23 +288,25 @@ impl Base64 {
     }
 }
 
-/// Lines broken every 76 octets, nothing else changed.
+/// Base64 in lines of 76. Only the alphabet's characters are kept: RFC
+/// 2045 §6.8 has decoders ignore every other one, so what decodes is the
+/// same, and no piece of a cut line can turn into a boundary (`-` is not
+/// in the alphabet).
 #[derive(Debug, Default)]
 pub(super) struct Wrap {
     col: usize,
 }
 
 impl Wrap {
-    fn data(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
-        while !bytes.is_empty() {
+    fn data(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let alphabet = |b: &&u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+        for &b in bytes.iter().filter(alphabet) {
             if self.col == LINE {
                 out.extend_from_slice(b"\r\n");
                 self.col = 0;
             }
-            let n = (LINE - self.col).min(bytes.len());
-            out.extend_from_slice(&bytes[..n]);
-            self.col += n;
-            bytes = &bytes[n..];
+            out.push(b);
+            self.col += 1;
         }
     }
 }
@@ -456,6 +458,19 @@ mod tests {
             prop_assert!(lines.iter().all(|l| l.len() <= LINE));
             prop_assert_eq!(STANDARD.decode(lines.concat()).unwrap(), bytes);
         }
+    }
+
+    #[test]
+    fn rewrapped_base64_keeps_only_its_alphabet_so_no_boundary_appears() {
+        // Garbage in a base64 part that a cut at 76 would have left as a
+        // line of its own: "--BOUNDARY" (a new MIME part, smuggled).
+        let mut long = b"QUJD".repeat(18);
+        long.extend_from_slice(b"xxxx\r\n--BOUNDARY\r\nContent-Type: text/html\r\n\r\nSMUGGLED");
+        long.extend(b"QUJD".repeat(300));
+        let text = encode(Action::RewrapBase64, &[long], &[usize::MAX]);
+        let text = String::from_utf8(text).unwrap();
+        assert!(!text.contains('-') && !text.contains(' ') && !text.contains(':'), "{text}");
+        assert!(split_crlf(text.as_bytes()).iter().all(|l| l.len() <= LINE));
     }
 
     #[test]
