@@ -68,19 +68,32 @@ impl CertificateReport {
     }
 
     fn print(&self) {
-        say!("subject    {}", self.subject.as_deref().unwrap_or("?"));
-        say!("issuer     {}", self.issuer.as_deref().unwrap_or("?"));
+        row("subject", self.subject.as_deref().unwrap_or("?"));
+        row("issuer", self.issuer.as_deref().unwrap_or("?"));
         if !self.chain.is_empty() {
-            say!("chain      {}", self.chain.join("; "));
+            row("chain", self.chain.join("; "));
         }
-        say!("names      {}", self.names.join(", "));
-        say!(
-            "valid      {} to {}",
-            self.not_before.as_deref().unwrap_or("?"),
-            self.not_after.as_deref().unwrap_or("?")
+        row("names", self.names.join(", "));
+        row(
+            "valid",
+            format!(
+                "{} to {}",
+                self.not_before.as_deref().unwrap_or("?"),
+                self.not_after.as_deref().unwrap_or("?")
+            ),
         );
-        say!("sha256     {}", self.sha256);
+        row("sha256", &self.sha256);
     }
+}
+
+/// One row of the text report: a label and a value on one line. What the
+/// server chose (greeting, certificate fields, error texts) cannot start a
+/// row of its own: line breaks in it are shown, not followed.
+fn row(label: &str, value: impl std::fmt::Display) {
+    say!(
+        "{label:<10} {}",
+        crate::terminal::one_line(&value.to_string())
+    );
 }
 
 #[derive(Serialize)]
@@ -302,46 +315,49 @@ fn print(probe: &Probe, json: bool) {
             serde_json::to_string_pretty(&probe).unwrap_or_default()
         );
     } else {
-        say!("server     {} ({})", probe.host, probe.peer);
+        row("server", format!("{} ({})", probe.host, probe.peer));
         if let Some(g) = &probe.greeting {
-            say!("greeting   {g}");
+            row("greeting", g);
         }
         if !probe.capabilities_before_tls.is_empty() {
-            say!("before TLS {}", probe.capabilities_before_tls.join(", "));
+            row("before TLS", probe.capabilities_before_tls.join(", "));
         }
-        say!("offers     {}", probe.capabilities.join(", "));
-        say!(
-            "auth       {}",
+        row("offers", probe.capabilities.join(", "));
+        row(
+            "auth",
             if probe.auth.is_empty() {
                 "none".to_owned()
             } else {
                 probe.auth.join(" ")
-            }
+            },
         );
         match (&probe.tls, &probe.certificate) {
             (Some(t), certificate) => {
-                say!("tls        {} {}", t.version, t.cipher_suite);
+                row("tls", format!("{} {}", t.version, t.cipher_suite));
                 if let Some(c) = certificate {
                     c.print();
                 }
                 match &t.verify_error {
-                    None => say!("verified   yes"),
-                    Some(e) => say!("verified   no: {e}"),
+                    None => row("verified", "yes"),
+                    Some(e) => row("verified", format!("no: {e}")),
                 }
             }
             // The handshake refused the certificate: show it all the same.
             (None, Some(c)) => {
-                say!("tls        failed: no TLS session");
+                row("tls", "failed: no TLS session");
                 c.print();
-                say!("verified   no: {}", probe.refused.as_deref().unwrap_or("?"));
+                row(
+                    "verified",
+                    format!("no: {}", probe.refused.as_deref().unwrap_or("?")),
+                );
             }
-            (None, None) => say!("tls        none"),
+            (None, None) => row("tls", "none"),
         }
         if let Some(m) = &probe.authenticated {
-            say!("login      ok ({m})");
+            row("login", format!("ok ({m})"));
         }
         if let Some(e) = &probe.error {
-            say!("error      {}", e.message);
+            row("error", &e.message);
         }
     }
 }

@@ -34,6 +34,16 @@ pub(crate) fn printable(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// `text` on one line: line breaks shown as `⏎`, for a value that must not
+/// start a line of its own (a certificate field could otherwise forge the
+/// next row of a report); [`printable`] still applies when it is printed.
+pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\n', '\r']) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.replace("\r\n", "⏎").replace(['\n', '\r'], "⏎"))
+}
+
 /// Texts never printed: the secret in use and the forms AUTH sends it in.
 static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
@@ -103,6 +113,15 @@ macro_rules! tell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_cannot_start_a_row_of_its_own() {
+        let forged = "m.example\nverified   yes\r\nerror      none\r";
+        let shown = one_line(forged);
+        assert!(!shown.contains(['\n', '\r']), "{shown}");
+        assert_eq!(shown, "m.example⏎verified   yes⏎error      none⏎");
+        assert!(matches!(one_line("plain"), Cow::Borrowed("plain")));
+    }
 
     #[test]
     fn escapes_and_controls_are_replaced_and_lines_kept() {

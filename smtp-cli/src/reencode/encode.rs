@@ -469,7 +469,10 @@ mod tests {
         long.extend(b"QUJD".repeat(300));
         let text = encode(Action::RewrapBase64, &[long], &[usize::MAX]);
         let text = String::from_utf8(text).unwrap();
-        assert!(!text.contains('-') && !text.contains(' ') && !text.contains(':'), "{text}");
+        assert!(
+            !text.contains('-') && !text.contains(' ') && !text.contains(':'),
+            "{text}"
+        );
         assert!(split_crlf(text.as_bytes()).iter().all(|l| l.len() <= LINE));
     }
 
