@@ -457,6 +457,11 @@ impl Client {
         };
         // 421: the server is shutting the session down, whatever we asked.
         if reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE && expect != Expect::Quit {
+            // Still an answer: to the end of data (or a chunk) it says the
+            // message was not taken, so its outcome is known, not lost.
+            if let Expect::DataEnd(tx) | Expect::Bdat(tx) = expect {
+                self.settle_accepted(tx, expect.phase(), &reply);
+            }
             self.fail(Error::Rejected {
                 phase: expect.phase(),
                 reply,

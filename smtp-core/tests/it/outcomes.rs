@@ -349,3 +349,49 @@ fn a_pipelined_refusal_stands_when_the_connection_drops_before_data_s_reply() {
         ["b@example.net=rejected", "c@example.net=deferred"]
     );
 }
+
+#[test]
+fn a_421_to_the_final_dot_is_an_answer_not_a_lost_outcome() {
+    let mut run = sent_with_quit_pending();
+    run.input(b"421 4.3.2 shutting down\r\n");
+    let outcomes = run.outcomes();
+    let recipients: Vec<_> = outcomes.iter().flat_map(|m| &m.recipients).collect();
+    assert_eq!(recipients.len(), 2);
+    for r in recipients {
+        assert_eq!(r.status, RecipientStatus::Deferred, "{r}");
+        assert_eq!(r.phase, Phase::DataEnd, "{r}");
+        assert_eq!(r.code().map(|c| c.as_u16()), Some(421), "{r}");
+        assert!(
+            !matches!(r.error, Some(Error::OutcomeUnknown { .. })),
+            "the server answered: {:?}",
+            r.error
+        );
+    }
+}
+
+#[test]
+fn a_421_to_a_chunk_settles_its_message_too() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.script(&after_chunking_ehlo(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: BDAT 25 LAST
+        C: Subject: test
+        C: 
+        C: Hello.
+        S: 250 ok
+        S: 250 ok
+        ",
+    ));
+    run.input(b"421 4.3.2 shutting down\r\n");
+    let outcomes = run.outcomes();
+    let r = &outcomes[0].recipients[0];
+    assert_eq!(r.status, RecipientStatus::Deferred, "{r}");
+    assert_eq!(r.code().map(|c| c.as_u16()), Some(421), "{r}");
+    assert!(
+        !matches!(r.error, Some(Error::OutcomeUnknown { .. })),
+        "{r}"
+    );
+}
