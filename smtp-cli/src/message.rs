@@ -312,6 +312,9 @@ impl Head {
         }
         let mut long_lines = HeadFacts::new(&lines);
         let mut normal = Vec::with_capacity(raw.len() + 64);
+        // Inside a Bcc or Resent-Bcc field: removed below, so never folded
+        // (nor refused for a line too long to fold).
+        let mut bcc = false;
         for (n, line) in lines.iter().enumerate() {
             let continuation = matches!(line.first(), Some(b' ' | b'\t'));
             if line.is_empty() {
@@ -326,9 +329,18 @@ impl Head {
                     n + 1
                 )));
             }
-            long_lines
-                .line(&mut normal, line, n as u64 + 1)
-                .map_err(|e| Failure::data(format!("{name}: {e}")))?;
+            if !continuation {
+                bcc = field_name(line).is_some_and(|f| {
+                    f.eq_ignore_ascii_case(b"bcc") || f.eq_ignore_ascii_case(b"resent-bcc")
+                });
+            }
+            if bcc {
+                normal.extend_from_slice(line);
+            } else {
+                long_lines
+                    .line(&mut normal, line, n as u64 + 1)
+                    .map_err(|e| Failure::data(format!("{name}: {e}")))?;
+            }
             normal.extend_from_slice(b"\r\n");
         }
         let parsed = mail_parser::MessageParser::default().parse_headers(&normal[..]);
@@ -756,6 +768,20 @@ mod tests {
         assert_eq!(
             remove_header(head, b"bcc"),
             b"From: a@x\r\nTo: b@y\r\nBccX: kept\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_bcc_too_long_to_fold_is_removed_not_refused() {
+        let long = format!("Bcc: {}@example.net", "x".repeat(2000));
+        let raw = format!("From: a@x\r\nTo: b@y\r\n{long}\r\nResent-Bcc: {long}\r\n\r\n");
+        let head = Head::read(raw.as_bytes(), "m.eml", "host.example").expect("not refused");
+        let text = String::from_utf8(head.bytes).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("bcc"), "{text}");
+        assert!(
+            head.recipients.iter().any(|r| r.starts_with("xxxx")),
+            "-t still finds it: {:?}",
+            head.recipients
         );
     }
 
