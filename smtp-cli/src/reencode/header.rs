@@ -44,7 +44,12 @@ impl Fields {
             } else if is("Content-Transfer-Encoding") {
                 let v = String::from_utf8_lossy(&value).trim().to_ascii_lowercase();
                 let token = v.split([' ', '\t', '(', ';']).next().unwrap_or_default();
-                fields.encoding = Some(token.to_owned());
+                // Two fields: readers disagree on which applies, so the part
+                // is left as it is (an encoding nothing here re-encodes).
+                fields.encoding = Some(match fields.encoding {
+                    Some(_) => "given twice".to_owned(),
+                    None => token.to_owned(),
+                });
             } else if is("MIME-Version") {
                 fields.mime_version = true;
             } else if let Some(s) = SIGNATURES.iter().find(|s| is(s)) {
@@ -364,6 +369,14 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn two_transfer_encodings_leave_the_part_alone() {
+        let f = Fields::parse(
+            b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+        );
+        assert_eq!(f.encoding.as_deref(), Some("given twice"));
     }
 
     #[test]
