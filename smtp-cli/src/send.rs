@@ -161,8 +161,13 @@ fn envelope(args: &SendArgs, s: &Settings, m: &Prepared) -> Result<Envelope, Fai
         }
     }
     if to.is_empty() {
+        let how = if args.sendmail {
+            "give them as arguments"
+        } else {
+            "give --to ADDR"
+        };
         return Err(Failure::usage(format!(
-            "{}: no recipients: give --to ADDR, or -t to read To/Cc/Bcc",
+            "{}: no recipients: {how}, or -t to read To/Cc/Bcc",
             m.name
         )));
     }

@@ -464,6 +464,15 @@ async fn in_sendmail_mode_a_lone_dot_ends_the_message_unless_i_is_given() {
 }
 
 #[tokio::test]
+async fn sendmail_without_recipients_says_how_in_sendmail_terms() {
+    let f = fixture(true, &[]).await;
+    let o = sendmail(&f, &[], b"Subject: nobody\n\nhi\n").await;
+    assert_eq!(code(&o), 64, "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("give them as arguments") && !err.contains("--to"), "{err}");
+}
+
+#[tokio::test]
 async fn sendmail_as_mutt_and_git_send_email_call_it() {
     let f = fixture(true, &[("gone@example.net", "550 5.1.1 no such user")]).await;
     let message = b"From: Alice <alice@example.org>\nTo: bob@example.net\n\
