@@ -267,12 +267,12 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         // From the session, or from the handshake that refused it.
         certificate: match (&report.tls, &report.error) {
             (Some(t), _) => t.certificate.as_ref(),
-            (None, Some(Error::Tls { certificate, .. })) => certificate.as_deref(),
+            (None, Some(Error::Tls(failure))) => failure.certificate.as_deref(),
             _ => None,
         }
         .map(CertificateReport::of),
         refused: match &report.error {
-            Some(Error::Tls { detail, .. }) if report.tls.is_none() => Some(detail.clone()),
+            Some(Error::Tls(failure)) if report.tls.is_none() => Some(failure.detail.clone()),
             _ => None,
         },
         authenticated,

@@ -64,9 +64,9 @@ impl Connection {
     pub async fn open(server: &Submission) -> Result<Self, OpenError> {
         let policy = server.tls.policy;
         match Self::open_with(server, policy).await {
-            Err(OpenError::Session(Error::Tls { detail, .. })) if server.may_retry_plaintext() => {
+            Err(OpenError::Session(Error::Tls(failure))) if server.may_retry_plaintext() => {
                 let mut connection = Self::open_with(server, TlsPolicy::None).await?;
-                connection.tls_fallback = Some(detail);
+                connection.tls_fallback = Some(failure.detail);
                 Ok(connection)
             }
             other => other,

@@ -179,9 +179,9 @@ impl Submission {
         // The matrix: under Optional a failed handshake is retried once in
         // plaintext on a new connection, unless credentials would then be
         // at risk (those stay deferred).
-        if let Some(Error::Tls { detail, .. }) = &delivery.session.error {
+        if let Some(Error::Tls(failure)) = &delivery.session.error {
             if self.may_retry_plaintext() {
-                let detail = detail.clone();
+                let detail = failure.detail.clone();
                 let mut retry = self
                     .session(
                         TlsPolicy::None,
@@ -234,7 +234,7 @@ impl Submission {
                 && outcome
                     .recipients
                     .iter()
-                    .all(|r| matches!(r.error, Some(Error::Tls { .. })));
+                    .all(|r| matches!(r.error, Some(Error::Tls(_))));
             if !redone {
                 let tls = tls.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 settled(Settled {

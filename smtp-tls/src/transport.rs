@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use smtp_core::delivery::direct::ConnectFailure;
-use smtp_core::delivery::{ReadOutcome, TlsFailure, TlsInfo, Transport};
+use smtp_core::delivery::{ReadOutcome, TlsFailure, TlsFailureKind, TlsInfo, Transport};
 use smtp_core::sasl::{DerivedKey, KeyDerivation};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -240,9 +240,14 @@ impl Transport for TcpTransport {
 
     async fn start_tls(&mut self, deadline: Instant) -> Result<TlsInfo, TlsFailure> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err("the connection is already encrypted".into());
+            return Err(TlsFailure::new(
+                TlsFailureKind::Local,
+                "the connection is already encrypted",
+            ));
         };
-        let name = self.server_name()?;
+        let name = self
+            .server_name()
+            .map_err(|e| TlsFailure::new(TlsFailureKind::Local, e))?;
         let name_text = self
             .options
             .server_name
@@ -251,10 +256,15 @@ impl Transport for TcpTransport {
         let (config, verdict): (Arc<ClientConfig>, Verdict) = self
             .options
             .client_config()
-            .map_err(|e| TlsFailure::from(e.to_string()))?;
+            .map_err(|e| TlsFailure::new(TlsFailureKind::Local, e.to_string()))?;
         let connector = TlsConnector::from(config);
         let stream = match within(deadline, connector.connect(name.clone(), tcp)).await {
-            None => return Err("the TLS handshake did not finish in time".into()),
+            None => {
+                return Err(TlsFailure::new(
+                    TlsFailureKind::TimedOut,
+                    "the TLS handshake did not finish in time",
+                ));
+            }
             Some(Err(e)) => {
                 // Prefer the verifier's own words for certificate failures,
                 // and show the certificate it saw, verified or not.
@@ -265,10 +275,11 @@ impl Transport for TcpTransport {
                     ),
                     Err(_) => (None, None),
                 };
-                return Err(TlsFailure {
-                    detail: recorded.unwrap_or_else(|| handshake_error(&e)),
-                    certificate: certificate.map(Box::new),
-                });
+                let failure = match recorded {
+                    Some(words) => TlsFailure::new(TlsFailureKind::Certificate, words),
+                    None => handshake_failure(&e),
+                };
+                return Err(failure.with_certificate(certificate));
             }
             Some(Ok(s)) => s,
         };
@@ -295,13 +306,31 @@ impl Transport for TcpTransport {
     }
 }
 
-fn handshake_error(e: &io::Error) -> String {
-    let text = e.to_string();
-    if text.contains("InvalidContentType") || text.contains("corrupt message") {
-        format!(
-            "the TLS handshake failed ({text}); the server may expect plaintext here (port 587/25 use STARTTLS, 465 implicit TLS)"
-        )
-    } else {
-        format!("the TLS handshake failed: {text}")
+/// A failed handshake's kind and words, from the typed rustls error inside
+/// the I/O error (tokio-rustls wraps it there), never from its text.
+fn handshake_failure(e: &io::Error) -> TlsFailure {
+    let cause = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match cause {
+        // A TLS record starts with its content type; a plaintext server's
+        // first byte (a reply code's digit) is none.
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            TlsFailure::new(
+                TlsFailureKind::PlaintextPeer,
+                format!(
+                    "the TLS handshake failed ({e}); the server may expect plaintext here \
+                     (port 587/25 use STARTTLS, 465 implicit TLS)"
+                ),
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(_)) => TlsFailure::new(
+            TlsFailureKind::Certificate,
+            format!("the TLS handshake failed: {e}"),
+        ),
+        _ => TlsFailure::new(
+            TlsFailureKind::Handshake,
+            format!("the TLS handshake failed: {e}"),
+        ),
     }
 }

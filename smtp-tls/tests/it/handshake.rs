@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::MemoryBody;
+use smtp_core::delivery::{MemoryBody, TlsFailureKind};
 use smtp_core::sasl::{Credentials, Secret};
 use smtp_core::{Envelope, Error, Timeouts, TlsPolicy};
 use smtp_tls::{Outgoing, Submission};
@@ -155,7 +155,7 @@ async fn optional_with_credentials_defers() {
     });
     let d = s.send(vec![message()], &mut |_| {}).await.unwrap();
     assert!(
-        matches!(d.session.error, Some(Error::Tls { .. })),
+        matches!(d.session.error, Some(Error::Tls(_))),
         "{:?}",
         d.session.error
     );
@@ -172,10 +172,24 @@ async fn required_and_certified_fail() {
             .await
             .unwrap();
         assert!(
-            matches!(d.session.error, Some(Error::Tls { .. })),
+            matches!(d.session.error, Some(Error::Tls(_))),
             "{policy}: {:?}",
             d.session.error
         );
         assert_eq!(delivered.load(Ordering::SeqCst), 0, "{policy}");
     }
+}
+
+#[tokio::test]
+async fn a_server_answering_the_handshake_in_plaintext_is_told_apart_by_type() {
+    let (port, _) = server().await;
+    let d = submission(port, TlsPolicy::Required)
+        .send(vec![message()], &mut |_| {})
+        .await
+        .unwrap();
+    let Some(Error::Tls(failure)) = &d.session.error else {
+        panic!("{:?}", d.session.error);
+    };
+    assert_eq!(failure.kind, TlsFailureKind::PlaintextPeer, "{failure:?}");
+    assert!(failure.detail.contains("may expect plaintext"), "{failure}");
 }

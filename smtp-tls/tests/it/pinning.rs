@@ -101,7 +101,7 @@ async fn a_ca_certificate_that_is_not_the_pin_is_refused_in_plain_words() {
     let (trusted, _) = openssl_self_signed(&temp_dir("trusted"), Some("DNS:mail.test"));
     let identity = Identity::from_pem(&cert, &key).unwrap();
     let d = send(HANDSHAKE_ONLY, identity, &trusted).await;
-    let Some(Error::Tls { detail, .. }) = &d.session.error else {
+    let Some(Error::Tls(smtp_core::delivery::TlsFailure { detail, .. })) = &d.session.error else {
         panic!("{:?}", d.session.error);
     };
     assert!(!detail.contains("Other("), "{detail}");
@@ -133,7 +133,7 @@ async fn a_leaf_signed_by_the_pinned_ca_still_verifies_by_its_chain() {
         ca.cert_pem().as_bytes(),
     )
     .await;
-    let Some(Error::Tls { detail, .. }) = &d.session.error else {
+    let Some(Error::Tls(smtp_core::delivery::TlsFailure { detail, .. })) = &d.session.error else {
         panic!("{:?}", d.session.error);
     };
     assert!(

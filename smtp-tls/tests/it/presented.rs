@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::{MemoryBody, PeerCertificate};
+use smtp_core::delivery::{MemoryBody, PeerCertificate, TlsFailureKind};
 use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::certs::{Identity, TestCa};
 use smtp_testkit::script::{Script, ScriptedServer};
@@ -62,10 +62,10 @@ async fn starttls_failure(ca: &TestCa, identity: Identity) -> (String, Option<Pe
     );
     assert!(d.session.tls.is_none(), "no TLS session");
     match d.session.error {
-        Some(Error::Tls {
-            detail,
-            certificate,
-        }) => (detail, certificate.map(|c| *c)),
+        Some(Error::Tls(failure)) => {
+            assert_eq!(failure.kind, TlsFailureKind::Certificate, "{failure:?}");
+            (failure.detail, failure.certificate.map(|c| *c))
+        }
         other => panic!("{other:?}"),
     }
 }
