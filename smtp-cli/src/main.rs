@@ -9,6 +9,7 @@
 #[macro_use]
 mod terminal;
 
+mod advice;
 mod cli;
 mod compose;
 mod config;

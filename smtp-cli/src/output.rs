@@ -56,7 +56,7 @@ impl ErrorReport {
         };
         Self {
             kind,
-            message: e.to_string(),
+            message: crate::advice::flags(&e.to_string()),
         }
     }
 }
@@ -202,7 +202,11 @@ impl RecipientReport {
             status: o.status.name(),
             code: o.code().map(|c| c.as_u16()),
             enhanced_code: o.enhanced_code().map(|c| c.to_string()),
-            text: o.text(),
+            // The library's advice as flags; a server's words as they are.
+            text: match &o.error {
+                Some(_) => crate::advice::flags(&o.text()),
+                None => o.text(),
+            },
             host: host.map(str::to_owned),
             tls: tls.map(|t| t.version.clone()),
             cert_verified: tls.map(|t| t.verified),

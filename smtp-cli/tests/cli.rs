@@ -1189,6 +1189,8 @@ async fn probe_shows_the_certificate_that_failed_verification() {
         "names      mail.test, localhost",
         &format!("sha256     {sha}"),
         "verified   no: the certificate of localhost is not signed by a trusted authority",
+        // The library's advice, said as this command's flags.
+        "give the CA with --ca-file, or use --tls required to encrypt without verifying",
         "error      TLS failed:",
     ] {
         assert!(out.contains(expected), "{expected:?} missing from:\n{out}");

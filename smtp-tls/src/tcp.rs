@@ -1,9 +1,11 @@
-//! TCP and TLS on tokio, as an `smtp_core::delivery::Transport`.
+//! TCP and TLS on tokio, as an `smtp_core::delivery::Transport`: the
+//! connection under every session of this crate, and under direct
+//! delivery's ([`MxConnector`](crate::MxConnector)).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use rustls::ClientConfig;
@@ -11,14 +13,16 @@ use rustls::pki_types::ServerName;
 use smtp_core::delivery::direct::ConnectFailure;
 use smtp_core::delivery::{ReadOutcome, TlsFailure, TlsFailureKind, TlsInfo, Transport};
 use smtp_core::sasl::{DerivedKey, KeyDerivation};
+use smtp_core::{Timeouts, TlsPolicy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::certificate;
-use crate::config::TlsOptions;
-use crate::error::ConnectError;
+use crate::config::Trust;
+use crate::error::Error;
+use crate::settings::Server;
 use crate::verify::Verdict;
 
 enum Stream {
@@ -28,12 +32,43 @@ enum Stream {
     Gone,
 }
 
+/// What a connection's TLS handshake needs: the policy, the trust anchors
+/// and the name the certificate is checked against. The rustls
+/// configuration is made from these, here only.
+#[derive(Clone, Debug)]
+struct Handshake {
+    policy: TlsPolicy,
+    trust: Trust,
+    /// As given; also sent as SNI when it is a DNS name.
+    name: String,
+}
+
+impl Handshake {
+    /// The name as rustls takes it.
+    fn server_name(&self) -> Result<ServerName<'static>, Error> {
+        ServerName::try_from(self.name.clone()).map_err(|_| Error::InvalidServerName {
+            name: self.name.clone(),
+        })
+    }
+
+    /// The configuration for one handshake, the name, and the slot where
+    /// the verifier records what it saw.
+    fn rustls(&self) -> Result<(TlsConnector, ServerName<'static>, Verdict), TlsFailure> {
+        let local = |e: String| TlsFailure::new(TlsFailureKind::Local, e);
+        let name = self.server_name().map_err(|e| local(e.to_string()))?;
+        let (config, verdict): (Arc<ClientConfig>, Verdict) = self
+            .trust
+            .client_config(self.policy)
+            .map_err(|e| local(e.to_string()))?;
+        Ok((TlsConnector::from(config), name, verdict))
+    }
+}
+
 /// A connection to an SMTP server over TCP, upgraded to TLS when asked.
 pub struct TcpTransport {
     stream: Stream,
     peer: SocketAddr,
-    host: String,
-    options: TlsOptions,
+    handshake: Handshake,
     tls: Option<TlsInfo>,
 }
 
@@ -47,57 +82,84 @@ impl std::fmt::Debug for TcpTransport {
 }
 
 impl TcpTransport {
-    /// Connects to each address of `host` in turn (each within
-    /// `connect_timeout`) and, for implicit TLS, completes the handshake.
-    pub async fn connect(
-        host: &str,
-        port: u16,
-        implicit_tls: bool,
-        options: &TlsOptions,
-        connect_timeout: Duration,
-        handshake_timeout: Duration,
-    ) -> Result<Self, ConnectError> {
-        if implicit_tls && options.policy == smtp_core::TlsPolicy::None {
-            return Err(ConnectError::ImplicitTlsWithoutEncryption { port });
+    /// Connects to `server`: resolves its host, tries each address in turn
+    /// (each within `timeouts.connect`) and, with implicit TLS, completes
+    /// the handshake under its policy (within `timeouts.tls_handshake`).
+    /// STARTTLS later runs under the same policy, trust anchors and name.
+    ///
+    /// For a caller that drives the session itself, with
+    /// [`Server::client`]; [`Session`](crate::Session) and
+    /// [`Server::send`] connect here too.
+    pub async fn connect(server: &Server) -> Result<Self, Error> {
+        Self::connect_under(server, server.policy).await
+    }
+
+    /// [`connect`](Self::connect) under `policy` (the plaintext retry
+    /// connects under None).
+    pub(crate) async fn connect_under(server: &Server, policy: TlsPolicy) -> Result<Self, Error> {
+        if server.implicit_tls && policy == TlsPolicy::None {
+            return Err(Error::ImplicitTlsWithoutEncryption { port: server.port });
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let host = server.host.as_str();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, server.port))
             .await
-            .map_err(|e| ConnectError::Resolve {
+            .map_err(|e| Error::Resolve {
                 host: host.to_owned(),
                 detail: e.to_string(),
             })?
             .collect();
         if addrs.is_empty() {
-            return Err(ConnectError::Resolve {
+            return Err(Error::Resolve {
                 host: host.to_owned(),
                 detail: "no addresses".into(),
             });
         }
+        let handshake = Handshake {
+            policy,
+            trust: server.trust.clone(),
+            name: server.tls_name().to_owned(),
+        };
+        if policy != TlsPolicy::None {
+            // Before connecting: with this name no handshake can succeed.
+            handshake.server_name()?;
+        }
         Self::connect_addrs(
             host,
             &addrs,
-            implicit_tls,
-            options,
-            connect_timeout,
-            handshake_timeout,
+            server.implicit_tls,
+            handshake,
+            &server.timeouts,
         )
         .await
     }
 
-    /// Like [`connect`](Self::connect) with the addresses already known
-    /// (direct delivery resolves MX hosts itself). `host` is the name the
-    /// certificate is checked against.
-    pub async fn connect_addrs(
+    /// A connection to a mail exchanger for direct delivery, at `addr`;
+    /// STARTTLS checks the certificate against `host`, the MX host name.
+    pub(crate) async fn connect_mx(
+        host: &str,
+        addr: SocketAddr,
+        policy: TlsPolicy,
+        trust: &Trust,
+        timeouts: &Timeouts,
+    ) -> Result<Self, Error> {
+        let handshake = Handshake {
+            policy,
+            trust: trust.clone(),
+            name: host.to_owned(),
+        };
+        Self::connect_addrs(host, &[addr], false, handshake, timeouts).await
+    }
+
+    async fn connect_addrs(
         host: &str,
         addrs: &[SocketAddr],
         implicit_tls: bool,
-        options: &TlsOptions,
-        connect_timeout: Duration,
-        handshake_timeout: Duration,
-    ) -> Result<Self, ConnectError> {
+        handshake: Handshake,
+        timeouts: &Timeouts,
+    ) -> Result<Self, Error> {
         let mut attempts = Vec::new();
         for &addr in addrs {
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
                 Ok(Ok(tcp)) => {
                     // Commands are written whole, one write per pipelined
                     // group: Nagle would only add a round trip of delay.
@@ -105,17 +167,14 @@ impl TcpTransport {
                     let mut t = Self {
                         stream: Stream::Plain(tcp),
                         peer: addr,
-                        host: host.to_owned(),
-                        options: options.clone(),
+                        handshake,
                         tls: None,
                     };
                     if implicit_tls {
-                        let deadline = Instant::now() + handshake_timeout;
-                        t.start_tls(deadline).await.map_err(|f| ConnectError::Tls {
-                            addr,
-                            detail: f.detail,
-                            certificate: f.certificate,
-                        })?;
+                        let deadline = Instant::now() + timeouts.tls_handshake;
+                        t.start_tls(deadline)
+                            .await
+                            .map_err(|failure| Error::Tls { addr, failure })?;
                     }
                     return Ok(t);
                 }
@@ -123,7 +182,7 @@ impl TcpTransport {
                 Err(_) => attempts.push((addr, ConnectFailure::TimedOut)),
             }
         }
-        Err(ConnectError::Unreachable {
+        Err(Error::Unreachable {
             host: host.to_owned(),
             attempts,
         })
@@ -132,20 +191,6 @@ impl TcpTransport {
     /// The address connected to.
     pub fn peer(&self) -> SocketAddr {
         self.peer
-    }
-
-    fn server_name(&self) -> Result<ServerName<'static>, String> {
-        let name = self
-            .options
-            .server_name
-            .clone()
-            .unwrap_or_else(|| self.host.clone());
-        let name = name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        ServerName::try_from(name.clone())
-            .map_err(|_| format!("{name} is not a valid TLS server name"))
     }
 }
 
@@ -245,26 +290,13 @@ impl Transport for TcpTransport {
                 "the connection is already encrypted",
             ));
         };
-        let name = self
-            .server_name()
-            .map_err(|e| TlsFailure::new(TlsFailureKind::Local, e))?;
-        let name_text = self
-            .options
-            .server_name
-            .clone()
-            .unwrap_or_else(|| self.host.clone());
-        let (config, verdict): (Arc<ClientConfig>, Verdict) = self
-            .options
-            .client_config()
-            .map_err(|e| TlsFailure::new(TlsFailureKind::Local, e.to_string()))?;
-        let connector = TlsConnector::from(config);
-        let stream = match within(deadline, connector.connect(name.clone(), tcp)).await {
-            None => {
-                return Err(TlsFailure::new(
-                    TlsFailureKind::TimedOut,
-                    "the TLS handshake did not finish in time",
-                ));
-            }
+        let (connector, name, verdict) = self.handshake.rustls()?;
+        let name_text = self.handshake.name.as_str();
+        let stream = match within(deadline, connector.connect(name, tcp)).await {
+            None => Err(TlsFailure::new(
+                TlsFailureKind::TimedOut,
+                "the TLS handshake did not finish in time",
+            )),
             Some(Err(e)) => {
                 // Prefer the verifier's own words for certificate failures,
                 // and show the certificate it saw, verified or not.
@@ -279,11 +311,46 @@ impl Transport for TcpTransport {
                     Some(words) => TlsFailure::new(TlsFailureKind::Certificate, words),
                     None => handshake_failure(&e),
                 };
-                return Err(failure.with_certificate(certificate));
+                Err(failure.with_certificate(certificate))
             }
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => Ok(s),
         };
-        let info = info(&stream, &name_text, &verdict);
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(failure) => {
+                if failure.kind == TlsFailureKind::Certificate {
+                    tracing::warn!(
+                        server_name = name_text,
+                        reason = %failure.detail,
+                        "certificate verification failed; no TLS session"
+                    );
+                } else {
+                    tracing::warn!(
+                        server_name = name_text,
+                        kind = ?failure.kind,
+                        reason = %failure.detail,
+                        "TLS handshake failed"
+                    );
+                }
+                return Err(failure);
+            }
+        };
+        let info = info(&stream, name_text, &verdict);
+        tracing::debug!(
+            server_name = name_text,
+            version = %info.version,
+            cipher = %info.cipher_suite,
+            verified = info.verified,
+            "TLS handshake done"
+        );
+        if let Some(reason) = &info.verify_error {
+            tracing::warn!(
+                server_name = name_text,
+                policy = %self.handshake.policy,
+                %reason,
+                "certificate verification failed; encrypting without it, as the policy allows"
+            );
+        }
         self.stream = Stream::Tls(Box::new(stream));
         self.tls = Some(info.clone());
         Ok(info)
