@@ -401,3 +401,51 @@ fn handshake_failure(e: &io::Error) -> TlsFailure {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(cause: rustls::Error) -> TlsFailureKind {
+        handshake_failure(&io::Error::new(io::ErrorKind::InvalidData, cause)).kind
+    }
+
+    #[test]
+    fn a_failed_handshake_is_classified_by_the_rustls_error_s_type() {
+        assert_eq!(
+            kind_of(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            )),
+            TlsFailureKind::PlaintextPeer
+        );
+        assert_eq!(
+            kind_of(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired
+            )),
+            TlsFailureKind::Certificate
+        );
+        assert_eq!(
+            kind_of(rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            )),
+            TlsFailureKind::Handshake
+        );
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(handshake_failure(&reset).kind, TlsFailureKind::Handshake);
+    }
+
+    #[test]
+    fn a_plaintext_peer_is_named_with_what_to_do() {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        let failure = handshake_failure(&e);
+        assert!(
+            failure
+                .detail
+                .contains("the server may expect plaintext here"),
+            "{failure}"
+        );
+    }
+}
