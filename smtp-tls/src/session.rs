@@ -138,8 +138,8 @@ pub struct Session {
     transcript: bool,
     /// Message results go into the report (a batch), not only to observers.
     files_results: bool,
-    /// A failed STARTTLS handshake here is retried in plaintext, so message
-    /// results that carry it are not final.
+    /// While the session is set up: a failed STARTTLS handshake here is
+    /// retried in plaintext, so message results that carry it are not final.
     superseded_by_retry: bool,
     tls_fallback: Option<TlsFailure>,
     span: tracing::Span,
@@ -380,6 +380,8 @@ impl Session {
             }
         };
         session.run(bodies, until, observe).await;
+        // The handshake is behind it: nothing later is redone.
+        session.superseded_by_retry = false;
         session.last_used = Instant::now();
         Ok(session)
     }
@@ -403,11 +405,8 @@ impl Session {
             if let Event::TlsEstablished(info) = &event {
                 report.tls = Some(info.as_ref().clone());
             }
-            // A failed handshake comes before any MAIL, so every recipient
-            // of a message it ended carries it.
             let superseded = superseded_by_retry
-                && matches!(&event, Event::MessageResult(outcome)
-                    if outcome.recipients.iter().all(|r| matches!(r.error, Some(smtp_core::Error::Tls(_)))));
+                && matches!(&event, Event::MessageResult(outcome) if ended_by_tls(outcome));
             observe(Observed {
                 event: &event,
                 peer,
@@ -477,6 +476,15 @@ fn file(report: &mut SessionReport, transcript: bool, event: Event) {
     if transcript || !matches!(event, Event::Transcript(_)) {
         report.record(event);
     }
+}
+
+/// True when a failed TLS handshake ended the message. It comes before any
+/// MAIL, so every recipient of a message it ended carries it.
+fn ended_by_tls(outcome: &MessageOutcome) -> bool {
+    outcome
+        .recipients
+        .iter()
+        .all(|r| matches!(r.error, Some(smtp_core::Error::Tls(_))))
 }
 
 /// The result of a message the session did not take.
