@@ -1,6 +1,8 @@
 //! Advice in the command's own terms. The libraries' errors say what went
-//! wrong and what fixes it in API terms (policies, ports, mechanisms); here
-//! the faults a flag fixes get that flag, appended in parentheses.
+//! wrong and what fixes it in API terms (policies, trust anchors, ports,
+//! mechanisms); the user of `smtp` acts on flags, so where `smtp` prints a
+//! library's text, the faults a flag fixes get that flag: appended in
+//! parentheses, or in place of smtp-tls's advice for an unknown issuer.
 
 use smtp_core::delivery::direct::Diagnosis;
 use smtp_core::sasl::SaslError;
@@ -38,6 +40,28 @@ fn hint(e: &Error) -> Option<&'static str> {
     }
 }
 
+/// What `smtp` says instead of [`smtp_tls::UNKNOWN_ISSUER_ADVICE`].
+const UNKNOWN_ISSUER: &str =
+    "give the CA with --ca-file, or use --tls required to encrypt without verifying";
+
+/// `text` (an error, a verification verdict) with smtp-tls's advice said
+/// as flags.
+pub(crate) fn flags(text: &str) -> String {
+    text.replace(smtp_tls::UNKNOWN_ISSUER_ADVICE, UNKNOWN_ISSUER)
+}
+
+/// An smtp-tls error as `smtp` says it.
+pub(crate) fn error(e: &smtp_tls::Error) -> String {
+    match e {
+        smtp_tls::Error::ImplicitTlsWithoutEncryption { port } => format!(
+            "port {port} needs encryption (implicit TLS) but encryption is none; use --tls \
+             optional, required or certified, or a STARTTLS port such as 587"
+        ),
+        smtp_tls::Error::Session(e) => error_text(e),
+        other => flags(&other.to_string()),
+    }
+}
+
 fn with_hint(text: String, hint: Option<&str>) -> String {
     match hint {
         Some(h) => format!("{text} ({h})"),
@@ -47,7 +71,7 @@ fn with_hint(text: String, hint: Option<&str>) -> String {
 
 /// A session's or a message's fault, with the flags that fix it.
 pub(crate) fn error_text(e: &Error) -> String {
-    with_hint(e.to_string(), hint(e))
+    with_hint(flags(&e.to_string()), hint(e))
 }
 
 /// A recipient's reason: its error with advice, else the server's words.
@@ -103,6 +127,32 @@ mod tests {
         assert!(warning.contains("--tls required"), "{warning}");
         let blocked = diagnosis_text(&Diagnosis::Port25Blocked { port: 25 });
         assert!(blocked.contains("--server HOST --port 587"), "{blocked}");
+    }
+
+    #[test]
+    fn the_library_s_advice_is_said_as_flags() {
+        let text = format!(
+            "TLS failed: the certificate of mx.test is not signed by a trusted authority \
+             (self-signed or a private CA); {}",
+            smtp_tls::UNKNOWN_ISSUER_ADVICE
+        );
+        assert_eq!(
+            flags(&text),
+            "TLS failed: the certificate of mx.test is not signed by a trusted authority \
+             (self-signed or a private CA); give the CA with --ca-file, or use --tls required \
+             to encrypt without verifying"
+        );
+        assert_eq!(flags("nothing to say"), "nothing to say");
+    }
+
+    #[test]
+    fn port_465_without_encryption_names_the_flag() {
+        let e = smtp_tls::Error::ImplicitTlsWithoutEncryption { port: 465 };
+        assert_eq!(
+            error(&e),
+            "port 465 needs encryption (implicit TLS) but encryption is none; use --tls \
+             optional, required or certified, or a STARTTLS port such as 587"
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@ use smtp_dns::HickoryResolver;
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::certs::TestCa;
 use smtp_testkit::dns::{DnsServer, Zone};
-use smtp_tls::{MxConnector, Outgoing, Submission, TlsOptions};
+use smtp_tls::{MxConnector, Outgoing, Server, Trust};
 
+use crate::advice;
 use crate::cli::DemoArgs;
 use crate::fail::{EX_OK, EX_SOFTWARE, Failure};
 use crate::output::{MessageReport, RecipientReport, Report};
@@ -99,7 +100,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
     );
 
     let timeouts = Timeouts::uniform(Duration::from_secs(10));
-    let mut observe = |e: &Event| {
+    let observe = |e: &Event| {
         if let Event::Transcript(line) = e {
             if args.verbose {
                 tell!("{line}");
@@ -109,21 +110,24 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
 
     // Standard delivery: Certified against the test CA, with AUTH.
     say!("\n1. standard delivery through {SUBMISSION_NAME}, --tls certified, AUTH as demo");
-    let mut tls = TlsOptions::new(TlsPolicy::Certified);
-    tls.web_pki_roots = false;
-    tls.add_ca_pem(ca.cert_pem().as_bytes())
+    let mut trust = Trust::new().without_web_pki_roots();
+    trust
+        .add_ca_pem(ca.cert_pem().as_bytes())
         .map_err(io_failure("test CA"))?;
-    tls.server_name = Some(SUBMISSION_NAME.into());
-    let mut sub = Submission::new("127.0.0.1", submission.addr().port());
-    sub.tls = tls.clone();
-    sub.client_id = ClientId::parse("client.demo.test")
-        .map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?;
-    sub.credentials = Some(Credentials::Password {
-        username: "demo".into(),
-        password: Secret::new(password),
-    });
-    sub.timeouts = timeouts;
-    sub.transcript = args.verbose;
+    let server = Server::new("127.0.0.1", submission.addr().port())
+        .with_policy(TlsPolicy::Certified)
+        .with_trust(trust.clone())
+        .with_server_name(SUBMISSION_NAME)
+        .with_client_id(
+            ClientId::parse("client.demo.test")
+                .map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?,
+        )
+        .with_credentials(Credentials::Password {
+            username: "demo".into(),
+            password: Secret::new(password),
+        })
+        .with_timeouts(timeouts)
+        .with_transcript(args.verbose);
     let to = Mailbox::parse("friend@example.net").map_err(|e| Failure::data(e.to_string()))?;
     let from = ReversePath::parse("sender@demo.test").map_err(|e| Failure::data(e.to_string()))?;
     let outgoing = Outgoing {
@@ -133,10 +137,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
             "friend@example.net",
         ))),
     };
-    let delivery = sub
-        .send(vec![outgoing], &mut observe)
+    let delivery = server
+        .send(vec![outgoing], &mut |seen| observe(seen.event()))
         .await
-        .map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?;
+        .map_err(|e| Failure::new(EX_SOFTWARE, advice::error(&e)))?;
     let host = format!("{SUBMISSION_NAME} {}", delivery.peer);
     let mut reports: Vec<MessageReport> = delivery
         .session
@@ -164,7 +168,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
     say!("\n2. direct delivery to example.test: MX lookup through the zone, --tls certified");
     let resolver = HickoryResolver::with_nameserver(dns.addr(), Duration::from_secs(2))
         .map_err(|e| Failure::config(e.to_string()))?;
-    let connector = MxConnector { tls, timeouts };
+    let connector = MxConnector::new(TlsPolicy::Certified, trust, timeouts);
     let config = Config::new(
         ClientId::parse("client.demo.test")
             .map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?,

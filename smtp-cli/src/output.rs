@@ -44,7 +44,7 @@ impl ErrorReport {
         let kind = match e {
             Error::AuthenticationFailed { .. } | Error::Sasl(_) => "authentication",
             Error::Policy(_) => "tls-policy",
-            Error::Tls { .. } => "tls",
+            Error::Tls(_) => "tls",
             Error::Rejected { .. } => "refused",
             Error::Timeout { .. } | Error::WriteTimeout { .. } => "timeout",
             Error::ConnectionClosed { .. } => "connection-lost",
@@ -457,7 +457,7 @@ pub(crate) fn session_exit_code(e: &Error) -> Option<u8> {
             SaslError::WouldRevealSecret { .. } | SaslError::NoUsableMechanism { tls: false, .. },
         ) => Some(EX_PROTOCOL),
         Error::Sasl(_) => Some(EX_NOPERM),
-        Error::Policy(_) | Error::Tls { .. } => Some(EX_PROTOCOL),
+        Error::Policy(_) | Error::Tls(_) => Some(EX_PROTOCOL),
         _ => None,
     }
 }
@@ -537,10 +537,7 @@ mod tests {
     fn a_tls_failure_outranks_a_missing_outcome() {
         let sent = [sent("a", &["x@t"]), sent("b", &["y@t"])];
         let mut a = report("a", &["x@t"]);
-        a.errors.push(Error::Tls {
-            detail: "handshake failed".into(),
-            certificate: None,
-        });
+        a.errors.push(Error::Tls("handshake failed".into()));
         let r = Report::reconciled(&sent, vec![(0, a)]);
         assert_eq!(r.exit_code(), EX_PROTOCOL);
     }
@@ -625,13 +622,7 @@ mod tests {
                 }),
                 Some(EX_PROTOCOL),
             ),
-            (
-                Error::Tls {
-                    detail: "x".into(),
-                    certificate: None,
-                },
-                Some(EX_PROTOCOL),
-            ),
+            (Error::Tls("x".into()), Some(EX_PROTOCOL)),
             (
                 Error::ConnectionClosed {
                     phase: smtp_core::Phase::Mail,

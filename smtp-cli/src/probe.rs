@@ -7,16 +7,17 @@ use smtp_core::delivery::mx::{Resolver, plan};
 use smtp_core::delivery::{PeerCertificate, Transport, drive};
 use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::Credentials;
-use smtp_core::{Client, Config, Error, Event, Timeouts, TlsPolicy};
+use smtp_core::{Error, Event, Timeouts};
 use smtp_dns::HickoryResolver;
-use smtp_tls::{ConnectError, TcpTransport, TlsOptions};
+use smtp_tls::{Error as TlsError, Server, TcpTransport};
 
+use crate::advice;
 use crate::cli::{AuthArg, LoginArgs, MxArgs, ProbeArgs};
 use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, Failure};
 use crate::greeting::GreetingHint;
 use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
 use crate::secrets::{self, DEFAULT_ENV, Source};
-use crate::send::{hostname, random_below};
+use crate::send::{hostname, random_below, trust};
 use crate::settings::mechanism;
 
 #[derive(Serialize)]
@@ -145,28 +146,27 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
     let (host, port) = split(&args.target)?;
     let credentials = credentials(&args.login)?;
     let implicit = args.implicit_tls || port == 465;
-    let policy: TlsPolicy = args.tls.into();
-    let mut tls = TlsOptions::new(policy);
-    if let Some(ca) = &args.ca_file {
-        tls.add_ca_file(ca)
-            .map_err(|e| Failure::config(format!("--ca-file: {e}")))?;
-    }
     let connect = Duration::from_secs(args.connect_timeout.unwrap_or(30));
     let command = Duration::from_secs(args.command_timeout.unwrap_or(30));
-    let mut transport = match TcpTransport::connect(&host, port, implicit, &tls, connect, command)
-        .await
-    {
+    let mut timeouts = Timeouts::uniform(command);
+    timeouts.connect = connect;
+    let mut server = Server::new(host.clone(), port)
+        .with_implicit_tls(implicit)
+        .with_policy(args.tls.into())
+        .with_trust(trust(args.ca_file.as_deref())?)
+        .with_timeouts(timeouts)
+        .with_transcript(args.verbose);
+    let mut transport = match TcpTransport::connect(&server).await {
         Ok(t) => t,
         // Implicit TLS failed: still show the certificate the server sent.
-        Err(ConnectError::Tls {
-            addr,
-            detail,
-            certificate: Some(certificate),
-        }) => {
-            let error = ConnectError::Tls {
+        Err(TlsError::Tls { addr, failure }) if failure.certificate.is_some() => {
+            let certificate = failure.certificate.as_deref().map(CertificateReport::of);
+            let refused = advice::flags(&failure.detail);
+            let mut shown = failure;
+            shown.certificate = None;
+            let error = TlsError::Tls {
                 addr,
-                detail: detail.clone(),
-                certificate: None,
+                failure: shown,
             };
             let probe = Probe {
                 version: JSON_VERSION,
@@ -177,45 +177,38 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
                 capabilities: Vec::new(),
                 auth: Vec::new(),
                 tls: None,
-                certificate: Some(CertificateReport::of(&certificate)),
-                refused: Some(detail),
+                certificate,
+                refused: Some(refused),
                 authenticated: None,
                 error: Some(ErrorReport {
                     kind: "tls",
-                    message: error.to_string(),
+                    message: advice::error(&error),
                 }),
             };
             print(&probe, args.json);
             return Ok(EX_PROTOCOL);
         }
         Err(e) => {
+            let message = advice::error(&e);
             return Err(match e {
-                ConnectError::Resolve { .. } => Failure::new(EX_NOHOST, e.to_string()),
-                ConnectError::Tls { .. } => Failure::new(EX_PROTOCOL, e.to_string()).kind("tls"),
-                _ => Failure::new(EX_TEMPFAIL, e.to_string()).kind("connect"),
+                TlsError::Resolve { .. } => Failure::new(EX_NOHOST, message),
+                TlsError::Tls { .. } => Failure::new(EX_PROTOCOL, message).kind("tls"),
+                _ => Failure::new(EX_TEMPFAIL, message).kind("connect"),
             });
         }
     };
-    let id = match &args.helo {
+    server.client_id = match &args.helo {
         Some(h) => ClientId::parse(h).map_err(|e| Failure::usage(format!("--helo: {e}")))?,
         None => ClientId::parse(&hostname()).unwrap_or_else(|_| ClientId::localhost()),
     };
-    let mut timeouts = Timeouts::uniform(command);
-    timeouts.connect = connect;
-    let mut config = Config::new(id)
-        .with_tls(policy)
-        .with_implicit_tls(implicit)
-        .with_timeouts(timeouts)
-        .with_transcript(args.verbose);
     if let Some(c) = credentials {
-        let nonce = smtp_tls::sasl_nonce().map_err(|e| Failure::new(EX_SOFTWARE, e.to_string()))?;
-        config = config.with_credentials(
-            c,
-            mechanism(args.login.auth.unwrap_or(AuthArg::Auto)),
-            nonce,
-        );
+        server = server
+            .with_credentials(c)
+            .with_auth(mechanism(args.login.auth.unwrap_or(AuthArg::Auto)));
     }
-    let mut client = Client::new(config, transport.now());
+    let mut client = server
+        .client(transport.now())
+        .map_err(|e| Failure::new(EX_SOFTWARE, advice::error(&e)))?;
     client.quit(transport.now());
     let mut first_caps: Option<Vec<String>> = None;
     let mut authenticated: Option<String> = None;
@@ -276,7 +269,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
                 version: t.version.clone(),
                 cipher_suite: t.cipher_suite.clone(),
                 verified: t.verified,
-                verify_error: t.verify_error.clone(),
+                verify_error: t.verify_error.as_deref().map(advice::flags),
                 subject: c.and_then(|c| c.subject.clone()),
                 issuer: c.and_then(|c| c.issuer.clone()),
                 names: c.map(|c| c.names.clone()).unwrap_or_default(),
@@ -288,12 +281,14 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
         // From the session, or from the handshake that refused it.
         certificate: match (&report.tls, &report.error) {
             (Some(t), _) => t.certificate.as_ref(),
-            (None, Some(Error::Tls { certificate, .. })) => certificate.as_deref(),
+            (None, Some(Error::Tls(failure))) => failure.certificate.as_deref(),
             _ => None,
         }
         .map(CertificateReport::of),
         refused: match &report.error {
-            Some(Error::Tls { detail, .. }) if report.tls.is_none() => Some(detail.clone()),
+            Some(Error::Tls(failure)) if report.tls.is_none() => {
+                Some(advice::flags(&failure.detail))
+            }
             _ => None,
         },
         authenticated,

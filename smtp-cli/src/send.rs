@@ -14,12 +14,12 @@ use smtp_core::{
     Config, Envelope, Event, MessageOutcome, RecipientOutcome, RecipientStatus, TlsPolicy,
 };
 use smtp_dns::HickoryResolver;
-use smtp_tls::{ConnectError, MxConnector, Outgoing, Settled, Submission, TlsOptions};
+use smtp_tls::{Error as TlsError, MxConnector, Observed, Outgoing, Server, Trust};
 
 use crate::advice;
 use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
-use crate::fail::{EX_NOHOST, EX_TEMPFAIL, Failure};
+use crate::fail::{EX_NOHOST, EX_PROTOCOL, EX_TEMPFAIL, Failure};
 use crate::greeting::GreetingHint;
 use crate::message::{Input, Prepared, PreparedBody, prepare, read_stdin};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
@@ -43,13 +43,15 @@ pub(crate) fn random_below(n: usize) -> usize {
     usize::try_from(x % n.max(1) as u64).unwrap_or(0)
 }
 
-fn tls_options(policy: TlsPolicy, ca_file: Option<&Path>) -> Result<TlsOptions, Failure> {
-    let mut tls = TlsOptions::new(policy);
+/// The web PKI roots, and `--ca-file`'s certificates.
+pub(crate) fn trust(ca_file: Option<&Path>) -> Result<Trust, Failure> {
+    let mut trust = Trust::new();
     if let Some(path) = ca_file {
-        tls.add_ca_file(path)
+        trust
+            .add_ca_file(path)
             .map_err(|e| Failure::config(format!("--ca-file: {e}")))?;
     }
-    Ok(tls)
+    Ok(trust)
 }
 
 /// Reads, composes or spools the messages.
@@ -280,14 +282,15 @@ async fn standard(
 ) -> Result<Report, Failure> {
     let port = port.or(s.port).unwrap_or(587);
     let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Certified).into();
-    let mut sub = Submission::new(host, port);
-    sub.implicit_tls = s.implicit_tls || port == 465;
-    sub.tls = tls_options(policy, s.ca_file.as_deref())?;
-    sub.client_id = client_id;
-    sub.credentials = s.credentials.clone();
-    sub.auth = s.auth;
-    sub.timeouts = s.timeouts;
-    sub.transcript = args.verbose;
+    let mut server = Server::new(host, port)
+        .with_implicit_tls(s.implicit_tls || port == 465)
+        .with_policy(policy)
+        .with_trust(trust(s.ca_file.as_deref())?)
+        .with_client_id(client_id)
+        .with_auth(s.auth)
+        .with_timeouts(s.timeouts)
+        .with_transcript(args.verbose);
+    server.credentials = s.credentials.clone();
     let sent = sent(prepared, &envelopes);
     let outgoing: Vec<Outgoing> = prepared
         .iter()
@@ -297,26 +300,31 @@ async fn standard(
             body: Box::new(PreparedBody::new(m)),
         })
         .collect();
-    let hint = (!sub.implicit_tls).then(|| GreetingHint::start(host, port));
+    let hint = (!server.implicit_tls).then(|| GreetingHint::start(host, port));
     let mut inner = observer(args.verbose);
-    let mut observe = |e: &Event| {
-        if let (Event::Greeting(_), Some(h)) = (e, &hint) {
-            h.greeted();
-        }
-        inner(e);
-    };
     // Each message's lines as soon as it is settled, with the host and TLS
     // state the final report gives it.
-    let mut settle = |s: Settled<'_>| {
-        let (index, report) =
-            settled_report(&sent, prepared, s.outcome, &s.peer.to_string(), s.tls);
-        progress::record(index, report);
+    let mut observe = |seen: Observed<'_>| {
+        if let (Event::Greeting(_), Some(h)) = (seen.event(), &hint) {
+            h.greeted();
+        }
+        inner(seen.event());
+        if let Some(outcome) = seen.settled() {
+            let (index, report) = settled_report(
+                &sent,
+                prepared,
+                outcome,
+                &seen.peer().to_string(),
+                seen.tls(),
+            );
+            progress::record(index, report);
+        }
     };
     progress::begin(&sent, mode(args));
     if args.verbose {
         tell!("=== Trying {host}:{port}...");
     }
-    let sending = sub.send_settling(outgoing, &mut observe, &mut settle).await;
+    let sending = server.send(outgoing, &mut observe).await;
     drop(hint);
     progress::done_sending();
     let delivery = match sending {
@@ -326,27 +334,30 @@ async fn standard(
             }
             d
         }
-        Err(e @ ConnectError::ImplicitTlsWithoutEncryption { .. }) => {
-            return Err(Failure::usage(e.to_string()));
+        Err(e @ TlsError::ImplicitTlsWithoutEncryption { .. }) => {
+            return Err(Failure::usage(advice::error(&e)));
         }
         // Nothing was sent: every recipient is deferred with the reason,
         // so a script reading the report still finds each one.
         Err(e) => {
             let (code, kind) = match e {
-                ConnectError::Resolve { .. } => (EX_NOHOST, "resolve"),
-                ConnectError::Tls { .. } => (EX_TEMPFAIL, "tls"),
+                TlsError::Resolve { .. } => (EX_NOHOST, "resolve"),
+                TlsError::Tls { .. } => (EX_TEMPFAIL, "tls"),
+                // A session would have failed at STARTTLS with it.
+                TlsError::InvalidServerName { .. } => (EX_PROTOCOL, "tls"),
                 _ => (EX_TEMPFAIL, "connect"),
             };
-            tell!("smtp: {e}");
-            let error = ErrorReport {
-                kind,
-                message: e.to_string(),
-            };
+            let message = advice::error(&e);
+            tell!("smtp: {message}");
+            let error = ErrorReport { kind, message };
             return Ok(Report::not_sent(&sent, code, error));
         }
     };
     if let Some(why) = &delivery.tls_fallback {
-        tell!("warning: TLS failed ({why}); sent in plaintext as --tls optional allows");
+        tell!(
+            "warning: TLS failed ({}); sent in plaintext as --tls optional allows",
+            advice::flags(&why.detail)
+        );
     }
     let host = delivery.peer.to_string();
     let session = &delivery.session;
@@ -444,10 +455,7 @@ async fn direct(
         None => HickoryResolver::system(),
     }
     .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
-    let connector = MxConnector {
-        tls: tls_options(policy, s.ca_file.as_deref())?,
-        timeouts: s.timeouts,
-    };
+    let connector = MxConnector::new(policy, trust(s.ca_file.as_deref())?, s.timeouts);
     let config = Config::new(client_id)
         .with_tls(policy)
         .with_timeouts(s.timeouts)

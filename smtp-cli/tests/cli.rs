@@ -469,7 +469,10 @@ async fn sendmail_without_recipients_says_how_in_sendmail_terms() {
     let o = sendmail(&f, &[], b"Subject: nobody\n\nhi\n").await;
     assert_eq!(code(&o), 64, "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("give them as arguments") && !err.contains("--to"), "{err}");
+    assert!(
+        err.contains("give them as arguments") && !err.contains("--to"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -1221,6 +1224,8 @@ async fn probe_shows_the_certificate_that_failed_verification() {
         "names      mail.test, localhost",
         &format!("sha256     {sha}"),
         "verified   no: the certificate of localhost is not signed by a trusted authority",
+        // The library's advice, said as this command's flags.
+        "give the CA with --ca-file, or use --tls required to encrypt without verifying",
         "error      TLS failed:",
     ] {
         assert!(out.contains(expected), "{expected:?} missing from:\n{out}");

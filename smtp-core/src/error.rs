@@ -78,15 +78,11 @@ pub enum Error {
     Message(MessageError),
     /// Authentication could not proceed (no usable mechanism, bad challenge).
     Sasl(SaslError),
-    /// The TLS layer failed; the text comes from the driver.
-    Tls {
-        /// What the TLS layer reported.
-        detail: String,
-        /// The certificate the server presented, when the handshake got
-        /// that far: a certificate that failed verification can still be
-        /// shown (issuer, names, validity, fingerprint).
-        certificate: Option<Box<crate::delivery::PeerCertificate>>,
-    },
+    /// The TLS layer failed; the failure (its kind, its words, and the
+    /// certificate the server presented, when the handshake got that far:
+    /// a certificate that failed verification can still be shown) comes
+    /// from the driver.
+    Tls(crate::delivery::TlsFailure),
     /// Direct delivery found no mail server to try for the domain (null MX,
     /// nonexistent domain, DNS failing, hosts without addresses).
     Plan(crate::delivery::mx::PlanError),
@@ -118,7 +114,7 @@ impl Error {
             | Self::OutcomeUnknown { .. }
             | Self::Policy(_)
             | Self::Sasl(_)
-            | Self::Tls { .. }
+            | Self::Tls(_)
             | Self::Connect { .. } => false,
         }
     }
@@ -196,7 +192,7 @@ impl fmt::Display for Error {
             Self::Policy(e) => e.fmt(f),
             Self::Message(e) => e.fmt(f),
             Self::Sasl(e) => write!(f, "authentication cannot proceed: {e}"),
-            Self::Tls { detail, .. } => write!(f, "TLS failed: {detail}"),
+            Self::Tls(failure) => write!(f, "TLS failed: {}", failure.detail),
             Self::Plan(e) => e.fmt(f),
             Self::Connect { detail } => write!(f, "could not connect: {detail}"),
             Self::Misuse(e) => write!(f, "API misuse: {e}"),

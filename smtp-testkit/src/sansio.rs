@@ -115,7 +115,7 @@ impl Run {
                     Event::StartTls if self.auto_tls => {
                         let _ = self.client.poll_transmit(&mut self.wire);
                         self.client
-                            .tls_established(self.now)
+                            .tls_established(self.now, smtp_core::delivery::TlsInfo::default())
                             .expect("upgrade pending");
                     }
                     _ => {}

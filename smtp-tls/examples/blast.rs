@@ -8,7 +8,7 @@ use std::time::Instant;
 use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, TlsPolicy};
-use smtp_tls::{Outgoing, Submission};
+use smtp_tls::{Outgoing, Server};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,8 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             body: Box::new(body.clone()),
         })
         .collect();
-    let mut server = Submission::new(host, port.parse()?);
-    server.tls.policy = TlsPolicy::None;
+    let server = Server::new(host, port.parse()?).with_policy(TlsPolicy::None);
     let start = Instant::now();
     let delivery = server.send(messages, &mut |_| {}).await?;
     let elapsed = start.elapsed().as_secs_f64();

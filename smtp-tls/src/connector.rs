@@ -3,22 +3,37 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use smtp_core::Timeouts;
 use smtp_core::delivery::Transport;
 use smtp_core::delivery::direct::{ConnectFailure, Connector};
+use smtp_core::{Timeouts, TlsPolicy};
 
-use crate::config::TlsOptions;
-use crate::error::ConnectError;
-use crate::transport::TcpTransport;
+use crate::error::Error;
+use crate::tcp::TcpTransport;
+use crate::trust::Trust;
 
 /// Opens STARTTLS-capable connections to MX hosts; under Certified the
 /// certificate is checked against the MX host name.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MxConnector {
-    /// Policy and trust anchors.
-    pub tls: TlsOptions,
+    /// The encryption policy STARTTLS runs under (the session's
+    /// `Config::tls` decides whether it is sent).
+    pub policy: TlsPolicy,
+    /// The trust anchors.
+    pub trust: Trust,
     /// Connect and handshake deadlines.
     pub timeouts: Timeouts,
+}
+
+impl MxConnector {
+    /// Connections under `policy`, verified against `trust`, within `timeouts`.
+    pub fn new(policy: TlsPolicy, trust: Trust, timeouts: Timeouts) -> Self {
+        Self {
+            policy,
+            trust,
+            timeouts,
+        }
+    }
 }
 
 #[async_trait]
@@ -28,20 +43,9 @@ impl Connector for MxConnector {
         host: &str,
         addr: SocketAddr,
     ) -> Result<Box<dyn Transport>, ConnectFailure> {
-        let mut options = self.tls.clone();
-        options.server_name = Some(host.to_owned());
-        match TcpTransport::connect_addrs(
-            host,
-            &[addr],
-            false,
-            &options,
-            self.timeouts.connect,
-            self.timeouts.tls_handshake,
-        )
-        .await
-        {
+        match TcpTransport::connect_mx(host, addr, self.policy, &self.trust, &self.timeouts).await {
             Ok(t) => Ok(Box::new(t)),
-            Err(ConnectError::Unreachable { attempts, .. }) => Err(attempts
+            Err(Error::Unreachable { attempts, .. }) => Err(attempts
                 .into_iter()
                 .next()
                 .map_or(ConnectFailure::TimedOut, |(_, why)| why)),

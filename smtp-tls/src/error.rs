@@ -1,55 +1,91 @@
-//! Why a connection could not be made.
+//! The crate's one error type, split by who is at fault.
+//!
+//! - The caller's settings: [`Error::ImplicitTlsWithoutEncryption`],
+//!   [`Error::InvalidServerName`]. Nothing was sent; fix the [`Server`](crate::Server).
+//! - The network: [`Error::Resolve`], [`Error::Unreachable`], and
+//!   [`Error::Tls`] for an implicit-TLS handshake that failed. Nothing was
+//!   sent; trying later, or elsewhere, may work.
+//! - The server, or the session with it: [`Error::Session`], with the
+//!   core's [`smtp_core::Error`] (a greeting refused, the encryption policy
+//!   not met, authentication failed, a message not tried).
+//! - This machine: [`Error::NoRandomness`].
+//!
+//! Every `Display` says what happened and what to do, in the API's terms
+//! (policies, implicit TLS, trust anchors); a program with its own
+//! vocabulary (a command line's flags) translates the advice.
 
 use std::fmt;
 use std::net::SocketAddr;
 
-use smtp_core::delivery::PeerCertificate;
+use smtp_core::delivery::TlsFailure;
 use smtp_core::delivery::direct::ConnectFailure;
 
-/// A connection that could not be opened.
+/// Why a session could not be set up, or a message not be tried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConnectError {
-    /// The host name did not resolve.
+pub enum Error {
+    /// The caller's settings: implicit TLS with the policy None. TLS from
+    /// the first byte needs encryption; nothing was sent.
+    ImplicitTlsWithoutEncryption {
+        /// The port.
+        port: u16,
+    },
+    /// The caller's settings: the name the certificate is to be checked
+    /// against (the server name, or else the host) is neither a DNS name
+    /// nor an IP address. Nothing was sent.
+    InvalidServerName {
+        /// The name.
+        name: String,
+    },
+    /// The network: the host name did not resolve.
     Resolve {
         /// The host.
         host: String,
         /// The resolver's words.
         detail: String,
     },
-    /// Every address refused or timed out.
+    /// The network: every address refused or timed out.
     Unreachable {
         /// The host.
         host: String,
         /// Each address tried and what happened.
         attempts: Vec<(SocketAddr, ConnectFailure)>,
     },
-    /// Implicit TLS failed.
+    /// The network: the implicit-TLS handshake failed (its kind, its
+    /// words, and the certificate the server presented, when it got that
+    /// far). Nothing was sent.
     Tls {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        detail: String,
-        /// The certificate the server presented, when the handshake got
-        /// that far (a certificate that failed verification included).
-        certificate: Option<Box<PeerCertificate>>,
+        failure: TlsFailure,
     },
-    /// Implicit TLS with the policy None.
-    ImplicitTlsWithoutEncryption {
-        /// The port.
-        port: u16,
-    },
-    /// The system's random number generator failed, so a value that must
-    /// be unpredictable could not be made; nothing was sent.
+    /// The server, or the session with it: connected, but the session could
+    /// not be set up (greeting refused, encryption policy not met,
+    /// authentication failed, …), or a message was not tried (the session
+    /// is over, or the message has no recipients).
+    Session(smtp_core::Error),
+    /// This machine: the system's random number generator failed, so a
+    /// value that must be unpredictable could not be made; nothing was sent.
     NoRandomness {
         /// What the random bytes were for.
         purpose: &'static str,
     },
 }
 
-impl fmt::Display for ConnectError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::ImplicitTlsWithoutEncryption { port } => write!(
+                f,
+                "port {port} needs encryption (implicit TLS) but the policy is None; use the \
+                 policy Optional, Required or Certified, or STARTTLS on a port such as 587"
+            ),
+            Self::InvalidServerName { name } => write!(
+                f,
+                "{name} is not a valid TLS server name; check the certificate against a DNS \
+                 name or an IP address"
+            ),
             Self::Resolve { host, detail } => {
                 write!(f, "cannot resolve {host}: {detail}; check the server name")
             }
@@ -60,55 +96,32 @@ impl fmt::Display for ConnectError {
                 }
                 f.write_str(" check the host and port, and that a firewall does not block it")
             }
-            Self::Tls { addr, detail, .. } => write!(f, "TLS with {addr} failed: {detail}"),
+            Self::Tls { addr, failure } => {
+                write!(f, "TLS with {addr} failed: {}", failure.detail)
+            }
+            Self::Session(e) => e.fmt(f),
             Self::NoRandomness { purpose } => write!(
                 f,
                 "the system's random number generator failed, so {purpose} could not be \
                  made unpredictable; no connection was opened (check the operating \
                  system's entropy source)"
             ),
-            Self::ImplicitTlsWithoutEncryption { port } => write!(
-                f,
-                "port {port} needs encryption (implicit TLS) but encryption is none; use --tls \
-                 optional, required or certified, or a STARTTLS port such as 587"
-            ),
         }
     }
 }
 
-impl std::error::Error for ConnectError {}
-
-/// A session that could not be set up for reuse.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OpenError {
-    /// No connection.
-    Connect(ConnectError),
-    /// Connected, but the session could not be set up (greeting refused,
-    /// encryption policy not met, authentication failed, …).
-    Session(smtp_core::Error),
-}
-
-impl fmt::Display for OpenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Connect(e) => e.fmt(f),
-            Self::Session(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for OpenError {
+impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(e) => Some(e),
+            Self::Tls { failure, .. } => Some(failure),
             Self::Session(e) => Some(e),
+            _ => None,
         }
     }
 }
 
-impl From<ConnectError> for OpenError {
-    fn from(e: ConnectError) -> Self {
-        Self::Connect(e)
+impl From<smtp_core::Error> for Error {
+    fn from(e: smtp_core::Error) -> Self {
+        Self::Session(e)
     }
 }

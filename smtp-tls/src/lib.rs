@@ -9,25 +9,50 @@
 //! | STARTTLS refused | – | plaintext | fails | fails |
 //! | handshake fails | – | one plaintext retry (not with credentials) | fails | fails |
 //!
-//! Certified verifies the chain against the web PKI roots (plus any CA file)
-//! and the host name. Required and Optional encrypt without trusting the
-//! certificate but still check the handshake signatures; what weakens checks
-//! is named `Danger…`. Port 465 means implicit TLS; `None` there is refused.
+//! Certified verifies the chain against the web PKI roots (plus any extra
+//! trust anchors, [`Trust`]) and the host name. Required and Optional
+//! encrypt without trusting the certificate but still check the handshake
+//! signatures; what weakens checks is named `Danger…`. Port 465 means
+//! implicit TLS; `None` there is refused.
+//!
+//! One settings type, [`Server`], says where and how; one session type,
+//! [`Session`], does the sending; [`Server::send`] and [`Pool`] are built on
+//! it:
 //!
 //! ```text
-//! Submission::send ─► TcpTransport::connect (each address in turn, connect timeout,
-//!                     implicit TLS handshake) ─► smtp_core::delivery::drive(Client, …)
-//!                     ─► STARTTLS via TcpTransport::start_tls (rustls, policy's verifier)
-//!                     ─► Delivery { SessionReport (outcome per recipient, TLS facts), … }
+//! Server { host, port, implicit TLS, policy, Trust, client name, AUTH, timeouts }
+//!   │
+//!   ├─ Session::open ─► TcpTransport::connect (each address in turn, connect timeout,
+//!   │                   implicit TLS handshake) ─► smtp_core::delivery::Driver runs the
+//!   │                   Client until idle: greeting, EHLO, STARTTLS via
+//!   │                   TcpTransport::start_tls (rustls, the policy's verifier), AUTH
+//!   │    Session::send / send_all ─► queued on the kept session, run until idle again
+//!   │    Session::close ─► QUIT ─► SessionReport
+//!   │
+//!   ├─ Server::send ─► the same connect; every envelope and QUIT queued before the
+//!   │                  greeting; run to the end ─► Delivery { SessionReport (an outcome
+//!   │                  per recipient, TLS facts), peer, tls_fallback }
+//!   │
+//!   └─ Pool::send ─► one kept Session per destination: refresh (no NOOP), reuse or reopen
 //!
-//! Connection::open ─► the same set-up, run by smtp_core::delivery::Driver until idle
-//! Connection::send / send_all ─► queued on the kept session, run until idle again
-//! Pool::send ─► one kept Connection per destination: refresh (no NOOP), reuse or reopen
+//! Under Optional, a failed STARTTLS handshake ─► once more on a new plaintext connection
+//! (Session::open and Server::send alike; never with credentials or implicit TLS)
 //! ```
 //!
-//! [`Submission::send`] is one session for a known batch. [`Connection`]
-//! keeps a session open for sends over time. [`Pool`] keeps one per
-//! destination, and is for programs that send mail as it comes.
+//! [`Server::send`] is one session for a known batch. [`Session`] keeps a
+//! session open for sends over time. [`Pool`] keeps one per destination,
+//! and is for programs that send mail as it comes. Failures are one type,
+//! [`Error`], split by who is at fault.
+//!
+//! # Tracing
+//!
+//! Each session runs in a `smtp.session` span (host, port, policy); the TLS
+//! decisions are events in it: a handshake done (version, cipher,
+//! verified), a certificate that failed verification, Optional falling
+//! back to plaintext and why. The core adds the session's steps and each
+//! recipient's outcome (target `smtp_core::delivery`), and the transcript at
+//! TRACE (target `smtp_core::transcript`), kept whenever a subscriber
+//! listens. No secret is ever a field: the transcript is redacted.
 //!
 //! # Example: a submission server on 587, Certified, with AUTH
 //!
@@ -36,11 +61,10 @@
 //! use smtp_core::sasl::{Credentials, Secret};
 //! use smtp_core::delivery::MemoryBody;
 //! use smtp_core::Envelope;
-//! use smtp_tls::{Outgoing, Submission};
+//! use smtp_tls::{Outgoing, Server};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut server = Submission::new("smtp.example.com", 587);
-//! server.credentials = Some(Credentials::Password {
+//! let server = Server::new("smtp.example.com", 587).with_credentials(Credentials::Password {
 //!     username: "alice@example.com".into(),
 //!     password: Secret::new(std::env::var("SMTP_PASSWORD")?),
 //! });
@@ -66,23 +90,24 @@
 
 mod body;
 mod certificate;
-mod config;
-mod connection;
 mod connector;
 mod error;
 mod pool;
-mod submission;
-mod transport;
+mod session;
+mod settings;
+mod tcp;
+mod trust;
 mod verify;
 
 pub use body::FileBody;
-pub use config::TlsOptions;
-pub use connection::Connection;
 pub use connector::MxConnector;
-pub use error::{ConnectError, OpenError};
-pub use pool::{Pool, PoolError};
-pub use submission::{Delivery, Outgoing, Settled, Submission, sasl_nonce};
-pub use transport::TcpTransport;
+pub use error::Error;
+pub use pool::Pool;
+pub use session::{Delivery, Observed, Outgoing, Session};
+pub use settings::Server;
+pub use tcp::TcpTransport;
+pub use trust::Trust;
+pub use verify::UNKNOWN_ISSUER_ADVICE;
 
 /// The README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use smtp_core::reply::ReplyCode;
-use smtp_core::{Error, MessageOutcome, Phase, RecipientStatus, TlsPolicy};
+use smtp_core::{MessageOutcome, Misuse, Phase, RecipientStatus, TlsPolicy};
 
-use crate::connection::Connection;
-use crate::error::OpenError;
-use crate::submission::{Outgoing, Submission};
+use crate::error::Error;
+use crate::session::{Outgoing, Session};
+use crate::settings::Server;
 
-/// Keeps one open [`Connection`] per destination and reuses it.
+/// Keeps one open [`Session`] per destination and reuses it.
 ///
 /// Before a reuse the pool takes in, without waiting, anything the server
 /// said while the connection sat idle (a `421`, its close); it sends no
@@ -31,11 +31,11 @@ use crate::submission::{Outgoing, Submission};
 /// use smtp_core::address::{Mailbox, ReversePath};
 /// use smtp_core::delivery::MemoryBody;
 /// use smtp_core::Envelope;
-/// use smtp_tls::{Outgoing, Pool, Submission};
+/// use smtp_tls::{Outgoing, Pool, Server};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = Pool::new();
-/// let server = Submission::new("smtp.example.com", 587);
+/// let server = Server::new("smtp.example.com", 587);
 /// for n in 0..3 {
 ///     let message = Outgoing {
 ///         envelope: Envelope::new(
@@ -57,9 +57,9 @@ pub struct Pool {
     max_idle: Duration,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
-/// What makes two submissions share a connection.
+/// What makes two servers' settings share a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Destination {
     host: String,
@@ -71,12 +71,12 @@ struct Destination {
 }
 
 impl Destination {
-    fn of(server: &Submission) -> Self {
+    fn of(server: &Server) -> Self {
         Self {
             host: server.host.to_ascii_lowercase(),
             port: server.port,
             implicit_tls: server.implicit_tls,
-            policy: server.tls.policy,
+            policy: server.policy,
             client_id: server.client_id.to_string(),
             username: server.credentials.as_ref().map(|c| c.username().to_owned()),
         }
@@ -108,56 +108,57 @@ impl Pool {
     }
 
     /// Sends one message through `server`, on its kept connection when
-    /// there is a usable one. `Err` means no session could be set up.
-    pub async fn send(
-        &self,
-        server: &Submission,
-        message: Outgoing,
-    ) -> Result<MessageOutcome, PoolError> {
+    /// there is a usable one. `Err` means the message was not tried: no
+    /// session could be set up, or it has no recipients.
+    pub async fn send(&self, server: &Server, message: Outgoing) -> Result<MessageOutcome, Error> {
         let mut messages = [message];
-        let mut results = self.send_all(server, &mut messages).await?;
-        results.pop().unwrap_or(Err(PoolError::NotTried(
-            smtp_core::Misuse::SessionOver.into(),
-        )))
+        let mut results = self.send_all(server, &mut messages).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(Error::Session(Misuse::SessionOver.into())))
     }
 
     /// Sends `messages` through `server`, pipelined on one connection, and
-    /// returns their outcomes in order. `Err` means no session could be set
-    /// up; a message that could not be tried has its own `Err`.
+    /// returns their outcomes in order. A message that could not be tried
+    /// has its own `Err`: every message has the same one when no session
+    /// could be set up.
     pub async fn send_all(
         &self,
-        server: &Submission,
+        server: &Server,
         messages: &mut [Outgoing],
-    ) -> Result<Vec<Result<MessageOutcome, PoolError>>, PoolError> {
+    ) -> Vec<Result<MessageOutcome, Error>> {
         let slot = self.slot(server);
         let mut slot = slot.lock().await;
         let reused = match slot.take() {
-            Some(connection) => self.reusable(connection).await,
+            Some(session) => self.reusable(session).await,
             None => None,
         };
         let was_reused = reused.is_some();
-        let mut connection = match reused {
-            Some(connection) => connection,
-            None => Connection::open(server).await?,
+        let mut session = match reused {
+            Some(session) => session,
+            None => match Session::open(server).await {
+                Ok(session) => session,
+                Err(e) => return not_tried(messages, &e),
+            },
         };
-        let mut results = connection.send_all(messages, &mut |_| {}).await;
+        let mut results = session.send_all(messages, &mut |_| {}).await;
         // A kept connection found dead before any of this batch's data went
         // out (the server closed it at that moment) delivered nothing:
         // the whole batch goes once more on a new connection.
         let nothing_went = results
             .iter()
             .all(|r| r.as_ref().map_or(true, lost_before_data));
-        if was_reused && !connection.is_open() && nothing_went {
-            connection = Connection::open(server).await?;
-            results = connection.send_all(messages, &mut |_| {}).await;
+        if was_reused && !session.is_open() && nothing_went {
+            session = match Session::open(server).await {
+                Ok(session) => session,
+                Err(e) => return not_tried(messages, &e),
+            };
+            results = session.send_all(messages, &mut |_| {}).await;
         }
-        if connection.is_open() {
-            *slot = Some(connection);
+        if session.is_open() {
+            *slot = Some(session);
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.map_err(PoolError::NotTried))
-            .collect())
+        results
     }
 
     /// Closes every kept connection with QUIT.
@@ -170,8 +171,8 @@ impl Pool {
             .map(|(_, slot)| slot)
             .collect();
         for slot in slots {
-            if let Some(connection) = slot.lock().await.take() {
-                connection.close().await;
+            if let Some(session) = slot.lock().await.take() {
+                session.close().await;
             }
         }
     }
@@ -191,7 +192,7 @@ impl Pool {
             .count()
     }
 
-    fn slot(&self, server: &Submission) -> Slot {
+    fn slot(&self, server: &Server) -> Slot {
         self.slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -200,15 +201,20 @@ impl Pool {
             .clone()
     }
 
-    /// The connection if it may be used again: not idle too long, and
+    /// The session if it may be used again: not idle too long, and
     /// nothing the server said while idle ended it.
-    async fn reusable(&self, mut connection: Connection) -> Option<Connection> {
-        if connection.idle_for() > self.max_idle {
-            connection.close().await;
+    async fn reusable(&self, mut session: Session) -> Option<Session> {
+        if session.idle_for() > self.max_idle {
+            session.close().await;
             return None;
         }
-        connection.refresh().await.then_some(connection)
+        session.refresh().await.then_some(session)
     }
+}
+
+/// Every message's result when no session could be set up for them.
+fn not_tried(messages: &[Outgoing], error: &Error) -> Vec<Result<MessageOutcome, Error>> {
+    messages.iter().map(|_| Err(error.clone())).collect()
 }
 
 /// True when the connection went away before this message's data was sent
@@ -218,44 +224,12 @@ fn lost_before_data(outcome: &MessageOutcome) -> bool {
     outcome.recipients.iter().all(|r| {
         let before_data = matches!(r.phase, Phase::Mail | Phase::Rcpt | Phase::Data);
         let lost = match &r.error {
-            Some(Error::ConnectionClosed { .. }) => true,
-            Some(Error::Rejected { reply, .. }) => reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE,
+            Some(smtp_core::Error::ConnectionClosed { .. }) => true,
+            Some(smtp_core::Error::Rejected { reply, .. }) => {
+                reply.code() == ReplyCode::SERVICE_NOT_AVAILABLE
+            }
             _ => false,
         };
         r.status == RecipientStatus::Deferred && before_data && lost
     })
-}
-
-/// Why a pooled send did not produce an outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PoolError {
-    /// No session could be set up with the server.
-    Open(OpenError),
-    /// The message was not tried (for example, it has no recipients).
-    NotTried(Error),
-}
-
-impl std::fmt::Display for PoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Open(e) => e.fmt(f),
-            Self::NotTried(e) => write!(f, "the message was not sent: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for PoolError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Open(e) => Some(e),
-            Self::NotTried(e) => Some(e),
-        }
-    }
-}
-
-impl From<OpenError> for PoolError {
-    fn from(e: OpenError) -> Self {
-        Self::Open(e)
-    }
 }

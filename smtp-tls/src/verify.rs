@@ -169,6 +169,13 @@ fn bare_name(presented: &str) -> &str {
         .map_or(presented, |inner| inner.trim_matches('"'))
 }
 
+/// What the error for a certificate from an untrusted issuer advises, in
+/// the API's terms ([`Trust`](crate::Trust), [`TlsPolicy`](smtp_core::TlsPolicy)):
+/// a program with its own words for these (a command line's flags) can
+/// find the phrase in the error's text and say it in them.
+pub const UNKNOWN_ISSUER_ADVICE: &str =
+    "add its CA as a trust anchor, or use the policy Required to encrypt without verifying";
+
 /// A certificate error in words a user can act on.
 pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
     let name = name_text(server_name);
@@ -197,7 +204,7 @@ pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
             }
             CertificateError::UnknownIssuer => format!(
                 "the certificate of {name} is not signed by a trusted authority (self-signed or a private CA); \
-                 give the CA with --ca-file, or use --tls required to encrypt without verifying"
+                 {UNKNOWN_ISSUER_ADVICE}"
             ),
             CertificateError::Revoked => format!("the certificate of {name} has been revoked"),
             CertificateError::BadEncoding => {

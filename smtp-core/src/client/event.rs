@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::delivery::TlsInfo;
 use crate::ehlo::Capabilities;
 use crate::envelope::{MessageId, MessageOutcome, RecipientOutcome};
 use crate::error::Error;
@@ -21,6 +22,9 @@ pub enum Event {
     /// handshake on this connection, then call
     /// [`Client::tls_established`](super::Client::tls_established).
     StartTls,
+    /// The TLS handshake is done ([`Client::tls_established`](super::Client::tls_established)):
+    /// the session is encrypted from here on, with these TLS facts.
+    TlsEstablished(Box<TlsInfo>),
     /// The SCRAM exchange needs its key derived (seconds of CPU at worst):
     /// take the job with [`Client::take_derivation`](super::Client::take_derivation),
     /// run it where blocking does no harm, and hand the result to

@@ -24,7 +24,7 @@ use self::body::Body;
 use self::outbox::{Expect, Outbox, Pending};
 use self::transaction::{Message, Transaction};
 use crate::command::Command;
-use crate::delivery::TlsFailure;
+use crate::delivery::{TlsFailure, TlsInfo};
 use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
@@ -358,9 +358,10 @@ impl Client {
         self.fail_body(now, detail)
     }
 
-    /// The driver finished the TLS handshake asked for by [`Event::StartTls`].
+    /// The driver finished the TLS handshake asked for by [`Event::StartTls`];
+    /// `info` is what it learnt (raised again as [`Event::TlsEstablished`]).
     /// Everything learnt before TLS is forgotten and EHLO is sent again.
-    pub fn tls_established(&mut self, now: Instant) -> Result<(), Error> {
+    pub fn tls_established(&mut self, now: Instant, info: TlsInfo) -> Result<(), Error> {
         if self.state != State::TlsUpgrade {
             return Err(Misuse::NoUpgradePending.into());
         }
@@ -369,6 +370,7 @@ impl Client {
         self.caps = Capabilities::default();
         self.input.clear();
         self.state = State::Setup;
+        self.out.event(Event::TlsEstablished(Box::new(info)));
         self.send_ehlo(now);
         Ok(())
     }
@@ -378,14 +380,7 @@ impl Client {
     /// the certificate the server presented, if any.
     pub fn tls_failed(&mut self, _now: Instant, failure: impl Into<TlsFailure>) {
         if !matches!(self.state, State::Closed | State::Failed) {
-            let TlsFailure {
-                detail,
-                certificate,
-            } = failure.into();
-            self.fail(Error::Tls {
-                detail,
-                certificate,
-            });
+            self.fail(Error::Tls(failure.into()));
         }
     }
 

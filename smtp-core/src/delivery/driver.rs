@@ -159,8 +159,8 @@ impl Driver {
             match transport.start_tls(now + timeouts.tls_handshake).await {
                 // The client only refuses this when no upgrade is pending,
                 // and one is: it just asked.
-                Ok(_) => {
-                    let _ = client.tls_established(transport.now());
+                Ok(info) => {
+                    let _ = client.tls_established(transport.now(), info);
                 }
                 Err(failure) => client.tls_failed(transport.now(), failure),
             }
@@ -258,9 +258,6 @@ pub async fn drive<T: Transport + ?Sized>(
     Driver::new()
         .run(client, transport, bodies, Until::Closed, &mut on_event)
         .await;
-    if client.is_tls() {
-        report.tls = transport.tls_info();
-    }
     report
 }
 
@@ -283,6 +280,12 @@ fn trace(event: &Event) {
             "capabilities"
         ),
         Event::StartTls => debug!("STARTTLS accepted; TLS handshake"),
+        Event::TlsEstablished(tls) => debug!(
+            version = %tls.version,
+            cipher = %tls.cipher_suite,
+            verified = tls.verified,
+            "TLS established"
+        ),
         Event::DerivationWanted => debug!("SCRAM key derivation"),
         Event::Authenticated(mechanism) => info!(%mechanism, "authenticated"),
         Event::Ready => debug!("session ready"),

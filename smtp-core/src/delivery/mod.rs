@@ -29,5 +29,6 @@ pub mod mx;
 pub use driver::{Bodies, Driver, Until, drive};
 pub use report::SessionReport;
 pub use transport::{
-    BodySource, MemoryBody, PeerCertificate, ReadOutcome, TlsFailure, TlsInfo, Transport,
+    BodySource, MemoryBody, PeerCertificate, ReadOutcome, TlsFailure, TlsFailureKind, TlsInfo,
+    Transport,
 };

@@ -18,7 +18,8 @@ pub struct SessionReport {
     pub greeting: Option<Reply>,
     /// The server's last EHLO capabilities.
     pub capabilities: Option<Capabilities>,
-    /// The TLS facts, if the session was encrypted.
+    /// The TLS facts, if the session was encrypted: from the transport for
+    /// implicit TLS, from [`Event::TlsEstablished`] after STARTTLS.
     pub tls: Option<TlsInfo>,
     /// Warnings.
     pub warnings: Vec<Warning>,
@@ -28,11 +29,12 @@ pub struct SessionReport {
 
 impl SessionReport {
     /// Files an event under the report's fields (message results, greeting,
-    /// capabilities, warnings, transcript, the ending fault).
+    /// capabilities, TLS facts, warnings, transcript, the ending fault).
     pub fn record(&mut self, event: Event) {
         match event {
             Event::Greeting(reply) => self.greeting = Some(reply),
             Event::Capabilities(caps) => self.capabilities = Some(caps),
+            Event::TlsEstablished(info) => self.tls = Some(*info),
             Event::MessageResult(m) => self.messages.push(m),
             Event::Warning(w) => self.warnings.push(w),
             Event::Transcript(line) => self.transcript.push(line),

@@ -2,6 +2,7 @@
 //! keeps time (TCP + TLS on tokio in `smtp-tls`, an in-memory pipe in
 //! tests); a [`BodySource`] yields a message's bytes.
 
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,27 +64,77 @@ pub struct PeerCertificate {
     pub chain: Vec<String>,
 }
 
-/// Why a TLS handshake failed: in words a user can act on, and the
-/// certificate the server presented, when it got that far (so a refused
-/// certificate can still be shown).
+/// Why a TLS handshake failed: what kind of failure, in words a user can
+/// act on, and the certificate the server presented, when it got that far
+/// (so a refused certificate can still be shown).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsFailure {
+    /// What kind of failure, for programs that act on it.
+    pub kind: TlsFailureKind,
     /// What failed and what to do.
     pub detail: String,
     /// The server's certificate, when one was presented.
     pub certificate: Option<Box<PeerCertificate>>,
 }
 
-impl From<String> for TlsFailure {
-    fn from(detail: String) -> Self {
+impl TlsFailure {
+    /// A failure of `kind`, described by `detail`.
+    pub fn new(kind: TlsFailureKind, detail: impl Into<String>) -> Self {
         Self {
-            detail,
+            kind,
+            detail: detail.into(),
             certificate: None,
         }
+    }
+
+    /// The same failure, with the certificate the server presented.
+    #[must_use]
+    pub fn with_certificate(mut self, certificate: Option<PeerCertificate>) -> Self {
+        self.certificate = certificate.map(Box::new);
+        self
+    }
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
+/// A [`TlsFailure`]'s kind, by who is at fault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailureKind {
+    /// The handshake did not finish before its deadline.
+    TimedOut,
+    /// The server's certificate was refused (only the Certified policy
+    /// refuses one): not signed by a trusted authority, expired, for
+    /// another name, … The detail says which.
+    Certificate,
+    /// The server answered in plaintext, not TLS: it does not expect TLS
+    /// here (a STARTTLS port used with implicit TLS, say).
+    PlaintextPeer,
+    /// The handshake failed otherwise: an alert from the server, nothing in
+    /// common (versions, cipher suites), a broken connection.
+    #[default]
+    Handshake,
+    /// TLS could not be set up on this side (the client's TLS
+    /// configuration, or a connection already encrypted).
+    Local,
+}
+
+impl From<String> for TlsFailure {
+    /// A [`TlsFailureKind::Handshake`] failure described by the text.
+    fn from(detail: String) -> Self {
+        Self::new(TlsFailureKind::Handshake, detail)
     }
 }
 
 impl From<&str> for TlsFailure {
+    /// A [`TlsFailureKind::Handshake`] failure described by the text.
     fn from(detail: &str) -> Self {
         detail.to_owned().into()
     }

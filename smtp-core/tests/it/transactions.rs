@@ -722,7 +722,7 @@ fn misuse_is_an_error_not_a_panic() {
         Err(Error::Misuse(_))
     ));
     assert!(matches!(
-        run.client.tls_established(run.now),
+        run.client.tls_established(run.now, Default::default()),
         Err(Error::Misuse(_))
     ));
 }

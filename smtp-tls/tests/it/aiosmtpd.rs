@@ -12,7 +12,7 @@ use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::delivery::MemoryBody;
 use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_core::{Envelope, Error, Event, PolicyError, RecipientStatus, Timeouts, TlsPolicy};
-use smtp_tls::{ConnectError, Delivery, Outgoing, Submission};
+use smtp_tls::{Delivery, Outgoing, Server as Submission};
 
 use crate::certs::{Ca, Leaf, self_signed};
 use crate::interop::free_port;
@@ -144,10 +144,10 @@ mod serde_like {
 fn submission(ca: &Ca, port: u16, policy: TlsPolicy) -> Submission {
     let mut s = Submission::new("127.0.0.1", port);
     s.implicit_tls = false;
-    s.tls.policy = policy;
-    s.tls.web_pki_roots = false;
-    s.tls.add_ca_pem(ca.pem.as_bytes()).unwrap();
-    s.tls.server_name = Some(NAME.to_owned());
+    s.policy = policy;
+    s.trust.web_pki_roots = false;
+    s.trust.add_ca_pem(ca.pem.as_bytes()).unwrap();
+    s.server_name = Some(NAME.to_owned());
     s.timeouts = Timeouts::uniform(Duration::from_secs(10));
     s
 }
@@ -164,7 +164,7 @@ fn message() -> Outgoing {
     }
 }
 
-async fn send(s: &Submission) -> Result<Delivery, ConnectError> {
+async fn send(s: &Submission) -> Result<Delivery, smtp_tls::Error> {
     s.send(vec![message()], &mut |_| {}).await
 }
 
@@ -269,7 +269,7 @@ async fn implicit_tls() {
     assert!(d.session.tls.as_ref().unwrap().verified);
     assert!(server.messages()[0].1.tls);
 
-    s.tls.policy = TlsPolicy::None;
+    s.policy = TlsPolicy::None;
     let err = send(&s).await.unwrap_err();
     assert!(err.to_string().contains("needs encryption"), "{err}");
 }
@@ -330,8 +330,8 @@ async fn auth_over_starttls() {
 async fn send_noting_mechanism(s: &Submission) -> (Delivery, Option<Mechanism>) {
     let mut used = None;
     let d = s
-        .send(vec![message()], &mut |e| {
-            if let Event::Authenticated(m) = e {
+        .send(vec![message()], &mut |seen| {
+            if let Event::Authenticated(m) = seen.event() {
                 used = Some(*m);
             }
         })

@@ -13,7 +13,7 @@ use smtp_core::{Client, Config, Error, Event, Phase, ProtocolError, Timeouts, Tl
 use smtp_testkit::certs::TestCa;
 use smtp_testkit::sansio::{config, envelope};
 use smtp_testkit::script::{Script, ScriptOutcome, ScriptedServer};
-use smtp_tls::{TcpTransport, TlsOptions};
+use smtp_tls::{Server, TcpTransport, Trust};
 
 /// MAIL to QUIT for one message, after a successful AUTH.
 const SESSION_TAIL: &str = "
@@ -67,23 +67,15 @@ async fn run_seeing(
     let server = ScriptedServer::start(Script::parse(script).unwrap(), identity)
         .await
         .unwrap();
-    let mut options = TlsOptions::new(config.tls);
+    let mut settings = Server::new("127.0.0.1", server.addr().port())
+        .with_policy(config.tls)
+        .with_timeouts(config.timeouts);
     if let Some(ca) = ca {
-        options.web_pki_roots = false;
-        options.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
-        options.server_name = Some("mail.test".into());
+        let mut trust = Trust::new().without_web_pki_roots();
+        trust.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+        settings = settings.with_trust(trust).with_server_name("mail.test");
     }
-    let timeouts = config.timeouts;
-    let mut transport = TcpTransport::connect(
-        "127.0.0.1",
-        server.addr().port(),
-        false,
-        &options,
-        timeouts.connect,
-        timeouts.tls_handshake,
-    )
-    .await
-    .expect("connects");
+    let mut transport = TcpTransport::connect(&settings).await.expect("connects");
     let now = smtp_core::delivery::Transport::now(&transport);
     let mut client = Client::new(config, now);
     client
@@ -448,16 +440,10 @@ fn the_tokio_transport_derives_the_key_off_the_session_task() {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut transport = TcpTransport::connect(
-            "127.0.0.1",
-            port,
-            false,
-            &TlsOptions::new(TlsPolicy::None),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let settings = Server::new("127.0.0.1", port)
+            .with_policy(TlsPolicy::None)
+            .with_timeouts(Timeouts::uniform(Duration::from_secs(5)));
+        let mut transport = TcpTransport::connect(&settings).await.unwrap();
         let mut auth = Authenticator::new(
             Mechanism::ScramSha256,
             &password("pencil"),
@@ -493,8 +479,8 @@ async fn a_submission_passes_its_iteration_cap_to_the_session() {
     let server = ScriptedServer::start(Script::parse(&script).unwrap(), None)
         .await
         .unwrap();
-    let mut submission = smtp_tls::Submission::new("127.0.0.1", server.addr().port());
-    submission.tls.policy = TlsPolicy::None;
+    let mut submission = Server::new("127.0.0.1", server.addr().port());
+    submission.policy = TlsPolicy::None;
     submission.credentials = Some(password("pencil"));
     submission.max_scram_iterations = 4095;
     submission.timeouts = Timeouts::uniform(Duration::from_secs(5));

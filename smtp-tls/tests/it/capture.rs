@@ -14,7 +14,7 @@ use smtp_dns::HickoryResolver;
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::certs::TestCa;
 use smtp_testkit::dns::{DnsServer, Zone};
-use smtp_tls::{MxConnector, Outgoing, Submission, TlsOptions};
+use smtp_tls::{MxConnector, Outgoing, Server, Trust};
 
 fn envelope(to: &[&str]) -> Envelope {
     Envelope::new(
@@ -34,10 +34,10 @@ async fn certified_auth_and_a_refused_recipient() {
         ..CaptureConfig::default()
     };
     let server = CaptureServer::start(config).await.unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.web_pki_roots = false;
-    s.tls.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
-    s.tls.server_name = Some("sink.test".into());
+    let mut s = Server::new("127.0.0.1", server.addr().port());
+    s.trust.web_pki_roots = false;
+    s.trust.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+    s.server_name = Some("sink.test".into());
     s.credentials = Some(Credentials::Password {
         username: "alice".into(),
         password: Secret::new("s3cret"),
@@ -49,8 +49,10 @@ async fn certified_auth_and_a_refused_recipient() {
     };
     let mut settled = Vec::new();
     let d = s
-        .send_settling(vec![message], &mut |_| {}, &mut |s| {
-            settled.push((s.peer, s.tls.cloned()));
+        .send(vec![message], &mut |seen| {
+            if seen.settled().is_some() {
+                settled.push((seen.peer(), seen.tls().cloned()));
+            }
         })
         .await
         .unwrap();
@@ -104,10 +106,7 @@ async fn direct_delivery_with_one_recipient_refused() {
     let resolver =
         HickoryResolver::with_nameserver(dns.addr(), Duration::from_millis(500)).unwrap();
     let timeouts = Timeouts::uniform(Duration::from_secs(3));
-    let connector = MxConnector {
-        tls: TlsOptions::new(TlsPolicy::Optional),
-        timeouts,
-    };
+    let connector = MxConnector::new(TlsPolicy::Optional, Trust::new(), timeouts);
     let mut options = DirectOptions::new(
         Config::new(ClientId::parse("client.test").unwrap())
             .with_tls(TlsPolicy::Optional)
@@ -156,8 +155,8 @@ async fn capabilities_are_configurable() {
         })
         .await
         .unwrap();
-        let mut s = Submission::new("127.0.0.1", server.addr().port());
-        s.tls.policy = TlsPolicy::None;
+        let mut s = Server::new("127.0.0.1", server.addr().port());
+        s.policy = TlsPolicy::None;
         s.timeouts = Timeouts::uniform(Duration::from_secs(5));
         let message = Outgoing {
             envelope: envelope(&["b@example.net"]),
@@ -196,9 +195,9 @@ async fn chunking_server() -> CaptureServer {
 }
 
 /// A submission to `server` without TLS.
-fn plaintext(server: &CaptureServer) -> Submission {
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.policy = TlsPolicy::None;
+fn plaintext(server: &CaptureServer) -> Server {
+    let mut s = Server::new("127.0.0.1", server.addr().port());
+    s.policy = TlsPolicy::None;
     s.timeouts = Timeouts::uniform(Duration::from_secs(5));
     s
 }

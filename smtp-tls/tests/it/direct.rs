@@ -12,7 +12,7 @@ use smtp_core::ehlo::ClientId;
 use smtp_core::{Config, Envelope, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_dns::HickoryResolver;
 use smtp_testkit::dns::{DnsServer, Zone};
-use smtp_tls::{MxConnector, TlsOptions};
+use smtp_tls::{MxConnector, Trust};
 use tokio::io::AsyncWriteExt;
 
 use crate::interop::{dumps, free_port, sink_on, skip};
@@ -38,10 +38,7 @@ async fn run(
     let resolver =
         HickoryResolver::with_nameserver(dns.addr(), Duration::from_millis(500)).unwrap();
     let timeouts = Timeouts::uniform(Duration::from_secs(3));
-    let connector = MxConnector {
-        tls: TlsOptions::new(TlsPolicy::Optional),
-        timeouts,
-    };
+    let connector = MxConnector::new(TlsPolicy::Optional, Trust::new(), timeouts);
     let config = Config::new(ClientId::parse("client.test").unwrap())
         .with_tls(TlsPolicy::Optional)
         .with_timeouts(timeouts);

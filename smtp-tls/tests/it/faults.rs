@@ -10,7 +10,7 @@ use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, ProtocolError, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::certs::TestCa;
 use smtp_testkit::script::{Script, ScriptOutcome, ScriptedServer};
-use smtp_tls::{Delivery, Outgoing, Submission};
+use smtp_tls::{Delivery, Outgoing, Server};
 
 const SESSION_TAIL: &str = "
 C: MAIL FROM:<alice@example.org>
@@ -38,12 +38,12 @@ async fn against(
     let server = ScriptedServer::start(Script::parse(script).unwrap(), identity)
         .await
         .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.policy = policy;
+    let mut s = Server::new("127.0.0.1", server.addr().port());
+    s.policy = policy;
     if let Some(ca) = tls {
-        s.tls.web_pki_roots = false;
-        s.tls.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
-        s.tls.server_name = Some("mail.test".into());
+        s.trust.web_pki_roots = false;
+        s.trust.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+        s.server_name = Some("mail.test".into());
     }
     s.timeouts = Timeouts::uniform(timeout);
     let message = Outgoing {
@@ -193,11 +193,11 @@ async fn a_script_opening_with_starttls_is_implicit_tls() {
     )
     .await
     .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
+    let mut s = Server::new("127.0.0.1", server.addr().port());
     s.implicit_tls = true;
-    s.tls.web_pki_roots = false;
-    s.tls.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
-    s.tls.server_name = Some("mail.test".into());
+    s.trust.web_pki_roots = false;
+    s.trust.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+    s.server_name = Some("mail.test".into());
     s.timeouts = Timeouts::uniform(Duration::from_secs(5));
     let message = Outgoing {
         envelope: Envelope::new(
@@ -226,8 +226,8 @@ async fn a_server_that_stops_reading_the_message_is_named_as_such() {
     )
     .await
     .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.policy = TlsPolicy::None;
+    let mut s = Server::new("127.0.0.1", server.addr().port());
+    s.policy = TlsPolicy::None;
     s.timeouts = Timeouts::uniform(Duration::from_secs(1));
     // Far more than loopback's socket buffers hold.
     let mut body = b"Subject: big\r\n\r\n".to_vec();

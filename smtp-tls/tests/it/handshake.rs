@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::MemoryBody;
+use smtp_core::delivery::{MemoryBody, TlsFailureKind};
 use smtp_core::sasl::{Credentials, Secret};
 use smtp_core::{Envelope, Error, Timeouts, TlsPolicy};
-use smtp_tls::{Outgoing, Submission};
+use smtp_tls::{Outgoing, Server};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -78,9 +78,9 @@ async fn session(stream: TcpStream, broken: bool, delivered: &AtomicUsize) -> st
     Ok(())
 }
 
-fn submission(port: u16, policy: TlsPolicy) -> Submission {
-    let mut s = Submission::new("127.0.0.1", port);
-    s.tls.policy = policy;
+fn submission(port: u16, policy: TlsPolicy) -> Server {
+    let mut s = Server::new("127.0.0.1", port);
+    s.policy = policy;
     s.timeouts = Timeouts::uniform(Duration::from_secs(5));
     s
 }
@@ -109,8 +109,8 @@ async fn optional_retries_in_plaintext() {
     );
     assert!(
         d.tls_fallback
-            .as_deref()
-            .is_some_and(|w| w.contains("handshake")),
+            .as_ref()
+            .is_some_and(|w| w.detail.contains("handshake")),
         "{:?}",
         d.tls_fallback
     );
@@ -124,15 +124,14 @@ async fn only_the_retry_s_outcomes_are_settled() {
     let mut settled = Vec::new();
     let mut results = 0;
     let d = submission(port, TlsPolicy::Optional)
-        .send_settling(
-            vec![message(), message()],
-            &mut |e| {
-                if matches!(e, smtp_core::Event::MessageResult(_)) {
-                    results += 1;
-                }
-            },
-            &mut |s| settled.push((s.outcome.clone(), s.peer, s.tls.cloned())),
-        )
+        .send(vec![message(), message()], &mut |seen| {
+            if matches!(seen.event(), smtp_core::Event::MessageResult(_)) {
+                results += 1;
+            }
+            if let Some(outcome) = seen.settled() {
+                settled.push((outcome.clone(), seen.peer(), seen.tls().cloned()));
+            }
+        })
         .await
         .unwrap();
     assert!(d.tls_fallback.is_some());
@@ -155,7 +154,7 @@ async fn optional_with_credentials_defers() {
     });
     let d = s.send(vec![message()], &mut |_| {}).await.unwrap();
     assert!(
-        matches!(d.session.error, Some(Error::Tls { .. })),
+        matches!(d.session.error, Some(Error::Tls(_))),
         "{:?}",
         d.session.error
     );
@@ -172,10 +171,24 @@ async fn required_and_certified_fail() {
             .await
             .unwrap();
         assert!(
-            matches!(d.session.error, Some(Error::Tls { .. })),
+            matches!(d.session.error, Some(Error::Tls(_))),
             "{policy}: {:?}",
             d.session.error
         );
         assert_eq!(delivered.load(Ordering::SeqCst), 0, "{policy}");
     }
+}
+
+#[tokio::test]
+async fn a_server_answering_the_handshake_in_plaintext_is_told_apart_by_type() {
+    let (port, _) = server().await;
+    let d = submission(port, TlsPolicy::Required)
+        .send(vec![message()], &mut |_| {})
+        .await
+        .unwrap();
+    let Some(Error::Tls(failure)) = &d.session.error else {
+        panic!("{:?}", d.session.error);
+    };
+    assert_eq!(failure.kind, TlsFailureKind::PlaintextPeer, "{failure:?}");
+    assert!(failure.detail.contains("may expect plaintext"), "{failure}");
 }

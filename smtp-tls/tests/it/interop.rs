@@ -11,7 +11,7 @@ use std::time::Duration;
 use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
-use smtp_tls::{Delivery, Outgoing, Submission};
+use smtp_tls::{Delivery, Outgoing, Server};
 
 const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 
@@ -96,9 +96,9 @@ pub(crate) fn dumps(dir: &Path) -> Vec<String> {
     out
 }
 
-fn submission(port: u16) -> Submission {
-    let mut s = Submission::new("127.0.0.1", port);
-    s.tls.policy = TlsPolicy::None;
+fn submission(port: u16) -> Server {
+    let mut s = Server::new("127.0.0.1", port);
+    s.policy = TlsPolicy::None;
     s.timeouts = Timeouts::uniform(Duration::from_secs(10));
     s
 }

@@ -12,3 +12,4 @@ mod interop;
 mod pinning;
 mod presented;
 mod reuse;
+mod traced;

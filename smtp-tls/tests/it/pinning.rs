@@ -12,7 +12,7 @@ use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::certs::{Identity, TestCa};
 use smtp_testkit::script::{Script, ScriptedServer};
-use smtp_tls::{Delivery, Outgoing, Submission};
+use smtp_tls::{Delivery, Outgoing, Server};
 
 const STARTTLS_SESSION: &str = "S: 220 mail.test ESMTP\nC: EHLO *\nS: 250-mail.test\n\
     S: 250 STARTTLS\nC: STARTTLS\nS: 220 go ahead\nSTARTTLS\nC: EHLO *\nS: 250 mail.test\n\
@@ -58,11 +58,11 @@ async fn send(script: &str, identity: Identity, trust: &[u8]) -> Delivery {
     let server = ScriptedServer::start(Script::parse(script).unwrap(), Some(identity))
         .await
         .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls.policy = TlsPolicy::Certified;
-    s.tls.web_pki_roots = false;
-    s.tls.add_ca_pem(trust).unwrap();
-    s.tls.server_name = Some("mail.test".into());
+    let mut s = Server::new("127.0.0.1", server.addr().port());
+    s.policy = TlsPolicy::Certified;
+    s.trust.web_pki_roots = false;
+    s.trust.add_ca_pem(trust).unwrap();
+    s.server_name = Some("mail.test".into());
     s.timeouts = Timeouts::uniform(Duration::from_secs(5));
     let message = Outgoing {
         envelope: Envelope::new(
@@ -101,7 +101,7 @@ async fn a_ca_certificate_that_is_not_the_pin_is_refused_in_plain_words() {
     let (trusted, _) = openssl_self_signed(&temp_dir("trusted"), Some("DNS:mail.test"));
     let identity = Identity::from_pem(&cert, &key).unwrap();
     let d = send(HANDSHAKE_ONLY, identity, &trusted).await;
-    let Some(Error::Tls { detail, .. }) = &d.session.error else {
+    let Some(Error::Tls(smtp_core::delivery::TlsFailure { detail, .. })) = &d.session.error else {
         panic!("{:?}", d.session.error);
     };
     assert!(!detail.contains("Other("), "{detail}");
@@ -133,7 +133,7 @@ async fn a_leaf_signed_by_the_pinned_ca_still_verifies_by_its_chain() {
         ca.cert_pem().as_bytes(),
     )
     .await;
-    let Some(Error::Tls { detail, .. }) = &d.session.error else {
+    let Some(Error::Tls(smtp_core::delivery::TlsFailure { detail, .. })) = &d.session.error else {
         panic!("{:?}", d.session.error);
     };
     assert!(

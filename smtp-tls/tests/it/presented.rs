@@ -1,17 +1,17 @@
 //! A certificate that fails verification under Certified is still
 //! described on the error (subject, issuer, names, validity, SHA-256
 //! fingerprint, chain), as `msmtp --serverinfo` shows it: over STARTTLS
-//! on `Error::Tls`, with implicit TLS on `ConnectError::Tls`.
+//! on `smtp_core::Error::Tls`, with implicit TLS on `smtp_tls::Error::Tls`.
 
 use std::time::Duration;
 
 use sha2::Digest;
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::{MemoryBody, PeerCertificate};
+use smtp_core::delivery::{MemoryBody, PeerCertificate, TlsFailure, TlsFailureKind};
 use smtp_core::{Envelope, Error, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::certs::{Identity, TestCa};
 use smtp_testkit::script::{Script, ScriptedServer};
-use smtp_tls::{ConnectError, Outgoing, Submission, TcpTransport, TlsOptions};
+use smtp_tls::{Outgoing, Server, TcpTransport, Trust};
 
 /// STARTTLS, then nothing: the client gives up in the handshake.
 const HANDSHAKE_ONLY: &str = "S: 220 mail.test ESMTP\nC: EHLO *\nS: 250-mail.test\n\
@@ -27,12 +27,14 @@ fn fingerprint(identity: &Identity) -> String {
 }
 
 /// Certified, trusting only `ca`, checking the name mail.test.
-fn options(ca: &TestCa) -> TlsOptions {
-    let mut tls = TlsOptions::new(TlsPolicy::Certified);
-    tls.web_pki_roots = false;
-    tls.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
-    tls.server_name = Some("mail.test".into());
-    tls
+fn certified(ca: &TestCa, port: u16) -> Server {
+    let mut trust = Trust::new().without_web_pki_roots();
+    trust.add_ca_pem(ca.cert_pem().as_bytes()).unwrap();
+    Server::new("127.0.0.1", port)
+        .with_policy(TlsPolicy::Certified)
+        .with_trust(trust)
+        .with_server_name("mail.test")
+        .with_timeouts(Timeouts::uniform(Duration::from_secs(5)))
 }
 
 /// Sends over STARTTLS to a server showing `identity`; returns the
@@ -41,9 +43,7 @@ async fn starttls_failure(ca: &TestCa, identity: Identity) -> (String, Option<Pe
     let server = ScriptedServer::start(Script::parse(HANDSHAKE_ONLY).unwrap(), Some(identity))
         .await
         .unwrap();
-    let mut s = Submission::new("127.0.0.1", server.addr().port());
-    s.tls = options(ca);
-    s.timeouts = Timeouts::uniform(Duration::from_secs(5));
+    let s = certified(ca, server.addr().port());
     let message = Outgoing {
         envelope: Envelope::new(
             ReversePath::parse("alice@example.org").unwrap(),
@@ -62,10 +62,10 @@ async fn starttls_failure(ca: &TestCa, identity: Identity) -> (String, Option<Pe
     );
     assert!(d.session.tls.is_none(), "no TLS session");
     match d.session.error {
-        Some(Error::Tls {
-            detail,
-            certificate,
-        }) => (detail, certificate.map(|c| *c)),
+        Some(Error::Tls(failure)) => {
+            assert_eq!(failure.kind, TlsFailureKind::Certificate, "{failure:?}");
+            (failure.detail, failure.certificate.map(|c| *c))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -151,23 +151,22 @@ async fn implicit_tls_carries_the_refused_certificate_too() {
     let server = ScriptedServer::start(Script::parse("STARTTLS\n").unwrap(), Some(identity))
         .await
         .unwrap();
-    let result = TcpTransport::connect(
-        "127.0.0.1",
-        server.addr().port(),
-        true,
-        &options(&ca),
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )
-    .await;
-    let Err(ConnectError::Tls {
-        detail,
-        certificate: Some(c),
+    let result =
+        TcpTransport::connect(&certified(&ca, server.addr().port()).with_implicit_tls(true)).await;
+    let Err(smtp_tls::Error::Tls {
+        failure:
+            TlsFailure {
+                kind,
+                detail,
+                certificate: Some(c),
+                ..
+            },
         ..
     }) = result
     else {
         panic!("{result:?}");
     };
+    assert_eq!(kind, TlsFailureKind::Certificate);
     assert!(detail.contains("has expired"), "{detail}");
     assert_eq!(c.sha256, sha256);
     assert_eq!(c.names, ["mail.test"]);

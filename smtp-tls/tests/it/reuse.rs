@@ -1,4 +1,4 @@
-//! Connection reuse over real TCP: `Connection` keeps one session for many
+//! Connection reuse over real TCP: `Session` keeps one session for many
 //! sends, `Pool` keeps one connection per destination, sends no NOOP before
 //! reuse, notices a server that hung up while idle, and retries only what
 //! cannot have been delivered.
@@ -10,7 +10,7 @@ use smtp_core::delivery::MemoryBody;
 use smtp_core::{Envelope, Error, Misuse, Phase, RecipientStatus, Timeouts, TlsPolicy};
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::script::{Script, ScriptedServer};
-use smtp_tls::{Connection, Outgoing, Pool, PoolError, Submission};
+use smtp_tls::{Outgoing, Pool, Server, Session};
 
 fn message(n: u32) -> Outgoing {
     Outgoing {
@@ -22,9 +22,9 @@ fn message(n: u32) -> Outgoing {
     }
 }
 
-fn plain(port: u16) -> Submission {
-    let mut s = Submission::new("127.0.0.1", port);
-    s.tls.policy = TlsPolicy::None;
+fn plain(port: u16) -> Server {
+    let mut s = Server::new("127.0.0.1", port);
+    s.policy = TlsPolicy::None;
     s.timeouts = Timeouts::uniform(Duration::from_secs(5));
     s
 }
@@ -48,14 +48,14 @@ fn script(text: &str) -> Script {
 
 /// A server running `scripts`, one per connection, and a plaintext
 /// submission to it.
-async fn scripted(scripts: &[&str]) -> (ScriptedServer, Submission) {
+async fn scripted(scripts: &[&str]) -> (ScriptedServer, Server) {
     let scripts = scripts.iter().map(|s| script(s)).collect();
     let server = ScriptedServer::start_sequence(scripts, None).await.unwrap();
     let submission = plain(server.addr().port());
     (server, submission)
 }
 
-fn accepted(result: Result<smtp_core::MessageOutcome, PoolError>) -> bool {
+fn accepted(result: Result<smtp_core::MessageOutcome, smtp_tls::Error>) -> bool {
     result.unwrap().all_accepted()
 }
 
@@ -200,9 +200,7 @@ async fn a_connection_pipelines_a_batch_and_reports_in_order() {
     let server = CaptureServer::start(CaptureConfig::default())
         .await
         .unwrap();
-    let mut connection = Connection::open(&plain(server.addr().port()))
-        .await
-        .unwrap();
+    let mut connection = Session::open(&plain(server.addr().port())).await.unwrap();
     assert!(connection.capabilities().pipelining());
     let mut nobody = message(9);
     nobody.envelope.to.clear();
@@ -211,7 +209,9 @@ async fn a_connection_pipelines_a_batch_and_reports_in_order() {
     assert_eq!(results.len(), 4);
     assert!(matches!(
         results[2],
-        Err(Error::Misuse(Misuse::NoRecipients))
+        Err(smtp_tls::Error::Session(Error::Misuse(
+            Misuse::NoRecipients
+        )))
     ));
     for r in [&results[0], &results[1], &results[3]] {
         assert!(r.as_ref().unwrap().all_accepted(), "{r:?}");
@@ -256,9 +256,7 @@ async fn sending_on_a_closed_connection_says_it_was_not_tried() {
     )
     .await
     .unwrap();
-    let mut connection = Connection::open(&plain(server.addr().port()))
-        .await
-        .unwrap();
+    let mut connection = Session::open(&plain(server.addr().port())).await.unwrap();
     server.finish(Duration::from_secs(5)).await.assert_ok();
     assert!(!connection.refresh().await, "the 421 ends the session");
     assert!(!connection.is_open());
@@ -268,7 +266,10 @@ async fn sending_on_a_closed_connection_says_it_was_not_tried() {
     ));
     let result = connection.send(&mut message(1)).await;
     assert!(
-        matches!(result, Err(Error::Misuse(Misuse::SessionOver))),
+        matches!(
+            result,
+            Err(smtp_tls::Error::Session(Error::Misuse(Misuse::SessionOver)))
+        ),
         "{result:?}"
     );
 }
@@ -280,12 +281,15 @@ async fn a_session_that_cannot_be_set_up_is_an_open_error() {
         .await
         .unwrap();
     let mut submission = plain(server.addr().port());
-    submission.tls.policy = TlsPolicy::Required;
-    let err = Connection::open(&submission).await.unwrap_err();
+    submission.policy = TlsPolicy::Required;
+    let err = Session::open(&submission).await.unwrap_err();
     assert!(
-        matches!(err, smtp_tls::OpenError::Session(Error::Policy(_))),
+        matches!(err, smtp_tls::Error::Session(Error::Policy(_))),
         "{err}"
     );
     let pool_err = Pool::new().send(&submission, message(1)).await.unwrap_err();
-    assert!(matches!(pool_err, PoolError::Open(_)), "{pool_err}");
+    assert!(
+        matches!(pool_err, smtp_tls::Error::Session(Error::Policy(_))),
+        "{pool_err}"
+    );
 }

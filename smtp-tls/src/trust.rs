@@ -1,4 +1,5 @@
-//! The encryption policies turned into rustls client configurations.
+//! The trust anchors, and the encryption policies turned into rustls
+//! client configurations.
 
 use std::io;
 use std::path::Path;
@@ -12,31 +13,42 @@ use smtp_core::TlsPolicy;
 
 use crate::verify::{Verdict, Verifier};
 
-/// Which certificates to trust and how strictly.
+/// Which certificates to trust: the web PKI roots and any extra trust
+/// anchors (a private CA, or a pinned self-signed certificate). Certified
+/// refuses a certificate they do not vouch for; Optional and Required only
+/// report the verdict ([`TlsInfo::verified`](smtp_core::delivery::TlsInfo)).
 #[derive(Clone, Debug)]
-pub struct TlsOptions {
-    /// The encryption policy.
-    pub policy: TlsPolicy,
+#[non_exhaustive]
+pub struct Trust {
     /// Extra trust anchors (e.g. a private CA), on top of the web PKI roots.
     /// A server presenting one of these itself (a self-signed certificate)
     /// is trusted as that pinned certificate, whatever its name and CA flag.
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Trust the web PKI roots (webpki-roots). On by default.
     pub web_pki_roots: bool,
-    /// Check the certificate against this name instead of the host connected
-    /// to (direct delivery checks the MX host name; this is for the rest).
-    pub server_name: Option<String>,
 }
 
-impl TlsOptions {
-    /// `policy` with the web PKI roots.
-    pub fn new(policy: TlsPolicy) -> Self {
+impl Default for Trust {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Trust {
+    /// The web PKI roots, nothing else.
+    pub fn new() -> Self {
         Self {
-            policy,
             extra_roots: Vec::new(),
             web_pki_roots: true,
-            server_name: None,
         }
+    }
+
+    /// Only the extra trust anchors, without the web PKI roots (a private
+    /// CA trusted alone).
+    #[must_use]
+    pub fn without_web_pki_roots(mut self) -> Self {
+        self.web_pki_roots = false;
+        self
     }
 
     /// Adds every certificate of a PEM file as a trust anchor.
@@ -74,10 +86,13 @@ impl TlsOptions {
         roots
     }
 
-    /// A client configuration for one connection, and the slot where its
-    /// verifier records the certificates presented and whether they
-    /// verified.
-    pub(crate) fn client_config(&self) -> io::Result<(Arc<ClientConfig>, Verdict)> {
+    /// A client configuration for one connection under `policy`, and the
+    /// slot where its verifier records the certificates presented and
+    /// whether they verified.
+    pub(crate) fn client_config(
+        &self,
+        policy: TlsPolicy,
+    ) -> io::Result<(Arc<ClientConfig>, Verdict)> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verdict: Verdict = Arc::default();
         let roots = Arc::new(self.roots());
@@ -88,7 +103,7 @@ impl TlsOptions {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| io::Error::other(e.to_string()))?
             .dangerous();
-        let verifier = match self.policy {
+        let verifier = match policy {
             TlsPolicy::Certified => {
                 Verifier::strict(webpki, self.extra_roots.clone(), verdict.clone())
             }
@@ -133,7 +148,7 @@ mod tests {
     use super::*;
 
     fn add(pem: &[u8]) -> io::Result<usize> {
-        TlsOptions::new(TlsPolicy::Certified).add_ca_pem(pem)
+        Trust::new().add_ca_pem(pem)
     }
 
     fn error(pem: &[u8]) -> String {
@@ -145,7 +160,7 @@ mod tests {
     #[test]
     fn every_certificate_of_a_pem_file_is_a_trust_anchor() {
         let pem = format!("{}{}", TestCa::new().cert_pem(), TestCa::new().cert_pem());
-        let mut options = TlsOptions::new(TlsPolicy::Certified);
+        let mut options = Trust::new();
         assert_eq!(options.add_ca_pem(pem.as_bytes()).unwrap(), 2);
         assert_eq!(options.extra_roots.len(), 2);
     }
@@ -177,9 +192,7 @@ mod tests {
     #[test]
     fn a_ca_file_error_names_the_file() {
         let path = Path::new("/nonexistent/ca.pem");
-        let e = TlsOptions::new(TlsPolicy::Certified)
-            .add_ca_file(path)
-            .expect_err("no such file");
+        let e = Trust::new().add_ca_file(path).expect_err("no such file");
         assert!(e.to_string().starts_with("/nonexistent/ca.pem: "), "{e}");
     }
 }
