@@ -217,19 +217,7 @@ pub async fn plan(
         sorted.dedup_by(|a, b| a.1 == b.1);
         (PlanKind::Mx, sorted)
     };
-    // Shuffle each run of equal preferences (Fisher-Yates with `pick`).
-    let mut start = 0;
-    while start < hosts.len() {
-        let end = hosts[start..]
-            .iter()
-            .position(|h| h.0 != hosts[start].0)
-            .map_or(hosts.len(), |n| start + n);
-        for i in (start + 1..end).rev() {
-            let j = start + pick(i - start + 1).min(i - start);
-            hosts.swap(i, j);
-        }
-        start = end;
-    }
+    shuffle_equal_preferences(&mut hosts, pick);
     let mut planned = Vec::new();
     let mut budget = max_addresses;
     let mut temporary = None;
@@ -275,6 +263,25 @@ pub async fn plan(
         kind,
         hosts: planned,
     })
+}
+
+/// Shuffles each run of equal preferences in `hosts` (sorted by
+/// preference), Fisher-Yates with `pick`: for the run's positions from the
+/// last down to the second, `pick(k)` chooses which of the first `k` goes
+/// there. A `pick` that returns `k` or more is taken as `k - 1`.
+fn shuffle_equal_preferences(hosts: &mut [(u16, String)], pick: &mut dyn FnMut(usize) -> usize) {
+    let mut start = 0;
+    while start < hosts.len() {
+        let end = hosts[start..]
+            .iter()
+            .position(|h| h.0 != hosts[start].0)
+            .map_or(hosts.len(), |n| start + n);
+        for i in (start + 1..end).rev() {
+            let j = start + pick(i - start + 1).min(i - start);
+            hosts.swap(i, j);
+        }
+        start = end;
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +375,139 @@ mod tests {
             seen.insert(o);
         }
         assert_eq!(seen.len(), 6);
+    }
+
+    /// Hosts `a`, `b`, … at these preferences, in this order.
+    fn hosts(preferences: &[u16]) -> Vec<(u16, String)> {
+        let names = ["a", "b", "c", "d", "e", "f"];
+        preferences
+            .iter()
+            .zip(names)
+            .map(|(&p, name)| (p, name.to_owned()))
+            .collect()
+    }
+
+    /// Shuffles hosts at `preferences` with `picks` as the source's answers,
+    /// in order; returns the order and the `n` each pick was asked with.
+    fn shuffled(preferences: &[u16], picks: &[usize]) -> (String, Vec<usize>) {
+        let mut hosts = hosts(preferences);
+        let mut asked = Vec::new();
+        let mut answers = picks.iter().copied();
+        shuffle_equal_preferences(&mut hosts, &mut |n| {
+            asked.push(n);
+            answers
+                .next()
+                .expect("no more picks than positions to fill")
+        });
+        assert_eq!(answers.next(), None, "every pick was used");
+        let order = hosts.iter().map(|h| h.1.as_str()).collect::<Vec<_>>();
+        (order.join(","), asked)
+    }
+
+    #[test]
+    fn each_pick_sequence_gives_its_own_order_of_three_equal_hosts() {
+        // From the back: pick(3) chooses which of the three takes the third
+        // place, then pick(2) which of the first two takes the second.
+        let table = [
+            ([0, 0], "b,c,a"),
+            ([0, 1], "c,b,a"),
+            ([1, 0], "c,a,b"),
+            ([1, 1], "a,c,b"),
+            ([2, 0], "b,a,c"),
+            ([2, 1], "a,b,c"),
+        ];
+        for (picks, order) in table {
+            let got = shuffled(&[10, 10, 10], &picks);
+            assert_eq!(got, (order.to_owned(), vec![3, 2]), "{picks:?}");
+        }
+    }
+
+    #[test]
+    fn each_run_of_equal_preferences_is_shuffled_in_its_own_place() {
+        // a alone at 5, b c d at 10, e f at 20: the run at 10 asks for 3 then
+        // 2, the run at 20 for 2, a lone host for nothing; no host leaves its run.
+        let prefs = [5, 10, 10, 10, 20, 20];
+        let asked = vec![3, 2, 2];
+        assert_eq!(
+            shuffled(&prefs, &[0, 0, 0]),
+            ("a,c,d,b,f,e".to_owned(), asked.clone())
+        );
+        assert_eq!(
+            shuffled(&prefs, &[1, 0, 1]),
+            ("a,d,b,c,e,f".to_owned(), asked.clone())
+        );
+        assert_eq!(
+            shuffled(&prefs, &[2, 1, 1]),
+            ("a,b,c,d,e,f".to_owned(), asked)
+        );
+        assert_eq!(shuffled(&[7], &[]), ("a".to_owned(), vec![]));
+        assert_eq!(shuffled(&[], &[]), (String::new(), vec![]));
+    }
+
+    #[test]
+    fn a_pick_out_of_range_is_taken_as_the_last_choice() {
+        // The last choice puts the host already there: nothing moves.
+        let prefs = [5, 10, 10, 10, 20, 20];
+        for wild in [3, 4, usize::MAX] {
+            assert_eq!(
+                shuffled(&prefs, &[wild, wild, wild]),
+                ("a,b,c,d,e,f".to_owned(), vec![3, 2, 2]),
+                "{wild}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_order_is_equally_likely() {
+        // Every pick sequence once, i.e. a perfectly uniform source: each of
+        // the 24 orders of four equal hosts comes out exactly once.
+        let mut orders = std::collections::HashSet::new();
+        for p4 in 0..4 {
+            for p3 in 0..3 {
+                for p2 in 0..2 {
+                    orders.insert(shuffled(&[1, 1, 1, 1], &[p4, p3, p2]).0);
+                }
+            }
+        }
+        assert_eq!(orders.len(), 24);
+
+        // A seeded generator (SplitMix64): over 6000 shuffles of three equal
+        // hosts each of the 6 orders comes out about 1000 times (the standard
+        // deviation is about 29). Deterministic: the same counts every run.
+        let mut state: u64 = 0x5eed;
+        let mut random_below = |n: usize| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            usize::try_from(z % n as u64).expect("below n")
+        };
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..6000 {
+            let mut hosts = hosts(&[10, 10, 10]);
+            shuffle_equal_preferences(&mut hosts, &mut random_below);
+            let order = hosts.iter().map(|h| h.1.as_str()).collect::<String>();
+            *counts.entry(order).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 6, "{counts:?}");
+        assert!(
+            counts.values().all(|&n| (900..=1100).contains(&n)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn dns_errors_and_the_default_resolver_name_read_as_words() {
+        assert_eq!(
+            DnsError::NxDomain.to_string(),
+            "the domain does not exist (NXDOMAIN)"
+        );
+        assert_eq!(
+            DnsError::Temporary("SERVFAIL".to_owned()).to_string(),
+            "DNS lookup failed for now (SERVFAIL)"
+        );
+        assert_eq!(MockDns::new().name(), "the DNS resolver");
     }
 
     #[tokio::test]
