@@ -44,10 +44,15 @@ fn hint(e: &Error) -> Option<&'static str> {
 const UNKNOWN_ISSUER: &str =
     "give the CA with --ca-file, or use --tls required to encrypt without verifying";
 
+/// What `smtp` says instead of [`smtp_tls::PINNING_ADVICE`].
+const PINNING: &str = "give that certificate with --ca-file (it is then pinned), or use --tls \
+                       required to encrypt without verifying";
+
 /// `text` (an error, a verification verdict) with smtp-tls's advice said
 /// as flags.
 pub(crate) fn flags(text: &str) -> String {
     text.replace(smtp_tls::UNKNOWN_ISSUER_ADVICE, UNKNOWN_ISSUER)
+        .replace(smtp_tls::PINNING_ADVICE, PINNING)
 }
 
 /// An smtp-tls error as `smtp` says it.
@@ -143,6 +148,11 @@ mod tests {
              to encrypt without verifying"
         );
         assert_eq!(flags("nothing to say"), "nothing to say");
+        let pinned = flags(&format!("self-signed; {}", smtp_tls::PINNING_ADVICE));
+        assert!(
+            pinned.contains("--ca-file") && pinned.contains("--tls required"),
+            "{pinned}"
+        );
     }
 
     #[test]

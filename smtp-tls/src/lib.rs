@@ -107,7 +107,7 @@ pub use session::{Delivery, Observed, Outgoing, Session};
 pub use settings::Server;
 pub use tcp::TcpTransport;
 pub use trust::Trust;
-pub use verify::UNKNOWN_ISSUER_ADVICE;
+pub use verify::{PINNING_ADVICE, UNKNOWN_ISSUER_ADVICE};
 
 /// The README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]

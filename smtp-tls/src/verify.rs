@@ -176,6 +176,11 @@ fn bare_name(presented: &str) -> &str {
 pub const UNKNOWN_ISSUER_ADVICE: &str =
     "add its CA as a trust anchor, or use the policy Required to encrypt without verifying";
 
+/// What the error for an untrusted self-signed certificate advises, in
+/// the API's terms, as [`UNKNOWN_ISSUER_ADVICE`] does.
+pub const PINNING_ADVICE: &str = "add that exact certificate as a trust anchor (it is then \
+                                  pinned), or use the policy Required to encrypt without verifying";
+
 /// A certificate error in words a user can act on.
 pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
     let name = name_text(server_name);
@@ -227,9 +232,16 @@ pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
             ),
             CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
                 Some(webpki::Error::CaUsedAsEndEntity) => format!(
-                    "the server {name} presents a CA certificate as its own; if it is a \
-                     self-signed certificate you trust, give that exact certificate as a \
-                     trust anchor and it is pinned"
+                    "the certificate of {name} is self-signed (a CA certificate of its own, \
+                     as `openssl req -x509` makes) and not trusted; {PINNING_ADVICE}"
+                ),
+                Some(
+                    webpki::Error::MaximumPathDepthExceeded
+                    | webpki::Error::MaximumPathBuildCallsExceeded
+                    | webpki::Error::MaximumSignatureChecksExceeded,
+                ) => format!(
+                    "the certificate chain of {name} is too long or too tangled to verify; \
+                     the server's administrator must send a shorter chain"
                 ),
                 Some(webpki::Error::EndEntityUsedAsCa) => format!(
                     "the certificate chain of {name} uses a server certificate as an issuer"

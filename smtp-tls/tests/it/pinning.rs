@@ -106,6 +106,10 @@ async fn a_ca_certificate_that_is_not_the_pin_is_refused_in_plain_words() {
     };
     assert!(!detail.contains("Other("), "{detail}");
     assert!(detail.contains("mail.test"), "{detail}");
+    assert!(
+        detail.contains("self-signed") && detail.contains(smtp_tls::PINNING_ADVICE),
+        "{detail}"
+    );
     assert_eq!(
         d.session.messages[0].recipients[0].status,
         RecipientStatus::Deferred
