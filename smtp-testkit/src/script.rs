@@ -504,12 +504,18 @@ mod tests {
                 .unwrap();
         let task = tokio::spawn(serve(server, script));
         let (mut r, mut w) = tokio::io::split(client);
-        let mut buf = [0u8; 64];
-        let _ = r.read(&mut buf).await.unwrap();
-        w.write_all(b"EHLO client.test\r\n").await.unwrap();
-        let _ = r.read(&mut buf).await.unwrap();
-        w.write_all(b"RCPT TO:<x@y.test>\r\n").await.unwrap();
-        let outcome = task.await.unwrap();
+        // A server that stops answering fails the test in seconds.
+        let exchange = async {
+            let mut buf = [0u8; 64];
+            let _ = r.read(&mut buf).await.unwrap();
+            w.write_all(b"EHLO client.test\r\n").await.unwrap();
+            let _ = r.read(&mut buf).await.unwrap();
+            w.write_all(b"RCPT TO:<x@y.test>\r\n").await.unwrap();
+            task.await.unwrap()
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("the scripted server answers within 5 s");
         assert_eq!(
             outcome.mismatch.as_deref(),
             Some("expected `MAIL FROM:<a@b.test>`, received `RCPT TO:<x@y.test>`")

@@ -79,9 +79,20 @@ fn start(leaf: Option<&Leaf>, extra: &[&str]) -> Server {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().expect("start aiosmtpd");
-    let mut line = String::new();
     let stdout = child.stdout.take().unwrap();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    // A server that never says it is ready fails the test in seconds: the
+    // line is read on a thread, and waited for with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("aiosmtpd did not say it was ready within 20 s");
+    };
     assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
     Server { child, port, dir }
 }
