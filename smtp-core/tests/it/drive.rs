@@ -13,8 +13,14 @@ use smtp_core::{Client, Error, MessageError, RecipientStatus};
 
 use smtp_testkit::sansio::{config, envelope};
 
+/// The most virtual time a session may spend waiting on the silent
+/// server (see [`Scripted::read`]).
+const SILENCE_LIMIT: Duration = Duration::from_secs(3600);
+
 struct Scripted {
     now: Instant,
+    /// Where the virtual clock started.
+    start: Instant,
     replies: VecDeque<&'static str>,
     written: Vec<u8>,
     /// Each `write_all` call's bytes, to check what shares a write.
@@ -38,8 +44,15 @@ impl Transport for Scripted {
                 Ok(ReadOutcome::Data(r.len()))
             }
             None => {
-                // Silence: jump the clock to the deadline.
+                // Silence: jump the clock to the deadline. A client that
+                // never gives up on a silent server would loop here for
+                // ever; an hour of virtual time, more than every default
+                // limit together, fails the test instead.
                 self.now = deadline.unwrap_or(self.now + Duration::from_secs(1));
+                assert!(
+                    self.now - self.start < SILENCE_LIMIT,
+                    "the client waited {SILENCE_LIMIT:?} of virtual time on a silent server"
+                );
                 Ok(ReadOutcome::DeadlinePassed)
             }
         }
@@ -90,6 +103,7 @@ fn transport(replies: &[&'static str]) -> Scripted {
     let now = Instant::now();
     Scripted {
         now,
+        start: now,
         replies: replies.iter().copied().collect(),
         written: Vec::new(),
         writes: Vec::new(),
