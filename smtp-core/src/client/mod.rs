@@ -525,6 +525,14 @@ impl Client {
     /// [`fail`](Self::fail), with `status` overriding the status each
     /// recipient's outcome would take from `error`.
     fn fail_with(&mut self, error: Error, status: Option<crate::envelope::RecipientStatus>) {
+        // Commands queued but not yet handed out never go: after a fault
+        // the server hears nothing more (but the QUIT of fail_and_quit).
+        self.out.bytes.clear();
+        self.end(error, status);
+    }
+
+    /// Settles everything unfinished with `error` and reports the failure.
+    fn end(&mut self, error: Error, status: Option<crate::envelope::RecipientStatus>) {
         let phase = self.current_phase();
         // The session's error says so when a message's fate is unknown, so
         // nobody reads "try again later" and sends it twice.
@@ -547,7 +555,17 @@ impl Client {
     /// Like [`fail`](Self::fail) for faults where the server is still
     /// listening (policy not met, refused greeting): says QUIT on the way out.
     fn fail_and_quit(&mut self, error: Error) {
+        self.fail_saying(error, None);
+    }
+
+    /// [`fail_and_quit`](Self::fail_and_quit) with `last` said before the
+    /// QUIT (an AUTH exchange's cancelling `*`): nothing queued before goes.
+    fn fail_saying(&mut self, error: Error, last: Option<&Command<'_>>) {
+        self.out.bytes.clear();
+        if let Some(command) = last {
+            self.out.command(command);
+        }
         self.out.command(&Command::Quit);
-        self.fail(error);
+        self.end(error, None);
     }
 }

@@ -282,8 +282,7 @@ impl Client {
 
     /// Cancels the exchange (RFC 4954 §4) before leaving.
     fn cancel_auth(&mut self, e: SaslError) {
-        self.out.command(&Command::AuthResponse("*"));
-        self.fail_and_quit(e.into());
+        self.fail_saying(e.into(), Some(&Command::AuthResponse("*")));
     }
 
     fn ready(&mut self, now: Instant) {

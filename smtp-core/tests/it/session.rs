@@ -637,3 +637,44 @@ fn a_3xx_to_starttls_is_a_protocol_error_even_under_optional() {
     ));
     assert_eq!(run.statuses(), ["b@example.net=deferred"]);
 }
+
+#[test]
+fn nothing_queued_goes_out_after_a_second_greeting() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    // The second greeting comes before the EHLO the first one prompted left.
+    run.input(b"220 mx.example.net\r\n220 mx.example.net again\r\n");
+    assert!(
+        matches!(
+            run.failure(),
+            Some(Error::Protocol(ProtocolError::Unsolicited(_)))
+        ),
+        "{:?}",
+        run.failure()
+    );
+    assert_eq!(run.take_wire(), "", "the server hears nothing more");
+}
+
+#[test]
+fn nothing_queued_goes_out_after_a_reply_sent_twice_in_lock_step() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.script(
+        "
+        S: 220 mx.example.net
+        C: EHLO client.example
+        S: 250 mx.example.net
+        C: MAIL FROM:<a@example.org>
+        ",
+    );
+    run.input(b"250 ok\r\n250 ok\r\n");
+    assert!(
+        matches!(
+            run.failure(),
+            Some(Error::Protocol(ProtocolError::Unsolicited(_)))
+        ),
+        "{:?}",
+        run.failure()
+    );
+    assert_eq!(run.take_wire(), "", "no RCPT after the fault");
+}
