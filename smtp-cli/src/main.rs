@@ -27,6 +27,7 @@ mod send;
 mod settings;
 mod sink;
 mod spool;
+mod stdin;
 
 use std::ffi::OsString;
 use std::path::Path;

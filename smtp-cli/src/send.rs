@@ -21,10 +21,11 @@ use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
 use crate::fail::{EX_NOHOST, EX_PROTOCOL, EX_TEMPFAIL, Failure};
 use crate::greeting::GreetingHint;
-use crate::message::{Input, Prepared, PreparedBody, prepare, read_stdin};
+use crate::message::{Input, Prepared, PreparedBody, prepare};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
 use crate::progress::{self, Mode};
 use crate::settings::{Settings, settings};
+use crate::stdin::read_stdin;
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
 pub(crate) fn hostname() -> String {
