@@ -1,4 +1,8 @@
 //! The command line, as clap parses it.
+//!
+//! The doc comments here are the `--help` texts, where `HOST[:PORT]` is the
+//! usual notation; rustdoc would read the brackets as links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -111,7 +111,7 @@ struct TlsReport {
     sha256: Option<String>,
 }
 
-/// HOST, HOST:PORT, [V6] or [V6]:PORT; port 25 unless given. A port that
+/// `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; port 25 unless given. A port that
 /// is not a number is an error, never a silent 25.
 fn split(target: &str) -> Result<(String, u16), Failure> {
     let bad = |p: &str| Failure::usage(format!("{target}: {p:?} is not a port"));

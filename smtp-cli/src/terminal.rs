@@ -3,7 +3,7 @@
 //! subjects and names, error texts. Printed raw, an escape sequence in any
 //! of them could recolour, retitle or rewrite the user's terminal, or make
 //! a failure look like a success. So every line printed goes through
-//! [`printable`], by the [`say!`] and [`tell!`] macros, at the boundary
+//! [`printable`], by the `say!` and `tell!` macros, at the boundary
 //! rather than at each source: a source forgotten cannot leak.
 
 use std::borrow::Cow;

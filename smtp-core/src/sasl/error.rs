@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::{MIN_NONCE_LEN, Mechanism};
 
-/// The longest server error text kept for [`Authenticator::error_detail`], in characters.
+/// The longest server error text kept for `Authenticator::error_detail`, in characters.
 const MAX_DETAIL_LEN: usize = 1024;
 
 /// Why choosing a mechanism or running an exchange failed.

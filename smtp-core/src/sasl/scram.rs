@@ -20,7 +20,7 @@
 //!   unaffected; a non-ASCII password that the server normalized differently
 //!   fails to authenticate (it does not leak).
 //! - The iteration count must lie in 4096 (RFC 7677 §4's minimum) ..= the
-//!   caller's cap ([`DEFAULT_MAX_ITERATIONS`](super::DEFAULT_MAX_ITERATIONS)
+//!   caller's cap ([`DEFAULT_MAX_ITERATIONS`]
 //!   unless set), so a hostile server can neither weaken the hash nor make
 //!   the client burn seconds of CPU per attempt.
 //!
