@@ -9,6 +9,8 @@
 //!   core's [`smtp_core::Error`] (a greeting refused, the encryption policy
 //!   not met, authentication failed, a message not tried).
 //! - This machine: [`Error::NoRandomness`].
+//! - This library: [`Error::NoOutcome`], a message the session took but
+//!   reported nothing for (a bug; its fate is unknown).
 //!
 //! Every `Display` says what happened and what to do, in the API's terms
 //! (policies, implicit TLS, trust anchors); a program with its own
@@ -71,11 +73,19 @@ pub enum Error {
         /// What the random bytes were for.
         purpose: &'static str,
     },
+    /// This library: the session took the message but reported no outcome
+    /// for it. It cannot happen (the core reports every message it takes);
+    /// if it does, the message may or may not have been delivered.
+    NoOutcome,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NoOutcome => f.write_str(
+                "internal error: the session reported no outcome for this message; it may \
+                 or may not have been delivered (please report this)",
+            ),
             Self::ImplicitTlsWithoutEncryption { port } => write!(
                 f,
                 "port {port} needs encryption (implicit TLS) but the policy is None; use the \

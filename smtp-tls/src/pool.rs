@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use smtp_core::reply::ReplyCode;
-use smtp_core::{MessageOutcome, Misuse, Phase, RecipientStatus, TlsPolicy};
+use smtp_core::{MessageOutcome, Phase, RecipientStatus, TlsPolicy};
 
 use crate::error::Error;
 use crate::session::{Outgoing, Session};
@@ -113,9 +113,7 @@ impl Pool {
     pub async fn send(&self, server: &Server, message: Outgoing) -> Result<MessageOutcome, Error> {
         let mut messages = [message];
         let mut results = self.send_all(server, &mut messages).await;
-        results
-            .pop()
-            .unwrap_or_else(|| Err(Error::Session(Misuse::SessionOver.into())))
+        results.pop().unwrap_or(Err(Error::NoOutcome))
     }
 
     /// Sends `messages` through `server`, pipelined on one connection, and

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use smtp_core::delivery::{
     Bodies, BodySource, Driver, SessionReport, TlsFailure, TlsInfo, Transport, Until,
 };
-use smtp_core::{Client, Envelope, Event, MessageId, MessageOutcome, Misuse, Phase, TlsPolicy};
+use smtp_core::{Client, Envelope, Event, MessageId, MessageOutcome, Phase, TlsPolicy};
 use tracing::Instrument;
 
 use crate::error::Error;
@@ -185,7 +185,7 @@ impl Session {
         let mut results = self
             .send_all(std::slice::from_mut(message), &mut |_| {})
             .await;
-        results.pop().unwrap_or_else(not_tried)
+        results.pop().unwrap_or(Err(Error::NoOutcome))
     }
 
     /// Sends `messages` pipelined on this session (one round trip per
@@ -198,7 +198,10 @@ impl Session {
         observe: &mut (dyn FnMut(Observed<'_>) + Send),
     ) -> Vec<Result<MessageOutcome, Error>> {
         let now = self.transport.now();
-        let mut results: Vec<Result<MessageOutcome, Error>> = Vec::with_capacity(messages.len());
+        // A slot per message: filled now when the client refuses it, else
+        // by its result (the client reports every message it takes).
+        let mut results: Vec<Option<Result<MessageOutcome, Error>>> =
+            Vec::with_capacity(messages.len());
         let mut batch = Batch {
             first: None,
             positions: Vec::with_capacity(messages.len()),
@@ -209,11 +212,9 @@ impl Session {
                 Ok(id) => {
                     batch.first.get_or_insert(id.index());
                     batch.positions.push(position);
-                    // Replaced by the message's result: the client reports
-                    // every message it took, whatever happens.
-                    results.push(not_tried());
+                    results.push(None);
                 }
-                Err(e) => results.push(Err(Error::Session(e))),
+                Err(e) => results.push(Some(Err(Error::Session(e)))),
             }
         }
         let (first, positions) = (batch.first, batch.positions.clone());
@@ -223,7 +224,7 @@ impl Session {
                 if let Some(slot) =
                     position_of(first, &positions, outcome.message).and_then(|p| results.get_mut(p))
                 {
-                    *slot = Ok(outcome.clone());
+                    *slot = Some(Ok(outcome.clone()));
                 }
             }
         };
@@ -231,6 +232,9 @@ impl Session {
         self.sent += positions.len() as u64;
         self.last_used = Instant::now();
         results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::NoOutcome)))
+            .collect()
     }
 
     /// Takes in, without waiting or sending anything, what the server said
@@ -485,11 +489,6 @@ fn ended_by_tls(outcome: &MessageOutcome) -> bool {
         .recipients
         .iter()
         .all(|r| matches!(r.error, Some(smtp_core::Error::Tls(_))))
-}
-
-/// The result of a message the session did not take.
-fn not_tried() -> Result<MessageOutcome, Error> {
-    Err(Error::Session(Misuse::SessionOver.into()))
 }
 
 /// No message is sent while setting up or closing.

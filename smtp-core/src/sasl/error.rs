@@ -8,7 +8,26 @@ use super::{MIN_NONCE_LEN, Mechanism};
 /// The longest server error text kept for `Authenticator::error_detail`, in characters.
 const MAX_DETAIL_LEN: usize = 1024;
 
-/// Why choosing a mechanism or running an exchange failed.
+/// Whose fault a [`SaslError`] is, as [`SaslError::fault`] tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SaslFault {
+    /// The caller's settings: a mechanism or credentials that cannot work
+    /// (an unknown name, the wrong kind of credentials), or that the server
+    /// does not offer. Fix the configuration.
+    Configuration,
+    /// The encryption policy: the secret would be readable on the wire.
+    /// Encrypt, or say explicitly that the clear is meant.
+    Policy,
+    /// The server: a malformed, unexpected or failing exchange, a proof
+    /// that does not verify, an unreasonable cost. Nothing to fix here.
+    Server,
+    /// A bug in the program driving the exchange (the API used out of turn).
+    Misuse,
+}
+
+/// Why choosing a mechanism or running an exchange failed. Each variant
+/// belongs to one [`SaslFault`] ([`fault`](Self::fault)).
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SaslError {
@@ -92,6 +111,28 @@ pub enum SaslError {
     /// A derived key was handed over when no key derivation was pending
     /// (a caller bug).
     NoDerivationPending,
+}
+
+impl SaslError {
+    /// Whose fault this is.
+    pub const fn fault(&self) -> SaslFault {
+        match self {
+            Self::UnknownMechanism { .. }
+            | Self::NotOffered { .. }
+            | Self::CredentialsMismatch { .. }
+            | Self::InvalidCredentials { .. } => SaslFault::Configuration,
+            Self::WouldRevealSecret { .. } | Self::NoUsableMechanism { tls: false, .. } => {
+                SaslFault::Policy
+            }
+            Self::NoUsableMechanism { tls: true, .. }
+            | Self::InvalidChallenge { .. }
+            | Self::ServerSignatureMismatch
+            | Self::ServerError { .. }
+            | Self::UnexpectedChallenge { .. }
+            | Self::TooManyIterations { .. } => SaslFault::Server,
+            Self::NonceTooShort { .. } | Self::NoDerivationPending => SaslFault::Misuse,
+        }
+    }
 }
 
 fn supported_names() -> String {

@@ -57,7 +57,7 @@ pub use authenticator::{
 };
 pub use choice::{AuthChoice, choose_mechanism};
 pub use credentials::{Credentials, Secret};
-pub use error::SaslError;
+pub use error::{SaslError, SaslFault};
 pub use mechanism::Mechanism;
 
 use authenticator::{Next, Step};

@@ -699,3 +699,55 @@ proptest! {
         let _ = auth.server_verified();
     }
 }
+
+#[test]
+fn every_error_names_whose_fault_it_is() {
+    use super::SaslFault;
+    let m = Mechanism::Plain;
+    let cases = [
+        (
+            SaslError::UnknownMechanism { name: "X".into() },
+            SaslFault::Configuration,
+        ),
+        (
+            SaslError::NotOffered {
+                mechanism: m,
+                offered: vec![],
+            },
+            SaslFault::Configuration,
+        ),
+        (
+            SaslError::WouldRevealSecret { mechanism: m },
+            SaslFault::Policy,
+        ),
+        (
+            SaslError::NoUsableMechanism {
+                offered: vec![],
+                tls: false,
+                oauth2: false,
+            },
+            SaslFault::Policy,
+        ),
+        (
+            SaslError::NoUsableMechanism {
+                offered: vec![],
+                tls: true,
+                oauth2: false,
+            },
+            SaslFault::Server,
+        ),
+        (SaslError::ServerSignatureMismatch, SaslFault::Server),
+        (
+            SaslError::TooManyIterations {
+                requested: 9,
+                limit: 1,
+            },
+            SaslFault::Server,
+        ),
+        (SaslError::NonceTooShort { len: 0 }, SaslFault::Misuse),
+        (SaslError::NoDerivationPending, SaslFault::Misuse),
+    ];
+    for (e, fault) in cases {
+        assert_eq!(e.fault(), fault, "{e}");
+    }
+}
