@@ -1,7 +1,8 @@
 //! The crate's one error type, split by who is at fault.
 //!
-//! - The caller's settings: [`Error::ImplicitTlsWithoutEncryption`],
-//!   [`Error::InvalidServerName`]. Nothing was sent; fix the [`Server`](crate::Server).
+//! - The caller's settings and input: [`Error::ImplicitTlsWithoutEncryption`],
+//!   [`Error::InvalidServerName`], [`Error::NoRecipients`]. Nothing was
+//!   sent; fix the [`Server`](crate::Server) or the messages.
 //! - The network: [`Error::Resolve`], [`Error::Unreachable`], and
 //!   [`Error::Tls`] for an implicit-TLS handshake that failed. Nothing was
 //!   sent; trying later, or elsewhere, may work.
@@ -38,6 +39,12 @@ pub enum Error {
     InvalidServerName {
         /// The name.
         name: String,
+    },
+    /// The caller's input: message `message` (its position in the batch)
+    /// has no recipients. Nothing was sent.
+    NoRecipients {
+        /// The message's position.
+        message: usize,
     },
     /// The network: the host name did not resolve.
     Resolve {
@@ -82,6 +89,11 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NoRecipients { message } => write!(
+                f,
+                "message {message} of the batch has no recipients; nothing was sent (give \
+                 every message at least one)"
+            ),
             Self::NoOutcome => f.write_str(
                 "internal error: the session reported no outcome for this message; it may \
                  or may not have been delivered (please report this)",

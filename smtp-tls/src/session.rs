@@ -214,6 +214,13 @@ impl Session {
                     batch.positions.push(position);
                     results.push(None);
                 }
+                // A session that ended says why it did, not "misuse".
+                Err(smtp_core::Error::Misuse(smtp_core::Misuse::SessionOver))
+                    if self.report.error.is_some() =>
+                {
+                    let ended = self.report.error.clone();
+                    results.push(ended.map(|e| Err(Error::Session(e))));
+                }
                 Err(e) => results.push(Some(Err(Error::Session(e)))),
             }
         }
@@ -446,20 +453,23 @@ impl Server {
     /// `observe` sees every event as it happens, with the session's facts
     /// (transcripts, progress); [`Observed::settled`] picks out each
     /// message's final outcome, for a report of a run that is stopped
-    /// halfway. `Err` means no session could be made (nothing was sent);
-    /// anything after that, a refused greeting or a policy not met
-    /// included, is in the report, every message with an outcome.
+    /// halfway. `Err` means no session could be made, or a message has no
+    /// recipients (nothing was sent); anything after that, a refused
+    /// greeting or a policy not met included, is in the report, every
+    /// message with an outcome. A message's [`MessageId`] index is its
+    /// position in `messages`.
     pub async fn send(
         &self,
         messages: Vec<Outgoing>,
         observe: &mut (dyn FnMut(Observed<'_>) + Send),
     ) -> Result<Delivery, Error> {
-        // A message without recipients has nothing to deliver.
-        let (envelopes, mut bodies): (Vec<Envelope>, Vec<Box<dyn BodySource>>) = messages
-            .into_iter()
-            .filter(|m| !m.envelope.to.is_empty())
-            .map(|m| (m.envelope, m.body))
-            .unzip();
+        // A message without recipients could never have an outcome; and
+        // leaving it out would shift every later message's index.
+        if let Some(message) = messages.iter().position(|m| m.envelope.to.is_empty()) {
+            return Err(Error::NoRecipients { message });
+        }
+        let (envelopes, mut bodies): (Vec<Envelope>, Vec<Box<dyn BodySource>>) =
+            messages.into_iter().map(|m| (m.envelope, m.body)).unzip();
         let session = Session::start(
             self,
             Start::Batch(&envelopes),

@@ -216,7 +216,9 @@ pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {
                 format!("the certificate of {name} is malformed (it cannot be decoded)")
             }
             CertificateError::BadSignature => format!(
-                "the certificate of {name} has a signature that does not verify (forged or damaged)"
+                "the certificate of {name} has a signature that does not verify against the \
+                 trust anchors: forged or damaged, or, if this server's own certificate was \
+                 pinned, the server now presents another one (check it, then pin the new one)"
             ),
             CertificateError::UnsupportedSignatureAlgorithmContext { .. }
             | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {

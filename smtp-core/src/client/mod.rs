@@ -29,6 +29,7 @@ use crate::ehlo::Capabilities;
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Misuse, ProtocolError};
 use crate::phase::Phase;
+use crate::policy::TlsPolicy;
 use crate::reply::{ReplyCode, Status, parse_reply};
 use crate::sasl::{Authenticator, KeyDerivation};
 
@@ -370,7 +371,22 @@ impl Client {
         self.caps = Capabilities::default();
         self.input.clear();
         self.state = State::Setup;
+        // Certified means a verified certificate, whatever the driver's own
+        // settings let through: the policy is enforced here, once.
+        let unverified = (self.config.tls == TlsPolicy::Certified && !info.verified).then(|| {
+            info.verify_error
+                .clone()
+                .unwrap_or_else(|| "the certificate was not verified".to_owned())
+        });
         self.out.event(Event::TlsEstablished(Box::new(info)));
+        if let Some(detail) = unverified {
+            let detail = format!("{detail}; the policy certified requires a verified certificate");
+            self.fail_and_quit(Error::Tls(TlsFailure::new(
+                crate::delivery::TlsFailureKind::Certificate,
+                detail,
+            )));
+            return Ok(());
+        }
         self.send_ehlo(now);
         Ok(())
     }

@@ -678,3 +678,53 @@ fn nothing_queued_goes_out_after_a_reply_sent_twice_in_lock_step() {
     );
     assert_eq!(run.take_wire(), "", "no RCPT after the fault");
 }
+
+#[test]
+fn certified_refuses_a_handshake_its_driver_did_not_verify() {
+    // The driver's TLS settings let an unverified certificate through (a
+    // connector configured apart from the client): Certified still refuses.
+    for policy in [
+        TlsPolicy::Optional,
+        TlsPolicy::Required,
+        TlsPolicy::Certified,
+    ] {
+        let mut run = Run::new(config().with_tls(policy));
+        run.auto_tls = false;
+        run.send(envelope("a@example.org", &["b@example.net"]));
+        run.script(
+            "
+            S: 220 mx.example.net
+            C: EHLO client.example
+            S: 250-mx.example.net
+            S: 250 STARTTLS
+            C: STARTTLS
+            S: 220 go ahead
+            ",
+        );
+        let unverified = smtp_core::delivery::TlsInfo {
+            verified: false,
+            verify_error: Some("self-signed".into()),
+            ..smtp_core::delivery::TlsInfo::default()
+        };
+        run.client.tls_established(run.now, unverified).unwrap();
+        run.pump();
+        let wire = run.take_wire();
+        if policy == TlsPolicy::Certified {
+            assert_eq!(wire, "QUIT\r\n", "no EHLO, no MAIL");
+            let Some(Error::Tls(failure)) = run.failure() else {
+                panic!("{:?}", run.failure());
+            };
+            assert_eq!(
+                failure.kind,
+                smtp_core::delivery::TlsFailureKind::Certificate
+            );
+            assert!(failure.detail.contains("self-signed"), "{}", failure.detail);
+            assert_eq!(run.statuses(), ["b@example.net=deferred"]);
+        } else {
+            assert_eq!(
+                wire, "EHLO client.example\r\n",
+                "{policy} goes on, reported unverified"
+            );
+        }
+    }
+}

@@ -277,3 +277,21 @@ async fn over_bdat_a_broken_body_is_reset_and_the_next_message_still_goes() {
     let transcript = &sessions[0].transcript;
     assert!(transcript.iter().any(|l| l == "C: RSET"), "{transcript:?}");
 }
+
+#[tokio::test]
+async fn a_message_without_recipients_is_refused_before_anything_is_sent() {
+    // Nothing listens on port 9 of 127.0.0.1: the refusal comes first.
+    let server = Server::new("127.0.0.1", 9).with_policy(TlsPolicy::None);
+    let message = |to: &[&str]| Outgoing {
+        envelope: Envelope::new(
+            ReversePath::parse("a@example.org").unwrap(),
+            to.iter().map(|t| Mailbox::parse(t).unwrap()).collect(),
+        ),
+        body: Box::new(MemoryBody::new("Subject: x\r\n\r\nx\r\n")),
+    };
+    let err = server
+        .send(vec![message(&["b@example.net"]), message(&[])], &mut |_| {})
+        .await
+        .expect_err("an empty envelope is the caller's fault");
+    assert_eq!(err, smtp_tls::Error::NoRecipients { message: 1 });
+}
