@@ -11,7 +11,8 @@
 //! - [`Error::Tls`]: the TLS layer failed (reported by the driver).
 //! - [`Error::Misuse`]: the caller broke the API contract.
 //!
-//! Every `Display` says what happened and what to do about it.
+//! [`Error::fault`] sorts every error into a [`Fault`]: what a retry can
+//! do about it. Every `Display` says what happened and what to do about it.
 
 use std::fmt;
 use std::time::Duration;
@@ -95,6 +96,34 @@ pub enum Error {
     Misuse(Misuse),
 }
 
+/// Whose fault an [`Error`] is ([`Error::fault`]), and so what a retry can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The caller's settings: credentials refused (5xx), a mechanism that
+    /// cannot work, authentication the server requires, a TLS port spoken
+    /// to in plaintext. The same settings fail again: fix them.
+    Configuration,
+    /// The server cannot meet the encryption policy (no STARTTLS, a
+    /// refused certificate, a secret that would go readable). The same
+    /// server usually fails the same way.
+    Policy,
+    /// This message cannot go to this server as it is (8-bit without
+    /// 8BITMIME, a UTF-8 address without SMTPUTF8, over SIZE, a body that
+    /// breaks its rules or cannot be read).
+    Message,
+    /// The server said no for now (4xx), broke the protocol, went quiet or
+    /// away, or could not be reached: a later retry may succeed.
+    Transient,
+    /// The server said no for good (5xx), or the domain cannot take mail.
+    Permanent,
+    /// The server may have the message: its reply was lost. A retry may
+    /// deliver it twice.
+    Unknown,
+    /// The caller broke the API contract.
+    Misuse,
+}
+
 impl Error {
     /// True when retrying the same thing later cannot succeed: a 5xx refusal,
     /// a message the server cannot take. Everything else (4xx, timeouts,
@@ -116,6 +145,45 @@ impl Error {
             | Self::Sasl(_)
             | Self::Tls(_)
             | Self::Connect { .. } => false,
+        }
+    }
+
+    /// Whose fault this is, and so what a retry can do: the decision a
+    /// queue or a caller's retry loop makes, without reading texts.
+    pub fn fault(&self) -> Fault {
+        use crate::delivery::TlsFailureKind;
+        use crate::sasl::SaslFault;
+        match self {
+            Self::Rejected { reply, .. } if reply.is_authentication_required() => {
+                Fault::Configuration
+            }
+            Self::Rejected { .. } | Self::Plan(_) if self.is_permanent() => Fault::Permanent,
+            Self::AuthenticationFailed { reply, .. } if reply.code().is_permanent() => {
+                Fault::Configuration
+            }
+            Self::Rejected { .. }
+            | Self::AuthenticationFailed { .. }
+            | Self::Plan(_)
+            | Self::Protocol(_)
+            | Self::Timeout { .. }
+            | Self::ConnectionClosed { .. }
+            | Self::WriteTimeout { .. }
+            | Self::Connect { .. } => Fault::Transient,
+            Self::OutcomeUnknown { .. } => Fault::Unknown,
+            Self::Policy(_) => Fault::Policy,
+            Self::Message(_) => Fault::Message,
+            Self::Sasl(e) => match e.fault() {
+                SaslFault::Configuration => Fault::Configuration,
+                SaslFault::Policy => Fault::Policy,
+                SaslFault::Misuse => Fault::Misuse,
+                _ => Fault::Transient,
+            },
+            Self::Tls(f) => match f.kind {
+                TlsFailureKind::Certificate => Fault::Policy,
+                TlsFailureKind::PlaintextPeer | TlsFailureKind::Local => Fault::Configuration,
+                _ => Fault::Transient,
+            },
+            Self::Misuse(_) => Fault::Misuse,
         }
     }
 
@@ -469,5 +537,82 @@ impl From<Misuse> for Error {
 impl From<SaslError> for Error {
     fn from(e: SaslError) -> Self {
         Self::Sasl(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::{TlsFailure, TlsFailureKind};
+    use crate::reply::ReplyCode;
+
+    fn reply(code: u16) -> Reply {
+        Reply::new(
+            ReplyCode::new(code).expect("a valid code"),
+            None,
+            vec!["text".into()],
+        )
+    }
+
+    #[test]
+    fn every_error_says_whose_fault_it_is() {
+        let rejected = |code| Error::Rejected {
+            phase: Phase::Rcpt,
+            reply: reply(code),
+        };
+        let auth = |code| Error::AuthenticationFailed {
+            mechanism: Mechanism::Plain,
+            reply: reply(code),
+            detail: None,
+        };
+        let tls = |kind| Error::Tls(TlsFailure::new(kind, "x"));
+        let cases = [
+            (rejected(550), Fault::Permanent),
+            (rejected(451), Fault::Transient),
+            (rejected(530), Fault::Configuration),
+            (auth(535), Fault::Configuration),
+            (auth(454), Fault::Transient),
+            (
+                Error::ConnectionClosed { phase: Phase::Data },
+                Fault::Transient,
+            ),
+            (
+                Error::OutcomeUnknown {
+                    cause: Box::new(Error::ConnectionClosed {
+                        phase: Phase::DataEnd,
+                    }),
+                },
+                Fault::Unknown,
+            ),
+            (
+                Error::Policy(PolicyError::StartTlsNotOffered {
+                    policy: TlsPolicy::Required,
+                }),
+                Fault::Policy,
+            ),
+            (tls(TlsFailureKind::Certificate), Fault::Policy),
+            (tls(TlsFailureKind::PlaintextPeer), Fault::Configuration),
+            (tls(TlsFailureKind::TimedOut), Fault::Transient),
+            (
+                Error::Sasl(SaslError::WouldRevealSecret {
+                    mechanism: Mechanism::Plain,
+                }),
+                Fault::Policy,
+            ),
+            (
+                Error::Sasl(SaslError::ServerSignatureMismatch),
+                Fault::Transient,
+            ),
+            (
+                Error::Plan(crate::delivery::mx::PlanError::NullMx {
+                    domain: "x.test".into(),
+                }),
+                Fault::Permanent,
+            ),
+            (Error::Misuse(Misuse::NoRecipients), Fault::Misuse),
+        ];
+        for (e, fault) in cases {
+            assert_eq!(e.fault(), fault, "{e}");
+        }
     }
 }

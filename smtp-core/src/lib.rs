@@ -114,7 +114,7 @@ pub use client::{Client, Config, Direction, Event, TranscriptLine, Warning};
 pub use envelope::{
     DsnRequest, Envelope, MessageId, MessageOutcome, RecipientOutcome, RecipientStatus,
 };
-pub use error::{Error, MessageError, Misuse, PolicyError, ProtocolError};
+pub use error::{Error, Fault, MessageError, Misuse, PolicyError, ProtocolError};
 pub use phase::Phase;
 pub use policy::{TlsPolicy, UnknownTlsPolicy};
 pub use timeouts::Timeouts;

@@ -86,6 +86,31 @@ pub enum Error {
     NoOutcome,
 }
 
+impl Error {
+    /// Whose fault this is, and so what a retry can do (the core's
+    /// [`Fault`](smtp_core::Fault), for errors before a session too).
+    pub fn fault(&self) -> smtp_core::Fault {
+        use smtp_core::Fault;
+        use smtp_core::delivery::TlsFailureKind;
+        match self {
+            Self::ImplicitTlsWithoutEncryption { .. } | Self::InvalidServerName { .. } => {
+                Fault::Configuration
+            }
+            Self::NoRecipients { .. } => Fault::Misuse,
+            Self::Resolve { .. } | Self::Unreachable { .. } | Self::NoRandomness { .. } => {
+                Fault::Transient
+            }
+            Self::Tls { failure, .. } => match failure.kind {
+                TlsFailureKind::Certificate => Fault::Policy,
+                TlsFailureKind::PlaintextPeer | TlsFailureKind::Local => Fault::Configuration,
+                _ => Fault::Transient,
+            },
+            Self::Session(e) => e.fault(),
+            Self::NoOutcome => Fault::Unknown,
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -549,7 +549,11 @@ impl Client {
 
     /// Settles everything unfinished with `error` and reports the failure.
     fn end(&mut self, error: Error, status: Option<crate::envelope::RecipientStatus>) {
-        let phase = self.current_phase();
+        // An AUTH fault is the AUTH step's, even when MAIL is queued behind it.
+        let phase = match &error {
+            Error::AuthenticationFailed { .. } | Error::Sasl(_) => Phase::Auth,
+            _ => self.current_phase(),
+        };
         // The session's error says so when a message's fate is unknown, so
         // nobody reads "try again later" and sends it twice.
         let unknown = self.end_of_data_unanswered();

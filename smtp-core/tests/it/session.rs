@@ -408,6 +408,13 @@ fn wrong_password_fails_without_mail() {
     // reading `rejected` must not delete the list.
     assert_eq!(run.statuses(), ["b@example.net=deferred"]);
     assert!(run.failure().unwrap().to_string().contains("password"));
+    // At the AUTH step, and the caller's to fix: no retry loop spins on it.
+    let outcome = &run.outcomes()[0].recipients[0];
+    assert_eq!(outcome.phase, smtp_core::Phase::Auth, "{outcome}");
+    assert_eq!(
+        outcome.error.as_ref().map(Error::fault),
+        Some(smtp_core::Fault::Configuration)
+    );
 }
 
 #[test]

@@ -294,4 +294,12 @@ async fn a_message_without_recipients_is_refused_before_anything_is_sent() {
         .await
         .expect_err("an empty envelope is the caller's fault");
     assert_eq!(err, smtp_tls::Error::NoRecipients { message: 1 });
+    assert_eq!(err.fault(), smtp_core::Fault::Misuse);
+    // With recipients, the closed port is the network's fault: retry later.
+    let err = server
+        .send(vec![message(&["b@example.net"])], &mut |_| {})
+        .await
+        .expect_err("nothing listens there");
+    assert!(matches!(err, smtp_tls::Error::Unreachable { .. }), "{err}");
+    assert_eq!(err.fault(), smtp_core::Fault::Transient);
 }
