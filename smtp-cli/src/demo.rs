@@ -25,7 +25,7 @@ use crate::advice;
 use crate::cli::DemoArgs;
 use crate::fail::{EX_OK, EX_SOFTWARE, Failure};
 use crate::output::{MessageReport, RecipientReport, Report};
-use crate::send::random_below;
+use smtp_tls::random_below;
 
 const SUBMISSION_NAME: &str = "submission.demo.test";
 const MX_NAME: &str = "mx.example.test";

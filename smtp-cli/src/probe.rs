@@ -17,8 +17,9 @@ use crate::fail::{EX_NOHOST, EX_OK, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, Failu
 use crate::greeting::GreetingHint;
 use crate::output::{ErrorReport, JSON_VERSION, session_exit_code};
 use crate::secrets::{self, DEFAULT_ENV, Source};
-use crate::send::{hostname, random_below, trust};
+use crate::send::{hostname, trust};
 use crate::settings::mechanism;
+use smtp_tls::random_below;
 
 #[derive(Serialize)]
 struct Probe {

@@ -1,9 +1,6 @@
 //! `smtp send`: standard delivery through `--server`, or direct delivery.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
@@ -35,13 +32,6 @@ pub(crate) fn hostname() -> String {
         .ok()
         .filter(|h| ClientId::parse(h).is_ok())
         .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// A random number below `n`, for MX shuffling.
-pub(crate) fn random_below(n: usize) -> usize {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let x = RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
-    usize::try_from(x % n.max(1) as u64).unwrap_or(0)
 }
 
 /// The web PKI roots, and `--ca-file`'s certificates.
@@ -475,7 +465,7 @@ async fn direct(
             &envelope,
             &factory,
             &options,
-            &random_below,
+            &smtp_tls::random_below,
             &|t| {
                 if let Trace::Session {
                     event: Event::BodyWanted(_),

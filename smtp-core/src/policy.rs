@@ -17,7 +17,9 @@ pub enum TlsPolicy {
     /// refuses it. Certificates are not required to verify (the session
     /// reports whether they did).
     Optional,
-    /// TLS or nothing; the certificate chain and name are not verified.
+    /// TLS or nothing. The certificate chain and name are checked and the
+    /// verdict reported ([`TlsInfo::verified`](crate::delivery::TlsInfo)),
+    /// but not enforced: a self-signed certificate is accepted.
     Required,
     /// TLS with a verified certificate chain and host name.
     #[default]

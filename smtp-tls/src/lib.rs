@@ -109,7 +109,36 @@ pub use tcp::TcpTransport;
 pub use trust::Trust;
 pub use verify::{PINNING_ADVICE, UNKNOWN_ISSUER_ADVICE};
 
+/// A random number below `n` (0 when `n` is 0), from the TLS provider's
+/// generator: the `pick` that spreads direct delivery over MX hosts of
+/// equal preference. It only spreads load, so a generator that fails gives
+/// 0 (the first host) rather than an error.
+pub fn random_below(n: usize) -> usize {
+    let mut bytes = [0u8; 8];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    if n == 0 || random.fill(&mut bytes).is_err() {
+        return 0;
+    }
+    usize::try_from(u64::from_le_bytes(bytes) % n as u64).unwrap_or(0)
+}
+
 /// The README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_below_stays_below_and_reaches_every_value() {
+        assert_eq!(super::random_below(0), 0);
+        assert_eq!(super::random_below(1), 0);
+        let mut seen = [0usize; 3];
+        for _ in 0..300 {
+            let k = super::random_below(3);
+            assert!(k < 3);
+            seen[k] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 30), "{seen:?}");
+    }
+}
