@@ -40,15 +40,22 @@ async fn fixture(tls: bool, reject: &[(&str, &str)]) -> Fixture {
             .collect(),
         ..CaptureConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
+    let f = fixture_with(server).await;
+    std::fs::write(f.dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    f
+}
+
+/// A fixture around a capture server started with its own settings, and a
+/// private directory named after its port.
+async fn fixture_with(server: std::io::Result<CaptureServer>) -> Fixture {
+    let server = server.unwrap();
     let dir = std::env::temp_dir().join(format!(
         "smtp-cli-test-{}-{}",
         std::process::id(),
         server.addr().port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
     Fixture { server, dir }
 }
 
@@ -927,15 +934,8 @@ async fn ascii_only_fixture() -> Fixture {
         eight_bit_mime: false,
         ..CaptureConfig::default()
     })
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "smtp-cli-test-{}-{}",
-        std::process::id(),
-        server.addr().port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    Fixture { server, dir }
+    .await;
+    fixture_with(server).await
 }
 
 #[tokio::test]
@@ -1302,15 +1302,8 @@ async fn open_fixture() -> Fixture {
         auth: Some(("alice".into(), PASSWORD.into())),
         ..CaptureConfig::default()
     })
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "smtp-cli-test-{}-{}",
-        std::process::id(),
-        server.addr().port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    Fixture { server, dir }
+    .await;
+    fixture_with(server).await
 }
 
 /// `smtp send` to the fixture in plaintext, no account, no AUTH.
