@@ -1,0 +1,104 @@
+//! A durable SMTP delivery queue: the store under a delivery runner.
+//!
+//! # The contract
+//!
+//! - **Enqueued means on disk.** [`Store::enqueue`] streams each body into
+//!   the spool (temporary file, fsync, rename, fsync of the directory), then
+//!   commits the batch's envelopes in one transaction; only then does it
+//!   return ids. A failure (unwritable or full spool, a body that does not
+//!   read) leaves nothing of the batch behind.
+//! - **A body is stored once per message** and streamed in and out, never
+//!   held whole; reading it back checks its size and SHA-256.
+//! - **Per recipient**: `queued → delivering (under a lease) → delivered |
+//!   failed | deferred → … → expired` ([`RecipientState`]); every change
+//!   goes through [`RecipientState::apply`], keeps the attempt's facts
+//!   (reply code, enhanced code, text, host, TLS) and is appended to the
+//!   outcome log (JSON Lines, [`log::Entry`]).
+//! - **At-least-once.** A runner records *delivered* only after the 2xx to
+//!   the end of data. A lease that expires (its worker crashed) makes its
+//!   recipients due again; the lease's generation keeps the stale worker
+//!   from overwriting the newer one's result ([`Error::StaleLease`]).
+//! - **Time is passed in**: every operation takes `now`; the retry
+//!   [`Schedule`] is pure and takes its randomness as an argument.
+//!
+//! ```text
+//!  enqueue(batch) ──► spool/bodies/<id> (fsync) ──► COMMIT messages + recipients
+//!                                                        │
+//!  runner: claim_due(now, n, worker, lease) ◄────────────┘  due: waiting and time come,
+//!            │   Claimed { lease, envelope, recipients }     or a lease expired
+//!            ▼
+//!          open_body(id) ──► smtp_tls / smtp_core::delivery ──► replies
+//!            │
+//!            ▼
+//!          record(lease, [(rcpt, Delivered | Failed | Deferred{next} | Expired)])
+//!          release(lease, not_before)   (destination backed off: set_backoff)
+//!            │
+//!            ▼
+//!          outcomes.jsonl  (one line per change, after the commit)
+//! ```
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::{Duration, SystemTime};
+//! use smtp_core::delivery::MemoryBody;
+//! use smtp_queue::{Body, MessageOptions, NewMessage, Outcome, Attempt, Schedule, SqliteStore, Store};
+//!
+//! # async fn run() -> Result<(), smtp_queue::Error> {
+//! let store = SqliteStore::open("/var/spool/smtp-queue").await?;
+//! let now = SystemTime::now();
+//! let ids = store
+//!     .enqueue(
+//!         vec![NewMessage {
+//!             from: "alice@example.com".into(),
+//!             to: vec!["bob@example.net".into()],
+//!             body: Body::Source(Box::new(MemoryBody::new("Subject: hi\r\n\r\nHello.\r\n"))),
+//!             options: MessageOptions::default(),
+//!         }],
+//!         now,
+//!     )
+//!     .await?;
+//! for claimed in store.claim_due(now, 10, "worker-1", Duration::from_secs(600)).await? {
+//!     let _body = store.open_body(&claimed.lease.message).await?;
+//!     // ... send it; then, for a 451:
+//!     let schedule = Schedule::default();
+//!     let rcpt = &claimed.recipients[0];
+//!     let next = match schedule.next(rcpt.attempts + 1, claimed.created, now, smtp_queue::random_unit()) {
+//!         smtp_queue::Next::RetryAt(t) => t,
+//!         smtp_queue::Next::Expire => now,
+//!     };
+//!     let attempt = Attempt { code: Some(451), text: "try later".into(), ..Attempt::default() };
+//!     store.record(&claimed.lease, vec![(rcpt.id, Outcome::Deferred { attempt, next })], now).await?;
+//! }
+//! # let _ = ids;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Panics, errors and unwraps
+//!
+//! Nothing here panics on data read from disk: a row or body that is not
+//! what was written is [`Error::Corrupt`], naming the message when the
+//! fault is one message's. [`Error`] says whose fault a failure is.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod log;
+mod schedule;
+mod spool;
+mod sqlite;
+mod state;
+mod store;
+
+pub use error::{Error, Result};
+pub use schedule::{Next, Schedule, random_unit};
+pub use spool::SpoolBody;
+pub use sqlite::{LogPlace, SCHEMA_VERSION, SqliteSettings, SqliteStore};
+pub use state::{IllegalTransition, RecipientState, Transition, UnknownState};
+pub use store::{
+    Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Lease, ListFilter, MessageId,
+    MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo, RetryTarget,
+    Stats, Store, TlsFacts,
+};

@@ -1,0 +1,514 @@
+//! The [`Store`] trait: what a runner (and the `smtp queue` commands) ask
+//! of a queue, whichever database holds it, and the types it speaks in.
+//!
+//! Times are passed in (`now`), never read inside, so tests drive a
+//! virtual clock; stores keep them as UNIX epoch milliseconds.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use smtp_core::delivery::{BodySource, TlsInfo};
+
+use crate::error::{Error, Result};
+use crate::state::{RecipientState, Transition};
+
+/// A queued message's id: 28 lower-case hex digits, the enqueue time in
+/// milliseconds (12) then 64 random bits (16), so ids sort by age. Safe as
+/// a file name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// A new id for a message enqueued at `now`.
+    pub fn generate(now: SystemTime) -> Self {
+        let ms = millis(now).unwrap_or(0) as u64 & 0xffff_ffff_ffff;
+        let mut random = [0u8; 8];
+        if getrandom::fill(&mut random).is_err() {
+            // No system randomness: the time's nanoseconds and a counter
+            // still keep ids unique within this process.
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nanos = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            random = (u64::from(nanos) << 32 ^ n).to_le_bytes();
+        }
+        Self(format!("{ms:012x}{:016x}", u64::from_le_bytes(random)))
+    }
+
+    /// Parses an id as printed; anything else is refused (ids name files).
+    pub fn parse(text: &str) -> Result<Self> {
+        let ok = text.len() == 28
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(Error::Misuse(format!(
+                "{text:?} is not a message id (28 lower-case hex digits)"
+            )))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = Error;
+    fn try_from(text: String) -> Result<Self> {
+        Self::parse(&text)
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> Self {
+        id.0
+    }
+}
+
+/// A recipient's id, unique in its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecipientId(pub i64);
+
+impl fmt::Display for RecipientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a new message's body comes from. Either way it is streamed into
+/// the spool, never held whole.
+pub enum Body {
+    /// Read from a source to its end.
+    Source(Box<dyn BodySource>),
+    /// Copied from a file.
+    File(PathBuf),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Source(_) => f.write_str("Body::Source(..)"),
+            Self::File(path) => f.debug_tuple("Body::File").field(path).finish(),
+        }
+    }
+}
+
+/// How the body is to be sent (RFC 6152, RFC 3030).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyKind {
+    /// 7-bit text.
+    #[default]
+    SevenBit,
+    /// 8-bit text: needs 8BITMIME.
+    EightBit,
+    /// Binary: needs BINARYMIME and CHUNKING.
+    Binary,
+}
+
+/// A message's sending options, kept beside its envelope (as JSON, so
+/// fields can be added without a schema change).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct MessageOptions {
+    /// The body's kind.
+    pub body: BodyKind,
+    /// The envelope needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// Ask for REQUIRETLS (RFC 8689).
+    pub require_tls: bool,
+    /// DSN `ENVID` (RFC 3461).
+    pub dsn_envid: Option<String>,
+    /// DSN `RET=FULL` (true) or `RET=HDRS` (false).
+    pub dsn_ret_full: Option<bool>,
+}
+
+/// One message to enqueue.
+#[derive(Debug)]
+pub struct NewMessage {
+    /// The reverse-path (`""` or `"<>"` for the null path).
+    pub from: String,
+    /// The recipients, at least one.
+    pub to: Vec<String>,
+    /// The body.
+    pub body: Body,
+    /// Sending options.
+    pub options: MessageOptions,
+}
+
+/// A worker's hold on a message's claimed recipients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The message.
+    pub message: MessageId,
+    /// Store-wide increasing number of this lease. A recipient taken over
+    /// after the lease expired gets a newer one, and results recorded under
+    /// the older one are refused.
+    pub generation: i64,
+    /// Who holds it.
+    pub worker: String,
+    /// When it expires, unless renewed; then another worker may take over.
+    pub until: SystemTime,
+}
+
+/// A claimed recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedRecipient {
+    /// Its id, to record its outcome.
+    pub id: RecipientId,
+    /// Its address.
+    pub address: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// The state it was claimed from (`delivering` when taken over from an
+    /// expired lease: the message may have reached it already).
+    pub claimed_from: RecipientState,
+}
+
+/// A message whose due recipients a worker now holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    /// The lease on `recipients`.
+    pub lease: Lease,
+    /// The reverse-path.
+    pub from: String,
+    /// When it was enqueued (its lifetime counts from here).
+    pub created: SystemTime,
+    /// The body's size in octets.
+    pub body_size: u64,
+    /// Sending options.
+    pub options: MessageOptions,
+    /// The recipients held, in the order enqueued.
+    pub recipients: Vec<ClaimedRecipient>,
+}
+
+/// The TLS facts of an attempt, as kept and logged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite.
+    pub cipher_suite: String,
+    /// Whether the certificate was verified.
+    pub verified: bool,
+}
+
+impl From<&TlsInfo> for TlsFacts {
+    fn from(info: &TlsInfo) -> Self {
+        Self {
+            version: info.version.clone(),
+            cipher_suite: info.cipher_suite.clone(),
+            verified: info.verified,
+        }
+    }
+}
+
+/// What an attempt learnt: the reply (or the local failure) and where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The reply code, when a server answered.
+    pub code: Option<u16>,
+    /// The enhanced status code (RFC 3463), e.g. `4.4.1`.
+    pub enhanced: Option<String>,
+    /// The reply's text, or what failed locally.
+    pub text: String,
+    /// The host (and address) tried.
+    pub host: Option<String>,
+    /// The TLS facts, when the session was encrypted.
+    pub tls: Option<TlsFacts>,
+}
+
+/// A recipient's result under a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx to the end of data.
+    Delivered(Attempt),
+    /// A permanent refusal.
+    Failed(Attempt),
+    /// A temporary failure; try again at `next`.
+    Deferred {
+        /// The attempt.
+        attempt: Attempt,
+        /// When to try again (see [`Schedule::next`](crate::Schedule::next)).
+        next: SystemTime,
+    },
+    /// Given up: the lifetime ran out. `attempt` is the last one, if one
+    /// was made under this lease.
+    Expired(Option<Attempt>),
+}
+
+impl Outcome {
+    /// The state transition this outcome makes.
+    pub fn transition(&self) -> Transition {
+        match self {
+            Self::Delivered(_) => Transition::Deliver,
+            Self::Failed(_) => Transition::Fail,
+            Self::Deferred { .. } => Transition::Defer,
+            Self::Expired(_) => Transition::Expire,
+        }
+    }
+
+    /// The attempt made, if one was.
+    pub fn attempt(&self) -> Option<&Attempt> {
+        match self {
+            Self::Delivered(a) | Self::Failed(a) | Self::Deferred { attempt: a, .. } => Some(a),
+            Self::Expired(a) => a.as_ref(),
+        }
+    }
+}
+
+/// A recipient as `show` and `list` present it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientInfo {
+    /// Its id.
+    pub id: RecipientId,
+    /// Its address.
+    pub address: String,
+    /// Its state.
+    pub state: RecipientState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it is due (for queued and deferred recipients).
+    pub next_attempt: SystemTime,
+    /// The last attempt's facts.
+    pub last: Option<Attempt>,
+    /// The lease holding it (delivering only).
+    pub lease: Option<Lease>,
+    /// When its state last changed.
+    pub updated: SystemTime,
+}
+
+/// A message as `show` and `list` present it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Its id.
+    pub id: MessageId,
+    /// The reverse-path.
+    pub from: String,
+    /// When it was enqueued.
+    pub created: SystemTime,
+    /// The body's size.
+    pub body_size: u64,
+    /// Sending options.
+    pub options: MessageOptions,
+    /// Its recipients, in the order enqueued.
+    pub recipients: Vec<RecipientInfo>,
+}
+
+/// Which messages `list` returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only messages with at least one recipient in this state.
+    pub state: Option<RecipientState>,
+    /// At most this many messages (oldest first).
+    pub limit: Option<u32>,
+}
+
+/// What `retry` makes due now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryTarget {
+    /// One message's waiting recipients.
+    Message(MessageId),
+    /// Every waiting recipient, and every destination's back-off is cleared.
+    All,
+}
+
+/// Counts across the queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages held (in any state).
+    pub messages: u64,
+    /// Recipients per state, in [`RecipientState::ALL`]'s order.
+    pub recipients: Vec<(RecipientState, u64)>,
+    /// When the oldest message was enqueued.
+    pub oldest: Option<SystemTime>,
+}
+
+impl Stats {
+    /// Recipients in `state`.
+    pub fn count(&self, state: RecipientState) -> u64 {
+        self.recipients
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// A destination (a relay, or a set of MX hosts) not to be tried before a
+/// time. The key is the runner's: the store only keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The destination's key.
+    pub destination: String,
+    /// Not to be tried before this.
+    pub not_before: SystemTime,
+    /// Consecutive failures recorded (for the back-off's own schedule).
+    pub failures: u32,
+    /// Why, for the operator.
+    pub reason: String,
+}
+
+/// A durable delivery queue: messages, their recipients' states, leases,
+/// per-destination back-off.
+///
+/// # The contract
+///
+/// - [`enqueue`](Self::enqueue) returns only once bodies and envelopes are
+///   on disk and committed; a failure leaves nothing of the batch.
+/// - [`claim_due`](Self::claim_due) hands each due recipient to one live
+///   lease at a time. A recipient whose lease expired is due again (it may
+///   have been delivered: at-least-once).
+/// - [`record`](Self::record) stores outcomes under a lease, all or
+///   nothing, and refuses them with [`Error::StaleLease`] once the lease
+///   lost its recipients (taken over after expiry, retried, deleted). A
+///   lease that expired but was not taken over still records: the result
+///   is real.
+/// - Every state change is appended to the outcome log after it commits.
+/// - Times are the caller's `now`; the store reads no clock.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a batch of messages in one transaction; returns their ids in
+    /// order. Bodies are written and fsynced before the commit.
+    async fn enqueue(&self, batch: Vec<NewMessage>, now: SystemTime) -> Result<Vec<MessageId>>;
+
+    /// Claims up to `limit` messages' due recipients (waiting ones whose
+    /// time has come, and those of expired leases) for `worker`, each
+    /// message under its own lease lasting `lease`.
+    async fn claim_due(
+        &self,
+        now: SystemTime,
+        limit: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>>;
+
+    /// Extends a lease to `until`; refused if it is stale.
+    async fn renew(&self, lease: &Lease, until: SystemTime, now: SystemTime) -> Result<Lease>;
+
+    /// Records outcomes of recipients held by `lease`, all in one
+    /// transaction; refused whole if any is not held by it.
+    async fn record(
+        &self,
+        lease: &Lease,
+        outcomes: Vec<(RecipientId, Outcome)>,
+        now: SystemTime,
+    ) -> Result<()>;
+
+    /// Gives back the recipients `lease` still holds, unattempted: due
+    /// again at `not_before` (or when they were due). Returns how many.
+    async fn release(
+        &self,
+        lease: &Lease,
+        not_before: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<u64>;
+
+    /// The message's body, streamed from the start; its size and digest
+    /// are checked (a mismatch is an error at the end, before the last
+    /// byte is handed out as the end).
+    async fn open_body(&self, id: &MessageId) -> Result<Box<dyn BodySource>>;
+
+    /// Messages, oldest first.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<MessageInfo>>;
+
+    /// One message with every recipient.
+    async fn show(&self, id: &MessageId) -> Result<MessageInfo>;
+
+    /// Makes waiting recipients due now; returns how many.
+    async fn retry(&self, target: RetryTarget, now: SystemTime) -> Result<u64>;
+
+    /// Removes a message, its recipients (whatever their state) and its body.
+    async fn delete(&self, id: &MessageId, now: SystemTime) -> Result<()>;
+
+    /// Removes messages all of whose recipients reached a final state
+    /// before `before`; returns their ids.
+    async fn purge_finished(&self, before: SystemTime) -> Result<Vec<MessageId>>;
+
+    /// Counts.
+    async fn stats(&self) -> Result<Stats>;
+
+    /// When the next recipient falls due (or a lease expires), if any waits.
+    async fn next_due(&self) -> Result<Option<SystemTime>>;
+
+    /// Backs a destination off until `not_before`, counting one more
+    /// failure; returns the record.
+    async fn set_backoff(
+        &self,
+        destination: &str,
+        not_before: SystemTime,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Backoff>;
+
+    /// A destination's back-off, if one is recorded (it may be past).
+    async fn backoff(&self, destination: &str) -> Result<Option<Backoff>>;
+
+    /// Forgets a destination's back-off (after a success).
+    async fn clear_backoff(&self, destination: &str) -> Result<()>;
+}
+
+/// `t` as UNIX epoch milliseconds.
+pub(crate) fn millis(t: SystemTime) -> Result<i64> {
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| Error::Misuse("a time before 1970".into()))?;
+    i64::try_from(since.as_millis())
+        .map_err(|_| Error::Misuse("a time too far in the future".into()))
+}
+
+/// UNIX epoch milliseconds as a time (negative ones as the epoch).
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runner may hold any store behind `Box<dyn Store>` or `Arc<dyn Store>`.
+    #[test]
+    fn the_store_trait_is_object_safe() {
+        fn boxed(_: Option<Box<dyn Store>>) {}
+        boxed(None);
+    }
+
+    #[test]
+    fn message_ids_sort_by_time_and_parse_back() {
+        let early = MessageId::generate(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        let late = MessageId::generate(SystemTime::UNIX_EPOCH + Duration::from_secs(2));
+        assert!(early < late);
+        assert_eq!(MessageId::parse(early.as_str()).unwrap(), early);
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "0123456789abcdef0123456789aG",
+            "0123",
+        ] {
+            assert!(MessageId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_are_kept_as_epoch_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(millis(t).unwrap(), 1_700_000_000_123);
+        assert_eq!(from_millis(1_700_000_000_123), t);
+        assert!(millis(SystemTime::UNIX_EPOCH - Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,928 @@
+//! The SQLite store on a real file in a temporary directory: no mocks.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use smtp_core::delivery::{BodySource, MemoryBody};
+use smtp_queue::log::Entry;
+use smtp_queue::{
+    Attempt, Body, Error, ListFilter, MessageOptions, NewMessage, Next, Outcome, RecipientState,
+    RetryTarget, Schedule, SqliteStore, Store, TlsFacts,
+};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A fixed origin for the virtual clock, `s` seconds after it.
+fn t(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+}
+
+fn message(to: &[&str], body: &str) -> NewMessage {
+    NewMessage {
+        from: "alice@example.com".into(),
+        to: to.iter().map(|s| (*s).to_owned()).collect(),
+        body: Body::Source(Box::new(MemoryBody::new(body.as_bytes().to_vec()))),
+        options: MessageOptions::default(),
+    }
+}
+
+fn reply(code: u16, text: &str) -> Attempt {
+    Attempt {
+        code: Some(code),
+        enhanced: Some(format!("{}.0.0", code / 100)),
+        text: text.into(),
+        host: Some("mx.example.net [127.0.0.1]".into()),
+        tls: Some(TlsFacts {
+            version: "TLSv1.3".into(),
+            cipher_suite: "TLS13_AES_256_GCM_SHA384".into(),
+            verified: true,
+        }),
+    }
+}
+
+async fn read_all(body: &mut dyn BodySource) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = body.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn log_entries(dir: &Path) -> Vec<Entry> {
+    std::fs::read_to_string(dir.join("outcomes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[tokio::test]
+async fn an_enqueued_message_is_claimed_sent_and_recorded_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(
+            vec![message(
+                &["bob@example.net", "carol@example.org"],
+                "Subject: hi\r\n\r\nHello.\r\n",
+            )],
+            t(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(store.next_due().await.unwrap(), Some(t(0)));
+
+    let claimed = store.claim_due(t(1), 10, "w1", LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!(c.lease.message, ids[0]);
+    assert_eq!(c.lease.until, t(1) + LEASE);
+    assert_eq!(c.from, "alice@example.com");
+    assert_eq!(c.created, t(0));
+    let addresses: Vec<_> = c.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(addresses, ["bob@example.net", "carol@example.org"]);
+    assert!(
+        c.recipients
+            .iter()
+            .all(|r| r.claimed_from == RecipientState::Queued && r.attempts == 0)
+    );
+    assert!(
+        store
+            .claim_due(t(2), 10, "w2", LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held by w1"
+    );
+
+    let mut body = store.open_body(&ids[0]).await.unwrap();
+    assert_eq!(
+        read_all(&mut *body).await.unwrap(),
+        b"Subject: hi\r\n\r\nHello.\r\n"
+    );
+    body.rewind().await.unwrap();
+    assert_eq!(
+        read_all(&mut *body).await.unwrap().len(),
+        23,
+        "rewinds for a second transaction"
+    );
+
+    let outcomes = c
+        .recipients
+        .iter()
+        .map(|r| (r.id, Outcome::Delivered(reply(250, "queued as 1"))))
+        .collect();
+    store.record(&c.lease, outcomes, t(3)).await.unwrap();
+    let shown = store.show(&ids[0]).await.unwrap();
+    for r in &shown.recipients {
+        assert_eq!(r.state, RecipientState::Delivered);
+        assert_eq!(r.attempts, 1);
+        assert_eq!(r.last.as_ref().unwrap().code, Some(250));
+        assert!(r.lease.is_none());
+    }
+    assert_eq!(store.next_due().await.unwrap(), None);
+    assert!(
+        store
+            .claim_due(t(100), 10, "w1", LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.messages, 1);
+    assert_eq!(stats.count(RecipientState::Delivered), 2);
+}
+
+#[tokio::test]
+async fn a_deferred_recipient_comes_back_due_at_the_scheduled_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
+        .await
+        .unwrap();
+    let c = store
+        .claim_due(t(0), 10, "w1", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let schedule = Schedule {
+        jitter: 0.0,
+        ..Schedule::default()
+    };
+    let Next::RetryAt(next) = schedule.next(1, c.created, t(1), 0.5) else {
+        panic!("not expired")
+    };
+    assert_eq!(next, t(301));
+    let rid = c.recipients[0].id;
+    store
+        .record(
+            &c.lease,
+            vec![(
+                rid,
+                Outcome::Deferred {
+                    attempt: reply(451, "greylisted"),
+                    next,
+                },
+            )],
+            t(1),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.next_due().await.unwrap(), Some(t(301)));
+    assert!(
+        store
+            .claim_due(t(300), 10, "w1", LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not yet due"
+    );
+    let again = store.claim_due(t(301), 10, "w1", LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].recipients[0].claimed_from,
+        RecipientState::Deferred
+    );
+    assert_eq!(again[0].recipients[0].attempts, 1);
+    assert!(again[0].lease.generation > c.lease.generation);
+}
+
+#[tokio::test]
+async fn a_recipient_past_its_lifetime_expires_and_stays_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
+        .await
+        .unwrap();
+    let schedule = Schedule {
+        first: Duration::from_secs(2),
+        max: Duration::from_secs(4),
+        lifetime: Duration::from_secs(10),
+        jitter: 0.0,
+    };
+    let mut now = t(0);
+    let mut attempts = 0;
+    loop {
+        let claimed = store.claim_due(now, 10, "w1", LEASE).await.unwrap();
+        if claimed.is_empty() {
+            now = store.next_due().await.unwrap().expect("a recipient waits");
+            continue;
+        }
+        let c = &claimed[0];
+        attempts += 1;
+        let outcome = match schedule.next(attempts, c.created, now, 0.5) {
+            Next::RetryAt(next) => Outcome::Deferred {
+                attempt: reply(421, "busy"),
+                next,
+            },
+            Next::Expire => Outcome::Expired(Some(reply(421, "busy"))),
+        };
+        let done = matches!(outcome, Outcome::Expired(_));
+        store
+            .record(&c.lease, vec![(c.recipients[0].id, outcome)], now)
+            .await
+            .unwrap();
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        now,
+        t(10),
+        "the last attempt is made at the end of the lifetime"
+    );
+    assert_eq!(
+        attempts, 4,
+        "t = 0, 2, 6 and 10 (capped by the lifetime), which expires"
+    );
+    let r = &store.show(&ids[0]).await.unwrap().recipients[0];
+    assert_eq!(r.state, RecipientState::Expired);
+    assert_eq!(
+        store.retry(RetryTarget::All, t(20)).await.unwrap(),
+        0,
+        "final states are not retried"
+    );
+    assert!(
+        store
+            .claim_due(t(1000), 10, "w1", LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_stale_holder_cannot_overwrite_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
+        .await
+        .unwrap();
+    let a = store
+        .claim_due(t(0), 10, "a", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        store
+            .claim_due(t(29), 10, "b", LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a's lease is live"
+    );
+
+    let b = store
+        .claim_due(t(30), 10, "b", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        b.recipients[0].claimed_from,
+        RecipientState::Delivering,
+        "taken over"
+    );
+    assert!(b.lease.generation > a.lease.generation);
+    let rid = a.recipients[0].id;
+    assert_eq!(b.recipients[0].id, rid);
+
+    let err = store
+        .record(
+            &a.lease,
+            vec![(rid, Outcome::Failed(reply(550, "no such user")))],
+            t(31),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StaleLease { generation, .. } if generation == a.lease.generation),
+        "{err}"
+    );
+    assert!(matches!(
+        store.renew(&a.lease, t(100), t(31)).await,
+        Err(Error::StaleLease { .. })
+    ));
+    assert_eq!(
+        store.release(&a.lease, None, t(31)).await.unwrap(),
+        0,
+        "a holds nothing to release"
+    );
+
+    store
+        .record(
+            &b.lease,
+            vec![(rid, Outcome::Delivered(reply(250, "ok")))],
+            t(32),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .record(
+            &b.lease,
+            vec![(rid, Outcome::Delivered(reply(250, "ok")))],
+            t(33),
+        )
+        .await;
+    assert!(
+        matches!(err, Err(Error::StaleLease { .. })),
+        "recorded once only"
+    );
+    let shown = store.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(shown[0].recipients[0].state, RecipientState::Delivered);
+}
+
+#[tokio::test]
+async fn a_lease_that_expired_but_was_not_taken_over_still_records_and_renews() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
+        .await
+        .unwrap();
+    let a = store
+        .claim_due(t(0), 10, "a", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let renewed = store.renew(&a.lease, t(100), t(20)).await.unwrap();
+    assert!(
+        store
+            .claim_due(t(60), 10, "b", LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed to t(100)"
+    );
+    store
+        .record(
+            &renewed,
+            vec![(a.recipients[0].id, Outcome::Delivered(reply(250, "ok")))],
+            t(150),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_released_recipient_waits_for_its_destinations_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
+        .await
+        .unwrap();
+    let c = store
+        .claim_due(t(0), 10, "w", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let b = store
+        .set_backoff("mx:mx.example.net", t(600), "connection refused", t(0))
+        .await
+        .unwrap();
+    assert_eq!(b.failures, 1);
+    let b = store
+        .set_backoff("mx:mx.example.net", t(1200), "connection refused", t(600))
+        .await
+        .unwrap();
+    assert_eq!(b.failures, 2);
+    assert_eq!(
+        store.backoff("mx:mx.example.net").await.unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(
+        store
+            .release(&c.lease, Some(b.not_before), t(1))
+            .await
+            .unwrap(),
+        1
+    );
+    let r = &store.show(&c.lease.message).await.unwrap().recipients[0];
+    assert_eq!(r.state, RecipientState::Queued, "never attempted");
+    assert_eq!(r.attempts, 0);
+    assert!(
+        store
+            .claim_due(t(1199), 10, "w", LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_due(t(1200), 10, "w", LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.clear_backoff("mx:mx.example.net").await.unwrap();
+    assert_eq!(store.backoff("mx:mx.example.net").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn retry_makes_waiting_recipients_due_now_and_clears_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(
+            vec![
+                message(&["a@example.net"], "1\r\n"),
+                message(&["b@example.net"], "2\r\n"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    for c in store.claim_due(t(0), 10, "w", LEASE).await.unwrap() {
+        let rid = c.recipients[0].id;
+        let next = t(3600);
+        store
+            .record(
+                &c.lease,
+                vec![(
+                    rid,
+                    Outcome::Deferred {
+                        attempt: reply(451, "later"),
+                        next,
+                    },
+                )],
+                t(1),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .set_backoff("relay", t(3600), "421", t(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .retry(RetryTarget::Message(ids[0].clone()), t(2))
+            .await
+            .unwrap(),
+        1
+    );
+    let due = store.claim_due(t(2), 10, "w", LEASE).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].lease.message, ids[0]);
+    assert_eq!(
+        store.retry(RetryTarget::All, t(3)).await.unwrap(),
+        1,
+        "the other one; the first is under a lease"
+    );
+    assert_eq!(store.backoff("relay").await.unwrap(), None);
+    let missing = smtp_queue::MessageId::generate(t(0));
+    assert!(matches!(
+        store.retry(RetryTarget::Message(missing), t(3)).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn delete_and_purge_remove_rows_and_body_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(
+            vec![
+                message(&["a@example.net"], "1\r\n"),
+                message(&["b@example.net"], "2\r\n"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(files_in(&dir.path().join("bodies")), 2);
+    store.delete(&ids[0], t(1)).await.unwrap();
+    assert!(matches!(store.show(&ids[0]).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.delete(&ids[0], t(1)).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(files_in(&dir.path().join("bodies")), 1);
+
+    let c = store
+        .claim_due(t(2), 10, "w", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        store.purge_finished(t(10)).await.unwrap().is_empty(),
+        "not finished"
+    );
+    store
+        .record(
+            &c.lease,
+            vec![(c.recipients[0].id, Outcome::Failed(reply(550, "no")))],
+            t(3),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.purge_finished(t(3)).await.unwrap().is_empty(),
+        "finished only at t(3)"
+    );
+    assert_eq!(
+        store.purge_finished(t(4)).await.unwrap(),
+        vec![ids[1].clone()]
+    );
+    assert_eq!(files_in(&dir.path().join("bodies")), 0);
+    assert_eq!(store.stats().await.unwrap().messages, 0);
+}
+
+#[tokio::test]
+async fn list_filters_by_state_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let first = store
+        .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
+        .await
+        .unwrap();
+    let second = store
+        .enqueue(vec![message(&["b@example.net"], "2\r\n")], t(5))
+        .await
+        .unwrap();
+    let all = store.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        [first[0].clone(), second[0].clone()]
+    );
+    store.claim_due(t(1), 1, "w", LEASE).await.unwrap();
+    let delivering = ListFilter {
+        state: Some(RecipientState::Delivering),
+        limit: None,
+    };
+    let listed = store.list(&delivering).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, first[0]);
+    let one = ListFilter {
+        state: None,
+        limit: Some(1),
+    };
+    assert_eq!(store.list(&one).await.unwrap().len(), 1);
+}
+
+/// A body source that fails after some bytes, like a pipe that broke.
+struct Broken(usize);
+
+#[async_trait]
+impl BodySource for Broken {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.0 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the producer went away",
+            ));
+        }
+        let n = buf.len().min(self.0);
+        buf[..n].fill(b'x');
+        self.0 -= n;
+        Ok(n)
+    }
+    async fn rewind(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_midway_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let mut broken = message(&["b@example.net"], "");
+    broken.body = Body::Source(Box::new(Broken(100_000)));
+    let batch = vec![
+        message(&["a@example.net"], "1\r\n"),
+        broken,
+        message(&["c@example.net"], "3\r\n"),
+    ];
+    let err = store.enqueue(batch, t(0)).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(err.to_string().contains("the producer went away"), "{err}");
+    assert_eq!(store.stats().await.unwrap().messages, 0);
+    assert_eq!(files_in(&dir.path().join("bodies")), 0);
+    assert_eq!(files_in(&dir.path().join("tmp")), 0);
+
+    let bad = vec![
+        message(&["a@example.net"], "1\r\n"),
+        message(&["not an address"], "2\r\n"),
+    ];
+    let err = store.enqueue(bad, t(0)).await.unwrap_err();
+    assert!(matches!(err, Error::Misuse(_)), "{err}");
+    assert_eq!(files_in(&dir.path().join("bodies")), 0);
+    let empty = vec![message(&[], "1\r\n")];
+    assert!(matches!(
+        store.enqueue(empty, t(0)).await,
+        Err(Error::Misuse(_))
+    ));
+    assert!(log_entries(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn an_unwritable_spool_fails_the_enqueue_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    // Root ignores permission bits, so make the spool's tmp/ a file instead.
+    std::fs::remove_dir(dir.path().join("tmp")).unwrap();
+    std::fs::write(dir.path().join("tmp"), b"").unwrap();
+    let err = store
+        .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Storage { .. }), "{text}");
+    assert!(
+        text.contains("creating a body file") && text.contains("writable"),
+        "{text}"
+    );
+    assert_eq!(store.stats().await.unwrap().messages, 0);
+}
+
+/// A body generated as it is read: `len` bytes of a pattern, never held.
+struct Generated {
+    len: u64,
+    pos: u64,
+}
+
+#[async_trait]
+impl BodySource for Generated {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min((self.len - self.pos) as usize);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = ((self.pos + i as u64) % 251) as u8;
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+    async fn rewind(&mut self) -> io::Result<()> {
+        self.pos = 0;
+        Ok(())
+    }
+}
+
+async fn digest(body: &mut dyn BodySource) -> io::Result<(u64, Vec<u8>)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((size, hasher.finalize().to_vec()));
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_many_mebibytes_streams_in_and_out_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let len = 12 * 1024 * 1024 + 7;
+    let mut m = message(&["a@example.net"], "");
+    m.body = Body::Source(Box::new(Generated { len, pos: 0 }));
+    let ids = store.enqueue(vec![m], t(0)).await.unwrap();
+    let expected = digest(&mut Generated { len, pos: 0 }).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(dir.path().join("bodies").join(ids[0].as_str()))
+            .unwrap()
+            .len(),
+        len
+    );
+    let mut body = store.open_body(&ids[0]).await.unwrap();
+    assert_eq!(digest(&mut *body).await.unwrap(), expected);
+    assert_eq!(store.show(&ids[0]).await.unwrap().body_size, len);
+}
+
+#[tokio::test]
+async fn a_body_copied_from_a_file_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("spool")).await.unwrap();
+    let source = dir.path().join("m.eml");
+    std::fs::write(&source, b"Subject: file\r\n\r\nbody\r\n").unwrap();
+    let mut m = message(&["a@example.net", "b@example.net", "c@example.net"], "");
+    m.body = Body::File(source);
+    let ids = store.enqueue(vec![m], t(0)).await.unwrap();
+    assert_eq!(
+        files_in(&dir.path().join("spool/bodies")),
+        1,
+        "one body for three recipients"
+    );
+    let mut body = store.open_body(&ids[0]).await.unwrap();
+    assert_eq!(
+        read_all(&mut *body).await.unwrap(),
+        b"Subject: file\r\n\r\nbody\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_corrupt_body_is_that_messages_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(
+            vec![
+                message(&["a@example.net"], "first body\r\n"),
+                message(&["b@example.net"], "second body\r\n"),
+                message(&["c@example.net"], "third body\r\n"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    let bodies = dir.path().join("bodies");
+    std::fs::remove_file(bodies.join(ids[0].as_str())).unwrap();
+    let err = store.open_body(&ids[0]).await.err().unwrap();
+    assert!(
+        matches!(&err, Error::Corrupt { message: Some(id), .. } if *id == ids[0]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    std::fs::write(bodies.join(ids[1].as_str()), b"second b0dy\r\n").unwrap();
+    let mut body = store.open_body(&ids[1]).await.unwrap();
+    let err = read_all(&mut *body).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains(ids[1].as_str()), "{err}");
+
+    std::fs::write(bodies.join(ids[2].as_str()), b"third\r\n").unwrap();
+    let err = store.open_body(&ids[2]).await.err().unwrap();
+    assert!(
+        matches!(&err, Error::Corrupt { message: Some(id), .. } if *id == ids[2]),
+        "{err}"
+    );
+    let err = store
+        .open_body(&smtp_queue::MessageId::generate(t(0)))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::NotFound(_)));
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store.close().await;
+    drop(store);
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE schema_version SET version = 99")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let err = SqliteStore::open(dir.path()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reopened_store_keeps_what_was_enqueued() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    assert_eq!(
+        store.show(&ids[0]).await.unwrap().recipients[0].state,
+        RecipientState::Queued
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_on_one_queue_never_claim_the_same_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::sync::Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let b = std::sync::Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let batch: Vec<_> = (0..30)
+        .map(|i| message(&["a@example.net", "b@example.net"], &format!("{i}\r\n")))
+        .collect();
+    a.enqueue(batch, t(0)).await.unwrap();
+    let run = |store: std::sync::Arc<SqliteStore>, worker: &'static str| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let claimed = store.claim_due(t(1), 3, worker, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    return got;
+                }
+                for c in claimed {
+                    got.extend(c.recipients.iter().map(|r| r.id));
+                }
+            }
+        })
+    };
+    let (ga, gb) = tokio::join!(run(a.clone(), "a"), run(b.clone(), "b"));
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    let all: HashSet<_> = ga.iter().chain(&gb).copied().collect();
+    assert_eq!(ga.len() + gb.len(), 60, "each recipient claimed once");
+    assert_eq!(all.len(), 60);
+}
+
+#[tokio::test]
+async fn the_outcome_log_has_one_line_per_transition_with_the_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .enqueue(
+            vec![message(&["a@example.net", "b@example.net"], "1\r\n")],
+            t(0),
+        )
+        .await
+        .unwrap();
+    let c = store
+        .claim_due(t(0), 10, "w", LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let (r1, r2) = (c.recipients[0].id, c.recipients[1].id);
+    store
+        .record(
+            &c.lease,
+            vec![
+                (r1, Outcome::Delivered(reply(250, "ok"))),
+                (
+                    r2,
+                    Outcome::Deferred {
+                        attempt: reply(452, "mailbox full"),
+                        next: t(300),
+                    },
+                ),
+            ],
+            t(1),
+        )
+        .await
+        .unwrap();
+    let entries = log_entries(dir.path());
+    let events: Vec<_> = entries.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "enqueued",
+            "enqueued",
+            "claimed",
+            "claimed",
+            "delivered",
+            "deferred"
+        ]
+    );
+    let deferred = &entries[5];
+    assert_eq!(deferred.from, Some(RecipientState::Delivering));
+    assert_eq!(deferred.to, Some(RecipientState::Deferred));
+    assert_eq!(deferred.attempts, 1);
+    assert_eq!(deferred.generation, Some(c.lease.generation));
+    assert_eq!(deferred.next_attempt_ms, Some(1_700_000_300_000));
+    let attempt = deferred.attempt.as_ref().unwrap();
+    assert_eq!(attempt.code, Some(452));
+    assert_eq!(attempt.enhanced.as_deref(), Some("4.0.0"));
+    assert_eq!(attempt.host.as_deref(), Some("mx.example.net [127.0.0.1]"));
+    assert_eq!(attempt.tls.as_ref().unwrap().version, "TLSv1.3");
+
+    let refused = store
+        .record(
+            &c.lease,
+            vec![(r1, Outcome::Delivered(reply(250, "again")))],
+            t(2),
+        )
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(
+        log_entries(dir.path()).len(),
+        6,
+        "a refused change is not logged"
+    );
+}
