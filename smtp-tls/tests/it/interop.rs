@@ -71,16 +71,20 @@ pub(crate) async fn sink_on(ip: &str, port: u16, options: &[&str]) -> Sink {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let child = cmd.spawn().expect("start smtp-sink");
-    // Wait until it listens.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+    // Wait until it listens on its own address; a sink that never does
+    // fails the test here rather than as a puzzling refusal later.
+    let mut listening = false;
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
+            listening = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        listening,
+        "smtp-sink did not listen on {ip}:{port} within 5 s"
+    );
     Sink { child, port, dir }
 }
 
