@@ -148,6 +148,12 @@ impl fmt::Display for PlanError {
                     "{domain} accepts no mail (null MX, RFC 7505); check the address"
                 )
             }
+            // RFC 6761 §6.4: resolvers answer these themselves, asking nobody.
+            Self::NxDomain { domain, .. } if is_reserved_nonexistent(domain) => write!(
+                f,
+                "the domain {domain} is a reserved name that never exists (RFC 6761); \
+                 check the address"
+            ),
             Self::NxDomain { domain, resolver } => write!(
                 f,
                 "the domain {domain} does not exist, according to {resolver}; check the \
@@ -169,6 +175,12 @@ impl fmt::Display for PlanError {
 }
 
 impl std::error::Error for PlanError {}
+
+/// Names under `invalid.` never exist (RFC 6761 §6.4, RFC 2606).
+fn is_reserved_nonexistent(domain: &str) -> bool {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    d == "invalid" || d.ends_with(".invalid")
+}
 
 /// Plans delivery to `domain`. `pick(n)` returns a number below `n`, used to
 /// shuffle equal preferences (pass a random source; tests pass a fixed one).
@@ -286,6 +298,24 @@ fn shuffle_equal_preferences(hosts: &mut [(u16, String)], pick: &mut dyn FnMut(u
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_reserved_invalid_name_is_not_blamed_on_the_resolver() {
+        let e = PlanError::NxDomain {
+            domain: "example.INVALID".into(),
+            resolver: "the nameserver 127.0.0.1:1".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("RFC 6761") && !text.contains("according to"),
+            "{text}"
+        );
+        let e = PlanError::NxDomain {
+            domain: "invalid.example.com".into(),
+            resolver: "the nameserver 127.0.0.1:1".into(),
+        };
+        assert!(e.to_string().contains("according to"), "{e}");
+    }
     use std::net::Ipv4Addr;
 
     use mockall::mock;
