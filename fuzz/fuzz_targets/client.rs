@@ -28,7 +28,11 @@ impl Tally {
                 let _ = client.body_end(now);
             }
             Event::StartTls => {
-                let _ = client.tls_established(now);
+                let info = smtp_core::delivery::TlsInfo {
+                    verified: true,
+                    ..Default::default()
+                };
+                let _ = client.tls_established(now, info);
             }
             Event::DerivationWanted => {
                 if let Some(job) = client.take_derivation() {
