@@ -36,6 +36,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Send messages (files, standard input, or composed from options).
     Send(Box<SendArgs>),
+    /// The delivery queue: run, list, show, retry, delete, stats.
+    Queue(QueueArgs),
     /// Connect to a server and show what it offers; sends no mail.
     Probe(ProbeArgs),
     /// Show the MX plan direct delivery would follow for a domain.
@@ -177,10 +179,113 @@ pub(crate) struct SendArgs {
     /// Sendmail compatibility: the sender's full name for a From: that is added.
     #[arg(short = 'F', value_name = "NAME", hide = true)]
     pub(crate) full_name: Option<String>,
+    /// Enqueue durably in this queue (default `$XDG_STATE_HOME/smtp/queue`),
+    /// then deliver; deferred recipients are retried (`smtp queue run`).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub(crate) queue: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) retry: RetryArgs,
     /// Invoked as `sendmail`: quiet on success, report on stderr, and a
     /// From: added from the user's own address when nothing else gives one.
     #[arg(skip)]
     pub(crate) sendmail: bool,
+}
+
+/// The queue's retry schedule and how long `send --queue` waits for retries.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct RetryArgs {
+    /// Seconds before the first retry (default 300; doubles each time).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) retry_first: Option<u64>,
+    /// Longest delay between retries, in seconds (default 4000).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) retry_max: Option<u64>,
+    /// Give up (expire) this many seconds after enqueue (default 5 days).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) max_lifetime: Option<u64>,
+    /// `send --queue`: keep retrying while the next attempt is due within
+    /// this many seconds (default 60); then exit 75.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) linger: Option<u64>,
+}
+
+/// `smtp queue`: inspect and run the delivery queue.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    #[command(subcommand)]
+    pub(crate) command: QueueCommand,
+    /// The queue's directory (default `$XDG_STATE_HOME/smtp/queue`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) queue: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+/// The queue's commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Deliver what is due through the relay, then exit (or keep going with --watch).
+    Run(Box<QueueRunArgs>),
+    /// Messages in the queue, oldest first.
+    List,
+    /// One message and its recipients.
+    Show {
+        /// The message id.
+        id: String,
+    },
+    /// Make waiting recipients due now.
+    Retry {
+        /// The message id.
+        id: Option<String>,
+        /// Every waiting recipient, and clear destination back-offs.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Remove a message and its recipients.
+    Delete {
+        /// The message id.
+        id: String,
+    },
+    /// Counts per state.
+    Stats,
+}
+
+/// `smtp queue run`: the relay is given as to `send` (flags, account);
+/// credentials come from the config file or environment, never the queue.
+#[derive(Debug, Args)]
+pub(crate) struct QueueRunArgs {
+    /// Keep running: sleep until the next attempt is due; SIGINT/SIGTERM stop cleanly.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// The relay, HOST[:PORT] (default: the account's).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) server: Option<String>,
+    /// Server port.
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+    /// Encryption policy (default certified).
+    #[arg(long, value_enum)]
+    pub(crate) tls: Option<TlsArg>,
+    /// TLS from the first byte.
+    #[arg(long)]
+    pub(crate) implicit_tls: bool,
+    /// Extra trusted CA certificates (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    /// Name to send with EHLO.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) helo: Option<String>,
+    /// Config file of named accounts (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Account from the config file.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) account: Option<String>,
+    #[command(flatten)]
+    pub(crate) retry: RetryArgs,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ mod message;
 mod output;
 mod probe;
 mod progress;
+mod queue;
 mod reencode;
 mod secrets;
 mod send;
@@ -155,6 +156,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             stop_on_signal();
             send::run(*args).await
         }
+        Command::Queue(args) => queue::run(args).await,
         Command::Probe(args) => probe::run(args).await,
         Command::Mx(args) => probe::mx(args).await,
         Command::Sink(args) => sink::run(args).await,

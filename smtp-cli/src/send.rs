@@ -225,6 +225,15 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         .map(|m| envelope(&args, &s, m))
         .collect::<Result<Vec<_>, _>>()?;
     let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
+    if let Some(dir) = &args.queue {
+        let Some((host, port)) = &s.server else {
+            return Err(Failure::usage(
+                "--queue delivers through --server for now (direct delivery from the queue is to come)",
+            ));
+        };
+        let server = relay(&s, host, *port, client_id, args.verbose)?;
+        return crate::queue::send(dir, &args.retry, server, &prepared, &envelopes).await;
+    }
     let report = match &s.server {
         Some((host, port)) => {
             standard(&args, &s, host, *port, client_id, &prepared, envelopes).await?
@@ -272,16 +281,7 @@ async fn standard(
     envelopes: Vec<Envelope>,
 ) -> Result<Report, Failure> {
     let port = port.or(s.port).unwrap_or(587);
-    let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Certified).into();
-    let mut server = Server::new(host, port)
-        .with_implicit_tls(s.implicit_tls || port == 465)
-        .with_policy(policy)
-        .with_trust(trust(s.ca_file.as_deref())?)
-        .with_client_id(client_id)
-        .with_auth(s.auth)
-        .with_timeouts(s.timeouts)
-        .with_transcript(args.verbose);
-    server.credentials = s.credentials.clone();
+    let server = relay(s, host, Some(port), client_id, args.verbose)?;
     let sent = sent(prepared, &envelopes);
     let outgoing: Vec<Outgoing> = prepared
         .iter()
@@ -373,6 +373,29 @@ async fn standard(
         tell!("smtp: {}", advice::error_text(e));
     }
     Ok(Report::reconciled(&sent, found))
+}
+
+/// The relay's settings for standard delivery (credentials included, from
+/// the command line, the config file or the environment).
+pub(crate) fn relay(
+    s: &Settings,
+    host: &str,
+    port: Option<u16>,
+    client_id: ClientId,
+    verbose: bool,
+) -> Result<Server, Failure> {
+    let port = port.or(s.port).unwrap_or(587);
+    let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Certified).into();
+    let mut server = Server::new(host, port)
+        .with_implicit_tls(s.implicit_tls || port == 465)
+        .with_policy(policy)
+        .with_trust(trust(s.ca_file.as_deref())?)
+        .with_client_id(client_id)
+        .with_auth(s.auth)
+        .with_timeouts(s.timeouts)
+        .with_transcript(verbose);
+    server.credentials = s.credentials.clone();
+    Ok(server)
 }
 
 /// A session's outcome for a message, by its index in `sent`, with the host

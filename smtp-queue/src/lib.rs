@@ -85,18 +85,25 @@
 #![warn(missing_docs)]
 
 mod error;
+mod event;
 pub mod log;
+mod runner;
 mod schedule;
 mod spool;
 mod sqlite;
 mod state;
+mod stop;
 mod store;
+mod verdict;
 
 pub use error::{Error, Result};
+pub use event::RunEvent;
+pub use runner::{Runner, RunnerConfig, Summary};
 pub use schedule::{Next, Schedule, random_unit};
 pub use spool::SpoolBody;
 pub use sqlite::{LogPlace, SCHEMA_VERSION, SqliteSettings, SqliteStore};
 pub use state::{IllegalTransition, RecipientState, Transition, UnknownState};
+pub use stop::Stop;
 pub use store::{
     Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Lease, ListFilter, MessageId,
     MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo, RetryTarget,

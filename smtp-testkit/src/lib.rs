@@ -5,6 +5,8 @@
 //! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
 //!   and keeps what it receives.
 //! - [`dns`]: a DNS server on loopback serving a zone built in code.
+//! - [`flaky`]: a plaintext server with a queue's faults: greylisting, a
+//!   cap of messages per connection, a stall, refused authentication.
 //! - [`sansio`]: the sans-IO client driven directly by transcript scripts,
 //!   with a virtual clock.
 //! - [`script`]: a scripted fake SMTP server that reads like a transcript,
@@ -14,6 +16,7 @@
 pub mod capture;
 pub mod certs;
 pub mod dns;
+pub mod flaky;
 pub mod sansio;
 pub mod script;
 

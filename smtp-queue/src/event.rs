@@ -1,0 +1,72 @@
+//! [`RunEvent`]: what a runner tells its observer as it goes.
+
+use std::time::SystemTime;
+
+use crate::store::{MessageId, Outcome};
+
+/// Something a [`Runner`](crate::Runner) did or learnt, handed to its
+/// observer as it happens (progress lines, logs, metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunEvent {
+    /// A session with the destination is being opened for `messages` messages.
+    Connecting {
+        /// The destination's key.
+        destination: String,
+        /// How many messages the session will carry.
+        messages: usize,
+    },
+    /// A recipient's outcome was recorded.
+    Recorded {
+        /// The message.
+        message: MessageId,
+        /// The recipient's address.
+        recipient: String,
+        /// What was recorded.
+        outcome: Outcome,
+        /// The recipient was taken over from an expired lease: the message
+        /// may have reached it before (at-least-once).
+        taken_over: bool,
+    },
+    /// The reply to the end of data was lost: the server may have the
+    /// message; it is deferred and a retry may deliver it twice.
+    OutcomeUnknown {
+        /// The message.
+        message: MessageId,
+        /// The recipient's address.
+        recipient: String,
+    },
+    /// Recipients were given back unattempted (a session that ended
+    /// mid-way after progress, a stop, a destination held), due again at
+    /// `not_before` (or at once).
+    Released {
+        /// The message.
+        message: MessageId,
+        /// How many recipients.
+        recipients: u64,
+        /// When they are due again, if later than at once.
+        not_before: Option<SystemTime>,
+    },
+    /// The destination is held: a configuration or policy fault (such as
+    /// authentication refused, or the TLS policy not met) that the same
+    /// settings would meet again. Its recipients stay queued, not counted
+    /// as attempts. Reported once per run.
+    Held {
+        /// The destination's key.
+        destination: String,
+        /// Why, in words.
+        reason: String,
+        /// Until when it is held.
+        until: SystemTime,
+    },
+    /// The destination could not be reached (or the session failed before
+    /// any message): it is backed off until `until`.
+    BackedOff {
+        /// The destination's key.
+        destination: String,
+        /// Why, in words.
+        reason: String,
+        /// Until when.
+        until: SystemTime,
+    },
+}

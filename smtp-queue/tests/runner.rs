@@ -1,0 +1,234 @@
+//! The runner against real sockets on 127.0.0.1 (smtp-testkit's flaky
+//! server) with the SQLite store in a temporary directory.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use smtp_core::TlsPolicy;
+use smtp_core::delivery::MemoryBody;
+use smtp_core::sasl::{Credentials, Secret};
+use smtp_queue::{
+    Body, MessageOptions, NewMessage, RecipientState, RunEvent, Runner, RunnerConfig, Schedule,
+    SqliteStore, Stop, Store,
+};
+use smtp_testkit::flaky::{FlakyConfig, FlakyServer};
+use smtp_tls::Server;
+
+fn fast() -> Schedule {
+    Schedule {
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(1),
+        lifetime: Duration::from_secs(60),
+        jitter: 0.0,
+    }
+}
+
+async fn queue(n: usize, dir: &std::path::Path) -> Arc<SqliteStore> {
+    let store = Arc::new(SqliteStore::open(dir).await.unwrap());
+    let batch = (0..n)
+        .map(|i| NewMessage {
+            from: "sender@example.com".into(),
+            to: vec![format!("r{i}@example.net")],
+            body: Body::Source(Box::new(MemoryBody::new(format!(
+                "Subject: {i}\r\n\r\nmessage {i}\r\n"
+            )))),
+            options: MessageOptions::default(),
+        })
+        .collect();
+    store.enqueue(batch, SystemTime::now()).await.unwrap();
+    store
+}
+
+fn relay(server: &FlakyServer) -> Server {
+    Server::new("127.0.0.1", server.addr().port()).with_policy(TlsPolicy::None)
+}
+
+/// Runs until nothing waits, or `limit` passes.
+async fn run_until_final(runner: &Runner, store: &SqliteStore, limit: Duration) {
+    let stop = Stop::new();
+    let start = std::time::Instant::now();
+    loop {
+        runner.run_due(&stop).await.unwrap();
+        if store.next_due().await.unwrap().is_none() || start.elapsed() > limit {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn greylisted_recipients_are_delivered_on_a_later_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig {
+        greylist: Some(Duration::from_millis(300)),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(3, dir.path()).await;
+    let runner = Runner::new(
+        store.clone(),
+        relay(&server),
+        RunnerConfig::default().with_schedule(fast()),
+    );
+    run_until_final(&runner, &store, Duration::from_secs(20)).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Delivered), 3, "{stats:?}");
+    assert_eq!(runner.summary().deferred, 3);
+    assert!(server.deliveries().values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn a_421_after_three_messages_is_ridden_out_by_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig {
+        max_per_connection: Some(3),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(8, dir.path()).await;
+    let runner = Runner::new(
+        store.clone(),
+        relay(&server),
+        RunnerConfig::default()
+            .with_schedule(fast())
+            .with_concurrency(1),
+    );
+    run_until_final(&runner, &store, Duration::from_secs(20)).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Delivered), 8, "{stats:?}");
+    assert_eq!(server.messages().len(), 8);
+    assert!(server.connections() >= 3);
+    // Not held back as a failure: the rest went on a new connection at once.
+    assert_eq!(runner.summary().deferred, 0);
+}
+
+#[tokio::test]
+async fn messages_per_connection_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig::default()).await.unwrap();
+    let store = queue(5, dir.path()).await;
+    let runner = Runner::new(
+        store.clone(),
+        relay(&server),
+        RunnerConfig::default()
+            .with_per_connection(2)
+            .with_concurrency(1),
+    );
+    runner.run_due(&Stop::new()).await.unwrap();
+    assert_eq!(server.messages().len(), 5);
+    assert_eq!(server.connections(), 3);
+}
+
+#[tokio::test]
+async fn refused_authentication_holds_the_destination_once_and_keeps_recipients_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig {
+        refuse_auth: true,
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(6, dir.path()).await;
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let seen = held.clone();
+    let runner = Runner::new(
+        store.clone(),
+        relay(&server).with_credentials(Credentials::Password {
+            username: "u".into(),
+            password: Secret::new("wrong".to_owned()),
+        }),
+        RunnerConfig::default()
+            .with_per_connection(2)
+            .with_concurrency(2),
+    )
+    .with_observer(move |e| {
+        if let RunEvent::Held { reason, .. } = e {
+            seen.lock().unwrap().push(reason.clone());
+        }
+    });
+    runner.run_due(&Stop::new()).await.unwrap();
+    runner.run_due(&Stop::new()).await.unwrap();
+    assert_eq!(held.lock().unwrap().len(), 1, "{:?}", held.lock().unwrap());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Queued), 6, "{stats:?}");
+    assert_eq!(stats.count(RecipientState::Failed), 0);
+    let info = store
+        .show(&store.list(&Default::default()).await.unwrap()[0].id)
+        .await
+        .unwrap();
+    assert_eq!(info.recipients[0].attempts, 0, "not counted as an attempt");
+    assert!(store.backoff(runner.destination()).await.unwrap().is_some());
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_relay_backs_off_and_defers() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = queue(2, dir.path()).await;
+    let runner = Runner::new(
+        store.clone(),
+        Server::new("127.0.0.1", port).with_policy(TlsPolicy::None),
+        RunnerConfig::default(),
+    );
+    runner.run_due(&Stop::new()).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Deferred), 2, "{stats:?}");
+    assert!(store.backoff(runner.destination()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_stop_releases_what_was_claimed_and_a_later_run_delivers_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalling = FlakyServer::start(FlakyConfig {
+        stall_after: Some(2),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(6, dir.path()).await;
+    let stop = Stop::new();
+    let runner = Runner::new(
+        store.clone(),
+        relay(&stalling),
+        RunnerConfig::default()
+            .with_per_connection(1)
+            .with_concurrency(1)
+            .with_stop_grace(Duration::from_millis(200)),
+    );
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stopper.stop();
+    });
+    // The stalled session is abandoned after the grace; what it had not
+    // settled is released, due at once.
+    tokio::time::timeout(Duration::from_secs(10), runner.run_due(&stop))
+        .await
+        .expect("a stop ends the run")
+        .unwrap();
+    assert_eq!(
+        store
+            .stats()
+            .await
+            .unwrap()
+            .count(RecipientState::Delivering),
+        0
+    );
+    let good = FlakyServer::start(FlakyConfig::default()).await.unwrap();
+    let later = Runner::new(store.clone(), relay(&good), RunnerConfig::default());
+    run_until_final(&later, &store, Duration::from_secs(10)).await;
+    let mut all = stalling.deliveries();
+    for (r, n) in good.deliveries() {
+        *all.entry(r).or_insert(0) += n;
+    }
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(all.values().all(|n| *n == 1), "{all:?}");
+}

@@ -1,0 +1,226 @@
+//! A plaintext SMTP server on 127.0.0.1 with the faults a delivery queue
+//! must ride out: greylisting, a cap of messages per connection (`421`),
+//! a stall mid-run, refused authentication.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// How a [`FlakyServer`] misbehaves. The default is a well-behaved server.
+#[derive(Clone, Debug, Default)]
+pub struct FlakyConfig {
+    /// Greylisting: each recipient's first RCPT gets `451 4.7.1`, and so
+    /// does every RCPT until this long after the first.
+    pub greylist: Option<Duration>,
+    /// After this many messages on a connection, the next MAIL gets `421`
+    /// and the connection is closed.
+    pub max_per_connection: Option<usize>,
+    /// After this many messages in all, stop answering (hold every
+    /// connection open in silence).
+    pub stall_after: Option<usize>,
+    /// Offer AUTH PLAIN and refuse every attempt with `535`.
+    pub refuse_auth: bool,
+}
+
+/// A message as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlakyMessage {
+    /// MAIL FROM's address.
+    pub mail_from: String,
+    /// Accepted recipients.
+    pub rcpt_to: Vec<String>,
+    /// The data, without the terminator (not dot-unstuffed).
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    first_seen: HashMap<String, Instant>,
+    messages: Vec<FlakyMessage>,
+    connections: usize,
+    auth_attempts: usize,
+}
+
+/// A running [`FlakyConfig`] server; stopped on drop.
+#[derive(Debug)]
+pub struct FlakyServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FlakyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FlakyServer {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start(config: FlakyConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (config, state) = (config.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &config, &state).await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every message accepted so far, in order.
+    pub fn messages(&self) -> Vec<FlakyMessage> {
+        lock(&self.state).messages.clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        lock(&self.state).connections
+    }
+
+    /// AUTH attempts so far.
+    pub fn auth_attempts(&self) -> usize {
+        lock(&self.state).auth_attempts
+    }
+
+    /// How many times each recipient was delivered to.
+    pub fn deliveries(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for m in self.messages() {
+            for r in m.rcpt_to {
+                *counts.entry(r).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn address(arg: &str) -> String {
+    let start = arg.find('<').map_or(0, |i| i + 1);
+    let end = arg[start..].find('>').map_or(arg.len(), |i| start + i);
+    arg[start..end].to_owned()
+}
+
+async fn serve(
+    stream: TcpStream,
+    config: &FlakyConfig,
+    state: &Mutex<State>,
+) -> std::io::Result<()> {
+    lock(state).connections += 1;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 flaky.test ESMTP\r\n").await?;
+    let mut on_this = 0usize;
+    let mut from = String::new();
+    let mut to: Vec<String> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        if let Some(n) = config.stall_after {
+            if lock(state).messages.len() >= n {
+                // Silence: the client times out or is stopped.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Ok(());
+            }
+        }
+        let upper = line.trim_end().to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            let auth = if config.refuse_auth {
+                "250-AUTH PLAIN\r\n"
+            } else {
+                ""
+            };
+            format!("250-flaky.test\r\n250-PIPELINING\r\n{auth}250 8BITMIME\r\n")
+        } else if upper.starts_with("HELO") {
+            "250 flaky.test\r\n".into()
+        } else if upper.starts_with("AUTH") {
+            lock(state).auth_attempts += 1;
+            "535 5.7.8 authentication credentials invalid\r\n".into()
+        } else if upper.starts_with("MAIL") {
+            if config.max_per_connection.is_some_and(|n| on_this >= n) {
+                write
+                    .write_all(b"421 4.7.0 too many messages, closing\r\n")
+                    .await?;
+                return Ok(());
+            }
+            from = address(line.get(10..).unwrap_or(""));
+            to.clear();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT") {
+            let rcpt = address(line.get(8..).unwrap_or(""));
+            let greylisted = config.greylist.is_some_and(|wait| {
+                let mut s = lock(state);
+                let first = *s
+                    .first_seen
+                    .entry(rcpt.clone())
+                    .or_insert_with(Instant::now);
+                first.elapsed() < wait
+            });
+            if greylisted {
+                "451 4.7.1 greylisted, try again later\r\n".into()
+            } else {
+                to.push(rcpt);
+                "250 2.1.5 ok\r\n".into()
+            }
+        } else if upper.starts_with("DATA") {
+            if to.is_empty() {
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else {
+                write.write_all(b"354 go ahead\r\n").await?;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if lines.read_until(b'\n', &mut l).await? == 0 {
+                        return Ok(());
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    data.extend_from_slice(&l);
+                }
+                on_this += 1;
+                lock(state).messages.push(FlakyMessage {
+                    mail_from: from.clone(),
+                    rcpt_to: std::mem::take(&mut to),
+                    data,
+                });
+                "250 2.0.0 queued\r\n".into()
+            }
+        } else if upper.starts_with("RSET") {
+            to.clear();
+            "250 2.0.0 ok\r\n".into()
+        } else if upper.starts_with("NOOP") {
+            "250 2.0.0 ok\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            write.write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "500 5.5.2 what?\r\n".into()
+        };
+        write.write_all(reply.as_bytes()).await?;
+    }
+}
