@@ -207,6 +207,10 @@ pub(crate) struct RetryArgs {
     /// this many seconds (default 60); then exit 75.
     #[arg(long, value_name = "SECS")]
     pub(crate) linger: Option<u64>,
+    /// On SIGINT/SIGTERM, how long transactions under way may take to
+    /// finish before what they had not settled is released (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) stop_grace: Option<u64>,
 }
 
 /// `smtp queue`: inspect and run the delivery queue.
@@ -228,7 +232,7 @@ pub(crate) enum QueueCommand {
     /// Deliver what is due through the relay, then exit (or keep going with --watch).
     Run(Box<QueueRunArgs>),
     /// Messages in the queue, oldest first.
-    List,
+    List(ListArgs),
     /// One message and its recipients.
     Show {
         /// The message id.
@@ -249,6 +253,42 @@ pub(crate) enum QueueCommand {
     },
     /// Counts per state.
     Stats,
+}
+
+/// `smtp queue list`'s filters (all given must match).
+#[derive(Debug, Args, Default)]
+pub(crate) struct ListArgs {
+    /// Only messages with a recipient in this state: queued, delivering,
+    /// delivered, failed, deferred, expired.
+    #[arg(long, value_name = "STATE")]
+    pub(crate) state: Option<String>,
+    /// Only messages with a recipient at this domain (case-insensitive).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) domain: Option<String>,
+    /// Only messages enqueued longer ago than this: seconds, or a number
+    /// with s, m, h or d (`90m`, `2d`).
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub(crate) older_than: Option<std::time::Duration>,
+}
+
+/// `90`, `90s`, `15m`, `2h`, `3d`.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (n, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_lowercase()),
+        _ => (t, 's'),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: give seconds, or a number with s, m, h or d"))?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.saturating_mul(60),
+        'h' => n.saturating_mul(3600),
+        'd' => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// `smtp queue run`: the relay is given as to `send` (flags, account);
@@ -385,6 +425,16 @@ pub(crate) struct DemoArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_take_a_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_age("2D"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_age("1w").is_err());
+        assert!(parse_age("h").is_err());
+    }
 
     #[test]
     fn scram_is_spelt_as_its_mechanism_name_and_the_old_way() {

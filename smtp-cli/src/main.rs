@@ -122,11 +122,12 @@ fn next_value(it: &mut std::slice::Iter<'_, String>, flag: &str) -> Result<Strin
         .ok_or_else(|| Failure::usage(format!("{flag} needs a value")))
 }
 
-/// Exit codes after SIGINT and SIGTERM, as a shell reports them (128 + signal).
-const EXIT_SIGINT: u8 = 130;
-const EXIT_SIGTERM: u8 = 143;
+use crate::queue::{EXIT_SIGINT, EXIT_SIGTERM};
 
 /// On SIGINT or SIGTERM: removes any spool of standard input, then exits.
+/// While `smtp send --queue` delivers, the first signal stops its runner
+/// instead (the command then reports and exits by itself, 130 or 143) and
+/// only a second one exits at once.
 /// The handlers are installed before this returns; the waiting runs as a
 /// task of its own, so it acts even while the command blocks on reading
 /// standard input. Drops do not run on exit, hence the explicit removal.
@@ -140,10 +141,20 @@ fn stop_on_signal() {
         return;
     };
     tokio::spawn(async move {
-        let code = tokio::select! {
+        let mut code = tokio::select! {
             _ = int.recv() => EXIT_SIGINT,
             _ = term.recv() => EXIT_SIGTERM,
         };
+        if queue::interrupt(code) {
+            tell!(
+                "smtp: stopping: no new deliveries; those under way finish or stay queued \
+                 (signal again to quit at once)"
+            );
+            code = tokio::select! {
+                _ = int.recv() => EXIT_SIGINT,
+                _ = term.recv() => EXIT_SIGTERM,
+            };
+        }
         spool::remove_all();
         progress::interrupted();
         std::process::exit(i32::from(code));

@@ -160,6 +160,14 @@ pub(crate) struct RecipientReport {
     pub(crate) host: Option<String>,
     pub(crate) tls: Option<String>,
     pub(crate) cert_verified: Option<bool>,
+    /// `send --queue` only: the recipient stays in the queue (deferred, or
+    /// not attempted yet); absent from plain `send`'s JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) queued: Option<bool>,
+    /// `send --queue` only, with `queued`: when the next attempt is due
+    /// (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) next_attempt: Option<String>,
 }
 
 impl RecipientReport {
@@ -174,6 +182,8 @@ impl RecipientReport {
             host: None,
             tls: None,
             cert_verified: None,
+            queued: None,
+            next_attempt: None,
         }
     }
 
@@ -196,8 +206,16 @@ impl RecipientReport {
             _ => String::new(),
         };
         let text = self.text.replace('\n', " / ");
+        let queued = match (self.queued, &self.next_attempt) {
+            (Some(true), Some(t)) => format!(" [queued, next attempt {t}]"),
+            (Some(true), None) => " [queued]".to_owned(),
+            _ => String::new(),
+        };
         let of = message.map(|m| format!("  ({m})")).unwrap_or_default();
-        format!("{:<9} {}  {code}{text}{via}{of}", self.status, self.address)
+        format!(
+            "{:<9} {}  {code}{text}{via}{queued}{of}",
+            self.status, self.address
+        )
     }
 
     pub(crate) fn new(o: &RecipientOutcome, host: Option<&str>, tls: Option<&TlsInfo>) -> Self {
@@ -210,6 +228,8 @@ impl RecipientReport {
             host: host.map(str::to_owned),
             tls: tls.map(|t| t.version.clone()),
             cert_verified: tls.map(|t| t.verified),
+            queued: None,
+            next_attempt: None,
         }
     }
 

@@ -5,22 +5,32 @@
 //! from the command line, config file or environment as `send` does, so no
 //! secret is ever written into the queue.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use smtp_core::Envelope;
 use smtp_core::data::BodyType;
 use smtp_core::ehlo::ClientId;
+use smtp_core::{Envelope, RecipientStatus};
 use smtp_queue::{
-    Body, BodyKind, ListFilter, MessageId, MessageOptions, NewMessage, Outcome, RecipientState,
-    RetryTarget, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop, Store,
+    Attempt, Body, BodyKind, ListFilter, MessageId, MessageOptions, NewMessage, Outcome,
+    RecipientState, RetryTarget, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop,
+    Store,
 };
 use smtp_tls::Server;
 
-use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, RetryArgs, SendArgs};
-use crate::fail::{EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, Failure};
+use crate::cli::{ListArgs, QueueArgs, QueueCommand, QueueRunArgs, RetryArgs, SendArgs};
+use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
 use crate::message::{Prepared, PreparedBody};
+use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent};
+use crate::progress::{self, Mode};
+
+/// The exit code after SIGINT, as a shell reports it (128 + 2).
+pub(crate) const EXIT_SIGINT: u8 = 130;
+/// The exit code after SIGTERM (128 + 15).
+pub(crate) const EXIT_SIGTERM: u8 = 143;
 
 /// The queue's directory: `dir`, else `$XDG_STATE_HOME/smtp/queue`, else
 /// `~/.local/state/smtp/queue`.
@@ -62,46 +72,308 @@ fn schedule(r: &RetryArgs) -> Schedule {
     s
 }
 
-/// One line per recorded outcome, on stdout.
+/// The lines `queue run` prints as it goes: one per recorded outcome on
+/// stdout, a held destination and a lost reply on stderr.
 fn report(event: &RunEvent) {
+    if let RunEvent::Recorded {
+        recipient, outcome, ..
+    } = event
+    {
+        let (word, a) = match outcome {
+            Outcome::Delivered(a) => ("delivered", Some(a)),
+            Outcome::Failed(a) => ("failed", Some(a)),
+            Outcome::Deferred { attempt, .. } => ("deferred", Some(attempt)),
+            Outcome::Expired(a) => ("expired", a.as_ref()),
+        };
+        println!("{recipient}: {word}{}", why(a));
+    }
+    warn(event);
+}
+
+/// ` (CODE text)`, or nothing without an attempt.
+fn why(a: Option<&Attempt>) -> String {
+    a.map_or_else(String::new, |a| match a.code {
+        Some(c) => format!(" ({c} {})", a.text),
+        None => format!(" ({})", a.text),
+    })
+}
+
+/// What is said on stderr whatever the output: a held destination (once)
+/// and a lost reply.
+fn warn(event: &RunEvent) {
     match event {
-        RunEvent::Recorded {
-            recipient, outcome, ..
-        } => {
-            let (word, a) = match outcome {
-                Outcome::Delivered(a) => ("delivered", Some(a)),
-                Outcome::Failed(a) => ("failed", Some(a)),
-                Outcome::Deferred { attempt, .. } => ("deferred", Some(attempt)),
-                Outcome::Expired(a) => ("expired", a.as_ref()),
-            };
-            let why = a.map_or_else(String::new, |a| match a.code {
-                Some(c) => format!(" ({c} {})", a.text),
-                None => format!(" ({})", a.text),
-            });
-            println!("{recipient}: {word}{why}");
-        }
         RunEvent::Held {
             destination,
             reason,
             ..
-        } => tell!("smtp: HELD {destination}: {reason}; its recipients stay queued"),
-        RunEvent::OutcomeUnknown { recipient, .. } => {
+        } => progress::suspend(|| {
+            tell!("smtp: HELD {destination}: {reason}; its recipients stay queued");
+        }),
+        RunEvent::OutcomeUnknown { recipient, .. } => progress::suspend(|| {
             tell!("smtp: warning: {recipient}: the reply was lost; a retry may deliver it twice");
-        }
+        }),
         _ => {}
     }
 }
 
+/// While `send --queue` delivers, SIGINT and SIGTERM stop its runner
+/// (see [`interrupt`]) instead of ending the process.
+static INTERRUPT: Mutex<Option<Stop>> = Mutex::new(None);
+
+/// The exit code of the signal that stopped `send --queue` (0: none).
+static SIGNALLED: AtomicU8 = AtomicU8::new(0);
+
+/// Called by the signal handler with the exit code the signal stands for:
+/// when `send --queue` is delivering, stops its runner (it claims nothing
+/// more, lets transactions under way finish within the grace and releases
+/// the rest) and returns true; the process then ends by itself, with a
+/// report. False when nothing is delivering from the queue.
+pub(crate) fn interrupt(code: u8) -> bool {
+    let guard = lock(&INTERRUPT);
+    let Some(stop) = guard.as_ref() else {
+        return false;
+    };
+    let _ = SIGNALLED.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+    stop.stop();
+    true
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Unregisters the runner's [`Stop`] from [`interrupt`] when dropped.
+struct Registered;
+
+impl Registered {
+    fn new(stop: &Stop) -> Self {
+        *lock(&INTERRUPT) = Some(stop.clone());
+        Self
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        *lock(&INTERRUPT) = None;
+    }
+}
+
+/// RFC 3339 in UTC, to the second (`2026-01-31T12:00:00Z`).
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The text of a recipient still queued that was never attempted.
+const NOT_ATTEMPTED: &str = "not attempted yet; it stays queued";
+
+/// The text of a recipient still queued when a signal stopped the run.
+const INTERRUPTED: &str = "interrupted before this message was sent; it stays queued";
+
+/// A recipient's line of the report, from its state in the queue and its
+/// last attempt: delivered is `accepted`, failed and expired `rejected`,
+/// anything still waiting `deferred` with `queued` and `next_attempt`.
+fn recipient_report(
+    address: &str,
+    state: RecipientState,
+    last: Option<&Attempt>,
+    next: SystemTime,
+    unattempted: &str,
+) -> RecipientReport {
+    let status = match state {
+        RecipientState::Delivered => RecipientStatus::Accepted,
+        RecipientState::Failed | RecipientState::Expired => RecipientStatus::Rejected,
+        _ => RecipientStatus::Deferred,
+    };
+    let waiting = !state.is_final();
+    let text = match (state, last) {
+        (RecipientState::Expired, Some(a)) => {
+            format!("expired (the queue lifetime ended): {}", a.text)
+        }
+        (RecipientState::Expired, None) => "expired: the queue lifetime ended".to_owned(),
+        (_, Some(a)) => a.text.clone(),
+        (_, None) => unattempted.to_owned(),
+    };
+    RecipientReport {
+        address: address.to_owned(),
+        status: status.name(),
+        code: last.and_then(|a| a.code),
+        enhanced_code: last.and_then(|a| a.enhanced.clone()),
+        text,
+        host: last.and_then(|a| a.host.clone()),
+        tls: last.and_then(|a| a.tls.as_ref().map(|t| t.version.clone())),
+        cert_verified: last.and_then(|a| a.tls.as_ref().map(|t| t.verified)),
+        queued: waiting.then_some(true),
+        next_attempt: waiting.then(|| rfc3339(next)),
+    }
+}
+
+/// The messages of a `send --queue` run as their outcomes are recorded: a
+/// message's lines go to [`progress::record`] once all its recipients are
+/// final; deferrals are told on stderr as they happen.
+struct Live {
+    /// Message id → its index in `sent`, and its recipients' final lines.
+    messages: HashMap<MessageId, (usize, Vec<Option<RecipientReport>>)>,
+    names: Vec<String>,
+    addresses: Vec<Vec<String>>,
+}
+
+impl Live {
+    fn new(ids: &[MessageId], sent: &[Sent]) -> Self {
+        Self {
+            messages: ids
+                .iter()
+                .zip(sent)
+                .enumerate()
+                .map(|(i, (id, s))| (id.clone(), (i, vec![None; s.recipients.len()])))
+                .collect(),
+            names: sent.iter().map(|s| s.name.clone()).collect(),
+            addresses: sent.iter().map(|s| s.recipients.clone()).collect(),
+        }
+    }
+
+    fn event(&mut self, event: &RunEvent) {
+        warn(event);
+        let RunEvent::Recorded {
+            message,
+            recipient,
+            outcome,
+            ..
+        } = event
+        else {
+            return;
+        };
+        let (state, attempt) = match outcome {
+            Outcome::Deferred { attempt, next } => {
+                progress::suspend(|| {
+                    tell!(
+                        "smtp: {recipient}: deferred{}; next attempt {}",
+                        why(Some(attempt)),
+                        rfc3339(*next)
+                    );
+                });
+                return;
+            }
+            Outcome::Delivered(a) => (RecipientState::Delivered, Some(a)),
+            Outcome::Failed(a) => (RecipientState::Failed, Some(a)),
+            Outcome::Expired(a) => (RecipientState::Expired, a.as_ref()),
+        };
+        let Some((index, slots)) = self.messages.get_mut(message) else {
+            return;
+        };
+        let index = *index;
+        let Some(place) = self
+            .addresses
+            .get(index)
+            .and_then(|a| a.iter().position(|x| x == recipient))
+        else {
+            return;
+        };
+        if let Some(slot) = slots.get_mut(place) {
+            *slot = Some(recipient_report(
+                recipient,
+                state,
+                attempt,
+                SystemTime::now(),
+                NOT_ATTEMPTED,
+            ));
+        }
+        if slots.iter().all(Option::is_some) {
+            let recipients = slots.iter().flatten().cloned().collect();
+            progress::record(
+                index,
+                MessageReport {
+                    message: self.names.get(index).cloned().unwrap_or_default(),
+                    recipients,
+                    diagnosis: None,
+                    errors: Vec::new(),
+                    missing_outcomes: false,
+                },
+            );
+        }
+    }
+}
+
+/// The report of the enqueued messages as the queue holds them now.
+async fn report_from_store(
+    store: &SqliteStore,
+    ids: &[MessageId],
+    sent: &[Sent],
+    unattempted: &str,
+) -> Result<Report, Failure> {
+    let mut found = Vec::with_capacity(ids.len());
+    for (index, (id, s)) in ids.iter().zip(sent).enumerate() {
+        let info = store.show(id).await.map_err(queue_error)?;
+        let recipients = info
+            .recipients
+            .iter()
+            .map(|r| {
+                recipient_report(
+                    &r.address,
+                    r.state,
+                    r.last.as_ref(),
+                    r.next_attempt,
+                    unattempted,
+                )
+            })
+            .collect();
+        found.push((
+            index,
+            MessageReport {
+                message: s.name.clone(),
+                recipients,
+                diagnosis: None,
+                errors: Vec::new(),
+                missing_outcomes: false,
+            },
+        ));
+    }
+    Ok(Report::reconciled(sent, found))
+}
+
+/// How a `send --queue` run ended.
+enum Ended {
+    /// Every recipient is final.
+    Final,
+    /// Some wait for a retry later than `--linger`, or a held destination.
+    Waiting(SystemTime),
+    /// A signal stopped it.
+    Interrupted,
+}
+
 /// `smtp send --queue`: enqueue in one batch, then deliver until every
-/// recipient is final or only later retries remain (exit 75).
+/// recipient is final or only later retries remain (exit 75); a signal
+/// stops the runner cleanly (exit 130 or 143) and leaves the rest queued
+/// for `smtp queue run`. The report is `smtp send`'s, each recipient still
+/// queued marked so, with its next attempt.
 pub(crate) async fn send(
     dir: &Path,
     retry: &RetryArgs,
     server: Server,
     prepared: &[Prepared],
     envelopes: &[Envelope],
+    mode: Mode,
 ) -> Result<u8, Failure> {
     let store = open(Some(dir)).await?;
+    let sent = crate::send::sent(prepared, envelopes);
     let batch = prepared
         .iter()
         .zip(envelopes)
@@ -112,31 +384,36 @@ pub(crate) async fn send(
             options: options(e),
         })
         .collect();
+    // From here a signal stops the runner rather than the process: what
+    // the enqueue commits is then reported, and left for `queue run`.
+    let stop = Stop::new();
+    let _registered = Registered::new(&stop);
     let ids = store
         .enqueue(batch, SystemTime::now())
         .await
         .map_err(queue_error)?;
-    let runner = Runner::new(store.clone(), server, config(retry)).with_observer(report);
+    progress::begin(&sent, mode);
+    let live = Arc::new(Mutex::new(Live::new(&ids, &sent)));
+    let observer = {
+        let live = live.clone();
+        move |e: &RunEvent| lock(&live).event(e)
+    };
+    let runner = Runner::new(store.clone(), server, config(retry)).with_observer(observer);
     let linger = Duration::from_secs(retry.linger.unwrap_or(60));
-    let stop = Stop::new();
-    loop {
+    let ended = loop {
         runner.run_due(&stop).await.map_err(queue_error)?;
+        if stop.is_stopped() {
+            break Ended::Interrupted;
+        }
         let mut waiting: Option<SystemTime> = None;
-        let mut failed = false;
         for id in &ids {
             let info = store.show(id).await.map_err(queue_error)?;
-            for r in info.recipients {
-                match r.state {
-                    RecipientState::Delivered => {}
-                    RecipientState::Failed | RecipientState::Expired => failed = true,
-                    _ => {
-                        waiting = Some(waiting.map_or(r.next_attempt, |w| w.min(r.next_attempt)));
-                    }
-                }
+            for r in info.recipients.iter().filter(|r| !r.state.is_final()) {
+                waiting = Some(waiting.map_or(r.next_attempt, |w| w.min(r.next_attempt)));
             }
         }
         let Some(next) = waiting else {
-            return Ok(if failed { EX_UNAVAILABLE } else { EX_OK });
+            break Ended::Final;
         };
         let now = SystemTime::now();
         let backoff = store
@@ -148,14 +425,59 @@ pub(crate) async fn send(
         let next = backoff.map_or(next, |b| b.max(next));
         let wait = next.duration_since(now).unwrap_or_default();
         if wait > linger || !runner.summary().held.is_empty() {
-            tell!(
-                "smtp: deferred recipients stay queued; next attempt in {}s (smtp queue run --queue {})",
-                wait.as_secs(),
-                dir.display()
-            );
-            return Ok(EX_TEMPFAIL);
+            break Ended::Waiting(next);
         }
-        tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            () = stop.stopped() => break Ended::Interrupted,
+        }
+    };
+    progress::done_sending();
+    let interrupted = matches!(ended, Ended::Interrupted);
+    let unattempted = if interrupted {
+        INTERRUPTED
+    } else {
+        NOT_ATTEMPTED
+    };
+    let mut report = report_from_store(&store, &ids, &sent, unattempted).await?;
+    if interrupted {
+        report.fault = Some((
+            EX_TEMPFAIL,
+            ErrorReport {
+                kind: "interrupted",
+                message: "interrupted by a signal; recipients not delivered stay queued".to_owned(),
+            },
+        ));
+    }
+    progress::finish(&report, mode);
+    let summary = report.summary();
+    let resume = format!("smtp queue run --queue {} --server …", dir.display());
+    match ended {
+        Ended::Interrupted => {
+            tell!(
+                "smtp: interrupted: {} delivered, {} failed, {} still queued ({resume} delivers them)",
+                summary.accepted,
+                summary.rejected,
+                summary.deferred
+            );
+            Ok(match SIGNALLED.load(Ordering::SeqCst) {
+                0 => EXIT_SIGINT,
+                code => code,
+            })
+        }
+        Ended::Waiting(next) => {
+            let secs = next
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            tell!(
+                "smtp: {} recipients stay queued; next attempt at {} (in {secs}s): {resume}",
+                summary.deferred,
+                rfc3339(next)
+            );
+            Ok(report.exit_code())
+        }
+        Ended::Final => Ok(report.exit_code()),
     }
 }
 
@@ -171,7 +493,27 @@ fn options(e: &Envelope) -> MessageOptions {
 }
 
 fn config(retry: &RetryArgs) -> RunnerConfig {
-    RunnerConfig::default().with_schedule(schedule(retry))
+    let config = RunnerConfig::default().with_schedule(schedule(retry));
+    match retry.stop_grace {
+        Some(secs) => config.with_stop_grace(Duration::from_secs(secs)),
+        None => config,
+    }
+}
+
+/// Whether `m` passes `list`'s filters.
+fn matches(m: &smtp_queue::MessageInfo, f: &ListArgs, now: SystemTime) -> bool {
+    let domain_ok = f.domain.as_deref().is_none_or(|d| {
+        let d = d.trim_start_matches('@');
+        m.recipients.iter().any(|r| {
+            r.address
+                .rsplit_once('@')
+                .is_some_and(|(_, x)| x.trim_end_matches('>').eq_ignore_ascii_case(d))
+        })
+    });
+    let age_ok = f
+        .older_than
+        .is_none_or(|age| now.duration_since(m.created).is_ok_and(|a| a > age));
+    domain_ok && age_ok
 }
 
 /// `smtp queue …`.
@@ -180,13 +522,27 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
     let json = args.json;
     match args.command {
         QueueCommand::Run(run) => run_queue(store, *run).await,
-        QueueCommand::List => {
-            let list = store
-                .list(&ListFilter::default())
-                .await
-                .map_err(queue_error)?;
-            for m in list {
-                print_message(&m, json);
+        QueueCommand::List(filter) => {
+            let state = filter
+                .state
+                .as_deref()
+                .map(str::parse::<RecipientState>)
+                .transpose()
+                .map_err(|e| Failure::usage(format!("--state: {e}")))?;
+            let query = ListFilter {
+                state,
+                ..ListFilter::default()
+            };
+            let list = store.list(&query).await.map_err(queue_error)?;
+            let now = SystemTime::now();
+            let list: Vec<_> = list.iter().filter(|m| matches(m, &filter, now)).collect();
+            if json {
+                let v: Vec<_> = list.iter().map(|m| message_json(m)).collect();
+                println!("{}", serde_json::json!({ "messages": v }));
+            } else {
+                for m in list {
+                    print_message(m, false);
+                }
             }
             Ok(EX_OK)
         }
@@ -251,24 +607,30 @@ fn millis(t: SystemTime) -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
+/// A message as `queue show --json` prints it, and each of `queue list --json`'s.
+fn message_json(m: &smtp_queue::MessageInfo) -> serde_json::Value {
+    let recipients: Vec<_> = m
+        .recipients
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id.0, "address": r.address, "state": r.state.to_string(),
+                "attempts": r.attempts, "next_attempt_ms": millis(r.next_attempt),
+                "next_attempt": rfc3339(r.next_attempt),
+                "last": r.last,
+            })
+        })
+        .collect();
+    // The reverse-path as stored, `<a@example.com>`; the address alone
+    // (empty for the null sender), as `send --json` names addresses.
+    let from = m.from.trim_start_matches('<').trim_end_matches('>');
+    serde_json::json!({ "id": m.id.as_str(), "from": from, "created_ms": millis(m.created),
+        "created": rfc3339(m.created), "size": m.body_size, "recipients": recipients })
+}
+
 fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
     if json {
-        let recipients: Vec<_> = m
-            .recipients
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.id.0, "address": r.address, "state": r.state.to_string(),
-                    "attempts": r.attempts, "next_attempt_ms": millis(r.next_attempt),
-                    "last": r.last,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "id": m.id.as_str(), "from": m.from, "created_ms": millis(m.created),
-                "size": m.body_size, "recipients": recipients })
-        );
+        println!("{}", message_json(m));
     } else {
         println!("{} {} <{}>", m.id, m.body_size, m.from);
         for r in &m.recipients {
@@ -337,4 +699,41 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
         return Ok(EX_TEMPFAIL);
     }
     Ok(EX_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let at = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn a_recipient_still_queued_says_so_and_when() {
+        let next = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = Attempt {
+            code: Some(451),
+            text: "greylisted".into(),
+            ..Attempt::default()
+        };
+        let r = recipient_report(
+            "b@example.net",
+            RecipientState::Deferred,
+            Some(&a),
+            next,
+            "",
+        );
+        assert_eq!(r.status, "deferred");
+        assert_eq!(r.queued, Some(true));
+        assert_eq!(r.next_attempt.as_deref(), Some("2023-11-14T22:13:20Z"));
+        let r = recipient_report("b@example.net", RecipientState::Expired, Some(&a), next, "");
+        assert_eq!((r.status, r.queued), ("rejected", None));
+        assert!(r.text.starts_with("expired"), "{}", r.text);
+    }
 }

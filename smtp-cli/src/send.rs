@@ -232,7 +232,8 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
             ));
         };
         let server = relay(&s, host, *port, client_id, args.verbose)?;
-        return crate::queue::send(dir, &args.retry, server, &prepared, &envelopes).await;
+        return crate::queue::send(dir, &args.retry, server, &prepared, &envelopes, mode(&args))
+            .await;
     }
     let report = match &s.server {
         Some((host, port)) => {
@@ -436,7 +437,7 @@ fn tell_binary_cause(args: &SendArgs, cause: Option<&String>, outcomes: &[Recipi
 }
 
 /// Each message's name and recipients, for [`Report::reconciled`].
-fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
+pub(crate) fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
     prepared
         .iter()
         .zip(envelopes)

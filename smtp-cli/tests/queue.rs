@@ -1,8 +1,9 @@
 //! `smtp send --queue` and `smtp queue run` against smtp-testkit's flaky
 //! server on 127.0.0.1.
 
-use std::process::Command;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use smtp_testkit::flaky::{FlakyConfig, FlakyServer};
 
@@ -69,7 +70,11 @@ fn send_queue_rides_out_greylisting_and_exits_0() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("deferred"), "{stdout}");
+    // The retries are told on stderr as they happen; stdout holds the
+    // report, as plain `smtp send` prints it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deferred"), "{stderr}");
+    assert_eq!(stdout.matches("accepted").count(), 3, "{stdout}");
     let counts = server.deliveries();
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|n| *n == 1));
@@ -102,4 +107,267 @@ fn refused_authentication_keeps_recipients_queued_and_says_so_once() {
     let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(v["recipients"]["queued"], 2, "{v}");
     assert_eq!(v["recipients"]["failed"], 0, "{v}");
+}
+
+/// `n` message files in `dir`, message *i* to `r{i}@{domain}` (read with `-t`).
+fn message_files(dir: &Path, n: usize, domain: &str) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("m{i}.eml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "From: a@example.com\r\nTo: r{i}@{domain}\r\nSubject: m{i}\r\n\
+                     Date: Sun, 29 Nov 2026 02:00:00 +0000\r\nMessage-ID: <{i}@example.com>\r\n\r\nbody {i}\r\n"
+                ),
+            )
+            .unwrap();
+            path
+        })
+        .collect()
+}
+
+/// `send --queue -t` of message files through `server`, JSON report.
+fn send_files<'a>(
+    server: &'a str,
+    queue: &'a str,
+    retry: &'a str,
+    files: &'a [PathBuf],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "send",
+        "--server",
+        server,
+        "--tls",
+        "none",
+        "--queue",
+        queue,
+        "-t",
+        "--json",
+        "--retry-first",
+        retry,
+        "--retry-max",
+        retry,
+        "--linger",
+        "10",
+        "--stop-grace",
+        "1",
+    ];
+    a.extend(files.iter().map(|f| f.to_str().unwrap()));
+    a
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {}\nstderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn send_queue_delivers_8_messages_through_421_after_3_per_connection() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FlakyServer::start(FlakyConfig {
+            max_per_connection: Some(3),
+            ..FlakyConfig::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let files = message_files(dir.path(), 8, "example.net");
+    let addr = server.addr().to_string();
+    let out = smtp(&send_files(&addr, q.to_str().unwrap(), "1", &files));
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["summary"]["accepted"], 8, "{v}");
+    assert_eq!(v["summary"]["deferred"], 0, "{v}");
+    assert_eq!(v["messages"].as_array().unwrap().len(), 8, "{v}");
+    for m in v["messages"].as_array().unwrap() {
+        let r = &m["recipients"][0];
+        assert_eq!(r["status"], "accepted", "{v}");
+        assert_eq!(r["code"], 250, "{v}");
+        assert!(r.get("queued").is_none(), "delivered is not queued: {v}");
+    }
+    let counts = server.deliveries();
+    assert_eq!(counts.len(), 8, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert!(server.connections() >= 3, "{}", server.connections());
+}
+
+#[test]
+fn interrupted_send_queue_is_resumed_by_queue_run_each_recipient_once() {
+    let rt = runtime();
+    let stalling = rt
+        .block_on(FlakyServer::start(FlakyConfig {
+            stall_after: Some(1),
+            ..FlakyConfig::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let files = message_files(dir.path(), 5, "example.net");
+    let addr = stalling.addr().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_smtp"))
+        .args(send_files(&addr, qs, "1", &files))
+        .env_remove("SMTP_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stalling.messages().is_empty() {
+        assert!(Instant::now() < deadline, "the first message never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The 250 to its data is on its way; the next MAIL meets silence.
+    std::thread::sleep(Duration::from_millis(300));
+    let interrupted = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let took = interrupted.elapsed();
+    let v = json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{v}\n{stderr}");
+    assert!(took < Duration::from_secs(8), "took {took:?} to stop");
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    assert_eq!(v["summary"]["accepted"], 1, "{v}");
+    assert_eq!(v["summary"]["deferred"], 4, "{v}");
+    let queued: Vec<_> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["recipients"][0])
+        .filter(|r| r["queued"] == true)
+        .collect();
+    assert_eq!(queued.len(), 4, "{v}");
+    assert!(queued.iter().all(|r| r["next_attempt"].is_string()), "{v}");
+    assert!(stderr.contains("4 still queued"), "{stderr}");
+
+    // Released, not leased: `queue run` at once delivers the rest.
+    let good = rt
+        .block_on(FlakyServer::start(FlakyConfig::default()))
+        .unwrap();
+    let good_addr = good.addr().to_string();
+    let run = smtp(&[
+        "queue", "run", "--queue", qs, "--server", &good_addr, "--tls", "none",
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut all = stalling.deliveries();
+    for (rcpt, n) in good.deliveries() {
+        *all.entry(rcpt).or_default() += n;
+    }
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(all.values().all(|n| *n == 1), "each exactly once: {all:?}");
+    assert_eq!(stalling.deliveries().len(), 1);
+}
+
+#[test]
+fn queue_commands_list_show_retry_delete_stats_deferred_mail() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FlakyServer::start(FlakyConfig {
+            greylist: Some(Duration::from_secs(3600)),
+            ..FlakyConfig::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let addr = server.addr().to_string();
+    for domain in ["one.example", "two.example"] {
+        let d = dir.path().join(domain);
+        std::fs::create_dir(&d).unwrap();
+        let files = message_files(&d, 1, domain);
+        let out = smtp(&send_files(&addr, qs, "3600", &files));
+        let v = json(&out);
+        // Deferred, and the next attempt past --linger: still queued.
+        assert_eq!(out.status.code(), Some(75), "{v}");
+        let r = &v["messages"][0]["recipients"][0];
+        assert_eq!(r["status"], "deferred", "{v}");
+        assert_eq!(r["code"], 451, "{v}");
+        assert_eq!(r["queued"], true, "{v}");
+        assert!(r["next_attempt"].as_str().unwrap().ends_with('Z'), "{v}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("next attempt at"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = |extra: &[&str]| {
+        let mut a = vec!["queue", "list", "--queue", qs, "--json"];
+        a.extend(extra);
+        let out = smtp(&a);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}");
+        json(&out)["messages"].as_array().unwrap().clone()
+    };
+    let all = list(&[]);
+    assert_eq!(all.len(), 2);
+    for m in &all {
+        assert_eq!(m["from"], "a@example.com");
+        assert!(m["id"].as_str().unwrap().len() == 28, "{m}");
+        let r = &m["recipients"][0];
+        assert_eq!(r["state"], "deferred", "{m}");
+        assert_eq!(r["attempts"], 1, "{m}");
+        assert_eq!(r["last"]["code"], 451, "{m}");
+        assert!(r["next_attempt_ms"].as_u64().unwrap() > 0, "{m}");
+    }
+    assert_eq!(list(&["--state", "deferred"]).len(), 2);
+    assert_eq!(list(&["--state", "delivered"]).len(), 0);
+    let one = list(&["--domain", "one.example"]);
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["recipients"][0]["address"], "r0@one.example");
+    assert_eq!(list(&["--domain", "three.example"]).len(), 0);
+    assert_eq!(list(&["--older-than", "1h"]).len(), 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(list(&["--older-than", "1"]).len(), 2);
+    let bad = smtp(&["queue", "list", "--queue", qs, "--state", "lost"]);
+    assert_eq!(bad.status.code(), Some(64));
+
+    let id = one[0]["id"].as_str().unwrap().to_owned();
+    let show = smtp(&["queue", "show", &id, "--queue", qs, "--json"]);
+    let m = json(&show);
+    assert_eq!(m["id"], id.as_str());
+    assert_eq!(m["recipients"][0]["state"], "deferred");
+    assert_eq!(m["recipients"][0]["last"]["code"], 451);
+
+    let stats = json(&smtp(&["queue", "stats", "--queue", qs, "--json"]));
+    assert_eq!(stats["messages"], 2, "{stats}");
+    assert_eq!(stats["recipients"]["deferred"], 2, "{stats}");
+
+    let retry = json(&smtp(&["queue", "retry", "--all", "--queue", qs, "--json"]));
+    assert_eq!(retry["retried"], 2, "{retry}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for m in list(&[]) {
+        let r = &m["recipients"][0];
+        assert!(
+            r["next_attempt_ms"].as_u64().unwrap() <= now_ms,
+            "due now: {m}"
+        );
+    }
+
+    let delete = smtp(&["queue", "delete", &id, "--queue", qs]);
+    assert_eq!(delete.status.code(), Some(0));
+    let left = list(&[]);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["recipients"][0]["address"], "r0@two.example");
+    let stats = json(&smtp(&["queue", "stats", "--queue", qs, "--json"]));
+    assert_eq!(stats["messages"], 1, "{stats}");
 }
