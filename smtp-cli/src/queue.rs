@@ -471,7 +471,7 @@ pub(crate) async fn send(
                 .unwrap_or_default()
                 .as_secs();
             tell!(
-                "smtp: {} recipients stay queued; next attempt at {} (in {secs}s): {resume}",
+                "smtp: still queued: {}; next attempt at {} (in {secs}s): {resume}",
                 summary.deferred,
                 rfc3339(next)
             );
@@ -632,7 +632,8 @@ fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
     if json {
         println!("{}", message_json(m));
     } else {
-        println!("{} {} <{}>", m.id, m.body_size, m.from);
+        // The reverse-path is stored with its brackets.
+        println!("{} {} {}", m.id, m.body_size, m.from);
         for r in &m.recipients {
             let last = r
                 .last

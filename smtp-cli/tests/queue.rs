@@ -224,8 +224,9 @@ fn interrupted_send_queue_is_resumed_by_queue_run_each_recipient_once() {
         assert!(Instant::now() < deadline, "the first message never arrived");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The 250 to its data is on its way; the next MAIL meets silence.
-    std::thread::sleep(Duration::from_millis(300));
+    // The 250 to its data is on its way (a loaded machine gets time for
+    // it to arrive); the next MAIL meets silence.
+    std::thread::sleep(Duration::from_millis(500));
     let interrupted = Instant::now();
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
