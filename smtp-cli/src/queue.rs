@@ -185,8 +185,11 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 /// The text of a recipient still queued that was never attempted.
 const NOT_ATTEMPTED: &str = "not attempted yet; it stays queued";
 
-/// The text of a recipient still queued when a signal stopped the run.
-const INTERRUPTED: &str = "interrupted before this message was sent; it stays queued";
+/// The text of a recipient still queued when a signal stopped the run. The
+/// runner does not say whether an abandoned transaction's data went out,
+/// so this cannot say "not sent": only what is true either way.
+const INTERRUPTED: &str = "interrupted before its outcome was known; it stays queued (if the \
+                           server already had it, a later run may deliver it twice)";
 
 /// A recipient's line of the report, from its state in the queue and its
 /// last attempt: delivered is `accepted`, failed and expired `rejected`,
