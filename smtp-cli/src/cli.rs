@@ -298,6 +298,10 @@ pub(crate) struct QueueRunArgs {
     /// Keep running: sleep until the next attempt is due; SIGINT/SIGTERM stop cleanly.
     #[arg(long)]
     pub(crate) watch: bool,
+    /// Seconds a claim is leased for (default 300): a killed runner's
+    /// recipients are taken over by another once their lease expires.
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub(crate) lease: Option<u64>,
     /// The relay, HOST[:PORT] (default: the account's).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) server: Option<String>,

@@ -668,7 +668,11 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
     };
     let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
     let server = crate::send::relay(&s, host, *port, client_id, false)?;
-    let runner = Runner::new(store.clone(), server, config(&args.retry)).with_observer(report);
+    let mut config = config(&args.retry);
+    if let Some(secs) = args.lease {
+        config = config.with_lease(Duration::from_secs(secs.max(1)));
+    }
+    let runner = Runner::new(store.clone(), server, config).with_observer(report);
     let stop = Stop::new();
     let signals = stop.clone();
     tokio::spawn(async move {

@@ -25,6 +25,10 @@ pub struct FlakyConfig {
     pub stall_after: Option<usize>,
     /// Offer AUTH PLAIN and refuse every attempt with `535`.
     pub refuse_auth: bool,
+    /// Wait this long after each end of data before keeping the message
+    /// and answering `250` (a slow server: a client killed meanwhile
+    /// leaves a message delivered whose reply it never read).
+    pub data_delay: Option<Duration>,
 }
 
 /// A message as received.
@@ -128,6 +132,8 @@ async fn serve(
     state: &Mutex<State>,
 ) -> std::io::Result<()> {
     lock(state).connections += 1;
+    // Replies go out at once (no Nagle wait behind the client's delayed ACK).
+    let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     write.write_all(b"220 flaky.test ESMTP\r\n").await?;
@@ -203,6 +209,9 @@ async fn serve(
                     data.extend_from_slice(&l);
                 }
                 on_this += 1;
+                if let Some(delay) = config.data_delay {
+                    tokio::time::sleep(delay).await;
+                }
                 lock(state).messages.push(FlakyMessage {
                     mail_from: from.clone(),
                     rcpt_to: std::mem::take(&mut to),
