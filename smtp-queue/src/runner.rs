@@ -316,13 +316,20 @@ impl Runner {
             Err(e) => return self.open_failed(&sending, &e).await,
         };
         let mut leases: Vec<Lease> = sending.iter().map(|c| c.lease.clone()).collect();
+        let host = session.peer().to_string();
+        let tls = session.tls().cloned();
         // Messages settle in order: the k-th settled outcome is the k-th
         // message's, which is what is known if the session is abandoned.
+        // A message every recipient of which was accepted is recorded as
+        // its reply arrives, not when the session ends: a runner killed
+        // mid-session then redelivers only what awaited a reply.
         let mut settled: Vec<MessageOutcome> = Vec::new();
+        let mut recorded = vec![false; sending.len()];
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageOutcome>();
         let finished = {
             let mut observe = |seen: smtp_tls::Observed<'_>| {
                 if let Some(o) = seen.settled() {
-                    settled.push(o.clone());
+                    let _ = tx.send(o.clone());
                 }
             };
             let send = session.send_all(&mut outgoing, &mut observe);
@@ -334,11 +341,24 @@ impl Runner {
             loop {
                 tokio::select! {
                     results = &mut send => break Some(results),
-                    _ = renew.tick() => self.renew(&mut leases).await,
+                    Some(outcome) = rx.recv() => {
+                        let k = settled.len();
+                        if let (Some(claimed), Some(lease)) = (sending.get(k), leases.get(k)) {
+                            recorded[k] = self
+                                .record_if_delivered(claimed, lease, &outcome, &host, tls.as_ref())
+                                .await?;
+                        }
+                        settled.push(outcome);
+                    }
+                    _ = renew.tick() => self.renew(&mut leases, &recorded).await,
                     () = &mut abandon => break None,
                 }
             }
         };
+        drop(tx);
+        while let Ok(outcome) = rx.try_recv() {
+            settled.push(outcome);
+        }
         // `None`: abandoned on a stop before an outcome; released below.
         let results: Vec<Option<std::result::Result<MessageOutcome, smtp_tls::Error>>> =
             match finished {
@@ -351,8 +371,6 @@ impl Runner {
                     known
                 }
             };
-        let host = session.peer().to_string();
-        let tls = session.tls().cloned();
         let session_error = session.error().cloned();
         drop(outgoing);
         if session.is_open() {
@@ -372,8 +390,12 @@ impl Runner {
         }
         let mut hold: Option<String> = None;
         let mut ended: Option<String> = None;
-        for ((claimed, lease), result) in sending.iter().zip(&leases).zip(results) {
-            let Some(result) = result else { continue };
+        for (((claimed, lease), result), done) in
+            sending.iter().zip(&leases).zip(results).zip(&recorded)
+        {
+            let Some(result) = result.filter(|_| !done) else {
+                continue;
+            };
             let verdicts: Vec<(RecipientId, Verdict)> = match &result {
                 Ok(outcome) => by_recipient(claimed, outcome, &host, tls.as_ref()),
                 Err(e) => {
@@ -501,6 +523,30 @@ impl Runner {
         }
     }
 
+    /// Records `outcome` for `claimed` now when every recipient of it was
+    /// delivered; true when it did (the rest waits for the session's end).
+    async fn record_if_delivered(
+        &self,
+        claimed: &Claimed,
+        lease: &Lease,
+        outcome: &MessageOutcome,
+        host: &str,
+        tls: Option<&smtp_core::delivery::TlsInfo>,
+    ) -> Result<bool> {
+        let mut outcomes = Vec::new();
+        for (id, v) in by_recipient(claimed, outcome, host, tls) {
+            match v {
+                Verdict::Delivered(a) => outcomes.push((id, Outcome::Delivered(a))),
+                _ => return Ok(false),
+            }
+        }
+        if outcomes.is_empty() {
+            return Ok(false);
+        }
+        self.record(claimed, lease, outcomes).await?;
+        Ok(true)
+    }
+
     async fn record(
         &self,
         claimed: &Claimed,
@@ -578,9 +624,10 @@ impl Runner {
         Ok(())
     }
 
-    async fn renew(&self, leases: &mut [Lease]) {
+    /// Renews the leases of the messages not yet recorded (`done`).
+    async fn renew(&self, leases: &mut [Lease], done: &[bool]) {
         let now = SystemTime::now();
-        for lease in leases.iter_mut() {
+        for (lease, _) in leases.iter_mut().zip(done).filter(|(_, done)| !**done) {
             match self.store.renew(lease, now + self.config.lease, now).await {
                 Ok(l) => *lease = l,
                 Err(e) => tracing::warn!(message = %lease.message, error = %e, "lease not renewed"),
