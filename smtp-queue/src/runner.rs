@@ -26,6 +26,8 @@ use smtp_core::data::BodyType;
 use smtp_core::{Envelope, Fault, MessageOutcome};
 use smtp_tls::{Outgoing, Server, Session};
 
+mod direct;
+
 use crate::RecipientState;
 use crate::error::{Error, Result};
 use crate::event::RunEvent;
@@ -131,10 +133,18 @@ pub struct Summary {
 
 type Observer = Arc<dyn Fn(&RunEvent) + Send + Sync>;
 
+/// Where a runner delivers.
+enum Mode {
+    /// Through one relay (standard delivery).
+    Relay(Server),
+    /// To each recipient domain's own mail servers.
+    Direct(direct::Direct),
+}
+
 /// Delivers due recipients from a [`Store`] through one relay.
 pub struct Runner {
     store: Arc<dyn Store>,
-    relay: Server,
+    mode: Mode,
     destination: String,
     config: RunnerConfig,
     observer: Observer,
@@ -158,8 +168,34 @@ impl Runner {
         let destination = format!("relay:{}:{}", relay.host, relay.port);
         Self {
             store,
-            relay,
+            mode: Mode::Relay(relay),
             destination,
+            config,
+            observer: Arc::new(|_| {}),
+            summary: Mutex::new(Summary::default()),
+            held_reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A runner delivering directly to each recipient domain's mail
+    /// servers (MX records through `resolver`, connections through
+    /// `connector`, one session per domain and message). Each domain is
+    /// its own destination for back-off and holds: `direct:DOMAIN`.
+    pub fn direct(
+        store: Arc<dyn Store>,
+        resolver: Arc<dyn smtp_core::delivery::mx::Resolver>,
+        connector: Arc<dyn smtp_core::delivery::direct::Connector>,
+        options: smtp_core::delivery::direct::DirectOptions,
+        config: RunnerConfig,
+    ) -> Self {
+        Self {
+            store,
+            mode: Mode::Direct(direct::Direct {
+                resolver,
+                connector,
+                options,
+            }),
+            destination: "direct".to_owned(),
             config,
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
@@ -250,9 +286,22 @@ impl Runner {
 
     /// The destination's back-off end, if it is in the future.
     async fn backed_off(&self, now: SystemTime) -> Result<Option<SystemTime>> {
+        if matches!(self.mode, Mode::Direct(_)) {
+            // Direct delivery backs off each domain, not the runner.
+            return Ok(None);
+        }
+        self.backed_off_at(&self.destination, now).await
+    }
+
+    /// `destination`'s back-off end, if it is in the future.
+    async fn backed_off_at(
+        &self,
+        destination: &str,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>> {
         Ok(self
             .store
-            .backoff(&self.destination)
+            .backoff(destination)
             .await?
             .map(|b| b.not_before)
             .filter(|t| *t > now))
@@ -270,6 +319,15 @@ impl Runner {
 
     /// Sends one batch on one session and records every outcome.
     async fn deliver(&self, batch: Vec<Claimed>, stop: &Stop) -> Result<()> {
+        let relay = match &self.mode {
+            Mode::Relay(relay) => relay,
+            Mode::Direct(direct) => {
+                for claimed in batch {
+                    self.deliver_direct(direct, claimed, stop).await?;
+                }
+                return Ok(());
+            }
+        };
         let now = SystemTime::now();
         if stop.is_stopped() {
             return self.release_all(&batch, None).await;
@@ -308,12 +366,12 @@ impl Runner {
             messages: sending.len(),
         });
         let opened = tokio::select! {
-            opened = Session::open(&self.relay) => opened,
+            opened = Session::open(relay) => opened,
             () = self.abandoned(stop) => return self.release_all(&sending, None).await,
         };
         let mut session = match opened {
             Ok(s) => s,
-            Err(e) => return self.open_failed(&sending, &e).await,
+            Err(e) => return self.open_failed(relay, &sending, &e).await,
         };
         let mut leases: Vec<Lease> = sending.iter().map(|c| c.lease.clone()).collect();
         let host = session.peer().to_string();
@@ -636,7 +694,12 @@ impl Runner {
     }
 
     /// The session could not be opened.
-    async fn open_failed(&self, batch: &[Claimed], e: &smtp_tls::Error) -> Result<()> {
+    async fn open_failed(
+        &self,
+        relay: &Server,
+        batch: &[Claimed],
+        e: &smtp_tls::Error,
+    ) -> Result<()> {
         let now = SystemTime::now();
         let reason = e.to_string();
         if matches!(e.fault(), Fault::Configuration | Fault::Policy) {
@@ -646,7 +709,7 @@ impl Runner {
         self.back_off(&reason, now).await?;
         let attempt = Attempt {
             text: reason,
-            host: Some(format!("{}:{}", self.relay.host, self.relay.port)),
+            host: Some(format!("{}:{}", relay.host, relay.port)),
             ..Attempt::default()
         };
         for claimed in batch {
@@ -662,17 +725,27 @@ impl Runner {
 
     /// Backs the destination off on its schedule; returns until when.
     async fn back_off(&self, reason: &str, now: SystemTime) -> Result<SystemTime> {
+        self.back_off_at(&self.destination, reason, now).await
+    }
+
+    /// Backs `destination` off on its schedule; returns until when.
+    async fn back_off_at(
+        &self,
+        destination: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<SystemTime> {
         let failures = self
             .store
-            .backoff(&self.destination)
+            .backoff(destination)
             .await?
             .map_or(0, |b| b.failures);
         let until = now + self.config.backoff.delay(failures + 1, random_unit());
         self.store
-            .set_backoff(&self.destination, until, reason, now)
+            .set_backoff(destination, until, reason, now)
             .await?;
         self.emit(&RunEvent::BackedOff {
-            destination: self.destination.clone(),
+            destination: destination.to_owned(),
             reason: reason.to_owned(),
             until,
         });
@@ -682,30 +755,40 @@ impl Runner {
     /// Holds the destination (a configuration or policy fault), reported
     /// once per runner; returns until when.
     async fn hold(&self, reason: &str, now: SystemTime) -> Result<SystemTime> {
-        let until = match self.backed_off(now).await? {
+        self.hold_at(&self.destination, reason, now).await
+    }
+
+    /// Holds `destination`; returns until when.
+    async fn hold_at(
+        &self,
+        destination: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<SystemTime> {
+        let until = match self.backed_off_at(destination, now).await? {
             Some(until) => until,
             None => {
                 let failures = self
                     .store
-                    .backoff(&self.destination)
+                    .backoff(destination)
                     .await?
                     .map_or(0, |b| b.failures);
                 let until = now + self.config.backoff.delay(failures + 1, random_unit());
                 self.store
-                    .set_backoff(&self.destination, until, reason, now)
+                    .set_backoff(destination, until, reason, now)
                     .await?;
                 until
             }
         };
-        let first = lock(&self.held_reported).insert(self.destination.clone());
+        let first = lock(&self.held_reported).insert(destination.to_owned());
         if first {
-            tracing::error!(destination = %self.destination, %reason,
+            tracing::error!(%destination, %reason,
                 "destination held: a configuration or policy fault; its recipients stay queued");
             lock(&self.summary)
                 .held
-                .push((self.destination.clone(), reason.to_owned()));
+                .push((destination.to_owned(), reason.to_owned()));
             self.emit(&RunEvent::Held {
-                destination: self.destination.clone(),
+                destination: destination.to_owned(),
                 reason: reason.to_owned(),
                 until,
             });

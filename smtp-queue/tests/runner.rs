@@ -232,3 +232,109 @@ async fn a_stop_releases_what_was_claimed_and_a_later_run_delivers_each_once() {
     assert_eq!(all.len(), 6, "{all:?}");
     assert!(all.values().all(|n| *n == 1), "{all:?}");
 }
+
+// ---- Direct delivery: each recipient domain's own MX (a zone on a testkit
+// DNS server; the MX port is the flaky server's).
+
+fn direct_runner(store: Arc<SqliteStore>, dns: &smtp_testkit::dns::DnsServer, port: u16) -> Runner {
+    use smtp_core::delivery::direct::DirectOptions;
+    use smtp_core::ehlo::ClientId;
+    use smtp_core::{Config, Timeouts};
+    let resolver =
+        smtp_dns::HickoryResolver::with_nameserver(dns.addr(), Duration::from_secs(2)).unwrap();
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        ..Timeouts::default()
+    };
+    let connector = smtp_tls::MxConnector::new(TlsPolicy::None, smtp_tls::Trust::new(), timeouts);
+    let config = Config::new(ClientId::parse("client.test").unwrap())
+        .with_tls(TlsPolicy::None)
+        .with_timeouts(timeouts);
+    let mut options = DirectOptions::new(config);
+    options.port = port;
+    Runner::direct(
+        store,
+        Arc::new(resolver),
+        Arc::new(connector),
+        options,
+        RunnerConfig::default().with_schedule(fast()),
+    )
+}
+
+#[tokio::test]
+async fn direct_delivery_groups_by_domain_and_backs_off_an_unreachable_one() {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig {
+        greylist: Some(Duration::from_millis(300)),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    // a.test and b.test share the flaky MX; c.test's MX listens nowhere.
+    let zone = Zone::new()
+        .mx("a.test", 10, "mx.a.test")
+        .a("mx.a.test", "127.0.0.1".parse().unwrap())
+        .mx("b.test", 10, "mx.b.test")
+        .a("mx.b.test", "127.0.0.1".parse().unwrap())
+        .mx("c.test", 10, "mx.c.test")
+        .a("mx.c.test", "127.0.0.3".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    store
+        .enqueue(
+            vec![NewMessage {
+                from: "sender@example.com".into(),
+                to: vec![
+                    "x@a.test".into(),
+                    "y@b.test".into(),
+                    "z@a.test".into(),
+                    "w@c.test".into(),
+                ],
+                body: Body::Source(Box::new(MemoryBody::new("Subject: d\r\n\r\nhi\r\n"))),
+                options: MessageOptions::default(),
+            }],
+            SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let runner = direct_runner(store.clone(), &dns, server.addr().port())
+        .with_observer(move |e| seen.lock().unwrap().push(e.clone()));
+    let stop = Stop::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        runner.run_due(&stop).await.unwrap();
+        if store
+            .stats()
+            .await
+            .unwrap()
+            .count(RecipientState::Delivered)
+            == 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Delivered), 3, "{stats:?}");
+    // One session per domain: a.test's two recipients in one message.
+    let msgs = server.messages();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    let mut rcpts: Vec<Vec<String>> = msgs.iter().map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, [vec!["x@a.test", "z@a.test"], vec!["y@b.test"]]);
+    assert!(runner.summary().deferred >= 3, "{:?}", runner.summary());
+    // c.test: deferred, its domain backed off (not the others).
+    assert_eq!(stats.count(RecipientState::Delivered), 3);
+    let events = events.lock().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, RunEvent::BackedOff { destination, .. } if destination == "direct:c.test")),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(
+        |e| matches!(e, RunEvent::BackedOff { destination, .. } if destination != "direct:c.test")
+    ));
+    assert!(store.backoff("direct:c.test").await.unwrap().is_some());
+}
