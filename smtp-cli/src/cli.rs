@@ -328,6 +328,12 @@ pub(crate) struct QueueRunArgs {
     /// Account from the config file.
     #[arg(long, value_name = "NAME")]
     pub(crate) account: Option<String>,
+    /// Nameserver for direct delivery (no --server), IP[:PORT].
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub(crate) dns_server: Option<String>,
+    /// Port for direct delivery (default 25).
+    #[arg(long, value_name = "N")]
+    pub(crate) mx_port: Option<u16>,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
 }

@@ -352,6 +352,29 @@ async fn report_from_store(
     Ok(Report::reconciled(sent, found))
 }
 
+/// How the runner delivers.
+pub(crate) enum Via {
+    /// Through a relay (`--server`).
+    Relay(Server),
+    /// To each recipient domain's MX (no `--server`).
+    Direct(crate::send::DirectParts),
+}
+
+impl Via {
+    fn runner(self, store: Arc<SqliteStore>, config: RunnerConfig) -> Runner {
+        match self {
+            Self::Relay(server) => Runner::new(store, server, config),
+            Self::Direct(d) => Runner::direct(
+                store,
+                Arc::new(d.resolver),
+                Arc::new(d.connector),
+                d.options,
+                config,
+            ),
+        }
+    }
+}
+
 /// How a `send --queue` run ended.
 enum Ended {
     /// Every recipient is final.
@@ -370,7 +393,7 @@ enum Ended {
 pub(crate) async fn send(
     dir: &Path,
     retry: &RetryArgs,
-    server: Server,
+    via: Via,
     prepared: &[Prepared],
     envelopes: &[Envelope],
     mode: Mode,
@@ -401,7 +424,10 @@ pub(crate) async fn send(
         let live = live.clone();
         move |e: &RunEvent| lock(&live).event(e)
     };
-    let runner = Runner::new(store.clone(), server, config(retry)).with_observer(observer);
+    let direct = matches!(via, Via::Direct(_));
+    let runner = via
+        .runner(store.clone(), config(retry))
+        .with_observer(observer);
     let linger = Duration::from_secs(retry.linger.unwrap_or(60));
     let ended = loop {
         runner.run_due(&stop).await.map_err(queue_error)?;
@@ -454,7 +480,11 @@ pub(crate) async fn send(
     }
     progress::finish(&report, mode);
     let summary = report.summary();
-    let resume = format!("smtp queue run --queue {} --server …", dir.display());
+    let resume = if direct {
+        format!("smtp queue run --queue {}", dir.display())
+    } else {
+        format!("smtp queue run --queue {} --server …", dir.display())
+    };
     match ended {
         Ended::Interrupted => {
             tell!(
@@ -658,21 +688,26 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
         helo: args.helo,
         config: args.config,
         account: args.account,
+        dns_server: args.dns_server,
         ..SendArgs::default()
     };
     let s = crate::settings::settings(&send)?;
-    let Some((host, port)) = &s.server else {
-        return Err(Failure::usage(
-            "queue run needs --server (or an account with one)",
-        ));
-    };
     let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
-    let server = crate::send::relay(&s, host, *port, client_id, false)?;
+    // No --server (nor an account with one): direct delivery.
+    let via = match &s.server {
+        Some((host, port)) => Via::Relay(crate::send::relay(&s, host, *port, client_id, false)?),
+        None => Via::Direct(crate::send::direct_parts(
+            &s,
+            client_id,
+            false,
+            args.mx_port,
+        )?),
+    };
     let mut config = config(&args.retry);
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
     }
-    let runner = Runner::new(store.clone(), server, config).with_observer(report);
+    let runner = via.runner(store.clone(), config).with_observer(report);
     let stop = Stop::new();
     let signals = stop.clone();
     tokio::spawn(async move {

@@ -226,14 +226,13 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
     if let Some(dir) = &args.queue {
-        let Some((host, port)) = &s.server else {
-            return Err(Failure::usage(
-                "--queue delivers through --server for now (direct delivery from the queue is to come)",
-            ));
+        let via = match &s.server {
+            Some((host, port)) => {
+                crate::queue::Via::Relay(relay(&s, host, *port, client_id, args.verbose)?)
+            }
+            None => crate::queue::Via::Direct(direct_parts(&s, client_id, false, args.mx_port)?),
         };
-        let server = relay(&s, host, *port, client_id, args.verbose)?;
-        return crate::queue::send(dir, &args.retry, server, &prepared, &envelopes, mode(&args))
-            .await;
+        return crate::queue::send(dir, &args.retry, via, &prepared, &envelopes, mode(&args)).await;
     }
     let report = match &s.server {
         Some((host, port)) => {
@@ -448,13 +447,21 @@ pub(crate) fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
         .collect()
 }
 
-async fn direct(
-    args: &SendArgs,
+/// What direct delivery needs: DNS, connections, options.
+pub(crate) struct DirectParts {
+    pub(crate) resolver: HickoryResolver,
+    pub(crate) connector: MxConnector,
+    pub(crate) options: DirectOptions,
+}
+
+/// Direct delivery's parts from the settings (`--dns-server`, `--tls`,
+/// `--ca-file`, timeouts) and `--mx-port`.
+pub(crate) fn direct_parts(
     s: &Settings,
     client_id: ClientId,
-    prepared: &[Prepared],
-    envelopes: Vec<Envelope>,
-) -> Result<Report, Failure> {
+    verbose: bool,
+    mx_port: Option<u16>,
+) -> Result<DirectParts, Failure> {
     if s.credentials.is_some() {
         return Err(Failure::usage(
             "--user is for standard delivery; add --server HOST",
@@ -474,9 +481,28 @@ async fn direct(
     let config = Config::new(client_id)
         .with_tls(policy)
         .with_timeouts(s.timeouts)
-        .with_transcript(args.verbose);
+        .with_transcript(verbose);
     let mut options = DirectOptions::new(config);
-    options.port = args.mx_port.unwrap_or(25);
+    options.port = mx_port.unwrap_or(25);
+    Ok(DirectParts {
+        resolver,
+        connector,
+        options,
+    })
+}
+
+async fn direct(
+    args: &SendArgs,
+    s: &Settings,
+    client_id: ClientId,
+    prepared: &[Prepared],
+    envelopes: Vec<Envelope>,
+) -> Result<Report, Failure> {
+    let DirectParts {
+        resolver,
+        connector,
+        options,
+    } = direct_parts(s, client_id, args.verbose, args.mx_port)?;
     let sent = sent(prepared, &envelopes);
     progress::begin(&sent, mode(args));
     let mut messages = Vec::new();

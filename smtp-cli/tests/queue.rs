@@ -372,3 +372,166 @@ fn queue_commands_list_show_retry_delete_stats_deferred_mail() {
     let stats = json(&smtp(&["queue", "stats", "--queue", qs, "--json"]));
     assert_eq!(stats["messages"], 1, "{stats}");
 }
+
+// ---- Direct delivery from the queue: no --server; the MX from a zone on a
+// testkit DNS server, the flaky server's port as --mx-port.
+
+fn direct_zone(rt: &tokio::runtime::Runtime) -> smtp_testkit::dns::DnsServer {
+    use smtp_testkit::dns::{DnsServer, Zone};
+    let zone = Zone::new()
+        .mx("grey.test", 10, "mx.grey.test")
+        .a("mx.grey.test", "127.0.0.1".parse().unwrap())
+        .mx("other.test", 10, "mx.other.test")
+        .a("mx.other.test", "127.0.0.1".parse().unwrap());
+    rt.block_on(DnsServer::start(zone)).unwrap()
+}
+
+fn direct(args: &[&str], home: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_smtp"))
+        .args(args)
+        .env_remove("SMTP_PASSWORD")
+        .env("XDG_CONFIG_HOME", home)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn send_queue_without_server_delivers_directly_through_greylisting() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FlakyServer::start(FlakyConfig {
+            greylist: Some(Duration::from_millis(500)),
+            ..FlakyConfig::default()
+        }))
+        .unwrap();
+    let dns = direct_zone(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let (ns, port) = (dns.addr().to_string(), server.addr().port().to_string());
+    let out = direct(
+        &[
+            "send",
+            "--queue",
+            q.to_str().unwrap(),
+            "--dns-server",
+            &ns,
+            "--mx-port",
+            &port,
+            "--helo",
+            "client.test",
+            "--from",
+            "a@example.com",
+            "--to",
+            "x@grey.test",
+            "--to",
+            "y@other.test",
+            "--to",
+            "z@grey.test",
+            "--subject",
+            "hi",
+            "--body",
+            "hello",
+            "--retry-first",
+            "1",
+            "--retry-max",
+            "1",
+            "--linger",
+            "10",
+        ],
+        &dir.path().join("empty"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("deferred"), "{stderr}");
+    assert_eq!(stdout.matches("accepted").count(), 3, "{stdout}");
+    let counts = server.deliveries();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    // (Retries are jittered, so grey.test's two recipients may come due,
+    // and go, apart; the runner test checks one session per domain.)
+}
+
+#[test]
+fn queue_run_without_server_delivers_directly() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FlakyServer::start(FlakyConfig::default()))
+        .unwrap();
+    let dns = direct_zone(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let q = q.to_str().unwrap();
+    let home = dir.path().join("empty");
+    // Enqueued while its MX is unreachable (port 9 on 127.0.0.1 listens
+    // nowhere): deferred, the domain backed off.
+    let (ns, port) = (dns.addr().to_string(), server.addr().port().to_string());
+    let out = direct(
+        &[
+            "send",
+            "--queue",
+            q,
+            "--dns-server",
+            &ns,
+            "--mx-port",
+            "9",
+            "--helo",
+            "client.test",
+            "--from",
+            "a@example.com",
+            "--to",
+            "x@grey.test",
+            "--subject",
+            "hi",
+            "--body",
+            "hello",
+            "--retry-first",
+            "1",
+            "--retry-max",
+            "1",
+            "--linger",
+            "0",
+        ],
+        &home,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.deliveries().is_empty());
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = direct(
+            &[
+                "queue",
+                "run",
+                "--queue",
+                q,
+                "--dns-server",
+                &ns,
+                "--mx-port",
+                &port,
+                "--helo",
+                "client.test",
+            ],
+            &home,
+        );
+        if server.deliveries().len() == 1 {
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
