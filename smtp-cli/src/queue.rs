@@ -353,24 +353,29 @@ async fn report_from_store(
 }
 
 /// How the runner delivers.
+// Built once per run: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Via {
     /// Through a relay (`--server`).
     Relay(Server),
     /// To each recipient domain's MX (no `--server`).
-    Direct(crate::send::DirectParts),
+    Direct(Box<crate::send::DirectParts>),
 }
 
 impl Via {
     fn runner(self, store: Arc<SqliteStore>, config: RunnerConfig) -> Runner {
         match self {
             Self::Relay(server) => Runner::new(store, server, config),
-            Self::Direct(d) => Runner::direct(
-                store,
-                Arc::new(d.resolver),
-                Arc::new(d.connector),
-                d.options,
-                config,
-            ),
+            Self::Direct(d) => {
+                let d = *d;
+                Runner::direct(
+                    store,
+                    Arc::new(d.resolver),
+                    Arc::new(d.connector),
+                    d.options,
+                    config,
+                )
+            }
         }
     }
 }
@@ -696,12 +701,12 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
     // No --server (nor an account with one): direct delivery.
     let via = match &s.server {
         Some((host, port)) => Via::Relay(crate::send::relay(&s, host, *port, client_id, false)?),
-        None => Via::Direct(crate::send::direct_parts(
+        None => Via::Direct(Box::new(crate::send::direct_parts(
             &s,
             client_id,
             false,
             args.mx_port,
-        )?),
+        )?)),
     };
     let mut config = config(&args.retry);
     if let Some(secs) = args.lease {

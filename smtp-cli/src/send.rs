@@ -230,7 +230,12 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
             Some((host, port)) => {
                 crate::queue::Via::Relay(relay(&s, host, *port, client_id, args.verbose)?)
             }
-            None => crate::queue::Via::Direct(direct_parts(&s, client_id, false, args.mx_port)?),
+            None => crate::queue::Via::Direct(Box::new(direct_parts(
+                &s,
+                client_id,
+                false,
+                args.mx_port,
+            )?)),
         };
         return crate::queue::send(dir, &args.retry, via, &prepared, &envelopes, mode(&args)).await;
     }

@@ -328,7 +328,7 @@ async fn direct_delivery_groups_by_domain_and_backs_off_an_unreachable_one() {
     assert!(runner.summary().deferred >= 3, "{:?}", runner.summary());
     // c.test: deferred, its domain backed off (not the others).
     assert_eq!(stats.count(RecipientState::Delivered), 3);
-    let events = events.lock().unwrap();
+    let events = events.lock().unwrap().clone();
     assert!(
         events.iter().any(|e| matches!(e, RunEvent::BackedOff { destination, .. } if destination == "direct:c.test")),
         "{events:?}"
