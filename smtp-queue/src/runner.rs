@@ -1,4 +1,6 @@
-//! [`Runner`]: delivers what is due, through one relay (standard delivery).
+//! [`Runner`]: delivers what is due, through one relay (standard delivery)
+//! or, built with [`Runner::direct`], to each recipient domain's own mail
+//! servers (direct delivery; see `runner/direct.rs`).
 //!
 //! A round claims due recipients under leases, splits the claimed messages
 //! into batches of at most [`RunnerConfig::per_connection`] messages, and
@@ -141,7 +143,7 @@ enum Mode {
     Direct(direct::Direct),
 }
 
-/// Delivers due recipients from a [`Store`] through one relay.
+/// Delivers due recipients from a [`Store`] through one relay, or directly.
 pub struct Runner {
     store: Arc<dyn Store>,
     mode: Mode,
