@@ -1,0 +1,376 @@
+//! [`Runner`]: delivers what is due, through one relay (standard delivery)
+//! or, built with [`Runner::direct`], to each recipient domain's own mail
+//! servers (direct delivery; see `runner/direct.rs`).
+//!
+//! A round claims due recipients under leases, splits the claimed messages
+//! into batches of at most [`RunnerConfig::per_connection`] messages, and
+//! sends each batch on one [`Session`] (open, `send_all` pipelined, close),
+//! at most [`RunnerConfig::concurrency`] sessions at a time. Each
+//! recipient's outcome is recorded under its lease:
+//!
+//! | in the session | recorded |
+//! |---|---|
+//! | 2xx to the end of data | delivered |
+//! | 5xx | failed |
+//! | 4xx | deferred on the [`Schedule`] (expired past the lifetime) |
+//! | reply to the end of data lost | deferred (a retry may duplicate: [`RunEvent::OutcomeUnknown`]) |
+//! | 421 or connection lost before the data, after the session delivered something | released, due at once (a new connection) |
+//! | the same, with nothing delivered; the relay unreachable | deferred, and the destination backed off |
+//! | authentication refused, TLS policy not met | released, the destination held ([`RunEvent::Held`], once) |
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use smtp_core::Envelope;
+use smtp_core::address::{Mailbox, ReversePath};
+use smtp_core::data::BodyType;
+use smtp_tls::{Outgoing, Server};
+
+mod direct;
+mod record;
+mod relay;
+
+use crate::error::Result;
+use crate::event::RunEvent;
+use crate::schedule::Schedule;
+use crate::stop::Stop;
+use crate::store::{BodyKind, Claimed, RecipientId, Store};
+
+/// How a [`Runner`] works.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RunnerConfig {
+    /// The worker's name in leases.
+    pub worker: String,
+    /// How long a lease lasts; renewed while a session runs longer.
+    pub lease: Duration,
+    /// Messages claimed per round.
+    pub claim: u32,
+    /// Messages sent on one connection at most.
+    pub per_connection: usize,
+    /// Sessions at once, at most.
+    pub concurrency: usize,
+    /// The recipients' retry schedule.
+    pub schedule: Schedule,
+    /// The destination's back-off schedule (counted in failures).
+    pub backoff: Schedule,
+    /// After a stop, how long a session under way may take to finish
+    /// before it is abandoned and what it had not settled is released.
+    pub stop_grace: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            worker: format!("runner-{}", std::process::id()),
+            lease: Duration::from_secs(300),
+            claim: 200,
+            per_connection: 100,
+            concurrency: 4,
+            schedule: Schedule::default(),
+            backoff: Schedule::default(),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RunnerConfig {
+    /// Sets the worker name.
+    #[must_use]
+    pub fn with_worker(mut self, worker: impl Into<String>) -> Self {
+        self.worker = worker.into();
+        self
+    }
+    /// Sets the lease length.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+    /// Sets the messages per connection (at least 1).
+    #[must_use]
+    pub fn with_per_connection(mut self, n: usize) -> Self {
+        self.per_connection = n.max(1);
+        self
+    }
+    /// Sets the sessions at once (at least 1).
+    #[must_use]
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+    /// Sets the grace a session gets after a stop.
+    #[must_use]
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+    /// Sets the retry schedule (and the destination back-off's).
+    #[must_use]
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self.backoff = schedule;
+        self
+    }
+}
+
+/// Counts of what a run recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Recipients delivered.
+    pub delivered: u64,
+    /// Recipients failed.
+    pub failed: u64,
+    /// Recipients deferred.
+    pub deferred: u64,
+    /// Recipients expired.
+    pub expired: u64,
+    /// Recipients released unattempted.
+    pub released: u64,
+    /// Destinations held (configuration or policy faults), with why.
+    pub held: Vec<(String, String)>,
+}
+
+type Observer = Arc<dyn Fn(&RunEvent) + Send + Sync>;
+
+/// Where a runner delivers.
+enum Mode {
+    /// Through one relay (standard delivery).
+    Relay(Server),
+    /// To each recipient domain's own mail servers.
+    Direct(direct::Direct),
+}
+
+/// Delivers due recipients from a [`Store`] through one relay, or directly.
+pub struct Runner {
+    store: Arc<dyn Store>,
+    mode: Mode,
+    destination: String,
+    config: RunnerConfig,
+    observer: Observer,
+    summary: Mutex<Summary>,
+    held_reported: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("destination", &self.destination)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// A runner delivering through `relay` (standard delivery); the
+    /// destination's key (for back-off) is `relay:HOST:PORT`.
+    pub fn new(store: Arc<dyn Store>, relay: Server, config: RunnerConfig) -> Self {
+        let destination = format!("relay:{}:{}", relay.host, relay.port);
+        Self {
+            store,
+            mode: Mode::Relay(relay),
+            destination,
+            config,
+            observer: Arc::new(|_| {}),
+            summary: Mutex::new(Summary::default()),
+            held_reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A runner delivering directly to each recipient domain's mail
+    /// servers (MX records through `resolver`, connections through
+    /// `connector`, one session per domain and message). Each domain is
+    /// its own destination for back-off and holds: `direct:DOMAIN`.
+    pub fn direct(
+        store: Arc<dyn Store>,
+        resolver: Arc<dyn smtp_core::delivery::mx::Resolver>,
+        connector: Arc<dyn smtp_core::delivery::direct::Connector>,
+        options: smtp_core::delivery::direct::DirectOptions,
+        config: RunnerConfig,
+    ) -> Self {
+        Self {
+            store,
+            mode: Mode::Direct(direct::Direct {
+                resolver,
+                connector,
+                options,
+            }),
+            destination: "direct".to_owned(),
+            config,
+            observer: Arc::new(|_| {}),
+            summary: Mutex::new(Summary::default()),
+            held_reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Calls `observe` with each [`RunEvent`] as it happens.
+    #[must_use]
+    pub fn with_observer(mut self, observe: impl Fn(&RunEvent) + Send + Sync + 'static) -> Self {
+        self.observer = Arc::new(observe);
+        self
+    }
+
+    /// The destination's key.
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// What was recorded so far.
+    pub fn summary(&self) -> Summary {
+        lock(&self.summary).clone()
+    }
+
+    /// Delivers everything due now, round after round, until nothing is
+    /// due (what a round deferred is due later), the destination is backed
+    /// off or held, or `stop` is given. Sessions under way finish; claimed
+    /// messages not yet sent are released.
+    pub async fn run_due(&self, stop: &Stop) -> Result<Summary> {
+        loop {
+            if stop.is_stopped() {
+                break;
+            }
+            let now = SystemTime::now();
+            if self.backed_off(now).await?.is_some() {
+                break;
+            }
+            let claimed = self
+                .store
+                .claim_due(
+                    now,
+                    self.config.claim,
+                    &self.config.worker,
+                    self.config.lease,
+                )
+                .await?;
+            if claimed.is_empty() {
+                break;
+            }
+            let batches = batches(claimed, self.config.per_connection);
+            let results: Vec<Result<()>> = futures_util::stream::iter(batches)
+                .map(|batch| self.deliver(batch, stop))
+                .buffer_unordered(self.config.concurrency.max(1))
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
+        }
+        Ok(self.summary())
+    }
+
+    /// [`run_due`](Self::run_due), then sleeps until the next recipient
+    /// (or the destination's back-off) is due, again and again, until
+    /// `stop` is given.
+    pub async fn watch(&self, stop: &Stop) -> Result<Summary> {
+        while !stop.is_stopped() {
+            self.run_due(stop).await?;
+            let now = SystemTime::now();
+            let next = match (self.store.next_due().await?, self.backed_off(now).await?) {
+                (Some(due), Some(until)) => Some(due.max(until)),
+                (due, None) => due,
+                (None, Some(_)) => None,
+            };
+            // Nothing waits: look again in a while (others may enqueue).
+            let wait = next.map_or(Duration::from_secs(5), |t| {
+                t.duration_since(now)
+                    .unwrap_or_default()
+                    .min(Duration::from_secs(5))
+            });
+            tokio::select! {
+                () = stop.stopped() => break,
+                () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            }
+        }
+        Ok(self.summary())
+    }
+
+    /// The destination's back-off end, if it is in the future.
+    async fn backed_off(&self, now: SystemTime) -> Result<Option<SystemTime>> {
+        if matches!(self.mode, Mode::Direct(_)) {
+            // Direct delivery backs off each domain, not the runner.
+            return Ok(None);
+        }
+        self.backed_off_at(&self.destination, now).await
+    }
+
+    /// `destination`'s back-off end, if it is in the future.
+    async fn backed_off_at(
+        &self,
+        destination: &str,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>> {
+        Ok(self
+            .store
+            .backoff(destination)
+            .await?
+            .map(|b| b.not_before)
+            .filter(|t| *t > now))
+    }
+
+    /// Resolves `stop_grace` after `stop` is given.
+    async fn abandoned(&self, stop: &Stop) {
+        stop.stopped().await;
+        tokio::time::sleep(self.config.stop_grace).await;
+    }
+
+    fn emit(&self, event: &RunEvent) {
+        (self.observer)(event);
+    }
+
+    /// The message as sent: its envelope and its body from the spool.
+    pub(super) async fn outgoing(
+        &self,
+        claimed: &Claimed,
+    ) -> std::result::Result<Outgoing, String> {
+        let from = ReversePath::parse(claimed.from.trim_start_matches('<').trim_end_matches('>'))
+            .or_else(|_| ReversePath::parse(&claimed.from))
+            .map_err(|e| format!("sender {:?}: {e}", claimed.from))?;
+        let to = claimed
+            .recipients
+            .iter()
+            .map(|r| {
+                Mailbox::parse(&r.address).map_err(|e| format!("recipient {:?}: {e}", r.address))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut envelope = Envelope::new(from, to)
+            .with_body(match claimed.options.body {
+                BodyKind::SevenBit => BodyType::SevenBit,
+                BodyKind::EightBit => BodyType::EightBitMime,
+                BodyKind::Binary => BodyType::BinaryMime,
+            })
+            .with_size(claimed.body_size);
+        envelope.require_tls = claimed.options.require_tls;
+        let body = self
+            .store
+            .open_body(&claimed.lease.message)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Outgoing { envelope, body })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn address(claimed: &Claimed, id: RecipientId) -> String {
+    claimed
+        .recipients
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| r.address.clone())
+        .unwrap_or_default()
+}
+
+/// Splits claimed messages into batches of at most `per` messages.
+fn batches(claimed: Vec<Claimed>, per: usize) -> Vec<Vec<Claimed>> {
+    let per = per.max(1);
+    let mut out = Vec::new();
+    let mut it = claimed.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(per).collect());
+    }
+    out
+}

@@ -1,0 +1,289 @@
+//! Recording outcomes under the lease, shared by relay and direct
+//! delivery: retry or expiry on the schedule, release, renewal, and
+//! backing off or holding the destination.
+
+use std::time::SystemTime;
+
+use smtp_core::{Fault, MessageOutcome};
+use smtp_tls::Server;
+
+use super::{Runner, address, lock};
+use crate::RecipientState;
+use crate::error::{Error, Result};
+use crate::event::RunEvent;
+use crate::schedule::{Next, random_unit};
+use crate::store::{Attempt, Claimed, Lease, Outcome, RecipientId};
+use crate::verdict::{Verdict, verdict};
+
+impl Runner {
+    /// Deferred on the schedule, or expired past the lifetime.
+    pub(super) fn retry(
+        &self,
+        claimed: &Claimed,
+        id: RecipientId,
+        attempt: Attempt,
+        now: SystemTime,
+    ) -> Outcome {
+        let attempts = claimed
+            .recipients
+            .iter()
+            .find(|r| r.id == id)
+            .map_or(0, |r| r.attempts);
+        match self
+            .config
+            .schedule
+            .next(attempts + 1, claimed.created, now, random_unit())
+        {
+            Next::RetryAt(next) => Outcome::Deferred { attempt, next },
+            Next::Expire => Outcome::Expired(Some(attempt)),
+        }
+    }
+
+    /// Records `outcome` for `claimed` now when every recipient of it was
+    /// delivered; true when it did (the rest waits for the session's end).
+    pub(super) async fn record_if_delivered(
+        &self,
+        claimed: &Claimed,
+        lease: &Lease,
+        outcome: &MessageOutcome,
+        host: &str,
+        tls: Option<&smtp_core::delivery::TlsInfo>,
+    ) -> Result<bool> {
+        let mut outcomes = Vec::new();
+        for (id, v) in by_recipient(claimed, outcome, host, tls) {
+            match v {
+                Verdict::Delivered(a) => outcomes.push((id, Outcome::Delivered(a))),
+                _ => return Ok(false),
+            }
+        }
+        if outcomes.is_empty() {
+            return Ok(false);
+        }
+        self.record(claimed, lease, outcomes).await?;
+        Ok(true)
+    }
+
+    pub(super) async fn record(
+        &self,
+        claimed: &Claimed,
+        lease: &Lease,
+        outcomes: Vec<(RecipientId, Outcome)>,
+    ) -> Result<()> {
+        match self
+            .store
+            .record(lease, outcomes.clone(), SystemTime::now())
+            .await
+        {
+            Ok(()) => {}
+            // Another worker took over: its result stands.
+            Err(Error::StaleLease { .. }) => {
+                tracing::warn!(message = %lease.message, "lease taken over; outcome not recorded");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        let mut summary = lock(&self.summary);
+        for (id, outcome) in outcomes {
+            match outcome {
+                Outcome::Delivered(_) => summary.delivered += 1,
+                Outcome::Failed(_) => summary.failed += 1,
+                Outcome::Deferred { .. } => summary.deferred += 1,
+                Outcome::Expired(_) => summary.expired += 1,
+            }
+            let taken_over = claimed
+                .recipients
+                .iter()
+                .any(|r| r.id == id && r.claimed_from == RecipientState::Delivering);
+            let event = RunEvent::Recorded {
+                message: claimed.lease.message.clone(),
+                recipient: address(claimed, id),
+                outcome,
+                taken_over,
+            };
+            drop(summary);
+            self.emit(&event);
+            summary = lock(&self.summary);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn release(
+        &self,
+        claimed: &Claimed,
+        lease: &Lease,
+        not_before: Option<SystemTime>,
+    ) -> Result<()> {
+        let n = match self
+            .store
+            .release(lease, not_before, SystemTime::now())
+            .await
+        {
+            Ok(n) => n,
+            Err(Error::StaleLease { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        if n > 0 {
+            lock(&self.summary).released += n;
+            self.emit(&RunEvent::Released {
+                message: claimed.lease.message.clone(),
+                recipients: n,
+                not_before,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) async fn release_all(
+        &self,
+        batch: &[Claimed],
+        not_before: Option<SystemTime>,
+    ) -> Result<()> {
+        for claimed in batch {
+            self.release(claimed, &claimed.lease, not_before).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews the leases of the messages not yet recorded (`done`).
+    pub(super) async fn renew(&self, leases: &mut [Lease], done: &[bool]) {
+        let now = SystemTime::now();
+        for (lease, _) in leases.iter_mut().zip(done).filter(|(_, done)| !**done) {
+            match self.store.renew(lease, now + self.config.lease, now).await {
+                Ok(l) => *lease = l,
+                Err(e) => tracing::warn!(message = %lease.message, error = %e, "lease not renewed"),
+            }
+        }
+    }
+
+    /// The session could not be opened.
+    pub(super) async fn open_failed(
+        &self,
+        relay: &Server,
+        batch: &[Claimed],
+        e: &smtp_tls::Error,
+    ) -> Result<()> {
+        let now = SystemTime::now();
+        let reason = e.to_string();
+        if matches!(e.fault(), Fault::Configuration | Fault::Policy) {
+            let until = self.hold(&reason, now).await?;
+            return self.release_all(batch, Some(until)).await;
+        }
+        self.back_off(&reason, now).await?;
+        let attempt = Attempt {
+            text: reason,
+            host: Some(format!("{}:{}", relay.host, relay.port)),
+            ..Attempt::default()
+        };
+        for claimed in batch {
+            let outcomes = claimed
+                .recipients
+                .iter()
+                .map(|r| (r.id, self.retry(claimed, r.id, attempt.clone(), now)))
+                .collect();
+            self.record(claimed, &claimed.lease, outcomes).await?;
+        }
+        Ok(())
+    }
+
+    /// Backs the destination off on its schedule; returns until when.
+    pub(super) async fn back_off(&self, reason: &str, now: SystemTime) -> Result<SystemTime> {
+        self.back_off_at(&self.destination, reason, now).await
+    }
+
+    /// Backs `destination` off on its schedule; returns until when.
+    pub(super) async fn back_off_at(
+        &self,
+        destination: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<SystemTime> {
+        let failures = self
+            .store
+            .backoff(destination)
+            .await?
+            .map_or(0, |b| b.failures);
+        let until = now + self.config.backoff.delay(failures + 1, random_unit());
+        self.store
+            .set_backoff(destination, until, reason, now)
+            .await?;
+        self.emit(&RunEvent::BackedOff {
+            destination: destination.to_owned(),
+            reason: reason.to_owned(),
+            until,
+        });
+        Ok(until)
+    }
+
+    /// Holds the destination (a configuration or policy fault), reported
+    /// once per runner; returns until when.
+    pub(super) async fn hold(&self, reason: &str, now: SystemTime) -> Result<SystemTime> {
+        self.hold_at(&self.destination, reason, now).await
+    }
+
+    /// Holds `destination`; returns until when.
+    pub(super) async fn hold_at(
+        &self,
+        destination: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<SystemTime> {
+        let until = match self.backed_off_at(destination, now).await? {
+            Some(until) => until,
+            None => {
+                let failures = self
+                    .store
+                    .backoff(destination)
+                    .await?
+                    .map_or(0, |b| b.failures);
+                let until = now + self.config.backoff.delay(failures + 1, random_unit());
+                self.store
+                    .set_backoff(destination, until, reason, now)
+                    .await?;
+                until
+            }
+        };
+        let first = lock(&self.held_reported).insert(destination.to_owned());
+        if first {
+            tracing::error!(%destination, %reason,
+                "destination held: a configuration or policy fault; its recipients stay queued");
+            lock(&self.summary)
+                .held
+                .push((destination.to_owned(), reason.to_owned()));
+            self.emit(&RunEvent::Held {
+                destination: destination.to_owned(),
+                reason: reason.to_owned(),
+                until,
+            });
+        }
+        Ok(until)
+    }
+}
+
+/// Each claimed recipient's verdict, matched by position (the envelope
+/// keeps the claimed order).
+pub(super) fn by_recipient(
+    claimed: &Claimed,
+    outcome: &MessageOutcome,
+    host: &str,
+    tls: Option<&smtp_core::delivery::TlsInfo>,
+) -> Vec<(RecipientId, Verdict)> {
+    claimed
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let v = outcome.recipients.get(i).map_or_else(
+                || Verdict::Retry {
+                    attempt: Attempt {
+                        text: "no outcome for this recipient".into(),
+                        host: Some(host.to_owned()),
+                        ..Attempt::default()
+                    },
+                    unknown: true,
+                },
+                |o| verdict(o, host, tls),
+            );
+            (r.id, v)
+        })
+        .collect()
+}

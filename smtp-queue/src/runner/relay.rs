@@ -1,0 +1,230 @@
+//! Standard delivery: one batch on one session through the relay, each
+//! recipient's reply mapped to its outcome.
+
+use std::time::SystemTime;
+
+use smtp_core::{Fault, MessageOutcome};
+use smtp_tls::Session;
+
+use super::record::by_recipient;
+use super::{Mode, Runner, address};
+use crate::error::Result;
+use crate::event::RunEvent;
+use crate::stop::Stop;
+use crate::store::{Attempt, Claimed, Lease, Outcome, RecipientId};
+use crate::verdict::Verdict;
+
+impl Runner {
+    /// Sends one batch on one session and records every outcome.
+    pub(super) async fn deliver(&self, batch: Vec<Claimed>, stop: &Stop) -> Result<()> {
+        let relay = match &self.mode {
+            Mode::Relay(relay) => relay,
+            Mode::Direct(direct) => {
+                for claimed in batch {
+                    self.deliver_direct(direct, claimed, stop).await?;
+                }
+                return Ok(());
+            }
+        };
+        let now = SystemTime::now();
+        if stop.is_stopped() {
+            return self.release_all(&batch, None).await;
+        }
+        if let Some(until) = self.backed_off(now).await? {
+            return self.release_all(&batch, Some(until)).await;
+        }
+        // Bodies first: a corrupt one fails its message, the others go on.
+        let mut outgoing = Vec::with_capacity(batch.len());
+        let mut sending = Vec::with_capacity(batch.len());
+        for claimed in batch {
+            match self.outgoing(&claimed).await {
+                Ok(o) => {
+                    outgoing.push(o);
+                    sending.push(claimed);
+                }
+                Err(why) => {
+                    let attempt = Attempt {
+                        text: why,
+                        ..Attempt::default()
+                    };
+                    let outcomes = claimed
+                        .recipients
+                        .iter()
+                        .map(|r| (r.id, Outcome::Failed(attempt.clone())))
+                        .collect();
+                    self.record(&claimed, &claimed.lease, outcomes).await?;
+                }
+            }
+        }
+        if sending.is_empty() {
+            return Ok(());
+        }
+        self.emit(&RunEvent::Connecting {
+            destination: self.destination.clone(),
+            messages: sending.len(),
+        });
+        let opened = tokio::select! {
+            opened = Session::open(relay) => opened,
+            () = self.abandoned(stop) => return self.release_all(&sending, None).await,
+        };
+        let mut session = match opened {
+            Ok(s) => s,
+            Err(e) => return self.open_failed(relay, &sending, &e).await,
+        };
+        let mut leases: Vec<Lease> = sending.iter().map(|c| c.lease.clone()).collect();
+        let host = session.peer().to_string();
+        let tls = session.tls().cloned();
+        // Messages settle in order: the k-th settled outcome is the k-th
+        // message's, which is what is known if the session is abandoned.
+        // A message every recipient of which was accepted is recorded as
+        // its reply arrives, not when the session ends: a runner killed
+        // mid-session then redelivers only what awaited a reply.
+        let mut settled: Vec<MessageOutcome> = Vec::new();
+        let mut recorded = vec![false; sending.len()];
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageOutcome>();
+        let finished = {
+            let mut observe = |seen: smtp_tls::Observed<'_>| {
+                if let Some(o) = seen.settled() {
+                    let _ = tx.send(o.clone());
+                }
+            };
+            let send = session.send_all(&mut outgoing, &mut observe);
+            tokio::pin!(send);
+            let every = self.config.lease / 3;
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let abandon = self.abandoned(stop);
+            tokio::pin!(abandon);
+            loop {
+                tokio::select! {
+                    results = &mut send => break Some(results),
+                    Some(outcome) = rx.recv() => {
+                        let k = settled.len();
+                        if let (Some(claimed), Some(lease)) = (sending.get(k), leases.get(k)) {
+                            recorded[k] = self
+                                .record_if_delivered(claimed, lease, &outcome, &host, tls.as_ref())
+                                .await?;
+                        }
+                        settled.push(outcome);
+                    }
+                    _ = renew.tick() => self.renew(&mut leases, &recorded).await,
+                    () = &mut abandon => break None,
+                }
+            }
+        };
+        drop(tx);
+        while let Ok(outcome) = rx.try_recv() {
+            settled.push(outcome);
+        }
+        // `None`: abandoned on a stop before an outcome; released below.
+        let results: Vec<Option<std::result::Result<MessageOutcome, smtp_tls::Error>>> =
+            match finished {
+                Some(results) => results.into_iter().map(Some).collect(),
+                None => {
+                    tracing::warn!(destination = %self.destination,
+                        "stopped: a session did not finish in time; what it had not settled is released");
+                    let mut known: Vec<_> = settled.into_iter().map(|o| Some(Ok(o))).collect();
+                    known.resize_with(sending.len(), || None);
+                    known
+                }
+            };
+        let session_error = session.error().cloned();
+        drop(outgoing);
+        if session.is_open() {
+            // QUIT, unless a stop's grace runs out first.
+            tokio::select! {
+                _ = session.close() => {}
+                () = self.abandoned(stop) => {}
+            }
+        }
+        let delivered_any = results.iter().flatten().flatten().any(|o| {
+            o.recipients
+                .iter()
+                .any(|r| r.status == smtp_core::RecipientStatus::Accepted)
+        });
+        if delivered_any {
+            self.store.clear_backoff(&self.destination).await?;
+        }
+        let mut hold: Option<String> = None;
+        let mut ended: Option<String> = None;
+        for (((claimed, lease), result), done) in
+            sending.iter().zip(&leases).zip(results).zip(&recorded)
+        {
+            let Some(result) = result.filter(|_| !done) else {
+                continue;
+            };
+            let verdicts: Vec<(RecipientId, Verdict)> = match &result {
+                Ok(outcome) => by_recipient(claimed, outcome, &host, tls.as_ref()),
+                Err(e) => {
+                    let attempt = Attempt {
+                        text: e.to_string(),
+                        host: Some(host.clone()),
+                        ..Attempt::default()
+                    };
+                    let v = match e.fault() {
+                        Fault::Configuration | Fault::Policy => Verdict::Hold(attempt),
+                        Fault::Unknown => Verdict::Retry {
+                            attempt,
+                            unknown: true,
+                        },
+                        _ => Verdict::SessionEnded(attempt),
+                    };
+                    claimed
+                        .recipients
+                        .iter()
+                        .map(|r| (r.id, v.clone()))
+                        .collect()
+                }
+            };
+            let now = SystemTime::now();
+            let mut outcomes = Vec::new();
+            for (id, v) in verdicts {
+                let outcome = match v {
+                    Verdict::Delivered(a) => Outcome::Delivered(a),
+                    Verdict::Failed(a) => Outcome::Failed(a),
+                    Verdict::Retry { attempt, unknown } => {
+                        if unknown {
+                            let recipient = address(claimed, id);
+                            tracing::warn!(message = %claimed.lease.message, %recipient,
+                                "the reply to the end of data was lost; deferred, a retry may deliver it twice");
+                            self.emit(&RunEvent::OutcomeUnknown {
+                                message: claimed.lease.message.clone(),
+                                recipient,
+                            });
+                        }
+                        self.retry(claimed, id, attempt, now)
+                    }
+                    Verdict::SessionEnded(a) if delivered_any => {
+                        // Released below: due again at once, on a new connection.
+                        ended.get_or_insert(a.text);
+                        continue;
+                    }
+                    Verdict::SessionEnded(a) => {
+                        ended.get_or_insert(a.text.clone());
+                        self.retry(claimed, id, a, now)
+                    }
+                    Verdict::Hold(a) => {
+                        hold.get_or_insert(a.text);
+                        continue;
+                    }
+                };
+                outcomes.push((id, outcome));
+            }
+            if !outcomes.is_empty() {
+                self.record(claimed, lease, outcomes).await?;
+            }
+        }
+        let now = SystemTime::now();
+        let mut release_at = None;
+        if let Some(reason) = hold {
+            release_at = Some(self.hold(&reason, now).await?);
+        } else if let (false, Some(reason)) = (delivered_any, &ended) {
+            self.back_off(reason, now).await?;
+        } else if let Some(e) = session_error.filter(|_| ended.is_some()) {
+            tracing::info!(destination = %self.destination, error = %e, "session ended; the rest is due again at once");
+        }
+        for (claimed, lease) in sending.iter().zip(&leases) {
+            self.release(claimed, lease, release_at).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Administration and inspection: list, show, retry, delete, purge,
+//! stats, the next due time, and the per-destination back-off.
+
+use std::time::SystemTime;
+
+use super::SqliteStore;
+use super::rows::{attempts_of, get, message_id_of, options_of, size_of, state_of};
+use crate::error::{Error, Result};
+use crate::log::Entry;
+use crate::state::{RecipientState, Transition};
+use crate::store::Store;
+use crate::store::{
+    Backoff, ListFilter, MessageId, MessageInfo, RecipientId, RecipientInfo, RetryTarget, Stats,
+    from_millis, millis,
+};
+
+pub(super) async fn list(store: &SqliteStore, filter: &ListFilter) -> Result<Vec<MessageInfo>> {
+    let mut sql = String::from("SELECT id FROM messages");
+    if filter.state.is_some() {
+        sql.push_str(" WHERE EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id AND r.state = $1)");
+    }
+    sql.push_str(" ORDER BY created_ms, id");
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    if let Some(state) = filter.state {
+        query = query.bind(state.as_str());
+    }
+    let ids = query
+        .fetch_all(&store.pool)
+        .await
+        .map_err(|e| Error::db("listing messages", e))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = MessageId::parse(&id)
+            .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))?;
+        match store.show(&id).await {
+            Ok(info) => out.push(info),
+            // Deleted since the list was read.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn show(store: &SqliteStore, id: &MessageId) -> Result<MessageInfo> {
+    let mut conn = store
+        .pool
+        .begin()
+        .await
+        .map_err(|e| Error::db("reading a message", e))?;
+    let row = sqlx::query(
+        "SELECT id, sender, options, body_size, created_ms FROM messages WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| Error::db("reading a message", e))?
+    .ok_or_else(|| Error::NotFound(id.clone()))?;
+    let recipients = store.recipients_of(&mut *conn, id).await?;
+    Ok(MessageInfo {
+        id: id.clone(),
+        from: get(&row, "sender")?,
+        created: from_millis(get(&row, "created_ms")?),
+        body_size: size_of(&row)?,
+        options: options_of(&row, id)?,
+        recipients,
+    })
+}
+
+pub(super) async fn retry(
+    store: &SqliteStore,
+    target: RetryTarget,
+    now: SystemTime,
+) -> Result<u64> {
+    let doing = "retrying";
+    let now_ms = millis(now)?;
+    let mut tx = store.begin(doing).await?;
+    let rows = match &target {
+        RetryTarget::Message(id) => {
+            if store.message_row(&mut tx, id).await?.is_none() {
+                return Err(Error::NotFound(id.clone()));
+            }
+            sqlx::query(
+                "SELECT id, message_id, address, state, attempts FROM recipients
+                 WHERE message_id = $1 AND state IN ('queued', 'deferred')",
+            )
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await
+        }
+        RetryTarget::All => {
+            sqlx::query(
+                "SELECT id, message_id, address, state, attempts FROM recipients
+                 WHERE state IN ('queued', 'deferred')",
+            )
+            .fetch_all(&mut *tx)
+            .await
+        }
+    }
+    .map_err(|e| Error::db(doing, e))?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let from = state_of(row)?;
+        let to = from.apply(Transition::Retry)?;
+        let rid = RecipientId(get(row, "id")?);
+        sqlx::query(
+            "UPDATE recipients SET state = $1, next_attempt_ms = $2, updated_ms = $2 WHERE id = $3",
+        )
+        .bind(to.as_str())
+        .bind(now_ms)
+        .bind(rid.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+        entries.push(Entry {
+            at_ms: now_ms,
+            event: "retried".into(),
+            message: message_id_of(row, "message_id")?,
+            recipient: rid,
+            rcpt: get(row, "address")?,
+            from: Some(from),
+            to: Some(to),
+            attempts: attempts_of(row)?,
+            next_attempt_ms: Some(now_ms),
+            worker: None,
+            generation: None,
+            attempt: None,
+        });
+    }
+    if target == RetryTarget::All {
+        sqlx::query("DELETE FROM backoff")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+    }
+    tx.commit().await.map_err(|e| Error::db(doing, e))?;
+    store.write_log(&entries);
+    Ok(entries.len() as u64)
+}
+
+pub(super) async fn delete(store: &SqliteStore, id: &MessageId, now: SystemTime) -> Result<()> {
+    let doing = "deleting a message";
+    let now_ms = millis(now)?;
+    let mut tx = store.begin(doing).await?;
+    let recipients = store.recipients_of(&mut *tx, id).await?;
+    sqlx::query("DELETE FROM recipients WHERE message_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let done = sqlx::query("DELETE FROM messages WHERE id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(id.clone()));
+    }
+    tx.commit().await.map_err(|e| Error::db(doing, e))?;
+    let entries: Vec<Entry> = recipients
+        .into_iter()
+        .map(|r| removed_entry("deleted", id, r, now_ms))
+        .collect();
+    store.write_log(&entries);
+    if let Err(e) = store.spool.remove(id).await {
+        // The message is gone from the store; the orphaned file is swept on a later open.
+        tracing::warn!(error = %e, "a deleted message's body file was not removed");
+    }
+    Ok(())
+}
+
+pub(super) async fn purge_finished(
+    store: &SqliteStore,
+    before: SystemTime,
+) -> Result<Vec<MessageId>> {
+    let doing = "purging finished messages";
+    let before_ms = millis(before)?;
+    let mut tx = store.begin(doing).await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+         AND (r.state NOT IN ('delivered', 'failed', 'expired') OR r.updated_ms >= $1))",
+    )
+    .bind(before_ms)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    let mut purged = Vec::with_capacity(ids.len());
+    let mut entries = Vec::new();
+    for id in ids {
+        let id = MessageId::parse(&id)
+            .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))?;
+        for r in store.recipients_of(&mut *tx, &id).await? {
+            entries.push(removed_entry("purged", &id, r, before_ms));
+        }
+        for sql in [
+            "DELETE FROM recipients WHERE message_id = $1",
+            "DELETE FROM messages WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(doing, e))?;
+        }
+        purged.push(id);
+    }
+    tx.commit().await.map_err(|e| Error::db(doing, e))?;
+    store.write_log(&entries);
+    for id in &purged {
+        if let Err(e) = store.spool.remove(id).await {
+            tracing::warn!(error = %e, "a purged message's body file was not removed");
+        }
+    }
+    Ok(purged)
+}
+
+pub(super) async fn stats(store: &SqliteStore) -> Result<Stats> {
+    let doing = "counting the queue";
+    let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM recipients GROUP BY state")
+        .fetch_all(&store.pool)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let mut recipients: Vec<(RecipientState, u64)> =
+        RecipientState::ALL.iter().map(|s| (*s, 0)).collect();
+    for row in &rows {
+        let state = state_of(row)?;
+        let n: i64 = get(row, "n")?;
+        if let Some(slot) = recipients.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_ms) AS oldest FROM messages")
+        .fetch_one(&store.pool)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    Ok(Stats {
+        messages: u64::try_from(get::<i64>(&row, "n")?).unwrap_or(0),
+        recipients,
+        oldest: get::<Option<i64>>(&row, "oldest")?.map(from_millis),
+    })
+}
+
+pub(super) async fn next_due(store: &SqliteStore) -> Result<Option<SystemTime>> {
+    let due: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(CASE WHEN state = 'delivering' THEN lease_until_ms ELSE next_attempt_ms END)
+         FROM recipients WHERE state IN ('queued', 'deferred', 'delivering')",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .map_err(|e| Error::db("finding the next due time", e))?;
+    Ok(due.map(from_millis))
+}
+
+pub(super) async fn set_backoff(
+    store: &SqliteStore,
+    destination: &str,
+    not_before: SystemTime,
+    reason: &str,
+    now: SystemTime,
+) -> Result<Backoff> {
+    let doing = "backing off a destination";
+    let mut tx = store.begin(doing).await?;
+    let failures: i64 = sqlx::query_scalar(
+        "INSERT INTO backoff (destination, not_before_ms, failures, reason, updated_ms)
+         VALUES ($1, $2, 1, $3, $4)
+         ON CONFLICT (destination) DO UPDATE SET not_before_ms = excluded.not_before_ms,
+             failures = backoff.failures + 1, reason = excluded.reason, updated_ms = excluded.updated_ms
+         RETURNING failures",
+    )
+    .bind(destination)
+    .bind(millis(not_before)?)
+    .bind(reason)
+    .bind(millis(now)?)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    tx.commit().await.map_err(|e| Error::db(doing, e))?;
+    Ok(Backoff {
+        destination: destination.to_owned(),
+        not_before,
+        failures: u32::try_from(failures).unwrap_or(u32::MAX),
+        reason: reason.to_owned(),
+    })
+}
+
+pub(super) async fn backoff(store: &SqliteStore, destination: &str) -> Result<Option<Backoff>> {
+    let row =
+        sqlx::query("SELECT not_before_ms, failures, reason FROM backoff WHERE destination = $1")
+            .bind(destination)
+            .fetch_optional(&store.pool)
+            .await
+            .map_err(|e| Error::db("reading a destination's back-off", e))?;
+    row.map(|row| {
+        Ok(Backoff {
+            destination: destination.to_owned(),
+            not_before: from_millis(get(&row, "not_before_ms")?),
+            failures: u32::try_from(get::<i64>(&row, "failures")?).unwrap_or(u32::MAX),
+            reason: get(&row, "reason")?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn clear_backoff(store: &SqliteStore, destination: &str) -> Result<()> {
+    sqlx::query("DELETE FROM backoff WHERE destination = $1")
+        .bind(destination)
+        .execute(&store.pool)
+        .await
+        .map_err(|e| Error::db("clearing a destination's back-off", e))?;
+    Ok(())
+}
+
+fn removed_entry(event: &str, id: &MessageId, r: RecipientInfo, at_ms: i64) -> Entry {
+    Entry {
+        at_ms,
+        event: event.into(),
+        message: id.clone(),
+        recipient: r.id,
+        rcpt: r.address,
+        from: Some(r.state),
+        to: None,
+        attempts: r.attempts,
+        next_attempt_ms: None,
+        worker: None,
+        generation: None,
+        attempt: None,
+    }
+}

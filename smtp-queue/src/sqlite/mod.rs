@@ -1,0 +1,323 @@
+//! The embedded store: SQLite in WAL mode in a spool directory, beside the
+//! body files.
+//!
+//! ```text
+//! <spool>/queue.db         messages, recipients, leases, back-off (+ -wal, -shm)
+//! <spool>/bodies/<id>      one body per message, written before the enqueue commits
+//! <spool>/tmp/             bodies being written (left-overs are swept on open)
+//! <spool>/outcomes.jsonl   the outcome log
+//! ```
+//!
+//! Durability: `journal_mode=WAL` lets readers (`smtp queue list`) run
+//! beside the writer; `synchronous=FULL` fsyncs the WAL at every commit —
+//! under WAL the default `NORMAL` may lose the last commits on power loss,
+//! and "enqueued" has to mean "on disk". Every writing transaction starts
+//! with `BEGIN IMMEDIATE`, taking the write lock first, so two handles (two
+//! runners) on one file wait for each other for up to the busy timeout
+//! instead of failing on a lock upgrade; claims are made under that lock,
+//! so they never overlap.
+//!
+//! The SQL is plain (numbered `$n` parameters, `RETURNING`, `ON CONFLICT`)
+//! so that the PostgreSQL store can share it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use smtp_core::delivery::BodySource;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::error::{Error, Result};
+use crate::log::{Entry, OutcomeLog};
+use crate::spool::Spool;
+use crate::store::{
+    Backoff, Claimed, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome, RecipientId,
+    RetryTarget, Stats, Store,
+};
+
+mod admin;
+mod claim;
+mod enqueue;
+mod rows;
+mod schema;
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// A recipient is due: waiting and its time has come, or its lease expired.
+pub(super) const DUE: &str = "((state IN ('queued', 'deferred') AND next_attempt_ms <= $1)
+    OR (state = 'delivering' AND lease_until_ms <= $1))";
+
+pub(super) const RECIPIENT_COLUMNS: &str = "id, message_id, address, state, attempts, next_attempt_ms, lease_generation, \
+    lease_worker, lease_until_ms, last_code, last_enhanced, last_text, last_host, last_tls, updated_ms";
+
+/// Where the outcome log goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LogPlace {
+    /// `outcomes.jsonl` in the spool directory.
+    #[default]
+    Spool,
+    /// This file.
+    Path(PathBuf),
+    /// No log.
+    Off,
+}
+
+/// How to open a SQLite queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteSettings {
+    /// How long a writer waits for another (in this process or another)
+    /// before the operation fails with [`Error::Storage`]. Default 10 s.
+    pub busy_timeout: Duration,
+    /// Connections kept open. Default 4.
+    pub max_connections: u32,
+    /// The outcome log.
+    pub log: LogPlace,
+    /// Left-over temporary and orphaned body files older than this are
+    /// removed on open. Default 1 hour.
+    pub sweep_after: Duration,
+}
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(10),
+            max_connections: 4,
+            log: LogPlace::Spool,
+            sweep_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The SQLite queue in a spool directory. Cheap to share behind an `Arc`;
+/// several handles (in one process or several) on one directory cooperate
+/// through the database's lock and the leases.
+#[derive(Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    spool: Spool,
+    log: Option<OutcomeLog>,
+    db: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the queue in `dir` with the default settings.
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, SqliteSettings::default()).await
+    }
+
+    /// Opens (creating) the queue in `dir`. Refuses a schema newer than
+    /// [`SCHEMA_VERSION`].
+    pub async fn open_with(dir: impl AsRef<Path>, settings: SqliteSettings) -> Result<Self> {
+        let dir = dir.as_ref();
+        let spool = Spool::open(dir).await?;
+        let db = dir.join("queue.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&db)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(settings.busy_timeout)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::Storage {
+                doing: "opening the queue database".into(),
+                path: Some(db.clone()),
+                source: Box::new(e),
+            })?;
+        let log = match &settings.log {
+            LogPlace::Spool => Some(OutcomeLog::open(&dir.join("outcomes.jsonl"))?),
+            LogPlace::Path(path) => Some(OutcomeLog::open(path)?),
+            LogPlace::Off => None,
+        };
+        let store = Self {
+            pool,
+            spool,
+            log,
+            db,
+        };
+        store.migrate().await?;
+        store.sweep(settings.sweep_after).await?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn database(&self) -> &Path {
+        &self.db
+    }
+
+    /// The outcome log's file, if there is one.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log.as_ref().map(OutcomeLog::path)
+    }
+
+    /// Closes the connections (waiting for those in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self, doing: &str) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db(doing, e))
+    }
+
+    /// Removes body files no message owns (an enqueue that crashed before
+    /// its commit, a delete that crashed before removing the file) and
+    /// temporary files, once older than `age`.
+    async fn sweep(&self, age: Duration) -> Result<()> {
+        self.spool.clear_tmp(age).await?;
+        let bodies = self.spool.bodies();
+        let mut entries = tokio::fs::read_dir(bodies)
+            .await
+            .map_err(|e| Error::io("listing the spool's bodies", bodies, e))?;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| MessageId::parse(n).ok())
+            else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= age);
+            if !old {
+                continue;
+            }
+            let owned: Option<i64> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Error::db("sweeping the spool", e))?;
+            if owned.is_none() {
+                tracing::info!(message = %id, "removing an orphaned body file");
+                self.spool.remove(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_log(&self, entries: &[Entry]) {
+        if let Some(log) = &self.log {
+            if let Err(e) = log.append(entries) {
+                // The change is committed; the log is its history, not its truth.
+                tracing::warn!(error = %e, "the outcome log was not written");
+            }
+        }
+    }
+
+    async fn message_row(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        id: &MessageId,
+    ) -> Result<Option<SqliteRow>> {
+        sqlx::query("SELECT id, sender, options, body_size, body_sha256, created_ms FROM messages WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| Error::db("reading a message", e))
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, batch: Vec<NewMessage>, now: SystemTime) -> Result<Vec<MessageId>> {
+        enqueue::enqueue(self, batch, now).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: SystemTime,
+        limit: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        claim::claim_due(self, now, limit, worker, lease).await
+    }
+
+    async fn renew(&self, lease: &Lease, until: SystemTime, now: SystemTime) -> Result<Lease> {
+        claim::renew(self, lease, until, now).await
+    }
+
+    async fn record(
+        &self,
+        lease: &Lease,
+        outcomes: Vec<(RecipientId, Outcome)>,
+        now: SystemTime,
+    ) -> Result<()> {
+        claim::record(self, lease, outcomes, now).await
+    }
+
+    async fn release(
+        &self,
+        lease: &Lease,
+        not_before: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<u64> {
+        claim::release(self, lease, not_before, now).await
+    }
+
+    async fn open_body(&self, id: &MessageId) -> Result<Box<dyn BodySource>> {
+        enqueue::open_body(self, id).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<MessageInfo>> {
+        admin::list(self, filter).await
+    }
+
+    async fn show(&self, id: &MessageId) -> Result<MessageInfo> {
+        admin::show(self, id).await
+    }
+
+    async fn retry(&self, target: RetryTarget, now: SystemTime) -> Result<u64> {
+        admin::retry(self, target, now).await
+    }
+
+    async fn delete(&self, id: &MessageId, now: SystemTime) -> Result<()> {
+        admin::delete(self, id, now).await
+    }
+
+    async fn purge_finished(&self, before: SystemTime) -> Result<Vec<MessageId>> {
+        admin::purge_finished(self, before).await
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        admin::stats(self).await
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>> {
+        admin::next_due(self).await
+    }
+
+    async fn set_backoff(
+        &self,
+        destination: &str,
+        not_before: SystemTime,
+        reason: &str,
+        now: SystemTime,
+    ) -> Result<Backoff> {
+        admin::set_backoff(self, destination, not_before, reason, now).await
+    }
+
+    async fn backoff(&self, destination: &str) -> Result<Option<Backoff>> {
+        admin::backoff(self, destination).await
+    }
+
+    async fn clear_backoff(&self, destination: &str) -> Result<()> {
+        admin::clear_backoff(self, destination).await
+    }
+}
