@@ -211,6 +211,15 @@ pub(crate) struct RetryArgs {
     /// finish before what they had not settled is released (default 10).
     #[arg(long, value_name = "SECS")]
     pub(crate) stop_grace: Option<u64>,
+    /// Sessions at once, at most (default 4 through a relay, 32 direct).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) concurrency: Option<u16>,
+    /// Direct delivery: sessions at once to one destination (its MX hosts), at most (default 2).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) per_destination: Option<u16>,
+    /// Messages sent on one connection, at most (default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) per_connection: Option<u16>,
 }
 
 /// `smtp queue`: inspect and run the delivery queue.

@@ -98,7 +98,7 @@ mod verdict;
 
 pub use error::{Error, Result};
 pub use event::RunEvent;
-pub use runner::{Runner, RunnerConfig, Summary};
+pub use runner::{Runner, RunnerConfig, Summary, mx_destination};
 pub use schedule::{Next, Schedule, random_unit};
 pub use spool::SpoolBody;
 pub use sqlite::{LogPlace, SCHEMA_VERSION, SqliteSettings, SqliteStore};

@@ -29,6 +29,9 @@ pub struct FlakyConfig {
     /// and answering `250` (a slow server: a client killed meanwhile
     /// leaves a message delivered whose reply it never read).
     pub data_delay: Option<Duration>,
+    /// Greet with this reply instead of `220` (e.g. `554 5.7.1 go away`),
+    /// then close the connection: a host that refuses every session.
+    pub refuse_greeting: Option<String>,
 }
 
 /// A message as received.
@@ -67,7 +70,14 @@ impl Drop for FlakyServer {
 impl FlakyServer {
     /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start(config: FlakyConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `addr` (a loopback address; port 0 for an ephemeral
+    /// one): several servers on one port and different addresses stand
+    /// for the MX hosts of one domain.
+    pub async fn start_on(addr: SocketAddr, config: FlakyConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
@@ -136,6 +146,10 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
+    if let Some(reply) = &config.refuse_greeting {
+        write.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        return Ok(());
+    }
     write.write_all(b"220 flaky.test ESMTP\r\n").await?;
     let mut on_this = 0usize;
     let mut from = String::new();

@@ -243,7 +243,7 @@ pub(crate) async fn send(
     };
     let direct = matches!(via, Via::Direct(_));
     let runner = via
-        .runner(store.clone(), config(retry))
+        .runner(store.clone(), config(retry, direct))
         .with_observer(observer);
     let linger = Duration::from_secs(retry.linger.unwrap_or(60));
     let ended = loop {
@@ -342,12 +342,33 @@ fn options(e: &Envelope) -> MessageOptions {
     o
 }
 
-fn config(retry: &RetryArgs) -> RunnerConfig {
-    let config = RunnerConfig::default().with_schedule(schedule(retry));
-    match retry.stop_grace {
-        Some(secs) => config.with_stop_grace(Duration::from_secs(secs)),
-        None => config,
+/// Direct delivery's sessions at once: many destinations, each slow to
+/// answer (DNS, greetings), as an MTA runs them.
+const DIRECT_CONCURRENCY: u16 = 32;
+/// Direct delivery's messages per claim: enough for runs of messages to
+/// one domain to share sessions.
+const DIRECT_CLAIM: u32 = 2000;
+
+fn config(retry: &RetryArgs, direct: bool) -> RunnerConfig {
+    let mut config = RunnerConfig::default().with_schedule(schedule(retry));
+    if direct {
+        config = config
+            .with_concurrency(DIRECT_CONCURRENCY.into())
+            .with_claim(DIRECT_CLAIM);
     }
+    if let Some(secs) = retry.stop_grace {
+        config = config.with_stop_grace(Duration::from_secs(secs));
+    }
+    if let Some(n) = retry.concurrency {
+        config = config.with_concurrency(n.into());
+    }
+    if let Some(n) = retry.per_destination {
+        config = config.with_per_destination(n.into());
+    }
+    if let Some(n) = retry.per_connection {
+        config = config.with_per_connection(n.into());
+    }
+    config
 }
 
 /// Whether `m` passes `list`'s filters.
@@ -520,7 +541,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
             args.mx_port,
         )?)),
     };
-    let mut config = config(&args.retry);
+    let mut config = config(&args.retry, matches!(via, Via::Direct(_)));
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
     }

@@ -1,29 +1,34 @@
 //! Direct delivery from the queue: each recipient domain's own mail
-//! servers, through [`smtp_core::delivery::direct`].
+//! servers, grouped by destination.
 //!
-//! A claimed message's recipients are grouped by domain; a domain backed
-//! off or held is left out (its recipients are released until then), the
-//! others go to [`deliver_traced`] (one session per domain, hosts in MX
-//! order). Each recipient's outcome is classified as on the relay path;
-//! the destination whose back-off it affects is the domain
-//! (`direct:DOMAIN`).
+//! A round plans every recipient domain it claimed (MX records, through
+//! [`smtp_core::delivery::direct::plan_domain`]) and keys each plan by its
+//! set of MX host names ([`mx_destination`]): domains served by the same hosts
+//! share sessions, back-off and holds. A message's recipients at one
+//! destination go in one transaction; a destination's messages go
+//! [`RunnerConfig::per_connection`](super::RunnerConfig) at a time on one
+//! session ([`deliver_batch`], hosts in MX order), at most
+//! [`RunnerConfig::per_destination`](super::RunnerConfig) sessions per
+//! destination and [`RunnerConfig::concurrency`](super::RunnerConfig) in
+//! all. Each recipient's outcome is classified as on the relay path; a
+//! message is recorded as soon as it settles, while its session goes on.
 
-use std::collections::BTreeMap;
-use std::io;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-use smtp_core::Envelope;
+use futures_util::StreamExt;
 use smtp_core::delivery::BodySource;
-use smtp_core::delivery::direct::{Connector, DirectOptions, deliver_traced};
-use smtp_core::delivery::mx::Resolver;
+use smtp_core::delivery::direct::{Connector, Decided, DirectOptions, deliver_batch, plan_domain};
+use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
+use smtp_core::{Envelope, RecipientStatus};
+use tokio::sync::Semaphore;
 
-use super::{Runner, address};
+use super::{Runner, address, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
-use crate::store::{Attempt, Claimed, Outcome};
+use crate::store::{Attempt, Claimed, Lease, Outcome, RecipientId};
 use crate::verdict::{Verdict, verdict};
 
 /// What direct delivery needs: DNS, connections, and the options.
@@ -33,223 +38,437 @@ pub(crate) struct Direct {
     pub(crate) options: DirectOptions,
 }
 
-/// The back-off key of a recipient domain.
-pub(crate) fn destination(domain: &str) -> String {
-    format!("direct:{}", domain.to_ascii_lowercase())
+/// The destination key of a plan: its MX host names, sorted (`mx:a,b`).
+/// Domains whose mail goes to the same hosts share it.
+pub fn mx_destination(plan: &MxPlan) -> String {
+    let mut hosts: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    format!("mx:{}", hosts.join(","))
 }
 
-fn earliest(a: Option<SystemTime>, b: SystemTime) -> Option<SystemTime> {
-    Some(a.map_or(b, |a| a.min(b)))
+/// Message `claimed`'s recipients (positions in `claimed.recipients`) at
+/// one destination.
+struct Unit {
+    claimed: usize,
+    positions: Vec<usize>,
+}
+
+/// Recipient positions by claimed message.
+type Positions = BTreeMap<usize, Vec<usize>>;
+
+/// One session's work: messages to one destination.
+struct Job {
+    destination: String,
+    plan: Arc<MxPlan>,
+    units: Vec<Unit>,
+}
+
+/// What a round shares between its jobs.
+struct Round<'a> {
+    claimed: &'a [Claimed],
+    /// When each message's recipients left unrecorded are due again (a
+    /// destination backed off or held), if later than at once.
+    release_at: Mutex<Vec<Option<SystemTime>>>,
+    /// Sessions per destination.
+    slots: HashMap<String, Arc<Semaphore>>,
+}
+
+impl Round<'_> {
+    fn release_later(&self, claimed: usize, at: SystemTime) {
+        if let Some(slot) = lock(&self.release_at).get_mut(claimed) {
+            *slot = Some(slot.map_or(at, |t| t.min(at)));
+        }
+    }
 }
 
 impl Runner {
-    /// Delivers one claimed message directly and records every outcome.
+    /// Delivers one claimed round directly and records every outcome.
     pub(super) async fn deliver_direct(
         &self,
         direct: &Direct,
-        claimed: Claimed,
+        claimed: Vec<Claimed>,
         stop: &Stop,
     ) -> Result<()> {
-        if stop.is_stopped() {
-            return self.release(&claimed, &claimed.lease, None).await;
-        }
-        let outgoing = match self.outgoing(&claimed).await {
-            Ok(o) => o,
-            Err(why) => {
-                let attempt = Attempt {
-                    text: why,
-                    ..Attempt::default()
-                };
-                let outcomes = claimed
-                    .recipients
-                    .iter()
-                    .map(|r| (r.id, Outcome::Failed(attempt.clone())))
-                    .collect();
-                return self.record(&claimed, &claimed.lease, outcomes).await;
-            }
+        let jobs = if stop.is_stopped() {
+            Vec::new()
+        } else {
+            self.plan_round(direct, &claimed).await?
         };
-        let now = SystemTime::now();
-        // Positions in `claimed.recipients`, by domain (the key
-        // `deliver_traced` groups by).
-        let mut domains: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, to) in outgoing.envelope.to.iter().enumerate() {
-            domains
-                .entry(to.domain().as_str().to_owned())
-                .or_default()
-                .push(i);
+        let per = self.config.per_destination.max(1);
+        let mut slots = HashMap::new();
+        for job in &jobs {
+            slots
+                .entry(job.destination.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(per)));
         }
-        let mut release_at: Option<SystemTime> = None;
-        let mut sending: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (domain, positions) in domains {
-            match self.backed_off_at(&destination(&domain), now).await? {
-                Some(until) => release_at = earliest(release_at, until),
-                None => {
-                    sending.insert(domain, positions);
+        let round = Round {
+            claimed: &claimed,
+            release_at: Mutex::new(vec![None; claimed.len()]),
+            slots,
+        };
+        let results: Vec<Result<()>> = futures_util::stream::iter(jobs)
+            .map(|job| self.run_job(direct, &round, job, stop))
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        // What is left: destinations backed off or held, sessions stopped.
+        let release_at = std::mem::take(&mut *lock(&round.release_at));
+        for (c, at) in claimed.iter().zip(release_at) {
+            self.release(c, &c.lease, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Plans every domain of the round and groups the recipients into
+    /// jobs; what cannot be planned, or whose envelope is broken, is
+    /// recorded here.
+    async fn plan_round(&self, direct: &Direct, claimed: &[Claimed]) -> Result<Vec<Job>> {
+        let mut domains: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        for (c, message) in claimed.iter().enumerate() {
+            for (i, r) in message.recipients.iter().enumerate() {
+                let domain = r
+                    .address
+                    .rsplit_once('@')
+                    .map_or("", |(_, d)| d)
+                    .to_ascii_lowercase();
+                domains.entry(domain).or_default().push((c, i));
+            }
+        }
+        let plans: Vec<(String, std::result::Result<MxPlan, PlanError>)> =
+            futures_util::stream::iter(domains.keys().cloned())
+                .map(|domain| async move {
+                    let plan = plan_domain(
+                        direct.resolver.as_ref(),
+                        &domain,
+                        &direct.options,
+                        &smtp_tls::random_below,
+                    )
+                    .await;
+                    (domain, plan)
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let now = SystemTime::now();
+        // Per destination: the plan and each message's positions.
+        let mut groups: BTreeMap<String, (Arc<MxPlan>, Positions)> = BTreeMap::new();
+        let mut unplanned: BTreeMap<usize, Vec<(RecipientId, Outcome)>> = BTreeMap::new();
+        for (domain, plan) in plans {
+            let members = domains.remove(&domain).unwrap_or_default();
+            match plan {
+                Ok(plan) => {
+                    let key = mx_destination(&plan);
+                    let (_, messages) = groups
+                        .entry(key)
+                        .or_insert_with(|| (Arc::new(plan), BTreeMap::new()));
+                    for (c, i) in members {
+                        messages.entry(c).or_default().push(i);
+                    }
+                }
+                Err(e) => {
+                    let attempt = Attempt {
+                        text: e.to_string(),
+                        ..Attempt::default()
+                    };
+                    for (c, i) in members {
+                        let message = &claimed[c];
+                        let id = message.recipients[i].id;
+                        let outcome = if e.is_permanent() {
+                            Outcome::Failed(attempt.clone())
+                        } else {
+                            self.retry(message, id, attempt.clone(), now)
+                        };
+                        unplanned.entry(c).or_default().push((id, outcome));
+                    }
                 }
             }
         }
-        let mut lease = claimed.lease.clone();
-        if !sending.is_empty() {
-            let envelope = Envelope {
-                to: sending
-                    .values()
-                    .flatten()
-                    .filter_map(|&i| outgoing.envelope.to.get(i).cloned())
-                    .collect(),
-                ..outgoing.envelope.clone()
-            };
-            for domain in sending.keys() {
-                self.emit(&RunEvent::Connecting {
-                    destination: destination(domain),
-                    messages: 1,
+        for (c, outcomes) in unplanned {
+            self.record(&claimed[c], &claimed[c].lease, outcomes)
+                .await?;
+        }
+        let per = self.config.per_connection.max(1);
+        let mut jobs: Vec<Vec<Job>> = Vec::new();
+        for (key, (plan, messages)) in groups {
+            let mut units: Vec<Unit> = messages
+                .into_iter()
+                .map(|(claimed, mut positions)| {
+                    positions.sort_unstable();
+                    Unit { claimed, positions }
+                })
+                .collect();
+            let mut chunks = Vec::new();
+            while !units.is_empty() {
+                let rest = units.split_off(units.len().min(per));
+                chunks.push(Job {
+                    destination: key.clone(),
+                    plan: plan.clone(),
+                    units,
                 });
+                units = rest;
             }
-            let shared = SharedBody::new(outgoing.body);
-            let body = move || -> io::Result<Box<dyn BodySource>> { Ok(Box::new(shared.clone())) };
-            let pick = |n: usize| smtp_tls::random_below(n);
-            let send = deliver_traced(
-                direct.resolver.as_ref(),
+            jobs.push(chunks);
+        }
+        // Round robin over destinations, so that one destination's many
+        // sessions do not hold every slot waiting for their own.
+        let mut order = Vec::new();
+        let mut lanes: Vec<std::vec::IntoIter<Job>> =
+            jobs.into_iter().map(Vec::into_iter).collect();
+        while !lanes.is_empty() {
+            lanes.retain_mut(|lane| lane.next().map(|job| order.push(job)).is_some());
+        }
+        Ok(order)
+    }
+
+    /// One session to a destination: its messages, each recorded as it
+    /// settles, the rest when the session is over.
+    async fn run_job(
+        &self,
+        direct: &Direct,
+        round: &Round<'_>,
+        job: Job,
+        stop: &Stop,
+    ) -> Result<()> {
+        let Some(slot) = round.slots.get(&job.destination) else {
+            return Ok(());
+        };
+        let Ok(_permit) = slot.acquire().await else {
+            return Ok(());
+        };
+        if stop.is_stopped() {
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        if let Some(until) = self.backed_off_at(&job.destination, now).await? {
+            for unit in &job.units {
+                round.release_later(unit.claimed, until);
+            }
+            return Ok(());
+        }
+        // Envelopes and bodies: a message that cannot be read fails alone.
+        let mut units = Vec::with_capacity(job.units.len());
+        let mut envelopes = Vec::with_capacity(job.units.len());
+        let mut bodies: Vec<Box<dyn BodySource>> = Vec::with_capacity(job.units.len());
+        for unit in job.units {
+            let claimed = &round.claimed[unit.claimed];
+            match self.envelope(claimed, &unit.positions).await {
+                Ok((envelope, body)) => {
+                    envelopes.push(envelope);
+                    bodies.push(body);
+                    units.push(unit);
+                }
+                Err(why) => {
+                    let attempt = Attempt {
+                        text: why,
+                        ..Attempt::default()
+                    };
+                    let outcomes = unit
+                        .positions
+                        .iter()
+                        .map(|&i| (claimed.recipients[i].id, Outcome::Failed(attempt.clone())))
+                        .collect();
+                    self.record(claimed, &claimed.lease, outcomes).await?;
+                }
+            }
+        }
+        if units.is_empty() {
+            return Ok(());
+        }
+        let mut leases: Vec<Lease> = units
+            .iter()
+            .map(|u| round.claimed[u.claimed].lease.clone())
+            .collect();
+        // A round's later sessions start late: renew what is half spent.
+        let mut recorded = vec![false; units.len()];
+        let half = now + self.config.lease / 2;
+        if leases.iter().any(|l| l.until < half) {
+            self.renew(&mut leases, &recorded).await;
+        }
+        self.emit(&RunEvent::Connecting {
+            destination: job.destination.clone(),
+            messages: units.len(),
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Decided>)>();
+        let report = {
+            let mut settled = |k: usize, decided: &[Decided]| {
+                let _ = tx.send((k, decided.to_vec()));
+            };
+            let send = deliver_batch(
                 direct.connector.as_ref(),
-                &envelope,
-                &body,
+                &job.plan,
+                &envelopes,
+                &mut bodies,
                 &direct.options,
-                &pick,
                 &|_| {},
+                &mut settled,
             );
             tokio::pin!(send);
             let every = self.config.lease / 3;
             let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let abandon = self.abandoned(stop);
             tokio::pin!(abandon);
-            let reports = loop {
+            loop {
                 tokio::select! {
-                    reports = &mut send => break Some(reports),
-                    _ = renew.tick() => {
-                        let now = SystemTime::now();
-                        match self.store.renew(&lease, now + self.config.lease, now).await {
-                            Ok(l) => lease = l,
-                            Err(e) => tracing::warn!(message = %lease.message, error = %e, "lease not renewed"),
+                    report = &mut send => break Some(report),
+                    Some((k, decided)) = rx.recv() => {
+                        if let (Some(unit), Some(lease)) = (units.get(k), leases.get(k)) {
+                            let claimed = &round.claimed[unit.claimed];
+                            let outcomes = self.settle(claimed, unit, &decided, &job.plan, false);
+                            self.record(claimed, lease, outcomes.recorded).await?;
+                            recorded[k] = true;
                         }
                     }
+                    _ = renew.tick() => self.renew(&mut leases, &recorded).await,
                     () = &mut abandon => break None,
                 }
+            }
+        };
+        drop(tx);
+        // Settled before the session ended, not yet taken from the channel.
+        while let Ok((k, decided)) = rx.try_recv() {
+            if let (Some(unit), Some(lease)) = (units.get(k), leases.get(k)) {
+                let claimed = &round.claimed[unit.claimed];
+                let outcomes = self.settle(claimed, unit, &decided, &job.plan, false);
+                self.record(claimed, lease, outcomes.recorded).await?;
+                recorded[k] = true;
+            }
+        }
+        let Some(report) = report else {
+            tracing::warn!(destination = %job.destination,
+                "stopped: a session did not finish in time; what it had not settled is released");
+            return Ok(());
+        };
+        let delivered_any = report
+            .messages
+            .iter()
+            .flatten()
+            .any(|d| d.outcome.status == RecipientStatus::Accepted);
+        if delivered_any {
+            self.store.clear_backoff(&job.destination).await?;
+        }
+        let mut hold: Option<String> = None;
+        let mut ended: Option<String> = None;
+        for (k, decided) in report.messages.iter().enumerate() {
+            let (Some(unit), Some(lease)) = (units.get(k), leases.get(k)) else {
+                continue;
             };
-            let Some(reports) = reports else {
-                tracing::warn!(message = %lease.message,
-                    "stopped: direct delivery did not finish in time; the message is released");
-                return self.release(&claimed, &lease, None).await;
-            };
-            let mut outcomes = Vec::new();
-            for report in reports {
-                let Some(positions) = sending.get(&report.domain) else {
+            if recorded[k] {
+                continue;
+            }
+            let claimed = &round.claimed[unit.claimed];
+            let outcomes = self.settle(claimed, unit, decided, &job.plan, delivered_any);
+            hold = hold.or(outcomes.hold);
+            ended = ended.or(outcomes.ended);
+            if !outcomes.recorded.is_empty() {
+                self.record(claimed, lease, outcomes.recorded).await?;
+            }
+        }
+        let now = SystemTime::now();
+        let until = if let Some(reason) = hold {
+            Some(self.hold_at(&job.destination, &reason, now).await?)
+        } else if let (false, Some(reason)) = (delivered_any, ended) {
+            // Nothing got through: say why, in the words that help.
+            let reason = report
+                .diagnosis
+                .as_ref()
+                .map_or(reason, ToString::to_string);
+            self.back_off_at(&job.destination, &reason, now).await?;
+            None
+        } else {
+            None
+        };
+        if let Some(until) = until {
+            for unit in &units {
+                round.release_later(unit.claimed, until);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each recipient of `unit` classified. A session that ended before
+    /// reaching a recipient's data is released for a prompt retry when the
+    /// session delivered something (`progress`), otherwise retried on the
+    /// schedule; a configuration or policy fault holds the destination.
+    fn settle(
+        &self,
+        claimed: &Claimed,
+        unit: &Unit,
+        decided: &[Decided],
+        plan: &MxPlan,
+        progress: bool,
+    ) -> Settled {
+        let now = SystemTime::now();
+        let fallback = plan.hosts.first().map_or("", |h| h.name.as_str());
+        let mut out = Settled::default();
+        for (&i, d) in unit.positions.iter().zip(decided) {
+            let id = claimed.recipients[i].id;
+            let host = d.host.as_deref().unwrap_or(fallback);
+            let outcome = match verdict(&d.outcome, host, d.tls.as_ref()) {
+                Verdict::Delivered(a) => Outcome::Delivered(a),
+                Verdict::Failed(a) => Outcome::Failed(a),
+                Verdict::Retry { attempt, unknown } => {
+                    if unknown {
+                        let recipient = address(claimed, id);
+                        tracing::warn!(message = %claimed.lease.message, %recipient,
+                            "the reply to the end of data was lost; deferred, a retry may deliver it twice");
+                        self.emit(&RunEvent::OutcomeUnknown {
+                            message: claimed.lease.message.clone(),
+                            recipient,
+                        });
+                    }
+                    self.retry(claimed, id, attempt, now)
+                }
+                Verdict::SessionEnded(a) if progress => {
+                    // Released: due again at once, on a new connection.
+                    out.ended.get_or_insert(a.text);
                     continue;
-                };
-                let dest = destination(&report.domain);
-                let host = report.host.clone().unwrap_or_else(|| report.domain.clone());
-                let verdicts: Vec<(usize, Verdict)> = positions
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &i)| {
-                        let v = report.outcomes.get(k).map_or_else(
-                            || Verdict::Retry {
-                                attempt: Attempt {
-                                    text: "no outcome for this recipient".into(),
-                                    host: Some(host.clone()),
-                                    ..Attempt::default()
-                                },
-                                unknown: true,
-                            },
-                            |o| verdict(o, &host, report.tls.as_ref()),
-                        );
-                        (i, v)
-                    })
-                    .collect();
-                let delivered_any = verdicts
-                    .iter()
-                    .any(|(_, v)| matches!(v, Verdict::Delivered(_)));
-                if delivered_any {
-                    self.store.clear_backoff(&dest).await?;
                 }
-                let now = SystemTime::now();
-                let mut hold: Option<String> = None;
-                let mut ended: Option<String> = None;
-                for (i, v) in verdicts {
-                    let Some(r) = claimed.recipients.get(i) else {
-                        continue;
-                    };
-                    let outcome = match v {
-                        Verdict::Delivered(a) => Outcome::Delivered(a),
-                        Verdict::Failed(a) => Outcome::Failed(a),
-                        Verdict::Retry { attempt, unknown } => {
-                            if unknown {
-                                let recipient = address(&claimed, r.id);
-                                tracing::warn!(message = %claimed.lease.message, %recipient,
-                                    "the reply to the end of data was lost; deferred, a retry may deliver it twice");
-                                self.emit(&RunEvent::OutcomeUnknown {
-                                    message: claimed.lease.message.clone(),
-                                    recipient,
-                                });
-                            }
-                            self.retry(&claimed, r.id, attempt, now)
-                        }
-                        // Every host of the domain was tried: not reached.
-                        Verdict::SessionEnded(a) => {
-                            ended.get_or_insert(a.text.clone());
-                            self.retry(&claimed, r.id, a, now)
-                        }
-                        Verdict::Hold(a) => {
-                            hold.get_or_insert(a.text);
-                            continue;
-                        }
-                    };
-                    outcomes.push((r.id, outcome));
+                Verdict::SessionEnded(a) => {
+                    out.ended.get_or_insert(a.text.clone());
+                    self.retry(claimed, id, a, now)
                 }
-                if let Some(reason) = hold {
-                    let until = self.hold_at(&dest, &reason, now).await?;
-                    release_at = earliest(release_at, until);
-                } else if let (false, Some(reason)) = (delivered_any, &ended) {
-                    self.back_off_at(&dest, reason, now).await?;
+                Verdict::Hold(a) => {
+                    out.hold.get_or_insert(a.text);
+                    continue;
                 }
-            }
-            if !outcomes.is_empty() {
-                self.record(&claimed, &lease, outcomes).await?;
-            }
+            };
+            out.recorded.push((id, outcome));
         }
-        // What is left: domains backed off or held.
-        self.release(&claimed, &lease, release_at).await
+        out
+    }
+
+    /// Message `claimed`'s envelope for the recipients at `positions`, and
+    /// its body from the spool.
+    async fn envelope(
+        &self,
+        claimed: &Claimed,
+        positions: &[usize],
+    ) -> std::result::Result<(Envelope, Box<dyn BodySource>), String> {
+        let mut envelope = self.envelope_of(claimed)?;
+        envelope.to = positions
+            .iter()
+            .filter_map(|&i| envelope.to.get(i).cloned())
+            .collect();
+        let body = self
+            .store
+            .open_body(&claimed.lease.message)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((envelope, body))
     }
 }
 
-/// One opened body shared by a message's sessions (one at a time per
-/// domain); each new reader starts from the first byte.
-#[derive(Clone)]
-struct SharedBody {
-    inner: Arc<tokio::sync::Mutex<Box<dyn BodySource>>>,
-    fresh: bool,
-}
-
-impl SharedBody {
-    fn new(body: Box<dyn BodySource>) -> Self {
-        Self {
-            inner: Arc::new(tokio::sync::Mutex::new(body)),
-            fresh: true,
-        }
-    }
-}
-
-#[async_trait]
-impl BodySource for SharedBody {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut body = self.inner.lock().await;
-        if self.fresh {
-            body.rewind().await?;
-            self.fresh = false;
-        }
-        body.read(buf).await
-    }
-
-    async fn rewind(&mut self) -> io::Result<()> {
-        self.fresh = false;
-        self.inner.lock().await.rewind().await
-    }
+/// A unit's recipients classified.
+#[derive(Default)]
+struct Settled {
+    /// Outcomes to record now.
+    recorded: Vec<(RecipientId, Outcome)>,
+    /// A configuration or policy fault: hold the destination.
+    hold: Option<String>,
+    /// The session ended before some recipient's data.
+    ended: Option<String>,
 }

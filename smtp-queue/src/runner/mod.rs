@@ -29,6 +29,7 @@ use smtp_core::data::BodyType;
 use smtp_tls::{Outgoing, Server};
 
 mod direct;
+pub use self::direct::mx_destination;
 mod record;
 mod relay;
 
@@ -52,6 +53,8 @@ pub struct RunnerConfig {
     pub per_connection: usize,
     /// Sessions at once, at most.
     pub concurrency: usize,
+    /// Sessions at once to one destination (direct delivery), at most.
+    pub per_destination: usize,
     /// The recipients' retry schedule.
     pub schedule: Schedule,
     /// The destination's back-off schedule (counted in failures).
@@ -69,6 +72,7 @@ impl Default for RunnerConfig {
             claim: 200,
             per_connection: 100,
             concurrency: 4,
+            per_destination: 2,
             schedule: Schedule::default(),
             backoff: Schedule::default(),
             stop_grace: Duration::from_secs(10),
@@ -99,6 +103,18 @@ impl RunnerConfig {
     #[must_use]
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+    /// Sets the sessions at once to one destination (at least 1).
+    #[must_use]
+    pub fn with_per_destination(mut self, n: usize) -> Self {
+        self.per_destination = n.max(1);
+        self
+    }
+    /// Sets the messages claimed per round (at least 1).
+    #[must_use]
+    pub fn with_claim(mut self, n: u32) -> Self {
+        self.claim = n.max(1);
         self
     }
     /// Sets the grace a session gets after a stop.
@@ -181,8 +197,9 @@ impl Runner {
 
     /// A runner delivering directly to each recipient domain's mail
     /// servers (MX records through `resolver`, connections through
-    /// `connector`, one session per domain and message). Each domain is
-    /// its own destination for back-off and holds: `direct:DOMAIN`.
+    /// `connector`). Domains served by the same MX hosts are one
+    /// destination, for sessions, back-off and holds: `mx:HOST[,HOST…]`
+    /// ([`mx_destination`]).
     pub fn direct(
         store: Arc<dyn Store>,
         resolver: Arc<dyn smtp_core::delivery::mx::Resolver>,
@@ -246,6 +263,10 @@ impl Runner {
                 .await?;
             if claimed.is_empty() {
                 break;
+            }
+            if let Mode::Direct(direct) = &self.mode {
+                self.deliver_direct(direct, claimed, stop).await?;
+                continue;
             }
             let batches = batches(claimed, self.config.per_connection);
             let results: Vec<Result<()>> = futures_util::stream::iter(batches)
@@ -324,6 +345,17 @@ impl Runner {
         &self,
         claimed: &Claimed,
     ) -> std::result::Result<Outgoing, String> {
+        let envelope = self.envelope_of(claimed)?;
+        let body = self
+            .store
+            .open_body(&claimed.lease.message)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Outgoing { envelope, body })
+    }
+
+    /// The message's envelope, every claimed recipient in claimed order.
+    pub(super) fn envelope_of(&self, claimed: &Claimed) -> std::result::Result<Envelope, String> {
         let from = ReversePath::parse(claimed.from.trim_start_matches('<').trim_end_matches('>'))
             .or_else(|_| ReversePath::parse(&claimed.from))
             .map_err(|e| format!("sender {:?}: {e}", claimed.from))?;
@@ -342,12 +374,7 @@ impl Runner {
             })
             .with_size(claimed.body_size);
         envelope.require_tls = claimed.options.require_tls;
-        let body = self
-            .store
-            .open_body(&claimed.lease.message)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Outgoing { envelope, body })
+        Ok(envelope)
     }
 }
 

@@ -17,14 +17,8 @@ use crate::verdict::Verdict;
 impl Runner {
     /// Sends one batch on one session and records every outcome.
     pub(super) async fn deliver(&self, batch: Vec<Claimed>, stop: &Stop) -> Result<()> {
-        let relay = match &self.mode {
-            Mode::Relay(relay) => relay,
-            Mode::Direct(direct) => {
-                for claimed in batch {
-                    self.deliver_direct(direct, claimed, stop).await?;
-                }
-                return Ok(());
-            }
+        let Mode::Relay(relay) = &self.mode else {
+            return self.release_all(&batch, None).await;
         };
         let now = SystemTime::now();
         if stop.is_stopped() {

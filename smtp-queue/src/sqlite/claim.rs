@@ -27,9 +27,13 @@ pub(super) async fn claim_due(
     let until = now + lease;
     let until_ms = millis(until)?;
     let mut tx = store.begin(doing).await?;
+    // Oldest first by the second, and within a second by recipient
+    // domain: a claim of a bulk enqueue then holds runs of messages to
+    // the same domain, which direct delivery sends on shared sessions.
     let ids: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT message_id FROM recipients WHERE {DUE} GROUP BY message_id
-         ORDER BY MIN(CASE WHEN state = 'delivering' THEN lease_until_ms ELSE next_attempt_ms END), message_id
+         ORDER BY MIN(CASE WHEN state = 'delivering' THEN lease_until_ms ELSE next_attempt_ms END) / 1000,
+                  MIN(lower(substr(address, instr(address, '@') + 1))), message_id
          LIMIT $2"
     ))
     .bind(now_ms)
