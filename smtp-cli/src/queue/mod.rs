@@ -252,7 +252,8 @@ pub(crate) async fn send(
             break Ended::Interrupted;
         }
         let mut waiting: Option<SystemTime> = None;
-        for id in &ids {
+        let unsettled = lock(&live).unsettled();
+        for id in &unsettled {
             let info = store.show(id).await.map_err(queue_error)?;
             for r in info.recipients.iter().filter(|r| !r.state.is_final()) {
                 waiting = Some(waiting.map_or(r.next_attempt, |w| w.min(r.next_attempt)));

@@ -108,6 +108,16 @@ impl Live {
         }
     }
 
+    /// The messages with a recipient this run has not seen become final
+    /// (the store has the truth: another runner may have settled them).
+    pub(super) fn unsettled(&self) -> Vec<MessageId> {
+        self.messages
+            .iter()
+            .filter(|(_, (_, slots))| slots.iter().any(Option::is_none))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub(super) fn event(&mut self, event: &RunEvent) {
         warn(event);
         let RunEvent::Recorded {
