@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use smtp_core::delivery::BodySource;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -16,6 +17,8 @@ use crate::store::{Body, MessageId};
 
 /// The chunk bodies are copied in: memory use does not grow with a body.
 const CHUNK: usize = 64 * 1024;
+/// Bodies written at once by [`Spool::write_all`].
+const WRITERS: usize = 32;
 
 /// A body as written: its size and digest (lower-case hex SHA-256).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,26 +61,66 @@ impl Spool {
         self.bodies.join(id.as_str())
     }
 
-    /// Streams `body` into message `id`'s file: temporary file, fsync,
-    /// rename, fsync of the directory. On failure nothing is left behind.
-    pub(crate) async fn write(&self, id: &MessageId, body: Body) -> Result<Written> {
+    /// Streams each body into its message's file: temporary file, fsync,
+    /// rename; up to [`WRITERS`] at once (concurrent fsyncs share the
+    /// file system's journal commits), then one fsync of the directory for
+    /// them all. Either every body is in place and on disk, or none is.
+    pub(crate) async fn write_all(&self, bodies: Vec<(MessageId, Body)>) -> Result<Vec<Written>> {
+        let placed: Vec<(PathBuf, Result<Written>)> = futures_util::stream::iter(bodies)
+            .map(|(id, body)| async move {
+                let path = self.path(&id);
+                let result = self.place(&id, &path, body).await;
+                (path, result)
+            })
+            .buffered(WRITERS)
+            .collect()
+            .await;
+        let undo = |placed: &[(PathBuf, Result<Written>)]| {
+            let paths: Vec<PathBuf> = placed
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(p, _)| p.clone())
+                .collect();
+            async move {
+                for path in paths {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+            }
+        };
+        if let Some(i) = placed.iter().position(|(_, r)| r.is_err()) {
+            undo(&placed).await;
+            let mut placed = placed;
+            return Err(placed
+                .swap_remove(i)
+                .1
+                .err()
+                .unwrap_or_else(|| Error::Misuse("a failed body write without its error".into())));
+        }
+        if placed.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Err(e) = sync_dir(&self.bodies).await {
+            undo(&placed).await;
+            return Err(e);
+        }
+        Ok(placed.into_iter().filter_map(|(_, r)| r.ok()).collect())
+    }
+
+    /// Writes `body` to a temporary file, fsyncs it and renames it to
+    /// `path` (not yet durable: the directory is synced by the caller). On
+    /// failure nothing is left behind.
+    async fn place(&self, id: &MessageId, path: &Path, body: Body) -> Result<Written> {
         let tmp = self.tmp.join(format!("{id}.tmp"));
-        let result = self.write_tmp(&tmp, body).await;
-        let written = match result {
+        let written = match self.write_tmp(&tmp, body).await {
             Ok(w) => w,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e);
             }
         };
-        let path = self.path(id);
-        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+        if let Err(e) = tokio::fs::rename(&tmp, path).await {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Error::io("moving a body file into place", &path, e));
-        }
-        if let Err(e) = sync_dir(&self.bodies).await {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(e);
+            return Err(Error::io("moving a body file into place", path, e));
         }
         Ok(written)
     }

@@ -99,7 +99,8 @@ pub(super) async fn enqueue(
     for message in &batch {
         check_envelope(message)?;
     }
-    let mut written: Vec<Spooled> = Vec::with_capacity(batch.len());
+    let mut envelopes = Vec::with_capacity(batch.len());
+    let mut bodies = Vec::with_capacity(batch.len());
     for message in batch {
         let id = MessageId::generate(now);
         let NewMessage {
@@ -108,20 +109,21 @@ pub(super) async fn enqueue(
             body,
             options,
         } = message;
-        match store.spool.write(&id, body).await {
-            Ok(w) => written.push(Spooled {
-                id,
-                message: Envelope { from, to, options },
-                written: w,
-            }),
-            Err(e) => {
-                for Spooled { id, .. } in &written {
-                    let _ = store.spool.remove(id).await;
-                }
-                return Err(e);
-            }
-        }
+        envelopes.push((id.clone(), Envelope { from, to, options }));
+        bodies.push((id, body));
     }
+    let written: Vec<Spooled> = store
+        .spool
+        .write_all(bodies)
+        .await?
+        .into_iter()
+        .zip(envelopes)
+        .map(|(written, (id, message))| Spooled {
+            id,
+            message,
+            written,
+        })
+        .collect();
     match store.insert_batch(&written, now_ms).await {
         Ok(entries) => {
             store.write_log(&entries);
