@@ -3,8 +3,8 @@
 //! # The contract
 //!
 //! - **Enqueued means on disk.** [`Store::enqueue`] streams each body into
-//!   the spool (temporary file, fsync, rename, fsync of the directory), then
-//!   commits the batch's envelopes in one transaction; only then does it
+//!   the spool (temporary file, fsync, rename; one fsync of the directory
+//!   for the batch), then commits the batch's envelopes in one transaction; only then does it
 //!   return ids. A failure (unwritable or full spool, a body that does not
 //!   read) leaves nothing of the batch behind.
 //! - **A body is stored once per message** and streamed in and out, never
@@ -37,7 +37,31 @@
 //!          outcomes.jsonl  (one line per change, after the commit)
 //! ```
 //!
-//! # Example
+//! # Delivering
+//!
+//! [`Runner`] does the claiming, sending and recording: [`Runner::new`]
+//! through a relay, [`Runner::direct`] to each domain's MX hosts, grouped
+//! by destination. [`Runner::run_due`] delivers what is due and returns;
+//! [`Runner::watch`] keeps going until a [`Stop`]; an observer sees each
+//! [`RunEvent`] as it happens. `examples/deliver.rs` is a runnable whole
+//! (`cargo run -p smtp-queue --example deliver`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use smtp_queue::{Runner, RunnerConfig, SqliteStore, Stop};
+//!
+//! # async fn run() -> Result<(), smtp_queue::Error> {
+//! let store = Arc::new(SqliteStore::open("/var/spool/smtp-queue").await?);
+//! let relay = smtp_tls::Server::new("smtp.example.com", 587);
+//! let runner = Runner::new(store, relay, RunnerConfig::default())
+//!     .with_observer(|event| println!("{event:?}"));
+//! let summary = runner.run_due(&Stop::new()).await?;
+//! println!("{} delivered, {} deferred", summary.delivered, summary.deferred);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The store on its own
 //!
 //! ```no_run
 //! use std::time::{Duration, SystemTime};
