@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -17,6 +18,8 @@ use crate::store::{Body, MessageId};
 
 /// The chunk bodies are copied in: memory use does not grow with a body.
 const CHUNK: usize = 64 * 1024;
+/// A batch's inline bodies are held until its commit: at most this much.
+const INLINE_BUDGET: usize = 16 * 1024 * 1024;
 /// Bodies written at once by [`Spool::write_all`].
 const WRITERS: usize = 32;
 
@@ -29,19 +32,34 @@ pub(crate) struct Written {
     pub(crate) sha256: String,
 }
 
+/// A body as stored by [`Spool::write_all`].
+#[derive(Debug)]
+pub(crate) struct Stored {
+    /// Its size and digest.
+    pub(crate) written: Written,
+    /// The body itself, to commit inline; `None`: it is in its file.
+    pub(crate) inline: Option<Vec<u8>>,
+}
+
 /// The body files of a spool directory.
 #[derive(Clone, Debug)]
 pub(crate) struct Spool {
     bodies: PathBuf,
     tmp: PathBuf,
+    /// Bodies up to this size are committed inline with their envelope
+    /// (one fsync for a whole batch instead of two per message); larger
+    /// ones are streamed to files.
+    inline_max: usize,
 }
 
 impl Spool {
-    /// Uses (creating if needed) `bodies/` and `tmp/` under `dir`.
-    pub(crate) async fn open(dir: &Path) -> Result<Self> {
+    /// Uses (creating if needed) `bodies/` and `tmp/` under `dir`; bodies
+    /// up to `inline_max` octets are returned to be committed inline.
+    pub(crate) async fn open(dir: &Path, inline_max: usize) -> Result<Self> {
         let spool = Self {
             bodies: dir.join("bodies"),
             tmp: dir.join("tmp"),
+            inline_max,
         };
         for d in [&spool.bodies, &spool.tmp] {
             tokio::fs::create_dir_all(d)
@@ -61,34 +79,37 @@ impl Spool {
         self.bodies.join(id.as_str())
     }
 
-    /// Streams each body into its message's file: temporary file, fsync,
-    /// rename; up to [`WRITERS`] at once (concurrent fsyncs share the
-    /// file system's journal commits), then one fsync of the directory for
-    /// them all. Either every body is in place and on disk, or none is.
-    pub(crate) async fn write_all(&self, bodies: Vec<(MessageId, Body)>) -> Result<Vec<Written>> {
-        let placed: Vec<(PathBuf, Result<Written>)> = futures_util::stream::iter(bodies)
+    /// Stores each body: one of at most `inline_max` octets is returned
+    /// to be committed inline with its envelope (while the batch's inline
+    /// bodies stay within [`INLINE_BUDGET`]); a larger one is streamed into
+    /// its message's file: temporary file, fsync, rename. Up to [`WRITERS`]
+    /// at once (concurrent fsyncs share the file system's journal commits),
+    /// then one fsync of the directory for them all. Either every body is
+    /// in place and on disk (or in hand, for the commit), or none is.
+    pub(crate) async fn write_all(&self, bodies: Vec<(MessageId, Body)>) -> Result<Vec<Stored>> {
+        let budget = AtomicUsize::new(INLINE_BUDGET);
+        let budget = &budget;
+        let placed: Vec<(PathBuf, Result<Stored>)> = futures_util::stream::iter(bodies)
             .map(|(id, body)| async move {
                 let path = self.path(&id);
-                let result = self.place(&id, &path, body).await;
+                let result = self.place(&id, &path, body, budget).await;
                 (path, result)
             })
             .buffered(WRITERS)
             .collect()
             .await;
-        let undo = |placed: &[(PathBuf, Result<Written>)]| {
-            let paths: Vec<PathBuf> = placed
-                .iter()
-                .filter(|(_, r)| r.is_ok())
-                .map(|(p, _)| p.clone())
-                .collect();
-            async move {
-                for path in paths {
-                    let _ = tokio::fs::remove_file(&path).await;
-                }
+        let files: Vec<PathBuf> = placed
+            .iter()
+            .filter(|(_, r)| matches!(r, Ok(s) if s.inline.is_none()))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let undo = |files: Vec<PathBuf>| async move {
+            for path in files {
+                let _ = tokio::fs::remove_file(&path).await;
             }
         };
         if let Some(i) = placed.iter().position(|(_, r)| r.is_err()) {
-            undo(&placed).await;
+            undo(files).await;
             let mut placed = placed;
             return Err(placed
                 .swap_remove(i)
@@ -96,22 +117,57 @@ impl Spool {
                 .err()
                 .unwrap_or_else(|| Error::Misuse("a failed body write without its error".into())));
         }
-        if placed.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Err(e) = sync_dir(&self.bodies).await {
-            undo(&placed).await;
-            return Err(e);
+        if !files.is_empty() {
+            if let Err(e) = sync_dir(&self.bodies).await {
+                undo(files).await;
+                return Err(e);
+            }
         }
         Ok(placed.into_iter().filter_map(|(_, r)| r.ok()).collect())
     }
 
-    /// Writes `body` to a temporary file, fsyncs it and renames it to
-    /// `path` (not yet durable: the directory is synced by the caller). On
-    /// failure nothing is left behind.
-    async fn place(&self, id: &MessageId, path: &Path, body: Body) -> Result<Written> {
+    /// Reads `body`; kept in hand when it is small and the budget allows,
+    /// else written to a temporary file, fsynced and renamed to `path` (not
+    /// yet durable: the directory is synced by the caller). On failure
+    /// nothing is left behind.
+    async fn place(
+        &self,
+        id: &MessageId,
+        path: &Path,
+        body: Body,
+        budget: &AtomicUsize,
+    ) -> Result<Stored> {
+        let mut reader = Reader::open(body).await?;
+        // One octet more than an inline body may have tells which it is.
+        let mut head = Vec::new();
+        let mut buf = vec![0u8; CHUNK];
+        while head.len() <= self.inline_max {
+            let want = (self.inline_max + 1 - head.len()).min(CHUNK);
+            let n = reader.read(&mut buf[..want]).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let small = self.inline_max > 0 && head.len() <= self.inline_max;
+        if small
+            && budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(head.len())
+                })
+                .is_ok()
+        {
+            let written = Written {
+                size: head.len() as u64,
+                sha256: digest(&head),
+            };
+            return Ok(Stored {
+                written,
+                inline: Some(head),
+            });
+        }
         let tmp = self.tmp.join(format!("{id}.tmp"));
-        let written = match self.write_tmp(&tmp, body).await {
+        let written = match write_tmp(&tmp, head, &mut reader, &mut buf).await {
             Ok(w) => w,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
@@ -122,65 +178,9 @@ impl Spool {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(Error::io("moving a body file into place", path, e));
         }
-        Ok(written)
-    }
-
-    async fn write_tmp(&self, tmp: &Path, body: Body) -> Result<Written> {
-        let io_err = |doing: &str| {
-            let doing = doing.to_owned();
-            move |e| Error::io(doing, tmp, e)
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .await
-            .map_err(io_err("creating a body file"))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        match body {
-            Body::Source(mut source) => loop {
-                let n = source
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| Error::io("reading the message body", tmp, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                size += n as u64;
-                file.write_all(&buf[..n])
-                    .await
-                    .map_err(io_err("writing a body file"))?;
-            },
-            Body::File(path) => {
-                let mut from = tokio::fs::File::open(&path)
-                    .await
-                    .map_err(|e| Error::io("opening the message body", &path, e))?;
-                loop {
-                    let n = from
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| Error::io("reading the message body", &path, e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    size += n as u64;
-                    file.write_all(&buf[..n])
-                        .await
-                        .map_err(io_err("writing a body file"))?;
-                }
-            }
-        }
-        file.flush().await.map_err(io_err("writing a body file"))?;
-        file.sync_all()
-            .await
-            .map_err(io_err("syncing a body file to disk"))?;
-        Ok(Written {
-            size,
-            sha256: hex(&hasher.finalize()),
+        Ok(Stored {
+            written,
+            inline: None,
         })
     }
 
@@ -253,6 +253,85 @@ impl Spool {
     }
 }
 
+/// Where a body to store is read from.
+enum Reader {
+    Source(Box<dyn BodySource>),
+    File(tokio::fs::File, PathBuf),
+}
+
+impl Reader {
+    async fn open(body: Body) -> Result<Self> {
+        Ok(match body {
+            Body::Source(source) => Self::Source(source),
+            Body::File(path) => {
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| Error::io("opening the message body", &path, e))?;
+                Self::File(file, path)
+            }
+        })
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        match self {
+            Self::Source(source) => source
+                .read(buf)
+                .await
+                .map_err(|e| Error::io("reading the message body", Path::new("(message body)"), e)),
+            Self::File(file, path) => file
+                .read(buf)
+                .await
+                .map_err(|e| Error::io("reading the message body", path.as_path(), e)),
+        }
+    }
+}
+
+/// Writes `head`, then the rest of `reader`, to a new file `tmp` and
+/// fsyncs it.
+async fn write_tmp(
+    tmp: &Path,
+    head: Vec<u8>,
+    reader: &mut Reader,
+    buf: &mut [u8],
+) -> Result<Written> {
+    let io_err = |doing: &str| {
+        let doing = doing.to_owned();
+        move |e| Error::io(doing, tmp, e)
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .await
+        .map_err(io_err("creating a body file"))?;
+    let mut hasher = Sha256::new();
+    hasher.update(&head);
+    let mut size = head.len() as u64;
+    file.write_all(&head)
+        .await
+        .map_err(io_err("writing a body file"))?;
+    drop(head);
+    loop {
+        let n = reader.read(buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        file.write_all(&buf[..n])
+            .await
+            .map_err(io_err("writing a body file"))?;
+    }
+    file.flush().await.map_err(io_err("writing a body file"))?;
+    file.sync_all()
+        .await
+        .map_err(io_err("syncing a body file to disk"))?;
+    Ok(Written {
+        size,
+        sha256: hex(&hasher.finalize()),
+    })
+}
+
 /// A spooled body, streamed; checked against its recorded size and digest
 /// as it is read. A mismatch is an [`io::ErrorKind::InvalidData`] error
 /// where the end would be, so a corrupt body never ends a transaction.
@@ -312,6 +391,11 @@ async fn sync_dir(dir: &Path) -> Result<()> {
     d.sync_all()
         .await
         .map_err(|e| Error::io("syncing the spool directory to disk", dir, e))
+}
+
+/// The lower-case hex SHA-256 of `bytes`.
+pub(crate) fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

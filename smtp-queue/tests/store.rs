@@ -11,7 +11,7 @@ use smtp_core::delivery::{BodySource, MemoryBody};
 use smtp_queue::log::Entry;
 use smtp_queue::{
     Attempt, Body, Error, ListFilter, MessageOptions, NewMessage, Next, Outcome, RecipientState,
-    RetryTarget, Schedule, SqliteStore, Store, TlsFacts,
+    RetryTarget, SCHEMA_VERSION, Schedule, SqliteSettings, SqliteStore, Store, TlsFacts,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -19,6 +19,26 @@ const LEASE: Duration = Duration::from_secs(30);
 /// A fixed origin for the virtual clock, `s` seconds after it.
 fn t(s: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+}
+
+/// A store that keeps every body in a file of its own (no inline bodies).
+async fn files_only(dir: &Path) -> SqliteStore {
+    let mut settings = SqliteSettings::default();
+    settings.inline_bodies = 0;
+    SqliteStore::open_with(dir, settings).await.unwrap()
+}
+
+/// Rows of `message_bodies` (bodies kept inline).
+async fn inline_rows(dir: &Path) -> i64 {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("queue.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM message_bodies")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    n
 }
 
 fn message(to: &[&str], body: &str) -> NewMessage {
@@ -498,7 +518,7 @@ async fn retry_makes_waiting_recipients_due_now_and_clears_backoff() {
 #[tokio::test]
 async fn delete_and_purge_remove_rows_and_body_files() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = files_only(dir.path()).await;
     let ids = store
         .enqueue(
             vec![
@@ -637,7 +657,7 @@ async fn a_batch_that_fails_midway_leaves_nothing_behind() {
 #[tokio::test]
 async fn an_unwritable_spool_fails_the_enqueue_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = files_only(dir.path()).await;
     // Root ignores permission bits, so make the spool's tmp/ a file instead.
     std::fs::remove_dir(dir.path().join("tmp")).unwrap();
     std::fs::write(dir.path().join("tmp"), b"").unwrap();
@@ -713,7 +733,7 @@ async fn a_body_of_many_mebibytes_streams_in_and_out_in_chunks() {
 #[tokio::test]
 async fn a_body_copied_from_a_file_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("spool")).await.unwrap();
+    let store = files_only(&dir.path().join("spool")).await;
     let source = dir.path().join("m.eml");
     std::fs::write(&source, b"Subject: file\r\n\r\nbody\r\n").unwrap();
     let mut m = message(&["a@example.net", "b@example.net", "c@example.net"], "");
@@ -734,7 +754,7 @@ async fn a_body_copied_from_a_file_is_stored_once() {
 #[tokio::test]
 async fn a_missing_or_corrupt_body_is_that_messages_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = files_only(dir.path()).await;
     let ids = store
         .enqueue(
             vec![
@@ -797,7 +817,7 @@ async fn a_schema_from_a_newer_version_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: SCHEMA_VERSION,
                 ..
             }
         ),
@@ -925,4 +945,78 @@ async fn the_outcome_log_has_one_line_per_transition_with_the_facts() {
         6,
         "a refused change is not logged"
     );
+}
+
+#[tokio::test]
+async fn small_bodies_are_committed_inline_and_large_ones_go_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let large_len = 64 * 1024 + 1;
+    let mut large = message(&["b@example.net"], "");
+    large.body = Body::Source(Box::new(Generated {
+        len: large_len,
+        pos: 0,
+    }));
+    let ids = store
+        .enqueue(
+            vec![message(&["a@example.net"], "small body\r\n"), large],
+            t(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(files_in(&dir.path().join("bodies")), 1);
+    assert_eq!(inline_rows(dir.path()).await, 1);
+    let mut small = store.open_body(&ids[0]).await.unwrap();
+    assert_eq!(read_all(&mut *small).await.unwrap(), b"small body\r\n");
+    // Read twice: a second host reads it from its start.
+    small.rewind().await.unwrap();
+    assert_eq!(read_all(&mut *small).await.unwrap(), b"small body\r\n");
+    let mut body = store.open_body(&ids[1]).await.unwrap();
+    assert_eq!(
+        digest(&mut *body).await.unwrap(),
+        digest(&mut Generated {
+            len: large_len,
+            pos: 0
+        })
+        .await
+        .unwrap()
+    );
+    // Deleting a message removes its inline body with it.
+    store.delete(&ids[0], t(1)).await.unwrap();
+    assert_eq!(inline_rows(dir.path()).await, 0);
+}
+
+#[tokio::test]
+async fn a_corrupt_inline_body_is_that_messages_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let ids = store
+        .enqueue(
+            vec![
+                message(&["a@example.net"], "first body\r\n"),
+                message(&["b@example.net"], "second body\r\n"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE message_bodies SET data = $1 WHERE message_id = $2")
+            .bind(&b"first b0dy\r\n"[..])
+            .bind(ids[0].as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let err = store.open_body(&ids[0]).await.err().unwrap();
+    assert!(
+        matches!(&err, Error::Corrupt { message: Some(id), .. } if *id == ids[0]),
+        "{err}"
+    );
+    let mut other = store.open_body(&ids[1]).await.unwrap();
+    assert_eq!(read_all(&mut *other).await.unwrap(), b"second body\r\n");
 }

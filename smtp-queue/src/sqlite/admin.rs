@@ -144,7 +144,7 @@ pub(super) async fn retry(
 pub(super) async fn delete(store: &SqliteStore, id: &MessageId, now: SystemTime) -> Result<()> {
     let doing = "deleting a message";
     let now_ms = millis(now)?;
-    let mut tx = store.begin(doing).await?;
+    let mut tx = store.begin_durable(doing).await?;
     let recipients = store.recipients_of(&mut *tx, id).await?;
     sqlx::query("DELETE FROM recipients WHERE message_id = $1")
         .bind(id.as_str())
@@ -178,7 +178,7 @@ pub(super) async fn purge_finished(
 ) -> Result<Vec<MessageId>> {
     let doing = "purging finished messages";
     let before_ms = millis(before)?;
-    let mut tx = store.begin(doing).await?;
+    let mut tx = store.begin_durable(doing).await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
          AND (r.state NOT IN ('delivered', 'failed', 'expired') OR r.updated_ms >= $1))",

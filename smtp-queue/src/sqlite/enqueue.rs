@@ -4,13 +4,13 @@
 use std::time::SystemTime;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::BodySource;
+use smtp_core::delivery::{BodySource, MemoryBody};
 
 use super::SqliteStore;
 use super::rows::{get, size_of};
 use crate::error::{Error, Result};
 use crate::log::Entry;
-use crate::spool::Written;
+use crate::spool::{Stored, Written};
 use crate::state::RecipientState;
 use crate::store::{MessageId, MessageOptions, NewMessage, RecipientId, millis};
 
@@ -34,14 +34,15 @@ fn check_envelope(message: &NewMessage) -> Result<()> {
 impl SqliteStore {
     async fn insert_batch(&self, batch: &[Spooled], now_ms: i64) -> Result<Vec<Entry>> {
         let doing = "enqueueing";
-        let mut tx = self.begin(doing).await?;
+        let mut tx = self.begin_durable(doing).await?;
         let mut entries = Vec::new();
         for Spooled {
             id,
             message,
-            written,
+            stored,
         } in batch
         {
+            let written = &stored.written;
             let options = serde_json::to_string(&message.options)
                 .map_err(|e| Error::Misuse(format!("the options do not serialize: {e}")))?;
             sqlx::query(
@@ -57,6 +58,14 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| Error::db(doing, e))?;
+            if let Some(data) = &stored.inline {
+                sqlx::query("INSERT INTO message_bodies (message_id, data) VALUES ($1, $2)")
+                    .bind(id.as_str())
+                    .bind(data.as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| Error::db(doing, e))?;
+            }
             for (position, to) in message.to.iter().enumerate() {
                 let rid: i64 = sqlx::query_scalar(
                     "INSERT INTO recipients (message_id, position, address, state, attempts, next_attempt_ms, updated_ms)
@@ -118,10 +127,10 @@ pub(super) async fn enqueue(
         .await?
         .into_iter()
         .zip(envelopes)
-        .map(|(written, (id, message))| Spooled {
+        .map(|(stored, (id, message))| Spooled {
             id,
             message,
-            written,
+            stored,
         })
         .collect();
     match store.insert_batch(&written, now_ms).await {
@@ -139,24 +148,43 @@ pub(super) async fn enqueue(
 }
 
 pub(super) async fn open_body(store: &SqliteStore, id: &MessageId) -> Result<Box<dyn BodySource>> {
-    let row = sqlx::query("SELECT body_size, body_sha256 FROM messages WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_optional(&store.pool)
-        .await
-        .map_err(|e| Error::db("reading a message", e))?
-        .ok_or_else(|| Error::NotFound(id.clone()))?;
+    let row = sqlx::query(
+        "SELECT m.body_size, m.body_sha256, b.data FROM messages m
+         LEFT JOIN message_bodies b ON b.message_id = m.id WHERE m.id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(|e| Error::db("reading a message", e))?
+    .ok_or_else(|| Error::NotFound(id.clone()))?;
     let expected = Written {
         size: size_of(&row)?,
         sha256: get(&row, "body_sha256")?,
     };
-    Ok(Box::new(store.spool.open_body(id, expected).await?))
+    match get::<Option<Vec<u8>>>(&row, "data")? {
+        Some(data) => {
+            let found = Written {
+                size: data.len() as u64,
+                sha256: crate::spool::digest(&data),
+            };
+            if found != expected {
+                return Err(Error::corrupt(
+                    Some(id),
+                    "its body in the database does not match the size and digest recorded at enqueue",
+                ));
+            }
+            Ok(Box::new(MemoryBody::new(data)))
+        }
+        None => Ok(Box::new(store.spool.open_body(id, expected).await?)),
+    }
 }
 
-/// A message whose body is in the spool, its envelope not yet committed.
+/// A message whose body is stored (or in hand, to commit inline), its
+/// envelope not yet committed.
 struct Spooled {
     id: MessageId,
     message: Envelope,
-    written: Written,
+    stored: Stored,
 }
 
 /// A new message's envelope and options, without its body.

@@ -3,15 +3,27 @@
 //!
 //! ```text
 //! <spool>/queue.db         messages, recipients, leases, back-off (+ -wal, -shm)
-//! <spool>/bodies/<id>      one body per message, written before the enqueue commits
+//! <spool>/bodies/<id>      a body over 64 KiB, written before the enqueue commits
+//!                          (smaller ones are rows of `message_bodies`)
 //! <spool>/tmp/             bodies being written (left-overs are swept on open)
 //! <spool>/outcomes.jsonl   the outcome log
 //! ```
 //!
 //! Durability: `journal_mode=WAL` lets readers (`smtp queue list`) run
-//! beside the writer; `synchronous=FULL` fsyncs the WAL at every commit —
-//! under WAL the default `NORMAL` may lose the last commits on power loss,
-//! and "enqueued" has to mean "on disk". Every writing transaction starts
+//! beside the writer. Two connection pools share the file:
+//!
+//! - enqueues, deletes and the schema commit with `synchronous=FULL`, which
+//!   fsyncs the WAL at every commit: "enqueued" has to mean "on disk", and
+//!   a deleted message must not come back;
+//! - the runner's work (claims, outcomes, releases, leases, back-off)
+//!   commits with `synchronous=NORMAL`: the WAL is written at every commit
+//!   (a killed process loses nothing) and fsynced at checkpoints and at
+//!   the next durable commit. A power loss may forget the last outcomes:
+//!   their recipients are delivered again, which at-least-once allows; it
+//!   can never lose a message. This is what lets a runner record thousands
+//!   of outcomes a second instead of one per disk flush.
+//!
+//! Every writing transaction starts
 //! with `BEGIN IMMEDIATE`, taking the write lock first, so two handles (two
 //! runners) on one file wait for each other for up to the busy timeout
 //! instead of failing on a lock upgrade; claims are made under that lock,
@@ -46,7 +58,7 @@ mod rows;
 mod schema;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A recipient is due: waiting and its time has come, or its lease expired.
 pub(super) const DUE: &str = "((state IN ('queued', 'deferred') AND next_attempt_ms <= $1)
@@ -81,6 +93,10 @@ pub struct SqliteSettings {
     /// Left-over temporary and orphaned body files older than this are
     /// removed on open. Default 1 hour.
     pub sweep_after: Duration,
+    /// Bodies up to this many octets are kept in the database, committed
+    /// with their envelope (one disk flush for a whole batch); larger ones
+    /// in files of their own. 0 puts every body in a file. Default 64 KiB.
+    pub inline_bodies: usize,
 }
 
 impl Default for SqliteSettings {
@@ -90,6 +106,7 @@ impl Default for SqliteSettings {
             max_connections: 4,
             log: LogPlace::Spool,
             sweep_after: Duration::from_secs(3600),
+            inline_bodies: 64 * 1024,
         }
     }
 }
@@ -99,7 +116,10 @@ impl Default for SqliteSettings {
 /// through the database's lock and the leases.
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// `synchronous=NORMAL`: the runner's work.
     pool: SqlitePool,
+    /// `synchronous=FULL`: enqueues, deletes, the schema.
+    durable: SqlitePool,
     spool: Spool,
     log: Option<OutcomeLog>,
     db: PathBuf,
@@ -115,7 +135,7 @@ impl SqliteStore {
     /// [`SCHEMA_VERSION`].
     pub async fn open_with(dir: impl AsRef<Path>, settings: SqliteSettings) -> Result<Self> {
         let dir = dir.as_ref();
-        let spool = Spool::open(dir).await?;
+        let spool = Spool::open(dir, settings.inline_bodies).await?;
         let db = dir.join("queue.db");
         let options = SqliteConnectOptions::new()
             .filename(&db)
@@ -124,15 +144,27 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(settings.busy_timeout)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
-            .connect_with(options)
-            .await
-            .map_err(|e| Error::Storage {
-                doing: "opening the queue database".into(),
-                path: Some(db.clone()),
-                source: Box::new(e),
-            })?;
+        let connect = |options: SqliteConnectOptions, max: u32| {
+            let db = db.clone();
+            async move {
+                SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| Error::Storage {
+                        doing: "opening the queue database".into(),
+                        path: Some(db),
+                        source: Box::new(e),
+                    })
+            }
+        };
+        // The durable pool first: it creates the file and sets WAL mode.
+        let durable = connect(options.clone(), 2).await?;
+        let pool = connect(
+            options.synchronous(SqliteSynchronous::Normal),
+            settings.max_connections.max(1),
+        )
+        .await?;
         let log = match &settings.log {
             LogPlace::Spool => Some(OutcomeLog::open(&dir.join("outcomes.jsonl"))?),
             LogPlace::Path(path) => Some(OutcomeLog::open(path)?),
@@ -140,6 +172,7 @@ impl SqliteStore {
         };
         let store = Self {
             pool,
+            durable,
             spool,
             log,
             db,
@@ -162,10 +195,21 @@ impl SqliteStore {
     /// Closes the connections (waiting for those in use).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.durable.close().await;
     }
 
+    /// A writing transaction of the runner's (`synchronous=NORMAL`).
     async fn begin(&self, doing: &str) -> Result<Transaction<'static, Sqlite>> {
         self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db(doing, e))
+    }
+
+    /// A writing transaction whose commit is on disk when it returns
+    /// (`synchronous=FULL`).
+    async fn begin_durable(&self, doing: &str) -> Result<Transaction<'static, Sqlite>> {
+        self.durable
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| Error::db(doing, e))

@@ -1,10 +1,12 @@
-//! The schema (version 1) and its creation on open; a newer schema than
+//! The schema and its migrations, applied on open: a new queue gets
+//! version 1 and every migration; an older one the migrations it lacks,
+//! each in the same transaction as its version row. A newer schema than
 //! this build understands is refused.
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
 
-/// The schema, version 1.
+/// Version 1.
 const SCHEMA: &str = "
 CREATE TABLE messages (
     id          TEXT PRIMARY KEY,
@@ -47,10 +49,22 @@ CREATE TABLE backoff (
 );
 ";
 
+/// The migrations after version 1: `(version, SQL)`, in order.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 2: small bodies inline, committed with their envelope.
+    (
+        2,
+        "CREATE TABLE message_bodies (
+            message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            data       BLOB NOT NULL
+        );",
+    ),
+];
+
 impl SqliteStore {
     pub(super) async fn migrate(&self) -> Result<()> {
         let doing = "creating the queue's schema";
-        let mut tx = self.begin(doing).await?;
+        let mut tx = self.begin_durable(doing).await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&mut *tx)
             .await
@@ -59,17 +73,13 @@ impl SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| Error::db(doing, e))?;
-        match found {
+        let from = match found {
             None => {
                 sqlx::raw_sql(SCHEMA)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| Error::db(doing, e))?;
-                sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                    .bind(SCHEMA_VERSION)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(doing, e))?;
+                1
             }
             Some(found) if found > SCHEMA_VERSION => {
                 return Err(Error::SchemaTooNew {
@@ -78,8 +88,115 @@ impl SqliteStore {
                     supported: SCHEMA_VERSION,
                 });
             }
-            Some(_) => {}
+            Some(found) => found,
+        };
+        let mut version = from;
+        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(doing, e))?;
+            version = *to;
+        }
+        if found != Some(version) {
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(doing, e))?;
         }
         tx.commit().await.map_err(|e| Error::db(doing, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use smtp_core::delivery::MemoryBody;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+
+    use super::*;
+    use crate::store::{Body, MessageId, MessageOptions, NewMessage, Store};
+
+    #[test]
+    fn the_last_migration_is_the_version_this_build_writes() {
+        assert_eq!(
+            MIGRATIONS.last().map_or(1, |(v, _)| *v),
+            SCHEMA_VERSION,
+            "add the migration and raise SCHEMA_VERSION together"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_queue_is_upgraded_on_open_and_keeps_its_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        // A version-1 queue with one message whose body is a file.
+        let body = b"Subject: old\r\n\r\nfrom version 1\r\n";
+        let id = MessageId::generate(SystemTime::now());
+        std::fs::create_dir_all(dir.path().join("bodies")).unwrap();
+        std::fs::write(dir.path().join("bodies").join(id.as_str()), body).unwrap();
+        let mut conn = SqliteConnectOptions::new()
+            .filename(dir.path().join("queue.db"))
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql(SCHEMA).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO messages VALUES ('{id}', 'a@example.com', '{{\"body\":\"sevenbit\",\"smtputf8\":false,\"require_tls\":false,\"dsn_envid\":null,\"dsn_ret_full\":null}}', {}, '{}', 0);
+             INSERT INTO recipients (message_id, position, address, state, next_attempt_ms, updated_ms)
+                VALUES ('{id}', 0, 'b@example.net', 'queued', 0, 0);",
+            body.len(),
+            crate::spool::digest(body),
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(version, 2);
+        let info = store.show(&id).await.unwrap();
+        assert_eq!(info.recipients[0].address, "b@example.net");
+        let mut read = store.open_body(&id).await.unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = read.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], body);
+        // New messages use the new table.
+        let ids = store
+            .enqueue(
+                vec![NewMessage {
+                    from: "a@example.com".into(),
+                    to: vec!["c@example.net".into()],
+                    body: Body::Source(Box::new(MemoryBody::new("Subject: new\r\n\r\nx\r\n"))),
+                    options: MessageOptions::default(),
+                }],
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        let inline: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM message_bodies WHERE message_id = $1")
+                .bind(ids[0].as_str())
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(inline, 1);
+        // Opening again migrates nothing twice.
+        drop(store);
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version WHERE version = 2")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 }
