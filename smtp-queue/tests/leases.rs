@@ -163,11 +163,19 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let until = at + Duration::from_secs(secs);
-                let holds_any = held.values().any(|h| h.0 == c.lease.generation);
+                // A lease is its message and generation (one claim's
+                // messages share a generation).
+                let mine = |id: &RecipientId| c.recipients.iter().any(|r| r.id == *id);
+                let holds_any = held
+                    .iter()
+                    .any(|(id, h)| h.0 == c.lease.generation && mine(id));
                 match store.renew(&c.lease, until, at).await {
                     Ok(_) => {
                         prop_assert!(holds_any);
-                        for h in held.values_mut().filter(|h| h.0 == c.lease.generation) {
+                        for (_, h) in held
+                            .iter_mut()
+                            .filter(|(id, h)| h.0 == c.lease.generation && mine(id))
+                        {
                             h.1 = until;
                         }
                     }

@@ -18,7 +18,7 @@
 //! | the same, with nothing delivered; the relay unreachable | deferred, and the destination backed off |
 //! | authentication refused, TLS policy not met | released, the destination held ([`RunEvent::Held`], once) |
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -37,7 +37,7 @@ use crate::error::Result;
 use crate::event::RunEvent;
 use crate::schedule::Schedule;
 use crate::stop::Stop;
-use crate::store::{BodyKind, Claimed, RecipientId, Store};
+use crate::store::{BodyKind, Claimed, MessageId, RecipientId, Store};
 
 /// How a [`Runner`] works.
 #[derive(Clone, Debug)]
@@ -168,6 +168,9 @@ pub struct Runner {
     observer: Observer,
     summary: Mutex<Summary>,
     held_reported: Mutex<HashSet<String>>,
+    /// Recipients claimed and not yet recorded, by message: a message
+    /// whose every recipient was recorded has nothing to release.
+    unsettled: Mutex<HashMap<MessageId, usize>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -192,6 +195,7 @@ impl Runner {
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
+            unsettled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -219,6 +223,7 @@ impl Runner {
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
+            unsettled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -263,6 +268,12 @@ impl Runner {
                 .await?;
             if claimed.is_empty() {
                 break;
+            }
+            {
+                let mut unsettled = lock(&self.unsettled);
+                for c in &claimed {
+                    unsettled.insert(c.lease.message.clone(), c.recipients.len());
+                }
             }
             if let Mode::Direct(direct) = &self.mode {
                 self.deliver_direct(direct, claimed, stop).await?;

@@ -82,6 +82,9 @@ impl Runner {
             }
             Err(e) => return Err(e),
         }
+        if let Some(left) = lock(&self.unsettled).get_mut(&lease.message) {
+            *left = left.saturating_sub(outcomes.len());
+        }
         let mut summary = lock(&self.summary);
         for (id, outcome) in outcomes {
             match outcome {
@@ -113,6 +116,15 @@ impl Runner {
         lease: &Lease,
         not_before: Option<SystemTime>,
     ) -> Result<()> {
+        // Every recipient recorded: nothing is left to give back.
+        {
+            let mut unsettled = lock(&self.unsettled);
+            if unsettled.get(&lease.message) == Some(&0) {
+                unsettled.remove(&lease.message);
+                return Ok(());
+            }
+            unsettled.remove(&lease.message);
+        }
         let n = match self
             .store
             .release(lease, not_before, SystemTime::now())

@@ -41,83 +41,110 @@ pub(super) async fn claim_due(
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| Error::db(doing, e))?;
-    let mut claimed = Vec::new();
-    let mut entries = Vec::new();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One generation for the whole claim: a lease is (message, generation),
+    // and every later claim of any of these messages gets a higher one.
+    let generation: i64 =
+        sqlx::query_scalar("UPDATE lease_generation SET value = value + 1 RETURNING value")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+    // The claimed ids, as one JSON array parameter (set-based statements:
+    // a claim of thousands of messages is a handful of statements).
+    let set = serde_json::to_string(&ids)
+        .map_err(|e| Error::Misuse(format!("message ids do not serialize: {e}")))?;
+    let messages = sqlx::query(
+        "SELECT id, sender, options, body_size, body_sha256, created_ms FROM messages
+         WHERE id IN (SELECT value FROM json_each($1))",
+    )
+    .bind(&set)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    let rows = sqlx::query(&format!(
+        "SELECT id, message_id, address, state, attempts FROM recipients
+         WHERE message_id IN (SELECT value FROM json_each($2)) AND {DUE}
+         ORDER BY message_id, position"
+    ))
+    .bind(now_ms)
+    .bind(&set)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    sqlx::query(&format!(
+        "UPDATE recipients SET state = 'delivering', lease_generation = $2, lease_worker = $3,
+         lease_until_ms = $4, updated_ms = $1
+         WHERE message_id IN (SELECT value FROM json_each($5)) AND {DUE}"
+    ))
+    .bind(now_ms)
+    .bind(generation)
+    .bind(worker)
+    .bind(until_ms)
+    .bind(&set)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    let mut by_message: std::collections::HashMap<String, Vec<ClaimedRecipient>> =
+        std::collections::HashMap::with_capacity(ids.len());
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let from = state_of(row)?;
+        // Checked before the commit: an illegal move rolls the claim back.
+        let to = from.apply(Transition::Claim)?;
+        let message: String = get(row, "message_id")?;
+        let id = MessageId::parse(&message)
+            .map_err(|_| Error::corrupt(None, format!("{message:?} is not a message id")))?;
+        let r = ClaimedRecipient {
+            id: RecipientId(get(row, "id")?),
+            address: get(row, "address")?,
+            attempts: attempts_of(row)?,
+            claimed_from: from,
+        };
+        entries.push(Entry {
+            at_ms: now_ms,
+            event: "claimed".into(),
+            message: id,
+            recipient: r.id,
+            rcpt: r.address.clone(),
+            from: Some(from),
+            to: Some(to),
+            attempts: r.attempts,
+            next_attempt_ms: None,
+            worker: Some(worker.to_owned()),
+            generation: Some(generation),
+            attempt: None,
+        });
+        by_message.entry(message).or_default().push(r);
+    }
+    let mut rows_by_id: std::collections::HashMap<String, &sqlx::sqlite::SqliteRow> = messages
+        .iter()
+        .map(|m| Ok((get::<String>(m, "id")?, m)))
+        .collect::<Result<_>>()?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    // In the claim's order.
     for id in ids {
-        let id = MessageId::parse(&id)
+        let message_id = MessageId::parse(&id)
             .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))?;
-        let Some(message) = store.message_row(&mut tx, &id).await? else {
+        let Some(message) = rows_by_id.remove(&id) else {
             return Err(Error::corrupt(
-                Some(&id),
+                Some(&message_id),
                 "it has recipients but no message row",
             ));
         };
-        let generation: i64 =
-            sqlx::query_scalar("UPDATE lease_generation SET value = value + 1 RETURNING value")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| Error::db(doing, e))?;
-        let rows = sqlx::query(&format!(
-            "SELECT id, address, state, attempts FROM recipients
-             WHERE message_id = $2 AND {DUE} ORDER BY position"
-        ))
-        .bind(now_ms)
-        .bind(id.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| Error::db(doing, e))?;
-        let lease = Lease {
-            message: id.clone(),
-            generation,
-            worker: worker.to_owned(),
-            until,
-        };
-        let mut recipients = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let from = state_of(row)?;
-            let to = from.apply(Transition::Claim)?;
-            let rid = RecipientId(get(row, "id")?);
-            sqlx::query(
-                "UPDATE recipients SET state = $1, lease_generation = $2, lease_worker = $3,
-                 lease_until_ms = $4, updated_ms = $5 WHERE id = $6",
-            )
-            .bind(to.as_str())
-            .bind(generation)
-            .bind(worker)
-            .bind(until_ms)
-            .bind(now_ms)
-            .bind(rid.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::db(doing, e))?;
-            let r = ClaimedRecipient {
-                id: rid,
-                address: get(row, "address")?,
-                attempts: attempts_of(row)?,
-                claimed_from: from,
-            };
-            entries.push(Entry {
-                at_ms: now_ms,
-                event: "claimed".into(),
-                message: id.clone(),
-                recipient: rid,
-                rcpt: r.address.clone(),
-                from: Some(from),
-                to: Some(to),
-                attempts: r.attempts,
-                next_attempt_ms: None,
-                worker: Some(worker.to_owned()),
-                generation: Some(generation),
-                attempt: None,
-            });
-            recipients.push(r);
-        }
+        let recipients = by_message.remove(&id).unwrap_or_default();
         claimed.push(Claimed {
-            lease,
-            from: get(&message, "sender")?,
-            created: from_millis(get(&message, "created_ms")?),
-            body_size: size_of(&message)?,
-            options: options_of(&message, &id)?,
+            lease: Lease {
+                message: message_id.clone(),
+                generation,
+                worker: worker.to_owned(),
+                until,
+            },
+            from: get(message, "sender")?,
+            created: from_millis(get(message, "created_ms")?),
+            body_size: size_of(message)?,
+            options: options_of(message, &message_id)?,
             recipients,
         });
     }
