@@ -3,6 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use sqlx::{Sqlite, Transaction};
+use tokio::sync::oneshot;
+
 use super::rows::{attempts_of, get, options_of, size_of, state_of};
 use super::{DUE, SqliteStore};
 use crate::error::{Error, Result};
@@ -185,65 +188,149 @@ pub(super) async fn renew(
     })
 }
 
+/// One caller's outcomes, waiting for a group commit.
+#[derive(Debug)]
+pub(super) struct PendingRecord {
+    lease: Lease,
+    outcomes: Vec<(RecipientId, Outcome)>,
+    now: SystemTime,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Records `outcomes` under `lease`, in a group commit: callers that
+/// arrive while a commit is under way are committed together by the next
+/// one (each checked against its own lease: a stale one is refused alone).
+/// Under load, thousands of outcomes a second take a few commits.
 pub(super) async fn record(
     store: &SqliteStore,
     lease: &Lease,
     outcomes: Vec<(RecipientId, Outcome)>,
     now: SystemTime,
 ) -> Result<()> {
+    let (done, mut result) = oneshot::channel();
+    lock(&store.records).push(PendingRecord {
+        lease: lease.clone(),
+        outcomes,
+        now,
+        done,
+    });
+    let leader = store.recording.lock().await;
+    // An earlier leader may have committed this one already.
+    if let Ok(r) = result.try_recv() {
+        return r;
+    }
+    let batch = std::mem::take(&mut *lock(&store.records));
+    commit_records(store, batch).await;
+    drop(leader);
+    result.await.unwrap_or_else(|_| {
+        Err(Error::Misuse(
+            "a group commit ended without an answer for this caller".into(),
+        ))
+    })
+}
+
+/// Commits `batch` in one transaction and answers each caller.
+async fn commit_records(store: &SqliteStore, batch: Vec<PendingRecord>) {
+    let doing = "recording outcomes";
+    let failed = |e: &Error| Error::Storage {
+        doing: doing.into(),
+        path: None,
+        source: e.to_string().into(),
+    };
+    let mut tx = match store.begin(doing).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            for p in batch {
+                let _ = p.done.send(Err(failed(&e)));
+            }
+            return;
+        }
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut entries = Vec::new();
+    for p in batch {
+        match apply_record(&mut tx, &p.lease, p.outcomes, p.now).await {
+            Ok(mut e) => {
+                entries.append(&mut e);
+                answers.push((p.done, Ok(())));
+            }
+            Err(e) => answers.push((p.done, Err(e))),
+        }
+    }
+    if let Err(e) = tx.commit().await.map_err(|e| Error::db(doing, e)) {
+        for (done, answer) in answers {
+            let _ = done.send(answer.and(Err(failed(&e))));
+        }
+        return;
+    }
+    store.write_log(&entries);
+    for (done, answer) in answers {
+        let _ = done.send(answer);
+    }
+}
+
+/// Applies one caller's outcomes inside `tx`: every recipient must be held
+/// by `lease` (checked first, so a stale lease changes nothing).
+async fn apply_record(
+    tx: &mut Transaction<'static, Sqlite>,
+    lease: &Lease,
+    outcomes: Vec<(RecipientId, Outcome)>,
+    now: SystemTime,
+) -> Result<Vec<Entry>> {
     let doing = "recording outcomes";
     let now_ms = millis(now)?;
     let stale = || Error::StaleLease {
         message: lease.message.clone(),
         generation: lease.generation,
     };
-    let mut tx = store.begin(doing).await?;
+    let ids = serde_json::to_string(&outcomes.iter().map(|(r, _)| r.0).collect::<Vec<i64>>())
+        .map_err(|e| Error::Misuse(format!("recipient ids do not serialize: {e}")))?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM recipients WHERE id IN (SELECT value FROM json_each($1))
+         AND message_id = $2 AND lease_generation = $3 AND state = 'delivering'",
+    )
+    .bind(&ids)
+    .bind(lease.message.as_str())
+    .bind(lease.generation)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    let distinct: std::collections::HashSet<i64> = outcomes.iter().map(|(r, _)| r.0).collect();
+    if usize::try_from(held).ok() != Some(outcomes.len()) || distinct.len() != outcomes.len() {
+        return Err(stale());
+    }
     let mut entries = Vec::with_capacity(outcomes.len());
     for (rid, outcome) in outcomes {
-        let row = sqlx::query(
-            "SELECT message_id, address, state, attempts, next_attempt_ms, lease_generation
-             FROM recipients WHERE id = $1",
-        )
-        .bind(rid.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| Error::db(doing, e))?
-        .ok_or_else(stale)?;
-        let held = get::<String>(&row, "message_id")? == lease.message.as_str()
-            && get::<Option<i64>>(&row, "lease_generation")? == Some(lease.generation);
-        let from = state_of(&row)?;
-        if !held || from != RecipientState::Delivering {
-            return Err(stale());
-        }
+        let from = RecipientState::Delivering;
         let to = from.apply(outcome.transition())?;
         let attempt = outcome.attempt().cloned();
-        let attempts = attempts_of(&row)? + u32::from(attempt.is_some());
         let next_ms = match &outcome {
-            Outcome::Deferred { next, .. } => millis(*next)?,
-            _ => get(&row, "next_attempt_ms")?,
+            Outcome::Deferred { next, .. } => Some(millis(*next)?),
+            _ => None,
+        };
+        let tls = match attempt.as_ref().and_then(|a| a.tls.as_ref()) {
+            Some(t) => Some(
+                serde_json::to_string(t)
+                    .map_err(|e| Error::Misuse(format!("TLS facts do not serialize: {e}")))?,
+            ),
+            None => None,
         };
         let mut update = String::from(
-            "UPDATE recipients SET state = $1, attempts = $2, next_attempt_ms = $3, updated_ms = $4,
+            "UPDATE recipients SET state = $1, attempts = attempts + $2,
+             next_attempt_ms = COALESCE($3, next_attempt_ms), updated_ms = $4,
              lease_generation = NULL, lease_worker = NULL, lease_until_ms = NULL",
         );
         if attempt.is_some() {
             update.push_str(", last_code = $6, last_enhanced = $7, last_text = $8, last_host = $9, last_tls = $10");
         }
-        update.push_str(" WHERE id = $5");
+        update.push_str(" WHERE id = $5 RETURNING address, attempts, next_attempt_ms");
         let mut query = sqlx::query(&update)
             .bind(to.as_str())
-            .bind(i64::from(attempts))
+            .bind(i64::from(attempt.is_some()))
             .bind(next_ms)
             .bind(now_ms)
             .bind(rid.0);
         if let Some(a) = &attempt {
-            let tls = match &a.tls {
-                Some(t) => Some(
-                    serde_json::to_string(t)
-                        .map_err(|e| Error::Misuse(format!("TLS facts do not serialize: {e}")))?,
-                ),
-                None => None,
-            };
             query = query
                 .bind(a.code.map(i64::from))
                 .bind(a.enhanced.clone())
@@ -251,10 +338,12 @@ pub(super) async fn record(
                 .bind(a.host.clone())
                 .bind(tls);
         }
-        query
-            .execute(&mut *tx)
+        let row = query
+            .fetch_optional(&mut **tx)
             .await
-            .map_err(|e| Error::db(doing, e))?;
+            .map_err(|e| Error::db(doing, e))?
+            .ok_or_else(stale)?;
+        let next_attempt_ms: i64 = get(&row, "next_attempt_ms")?;
         entries.push(Entry {
             at_ms: now_ms,
             event: to.as_str().into(),
@@ -263,16 +352,18 @@ pub(super) async fn record(
             rcpt: get(&row, "address")?,
             from: Some(from),
             to: Some(to),
-            attempts,
-            next_attempt_ms: matches!(outcome, Outcome::Deferred { .. }).then_some(next_ms),
+            attempts: attempts_of(&row)?,
+            next_attempt_ms: matches!(outcome, Outcome::Deferred { .. }).then_some(next_attempt_ms),
             worker: Some(lease.worker.clone()),
             generation: Some(lease.generation),
             attempt,
         });
     }
-    tx.commit().await.map_err(|e| Error::db(doing, e))?;
-    store.write_log(&entries);
-    Ok(())
+    Ok(entries)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(super) async fn release(

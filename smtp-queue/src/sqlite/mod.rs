@@ -123,6 +123,10 @@ pub struct SqliteStore {
     spool: Spool,
     log: Option<OutcomeLog>,
     db: PathBuf,
+    /// Outcomes waiting for the next group commit ([`claim::record`]).
+    records: std::sync::Mutex<Vec<claim::PendingRecord>>,
+    /// Held by the caller committing a group.
+    recording: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -176,6 +180,8 @@ impl SqliteStore {
             spool,
             log,
             db,
+            records: std::sync::Mutex::new(Vec::new()),
+            recording: tokio::sync::Mutex::new(()),
         };
         store.migrate().await?;
         store.sweep(settings.sweep_after).await?;
