@@ -337,4 +337,16 @@ async fn direct_delivery_groups_by_domain_and_backs_off_an_unreachable_one() {
         |e| matches!(e, RunEvent::BackedOff { destination, .. } if destination != "direct:c.test")
     ));
     assert!(store.backoff("direct:c.test").await.unwrap().is_some());
+    // Each recorded outcome names its recipient's domain as the destination.
+    for e in &events {
+        if let RunEvent::Recorded {
+            recipient,
+            destination,
+            ..
+        } = e
+        {
+            let domain = recipient.rsplit_once('@').unwrap().1;
+            assert_eq!(destination, &format!("direct:{domain}"), "{e:?}");
+        }
+    }
 }

@@ -309,6 +309,23 @@ impl Runner {
             .filter(|t| *t > now))
     }
 
+    /// The destination an attempt for `address` goes to: the relay's key,
+    /// or in direct delivery the recipient domain's (as `runner/direct.rs`
+    /// groups them).
+    pub(super) fn destination_of(&self, address: &str) -> String {
+        match &self.mode {
+            Mode::Relay(_) => self.destination.clone(),
+            Mode::Direct(_) => match Mailbox::parse(address) {
+                Ok(mailbox) => direct::destination(mailbox.domain().as_str()),
+                Err(_) => direct::destination(
+                    address
+                        .rsplit_once('@')
+                        .map_or(address, |(_, domain)| domain.trim_end_matches('>')),
+                ),
+            },
+        }
+    }
+
     /// Resolves `stop_grace` after `stop` is given.
     async fn abandoned(&self, stop: &Stop) {
         stop.stopped().await;
