@@ -185,6 +185,10 @@ pub(crate) struct SendArgs {
     pub(crate) queue: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
+    /// `--queue`: log each delivery attempt on stderr, as text or JSON
+    /// lines (level from SMTP_LOG; see `smtp queue run --help`).
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "queue")]
+    pub(crate) log_format: Option<LogFormat>,
     /// Invoked as `sendmail`: quiet on success, report on stderr, and a
     /// From: added from the user's own address when nothing else gives one.
     #[arg(skip)]
@@ -220,6 +224,16 @@ pub(crate) struct RetryArgs {
     /// Messages sent on one connection, at most (default 100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) per_connection: Option<u16>,
+}
+
+/// How the log is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line per event: time, level, target, message, fields.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `smtp queue`: inspect and run the delivery queue.
@@ -304,9 +318,21 @@ fn parse_age(s: &str) -> Result<std::time::Duration, String> {
 /// credentials come from the config file or environment, never the queue.
 #[derive(Debug, Args)]
 pub(crate) struct QueueRunArgs {
-    /// Keep running: sleep until the next attempt is due; SIGINT/SIGTERM stop cleanly.
+    /// Keep running: sleep until the next attempt is due; SIGINT/SIGTERM stop
+    /// cleanly (exit 0). Logs each delivery attempt on stderr (as
+    /// --log-format does).
     #[arg(long)]
     pub(crate) watch: bool,
+    /// Log on stderr instead of the per-outcome lines on stdout: one line
+    /// per delivery attempt, warnings and errors; text or JSON lines. The
+    /// level comes from SMTP_LOG (EnvFilter syntax; default
+    /// `warn,smtp_queue=info,smtp_cli=info`). On with --watch.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics on ADDR (`GET /metrics`), e.g. 127.0.0.1:9464;
+    /// port 0 picks a free one (the address is told at start).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
     /// Seconds a claim is leased for (default 300): a killed runner's
     /// recipients are taken over by another once their lease expires.
     #[arg(long, value_name = "SECS", hide = true)]

@@ -17,6 +17,7 @@ mod demo;
 mod fail;
 mod greeting;
 mod identity;
+mod log;
 mod message;
 mod output;
 mod probe;
@@ -165,6 +166,9 @@ async fn run(command: Command) -> Result<u8, Failure> {
     match command {
         Command::Send(args) => {
             stop_on_signal();
+            if args.queue.is_some() {
+                log::install(args.log_format, false)?;
+            }
             send::run(*args).await
         }
         Command::Queue(args) => queue::run(args).await,
@@ -225,7 +229,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(command)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            tell!("smtp: {f}");
+            terminal::error_line(&format!("smtp: {f}"));
             if let Some(send) = json {
                 output::print_failure_json(&f, send);
             }

@@ -65,7 +65,23 @@ pub(crate) fn redact_secret(user: &str, secret: &str) {
     let mut guard = SECRETS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    guard.extend(forms);
+    for form in forms {
+        // As the log writes a field: quoted with escapes (text) or as a
+        // JSON string; a secret with `"`, `\` or a control character looks
+        // different there.
+        let debug = format!("{form:?}");
+        let json = serde_json::to_string(&form).unwrap_or_default();
+        for escaped in [&debug, &json] {
+            let inner = escaped
+                .strip_prefix('"')
+                .and_then(|e| e.strip_suffix('"'))
+                .unwrap_or(escaped);
+            if inner != form && !inner.is_empty() {
+                guard.push(inner.to_owned());
+            }
+        }
+        guard.push(form);
+    }
 }
 
 fn redacted(text: &str) -> Cow<'_, str> {
@@ -84,16 +100,47 @@ fn redacted(text: &str) -> Cow<'_, str> {
 
 /// Writes one line to standard output or error. A closed pipe (`smtp send
 /// … | head -1`) or a full disk loses the line, never the run: the
-/// delivery goes on and the exit code still tells what happened.
+/// delivery goes on and the exit code still tells what happened. While the
+/// log is JSON, a line for stderr goes out as a JSON log line of its own
+/// (level WARN), so that stderr stays JSON.
 pub(crate) fn line(to_stderr: bool, text: &str) {
+    write_line(to_stderr, "WARN", text);
+}
+
+/// [`line()`] on stderr for the error that ends the command: level ERROR
+/// while the log is JSON.
+pub(crate) fn error_line(text: &str) {
+    write_line(true, "ERROR", text);
+}
+
+fn write_line(to_stderr: bool, level: &str, text: &str) {
     use std::io::Write;
     let text = redacted(text);
     let text = printable(&text);
-    let _ = if to_stderr {
+    let _ = if to_stderr && crate::log::is_json() {
+        writeln!(
+            std::io::stderr().lock(),
+            "{}",
+            crate::log::note_json(level, &text)
+        )
+    } else if to_stderr {
         writeln!(std::io::stderr().lock(), "{text}")
     } else {
         writeln!(std::io::stdout().lock(), "{text}")
     };
+}
+
+/// Writes one formatted log event on stderr: redacted, on one line, with
+/// nothing that could act on a terminal (a reply's text is the server's
+/// choice), around the progress bar if one is shown.
+pub(crate) fn log_line(text: &str) {
+    use std::io::Write;
+    let text = redacted(text);
+    let text = one_line(&text);
+    let text = printable(&text);
+    crate::progress::suspend(|| {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    });
 }
 
 /// `println!`, made [`printable`], never panicking on a closed pipe.

@@ -22,6 +22,11 @@ pub enum RunEvent {
         message: MessageId,
         /// The recipient's address.
         recipient: String,
+        /// The destination's key (`relay:HOST:PORT`, `direct:DOMAIN`).
+        destination: String,
+        /// When the message was enqueued (what a delivery's latency is
+        /// counted from).
+        enqueued: SystemTime,
         /// What was recorded.
         outcome: Outcome,
         /// The recipient was taken over from an expired lease: the message

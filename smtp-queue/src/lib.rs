@@ -99,6 +99,30 @@
 //! # }
 //! ```
 //!
+//! # Tracing
+//!
+//! The runner logs one INFO event per recorded outcome, target
+//! `smtp_queue::delivery`, message the outcome's word, with these fields
+//! (a field without a value is left out):
+//!
+//! | field | |
+//! |---|---|
+//! | `message_id` | the queued message |
+//! | `recipient` | the address |
+//! | `destination` | `relay:HOST:PORT`; in direct delivery the MX host set `mx:HOST[,HOST…]` (`direct:DOMAIN` for a domain without one: no MX, a DNS failure) |
+//! | `outcome` | `delivered`, `failed`, `deferred` or `expired` (the new state) |
+//! | `code`, `enhanced_code`, `reply` | the deciding reply (or, without a code, what failed locally) |
+//! | `host`, `tls` | where, and the TLS version if encrypted |
+//! | `attempts` | attempts made, this one included |
+//! | `next_attempt_ms`, `retry_in_s` | a deferral's next attempt: epoch milliseconds, seconds from now |
+//! | `taken_over` | claimed from an expired lease: the message may have arrived before |
+//!
+//! Warnings (a lease not renewed, a reply lost after the data) and errors
+//! (a destination held) go out under the runner's module path. No field
+//! holds a credential; `reply` is the server's text, and a server can echo
+//! what it was sent, so a program that logs for others filters it as it
+//! filters anything a peer chose.
+//!
 //! # Panics, errors and unwraps
 //!
 //! Nothing here panics on data read from disk: a row or body that is not

@@ -338,6 +338,9 @@ pub struct Stats {
     pub recipients: Vec<(RecipientState, u64)>,
     /// When the oldest message was enqueued.
     pub oldest: Option<SystemTime>,
+    /// When the oldest message with a recipient still waiting (queued,
+    /// deferred, or delivering) was enqueued: the queue's age.
+    pub oldest_waiting: Option<SystemTime>,
 }
 
 impl Stats {

@@ -185,6 +185,22 @@ async fn domains_on_the_same_mx_hosts_share_one_session() {
     assert_eq!(both.len(), 1);
     assert_eq!(both[0].rcpt_to, ["a3@a.test", "b2@b.test"]);
     assert_eq!(server.messages().len(), 6);
+    // Each outcome names its destination (logs and metrics use it).
+    for e in events.lock().unwrap().iter() {
+        if let RunEvent::Recorded {
+            recipient,
+            destination,
+            ..
+        } = e
+        {
+            let expected = if recipient.ends_with("@c.test") {
+                "mx:mx.c.test"
+            } else {
+                "mx:mx.shared.test"
+            };
+            assert_eq!(destination, expected, "{recipient}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -167,6 +167,55 @@ async fn an_enqueued_message_is_claimed_sent_and_recorded_delivered() {
 }
 
 #[tokio::test]
+async fn the_queue_age_is_the_oldest_message_still_waiting_not_the_oldest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().oldest_waiting, None);
+    store
+        .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
+        .await
+        .unwrap();
+    store
+        .enqueue(vec![message(&["b@example.net"], "2\r\n")], t(10))
+        .await
+        .unwrap();
+    store
+        .enqueue(vec![message(&["c@example.net"], "3\r\n")], t(20))
+        .await
+        .unwrap();
+    assert_eq!(store.stats().await.unwrap().oldest_waiting, Some(t(0)));
+    // The first delivered, the second deferred: the age is the second's.
+    let claimed = store.claim_due(t(30), 2, "w", LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let (first, second) = (&claimed[0], &claimed[1]);
+    let rid = |c: &smtp_queue::Claimed| c.recipients[0].id;
+    store
+        .record(
+            &first.lease,
+            vec![(rid(first), Outcome::Delivered(reply(250, "ok")))],
+            t(31),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stats().await.unwrap().oldest_waiting,
+        Some(t(10)),
+        "delivering counts as waiting"
+    );
+    let deferred = Outcome::Deferred {
+        attempt: reply(451, "later"),
+        next: t(400),
+    };
+    store
+        .record(&second.lease, vec![(rid(second), deferred)], t(31))
+        .await
+        .unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.oldest, Some(t(0)));
+    assert_eq!(stats.oldest_waiting, Some(t(10)));
+}
+
+#[tokio::test]
 async fn a_deferred_recipient_comes_back_due_at_the_scheduled_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();

@@ -26,7 +26,9 @@ use crate::message::{Prepared, PreparedBody};
 use crate::output::ErrorReport;
 use crate::progress::{self, Mode};
 
+mod metrics;
 mod report;
+mod scrape;
 
 #[cfg(test)]
 use self::report::recipient_report;
@@ -390,6 +392,9 @@ fn matches(m: &smtp_queue::MessageInfo, f: &ListArgs, now: SystemTime) -> bool {
 
 /// `smtp queue …`.
 pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
+    if let QueueCommand::Run(run) = &args.command {
+        crate::log::install(run.log_format, run.watch)?;
+    }
     let store = open(args.queue.as_deref()).await?;
     let json = args.json;
     match args.command {
@@ -546,7 +551,22 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
     }
-    let runner = via.runner(store.clone(), config).with_observer(report);
+    let metrics = match args.metrics {
+        Some(addr) => Some(serve_metrics(addr, store.clone()).await?),
+        None => None,
+    };
+    // With the log on, its delivery lines (and its warnings and errors)
+    // tell what happened; without it, a line per outcome on stdout.
+    let logging = crate::log::is_on();
+    let observer = move |event: &RunEvent| {
+        if !logging {
+            report(event);
+        }
+        if let Some(m) = &metrics {
+            m.observe(event);
+        }
+    };
+    let runner = via.runner(store.clone(), config).with_observer(observer);
     let stop = Stop::new();
     let signals = stop.clone();
     tokio::spawn(async move {
@@ -555,13 +575,18 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            tracing::info!(target: "smtp_cli::queue", signal = name,
+                "stopping: nothing more is claimed; sessions under way get the stop grace");
             signals.stop();
         }
     });
+    if args.watch {
+        tracing::info!(target: "smtp_cli::queue", destination = runner.destination(), "watching the queue");
+    }
     let summary = if args.watch {
         runner.watch(&stop).await
     } else {
@@ -570,17 +595,63 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
     .map_err(queue_error)?;
     let stats = store.stats().await.map_err(queue_error)?;
     let waiting = stats.count(RecipientState::Queued) + stats.count(RecipientState::Deferred);
+    // A watcher stopped on request has done its job, whatever waits.
+    let stopped = args.watch && stop.is_stopped();
+    if stopped {
+        tracing::info!(target: "smtp_cli::queue", waiting, "stopped");
+    }
     if !summary.held.is_empty() || waiting > 0 {
         if let Some(next) = store.next_due().await.map_err(queue_error)? {
             let secs = next
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
                 .as_secs();
-            tell!("smtp: {waiting} recipients wait; next attempt in {secs}s");
+            if logging {
+                tracing::info!(target: "smtp_cli::queue", waiting, next_attempt_in_s = secs,
+                    "recipients wait");
+            } else {
+                tell!("smtp: {waiting} recipients wait; next attempt in {secs}s");
+            }
         }
-        return Ok(EX_TEMPFAIL);
+        return Ok(if stopped { EX_OK } else { EX_TEMPFAIL });
     }
     Ok(EX_OK)
+}
+
+/// Binds `--metrics ADDR`, tells the address, and serves the metrics from
+/// a task of their own; returns them for the runner's observer.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    store: Arc<SqliteStore>,
+) -> Result<Arc<metrics::Metrics>, Failure> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::config(format!("--metrics {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Failure::config(format!("--metrics {addr}: {e}")))?;
+    if tracing::enabled!(target: "smtp_cli::metrics", tracing::Level::INFO) {
+        tracing::info!(target: "smtp_cli::metrics", address = %bound,
+            "serving metrics on http://{bound}/metrics");
+    } else {
+        tell!("smtp: serving metrics on http://{bound}/metrics");
+    }
+    let metrics = Arc::new(metrics::Metrics::new());
+    let shared = metrics.clone();
+    let render = move || {
+        let (metrics, store) = (shared.clone(), store.clone());
+        async move {
+            metrics.refresh(store.as_ref()).await;
+            metrics.encode()
+        }
+    };
+    tokio::spawn(scrape::serve(
+        listener,
+        scrape::Limits::default(),
+        metrics::CONTENT_TYPE,
+        render,
+    ));
+    Ok(metrics)
 }
 
 #[cfg(test)]

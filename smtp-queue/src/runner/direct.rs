@@ -127,6 +127,8 @@ impl Runner {
     /// jobs; what cannot be planned, or whose envelope is broken, is
     /// recorded here.
     async fn plan_round(&self, direct: &Direct, claimed: &[Claimed]) -> Result<Vec<Job>> {
+        // This round's domains only: the map stays as small as a claim.
+        lock(&self.mx_destinations).clear();
         let mut domains: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
         for (c, message) in claimed.iter().enumerate() {
             for (i, r) in message.recipients.iter().enumerate() {
@@ -162,6 +164,7 @@ impl Runner {
             match plan {
                 Ok(plan) => {
                     let key = mx_destination(&plan);
+                    lock(&self.mx_destinations).insert(domain.clone(), key.clone());
                     let (_, messages) = groups
                         .entry(key)
                         .or_insert_with(|| (Arc::new(plan), BTreeMap::new()));

@@ -171,6 +171,9 @@ pub struct Runner {
     /// Recipients claimed and not yet recorded, by message: a message
     /// whose every recipient was recorded has nothing to release.
     unsettled: Mutex<HashMap<MessageId, usize>>,
+    /// Direct delivery: each planned domain's destination (its MX host
+    /// set), for logs and metrics.
+    mx_destinations: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -196,6 +199,7 @@ impl Runner {
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
+            mx_destinations: Mutex::new(HashMap::new()),
         }
     }
 
@@ -224,6 +228,7 @@ impl Runner {
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
+            mx_destinations: Mutex::new(HashMap::new()),
         }
     }
 
@@ -339,6 +344,25 @@ impl Runner {
             .await?
             .map(|b| b.not_before)
             .filter(|t| *t > now))
+    }
+
+    /// The destination an attempt for `address` goes to: the relay's key,
+    /// or in direct delivery its domain's MX host set as the latest round
+    /// planned it (`direct:DOMAIN` for a domain without one).
+    pub(super) fn destination_of(&self, address: &str) -> String {
+        match &self.mode {
+            Mode::Relay(_) => self.destination.clone(),
+            Mode::Direct(_) => {
+                let domain = address
+                    .rsplit_once('@')
+                    .map_or(address, |(_, domain)| domain.trim_end_matches('>'))
+                    .to_ascii_lowercase();
+                lock(&self.mx_destinations)
+                    .get(&domain)
+                    .cloned()
+                    .unwrap_or_else(|| format!("direct:{domain}"))
+            }
+        }
     }
 
     /// Resolves `stop_grace` after `stop` is given.

@@ -85,27 +85,41 @@ impl Runner {
         if let Some(left) = lock(&self.unsettled).get_mut(&lease.message) {
             *left = left.saturating_sub(outcomes.len());
         }
-        let mut summary = lock(&self.summary);
+        let now = SystemTime::now();
         for (id, outcome) in outcomes {
-            match outcome {
-                Outcome::Delivered(_) => summary.delivered += 1,
-                Outcome::Failed(_) => summary.failed += 1,
-                Outcome::Deferred { .. } => summary.deferred += 1,
-                Outcome::Expired(_) => summary.expired += 1,
+            {
+                let mut summary = lock(&self.summary);
+                match outcome {
+                    Outcome::Delivered(_) => summary.delivered += 1,
+                    Outcome::Failed(_) => summary.failed += 1,
+                    Outcome::Deferred { .. } => summary.deferred += 1,
+                    Outcome::Expired(_) => summary.expired += 1,
+                }
             }
-            let taken_over = claimed
-                .recipients
-                .iter()
-                .any(|r| r.id == id && r.claimed_from == RecipientState::Delivering);
-            let event = RunEvent::Recorded {
+            let claimed_recipient = claimed.recipients.iter().find(|r| r.id == id);
+            let taken_over =
+                claimed_recipient.is_some_and(|r| r.claimed_from == RecipientState::Delivering);
+            let attempts = claimed_recipient.map_or(0, |r| r.attempts)
+                + u32::from(outcome.attempt().is_some());
+            let recipient = address(claimed, id);
+            let destination = self.destination_of(&recipient);
+            log_outcome(
+                &claimed.lease.message,
+                &recipient,
+                &destination,
+                &outcome,
+                attempts,
+                taken_over,
+                now,
+            );
+            self.emit(&RunEvent::Recorded {
                 message: claimed.lease.message.clone(),
-                recipient: address(claimed, id),
+                recipient,
+                destination,
+                enqueued: claimed.created,
                 outcome,
                 taken_over,
-            };
-            drop(summary);
-            self.emit(&event);
-            summary = lock(&self.summary);
+            });
         }
         Ok(())
     }
@@ -269,6 +283,50 @@ impl Runner {
         }
         Ok(until)
     }
+}
+
+/// The one line logged for each recorded outcome: an INFO event, target
+/// `smtp_queue::delivery`, whose fields say what happened to whom, where,
+/// and what the server said (see the crate's "Tracing" section).
+fn log_outcome(
+    message: &crate::store::MessageId,
+    recipient: &str,
+    destination: &str,
+    outcome: &Outcome,
+    attempts: u32,
+    taken_over: bool,
+    now: SystemTime,
+) {
+    let word = match outcome {
+        Outcome::Delivered(_) => "delivered",
+        Outcome::Failed(_) => "failed",
+        Outcome::Deferred { .. } => "deferred",
+        Outcome::Expired(_) => "expired",
+    };
+    let next = match outcome {
+        Outcome::Deferred { next, .. } => Some(*next),
+        _ => None,
+    };
+    let next_attempt_ms = next.and_then(|t| crate::store::millis(t).ok());
+    let retry_in_s = next.map(|t| t.duration_since(now).unwrap_or_default().as_secs());
+    let a = outcome.attempt();
+    tracing::info!(
+        target: "smtp_queue::delivery",
+        message_id = %message,
+        recipient,
+        destination,
+        outcome = word,
+        code = a.and_then(|a| a.code),
+        enhanced_code = a.and_then(|a| a.enhanced.as_deref()),
+        reply = a.map(|a| a.text.as_str()),
+        host = a.and_then(|a| a.host.as_deref()),
+        tls = a.and_then(|a| a.tls.as_ref()).map(|t| t.version.as_str()),
+        attempts,
+        next_attempt_ms,
+        retry_in_s,
+        taken_over,
+        "{word}"
+    );
 }
 
 /// Each claimed recipient's verdict, matched by position (the envelope

@@ -236,10 +236,19 @@ pub(super) async fn stats(store: &SqliteStore) -> Result<Stats> {
         .fetch_one(&store.pool)
         .await
         .map_err(|e| Error::db(doing, e))?;
+    // Through `recipients_due` (state first): only waiting recipients are read.
+    let oldest_waiting: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(m.created_ms) FROM recipients r JOIN messages m ON m.id = r.message_id
+         WHERE r.state IN ('queued', 'deferred', 'delivering')",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
     Ok(Stats {
         messages: u64::try_from(get::<i64>(&row, "n")?).unwrap_or(0),
         recipients,
         oldest: get::<Option<i64>>(&row, "oldest")?.map(from_millis),
+        oldest_waiting: oldest_waiting.map(from_millis),
     })
 }
 
