@@ -18,6 +18,11 @@
 //!   the end of data. A lease that expires (its worker crashed) makes its
 //!   recipients due again; the lease's generation keeps the stale worker
 //!   from overwriting the newer one's result ([`Error::StaleLease`]).
+//! - **Failures reported to the sender**, when a message asks
+//!   ([`MessageOptions::notify_sender`]): once every recipient is final
+//!   and one or more failed or expired, one delivery status notification
+//!   (RFC 3464, [`dsn`]) from the null reverse-path is enqueued, exactly
+//!   once ([`Store::enqueue_notification`], [`enqueue_owed`]).
 //! - **Time is passed in**: every operation takes `now`; the retry
 //!   [`Schedule`] is pure and takes its randomness as an argument.
 //!
@@ -35,6 +40,9 @@
 //!            │
 //!            ▼
 //!          outcomes.jsonl  (one line per change, after the commit)
+//!
+//!  runner, each round: enqueue_owed ── owed_notifications ──► dsn::compose
+//!                                  ──► enqueue_notification (once per message) ──► due
 //! ```
 //!
 //! # Example
@@ -84,9 +92,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dsn;
 mod error;
 mod event;
 pub mod log;
+mod notify;
 mod runner;
 mod schedule;
 mod spool;
@@ -98,6 +108,7 @@ mod verdict;
 
 pub use error::{Error, Result};
 pub use event::RunEvent;
+pub use notify::{Notified, enqueue_owed};
 pub use runner::{Runner, RunnerConfig, Summary};
 pub use schedule::{Next, Schedule, random_unit};
 pub use spool::SpoolBody;

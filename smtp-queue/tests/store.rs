@@ -797,7 +797,7 @@ async fn a_schema_from_a_newer_version_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: smtp_queue::SCHEMA_VERSION,
                 ..
             }
         ),

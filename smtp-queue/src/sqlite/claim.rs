@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::rows::{attempts_of, get, options_of, size_of, state_of};
-use super::{DUE, SqliteStore};
+use super::{DUE, SqliteStore, notify};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::{RecipientState, Transition};
@@ -168,6 +168,9 @@ pub(super) async fn record(
     };
     let mut tx = store.begin(doing).await?;
     let mut entries = Vec::with_capacity(outcomes.len());
+    let any_final = outcomes
+        .iter()
+        .any(|(_, o)| !matches!(o, Outcome::Deferred { .. }));
     for (rid, outcome) in outcomes {
         let row = sqlx::query(
             "SELECT message_id, address, state, attempts, next_attempt_ms, lease_generation
@@ -238,6 +241,11 @@ pub(super) async fn record(
             generation: Some(lease.generation),
             attempt,
         });
+    }
+    if any_final {
+        // With the last outcome, or not at all: a notification owed is
+        // never lost to a crash between the two.
+        notify::mark_if_owed(&mut tx, &lease.message, now_ms).await?;
     }
     tx.commit().await.map_err(|e| Error::db(doing, e))?;
     store.write_log(&entries);

@@ -1,11 +1,20 @@
-//! The schema (version 1) and its creation on open; a newer schema than
-//! this build understands is refused.
+//! The schema and its migrations, run on open in one transaction: a new
+//! database gets version 1 and then every migration, an older one only
+//! the migrations it lacks, so both end up with the same tables. A newer
+//! schema than this build understands is refused before anything is
+//! written.
+//!
+//! | version | change |
+//! |---|---|
+//! | 1 | messages, recipients, lease_generation, backoff |
+//! | 2 | `messages.dsn_owed_ms`, `messages.dsn_id`: the delivery status notification owed to the sender, and the one enqueued |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
 
-/// The schema, version 1.
-const SCHEMA: &str = "
+/// The schema, version 1, as its first release created it (never edited:
+/// later versions are migrations).
+const SCHEMA_V1: &str = "
 CREATE TABLE messages (
     id          TEXT PRIMARY KEY,
     sender      TEXT NOT NULL,
@@ -47,6 +56,22 @@ CREATE TABLE backoff (
 );
 ";
 
+/// Each migration takes the schema from the version before it to its own.
+/// Plain `ALTER TABLE … ADD COLUMN` and `CREATE INDEX`, as PostgreSQL
+/// takes them too.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    2,
+    // dsn_owed_ms: set (to the time) in the transaction that made the
+    // last recipient of a message that asked for it final, with one
+    // failed or expired; cleared in the transaction that enqueues the
+    // notification, which sets dsn_id to the notification's message id.
+    "
+ALTER TABLE messages ADD COLUMN dsn_owed_ms INTEGER;
+ALTER TABLE messages ADD COLUMN dsn_id TEXT;
+CREATE INDEX messages_dsn_owed ON messages (dsn_owed_ms);
+",
+)];
+
 impl SqliteStore {
     pub(super) async fn migrate(&self) -> Result<()> {
         let doing = "creating the queue's schema";
@@ -59,17 +84,13 @@ impl SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| Error::db(doing, e))?;
-        match found {
+        let mut version = match found {
             None => {
-                sqlx::raw_sql(SCHEMA)
+                sqlx::raw_sql(SCHEMA_V1)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| Error::db(doing, e))?;
-                sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                    .bind(SCHEMA_VERSION)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(doing, e))?;
+                1
             }
             Some(found) if found > SCHEMA_VERSION => {
                 return Err(Error::SchemaTooNew {
@@ -78,8 +99,43 @@ impl SqliteStore {
                     supported: SCHEMA_VERSION,
                 });
             }
-            Some(_) => {}
+            Some(found) => found,
+        };
+        let fresh = found.is_none();
+        let from = version;
+        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
+            if !fresh {
+                tracing::info!(path = %self.db.display(), from = version, to, "upgrading the queue's schema");
+            }
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db("upgrading the queue's schema", e))?;
+            version = *to;
+        }
+        if found != Some(version) {
+            // One row per version reached: the table keeps the history.
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(doing, e))?;
         }
         tx.commit().await.map_err(|e| Error::db(doing, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_migrations_end_at_the_schema_version_in_order() {
+        let mut last = 1;
+        for (to, _) in MIGRATIONS {
+            assert_eq!(*to, last + 1);
+            last = *to;
+        }
+        assert_eq!(last, SCHEMA_VERSION);
     }
 }
