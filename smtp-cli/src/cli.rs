@@ -187,6 +187,11 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
           value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub(crate) queue: Option<PathBuf>,
+    /// With --queue: once every recipient is final, send the envelope
+    /// sender a delivery status notification (RFC 3464) of those that
+    /// failed or expired (none for the null sender `<>`).
+    #[arg(long)]
+    pub(crate) notify_sender: bool,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
     /// Invoked as `sendmail`: quiet on success, report on stderr, and a
@@ -457,6 +462,16 @@ mod tests {
             panic!("send")
         };
         assert_eq!(args.queue, Some(PathBuf::from("q")));
+    }
+
+    #[test]
+    fn notify_sender_is_a_flag_of_send() {
+        let cli = Cli::try_parse_from(["smtp", "send", "--queue", "--notify-sender"]).unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("send")
+        };
+        assert!(args.notify_sender);
+        assert_eq!(args.queue, Some(PathBuf::new()));
     }
 
     #[test]
