@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Exit codes (sysexits.h), documented in `--help`.
@@ -181,8 +182,16 @@ pub(crate) struct SendArgs {
     pub(crate) full_name: Option<String>,
     /// Enqueue durably in this queue (default `$XDG_STATE_HOME/smtp/queue`),
     /// then deliver; deferred recipients are retried (`smtp queue run`).
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    // The empty path given by a bare `--queue` stands for the default:
+    // clap's own PathBuf parser refuses an empty value.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
+          value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub(crate) queue: Option<PathBuf>,
+    /// With --queue: once every recipient is final, send the envelope
+    /// sender a delivery status notification (RFC 3464) of those that
+    /// failed or expired (none for the null sender `<>`).
+    #[arg(long)]
+    pub(crate) notify_sender: bool,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
     /// `--queue`: log each delivery attempt on stderr, as text or JSON
@@ -470,6 +479,35 @@ pub(crate) struct DemoArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_queue_flag_stands_for_the_default_directory() {
+        for argv in [
+            &["smtp", "send", "--queue"][..],
+            &["smtp", "send", "--queue", "--to", "b@example.net"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Send(args) = cli.command else {
+                panic!("send")
+            };
+            assert_eq!(args.queue, Some(PathBuf::new()), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["smtp", "send", "--queue", "q"]).unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("send")
+        };
+        assert_eq!(args.queue, Some(PathBuf::from("q")));
+    }
+
+    #[test]
+    fn notify_sender_is_a_flag_of_send() {
+        let cli = Cli::try_parse_from(["smtp", "send", "--queue", "--notify-sender"]).unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("send")
+        };
+        assert!(args.notify_sender);
+        assert_eq!(args.queue, Some(PathBuf::new()));
+    }
 
     #[test]
     fn ages_take_a_unit() {

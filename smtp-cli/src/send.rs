@@ -211,6 +211,13 @@ fn trace(verbose: bool, t: Trace<'_>) {
 }
 
 pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
+    if args.notify_sender && args.queue.is_none() {
+        // Without the queue there is no later to send it from: this
+        // run's report already names every failure.
+        return Err(Failure::usage(
+            "--notify-sender works with --queue: the notification is sent from the queue once              every recipient is final (without --queue, this command's report and exit code              give every failure at once)",
+        ));
+    }
     let s = settings(&args)?;
     let mut prepared = messages(&args, &s)?;
     if args.sendmail {
@@ -237,7 +244,12 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
                 args.mx_port,
             )?)),
         };
-        return crate::queue::send(dir, &args.retry, via, &prepared, &envelopes, mode(&args)).await;
+        let queued = crate::queue::Queued {
+            dir,
+            retry: &args.retry,
+            notify_sender: args.notify_sender,
+        };
+        return crate::queue::send(&queued, via, &prepared, &envelopes, mode(&args)).await;
     }
     let report = match &s.server {
         Some((host, port)) => {

@@ -535,3 +535,317 @@ fn queue_run_without_server_delivers_directly() {
         );
     }
 }
+
+// ---- --notify-sender: an RFC 3464 delivery status notification to the
+// sender, through the same relay (a capture server that refuses one
+// recipient).
+
+fn refusing_relay(rt: &tokio::runtime::Runtime) -> smtp_testkit::capture::CaptureServer {
+    use smtp_testkit::capture::{CaptureConfig, CaptureServer};
+    rt.block_on(CaptureServer::start(CaptureConfig {
+        reject: vec![(
+            "nobody@example.net".into(),
+            "550 5.1.1 <nobody@example.net>: no such user here".into(),
+        )],
+        ..CaptureConfig::default()
+    }))
+    .unwrap()
+}
+
+/// `send --queue` of a composed message from `from` to bob (accepted) and
+/// nobody (refused), JSON report, with `extra` flags.
+fn send_to_bob_and_nobody(
+    server: &str,
+    queue: &str,
+    from: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut a = vec![
+        "send",
+        "--server",
+        server,
+        "--tls",
+        "none",
+        "--queue",
+        queue,
+        "--helo",
+        "client.test",
+        "--from",
+        from,
+        "--to",
+        "bob@example.net",
+        "--to",
+        "nobody@example.net",
+        "--subject",
+        "lunch",
+        "--body",
+        "At noon?",
+        "--json",
+        "--linger",
+        "10",
+    ];
+    a.extend(extra);
+    smtp(&a)
+}
+
+/// The delivery-status part's blocks of fields (unfolded), and the
+/// multipart's content types, parsed from a notification as received.
+fn delivery_status(data: &[u8]) -> (Vec<String>, Vec<Vec<(String, String)>>) {
+    let text = String::from_utf8_lossy(data)
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap();
+    assert!(
+        content_type.starts_with("multipart/report; report-type=delivery-status;"),
+        "{content_type}"
+    );
+    let boundary = content_type
+        .split("boundary=\"")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"');
+    let mut types = Vec::new();
+    let mut blocks = Vec::new();
+    for part in body.split(&format!("\r\n--{boundary}")).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let (h, b) = part
+            .trim_start_matches("\r\n")
+            .split_once("\r\n\r\n")
+            .unwrap();
+        let t = h
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap()
+            .to_owned();
+        if t == "message/delivery-status" {
+            blocks = b
+                .split("\r\n\r\n")
+                .filter(|x| !x.trim().is_empty())
+                .map(|block| {
+                    block
+                        .lines()
+                        .map(|l| {
+                            let (n, v) = l.split_once(':').unwrap();
+                            (n.to_owned(), v.trim().to_owned())
+                        })
+                        .collect()
+                })
+                .collect();
+        }
+        types.push(t);
+    }
+    (types, blocks)
+}
+
+fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    block
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn send_queue_notify_sender_sends_the_sender_a_dsn_naming_the_refused_recipient() {
+    let rt = runtime();
+    let server = refusing_relay(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let addr = server.addr().to_string();
+    let out = send_to_bob_and_nobody(&addr, qs, "alice@example.com", &["--notify-sender"]);
+    let v = json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // One recipient refused for good, none queued: 69, as without the flag.
+    assert_eq!(out.status.code(), Some(69), "{v}\n{stderr}");
+    assert_eq!(v["summary"]["accepted"], 1, "{v}");
+    assert_eq!(v["summary"]["rejected"], 1, "{v}");
+    assert!(
+        stderr.contains(
+            "notifying alice@example.com of 1 undelivered recipient (nobody@example.net)"
+        ),
+        "{stderr}"
+    );
+
+    let messages = server.messages();
+    assert_eq!(messages.len(), 2, "the message, then the notification");
+    assert_eq!(messages[0].rcpt_to, ["bob@example.net"]);
+    let dsn = &messages[1];
+    assert_eq!(dsn.mail_from, "", "MAIL FROM:<>");
+    assert_eq!(dsn.rcpt_to, ["alice@example.com"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    for header in [
+        "\r\nTo: <alice@example.com>\r\n",
+        "\r\nAuto-Submitted: auto-replied\r\n",
+        "From: Mail Delivery System <MAILER-DAEMON@client.test>\r\n",
+    ] {
+        assert!(text.contains(header), "{header:?} in\n{text}");
+    }
+    let (types, blocks) = delivery_status(&dsn.data);
+    assert_eq!(
+        types,
+        [
+            "text/plain; charset=us-ascii",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]
+    );
+    assert_eq!(
+        blocks.len(),
+        2,
+        "per-message fields, one recipient: {blocks:?}"
+    );
+    assert_eq!(field(&blocks[0], "Reporting-MTA"), Some("dns; client.test"));
+    let r = &blocks[1];
+    assert_eq!(
+        field(r, "Final-Recipient"),
+        Some("rfc822; nobody@example.net")
+    );
+    assert_eq!(field(r, "Action"), Some("failed"));
+    assert_eq!(field(r, "Status"), Some("5.1.1"));
+    assert_eq!(
+        field(r, "Diagnostic-Code"),
+        Some("smtp; 550 5.1.1 <nobody@example.net>: no such user here")
+    );
+    assert!(
+        text.contains("\r\nSubject: lunch\r\n"),
+        "the original's headers returned"
+    );
+    assert!(
+        !text.contains("Final-Recipient: rfc822; bob@example.net"),
+        "{text}"
+    );
+
+    // `queue show` names the notification; the notification is delivered.
+    let list = json(&smtp(&["queue", "list", "--queue", qs, "--json"]));
+    let all = list["messages"].as_array().unwrap();
+    assert_eq!(all.len(), 2, "{list}");
+    let original = all
+        .iter()
+        .find(|m| m["from"] == "alice@example.com")
+        .unwrap();
+    assert_eq!(original["notify_sender"], true, "{original}");
+    let dsn_id = original["notification"]
+        .as_str()
+        .expect("a notification id");
+    let shown = json(&smtp(&["queue", "show", dsn_id, "--queue", qs, "--json"]));
+    assert_eq!(shown["from"], "", "{shown}");
+    assert_eq!(shown["recipients"][0]["address"], "alice@example.com");
+    assert_eq!(shown["recipients"][0]["state"], "delivered");
+    assert_eq!(shown["notification"], serde_json::Value::Null);
+    let id = original["id"].as_str().unwrap();
+    let text = smtp(&["queue", "show", id, "--queue", qs]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("notification: {dsn_id}")), "{text}");
+
+    // Run again: nothing more is sent.
+    let run = smtp(&[
+        "queue", "run", "--queue", qs, "--server", &addr, "--tls", "none",
+    ]);
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(server.messages().len(), 2);
+}
+
+#[test]
+fn no_dsn_is_sent_without_notify_sender_nor_to_a_null_sender() {
+    let rt = runtime();
+    let server = refusing_relay(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = server.addr().to_string();
+
+    let q = dir.path().join("plain");
+    let out = send_to_bob_and_nobody(&addr, q.to_str().unwrap(), "alice@example.com", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.messages().len(), 1, "the message only");
+    let list = json(&smtp(&[
+        "queue",
+        "list",
+        "--queue",
+        q.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(list["messages"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["messages"][0]["notify_sender"], false, "{list}");
+
+    // A bounce-like message from the null sender: no notification, ever.
+    let file = dir.path().join("m.eml");
+    std::fs::write(
+        &file,
+        "From: MAILER-DAEMON@example.com\r\nTo: bob@example.net\r\nSubject: x\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    let q = dir.path().join("null");
+    let out = smtp(&[
+        "send",
+        "--server",
+        &addr,
+        "--tls",
+        "none",
+        "--queue",
+        q.to_str().unwrap(),
+        "-f",
+        "<>",
+        "--to",
+        "bob@example.net",
+        "--to",
+        "nobody@example.net",
+        "--notify-sender",
+        "--json",
+        "--linger",
+        "10",
+        file.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("the sender is null"), "{stderr}");
+    assert!(!stderr.contains("notifying"), "{stderr}");
+    let messages = server.messages();
+    assert_eq!(messages.len(), 2, "one more message, no notification");
+    assert_eq!(messages[1].mail_from, "");
+    assert_eq!(messages[1].rcpt_to, ["bob@example.net"]);
+    let list = json(&smtp(&[
+        "queue",
+        "list",
+        "--queue",
+        q.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(list["messages"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["messages"][0]["notification"], serde_json::Value::Null);
+}
+
+#[test]
+fn notify_sender_without_queue_is_a_usage_error() {
+    let out = smtp(&[
+        "send",
+        "--server",
+        "127.0.0.1:9",
+        "--tls",
+        "none",
+        "--notify-sender",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.net",
+        "--subject",
+        "hi",
+        "--body",
+        "hello",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--notify-sender works with --queue"),
+        "{stderr}"
+    );
+}

@@ -74,4 +74,16 @@ pub enum RunEvent {
         /// Until when.
         until: SystemTime,
     },
+    /// A delivery status notification (RFC 3464) to a message's sender
+    /// was enqueued: it is delivered as any queued message.
+    Notified {
+        /// The message it reports on.
+        message: MessageId,
+        /// The notification's message id.
+        notification: MessageId,
+        /// Its recipient: the message's sender.
+        to: String,
+        /// The recipients it reports failed or expired.
+        recipients: Vec<String>,
+    },
 }

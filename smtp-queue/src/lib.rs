@@ -2,11 +2,13 @@
 //!
 //! # The contract
 //!
-//! - **Enqueued means on disk.** [`Store::enqueue`] streams each body into
-//!   the spool (temporary file, fsync, rename; one fsync of the directory
-//!   for the batch), then commits the batch's envelopes in one transaction; only then does it
-//!   return ids. A failure (unwritable or full spool, a body that does not
-//!   read) leaves nothing of the batch behind.
+//! - **Enqueued means on disk.** [`Store::enqueue`] keeps each small body
+//!   (64 KiB by default) for the commit and streams each larger one into the
+//!   spool (temporary file, fsync, rename; one fsync of the directory for
+//!   the batch), then commits the batch's envelopes and small bodies in one
+//!   transaction, flushed to disk; only then does it return ids. A failure
+//!   (unwritable or full spool, a body that does not read) leaves nothing
+//!   of the batch behind.
 //! - **A body is stored once per message** and streamed in and out, never
 //!   held whole; reading it back checks its size and SHA-256.
 //! - **Per recipient**: `queued → delivering (under a lease) → delivered |
@@ -18,6 +20,11 @@
 //!   the end of data. A lease that expires (its worker crashed) makes its
 //!   recipients due again; the lease's generation keeps the stale worker
 //!   from overwriting the newer one's result ([`Error::StaleLease`]).
+//! - **Failures reported to the sender**, when a message asks
+//!   ([`MessageOptions::notify_sender`]): once every recipient is final
+//!   and one or more failed or expired, one delivery status notification
+//!   (RFC 3464, [`dsn`]) from the null reverse-path is enqueued, exactly
+//!   once ([`Store::enqueue_notification`], [`enqueue_owed`]).
 //! - **Time is passed in**: every operation takes `now`; the retry
 //!   [`Schedule`] is pure and takes its randomness as an argument.
 //!
@@ -35,6 +42,9 @@
 //!            │
 //!            ▼
 //!          outcomes.jsonl  (one line per change, after the commit)
+//!
+//!  runner, each round: enqueue_owed ── owed_notifications ──► dsn::compose
+//!                                  ──► enqueue_notification (once per message) ──► due
 //! ```
 //!
 //! # Delivering
@@ -132,9 +142,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dsn;
 mod error;
 mod event;
 pub mod log;
+mod notify;
 mod runner;
 mod schedule;
 mod spool;
@@ -146,6 +158,7 @@ mod verdict;
 
 pub use error::{Error, Result};
 pub use event::RunEvent;
+pub use notify::{Notified, enqueue_owed};
 pub use runner::{Runner, RunnerConfig, Summary, mx_destination};
 pub use schedule::{Next, Schedule, random_unit};
 pub use spool::SpoolBody;

@@ -1,7 +1,9 @@
-//! Body files in the spool directory: one per message, named by its id,
-//! written to `tmp/` and fsynced, renamed into `bodies/`, and the directory
-//! fsynced, so a body is either whole on disk or absent. Read back as a
-//! [`BodySource`] that checks the size and SHA-256 recorded at enqueue.
+//! Bodies: a small one is handed back to be committed inline with its
+//! envelope; a larger one is a file in the spool directory named by its
+//! message id, written to `tmp/` and fsynced, renamed into `bodies/`, and
+//! the directory fsynced, so a body is either whole on disk or absent. A
+//! file is read back as a [`BodySource`] that checks the size and SHA-256
+//! recorded at enqueue.
 
 use std::io;
 use std::path::{Path, PathBuf};

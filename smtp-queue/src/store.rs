@@ -135,8 +135,13 @@ pub struct MessageOptions {
     pub require_tls: bool,
     /// DSN `ENVID` (RFC 3461).
     pub dsn_envid: Option<String>,
-    /// DSN `RET=FULL` (true) or `RET=HDRS` (false).
+    /// DSN `RET=FULL` (true) or `RET=HDRS` (false). Also what this
+    /// queue's own notification returns (see `notify_sender`).
     pub dsn_ret_full: Option<bool>,
+    /// Send the envelope sender one delivery status notification (RFC
+    /// 3464) once every recipient is final and one or more failed or
+    /// expired; none for a null sender. See [`crate::dsn`].
+    pub notify_sender: bool,
 }
 
 /// One message to enqueue.
@@ -309,6 +314,9 @@ pub struct MessageInfo {
     pub options: MessageOptions,
     /// Its recipients, in the order enqueued.
     pub recipients: Vec<RecipientInfo>,
+    /// The delivery status notification enqueued for it (its message
+    /// id), once one has been.
+    pub notification: Option<MessageId>,
 }
 
 /// Which messages `list` returns.
@@ -383,6 +391,11 @@ pub struct Backoff {
 ///   lease that expired but was not taken over still records: the result
 ///   is real.
 /// - Every state change is appended to the outcome log after it commits.
+/// - A message that asked for a delivery status notification
+///   ([`MessageOptions::notify_sender`]) is marked as owing one in the
+///   transaction that makes its last recipient final, when one failed or
+///   expired; [`enqueue_notification`](Self::enqueue_notification) then
+///   enqueues exactly one for it.
 /// - Times are the caller's `now`; the store reads no clock.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -440,7 +453,8 @@ pub trait Store: Send + Sync {
     async fn delete(&self, id: &MessageId, now: SystemTime) -> Result<()>;
 
     /// Removes messages all of whose recipients reached a final state
-    /// before `before`; returns their ids.
+    /// before `before`, except those still owing a notification; returns
+    /// their ids.
     async fn purge_finished(&self, before: SystemTime) -> Result<Vec<MessageId>>;
 
     /// Counts.
@@ -464,6 +478,35 @@ pub trait Store: Send + Sync {
 
     /// Forgets a destination's back-off (after a success).
     async fn clear_backoff(&self, destination: &str) -> Result<()>;
+
+    /// Messages owed a delivery status notification and not yet given
+    /// one, oldest first, at most `limit`: each asked for it, has a
+    /// non-null sender, and every recipient is final, one or more failed
+    /// or expired.
+    async fn owed_notifications(&self, limit: u32) -> Result<Vec<MessageInfo>>;
+
+    /// Enqueues `notification` (from the null reverse-path) as message
+    /// `of`'s delivery status notification, exactly once: its body is
+    /// written and synced first, then one transaction enqueues it and
+    /// marks `of` as notified. `Ok(None)` when `of` owes none (any more:
+    /// another worker enqueued it first); nothing is left behind then.
+    async fn enqueue_notification(
+        &self,
+        of: &MessageId,
+        notification: NewMessage,
+        now: SystemTime,
+    ) -> Result<Option<MessageId>>;
+}
+
+/// A stored reverse-path's address, without angle brackets: `None` for
+/// the null reverse-path (`""` or `"<>"`).
+pub(crate) fn sender_address(from: &str) -> Option<&str> {
+    let from = from.trim();
+    let bare = from
+        .strip_prefix('<')
+        .and_then(|a| a.strip_suffix('>'))
+        .unwrap_or(from);
+    (!bare.is_empty()).then_some(bare)
 }
 
 /// `t` as UNIX epoch milliseconds.
@@ -505,6 +548,15 @@ mod tests {
         ] {
             assert!(MessageId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_null_reverse_path_has_no_address() {
+        for null in ["", "<>", " <> "] {
+            assert_eq!(sender_address(null), None, "{null:?}");
+        }
+        assert_eq!(sender_address("<a@example.com>"), Some("a@example.com"));
+        assert_eq!(sender_address("a@example.com"), Some("a@example.com"));
     }
 
     #[test]

@@ -106,8 +106,8 @@ fn why(a: Option<&Attempt>) -> String {
     })
 }
 
-/// What is said on stderr whatever the output: a held destination (once)
-/// and a lost reply.
+/// What is said on stderr whatever the output: a held destination (once),
+/// a lost reply, a notification enqueued.
 fn warn(event: &RunEvent) {
     match event {
         RunEvent::Held {
@@ -119,6 +119,19 @@ fn warn(event: &RunEvent) {
         }),
         RunEvent::OutcomeUnknown { recipient, .. } => progress::suspend(|| {
             tell!("smtp: warning: {recipient}: the reply was lost; a retry may deliver it twice");
+        }),
+        RunEvent::Notified {
+            notification,
+            to,
+            recipients,
+            ..
+        } => progress::suspend(|| {
+            let n = recipients.len();
+            let s = if n == 1 { "" } else { "s" };
+            tell!(
+                "smtp: notifying {to} of {n} undelivered recipient{s} ({}): delivery status notification {notification} queued",
+                recipients.join(", ")
+            );
         }),
         _ => {}
     }
@@ -204,21 +217,43 @@ enum Ended {
     Interrupted,
 }
 
+/// `smtp send --queue`'s own settings.
+pub(crate) struct Queued<'a> {
+    /// The queue's directory (empty: the default).
+    pub(crate) dir: &'a Path,
+    /// The retry schedule and how long to linger.
+    pub(crate) retry: &'a RetryArgs,
+    /// `--notify-sender`.
+    pub(crate) notify_sender: bool,
+}
+
 /// `smtp send --queue`: enqueue in one batch, then deliver until every
 /// recipient is final or only later retries remain (exit 75); a signal
 /// stops the runner cleanly (exit 130 or 143) and leaves the rest queued
 /// for `smtp queue run`. The report is `smtp send`'s, each recipient still
-/// queued marked so, with its next attempt.
+/// queued marked so, with its next attempt. With `--notify-sender`, a
+/// message with failed or expired recipients gets its notification
+/// enqueued and delivered in the same run (said on stderr).
 pub(crate) async fn send(
-    dir: &Path,
-    retry: &RetryArgs,
+    queued: &Queued<'_>,
     via: Via,
     prepared: &[Prepared],
     envelopes: &[Envelope],
     mode: Mode,
 ) -> Result<u8, Failure> {
+    let (dir, retry) = (queued.dir, queued.retry);
     let store = open(Some(dir)).await?;
     let sent = crate::send::sent(prepared, envelopes);
+    if queued.notify_sender {
+        for (m, e) in prepared.iter().zip(envelopes) {
+            if e.from == smtp_core::address::ReversePath::Null {
+                tell!(
+                    "note: {}: the sender is null (<>): --notify-sender sends it no notification",
+                    m.name
+                );
+            }
+        }
+    }
     let batch = prepared
         .iter()
         .zip(envelopes)
@@ -226,7 +261,7 @@ pub(crate) async fn send(
             from: e.from.to_string(),
             to: e.to.iter().map(ToString::to_string).collect(),
             body: Body::Source(Box::new(PreparedBody::new(m))),
-            options: options(e),
+            options: options(e, queued.notify_sender),
         })
         .collect();
     // From here a signal stops the runner rather than the process: what
@@ -334,8 +369,9 @@ pub(crate) async fn send(
     }
 }
 
-fn options(e: &Envelope) -> MessageOptions {
+fn options(e: &Envelope, notify_sender: bool) -> MessageOptions {
     let mut o = MessageOptions::default();
+    o.notify_sender = notify_sender;
     o.body = match e.body {
         BodyType::SevenBit => BodyKind::SevenBit,
         BodyType::EightBitMime => BodyKind::EightBit,
@@ -502,7 +538,9 @@ fn message_json(m: &smtp_queue::MessageInfo) -> serde_json::Value {
     // (empty for the null sender), as `send --json` names addresses.
     let from = m.from.trim_start_matches('<').trim_end_matches('>');
     serde_json::json!({ "id": m.id.as_str(), "from": from, "created_ms": millis(m.created),
-        "created": rfc3339(m.created), "size": m.body_size, "recipients": recipients })
+        "created": rfc3339(m.created), "size": m.body_size, "recipients": recipients,
+        "notify_sender": m.options.notify_sender,
+        "notification": m.notification.as_ref().map(MessageId::as_str) })
 }
 
 fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
@@ -517,6 +555,11 @@ fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
                 .as_ref()
                 .map_or(String::new(), |a| format!(" {}", a.text));
             println!("  {} {} attempts={}{last}", r.address, r.state, r.attempts);
+        }
+        match (&m.notification, m.options.notify_sender) {
+            (Some(id), _) => println!("  notification: {id}"),
+            (None, true) => println!("  notification: asked, none sent"),
+            (None, false) => {}
         }
     }
 }

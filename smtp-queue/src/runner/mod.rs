@@ -29,6 +29,7 @@ use smtp_core::data::BodyType;
 use smtp_tls::{Outgoing, Server};
 
 mod direct;
+mod notify;
 pub use self::direct::mx_destination;
 mod record;
 mod relay;
@@ -62,6 +63,9 @@ pub struct RunnerConfig {
     /// After a stop, how long a session under way may take to finish
     /// before it is abandoned and what it had not settled is released.
     pub stop_grace: Duration,
+    /// The `From:` of delivery status notifications; default
+    /// `MAILER-DAEMON@` the EHLO name (see [`crate::dsn`]).
+    pub notify_from: Option<String>,
 }
 
 impl Default for RunnerConfig {
@@ -76,6 +80,7 @@ impl Default for RunnerConfig {
             schedule: Schedule::default(),
             backoff: Schedule::default(),
             stop_grace: Duration::from_secs(10),
+            notify_from: None,
         }
     }
 }
@@ -121,6 +126,12 @@ impl RunnerConfig {
     #[must_use]
     pub fn with_stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
+        self
+    }
+    /// Sets the `From:` address of delivery status notifications.
+    #[must_use]
+    pub fn with_notify_from(mut self, from: impl Into<String>) -> Self {
+        self.notify_from = Some(from.into());
         self
     }
     /// Sets the retry schedule (and the destination back-off's).
@@ -258,6 +269,7 @@ impl Runner {
             if stop.is_stopped() {
                 break;
             }
+            self.notify_owed().await?;
             let now = SystemTime::now();
             if self.backed_off(now).await?.is_some() {
                 break;

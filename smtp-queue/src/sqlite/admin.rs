@@ -52,7 +52,7 @@ pub(super) async fn show(store: &SqliteStore, id: &MessageId) -> Result<MessageI
         .await
         .map_err(|e| Error::db("reading a message", e))?;
     let row = sqlx::query(
-        "SELECT id, sender, options, body_size, created_ms FROM messages WHERE id = $1",
+        "SELECT id, sender, options, body_size, created_ms, dsn_id FROM messages WHERE id = $1",
     )
     .bind(id.as_str())
     .fetch_optional(&mut *conn)
@@ -60,6 +60,15 @@ pub(super) async fn show(store: &SqliteStore, id: &MessageId) -> Result<MessageI
     .map_err(|e| Error::db("reading a message", e))?
     .ok_or_else(|| Error::NotFound(id.clone()))?;
     let recipients = store.recipients_of(&mut *conn, id).await?;
+    let notification = match get::<Option<String>>(&row, "dsn_id")? {
+        Some(dsn) => Some(MessageId::parse(&dsn).map_err(|_| {
+            Error::corrupt(
+                Some(id),
+                format!("its notification {dsn:?} is not a message id"),
+            )
+        })?),
+        None => None,
+    };
     Ok(MessageInfo {
         id: id.clone(),
         from: get(&row, "sender")?,
@@ -67,6 +76,7 @@ pub(super) async fn show(store: &SqliteStore, id: &MessageId) -> Result<MessageI
         body_size: size_of(&row)?,
         options: options_of(&row, id)?,
         recipients,
+        notification,
     })
 }
 
@@ -180,7 +190,8 @@ pub(super) async fn purge_finished(
     let before_ms = millis(before)?;
     let mut tx = store.begin_durable(doing).await?;
     let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+        "SELECT id FROM messages m WHERE m.dsn_owed_ms IS NULL
+         AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
          AND (r.state NOT IN ('delivered', 'failed', 'expired') OR r.updated_ms >= $1))",
     )
     .bind(before_ms)

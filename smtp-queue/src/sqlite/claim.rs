@@ -7,7 +7,7 @@ use sqlx::{Sqlite, Transaction};
 use tokio::sync::oneshot;
 
 use super::rows::{attempts_of, get, options_of, size_of, state_of};
-use super::{DUE, SqliteStore};
+use super::{DUE, SqliteStore, notify};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::{RecipientState, Transition};
@@ -300,6 +300,9 @@ async fn apply_record(
         return Err(stale());
     }
     let mut entries = Vec::with_capacity(outcomes.len());
+    let any_final = outcomes
+        .iter()
+        .any(|(_, o)| !matches!(o, Outcome::Deferred { .. }));
     for (rid, outcome) in outcomes {
         let from = RecipientState::Delivering;
         let to = from.apply(outcome.transition())?;
@@ -358,6 +361,11 @@ async fn apply_record(
             generation: Some(lease.generation),
             attempt,
         });
+    }
+    if any_final {
+        // With the last outcome, or not at all: a notification owed is
+        // never lost to a crash between the two.
+        notify::mark_if_owed(tx, &lease.message, now_ms).await?;
     }
     Ok(entries)
 }

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::delivery::{BodySource, MemoryBody};
+use sqlx::{Sqlite, Transaction};
 
 use super::SqliteStore;
 use super::rows::{get, size_of};
@@ -14,7 +15,7 @@ use crate::spool::{Stored, Written};
 use crate::state::RecipientState;
 use crate::store::{MessageId, MessageOptions, NewMessage, RecipientId, millis};
 
-fn check_envelope(message: &NewMessage) -> Result<()> {
+pub(super) fn check_envelope(message: &NewMessage) -> Result<()> {
     ReversePath::parse(&message.from).map_err(|e| {
         Error::Misuse(format!(
             "the reverse-path {:?} does not parse: {e}",
@@ -35,68 +36,80 @@ impl SqliteStore {
     async fn insert_batch(&self, batch: &[Spooled], now_ms: i64) -> Result<Vec<Entry>> {
         let doing = "enqueueing";
         let mut tx = self.begin_durable(doing).await?;
-        let mut entries = Vec::new();
-        for Spooled {
-            id,
-            message,
-            stored,
-        } in batch
-        {
-            let written = &stored.written;
-            let options = serde_json::to_string(&message.options)
-                .map_err(|e| Error::Misuse(format!("the options do not serialize: {e}")))?;
-            sqlx::query(
-                "INSERT INTO messages (id, sender, options, body_size, body_sha256, created_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id.as_str())
-            .bind(&message.from)
-            .bind(options)
-            .bind(i64::try_from(written.size).unwrap_or(i64::MAX))
-            .bind(&written.sha256)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::db(doing, e))?;
-            if let Some(data) = &stored.inline {
-                sqlx::query("INSERT INTO message_bodies (message_id, data) VALUES ($1, $2)")
-                    .bind(id.as_str())
-                    .bind(data.as_slice())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(doing, e))?;
-            }
-            for (position, to) in message.to.iter().enumerate() {
-                let rid: i64 = sqlx::query_scalar(
-                    "INSERT INTO recipients (message_id, position, address, state, attempts, next_attempt_ms, updated_ms)
-                     VALUES ($1, $2, $3, 'queued', 0, $4, $4) RETURNING id",
-                )
-                .bind(id.as_str())
-                .bind(position as i64)
-                .bind(to)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| Error::db(doing, e))?;
-                entries.push(Entry {
-                    at_ms: now_ms,
-                    event: "enqueued".into(),
-                    message: id.clone(),
-                    recipient: RecipientId(rid),
-                    rcpt: to.clone(),
-                    from: None,
-                    to: Some(RecipientState::Queued),
-                    attempts: 0,
-                    next_attempt_ms: Some(now_ms),
-                    worker: None,
-                    generation: None,
-                    attempt: None,
-                });
-            }
-        }
+        let entries = insert(&mut tx, batch, now_ms).await?;
         tx.commit().await.map_err(|e| Error::db(doing, e))?;
         Ok(entries)
     }
+}
+
+/// Inserts the envelopes of messages whose bodies are stored (and the
+/// bodies kept inline), in `tx`; returns their `enqueued` log entries (to write once `tx` commits).
+pub(super) async fn insert(
+    tx: &mut Transaction<'static, Sqlite>,
+    batch: &[Spooled],
+    now_ms: i64,
+) -> Result<Vec<Entry>> {
+    let doing = "enqueueing";
+    let mut entries = Vec::new();
+    for Spooled {
+        id,
+        message,
+        stored,
+    } in batch
+    {
+        let written = &stored.written;
+        let options = serde_json::to_string(&message.options)
+            .map_err(|e| Error::Misuse(format!("the options do not serialize: {e}")))?;
+        sqlx::query(
+            "INSERT INTO messages (id, sender, options, body_size, body_sha256, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.as_str())
+        .bind(&message.from)
+        .bind(options)
+        .bind(i64::try_from(written.size).unwrap_or(i64::MAX))
+        .bind(&written.sha256)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+        if let Some(data) = &stored.inline {
+            sqlx::query("INSERT INTO message_bodies (message_id, data) VALUES ($1, $2)")
+                .bind(id.as_str())
+                .bind(data.as_slice())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| Error::db(doing, e))?;
+        }
+        for (position, to) in message.to.iter().enumerate() {
+            let rid: i64 = sqlx::query_scalar(
+                "INSERT INTO recipients (message_id, position, address, state, attempts, next_attempt_ms, updated_ms)
+                 VALUES ($1, $2, $3, 'queued', 0, $4, $4) RETURNING id",
+            )
+            .bind(id.as_str())
+            .bind(position as i64)
+            .bind(to)
+            .bind(now_ms)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+            entries.push(Entry {
+                at_ms: now_ms,
+                event: "enqueued".into(),
+                message: id.clone(),
+                recipient: RecipientId(rid),
+                rcpt: to.clone(),
+                from: None,
+                to: Some(RecipientState::Queued),
+                attempts: 0,
+                next_attempt_ms: Some(now_ms),
+                worker: None,
+                generation: None,
+                attempt: None,
+            });
+        }
+    }
+    Ok(entries)
 }
 
 pub(super) async fn enqueue(
@@ -181,15 +194,15 @@ pub(super) async fn open_body(store: &SqliteStore, id: &MessageId) -> Result<Box
 
 /// A message whose body is stored (or in hand, to commit inline), its
 /// envelope not yet committed.
-struct Spooled {
-    id: MessageId,
-    message: Envelope,
-    stored: Stored,
+pub(super) struct Spooled {
+    pub(super) id: MessageId,
+    pub(super) message: Envelope,
+    pub(super) stored: Stored,
 }
 
 /// A new message's envelope and options, without its body.
-struct Envelope {
-    from: String,
-    to: Vec<String>,
-    options: MessageOptions,
+pub(super) struct Envelope {
+    pub(super) from: String,
+    pub(super) to: Vec<String>,
+    pub(super) options: MessageOptions,
 }

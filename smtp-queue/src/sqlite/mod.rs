@@ -54,11 +54,12 @@ use crate::store::{
 mod admin;
 mod claim;
 mod enqueue;
+mod notify;
 mod rows;
 mod schema;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// A recipient is due: waiting and its time has come, or its lease expired.
 pub(super) const DUE: &str = "((state IN ('queued', 'deferred') AND next_attempt_ms <= $1)
@@ -369,5 +370,18 @@ impl Store for SqliteStore {
 
     async fn clear_backoff(&self, destination: &str) -> Result<()> {
         admin::clear_backoff(self, destination).await
+    }
+
+    async fn owed_notifications(&self, limit: u32) -> Result<Vec<MessageInfo>> {
+        notify::owed_notifications(self, limit).await
+    }
+
+    async fn enqueue_notification(
+        &self,
+        of: &MessageId,
+        notification: NewMessage,
+        now: SystemTime,
+    ) -> Result<Option<MessageId>> {
+        notify::enqueue_notification(self, of, notification, now).await
     }
 }

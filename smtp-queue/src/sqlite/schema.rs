@@ -1,13 +1,21 @@
-//! The schema and its migrations, applied on open: a new queue gets
-//! version 1 and every migration; an older one the migrations it lacks,
-//! each in the same transaction as its version row. A newer schema than
-//! this build understands is refused.
+//! The schema and its migrations, run on open in one transaction: a new
+//! database gets version 1 and then every migration, an older one only
+//! the migrations it lacks, so both end up with the same tables. A newer
+//! schema than this build understands is refused before anything is
+//! written.
+//!
+//! | version | change |
+//! |---|---|
+//! | 1 | messages, recipients, lease_generation, backoff |
+//! | 2 | `messages.dsn_owed_ms`, `messages.dsn_id`: the delivery status notification owed to the sender, and the one enqueued |
+//! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
 
-/// Version 1.
-const SCHEMA: &str = "
+/// The schema, version 1, as its first release created it (never edited:
+/// later versions are migrations).
+const SCHEMA_V1: &str = "
 CREATE TABLE messages (
     id          TEXT PRIMARY KEY,
     sender      TEXT NOT NULL,
@@ -49,22 +57,38 @@ CREATE TABLE backoff (
 );
 ";
 
-/// The migrations after version 1: `(version, SQL)`, in order.
+/// Each migration takes the schema from the version before it to its own.
+/// Plain `ALTER TABLE … ADD COLUMN` and `CREATE INDEX`, as PostgreSQL
+/// takes them too.
 const MIGRATIONS: &[(i64, &str)] = &[
-    // 2: small bodies inline, committed with their envelope.
     (
         2,
-        "CREATE TABLE message_bodies (
-            message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-            data       BLOB NOT NULL
-        );",
+        // dsn_owed_ms: set (to the time) in the transaction that made the
+        // last recipient of a message that asked for it final, with one
+        // failed or expired; cleared in the transaction that enqueues the
+        // notification, which sets dsn_id to the notification's message id.
+        "
+ALTER TABLE messages ADD COLUMN dsn_owed_ms INTEGER;
+ALTER TABLE messages ADD COLUMN dsn_id TEXT;
+CREATE INDEX messages_dsn_owed ON messages (dsn_owed_ms);
+",
+    ),
+    (
+        3,
+        // Small bodies inline: one disk flush commits a whole batch.
+        "
+CREATE TABLE message_bodies (
+    message_id TEXT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    data       BLOB NOT NULL
+);
+",
     ),
 ];
 
 impl SqliteStore {
     pub(super) async fn migrate(&self) -> Result<()> {
         let doing = "creating the queue's schema";
-        let mut tx = self.begin_durable(doing).await?;
+        let mut tx = self.begin(doing).await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&mut *tx)
             .await
@@ -73,9 +97,9 @@ impl SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| Error::db(doing, e))?;
-        let from = match found {
+        let mut version = match found {
             None => {
-                sqlx::raw_sql(SCHEMA)
+                sqlx::raw_sql(SCHEMA_V1)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| Error::db(doing, e))?;
@@ -90,15 +114,20 @@ impl SqliteStore {
             }
             Some(found) => found,
         };
-        let mut version = from;
+        let fresh = found.is_none();
+        let from = version;
         for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
+            if !fresh {
+                tracing::info!(path = %self.db.display(), from = version, to, "upgrading the queue's schema");
+            }
             sqlx::raw_sql(sql)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| Error::db(doing, e))?;
+                .map_err(|e| Error::db("upgrading the queue's schema", e))?;
             version = *to;
         }
         if found != Some(version) {
+            // One row per version reached: the table keeps the history.
             sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
                 .bind(version)
                 .execute(&mut *tx)
@@ -121,12 +150,13 @@ mod tests {
     use crate::store::{Body, MessageId, MessageOptions, NewMessage, Store};
 
     #[test]
-    fn the_last_migration_is_the_version_this_build_writes() {
-        assert_eq!(
-            MIGRATIONS.last().map_or(1, |(v, _)| *v),
-            SCHEMA_VERSION,
-            "add the migration and raise SCHEMA_VERSION together"
-        );
+    fn the_migrations_end_at_the_schema_version_in_order() {
+        let mut last = 1;
+        for (to, _) in MIGRATIONS {
+            assert_eq!(*to, last + 1);
+            last = *to;
+        }
+        assert_eq!(last, SCHEMA_VERSION);
     }
 
     #[tokio::test]
@@ -143,7 +173,7 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        sqlx::raw_sql(SCHEMA).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(SCHEMA_V1).execute(&mut conn).await.unwrap();
         sqlx::raw_sql(&format!(
             "CREATE TABLE schema_version (version INTEGER NOT NULL);
              INSERT INTO schema_version (version) VALUES (1);
@@ -163,7 +193,7 @@ mod tests {
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
         let info = store.show(&id).await.unwrap();
         assert_eq!(info.recipients[0].address, "b@example.net");
         let mut read = store.open_body(&id).await.unwrap();
@@ -193,7 +223,7 @@ mod tests {
         // Opening again migrates nothing twice.
         drop(store);
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version WHERE version = 2")
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version WHERE version = 3")
             .fetch_one(&store.pool)
             .await
             .unwrap();
