@@ -45,6 +45,7 @@ use smtp_core::reply::EnhancedCode;
 
 use crate::state::RecipientState;
 use crate::store::{Attempt, MessageInfo, RecipientInfo, sender_address};
+pub use crate::time::rfc5322;
 
 /// The most of the original's header section returned (a longer one is
 /// cut at a line's end).
@@ -673,37 +674,6 @@ fn clean(text: &str, ascii_only: bool) -> String {
     let trimmed = out.trim_end().len();
     out.truncate(trimmed);
     out
-}
-
-/// RFC 5322 date-time in UTC: `Tue, 14 Nov 2023 22:13:20 +0000`.
-pub fn rfc5322(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // 1970-01-01 was a Thursday.
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let weekday = DAYS[days.rem_euclid(7) as usize];
-    let month = MONTHS[(month - 1).clamp(0, 11) as usize];
-    format!(
-        "{weekday}, {day} {month} {year:04} {:02}:{:02}:{:02} +0000",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]

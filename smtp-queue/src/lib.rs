@@ -154,6 +154,7 @@ mod sqlite;
 mod state;
 mod stop;
 mod store;
+pub mod time;
 mod verdict;
 
 pub use error::{Error, Result};

@@ -24,12 +24,13 @@ use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
 use smtp_core::{Envelope, RecipientStatus};
 use tokio::sync::Semaphore;
 
-use super::{Runner, address, lock};
+use super::record::Unrecorded;
+use super::{Runner, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
 use crate::store::{Attempt, Claimed, Lease, Outcome, RecipientId};
-use crate::verdict::{Verdict, verdict};
+use crate::verdict::verdict;
 
 /// What direct delivery needs: DNS, connections, and the options.
 pub(crate) struct Direct {
@@ -364,8 +365,8 @@ impl Runner {
             }
             let claimed = &round.claimed[unit.claimed];
             let outcomes = self.settle(claimed, unit, decided, &job.plan, delivered_any);
-            hold = hold.or(outcomes.hold);
-            ended = ended.or(outcomes.ended);
+            hold = hold.or(outcomes.why.hold);
+            ended = ended.or(outcomes.why.ended);
             if !outcomes.recorded.is_empty() {
                 self.record(claimed, lease, outcomes.recorded).await?;
             }
@@ -392,10 +393,7 @@ impl Runner {
         Ok(())
     }
 
-    /// Each recipient of `unit` classified. A session that ended before
-    /// reaching a recipient's data is released for a prompt retry when the
-    /// session delivered something (`progress`), otherwise retried on the
-    /// schedule; a configuration or policy fault holds the destination.
+    /// Each recipient of `unit` classified ([`Runner::outcome_of`]).
     fn settle(
         &self,
         claimed: &Claimed,
@@ -410,36 +408,10 @@ impl Runner {
         for (&i, d) in unit.positions.iter().zip(decided) {
             let id = claimed.recipients[i].id;
             let host = d.host.as_deref().unwrap_or(fallback);
-            let outcome = match verdict(&d.outcome, host, d.tls.as_ref()) {
-                Verdict::Delivered(a) => Outcome::Delivered(a),
-                Verdict::Failed(a) => Outcome::Failed(a),
-                Verdict::Retry { attempt, unknown } => {
-                    if unknown {
-                        let recipient = address(claimed, id);
-                        tracing::warn!(message = %claimed.lease.message, %recipient,
-                            "the reply to the end of data was lost; deferred, a retry may deliver it twice");
-                        self.emit(&RunEvent::OutcomeUnknown {
-                            message: claimed.lease.message.clone(),
-                            recipient,
-                        });
-                    }
-                    self.retry(claimed, id, attempt, now)
-                }
-                Verdict::SessionEnded(a) if progress => {
-                    // Released: due again at once, on a new connection.
-                    out.ended.get_or_insert(a.text);
-                    continue;
-                }
-                Verdict::SessionEnded(a) => {
-                    out.ended.get_or_insert(a.text.clone());
-                    self.retry(claimed, id, a, now)
-                }
-                Verdict::Hold(a) => {
-                    out.hold.get_or_insert(a.text);
-                    continue;
-                }
-            };
-            out.recorded.push((id, outcome));
+            let v = verdict(&d.outcome, host, d.tls.as_ref());
+            if let Some(outcome) = self.outcome_of(claimed, id, v, progress, now, &mut out.why) {
+                out.recorded.push((id, outcome));
+            }
         }
         out
     }
@@ -470,8 +442,6 @@ impl Runner {
 struct Settled {
     /// Outcomes to record now.
     recorded: Vec<(RecipientId, Outcome)>,
-    /// A configuration or policy fault: hold the destination.
-    hold: Option<String>,
-    /// The session ended before some recipient's data.
-    ended: Option<String>,
+    /// Why the others are not.
+    why: Unrecorded,
 }

@@ -15,7 +15,61 @@ use crate::schedule::{Next, random_unit};
 use crate::store::{Attempt, Claimed, Lease, Outcome, RecipientId};
 use crate::verdict::{Verdict, verdict};
 
+/// Why recipients of a session were not recorded: the first reason of
+/// each kind.
+#[derive(Debug, Default)]
+pub(super) struct Unrecorded {
+    /// A configuration or policy fault: hold the destination.
+    pub(super) hold: Option<String>,
+    /// The session ended before some recipient's data.
+    pub(super) ended: Option<String>,
+}
+
 impl Runner {
+    /// The outcome to record for a recipient's verdict, or `None` when it
+    /// is not recorded: a session that ended before its data after
+    /// delivering something (`progress`) releases it for a new connection
+    /// at once; a configuration or policy fault holds the destination.
+    /// Either reason is kept in `why`.
+    pub(super) fn outcome_of(
+        &self,
+        claimed: &Claimed,
+        id: RecipientId,
+        verdict: Verdict,
+        progress: bool,
+        now: SystemTime,
+        why: &mut Unrecorded,
+    ) -> Option<Outcome> {
+        Some(match verdict {
+            Verdict::Delivered(a) => Outcome::Delivered(a),
+            Verdict::Failed(a) => Outcome::Failed(a),
+            Verdict::Retry { attempt, unknown } => {
+                if unknown {
+                    let recipient = address(claimed, id);
+                    tracing::warn!(message = %claimed.lease.message, %recipient,
+                        "the reply to the end of data was lost; deferred, a retry may deliver it twice");
+                    self.emit(&RunEvent::OutcomeUnknown {
+                        message: claimed.lease.message.clone(),
+                        recipient,
+                    });
+                }
+                self.retry(claimed, id, attempt, now)
+            }
+            Verdict::SessionEnded(a) if progress => {
+                why.ended.get_or_insert(a.text);
+                return None;
+            }
+            Verdict::SessionEnded(a) => {
+                why.ended.get_or_insert(a.text.clone());
+                self.retry(claimed, id, a, now)
+            }
+            Verdict::Hold(a) => {
+                why.hold.get_or_insert(a.text);
+                return None;
+            }
+        })
+    }
+
     /// Deferred on the schedule, or expired past the lifetime.
     pub(super) fn retry(
         &self,

@@ -6,8 +6,9 @@ use std::time::SystemTime;
 use smtp_core::{Fault, MessageOutcome};
 use smtp_tls::Session;
 
+use super::record::Unrecorded;
 use super::record::by_recipient;
-use super::{Mode, Runner, address};
+use super::{Mode, Runner};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
@@ -138,8 +139,7 @@ impl Runner {
         if delivered_any {
             self.store.clear_backoff(&self.destination).await?;
         }
-        let mut hold: Option<String> = None;
-        let mut ended: Option<String> = None;
+        let mut why = Unrecorded::default();
         for (((claimed, lease), result), done) in
             sending.iter().zip(&leases).zip(results).zip(&recorded)
         {
@@ -170,50 +170,24 @@ impl Runner {
                 }
             };
             let now = SystemTime::now();
-            let mut outcomes = Vec::new();
-            for (id, v) in verdicts {
-                let outcome = match v {
-                    Verdict::Delivered(a) => Outcome::Delivered(a),
-                    Verdict::Failed(a) => Outcome::Failed(a),
-                    Verdict::Retry { attempt, unknown } => {
-                        if unknown {
-                            let recipient = address(claimed, id);
-                            tracing::warn!(message = %claimed.lease.message, %recipient,
-                                "the reply to the end of data was lost; deferred, a retry may deliver it twice");
-                            self.emit(&RunEvent::OutcomeUnknown {
-                                message: claimed.lease.message.clone(),
-                                recipient,
-                            });
-                        }
-                        self.retry(claimed, id, attempt, now)
-                    }
-                    Verdict::SessionEnded(a) if delivered_any => {
-                        // Released below: due again at once, on a new connection.
-                        ended.get_or_insert(a.text);
-                        continue;
-                    }
-                    Verdict::SessionEnded(a) => {
-                        ended.get_or_insert(a.text.clone());
-                        self.retry(claimed, id, a, now)
-                    }
-                    Verdict::Hold(a) => {
-                        hold.get_or_insert(a.text);
-                        continue;
-                    }
-                };
-                outcomes.push((id, outcome));
-            }
+            let outcomes: Vec<(RecipientId, Outcome)> = verdicts
+                .into_iter()
+                .filter_map(|(id, v)| {
+                    self.outcome_of(claimed, id, v, delivered_any, now, &mut why)
+                        .map(|o| (id, o))
+                })
+                .collect();
             if !outcomes.is_empty() {
                 self.record(claimed, lease, outcomes).await?;
             }
         }
         let now = SystemTime::now();
         let mut release_at = None;
-        if let Some(reason) = hold {
+        if let Some(reason) = why.hold.take() {
             release_at = Some(self.hold(&reason, now).await?);
-        } else if let (false, Some(reason)) = (delivered_any, &ended) {
+        } else if let (false, Some(reason)) = (delivered_any, &why.ended) {
             self.back_off(reason, now).await?;
-        } else if let Some(e) = session_error.filter(|_| ended.is_some()) {
+        } else if let Some(e) = session_error.filter(|_| why.ended.is_some()) {
             tracing::info!(destination = %self.destination, error = %e, "session ended; the rest is due again at once");
         }
         for (claimed, lease) in sending.iter().zip(&leases) {

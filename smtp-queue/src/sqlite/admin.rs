@@ -31,13 +31,18 @@ pub(super) async fn list(store: &SqliteStore, filter: &ListFilter) -> Result<Vec
         .fetch_all(&store.pool)
         .await
         .map_err(|e| Error::db("listing messages", e))?;
+    show_all(store, ids).await
+}
+
+/// Each message of `ids` that still exists, in that order.
+pub(super) async fn show_all(store: &SqliteStore, ids: Vec<String>) -> Result<Vec<MessageInfo>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let id = MessageId::parse(&id)
             .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))?;
         match store.show(&id).await {
             Ok(info) => out.push(info),
-            // Deleted since the list was read.
+            // Deleted since the ids were read.
             Err(Error::NotFound(_)) => {}
             Err(e) => return Err(e),
         }

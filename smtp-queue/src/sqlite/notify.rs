@@ -25,7 +25,7 @@ use super::enqueue::{Envelope, Spooled, check_envelope, insert};
 use super::rows::{get, options_of};
 use crate::error::{Error, Result};
 use crate::log::Entry;
-use crate::store::{MessageId, MessageInfo, NewMessage, Store, millis, sender_address};
+use crate::store::{MessageId, MessageInfo, NewMessage, millis, sender_address};
 
 /// Marks message `id` as owing its sender a notification, when it asked
 /// for one, its sender is not null, none is owed or sent yet, every
@@ -77,18 +77,7 @@ pub(super) async fn owed_notifications(
     .fetch_all(&store.pool)
     .await
     .map_err(|e| Error::db("finding owed notifications", e))?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let id = MessageId::parse(&id)
-            .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))?;
-        match store.show(&id).await {
-            Ok(info) => out.push(info),
-            // Deleted since.
-            Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    super::admin::show_all(store, ids).await
 }
 
 pub(super) async fn enqueue_notification(
