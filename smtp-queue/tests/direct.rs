@@ -17,14 +17,8 @@ use smtp_queue::{
 use smtp_testkit::dns::{DnsServer, Zone};
 use smtp_testkit::flaky::{FlakyConfig, FlakyServer};
 
-fn fast() -> Schedule {
-    Schedule {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(1),
-        lifetime: Duration::from_secs(60),
-        jitter: 0.0,
-    }
-}
+mod common;
+use common::fast;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -5,19 +5,21 @@
 //! SQLite on real files in a temporary directory; a runner against a
 //! capture server on 127.0.0.1.
 
-use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use smtp_core::delivery::{BodySource, MemoryBody};
+use smtp_core::delivery::MemoryBody;
 use smtp_queue::dsn::{FULL_LIMIT, Reporter};
 use smtp_queue::{
     Attempt, Body, BodyKind, Error, MessageId, MessageOptions, NewMessage, Outcome, RecipientState,
     RunEvent, Runner, RunnerConfig, SqliteSettings, SqliteStore, Stop, Store, enqueue_owed,
 };
 use sqlx::Connection;
+
+mod common;
+use common::{files_in, files_only, read_all};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -48,30 +50,6 @@ fn reply(code: u16, enhanced: &str, text: &str) -> Attempt {
         tls: None,
     }
 }
-
-async fn read_all(body: &mut dyn BodySource) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = body.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// A store that keeps every body in a file (these tests count the files).
-async fn files_only(dir: &Path) -> SqliteStore {
-    let mut settings = SqliteSettings::default();
-    settings.inline_bodies = 0;
-    SqliteStore::open_with(dir, settings).await.unwrap()
-}
-
-fn files_in(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
-}
-
 /// Enqueues `m` at t(0), claims it and records `outcomes` (by position).
 async fn settle(
     store: &SqliteStore,

@@ -8,20 +8,14 @@ use smtp_core::TlsPolicy;
 use smtp_core::delivery::MemoryBody;
 use smtp_core::sasl::{Credentials, Secret};
 use smtp_queue::{
-    Body, MessageOptions, NewMessage, RecipientState, RunEvent, Runner, RunnerConfig, Schedule,
-    SqliteStore, Stop, Store,
+    Body, MessageOptions, NewMessage, RecipientState, RunEvent, Runner, RunnerConfig, SqliteStore,
+    Stop, Store,
 };
 use smtp_testkit::flaky::{FlakyConfig, FlakyServer};
 use smtp_tls::Server;
 
-fn fast() -> Schedule {
-    Schedule {
-        first: Duration::from_millis(500),
-        max: Duration::from_secs(1),
-        lifetime: Duration::from_secs(60),
-        jitter: 0.0,
-    }
-}
+mod common;
+use common::fast;
 
 async fn queue(n: usize, dir: &std::path::Path) -> Arc<SqliteStore> {
     let store = Arc::new(SqliteStore::open(dir).await.unwrap());

@@ -11,8 +11,11 @@ use smtp_core::delivery::{BodySource, MemoryBody};
 use smtp_queue::log::Entry;
 use smtp_queue::{
     Attempt, Body, Error, ListFilter, MessageOptions, NewMessage, Next, Outcome, RecipientState,
-    RetryTarget, SCHEMA_VERSION, Schedule, SqliteSettings, SqliteStore, Store, TlsFacts,
+    RetryTarget, SCHEMA_VERSION, Schedule, SqliteStore, Store, TlsFacts,
 };
+
+mod common;
+use common::{files_in, files_only, read_all};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -20,14 +23,6 @@ const LEASE: Duration = Duration::from_secs(30);
 fn t(s: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
 }
-
-/// A store that keeps every body in a file of its own (no inline bodies).
-async fn files_only(dir: &Path) -> SqliteStore {
-    let mut settings = SqliteSettings::default();
-    settings.inline_bodies = 0;
-    SqliteStore::open_with(dir, settings).await.unwrap()
-}
-
 /// Rows of `message_bodies` (bodies kept inline).
 async fn inline_rows(dir: &Path) -> i64 {
     use sqlx::Connection;
@@ -64,28 +59,12 @@ fn reply(code: u16, text: &str) -> Attempt {
     }
 }
 
-async fn read_all(body: &mut dyn BodySource) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = body.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-}
-
 fn log_entries(dir: &Path) -> Vec<Entry> {
     std::fs::read_to_string(dir.join("outcomes.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn files_in(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
 }
 
 #[tokio::test]
