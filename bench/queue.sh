@@ -54,7 +54,8 @@
 # the work directory goes, default /var/tmp: a disk, as a real queue would
 # be; both tools' queues are there), KEEP=1 (keep the work directory),
 # SKIP_POSTFIX=1, OUR_BOUND (the session bound `smtp send --queue` runs
-# with: default 4, the RunnerConfig default smtp-cli uses; it has no flag).
+# with: default 32, smtp-cli's default for direct delivery; it is passed
+# as --concurrency).
 #
 # Needs: postfix (smtp-sink, the postfix command and daemons, the user
 # postfix), python3, root for the Postfix run (its master starts as root).
@@ -65,7 +66,7 @@ domains=${2:-1000}
 hosts=8
 port=${PORT:-25625}
 pf_port=${PF_PORT:-25626}
-our_bound=${OUR_BOUND:-4}
+our_bound=${OUR_BOUND:-32}
 inject=${INJECT_SESSIONS:-4}
 
 die() { echo "queue.sh: $*" >&2; exit 1; }
@@ -181,7 +182,7 @@ phase_cpu() { # NAME: DNS server and sinks CPU seconds since the last call
     dns_cpu0=$d
 }
 
-direct=(--dns-server "$dns" --mx-port "$port")
+direct=(--dns-server "$dns" --mx-port "$port" --concurrency "$our_bound")
 
 # 1. Ours, end to end.
 echo "ours: end to end ..." >&2
