@@ -148,6 +148,7 @@ impl Client {
                 .iter()
                 .find(|m| m.id == id)
                 .map_or(0, |m| m.outcomes.len());
+            let phase = own_phase(phase, id, &txs);
             for index in 0..n {
                 self.settle(id, index, |r| {
                     let mut o = RecipientOutcome::from_error(r, phase, error.clone());
@@ -159,5 +160,28 @@ impl Client {
             }
             self.finish_message_if_done(id);
         }
+    }
+}
+
+/// The phase a message that did not get an outcome of its own was in when
+/// the session failed in `phase`: a failure during another message's
+/// transaction left this one before its data (never started, or its
+/// envelope only pipelined), which is what callers go by (a queue
+/// retries such a message at once, without counting an attempt).
+fn own_phase(
+    phase: Phase,
+    message: MessageId,
+    txs: &std::collections::VecDeque<super::transaction::Transaction>,
+) -> Phase {
+    use super::transaction::Stage;
+    let own: Vec<&super::transaction::Transaction> =
+        txs.iter().filter(|t| t.message == message).collect();
+    let in_body = own.iter().any(|t| matches!(t.stage, Stage::Body));
+    match phase {
+        // Its end of data was not written (else its outcome is unknown).
+        Phase::DataEnd if in_body => Phase::Data,
+        Phase::DataEnd | Phase::DataBlock if !in_body => Phase::Mail,
+        Phase::Mail | Phase::Rcpt | Phase::Data if own.is_empty() => Phase::Mail,
+        other => other,
     }
 }

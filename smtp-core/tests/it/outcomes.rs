@@ -395,3 +395,39 @@ fn a_421_to_a_chunk_settles_its_message_too() {
         "{r}"
     );
 }
+
+#[test]
+fn a_message_queued_behind_a_lost_end_of_data_reply_is_left_before_its_data() {
+    let mut run = Run::new(config());
+    run.send(envelope("a@example.org", &["b@example.net"]));
+    run.send(envelope("a@example.org", &["c@example.net"]));
+    run.script(&after_pipelined_ehlo(
+        "
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<b@example.net>
+        C: DATA
+        S: 250 ok
+        S: 250 ok
+        S: 354 go
+        C: Subject: test
+        C: 
+        C: Hello.
+        C: .
+        C: MAIL FROM:<a@example.org>
+        C: RCPT TO:<c@example.net>
+        C: DATA
+        ",
+    ));
+    run.close();
+    let outcomes = run.outcomes();
+    assert_unknown_in(&outcomes[..1], &["b@example.net"]);
+    // The second message never reached its data: not an unknown outcome,
+    // and not in the phase of the first one's end of data.
+    let second = &outcomes[1].recipients[0];
+    assert_eq!(second.status, RecipientStatus::Deferred);
+    assert!(
+        !matches!(second.error, Some(Error::OutcomeUnknown { .. })),
+        "{second}"
+    );
+    assert_eq!(second.phase, Phase::Mail, "{second}");
+}
