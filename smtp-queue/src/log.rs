@@ -60,9 +60,15 @@ pub struct OutcomeLog {
 impl OutcomeLog {
     /// Opens (creating) `path` for appending.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        // Addresses and server replies: its owner's alone.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options
             .open(path)
             .map_err(|e| Error::io("opening the outcome log", path, e))?;
         Ok(Self {

@@ -63,10 +63,10 @@ impl Spool {
             tmp: dir.join("tmp"),
             inline_max,
         };
-        for d in [&spool.bodies, &spool.tmp] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .map_err(|e| Error::io("creating the spool directory", d, e))?;
+        // Mail is private: directories the queue creates are its owner's
+        // alone (0700), whatever the umask.
+        for d in [dir, &spool.bodies, &spool.tmp] {
+            private_dir(d).map_err(|e| Error::io("creating the spool directory", d, e))?;
         }
         Ok(spool)
     }
@@ -255,6 +255,19 @@ impl Spool {
     }
 }
 
+/// Creates `dir` and its missing parents, owner-only (0700) on Unix; an
+/// existing directory is left as it is.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
 /// Where a body to store is read from.
 enum Reader {
     Source(Box<dyn BodySource>),
@@ -300,9 +313,11 @@ async fn write_tmp(
         let doing = doing.to_owned();
         move |e| Error::io(doing, tmp, e)
     };
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
         .open(tmp)
         .await
         .map_err(io_err("creating a body file"))?;

@@ -1048,3 +1048,26 @@ async fn a_corrupt_inline_body_is_that_messages_error() {
     let mut other = store.open_body(&ids[1]).await.unwrap();
     assert_eq!(read_all(&mut *other).await.unwrap(), b"second body\r\n");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_queue_is_private_to_its_owner_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("new/queue");
+    let store = files_only(&spool).await;
+    store
+        .enqueue(vec![message(&["a@example.net"], "private\r\n")], t(0))
+        .await
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&spool), 0o700);
+    assert_eq!(mode(&spool.join("bodies")), 0o700);
+    assert_eq!(mode(&spool.join("tmp")), 0o700);
+    for file in ["queue.db", "queue.db-wal", "outcomes.jsonl"] {
+        assert_eq!(mode(&spool.join(file)), 0o600, "{file}");
+    }
+    for body in std::fs::read_dir(spool.join("bodies")).unwrap() {
+        assert_eq!(mode(&body.unwrap().path()), 0o600);
+    }
+}

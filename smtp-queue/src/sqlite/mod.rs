@@ -165,6 +165,21 @@ impl SqliteStore {
         };
         // The durable pool first: it creates the file and sets WAL mode.
         let durable = connect(options.clone(), 2).await?;
+        // SQLite creates the database with the umask's permissions, and the
+        // WAL and shared-memory files with the database's: make it 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for suffix in ["", "-wal", "-shm"] {
+                let file = dir.join(format!("queue.db{suffix}"));
+                match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io("making the queue database private", &file, e));
+                    }
+                    _ => {}
+                }
+            }
+        }
         let pool = connect(
             options.synchronous(SqliteSynchronous::Normal),
             settings.max_connections.max(1),
