@@ -226,3 +226,41 @@ async fn a_stop_releases_what_was_claimed_and_a_later_run_delivers_each_once() {
     assert_eq!(all.len(), 6, "{all:?}");
     assert!(all.values().all(|n| *n == 1), "{all:?}");
 }
+
+#[tokio::test]
+async fn recipients_deferred_together_are_retried_together_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig {
+        greylist: Some(Duration::from_millis(200)),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let batch = (0..10)
+        .map(|i| NewMessage {
+            from: "sender@example.com".into(),
+            to: vec![format!("a{i}@example.net"), format!("b{i}@example.net")],
+            body: Body::Source(Box::new(MemoryBody::new(format!(
+                "Subject: {i}\r\n\r\nx\r\n"
+            )))),
+            options: MessageOptions::default(),
+        })
+        .collect();
+    store.enqueue(batch, SystemTime::now()).await.unwrap();
+    // Retries spread by ±50 %: messages spread out, a message's
+    // recipients must not.
+    let schedule = smtp_queue::Schedule {
+        jitter: 0.5,
+        ..fast()
+    };
+    let runner = Runner::new(
+        store.clone(),
+        relay(&server),
+        RunnerConfig::default().with_schedule(schedule),
+    );
+    run_until_final(&runner, &store, Duration::from_secs(20)).await;
+    let msgs = server.messages();
+    assert_eq!(msgs.len(), 10, "{msgs:?}");
+    assert!(msgs.iter().all(|m| m.rcpt_to.len() == 2), "{msgs:?}");
+}

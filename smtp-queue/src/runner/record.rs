@@ -83,11 +83,12 @@ impl Runner {
             .iter()
             .find(|r| r.id == id)
             .map_or(0, |r| r.attempts);
-        match self
-            .config
-            .schedule
-            .next(attempts + 1, claimed.created, now, random_unit())
-        {
+        match self.config.schedule.next(
+            attempts + 1,
+            claimed.created,
+            now,
+            message_unit(&claimed.lease.message, attempts + 1),
+        ) {
             Next::RetryAt(next) => Outcome::Deferred { attempt, next },
             Next::Expire => Outcome::Expired(Some(attempt)),
         }
@@ -410,4 +411,19 @@ pub(super) fn by_recipient(
             (r.id, v)
         })
         .collect()
+}
+
+/// The retry jitter of message `id`'s attempt `attempt`, in [0, 1): the
+/// same for every recipient of the message deferred at that attempt, so
+/// that they come due together and go in one transaction again, while
+/// different messages spread out (message ids carry 64 random bits).
+fn message_unit(id: &crate::store::MessageId, attempt: u32) -> f64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(id.as_str().as_bytes())
+        .chain_update(attempt.to_le_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
