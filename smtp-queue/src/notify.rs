@@ -47,7 +47,7 @@ pub async fn enqueue_owed(
             Ok(Some(n)) => done.push(n),
             Ok(None) | Err(Error::NotFound(_)) => {}
             Err(e @ (Error::Corrupt { .. } | Error::Misuse(_))) => {
-                tracing::warn!(message = %info.id, error = %e,
+                tracing::warn!(message_id = %info.id, error = %e,
                     "the delivery status notification was not written; it stays owed");
             }
             Err(e) => return Err(e),
@@ -75,7 +75,7 @@ async fn enqueue_one(
         match try_enqueue(store, reporter, info, returned, None, now).await {
             Ok(done) => return Ok(done),
             // Its headers, at least, may still be read.
-            Err(e) => tracing::warn!(message = %info.id, error = %e,
+            Err(e) => tracing::warn!(message_id = %info.id, error = %e,
                 "the original could not be returned whole; returning its header section"),
         }
     }
@@ -158,7 +158,7 @@ async fn read_headers(store: &dyn Store, id: &MessageId) -> Option<Vec<u8>> {
     let mut body = match store.open_body(id).await {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!(message = %id, error = %e,
+            tracing::warn!(message_id = %id, error = %e,
                 "the original's body cannot be read; the notification returns nothing of it");
             return None;
         }
@@ -174,7 +174,7 @@ async fn read_headers(store: &dyn Store, id: &MessageId) -> Option<Vec<u8>> {
             }
             Ok(n) => filled += n,
             Err(e) => {
-                tracing::warn!(message = %id, error = %e,
+                tracing::warn!(message_id = %id, error = %e,
                     "the original's body cannot be read; the notification returns nothing of it");
                 return None;
             }

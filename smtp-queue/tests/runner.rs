@@ -134,8 +134,8 @@ async fn refused_authentication_holds_the_destination_once_and_keeps_recipients_
             password: Secret::new("wrong".to_owned()),
         }),
         RunnerConfig::default()
-            .with_per_connection(2)
-            .with_concurrency(2),
+            .with_per_connection(1)
+            .with_concurrency(4),
     )
     .with_observer(move |e| {
         if let RunEvent::Held { reason, .. } = e {
@@ -155,6 +155,9 @@ async fn refused_authentication_holds_the_destination_once_and_keeps_recipients_
     assert_eq!(info.recipients[0].attempts, 0, "not counted as an attempt");
     assert!(store.backoff(runner.destination()).await.unwrap().is_some());
     assert!(server.messages().is_empty());
+    // One session met the fault; the others were not opened to meet it
+    // again (a relay refusing a password would count every try).
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test]
@@ -173,9 +176,20 @@ async fn an_unreachable_relay_backs_off_and_defers() {
         RunnerConfig::default(),
     );
     runner.run_due(&Stop::new()).await.unwrap();
+    // The first session found the relay down: that message is deferred,
+    // the relay backed off, and the other message waits for the back-off
+    // without a connection attempt of its own.
     let stats = store.stats().await.unwrap();
-    assert_eq!(stats.count(RecipientState::Deferred), 2, "{stats:?}");
-    assert!(store.backoff(runner.destination()).await.unwrap().is_some());
+    assert_eq!(stats.count(RecipientState::Deferred), 1, "{stats:?}");
+    assert_eq!(stats.count(RecipientState::Queued), 1, "{stats:?}");
+    let backoff = store.backoff(runner.destination()).await.unwrap().unwrap();
+    let waiting = store.list(&Default::default()).await.unwrap();
+    let queued = waiting
+        .iter()
+        .flat_map(|m| &m.recipients)
+        .find(|r| r.state == RecipientState::Queued)
+        .unwrap();
+    assert_eq!(queued.next_attempt, backoff.not_before);
 }
 
 #[tokio::test]

@@ -185,6 +185,9 @@ pub struct Runner {
     /// Direct delivery: each planned domain's destination (its MX host
     /// set), for logs and metrics.
     mx_destinations: Mutex<HashMap<String, String>>,
+    /// A session with the relay has been set up (authenticated, when it
+    /// is to be): sessions may then start together.
+    relay_proven: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -211,6 +214,7 @@ impl Runner {
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
+            relay_proven: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -240,6 +244,7 @@ impl Runner {
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
+            relay_proven: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -296,7 +301,21 @@ impl Runner {
                 self.deliver_direct(direct, claimed, stop).await?;
                 continue;
             }
-            let batches = batches(claimed, self.config.per_connection);
+            // Spread over the sessions allowed rather than filling one.
+            let sessions = self.config.concurrency.max(1);
+            let per = self
+                .config
+                .per_connection
+                .min(claimed.len().div_ceil(sessions))
+                .max(1);
+            let mut batches = batches(claimed, per);
+            // Until a session with the relay has been set up, one goes
+            // first alone: credentials the relay refuses are tried once,
+            // not by every session at once (accounts get locked for less).
+            if !self.relay_proven.load(std::sync::atomic::Ordering::Relaxed) && batches.len() > 1 {
+                let first = batches.remove(0);
+                self.deliver(first, stop).await?;
+            }
             let results: Vec<Result<()>> = futures_util::stream::iter(batches)
                 .map(|batch| self.deliver(batch, stop))
                 .buffer_unordered(self.config.concurrency.max(1))

@@ -17,7 +17,7 @@ impl Runner {
         let done =
             crate::notify::enqueue_owed(self.store.as_ref(), &reporter, SystemTime::now()).await?;
         for n in done {
-            tracing::info!(message = %n.message, notification = %n.notification, to = %n.to,
+            tracing::info!(message_id = %n.message, notification = %n.notification, to = %n.to,
                 "delivery status notification enqueued");
             self.emit(&RunEvent::Notified {
                 message: n.message,

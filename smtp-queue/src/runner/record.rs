@@ -46,7 +46,7 @@ impl Runner {
             Verdict::Retry { attempt, unknown } => {
                 if unknown {
                     let recipient = address(claimed, id);
-                    tracing::warn!(message = %claimed.lease.message, %recipient,
+                    tracing::warn!(message_id = %claimed.lease.message, %recipient,
                         "the reply to the end of data was lost; deferred, a retry may deliver it twice");
                     self.emit(&RunEvent::OutcomeUnknown {
                         message: claimed.lease.message.clone(),
@@ -132,7 +132,7 @@ impl Runner {
             Ok(()) => {}
             // Another worker took over: its result stands.
             Err(Error::StaleLease { .. }) => {
-                tracing::warn!(message = %lease.message, "lease taken over; outcome not recorded");
+                tracing::warn!(message_id = %lease.message, "lease taken over; outcome not recorded");
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -231,7 +231,9 @@ impl Runner {
         for (lease, _) in leases.iter_mut().zip(done).filter(|(_, done)| !**done) {
             match self.store.renew(lease, now + self.config.lease, now).await {
                 Ok(l) => *lease = l,
-                Err(e) => tracing::warn!(message = %lease.message, error = %e, "lease not renewed"),
+                Err(e) => {
+                    tracing::warn!(message_id = %lease.message, error = %e, "lease not renewed")
+                }
             }
         }
     }

@@ -270,7 +270,7 @@ impl SqliteStore {
                 .await
                 .map_err(|e| Error::db("sweeping the spool", e))?;
             if owned.is_none() {
-                tracing::info!(message = %id, "removing an orphaned body file");
+                tracing::info!(message_id = %id, "removing an orphaned body file");
                 self.spool.remove(&id).await?;
             }
         }
