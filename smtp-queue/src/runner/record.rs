@@ -232,7 +232,7 @@ impl Runner {
             match self.store.renew(lease, now + self.config.lease, now).await {
                 Ok(l) => *lease = l,
                 Err(e) => {
-                    tracing::warn!(message_id = %lease.message, error = %e, "lease not renewed")
+                    tracing::warn!(message_id = %lease.message, error = %e, "lease not renewed");
                 }
             }
         }
