@@ -276,6 +276,14 @@ impl Outcome {
             Self::Expired(a) => a.as_ref(),
         }
     }
+
+    /// The attempt's facts, to change.
+    pub fn attempt_mut(&mut self) -> Option<&mut Attempt> {
+        match self {
+            Self::Delivered(a) | Self::Failed(a) | Self::Deferred { attempt: a, .. } => Some(a),
+            Self::Expired(a) => a.as_mut(),
+        }
+    }
 }
 
 /// A recipient as `show` and `list` present it.

@@ -278,3 +278,57 @@ async fn recipients_deferred_together_are_retried_together_in_one_transaction() 
     assert_eq!(msgs.len(), 10, "{msgs:?}");
     assert!(msgs.iter().all(|m| m.rcpt_to.len() == 2), "{msgs:?}");
 }
+
+#[tokio::test]
+async fn a_password_a_server_echoes_is_never_stored_or_logged() {
+    use smtp_core::sasl::{AuthChoice, Mechanism};
+    use smtp_testkit::script::{Script, ScriptedServer};
+    let dir = tempfile::tempdir().unwrap();
+    // AUTH PLAIN of "u" / "S3cr3t-Pw" is AHUAUzNjcjN0LVB3; the server
+    // quotes it, and the password, back in its refusal of the recipient.
+    let script = Script::parse(
+        "S: 220 echo.test ESMTP
+C: EHLO *
+S: 250-echo.test
+S: 250 AUTH PLAIN
+C: AUTH PLAIN AHUAUzNjcjN0LVB3
+S: 235 ok
+C: MAIL FROM:<sender@example.com>
+S: 250 ok
+C: RCPT TO:<r0@example.net>
+S: 451 4.7.1 you sent AHUAUzNjcjN0LVB3, that is S3cr3t-Pw
+C: *
+S: 221 bye
+CLOSE
+",
+    )
+    .unwrap();
+    let server = ScriptedServer::start(script, None).await.unwrap();
+    let store = queue(1, dir.path()).await;
+    let relay = Server::new("127.0.0.1", server.addr().port())
+        .with_policy(TlsPolicy::None)
+        .with_auth(AuthChoice::Explicit(Mechanism::Plain))
+        .with_credentials(Credentials::Password {
+            username: "u".into(),
+            password: Secret::new("S3cr3t-Pw".to_owned()),
+        });
+    let runner = Runner::new(store.clone(), relay, RunnerConfig::default());
+    runner.run_due(&Stop::new()).await.unwrap();
+    let m = &store.list(&Default::default()).await.unwrap()[0];
+    let last = m.recipients[0].last.clone().unwrap();
+    assert_eq!(last.code, Some(451));
+    assert!(
+        last.text
+            .contains("you sent <redacted>, that is <redacted>"),
+        "{}",
+        last.text
+    );
+    let log = std::fs::read_to_string(dir.path().join("outcomes.jsonl")).unwrap();
+    assert!(
+        !log.contains("S3cr3t-Pw") && !log.contains("AHUAUzNjcjN0LVB3"),
+        "{log}"
+    );
+    let db = std::fs::read(dir.path().join("queue.db-wal")).unwrap_or_default();
+    let db = String::from_utf8_lossy(&db);
+    assert!(!db.contains("S3cr3t-Pw"), "the database holds the password");
+}

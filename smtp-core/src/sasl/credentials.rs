@@ -65,6 +65,43 @@ impl Credentials {
         }
     }
 
+    /// The secret and the forms AUTH sends it in (base64 of the secret as
+    /// LOGIN sends it, of PLAIN's and of XOAUTH2's initial response), for
+    /// redaction: a server may echo what it got in a reply's text, which a
+    /// caller then logs, prints or stores.
+    pub fn secret_forms(&self) -> Vec<String> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        let (user, secret) = match self {
+            Self::Password { username, password } => (username, password.expose()),
+            Self::OAuth2 { username, token } => (username, token.expose()),
+        };
+        if secret.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            secret.to_owned(),
+            STANDARD.encode(secret),
+            STANDARD.encode(format!("\0{user}\0{secret}")),
+            STANDARD.encode(format!("user={user}\x01auth=Bearer {secret}\x01\x01")),
+        ]
+    }
+
+    /// `text` with every [`secret_forms`](Self::secret_forms) replaced by
+    /// `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let mut forms = self.secret_forms();
+        // Longest first: one form's base64 may contain another's.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        for form in forms {
+            if out.contains(&form) {
+                out = out.replace(&form, "<redacted>");
+            }
+        }
+        out
+    }
+
     pub(super) const fn is_oauth2(&self) -> bool {
         matches!(self, Self::OAuth2 { .. })
     }

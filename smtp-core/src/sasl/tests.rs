@@ -751,3 +751,26 @@ fn every_error_names_whose_fault_it_is() {
         assert_eq!(e.fault(), fault, "{e}");
     }
 }
+
+#[test]
+fn every_form_auth_sends_a_password_in_is_redacted() {
+    let c = Credentials::Password {
+        username: "alice".into(),
+        password: Secret::new("S3cr3t-Pw"),
+    };
+    let plain = STANDARD.encode("\0alice\0S3cr3t-Pw");
+    let login = STANDARD.encode("S3cr3t-Pw");
+    let text = format!("451 you sent {plain} and {login}, i.e. S3cr3t-Pw");
+    let out = c.redact(&text);
+    assert_eq!(
+        out,
+        "451 you sent <redacted> and <redacted>, i.e. <redacted>"
+    );
+    assert_eq!(c.redact("nothing secret"), "nothing secret");
+    // PLAIN's form contains LOGIN's: the whole of it goes.
+    let c = Credentials::Password {
+        username: "u".into(),
+        password: Secret::new("S3cr3t-Pw"),
+    };
+    assert_eq!(c.redact("AHUAUzNjcjN0LVB3"), "<redacted>");
+}

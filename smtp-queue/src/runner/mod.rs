@@ -396,6 +396,18 @@ impl Runner {
         }
     }
 
+    /// `text` without the relay's secret in any form AUTH sends it in: a
+    /// server may echo it in a reply, which the queue stores and logs.
+    pub(super) fn redact(&self, text: &str) -> String {
+        match &self.mode {
+            Mode::Relay(Server {
+                credentials: Some(c),
+                ..
+            }) => c.redact(text),
+            _ => text.to_owned(),
+        }
+    }
+
     /// Resolves `stop_grace` after `stop` is given.
     async fn abandoned(&self, stop: &Stop) {
         stop.stopped().await;

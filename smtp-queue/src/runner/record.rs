@@ -122,8 +122,13 @@ impl Runner {
         &self,
         claimed: &Claimed,
         lease: &Lease,
-        outcomes: Vec<(RecipientId, Outcome)>,
+        mut outcomes: Vec<(RecipientId, Outcome)>,
     ) -> Result<()> {
+        for (_, outcome) in &mut outcomes {
+            if let Some(a) = outcome.attempt_mut() {
+                a.text = self.redact(&a.text);
+            }
+        }
         match self
             .store
             .record(lease, outcomes.clone(), SystemTime::now())
@@ -280,6 +285,7 @@ impl Runner {
         reason: &str,
         now: SystemTime,
     ) -> Result<SystemTime> {
+        let reason = &self.redact(reason);
         let failures = self
             .store
             .backoff(destination)
@@ -310,6 +316,7 @@ impl Runner {
         reason: &str,
         now: SystemTime,
     ) -> Result<SystemTime> {
+        let reason = &self.redact(reason);
         let until = match self.backed_off_at(destination, now).await? {
             Some(until) => until,
             None => {
