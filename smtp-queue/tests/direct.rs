@@ -393,6 +393,13 @@ async fn greylisting_defers_and_a_later_round_delivers() {
     assert_eq!(rcpts, [vec!["x@a.test", "z@a.test"], vec!["y@b.test"]]);
     // Greylisting is a recipient's deferral, not the destination's fault.
     assert!(backed_off(&events).is_empty(), "{:?}", backed_off(&events));
+    // The retry reused the first round's plan: one MX lookup per domain.
+    let mx_lookups = dns
+        .queries()
+        .iter()
+        .filter(|(name, kind)| kind == "MX" && name.trim_end_matches('.') == "a.test")
+        .count();
+    assert_eq!(mx_lookups, 1, "{:?}", dns.queries());
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use smtp_core::delivery::BodySource;
@@ -37,6 +37,42 @@ pub(crate) struct Direct {
     pub(crate) resolver: Arc<dyn Resolver>,
     pub(crate) connector: Arc<dyn Connector>,
     pub(crate) options: DirectOptions,
+    /// Plans made lately, by domain: a bulk run's rounds meet the same
+    /// domains again and again.
+    pub(crate) plans: Mutex<HashMap<String, (Instant, std::result::Result<MxPlan, PlanError>)>>,
+}
+
+/// How long a plan is reused. Short beside DNS TTLs (a changed MX is seen
+/// within a minute), long beside a round.
+const PLAN_TTL: Duration = Duration::from_secs(60);
+/// Plans kept at most; past it the cache starts again.
+const PLANS_KEPT: usize = 100_000;
+
+impl Direct {
+    /// `domain`'s plan: from the cache when it is fresh; a temporary DNS
+    /// failure is not kept (the next round asks again).
+    async fn plan(&self, domain: &str) -> std::result::Result<MxPlan, PlanError> {
+        if let Some((at, plan)) = lock(&self.plans).get(domain) {
+            if at.elapsed() < PLAN_TTL {
+                return plan.clone();
+            }
+        }
+        let plan = plan_domain(
+            self.resolver.as_ref(),
+            domain,
+            &self.options,
+            &smtp_tls::random_below,
+        )
+        .await;
+        if !matches!(plan, Err(PlanError::Temporary { .. })) {
+            let mut plans = lock(&self.plans);
+            if plans.len() >= PLANS_KEPT {
+                plans.clear();
+            }
+            plans.insert(domain.to_owned(), (Instant::now(), plan.clone()));
+        }
+        plan
+    }
 }
 
 /// The destination key of a plan: its MX host names, sorted (`mx:a,b`).
@@ -144,13 +180,7 @@ impl Runner {
         let plans: Vec<(String, std::result::Result<MxPlan, PlanError>)> =
             futures_util::stream::iter(domains.keys().cloned())
                 .map(|domain| async move {
-                    let plan = plan_domain(
-                        direct.resolver.as_ref(),
-                        &domain,
-                        &direct.options,
-                        &smtp_tls::random_below,
-                    )
-                    .await;
+                    let plan = direct.plan(&domain).await;
                     (domain, plan)
                 })
                 .buffer_unordered(16)

@@ -236,6 +236,7 @@ impl Runner {
                 resolver,
                 connector,
                 options,
+                plans: Mutex::new(HashMap::new()),
             }),
             destination: "direct".to_owned(),
             config,
