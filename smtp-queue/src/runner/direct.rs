@@ -39,8 +39,11 @@ pub(crate) struct Direct {
     pub(crate) options: DirectOptions,
     /// Plans made lately, by domain: a bulk run's rounds meet the same
     /// domains again and again.
-    pub(crate) plans: Mutex<HashMap<String, (Instant, std::result::Result<MxPlan, PlanError>)>>,
+    pub(crate) plans: Mutex<HashMap<String, (Instant, Planned)>>,
 }
+
+/// A domain's plan, or why it has none.
+pub(crate) type Planned = std::result::Result<MxPlan, PlanError>;
 
 /// How long a plan is reused. Short beside DNS TTLs (a changed MX is seen
 /// within a minute), long beside a round.
@@ -51,7 +54,7 @@ const PLANS_KEPT: usize = 100_000;
 impl Direct {
     /// `domain`'s plan: from the cache when it is fresh; a temporary DNS
     /// failure is not kept (the next round asks again).
-    async fn plan(&self, domain: &str) -> std::result::Result<MxPlan, PlanError> {
+    async fn plan(&self, domain: &str) -> Planned {
         if let Some((at, plan)) = lock(&self.plans).get(domain) {
             if at.elapsed() < PLAN_TTL {
                 return plan.clone();
@@ -177,15 +180,14 @@ impl Runner {
                 domains.entry(domain).or_default().push((c, i));
             }
         }
-        let plans: Vec<(String, std::result::Result<MxPlan, PlanError>)> =
-            futures_util::stream::iter(domains.keys().cloned())
-                .map(|domain| async move {
-                    let plan = direct.plan(&domain).await;
-                    (domain, plan)
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
+        let plans: Vec<(String, Planned)> = futures_util::stream::iter(domains.keys().cloned())
+            .map(|domain| async move {
+                let plan = direct.plan(&domain).await;
+                (domain, plan)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
         let now = SystemTime::now();
         // Per destination: the plan and each message's positions.
         let mut groups: BTreeMap<String, (Arc<MxPlan>, Positions)> = BTreeMap::new();
