@@ -16,7 +16,7 @@ Exit codes (sysexits.h):
   0   every recipient accepted
   64  usage error (EX_USAGE)
   65  bad message or address (EX_DATAERR)
-  66  message file not found (EX_NOINPUT)
+  66  message file, queue or queued message not found (EX_NOINPUT)
   68  host or domain not found (EX_NOHOST)
   69  a recipient was rejected for good (EX_UNAVAILABLE)
   70  internal error: a message got no outcome (EX_SOFTWARE)
@@ -182,11 +182,18 @@ pub(crate) struct SendArgs {
     pub(crate) full_name: Option<String>,
     /// Enqueue durably in this queue (default `$XDG_STATE_HOME/smtp/queue`),
     /// then deliver; deferred recipients are retried (`smtp queue run`).
+    /// Before message files, write `--queue=DIR` (or a bare `--queue`
+    /// after them).
     // The empty path given by a bare `--queue` stands for the default:
     // clap's own PathBuf parser refuses an empty value.
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
           value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub(crate) queue: Option<PathBuf>,
+    /// With --queue: enqueue durably and exit 0 without delivering
+    /// (sendmail's `-odq`); prints the `smtp queue run` command that
+    /// delivers, or let a `smtp queue run --watch` service do it.
+    #[arg(long, requires = "queue")]
+    pub(crate) queue_only: bool,
     /// With --queue: once every recipient is final, send the envelope
     /// sender a delivery status notification (RFC 3464) of those that
     /// failed or expired (none for the null sender `<>`).
@@ -204,10 +211,14 @@ pub(crate) struct SendArgs {
     pub(crate) sendmail: bool,
 }
 
-/// The queue's retry schedule and how long `send --queue` waits for retries.
+/// The queue runner's settings: the retry schedule, how long `send --queue`
+/// waits for retries, concurrency. They are not stored with the messages:
+/// they apply to whatever the run given them delivers.
 #[derive(Debug, Args, Default, Clone)]
 pub(crate) struct RetryArgs {
     /// Seconds before the first retry (default 300; doubles each time).
+    /// This run's setting, not stored with the message: `queue run` takes
+    /// it again, as --retry-max and --max-lifetime.
     #[arg(long, value_name = "SECS")]
     pub(crate) retry_first: Option<u64>,
     /// Longest delay between retries, in seconds (default 4000).
@@ -220,8 +231,9 @@ pub(crate) struct RetryArgs {
     /// this many seconds (default 60); then exit 75.
     #[arg(long, value_name = "SECS")]
     pub(crate) linger: Option<u64>,
-    /// On SIGINT/SIGTERM, how long transactions under way may take to
-    /// finish before what they had not settled is released (default 10).
+    /// On SIGINT/SIGTERM, how long each session under way may take to
+    /// finish the batch it holds (up to --per-connection messages) before
+    /// what it had not settled is released (default 10).
     #[arg(long, value_name = "SECS")]
     pub(crate) stop_grace: Option<u64>,
     /// Sessions at once, at most (default 4 through a relay, 32 direct).
@@ -261,7 +273,9 @@ pub(crate) struct QueueArgs {
 /// The queue's commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueCommand {
-    /// Deliver what is due through the relay, then exit (or keep going with --watch).
+    /// Deliver what is due (through the relay given with --server or
+    /// --account; without one, directly to each domain's MX), then exit
+    /// (or keep going with --watch).
     Run(Box<QueueRunArgs>),
     /// Messages in the queue, oldest first.
     List(ListArgs),
@@ -271,13 +285,7 @@ pub(crate) enum QueueCommand {
         id: String,
     },
     /// Make waiting recipients due now.
-    Retry {
-        /// The message id.
-        id: Option<String>,
-        /// Every waiting recipient, and clear destination back-offs.
-        #[arg(long, conflicts_with = "id")]
-        all: bool,
-    },
+    Retry(QueueRetryArgs),
     /// Remove a message and its recipients.
     Delete {
         /// The message id.
@@ -285,6 +293,30 @@ pub(crate) enum QueueCommand {
     },
     /// Counts per state.
     Stats,
+}
+
+/// `smtp queue retry`: one message's waiting recipients, or all of them.
+#[derive(Debug, Args, Default)]
+pub(crate) struct QueueRetryArgs {
+    /// The message id.
+    pub(crate) id: Option<String>,
+    /// Every waiting recipient, and clear every destination's back-off
+    /// (and hold).
+    #[arg(long, conflicts_with = "id")]
+    pub(crate) all: bool,
+    /// With an id: also clear this relay's back-off (or hold), as
+    /// `queue run --server` names it: HOST[:PORT].
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "all")]
+    pub(crate) server: Option<String>,
+    /// The relay's port (default 587, or the account's).
+    #[arg(long, conflicts_with = "all")]
+    pub(crate) port: Option<u16>,
+    /// Config file of named accounts (TOML), for --account.
+    #[arg(long, value_name = "FILE", requires = "account")]
+    pub(crate) config: Option<PathBuf>,
+    /// With an id: also clear the back-off of this account's relay.
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
+    pub(crate) account: Option<String>,
 }
 
 /// `smtp queue list`'s filters (all given must match).

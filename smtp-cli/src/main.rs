@@ -224,6 +224,10 @@ fn main() -> ExitCode {
         Command::Send(a) if a.json => Some(true),
         Command::Probe(a) if a.json => Some(false),
         Command::Mx(a) if a.json => Some(false),
+        // `queue run` prints outcome lines, not JSON.
+        Command::Queue(a) if a.json && !matches!(a.command, cli::QueueCommand::Run(_)) => {
+            Some(false)
+        }
         _ => None,
     };
     match runtime.block_on(run(command)) {

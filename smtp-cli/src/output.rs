@@ -88,7 +88,7 @@ impl Summary {
 }
 
 /// `n` and the noun, plural unless `n` is 1.
-fn counted(n: usize, noun: &str) -> String {
+pub(crate) fn counted(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -205,7 +205,7 @@ impl RecipientReport {
             (Some(h), None, _) => format!(" [{h}, plaintext]"),
             _ => String::new(),
         };
-        let text = self.text.replace('\n', " / ");
+        let text = crate::terminal::joined(&self.text);
         let queued = match (self.queued, &self.next_attempt) {
             (Some(true), Some(t)) => format!(" [queued, next attempt {t}]"),
             (Some(true), None) => " [queued]".to_owned(),

@@ -21,7 +21,7 @@ use crate::greeting::GreetingHint;
 use crate::message::{Input, Prepared, PreparedBody, prepare};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
 use crate::progress::{self, Mode};
-use crate::settings::{Settings, settings};
+use crate::settings::{Settings, settings_with};
 use crate::stdin::read_stdin;
 
 /// This machine's name for EHLO, or `localhost` when it is not a valid one.
@@ -215,10 +215,21 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         // Without the queue there is no later to send it from: this
         // run's report already names every failure.
         return Err(Failure::usage(
-            "--notify-sender works with --queue: the notification is sent from the queue once              every recipient is final (without --queue, this command's report and exit code              give every failure at once)",
+            "--notify-sender works with --queue: the notification is sent from the queue once \
+             every recipient is final (without --queue, this command's report and exit code \
+             give every failure at once)",
         ));
     }
-    let s = settings(&args)?;
+    if let Some(dir) = args.queue.as_deref().filter(|d| d.is_file()) {
+        // `--queue m1.eml`: the optional value took a message file.
+        return Err(Failure::usage(format!(
+            "--queue {}: that is a file, not a queue directory (--queue takes the next word as \
+             its directory when one follows); write --queue=DIR, or put --queue after the \
+             message files",
+            dir.display()
+        )));
+    }
+    let s = settings_with(&args, !args.queue_only)?;
     let mut prepared = messages(&args, &s)?;
     if args.sendmail {
         add_missing_from(&args, &s, &mut prepared);
@@ -233,6 +244,17 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
     if let Some(dir) = &args.queue {
+        let queued = crate::queue::Queued {
+            dir,
+            retry: &args.retry,
+            notify_sender: args.notify_sender,
+            run_line: crate::queue::run_command(&args),
+        };
+        if args.queue_only {
+            // Nothing is delivered: the relay's settings are for the
+            // `queue run` that will, and are checked then.
+            return crate::queue::enqueue_only(&queued, &prepared, &envelopes, args.json).await;
+        }
         let via = match &s.server {
             Some((host, port)) => {
                 crate::queue::Via::Relay(relay(&s, host, *port, client_id, args.verbose)?)
@@ -243,11 +265,6 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
                 false,
                 args.mx_port,
             )?)),
-        };
-        let queued = crate::queue::Queued {
-            dir,
-            retry: &args.retry,
-            notify_sender: args.notify_sender,
         };
         return crate::queue::send(&queued, via, &prepared, &envelopes, mode(&args)).await;
     }

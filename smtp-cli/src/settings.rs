@@ -111,6 +111,13 @@ fn secrets_stay(
 }
 
 pub(crate) fn settings(args: &SendArgs) -> Result<Settings, Failure> {
+    settings_with(args, true)
+}
+
+/// [`settings`], the password read only when `read_secret` (`send --queue
+/// --queue-only` sends nothing: the `queue run` that delivers reads it, and
+/// the program that enqueues need not be able to).
+pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settings, Failure> {
     let command_line_source = args.login.source()?;
     if let (Some(port), Some(server)) = (args.port, &args.server) {
         if let (_, Some(in_server)) = split_server(server)? {
@@ -175,6 +182,7 @@ pub(crate) fn settings(args: &SendArgs) -> Result<Settings, Failure> {
     let user = args.login.user.clone().or(user);
     let credentials = match user {
         None => None,
+        Some(_) if !read_secret => None,
         // The command line's source, then the account's, then SMTP_PASSWORD.
         Some(username) => {
             let secret = match command_line_source {

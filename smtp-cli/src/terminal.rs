@@ -11,12 +11,20 @@ use std::borrow::Cow;
 /// `text` with every character that could act on a terminal replaced by
 /// U+FFFD: control characters (C0, DEL, C1) other than line feed and tab,
 /// and the bidirectional formatting characters (they reorder what is
-/// displayed). The same rule the core applies to reply text, keeping the
-/// line feeds of our own multi-line output.
+/// displayed): the embeddings, overrides and isolates, and the marks
+/// U+200E, U+200F and U+061C. The core's rule for reply text, and the
+/// marks besides; the line feeds of our own multi-line output are kept.
 pub(crate) fn printable(text: &str) -> Cow<'_, str> {
     let unsafe_char = |c: char| {
         (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            || matches!(
+                c,
+                '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{061C}'
+            )
     };
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
@@ -42,6 +50,21 @@ pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     Cow::Owned(text.replace("\r\n", "⏎").replace(['\n', '\r'], "⏎"))
+}
+
+/// A server's text (a reply of several lines) on one line, its lines
+/// joined with ` / `, as `send`'s report shows it: a line of the text must
+/// never pass for a line of our own (`c@x.test: delivered …`).
+pub(crate) fn joined(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\n', '\r']) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.split("\r\n")
+            .flat_map(|l| l.split(['\n', '\r']))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    )
 }
 
 /// Texts never printed: the secret in use and the forms AUTH sends it in.
@@ -168,6 +191,23 @@ mod tests {
         assert!(!shown.contains(['\n', '\r']), "{shown}");
         assert_eq!(shown, "m.example⏎verified   yes⏎error      none⏎");
         assert!(matches!(one_line("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn a_reply_of_several_lines_is_joined_on_one() {
+        assert_eq!(
+            joined("first\nb@x.test: delivered (250 ok)\r\nthird\rfourth"),
+            "first / b@x.test: delivered (250 ok) / third / fourth"
+        );
+        assert!(matches!(joined("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn bidi_marks_are_replaced_too() {
+        assert_eq!(
+            printable("a\u{200e}b\u{200f}c\u{61c}d\u{2067}e"),
+            "a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e"
+        );
     }
 
     #[test]

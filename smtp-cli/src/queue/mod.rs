@@ -14,21 +14,25 @@ use smtp_core::Envelope;
 use smtp_core::data::BodyType;
 use smtp_core::ehlo::ClientId;
 use smtp_queue::{
-    Attempt, Body, BodyKind, ListFilter, MessageId, MessageOptions, NewMessage, Outcome,
-    RecipientState, RetryTarget, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop,
-    Store,
+    Attempt, Backoff, Body, BodyKind, ListFilter, MessageOptions, NewMessage, Outcome,
+    RecipientState, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop, Store,
 };
 use smtp_tls::Server;
 
-use crate::cli::{ListArgs, QueueArgs, QueueCommand, QueueRunArgs, RetryArgs, SendArgs};
-use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
+use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, RetryArgs, SendArgs};
+use crate::fail::{EX_NOINPUT, EX_OK, EX_TEMPFAIL, Failure};
 use crate::message::{Prepared, PreparedBody};
-use crate::output::ErrorReport;
+use crate::output::{ErrorReport, JSON_VERSION, counted};
 use crate::progress::{self, Mode};
+use crate::terminal::joined;
 
+mod admin;
+mod command;
 mod metrics;
 mod report;
 mod scrape;
+
+pub(crate) use self::command::run_command;
 
 #[cfg(test)]
 use self::report::recipient_report;
@@ -54,16 +58,61 @@ fn directory(dir: Option<&Path>) -> Result<PathBuf, Failure> {
     Ok(PathBuf::from(home).join(".local/state/smtp/queue"))
 }
 
+/// Opens the queue in `dir`, creating it when there is none: `send
+/// --queue` and `queue run --watch` (a service may start before anything
+/// is queued).
 async fn open(dir: Option<&Path>) -> Result<Arc<SqliteStore>, Failure> {
-    let dir = directory(dir)?;
-    SqliteStore::open(&dir)
+    open_at(&directory(dir)?).await
+}
+
+async fn open_at(dir: &Path) -> Result<Arc<SqliteStore>, Failure> {
+    SqliteStore::open(dir)
         .await
         .map(Arc::new)
         .map_err(|e| Failure::new(EX_TEMPFAIL, format!("queue {}: {e}", dir.display())))
 }
 
+/// Whether `dir` holds a queue (its database).
+fn exists(dir: &Path) -> bool {
+    dir.join("queue.db").is_file()
+}
+
+/// Opens the queue in `dir` only when there is one: the commands that read
+/// or change a queue (and a one-off `queue run`) refuse a directory
+/// without `queue.db` (66) rather than create an empty queue where a
+/// mistyped `--queue` points.
+async fn open_existing(dir: Option<&Path>) -> Result<Arc<SqliteStore>, Failure> {
+    let given = dir.is_some_and(|d| !d.as_os_str().is_empty());
+    let dir = directory(dir)?;
+    if !exists(&dir) {
+        let why = if dir.is_dir() {
+            "it holds no queue.db"
+        } else if dir.exists() {
+            "not a directory"
+        } else {
+            "no such directory"
+        };
+        let hint = if given {
+            "a mistyped --queue? `smtp send --queue DIR` creates a queue"
+        } else {
+            "nothing was queued there yet: `smtp send --queue` creates it"
+        };
+        return Err(Failure::new(
+            EX_NOINPUT,
+            format!("no queue in {}: {why} ({hint})", dir.display()),
+        )
+        .kind("no-queue"));
+    }
+    open_at(&dir).await
+}
+
 fn queue_error(e: smtp_queue::Error) -> Failure {
-    Failure::new(EX_TEMPFAIL, format!("queue: {e}"))
+    match e {
+        smtp_queue::Error::NotFound(id) => {
+            Failure::new(EX_NOINPUT, format!("no message {id} in the queue")).kind("not-found")
+        }
+        e => Failure::new(EX_TEMPFAIL, format!("queue: {e}")),
+    }
 }
 
 fn schedule(r: &RetryArgs) -> Schedule {
@@ -93,16 +142,22 @@ fn report(event: &RunEvent) {
             Outcome::Deferred { attempt, .. } => ("deferred", Some(attempt)),
             Outcome::Expired(a) => ("expired", a.as_ref()),
         };
-        println!("{recipient}: {word}{}", why(a));
+        // Redacted and made printable as everything printed is: a server
+        // may echo the password into its reply.
+        say!("{recipient}: {word}{}", why(a));
     }
     warn(event);
 }
 
-/// ` (CODE text)`, or nothing without an attempt.
+/// ` (CODE text)`, or nothing without an attempt; the text on one line
+/// (a reply of several lines must not print lines that look like ours).
 fn why(a: Option<&Attempt>) -> String {
-    a.map_or_else(String::new, |a| match a.code {
-        Some(c) => format!(" ({c} {})", a.text),
-        None => format!(" ({})", a.text),
+    a.map_or_else(String::new, |a| {
+        let text = joined(&a.text);
+        match a.code {
+            Some(c) => format!(" ({c} {text})"),
+            None => format!(" ({text})"),
+        }
     })
 }
 
@@ -115,7 +170,10 @@ fn warn(event: &RunEvent) {
             reason,
             ..
         } => progress::suspend(|| {
-            tell!("smtp: HELD {destination}: {reason}; its recipients stay queued");
+            tell!(
+                "smtp: HELD {destination}: {}; its recipients stay queued",
+                joined(reason)
+            );
         }),
         RunEvent::OutcomeUnknown { recipient, .. } => progress::suspend(|| {
             tell!("smtp: warning: {recipient}: the reply was lost; a retry may deliver it twice");
@@ -225,6 +283,94 @@ pub(crate) struct Queued<'a> {
     pub(crate) retry: &'a RetryArgs,
     /// `--notify-sender`.
     pub(crate) notify_sender: bool,
+    /// The `smtp queue run …` command that delivers what stays queued
+    /// ([`run_command`]).
+    pub(crate) run_line: String,
+}
+
+/// The batch to enqueue: each prepared message with its envelope.
+fn batch(queued: &Queued<'_>, prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<NewMessage> {
+    if queued.notify_sender {
+        for (m, e) in prepared.iter().zip(envelopes) {
+            if e.from == smtp_core::address::ReversePath::Null {
+                tell!(
+                    "note: {}: the sender is null (<>): --notify-sender sends it no notification",
+                    m.name
+                );
+            }
+        }
+    }
+    prepared
+        .iter()
+        .zip(envelopes)
+        .map(|(m, e)| NewMessage {
+            from: e.from.to_string(),
+            to: e.to.iter().map(ToString::to_string).collect(),
+            body: Body::Source(Box::new(PreparedBody::new(m))),
+            options: options(e, queued.notify_sender),
+        })
+        .collect()
+}
+
+/// `smtp send --queue --queue-only` (sendmail's `-odq`): enqueue in one
+/// batch, durably, and exit 0 without delivering; say how many were queued
+/// and the `smtp queue run` command that delivers them (`--json`: one
+/// object with each message's id and recipients as queued). A `queue run
+/// --watch` service delivers them as soon as they are due.
+pub(crate) async fn enqueue_only(
+    queued: &Queued<'_>,
+    prepared: &[Prepared],
+    envelopes: &[Envelope],
+    json: bool,
+) -> Result<u8, Failure> {
+    let dir = directory(Some(queued.dir))?;
+    let store = open_at(&dir).await?;
+    let now = SystemTime::now();
+    let ids = store
+        .enqueue(batch(queued, prepared, envelopes), now)
+        .await
+        .map_err(queue_error)?;
+    let recipients: usize = envelopes.iter().map(|e| e.to.len()).sum();
+    if json {
+        let messages: Vec<_> = ids
+            .iter()
+            .zip(prepared.iter().zip(envelopes))
+            .map(|(id, (m, e))| {
+                let to: Vec<_> =
+                    e.to.iter()
+                        .map(|r| {
+                            serde_json::json!({ "address": r.to_string(), "state": "queued",
+                            "next_attempt": rfc3339(now) })
+                        })
+                        .collect();
+                let from = e.from.to_string();
+                let from = from.trim_start_matches('<').trim_end_matches('>');
+                serde_json::json!({ "id": id.as_str(), "message": m.name, "from": from,
+                    "recipients": to })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "version": JSON_VERSION,
+            "queue": dir.display().to_string(),
+            "messages": messages,
+            "summary": { "messages": ids.len(), "recipients": recipients },
+            "run": queued.run_line,
+        });
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let one = match ids.as_slice() {
+            [id] => format!(" as {id}"),
+            _ => String::new(),
+        };
+        say!(
+            "queued {} ({}) in {}{one}; nothing delivered yet",
+            counted(ids.len(), "message"),
+            counted(recipients, "recipient"),
+            dir.display()
+        );
+        say!("deliver with: {}", queued.run_line);
+    }
+    Ok(EX_OK)
 }
 
 /// `smtp send --queue`: enqueue in one batch, then deliver until every
@@ -244,26 +390,7 @@ pub(crate) async fn send(
     let (dir, retry) = (queued.dir, queued.retry);
     let store = open(Some(dir)).await?;
     let sent = crate::send::sent(prepared, envelopes);
-    if queued.notify_sender {
-        for (m, e) in prepared.iter().zip(envelopes) {
-            if e.from == smtp_core::address::ReversePath::Null {
-                tell!(
-                    "note: {}: the sender is null (<>): --notify-sender sends it no notification",
-                    m.name
-                );
-            }
-        }
-    }
-    let batch = prepared
-        .iter()
-        .zip(envelopes)
-        .map(|(m, e)| NewMessage {
-            from: e.from.to_string(),
-            to: e.to.iter().map(ToString::to_string).collect(),
-            body: Body::Source(Box::new(PreparedBody::new(m))),
-            options: options(e, queued.notify_sender),
-        })
-        .collect();
+    let batch = batch(queued, prepared, envelopes);
     // From here a signal stops the runner rather than the process: what
     // the enqueue commits is then reported, and left for `queue run`.
     let stop = Stop::new();
@@ -335,11 +462,7 @@ pub(crate) async fn send(
     }
     progress::finish(&report, mode);
     let summary = report.summary();
-    let resume = if direct {
-        format!("smtp queue run --queue {}", dir.display())
-    } else {
-        format!("smtp queue run --queue {} --server …", dir.display())
-    };
+    let resume = &queued.run_line;
     match ended {
         Ended::Interrupted => {
             tell!(
@@ -410,158 +533,26 @@ fn config(retry: &RetryArgs, direct: bool) -> RunnerConfig {
     config
 }
 
-/// Whether `m` passes `list`'s filters.
-fn matches(m: &smtp_queue::MessageInfo, f: &ListArgs, now: SystemTime) -> bool {
-    let domain_ok = f.domain.as_deref().is_none_or(|d| {
-        let d = d.trim_start_matches('@');
-        m.recipients.iter().any(|r| {
-            r.address
-                .rsplit_once('@')
-                .is_some_and(|(_, x)| x.trim_end_matches('>').eq_ignore_ascii_case(d))
-        })
-    });
-    let age_ok = f
-        .older_than
-        .is_none_or(|age| now.duration_since(m.created).is_ok_and(|a| a > age));
-    domain_ok && age_ok
-}
-
 /// `smtp queue …`.
 pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
-    if let QueueCommand::Run(run) = &args.command {
+    if let QueueCommand::Run(run) = args.command {
         crate::log::install(run.log_format, run.watch)?;
-    }
-    let store = open(args.queue.as_deref()).await?;
-    let json = args.json;
-    match args.command {
-        QueueCommand::Run(run) => run_queue(store, *run).await,
-        QueueCommand::List(filter) => {
-            let state = filter
-                .state
-                .as_deref()
-                .map(str::parse::<RecipientState>)
-                .transpose()
-                .map_err(|e| Failure::usage(format!("--state: {e}")))?;
-            let query = ListFilter {
-                state,
-                ..ListFilter::default()
-            };
-            let list = store.list(&query).await.map_err(queue_error)?;
-            let now = SystemTime::now();
-            let list: Vec<_> = list.iter().filter(|m| matches(m, &filter, now)).collect();
-            if json {
-                let v: Vec<_> = list.iter().map(|m| message_json(m)).collect();
-                println!("{}", serde_json::json!({ "messages": v }));
-            } else {
-                for m in list {
-                    print_message(m, false);
-                }
+        let store = if run.watch {
+            // A service may start before anything is queued: it creates
+            // the queue, and says where.
+            let dir = directory(args.queue.as_deref())?;
+            if !exists(&dir) {
+                tracing::info!(target: "smtp_cli::queue", queue = %dir.display(),
+                    "no queue there yet: created an empty one");
             }
-            Ok(EX_OK)
-        }
-        QueueCommand::Show { id } => {
-            let id = MessageId::parse(&id).map_err(|e| Failure::usage(e.to_string()))?;
-            let m = store.show(&id).await.map_err(queue_error)?;
-            print_message(&m, json);
-            Ok(EX_OK)
-        }
-        QueueCommand::Retry { id, all } => {
-            let target = match (id, all) {
-                (Some(id), _) => RetryTarget::Message(
-                    MessageId::parse(&id).map_err(|e| Failure::usage(e.to_string()))?,
-                ),
-                (None, true) => RetryTarget::All,
-                (None, false) => return Err(Failure::usage("give a message id or --all")),
-            };
-            let n = store
-                .retry(target, SystemTime::now())
-                .await
-                .map_err(queue_error)?;
-            if json {
-                println!("{}", serde_json::json!({ "retried": n }));
-            } else {
-                println!("{n} recipients due now");
-            }
-            Ok(EX_OK)
-        }
-        QueueCommand::Delete { id } => {
-            let id = MessageId::parse(&id).map_err(|e| Failure::usage(e.to_string()))?;
-            store
-                .delete(&id, SystemTime::now())
-                .await
-                .map_err(queue_error)?;
-            Ok(EX_OK)
-        }
-        QueueCommand::Stats => {
-            let stats = store.stats().await.map_err(queue_error)?;
-            if json {
-                let states: serde_json::Map<String, serde_json::Value> = stats
-                    .recipients
-                    .iter()
-                    .map(|(s, n)| (s.to_string(), (*n).into()))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({ "messages": stats.messages, "recipients": states })
-                );
-            } else {
-                println!("messages: {}", stats.messages);
-                for (s, n) in &stats.recipients {
-                    println!("{s}: {n}");
-                }
-            }
-            Ok(EX_OK)
-        }
+            open_at(&dir).await?
+        } else {
+            open_existing(args.queue.as_deref()).await?
+        };
+        return run_queue(store, *run).await;
     }
-}
-
-fn millis(t: SystemTime) -> u128 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
-/// A message as `queue show --json` prints it, and each of `queue list --json`'s.
-fn message_json(m: &smtp_queue::MessageInfo) -> serde_json::Value {
-    let recipients: Vec<_> = m
-        .recipients
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.id.0, "address": r.address, "state": r.state.to_string(),
-                "attempts": r.attempts, "next_attempt_ms": millis(r.next_attempt),
-                "next_attempt": rfc3339(r.next_attempt),
-                "last": r.last,
-            })
-        })
-        .collect();
-    // The reverse-path as stored, `<a@example.com>`; the address alone
-    // (empty for the null sender), as `send --json` names addresses.
-    let from = m.from.trim_start_matches('<').trim_end_matches('>');
-    serde_json::json!({ "id": m.id.as_str(), "from": from, "created_ms": millis(m.created),
-        "created": rfc3339(m.created), "size": m.body_size, "recipients": recipients,
-        "notify_sender": m.options.notify_sender,
-        "notification": m.notification.as_ref().map(MessageId::as_str) })
-}
-
-fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
-    if json {
-        println!("{}", message_json(m));
-    } else {
-        // The reverse-path is stored with its brackets.
-        println!("{} {} {}", m.id, m.body_size, m.from);
-        for r in &m.recipients {
-            let last = r
-                .last
-                .as_ref()
-                .map_or(String::new(), |a| format!(" {}", a.text));
-            println!("  {} {} attempts={}{last}", r.address, r.state, r.attempts);
-        }
-        match (&m.notification, m.options.notify_sender) {
-            (Some(id), _) => println!("  notification: {id}"),
-            (None, true) => println!("  notification: asked, none sent"),
-            (None, false) => {}
-        }
-    }
+    let store = open_existing(args.queue.as_deref()).await?;
+    admin::run(store, args.command, args.json).await
 }
 
 async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Failure> {
@@ -609,7 +600,10 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
             m.observe(event);
         }
     };
+    // Standard delivery backs off (and holds) the relay as a whole.
+    let relay = matches!(via, Via::Relay(_));
     let runner = via.runner(store.clone(), config).with_observer(observer);
+    let relay = relay.then(|| runner.destination().to_owned());
     let stop = Stop::new();
     let signals = stop.clone();
     tokio::spawn(async move {
@@ -638,27 +632,135 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
     .map_err(queue_error)?;
     let stats = store.stats().await.map_err(queue_error)?;
     let waiting = stats.count(RecipientState::Queued) + stats.count(RecipientState::Deferred);
+    let leased = stats.count(RecipientState::Delivering);
     // A watcher stopped on request has done its job, whatever waits.
     let stopped = args.watch && stop.is_stopped();
     if stopped {
-        tracing::info!(target: "smtp_cli::queue", waiting, "stopped");
+        tracing::info!(target: "smtp_cli::queue", waiting, leased, "stopped");
     }
-    if !summary.held.is_empty() || waiting > 0 {
+    if summary.held.is_empty() && waiting == 0 && leased == 0 {
+        return Ok(EX_OK);
+    }
+    // Why nothing more was delivered: said on stderr (or in the log), so
+    // that a run that delivers nothing is never silent about it.
+    let now = SystemTime::now();
+    if leased > 0 {
+        tell_leased(&store, leased, now, logging).await?;
+    }
+    let backoff = match &relay {
+        Some(destination) => store
+            .backoff(destination)
+            .await
+            .map_err(queue_error)?
+            .filter(|b| b.not_before > now),
+        None => None,
+    };
+    if let Some(b) = backoff.as_ref().filter(|_| waiting > 0) {
+        let held = summary.held.iter().any(|(d, _)| *d == b.destination);
+        tell_backoff(b, held, now, logging);
+    }
+    if waiting > 0 {
         if let Some(next) = store.next_due().await.map_err(queue_error)? {
-            let secs = next
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .as_secs();
+            // Not before the relay's back-off ends.
+            let next = backoff.as_ref().map_or(next, |b| b.not_before.max(next));
+            let secs = in_secs(next, now);
             if logging {
                 tracing::info!(target: "smtp_cli::queue", waiting, next_attempt_in_s = secs,
-                    "recipients wait");
+                    "recipients wait (`smtp queue retry --all` makes them due now)");
             } else {
-                tell!("smtp: {waiting} recipients wait; next attempt in {secs}s");
+                tell!(
+                    "smtp: {} {}; next attempt in {secs}s (`smtp queue retry --all` makes them \
+                     due now)",
+                    counted(usize::try_from(waiting).unwrap_or(usize::MAX), "recipient"),
+                    if waiting == 1 { "waits" } else { "wait" }
+                );
             }
         }
-        return Ok(if stopped { EX_OK } else { EX_TEMPFAIL });
     }
-    Ok(EX_OK)
+    Ok(if stopped { EX_OK } else { EX_TEMPFAIL })
+}
+
+/// Whole seconds from `now` to `t` (0 when past).
+fn in_secs(t: SystemTime, now: SystemTime) -> u64 {
+    t.duration_since(now).unwrap_or_default().as_secs()
+}
+
+/// Says that `leased` recipients are under another run's lease (state
+/// `delivering`): one under way, or one killed before it could release
+/// them, whose leases must run out before they are claimed again.
+async fn tell_leased(
+    store: &SqliteStore,
+    leased: u64,
+    now: SystemTime,
+    logging: bool,
+) -> Result<(), Failure> {
+    let filter = ListFilter {
+        state: Some(RecipientState::Delivering),
+        ..ListFilter::default()
+    };
+    let ends: Vec<SystemTime> = store
+        .list(&filter)
+        .await
+        .map_err(queue_error)?
+        .iter()
+        .flat_map(|m| &m.recipients)
+        .filter(|r| r.state == RecipientState::Delivering)
+        .filter_map(|r| r.lease.as_ref().map(|l| l.until))
+        .collect();
+    let (Some(first), Some(last)) = (ends.iter().min(), ends.iter().max()) else {
+        return Ok(());
+    };
+    let until = if first == last {
+        format!("until {} (in {}s)", rfc3339(*last), in_secs(*last, now))
+    } else {
+        format!(
+            "until between {} and {} (in {}s to {}s)",
+            rfc3339(*first),
+            rfc3339(*last),
+            in_secs(*first, now),
+            in_secs(*last, now)
+        )
+    };
+    let n = usize::try_from(leased).unwrap_or(usize::MAX);
+    let text = format!(
+        "{} leased (state delivering) {until}: another `smtp queue run` holds {}, or one was \
+         killed before it could release {}; they are claimed again when the lease runs out",
+        counted(n, "recipient"),
+        if n == 1 { "it" } else { "them" },
+        if n == 1 { "it" } else { "them" },
+    );
+    if logging {
+        tracing::warn!(target: "smtp_cli::queue", leased, lease_until = %rfc3339(*last), "{text}");
+    } else {
+        tell!("smtp: {text}");
+    }
+    Ok(())
+}
+
+/// Says that the relay is backed off (it could not be reached) or held (a
+/// configuration or policy fault) until `b.not_before`, why, and how to
+/// retry at once.
+fn tell_backoff(b: &Backoff, held_now: bool, now: SystemTime, logging: bool) {
+    let what = if held_now { "held" } else { "backed off" };
+    let hint = if held_now {
+        "once the cause is fixed, `smtp queue retry --all` clears the hold"
+    } else {
+        "`smtp queue retry --all` clears the back-off"
+    };
+    let text = format!(
+        "{} is {what} until {} (in {}s): {}; its recipients wait until then ({hint} and makes \
+         them due now)",
+        b.destination,
+        rfc3339(b.not_before),
+        in_secs(b.not_before, now),
+        joined(&b.reason)
+    );
+    if logging {
+        tracing::warn!(target: "smtp_cli::queue", destination = %b.destination,
+            until = %rfc3339(b.not_before), reason = %b.reason, "{text}");
+    } else {
+        tell!("smtp: {text}");
+    }
 }
 
 /// Binds `--metrics ADDR`, tells the address, and serves the metrics from

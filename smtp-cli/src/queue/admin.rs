@@ -1,0 +1,265 @@
+//! `smtp queue list|show|retry|delete|stats`: reading and changing a queue
+//! that exists (see [`super::open_existing`]).
+//!
+//! Every line goes out through `say!`/`tell!`: a stored reply text is the
+//! server's choice, so it is printed on one line ([`joined`]) with nothing
+//! that could act on a terminal, and redacted like everything printed.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use smtp_queue::{ListFilter, MessageId, RecipientState, RetryTarget, SqliteStore, Store};
+
+use super::{queue_error, rfc3339};
+use crate::cli::{ListArgs, QueueCommand, QueueRetryArgs};
+use crate::fail::{EX_OK, Failure};
+use crate::output::counted;
+use crate::terminal::joined;
+
+/// Runs one of the subcommands other than `run` on `store`.
+pub(super) async fn run(
+    store: Arc<SqliteStore>,
+    command: QueueCommand,
+    json: bool,
+) -> Result<u8, Failure> {
+    match command {
+        // Dispatched before the store is opened.
+        QueueCommand::Run(_) => Ok(EX_OK),
+        QueueCommand::List(filter) => list(&store, &filter, json).await,
+        QueueCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let m = store.show(&id).await.map_err(queue_error)?;
+            print_message(&m, json);
+            Ok(EX_OK)
+        }
+        QueueCommand::Retry(args) => retry(&store, &args, json).await,
+        QueueCommand::Delete { id } => {
+            let id = parse_id(&id)?;
+            store
+                .delete(&id, SystemTime::now())
+                .await
+                .map_err(queue_error)?;
+            if json {
+                say!("{}", serde_json::json!({ "deleted": id.as_str() }));
+            }
+            Ok(EX_OK)
+        }
+        QueueCommand::Stats => {
+            let stats = store.stats().await.map_err(queue_error)?;
+            if json {
+                let states: serde_json::Map<String, serde_json::Value> = stats
+                    .recipients
+                    .iter()
+                    .map(|(s, n)| (s.to_string(), (*n).into()))
+                    .collect();
+                say!(
+                    "{}",
+                    serde_json::json!({ "messages": stats.messages, "recipients": states })
+                );
+            } else {
+                say!("messages: {}", stats.messages);
+                for (s, n) in &stats.recipients {
+                    say!("{s}: {n}");
+                }
+            }
+            Ok(EX_OK)
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<MessageId, Failure> {
+    MessageId::parse(id).map_err(|e| Failure::usage(e.to_string()))
+}
+
+async fn list(store: &SqliteStore, filter: &ListArgs, json: bool) -> Result<u8, Failure> {
+    let state = filter
+        .state
+        .as_deref()
+        .map(str::parse::<RecipientState>)
+        .transpose()
+        .map_err(|e| Failure::usage(format!("--state: {e}")))?;
+    let query = ListFilter {
+        state,
+        ..ListFilter::default()
+    };
+    let list = store.list(&query).await.map_err(queue_error)?;
+    let now = SystemTime::now();
+    let list: Vec<_> = list.iter().filter(|m| matches(m, filter, now)).collect();
+    if json {
+        let v: Vec<_> = list.iter().map(|m| message_json(m)).collect();
+        say!("{}", serde_json::json!({ "messages": v }));
+    } else {
+        for m in list {
+            print_message(m, false);
+        }
+    }
+    Ok(EX_OK)
+}
+
+/// `queue retry ID|--all`: the recipients due now, and the back-offs that
+/// would still hold them cleared. `--all` clears every destination's (the
+/// store does, with the retry). The store cannot list the destinations
+/// backed off, so with an id only the relay named by `--server` or
+/// `--account` is cleared; without one, a note says what else may hold.
+async fn retry(store: &SqliteStore, args: &QueueRetryArgs, json: bool) -> Result<u8, Failure> {
+    let (target, relay) = match (&args.id, args.all) {
+        (Some(id), _) => (RetryTarget::Message(parse_id(id)?), relay_key(args)?),
+        (None, true) => (RetryTarget::All, None),
+        (None, false) => return Err(Failure::usage("give a message id or --all")),
+    };
+    let all = target == RetryTarget::All;
+    let n = store
+        .retry(target, SystemTime::now())
+        .await
+        .map_err(queue_error)?;
+    let mut cleared: Option<String> = all.then(|| "all".to_owned());
+    let mut relay_note = None;
+    if let Some(key) = relay {
+        let had = store.backoff(&key).await.map_err(queue_error)?.is_some();
+        store.clear_backoff(&key).await.map_err(queue_error)?;
+        if had {
+            cleared = Some(key);
+        } else {
+            relay_note = Some(key);
+        }
+    }
+    let due = format!("{} due now", counted(n as usize, "recipient"));
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({ "retried": n, "backoff_cleared": cleared })
+        );
+    } else {
+        match (&cleared, &relay_note) {
+            (Some(a), _) if a == "all" => {
+                say!("{due}; every destination's back-off cleared");
+            }
+            (Some(key), _) => say!("{due}; the back-off of {key} cleared"),
+            (None, Some(key)) => say!("{due} ({key} was not backed off)"),
+            (None, None) => say!("{due}"),
+        }
+    }
+    if !all && args.server.is_none() && args.account.is_none() && n > 0 {
+        tell!(
+            "smtp: note: a destination's back-off (or hold) may still keep them waiting until it \
+             ends: `smtp queue retry --all` clears every back-off; `--server HOST[:PORT]` with \
+             the id clears that relay's"
+        );
+    }
+    Ok(EX_OK)
+}
+
+/// The back-off key of the relay `--server`/`--port`/`--account` name, as
+/// `queue run` with the same flags keys it (`relay:HOST:PORT`, the port
+/// defaulting to the account's, then 587); `None` when none is named.
+fn relay_key(args: &QueueRetryArgs) -> Result<Option<String>, Failure> {
+    let account = match &args.account {
+        Some(name) => crate::config::load(args.config.as_deref(), Some(name))?,
+        None => None,
+    };
+    let Some(server) = args
+        .server
+        .as_ref()
+        .or_else(|| account.as_ref().and_then(|a| a.server.as_ref()))
+    else {
+        if let Some(name) = &args.account {
+            return Err(Failure::config(format!(
+                "account {name:?} names no server: give --server HOST[:PORT]"
+            )));
+        }
+        if args.port.is_some() {
+            return Err(Failure::usage("--port goes with --server"));
+        }
+        return Ok(None);
+    };
+    let (host, in_server) = crate::settings::split_server(server)?;
+    if let (Some(a), Some(b)) = (in_server, args.port) {
+        if a != b {
+            return Err(Failure::usage(format!(
+                "--server {server} and --port {b} name two ports; give one"
+            )));
+        }
+    }
+    let port = in_server
+        .or(args.port)
+        .or(account.and_then(|a| a.port))
+        .unwrap_or(587);
+    Ok(Some(format!("relay:{host}:{port}")))
+}
+
+/// Whether `m` passes `list`'s filters.
+fn matches(m: &smtp_queue::MessageInfo, f: &ListArgs, now: SystemTime) -> bool {
+    let domain_ok = f.domain.as_deref().is_none_or(|d| {
+        let d = d.trim_start_matches('@');
+        m.recipients.iter().any(|r| {
+            r.address
+                .rsplit_once('@')
+                .is_some_and(|(_, x)| x.trim_end_matches('>').eq_ignore_ascii_case(d))
+        })
+    });
+    let age_ok = f
+        .older_than
+        .is_none_or(|age| now.duration_since(m.created).is_ok_and(|a| a > age));
+    domain_ok && age_ok
+}
+
+fn millis(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// A message as `queue show --json` prints it, and each of `queue list --json`'s.
+fn message_json(m: &smtp_queue::MessageInfo) -> serde_json::Value {
+    let recipients: Vec<_> = m
+        .recipients
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id.0, "address": r.address, "state": r.state.to_string(),
+                "attempts": r.attempts, "next_attempt_ms": millis(r.next_attempt),
+                "next_attempt": rfc3339(r.next_attempt),
+                "last": r.last,
+            })
+        })
+        .collect();
+    // The reverse-path as stored, `<a@example.com>`; the address alone
+    // (empty for the null sender), as `send --json` names addresses.
+    let from = m.from.trim_start_matches('<').trim_end_matches('>');
+    serde_json::json!({ "id": m.id.as_str(), "from": from, "created_ms": millis(m.created),
+        "created": rfc3339(m.created), "size": m.body_size, "recipients": recipients,
+        "notify_sender": m.options.notify_sender,
+        "notification": m.notification.as_ref().map(MessageId::as_str) })
+}
+
+fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
+    if json {
+        say!("{}", message_json(m));
+        return;
+    }
+    // The reverse-path is stored with its brackets.
+    say!("{} {} {}", m.id, m.body_size, m.from);
+    for r in &m.recipients {
+        let last = r.last.as_ref().map_or(String::new(), |a| {
+            let text = joined(&a.text);
+            match a.code {
+                Some(code) => format!(" {code} {text}"),
+                None => format!(" {text}"),
+            }
+        });
+        let lease = match (&r.state, &r.lease) {
+            (RecipientState::Delivering, Some(l)) => format!(" leased-until={}", rfc3339(l.until)),
+            _ => String::new(),
+        };
+        say!(
+            "  {} {} attempts={}{lease}{last}",
+            r.address,
+            r.state,
+            r.attempts
+        );
+    }
+    match (&m.notification, m.options.notify_sender) {
+        (Some(id), _) => say!("  notification: {id}"),
+        (None, true) => say!("  notification: asked, none sent"),
+        (None, false) => {}
+    }
+}

@@ -1,0 +1,555 @@
+//! `smtp queue …` and `smtp send --queue` as users met them: what they
+//! print when a server's reply holds a secret or several lines, enqueueing
+//! only (`--queue-only`), why a run delivers nothing (leases, a back-off),
+//! a mistyped queue directory, and the exit codes and JSON of the small
+//! commands. Real processes, servers on 127.0.0.1.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use smtp_core::delivery::MemoryBody;
+use smtp_queue::{Body, MessageOptions, NewMessage, SqliteStore, Store};
+use smtp_testkit::capture::{CaptureConfig, CaptureServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `smtp ARGS` with no password, log or config from the environment.
+fn smtp(args: &[&str]) -> Output {
+    smtp_env(args, None)
+}
+
+fn smtp_env(args: &[&str], password: Option<&str>) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("SMTP_PASSWORD")
+        .env_remove("SMTP_LOG")
+        .env("XDG_CONFIG_HOME", "/nonexistent/smtp-test-config");
+    if let Some(p) = password {
+        c.env("SMTP_PASSWORD", p);
+    }
+    c.output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn both(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(out)))
+}
+
+/// Enqueues one message to each of `to` in the queue at `dir`; their ids.
+fn enqueue(rt: &tokio::runtime::Runtime, dir: &Path, to: &[&str]) -> Vec<String> {
+    rt.block_on(async {
+        let store = SqliteStore::open(dir).await.unwrap();
+        let batch = to
+            .iter()
+            .map(|t| NewMessage {
+                from: "a@example.com".into(),
+                to: vec![(*t).to_owned()],
+                body: Body::Source(Box::new(MemoryBody::new("Subject: s\r\n\r\nbody\r\n"))),
+                options: MessageOptions::default(),
+            })
+            .collect();
+        let ids = store.enqueue(batch, SystemTime::now()).await.unwrap();
+        ids.iter().map(|i| i.as_str().to_owned()).collect()
+    })
+}
+
+// ---- 1 and 2: what a server says is printed redacted, on one line, with
+// no character that acts on a terminal.
+
+/// The password, with characters that logs escape.
+const PASSWORD: &str = "s3cret\"pass\\word-42";
+
+fn plain_b64() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{PASSWORD}"))
+}
+
+/// A line a server could try to forge into our output.
+const FORGED: &str = "c@x.test: delivered (250 2.0.0 ok)";
+
+/// A relay that takes AUTH PLAIN and MAIL, then answers RCPT with a reply
+/// of two lines (code `code`): the first echoes the password and AUTH
+/// PLAIN's payload, the second is a forged outcome line with a
+/// right-to-left mark (U+200F) in it.
+fn echoing_relay(rt: &tokio::runtime::Runtime, code: u16) -> smtp_testkit::script::ScriptedServer {
+    let enhanced = if code >= 500 { "5.1.1" } else { "4.2.0" };
+    let script = smtp_testkit::script::Script::parse(&format!(
+        "S: 220 echo.test\nC: EHLO *\nS: 250-echo.test\nS: 250 AUTH PLAIN\n\
+         C: AUTH PLAIN *\nS: 235 2.7.0 ok\nC: MAIL FROM:*\nS: 250 2.1.0 ok\n\
+         C: RCPT TO:*\nS: {code}-{enhanced} you sent {PASSWORD} as {}\n\
+         S: {code} {enhanced} {FORGED}\u{200f}\nC: QUIT\nS: 221 bye\n",
+        plain_b64()
+    ))
+    .unwrap();
+    rt.block_on(smtp_testkit::script::ScriptedServer::start(script, None))
+        .unwrap()
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for form in [PASSWORD, "s3cret", &plain_b64()] {
+        assert!(!text.contains(form), "{what} shows {form:?}:\n{text}");
+    }
+}
+
+/// No line of `text` is the forged one, and no bidi mark is left.
+fn assert_not_forged(what: &str, text: &str) {
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("c@x.test")),
+        "{what}: a server's line passes for ours:\n{text}"
+    );
+    assert!(!text.contains('\u{200f}'), "{what}: a bidi mark:\n{text}");
+}
+
+#[test]
+fn queue_run_list_and_show_print_a_reply_redacted_and_on_one_line() {
+    let rt = runtime();
+    let server = echoing_relay(&rt, 550);
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let id = enqueue(&rt, &q, &["b@example.net"]).remove(0);
+    let addr = server.addr().to_string();
+    let run = smtp_env(
+        &[
+            "queue",
+            "run",
+            "--queue",
+            qs,
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "--auth",
+            "plain",
+            "--user",
+            "alice",
+            "--helo",
+            "client.test",
+        ],
+        Some(PASSWORD),
+    );
+    let all = both(&run);
+    // Refused for good: nothing waits.
+    assert_eq!(run.status.code(), Some(0), "{all}");
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.starts_with("b@example.net: failed (550 you sent <redacted> as <redacted> / "),
+        "{all}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "one line per outcome: {all}");
+    assert_no_secret("queue run", &all);
+    assert_not_forged("queue run", &all);
+
+    // list and show know no secret, but print the stored text on one line.
+    for args in [
+        &["queue", "list", "--queue", qs][..],
+        &["queue", "show", &id, "--queue", qs],
+    ] {
+        let out = smtp(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", both(&out));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("failed attempts=1 550 you sent"),
+            "{stdout}"
+        );
+        assert!(stdout.contains(&format!(" / {FORGED}")), "{stdout}");
+        assert_not_forged(&format!("{args:?}"), &stdout);
+        // JSON keeps the text as stored (escaped line feed), no bidi mark.
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = smtp(&a);
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains(&format!("\\n{FORGED}")), "{stdout}");
+        assert!(!stdout.contains('\u{200f}'), "{stdout}");
+        json(&out);
+    }
+}
+
+#[test]
+fn send_queue_tells_a_deferral_on_one_line_redacted() {
+    let rt = runtime();
+    let server = echoing_relay(&rt, 451);
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let addr = server.addr().to_string();
+    let out = smtp_env(
+        &[
+            "send",
+            "--queue",
+            q.to_str().unwrap(),
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "--auth",
+            "plain",
+            "--user",
+            "alice",
+            "--helo",
+            "client.test",
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.net",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+            "--linger",
+            "0",
+        ],
+        Some(PASSWORD),
+    );
+    let all = both(&out);
+    assert_eq!(out.status.code(), Some(75), "{all}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("smtp: b@example.net: deferred (451 you sent <redacted> as <redacted> / "),
+        "{all}"
+    );
+    assert_no_secret("send --queue", &all);
+    assert_not_forged("send --queue", &all);
+}
+
+// ---- 3: --queue-only enqueues and exits; `queue run` delivers.
+
+#[test]
+fn send_queue_only_enqueues_without_delivering_and_names_the_run_that_does() {
+    let rt = runtime();
+    let server = rt
+        .block_on(CaptureServer::start(CaptureConfig::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let addr = server.addr().to_string();
+    let send = |extra: &[&str]| {
+        let mut a = vec![
+            "send",
+            "--queue",
+            qs,
+            "--queue-only",
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "--helo",
+            "client.test",
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.net",
+            "--to",
+            "c@example.net",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        ];
+        a.extend(extra);
+        smtp(&a)
+    };
+    // Text: the count and the command; nothing sent.
+    let out = send(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("queued 1 message (2 recipients) in {qs} as ")),
+        "{stdout}"
+    );
+    let run_line =
+        format!("smtp queue run --queue {qs} --server {addr} --tls none --helo client.test");
+    assert!(stdout.contains(&run_line), "{stdout}");
+    // JSON: the message with its id and recipients, as queued.
+    let out = send(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let v = json(&out);
+    assert_eq!(v["summary"]["messages"], 1, "{v}");
+    assert_eq!(v["summary"]["recipients"], 2, "{v}");
+    assert_eq!(v["run"], run_line.as_str(), "{v}");
+    let m = &v["messages"][0];
+    let id = m["id"].as_str().unwrap();
+    assert_eq!(id.len(), 28, "{v}");
+    assert_eq!(m["from"], "a@example.com", "{v}");
+    assert_eq!(m["recipients"][0]["address"], "b@example.net", "{v}");
+    assert_eq!(m["recipients"][1]["state"], "queued", "{v}");
+    let shown = json(&smtp(&["queue", "show", id, "--queue", qs, "--json"]));
+    assert_eq!(shown["recipients"][1]["state"], "queued", "{shown}");
+    assert!(server.messages().is_empty(), "nothing delivered");
+    let stats = json(&smtp(&["queue", "stats", "--queue", qs, "--json"]));
+    assert_eq!(stats["recipients"]["queued"], 4, "{stats}");
+
+    // The printed command delivers them.
+    let words: Vec<&str> = run_line.split(' ').skip(1).collect();
+    let run = smtp(&words);
+    assert_eq!(run.status.code(), Some(0), "{}", both(&run));
+    assert_eq!(server.messages().len(), 2);
+    let stats = json(&smtp(&["queue", "stats", "--queue", qs, "--json"]));
+    assert_eq!(stats["recipients"]["delivered"], 4, "{stats}");
+
+    // The password is for the run: enqueueing does not read it.
+    let out = send(&[
+        "--user",
+        "alice",
+        "--password-env",
+        "SMTP_TEST_UNSET_PASSWORD",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        text(&out.stdout).contains("--user alice --password-env SMTP_TEST_UNSET_PASSWORD"),
+        "{}",
+        both(&out)
+    );
+    // It needs --queue.
+    let out = smtp(&["send", "--queue-only", "--to", "b@example.net"]);
+    assert_eq!(out.status.code(), Some(64), "{}", both(&out));
+}
+
+// ---- 4: a run that delivers nothing says why.
+
+#[test]
+fn queue_run_says_when_recipients_are_leased_by_another_run() {
+    let rt = runtime();
+    let server = rt
+        .block_on(CaptureServer::start(CaptureConfig::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    enqueue(&rt, &q, &["b@example.net", "c@example.net"]);
+    // A run killed while it held them: their lease runs for an hour.
+    let until = rt.block_on(async {
+        let store = SqliteStore::open(&q).await.unwrap();
+        let claimed = store
+            .claim_due(SystemTime::now(), 10, "killed", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        claimed[0].lease.until
+    });
+    let until = smtp_queue::time::rfc3339(until);
+    let run = smtp(&[
+        "queue",
+        "run",
+        "--queue",
+        q.to_str().unwrap(),
+        "--server",
+        &server.addr().to_string(),
+        "--tls",
+        "none",
+    ]);
+    let all = both(&run);
+    assert_eq!(run.status.code(), Some(75), "{all}");
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("smtp: 2 recipients leased"), "{all}");
+    assert!(stderr.contains(&until[..16]), "until {until}: {all}");
+    assert!(server.messages().is_empty());
+    // list shows the lease too.
+    let list = smtp(&["queue", "list", "--queue", q.to_str().unwrap()]);
+    assert!(
+        text(&list.stdout).contains("delivering attempts=0 leased-until="),
+        "{}",
+        both(&list)
+    );
+}
+
+#[test]
+fn queue_run_names_the_relay_s_back_off_and_retry_clears_it() {
+    let rt = runtime();
+    let server = rt
+        .block_on(CaptureServer::start(CaptureConfig::default()))
+        .unwrap();
+    let addr = server.addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let id = enqueue(&rt, &q, &["b@example.net"]).remove(0);
+    let key = format!("relay:{addr}");
+    rt.block_on(async {
+        let store = SqliteStore::open(&q).await.unwrap();
+        let now = SystemTime::now();
+        store
+            .set_backoff(
+                &key,
+                now + Duration::from_secs(3600),
+                "unreachable in a test",
+                now,
+            )
+            .await
+            .unwrap();
+    });
+    let run = || {
+        smtp(&[
+            "queue", "run", "--queue", qs, "--server", &addr, "--tls", "none",
+        ])
+    };
+    let out = run();
+    let all = both(&out);
+    assert_eq!(out.status.code(), Some(75), "{all}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("smtp: {key} is backed off until ")),
+        "{all}"
+    );
+    assert!(stderr.contains("unreachable in a test"), "{all}");
+    assert!(stderr.contains("smtp queue retry --all"), "{all}");
+    assert!(
+        stderr.contains("smtp: 1 recipient waits; next attempt in 3"),
+        "{all}"
+    );
+    assert!(server.messages().is_empty());
+
+    // A retry of the message alone leaves the back-off, and says so.
+    let retry = smtp(&["queue", "retry", &id, "--queue", qs]);
+    assert_eq!(retry.status.code(), Some(0), "{}", both(&retry));
+    assert_eq!(text(&retry.stdout), "1 recipient due now\n");
+    assert!(
+        text(&retry.stderr).contains("--all` clears every back-off"),
+        "{}",
+        both(&retry)
+    );
+    assert_eq!(run().status.code(), Some(75));
+    assert!(server.messages().is_empty());
+
+    // With the relay named, its back-off goes too; the next run delivers.
+    let retry = smtp(&[
+        "queue", "retry", &id, "--queue", qs, "--server", &addr, "--json",
+    ]);
+    let v = json(&retry);
+    assert_eq!(v["retried"], 1, "{v}");
+    assert_eq!(v["backoff_cleared"], key.as_str(), "{v}");
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(server.messages().len(), 1);
+}
+
+// ---- 5, 6, 8: a mistyped directory, a message file taken for one, and
+// the small commands' codes and JSON.
+
+#[test]
+fn commands_on_a_directory_without_a_queue_refuse_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    let m = missing.to_str().unwrap();
+    let id = "018bcfe568e8a3f1c2d4e5f60718";
+    for args in [
+        &["queue", "list", "--queue", m][..],
+        &["queue", "show", id, "--queue", m],
+        &["queue", "stats", "--queue", m],
+        &["queue", "delete", id, "--queue", m],
+        &["queue", "retry", "--all", "--queue", m],
+        &[
+            "queue",
+            "run",
+            "--queue",
+            m,
+            "--server",
+            "127.0.0.1:9",
+            "--tls",
+            "none",
+        ],
+    ] {
+        let out = smtp(args);
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {}", both(&out));
+        assert!(
+            text(&out.stderr).contains("no queue in"),
+            "{args:?}: {}",
+            both(&out)
+        );
+        assert!(!missing.exists(), "{args:?} created {m}");
+    }
+    // An existing directory without a queue: the same.
+    let out = smtp(&[
+        "queue",
+        "stats",
+        "--queue",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(66), "{}", both(&out));
+    assert_eq!(json(&out)["error"]["kind"], "no-queue");
+    assert!(!dir.path().join("queue.db").exists());
+}
+
+#[test]
+fn a_message_file_after_a_bare_queue_flag_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m1.eml");
+    std::fs::write(
+        &file,
+        "From: a@example.com\r\nTo: b@example.net\r\n\r\nhi\r\n",
+    )
+    .unwrap();
+    let out = smtp(&[
+        "send",
+        "--server",
+        "127.0.0.1:9",
+        "--tls",
+        "none",
+        "-t",
+        "--queue",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", both(&out));
+    assert!(
+        text(&out.stderr).contains("write --queue=DIR"),
+        "{}",
+        both(&out)
+    );
+}
+
+#[test]
+fn show_delete_and_retry_of_an_unknown_id_exit_66_with_json_errors() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let id = enqueue(&rt, &q, &["b@example.net"]).remove(0);
+    let unknown = "018bcfe568e8a3f1c2d4e5f60718";
+    for command in ["show", "delete", "retry"] {
+        let out = smtp(&["queue", command, unknown, "--queue", qs]);
+        assert_eq!(out.status.code(), Some(66), "{command}: {}", both(&out));
+        let out = smtp(&["queue", command, unknown, "--queue", qs, "--json"]);
+        assert_eq!(out.status.code(), Some(66), "{command}: {}", both(&out));
+        let v = json(&out);
+        assert_eq!(v["error"]["kind"], "not-found", "{command}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(unknown),
+            "{v}"
+        );
+    }
+    // A bad id is a usage error, as JSON too.
+    let out = smtp(&["queue", "show", "nonsense", "--queue", qs, "--json"]);
+    assert_eq!(out.status.code(), Some(64), "{}", both(&out));
+    assert_eq!(json(&out)["error"]["kind"], "usage");
+    // Deleted: one object.
+    let out = smtp(&["queue", "delete", &id, "--queue", qs, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(json(&out), serde_json::json!({ "deleted": id }));
+}
+
+#[test]
+fn queue_run_help_says_it_delivers_directly_without_a_relay() {
+    let out = smtp(&["queue", "--help"]);
+    let help = text(&out.stdout);
+    assert!(help.contains("directly to each domain's MX"), "{help}");
+}
