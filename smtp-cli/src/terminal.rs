@@ -74,17 +74,11 @@ static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new()
 /// nor the base64 forms PLAIN, LOGIN and XOAUTH2 send it in — a server may
 /// echo what it got into a reply's text.
 pub(crate) fn redact_secret(user: &str, secret: &str) {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    if secret.is_empty() {
-        return;
+    let forms = smtp_core::sasl::Credentials::Password {
+        username: user.to_owned(),
+        password: smtp_core::sasl::Secret::new(secret),
     }
-    let forms = [
-        secret.to_owned(),
-        STANDARD.encode(secret),
-        STANDARD.encode(format!("\0{user}\0{secret}")),
-        STANDARD.encode(format!("user={user}\x01auth=Bearer {secret}\x01\x01")),
-    ];
+    .secret_forms();
     let mut guard = SECRETS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -105,6 +99,10 @@ pub(crate) fn redact_secret(user: &str, secret: &str) {
         }
         guard.push(form);
     }
+    // Longest first: one form's base64 may hold another's (PLAIN's holds
+    // LOGIN's), and a shorter one replaced first would leave the rest.
+    guard.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    guard.dedup();
 }
 
 fn redacted(text: &str) -> Cow<'_, str> {
@@ -183,6 +181,13 @@ macro_rules! tell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_form_holding_the_login_form_is_redacted_whole() {
+        redact_secret("u", "S3cr3t-Pw");
+        // base64("\0u\0S3cr3t-Pw") ends with base64("S3cr3t-Pw").
+        assert_eq!(redacted("sent AHUAUzNjcjN0LVB3"), "sent <redacted>");
+    }
 
     #[test]
     fn a_value_cannot_start_a_row_of_its_own() {
