@@ -454,6 +454,21 @@ pub trait Store: Send + Sync {
     /// One message with every recipient.
     async fn show(&self, id: &MessageId) -> Result<MessageInfo>;
 
+    /// The messages of `ids` that exist (a deleted one is left out), in
+    /// that order. The default asks [`show`](Self::show) for each; a store
+    /// does it in a few statements.
+    async fn show_many(&self, ids: &[MessageId]) -> Result<Vec<MessageInfo>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.show(id).await {
+                Ok(info) => out.push(info),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes waiting recipients due now; returns how many.
     async fn retry(&self, target: RetryTarget, now: SystemTime) -> Result<u64>;
 

@@ -1071,3 +1071,49 @@ async fn the_queue_is_private_to_its_owner_whatever_the_umask() {
         assert_eq!(mode(&body.unwrap().path()), 0o600);
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_many_messages_keeps_every_recipient_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    // More than one INSERT's worth of messages and of recipients.
+    let batch: Vec<NewMessage> = (0..1_200)
+        .map(|i| {
+            message(
+                &[&format!("a{i}@example.net"), &format!("b{i}@example.org")],
+                "x\r\n",
+            )
+        })
+        .collect();
+    let ids = store.enqueue(batch, t(0)).await.unwrap();
+    let infos = store.show_many(&ids).await.unwrap();
+    assert_eq!(infos.len(), 1_200);
+    for (i, (id, info)) in ids.iter().zip(&infos).enumerate() {
+        assert_eq!(&info.id, id);
+        let got: Vec<&str> = info.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(
+            got,
+            [format!("a{i}@example.net"), format!("b{i}@example.org")]
+        );
+    }
+    // The log names each recipient by its row.
+    let mut by_id = std::collections::HashMap::new();
+    for info in &infos {
+        for r in &info.recipients {
+            by_id.insert(r.id, (info.id.clone(), r.address.clone()));
+        }
+    }
+    let entries = log_entries(dir.path());
+    assert_eq!(entries.len(), 2_400);
+    for e in entries {
+        assert_eq!(
+            by_id.get(&e.recipient),
+            Some(&(e.message.clone(), e.rcpt.clone()))
+        );
+    }
+    // A deleted message is left out of show_many, the others kept in order.
+    store.delete(&ids[1], t(1)).await.unwrap();
+    let some = store.show_many(&ids[..3]).await.unwrap();
+    let got: Vec<_> = some.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(got, [ids[0].clone(), ids[2].clone()]);
+}

@@ -417,10 +417,11 @@ pub(crate) async fn send(
         }
         let mut waiting: Option<SystemTime> = None;
         let unsettled = lock(&live).unsettled();
-        for id in &unsettled {
-            let info = store.show(id).await.map_err(queue_error)?;
-            for r in info.recipients.iter().filter(|r| !r.state.is_final()) {
-                waiting = Some(waiting.map_or(r.next_attempt, |w| w.min(r.next_attempt)));
+        for chunk in unsettled.chunks(1000) {
+            for info in store.show_many(chunk).await.map_err(queue_error)? {
+                for r in info.recipients.iter().filter(|r| !r.state.is_final()) {
+                    waiting = Some(waiting.map_or(r.next_attempt, |w| w.min(r.next_attempt)));
+                }
             }
         }
         let Some(next) = waiting else {

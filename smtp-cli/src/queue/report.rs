@@ -166,8 +166,17 @@ pub(super) async fn report_from_store(
     unattempted: &str,
 ) -> Result<Report, Failure> {
     let mut found = Vec::with_capacity(ids.len());
+    // A thousand at a time: few statements, bounded memory.
+    let mut infos = Vec::new();
+    for chunk in ids.chunks(1000) {
+        infos.extend(store.show_many(chunk).await.map_err(queue_error)?);
+    }
+    let mut infos: HashMap<MessageId, smtp_queue::MessageInfo> =
+        infos.into_iter().map(|i| (i.id.clone(), i)).collect();
     for (index, (id, s)) in ids.iter().zip(sent).enumerate() {
-        let info = store.show(id).await.map_err(queue_error)?;
+        let Some(info) = infos.remove(id) else {
+            return Err(queue_error(smtp_queue::Error::NotFound(id.clone())));
+        };
         let recipients = info
             .recipients
             .iter()

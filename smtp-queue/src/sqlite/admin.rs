@@ -1,14 +1,14 @@
 //! Administration and inspection: list, show, retry, delete, purge,
 //! stats, the next due time, and the per-destination back-off.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
-use super::SqliteStore;
-use super::rows::{attempts_of, get, message_id_of, options_of, size_of, state_of};
+use super::rows::{attempts_of, get, message_id_of, options_of, recipient_of, size_of, state_of};
+use super::{RECIPIENT_COLUMNS, SqliteStore};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::{RecipientState, Transition};
-use crate::store::Store;
 use crate::store::{
     Backoff, ListFilter, MessageId, MessageInfo, RecipientId, RecipientInfo, RetryTarget, Stats,
     from_millis, millis,
@@ -36,53 +36,86 @@ pub(super) async fn list(store: &SqliteStore, filter: &ListFilter) -> Result<Vec
 
 /// Each message of `ids` that still exists, in that order.
 pub(super) async fn show_all(store: &SqliteStore, ids: Vec<String>) -> Result<Vec<MessageInfo>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let id = MessageId::parse(&id)
-            .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))?;
-        match store.show(&id).await {
-            Ok(info) => out.push(info),
-            // Deleted since the ids were read.
-            Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    let ids = ids
+        .iter()
+        .map(|id| {
+            MessageId::parse(id)
+                .map_err(|_| Error::corrupt(None, format!("{id:?} is not a message id")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    show_many(store, &ids).await
 }
 
 pub(super) async fn show(store: &SqliteStore, id: &MessageId) -> Result<MessageInfo> {
-    let mut conn = store
-        .pool
-        .begin()
-        .await
-        .map_err(|e| Error::db("reading a message", e))?;
-    let row = sqlx::query(
-        "SELECT id, sender, options, body_size, created_ms, dsn_id FROM messages WHERE id = $1",
+    show_many(store, std::slice::from_ref(id))
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound(id.clone()))
+}
+
+/// The messages of `ids` that exist, in that order: two statements for
+/// any number (one read transaction, so each message is seen whole).
+pub(super) async fn show_many(store: &SqliteStore, ids: &[MessageId]) -> Result<Vec<MessageInfo>> {
+    let doing = "reading messages";
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let set = serde_json::to_string(&ids.iter().map(MessageId::as_str).collect::<Vec<_>>())
+        .map_err(|e| Error::Misuse(format!("message ids do not serialize: {e}")))?;
+    let mut conn = store.pool.begin().await.map_err(|e| Error::db(doing, e))?;
+    let rows = sqlx::query(
+        "SELECT id, sender, options, body_size, created_ms, dsn_id FROM messages
+         WHERE id IN (SELECT value FROM json_each($1))",
     )
-    .bind(id.as_str())
-    .fetch_optional(&mut *conn)
+    .bind(&set)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(|e| Error::db("reading a message", e))?
-    .ok_or_else(|| Error::NotFound(id.clone()))?;
-    let recipients = store.recipients_of(&mut *conn, id).await?;
-    let notification = match get::<Option<String>>(&row, "dsn_id")? {
-        Some(dsn) => Some(MessageId::parse(&dsn).map_err(|_| {
-            Error::corrupt(
-                Some(id),
-                format!("its notification {dsn:?} is not a message id"),
-            )
-        })?),
-        None => None,
-    };
-    Ok(MessageInfo {
-        id: id.clone(),
-        from: get(&row, "sender")?,
-        created: from_millis(get(&row, "created_ms")?),
-        body_size: size_of(&row)?,
-        options: options_of(&row, id)?,
-        recipients,
-        notification,
-    })
+    .map_err(|e| Error::db(doing, e))?;
+    let recipient_rows = sqlx::query(&format!(
+        "SELECT {RECIPIENT_COLUMNS} FROM recipients
+         WHERE message_id IN (SELECT value FROM json_each($1)) ORDER BY message_id, position"
+    ))
+    .bind(&set)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    let mut recipients: HashMap<String, Vec<RecipientInfo>> = HashMap::new();
+    for row in &recipient_rows {
+        let message: String = get(row, "message_id")?;
+        recipients
+            .entry(message)
+            .or_default()
+            .push(recipient_of(row)?);
+    }
+    let mut infos: HashMap<String, MessageInfo> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key: String = get(row, "id")?;
+        let id = MessageId::parse(&key)
+            .map_err(|_| Error::corrupt(None, format!("{key:?} is not a message id")))?;
+        let notification = match get::<Option<String>>(row, "dsn_id")? {
+            Some(dsn) => Some(MessageId::parse(&dsn).map_err(|_| {
+                Error::corrupt(
+                    Some(&id),
+                    format!("its notification {dsn:?} is not a message id"),
+                )
+            })?),
+            None => None,
+        };
+        let info = MessageInfo {
+            recipients: recipients.remove(&key).unwrap_or_default(),
+            from: get(row, "sender")?,
+            created: from_millis(get(row, "created_ms")?),
+            body_size: size_of(row)?,
+            options: options_of(row, &id)?,
+            notification,
+            id,
+        };
+        infos.insert(key, info);
+    }
+    Ok(ids
+        .iter()
+        .filter_map(|id| infos.remove(id.as_str()))
+        .collect())
 }
 
 pub(super) async fn retry(

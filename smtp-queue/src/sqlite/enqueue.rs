@@ -1,11 +1,12 @@
 //! Messages in and out: the enqueue (bodies to the spool, then the
 //! envelopes in one transaction) and opening a stored body.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use smtp_core::address::{Mailbox, ReversePath};
 use smtp_core::delivery::{BodySource, MemoryBody};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::SqliteStore;
 use super::rows::{get, size_of};
@@ -50,67 +51,108 @@ pub(super) async fn insert(
     now_ms: i64,
 ) -> Result<Vec<Entry>> {
     let doing = "enqueueing";
+    let db = |e| Error::db(doing, e);
     let mut entries = Vec::new();
-    for Spooled {
-        id,
-        message,
-        stored,
-    } in batch
-    {
-        let written = &stored.written;
-        let options = serde_json::to_string(&message.options)
-            .map_err(|e| Error::Misuse(format!("the options do not serialize: {e}")))?;
-        sqlx::query(
-            "INSERT INTO messages (id, sender, options, body_size, body_sha256, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+    // Many rows a statement (bounded by SQLite's parameters per statement).
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        let mut options = Vec::with_capacity(chunk.len());
+        for s in chunk {
+            options.push(
+                serde_json::to_string(&s.message.options)
+                    .map_err(|e| Error::Misuse(format!("the options do not serialize: {e}")))?,
+            );
+        }
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (id, sender, options, body_size, body_sha256, created_ms) ",
         )
-        .bind(id.as_str())
-        .bind(&message.from)
-        .bind(options)
-        .bind(i64::try_from(written.size).unwrap_or(i64::MAX))
-        .bind(&written.sha256)
-        .bind(now_ms)
+        .push_values(chunk.iter().zip(&options), |mut row, (s, options)| {
+            row.push_bind(s.id.as_str())
+                .push_bind(&s.message.from)
+                .push_bind(options)
+                .push_bind(i64::try_from(s.stored.written.size).unwrap_or(i64::MAX))
+                .push_bind(&s.stored.written.sha256)
+                .push_bind(now_ms);
+        })
+        .build()
         .execute(&mut **tx)
         .await
-        .map_err(|e| Error::db(doing, e))?;
-        if let Some(data) = &stored.inline {
-            sqlx::query("INSERT INTO message_bodies (message_id, data) VALUES ($1, $2)")
-                .bind(id.as_str())
-                .bind(data.as_slice())
+        .map_err(db)?;
+        let inline: Vec<(&MessageId, &Vec<u8>)> = chunk
+            .iter()
+            .filter_map(|s| s.stored.inline.as_ref().map(|d| (&s.id, d)))
+            .collect();
+        if !inline.is_empty() {
+            QueryBuilder::<Sqlite>::new("INSERT INTO message_bodies (message_id, data) ")
+                .push_values(&inline, |mut row, (id, data)| {
+                    row.push_bind(id.as_str()).push_bind(data.as_slice());
+                })
+                .build()
                 .execute(&mut **tx)
                 .await
-                .map_err(|e| Error::db(doing, e))?;
+                .map_err(db)?;
         }
-        for (position, to) in message.to.iter().enumerate() {
-            let rid: i64 = sqlx::query_scalar(
-                "INSERT INTO recipients (message_id, position, address, state, attempts, next_attempt_ms, updated_ms)
-                 VALUES ($1, $2, $3, 'queued', 0, $4, $4) RETURNING id",
+        let recipients: Vec<(&MessageId, usize, &String)> = chunk
+            .iter()
+            .flat_map(|s| {
+                s.message
+                    .to
+                    .iter()
+                    .enumerate()
+                    .map(move |(position, to)| (&s.id, position, to))
+            })
+            .collect();
+        for rows in recipients.chunks(ROWS_PER_INSERT) {
+            let returned = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO recipients (message_id, position, address, state, attempts, \
+                 next_attempt_ms, updated_ms) ",
             )
-            .bind(id.as_str())
-            .bind(position as i64)
-            .bind(to)
-            .bind(now_ms)
-            .fetch_one(&mut **tx)
+            .push_values(rows, |mut row, (id, position, to)| {
+                row.push_bind(id.as_str())
+                    .push_bind(*position as i64)
+                    .push_bind(*to)
+                    .push_bind("queued")
+                    .push_bind(0i64)
+                    .push_bind(now_ms)
+                    .push_bind(now_ms);
+            })
+            .push(" RETURNING id, message_id, position")
+            .build()
+            .fetch_all(&mut **tx)
             .await
-            .map_err(|e| Error::db(doing, e))?;
-            entries.push(Entry {
-                at_ms: now_ms,
-                event: "enqueued".into(),
-                message: id.clone(),
-                recipient: RecipientId(rid),
-                rcpt: to.clone(),
-                from: None,
-                to: Some(RecipientState::Queued),
-                attempts: 0,
-                next_attempt_ms: Some(now_ms),
-                worker: None,
-                generation: None,
-                attempt: None,
-            });
+            .map_err(db)?;
+            // RETURNING's order is not promised: match by message and position.
+            let mut ids: HashMap<(String, i64), i64> = HashMap::with_capacity(returned.len());
+            for r in &returned {
+                ids.insert((get(r, "message_id")?, get(r, "position")?), get(r, "id")?);
+            }
+            for (id, position, to) in rows {
+                let rid = ids
+                    .get(&(id.as_str().to_owned(), *position as i64))
+                    .copied()
+                    .ok_or_else(|| Error::corrupt(Some(id), "a recipient row was not returned"))?;
+                entries.push(Entry {
+                    at_ms: now_ms,
+                    event: "enqueued".into(),
+                    message: (*id).clone(),
+                    recipient: RecipientId(rid),
+                    rcpt: (*to).clone(),
+                    from: None,
+                    to: Some(RecipientState::Queued),
+                    attempts: 0,
+                    next_attempt_ms: Some(now_ms),
+                    worker: None,
+                    generation: None,
+                    attempt: None,
+                });
+            }
         }
     }
     Ok(entries)
 }
+
+/// Rows one INSERT carries at most: 7 parameters a row stays well inside
+/// SQLite's 32,766 per statement.
+const ROWS_PER_INSERT: usize = 500;
 
 pub(super) async fn enqueue(
     store: &SqliteStore,

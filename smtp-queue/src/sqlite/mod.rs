@@ -349,6 +349,10 @@ impl Store for SqliteStore {
         admin::show(self, id).await
     }
 
+    async fn show_many(&self, ids: &[MessageId]) -> Result<Vec<MessageInfo>> {
+        admin::show_many(self, ids).await
+    }
+
     async fn retry(&self, target: RetryTarget, now: SystemTime) -> Result<u64> {
         admin::retry(self, target, now).await
     }
