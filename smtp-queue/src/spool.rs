@@ -163,6 +163,8 @@ impl Spool {
                 size: head.len() as u64,
                 sha256: digest(&head),
             };
+            // Held until the commit: without the growth's slack.
+            head.shrink_to_fit();
             return Ok(Stored {
                 written,
                 inline: Some(head),
