@@ -448,6 +448,16 @@ pub trait Store: Send + Sync {
     /// byte is handed out as the end).
     async fn open_body(&self, id: &MessageId) -> Result<Box<dyn BodySource>>;
 
+    /// The bodies of `ids`, in that order: each a body or that message's
+    /// error. The default opens each; a store reads them in one go.
+    async fn open_bodies(&self, ids: &[MessageId]) -> Result<Vec<Result<Box<dyn BodySource>>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.open_body(id).await);
+        }
+        Ok(out)
+    }
+
     /// Messages, oldest first.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<MessageInfo>>;
 

@@ -439,3 +439,55 @@ async fn a_domain_without_mail_servers_fails_and_a_dns_outage_defers() {
     assert_eq!(s, RecipientState::Deferred);
     assert!(text.unwrap().contains("try again later"));
 }
+
+#[tokio::test]
+async fn a_corrupt_body_fails_its_message_and_the_session_carries_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig::default()).await.unwrap();
+    let zone = Zone::new()
+        .mx("k.test", 10, "mx.k.test")
+        .a("mx.k.test", "127.0.0.1".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let store = store_with(
+        dir.path(),
+        (0..3)
+            .map(|n| message(&[&format!("r{n}@k.test")], n))
+            .collect(),
+    )
+    .await;
+    let ids: Vec<_> = store
+        .list(&smtp_queue::ListFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE message_bodies SET data = $1 WHERE message_id = $2")
+            .bind(&b"Subject: 1\r\n\r\ntampered\r\n"[..])
+            .bind(ids[1].as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let runner = direct_runner(store.clone(), &dns, server.addr().port());
+    runner.run_due(&Stop::new()).await.unwrap();
+    let bad = store.show(&ids[1]).await.unwrap();
+    assert_eq!(bad.recipients[0].state, RecipientState::Failed);
+    assert!(
+        bad.recipients[0]
+            .last
+            .as_ref()
+            .is_some_and(|a| a.text.contains("does not match")),
+        "{bad:?}"
+    );
+    for id in [&ids[0], &ids[2]] {
+        let ok = store.show(id).await.unwrap();
+        assert_eq!(ok.recipients[0].state, RecipientState::Delivered, "{ok:?}");
+    }
+    assert_eq!(server.connections(), 1);
+}

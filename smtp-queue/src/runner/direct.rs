@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use smtp_core::RecipientStatus;
 use smtp_core::delivery::BodySource;
 use smtp_core::delivery::direct::{Connector, Decided, DirectOptions, deliver_batch, plan_domain};
 use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
-use smtp_core::{Envelope, RecipientStatus};
 use tokio::sync::Semaphore;
 
 use super::record::Unrecorded;
@@ -29,7 +29,7 @@ use super::{Runner, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
-use crate::store::{Attempt, Claimed, Lease, Outcome, RecipientId};
+use crate::store::{Attempt, Claimed, Lease, MessageId, Outcome, RecipientId};
 use crate::verdict::verdict;
 
 /// What direct delivery needs: DNS, connections, and the options.
@@ -279,25 +279,42 @@ impl Runner {
             return Ok(());
         }
         let now = SystemTime::now();
-        if let Some(until) = self.backed_off_at(&job.destination, now).await? {
+        // A back-off row, current or past: the destination's failures.
+        let backoff = self.store.backoff(&job.destination).await?;
+        if let Some(until) = backoff.as_ref().map(|b| b.not_before).filter(|t| *t > now) {
             for unit in &job.units {
                 round.release_later(unit.claimed, until);
             }
             return Ok(());
         }
-        // Envelopes and bodies: a message that cannot be read fails alone.
+        // Envelopes and bodies (read in one go): a message that cannot be
+        // read fails alone.
+        let message_ids: Vec<MessageId> = job
+            .units
+            .iter()
+            .map(|u| round.claimed[u.claimed].lease.message.clone())
+            .collect();
+        let opened = self.store.open_bodies(&message_ids).await?;
         let mut units = Vec::with_capacity(job.units.len());
         let mut envelopes = Vec::with_capacity(job.units.len());
         let mut bodies: Vec<Box<dyn BodySource>> = Vec::with_capacity(job.units.len());
-        for unit in job.units {
+        for (unit, body) in job.units.into_iter().zip(opened) {
             let claimed = &round.claimed[unit.claimed];
-            match self.envelope(claimed, &unit.positions).await {
-                Ok((envelope, body)) => {
+            let envelope = self.envelope_of(claimed).map(|mut e| {
+                e.to = unit
+                    .positions
+                    .iter()
+                    .filter_map(|&i| e.to.get(i).cloned())
+                    .collect();
+                e
+            });
+            match (envelope, body.map_err(|e| e.to_string())) {
+                (Ok(envelope), Ok(body)) => {
                     envelopes.push(envelope);
                     bodies.push(body);
                     units.push(unit);
                 }
-                Err(why) => {
+                (Err(why), _) | (_, Err(why)) => {
                     let attempt = Attempt {
                         text: why,
                         ..Attempt::default()
@@ -383,7 +400,9 @@ impl Runner {
             .iter()
             .flatten()
             .any(|d| d.outcome.status == RecipientStatus::Accepted);
-        if delivered_any {
+        // Cleared only where there is something to clear: a write spared
+        // per session.
+        if delivered_any && backoff.is_some() {
             self.store.clear_backoff(&job.destination).await?;
         }
         let mut hold: Option<String> = None;
@@ -446,26 +465,6 @@ impl Runner {
             }
         }
         out
-    }
-
-    /// Message `claimed`'s envelope for the recipients at `positions`, and
-    /// its body from the spool.
-    async fn envelope(
-        &self,
-        claimed: &Claimed,
-        positions: &[usize],
-    ) -> std::result::Result<(Envelope, Box<dyn BodySource>), String> {
-        let mut envelope = self.envelope_of(claimed)?;
-        envelope.to = positions
-            .iter()
-            .filter_map(|&i| envelope.to.get(i).cloned())
-            .collect();
-        let body = self
-            .store
-            .open_body(&claimed.lease.message)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((envelope, body))
     }
 }
 

@@ -203,20 +203,55 @@ pub(super) async fn enqueue(
 }
 
 pub(super) async fn open_body(store: &SqliteStore, id: &MessageId) -> Result<Box<dyn BodySource>> {
-    let row = sqlx::query(
-        "SELECT m.body_size, m.body_sha256, b.data FROM messages m
-         LEFT JOIN message_bodies b ON b.message_id = m.id WHERE m.id = $1",
+    open_bodies(store, std::slice::from_ref(id))
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(Error::NotFound(id.clone())))
+}
+
+/// The bodies of `ids`, in that order, in one statement: each a body or
+/// that message's error (not found, corrupt).
+pub(super) async fn open_bodies(
+    store: &SqliteStore,
+    ids: &[MessageId],
+) -> Result<Vec<Result<Box<dyn BodySource>>>> {
+    let set = serde_json::to_string(&ids.iter().map(MessageId::as_str).collect::<Vec<_>>())
+        .map_err(|e| Error::Misuse(format!("message ids do not serialize: {e}")))?;
+    let rows = sqlx::query(
+        "SELECT m.id, m.body_size, m.body_sha256, b.data FROM messages m
+         LEFT JOIN message_bodies b ON b.message_id = m.id
+         WHERE m.id IN (SELECT value FROM json_each($1))",
     )
-    .bind(id.as_str())
-    .fetch_optional(&store.pool)
+    .bind(&set)
+    .fetch_all(&store.pool)
     .await
-    .map_err(|e| Error::db("reading a message", e))?
-    .ok_or_else(|| Error::NotFound(id.clone()))?;
+    .map_err(|e| Error::db("reading messages", e))?;
+    let mut by_id: HashMap<String, sqlx::sqlite::SqliteRow> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        by_id.insert(get(&row, "id")?, row);
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(row) = by_id.remove(id.as_str()) else {
+            out.push(Err(Error::NotFound(id.clone())));
+            continue;
+        };
+        out.push(body_of(store, id, &row).await);
+    }
+    Ok(out)
+}
+
+/// Message `id`'s body from its row: inline, checked now, or its file.
+async fn body_of(
+    store: &SqliteStore,
+    id: &MessageId,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<Box<dyn BodySource>> {
     let expected = Written {
-        size: size_of(&row)?,
-        sha256: get(&row, "body_sha256")?,
+        size: size_of(row)?,
+        sha256: get(row, "body_sha256")?,
     };
-    match get::<Option<Vec<u8>>>(&row, "data")? {
+    match get::<Option<Vec<u8>>>(row, "data")? {
         Some(data) => {
             let found = Written {
                 size: data.len() as u64,

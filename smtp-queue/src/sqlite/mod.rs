@@ -341,6 +341,10 @@ impl Store for SqliteStore {
         enqueue::open_body(self, id).await
     }
 
+    async fn open_bodies(&self, ids: &[MessageId]) -> Result<Vec<Result<Box<dyn BodySource>>>> {
+        enqueue::open_bodies(self, ids).await
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Vec<MessageInfo>> {
         admin::list(self, filter).await
     }
