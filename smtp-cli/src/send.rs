@@ -266,7 +266,7 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
                 args.mx_port,
             )?)),
         };
-        return crate::queue::send(&queued, via, &prepared, &envelopes, mode(&args)).await;
+        return crate::queue::send(&queued, via, prepared, &envelopes, mode(&args)).await;
     }
     let report = match &s.server {
         Some((host, port)) => {

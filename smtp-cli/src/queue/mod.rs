@@ -383,14 +383,17 @@ pub(crate) async fn enqueue_only(
 pub(crate) async fn send(
     queued: &Queued<'_>,
     via: Via,
-    prepared: &[Prepared],
+    prepared: Vec<Prepared>,
     envelopes: &[Envelope],
     mode: Mode,
 ) -> Result<u8, Failure> {
     let (dir, retry) = (queued.dir, queued.retry);
     let store = open(Some(dir)).await?;
-    let sent = crate::send::sent(prepared, envelopes);
-    let batch = batch(queued, prepared, envelopes);
+    let sent = crate::send::sent(&prepared, envelopes);
+    let batch = batch(queued, &prepared, envelopes);
+    // Once enqueued, the messages are the queue's to read: what was
+    // prepared in memory goes now, not at the end of the run.
+    drop(prepared);
     // From here a signal stops the runner rather than the process: what
     // the enqueue commits is then reported, and left for `queue run`.
     let stop = Stop::new();

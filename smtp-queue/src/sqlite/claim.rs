@@ -283,21 +283,25 @@ async fn apply_record(
         message: lease.message.clone(),
         generation: lease.generation,
     };
-    let ids = serde_json::to_string(&outcomes.iter().map(|(r, _)| r.0).collect::<Vec<i64>>())
-        .map_err(|e| Error::Misuse(format!("recipient ids do not serialize: {e}")))?;
-    let held: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM recipients WHERE id IN (SELECT value FROM json_each($1))
-         AND message_id = $2 AND lease_generation = $3 AND state = 'delivering'",
-    )
-    .bind(&ids)
-    .bind(lease.message.as_str())
-    .bind(lease.generation)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(|e| Error::db(doing, e))?;
-    let distinct: std::collections::HashSet<i64> = outcomes.iter().map(|(r, _)| r.0).collect();
-    if usize::try_from(held).ok() != Some(outcomes.len()) || distinct.len() != outcomes.len() {
-        return Err(stale());
+    // Several recipients: all must be held before any changes. One: the
+    // UPDATE's own condition below checks it.
+    if outcomes.len() > 1 {
+        let ids = serde_json::to_string(&outcomes.iter().map(|(r, _)| r.0).collect::<Vec<i64>>())
+            .map_err(|e| Error::Misuse(format!("recipient ids do not serialize: {e}")))?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM recipients WHERE id IN (SELECT value FROM json_each($1))
+             AND message_id = $2 AND lease_generation = $3 AND state = 'delivering'",
+        )
+        .bind(&ids)
+        .bind(lease.message.as_str())
+        .bind(lease.generation)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+        let distinct: std::collections::HashSet<i64> = outcomes.iter().map(|(r, _)| r.0).collect();
+        if usize::try_from(held).ok() != Some(outcomes.len()) || distinct.len() != outcomes.len() {
+            return Err(stale());
+        }
     }
     let mut entries = Vec::with_capacity(outcomes.len());
     let any_final = outcomes
@@ -326,22 +330,35 @@ async fn apply_record(
         if attempt.is_some() {
             update.push_str(", last_code = $6, last_enhanced = $7, last_text = $8, last_host = $9, last_tls = $10");
         }
-        update.push_str(" WHERE id = $5 RETURNING address, attempts, next_attempt_ms");
+        update.push_str(
+            " WHERE id = $5 AND message_id = $11 AND lease_generation = $12 \
+             AND state = 'delivering' RETURNING address, attempts, next_attempt_ms",
+        );
         let mut query = sqlx::query(&update)
             .bind(to.as_str())
             .bind(i64::from(attempt.is_some()))
             .bind(next_ms)
             .bind(now_ms)
             .bind(rid.0);
-        if let Some(a) = &attempt {
-            query = query
+        // $6..$10 bound whether the SET uses them or not, so that $11 and
+        // $12 keep their numbers.
+        query = match &attempt {
+            Some(a) => query
                 .bind(a.code.map(i64::from))
                 .bind(a.enhanced.clone())
                 .bind(a.text.clone())
                 .bind(a.host.clone())
-                .bind(tls);
-        }
+                .bind(tls),
+            None => query
+                .bind(None::<i64>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>),
+        };
         let row = query
+            .bind(lease.message.as_str())
+            .bind(lease.generation)
             .fetch_optional(&mut **tx)
             .await
             .map_err(|e| Error::db(doing, e))?
