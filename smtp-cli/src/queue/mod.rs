@@ -312,6 +312,47 @@ fn batch(queued: &Queued<'_>, prepared: &[Prepared], envelopes: &[Envelope]) -> 
         .collect()
 }
 
+/// Messages one enqueue commits at most: the queue holds a part's small
+/// bodies in memory until its commit, so a long list goes in parts, each
+/// durable when it returns, and memory stays flat.
+const ENQUEUE_PART: usize = 1000;
+
+/// Enqueues `batch` a part at a time (`names` name its messages). When a
+/// part fails after others were committed, the error says how many are
+/// queued (a runner will deliver them) and from which message on nothing
+/// was: never "nothing" when something was.
+async fn enqueue_parts(
+    store: &SqliteStore,
+    batch: Vec<NewMessage>,
+    names: &[&str],
+    now: SystemTime,
+) -> Result<Vec<smtp_queue::MessageId>, Failure> {
+    let total = batch.len();
+    let mut ids = Vec::with_capacity(total);
+    let mut rest = batch.into_iter();
+    loop {
+        let part: Vec<NewMessage> = rest.by_ref().take(ENQUEUE_PART).collect();
+        if part.is_empty() {
+            return Ok(ids);
+        }
+        match store.enqueue(part, now).await {
+            Ok(mut part_ids) => ids.append(&mut part_ids),
+            Err(e) if ids.is_empty() => return Err(queue_error(e)),
+            Err(e) => {
+                let first = names.get(ids.len()).copied().unwrap_or("the next message");
+                return Err(Failure::new(
+                    EX_TEMPFAIL,
+                    format!(
+                        "queue: {} of {total} messages were enqueued (a `smtp queue run` \
+                         delivers them); {first} and those after it were not: {e}",
+                        ids.len()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 /// `smtp send --queue --queue-only` (sendmail's `-odq`): enqueue in one
 /// batch, durably, and exit 0 without delivering; say how many were queued
 /// and the `smtp queue run` command that delivers them (`--json`: one
@@ -326,10 +367,8 @@ pub(crate) async fn enqueue_only(
     let dir = directory(Some(queued.dir))?;
     let store = open_at(&dir).await?;
     let now = SystemTime::now();
-    let ids = store
-        .enqueue(batch(queued, prepared, envelopes), now)
-        .await
-        .map_err(queue_error)?;
+    let names: Vec<&str> = prepared.iter().map(|m| m.name.as_str()).collect();
+    let ids = enqueue_parts(&store, batch(queued, prepared, envelopes), &names, now).await?;
     let recipients: usize = envelopes.iter().map(|e| e.to.len()).sum();
     if json {
         let messages: Vec<_> = ids
@@ -398,10 +437,8 @@ pub(crate) async fn send(
     // the enqueue commits is then reported, and left for `queue run`.
     let stop = Stop::new();
     let _registered = Registered::new(&stop);
-    let ids = store
-        .enqueue(batch, SystemTime::now())
-        .await
-        .map_err(queue_error)?;
+    let names: Vec<&str> = sent.iter().map(|s| s.name.as_str()).collect();
+    let ids = enqueue_parts(&store, batch, &names, SystemTime::now()).await?;
     progress::begin(&sent, mode);
     let live = Arc::new(Mutex::new(Live::new(&ids, &sent)));
     let observer = {
@@ -806,6 +843,62 @@ async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body whose source fails.
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl smtp_core::delivery::BodySource for Broken {
+        async fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("the producer went away"))
+        }
+        async fn rewind(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_that_fails_after_others_were_enqueued_says_how_many_are_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let message = |body: Body| NewMessage {
+            from: "a@example.org".into(),
+            to: vec!["b@example.net".into()],
+            body,
+            options: MessageOptions::default(),
+        };
+        let mut batch: Vec<NewMessage> = (0..ENQUEUE_PART)
+            .map(|_| {
+                message(Body::Source(Box::new(
+                    smtp_core::delivery::MemoryBody::new("Subject: x\r\n\r\nx\r\n"),
+                )))
+            })
+            .collect();
+        batch.push(message(Body::Source(Box::new(Broken))));
+        let names: Vec<String> = (0..=ENQUEUE_PART).map(|i| format!("m{i}.eml")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let err = enqueue_parts(&store, batch, &names, SystemTime::now())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("1000 of 1001 messages were enqueued") && text.contains("m1000.eml"),
+            "{text}"
+        );
+        assert_eq!(store.stats().await.unwrap().messages, 1000);
+        // Nothing committed yet: the plain error.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let err = enqueue_parts(
+            &store,
+            vec![message(Body::Source(Box::new(Broken)))],
+            &["m0.eml"],
+            SystemTime::now(),
+        )
+        .await
+        .unwrap_err();
+        assert!(!err.to_string().contains("were enqueued"), "{err}");
+    }
 
     #[test]
     fn a_recipient_still_queued_says_so_and_when() {
