@@ -209,7 +209,10 @@ fn main() -> ExitCode {
             }
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: a command's tasks are I/O-bound and take turns well;
+    // SQLite and the file system have threads of their own. Fewer threads
+    // also keep resident memory down (glibc keeps an arena per thread).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

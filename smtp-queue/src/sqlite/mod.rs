@@ -87,7 +87,8 @@ pub struct SqliteSettings {
     /// How long a writer waits for another (in this process or another)
     /// before the operation fails with [`Error::Storage`]. Default 10 s.
     pub busy_timeout: Duration,
-    /// Connections kept open. Default 4.
+    /// Connections kept open for the runner's work (each is a thread of
+    /// SQLite's; writes take turns anyway). Default 2.
     pub max_connections: u32,
     /// The outcome log.
     pub log: LogPlace,
@@ -104,7 +105,7 @@ impl Default for SqliteSettings {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(10),
-            max_connections: 4,
+            max_connections: 2,
             log: LogPlace::Spool,
             sweep_after: Duration::from_secs(3600),
             inline_bodies: 64 * 1024,
@@ -167,8 +168,9 @@ impl SqliteStore {
                     })
             }
         };
-        // The durable pool first: it creates the file and sets WAL mode.
-        let durable = connect(options.clone(), 2).await?;
+        // The durable pool first (one connection: enqueues take turns): it
+        // creates the file and sets WAL mode.
+        let durable = connect(options.clone(), 1).await?;
         // SQLite creates the database with the umask's permissions, and the
         // WAL and shared-memory files with the database's: make it 0600.
         #[cfg(unix)]
