@@ -553,3 +553,51 @@ fn queue_run_help_says_it_delivers_directly_without_a_relay() {
     let help = text(&out.stdout);
     assert!(help.contains("directly to each domain's MX"), "{help}");
 }
+
+#[test]
+fn a_named_plain_mechanism_without_tls_is_warned_about_before_the_queue_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("q");
+    // Nothing listens there: the warning comes before any connection.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let server = format!("127.0.0.1:{port}");
+    let q = format!("--queue={}", queue.display());
+    let args = [
+        "send",
+        &q,
+        "--server",
+        &server,
+        "--tls",
+        "none",
+        "--user",
+        "u",
+        "--from",
+        "a@example.org",
+        "--to",
+        "b@example.net",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+        "--linger",
+        "0",
+    ];
+    let mut plain = args.to_vec();
+    plain.extend(["--auth", "plain"]);
+    let out = smtp_env(&plain, Some("S3cr3t-Pw"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning:") && stderr.contains("readable"),
+        "{}",
+        both(&out)
+    );
+    assert!(!stderr.contains("S3cr3t-Pw"), "{}", both(&out));
+    // Chosen automatically, no plaintext mechanism is used: no warning.
+    let out = smtp_env(&args, Some("S3cr3t-Pw"));
+    assert!(!text(&out.stderr).contains("readable"), "{}", both(&out));
+}

@@ -250,7 +250,10 @@ pub(crate) enum Via {
 impl Via {
     fn runner(self, store: Arc<SqliteStore>, config: RunnerConfig) -> Runner {
         match self {
-            Self::Relay(server) => Runner::new(store, server, config),
+            Self::Relay(server) => {
+                warn_plaintext_secret(&server);
+                Runner::new(store, server, config)
+            }
             Self::Direct(d) => {
                 let d = *d;
                 Runner::direct(
@@ -261,6 +264,24 @@ impl Via {
                     config,
                 )
             }
+        }
+    }
+}
+
+/// Says once, before the runner starts, what `smtp send` says when its
+/// session warns: the password will cross the network readable (a named
+/// PLAIN or LOGIN without TLS). The runner's sessions give no warning of
+/// their own to show.
+fn warn_plaintext_secret(server: &Server) {
+    use smtp_core::sasl::AuthChoice;
+    let plaintext = server.policy == smtp_core::TlsPolicy::None && !server.implicit_tls;
+    if let (true, Some(_), AuthChoice::Explicit(m)) = (plaintext, &server.credentials, server.auth)
+    {
+        if m.reveals_secret() {
+            tell!(
+                "warning: {}",
+                crate::advice::warning_text(&smtp_core::Warning::PlaintextSecret(m))
+            );
         }
     }
 }
