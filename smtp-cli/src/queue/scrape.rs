@@ -165,8 +165,18 @@ where
         reply(&mut stream, limits, 503, "Service Unavailable", None, text).await;
         return;
     };
-    let body = if method == "HEAD" { "" } else { body.as_str() };
-    reply(&mut stream, limits, 200, "OK", Some(content_type), body).await;
+    // HEAD: GET's headers, its Content-Length included, without the body.
+    let head_only = method == "HEAD";
+    reply_with(
+        &mut stream,
+        limits,
+        200,
+        "OK",
+        Some(content_type),
+        &body,
+        head_only,
+    )
+    .await;
 }
 
 /// Reads until the end of the request head, at most `max` bytes.
@@ -209,6 +219,19 @@ async fn reply(
     content_type: Option<&str>,
     body: &str,
 ) {
+    reply_with(stream, limits, code, reason, content_type, body, false).await;
+}
+
+/// [`reply`], leaving the body out (for HEAD) when `head_only`.
+async fn reply_with(
+    stream: &mut TcpStream,
+    limits: Limits,
+    code: u16,
+    reason: &str,
+    content_type: Option<&str>,
+    body: &str,
+    head_only: bool,
+) {
     let content_type = content_type.unwrap_or("text/plain; charset=utf-8");
     let allow = if code == 405 {
         "Allow: GET, HEAD\r\n"
@@ -222,7 +245,9 @@ async fn reply(
     );
     let write = async {
         stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        if !head_only {
+            stream.write_all(body.as_bytes()).await?;
+        }
         stream.shutdown().await
     };
     if !matches!(tokio::time::timeout(limits.write, write).await, Ok(Ok(()))) {
@@ -287,9 +312,18 @@ mod tests {
         // A query string is allowed; HEAD gets the head alone.
         let r = exchange(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        let get = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
         let r = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.ends_with("\r\n\r\n"), "{r}");
+        // The length GET's body has, as RFC 9110 §9.3.2 asks.
+        let length = |r: &str| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(str::to_owned)
+        };
+        assert_eq!(length(&r), length(&get), "{r}");
+        assert_ne!(length(&r).as_deref(), Some("0"), "{r}");
     }
 
     #[tokio::test]
