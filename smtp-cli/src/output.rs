@@ -1,6 +1,8 @@
 //! What the user sees: a line per recipient, or one JSON object; and the
 //! exit code that sums it up.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use smtp_core::delivery::TlsInfo;
 use smtp_core::{Error, MessageError, RecipientOutcome, RecipientStatus};
@@ -111,6 +113,28 @@ pub(crate) fn print_failure_json(f: &crate::fail::Failure, send: bool) {
         serde_json::json!({ "version": JSON_VERSION, "error": error })
     };
     say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// What was printed of a message as it came: its recipients' lines and
+/// whether its diagnosis (kept small: a long run keeps one per message).
+#[derive(Clone, Debug)]
+pub(crate) struct Printed {
+    /// The message's index.
+    pub(crate) index: usize,
+    /// The recipients whose lines were printed.
+    pub(crate) addresses: Vec<String>,
+    /// The diagnosis was printed.
+    pub(crate) diagnosis: bool,
+}
+
+impl Printed {
+    pub(crate) fn of(index: usize, m: &MessageReport) -> Self {
+        Self {
+            index,
+            addresses: m.recipients.iter().map(|r| r.address.clone()).collect(),
+            diagnosis: m.diagnosis.is_some(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -354,7 +378,7 @@ impl Report {
 
     /// [`print`](Self::print), leaving out the lines already `printed` as
     /// each message finished (see [`lines_after`](Self::lines_after)).
-    pub(crate) fn print_after(&self, json: bool, printed: &[(usize, MessageReport)]) {
+    pub(crate) fn print_after(&self, json: bool, printed: &[Printed]) {
         if json {
             let v = serde_json::json!({
                 "version": JSON_VERSION,
@@ -388,28 +412,25 @@ impl Report {
 
     /// The lines not printed yet: `printed` holds what was printed as each
     /// message finished, by its index (its place in this report).
-    fn lines_after(&self, printed: &[(usize, MessageReport)]) -> Vec<String> {
+    fn lines_after(&self, printed: &[Printed]) -> Vec<String> {
+        let mut by_message: HashMap<usize, Vec<&Printed>> = HashMap::new();
+        for p in printed {
+            by_message.entry(p.index).or_default().push(p);
+        }
         let mut lines = Vec::new();
         let named = (self.messages.len() > 1).then_some(());
         for (index, m) in self.messages.iter().enumerate() {
             let name = named.map(|()| m.message.as_str());
-            let before: Vec<&MessageReport> = printed
-                .iter()
-                .filter(|(i, _)| *i == index)
-                .map(|(_, m)| m)
-                .collect();
-            let shown = |r: &RecipientReport| {
-                before
-                    .iter()
-                    .any(|b| b.recipients.iter().any(|x| x.address == r.address))
-            };
+            let before = by_message.get(&index).map_or(&[][..], Vec::as_slice);
+            let shown =
+                |r: &RecipientReport| before.iter().any(|b| b.addresses.contains(&r.address));
             lines.extend(
                 m.recipients
                     .iter()
                     .filter(|r| !shown(r))
                     .map(|r| r.line(name)),
             );
-            if !before.iter().any(|b| b.diagnosis.is_some()) {
+            if !before.iter().any(|b| b.diagnosis) {
                 lines.extend(m.note());
             }
         }
@@ -594,7 +615,7 @@ mod tests {
         let sent = [sent("a", &["x@t", "y@t"]), sent("b", &["z@t"])];
         let mut a = report("a", &["x@t"]);
         a.diagnosis = Some("d".into());
-        let printed = [(0, a.clone())];
+        let printed = [Printed::of(0, &a)];
         assert_eq!(
             a.lines(false),
             ["accepted  x@t  250 ok", "note: d"],

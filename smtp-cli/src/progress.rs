@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::output::{MessageReport, Report, Sent};
+use crate::output::{MessageReport, Printed, Report, Sent};
 
 /// The text for a recipient whose message had no outcome yet.
 const INTERRUPTED: &str = "interrupted before the outcome was known; the message may or may \
@@ -45,7 +45,7 @@ struct Record {
     /// Every outcome so far, by message index.
     found: Vec<(usize, MessageReport)>,
     /// What was printed as it came, by message index.
-    printed: Vec<(usize, MessageReport)>,
+    printed: Vec<Printed>,
     mode: Mode,
     bar: Option<ProgressBar>,
     started: Instant,
@@ -144,7 +144,7 @@ pub(crate) fn record(index: usize, report: MessageReport) {
                 Some(bar) => bar.suspend(print),
                 None => print(),
             }
-            r.printed.push((index, report.clone()));
+            r.printed.push(Printed::of(index, &report));
         }
         if let Some(bar) = &r.bar {
             bar.inc(1);

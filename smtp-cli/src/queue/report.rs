@@ -91,6 +91,7 @@ impl Live {
     pub(super) fn unsettled(&self) -> Vec<MessageId> {
         self.messages
             .iter()
+            // A settled message's slots were handed to the report (empty).
             .filter(|(_, (_, slots))| slots.iter().any(Option::is_none))
             .map(|(id, _)| id.clone())
             .collect()
@@ -125,6 +126,10 @@ impl Live {
         let Some((index, slots)) = self.messages.get_mut(message) else {
             return;
         };
+        // Already settled and handed to the report.
+        if slots.is_empty() {
+            return;
+        }
         let index = *index;
         let Some(place) = self
             .addresses
@@ -143,7 +148,8 @@ impl Live {
             ));
         }
         if slots.iter().all(Option::is_some) {
-            let recipients = slots.iter().flatten().cloned().collect();
+            // Handed over, not copied: a long list keeps no second copy.
+            let recipients = std::mem::take(slots).into_iter().flatten().collect();
             progress::record(
                 index,
                 MessageReport {
