@@ -172,40 +172,48 @@ pub(super) async fn report_from_store(
     unattempted: &str,
 ) -> Result<Report, Failure> {
     let mut found = Vec::with_capacity(ids.len());
-    // A thousand at a time: few statements, bounded memory.
-    let mut infos = Vec::new();
-    for chunk in ids.chunks(1000) {
-        infos.extend(store.show_many(chunk).await.map_err(queue_error)?);
-    }
-    let mut infos: HashMap<MessageId, smtp_queue::MessageInfo> =
-        infos.into_iter().map(|i| (i.id.clone(), i)).collect();
-    for (index, (id, s)) in ids.iter().zip(sent).enumerate() {
-        let Some(info) = infos.remove(id) else {
-            return Err(queue_error(smtp_queue::Error::NotFound(id.clone())));
-        };
-        let recipients = info
-            .recipients
-            .iter()
-            .map(|r| {
-                recipient_report(
-                    &r.address,
-                    r.state,
-                    r.last.as_ref(),
-                    r.next_attempt,
-                    unattempted,
-                )
-            })
+    // A thousand at a time: few statements, and only a thousand messages'
+    // rows in memory at once.
+    for (part, chunk) in ids.chunks(1000).enumerate() {
+        let mut infos: HashMap<MessageId, smtp_queue::MessageInfo> = store
+            .show_many(chunk)
+            .await
+            .map_err(queue_error)?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
             .collect();
-        found.push((
-            index,
-            MessageReport {
-                message: s.name.clone(),
-                recipients,
-                diagnosis: None,
-                errors: Vec::new(),
-                missing_outcomes: false,
-            },
-        ));
+        for (k, id) in chunk.iter().enumerate() {
+            let index = part * 1000 + k;
+            let Some(s) = sent.get(index) else {
+                continue;
+            };
+            let Some(info) = infos.remove(id) else {
+                return Err(queue_error(smtp_queue::Error::NotFound(id.clone())));
+            };
+            let recipients = info
+                .recipients
+                .iter()
+                .map(|r| {
+                    recipient_report(
+                        &r.address,
+                        r.state,
+                        r.last.as_ref(),
+                        r.next_attempt,
+                        unattempted,
+                    )
+                })
+                .collect();
+            found.push((
+                index,
+                MessageReport {
+                    message: s.name.clone(),
+                    recipients,
+                    diagnosis: None,
+                    errors: Vec::new(),
+                    missing_outcomes: false,
+                },
+            ));
+        }
     }
     Ok(Report::reconciled(sent, found))
 }
