@@ -1,0 +1,283 @@
+//! `smtp queue …`: the queue's commands, above all `queue run` (what is
+//! due, or `--watch` as a service, with its log and metrics).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use smtp_core::ehlo::ClientId;
+use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, SqliteStore, Stop, Store};
+
+use super::{
+    Via, admin, config, directory, exists, metrics, open_at, open_existing, queue_error, report,
+    rfc3339, scrape,
+};
+use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, SendArgs};
+use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
+use crate::output::counted;
+use crate::terminal::joined;
+
+/// `smtp queue …`.
+pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
+    if let QueueCommand::Run(run) = args.command {
+        crate::log::install(run.log_format, run.watch)?;
+        let store = if run.watch {
+            // A service may start before anything is queued: it creates
+            // the queue, and says where.
+            let dir = directory(args.queue.as_deref())?;
+            if !exists(&dir) {
+                tracing::info!(target: "smtp_cli::queue", queue = %dir.display(),
+                    "no queue there yet: created an empty one");
+            }
+            open_at(&dir).await?
+        } else {
+            open_existing(args.queue.as_deref()).await?
+        };
+        return run_queue(store, *run).await;
+    }
+    let store = open_existing(args.queue.as_deref()).await?;
+    admin::run(store, args.command, args.json).await
+}
+
+async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Failure> {
+    let send = SendArgs {
+        server: args.server,
+        port: args.port,
+        tls: args.tls,
+        implicit_tls: args.implicit_tls,
+        ca_file: args.ca_file,
+        login: args.login,
+        helo: args.helo,
+        config: args.config,
+        account: args.account,
+        dns_server: args.dns_server,
+        ..SendArgs::default()
+    };
+    let s = crate::settings::settings(&send)?;
+    let client_id = ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
+    // No --server (nor an account with one): direct delivery.
+    let via = match &s.server {
+        Some((host, port)) => Via::Relay(crate::send::relay(&s, host, *port, client_id, false)?),
+        None => Via::Direct(Box::new(crate::send::direct_parts(
+            &s,
+            client_id,
+            false,
+            args.mx_port,
+        )?)),
+    };
+    let mut config = config(&args.retry, matches!(via, Via::Direct(_)));
+    if let Some(secs) = args.lease {
+        config = config.with_lease(Duration::from_secs(secs.max(1)));
+    }
+    let metrics = match args.metrics {
+        Some(addr) => Some(serve_metrics(addr, store.clone()).await?),
+        None => None,
+    };
+    // With the log on, its delivery lines (and its warnings and errors)
+    // tell what happened; without it, a line per outcome on stdout.
+    let logging = crate::log::is_on();
+    let observer = move |event: &RunEvent| {
+        if !logging {
+            report(event);
+        }
+        if let Some(m) = &metrics {
+            m.observe(event);
+        }
+    };
+    // Standard delivery backs off (and holds) the relay as a whole.
+    let relay = matches!(via, Via::Relay(_));
+    let runner = via.runner(store.clone(), config).with_observer(observer);
+    let relay = relay.then(|| runner.destination().to_owned());
+    let stop = Stop::new();
+    let signals = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            tracing::info!(target: "smtp_cli::queue", signal = name,
+                "stopping: nothing more is claimed; sessions under way get the stop grace");
+            signals.stop();
+        }
+    });
+    if args.watch {
+        tracing::info!(target: "smtp_cli::queue", destination = runner.destination(), "watching the queue");
+    }
+    let summary = if args.watch {
+        runner.watch(&stop).await
+    } else {
+        runner.run_due(&stop).await
+    }
+    .map_err(queue_error)?;
+    let stats = store.stats().await.map_err(queue_error)?;
+    let waiting = stats.count(RecipientState::Queued) + stats.count(RecipientState::Deferred);
+    let leased = stats.count(RecipientState::Delivering);
+    // A watcher stopped on request has done its job, whatever waits.
+    let stopped = args.watch && stop.is_stopped();
+    if stopped {
+        tracing::info!(target: "smtp_cli::queue", waiting, leased, "stopped");
+    }
+    if summary.held.is_empty() && waiting == 0 && leased == 0 {
+        return Ok(EX_OK);
+    }
+    // Why nothing more was delivered: said on stderr (or in the log), so
+    // that a run that delivers nothing is never silent about it.
+    let now = SystemTime::now();
+    if leased > 0 {
+        tell_leased(&store, leased, now, logging).await?;
+    }
+    let backoff = match &relay {
+        Some(destination) => store
+            .backoff(destination)
+            .await
+            .map_err(queue_error)?
+            .filter(|b| b.not_before > now),
+        None => None,
+    };
+    if let Some(b) = backoff.as_ref().filter(|_| waiting > 0) {
+        let held = summary.held.iter().any(|(d, _)| *d == b.destination);
+        tell_backoff(b, held, now, logging);
+    }
+    if waiting > 0 {
+        if let Some(next) = store.next_due().await.map_err(queue_error)? {
+            // Not before the relay's back-off ends.
+            let next = backoff.as_ref().map_or(next, |b| b.not_before.max(next));
+            let secs = in_secs(next, now);
+            if logging {
+                tracing::info!(target: "smtp_cli::queue", waiting, next_attempt_in_s = secs,
+                    "recipients wait (`smtp queue retry --all` makes them due now)");
+            } else {
+                tell!(
+                    "smtp: {} {}; next attempt in {secs}s (`smtp queue retry --all` makes them \
+                     due now)",
+                    counted(usize::try_from(waiting).unwrap_or(usize::MAX), "recipient"),
+                    if waiting == 1 { "waits" } else { "wait" }
+                );
+            }
+        }
+    }
+    Ok(if stopped { EX_OK } else { EX_TEMPFAIL })
+}
+
+/// Whole seconds from `now` to `t` (0 when past).
+fn in_secs(t: SystemTime, now: SystemTime) -> u64 {
+    t.duration_since(now).unwrap_or_default().as_secs()
+}
+
+/// Says that `leased` recipients are under another run's lease (state
+/// `delivering`): one under way, or one killed before it could release
+/// them, whose leases must run out before they are claimed again.
+async fn tell_leased(
+    store: &SqliteStore,
+    leased: u64,
+    now: SystemTime,
+    logging: bool,
+) -> Result<(), Failure> {
+    let filter = ListFilter {
+        state: Some(RecipientState::Delivering),
+        ..ListFilter::default()
+    };
+    let ends: Vec<SystemTime> = store
+        .list(&filter)
+        .await
+        .map_err(queue_error)?
+        .iter()
+        .flat_map(|m| &m.recipients)
+        .filter(|r| r.state == RecipientState::Delivering)
+        .filter_map(|r| r.lease.as_ref().map(|l| l.until))
+        .collect();
+    let (Some(first), Some(last)) = (ends.iter().min(), ends.iter().max()) else {
+        return Ok(());
+    };
+    let until = if first == last {
+        format!("until {} (in {}s)", rfc3339(*last), in_secs(*last, now))
+    } else {
+        format!(
+            "until between {} and {} (in {}s to {}s)",
+            rfc3339(*first),
+            rfc3339(*last),
+            in_secs(*first, now),
+            in_secs(*last, now)
+        )
+    };
+    let n = usize::try_from(leased).unwrap_or(usize::MAX);
+    let text = format!(
+        "{} leased (state delivering) {until}: another `smtp queue run` holds {}, or one was \
+         killed before it could release {}; they are claimed again when the lease runs out",
+        counted(n, "recipient"),
+        if n == 1 { "it" } else { "them" },
+        if n == 1 { "it" } else { "them" },
+    );
+    if logging {
+        tracing::warn!(target: "smtp_cli::queue", leased, lease_until = %rfc3339(*last), "{text}");
+    } else {
+        tell!("smtp: {text}");
+    }
+    Ok(())
+}
+
+/// Says that the relay is backed off (it could not be reached) or held (a
+/// configuration or policy fault) until `b.not_before`, why, and how to
+/// retry at once.
+fn tell_backoff(b: &Backoff, held_now: bool, now: SystemTime, logging: bool) {
+    let what = if held_now { "held" } else { "backed off" };
+    let hint = if held_now {
+        "once the cause is fixed, `smtp queue retry --all` clears the hold"
+    } else {
+        "`smtp queue retry --all` clears the back-off"
+    };
+    let text = format!(
+        "{} is {what} until {} (in {}s): {}; its recipients wait until then ({hint} and makes \
+         them due now)",
+        b.destination,
+        rfc3339(b.not_before),
+        in_secs(b.not_before, now),
+        joined(&b.reason)
+    );
+    if logging {
+        tracing::warn!(target: "smtp_cli::queue", destination = %b.destination,
+            until = %rfc3339(b.not_before), reason = %b.reason, "{text}");
+    } else {
+        tell!("smtp: {text}");
+    }
+}
+
+/// Binds `--metrics ADDR`, tells the address, and serves the metrics from
+/// a task of their own; returns them for the runner's observer.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    store: Arc<SqliteStore>,
+) -> Result<Arc<metrics::Metrics>, Failure> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::config(format!("--metrics {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Failure::config(format!("--metrics {addr}: {e}")))?;
+    if tracing::enabled!(target: "smtp_cli::metrics", tracing::Level::INFO) {
+        tracing::info!(target: "smtp_cli::metrics", address = %bound,
+            "serving metrics on http://{bound}/metrics");
+    } else {
+        tell!("smtp: serving metrics on http://{bound}/metrics");
+    }
+    let metrics = Arc::new(metrics::Metrics::new());
+    let shared = metrics.clone();
+    let render = move || {
+        let (metrics, store) = (shared.clone(), store.clone());
+        async move {
+            metrics.refresh(store.as_ref()).await;
+            metrics.encode()
+        }
+    };
+    tokio::spawn(scrape::serve(
+        listener,
+        scrape::Limits::default(),
+        metrics::CONTENT_TYPE,
+        render,
+    ));
+    Ok(metrics)
+}

@@ -1,0 +1,364 @@
+//! `smtp send --queue`: enqueue the prepared messages (a part at a time),
+//! then deliver them until every recipient is final or only later retries
+//! remain; `--queue-only` enqueues and stops there.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use smtp_core::Envelope;
+use smtp_core::data::BodyType;
+use smtp_queue::{Body, BodyKind, MessageOptions, NewMessage, RunEvent, SqliteStore, Stop, Store};
+
+use super::report::{INTERRUPTED, Live, NOT_ATTEMPTED, report_from_store};
+use super::{
+    EXIT_SIGINT, Registered, SIGNALLED, Via, config, directory, lock, open, open_at, queue_error,
+    rfc3339,
+};
+use crate::cli::RetryArgs;
+use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
+use crate::message::{Prepared, PreparedBody};
+use crate::output::{ErrorReport, JSON_VERSION, counted};
+use crate::progress::{self, Mode};
+
+/// How a `send --queue` run ended.
+enum Ended {
+    /// Every recipient is final.
+    Final,
+    /// Some wait for a retry later than `--linger`, or a held destination.
+    Waiting(SystemTime),
+    /// A signal stopped it.
+    Interrupted,
+}
+
+/// `smtp send --queue`'s own settings.
+pub(crate) struct Queued<'a> {
+    /// The queue's directory (empty: the default).
+    pub(crate) dir: &'a Path,
+    /// The retry schedule and how long to linger.
+    pub(crate) retry: &'a RetryArgs,
+    /// `--notify-sender`.
+    pub(crate) notify_sender: bool,
+    /// The `smtp queue run …` command that delivers what stays queued
+    /// ([`run_command`]).
+    pub(crate) run_line: String,
+}
+
+/// The batch to enqueue: each prepared message with its envelope.
+fn batch(queued: &Queued<'_>, prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<NewMessage> {
+    if queued.notify_sender {
+        for (m, e) in prepared.iter().zip(envelopes) {
+            if e.from == smtp_core::address::ReversePath::Null {
+                tell!(
+                    "note: {}: the sender is null (<>): --notify-sender sends it no notification",
+                    m.name
+                );
+            }
+        }
+    }
+    prepared
+        .iter()
+        .zip(envelopes)
+        .map(|(m, e)| NewMessage {
+            from: e.from.to_string(),
+            to: e.to.iter().map(ToString::to_string).collect(),
+            body: Body::Source(Box::new(PreparedBody::new(m))),
+            options: options(e, queued.notify_sender),
+        })
+        .collect()
+}
+
+/// Messages one enqueue commits at most: the queue holds a part's small
+/// bodies in memory until its commit, so a long list goes in parts, each
+/// durable when it returns, and memory stays flat.
+const ENQUEUE_PART: usize = 1000;
+
+/// Enqueues `batch` a part at a time (`names` name its messages). When a
+/// part fails after others were committed, the error says how many are
+/// queued (a runner will deliver them) and from which message on nothing
+/// was: never "nothing" when something was.
+async fn enqueue_parts(
+    store: &SqliteStore,
+    batch: Vec<NewMessage>,
+    names: &[&str],
+    now: SystemTime,
+) -> Result<Vec<smtp_queue::MessageId>, Failure> {
+    let total = batch.len();
+    let mut ids = Vec::with_capacity(total);
+    let mut rest = batch.into_iter();
+    loop {
+        let part: Vec<NewMessage> = rest.by_ref().take(ENQUEUE_PART).collect();
+        if part.is_empty() {
+            return Ok(ids);
+        }
+        match store.enqueue(part, now).await {
+            Ok(mut part_ids) => ids.append(&mut part_ids),
+            Err(e) if ids.is_empty() => return Err(queue_error(e)),
+            Err(e) => {
+                let first = names.get(ids.len()).copied().unwrap_or("the next message");
+                return Err(Failure::new(
+                    EX_TEMPFAIL,
+                    format!(
+                        "queue: {} of {total} messages were enqueued (a `smtp queue run` \
+                         delivers them); {first} and those after it were not: {e}",
+                        ids.len()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// `smtp send --queue --queue-only` (sendmail's `-odq`): enqueue in one
+/// batch, durably, and exit 0 without delivering; say how many were queued
+/// and the `smtp queue run` command that delivers them (`--json`: one
+/// object with each message's id and recipients as queued). A `queue run
+/// --watch` service delivers them as soon as they are due.
+pub(crate) async fn enqueue_only(
+    queued: &Queued<'_>,
+    prepared: &[Prepared],
+    envelopes: &[Envelope],
+    json: bool,
+) -> Result<u8, Failure> {
+    let dir = directory(Some(queued.dir))?;
+    let store = open_at(&dir).await?;
+    let now = SystemTime::now();
+    let names: Vec<&str> = prepared.iter().map(|m| m.name.as_str()).collect();
+    let ids = enqueue_parts(&store, batch(queued, prepared, envelopes), &names, now).await?;
+    let recipients: usize = envelopes.iter().map(|e| e.to.len()).sum();
+    if json {
+        let messages: Vec<_> = ids
+            .iter()
+            .zip(prepared.iter().zip(envelopes))
+            .map(|(id, (m, e))| {
+                let to: Vec<_> =
+                    e.to.iter()
+                        .map(|r| {
+                            serde_json::json!({ "address": r.to_string(), "state": "queued",
+                            "next_attempt": rfc3339(now) })
+                        })
+                        .collect();
+                let from = e.from.to_string();
+                let from = from.trim_start_matches('<').trim_end_matches('>');
+                serde_json::json!({ "id": id.as_str(), "message": m.name, "from": from,
+                    "recipients": to })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "version": JSON_VERSION,
+            "queue": dir.display().to_string(),
+            "messages": messages,
+            "summary": { "messages": ids.len(), "recipients": recipients },
+            "run": queued.run_line,
+        });
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let one = match ids.as_slice() {
+            [id] => format!(" as {id}"),
+            _ => String::new(),
+        };
+        say!(
+            "queued {} ({}) in {}{one}; nothing delivered yet",
+            counted(ids.len(), "message"),
+            counted(recipients, "recipient"),
+            dir.display()
+        );
+        say!("deliver with: {}", queued.run_line);
+    }
+    Ok(EX_OK)
+}
+
+/// `smtp send --queue`: enqueue in one batch, then deliver until every
+/// recipient is final or only later retries remain (exit 75); a signal
+/// stops the runner cleanly (exit 130 or 143) and leaves the rest queued
+/// for `smtp queue run`. The report is `smtp send`'s, each recipient still
+/// queued marked so, with its next attempt. With `--notify-sender`, a
+/// message with failed or expired recipients gets its notification
+/// enqueued and delivered in the same run (said on stderr).
+pub(crate) async fn send(
+    queued: &Queued<'_>,
+    via: Via,
+    prepared: Vec<Prepared>,
+    envelopes: &[Envelope],
+    mode: Mode,
+) -> Result<u8, Failure> {
+    let (dir, retry) = (queued.dir, queued.retry);
+    let store = open(Some(dir)).await?;
+    let sent = crate::send::sent(&prepared, envelopes);
+    let batch = batch(queued, &prepared, envelopes);
+    // Once enqueued, the messages are the queue's to read: what was
+    // prepared in memory goes now, not at the end of the run.
+    drop(prepared);
+    // From here a signal stops the runner rather than the process: what
+    // the enqueue commits is then reported, and left for `queue run`.
+    let stop = Stop::new();
+    let _registered = Registered::new(&stop);
+    let names: Vec<&str> = sent.iter().map(|s| s.name.as_str()).collect();
+    let ids = enqueue_parts(&store, batch, &names, SystemTime::now()).await?;
+    progress::begin(&sent, mode);
+    let live = Arc::new(Mutex::new(Live::new(&ids, &sent)));
+    let observer = {
+        let live = live.clone();
+        move |e: &RunEvent| lock(&live).event(e)
+    };
+    let direct = matches!(via, Via::Direct(_));
+    let runner = via
+        .runner(store.clone(), config(retry, direct))
+        .with_observer(observer);
+    let linger = Duration::from_secs(retry.linger.unwrap_or(60));
+    let ended = loop {
+        runner.run_due(&stop).await.map_err(queue_error)?;
+        if stop.is_stopped() {
+            break Ended::Interrupted;
+        }
+        let mut waiting: Option<SystemTime> = None;
+        let unsettled = lock(&live).unsettled();
+        for chunk in unsettled.chunks(1000) {
+            for info in store.show_many(chunk).await.map_err(queue_error)? {
+                for r in info.recipients.iter().filter(|r| !r.state.is_final()) {
+                    waiting = Some(waiting.map_or(r.next_attempt, |w| w.min(r.next_attempt)));
+                }
+            }
+        }
+        let Some(next) = waiting else {
+            break Ended::Final;
+        };
+        let now = SystemTime::now();
+        let backoff = store
+            .backoff(runner.destination())
+            .await
+            .map_err(queue_error)?
+            .map(|b| b.not_before)
+            .filter(|t| *t > now);
+        let next = backoff.map_or(next, |b| b.max(next));
+        let wait = next.duration_since(now).unwrap_or_default();
+        if wait > linger || !runner.summary().held.is_empty() {
+            break Ended::Waiting(next);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            () = stop.stopped() => break Ended::Interrupted,
+        }
+    };
+    progress::done_sending();
+    let interrupted = matches!(ended, Ended::Interrupted);
+    let unattempted = if interrupted {
+        INTERRUPTED
+    } else {
+        NOT_ATTEMPTED
+    };
+    let mut report = report_from_store(&store, &ids, &sent, unattempted).await?;
+    if interrupted {
+        report.fault = Some((
+            EX_TEMPFAIL,
+            ErrorReport {
+                kind: "interrupted",
+                message: "interrupted by a signal; recipients not delivered stay queued".to_owned(),
+            },
+        ));
+    }
+    progress::finish(&report, mode);
+    let summary = report.summary();
+    let resume = &queued.run_line;
+    match ended {
+        Ended::Interrupted => {
+            tell!(
+                "smtp: interrupted: {} delivered, {} failed, {} still queued ({resume} delivers them)",
+                summary.accepted,
+                summary.rejected,
+                summary.deferred
+            );
+            Ok(match SIGNALLED.load(Ordering::SeqCst) {
+                0 => EXIT_SIGINT,
+                code => code,
+            })
+        }
+        Ended::Waiting(next) => {
+            let secs = next
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            tell!(
+                "smtp: still queued: {}; next attempt at {} (in {secs}s): {resume}",
+                summary.deferred,
+                rfc3339(next)
+            );
+            Ok(report.exit_code())
+        }
+        Ended::Final => Ok(report.exit_code()),
+    }
+}
+
+fn options(e: &Envelope, notify_sender: bool) -> MessageOptions {
+    let mut o = MessageOptions::default();
+    o.notify_sender = notify_sender;
+    o.body = match e.body {
+        BodyType::SevenBit => BodyKind::SevenBit,
+        BodyType::EightBitMime => BodyKind::EightBit,
+        BodyType::BinaryMime => BodyKind::Binary,
+    };
+    o.require_tls = e.require_tls;
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body whose source fails.
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl smtp_core::delivery::BodySource for Broken {
+        async fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("the producer went away"))
+        }
+        async fn rewind(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_that_fails_after_others_were_enqueued_says_how_many_are_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let message = |body: Body| NewMessage {
+            from: "a@example.org".into(),
+            to: vec!["b@example.net".into()],
+            body,
+            options: MessageOptions::default(),
+        };
+        let mut batch: Vec<NewMessage> = (0..ENQUEUE_PART)
+            .map(|_| {
+                message(Body::Source(Box::new(
+                    smtp_core::delivery::MemoryBody::new("Subject: x\r\n\r\nx\r\n"),
+                )))
+            })
+            .collect();
+        batch.push(message(Body::Source(Box::new(Broken))));
+        let names: Vec<String> = (0..=ENQUEUE_PART).map(|i| format!("m{i}.eml")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let err = enqueue_parts(&store, batch, &names, SystemTime::now())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("1000 of 1001 messages were enqueued") && text.contains("m1000.eml"),
+            "{text}"
+        );
+        assert_eq!(store.stats().await.unwrap().messages, 1000);
+        // Nothing committed yet: the plain error.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let err = enqueue_parts(
+            &store,
+            vec![message(Body::Source(Box::new(Broken)))],
+            &["m0.eml"],
+            SystemTime::now(),
+        )
+        .await
+        .unwrap_err();
+        assert!(!err.to_string().contains("were enqueued"), "{err}");
+    }
+}
