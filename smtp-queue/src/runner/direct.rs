@@ -369,9 +369,7 @@ impl Runner {
                     report = &mut send => break Some(report),
                     Some((k, decided)) = rx.recv() => {
                         if let (Some(unit), Some(lease)) = (units.get(k), leases.get(k)) {
-                            let claimed = &round.claimed[unit.claimed];
-                            let outcomes = self.settle(claimed, unit, &decided, &job.plan, false);
-                            self.record(claimed, lease, outcomes.recorded).await?;
+                            self.record_settled(round, unit, lease, &decided, &job.plan).await?;
                             recorded[k] = true;
                         }
                     }
@@ -384,9 +382,8 @@ impl Runner {
         // Settled before the session ended, not yet taken from the channel.
         while let Ok((k, decided)) = rx.try_recv() {
             if let (Some(unit), Some(lease)) = (units.get(k), leases.get(k)) {
-                let claimed = &round.claimed[unit.claimed];
-                let outcomes = self.settle(claimed, unit, &decided, &job.plan, false);
-                self.record(claimed, lease, outcomes.recorded).await?;
+                self.record_settled(round, unit, lease, &decided, &job.plan)
+                    .await?;
                 recorded[k] = true;
             }
         }
@@ -442,6 +439,21 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Records a message that settled while its session went on: every
+    /// recipient final (delivered, refused, or its outcome unknown).
+    async fn record_settled(
+        &self,
+        round: &Round<'_>,
+        unit: &Unit,
+        lease: &Lease,
+        decided: &[Decided],
+        plan: &MxPlan,
+    ) -> Result<()> {
+        let claimed = &round.claimed[unit.claimed];
+        let outcomes = self.settle(claimed, unit, decided, plan, false);
+        self.record(claimed, lease, outcomes.recorded).await
     }
 
     /// Each recipient of `unit` classified ([`Runner::outcome_of`]).
