@@ -41,7 +41,7 @@ pub(crate) struct Queued<'a> {
     /// `--notify-sender`.
     pub(crate) notify_sender: bool,
     /// The `smtp queue run …` command that delivers what stays queued
-    /// ([`run_command`]).
+    /// ([`run_command`](super::run_command)).
     pub(crate) run_line: String,
 }
 
