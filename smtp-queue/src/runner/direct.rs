@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use smtp_core::RecipientStatus;
 use smtp_core::delivery::BodySource;
 use smtp_core::delivery::direct::{Connector, Decided, DirectOptions, deliver_batch, plan_domain};
@@ -364,19 +365,32 @@ impl Runner {
             let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let abandon = self.abandoned(stop);
             tokio::pin!(abandon);
-            loop {
+            // Recordings run beside the session, not in its way: a session
+            // that waited for each commit would go at the store's pace.
+            let mut recording = FuturesUnordered::new();
+            let report = loop {
                 tokio::select! {
                     report = &mut send => break Some(report),
                     Some((k, decided)) = rx.recv() => {
                         if let (Some(unit), Some(lease)) = (units.get(k), leases.get(k)) {
-                            self.record_settled(round, unit, lease, &decided, &job.plan).await?;
-                            recorded[k] = true;
+                            let lease = lease.clone();
+                            let plan = &job.plan;
+                            recording.push(async move {
+                                self.record_settled(round, unit, &lease, &decided, plan)
+                                    .await
+                                    .map(|()| k)
+                            });
                         }
                     }
+                    Some(done) = recording.next(), if !recording.is_empty() => recorded[done?] = true,
                     _ = renew.tick() => self.renew(&mut leases, &recorded).await,
                     () = &mut abandon => break None,
                 }
+            };
+            while let Some(done) = recording.next().await {
+                recorded[done?] = true;
             }
+            report
         };
         drop(tx);
         // Settled before the session ended, not yet taken from the channel.

@@ -55,6 +55,7 @@ mod admin;
 mod claim;
 mod enqueue;
 mod notify;
+mod record;
 mod rows;
 mod schema;
 
@@ -105,7 +106,10 @@ impl Default for SqliteSettings {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(10),
-            max_connections: 2,
+            max_connections: std::env::var("SMTP_CONNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
             log: LogPlace::Spool,
             sweep_after: Duration::from_secs(3600),
             inline_bodies: 64 * 1024,
@@ -125,8 +129,8 @@ pub struct SqliteStore {
     spool: Spool,
     log: Option<OutcomeLog>,
     db: PathBuf,
-    /// Outcomes waiting for the next group commit ([`claim::record`]).
-    records: std::sync::Mutex<Vec<claim::PendingRecord>>,
+    /// Outcomes waiting for the next group commit ([`record::record`]).
+    records: std::sync::Mutex<Vec<record::PendingRecord>>,
     /// Held by the caller committing a group.
     recording: tokio::sync::Mutex<()>,
 }
@@ -331,7 +335,7 @@ impl Store for SqliteStore {
         outcomes: Vec<(RecipientId, Outcome)>,
         now: SystemTime,
     ) -> Result<()> {
-        claim::record(self, lease, outcomes, now).await
+        record::record(self, lease, outcomes, now).await
     }
 
     async fn release(

@@ -27,43 +27,65 @@ use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::store::{MessageId, MessageInfo, NewMessage, millis, sender_address};
 
-/// Marks message `id` as owing its sender a notification, when it asked
-/// for one, its sender is not null, none is owed or sent yet, every
-/// recipient is final and one or more failed or expired. Part of the
-/// caller's transaction (the one recording outcomes), so the mark and the
-/// last outcome commit together. Returns whether it marked.
-pub(super) async fn mark_if_owed(
+/// Marks each of `messages` (with the time of its outcome) as owing its
+/// sender a notification, when it asked for one, its sender is not null,
+/// none is owed or sent yet, every recipient is final and one or more
+/// failed or expired. Part of the caller's transaction (the one recording
+/// outcomes), so the mark and the last outcome commit together. Returns
+/// how many were marked.
+pub(super) async fn mark_owed(
     tx: &mut Transaction<'static, Sqlite>,
-    id: &MessageId,
-    now_ms: i64,
-) -> Result<bool> {
+    messages: &[(MessageId, i64)],
+) -> Result<u64> {
     let doing = "recording outcomes";
-    let Some(row) = sqlx::query("SELECT sender, options FROM messages WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(|e| Error::db(doing, e))?
-    else {
-        return Ok(false);
-    };
-    let sender: String = get(&row, "sender")?;
-    if !options_of(&row, id)?.notify_sender || sender_address(&sender).is_none() {
-        return Ok(false);
+    if messages.is_empty() {
+        return Ok(0);
     }
-    let done = sqlx::query(
-        "UPDATE messages SET dsn_owed_ms = $2
-         WHERE id = $1 AND dsn_owed_ms IS NULL AND dsn_id IS NULL
-         AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id
-             AND r.state NOT IN ('delivered', 'failed', 'expired'))
-         AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id
-             AND r.state IN ('failed', 'expired'))",
+    let ids = serde_json::to_string(
+        &messages
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
     )
-    .bind(id.as_str())
-    .bind(now_ms)
-    .execute(&mut **tx)
+    .map_err(|e| Error::Misuse(format!("message ids do not serialize: {e}")))?;
+    // One read for the whole group; the few that asked are then checked
+    // one by one.
+    let rows = sqlx::query(
+        "SELECT id, sender, options FROM messages WHERE id IN (SELECT value FROM json_each($1))
+         AND dsn_owed_ms IS NULL AND dsn_id IS NULL",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
     .await
     .map_err(|e| Error::db(doing, e))?;
-    Ok(done.rows_affected() > 0)
+    let when: std::collections::HashMap<&str, i64> =
+        messages.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+    let mut marked = 0;
+    for row in rows {
+        let id: String = get(&row, "id")?;
+        let sender: String = get(&row, "sender")?;
+        let Ok(message) = MessageId::parse(&id) else {
+            continue;
+        };
+        if !options_of(&row, &message)?.notify_sender || sender_address(&sender).is_none() {
+            continue;
+        }
+        let done = sqlx::query(
+            "UPDATE messages SET dsn_owed_ms = $2
+             WHERE id = $1 AND dsn_owed_ms IS NULL AND dsn_id IS NULL
+             AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id
+                 AND r.state NOT IN ('delivered', 'failed', 'expired'))
+             AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id
+                 AND r.state IN ('failed', 'expired'))",
+        )
+        .bind(&id)
+        .bind(when.get(id.as_str()).copied().unwrap_or_default())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+        marked += done.rows_affected();
+    }
+    Ok(marked)
 }
 
 pub(super) async fn owed_notifications(
