@@ -509,6 +509,17 @@ pub trait Store: Send + Sync {
     /// A destination's back-off, if one is recorded (it may be past).
     async fn backoff(&self, destination: &str) -> Result<Option<Backoff>>;
 
+    /// The back-offs recorded for any of `destinations` (current or past).
+    /// The default asks [`backoff`](Self::backoff) for each; a store does
+    /// it in one statement.
+    async fn backoffs(&self, destinations: &[String]) -> Result<Vec<Backoff>> {
+        let mut out = Vec::new();
+        for d in destinations {
+            out.extend(self.backoff(d).await?);
+        }
+        Ok(out)
+    }
+
     /// Forgets a destination's back-off (after a success).
     async fn clear_backoff(&self, destination: &str) -> Result<()>;
 

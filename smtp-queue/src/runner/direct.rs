@@ -30,7 +30,7 @@ use super::{Runner, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
-use crate::store::{Attempt, Claimed, Lease, MessageId, Outcome, RecipientId};
+use crate::store::{Attempt, Backoff, Claimed, Lease, MessageId, Outcome, RecipientId};
 use crate::verdict::verdict;
 
 /// What direct delivery needs: DNS, connections, and the options.
@@ -113,9 +113,29 @@ struct Round<'a> {
     release_at: Mutex<Vec<Option<SystemTime>>>,
     /// Sessions per destination.
     slots: HashMap<String, Arc<Semaphore>>,
+    /// The destinations' back-offs, read once for the round and kept up to
+    /// date by its sessions (a store read spared per session).
+    backoffs: Mutex<HashMap<String, Backoff>>,
 }
 
 impl Round<'_> {
+    fn backoff(&self, destination: &str) -> Option<Backoff> {
+        lock(&self.backoffs).get(destination).cloned()
+    }
+
+    /// `destination` was backed off or held until `until`.
+    fn backed_off(&self, destination: &str, until: SystemTime) {
+        lock(&self.backoffs)
+            .entry(destination.to_owned())
+            .and_modify(|b| b.not_before = until)
+            .or_insert_with(|| Backoff {
+                destination: destination.to_owned(),
+                not_before: until,
+                failures: 1,
+                reason: String::new(),
+            });
+    }
+
     fn release_later(&self, claimed: usize, at: SystemTime) {
         if let Some(slot) = lock(&self.release_at).get_mut(claimed) {
             *slot = Some(slot.map_or(at, |t| t.min(at)));
@@ -143,10 +163,19 @@ impl Runner {
                 .entry(job.destination.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(per)));
         }
+        let destinations: Vec<String> = slots.keys().cloned().collect();
+        let backoffs = self
+            .store
+            .backoffs(&destinations)
+            .await?
+            .into_iter()
+            .map(|b| (b.destination.clone(), b))
+            .collect();
         let round = Round {
             claimed: &claimed,
             release_at: Mutex::new(vec![None; claimed.len()]),
             slots,
+            backoffs: Mutex::new(backoffs),
         };
         let results: Vec<Result<()>> = futures_util::stream::iter(jobs)
             .map(|job| self.run_job(direct, &round, job, stop))
@@ -281,7 +310,7 @@ impl Runner {
         }
         let now = SystemTime::now();
         // A back-off row, current or past: the destination's failures.
-        let backoff = self.store.backoff(&job.destination).await?;
+        let backoff = round.backoff(&job.destination);
         if let Some(until) = backoff.as_ref().map(|b| b.not_before).filter(|t| *t > now) {
             for unit in &job.units {
                 round.release_later(unit.claimed, until);
@@ -415,6 +444,7 @@ impl Runner {
         // per session.
         if delivered_any && backoff.is_some() {
             self.store.clear_backoff(&job.destination).await?;
+            lock(&round.backoffs).remove(&job.destination);
         }
         let mut hold: Option<String> = None;
         let mut ended: Option<String> = None;
@@ -442,12 +472,14 @@ impl Runner {
                 .diagnosis
                 .as_ref()
                 .map_or(reason, ToString::to_string);
-            self.back_off_at(&job.destination, &reason, now).await?;
+            let until = self.back_off_at(&job.destination, &reason, now).await?;
+            round.backed_off(&job.destination, until);
             None
         } else {
             None
         };
         if let Some(until) = until {
+            round.backed_off(&job.destination, until);
             for unit in &units {
                 round.release_later(unit.claimed, until);
             }

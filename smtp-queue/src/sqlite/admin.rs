@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::rows::{attempts_of, get, message_id_of, options_of, recipient_of, size_of, state_of};
+use sqlx::sqlite::SqliteRow;
+
 use super::{RECIPIENT_COLUMNS, SqliteStore};
 use crate::error::{Error, Result};
 use crate::log::Entry;
@@ -345,21 +347,41 @@ pub(super) async fn set_backoff(
 }
 
 pub(super) async fn backoff(store: &SqliteStore, destination: &str) -> Result<Option<Backoff>> {
-    let row =
-        sqlx::query("SELECT not_before_ms, failures, reason FROM backoff WHERE destination = $1")
-            .bind(destination)
-            .fetch_optional(&store.pool)
-            .await
-            .map_err(|e| Error::db("reading a destination's back-off", e))?;
-    row.map(|row| {
-        Ok(Backoff {
-            destination: destination.to_owned(),
-            not_before: from_millis(get(&row, "not_before_ms")?),
-            failures: u32::try_from(get::<i64>(&row, "failures")?).unwrap_or(u32::MAX),
-            reason: get(&row, "reason")?,
-        })
+    let row = sqlx::query(
+        "SELECT destination, not_before_ms, failures, reason FROM backoff WHERE destination = $1",
+    )
+    .bind(destination)
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(|e| Error::db("reading a destination's back-off", e))?;
+    row.as_ref().map(backoff_of).transpose()
+}
+
+pub(super) async fn backoffs(store: &SqliteStore, destinations: &[String]) -> Result<Vec<Backoff>> {
+    let doing = "reading destinations' back-offs";
+    if destinations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let set = serde_json::to_string(destinations)
+        .map_err(|e| Error::Misuse(format!("destinations do not serialize: {e}")))?;
+    let rows = sqlx::query(
+        "SELECT destination, not_before_ms, failures, reason FROM backoff
+         WHERE destination IN (SELECT value FROM json_each($1))",
+    )
+    .bind(set)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    rows.iter().map(backoff_of).collect()
+}
+
+fn backoff_of(row: &SqliteRow) -> Result<Backoff> {
+    Ok(Backoff {
+        destination: get(row, "destination")?,
+        not_before: from_millis(get(row, "not_before_ms")?),
+        failures: u32::try_from(get::<i64>(row, "failures")?).unwrap_or(u32::MAX),
+        reason: get(row, "reason")?,
     })
-    .transpose()
 }
 
 pub(super) async fn clear_backoff(store: &SqliteStore, destination: &str) -> Result<()> {

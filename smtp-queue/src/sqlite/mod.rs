@@ -401,6 +401,10 @@ impl Store for SqliteStore {
         admin::backoff(self, destination).await
     }
 
+    async fn backoffs(&self, destinations: &[String]) -> Result<Vec<Backoff>> {
+        admin::backoffs(self, destinations).await
+    }
+
     async fn clear_backoff(&self, destination: &str) -> Result<()> {
         admin::clear_backoff(self, destination).await
     }

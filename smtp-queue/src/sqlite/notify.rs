@@ -48,11 +48,12 @@ pub(super) async fn mark_owed(
             .collect::<Vec<_>>(),
     )
     .map_err(|e| Error::Misuse(format!("message ids do not serialize: {e}")))?;
-    // One read for the whole group; the few that asked are then checked
-    // one by one.
+    // One read for the whole group, by primary key (a condition on
+    // dsn_owed_ms here would draw the planner to its index: every message);
+    // the few that asked are then marked one by one, under the UPDATE's
+    // own conditions.
     let rows = sqlx::query(
-        "SELECT id, sender, options FROM messages WHERE id IN (SELECT value FROM json_each($1))
-         AND dsn_owed_ms IS NULL AND dsn_id IS NULL",
+        "SELECT id, sender, options FROM messages WHERE id IN (SELECT value FROM json_each($1))",
     )
     .bind(ids)
     .fetch_all(&mut **tx)
