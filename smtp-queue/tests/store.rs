@@ -397,6 +397,102 @@ async fn an_expired_lease_is_taken_over_and_the_stale_holder_cannot_overwrite_th
 }
 
 #[tokio::test]
+async fn callers_committed_together_are_each_checked_against_their_own_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .enqueue(
+            vec![
+                message(&["one@stale.example"], "1\r\n"),
+                message(&["two@stale.example", "three@stale.example"], "2\r\n"),
+            ],
+            t(0),
+        )
+        .await
+        .unwrap();
+    let old = store.claim_due(t(0), 10, "a", LEASE).await.unwrap();
+    store
+        .enqueue(
+            vec![
+                message(&["four@fresh.example"], "3\r\n"),
+                message(&["five@fresh.example", "six@fresh.example"], "4\r\n"),
+            ],
+            t(30),
+        )
+        .await
+        .unwrap();
+    // b takes over a's expired leases and claims the new messages.
+    let new = store.claim_due(t(30), 10, "b", LEASE).await.unwrap();
+    assert_eq!(new.len(), 4);
+    let by_first = |claims: &[smtp_queue::Claimed], address: &str| {
+        claims
+            .iter()
+            .find(|c| c.recipients[0].address == address)
+            .cloned()
+            .unwrap()
+    };
+    let outcomes = |c: &smtp_queue::Claimed, code: u16| {
+        c.recipients
+            .iter()
+            .map(|r| {
+                let o = if code == 250 {
+                    Outcome::Delivered(reply(code, "ok"))
+                } else {
+                    Outcome::Failed(reply(code, "refused by a stale holder"))
+                };
+                (r.id, o)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (stale_one, stale_two) = (
+        by_first(&old, "one@stale.example"),
+        by_first(&old, "two@stale.example"),
+    );
+    let (took_one, took_two, four, five) = (
+        by_first(&new, "one@stale.example"),
+        by_first(&new, "two@stale.example"),
+        by_first(&new, "four@fresh.example"),
+        by_first(&new, "five@fresh.example"),
+    );
+    // The first caller commits alone; the others arrive while it does
+    // and are committed together, stale and current mixed.
+    let (first, a_two, b_four, a_one, b_five, b_two) = tokio::join!(
+        store.record(&took_one.lease, outcomes(&took_one, 250), t(31)),
+        store.record(&stale_two.lease, outcomes(&stale_two, 550), t(31)),
+        store.record(&four.lease, outcomes(&four, 250), t(31)),
+        store.record(&stale_one.lease, outcomes(&stale_one, 550), t(31)),
+        store.record(&five.lease, outcomes(&five, 250), t(31)),
+        store.record(&took_two.lease, outcomes(&took_two, 250), t(31)),
+    );
+    for ok in [first, b_four, b_five, b_two] {
+        ok.unwrap();
+    }
+    for stale in [a_two, a_one] {
+        assert!(matches!(stale, Err(Error::StaleLease { .. })), "{stale:?}");
+    }
+    let shown = store.list(&ListFilter::default()).await.unwrap();
+    let states: Vec<RecipientState> = shown
+        .iter()
+        .flat_map(|m| m.recipients.iter().map(|r| r.state))
+        .collect();
+    assert_eq!(states, vec![RecipientState::Delivered; 6], "{shown:?}");
+    let log = log_entries(dir.path());
+    let delivered = log.iter().filter(|e| e.event == "delivered").count();
+    let failed = log.iter().filter(|e| e.event == "failed").count();
+    assert_eq!(
+        (delivered, failed),
+        (6, 0),
+        "only the current holders' outcomes are logged"
+    );
+    assert!(
+        log.iter()
+            .filter(|e| e.event == "delivered")
+            .all(|e| e.worker.as_deref() == Some("b")
+                && e.attempt.as_ref().and_then(|a| a.code) == Some(250))
+    );
+}
+
+#[tokio::test]
 async fn a_lease_that_expired_but_was_not_taken_over_still_records_and_renews() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
