@@ -148,16 +148,17 @@ async fn apply(store: &SqliteStore, callers: &mut [Caller]) -> Result<Vec<Entry>
         let Ok(states) = &c.checked else { continue };
         let lease = &c.pending.lease;
         // One recipient whose lease was taken over: its row did not match.
-        if c.pending
+        let Some(rows) = c
+            .pending
             .outcomes
             .iter()
-            .any(|(r, _)| !updated.contains_key(&r.0))
-        {
+            .map(|(r, _)| updated.get(&r.0))
+            .collect::<Option<Vec<&Updated>>>()
+        else {
             c.checked = Err(stale(lease));
             continue;
-        }
-        for ((rid, outcome), to) in c.pending.outcomes.iter().zip(states) {
-            let row = &updated[&rid.0];
+        };
+        for (((rid, outcome), to), row) in c.pending.outcomes.iter().zip(states).zip(rows) {
             entries.push(Entry {
                 at_ms: c.now_ms,
                 event: to.as_str().into(),
