@@ -3,6 +3,8 @@
 
 use std::time::SystemTime;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use smtp_core::{Fault, MessageOutcome};
 use smtp_tls::Session;
 
@@ -91,22 +93,37 @@ impl Runner {
             let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let abandon = self.abandoned(stop);
             tokio::pin!(abandon);
-            loop {
+            // Recordings run beside the session, not in its way.
+            let mut recording = FuturesUnordered::new();
+            let finished = loop {
                 tokio::select! {
                     results = &mut send => break Some(results),
                     Some(outcome) = rx.recv() => {
                         let k = settled.len();
                         if let (Some(claimed), Some(lease)) = (sending.get(k), leases.get(k)) {
-                            recorded[k] = self
-                                .record_if_delivered(claimed, lease, &outcome, &host, tls.as_ref())
-                                .await?;
+                            let (lease, seen, host, tls) =
+                                (lease.clone(), outcome.clone(), &host, tls.as_ref());
+                            recording.push(async move {
+                                self.record_if_delivered(claimed, &lease, &seen, host, tls)
+                                    .await
+                                    .map(|done| (k, done))
+                            });
                         }
                         settled.push(outcome);
+                    }
+                    Some(done) = recording.next(), if !recording.is_empty() => {
+                        let (k, done) = done?;
+                        recorded[k] = done;
                     }
                     _ = renew.tick() => self.renew(&mut leases, &recorded).await,
                     () = &mut abandon => break None,
                 }
+            };
+            while let Some(done) = recording.next().await {
+                let (k, done) = done?;
+                recorded[k] = done;
             }
+            finished
         };
         drop(tx);
         while let Ok(outcome) = rx.try_recv() {
