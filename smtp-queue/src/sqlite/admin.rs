@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use super::rows::{attempts_of, get, message_id_of, options_of, recipient_of, size_of, state_of};
 use sqlx::sqlite::SqliteRow;
 
-use super::{RECIPIENT_COLUMNS, SqliteStore};
+use super::{LEASED, RECIPIENT_COLUMNS, SqliteStore, WAITING};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::{RecipientState, Transition};
@@ -128,29 +128,27 @@ pub(super) async fn retry(
     let doing = "retrying";
     let now_ms = millis(now)?;
     let mut tx = store.begin(doing).await?;
-    let rows = match &target {
-        RetryTarget::Message(id) => {
-            if store.message_row(&mut tx, id).await?.is_none() {
-                return Err(Error::NotFound(id.clone()));
-            }
-            sqlx::query(
-                "SELECT id, message_id, address, state, attempts FROM recipients
+    let rows =
+        match &target {
+            RetryTarget::Message(id) => {
+                if store.message_row(&mut tx, id).await?.is_none() {
+                    return Err(Error::NotFound(id.clone()));
+                }
+                sqlx::query(
+                    "SELECT id, message_id, address, state, attempts FROM recipients
                  WHERE message_id = $1 AND state IN ('queued', 'deferred')",
-            )
-            .bind(id.as_str())
+                )
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+            }
+            RetryTarget::All => sqlx::query(&format!(
+                "SELECT id, message_id, address, state, attempts FROM recipients WHERE {WAITING}"
+            ))
             .fetch_all(&mut *tx)
-            .await
+            .await,
         }
-        RetryTarget::All => {
-            sqlx::query(
-                "SELECT id, message_id, address, state, attempts FROM recipients
-                 WHERE state IN ('queued', 'deferred')",
-            )
-            .fetch_all(&mut *tx)
-            .await
-        }
-    }
-    .map_err(|e| Error::db(doing, e))?;
+        .map_err(|e| Error::db(doing, e))?;
     let mut entries = Vec::with_capacity(rows.len());
     for row in &rows {
         let from = state_of(row)?;
@@ -287,11 +285,12 @@ pub(super) async fn stats(store: &SqliteStore) -> Result<Stats> {
         .fetch_one(&store.pool)
         .await
         .map_err(|e| Error::db(doing, e))?;
-    // Through `recipients_due` (state first): only waiting recipients are read.
-    let oldest_waiting: Option<i64> = sqlx::query_scalar(
-        "SELECT MIN(m.created_ms) FROM recipients r JOIN messages m ON m.id = r.message_id
-         WHERE r.state IN ('queued', 'deferred', 'delivering')",
-    )
+    // Through the partial indexes: only waiting and leased recipients are read.
+    let oldest_waiting: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT MIN(m.created_ms) FROM messages m WHERE m.id IN (
+             SELECT message_id FROM recipients WHERE {WAITING}
+             UNION ALL SELECT message_id FROM recipients WHERE {LEASED})"
+    ))
     .fetch_one(&store.pool)
     .await
     .map_err(|e| Error::db(doing, e))?;
@@ -303,14 +302,21 @@ pub(super) async fn stats(store: &SqliteStore) -> Result<Stats> {
     })
 }
 
-pub(super) async fn next_due(store: &SqliteStore) -> Result<Option<SystemTime>> {
-    let due: Option<i64> = sqlx::query_scalar(
-        "SELECT MIN(CASE WHEN state = 'delivering' THEN lease_until_ms ELSE next_attempt_ms END)
-         FROM recipients WHERE state IN ('queued', 'deferred', 'delivering')",
+/// The earliest time anything is due: a waiting recipient's next attempt
+/// or a lease's expiry, each through its partial index.
+pub(super) fn next_due_sql() -> String {
+    format!(
+        "SELECT MIN(due) FROM (
+             SELECT MIN(next_attempt_ms) AS due FROM recipients WHERE {WAITING}
+             UNION ALL SELECT MIN(lease_until_ms) FROM recipients WHERE {LEASED})"
     )
-    .fetch_one(&store.pool)
-    .await
-    .map_err(|e| Error::db("finding the next due time", e))?;
+}
+
+pub(super) async fn next_due(store: &SqliteStore) -> Result<Option<SystemTime>> {
+    let due: Option<i64> = sqlx::query_scalar(&next_due_sql())
+        .fetch_one(&store.pool)
+        .await
+        .map_err(|e| Error::db("finding the next due time", e))?;
     Ok(due.map(from_millis))
 }
 

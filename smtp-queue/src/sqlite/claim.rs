@@ -4,11 +4,28 @@
 use std::time::{Duration, SystemTime};
 
 use super::rows::{attempts_of, get, options_of, size_of, state_of};
-use super::{DUE, SqliteStore};
+use super::{DUE, LEASED, SqliteStore, WAITING};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::Transition;
 use crate::store::{Claimed, ClaimedRecipient, Lease, MessageId, RecipientId, from_millis, millis};
+
+/// The ids of messages due at `$1`, at most `$2`: oldest first by the
+/// second, and within a second by recipient domain. Each half reads
+/// through its partial index: only due recipients are read.
+pub(super) fn due_messages() -> String {
+    format!(
+        "SELECT message_id FROM (
+             SELECT message_id, next_attempt_ms AS due, address FROM recipients
+             WHERE {WAITING} AND next_attempt_ms <= $1
+             UNION ALL
+             SELECT message_id, lease_until_ms AS due, address FROM recipients
+             WHERE {LEASED} AND lease_until_ms <= $1)
+         GROUP BY message_id
+         ORDER BY MIN(due) / 1000, MIN(lower(substr(address, instr(address, '@') + 1))), message_id
+         LIMIT $2"
+    )
+}
 
 pub(super) async fn claim_due(
     store: &SqliteStore,
@@ -28,17 +45,12 @@ pub(super) async fn claim_due(
     // Oldest first by the second, and within a second by recipient
     // domain: a claim of a bulk enqueue then holds runs of messages to
     // the same domain, which direct delivery sends on shared sessions.
-    let ids: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT message_id FROM recipients WHERE {DUE} GROUP BY message_id
-         ORDER BY MIN(CASE WHEN state = 'delivering' THEN lease_until_ms ELSE next_attempt_ms END) / 1000,
-                  MIN(lower(substr(address, instr(address, '@') + 1))), message_id
-         LIMIT $2"
-    ))
-    .bind(now_ms)
-    .bind(i64::from(limit))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| Error::db(doing, e))?;
+    let ids: Vec<String> = sqlx::query_scalar(&due_messages())
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }

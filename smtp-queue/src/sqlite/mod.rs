@@ -60,7 +60,13 @@ mod rows;
 mod schema;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// A recipient waits for its next attempt (the condition of the partial
+/// index `recipients_waiting`, which SQLite uses only for this very text).
+pub(super) const WAITING: &str = "state IN ('queued', 'deferred')";
+/// A recipient is leased (the condition of `recipients_leased`).
+pub(super) const LEASED: &str = "state = 'delivering'";
 
 /// A recipient is due: waiting and its time has come, or its lease expired.
 pub(super) const DUE: &str = "((state IN ('queued', 'deferred') AND next_attempt_ms <= $1)
@@ -157,7 +163,10 @@ impl SqliteStore {
             // 512 KiB of page cache a connection, not 2 MiB: six
             // connections, and small bodies live in the pages; the file
             // system caches the rest.
-            .pragma("cache_size", "-512");
+            .pragma(
+                "cache_size",
+                std::env::var("SMTP_CACHE").unwrap_or("-512".into()),
+            );
         let connect = |options: SqliteConnectOptions, max: u32| {
             let db = db.clone();
             async move {
