@@ -6,8 +6,9 @@
 //! secret is ever written into the queue.
 //!
 //! `send.rs` is `smtp send --queue`, `run.rs` the `smtp queue` commands
-//! (`queue run` above all), `admin.rs` list/show/retry/delete/stats; this
-//! file holds what they share: the queue's directory, the runner's
+//! (`queue run` above all; what a run recorded, for its exit code and
+//! `--json`, in `recorded.rs`), `admin.rs` list/show/retry/delete/stats;
+//! this file holds what they share: the queue's directory, the runner's
 //! settings, signals, and the lines told as outcomes are recorded.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::terminal::joined;
 mod admin;
 mod command;
 mod metrics;
+mod recorded;
 mod report;
 mod run;
 mod scrape;
