@@ -222,15 +222,14 @@ fn main() -> ExitCode {
             return ExitCode::from(fail::EX_SOFTWARE);
         }
     };
-    // With --json, standard output is one JSON object whatever happens.
+    // With --json, standard output is one JSON object whatever happens:
+    // `send`'s shape for `send` and `queue run` (whose object is `send`'s
+    // report of what the run recorded), else the error alone.
     let json = match &command {
         Command::Send(a) if a.json => Some(true),
         Command::Probe(a) if a.json => Some(false),
         Command::Mx(a) if a.json => Some(false),
-        // `queue run` prints outcome lines, not JSON.
-        Command::Queue(a) if a.json && !matches!(a.command, cli::QueueCommand::Run(_)) => {
-            Some(false)
-        }
+        Command::Queue(a) if a.json => Some(matches!(a.command, cli::QueueCommand::Run(_))),
         _ => None,
     };
     match runtime.block_on(run(command)) {

@@ -278,6 +278,111 @@ fn interrupted_send_queue_is_resumed_by_queue_run_each_recipient_once() {
 }
 
 #[test]
+fn an_interrupted_send_queue_says_only_of_the_message_in_flight_that_it_may_go_twice() {
+    let rt = runtime();
+    // The first message's data arrives whole and its reply takes 4 s; the
+    // others are not sent meanwhile (the server reads nothing more).
+    let slow = rt
+        .block_on(FlakyServer::start(FlakyConfig {
+            data_delay: Some(Duration::from_secs(4)),
+            ..FlakyConfig::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let files = message_files(dir.path(), 3, "example.net");
+    let addr = slow.addr().to_string();
+    let mut args = send_files(&addr, qs, "1", &files);
+    args.extend(["--concurrency", "1"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_smtp"))
+        .args(&args)
+        .env_remove("SMTP_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.data_ends() == 0 {
+        assert!(Instant::now() < deadline, "no message's data arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let v = json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{v}\n{stderr}");
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    assert_eq!(v["summary"]["deferred"], 3, "{v}");
+    let lines: Vec<(String, String)> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["recipients"][0])
+        .map(|r| {
+            assert_eq!(r["queued"], true, "{v}");
+            (
+                r["address"].as_str().unwrap().to_owned(),
+                r["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let (twice, once): (Vec<_>, Vec<_>) = lines.iter().partition(|(_, t)| t.contains("twice"));
+    assert_eq!(twice.len(), 1, "one message was in flight: {v}");
+    assert!(
+        twice[0].1.contains("after its message's data went out"),
+        "{v}"
+    );
+    assert_eq!(once.len(), 2, "{v}");
+    for (_, text) in &once {
+        assert!(text.contains("before its message's data went out"), "{v}");
+        assert!(text.contains("not delivered"), "{v}");
+        assert!(text.contains("delivers it once"), "{v}");
+    }
+    assert!(stderr.contains("3 still queued"), "{stderr}");
+    assert!(stderr.contains("1 of them was in flight"), "{stderr}");
+    let in_flight = &twice[0].0;
+    assert!(
+        stderr.contains(&format!("smtp: warning: {in_flight}: stopped after")),
+        "{stderr}"
+    );
+
+    // The slow server keeps the message it had once its delay is over:
+    // `queue run` delivers that one again, and the others once.
+    while slow.messages().is_empty() {
+        assert!(Instant::now() < deadline, "the slow server kept nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let good = rt
+        .block_on(FlakyServer::start(FlakyConfig::default()))
+        .unwrap();
+    let good_addr = good.addr().to_string();
+    let run = smtp(&[
+        "queue", "run", "--queue", qs, "--server", &good_addr, "--tls", "none",
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut all = slow.deliveries();
+    for (rcpt, n) in good.deliveries() {
+        *all.entry(rcpt).or_default() += n;
+    }
+    assert_eq!(all.len(), 3, "{all:?}");
+    for (rcpt, _) in &lines {
+        let want = if rcpt == in_flight { 2 } else { 1 };
+        assert_eq!(all.get(rcpt), Some(&want), "{rcpt}: {all:?}");
+    }
+}
+
+#[test]
 fn queue_commands_list_show_retry_delete_stats_deferred_mail() {
     let rt = runtime();
     let server = rt

@@ -149,8 +149,8 @@ fn queue_run_list_and_show_print_a_reply_redacted_and_on_one_line() {
         Some(PASSWORD),
     );
     let all = both(&run);
-    // Refused for good: nothing waits.
-    assert_eq!(run.status.code(), Some(0), "{all}");
+    // Refused for good: nothing waits, and as for `send`, 69.
+    assert_eq!(run.status.code(), Some(69), "{all}");
     let stdout = text(&run.stdout);
     assert!(
         stdout.starts_with("b@example.net: failed (550 you sent <redacted> as <redacted> / "),
@@ -600,4 +600,126 @@ fn a_named_plain_mechanism_without_tls_is_warned_about_before_the_queue_runs() {
     // Chosen automatically, no plaintext mechanism is used: no warning.
     let out = smtp_env(&args, Some("S3cr3t-Pw"));
     assert!(!text(&out.stderr).contains("readable"), "{}", both(&out));
+}
+
+// ---- `queue run`'s exit code is `send`'s for what the run recorded, and
+// its `--json` one object.
+
+#[test]
+fn queue_run_exits_as_send_does_for_what_it_recorded_and_prints_one_json_object() {
+    let rt = runtime();
+    let relay = rt
+        .block_on(CaptureServer::start(CaptureConfig {
+            reject: vec![
+                ("nobody@example.net".into(), "550 5.1.1 no such user".into()),
+                (
+                    "later@example.net".into(),
+                    "451 4.7.1 try again later".into(),
+                ),
+            ],
+            ..CaptureConfig::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let addr = relay.addr().to_string();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "queue", "run", "--queue", qs, "--server", &addr, "--tls", "none",
+        ];
+        a.extend(extra);
+        smtp(&a)
+    };
+
+    // One delivered, one refused for good: 69, as `send` exits.
+    let ids = enqueue(&rt, &q, &["bob@example.net", "nobody@example.net"]);
+    let out = run(&["--json"]);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(69), "{}", both(&out));
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({"messages": 2, "accepted": 1, "rejected": 1, "deferred": 0}),
+        "{v}"
+    );
+    assert_eq!(
+        v["recorded"],
+        serde_json::json!({"delivered": 1, "failed": 1, "deferred": 0, "expired": 0}),
+        "{v}"
+    );
+    let messages = v["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{v}");
+    let nobody = messages
+        .iter()
+        .find(|m| m["message"] == ids[1].as_str())
+        .map(|m| &m["recipients"][0])
+        .unwrap_or_else(|| panic!("no message {}: {v}", ids[1]));
+    assert_eq!(nobody["address"], "nobody@example.net", "{v}");
+    assert_eq!(nobody["status"], "rejected", "{v}");
+    assert_eq!(nobody["code"], 550, "{v}");
+    assert_eq!(nobody["enhanced_code"], "5.1.1", "{v}");
+    assert_eq!(v["held"], serde_json::json!([]), "{v}");
+    assert_eq!((&v["waiting"], &v["leased"]), (&0.into(), &0.into()), "{v}");
+    assert!(v["next_attempt"].is_null(), "{v}");
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(v["version"], 1, "{v}");
+    // Nothing but the object on stdout; no outcome lines.
+    assert!(
+        text(&out.stdout).trim_start().starts_with('{'),
+        "{}",
+        both(&out)
+    );
+
+    // A run with nothing to do: those failures are not its own.
+    let out = run(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(json(&out)["messages"], serde_json::json!([]));
+
+    // Expired: 69 too (the text output says so).
+    enqueue(&rt, &q, &["later@example.net"]);
+    let out = run(&["--max-lifetime", "0"]);
+    assert_eq!(out.status.code(), Some(69), "{}", both(&out));
+    assert!(
+        text(&out.stdout).starts_with("later@example.net: expired"),
+        "{}",
+        both(&out)
+    );
+
+    // Deferred only: 75, with when it is due next.
+    enqueue(&rt, &q, &["later@example.net"]);
+    let out = run(&["--json"]);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(75), "{}", both(&out));
+    assert_eq!(v["recorded"]["deferred"], 1, "{v}");
+    assert_eq!(v["summary"]["deferred"], 1, "{v}");
+    let later = &v["messages"][0]["recipients"][0];
+    assert_eq!(later["status"], "deferred", "{v}");
+    assert_eq!(later["queued"], true, "{v}");
+    assert_eq!(later["code"], 451, "{v}");
+    assert_eq!(v["waiting"], 1, "{v}");
+    assert!(v["next_attempt"].is_string(), "{v}");
+
+    // Failures print the same shape, with the error.
+    let out = run(&["--json", "--watch"]);
+    assert_eq!(out.status.code(), Some(64), "{}", both(&out));
+    let v = json(&out);
+    assert_eq!(v["messages"], serde_json::json!([]), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--log-format json")),
+        "{v}"
+    );
+    let missing = dir.path().join("none");
+    let out = smtp(&[
+        "queue",
+        "run",
+        "--queue",
+        missing.to_str().unwrap(),
+        "--server",
+        &addr,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(66), "{}", both(&out));
+    assert_eq!(json(&out)["error"]["kind"], "no-queue");
 }

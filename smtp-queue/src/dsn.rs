@@ -31,9 +31,10 @@
 //! Everything the queue writes is 7-bit: servers' reply texts are
 //! stripped of CR, LF and other control characters (a reply cannot end a
 //! field, start a header or a MIME boundary), folded, and in the
-//! machine-readable part non-ASCII characters become `?`; the readable
-//! part keeps them, quoted-printable. Only a returned original that is
-//! itself 8-bit makes a notification 8-bit.
+//! machine-readable part non-ASCII characters become `?` and `=?` becomes
+//! `=_?` (no RFC 2047 encoded word: `Diagnostic-Code` is plain text, never
+//! decoded); the readable part keeps them, quoted-printable. Only a
+//! returned original that is itself 8-bit makes a notification 8-bit.
 //!
 //! [`MessageOptions::notify_sender`]: crate::MessageOptions::notify_sender
 
@@ -308,12 +309,12 @@ fn recipient_fields(out: &mut String, r: &RecipientInfo) {
                 }
                 said.push(' ');
                 said.push_str(&a.text);
-                field(out, "Diagnostic-Code", &format!("smtp; {}", ascii(&said)));
+                field(out, "Diagnostic-Code", &format!("smtp; {}", inert(&said)));
             }
             None if !a.text.trim().is_empty() => field(
                 out,
                 "Diagnostic-Code",
-                &format!("{LOCAL_DIAGNOSTIC}; {}", ascii(&a.text)),
+                &format!("{LOCAL_DIAGNOSTIC}; {}", inert(&a.text)),
             ),
             None => {}
         }
@@ -368,7 +369,7 @@ fn remote_mta(host: &str) -> Option<String> {
         Some((n, port)) if port.parse::<u16>().is_ok() && !n.contains(':') => n,
         _ => name,
     };
-    let name = ascii(name);
+    let name = inert(name);
     (!name.is_empty()).then_some(name)
 }
 
@@ -638,6 +639,18 @@ fn field(out: &mut String, name: &str, value: &str) {
 /// [`TEXT_LIMIT`] characters.
 fn ascii(text: &str) -> String {
     clean(text, true)
+}
+
+/// What a server said (or its name), for a field: as [`ascii`], and with
+/// every `=?` written `=_?`, so that no part of it reads as an RFC 2047
+/// encoded word. RFC 3464 §2.3.6 makes `Diagnostic-Code` `diagnostic-type
+/// ; *text`, plain US-ASCII shown as it is; a reader that decoded an
+/// encoded word there anyway would show text none of the checks above
+/// saw (a line break, a forged field, non-ASCII look-alikes). Applied
+/// after [`ascii`], which may itself make `=?` of `=` and a non-ASCII
+/// character.
+fn inert(text: &str) -> String {
+    ascii(text).replace("=?", "=_?")
 }
 
 /// `text` for the readable part: as [`ascii`], but keeping non-ASCII

@@ -41,9 +41,22 @@ pub enum RunEvent {
         /// The recipient's address.
         recipient: String,
     },
+    /// A stop's grace ran out while this message's data had gone out (or
+    /// was going out) and its final reply had not come: the session was
+    /// abandoned and these recipients are released with the rest. The
+    /// server may have the message, so the next run may deliver it to
+    /// them twice. The other recipients a stop releases were not sent:
+    /// they are delivered once.
+    InFlight {
+        /// The message.
+        message: MessageId,
+        /// The recipients of its transaction.
+        recipients: Vec<String>,
+    },
     /// Recipients were given back unattempted (a session that ended
     /// mid-way after progress, a stop, a destination held), due again at
-    /// `not_before` (or at once).
+    /// `not_before` (or at once); after a stop, those whose message was in
+    /// flight were named by [`RunEvent::InFlight`] first.
     Released {
         /// The message.
         message: MessageId,

@@ -491,3 +491,72 @@ async fn a_corrupt_body_fails_its_message_and_the_session_carries_the_others() {
     }
     assert_eq!(server.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_stop_names_in_flight_only_the_message_whose_data_went_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first message's data arrives whole; its reply waits 3 s, and the
+    // next message meets a server that reads nothing meanwhile.
+    let slow = FlakyServer::start(FlakyConfig {
+        data_delay: Some(Duration::from_secs(3)),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let zone = Zone::new()
+        .mx("a.test", 10, "mx.a.test")
+        .a("mx.a.test", "127.0.0.1".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let store = store_with(
+        dir.path(),
+        (0..3)
+            .map(|i| message(&[&format!("r{i}@a.test")], i))
+            .collect(),
+    )
+    .await;
+    let (runner, events) = observed(direct_runner_with(
+        store.clone(),
+        &dns,
+        slow.addr().port(),
+        RunnerConfig::default()
+            .with_schedule(fast())
+            .with_concurrency(1)
+            .with_stop_grace(Duration::from_millis(200)),
+    ));
+    let stop = Stop::new();
+    let stopper = async {
+        while slow.data_ends() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.stop();
+    };
+    let (run, ()) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join(runner.run_due(&stop), stopper),
+    )
+    .await
+    .expect("a stop ends the run");
+    run.unwrap();
+    let events = events.lock().unwrap().clone();
+    let named: Vec<Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::InFlight { recipients, .. } => Some(recipients.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named.len(), 1, "{events:?}");
+    assert_eq!(named[0].len(), 1, "{events:?}");
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Delivering), 0, "{stats:?}");
+    assert_eq!(stats.count(RecipientState::Queued), 3, "{stats:?}");
+    // The server keeps the message it was sent once its delay is over:
+    // the one named in flight, and only it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.messages().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept: Vec<String> = slow.deliveries().into_keys().collect();
+    assert_eq!(kept, named[0]);
+}

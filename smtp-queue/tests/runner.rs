@@ -332,3 +332,73 @@ CLOSE
     let db = String::from_utf8_lossy(&db);
     assert!(!db.contains("S3cr3t-Pw"), "the database holds the password");
 }
+
+/// The recipients of each [`RunEvent::InFlight`] in `events`.
+fn in_flight(events: &[RunEvent]) -> Vec<Vec<String>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::InFlight { recipients, .. } => Some(recipients.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stop_names_in_flight_only_the_message_whose_data_went_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first message's data arrives whole; its reply waits 3 s, and the
+    // next message meets a server that reads nothing meanwhile.
+    let slow = FlakyServer::start(FlakyConfig {
+        data_delay: Some(Duration::from_secs(3)),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(3, dir.path()).await;
+    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+    let seen = events.clone();
+    let runner = Runner::new(
+        store.clone(),
+        relay(&slow),
+        RunnerConfig::default()
+            .with_concurrency(1)
+            .with_stop_grace(Duration::from_millis(200)),
+    )
+    .with_observer(move |e| seen.lock().unwrap().push(e.clone()));
+    let stop = Stop::new();
+    let stopper = async {
+        while slow.data_ends() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.stop();
+    };
+    let (run, ()) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join(runner.run_due(&stop), stopper),
+    )
+    .await
+    .expect("a stop ends the run");
+    run.unwrap();
+    let events = events.lock().unwrap().clone();
+    let named = in_flight(&events);
+    assert_eq!(named.len(), 1, "{events:?}");
+    assert_eq!(named[0].len(), 1, "{events:?}");
+    let released: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Released { recipients, .. } => Some(*recipients),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(released, 3, "all three go back to the queue: {events:?}");
+    // The server keeps the message it was sent once its delay is over:
+    // the one named in flight, and only it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.messages().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept: Vec<String> = slow.deliveries().into_keys().collect();
+    assert_eq!(kept, named[0]);
+}

@@ -49,6 +49,8 @@ pub struct FlakyMessage {
 struct State {
     first_seen: HashMap<String, Instant>,
     messages: Vec<FlakyMessage>,
+    /// Ends of data received, counted as each arrives (before `data_delay`).
+    data_ends: usize,
     connections: usize,
     auth_attempts: usize,
 }
@@ -100,6 +102,14 @@ impl FlakyServer {
     /// Every message accepted so far, in order.
     pub fn messages(&self) -> Vec<FlakyMessage> {
         lock(&self.state).messages.clone()
+    }
+
+    /// Ends of data received so far, counted as each arrives, before
+    /// [`FlakyConfig::data_delay`] and before the message is kept: with a
+    /// delay, how many messages the client has sent whole that wait for
+    /// their reply.
+    pub fn data_ends(&self) -> usize {
+        lock(&self.state).data_ends
     }
 
     /// Connections accepted so far.
@@ -223,6 +233,7 @@ async fn serve(
                     data.extend_from_slice(&l);
                 }
                 on_this += 1;
+                lock(state).data_ends += 1;
                 if let Some(delay) = config.data_delay {
                     tokio::time::sleep(delay).await;
                 }

@@ -6,8 +6,9 @@
 //! secret is ever written into the queue.
 //!
 //! `send.rs` is `smtp send --queue`, `run.rs` the `smtp queue` commands
-//! (`queue run` above all), `admin.rs` list/show/retry/delete/stats; this
-//! file holds what they share: the queue's directory, the runner's
+//! (`queue run` above all; what a run recorded, for its exit code and
+//! `--json`, in `recorded.rs`), `admin.rs` list/show/retry/delete/stats;
+//! this file holds what they share: the queue's directory, the runner's
 //! settings, signals, and the lines told as outcomes are recorded.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::terminal::joined;
 mod admin;
 mod command;
 mod metrics;
+mod recorded;
 mod report;
 mod run;
 mod scrape;
@@ -35,9 +37,9 @@ pub(crate) use self::command::run_command;
 pub(crate) use self::run::run;
 pub(crate) use self::send::{Queued, enqueue_only, send};
 
-#[cfg(test)]
-use self::report::recipient_report;
 pub(crate) use self::report::rfc3339;
+#[cfg(test)]
+use self::report::{Pending, recipient_report};
 
 /// The exit code after SIGINT, as a shell reports it (128 + 2).
 pub(crate) const EXIT_SIGINT: u8 = 130;
@@ -162,7 +164,8 @@ fn why(a: Option<&Attempt>) -> String {
 }
 
 /// What is said on stderr whatever the output: a held destination (once),
-/// a lost reply, a notification enqueued.
+/// a lost reply, a message a stop cut off in flight, a notification
+/// enqueued.
 fn warn(event: &RunEvent) {
     match event {
         RunEvent::Held {
@@ -177,6 +180,13 @@ fn warn(event: &RunEvent) {
         }),
         RunEvent::OutcomeUnknown { recipient, .. } => progress::suspend(|| {
             tell!("smtp: warning: {recipient}: the reply was lost; a retry may deliver it twice");
+        }),
+        RunEvent::InFlight { recipients, .. } => progress::suspend(|| {
+            tell!(
+                "smtp: warning: {}: stopped after the message's data went out, before the \
+                 server's reply; it stays queued, and a later run may deliver it twice",
+                recipients.join(", ")
+            );
         }),
         RunEvent::Notified {
             notification,
@@ -336,13 +346,44 @@ mod tests {
             RecipientState::Deferred,
             Some(&a),
             next,
-            "",
+            Pending::NotAttempted,
         );
         assert_eq!(r.status, "deferred");
         assert_eq!(r.queued, Some(true));
         assert_eq!(r.next_attempt.as_deref(), Some("2023-11-14T22:13:20Z"));
-        let r = recipient_report("b@example.net", RecipientState::Expired, Some(&a), next, "");
+        let r = recipient_report(
+            "b@example.net",
+            RecipientState::Expired,
+            Some(&a),
+            next,
+            Pending::NotAttempted,
+        );
         assert_eq!((r.status, r.queued), ("rejected", None));
         assert!(r.text.starts_with("expired"), "{}", r.text);
+    }
+
+    #[test]
+    fn after_a_stop_only_a_recipient_in_flight_may_be_delivered_twice() {
+        let next = SystemTime::UNIX_EPOCH;
+        let line = |state, last: Option<&Attempt>, pending| {
+            recipient_report("b@example.net", state, last, next, pending).text
+        };
+        let not_sent = line(RecipientState::Queued, None, Pending::NotSent);
+        assert!(not_sent.contains("not delivered"), "{not_sent}");
+        assert!(!not_sent.contains("twice"), "{not_sent}");
+        let in_flight = line(RecipientState::Queued, None, Pending::InFlight);
+        assert!(in_flight.contains("may be delivered twice"), "{in_flight}");
+        // Deferred before, then cut off in flight: both are said.
+        let a = Attempt {
+            code: Some(451),
+            text: "greylisted".into(),
+            ..Attempt::default()
+        };
+        let again = line(RecipientState::Deferred, Some(&a), Pending::InFlight);
+        assert!(again.contains("may be delivered twice"), "{again}");
+        assert!(again.contains("greylisted"), "{again}");
+        // A final outcome is not pending, whatever the stop found.
+        let delivered = line(RecipientState::Delivered, Some(&a), Pending::InFlight);
+        assert_eq!(delivered, "greylisted");
     }
 }

@@ -2,7 +2,7 @@
 //! the queue, as `smtp send` prints it, live as outcomes are recorded and
 //! whole at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use smtp_core::RecipientStatus;
@@ -16,23 +16,54 @@ use crate::progress;
 pub(crate) use smtp_queue::time::rfc3339;
 
 /// The text of a recipient still queued that was never attempted.
-pub(super) const NOT_ATTEMPTED: &str = "not attempted yet; it stays queued";
+const NOT_ATTEMPTED: &str = "not attempted yet; it stays queued";
 
-/// The text of a recipient still queued when a signal stopped the run. The
-/// runner does not say whether an abandoned transaction's data went out,
-/// so this cannot say "not sent": only what is true either way.
-pub(super) const INTERRUPTED: &str = "interrupted before its outcome was known; it stays queued (if the \
-                           server already had it, a later run may deliver it twice)";
+/// The text of a recipient still queued when a signal stopped the run
+/// before its message's data went out: the server cannot have it.
+const NOT_SENT: &str = "interrupted before its message's data went out: not delivered; it \
+                        stays queued, and `smtp queue run` delivers it once";
+
+/// The text of a recipient whose message's data had gone out when a
+/// signal stopped the run, and whose final reply had not come: the only
+/// kind a later run may deliver twice.
+const IN_FLIGHT: &str = "interrupted after its message's data went out, before the server's \
+                         reply: it stays queued and may be delivered twice (`smtp queue run` \
+                         sends it again, and the server may already have it)";
+
+/// Why a recipient the run left in the queue has no outcome of its own:
+/// what its line says when there is no reply to show (or, in flight,
+/// before the reply it had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// Its attempt was not due yet, or did not come.
+    NotAttempted,
+    /// A signal stopped the run before its message's data went out.
+    NotSent,
+    /// A signal stopped the run after its message's data went out and
+    /// before the final reply ([`RunEvent::InFlight`]).
+    InFlight,
+}
+
+impl Pending {
+    fn text(self) -> &'static str {
+        match self {
+            Self::NotAttempted => NOT_ATTEMPTED,
+            Self::NotSent => NOT_SENT,
+            Self::InFlight => IN_FLIGHT,
+        }
+    }
+}
 
 /// A recipient's line of the report, from its state in the queue and its
 /// last attempt: delivered is `accepted`, failed and expired `rejected`,
 /// anything still waiting `deferred` with `queued` and `next_attempt`.
+/// `pending` says why one still waiting has no outcome of this run.
 pub(super) fn recipient_report(
     address: &str,
     state: RecipientState,
     last: Option<&Attempt>,
     next: SystemTime,
-    unattempted: &str,
+    pending: Pending,
 ) -> RecipientReport {
     let status = match state {
         RecipientState::Delivered => RecipientStatus::Accepted,
@@ -45,8 +76,11 @@ pub(super) fn recipient_report(
             format!("expired (the queue lifetime ended): {}", a.text)
         }
         (RecipientState::Expired, None) => "expired: the queue lifetime ended".to_owned(),
+        (_, Some(a)) if waiting && pending == Pending::InFlight => {
+            format!("{IN_FLIGHT} (the attempt before: {})", a.text)
+        }
         (_, Some(a)) => a.text.clone(),
-        (_, None) => unattempted.to_owned(),
+        (_, None) => pending.text().to_owned(),
     };
     RecipientReport {
         address: address.to_owned(),
@@ -62,6 +96,21 @@ pub(super) fn recipient_report(
     }
 }
 
+/// A recorded outcome as a recipient's state, its attempt and (deferred)
+/// when it is due again.
+pub(super) fn outcome_state(
+    outcome: &Outcome,
+) -> (RecipientState, Option<&Attempt>, Option<SystemTime>) {
+    match outcome {
+        Outcome::Delivered(a) => (RecipientState::Delivered, Some(a), None),
+        Outcome::Failed(a) => (RecipientState::Failed, Some(a), None),
+        Outcome::Deferred { attempt, next } => {
+            (RecipientState::Deferred, Some(attempt), Some(*next))
+        }
+        Outcome::Expired(a) => (RecipientState::Expired, a.as_ref(), None),
+    }
+}
+
 /// The messages of a `send --queue` run as their outcomes are recorded: a
 /// message's lines go to [`progress::record`] once all its recipients are
 /// final; deferrals are told on stderr as they happen.
@@ -70,6 +119,8 @@ pub(super) struct Live {
     messages: HashMap<MessageId, (usize, Vec<Option<RecipientReport>>)>,
     names: Vec<String>,
     addresses: Vec<Vec<String>>,
+    /// The recipients a stop found in flight, by message.
+    in_flight: HashSet<(MessageId, String)>,
 }
 
 impl Live {
@@ -83,6 +134,7 @@ impl Live {
                 .collect(),
             names: sent.iter().map(|s| s.name.clone()).collect(),
             addresses: sent.iter().map(|s| s.recipients.clone()).collect(),
+            in_flight: HashSet::new(),
         }
     }
 
@@ -97,8 +149,22 @@ impl Live {
             .collect()
     }
 
+    /// The recipients a stop found in flight (taken: asked once, at the end).
+    pub(super) fn take_in_flight(&mut self) -> InFlight {
+        InFlight(std::mem::take(&mut self.in_flight))
+    }
+
     pub(super) fn event(&mut self, event: &RunEvent) {
         warn(event);
+        if let RunEvent::InFlight {
+            message,
+            recipients,
+        } = event
+        {
+            self.in_flight
+                .extend(recipients.iter().map(|r| (message.clone(), r.clone())));
+            return;
+        }
         let RunEvent::Recorded {
             message,
             recipient,
@@ -119,9 +185,10 @@ impl Live {
                 });
                 return;
             }
-            Outcome::Delivered(a) => (RecipientState::Delivered, Some(a)),
-            Outcome::Failed(a) => (RecipientState::Failed, Some(a)),
-            Outcome::Expired(a) => (RecipientState::Expired, a.as_ref()),
+            other => {
+                let (state, attempt, _) = outcome_state(other);
+                (state, attempt)
+            }
         };
         let Some((index, slots)) = self.messages.get_mut(message) else {
             return;
@@ -144,7 +211,7 @@ impl Live {
                 state,
                 attempt,
                 SystemTime::now(),
-                NOT_ATTEMPTED,
+                Pending::NotAttempted,
             ));
         }
         if slots.iter().all(Option::is_some) {
@@ -164,12 +231,33 @@ impl Live {
     }
 }
 
-/// The report of the enqueued messages as the queue holds them now.
+/// The recipients a stop found in flight ([`RunEvent::InFlight`]), by
+/// message.
+pub(super) struct InFlight(HashSet<(MessageId, String)>);
+
+impl InFlight {
+    /// Why `recipient` of `message`, still queued after a stop, has no
+    /// outcome: in flight, or not sent.
+    pub(super) fn pending(&self, message: &MessageId, recipient: &str) -> Pending {
+        if self.0.contains(&(message.clone(), recipient.to_owned())) {
+            Pending::InFlight
+        } else {
+            Pending::NotSent
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The report of the enqueued messages as the queue holds them now;
+/// `pending` says why a recipient still waiting has no outcome.
 pub(super) async fn report_from_store(
     store: &SqliteStore,
     ids: &[MessageId],
     sent: &[Sent],
-    unattempted: &str,
+    pending: &dyn Fn(&MessageId, &str) -> Pending,
 ) -> Result<Report, Failure> {
     let mut found = Vec::with_capacity(ids.len());
     // A thousand at a time: few statements, and only a thousand messages'
@@ -199,7 +287,7 @@ pub(super) async fn report_from_store(
                         r.state,
                         r.last.as_ref(),
                         r.next_attempt,
-                        unattempted,
+                        pending(id, &r.address),
                     )
                 })
                 .collect();

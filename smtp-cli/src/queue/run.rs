@@ -1,24 +1,32 @@
 //! `smtp queue …`: the queue's commands, above all `queue run` (what is
 //! due, or `--watch` as a service, with its log and metrics).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use smtp_core::ehlo::ClientId;
 use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, SqliteStore, Stop, Store};
 
+use super::recorded::{self, Left, Recorded};
 use super::{
-    Via, admin, config, directory, exists, metrics, open_at, open_existing, queue_error, report,
-    rfc3339, scrape,
+    Via, admin, config, directory, exists, lock, metrics, open_at, open_existing, queue_error,
+    report, rfc3339, scrape, warn,
 };
 use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, SendArgs};
-use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
+use crate::fail::{EX_OK, Failure};
 use crate::output::counted;
 use crate::terminal::joined;
 
 /// `smtp queue …`.
 pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
     if let QueueCommand::Run(run) = args.command {
+        if run.watch && args.json {
+            // A service's outcomes would pile up in memory until it stops.
+            return Err(Failure::usage(
+                "--json goes with a one-off `queue run`, not --watch: a service's record is its \
+                 log (--log-format json prints one JSON object per outcome)",
+            ));
+        }
         crate::log::install(run.log_format, run.watch)?;
         let store = if run.watch {
             // A service may start before anything is queued: it creates
@@ -32,13 +40,13 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
         } else {
             open_existing(args.queue.as_deref()).await?
         };
-        return run_queue(store, *run).await;
+        return run_queue(store, *run, args.json).await;
     }
     let store = open_existing(args.queue.as_deref()).await?;
     admin::run(store, args.command, args.json).await
 }
 
-async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Failure> {
+async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> Result<u8, Failure> {
     let send = SendArgs {
         server: args.server,
         port: args.port,
@@ -73,11 +81,21 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
         None => None,
     };
     // With the log on, its delivery lines (and its warnings and errors)
-    // tell what happened; without it, a line per outcome on stdout.
+    // tell what happened; without it, a line per outcome on stdout (with
+    // --json, the object at the end instead, and the warnings on stderr).
     let logging = crate::log::is_on();
+    // What a one-off run recorded, for its exit code and --json (a
+    // watcher's would only grow).
+    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let keep = (!args.watch).then(|| recorded.clone());
     let observer = move |event: &RunEvent| {
-        if !logging {
-            report(event);
+        if let Some(recorded) = &keep {
+            lock(recorded).event(event);
+        }
+        match (logging, json) {
+            (true, _) => {}
+            (false, true) => warn(event),
+            (false, false) => report(event),
         }
         if let Some(m) = &metrics {
             m.observe(event);
@@ -121,16 +139,55 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
     if stopped {
         tracing::info!(target: "smtp_cli::queue", waiting, leased, "stopped");
     }
-    if summary.held.is_empty() && waiting == 0 && leased == 0 {
-        return Ok(EX_OK);
+    let (outcomes, counts) = std::mem::take(&mut *lock(&recorded)).into_report();
+    let wait = !summary.held.is_empty() || waiting > 0 || leased > 0;
+    let next = if wait {
+        tell_why_waiting(
+            &store,
+            relay.as_deref(),
+            &summary.held,
+            waiting,
+            leased,
+            logging,
+        )
+        .await?
+    } else {
+        None
+    };
+    if json {
+        let left = Left {
+            held: &summary.held,
+            waiting,
+            leased,
+            next,
+        };
+        let v = recorded::json(&outcomes, &counts, &left);
+        say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
-    // Why nothing more was delivered: said on stderr (or in the log), so
-    // that a run that delivers nothing is never silent about it.
+    Ok(if stopped {
+        EX_OK
+    } else {
+        recorded::exit_code(&outcomes, wait)
+    })
+}
+
+/// Says why recipients still wait, on stderr (or in the log, with the log
+/// on), so that a run that delivers nothing is never silent about it:
+/// leased by another run, the relay backed off or held, when the next is
+/// due. Returns that time (not before the relay's back-off ends).
+async fn tell_why_waiting(
+    store: &SqliteStore,
+    relay: Option<&str>,
+    held: &[(String, String)],
+    waiting: u64,
+    leased: u64,
+    logging: bool,
+) -> Result<Option<SystemTime>, Failure> {
     let now = SystemTime::now();
     if leased > 0 {
-        tell_leased(&store, leased, now, logging).await?;
+        tell_leased(store, leased, now, logging).await?;
     }
-    let backoff = match &relay {
+    let backoff = match relay {
         Some(destination) => store
             .backoff(destination)
             .await
@@ -139,28 +196,29 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs) -> Result<u8, Fa
         None => None,
     };
     if let Some(b) = backoff.as_ref().filter(|_| waiting > 0) {
-        let held = summary.held.iter().any(|(d, _)| *d == b.destination);
+        let held = held.iter().any(|(d, _)| *d == b.destination);
         tell_backoff(b, held, now, logging);
     }
-    if waiting > 0 {
-        if let Some(next) = store.next_due().await.map_err(queue_error)? {
-            // Not before the relay's back-off ends.
-            let next = backoff.as_ref().map_or(next, |b| b.not_before.max(next));
-            let secs = in_secs(next, now);
-            if logging {
-                tracing::info!(target: "smtp_cli::queue", waiting, next_attempt_in_s = secs,
-                    "recipients wait (`smtp queue retry --all` makes them due now)");
-            } else {
-                tell!(
-                    "smtp: {} {}; next attempt in {secs}s (`smtp queue retry --all` makes them \
-                     due now)",
-                    counted(usize::try_from(waiting).unwrap_or(usize::MAX), "recipient"),
-                    if waiting == 1 { "waits" } else { "wait" }
-                );
-            }
-        }
+    if waiting == 0 {
+        return Ok(None);
     }
-    Ok(if stopped { EX_OK } else { EX_TEMPFAIL })
+    let Some(next) = store.next_due().await.map_err(queue_error)? else {
+        return Ok(None);
+    };
+    // Not before the relay's back-off ends.
+    let next = backoff.as_ref().map_or(next, |b| b.not_before.max(next));
+    let secs = in_secs(next, now);
+    if logging {
+        tracing::info!(target: "smtp_cli::queue", waiting, next_attempt_in_s = secs,
+            "recipients wait (`smtp queue retry --all` makes them due now)");
+    } else {
+        tell!(
+            "smtp: {} {}; next attempt in {secs}s (`smtp queue retry --all` makes them due now)",
+            counted(usize::try_from(waiting).unwrap_or(usize::MAX), "recipient"),
+            if waiting == 1 { "waits" } else { "wait" }
+        );
+    }
+    Ok(Some(next))
 }
 
 /// Whole seconds from `now` to `t` (0 when past).

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use smtp_core::Envelope;
 use smtp_core::data::BodyType;
-use smtp_queue::{Body, BodyKind, MessageOptions, NewMessage, RunEvent, SqliteStore, Stop, Store};
+use smtp_queue::{
+    Body, BodyKind, MessageId, MessageOptions, NewMessage, RunEvent, SqliteStore, Stop, Store,
+};
 
-use super::report::{INTERRUPTED, Live, NOT_ATTEMPTED, report_from_store};
+use super::report::{Live, Pending, report_from_store};
 use super::{
     EXIT_SIGINT, Registered, SIGNALLED, Via, config, directory, lock, open, open_at, queue_error,
     rfc3339,
@@ -83,7 +85,7 @@ async fn enqueue_parts(
     batch: Vec<NewMessage>,
     names: &[&str],
     now: SystemTime,
-) -> Result<Vec<smtp_queue::MessageId>, Failure> {
+) -> Result<Vec<MessageId>, Failure> {
     let total = batch.len();
     let mut ids = Vec::with_capacity(total);
     let mut rest = batch.into_iter();
@@ -243,12 +245,15 @@ pub(crate) async fn send(
     };
     progress::done_sending();
     let interrupted = matches!(ended, Ended::Interrupted);
-    let unattempted = if interrupted {
-        INTERRUPTED
-    } else {
-        NOT_ATTEMPTED
+    let in_flight = lock(&live).take_in_flight();
+    let pending = |id: &MessageId, address: &str| {
+        if interrupted {
+            in_flight.pending(id, address)
+        } else {
+            Pending::NotAttempted
+        }
     };
-    let mut report = report_from_store(&store, &ids, &sent, unattempted).await?;
+    let mut report = report_from_store(&store, &ids, &sent, &pending).await?;
     if interrupted {
         report.fault = Some((
             EX_TEMPFAIL,
@@ -263,8 +268,18 @@ pub(crate) async fn send(
     let resume = &queued.run_line;
     match ended {
         Ended::Interrupted => {
+            let twice = match in_flight.len() {
+                0 => String::new(),
+                1 => "; 1 of them was in flight, its data sent and no reply seen: it may be \
+                      delivered twice"
+                    .to_owned(),
+                n => format!(
+                    "; {n} of them were in flight, their data sent and no reply seen: they may \
+                     be delivered twice"
+                ),
+            };
             tell!(
-                "smtp: interrupted: {} delivered, {} failed, {} still queued ({resume} delivers them)",
+                "smtp: interrupted: {} delivered, {} failed, {} still queued ({resume} delivers them{twice})",
                 summary.accepted,
                 summary.rejected,
                 summary.deferred

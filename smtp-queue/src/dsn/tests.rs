@@ -682,3 +682,77 @@ fn the_remote_mta_is_the_host_name_or_an_address_literal() {
         assert_eq!(remote_mta(host).as_deref(), want, "{host}");
     }
 }
+
+#[test]
+fn an_encoded_word_in_a_reply_stays_plain_text_in_the_delivery_status() {
+    let m = message(
+        "alice@example.com",
+        vec![
+            rcpt(
+                1,
+                "nobody@example.net",
+                RecipientState::Failed,
+                1,
+                Some(Attempt {
+                    code: Some(550),
+                    enhanced: Some("5.1.1".into()),
+                    // An encoded word, one that base64 hides a line break
+                    // in, one that only cleaning makes (`=` and `é`), CR LF,
+                    // a tab and DEL.
+                    text: "=?utf-8?q?unknown?= =?UTF-8?B?DQpYLUV2aWw6IDE=?=\r\n\
+                           X-Evil: =\u{e9}utf-8?q?x?= tab\there \u{7f}"
+                        .into(),
+                    host: Some("=?utf-8?q?mx?=.example.net [192.0.2.1]".into()),
+                    tls: None,
+                }),
+            ),
+            rcpt(
+                2,
+                "late@example.net",
+                RecipientState::Expired,
+                3,
+                Some(Attempt {
+                    code: None,
+                    enhanced: None,
+                    text: "connection refused by =?iso-8859-1?q?h=F4te?=".into(),
+                    host: None,
+                    tls: None,
+                }),
+            ),
+        ],
+    );
+    let bytes = compose_with(&m, Returned::Nothing).assemble(b"");
+    assert_seven_bit_lines(&bytes);
+    let p = parse(&bytes);
+    let blocks = status_blocks(&p.parts[1]);
+    assert_eq!(blocks.len(), 3, "{:?}", p.parts[1].body);
+    let failed = value(&blocks[1], "Diagnostic-Code").unwrap();
+    assert_eq!(
+        failed,
+        "smtp; 550 5.1.1 =_?utf-8?q?unknown?= =_?UTF-8?B?DQpYLUV2aWw6IDE=_?= \
+         X-Evil: =_?utf-8?q?x?= tab here"
+    );
+    assert_eq!(
+        value(&blocks[1], "Remote-MTA"),
+        Some("dns; =_?utf-8?q?mx?=.example.net")
+    );
+    let expired = value(&blocks[2], "Diagnostic-Code").unwrap();
+    assert_eq!(
+        expired,
+        "X-smtp-queue; connection refused by =_?iso-8859-1?q?h=F4te?="
+    );
+    // No field of the notification, its delivery status included, holds
+    // an encoded word, a control character or a non-ASCII one.
+    for (name, v) in p
+        .headers
+        .iter()
+        .chain(p.parts.iter().flat_map(|part| &part.headers))
+        .chain(blocks.iter().flatten())
+    {
+        assert!(!v.contains("=?"), "{name}: {v}");
+        assert!(
+            v.chars().all(|c| c.is_ascii() && !c.is_ascii_control()),
+            "{name}: {v:?}"
+        );
+    }
+}

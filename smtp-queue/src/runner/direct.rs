@@ -21,7 +21,9 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use smtp_core::RecipientStatus;
 use smtp_core::delivery::BodySource;
-use smtp_core::delivery::direct::{Connector, Decided, DirectOptions, deliver_batch, plan_domain};
+use smtp_core::delivery::direct::{
+    Connector, Decided, DirectOptions, Trace, deliver_batch, plan_domain,
+};
 use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
 use tokio::sync::Semaphore;
 
@@ -376,9 +378,19 @@ impl Runner {
             messages: units.len(),
         });
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Decided>)>();
+        // The messages whose data began to go out (to any host): only
+        // those can have reached a server if the session is abandoned.
+        let data_sent = Mutex::new(vec![false; units.len()]);
         let report = {
             let mut settled = |k: usize, decided: &[Decided]| {
                 let _ = tx.send((k, decided.to_vec()));
+            };
+            let trace = |t: Trace<'_>| {
+                if let Trace::Data { message, .. } = t {
+                    if let Some(sent) = lock(&data_sent).get_mut(message) {
+                        *sent = true;
+                    }
+                }
             };
             let send = deliver_batch(
                 direct.connector.as_ref(),
@@ -386,7 +398,7 @@ impl Runner {
                 &envelopes,
                 &mut bodies,
                 &direct.options,
-                &|_| {},
+                &trace,
                 &mut settled,
             );
             tokio::pin!(send);
@@ -433,6 +445,18 @@ impl Runner {
         let Some(report) = report else {
             tracing::warn!(destination = %job.destination,
                 "stopped: a session did not finish in time; what it had not settled is released");
+            let data_sent = std::mem::take(&mut *lock(&data_sent));
+            for ((unit, done), sent) in units.iter().zip(&recorded).zip(data_sent) {
+                if sent && !done {
+                    let claimed = &round.claimed[unit.claimed];
+                    let to = unit
+                        .positions
+                        .iter()
+                        .filter_map(|&i| claimed.recipients.get(i))
+                        .map(|r| r.address.clone());
+                    self.in_flight(claimed, to.collect());
+                }
+            }
             return Ok(());
         };
         let delivered_any = report

@@ -17,6 +17,7 @@
 //! | 421 or connection lost before the data, after the session delivered something | released, due at once (a new connection) |
 //! | the same, with nothing delivered; the relay unreachable | deferred, and the destination backed off |
 //! | authentication refused, TLS policy not met | released, the destination held ([`RunEvent::Held`], once) |
+//! | a stop's grace ran out before the message's final reply | released; after its data went out, named first by [`RunEvent::InFlight`] (the server may have it) |
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -219,6 +219,22 @@ impl Runner {
         Ok(())
     }
 
+    /// Tells that `recipients` of `claimed` were in flight when a stop
+    /// abandoned their session: its data had gone out (or was going out)
+    /// and no final reply had come, so the server may have it. They are
+    /// released with the rest.
+    pub(super) fn in_flight(&self, claimed: &Claimed, recipients: Vec<String>) {
+        if recipients.is_empty() {
+            return;
+        }
+        tracing::warn!(message_id = %claimed.lease.message, recipients = recipients.len(),
+            "stopped after the message's data went out, before its reply; released: the next run may deliver it twice");
+        self.emit(&RunEvent::InFlight {
+            message: claimed.lease.message.clone(),
+            recipients,
+        });
+    }
+
     pub(super) async fn release_all(
         &self,
         batch: &[Claimed],

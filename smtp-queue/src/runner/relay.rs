@@ -80,11 +80,26 @@ impl Runner {
         // mid-session then redelivers only what awaited a reply.
         let mut settled: Vec<MessageOutcome> = Vec::new();
         let mut recorded = vec![false; sending.len()];
+        // The messages whose data began to go out: only those can have
+        // reached the server if the session is abandoned.
+        let mut data_sent = vec![false; sending.len()];
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageOutcome>();
         let finished = {
             let mut observe = |seen: smtp_tls::Observed<'_>| {
                 if let Some(o) = seen.settled() {
                     let _ = tx.send(o.clone());
+                }
+                // The session is new: its client numbers the messages it
+                // takes from 0, in `sending`'s order (it refuses none: each
+                // has recipients; once over, it takes no more and sends
+                // nothing).
+                if let smtp_core::Event::BodyWanted(id) = seen.event() {
+                    if let Some(sent) = usize::try_from(id.index())
+                        .ok()
+                        .and_then(|k| data_sent.get_mut(k))
+                    {
+                        *sent = true;
+                    }
                 }
             };
             let send = session.send_all(&mut outgoing, &mut observe);
@@ -136,6 +151,15 @@ impl Runner {
                 None => {
                     tracing::warn!(destination = %self.destination,
                         "stopped: a session did not finish in time; what it had not settled is released");
+                    for (claimed, _) in sending
+                        .iter()
+                        .zip(&data_sent)
+                        .skip(settled.len())
+                        .filter(|(_, sent)| **sent)
+                    {
+                        let to = claimed.recipients.iter().map(|r| r.address.clone());
+                        self.in_flight(claimed, to.collect());
+                    }
                     let mut known: Vec<_> = settled.into_iter().map(|o| Some(Ok(o))).collect();
                     known.resize_with(sending.len(), || None);
                     known

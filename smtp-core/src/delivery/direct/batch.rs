@@ -140,6 +140,14 @@ pub async fn deliver_batch(
                 event: &event,
             });
             match event {
+                Event::BodyWanted(id) => {
+                    if let Some((k, _)) = usize::try_from(id.index())
+                        .ok()
+                        .and_then(|n| pending.get(n))
+                    {
+                        trace(Trace::Data { host, message: *k });
+                    }
+                }
                 Event::TlsEstablished(info) => tls = Some(*info),
                 Event::Failed(e) => error = Some(e),
                 Event::MessageResult(outcome) => {

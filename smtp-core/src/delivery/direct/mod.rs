@@ -204,6 +204,16 @@ pub enum Trace<'a> {
         /// The event.
         event: &'a Event,
     },
+    /// Message `message` (its index in the envelopes given to
+    /// [`deliver_batch`]) starts sending its data on that session: from
+    /// here until its final reply, the host may have it. Follows the
+    /// session's [`Event::BodyWanted`], before any of the data is written.
+    Data {
+        /// The MX host.
+        host: &'a str,
+        /// The message's index.
+        message: usize,
+    },
     /// The session is over and the connection closed.
     Closed {
         /// The MX host.
