@@ -112,10 +112,7 @@ impl Default for SqliteSettings {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(10),
-            max_connections: std::env::var("SMTP_CONNS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
+            max_connections: 2,
             log: LogPlace::Spool,
             sweep_after: Duration::from_secs(3600),
             inline_bodies: 64 * 1024,
@@ -163,10 +160,7 @@ impl SqliteStore {
             // 512 KiB of page cache a connection, not 2 MiB: six
             // connections, and small bodies live in the pages; the file
             // system caches the rest.
-            .pragma(
-                "cache_size",
-                std::env::var("SMTP_CACHE").unwrap_or("-512".into()),
-            );
+            .pragma("cache_size", "-512");
         let connect = |options: SqliteConnectOptions, max: u32| {
             let db = db.clone();
             async move {
