@@ -264,11 +264,14 @@ fn the_body_hash_is_that_of_the_body_as_sent_whatever_its_line_ends() {
         let mut signer = rsa_signer(c);
         let mut crlf = prepared(MESSAGE.as_bytes());
         let mut lf = prepared(MESSAGE.replace("\r\n", "\n").as_bytes());
+        // Old Mac files: a CR alone ends a line, and goes as CRLF.
+        let mut cr = prepared(MESSAGE.replace("\r\n", "\r").as_bytes());
         let mut no_last_line_end = prepared(MESSAGE.trim_end().as_bytes());
-        signer.sign(&mut crlf).unwrap();
-        signer.sign(&mut lf).unwrap();
-        signer.sign(&mut no_last_line_end).unwrap();
+        for p in [&mut crlf, &mut lf, &mut cr, &mut no_last_line_end] {
+            signer.sign(p).unwrap();
+        }
         assert_eq!(tag(&crlf.head, "bh"), tag(&lf.head, "bh"), "{c}");
+        assert_eq!(tag(&crlf.head, "bh"), tag(&cr.head, "bh"), "{c}");
         let bh = tag(&no_last_line_end.head, "bh");
         if c == "relaxed" {
             // Trailing white space and empty lines do not count.
