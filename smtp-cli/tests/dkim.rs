@@ -696,6 +696,27 @@ async fn a_key_that_cannot_sign_stops_the_command_before_anything_is_sent() {
     assert_eq!(code(&o), 64, "{}", text(&o.stderr));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(f.server.sessions().is_empty(), "no connection was made");
+    // A usable key that other users can read: it signs, with a warning.
+    use std::os::unix::fs::PermissionsExt;
+    let readable = f.message("readable.pem", pem.as_bytes());
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(f.send(
+        &file,
+        &[
+            "--dkim-key",
+            readable.to_str().unwrap(),
+            "--dkim-selector",
+            "rsa",
+        ],
+    ))
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("can be read by other users")
+            && text(&o.stderr).contains("chmod 600"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[tokio::test]

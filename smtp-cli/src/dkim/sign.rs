@@ -16,7 +16,7 @@ use crate::message::{Prepared, field_name, read_body};
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Signed {
     /// A DKIM-Signature field was added.
-    Signed,
+    Added,
     /// The message already carries a DKIM-Signature and was left as it is
     /// (`--dkim-add` signs it again).
     AlreadySigned,
@@ -126,7 +126,7 @@ impl Signer {
         let mut head = field;
         head.extend_from_slice(&p.head);
         p.head = head;
-        Ok(Signed::Signed)
+        Ok(Signed::Added)
     }
 }
 

@@ -244,7 +244,7 @@ fn a_signature_goes_on_top_and_is_counted_in_the_size() {
     let mut signer = rsa_signer("relaxed");
     let mut p = prepared(MESSAGE.as_bytes());
     let (head, size) = (p.head.clone(), p.size);
-    assert_eq!(signer.sign(&mut p).unwrap(), Signed::Signed);
+    assert_eq!(signer.sign(&mut p).unwrap(), Signed::Added);
     assert!(p.head.starts_with(
         b"DKIM-Signature: v=1; a=rsa-sha256; s=s1; d=example.org; c=relaxed/relaxed;"
     ));
@@ -377,7 +377,7 @@ fn a_message_already_signed_is_left_alone_unless_a_signature_is_to_be_added() {
         },
     )
     .unwrap();
-    assert_eq!(adding.sign(&mut p).unwrap(), Signed::Signed);
+    assert_eq!(adding.sign(&mut p).unwrap(), Signed::Added);
     assert!(p.head.ends_with(&before));
     assert_eq!(
         field_names(&p.head)
