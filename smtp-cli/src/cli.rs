@@ -20,6 +20,7 @@ Exit codes (sysexits.h):
   68  host or domain not found (EX_NOHOST)
   69  a recipient was rejected for good (EX_UNAVAILABLE)
   70  internal error: a message got no outcome (EX_SOFTWARE)
+  73  cannot create a file: `dkim keygen`'s key file exists (EX_CANTCREAT)
   75  a recipient was deferred: a retry may succeed (EX_TEMPFAIL)
   76  the encryption policy was not satisfied (EX_PROTOCOL)
   77  authentication failed (EX_NOPERM)
@@ -48,6 +49,8 @@ pub(crate) enum Command {
     /// Send a real message end to end on this machine: a local TLS server with
     /// AUTH and a local DNS zone, by standard and by direct delivery.
     Demo(DemoArgs),
+    /// DKIM signing keys: make one (keygen), show its DNS record (record).
+    Dkim(DkimArgs),
 }
 
 /// Encryption policy.
@@ -205,6 +208,26 @@ pub(crate) struct SendArgs {
     /// lines (level from SMTP_LOG; see `smtp queue run --help`).
     #[arg(long, value_enum, value_name = "FORMAT", requires = "queue")]
     pub(crate) log_format: Option<LogFormat>,
+    /// Sign each message with DKIM using this private key (PEM: RSA of
+    /// 2048 to 4096 bits, or Ed25519; `smtp dkim keygen` makes one).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dkim_key: Option<PathBuf>,
+    /// DKIM selector (s=): the public key is published at
+    /// SELECTOR._domainkey.DOMAIN.
+    #[arg(long, value_name = "SELECTOR")]
+    pub(crate) dkim_selector: Option<String>,
+    /// DKIM signing domain (d=) (default: the domain of each message's
+    /// From: address).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) dkim_domain: Option<String>,
+    /// DKIM canonicalization: relaxed (relaxed/relaxed, the default),
+    /// simple (simple/simple), or HEADER/BODY.
+    #[arg(long, value_name = "C")]
+    pub(crate) dkim_canonicalization: Option<crate::dkim::Canonicalization>,
+    /// Sign a message that already has a DKIM-Signature too, adding ours
+    /// above it (without this, such a message is sent as it is).
+    #[arg(long)]
+    pub(crate) dkim_add: bool,
     /// Invoked as `sendmail`: quiet on success, report on stderr, and a
     /// From: added from the user's own address when nothing else gives one.
     #[arg(skip)]
@@ -499,6 +522,64 @@ pub(crate) struct SinkArgs {
     /// Offer CHUNKING and BINARYMIME and take BDAT (RFC 3030).
     #[arg(long)]
     pub(crate) chunking: bool,
+}
+
+/// `smtp dkim`.
+#[derive(Debug, Args)]
+pub(crate) struct DkimArgs {
+    #[command(subcommand)]
+    pub(crate) command: DkimCommand,
+}
+
+/// DKIM's commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DkimCommand {
+    /// Make a signing key: write the private key (mode 0600, never
+    /// overwriting a file) and print the DNS TXT record to publish.
+    Keygen(KeygenArgs),
+    /// Print the DNS TXT record that publishes an existing key.
+    Record(RecordArgs),
+}
+
+/// `smtp dkim keygen`.
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// The selector (s=): the record goes at SELECTOR._domainkey.DOMAIN.
+    #[arg(long, value_name = "SELECTOR")]
+    pub(crate) selector: String,
+    /// The signing domain (d=), usually the domain of the From: address.
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) domain: String,
+    /// An Ed25519 key (RFC 8463) instead of RSA.
+    #[arg(long)]
+    pub(crate) ed25519: bool,
+    /// RSA key size (default 2048; up to 4096).
+    #[arg(long, value_name = "N")]
+    pub(crate) bits: Option<usize>,
+    /// Where to write the private key (default SELECTOR.DOMAIN.pem); an
+    /// existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `smtp dkim record`.
+#[derive(Debug, Args)]
+pub(crate) struct RecordArgs {
+    /// The private key's PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// The selector (s=).
+    #[arg(long, value_name = "SELECTOR")]
+    pub(crate) selector: String,
+    /// The signing domain (d=).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) domain: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

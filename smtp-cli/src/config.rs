@@ -42,6 +42,12 @@ pub(crate) struct Account {
     pub(crate) helo: Option<String>,
     pub(crate) from: Option<String>,
     pub(crate) dns_server: Option<String>,
+    /// DKIM signing: the private key's PEM file, the selector, the domain
+    /// (default: each message's From: domain), the canonicalization.
+    pub(crate) dkim_key: Option<PathBuf>,
+    pub(crate) dkim_selector: Option<String>,
+    pub(crate) dkim_domain: Option<String>,
+    pub(crate) dkim_canonicalization: Option<String>,
 }
 
 /// `$XDG_CONFIG_HOME/smtp/config.toml` or `~/.config/smtp/config.toml`.

@@ -10,6 +10,7 @@ pub(crate) const EX_NOINPUT: u8 = 66;
 pub(crate) const EX_NOHOST: u8 = 68;
 pub(crate) const EX_UNAVAILABLE: u8 = 69;
 pub(crate) const EX_SOFTWARE: u8 = 70;
+pub(crate) const EX_CANTCREAT: u8 = 73;
 pub(crate) const EX_TEMPFAIL: u8 = 75;
 pub(crate) const EX_PROTOCOL: u8 = 76;
 pub(crate) const EX_NOPERM: u8 = 77;
@@ -32,6 +33,7 @@ const fn kind_of(code: u8) -> &'static str {
         EX_NOINPUT => "no-input",
         EX_NOHOST => "resolve",
         EX_UNAVAILABLE => "unavailable",
+        EX_CANTCREAT => "cant-create",
         EX_TEMPFAIL => "temporary",
         EX_PROTOCOL => "tls-policy",
         EX_NOPERM => "authentication",

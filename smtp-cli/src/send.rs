@@ -16,6 +16,7 @@ use smtp_tls::{Error as TlsError, MxConnector, Observed, Outgoing, Server, Trust
 use crate::advice;
 use crate::cli::{SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
+use crate::dkim::{Signed, Signer};
 use crate::fail::{EX_NOHOST, EX_PROTOCOL, EX_TEMPFAIL, Failure};
 use crate::greeting::GreetingHint;
 use crate::message::{Input, Prepared, PreparedBody, prepare};
@@ -230,12 +231,28 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         )));
     }
     let s = settings_with(&args, !args.queue_only)?;
+    // The key is read before any message: a wrong one stops the command
+    // before standard input is taken or anything is sent.
+    let mut signer = s.dkim.as_ref().map(Signer::load).transpose()?;
     let mut prepared = messages(&args, &s)?;
     if args.sendmail {
         add_missing_from(&args, &s, &mut prepared);
     } else {
         for m in prepared.iter().filter(|m| !m.notes.is_empty()) {
             tell!("note: {}: {}", m.name, m.notes.join("; "));
+        }
+    }
+    // Last, once every change to a message is made; before it is sent or
+    // enqueued (a queued message is never signed again).
+    if let Some(signer) = &mut signer {
+        for m in &mut prepared {
+            if signer.sign(m)? == Signed::AlreadySigned && !args.sendmail {
+                tell!(
+                    "note: {}: already signed (DKIM-Signature): sent as it is, not signed \
+                     again (--dkim-add adds a signature)",
+                    m.name
+                );
+            }
         }
     }
     let envelopes = prepared

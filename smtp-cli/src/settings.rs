@@ -9,6 +9,7 @@ use smtp_core::sasl::{AuthChoice, Credentials, Mechanism};
 
 use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
+use crate::dkim;
 use crate::fail::Failure;
 use crate::secrets::{self, DEFAULT_ENV, Source};
 use crate::send::hostname;
@@ -41,6 +42,8 @@ pub(crate) struct Settings {
     pub(crate) from_name: Option<String>,
     pub(crate) dns_server: Option<String>,
     pub(crate) timeouts: Timeouts,
+    /// DKIM signing, when asked for (the key is read by `smtp send` only).
+    pub(crate) dkim: Option<dkim::Options>,
 }
 
 /// `Name <addr>`, `"Name" <addr>`, `<addr>` or `addr`: the display name
@@ -145,7 +148,20 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         helo,
         from,
         dns_server,
+        dkim_key,
+        dkim_selector,
+        dkim_domain,
+        dkim_canonicalization,
     } = account;
+    let dkim = dkim::options(
+        args,
+        dkim::AccountDkim {
+            key: dkim_key,
+            selector: dkim_selector,
+            domain: dkim_domain,
+            canonicalization: dkim_canonicalization,
+        },
+    )?;
     let own_server = server.as_deref().map(split_server).transpose()?;
     let server = match &args.server {
         Some(s) => Some(split_server(s)?),
@@ -239,6 +255,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         from_name: sender.and_then(|(n, _)| n),
         dns_server: args.dns_server.clone().or(dns_server),
         timeouts,
+        dkim,
     })
 }
 

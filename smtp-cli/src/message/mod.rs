@@ -6,7 +6,7 @@
 //! standard input is spooled privately ([`Spool`]); a message file's body
 //! streams from the file, which is checked to be the one scanned.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -196,6 +196,49 @@ fn prepare_file(
         },
     };
     head.into_prepared(name, body, scanner)
+}
+
+/// Feeds the body to `f` in chunks: from memory, or from its file, which
+/// must still be the one scanned when it is opened and after its last byte.
+pub(crate) fn read_body(
+    body: &Body,
+    name: &str,
+    mut f: impl FnMut(&[u8]) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let (path, offset, identity) = match body {
+        Body::Memory(bytes) => return bytes.chunks(64 * 1024).try_for_each(f),
+        Body::File {
+            path,
+            offset,
+            identity,
+            ..
+        } => (path, *offset, identity),
+    };
+    let changed = || {
+        Failure::new(
+            crate::fail::EX_TEMPFAIL,
+            format!("{name}: the file changed while it was read; nothing was sent, send it again"),
+        )
+    };
+    let same = |m: io::Result<std::fs::Metadata>| m.is_ok_and(|m| Identity::of(&m) == *identity);
+    let mut file = std::fs::File::open(path).map_err(|_| changed())?;
+    if !same(file.metadata()) {
+        return Err(changed());
+    }
+    let unreadable = |e: io::Error| Failure::no_input(path, &e);
+    file.seek(io::SeekFrom::Start(offset)).map_err(unreadable)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        f(&buf[..n])?;
+    }
+    if !same(file.metadata()) || !same(std::fs::metadata(path)) {
+        return Err(changed());
+    }
+    Ok(())
 }
 
 /// A header section as read and rewritten.

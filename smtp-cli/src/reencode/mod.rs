@@ -24,16 +24,16 @@ mod header;
 mod plan;
 mod walk;
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use smtp_core::data::{BodyFacts, BodyScanner};
 
 pub(crate) use header::HeadFacts;
 
-use crate::fail::{EX_SOFTWARE, EX_TEMPFAIL, Failure};
+use crate::fail::{EX_SOFTWARE, Failure};
 use crate::identity::Identity;
-use crate::message::{Body, Prepared, body_type};
+use crate::message::{Body, Prepared, body_type, read_body};
 use crate::spool::Spool;
 use header::Fields;
 use plan::{Cause, explain};
@@ -192,49 +192,6 @@ fn retyped_head(head: &[u8], encoding: &str, add_version: bool) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
-}
-
-/// Feeds the body to `f` in chunks: from memory, or from its file, which
-/// must still be the one scanned when it is opened and after its last byte.
-fn read_body(
-    body: &Body,
-    name: &str,
-    mut f: impl FnMut(&[u8]) -> Result<(), Failure>,
-) -> Result<(), Failure> {
-    let (path, offset, identity) = match body {
-        Body::Memory(bytes) => return bytes.chunks(64 * 1024).try_for_each(f),
-        Body::File {
-            path,
-            offset,
-            identity,
-            ..
-        } => (path, *offset, identity),
-    };
-    let changed = || {
-        Failure::new(
-            EX_TEMPFAIL,
-            format!("{name}: the file changed while it was read; nothing was sent, send it again"),
-        )
-    };
-    let same = |m: io::Result<std::fs::Metadata>| m.is_ok_and(|m| Identity::of(&m) == *identity);
-    let mut file = std::fs::File::open(path).map_err(|_| changed())?;
-    if !same(file.metadata()) {
-        return Err(changed());
-    }
-    let unreadable = |e: io::Error| Failure::no_input(path, &e);
-    file.seek(io::SeekFrom::Start(offset)).map_err(unreadable)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(unreadable)?;
-        if n == 0 {
-            break;
-        }
-        f(&buf[..n])?;
-    }
-    if !same(file.metadata()) || !same(std::fs::metadata(path)) {
-        return Err(changed());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
