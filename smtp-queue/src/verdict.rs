@@ -83,10 +83,13 @@ pub(crate) fn verdict(o: &RecipientOutcome, host: &str, tls: Option<&TlsInfo>) -
                     | Phase::Rset
             );
             let code = o.reply.as_ref().map(|r| r.code().as_u16());
-            // A 421 (the server closing), or no reply at all (the
-            // connection lost), before the data: the session ended, the
-            // recipient was not refused.
-            if before_data && (code == Some(421) || code.is_none()) {
+            // Before the data, the session ended and the recipient was not
+            // refused when: a 421 (the server closing); no reply at all
+            // (the connection lost); or a reply that refuses nothing (1xx
+            // to 3xx out of place: the reply stream is out of step, and
+            // the messages behind it were never sent).
+            let refuses = code.is_some_and(|c| (400..600).contains(&c));
+            if before_data && (code == Some(421) || !refuses) {
                 Verdict::SessionEnded(a)
             } else {
                 Verdict::Retry {
@@ -94,6 +97,60 @@ pub(crate) fn verdict(o: &RecipientOutcome, host: &str, tls: Option<&TlsInfo>) -
                     unknown: false,
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smtp_core::address::Mailbox;
+    use smtp_core::reply::{Reply, ReplyCode};
+    use smtp_core::{Phase, RecipientOutcome, RecipientStatus};
+
+    use super::{Verdict, verdict};
+
+    fn deferred(phase: Phase, code: Option<u16>) -> RecipientOutcome {
+        RecipientOutcome {
+            recipient: Mailbox::parse("b@example.net").unwrap(),
+            status: RecipientStatus::Deferred,
+            phase,
+            reply: code.map(|c| Reply::new(ReplyCode::new(c).unwrap(), None, vec!["x".into()])),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_reply_out_of_step_before_the_data_ends_the_session_and_refuses_nobody() {
+        for (phase, code) in [
+            (Phase::Rcpt, 354),
+            (Phase::Data, 250),
+            (Phase::Mail, 250),
+            (Phase::Mail, 334),
+        ] {
+            let v = verdict(&deferred(phase, Some(code)), "mx", None);
+            assert!(
+                matches!(v, Verdict::SessionEnded(_)),
+                "{phase:?} {code}: {v:?}"
+            );
+        }
+        for (phase, code) in [(Phase::Rcpt, 421), (Phase::Mail, 0)] {
+            let reply = (code != 0).then_some(code);
+            let v = verdict(&deferred(phase, reply), "mx", None);
+            assert!(
+                matches!(v, Verdict::SessionEnded(_)),
+                "{phase:?} {code}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_temporary_refusal_is_a_retry() {
+        for (phase, code) in [(Phase::Rcpt, 451), (Phase::Mail, 452), (Phase::Data, 450)] {
+            let v = verdict(&deferred(phase, Some(code)), "mx", None);
+            assert!(
+                matches!(v, Verdict::Retry { unknown: false, .. }),
+                "{phase:?} {code}: {v:?}"
+            );
         }
     }
 }
