@@ -433,6 +433,12 @@ pub(crate) struct QueueRunArgs {
     /// Port for direct delivery (default 25).
     #[arg(long, value_name = "N")]
     pub(crate) mx_port: Option<u16>,
+    /// Seconds to wait for a connection (as `send`'s).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) connect_timeout: Option<u64>,
+    /// Seconds to wait for each reply (as `send`'s).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) command_timeout: Option<u64>,
     #[command(flatten)]
     pub(crate) retry: RetryArgs,
 }

@@ -723,3 +723,42 @@ fn queue_run_exits_as_send_does_for_what_it_recorded_and_prints_one_json_object(
     assert_eq!(out.status.code(), Some(66), "{}", both(&out));
     assert_eq!(json(&out)["error"]["kind"], "no-queue");
 }
+
+#[test]
+fn queue_run_takes_the_timeouts_send_takes() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    enqueue(&rt, dir.path(), &["b@example.net"]);
+    // A server that accepts and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let held = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(stream);
+    });
+    let q = dir.path().to_str().unwrap();
+    let out = smtp(&[
+        "queue",
+        "run",
+        "--queue",
+        q,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--tls",
+        "none",
+        "--command-timeout",
+        "1",
+        "--connect-timeout",
+        "1",
+    ]);
+    let all = both(&out);
+    assert_eq!(out.status.code(), Some(75), "{all}");
+    assert!(
+        all.contains("1s"),
+        "the greeting waited --command-timeout: {all}"
+    );
+    drop(held);
+}

@@ -44,8 +44,10 @@ pub(crate) fn run_command(args: &SendArgs) -> String {
     flag("--helo", args.helo.clone());
     flag("--dns-server", args.dns_server.clone());
     flag("--mx-port", args.mx_port.map(|p| p.to_string()));
-    let r = &args.retry;
     let n = |v: Option<u64>| v.map(|v| v.to_string());
+    flag("--connect-timeout", n(args.connect_timeout));
+    flag("--command-timeout", n(args.command_timeout));
+    let r = &args.retry;
     let m = |v: Option<u16>| v.map(|v| v.to_string());
     flag("--retry-first", n(r.retry_first));
     flag("--retry-max", n(r.retry_max));
@@ -95,10 +97,11 @@ mod tests {
         args.login.user = Some("alice".into());
         args.login.password_file = Some(PathBuf::from("/etc/smtp/pw"));
         args.retry.retry_first = Some(60);
+        args.command_timeout = Some(5);
         assert_eq!(
             run_command(&args),
             "smtp queue run --queue '/var/q x' --server 127.0.0.1:2525 --tls none \
-             --user alice --password-file /etc/smtp/pw --retry-first 60"
+             --user alice --password-file /etc/smtp/pw --command-timeout 5 --retry-first 60"
         );
         // A bare --queue: the default directory, named by no flag.
         let args = SendArgs {

@@ -58,6 +58,8 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
         config: args.config,
         account: args.account,
         dns_server: args.dns_server,
+        connect_timeout: args.connect_timeout,
+        command_timeout: args.command_timeout,
         ..SendArgs::default()
     };
     let s = crate::settings::settings(&send)?;
