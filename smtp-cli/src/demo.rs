@@ -101,10 +101,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
 
     let timeouts = Timeouts::uniform(Duration::from_secs(10));
     let observe = |e: &Event| {
-        if let Event::Transcript(line) = e {
-            if args.verbose {
-                tell!("{line}");
-            }
+        if let Event::Transcript(line) = e
+            && args.verbose
+        {
+            tell!("{line}");
         }
     };
 

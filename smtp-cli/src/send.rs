@@ -415,10 +415,10 @@ async fn standard(
             report
         })
         .collect();
-    if found.is_empty() {
-        if let Some(e) = &session.error {
-            return Err(Failure::new(EX_TEMPFAIL, advice::error_text(e)));
-        }
+    if found.is_empty()
+        && let Some(e) = &session.error
+    {
+        return Err(Failure::new(EX_TEMPFAIL, advice::error_text(e)));
     }
     if let Some(e) = &session.error {
         tell!("smtp: {}", advice::error_text(e));
@@ -479,10 +479,10 @@ fn settled_report(
 /// when a server's lack of BINARYMIME stopped it (sendmail mode prints its
 /// whole report there anyway).
 fn tell_binary_cause(args: &SendArgs, cause: Option<&String>, outcomes: &[RecipientOutcome]) {
-    if let (false, Some(cause)) = (args.sendmail, cause) {
-        if outcomes.iter().any(needs_binary) {
-            tell!("smtp: {cause}");
-        }
+    if let (false, Some(cause)) = (args.sendmail, cause)
+        && outcomes.iter().any(needs_binary)
+    {
+        tell!("smtp: {cause}");
     }
 }
 

@@ -122,14 +122,13 @@ pub(crate) fn settings(args: &SendArgs) -> Result<Settings, Failure> {
 /// the program that enqueues need not be able to).
 pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settings, Failure> {
     let command_line_source = args.login.source()?;
-    if let (Some(port), Some(server)) = (args.port, &args.server) {
-        if let (_, Some(in_server)) = split_server(server)? {
-            if in_server != port {
-                return Err(Failure::usage(format!(
-                    "--server {server} and --port {port} name two ports; give one"
-                )));
-            }
-        }
+    if let (Some(port), Some(server)) = (args.port, &args.server)
+        && let (_, Some(in_server)) = split_server(server)?
+        && in_server != port
+    {
+        return Err(Failure::usage(format!(
+            "--server {server} and --port {port} name two ports; give one"
+        )));
     }
     let account =
         config::load(args.config.as_deref(), args.account.as_deref())?.unwrap_or_default();

@@ -70,10 +70,10 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Ok(mut live) = LIVE.lock() {
-            if let Some(l) = live.as_mut() {
-                l.retain(|d| d != &self.dir);
-            }
+        if let Ok(mut live) = LIVE.lock()
+            && let Some(l) = live.as_mut()
+        {
+            l.retain(|d| d != &self.dir);
         }
     }
 }

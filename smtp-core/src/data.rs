@@ -212,16 +212,16 @@ impl Lines {
     fn check(&mut self, run: &[u8]) -> Result<(), BodyError> {
         self.line_len += run.len() as u64;
         self.seen.longest_line = self.seen.longest_line.max(self.line_len);
-        if let Some(limit) = self.rules.max_line_len {
-            if self.line_len > limit as u64 {
-                self.seen.first_long_line.get_or_insert(self.line);
-                if self.enforce {
-                    return Err(BodyError::LineTooLong {
-                        line: self.line,
-                        len: self.line_len,
-                        limit,
-                    });
-                }
+        if let Some(limit) = self.rules.max_line_len
+            && self.line_len > limit as u64
+        {
+            self.seen.first_long_line.get_or_insert(self.line);
+            if self.enforce {
+                return Err(BodyError::LineTooLong {
+                    line: self.line,
+                    len: self.line_len,
+                    limit,
+                });
             }
         }
         // One pass that vectorises well: OR of all bytes tells 8-bit.

@@ -119,11 +119,11 @@ impl Spool {
                 .err()
                 .unwrap_or_else(|| Error::Misuse("a failed body write without its error".into())));
         }
-        if !files.is_empty() {
-            if let Err(e) = sync_dir(&self.bodies).await {
-                undo(files).await;
-                return Err(e);
-            }
+        if !files.is_empty()
+            && let Err(e) = sync_dir(&self.bodies).await
+        {
+            undo(files).await;
+            return Err(e);
         }
         Ok(placed.into_iter().filter_map(|(_, r)| r.ok()).collect())
     }

@@ -266,15 +266,15 @@ impl Zone {
             })
             .collect();
         for exchange in exchanges {
-            if let Some(node) = self.get(&exchange) {
-                if node.behavior == Behavior::Answer {
-                    answer
-                        .additionals
-                        .extend(Self::records_of(node, RecordType::A));
-                    answer
-                        .additionals
-                        .extend(Self::records_of(node, RecordType::AAAA));
-                }
+            if let Some(node) = self.get(&exchange)
+                && node.behavior == Behavior::Answer
+            {
+                answer
+                    .additionals
+                    .extend(Self::records_of(node, RecordType::A));
+                answer
+                    .additionals
+                    .extend(Self::records_of(node, RecordType::AAAA));
             }
         }
         if answer.answers.is_empty() {

@@ -170,12 +170,12 @@ async fn serve(
         if lines.read_line(&mut line).await? == 0 {
             return Ok(());
         }
-        if let Some(n) = config.stall_after {
-            if lock(state).messages.len() >= n {
-                // Silence: the client times out or is stopped.
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return Ok(());
-            }
+        if let Some(n) = config.stall_after
+            && lock(state).messages.len() >= n
+        {
+            // Silence: the client times out or is stopped.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(());
         }
         let upper = line.trim_end().to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {

@@ -227,12 +227,11 @@ impl Session {
         let (first, positions) = (batch.first, batch.positions.clone());
         let mut on_event = |seen: Observed<'_>| {
             observe(seen);
-            if let Some(outcome) = seen.settled() {
-                if let Some(slot) =
+            if let Some(outcome) = seen.settled()
+                && let Some(slot) =
                     position_of(first, &positions, outcome.message).and_then(|p| results.get_mut(p))
-                {
-                    *slot = Some(Ok(outcome.clone()));
-                }
+            {
+                *slot = Some(Ok(outcome.clone()));
             }
         };
         self.run(&mut batch, Until::Idle, &mut on_event).await;

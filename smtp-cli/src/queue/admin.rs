@@ -173,12 +173,12 @@ fn relay_key(args: &QueueRetryArgs) -> Result<Option<String>, Failure> {
         return Ok(None);
     };
     let (host, in_server) = crate::settings::split_server(server)?;
-    if let (Some(a), Some(b)) = (in_server, args.port) {
-        if a != b {
-            return Err(Failure::usage(format!(
-                "--server {server} and --port {b} name two ports; give one"
-            )));
-        }
+    if let (Some(a), Some(b)) = (in_server, args.port)
+        && a != b
+    {
+        return Err(Failure::usage(format!(
+            "--server {server} and --port {b} name two ports; give one"
+        )));
     }
     let port = in_server
         .or(args.port)

@@ -286,13 +286,12 @@ fn warn_plaintext_secret(server: &Server) {
     use smtp_core::sasl::AuthChoice;
     let plaintext = server.policy == smtp_core::TlsPolicy::None && !server.implicit_tls;
     if let (true, Some(_), AuthChoice::Explicit(m)) = (plaintext, &server.credentials, server.auth)
+        && m.reveals_secret()
     {
-        if m.reveals_secret() {
-            tell!(
-                "warning: {}",
-                crate::advice::warning_text(&smtp_core::Warning::PlaintextSecret(m))
-            );
-        }
+        tell!(
+            "warning: {}",
+            crate::advice::warning_text(&smtp_core::Warning::PlaintextSecret(m))
+        );
     }
 }
 

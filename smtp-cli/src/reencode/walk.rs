@@ -348,12 +348,11 @@ impl<'p> Walker<'p> {
     /// A line of a body is content (not a delimiter): a line break held
     /// before it is content too.
     fn begin_content(&mut self, out: &mut Vec<u8>) {
-        if let Some(Frame::Leaf(leaf)) = self.frames.last_mut() {
-            if let Some((_, e)) = &mut leaf.encoder {
-                if std::mem::take(&mut leaf.pending_break) {
-                    e.line_break(out);
-                }
-            }
+        if let Some(Frame::Leaf(leaf)) = self.frames.last_mut()
+            && let Some((_, e)) = &mut leaf.encoder
+            && std::mem::take(&mut leaf.pending_break)
+        {
+            e.line_break(out);
         }
     }
 
@@ -368,7 +367,7 @@ impl<'p> Walker<'p> {
                 // long is broken where it reaches 998.
                 let mut rest = bytes;
                 while !rest.is_empty() {
-                    if self.written > 0 && self.written % MAX_LINE == 0 {
+                    if self.written > 0 && self.written.is_multiple_of(MAX_LINE) {
                         out.extend_from_slice(b"\r\n");
                     }
                     let room = MAX_LINE - self.written % MAX_LINE;

@@ -254,14 +254,14 @@ impl Client {
         if matches!(self.state, State::Closed | State::Failed) {
             return;
         }
-        if let Some((deadline, phase, limit)) = self.pending.deadline(&self.config.timeouts) {
-            if now >= deadline {
-                if self.state == State::Quitting && self.messages.is_empty() {
-                    // The server never answered QUIT; nothing is lost.
-                    self.close();
-                } else {
-                    self.fail(Error::Timeout { phase, limit });
-                }
+        if let Some((deadline, phase, limit)) = self.pending.deadline(&self.config.timeouts)
+            && now >= deadline
+        {
+            if self.state == State::Quitting && self.messages.is_empty() {
+                // The server never answered QUIT; nothing is lost.
+                self.close();
+            } else {
+                self.fail(Error::Timeout { phase, limit });
             }
         }
     }

@@ -20,13 +20,13 @@ pub(super) fn precheck(
     // First: a UTF-8 address is the real cause when its message is also
     // 8-bit (its header fields name the address).
     if !caps.smtputf8() {
-        if let ReversePath::Mailbox(m) = &envelope.from {
-            if m.needs_smtputf8() {
-                return Err(MessageError::Utf8Unsupported {
-                    address: m.to_string(),
-                    sender: true,
-                });
-            }
+        if let ReversePath::Mailbox(m) = &envelope.from
+            && m.needs_smtputf8()
+        {
+            return Err(MessageError::Utf8Unsupported {
+                address: m.to_string(),
+                sender: true,
+            });
         }
         if let Some(m) = envelope.to.iter().find(|m| m.needs_smtputf8()) {
             return Err(MessageError::Utf8Unsupported {
@@ -45,10 +45,10 @@ pub(super) fn precheck(
     if envelope.require_tls && !(tls && caps.requiretls()) {
         return Err(MessageError::RequireTlsUnsupported);
     }
-    if let (Some(size), Some(Size::Max(limit))) = (envelope.size, caps.size()) {
-        if size > limit {
-            return Err(MessageError::TooLarge { size, limit });
-        }
+    if let (Some(size), Some(Size::Max(limit))) = (envelope.size, caps.size())
+        && size > limit
+    {
+        return Err(MessageError::TooLarge { size, limit });
     }
     Ok(())
 }

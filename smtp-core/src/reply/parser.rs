@@ -245,10 +245,10 @@ fn check_incomplete(
             line: excerpt(rest),
         });
     }
-    if let (Some(code), Some(first)) = (rest.get(..3).and_then(ReplyCode::from_digits), first) {
-        if code != first {
-            return Err(ReplyError::InconsistentCode { first, found: code });
-        }
+    if let (Some(code), Some(first)) = (rest.get(..3).and_then(ReplyCode::from_digits), first)
+        && code != first
+    {
+        return Err(ReplyError::InconsistentCode { first, found: code });
     }
     // A CR right after the code may be the start of the CRLF; anything after it may not.
     match (rest.get(3), rest.len()) {

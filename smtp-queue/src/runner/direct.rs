@@ -58,10 +58,10 @@ impl Direct {
     /// `domain`'s plan: from the cache when it is fresh; a temporary DNS
     /// failure is not kept (the next round asks again).
     async fn plan(&self, domain: &str) -> Planned {
-        if let Some((at, plan)) = lock(&self.plans).get(domain) {
-            if at.elapsed() < PLAN_TTL {
-                return plan.clone();
-            }
+        if let Some((at, plan)) = lock(&self.plans).get(domain)
+            && at.elapsed() < PLAN_TTL
+        {
+            return plan.clone();
         }
         let plan = plan_domain(
             self.resolver.as_ref(),
@@ -386,10 +386,10 @@ impl Runner {
                 let _ = tx.send((k, decided.to_vec()));
             };
             let trace = |t: Trace<'_>| {
-                if let Trace::Data { message, .. } = t {
-                    if let Some(sent) = lock(&data_sent).get_mut(message) {
-                        *sent = true;
-                    }
+                if let Trace::Data { message, .. } = t
+                    && let Some(sent) = lock(&data_sent).get_mut(message)
+                {
+                    *sent = true;
                 }
             };
             let send = deliver_batch(

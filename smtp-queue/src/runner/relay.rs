@@ -93,13 +93,12 @@ impl Runner {
                 // takes from 0, in `sending`'s order (it refuses none: each
                 // has recipients; once over, it takes no more and sends
                 // nothing).
-                if let smtp_core::Event::BodyWanted(id) = seen.event() {
-                    if let Some(sent) = usize::try_from(id.index())
+                if let smtp_core::Event::BodyWanted(id) = seen.event()
+                    && let Some(sent) = usize::try_from(id.index())
                         .ok()
                         .and_then(|k| data_sent.get_mut(k))
-                    {
-                        *sent = true;
-                    }
+                {
+                    *sent = true;
                 }
             };
             let send = session.send_all(&mut outgoing, &mut observe);

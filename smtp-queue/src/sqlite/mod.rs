@@ -291,11 +291,11 @@ impl SqliteStore {
     }
 
     fn write_log(&self, entries: &[Entry]) {
-        if let Some(log) = &self.log {
-            if let Err(e) = log.append(entries) {
-                // The change is committed; the log is its history, not its truth.
-                tracing::warn!(error = %e, "the outcome log was not written");
-            }
+        if let Some(log) = &self.log
+            && let Err(e) = log.append(entries)
+        {
+            // The change is committed; the log is its history, not its truth.
+            tracing::warn!(error = %e, "the outcome log was not written");
         }
     }
 
