@@ -68,6 +68,10 @@ impl Spool {
         for d in [dir, &spool.bodies, &spool.tmp] {
             private_dir(d).map_err(|e| Error::io("creating the spool directory", d, e))?;
         }
+        for d in [&spool.bodies, &spool.tmp] {
+            give_to_owner(dir, d)
+                .map_err(|e| Error::io("giving a spool directory to the queue's owner", d, e))?;
+        }
         Ok(spool)
     }
 
@@ -257,6 +261,26 @@ impl Spool {
     }
 }
 
+/// Makes `file` belong to the owner of the queue directory `dir` when it
+/// does not: root enqueueing into a service's queue must not leave files
+/// the service cannot read. Only root can give a file away; anyone else
+/// writing to another user's queue gets the error (and cannot get past
+/// its 0700 directories anyway).
+pub(crate) fn give_to_owner(dir: &Path, file: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(dir)?;
+        let now = std::fs::symlink_metadata(file)?;
+        if (now.uid(), now.gid()) != (owner.uid(), owner.gid()) {
+            std::os::unix::fs::chown(file, Some(owner.uid()), Some(owner.gid()))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, file);
+    Ok(())
+}
+
 /// Creates `dir` and its missing parents, owner-only (0700) on Unix; an
 /// existing directory is left as it is.
 fn private_dir(dir: &Path) -> io::Result<()> {
@@ -323,6 +347,9 @@ async fn write_tmp(
         .open(tmp)
         .await
         .map_err(io_err("creating a body file"))?;
+    if let Some(dir) = tmp.parent() {
+        give_to_owner(dir, tmp).map_err(io_err("giving a body file to the queue's owner"))?;
+    }
     let mut hasher = Sha256::new();
     hasher.update(&head);
     let mut size = head.len() as u64;

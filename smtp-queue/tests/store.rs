@@ -1213,3 +1213,47 @@ async fn a_batch_of_many_messages_keeps_every_recipient_in_place() {
     let got: Vec<_> = some.iter().map(|m| m.id.clone()).collect();
     assert_eq!(got, [ids[0].clone(), ids[2].clone()]);
 }
+
+/// Root enqueueing into a queue another user's service runs: every file
+/// it creates there belongs to the queue's owner, or the service could
+/// not read the body (and would fail the message) or open the database.
+/// Run as another user, the queue is that user's own and nothing changes
+/// hands; the test checks that instead.
+#[tokio::test]
+async fn files_made_in_another_users_queue_belong_to_the_queue_s_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("svc");
+    std::fs::create_dir(&spool).unwrap();
+    let me = std::fs::metadata(&spool).unwrap().uid();
+    // nobody:nogroup, when root can give the directory away.
+    let owner = if me == 0 {
+        std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
+        65534
+    } else {
+        me
+    };
+    let store = files_only(&spool).await;
+    let mut large = message(&["b@example.net"], "");
+    large.body = Body::Source(Box::new(Generated {
+        len: 64 * 1024 + 1,
+        pos: 0,
+    }));
+    store.enqueue(vec![large], t(0)).await.unwrap();
+    let uid = |p: &Path| std::fs::metadata(p).unwrap().uid();
+    for path in [
+        spool.join("bodies"),
+        spool.join("tmp"),
+        spool.join("queue.db"),
+        spool.join("outcomes.jsonl"),
+    ] {
+        assert_eq!(uid(&path), owner, "{}", path.display());
+    }
+    let bodies: Vec<_> = std::fs::read_dir(spool.join("bodies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(bodies.len(), 1, "the large body is a file");
+    assert_eq!(uid(&bodies[0]), owner);
+    store.close().await;
+}

@@ -28,7 +28,7 @@ use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
 use tokio::sync::Semaphore;
 
 use super::record::Unrecorded;
-use super::{Runner, lock};
+use super::{Runner, Unreadable, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
@@ -340,22 +340,18 @@ impl Runner {
                     .collect();
                 e
             });
-            match (envelope, body.map_err(|e| e.to_string())) {
+            match (
+                envelope.map_err(Unreadable::Broken),
+                body.map_err(Unreadable::from),
+            ) {
                 (Ok(envelope), Ok(body)) => {
                     envelopes.push(envelope);
                     bodies.push(body);
                     units.push(unit);
                 }
                 (Err(why), _) | (_, Err(why)) => {
-                    let attempt = Attempt {
-                        text: why,
-                        ..Attempt::default()
-                    };
-                    let outcomes = unit
-                        .positions
-                        .iter()
-                        .map(|&i| (claimed.recipients[i].id, Outcome::Failed(attempt.clone())))
-                        .collect();
+                    let ids = unit.positions.iter().map(|&i| claimed.recipients[i].id);
+                    let outcomes = self.unreadable(claimed, ids, &why);
                     self.record(claimed, &claimed.lease, outcomes).await?;
                 }
             }

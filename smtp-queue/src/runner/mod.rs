@@ -35,11 +35,11 @@ pub use self::direct::mx_destination;
 mod record;
 mod relay;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::RunEvent;
 use crate::schedule::Schedule;
 use crate::stop::Stop;
-use crate::store::{BodyKind, Claimed, MessageId, RecipientId, Store};
+use crate::store::{Attempt, BodyKind, Claimed, MessageId, Outcome, RecipientId, Store};
 
 /// How a [`Runner`] works.
 #[derive(Clone, Debug)]
@@ -424,14 +424,43 @@ impl Runner {
     pub(super) async fn outgoing(
         &self,
         claimed: &Claimed,
-    ) -> std::result::Result<Outgoing, String> {
-        let envelope = self.envelope_of(claimed)?;
+    ) -> std::result::Result<Outgoing, Unreadable> {
+        let envelope = self.envelope_of(claimed).map_err(Unreadable::Broken)?;
         let body = self
             .store
             .open_body(&claimed.lease.message)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Unreadable::from)?;
         Ok(Outgoing { envelope, body })
+    }
+
+    /// The outcomes of `ids`, recipients of a message that could not be
+    /// read: failed when the message is broken, else deferred (a local
+    /// fault: the body file's permissions, an I/O error).
+    pub(super) fn unreadable(
+        &self,
+        claimed: &Claimed,
+        ids: impl Iterator<Item = RecipientId>,
+        why: &Unreadable,
+    ) -> Vec<(RecipientId, Outcome)> {
+        let now = SystemTime::now();
+        let text = why.to_string();
+        if matches!(why, Unreadable::Local(_)) {
+            tracing::warn!(message_id = %claimed.lease.message, error = %text,
+                "a message's body could not be read; deferred");
+        }
+        ids.map(|id| {
+            let attempt = Attempt {
+                text: text.clone(),
+                ..Attempt::default()
+            };
+            let outcome = match why {
+                Unreadable::Broken(_) => Outcome::Failed(attempt),
+                Unreadable::Local(_) => self.retry(claimed, id, attempt, now),
+            };
+            (id, outcome)
+        })
+        .collect()
     }
 
     /// The message's envelope, every claimed recipient in claimed order.
@@ -471,6 +500,43 @@ fn address(claimed: &Claimed, id: RecipientId) -> String {
         .unwrap_or_default()
 }
 
+/// Why a claimed message could not be made ready to send.
+#[derive(Debug)]
+pub(super) enum Unreadable {
+    /// The message itself is broken (its envelope does not parse, its body
+    /// is missing or altered): it fails.
+    Broken(String),
+    /// A local fault reading it (permissions, I/O): it is deferred.
+    Local(String),
+}
+
+impl From<Error> for Unreadable {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Corrupt { .. } | Error::NotFound(_) => Self::Broken(e.to_string()),
+            Error::Storage {
+                doing,
+                path,
+                source,
+            } => Self::Local(format!(
+                "cannot read it while {doing}{}: {source}; the queue's files must be readable \
+                 by the user running `smtp queue run`",
+                path.map(|p| format!(" ({})", p.display()))
+                    .unwrap_or_default()
+            )),
+            other => Self::Local(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Broken(s) | Self::Local(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Splits claimed messages into batches of at most `per` messages.
 fn batches(claimed: Vec<Claimed>, per: usize) -> Vec<Vec<Claimed>> {
     let per = per.max(1);
@@ -480,4 +546,31 @@ fn batches(claimed: Vec<Claimed>, per: usize) -> Vec<Vec<Claimed>> {
         out.push(it.by_ref().take(per).collect());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, MessageId, Unreadable};
+
+    #[test]
+    fn a_broken_message_fails_and_a_local_fault_reading_it_defers() {
+        let id = MessageId::parse("018bcfe568e8a3f1c2d4e5f60718").unwrap();
+        let corrupt = Error::corrupt(Some(&id), "its body file is missing");
+        assert!(matches!(Unreadable::from(corrupt), Unreadable::Broken(_)));
+        assert!(matches!(
+            Unreadable::from(Error::NotFound(id)),
+            Unreadable::Broken(_)
+        ));
+        let denied = Error::io(
+            "opening a body file",
+            "/var/q/bodies/x",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let why = Unreadable::from(denied);
+        assert!(matches!(why, Unreadable::Local(_)), "{why:?}");
+        let text = why.to_string();
+        assert!(text.contains("/var/q/bodies/x"), "{text}");
+        assert!(text.contains("readable by the user running"), "{text}");
+        assert!(!text.contains("writable and has space"), "{text}");
+    }
 }

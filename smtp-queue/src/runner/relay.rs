@@ -40,15 +40,8 @@ impl Runner {
                     sending.push(claimed);
                 }
                 Err(why) => {
-                    let attempt = Attempt {
-                        text: why,
-                        ..Attempt::default()
-                    };
-                    let outcomes = claimed
-                        .recipients
-                        .iter()
-                        .map(|r| (r.id, Outcome::Failed(attempt.clone())))
-                        .collect();
+                    let ids = claimed.recipients.iter().map(|r| r.id);
+                    let outcomes = self.unreadable(&claimed, ids, &why);
                     self.record(&claimed, &claimed.lease, outcomes).await?;
                 }
             }

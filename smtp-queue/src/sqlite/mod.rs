@@ -185,6 +185,16 @@ impl SqliteStore {
             use std::os::unix::fs::PermissionsExt;
             for suffix in ["", "-wal", "-shm"] {
                 let file = dir.join(format!("queue.db{suffix}"));
+                match crate::spool::give_to_owner(dir, &file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(
+                            "giving the queue database to the queue's owner",
+                            &file,
+                            e,
+                        ));
+                    }
+                    _ => {}
+                }
                 match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(Error::io("making the queue database private", &file, e));
@@ -199,7 +209,14 @@ impl SqliteStore {
         )
         .await?;
         let log = match &settings.log {
-            LogPlace::Spool => Some(OutcomeLog::open(&dir.join("outcomes.jsonl"))?),
+            LogPlace::Spool => {
+                let path = dir.join("outcomes.jsonl");
+                let log = OutcomeLog::open(&path)?;
+                crate::spool::give_to_owner(dir, &path).map_err(|e| {
+                    Error::io("giving the outcome log to the queue's owner", &path, e)
+                })?;
+                Some(log)
+            }
             LogPlace::Path(path) => Some(OutcomeLog::open(path)?),
             LogPlace::Off => None,
         };
