@@ -417,7 +417,10 @@ async fn txt_values_are_cut_into_strings_of_255_octets() {
         .txt("example.org", "v=spf1 ip4:192.0.2.0/24 -all")
         .txt("example.org", "another")
         .txt("s1._domainkey.example.org", &long)
-        .txt_strings("split.example.org", &[b"v=spf1 ".to_vec(), b"-all".to_vec()]);
+        .txt_strings(
+            "split.example.org",
+            &[b"v=spf1 ".to_vec(), b"-all".to_vec()],
+        );
     let server = DnsServer::start(zone).await.unwrap();
     let strings = |m: &Message| -> Vec<Vec<String>> {
         m.answers
@@ -443,7 +446,10 @@ async fn txt_values_are_cut_into_strings_of_255_octets() {
     let m = tcp(server.addr(), &q).await.unwrap();
     let got = strings(&m);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].iter().map(String::len).collect::<Vec<_>>(), [255, long.len() - 255]);
+    assert_eq!(
+        got[0].iter().map(String::len).collect::<Vec<_>>(),
+        [255, long.len() - 255]
+    );
     assert_eq!(got[0].concat(), long);
     let m = ask(&server, "split.example.org.", RecordType::TXT).await;
     assert_eq!(strings(&m), [vec!["v=spf1 ", "-all"]]);
