@@ -391,3 +391,161 @@ fn spec(m: &Macro) -> String {
         Macro::Variable { .. } | Macro::List(_) => ":%{…}".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use smtp_core::delivery::mx::{MxRecord, Resolver};
+
+    use super::*;
+
+    /// Answers from maps; a name in none of them is NXDOMAIN. Counts the
+    /// queries.
+    #[derive(Default)]
+    struct Fake {
+        txt: HashMap<String, Vec<String>>,
+        a: HashMap<String, Vec<IpAddr>>,
+        mx: HashMap<String, Vec<MxRecord>>,
+        ptr: HashMap<IpAddr, Vec<String>>,
+        queries: Mutex<usize>,
+    }
+
+    impl Fake {
+        fn txt(mut self, name: &str, value: &str) -> Self {
+            self.txt.entry(name.into()).or_default().push(value.into());
+            self
+        }
+        fn a(mut self, name: &str, ip: &str) -> Self {
+            self.a
+                .entry(name.into())
+                .or_default()
+                .push(ip.parse().unwrap());
+            self
+        }
+        fn asked(&self) {
+            *self.queries.lock().unwrap() += 1;
+        }
+    }
+
+    #[async_trait]
+    impl Resolver for Fake {
+        async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
+            self.asked();
+            self.mx.get(domain).cloned().ok_or(DnsError::NxDomain)
+        }
+        async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+            self.asked();
+            self.a.get(host).cloned().ok_or(DnsError::NxDomain)
+        }
+    }
+
+    #[async_trait]
+    impl RecordResolver for Fake {
+        async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+            self.asked();
+            if name == "broken.example" {
+                return Err(DnsError::Temporary("SERVFAIL".into()));
+            }
+            self.txt.get(name).cloned().ok_or(DnsError::NxDomain)
+        }
+        async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+            self.asked();
+            self.ptr.get(&ip).cloned().ok_or(DnsError::NxDomain)
+        }
+    }
+
+    fn run(fake: &Fake, ip: &str, domain: &str) -> Evaluation {
+        let ip = ip.parse().unwrap();
+        block_on(check_host(fake, ip, domain, &format!("a@{domain}")))
+    }
+
+    /// The evaluation, on a current-thread runtime.
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn ip6_cidr_and_the_default_result() {
+        let fake = Fake::default().txt("e.example", "v=spf1 ip6:2001:db8::/32 ip4:192.0.2.0/25");
+        assert_eq!(
+            run(&fake, "2001:db8:1::1", "e.example").result,
+            SpfResult::Pass
+        );
+        assert_eq!(
+            run(&fake, "192.0.2.100", "e.example").result,
+            SpfResult::Pass
+        );
+        let e = run(&fake, "192.0.2.200", "e.example");
+        assert_eq!(e.result, SpfResult::Neutral);
+        assert!(e.decided_by.unwrap().contains("no term matched"));
+    }
+
+    #[test]
+    fn an_include_without_a_record_is_a_permerror_and_a_failing_lookup_a_temperror() {
+        let fake = Fake::default()
+            .txt("e.example", "v=spf1 include:gone.example -all")
+            .txt("t.example", "v=spf1 include:broken.example -all");
+        assert!(matches!(
+            run(&fake, "192.0.2.1", "e.example").result,
+            SpfResult::PermError(_)
+        ));
+        assert!(matches!(
+            run(&fake, "192.0.2.1", "t.example").result,
+            SpfResult::TempError(_)
+        ));
+    }
+
+    #[test]
+    fn more_than_two_void_lookups_is_a_permerror() {
+        let fake = Fake::default().txt(
+            "e.example",
+            "v=spf1 a:v1.example a:v2.example a:v3.example -all",
+        );
+        let e = run(&fake, "192.0.2.1", "e.example");
+        assert!(
+            matches!(&e.result, SpfResult::PermError(w) if w.contains("found nothing")),
+            "{e:?}"
+        );
+        let fake = Fake::default().txt("e.example", "v=spf1 a:v1.example a:v2.example -all");
+        assert_eq!(run(&fake, "192.0.2.1", "e.example").result, SpfResult::Fail);
+    }
+
+    #[test]
+    fn macros_are_expanded_for_exists() {
+        let fake = Fake::default()
+            .txt("e.example", "v=spf1 exists:%{ir}.%{l}._spf.%{d} -all")
+            .a("1.2.0.192.a._spf.e.example", "127.0.0.2");
+        assert_eq!(run(&fake, "192.0.2.1", "e.example").result, SpfResult::Pass);
+        assert_eq!(run(&fake, "192.0.2.9", "e.example").result, SpfResult::Fail);
+    }
+
+    #[test]
+    fn the_ptr_mechanism_needs_a_confirmed_name_under_the_domain() {
+        let mut fake = Fake::default()
+            .txt("e.example", "v=spf1 ptr -all")
+            .a("mail.e.example", "192.0.2.1");
+        fake.ptr
+            .insert("192.0.2.1".parse().unwrap(), vec!["mail.e.example".into()]);
+        fake.ptr
+            .insert("192.0.2.2".parse().unwrap(), vec!["mail.e.example".into()]);
+        assert_eq!(run(&fake, "192.0.2.1", "e.example").result, SpfResult::Pass);
+        assert_eq!(run(&fake, "192.0.2.2", "e.example").result, SpfResult::Fail);
+    }
+
+    #[test]
+    fn a_redirect_loop_stops_at_the_lookup_limit() {
+        let fake = Fake::default().txt("e.example", "v=spf1 redirect=e.example");
+        let e = run(&fake, "192.0.2.1", "e.example");
+        assert!(
+            matches!(&e.result, SpfResult::PermError(w) if w.contains("more than 10")),
+            "{e:?}"
+        );
+        assert!(*fake.queries.lock().unwrap() <= 12);
+    }
+}
