@@ -293,11 +293,8 @@ impl Eval<'_> {
                     return Term::Stop(stop);
                 }
                 let target = self.expand(macro_string, domain).to_ascii_lowercase();
-                let names = match self.resolver.ptr(self.ip).await {
-                    Ok(n) => n,
-                    // A failed PTR lookup is no match (RFC 7208 §5.5).
-                    Err(_) => Vec::new(),
-                };
+                // A failed PTR lookup is no match (RFC 7208 §5.5).
+                let names: Vec<String> = self.resolver.ptr(self.ip).await.unwrap_or_default();
                 for name in names.into_iter().take(MAX_NAMES) {
                     let name = name.to_ascii_lowercase();
                     if name != target && !name.ends_with(&format!(".{target}")) {
