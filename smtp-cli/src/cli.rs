@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes (sysexits.h):
   0   every recipient accepted
+  1   `doctor`: a check FAILed (64 to 78: the doctor itself could not run)
   64  usage error (EX_USAGE)
   65  bad message or address (EX_DATAERR)
   66  message file, queue or queued message not found (EX_NOINPUT)
