@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes (sysexits.h):
   0   every recipient accepted
+  1   `doctor`: a check FAILed (64 to 78: the doctor itself could not run)
   64  usage error (EX_USAGE)
   65  bad message or address (EX_DATAERR)
   66  message file, queue or queued message not found (EX_NOINPUT)
@@ -51,6 +52,11 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// DKIM signing keys: make one (keygen), show its DNS record (record).
     Dkim(DkimArgs),
+    /// Check this machine and a sender domain for sending: outbound port
+    /// 25, public address and its reverse DNS, SPF, DKIM, DMARC,
+    /// blocklists, the domain's MX. Each check says PASS, WARN or FAIL
+    /// and what to do; exit 1 when any FAILs.
+    Doctor(Box<DoctorArgs>),
 }
 
 /// Encryption policy.
@@ -583,6 +589,72 @@ pub(crate) struct RecordArgs {
     /// The signing domain (d=).
     #[arg(long, value_name = "DOMAIN")]
     pub(crate) domain: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `smtp doctor`.
+#[derive(Debug, Args, Default)]
+pub(crate) struct DoctorArgs {
+    /// The sender address whose domain is checked (SPF, DKIM, DMARC, MX)
+    /// (default: the account's from).
+    #[arg(short = 'f', long = "from", value_name = "ADDR")]
+    pub(crate) from: Option<String>,
+    /// This machine's public address (default: as the probed mail server
+    /// saw it, when its greeting or EHLO reply shows it).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) ip: Option<std::net::IpAddr>,
+    /// You send through this relay (standard delivery): SPF is checked
+    /// for its addresses, and port 25, reverse DNS and blocklists of this
+    /// machine only warn.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) server: Option<String>,
+    /// Test outbound port 25 against this mail server (a port given here
+    /// replaces --mx-port) instead of --probe-domain's MX.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) probe_mx: Option<String>,
+    /// Test outbound port 25 against this domain's MX hosts (default
+    /// gmail.com).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) probe_domain: Option<String>,
+    /// The port of the outbound test (default 25).
+    #[arg(long, value_name = "N")]
+    pub(crate) mx_port: Option<u16>,
+    /// Name to send with EHLO to the probed server (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) helo: Option<String>,
+    /// DKIM selector to check: the key published at
+    /// SELECTOR._domainkey.DOMAIN (default: the account's dkim_selector).
+    #[arg(long, value_name = "SELECTOR")]
+    pub(crate) dkim_selector: Option<String>,
+    /// The DKIM private key that must match the published one (default:
+    /// the account's dkim_key).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dkim_key: Option<PathBuf>,
+    /// The DKIM signing domain (default: the account's dkim_domain, else
+    /// the --from domain).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) dkim_domain: Option<String>,
+    /// A DNS blocklist zone to look this machine's address up in
+    /// (repeatable; replaces the default list: zen.spamhaus.org,
+    /// bl.spamcop.net, b.barracudacentral.org).
+    #[arg(long = "dnsbl", value_name = "ZONE")]
+    pub(crate) dnsbl: Vec<String>,
+    /// Nameserver for every lookup, IP[:PORT] (default: the system's).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub(crate) dns_server: Option<String>,
+    /// Seconds to wait for a connection, each reply, and each DNS answer
+    /// (default 10).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) timeout: Option<u64>,
+    /// Config file of named accounts (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Account from the config file (its from, server, helo, dns_server
+    /// and dkim_* settings).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) account: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,

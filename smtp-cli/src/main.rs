@@ -15,6 +15,7 @@ mod compose;
 mod config;
 mod demo;
 mod dkim;
+mod doctor;
 mod fail;
 mod greeting;
 mod identity;
@@ -177,6 +178,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
         Command::Mx(args) => probe::mx(args).await,
         Command::Sink(args) => sink::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Doctor(args) => doctor::run(*args).await,
         Command::Dkim(args) => match &args.command {
             cli::DkimCommand::Keygen(a) => dkim::keygen(a),
             cli::DkimCommand::Record(a) => dkim::record(a),
@@ -234,6 +236,7 @@ fn main() -> ExitCode {
         Command::Send(a) if a.json => Some(true),
         Command::Probe(a) if a.json => Some(false),
         Command::Mx(a) if a.json => Some(false),
+        Command::Doctor(a) if a.json => Some(false),
         Command::Dkim(a) => match &a.command {
             cli::DkimCommand::Keygen(k) if k.json => Some(false),
             cli::DkimCommand::Record(r) if r.json => Some(false),

@@ -112,9 +112,9 @@ struct TlsReport {
     sha256: Option<String>,
 }
 
-/// `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; port 25 unless given. A port that
-/// is not a number is an error, never a silent 25.
-fn split(target: &str) -> Result<(String, u16), Failure> {
+/// `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; port `default` unless given. A
+/// port that is not a number is an error, never a silent default.
+pub(crate) fn split(target: &str, default: u16) -> Result<(String, u16), Failure> {
     let bad = |p: &str| Failure::usage(format!("{target}: {p:?} is not a port"));
     if let Some(rest) = target.strip_prefix('[') {
         let (host, tail) = rest
@@ -122,14 +122,14 @@ fn split(target: &str) -> Result<(String, u16), Failure> {
             .ok_or_else(|| Failure::usage(format!("{target}: missing ]")))?;
         let port = match tail.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| bad(p))?,
-            None if tail.is_empty() => 25,
+            None if tail.is_empty() => default,
             None => return Err(bad(tail)),
         };
         return Ok((host.to_owned(), port));
     }
     match target.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => Ok((h.to_owned(), p.parse().map_err(|_| bad(p))?)),
-        _ => Ok((target.to_owned(), 25)),
+        _ => Ok((target.to_owned(), default)),
     }
 }
 
@@ -144,7 +144,7 @@ fn credentials(login: &LoginArgs) -> Result<Option<Credentials>, Failure> {
 }
 
 pub(crate) async fn run(args: ProbeArgs) -> Result<u8, Failure> {
-    let (host, port) = split(&args.target)?;
+    let (host, port) = split(&args.target, 25)?;
     let credentials = credentials(&args.login)?;
     let implicit = args.implicit_tls || port == 465;
     let connect = Duration::from_secs(args.connect_timeout.unwrap_or(30));

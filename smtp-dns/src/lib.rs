@@ -5,6 +5,10 @@
 //! implicit MX, RFC 7505 null MX) needs from DNS. hickory's types stay
 //! inside this crate, so its API changes stop here.
 //!
+//! It also implements [`RecordResolver`]: the TXT and PTR lookups that
+//! checking a sending set-up needs (SPF, DMARC and DKIM records, reverse
+//! DNS; `smtp doctor`), which MX planning does not.
+//!
 //! | DNS answer | becomes |
 //! |---|---|
 //! | records | `Ok(records)` |
@@ -37,8 +41,36 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RData};
 use smtp_core::delivery::mx::{DnsError, MxRecord, Resolver};
+
+/// TXT and PTR lookups, beside the MX and address lookups of
+/// `smtp_core::delivery::mx::Resolver`: what checking a sending set-up
+/// needs (SPF, DMARC and DKIM records; reverse DNS and its forward
+/// confirmation), behind one object with the MX lookups.
+///
+/// A trait of its own rather than two more methods on the core's
+/// `Resolver`: the core's trait holds exactly what its delivery logic
+/// looks up (MX planning), and every implementer of it — a library
+/// user's resolver, the test fakes — would otherwise owe lookups the core
+/// never makes, or get defaults that answer wrongly. The core stays free
+/// of DNS beyond what sans-IO delivery needs; the record types and their
+/// meaning (SPF, DMARC, DKIM) belong to the callers that read them.
+///
+/// Answers map as the core's trait does (see the crate's table): NODATA is
+/// `Ok(vec![])`, NXDOMAIN `DnsError::NxDomain`, the rest
+/// `DnsError::Temporary`.
+#[async_trait]
+pub trait RecordResolver: Resolver {
+    /// The TXT records at `name`, one string each: a record's
+    /// character-strings joined with nothing between them, as SPF (RFC
+    /// 7208 §3.3), DMARC and DKIM (RFC 6376 §3.6.2.2) read them. Bytes that
+    /// are not UTF-8 become U+FFFD.
+    async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError>;
+    /// The names the PTR records of `ip` give (reverse DNS), without the
+    /// trailing dot.
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError>;
+}
 
 /// A resolver that could not be set up.
 #[derive(Debug)]
@@ -158,6 +190,39 @@ impl Resolver for HickoryResolver {
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         match self.inner.lookup_ip(absolute(host)).await {
             Ok(lookup) => Ok(lookup.iter().collect()),
+            Err(e) => classify(&e).map(|()| Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl RecordResolver for HickoryResolver {
+    async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        match self.inner.txt_lookup(absolute(name)).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => {
+                        Some(String::from_utf8_lossy(&txt.txt_data.concat()).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => classify(&e).map(|()| Vec::new()),
+        }
+    }
+
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        match self.inner.reverse_lookup(Name::from(ip)).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(ptr) => Some(ptr.0.to_ascii().trim_end_matches('.').to_owned()),
+                    _ => None,
+                })
+                .collect()),
             Err(e) => classify(&e).map(|()| Vec::new()),
         }
     }

@@ -103,3 +103,76 @@ async fn cname_followed() {
         [IpAddr::V4(v4(30))]
     );
 }
+
+#[tokio::test]
+async fn txt_records_come_joined_one_string_each() {
+    use smtp_dns::RecordResolver;
+    let key = format!("v=DKIM1; k=rsa; p={}", "B".repeat(380));
+    let zone = Zone::new()
+        .txt("example.test", "v=spf1 ip4:192.0.2.0/24 -all")
+        .txt("example.test", "google-site-verification=x")
+        .txt_strings(
+            "split.example.test",
+            &[b"v=spf1 ip4:192.0.2.1".to_vec(), b" -all".to_vec()],
+        )
+        .txt("s1._domainkey.example.test", &key)
+        .a("example.test", v4(1))
+        .servfail("broken.test");
+    let server = DnsServer::start(zone).await.unwrap();
+    let resolver =
+        HickoryResolver::with_nameserver(server.addr(), Duration::from_millis(500)).unwrap();
+    let mut got = resolver.txt("example.test").await.unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        ["google-site-verification=x", "v=spf1 ip4:192.0.2.0/24 -all"]
+    );
+    assert_eq!(
+        resolver.txt("split.example.test").await.unwrap(),
+        ["v=spf1 ip4:192.0.2.1 -all"]
+    );
+    // Over 512 octets: truncated over UDP, asked again over TCP.
+    assert_eq!(
+        resolver.txt("s1._domainkey.example.test").await.unwrap(),
+        [key]
+    );
+    assert_eq!(
+        resolver.txt("none.example.test").await,
+        Err(DnsError::NxDomain)
+    );
+    assert_eq!(
+        resolver.txt("_dmarc.example.test").await,
+        Err(DnsError::NxDomain)
+    );
+    assert!(matches!(
+        resolver.txt("broken.test").await,
+        Err(DnsError::Temporary(_))
+    ));
+}
+
+#[tokio::test]
+async fn ptr_records_name_the_address() {
+    use smtp_dns::RecordResolver;
+    let v6: IpAddr = "2001:db8::25".parse().unwrap();
+    let zone = Zone::new()
+        .ptr(
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 25)),
+            "mail.example.test",
+        )
+        .ptr(v6, "mail6.example.test");
+    let server = DnsServer::start(zone).await.unwrap();
+    let resolver =
+        HickoryResolver::with_nameserver(server.addr(), Duration::from_millis(500)).unwrap();
+    assert_eq!(
+        resolver
+            .ptr(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 25)))
+            .await
+            .unwrap(),
+        ["mail.example.test"]
+    );
+    assert_eq!(resolver.ptr(v6).await.unwrap(), ["mail6.example.test"]);
+    assert_eq!(
+        resolver.ptr(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 26))).await,
+        Err(DnsError::NxDomain)
+    );
+}

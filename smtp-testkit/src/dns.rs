@@ -1,6 +1,6 @@
 //! A DNS server on loopback serving a zone built in code.
 //!
-//! Build a [`Zone`] with MX, A, AAAA and CNAME records, mark names that must
+//! Build a [`Zone`] with MX, A, AAAA, CNAME, TXT and PTR records, mark names that must
 //! fail ([`Zone::servfail`]) or never answer ([`Zone::timeout`]), then serve
 //! it with [`DnsServer::start`] on `127.0.0.1`, UDP and TCP on the same
 //! ephemeral port. Point the resolver under test at [`DnsServer::addr`] and
@@ -56,12 +56,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,6 +159,48 @@ impl Zone {
     pub fn cname(self, name: &str, target: &str) -> Self {
         let target = parse_name(target, "CNAME target");
         self.add(name, RData::CNAME(CNAME(target)))
+    }
+
+    /// Adds a TXT record holding `value` (an SPF, DMARC or DKIM record),
+    /// cut into character-strings of at most 255 octets, as a zone file
+    /// holds a long value; resolvers join them back.
+    #[must_use]
+    pub fn txt(self, name: &str, value: &str) -> Self {
+        let strings = value
+            .as_bytes()
+            .chunks(255)
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>();
+        self.txt_strings(name, &strings)
+    }
+
+    /// Adds a TXT record of these character-strings as given (each at most
+    /// 255 octets; an empty list is one empty string).
+    ///
+    /// # Panics
+    ///
+    /// When a string is over 255 octets: a mistake in the test.
+    #[must_use]
+    pub fn txt_strings(self, name: &str, strings: &[Vec<u8>]) -> Self {
+        assert!(
+            strings.iter().all(|s| s.len() <= 255),
+            "smtp_testkit::dns::Zone: a TXT character-string is at most 255 octets"
+        );
+        let parts: Vec<&[u8]> = if strings.is_empty() {
+            vec![&[]]
+        } else {
+            strings.iter().map(Vec::as_slice).collect()
+        };
+        self.add(name, RData::TXT(TXT::from_bytes(parts)))
+    }
+
+    /// Adds a PTR record for `ip` (at its `in-addr.arpa` or `ip6.arpa`
+    /// name): the address's reverse DNS names `target`.
+    #[must_use]
+    pub fn ptr(self, ip: IpAddr, target: &str) -> Self {
+        let target = parse_name(target, "PTR target");
+        let owner = Name::from(ip).to_ascii();
+        self.add(&owner, RData::PTR(PTR(target)))
     }
 
     /// Makes any query for `name` answer SERVFAIL.

@@ -409,3 +409,76 @@ async fn large_udp_answer_is_truncated() {
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 60);
 }
+
+#[tokio::test]
+async fn txt_values_are_cut_into_strings_of_255_octets() {
+    let long = format!("v=DKIM1; k=rsa; p={}", "A".repeat(400));
+    let zone = Zone::new()
+        .txt("example.org", "v=spf1 ip4:192.0.2.0/24 -all")
+        .txt("example.org", "another")
+        .txt("s1._domainkey.example.org", &long)
+        .txt_strings(
+            "split.example.org",
+            &[b"v=spf1 ".to_vec(), b"-all".to_vec()],
+        );
+    let server = DnsServer::start(zone).await.unwrap();
+    let strings = |m: &Message| -> Vec<Vec<String>> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8(s.to_vec()).unwrap())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    let m = ask(&server, "example.org.", RecordType::TXT).await;
+    assert_eq!(
+        strings(&m),
+        [vec!["v=spf1 ip4:192.0.2.0/24 -all"], vec!["another"]]
+    );
+    // Over 512 octets: asked over TCP, as a resolver does after TC.
+    let q = query(3, "s1._domainkey.example.org.", RecordType::TXT);
+    let m = tcp(server.addr(), &q).await.unwrap();
+    let got = strings(&m);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].iter().map(String::len).collect::<Vec<_>>(),
+        [255, long.len() - 255]
+    );
+    assert_eq!(got[0].concat(), long);
+    let m = ask(&server, "split.example.org.", RecordType::TXT).await;
+    assert_eq!(strings(&m), [vec!["v=spf1 ", "-all"]]);
+    // A name with TXT only is NODATA for MX.
+    let m = ask(&server, "example.org.", RecordType::MX).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+}
+
+#[tokio::test]
+async fn ptr_records_sit_at_the_reverse_names() {
+    let zone = Zone::new()
+        .ptr(Ipv4Addr::new(192, 0, 2, 25).into(), "mail.example.org")
+        .ptr("2001:db8::25".parse().unwrap(), "mail6.example.org");
+    let server = DnsServer::start(zone).await.unwrap();
+    let ptrs = |m: &Message| -> Vec<String> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                _ => None,
+            })
+            .collect()
+    };
+    let m = ask(&server, "25.2.0.192.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(ptrs(&m), ["mail.example.org."]);
+    let v6 = "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.";
+    let m = ask(&server, v6, RecordType::PTR).await;
+    assert_eq!(ptrs(&m), ["mail6.example.org."]);
+    let m = ask(&server, "26.2.0.192.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}

@@ -74,8 +74,10 @@ const BLOCKLIST_WORDS: [&str; 10] = [
 const RDNS_WORDS: [&str; 4] = ["reverse dns", "rdns", "ptr", "reverse lookup"];
 
 /// The likely reason, from every connection attempt and the outcomes of
-/// the recipients not accepted.
-pub(super) fn diagnose<'a>(
+/// the recipients not accepted. Direct delivery says it in its report; a
+/// check of the set-up that only connects (`smtp doctor`) passes its
+/// attempts and no outcomes, to say the same thing the same way.
+pub fn diagnose<'a>(
     attempts: &[Attempt],
     refused: impl IntoIterator<Item = &'a RecipientOutcome>,
     port: u16,

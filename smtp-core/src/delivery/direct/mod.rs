@@ -32,7 +32,7 @@ mod batch;
 mod diagnosis;
 
 pub use self::batch::{BatchReport, Decided, deliver_batch, is_final};
-pub use self::diagnosis::Diagnosis;
+pub use self::diagnosis::{Diagnosis, diagnose};
 
 /// Why a connection attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
