@@ -954,3 +954,59 @@ fn notify_sender_without_queue_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_second_signal_says_of_a_message_whose_session_was_cut_off_that_it_may_have_gone() {
+    let rt = runtime();
+    // The first message's data arrives whole and its reply takes 4 s.
+    let slow = rt
+        .block_on(FlakyServer::start(FlakyConfig {
+            data_delay: Some(Duration::from_secs(4)),
+            ..FlakyConfig::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let files = message_files(dir.path(), 3, "example.net");
+    let addr = slow.addr().to_string();
+    let mut args = send_files(&addr, q.to_str().unwrap(), "1", &files);
+    args.extend(["--concurrency", "1"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_smtp"))
+        .args(&args)
+        .env_remove("SMTP_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.data_ends() == 0 {
+        assert!(Instant::now() < deadline, "no message's data arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Ctrl-C twice: the second gives up the stop's grace.
+    for _ in 0..2 {
+        let kill = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(130), "{v}");
+    let texts: Vec<String> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["recipients"][0]["text"].as_str().unwrap().to_owned())
+        .collect();
+    // The message whose data the server has is never called undelivered;
+    // the two behind it were never sent.
+    let (maybe, not): (Vec<_>, Vec<_>) = texts
+        .iter()
+        .partition(|t| t.contains("may or may not have been delivered"));
+    assert_eq!(maybe.len(), 1, "the message in flight may have gone: {v}");
+    assert_eq!(not.len(), 2, "{v}");
+    assert!(not.iter().all(|t| t.contains("not delivered")), "{v}");
+}

@@ -41,6 +41,12 @@ pub enum RunEvent {
         /// The recipient's address.
         recipient: String,
     },
+    /// This message's data began to go out to a server: from now on,
+    /// until its outcome is recorded, the server may have it.
+    DataSent {
+        /// The message.
+        message: MessageId,
+    },
     /// A stop's grace ran out while this message's data had gone out (or
     /// was going out) and its final reply had not come: the session was
     /// abandoned and these recipients are released with the rest. The

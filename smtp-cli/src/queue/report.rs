@@ -156,6 +156,14 @@ impl Live {
 
     pub(super) fn event(&mut self, event: &RunEvent) {
         warn(event);
+        // Interrupted hard from now on, this message may have been
+        // delivered (a second signal prints the progress record).
+        if let RunEvent::DataSent { message } = event {
+            if let Some((index, _)) = self.messages.get(message) {
+                progress::data_sent(*index);
+            }
+            return;
+        }
         if let RunEvent::InFlight {
             message,
             recipients,

@@ -386,6 +386,11 @@ impl Runner {
                     && let Some(sent) = lock(&data_sent).get_mut(message)
                 {
                     *sent = true;
+                    if let Some(unit) = units.get(message) {
+                        self.emit(&RunEvent::DataSent {
+                            message: round.claimed[unit.claimed].lease.message.clone(),
+                        });
+                    }
                 }
             };
             let send = deliver_batch(

@@ -87,11 +87,15 @@ impl Runner {
                 // has recipients; once over, it takes no more and sends
                 // nothing).
                 if let smtp_core::Event::BodyWanted(id) = seen.event()
-                    && let Some(sent) = usize::try_from(id.index())
-                        .ok()
-                        .and_then(|k| data_sent.get_mut(k))
+                    && let Some(k) = usize::try_from(id.index()).ok()
+                    && let Some(sent) = data_sent.get_mut(k)
                 {
                     *sent = true;
+                    if let Some(c) = sending.get(k) {
+                        self.emit(&RunEvent::DataSent {
+                            message: c.lease.message.clone(),
+                        });
+                    }
                 }
             };
             let send = session.send_all(&mut outgoing, &mut observe);
