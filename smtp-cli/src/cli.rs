@@ -39,7 +39,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Send messages (files, standard input, or composed from options).
     Send(Box<SendArgs>),
-    /// The delivery queue: run, list, show, retry, delete, stats.
+    /// The delivery queue: run, list, show, retry, delete, purge, stats.
     Queue(QueueArgs),
     /// Connect to a server and show what it offers; sends no mail.
     Probe(ProbeArgs),
@@ -315,13 +315,27 @@ pub(crate) enum QueueCommand {
     },
     /// Make waiting recipients due now.
     Retry(QueueRetryArgs),
-    /// Remove a message and its recipients.
+    /// Remove messages and their recipients, whatever their state.
     Delete {
-        /// The message id.
-        id: String,
+        /// The message ids (each deleted, or said not to be there).
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
     },
+    /// Remove finished messages: every recipient delivered, failed or
+    /// expired (and a notification owed, enqueued).
+    Purge(PurgeArgs),
     /// Counts per state.
     Stats,
+}
+
+/// `smtp queue purge`: which finished messages go.
+#[derive(Debug, Args, Default)]
+pub(crate) struct PurgeArgs {
+    /// Only messages finished longer ago than this (their last recipient's
+    /// last change): seconds, or a number with s, m, h or d (`7d`, `12h`).
+    /// Default 0: every finished message.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub(crate) older_than: Option<std::time::Duration>,
 }
 
 /// `smtp queue retry`: one message's waiting recipients, or all of them.

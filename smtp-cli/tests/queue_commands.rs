@@ -456,6 +456,7 @@ fn commands_on_a_directory_without_a_queue_refuse_and_create_nothing() {
         &["queue", "show", id, "--queue", m],
         &["queue", "stats", "--queue", m],
         &["queue", "delete", id, "--queue", m],
+        &["queue", "purge", "--queue", m],
         &["queue", "retry", "--all", "--queue", m],
         &[
             "queue",
@@ -544,7 +545,199 @@ fn show_delete_and_retry_of_an_unknown_id_exit_66_with_json_errors() {
     // Deleted: one object.
     let out = smtp(&["queue", "delete", &id, "--queue", qs, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
-    assert_eq!(json(&out), serde_json::json!({ "deleted": id }));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({ "deleted": [id], "not_found": [] })
+    );
+}
+
+#[test]
+fn delete_takes_several_ids_and_removes_the_others_when_one_is_not_there() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let ids = enqueue(
+        &rt,
+        &q,
+        &[
+            "b@example.net",
+            "c@example.net",
+            "d@example.net",
+            "e@example.net",
+        ],
+    );
+    let unknown = "018bcfe568e8a3f1c2d4e5f60718";
+    let messages = || json(&smtp(&["queue", "stats", "--queue", qs, "--json"]))["messages"].clone();
+
+    // An id that is not one: nothing is removed.
+    let out = smtp(&["queue", "delete", &ids[0], "nonsense", "--queue", qs]);
+    assert_eq!(out.status.code(), Some(64), "{}", both(&out));
+    assert_eq!(messages(), 4);
+
+    // Each removed is said on stdout, the one not there on stderr; 66.
+    let out = smtp(&["queue", "delete", &ids[0], unknown, &ids[1], "--queue", qs]);
+    assert_eq!(out.status.code(), Some(66), "{}", both(&out));
+    assert_eq!(
+        text(&out.stdout),
+        format!("deleted {}\ndeleted {}\n", ids[0], ids[1])
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("smtp: no message {unknown} in the queue")),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(messages(), 2);
+
+    // JSON: one object listing both, with the error.
+    let out = smtp(&["queue", "delete", &ids[2], &ids[0], "--queue", qs, "--json"]);
+    assert_eq!(out.status.code(), Some(66), "{}", both(&out));
+    let v = json(&out);
+    assert_eq!(v["deleted"], serde_json::json!([ids[2]]), "{v}");
+    assert_eq!(v["not_found"], serde_json::json!([ids[0]]), "{v}");
+    assert_eq!(v["error"]["kind"], "not-found", "{v}");
+    assert_eq!(messages(), 1);
+
+    // All there: 0, a line each.
+    let out = smtp(&["queue", "delete", &ids[3], "--queue", qs]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(text(&out.stdout), format!("deleted {}\n", ids[3]));
+    assert_eq!(messages(), 0);
+}
+
+/// A queue at `dir` whose messages reached each state at a known time:
+/// `old-delivered` and `old-failed` finished 10 days ago, `half-done` has
+/// one recipient delivered then and one deferred, `recent` was delivered
+/// a minute ago, `waiting` was never tried. Their ids by those names.
+fn purgeable_queue(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+) -> std::collections::HashMap<&'static str, String> {
+    use smtp_queue::{Attempt, Outcome};
+    rt.block_on(async {
+        let store = SqliteStore::open(dir).await.unwrap();
+        let now = SystemTime::now();
+        let long_ago = now - Duration::from_secs(10 * 86_400);
+        let names = [
+            "old-delivered",
+            "old-failed",
+            "half-done",
+            "recent",
+            "waiting",
+        ];
+        let batch = names
+            .iter()
+            .map(|name| NewMessage {
+                from: "a@example.com".into(),
+                to: if *name == "half-done" {
+                    vec!["x@example.net".into(), "y@example.net".into()]
+                } else {
+                    vec![format!("{name}@example.net")]
+                },
+                body: Body::Source(Box::new(MemoryBody::new("Subject: s\r\n\r\nbody\r\n"))),
+                options: MessageOptions::default(),
+            })
+            .collect();
+        let ids = store.enqueue(batch, long_ago).await.unwrap();
+        let claimed = store
+            .claim_due(long_ago, 10, "test", Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap();
+        let reply = |code: u16| Attempt {
+            code: Some(code),
+            text: "as told".into(),
+            ..Attempt::default()
+        };
+        assert_eq!(claimed.len(), names.len());
+        for c in &claimed {
+            let name = names[ids.iter().position(|i| *i == c.lease.message).unwrap()];
+            let first = c.recipients[0].id;
+            let (outcomes, at) = match name {
+                "old-delivered" => (vec![(first, Outcome::Delivered(reply(250)))], long_ago),
+                "old-failed" => (vec![(first, Outcome::Failed(reply(550)))], long_ago),
+                "half-done" => (
+                    vec![
+                        (first, Outcome::Delivered(reply(250))),
+                        (
+                            c.recipients[1].id,
+                            Outcome::Deferred {
+                                attempt: reply(451),
+                                next: now + Duration::from_secs(3600),
+                            },
+                        ),
+                    ],
+                    long_ago,
+                ),
+                "recent" => (
+                    vec![(first, Outcome::Delivered(reply(250)))],
+                    now - Duration::from_secs(60),
+                ),
+                _ => {
+                    store.release(&c.lease, None, long_ago).await.unwrap();
+                    continue;
+                }
+            };
+            store.record(&c.lease, outcomes, at).await.unwrap();
+        }
+        names
+            .into_iter()
+            .zip(ids.iter().map(|i| i.as_str().to_owned()))
+            .collect()
+    })
+}
+
+#[test]
+fn purge_removes_finished_messages_older_than_asked_and_keeps_the_rest() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let qs = q.to_str().unwrap();
+    let ids = purgeable_queue(&rt, &q);
+    let left = || {
+        let v = json(&smtp(&["queue", "list", "--queue", qs, "--json"]));
+        let mut left: Vec<String> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        left.sort();
+        left
+    };
+    let ids_of = |names: &[&str]| {
+        let mut v: Vec<String> = names.iter().map(|n| ids[n].clone()).collect();
+        v.sort();
+        v
+    };
+
+    // Finished more than 7 days ago: the delivered and the failed one.
+    let out = smtp(&["queue", "purge", "--older-than", "7d", "--queue", qs]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(text(&out.stdout), "purged 2 finished messages\n");
+    assert_eq!(left(), ids_of(&["half-done", "recent", "waiting"]));
+
+    // Nothing more finished that long ago.
+    let out = smtp(&[
+        "queue",
+        "purge",
+        "--older-than",
+        "7d",
+        "--queue",
+        qs,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(json(&out), serde_json::json!({ "purged": 0, "ids": [] }));
+
+    // Without --older-than: every finished message, however recent; a
+    // message with a recipient still waiting is not finished.
+    let out = smtp(&["queue", "purge", "--queue", qs, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({ "purged": 1, "ids": [ids["recent"]] })
+    );
+    assert_eq!(left(), ids_of(&["half-done", "waiting"]));
 }
 
 #[test]

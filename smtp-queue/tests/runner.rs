@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use smtp_core::TlsPolicy;
 use smtp_core::delivery::MemoryBody;
-use smtp_core::sasl::{Credentials, Secret};
+use smtp_core::sasl::{AuthChoice, Credentials, Mechanism, Secret};
 use smtp_queue::{
     Body, MessageOptions, NewMessage, RecipientState, RunEvent, Runner, RunnerConfig, SqliteStore,
     Stop, Store,
@@ -127,12 +127,15 @@ async fn refused_authentication_holds_the_destination_once_and_keeps_recipients_
     let store = queue(6, dir.path()).await;
     let held = Arc::new(Mutex::new(Vec::new()));
     let seen = held.clone();
+    // PLAIN named: sent without TLS to this test relay, which refuses it.
     let runner = Runner::new(
         store.clone(),
-        relay(&server).with_credentials(Credentials::Password {
-            username: "u".into(),
-            password: Secret::new("wrong".to_owned()),
-        }),
+        relay(&server)
+            .with_auth(AuthChoice::Explicit(Mechanism::Plain))
+            .with_credentials(Credentials::Password {
+                username: "u".into(),
+                password: Secret::new("wrong".to_owned()),
+            }),
         RunnerConfig::default()
             .with_per_connection(1)
             .with_concurrency(4),
@@ -158,6 +161,37 @@ async fn refused_authentication_holds_the_destination_once_and_keeps_recipients_
     // One session met the fault; the others were not opened to meet it
     // again (a relay refusing a password would count every try).
     assert_eq!(server.connections(), 1);
+    assert_eq!(server.auth_attempts(), 1);
+}
+
+#[tokio::test]
+async fn the_other_sessions_open_once_the_first_is_set_up_not_once_its_batch_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    // A slow relay: the first message's end-of-data reply waits until a
+    // second connection comes (or 30 s, for a runner that never opens
+    // one while the first delivers).
+    let server = FlakyServer::start(FlakyConfig {
+        hold_data_until_connections: Some((2, Duration::from_secs(30))),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(4, dir.path()).await;
+    let runner = Runner::new(
+        store.clone(),
+        relay(&server),
+        RunnerConfig::default()
+            .with_per_connection(1)
+            .with_concurrency(2),
+    );
+    runner.run_due(&Stop::new()).await.unwrap();
+    assert_eq!(server.messages().len(), 4);
+    let open = server.open_at_data_ends();
+    // The first reply went out with a second session open beside the
+    // first: it opened once the first was set up, while it delivered.
+    assert_eq!(open.first(), Some(&2), "{open:?}");
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.count(RecipientState::Delivered), 4, "{stats:?}");
 }
 
 #[tokio::test]
@@ -281,7 +315,6 @@ async fn recipients_deferred_together_are_retried_together_in_one_transaction() 
 
 #[tokio::test]
 async fn a_password_a_server_echoes_is_never_stored_or_logged() {
-    use smtp_core::sasl::{AuthChoice, Mechanism};
     use smtp_testkit::script::{Script, ScriptedServer};
     let dir = tempfile::tempdir().unwrap();
     // AUTH PLAIN of "u" / "S3cr3t-Pw" is AHUAUzNjcjN0LVB3; the server

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How a [`FlakyServer`] misbehaves. The default is a well-behaved server.
@@ -32,6 +33,12 @@ pub struct FlakyConfig {
     /// Greet with this reply instead of `220` (e.g. `554 5.7.1 go away`),
     /// then close the connection: a host that refuses every session.
     pub refuse_greeting: Option<String>,
+    /// Hold each end-of-data reply until this many connections have been
+    /// accepted (in all), or for the given time at most (then answer
+    /// anyway): whether the client opened another session while this one
+    /// waited is seen in [`FlakyServer::open_at_data_ends`], and a client
+    /// that opens its sessions one after another is slowed, not stuck.
+    pub hold_data_until_connections: Option<(usize, Duration)>,
 }
 
 /// A message as received.
@@ -53,6 +60,8 @@ struct State {
     data_ends: usize,
     connections: usize,
     auth_attempts: usize,
+    /// Connections open when each end-of-data reply was given, in order.
+    open_at_data_ends: Vec<usize>,
 }
 
 /// A running [`FlakyConfig`] server; stopped on drop.
@@ -60,6 +69,8 @@ struct State {
 pub struct FlakyServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Connections open now, and accepted in all.
+    open: Arc<watch::Sender<Conns>>,
     task: JoinHandle<()>,
 }
 
@@ -82,16 +93,23 @@ impl FlakyServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
+        let open = Arc::new(watch::Sender::new(Conns::default()));
+        let (shared, shared_open) = (state.clone(), open.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (config, state) = (config.clone(), shared.clone());
+                let open = Open::new(shared_open.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, &config, &state).await;
+                    let _ = serve(stream, &config, &state, &open).await;
                 });
             }
         });
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            state,
+            open,
+            task,
+        })
     }
 
     /// The address it listens on.
@@ -122,6 +140,19 @@ impl FlakyServer {
         lock(&self.state).auth_attempts
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.borrow().open
+    }
+
+    /// For each end-of-data reply given, in order, how many connections
+    /// were open as it went out (after
+    /// [`FlakyConfig::hold_data_until_connections`]): whether the client's other
+    /// sessions were under way while this one delivered.
+    pub fn open_at_data_ends(&self) -> Vec<usize> {
+        lock(&self.state).open_at_data_ends.clone()
+    }
+
     /// How many times each recipient was delivered to.
     pub fn deliveries(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
@@ -131,6 +162,32 @@ impl FlakyServer {
             }
         }
         counts
+    }
+}
+
+/// Connections open now, and accepted in all.
+#[derive(Clone, Copy, Debug, Default)]
+struct Conns {
+    open: usize,
+    accepted: usize,
+}
+
+/// One connection counted open, from its accept until dropped.
+struct Open(Arc<watch::Sender<Conns>>);
+
+impl Open {
+    fn new(conns: Arc<watch::Sender<Conns>>) -> Self {
+        conns.send_modify(|c| {
+            c.open += 1;
+            c.accepted += 1;
+        });
+        Self(conns)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|c| c.open = c.open.saturating_sub(1));
     }
 }
 
@@ -150,6 +207,7 @@ async fn serve(
     stream: TcpStream,
     config: &FlakyConfig,
     state: &Mutex<State>,
+    open: &Open,
 ) -> std::io::Result<()> {
     lock(state).connections += 1;
     // Replies go out at once (no Nagle wait behind the client's delayed ACK).
@@ -237,6 +295,13 @@ async fn serve(
                 if let Some(delay) = config.data_delay {
                     tokio::time::sleep(delay).await;
                 }
+                if let Some((want, at_most)) = config.hold_data_until_connections {
+                    let mut conns = open.0.subscribe();
+                    let enough = conns.wait_for(|c| c.accepted >= want);
+                    let _ = tokio::time::timeout(at_most, enough).await;
+                }
+                let open_now = open.0.borrow().open;
+                lock(state).open_at_data_ends.push(open_now);
                 lock(state).messages.push(FlakyMessage {
                     mail_from: from.clone(),
                     rcpt_to: std::mem::take(&mut to),

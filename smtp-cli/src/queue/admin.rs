@@ -1,4 +1,4 @@
-//! `smtp queue list|show|retry|delete|stats`: reading and changing a queue
+//! `smtp queue list|show|retry|delete|purge|stats`: reading and changing a queue
 //! that exists (see [`super::open_existing`]).
 //!
 //! Every line goes out through `say!`/`tell!`: a stored reply text is the
@@ -11,9 +11,9 @@ use std::time::SystemTime;
 use smtp_queue::{ListFilter, MessageId, RecipientState, RetryTarget, SqliteStore, Store};
 
 use super::{queue_error, rfc3339};
-use crate::cli::{ListArgs, QueueCommand, QueueRetryArgs};
-use crate::fail::{EX_OK, Failure};
-use crate::output::counted;
+use crate::cli::{ListArgs, PurgeArgs, QueueCommand, QueueRetryArgs};
+use crate::fail::{EX_NOINPUT, EX_OK, Failure};
+use crate::output::{ErrorReport, JSON_VERSION, counted};
 use crate::terminal::joined;
 
 /// Runs one of the subcommands other than `run` on `store`.
@@ -33,17 +33,8 @@ pub(super) async fn run(
             Ok(EX_OK)
         }
         QueueCommand::Retry(args) => retry(&store, &args, json).await,
-        QueueCommand::Delete { id } => {
-            let id = parse_id(&id)?;
-            store
-                .delete(&id, SystemTime::now())
-                .await
-                .map_err(queue_error)?;
-            if json {
-                say!("{}", serde_json::json!({ "deleted": id.as_str() }));
-            }
-            Ok(EX_OK)
-        }
+        QueueCommand::Delete { ids } => delete(&store, &ids, json).await,
+        QueueCommand::Purge(args) => purge(&store, &args, json).await,
         QueueCommand::Stats => {
             let stats = store.stats().await.map_err(queue_error)?;
             if json {
@@ -92,6 +83,98 @@ async fn list(store: &SqliteStore, filter: &ListArgs, json: bool) -> Result<u8, 
         for m in list {
             print_message(m, false);
         }
+    }
+    Ok(EX_OK)
+}
+
+/// `queue delete ID...`: each message removed (`deleted ID`), or told not
+/// to be there (on stderr; exit 66) while the others are removed all the
+/// same. An id that is not one is a usage error before anything is
+/// removed; a store error stops there, after what was removed.
+async fn delete(store: &SqliteStore, ids: &[String], json: bool) -> Result<u8, Failure> {
+    let mut wanted: Vec<MessageId> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = parse_id(id)?;
+        if !wanted.contains(&id) {
+            wanted.push(id);
+        }
+    }
+    let (mut deleted, mut missing) = (Vec::new(), Vec::new());
+    let mut trouble = None;
+    for id in wanted {
+        match store.delete(&id, SystemTime::now()).await {
+            Ok(()) => {
+                if !json {
+                    say!("deleted {id}");
+                }
+                deleted.push(id);
+            }
+            Err(smtp_queue::Error::NotFound(_)) => {
+                if !json {
+                    crate::terminal::error_line(&format!("smtp: no message {id} in the queue"));
+                }
+                missing.push(id);
+            }
+            Err(e) => {
+                trouble = Some(queue_error(e));
+                break;
+            }
+        }
+    }
+    // What the exit code stands for: the store's error, else the ids not found.
+    let error = trouble.or_else(|| (!missing.is_empty()).then(|| not_found(&missing)));
+    if json {
+        // One object whatever happened: what was removed, what was not
+        // there, and the error as every `--json` error is given.
+        let ids = |v: &[MessageId]| v.iter().map(|i| i.as_str().to_owned()).collect::<Vec<_>>();
+        let mut v = serde_json::json!({ "deleted": ids(&deleted), "not_found": ids(&missing) });
+        if let Some(f) = &error {
+            v["version"] = JSON_VERSION.into();
+            v["error"] = serde_json::json!(ErrorReport::of_failure(f));
+        }
+        say!("{v}");
+    }
+    match error {
+        None => Ok(EX_OK),
+        // Told id by id as each was met (or in the object).
+        Some(f) if f.kind == "not-found" => Ok(f.code),
+        Some(f) if json => {
+            crate::terminal::error_line(&format!("smtp: {f}"));
+            Ok(f.code)
+        }
+        Some(f) => Err(f),
+    }
+}
+
+/// The error of `delete`'s ids not in the queue (66, `not-found`).
+fn not_found(ids: &[MessageId]) -> Failure {
+    let message = match ids {
+        [id] => format!("no message {id} in the queue"),
+        ids => {
+            let list: Vec<&str> = ids.iter().map(MessageId::as_str).collect();
+            format!("no messages {} in the queue", list.join(", "))
+        }
+    };
+    Failure::new(EX_NOINPUT, message).kind("not-found")
+}
+
+/// `queue purge [--older-than AGE]`: removes the messages every recipient
+/// of which is final (delivered, failed, expired) and was last changed
+/// longer than AGE ago (default 0: every finished message), except those
+/// whose notification is owed and not yet enqueued.
+async fn purge(store: &SqliteStore, args: &PurgeArgs, json: bool) -> Result<u8, Failure> {
+    let now = SystemTime::now();
+    let age = args.older_than.unwrap_or_default();
+    let before = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+    let purged = store.purge_finished(before).await.map_err(queue_error)?;
+    if json {
+        let ids: Vec<&str> = purged.iter().map(MessageId::as_str).collect();
+        say!(
+            "{}",
+            serde_json::json!({ "purged": purged.len(), "ids": ids })
+        );
+    } else {
+        say!("purged {}", counted(purged.len(), "finished message"));
     }
     Ok(EX_OK)
 }

@@ -187,8 +187,9 @@ pub struct Runner {
     /// set), for logs and metrics.
     mx_destinations: Mutex<HashMap<String, String>>,
     /// A session with the relay has been set up (authenticated, when it
-    /// is to be): sessions may then start together.
-    relay_proven: std::sync::atomic::AtomicBool,
+    /// is to be): sessions may then start together. A watch, so that the
+    /// sessions waiting behind the first start the moment it is set.
+    relay_proven: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -215,7 +216,7 @@ impl Runner {
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
-            relay_proven: std::sync::atomic::AtomicBool::new(false),
+            relay_proven: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -246,7 +247,7 @@ impl Runner {
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
-            relay_proven: std::sync::atomic::AtomicBool::new(false),
+            relay_proven: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -310,19 +311,36 @@ impl Runner {
                 .per_connection
                 .min(claimed.len().div_ceil(sessions))
                 .max(1);
-            let mut batches = batches(claimed, per);
-            // Until a session with the relay has been set up, one goes
-            // first alone: credentials the relay refuses are tried once,
+            // Until a session with the relay has been set up, the first
+            // sets up alone: credentials the relay refuses are tried once,
             // not by every session at once (accounts get locked for less).
-            if !self.relay_proven.load(std::sync::atomic::Ordering::Relaxed) && batches.len() > 1 {
-                let first = batches.remove(0);
-                self.deliver(first, stop).await?;
-            }
-            let results: Vec<Result<()>> = futures_util::stream::iter(batches)
-                .map(|batch| self.deliver(batch, stop))
-                .buffer_unordered(self.config.concurrency.max(1))
-                .collect()
-                .await;
+            // The others wait for its set-up, not its batch; or for its
+            // end, when it could not set up (they then find the back-off
+            // or hold it recorded, and release).
+            let (first_ended, gate) = tokio::sync::watch::channel(false);
+            let alone = !*self.relay_proven.borrow();
+            let results: Vec<Result<()>> =
+                futures_util::stream::iter(batches(claimed, per).into_iter().enumerate())
+                    .map(|(k, batch)| {
+                        let (first_ended, gate) = (&first_ended, gate.clone());
+                        async move {
+                            if !alone {
+                                return self.deliver(batch, stop).await;
+                            }
+                            if k == 0 {
+                                let r = self.deliver(batch, stop).await;
+                                first_ended.send_replace(true);
+                                return r;
+                            }
+                            self.first_set_up(gate).await;
+                            self.deliver(batch, stop).await
+                        }
+                    })
+                    // The first holds one of the sessions allowed while the
+                    // others wait: never more than `concurrency` at once.
+                    .buffer_unordered(self.config.concurrency.max(1))
+                    .collect()
+                    .await;
             for r in results {
                 r?;
             }
@@ -354,6 +372,19 @@ impl Runner {
             }
         }
         Ok(self.summary())
+    }
+
+    /// Resolves once a session with the relay has been set up, or once
+    /// the round's first session ended (`first_ended` set or dropped)
+    /// without setting one up.
+    async fn first_set_up(&self, mut first_ended: tokio::sync::watch::Receiver<bool>) {
+        let mut proven = self.relay_proven.subscribe();
+        // Either wait ends in an error only when its sender is gone: the
+        // runner's lives as long as `self`, the first's when it ended.
+        tokio::select! {
+            _ = proven.wait_for(|p| *p) => {}
+            _ = first_ended.wait_for(|ended| *ended) => {}
+        }
     }
 
     /// The destination's back-off end, if it is in the future.

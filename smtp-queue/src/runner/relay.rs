@@ -61,8 +61,8 @@ impl Runner {
             Ok(s) => s,
             Err(e) => return self.open_failed(relay, &sending, &e).await,
         };
-        self.relay_proven
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Set up: the sessions waiting behind this one may start.
+        self.relay_proven.send_replace(true);
         let mut leases: Vec<Lease> = sending.iter().map(|c| c.lease.clone()).collect();
         let host = session.peer().to_string();
         let tls = session.tls().cloned();
