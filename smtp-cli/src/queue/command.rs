@@ -20,9 +20,12 @@ pub(crate) fn run_command(args: &SendArgs) -> String {
             words.push(quote(&v));
         }
     };
+    // Absolute: the line is for a later run, from cron or another
+    // directory.
     let path = |p: &Option<std::path::PathBuf>| {
         p.as_deref()
             .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()))
             .map(|p| lossy(p.as_os_str()))
     };
     let name = |v: Option<clap::builder::PossibleValue>| v.map(|p| p.get_name().to_owned());
@@ -109,6 +112,16 @@ mod tests {
             ..SendArgs::default()
         };
         assert_eq!(run_command(&args), "smtp queue run");
+        // A relative one is made absolute: the line is run from elsewhere.
+        let args = SendArgs {
+            queue: Some(PathBuf::from("q2")),
+            ..SendArgs::default()
+        };
+        let here = std::env::current_dir().unwrap().join("q2");
+        assert_eq!(
+            run_command(&args),
+            format!("smtp queue run --queue {}", quote(&here.to_string_lossy()))
+        );
         assert_eq!(quote("it's"), r"'it'\''s'");
         assert_eq!(quote(""), "''");
     }
