@@ -370,6 +370,18 @@ fn queue_run_says_when_recipients_are_leased_by_another_run() {
         "{}",
         both(&list)
     );
+    // retry cannot make them due, and says why rather than "0 due now".
+    let retry = smtp(&["queue", "retry", "--all", "--queue", q.to_str().unwrap()]);
+    let all = both(&retry);
+    assert_eq!(retry.status.code(), Some(0), "{all}");
+    assert!(
+        text(&retry.stdout).contains("0 recipients due now"),
+        "{all}"
+    );
+    assert!(
+        text(&retry.stderr).contains("2 recipients are leased by a run"),
+        "{all}"
+    );
 }
 
 #[test]

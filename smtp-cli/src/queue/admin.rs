@@ -222,6 +222,35 @@ async fn retry(store: &SqliteStore, args: &QueueRetryArgs, json: bool) -> Result
             (None, None) => say!("{due}"),
         }
     }
+    // Leased recipients are a run's (or a killed run's) until the lease
+    // ends: retry cannot make them due, and says so.
+    let leased = match &args.id {
+        Some(id) => store
+            .show(&parse_id(id)?)
+            .await
+            .map_err(queue_error)?
+            .recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Delivering)
+            .count() as u64,
+        None => store
+            .stats()
+            .await
+            .map_err(queue_error)?
+            .count(RecipientState::Delivering),
+    };
+    if leased > 0 {
+        tell!(
+            "smtp: note: {} leased by a run (state delivering) and not made due: a run \
+             under way delivers them, or, if it was killed, the next run takes them over when \
+             the lease ends (`smtp queue show ID` says until when)",
+            if leased == 1 {
+                "1 recipient is".to_owned()
+            } else {
+                format!("{leased} recipients are")
+            }
+        );
+    }
     if !all && args.server.is_none() && args.account.is_none() && n > 0 {
         tell!(
             "smtp: note: a destination's back-off (or hold) may still keep them waiting until it \
