@@ -370,6 +370,19 @@ fn queue_run_says_when_recipients_are_leased_by_another_run() {
         "{}",
         both(&list)
     );
+    // As mailq: the arrival time on the message's line, and totals.
+    let listed = text(&list.stdout);
+    let first = listed.lines().next().unwrap_or_default();
+    assert_eq!(
+        first.split(' ').count(),
+        4,
+        "id size arrival sender: {listed}"
+    );
+    assert!(first.split(' ').nth(2).unwrap().ends_with('Z'), "{listed}");
+    assert!(
+        listed.ends_with("-- 2 messages, 2 recipients (2 waiting), 1 KiB\n"),
+        "{listed}"
+    );
     // retry cannot make them due, and says why rather than "0 due now".
     let retry = smtp(&["queue", "retry", "--all", "--queue", q.to_str().unwrap()]);
     let all = both(&retry);

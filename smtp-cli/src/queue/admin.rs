@@ -80,9 +80,23 @@ async fn list(store: &SqliteStore, filter: &ListArgs, json: bool) -> Result<u8, 
         let v: Vec<_> = list.iter().map(|m| message_json(m)).collect();
         say!("{}", serde_json::json!({ "messages": v }));
     } else {
-        for m in list {
+        for m in &list {
             print_message(m, false);
         }
+        // As mailq ends: how much, and how much of it still waits.
+        let recipients: usize = list.iter().map(|m| m.recipients.len()).sum();
+        let waiting = list
+            .iter()
+            .flat_map(|m| &m.recipients)
+            .filter(|r| !r.state.is_final())
+            .count();
+        let octets: u64 = list.iter().map(|m| m.body_size).sum();
+        say!(
+            "-- {}, {} ({waiting} waiting), {} KiB",
+            counted(list.len(), "message"),
+            counted(recipients, "recipient"),
+            octets.div_ceil(1024)
+        );
     }
     Ok(EX_OK)
 }
@@ -348,8 +362,8 @@ fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
         say!("{}", message_json(m));
         return;
     }
-    // The reverse-path is stored with its brackets.
-    say!("{} {} {}", m.id, m.body_size, m.from);
+    // As mailq: id, size, arrival, sender (stored with its brackets).
+    say!("{} {} {} {}", m.id, m.body_size, rfc3339(m.created), m.from);
     for r in &m.recipients {
         let last = r.last.as_ref().map_or(String::new(), |a| {
             let text = joined(&a.text);
@@ -360,6 +374,9 @@ fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
         });
         let lease = match (&r.state, &r.lease) {
             (RecipientState::Delivering, Some(l)) => format!(" leased-until={}", rfc3339(l.until)),
+            (RecipientState::Queued | RecipientState::Deferred, _) => {
+                format!(" next={}", rfc3339(r.next_attempt))
+            }
             _ => String::new(),
         };
         say!(
