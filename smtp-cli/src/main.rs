@@ -46,8 +46,8 @@ use crate::fail::Failure;
 /// sendmail reads it: every option that takes a value consumes it (attached
 /// or as the next argument), so no value is ever taken for a recipient.
 /// Options about the local MTA's own workings are accepted and ignored;
-/// modes other than delivering one message (`-bs`, `-bp`, `-q`) are
-/// refused.
+/// modes other than delivering one message (`-bs`, `-q`) are refused, and
+/// `-bp` alone (or the name `mailq`) is `smtp queue list` (see `main`).
 fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
     let mut send = SendArgs {
         read_recipients: false,
@@ -99,12 +99,19 @@ fn sendmail_args(args: &[String]) -> Result<SendArgs, Failure> {
             "-N" | "-B" | "-R" | "-V" | "-L" | "-O" | "-o" | "-C" | "-X" | "-h" => {
                 let _ = value()?;
             }
+            "-q" => {
+                return Err(Failure::usage(
+                    "-q is not supported: deliver the queue with `smtp queue run` and the \
+                     relay's flags (--account NAME, or --server HOST); without them it \
+                     delivers directly to each domain's mail servers",
+                ));
+            }
             "-b" => match attached {
                 Some("m") => {}
                 Some(mode) => {
                     return Err(Failure::usage(format!(
-                        "-b{mode} is not supported: this sendmail only delivers a message \
-                         (-bm, the default)"
+                        "-b{mode} is not supported: this sendmail delivers a message (-bm, \
+                         the default) or, alone, lists the queue (-bp, as `smtp queue list`)"
                     )));
                 }
                 None => return Err(Failure::usage("-b needs a mode")),
@@ -192,12 +199,19 @@ fn main() -> ExitCode {
         .first()
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned());
-    let command = if invoked_as.as_deref() == Some("sendmail") {
-        let args: Vec<String> = argv
-            .iter()
-            .skip(1)
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+    let sendmail = invoked_as.as_deref() == Some("sendmail");
+    let args: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // `mailq` and `sendmail -bp` list the queue, as they do with Postfix.
+    let argv = if invoked_as.as_deref() == Some("mailq") || (sendmail && args == ["-bp"]) {
+        ["smtp", "queue", "list"].map(OsString::from).to_vec()
+    } else {
+        argv
+    };
+    let command = if sendmail && args != ["-bp"] {
         match sendmail_args(&args) {
             Ok(a) => Command::Send(Box::new(a)),
             Err(f) => {
@@ -325,6 +339,7 @@ mod tests {
 
     #[test]
     fn sendmail_modes_other_than_delivery_and_unknown_options_are_refused() {
+        // (-bp alone is `smtp queue list`, before these rules.)
         for args in [&["-bs"][..], &["-bp"], &["-q"], &["-Z"], &["-N"]] {
             let e = parse(args).map(|_| ()).unwrap_err();
             assert_eq!(e.code, fail::EX_USAGE, "{args:?}: {e}");

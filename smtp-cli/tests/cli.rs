@@ -2702,3 +2702,40 @@ fn has_bcc_field(message: &str) -> bool {
         line.starts_with("bcc:") || line.starts_with("resent-bcc:")
     })
 }
+
+/// `mailq` and `sendmail -bp` are `smtp queue list` (here on a state
+/// directory without a queue: its own "no queue" answer, exit 66);
+/// `sendmail -q` is refused with the command that runs the queue.
+#[test]
+fn mailq_and_sendmail_bp_list_the_queue_and_q_points_to_queue_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for name in ["mailq", "sendmail"] {
+        std::os::unix::fs::symlink(BIN, dir.path().join(name)).unwrap();
+    }
+    let run = |name: &str, args: &[&str]| {
+        std::process::Command::new(dir.path().join(name))
+            .args(args)
+            .env("XDG_STATE_HOME", &state)
+            .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+            .output()
+            .unwrap()
+    };
+    for (name, args) in [("mailq", &[][..]), ("sendmail", &["-bp"][..])] {
+        let o = run(name, args);
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 66, "{name} {args:?}: {err}");
+        assert!(err.contains("queue"), "{name} {args:?}: {err}");
+        assert!(
+            !state.join("smtp").join("queue").exists(),
+            "nothing created"
+        );
+    }
+    let o = run("sendmail", &["-q"]);
+    assert_eq!(code(&o), 64);
+    assert!(
+        text(&o.stderr).contains("smtp queue run"),
+        "{}",
+        text(&o.stderr)
+    );
+}
