@@ -246,12 +246,35 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
     // enqueued (a queued message is never signed again).
     if let Some(signer) = &mut signer {
         for m in &mut prepared {
-            if signer.sign(m)? == Signed::AlreadySigned && !args.sendmail {
-                tell!(
+            match signer.sign(m)? {
+                Signed::AlreadySigned if !args.sendmail => tell!(
                     "note: {}: already signed (DKIM-Signature): sent as it is, not signed \
                      again (--dkim-add adds a signature)",
                     m.name
-                );
+                ),
+                Signed::AlreadySigned => {}
+                Signed::Added(sig) => {
+                    if args.verbose {
+                        tell!(
+                            "=== {}: DKIM-signed d={} s={} a={}",
+                            m.name,
+                            sig.domain,
+                            sig.selector,
+                            sig.algorithm
+                        );
+                    }
+                    if let Some(from) = &sig.unaligned_from {
+                        tell!(
+                            "warning: {}: signed with d={}, which does not align with the From: \
+                             domain {from}: DMARC does not count this signature for {from}; \
+                             sign with --dkim-domain {from} (or a parent of it), or send from \
+                             {}",
+                            m.name,
+                            sig.domain,
+                            sig.domain
+                        );
+                    }
+                }
             }
         }
     }
