@@ -1075,3 +1075,36 @@ async fn dkim_record_names_the_key_file_in_the_send_line() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn send_json_says_for_each_message_whether_and_how_it_was_signed() {
+    let f = fixture(false).await;
+    let file = f.message("tricky.eml", TRICKY.as_bytes());
+    let signed =
+        format!("DKIM-Signature: v=1; a=rsa-sha256; d=x.example; s=x; h=From; bh=; b=\n{TRICKY}");
+    let already = f.message("already.eml", signed.as_bytes());
+    let ed = f.path("ed.pem");
+    let mut c = f.send(
+        &file,
+        &[
+            "--json",
+            "--dkim-key",
+            ed.to_str().unwrap(),
+            "--dkim-selector",
+            "ed",
+        ],
+    );
+    c.arg(&already);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let messages = v["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{v:#}");
+    assert_eq!(
+        messages[0]["dkim"],
+        serde_json::json!({"domain": "example.org", "selector": "ed", "algorithm": "ed25519-sha256"}),
+        "{v:#}"
+    );
+    // Already signed: sent as it is, not signed by smtp.
+    assert_eq!(messages[1]["dkim"], serde_json::Value::Null, "{v:#}");
+}
