@@ -208,9 +208,11 @@ async fn resolver_silent(resolver: &dyn RecordResolver, domain: &str) -> Option<
                  nothing was checked",
                 resolver.name()
             ),
-            "check --dns-server (or the system's resolver, /etc/resolv.conf) and that it \
-             answers queries from this machine (dig TXT DOMAIN @SERVER), then run the doctor \
-             again",
+            format!(
+                "check --dns-server (or the system's resolver, /etc/resolv.conf) and that it \
+                 answers queries from this machine (dig TXT {domain} @SERVER), then run the \
+                 doctor again"
+            ),
         )),
         _ => None,
     }
@@ -353,8 +355,9 @@ fn print(setup: &Setup, checks: &[Check], json: bool) {
         }
     }
     say!(
-        "{} checks: {} pass, {} warn, {} fail",
+        "{} check{}: {} pass, {} warn, {} fail",
         checks.len(),
+        if checks.len() == 1 { "" } else { "s" },
         counts.pass,
         counts.warn,
         counts.fail
