@@ -215,7 +215,7 @@ pub(crate) struct SendArgs {
     #[arg(long, value_enum, value_name = "FORMAT", requires = "queue")]
     pub(crate) log_format: Option<LogFormat>,
     /// Sign each message with DKIM using this private key (PEM: RSA of
-    /// 2048 to 4096 bits, or Ed25519; `smtp dkim keygen` makes one).
+    /// 2048, 2560, 3072, 3584 or 4096 bits, or Ed25519; `smtp dkim keygen` makes one).
     #[arg(long, value_name = "FILE")]
     pub(crate) dkim_key: Option<PathBuf>,
     /// DKIM selector (s=): the public key is published at
@@ -579,7 +579,7 @@ pub(crate) struct KeygenArgs {
     /// An Ed25519 key (RFC 8463) instead of RSA.
     #[arg(long)]
     pub(crate) ed25519: bool,
-    /// RSA key size (default 2048; up to 4096).
+    /// RSA key size: 2048 (the default), 2560, 3072, 3584 or 4096.
     #[arg(long, value_name = "N")]
     pub(crate) bits: Option<usize>,
     /// Where to write the private key (default SELECTOR.DOMAIN.pem); an

@@ -154,6 +154,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
                 .map(|o| RecipientReport::new(o, Some(&host), delivery.session.tls.as_ref()))
                 .collect(),
             diagnosis: None,
+            dkim: None,
             errors: delivery.session.error.iter().cloned().collect(),
             missing_outcomes: false,
         })
@@ -202,6 +203,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
         message: "direct delivery".into(),
         recipients: Vec::new(),
         diagnosis: None,
+        dkim: None,
         errors: Vec::new(),
         missing_outcomes: false,
     };
@@ -237,6 +239,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<u8, Failure> {
                     .map(|o| RecipientReport::new(o, None, None))
                     .collect(),
                 diagnosis: None,
+                dkim: None,
                 errors: delivery.session.error.iter().cloned().collect(),
                 missing_outcomes: false,
             })

@@ -142,6 +142,8 @@ pub(crate) struct MessageReport {
     pub(crate) message: String,
     pub(crate) recipients: Vec<RecipientReport>,
     pub(crate) diagnosis: Option<String>,
+    /// The DKIM signature `smtp` added, or none.
+    pub(crate) dkim: Option<DkimReport>,
     /// Faults that ended sessions (for the exit code), not serialised.
     #[serde(skip)]
     pub(crate) errors: Vec<Error>,
@@ -149,6 +151,14 @@ pub(crate) struct MessageReport {
     /// deferred and by the exit code.
     #[serde(skip)]
     pub(crate) missing_outcomes: bool,
+}
+
+/// A DKIM signature added to a message: `d=`, `s=`, `a=`.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct DkimReport {
+    pub(crate) domain: String,
+    pub(crate) selector: String,
+    pub(crate) algorithm: &'static str,
 }
 
 impl MessageReport {
@@ -299,6 +309,7 @@ impl Report {
                     message: s.name.clone(),
                     recipients: Vec::new(),
                     diagnosis: None,
+                    dkim: None,
                     errors: Vec::new(),
                     missing_outcomes: false,
                 });
@@ -334,6 +345,7 @@ impl Report {
                     })
                     .collect(),
                 diagnosis: None,
+                dkim: None,
                 errors: Vec::new(),
                 missing_outcomes: false,
             })
@@ -520,6 +532,7 @@ mod tests {
                 })
                 .collect(),
             diagnosis: None,
+            dkim: None,
             errors: Vec::new(),
             missing_outcomes: false,
         }

@@ -244,14 +244,47 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
     }
     // Last, once every change to a message is made; before it is sent or
     // enqueued (a queued message is never signed again).
+    let mut signatures: Vec<Option<crate::output::DkimReport>> = Vec::new();
     if let Some(signer) = &mut signer {
         for m in &mut prepared {
-            if signer.sign(m)? == Signed::AlreadySigned && !args.sendmail {
-                tell!(
+            let signed = signer.sign(m)?;
+            signatures.push(match &signed {
+                Signed::Added(sig) => Some(crate::output::DkimReport {
+                    domain: sig.domain.clone(),
+                    selector: sig.selector.clone(),
+                    algorithm: sig.algorithm,
+                }),
+                Signed::AlreadySigned => None,
+            });
+            match signed {
+                Signed::AlreadySigned if !args.sendmail => tell!(
                     "note: {}: already signed (DKIM-Signature): sent as it is, not signed \
                      again (--dkim-add adds a signature)",
                     m.name
-                );
+                ),
+                Signed::AlreadySigned => {}
+                Signed::Added(sig) => {
+                    if args.verbose {
+                        tell!(
+                            "=== {}: DKIM-signed d={} s={} a={}",
+                            m.name,
+                            sig.domain,
+                            sig.selector,
+                            sig.algorithm
+                        );
+                    }
+                    if let Some(from) = &sig.unaligned_from {
+                        tell!(
+                            "warning: {}: signed with d={}, which does not align with the From: \
+                             domain {from}: DMARC does not count this signature for {from}; \
+                             sign with --dkim-domain {from} (or a parent of it), or send from \
+                             {}",
+                            m.name,
+                            sig.domain,
+                            sig.domain
+                        );
+                    }
+                }
             }
         }
     }
@@ -285,12 +318,16 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         };
         return crate::queue::send(&queued, via, prepared, &envelopes, mode(&args)).await;
     }
-    let report = match &s.server {
+    let mut report = match &s.server {
         Some((host, port)) => {
             standard(&args, &s, host, *port, client_id, &prepared, envelopes).await?
         }
         None => direct(&args, &s, client_id, &prepared, envelopes).await?,
     };
+    // One report per message, in order (strays after them).
+    for (m, sig) in report.messages.iter_mut().zip(signatures) {
+        m.dkim = sig;
+    }
     progress::finish(&report, mode(&args));
     Ok(report.exit_code())
 }
@@ -469,6 +506,7 @@ fn settled_report(
             .map(|o| RecipientReport::new(o, Some(host), tls).explained(o, cause))
             .collect(),
         diagnosis: None,
+        dkim: None,
         errors: Vec::new(),
         missing_outcomes: false,
     };
@@ -608,6 +646,7 @@ async fn direct(
             message: m.name.clone(),
             recipients,
             diagnosis: (!diagnosis.is_empty()).then(|| diagnosis.join("\n")),
+            dkim: None,
             errors,
             missing_outcomes: false,
         };

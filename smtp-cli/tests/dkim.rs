@@ -948,3 +948,163 @@ async fn a_100_mib_message_is_signed_in_bounded_memory_and_verifies() {
     drop(got);
     assert_eq!(f.verify_file(&received).await, [true]);
 }
+
+#[tokio::test]
+async fn a_message_without_from_is_refused_and_an_unaligned_domain_warns() {
+    let f = fixture(false).await;
+    let rsa = f.path("rsa.pem");
+    let rsa = rsa.to_str().unwrap();
+    let no_from = f.message(
+        "no-from.eml",
+        b"To: bob@example.net\nSubject: hi\n\nhello\n" as &[u8],
+    );
+    let o = run(f.send(
+        &no_from,
+        &[
+            "--from",
+            "alice@example.org",
+            "--dkim-key",
+            rsa,
+            "--dkim-selector",
+            "rsa",
+            "--dkim-domain",
+            "example.org",
+        ],
+    ))
+    .await;
+    let stderr = text(&o.stderr);
+    assert_eq!(code(&o), 65, "{stderr}");
+    assert!(
+        stderr.contains("no From: header field") && stderr.contains("add a From: header"),
+        "{stderr}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(f.server.sessions().is_empty(), "nothing was sent");
+    // d= of another organisation than From's: signed, with a warning.
+    let file = f.message("tricky.eml", TRICKY.as_bytes());
+    let o = run(f.send(
+        &file,
+        &[
+            "-v",
+            "--dkim-key",
+            rsa,
+            "--dkim-selector",
+            "rsa",
+            "--dkim-domain",
+            "esp.example.net",
+        ],
+    ))
+    .await;
+    let stderr = text(&o.stderr);
+    assert_eq!(code(&o), 0, "{stderr}");
+    assert!(
+        stderr
+            .contains("d=esp.example.net, which does not align with the From: domain example.org"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("DKIM-signed d=esp.example.net s=rsa a=rsa-sha256"),
+        "{stderr}"
+    );
+    // Aligned (a subdomain of From's organisational domain): no warning.
+    let o = run(f.send(
+        &file,
+        &[
+            "--dkim-key",
+            rsa,
+            "--dkim-selector",
+            "rsa",
+            "--dkim-domain",
+            "mail.example.org",
+        ],
+    ))
+    .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("align"), "{}", text(&o.stderr));
+}
+
+#[tokio::test]
+async fn keygen_refuses_a_size_it_cannot_sign_with_before_making_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k.pem");
+    let mut c = Command::new(BIN);
+    c.args([
+        "dkim",
+        "keygen",
+        "--selector",
+        "s1",
+        "--domain",
+        "example.org",
+    ])
+    .args(["--bits", "3000", "--out"])
+    .arg(&out);
+    let o = run(c).await;
+    let stderr = text(&o.stderr);
+    assert_eq!(code(&o), 64, "{stderr}");
+    assert!(
+        stderr.contains("--bits 3000")
+            && stderr.contains("2048, 2560, 3072, 3584 or 4096")
+            && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no key file is made");
+}
+
+#[tokio::test]
+async fn dkim_record_names_the_key_file_in_the_send_line() {
+    let mut f = fixture(false).await;
+    f.keygen("s9", &["--ed25519"]).await;
+    let key = f.path("s9.pem");
+    let mut c = Command::new(BIN);
+    c.args([
+        "dkim",
+        "record",
+        "--selector",
+        "s9",
+        "--domain",
+        "example.org",
+    ])
+    .arg("--key")
+    .arg(&key);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains(&format!("--dkim-key {} --dkim-selector s9", key.display()))
+            && !stdout.contains("--dkim-key KEY"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn send_json_says_for_each_message_whether_and_how_it_was_signed() {
+    let f = fixture(false).await;
+    let file = f.message("tricky.eml", TRICKY.as_bytes());
+    let signed =
+        format!("DKIM-Signature: v=1; a=rsa-sha256; d=x.example; s=x; h=From; bh=; b=\n{TRICKY}");
+    let already = f.message("already.eml", signed.as_bytes());
+    let ed = f.path("ed.pem");
+    let mut c = f.send(
+        &file,
+        &[
+            "--json",
+            "--dkim-key",
+            ed.to_str().unwrap(),
+            "--dkim-selector",
+            "ed",
+        ],
+    );
+    c.arg(&already);
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let messages = v["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{v:#}");
+    assert_eq!(
+        messages[0]["dkim"],
+        serde_json::json!({"domain": "example.org", "selector": "ed", "algorithm": "ed25519-sha256"}),
+        "{v:#}"
+    );
+    // Already signed: sent as it is, not signed by smtp.
+    assert_eq!(messages[1]["dkim"], serde_json::Value::Null, "{v:#}");
+}

@@ -295,6 +295,34 @@ async fn without_a_sender_the_doctor_is_a_usage_error_in_json_too() {
 // ---- port25 and ip ----
 
 #[tokio::test]
+async fn a_resolver_that_does_not_answer_is_one_failed_dns_check_and_exit_75() {
+    let dir = tempfile::tempdir().unwrap();
+    // A UDP and TCP port on 127.0.0.1 where no DNS server listens.
+    let dead = format!("127.0.0.1:{}", closed_port());
+    let out = Command::new(BIN)
+        .args(["doctor", "--json", "--timeout", "1", "--dns-server", &dead])
+        .args(["--from", "a@example.org", "--ip", "203.0.113.5"])
+        .env("XDG_CONFIG_HOME", dir.path().join("no-config"))
+        .env("HOME", dir.path())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(75), "{json:#}");
+    let checks = json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{json:#}");
+    assert_eq!(checks[0]["id"], "dns");
+    assert_eq!(checks[0]["status"], "fail");
+    let summary = checks[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("the DNS resolver does not answer") && summary.contains(&dead),
+        "{summary}"
+    );
+    assert_eq!(json["summary"]["fail"], 1);
+}
+
+#[tokio::test]
 async fn port25_passes_when_a_server_answers_and_its_echo_gives_the_address() {
     let dir = tempfile::tempdir().unwrap();
     let dns = dns(good_zone()).await;
@@ -458,6 +486,39 @@ async fn through_a_relay_a_blocked_port25_only_warns() {
 }
 
 #[tokio::test]
+async fn through_a_local_relay_spf_is_checked_for_the_public_address_not_the_relays() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns(good_zone()).await;
+    let base = ["--from", "a@example.org", "--server", "127.0.0.1:25"];
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--ip", "203.0.113.5"]);
+    let run = lookups(&dns, dir.path(), &args).await;
+    run.expect("spf", "pass");
+    let summary = run.summary("spf");
+    assert!(
+        summary.contains("(203.0.113.5: pass") && summary.contains("127.0.0.1, a local address"),
+        "{summary}"
+    );
+    // The address once, not "203.0.113.5 (203.0.113.5".
+    assert!(!summary.contains("203.0.113.5 (203.0.113.5"), "{summary}");
+    // An address the record does not authorise fails as in direct
+    // delivery: the local relay sends from it.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--ip", "198.51.100.7"]);
+    let run = lookups(&dns, dir.path(), &args).await;
+    run.expect("spf", "fail");
+    assert!(
+        run.advice("spf").contains("add ip4:198.51.100.7"),
+        "{}",
+        run.advice("spf")
+    );
+    // Without the address: a warning that asks for it.
+    let run = lookups(&dns, dir.path(), &base).await;
+    run.expect("spf", "warn");
+    assert!(run.advice("spf").contains("--ip"), "{}", run.advice("spf"));
+}
+
+#[tokio::test]
 async fn ip_given_passes_and_one_that_differs_from_what_the_server_saw_warns() {
     let dir = tempfile::tempdir().unwrap();
     let dns = dns(good_zone()).await;
@@ -570,7 +631,8 @@ async fn dnsbl_fails_when_listed_warns_when_refused_and_passes_when_not_listed()
             "5.113.0.203.refusing.test",
             Ipv4Addr::new(127, 255, 255, 254),
         )
-        .a("1.0.0.127.clean.test", Ipv4Addr::new(127, 0, 0, 2)))
+        .a("1.0.0.127.clean.test", Ipv4Addr::new(127, 0, 0, 2))
+        .servfail("5.113.0.203.failing.test"))
     .await;
     let base = ["--from", "a@example.org", "--ip", "203.0.113.5"];
     let with = |zones: &[&'static str]| {
@@ -603,6 +665,15 @@ async fn dnsbl_fails_when_listed_warns_when_refused_and_passes_when_not_listed()
             .contains("listed on listed.test (127.0.0.2)"),
         "{}",
         run.summary("dnsbl")
+    );
+    // A lookup that fails (SERVFAIL, a timeout) is not a refusal.
+    let run = lookups(&dns, dir.path(), &with(&["clean.test", "failing.test"])).await;
+    run.expect("dnsbl", "warn");
+    assert!(
+        !run.advice("dnsbl").contains("public resolvers")
+            && run.advice("dnsbl").contains("did not complete"),
+        "{}",
+        run.advice("dnsbl")
     );
     // Only the zones asked for were asked.
     assert!(dns.queried("5.113.0.203.listed.test"));
@@ -716,6 +787,19 @@ async fn spf_fails_when_missing_doubled_unparsable_or_over_ten_lookups() {
             run.summary("spf")
         );
     }
+    // The permerror's advice names the include it comes through.
+    let run = lookups(
+        &dns,
+        dir.path(),
+        &["--from", "a@deep.example", "--ip", "203.0.113.5"],
+    )
+    .await;
+    assert!(
+        run.advice("spf")
+            .contains("replace include:i0.deep.example in deep.example"),
+        "{}",
+        run.advice("spf")
+    );
 }
 
 #[tokio::test]
@@ -806,6 +890,128 @@ async fn dkim_takes_the_accounts_key_and_selector() {
 }
 
 #[tokio::test]
+async fn dkim_warns_when_the_signing_domain_does_not_align_with_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, record) = keygen(dir.path(), "s1").await;
+    let dns = dns(good_zone()
+        .txt("s1._domainkey.esp.example.net", &record)
+        .txt("s1._domainkey.mail.example.org", &record))
+    .await;
+    let args = |d: &'static str| {
+        [
+            "--from",
+            "a@example.org",
+            "--ip",
+            "203.0.113.5",
+            "--dkim-selector",
+            "s1",
+            "--dkim-key",
+            key.as_str(),
+            "--dkim-domain",
+            d,
+        ]
+    };
+    let run = lookups(&dns, dir.path(), &args("esp.example.net")).await;
+    run.expect("dkim", "warn");
+    assert!(
+        run.summary("dkim")
+            .contains("d=esp.example.net does not align with the From domain example.org"),
+        "{}",
+        run.summary("dkim")
+    );
+    assert!(
+        run.advice("dkim").contains("--dkim-domain example.org"),
+        "{}",
+        run.advice("dkim")
+    );
+    // A subdomain of the From domain's organisational domain aligns.
+    lookups(&dns, dir.path(), &args("mail.example.org"))
+        .await
+        .expect("dkim", "pass");
+}
+
+#[tokio::test]
+async fn dkim_names_a_cut_p_and_a_k_that_is_not_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ed_key, ed_record) = keygen(dir.path(), "ed").await;
+    let rsa_key = dir.path().join("rsa.pem");
+    let out = Command::new(BIN)
+        .args(["dkim", "keygen", "--json", "--selector", "rsa"])
+        .args(["--domain", "example.org", "--out"])
+        .arg(&rsa_key)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rsa_record = v["value"].as_str().unwrap();
+    // Published as one string, cut at 255 characters; and cut at a
+    // multiple of four base64 characters, so that it decodes.
+    let cut255 = &rsa_record[..255];
+    let p_at = rsa_record.find("p=").unwrap() + 2;
+    let cut_even = &rsa_record[..p_at + 236];
+    let dns = dns(good_zone()
+        .txt("cut._domainkey.example.org", cut255)
+        .txt("even._domainkey.example.org", cut_even)
+        .txt(
+            "wrongk._domainkey.example.org",
+            &ed_record.replace("k=ed25519", "k=rsa"),
+        ))
+    .await;
+    let rsa_key = rsa_key.to_str().unwrap();
+    let run_for = |selector: &'static str, key: &str| {
+        let key = key.to_owned();
+        let dns = &dns;
+        let dir = dir.path();
+        async move {
+            lookups(
+                dns,
+                dir,
+                &[
+                    "--from",
+                    "a@example.org",
+                    "--dkim-selector",
+                    selector,
+                    "--dkim-key",
+                    &key,
+                ],
+            )
+            .await
+        }
+    };
+    let run = run_for("cut", rsa_key).await;
+    run.expect("dkim", "fail");
+    assert!(
+        run.summary("dkim").contains("not whole base64")
+            && run.summary("dkim").contains("cut there"),
+        "{}",
+        run.summary("dkim")
+    );
+    assert!(
+        run.advice("dkim")
+            .contains("strings of at most 255 characters"),
+        "{}",
+        run.advice("dkim")
+    );
+    let run = run_for("even", rsa_key).await;
+    run.expect("dkim", "fail");
+    assert!(
+        run.summary("dkim")
+            .contains("is cut short: its p= holds 177 of the"),
+        "{}",
+        run.summary("dkim")
+    );
+    assert!(run.advice("dkim").contains("255"), "{}", run.advice("dkim"));
+    let run = run_for("wrongk", &ed_key).await;
+    run.expect("dkim", "fail");
+    assert!(
+        run.summary("dkim").contains("says k=rsa") && run.summary("dkim").contains("Ed25519"),
+        "{}",
+        run.summary("dkim")
+    );
+}
+
+#[tokio::test]
 async fn dkim_fails_for_a_revoked_key() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = keygen(dir.path(), "s1").await;
@@ -839,7 +1045,12 @@ async fn dmarc_passes_on_reject_warns_on_none_and_fails_when_missing_or_broken()
         )
         .txt("_dmarc.watch.example", "v=DMARC1; p=none")
         .txt("_dmarc.bad.example", "v=DMARC1; p=sometimes")
-        .txt("_dmarc.parent.example", "v=DMARC1; p=none; sp=quarantine"))
+        .txt("_dmarc.parent.example", "v=DMARC1; p=none; sp=quarantine")
+        .txt("_dmarc.typo.example", "v=DMARC1; p=rejekt")
+        .txt(
+            "_dmarc.loose.example",
+            "v=DMARC1; p=reject; sp=none; rua=mailto:d@loose.example",
+        ))
     .await;
     let run = lookups(&dns, dir.path(), &["--from", "a@example.org"]).await;
     run.expect("dmarc", "pass");
@@ -865,6 +1076,29 @@ async fn dmarc_passes_on_reject_warns_on_none_and_fails_when_missing_or_broken()
     );
     let run = lookups(&dns, dir.path(), &["--from", "a@bad.example"]).await;
     run.expect("dmarc", "fail");
+    // A typo in the policy: named, and fixed to the policy meant, not
+    // weakened to p=none.
+    let run = lookups(&dns, dir.path(), &["--from", "a@typo.example"]).await;
+    run.expect("dmarc", "fail");
+    assert!(
+        run.summary("dmarc")
+            .contains("p=rejekt (not none, quarantine or reject)"),
+        "{}",
+        run.summary("dmarc")
+    );
+    assert!(
+        run.advice("dmarc").contains("to p=reject") && !run.advice("dmarc").contains("p=none"),
+        "{}",
+        run.advice("dmarc")
+    );
+    // A subdomain governed by sp=none: the advice is about sp=.
+    let run = lookups(&dns, dir.path(), &["--from", "a@mail.loose.example"]).await;
+    run.expect("dmarc", "warn");
+    assert!(
+        run.advice("dmarc").contains("sp=quarantine") && !run.advice("dmarc").contains(" p="),
+        "{}",
+        run.advice("dmarc")
+    );
     // A subdomain without its own record: the parent's sp= applies.
     let run = lookups(&dns, dir.path(), &["--from", "a@mail.parent.example"]).await;
     run.expect("dmarc", "pass");
@@ -902,4 +1136,51 @@ async fn mx_passes_with_records_warns_on_an_implicit_mx_and_fails_on_a_null_mx()
     );
     let run = lookups(&dns, dir.path(), &["--from", "a@missing.example"]).await;
     run.expect("mx", "fail");
+}
+
+#[tokio::test]
+async fn mx_names_a_domain_with_no_mx_and_no_address_and_mx_hosts_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns(good_zone()
+        .txt("bare.example", "v=spf1 -all")
+        .mx("dangling.example", 10, "mx1.dangling.example")
+        .mx("half.example", 10, "mx1.half.example")
+        .mx("half.example", 20, "mx2.half.example")
+        .a("mx2.half.example", Ipv4Addr::new(192, 0, 2, 30)))
+    .await;
+    // The domain exists (it has a TXT record) but neither MX nor address.
+    let run = lookups(&dns, dir.path(), &["--from", "a@bare.example"]).await;
+    run.expect("mx", "fail");
+    assert!(
+        run.summary("mx")
+            .contains("bare.example has no MX and no address"),
+        "{}",
+        run.summary("mx")
+    );
+    assert!(
+        run.advice("mx")
+            .contains("publish an MX record for bare.example")
+            && run.advice("mx").contains("so bounces can come back")
+            && !run.advice("mx").contains("try later"),
+        "{}",
+        run.advice("mx")
+    );
+    let run = lookups(&dns, dir.path(), &["--from", "a@dangling.example"]).await;
+    run.expect("mx", "fail");
+    assert!(
+        run.summary("mx").contains("mx1.dangling.example")
+            && run
+                .advice("mx")
+                .contains("give mx1.dangling.example an A/AAAA record"),
+        "{}",
+        run.check("mx")
+    );
+    let run = lookups(&dns, dir.path(), &["--from", "a@half.example"]).await;
+    run.expect("mx", "warn");
+    assert!(
+        run.summary("mx")
+            .contains("but mx1.half.example has no address"),
+        "{}",
+        run.summary("mx")
+    );
 }

@@ -1,6 +1,8 @@
 //! DKIM private keys, read from PEM files: RSA as PKCS#1 (`RSA PRIVATE
-//! KEY`) or PKCS#8 (`PRIVATE KEY`), of 2048 to 4096 bits (RFC 8301 asks
-//! for 1024 at least and 2048 is today's floor; ring signs up to 4096);
+//! KEY`) or PKCS#8 (`PRIVATE KEY`), of 2048 to 4096 bits in steps of 512
+//! (RFC 8301: signers use 2048 or more, verifiers take 1024 too; ring signs
+//! 2048 to 4096 bits, multiples of 512 only, so a 1024-bit key is refused
+//! with that said);
 //! Ed25519 as PKCS#8 (RFC 8463). The public key is given as the DNS TXT
 //! record publishes it.
 //!
@@ -20,9 +22,19 @@ use crate::fail::Failure;
 /// The largest key file read: a 4096-bit RSA key in PEM is about 3.3 KiB.
 const MAX_FILE: u64 = 64 * 1024;
 
-/// RSA moduli accepted, in bits.
+/// RSA moduli accepted, in bits: 2048 to 4096, in steps of 512 (ring
+/// signs only with moduli of a multiple of 512 bits).
 pub(crate) const RSA_MIN_BITS: usize = 2048;
 pub(crate) const RSA_MAX_BITS: usize = 4096;
+const RSA_STEP_BITS: usize = 512;
+
+/// The RSA sizes smtp signs with, in words.
+pub(crate) const RSA_SIZES: &str = "2048, 2560, 3072, 3584 or 4096";
+
+/// Whether smtp can sign with an RSA key of `bits`.
+pub(crate) fn rsa_size_supported(bits: usize) -> bool {
+    (RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) && bits.is_multiple_of(RSA_STEP_BITS)
+}
 
 /// DER tags.
 const SEQUENCE: u8 = 0x30;
@@ -91,14 +103,23 @@ impl fmt::Display for KeyError {
             Self::Malformed(what) => write!(f, "the key is damaged ({what}); {MAKE}"),
             Self::RsaSize(bits) if *bits < RSA_MIN_BITS => write!(
                 f,
-                "the RSA key has {bits} bits; receivers ignore or distrust signatures by keys \
-                 under {RSA_MIN_BITS} bits, so smtp needs {RSA_MIN_BITS} to {RSA_MAX_BITS}; \
-                 {MAKE}"
+                "the RSA key has {bits} bits, under the {RSA_MIN_BITS} that RFC 8301 asks signers \
+                 to use (verifiers may still take 1024, but such a key is weak, and ring, the \
+                 library smtp signs with, refuses it); smtp signs with RSA keys of {RSA_SIZES} \
+                 bits: {MAKE} (2048 bits by default), publish its record under a new selector, \
+                 and sign with that"
+            ),
+            Self::RsaSize(bits) if *bits > RSA_MAX_BITS => write!(
+                f,
+                "the RSA key has {bits} bits; smtp signs with RSA keys of {RSA_SIZES} bits (a \
+                 TXT record for a larger key is also hard to publish); {MAKE}"
             ),
             Self::RsaSize(bits) => write!(
                 f,
-                "the RSA key has {bits} bits; smtp signs with {RSA_MIN_BITS} to {RSA_MAX_BITS} \
-                 (a TXT record for a larger key is also hard to publish); {MAKE}"
+                "the RSA key has {bits} bits, a size ring (the library smtp signs with) cannot \
+                 sign with: it takes multiples of {RSA_STEP_BITS} bits, so smtp signs with RSA \
+                 keys of {RSA_SIZES} bits; {MAKE} (--bits 2048 or 3072), publish its record \
+                 under a new selector, and sign with that"
             ),
             Self::Refused { what, reason } => {
                 write!(f, "not a valid {what} private key ({reason}); {MAKE}")
@@ -159,7 +180,7 @@ impl Key {
     /// A PKCS#1 RSAPrivateKey.
     fn rsa(pkcs1: &[u8]) -> Result<Self, KeyError> {
         let bits = rsa_bits(pkcs1).ok_or(KeyError::Malformed("no RSA modulus"))?;
-        if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        if !rsa_size_supported(bits) {
             return Err(KeyError::RsaSize(bits));
         }
         let key =

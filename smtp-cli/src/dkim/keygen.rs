@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use mail_auth::dkim::generate::DkimKeyPair;
 
-use super::key::{Kind, RSA_MAX_BITS, RSA_MIN_BITS, pkcs8_ed25519_v1, pkcs8_rsa, to_pem};
+use super::key::{
+    Kind, RSA_MIN_BITS, RSA_SIZES, pkcs8_ed25519_v1, pkcs8_rsa, rsa_size_supported, to_pem,
+};
 use super::{Key, dns_name};
 use crate::cli::{KeygenArgs, RecordArgs};
 use crate::fail::{EX_CANTCREAT, EX_OK, EX_SOFTWARE, Failure};
@@ -25,9 +27,10 @@ pub(crate) fn keygen(args: &KeygenArgs) -> Result<u8, Failure> {
             "--bits is for RSA keys; an Ed25519 key has no size to choose",
         ));
     }
-    if !args.ed25519 && !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+    if !args.ed25519 && !rsa_size_supported(bits) {
         return Err(Failure::usage(format!(
-            "--bits {bits}: give {RSA_MIN_BITS} to {RSA_MAX_BITS} (2048 is what receivers expect)"
+            "--bits {bits}: give {RSA_SIZES} (multiples of 512, which the signing library \
+             needs; 2048 is what receivers expect, 3072 or 4096 if you want more)"
         )));
     }
     let out = args
@@ -58,7 +61,7 @@ pub(crate) fn keygen(args: &KeygenArgs) -> Result<u8, Failure> {
         )
     })?;
     write_private(&out, pem.as_bytes())?;
-    print(&selector, &domain, &key, Some(&out), args.json);
+    print(&selector, &domain, &key, &out, true, args.json);
     Ok(EX_OK)
 }
 
@@ -66,7 +69,7 @@ pub(crate) fn keygen(args: &KeygenArgs) -> Result<u8, Failure> {
 pub(crate) fn record(args: &RecordArgs) -> Result<u8, Failure> {
     let (selector, domain) = names(&args.selector, &args.domain)?;
     let key = Key::read(&args.key)?;
-    print(&selector, &domain, &key, None, args.json);
+    print(&selector, &domain, &key, &args.key, false, args.json);
     Ok(EX_OK)
 }
 
@@ -120,8 +123,9 @@ pub(super) fn zone_line(name: &str, value: &str) -> String {
     format!("{name}. IN TXT ( {} )", strings.join(" "))
 }
 
-/// Says where the key is and what to publish.
-fn print(selector: &str, domain: &str, key: &Key, file: Option<&Path>, json: bool) {
+/// Says where the key is (`written`: just made) and what to publish.
+fn print(selector: &str, domain: &str, key: &Key, path: &Path, written: bool, json: bool) {
+    let file = written.then_some(path);
     let name = format!("{selector}._domainkey.{domain}");
     let value = key.record();
     let zone = zone_line(&name, &value);
@@ -149,16 +153,13 @@ fn print(selector: &str, domain: &str, key: &Key, file: Option<&Path>, json: boo
         Some(b) => format!("an RSA key of {b} bits (rsa-sha256)"),
         None => "an Ed25519 key (ed25519-sha256)".to_owned(),
     };
-    let key_arg = match file {
-        Some(f) => {
-            say!(
-                "wrote {}: {what}, readable by you only (mode 0600); keep it secret",
-                f.display()
-            );
-            f.display().to_string()
-        }
-        None => "KEY".to_owned(),
-    };
+    if let Some(f) = file {
+        say!(
+            "wrote {}: {what}, readable by you only (mode 0600); keep it secret",
+            f.display()
+        );
+    }
+    let key_arg = path.display().to_string();
     say!("publish this TXT record in the DNS of {domain}:");
     say!("");
     say!("{zone}");

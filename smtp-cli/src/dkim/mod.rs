@@ -31,7 +31,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-pub(crate) use key::Key;
+pub(crate) use key::{Key, Kind};
 pub(crate) use keygen::{keygen, record};
 pub(crate) use sign::{Signed, Signer};
 
@@ -239,6 +239,23 @@ pub(crate) fn dns_name(name: &str) -> Result<String, String> {
         return Err("an address literal is not a DNS name".into());
     }
     Ok(d.as_str().to_owned())
+}
+
+/// Whether a signature by `d` counts for DMARC on mail from `from`:
+/// relaxed alignment (RFC 7489 §3.1.1), the same organisational domain.
+/// The organisational domain is taken as the last two labels, as no
+/// public suffix list is at hand (so `a.example.co.uk` and
+/// `b.example.co.uk` are taken as aligned with `example.co.uk` and with
+/// each other).
+pub(crate) fn aligned(d: &str, from: &str) -> bool {
+    organisational(d) == organisational(from)
+}
+
+/// The last two labels of `domain`, lower case, without a final dot.
+pub(crate) fn organisational(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels[labels.len().saturating_sub(2)..].join(".")
 }
 
 #[cfg(test)]

@@ -16,10 +16,25 @@ use crate::message::{Prepared, field_name, read_body};
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Signed {
     /// A DKIM-Signature field was added.
-    Added,
+    Added(Signature),
     /// The message already carries a DKIM-Signature and was left as it is
     /// (`--dkim-add` signs it again).
     AlreadySigned,
+}
+
+/// The signature a message got, for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Signature {
+    /// `d=`.
+    pub(crate) domain: String,
+    /// `s=`.
+    pub(crate) selector: String,
+    /// `a=`: `rsa-sha256` or `ed25519-sha256`.
+    pub(crate) algorithm: &'static str,
+    /// The From: domain when `d=` does not align with it (neither the
+    /// same domain nor of the same organisational domain, RFC 7489
+    /// relaxed alignment): DMARC does not count such a signature.
+    pub(crate) unaligned_from: Option<String>,
 }
 
 /// Signs messages with one key and selector.
@@ -27,6 +42,8 @@ pub(crate) struct Signer {
     inner: DkimSigner<DkimKey, Done>,
     /// `d=` for every message; without it, each message's From: domain.
     domain: Option<String>,
+    selector: String,
+    algorithm: &'static str,
     add: bool,
 }
 
@@ -47,15 +64,18 @@ impl Signer {
             .map(|d| dns_name(d).map_err(|why| Failure::usage(format!("DKIM domain {d:?}: {why}"))))
             .transpose()?;
         let Canonicalization { header, body } = o.canonicalization;
+        let algorithm = key.algorithm();
         let inner = DkimSigner::from_key(key.into_signing())
             .domain(domain.clone().unwrap_or_default())
-            .selector(selector)
+            .selector(selector.clone())
             .headers(["From"])
             .header_canonicalization(canon(header))
             .body_canonicalization(canon(body));
         Ok(Self {
             inner,
             domain,
+            selector,
+            algorithm,
             add: o.add,
         })
     }
@@ -72,6 +92,16 @@ impl Signer {
         {
             return Ok(Signed::AlreadySigned);
         }
+        if !present.iter().any(|f| f.eq_ignore_ascii_case("From")) {
+            // RFC 5322 §3.6 requires From, and DKIM must sign it (RFC 6376
+            // §5.4): a receiver refuses or distrusts the message either way.
+            return Err(Failure::data(format!(
+                "{}: the message has no From: header field, which every message needs (RFC \
+                 5322) and DKIM signs; nothing was sent: add a From: header (From: Name \
+                 <you@example.org>)",
+                p.name
+            )));
+        }
         let h = fields_to_sign(&present);
         if h.len() == 1 {
             // Only the oversigned From: mail-auth would refuse to sign.
@@ -81,11 +111,13 @@ impl Signer {
                 p.name
             )));
         }
-        let domain = match &self.domain {
-            Some(d) => d.clone(),
-            None => from_domain(p)?,
+        let (domain, from) = match (&self.domain, from_domain(p)) {
+            (Some(d), from) => (d.clone(), from.ok()),
+            (None, Ok(f)) => (f.clone(), Some(f)),
+            (None, Err(e)) => return Err(e),
         };
-        self.inner.template.d = domain;
+        let unaligned_from = from.filter(|f| !super::aligned(&domain, f));
+        self.inner.template.d = domain.clone();
         self.inner.template.h = h;
         let mut stream = self.inner.sign_streaming();
         stream.write(&p.head);
@@ -126,7 +158,12 @@ impl Signer {
         let mut head = field;
         head.extend_from_slice(&p.head);
         p.head = head;
-        Ok(Signed::Added)
+        Ok(Signed::Added(Signature {
+            domain,
+            selector: self.selector.clone(),
+            algorithm: self.algorithm,
+            unaligned_from,
+        }))
     }
 }
 
@@ -142,8 +179,8 @@ fn canon(c: super::Canon) -> Canon {
 fn from_domain(p: &Prepared) -> Result<String, Failure> {
     let no_domain = || {
         Failure::data(format!(
-            "{}: no From: address to take the DKIM domain from; give --dkim-domain D \
-             (dkim_domain in the account)",
+            "{}: its From: field holds no address with a domain to sign for; nothing was sent: \
+             fix the From: header to one address (From: Name <you@example.org>)",
             p.name
         ))
     };

@@ -6,7 +6,7 @@ use mail_auth::dkim::generate::DkimKeyPair;
 
 use super::key::{KeyError, Kind, pkcs8_ed25519_v1, pkcs8_rsa, to_pem};
 use super::keygen::zone_line;
-use super::sign::{field_names, fields_to_sign};
+use super::sign::{Signature, field_names, fields_to_sign};
 use super::*;
 use crate::cli::SendArgs;
 use crate::fail::Failure;
@@ -189,6 +189,37 @@ fn rsa_keys_under_2048_bits_are_refused_with_their_size() {
 }
 
 #[test]
+fn rsa_keys_of_a_size_ring_cannot_sign_with_are_refused_naming_the_sizes() {
+    // Only the modulus is read before the size is judged: a PKCS#1
+    // SEQUENCE of a version and a 3000-bit modulus is enough.
+    let mut modulus = vec![0x00, 0x80];
+    modulus.resize(1 + 3000 / 8, 0x01);
+    let mut inner = Vec::new();
+    key::write_tlv(0x02, &[0], &mut inner);
+    key::write_tlv(0x02, &modulus, &mut inner);
+    let mut der = Vec::new();
+    key::write_tlv(0x30, &inner, &mut der);
+    let e = Key::from_pem(to_pem("RSA PRIVATE KEY", &der).as_bytes())
+        .err()
+        .unwrap();
+    assert_eq!(e, KeyError::RsaSize(3000));
+    let text = e.to_string();
+    assert!(
+        text.contains("3000 bits")
+            && text.contains("multiples of 512")
+            && text.contains("2048, 2560, 3072, 3584 or 4096")
+            && !text.contains("PrivateModulusLen"),
+        "{text}"
+    );
+    // 1024 bits: refused, saying why (RFC 8301, ring) and what to do.
+    let text = KeyError::RsaSize(1024).to_string();
+    assert!(
+        text.contains("RFC 8301") && text.contains("new selector"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_damaged_key_is_refused_without_a_byte_of_it_in_the_error() {
     // The modulus intact, a prime changed: ring finds it inconsistent.
     let mut der = rsa_pkcs1().to_vec();
@@ -244,7 +275,15 @@ fn a_signature_goes_on_top_and_is_counted_in_the_size() {
     let mut signer = rsa_signer("relaxed");
     let mut p = prepared(MESSAGE.as_bytes());
     let (head, size) = (p.head.clone(), p.size);
-    assert_eq!(signer.sign(&mut p).unwrap(), Signed::Added);
+    assert_eq!(
+        signer.sign(&mut p).unwrap(),
+        Signed::Added(Signature {
+            domain: "example.org".into(),
+            selector: "s1".into(),
+            algorithm: "rsa-sha256",
+            unaligned_from: None,
+        })
+    );
     assert!(p.head.starts_with(
         b"DKIM-Signature: v=1; a=rsa-sha256; s=s1; d=example.org; c=relaxed/relaxed;"
     ));
@@ -377,7 +416,7 @@ fn a_message_already_signed_is_left_alone_unless_a_signature_is_to_be_added() {
         },
     )
     .unwrap();
-    assert_eq!(adding.sign(&mut p).unwrap(), Signed::Added);
+    assert!(matches!(adding.sign(&mut p).unwrap(), Signed::Added(_)));
     assert!(p.head.ends_with(&before));
     assert_eq!(
         field_names(&p.head)
@@ -412,10 +451,50 @@ fn the_domain_is_the_from_domain_unless_given_and_names_are_dns_names() {
         };
         assert!(Signer::new(key(), &o).is_err(), "selector {bad:?}");
     }
-    // No From: to take the domain from.
-    let mut p = prepared(b"Subject: x\r\nDate: Tue, 1 Dec 2026 02:00:00 +0000\r\n\r\nhi\r\n");
-    let e = rsa_signer("relaxed").sign(&mut p).err().unwrap();
-    assert!(e.message.contains("--dkim-domain"), "{}", e.message);
+}
+
+#[test]
+fn a_message_without_from_is_refused_even_with_a_signing_domain() {
+    let key = || Key::from_pem(to_pem("RSA PRIVATE KEY", rsa_pkcs1()).as_bytes()).unwrap();
+    let no_from = b"Subject: x\r\nDate: Tue, 1 Dec 2026 02:00:00 +0000\r\n\r\nhi\r\n";
+    for domain in [None, Some("example.org")] {
+        let o = Options {
+            domain: domain.map(str::to_owned),
+            ..options("relaxed")
+        };
+        let mut p = prepared(no_from);
+        let e = Signer::new(key(), &o).unwrap().sign(&mut p).err().unwrap();
+        assert_eq!(e.code, crate::fail::EX_DATAERR);
+        assert!(
+            e.message.contains("add a From: header") && !e.message.contains("--dkim-domain"),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn a_signing_domain_that_does_not_align_with_from_is_reported() {
+    let key = || Key::from_pem(to_pem("RSA PRIVATE KEY", rsa_pkcs1()).as_bytes()).unwrap();
+    let signed_by = |d: &str| {
+        let o = Options {
+            domain: Some(d.to_owned()),
+            ..options("relaxed")
+        };
+        let mut p = prepared(MESSAGE.as_bytes());
+        match Signer::new(key(), &o).unwrap().sign(&mut p).unwrap() {
+            Signed::Added(sig) => sig.unaligned_from,
+            Signed::AlreadySigned => panic!("not signed"),
+        }
+    };
+    // MESSAGE is from example.org.
+    assert_eq!(signed_by("example.org"), None);
+    assert_eq!(signed_by("mail.example.org"), None);
+    assert_eq!(signed_by("esp.example.net"), Some("example.org".to_owned()));
+    assert!(aligned("example.org", "news.example.org"));
+    assert!(aligned("a.example.org", "b.Example.ORG."));
+    assert!(!aligned("example.org", "example.net"));
+    assert!(!aligned("example.org.evil.example", "example.org"));
 }
 
 #[test]

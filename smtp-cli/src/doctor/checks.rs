@@ -12,7 +12,7 @@ use smtp_core::delivery::mx::{DnsError, PlanError, PlanKind, Resolver, plan};
 use smtp_dns::RecordResolver;
 
 use super::spf::{self, SpfResult};
-use super::{Check, Setup};
+use super::{Check, Setup, Status};
 use crate::dkim::{Key, dns_name};
 
 /// Said when a check needs the public address and has none.
@@ -121,6 +121,7 @@ pub(super) async fn dnsbl(
     let reversed = reverse(ip);
     let mut listed = Vec::new();
     let mut unsure = Vec::new();
+    let (mut refused, mut failed) = (false, false);
     for zone in zones {
         let name = format!("{reversed}.{zone}");
         let listing = match resolver.addresses(&name).await {
@@ -149,12 +150,18 @@ pub(super) async fn dnsbl(
                 "{zone} ({})",
                 codes.iter().map(|c| meaning(zone, *c)).collect::<Vec<_>>().join(", ")
             )),
-            Listing::Refused(code) => unsure.push(format!("{zone} refused the query ({code})")),
+            Listing::Refused(code) => {
+                refused = true;
+                unsure.push(format!("{zone} refused the query ({code})"));
+            }
             Listing::Odd(addrs) => unsure.push(format!(
                 "{zone} answered {}, not a 127.0.0.x code (the list may be gone, answering everything)",
                 addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             )),
-            Listing::Failed(e) => unsure.push(format!("{zone}: {e}")),
+            Listing::Failed(e) => {
+                failed = true;
+                unsure.push(format!("{zone}: {e}"));
+            }
         }
     }
     if !listed.is_empty() {
@@ -170,11 +177,22 @@ pub(super) async fn dnsbl(
         );
     }
     if !unsure.is_empty() {
+        // A refusal (127.255.255.x) is the list turning a public resolver
+        // away; a timeout or SERVFAIL says nothing of the kind.
+        let advice = if refused {
+            "blocklists refuse queries from large public resolvers: ask through your own \
+             resolver (--dns-server, e.g. a local unbound), then check again"
+        } else if failed {
+            "the lookups did not complete (a timeout or a failure is not a refusal): check \
+             again later, or through another resolver (--dns-server)"
+        } else {
+            "a list that answers every query is gone or broken: leave it out (--dnsbl names \
+             the lists to ask)"
+        };
         return Check::warn(
             ID,
             format!("{ip}: not listed where asked, but {}", unsure.join("; ")),
-            "blocklists refuse queries from large public resolvers: ask through your own \
-             resolver (--dns-server, e.g. a local unbound), then check again",
+            advice,
         );
     }
     Check::pass(ID, format!("{ip} is not listed on {}", zones.join(", ")))
@@ -228,11 +246,34 @@ fn meaning(zone: &str, code: IpAddr) -> String {
 pub(super) async fn spf(resolver: &dyn RecordResolver, setup: &Setup, ip: Option<IpAddr>) -> Check {
     const ID: &str = "spf";
     let domain = setup.domain.as_str();
-    let example = match (&setup.relay, ip) {
-        (Some(_), _) => "v=spf1 include:<your provider's SPF domain> -all".to_owned(),
-        (None, Some(IpAddr::V4(v4))) => format!("v=spf1 ip4:{v4} -all"),
-        (None, Some(IpAddr::V6(v6))) => format!("v=spf1 ip6:{v6} -all"),
-        (None, None) => "v=spf1 ip4:<this machine's address> -all".to_owned(),
+    // A relay on a loopback or private address (a local Postfix, a
+    // smarthost on the LAN) sends on from this network: SPF is judged on
+    // this machine's public address, as for direct delivery.
+    let relay = match &setup.relay {
+        Some((host, _)) => {
+            let ips = match host.parse::<IpAddr>() {
+                Ok(ip) => Ok(vec![ip]),
+                Err(_) => match resolver.addresses(host).await {
+                    Ok(a) if !a.is_empty() => Ok(a),
+                    Ok(_) | Err(_) => Err(host),
+                },
+            };
+            match ips {
+                Ok(ips) if ips.iter().all(|a| !super::probe::is_public(*a)) => {
+                    Relay::Local(host, ips[0])
+                }
+                Ok(ips) => Relay::Remote(host, ips),
+                Err(host) => Relay::Unresolved(host),
+            }
+        }
+        None => Relay::None,
+    };
+    let remote = matches!(relay, Relay::Remote(..) | Relay::Unresolved(_));
+    let example = match (remote, ip) {
+        (true, _) => "v=spf1 include:<your provider's SPF domain> -all".to_owned(),
+        (false, Some(IpAddr::V4(v4))) => format!("v=spf1 ip4:{v4} -all"),
+        (false, Some(IpAddr::V6(v6))) => format!("v=spf1 ip6:{v6} -all"),
+        (false, None) => "v=spf1 ip4:<this machine's address> -all".to_owned(),
     };
     let text = match spf::record(resolver, domain).await {
         Ok(Some(t)) => t,
@@ -262,27 +303,37 @@ pub(super) async fn spf(resolver: &dyn RecordResolver, setup: &Setup, ip: Option
         );
     }
     // Whose addresses must be authorised.
-    let (who, ips) = match (&setup.relay, ip) {
-        (Some((host, _)), _) => {
-            let ips = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => match resolver.addresses(host).await {
-                    Ok(a) if !a.is_empty() => a,
-                    Ok(_) | Err(_) => {
-                        return Check::warn(
-                            ID,
-                            format!(
-                                "{domain}: {text} (it parses); the relay {host} has no address to check it against"
-                            ),
-                            "check --server's name",
-                        );
-                    }
-                },
-            };
-            (format!("the relay {host}"), ips)
+    let mut note = String::new();
+    let (who, ips) = match (relay, ip) {
+        (Relay::Unresolved(host), _) => {
+            return Check::warn(
+                ID,
+                format!(
+                    "{domain}: {text} (it parses); the relay {host} has no address to check it against"
+                ),
+                "check --server's name",
+            );
         }
-        (None, Some(ip)) => (ip.to_string(), vec![ip]),
-        (None, None) => {
+        (Relay::Remote(host, ips), _) => (format!("the relay {host}"), ips),
+        (Relay::Local(host, at), Some(ip)) => {
+            note = format!(
+                " (checked for this network's public address: the relay {host} is on {at}, a \
+                 local address, so its mail leaves from here)"
+            );
+            ("this machine".to_owned(), vec![ip])
+        }
+        (Relay::Local(host, at), None) => {
+            return Check::warn(
+                ID,
+                format!(
+                    "{domain}: {text} (it parses); the relay {host} is on {at}, a local address: \
+                     its mail leaves from this network's public address, which is unknown"
+                ),
+                GIVE_IP,
+            );
+        }
+        (Relay::None, Some(ip)) => ("this machine".to_owned(), vec![ip]),
+        (Relay::None, None) => {
             return Check::warn(
                 ID,
                 format!(
@@ -299,7 +350,7 @@ pub(super) async fn spf(resolver: &dyn RecordResolver, setup: &Setup, ip: Option
             return Check::pass(
                 ID,
                 format!(
-                    "{domain}: {text}; it authorises {who} ({a}: pass{})",
+                    "{domain}: {text}; it authorises {who} ({a}: pass{}){note}",
                     e.decided_by
                         .map(|b| format!(", by {b}"))
                         .unwrap_or_default()
@@ -327,18 +378,29 @@ pub(super) async fn spf(resolver: &dyn RecordResolver, setup: &Setup, ip: Option
         .as_ref()
         .map(|b| format!(", by {b}"))
         .unwrap_or_default();
-    let add = match (&setup.relay, a) {
-        (Some(_), _) => "add the include: your relay's provider documents for SPF".to_owned(),
-        (None, IpAddr::V4(v4)) => format!("add ip4:{v4} before the all term"),
-        (None, IpAddr::V6(v6)) => format!("add ip6:{v6} before the all term"),
+    let add = match (remote, a) {
+        (true, _) => "add the include: your relay's provider documents for SPF".to_owned(),
+        (false, IpAddr::V4(v4)) => format!("add ip4:{v4} before the all term"),
+        (false, IpAddr::V6(v6)) => format!("add ip6:{v6} before the all term"),
     };
-    let summary = format!("{domain}: {text}; {who} ({a}) gets {}{by}", e.result.name());
+    let summary = format!(
+        "{domain}: {text}; {who} ({a}) gets {}{by}{note}",
+        e.result.name()
+    );
     match &e.result {
         SpfResult::PermError(why) => Check::fail(
             ID,
             format!("{summary}: {why}"),
-            "receivers treat a broken SPF record as none at all (permerror): fix it (fewer \
-             includes, or flatten them into ip4:/ip6: terms)",
+            match &e.decided_by {
+                Some(term) => format!(
+                    "receivers treat a broken SPF record as none at all (permerror): fix or \
+                     replace {term} (the error comes through it: {why}); fewer includes, or \
+                     flattening them into ip4:/ip6: terms, keeps within the limits"
+                ),
+                None => "receivers treat a broken SPF record as none at all (permerror): fix it \
+                         (fewer includes, or flatten them into ip4:/ip6: terms)"
+                    .to_owned(),
+            },
         ),
         SpfResult::TempError(why) => Check::warn(
             ID,
@@ -347,7 +409,7 @@ pub(super) async fn spf(resolver: &dyn RecordResolver, setup: &Setup, ip: Option
         ),
         // A relay's submission address is often not the one it sends
         // from: its result is a warning, never a failure.
-        _ if setup.relay.is_some() => Check::warn(
+        _ if remote => Check::warn(
             ID,
             summary,
             format!(
@@ -363,6 +425,19 @@ pub(super) async fn spf(resolver: &dyn RecordResolver, setup: &Setup, ip: Option
             add,
         ),
     }
+}
+
+/// The relay mail goes through, for SPF.
+enum Relay<'s> {
+    /// Direct delivery.
+    None,
+    /// A relay elsewhere, with its addresses.
+    Remote(&'s str, Vec<IpAddr>),
+    /// A relay on a loopback or private address (one of them shown): it
+    /// sends on from this network's public address.
+    Local(&'s str, IpAddr),
+    /// A relay whose name has no address.
+    Unresolved(&'s str),
 }
 
 fn broken(domain: &str, result: &SpfResult) -> Check {
@@ -400,9 +475,41 @@ fn tag<'t>(tags: &'t [(String, String)], name: &str) -> Option<&'t str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The DKIM key published at `SELECTOR._domainkey.DOMAIN` and whether it
-/// is the public half of the configured private key.
+/// The DKIM key published at `SELECTOR._domainkey.DOMAIN`, whether it
+/// is the public half of the configured private key, and whether its
+/// domain aligns with the `--from` domain (RFC 7489 relaxed alignment:
+/// DMARC counts only such signatures).
 pub(super) async fn dkim(resolver: &dyn RecordResolver, setup: &Setup) -> Check {
+    let mut check = published_key(resolver, setup).await;
+    let d = setup.dkim.domain.as_deref().unwrap_or(&setup.domain);
+    if setup.dkim.selector.is_none() || crate::dkim::aligned(d, &setup.domain) {
+        return check;
+    }
+    let from = &setup.domain;
+    let why = format!(
+        "the signing domain d={d} does not align with the From domain {from}: DMARC does not \
+         count its signatures for {from} (it needs the same organisational domain, {})",
+        crate::dkim::organisational(from)
+    );
+    let fix = format!(
+        "sign with --dkim-domain {from} (or another domain under {}), with a key published \
+         there",
+        crate::dkim::organisational(from)
+    );
+    if check.status == Status::Pass {
+        return Check::warn(check.id, format!("{}; but {why}", check.summary), fix);
+    }
+    check.summary = format!("{}; and {why}", check.summary);
+    check.advice = Some(match check.advice.take() {
+        Some(a) => format!("{a}; and {fix}"),
+        None => fix,
+    });
+    check
+}
+
+/// The key published at `SELECTOR._domainkey.DOMAIN` and whether it is
+/// the public half of the configured private key.
+async fn published_key(resolver: &dyn RecordResolver, setup: &Setup) -> Check {
     const ID: &str = "dkim";
     let Some(selector) = &setup.dkim.selector else {
         return Check::warn(
@@ -496,9 +603,57 @@ pub(super) async fn dkim(resolver: &dyn RecordResolver, setup: &Setup) -> Check 
             publish,
         );
     }
-    let Ok(public) = BASE64.decode(p) else {
-        return Check::fail(ID, format!("the p= of {name} is not base64"), publish);
+    let k = tag(&published, "k").unwrap_or("rsa").to_ascii_lowercase();
+    // A value published as one string of over 255 characters is cut at
+    // 255 by some DNS tools and providers.
+    let cut = if text.len() == TXT_STRING {
+        format!(" (the record is exactly {TXT_STRING} characters long: it was probably cut there)")
+    } else {
+        String::new()
     };
+    let split = format!(
+        "publish the value whole: in a zone file as several quoted strings of at most \
+         {TXT_STRING} characters in one TXT record (\"v=DKIM1; k=rsa; p=MIIB…\" \"…IDAQAB\"), as \
+         `smtp dkim record` prints it (most DNS providers' forms take the whole value and split \
+         it themselves); check with dig +short TXT {name}"
+    );
+    let Ok(public) = BASE64.decode(p) else {
+        return Check::fail(
+            ID,
+            format!(
+                "the p= of {name} is not whole base64 ({} characters){cut}: receivers cannot read the key",
+                p.len()
+            ),
+            split,
+        );
+    };
+    if let Err(why) = key_shape(&k, &public) {
+        let advice = if why.cut { split } else { publish };
+        return Check::fail(
+            ID,
+            format!(
+                "the key at {name} {}{cut}: receivers cannot use it",
+                why.what
+            ),
+            advice,
+        );
+    }
+    if let Some((_, key)) = &key {
+        let ours = match key.kind() {
+            crate::dkim::Kind::Rsa { .. } => "rsa",
+            crate::dkim::Kind::Ed25519 => "ed25519",
+        };
+        if k != ours {
+            return Check::fail(
+                ID,
+                format!(
+                    "the record at {name} says k={k}, but the key you sign with is {ours}: \
+                     receivers check signatures with the wrong algorithm"
+                ),
+                format!("{publish} (k={ours})"),
+            );
+        }
+    }
     if let Err(e) = DomainKey::parse(text.as_bytes()) {
         return Check::fail(
             ID,
@@ -506,7 +661,6 @@ pub(super) async fn dkim(resolver: &dyn RecordResolver, setup: &Setup) -> Check 
             publish,
         );
     }
-    let k = tag(&published, "k").unwrap_or("rsa").to_owned();
     let Some((path, key)) = key else {
         return Check::warn(
             ID,
@@ -518,6 +672,19 @@ pub(super) async fn dkim(resolver: &dyn RecordResolver, setup: &Setup) -> Check 
     let ours = tag(&ours, "p")
         .and_then(|p| BASE64.decode(p).ok())
         .unwrap_or_default();
+    if ours.len() > public.len() && ours.starts_with(&public) {
+        return Check::fail(
+            ID,
+            format!(
+                "{name} publishes the first {} of the {} octets of {}'s public key: its p= was \
+                 cut{cut}",
+                public.len(),
+                ours.len(),
+                path.display()
+            ),
+            split,
+        );
+    }
     if ours == public {
         Check::pass(
             ID,
@@ -535,6 +702,81 @@ pub(super) async fn dkim(resolver: &dyn RecordResolver, setup: &Setup) -> Check 
             ),
             format!("{publish}, or sign with the key that matches the record"),
         )
+    }
+}
+
+/// A TXT record's character-strings hold at most 255 octets each.
+const TXT_STRING: usize = 255;
+
+/// Why a published `p=` is not a key of its `k=`.
+struct BadKey {
+    what: String,
+    /// The value looks cut short (split it into strings).
+    cut: bool,
+}
+
+/// Whether `public` (the decoded `p=`) has the shape of a `k` key: for
+/// RSA a DER SEQUENCE (SubjectPublicKeyInfo, or PKCS#1) whose length
+/// covers it exactly, for Ed25519 32 octets.
+fn key_shape(k: &str, public: &[u8]) -> Result<(), BadKey> {
+    let der_len = || -> Option<usize> {
+        // SEQUENCE, then a definite length: short form, or 0x81/0x82 and
+        // the octets.
+        if public.first() != Some(&0x30) {
+            return None;
+        }
+        let first = *public.get(1)?;
+        if first < 0x80 {
+            return Some(2 + usize::from(first));
+        }
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 2 {
+            return None;
+        }
+        let len = public
+            .get(2..2 + n)?
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        Some(2 + n + len)
+    };
+    match k {
+        "rsa" => match der_len() {
+            Some(total) if total == public.len() => Ok(()),
+            Some(total) if total > public.len() => Err(BadKey {
+                what: format!(
+                    "is cut short: its p= holds {} of the {total} octets the key declares",
+                    public.len()
+                ),
+                cut: true,
+            }),
+            _ if public.len() == 32 => Err(BadKey {
+                what: "says k=rsa, but its p= is 32 octets, an Ed25519 key (k=ed25519)".into(),
+                cut: false,
+            }),
+            _ => Err(BadKey {
+                what: format!(
+                    "has a p= of {} octets that is not an RSA public key",
+                    public.len()
+                ),
+                cut: false,
+            }),
+        },
+        "ed25519" if public.len() == 32 => Ok(()),
+        "ed25519" if der_len().is_some() => Err(BadKey {
+            what: "says k=ed25519, but its p= is an RSA key (k=rsa)".into(),
+            cut: false,
+        }),
+        "ed25519" => Err(BadKey {
+            what: format!(
+                "has a p= of {} octets; an Ed25519 key (k=ed25519) has 32",
+                public.len()
+            ),
+            cut: false,
+        }),
+        other => Err(BadKey {
+            what: format!("says k={other}: DKIM keys are k=rsa or k=ed25519"),
+            cut: false,
+        }),
     }
 }
 
@@ -577,10 +819,24 @@ pub(super) async fn dmarc(resolver: &dyn RecordResolver, domain: &str) -> Check 
                 return Check::fail(
                     ID,
                     format!("{n} DMARC records at {name}: receivers then apply none"),
-                    format!("keep one. {publish}"),
+                    format!("keep one; {publish}"),
                 );
             }
         };
+        let subdomain = i > 0;
+        if let Some(fault) = dmarc_fault(&text) {
+            return Check::fail(
+                ID,
+                format!(
+                    "the DMARC record at {name} ({text}) has {}: receivers ignore the whole record",
+                    fault.what
+                ),
+                format!(
+                    "{}, keeping the policy you meant; the record then applies again",
+                    fault.fix
+                ),
+            );
+        }
         let parsed = match Dmarc::parse(text.as_bytes()) {
             Ok(d) => d,
             Err(e) => {
@@ -589,11 +845,13 @@ pub(super) async fn dmarc(resolver: &dyn RecordResolver, domain: &str) -> Check 
                     format!(
                         "the DMARC record at {name} ({text}) does not parse ({e}): receivers ignore it"
                     ),
-                    publish,
+                    format!(
+                        "fix it to RFC 7489's syntax (v=DMARC1; p=none|quarantine|reject; …), \
+                         keeping the policy you meant; if {name} has no record you meant: {publish}"
+                    ),
                 );
             }
         };
-        let subdomain = i > 0;
         let policy = if subdomain && parsed.sp != Policy::Unspecified {
             parsed.sp
         } else {
@@ -630,6 +888,12 @@ pub(super) async fn dmarc(resolver: &dyn RecordResolver, domain: &str) -> Check 
         } else {
             name.clone()
         };
+        // The tag that governs the sender's domain, which the advice names.
+        let governing = if subdomain && parsed.sp != Policy::Unspecified {
+            "sp"
+        } else {
+            "p"
+        };
         let summary = format!("{whose}: policy {}, {reports}", word(policy));
         return match policy {
             Policy::Quarantine | Policy::Reject => Check::pass(ID, summary),
@@ -640,10 +904,12 @@ pub(super) async fn dmarc(resolver: &dyn RecordResolver, domain: &str) -> Check 
                 ),
                 if parsed.rua.is_empty() {
                     format!(
-                        "add rua=mailto:dmarc@{domain} to get reports; once they show your mail passing SPF or DKIM, move to p=quarantine, then p=reject"
+                        "add rua=mailto:dmarc@{at} to {name} to get reports; once they show your mail passing SPF or DKIM, move to {governing}=quarantine, then {governing}=reject"
                     )
                 } else {
-                    "once the reports show your mail passing SPF or DKIM, move to p=quarantine, then p=reject".to_owned()
+                    format!(
+                        "once the reports show your mail passing SPF or DKIM, move {name} to {governing}=quarantine, then {governing}=reject"
+                    )
                 },
             ),
             Policy::Unspecified => Check::fail(
@@ -662,6 +928,77 @@ pub(super) async fn dmarc(resolver: &dyn RecordResolver, domain: &str) -> Check 
     )
 }
 
+/// A tag of a DMARC record whose value is not one it can take.
+struct DmarcFault {
+    /// `p=rejekt (not none, quarantine or reject)`.
+    what: String,
+    /// `fix p=rejekt to p=reject`.
+    fix: String,
+}
+
+/// The first tag of a DMARC record (RFC 7489 §6.3) with a value receivers
+/// reject, named, with the nearest valid value: a typo in `p=` must be
+/// fixed to the policy meant, not replaced by `p=none`.
+fn dmarc_fault(record: &str) -> Option<DmarcFault> {
+    const POLICIES: &[&str] = &["none", "quarantine", "reject"];
+    const MODES: &[&str] = &["r", "s"];
+    for (k, v) in record
+        .split(';')
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase()))
+    {
+        let allowed = match k.as_str() {
+            "p" | "sp" => POLICIES,
+            "adkim" | "aspf" => MODES,
+            "pct" => {
+                if v.parse::<u8>().is_ok_and(|n| n <= 100) {
+                    continue;
+                }
+                return Some(DmarcFault {
+                    what: format!("pct={v} (not a number from 0 to 100)"),
+                    fix: "fix pct= to a percentage from 0 to 100, or remove it (100)".to_owned(),
+                });
+            }
+            _ => continue,
+        };
+        if allowed.contains(&v.as_str()) {
+            continue;
+        }
+        let nearest = allowed
+            .iter()
+            .min_by_key(|a| edit_distance(a, &v))
+            .copied()
+            .unwrap_or(allowed[0]);
+        return Some(DmarcFault {
+            what: format!(
+                "{k}={v} (not {} or {})",
+                allowed[..allowed.len() - 1].join(", "),
+                allowed[allowed.len() - 1]
+            ),
+            fix: format!("fix {k}={v} to {k}={nearest} (if that is what you meant)"),
+        });
+    }
+    None
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = here;
+        }
+    }
+    row[b.len()]
+}
+
 /// The sender domain's own MX: bounces and replies to `--from` need
 /// somewhere to go.
 pub(super) async fn mx(resolver: &dyn RecordResolver, domain: &str) -> Check {
@@ -669,17 +1006,38 @@ pub(super) async fn mx(resolver: &dyn RecordResolver, domain: &str) -> Check {
     let resolver: &dyn Resolver = resolver;
     let mut first = |_: usize| 0;
     match plan(resolver, domain, &mut first, 5).await {
-        Ok(p) if p.kind == PlanKind::Mx => Check::pass(
-            ID,
-            format!(
-                "mail to {domain} goes to {}",
-                p.hosts
-                    .iter()
-                    .map(|h| format!("{} (preference {})", h.name, h.preference))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
+        Ok(p) if p.kind == PlanKind::Mx => {
+            let hosts = p
+                .hosts
+                .iter()
+                .map(|h| format!("{} (preference {})", h.name, h.preference))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let bare: Vec<&str> = p
+                .hosts
+                .iter()
+                .filter(|h| {
+                    h.addresses.is_empty() && !matches!(h.error, Some(DnsError::Temporary(_)))
+                })
+                .map(|h| h.name.as_str())
+                .collect();
+            if bare.is_empty() {
+                Check::pass(ID, format!("mail to {domain} goes to {hosts}"))
+            } else {
+                Check::warn(
+                    ID,
+                    format!(
+                        "mail to {domain} goes to {hosts}, but {} has no address (A/AAAA): \
+                         senders skip it",
+                        bare.join(", ")
+                    ),
+                    format!(
+                        "give {} an A/AAAA record, or remove it from {domain}'s MX records",
+                        bare.join(", ")
+                    ),
+                )
+            }
+        }
         Ok(p) => Check::warn(
             ID,
             format!(
@@ -706,11 +1064,51 @@ pub(super) async fn mx(resolver: &dyn RecordResolver, domain: &str) -> Check {
             e.to_string(),
             "try again, or another resolver (--dns-server)",
         ),
+        Err(PlanError::NoAddresses { .. }) => {
+            // Which names lack an address: the MX hosts, or the domain
+            // itself when it has no MX.
+            let hosts: Vec<String> = match resolver.mx(domain).await {
+                Ok(r) => r
+                    .into_iter()
+                    .map(|r| r.exchange.trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if hosts.is_empty() {
+                Check::fail(
+                    ID,
+                    format!(
+                        "{domain} has no MX and no address: mail to it (bounces, replies) has \
+                         nowhere to go, and some receivers refuse senders like that"
+                    ),
+                    format!(
+                        "publish an MX record for {domain} naming the server that receives its \
+                         mail, so bounces can come back"
+                    ),
+                )
+            } else {
+                Check::fail(
+                    ID,
+                    format!(
+                        "the MX host{} of {domain}, {}, {} no address (A/AAAA): mail to {domain} \
+                         (bounces, replies) has nowhere to go",
+                        if hosts.len() == 1 { "" } else { "s" },
+                        hosts.join(", "),
+                        if hosts.len() == 1 { "has" } else { "have" }
+                    ),
+                    format!(
+                        "give {} an A/AAAA record, or point {domain}'s MX at a host that has one",
+                        hosts.join(", ")
+                    ),
+                )
+            }
+        }
         Err(e) => Check::fail(
             ID,
             e.to_string(),
             format!(
-                "send from a domain that exists and receives mail; give {domain} an MX record with an address"
+                "send from a domain that exists and receives mail, or create {domain} with an MX \
+                 record"
             ),
         ),
     }
@@ -727,6 +1125,22 @@ mod tests {
             reverse("2001:db8::1".parse().unwrap()),
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"
         );
+    }
+
+    #[test]
+    fn a_dmarc_typo_is_named_with_the_value_meant() {
+        let f = dmarc_fault("v=DMARC1; p=rejekt; rua=mailto:d@example.org").unwrap();
+        assert_eq!(f.what, "p=rejekt (not none, quarantine or reject)");
+        assert_eq!(
+            f.fix,
+            "fix p=rejekt to p=reject (if that is what you meant)"
+        );
+        let f = dmarc_fault("v=DMARC1; p=reject; sp=quarantin").unwrap();
+        assert!(f.fix.contains("sp=quarantine"), "{}", f.fix);
+        let f = dmarc_fault("v=DMARC1; p=none; adkim=x").unwrap();
+        assert_eq!(f.what, "adkim=x (not r or s)");
+        assert!(dmarc_fault("v=DMARC1; p=none; pct=101").is_some());
+        assert!(dmarc_fault("v=DMARC1; p=Reject; sp=none; adkim=s; pct=50").is_none());
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //!
 //! Exit 0 when nothing FAILs (warnings included), 1 when a check FAILs:
 //! a finding, distinct from the sysexits codes (64 to 78) that say the
-//! doctor itself could not run.
+//! doctor itself could not run. When the resolver gives no answer about
+//! the sender's domain at all, nothing can be checked: the one `dns`
+//! check FAILs and the doctor exits 75 (EX_TEMPFAIL), so a deployment
+//! gate never passes on checks that were never made.
 
 mod checks;
 mod probe;
@@ -32,7 +35,7 @@ use smtp_dns::{HickoryResolver, RecordResolver};
 
 use crate::cli::DoctorArgs;
 use crate::config;
-use crate::fail::{EX_OK, Failure};
+use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
 use crate::output::JSON_VERSION;
 
 /// The exit code when a check FAILs.
@@ -177,6 +180,10 @@ pub(crate) async fn run(args: DoctorArgs) -> Result<u8, Failure> {
         None => HickoryResolver::system(),
     }
     .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
+    if let Some(silent) = resolver_silent(&resolver, &setup.domain).await {
+        print(&setup, std::slice::from_ref(&silent), args.json);
+        return Ok(EX_TEMPFAIL);
+    }
     let checks = diagnose(&resolver, &setup).await;
     print(&setup, &checks, args.json);
     Ok(if checks.iter().any(|c| c.status == Status::Fail) {
@@ -184,6 +191,31 @@ pub(crate) async fn run(args: DoctorArgs) -> Result<u8, Failure> {
     } else {
         EX_OK
     })
+}
+
+/// The `dns` check, when the resolver gives no answer about the sender's
+/// domain: its TXT and MX records, asked at once, both fail for now
+/// (a timeout, a refused or unreachable server, SERVFAIL). An answer of
+/// any kind, NXDOMAIN or an empty one too, lets the checks run.
+async fn resolver_silent(resolver: &dyn RecordResolver, domain: &str) -> Option<Check> {
+    use smtp_core::delivery::mx::DnsError;
+    let (txt, mx) = tokio::join!(resolver.txt(domain), resolver.mx(domain));
+    match (txt, mx) {
+        (Err(DnsError::Temporary(why)), Err(DnsError::Temporary(_))) => Some(Check::fail(
+            "dns",
+            format!(
+                "the DNS resolver does not answer: {} gave no answer about {domain} ({why}), so \
+                 nothing was checked",
+                resolver.name()
+            ),
+            format!(
+                "check --dns-server (or the system's resolver, /etc/resolv.conf) and that it \
+                 answers queries from this machine (dig TXT {domain} @SERVER), then run the \
+                 doctor again"
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// The options, with the account's settings where an option is not given.
@@ -323,8 +355,9 @@ fn print(setup: &Setup, checks: &[Check], json: bool) {
         }
     }
     say!(
-        "{} checks: {} pass, {} warn, {} fail",
+        "{} check{}: {} pass, {} warn, {} fail",
         checks.len(),
+        if checks.len() == 1 { "" } else { "s" },
         counts.pass,
         counts.warn,
         counts.fail

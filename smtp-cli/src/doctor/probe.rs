@@ -228,7 +228,7 @@ pub(super) fn public_ip(given: Option<IpAddr>, outbound: &Outbound) -> (Check, O
 
 /// Whether an address can be seen from the Internet (the documentation
 /// ranges count: examples and tests use them).
-fn is_public(ip: IpAddr) -> bool {
+pub(super) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, ..] = v4.octets();

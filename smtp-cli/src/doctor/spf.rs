@@ -155,6 +155,15 @@ impl Eval<'_> {
             for directive in spf.directives.iter() {
                 match self.term(&directive.mechanism, &domain).await {
                     Term::NoMatch => {}
+                    // A broken record names the term of this record
+                    // that led to it (the include to fix).
+                    Term::Stop(r @ SpfResult::PermError(_)) => {
+                        let by = format!(
+                            "{} in {domain}",
+                            describe(&directive.qualifier, &directive.mechanism)
+                        );
+                        return decided(r, Some(by));
+                    }
                     Term::Stop(r) => return decided(r, None),
                     Term::Match => {
                         let result = match directive.qualifier {

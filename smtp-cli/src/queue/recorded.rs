@@ -87,6 +87,7 @@ impl Recorded {
                     })
                     .collect(),
                 diagnosis: None,
+                dkim: None,
                 errors: Vec::new(),
                 missing_outcomes: false,
             })
