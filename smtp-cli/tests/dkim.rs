@@ -655,10 +655,24 @@ async fn a_key_that_cannot_sign_stops_the_command_before_anything_is_sent() {
     lines.truncate(lines.len() - 1);
     let damaged = f.message("damaged.pem", lines.join("\n").as_bytes());
     let missing = f.path("missing.pem");
+    // A FIFO would block the open until a writer came (forever); a
+    // directory is no key either.
+    let fifo = f.path("fifo.pem");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let directory = f.path("key-dir");
+    std::fs::create_dir(&directory).unwrap();
     for (key, says) in [
         (&not_a_key, "not a PEM private key"),
         (&damaged, "no END line"),
         (&missing, "cannot read it"),
+        (&fifo, "not a regular file"),
+        (&directory, "not a regular file"),
     ] {
         let o = run(f.send(
             &file,

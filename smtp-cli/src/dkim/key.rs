@@ -133,6 +133,15 @@ impl Key {
     /// users can read gets a warning.
     pub(crate) fn read(path: &Path) -> Result<Self, Failure> {
         let fail = |what: String| Failure::config(format!("DKIM key {}: {what}", path.display()));
+        // Before opening: opening a FIFO blocks until a writer comes, and a
+        // device or a directory is no key file either.
+        let kind = std::fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        if !kind.is_file() {
+            return Err(fail(
+                "not a regular file: give the key's PEM file (e.g. from `smtp dkim keygen`)"
+                    .to_owned(),
+            ));
+        }
         let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
         let meta = file
             .metadata()
