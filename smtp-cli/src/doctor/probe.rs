@@ -176,8 +176,9 @@ fn bracketed_ip(text: &str) -> Option<IpAddr> {
             .strip_prefix("IPv6:")
             .or_else(|| inside.strip_prefix("ipv6:"))
             .unwrap_or(inside);
-        if let Ok(ip) = inside.parse() {
-            return Some(ip);
+        if let Ok(ip) = inside.parse::<IpAddr>() {
+            // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 one.
+            return Some(ip.to_canonical());
         }
         rest = &after[end..];
     }
@@ -187,6 +188,9 @@ fn bracketed_ip(text: &str) -> Option<IpAddr> {
 /// The public-address check, and the address the other checks use: the
 /// one given, else the one a server saw when it is a public one.
 pub(super) fn public_ip(given: Option<IpAddr>, outbound: &Outbound) -> (Check, Option<IpAddr>) {
+    // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 one, for
+    // SPF's ip4:, the PTR name and the blocklists alike.
+    let given = given.map(|ip| ip.to_canonical());
     match (given, &outbound.seen) {
         (Some(ip), Some((host, seen))) if *seen != ip => (
             Check::warn(
@@ -270,6 +274,21 @@ mod tests {
         );
         assert_eq!(ip("mx.example.net ESMTP"), None);
         assert_eq!(ip("unclosed [192.0.2.1"), None);
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        assert_eq!(
+            ip("mx Hello [IPv6:::ffff:8.8.8.8]").as_deref(),
+            Some("8.8.8.8")
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_given_is_checked_as_ipv4() {
+        let outbound = Outbound {
+            check: Check::pass("port25", "answered"),
+            seen: None,
+        };
+        let (_, ip) = public_ip(Some("::ffff:203.0.113.5".parse().unwrap()), &outbound);
+        assert_eq!(ip, Some("203.0.113.5".parse().unwrap()));
     }
 
     #[test]
