@@ -1184,3 +1184,31 @@ async fn mx_names_a_domain_with_no_mx_and_no_address_and_mx_hosts_without_one() 
         run.summary("mx")
     );
 }
+
+#[tokio::test]
+async fn what_dns_says_reaches_json_without_its_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    // An SPF record that does not parse and says so in escape sequences:
+    // the summary quotes it.
+    let zone = Zone::new().txt(
+        "ctl.example",
+        "v=spf1 ip4:\u{1b}[2J\u{1b}[31mFORGED\u{7}\r\nPASS  spf -all",
+    );
+    let dns = dns(zone).await;
+    let run = lookups(
+        &dns,
+        dir.path(),
+        &["--from", "a@ctl.example", "--ip", "203.0.113.5"],
+    )
+    .await;
+    for check in run.json["checks"].as_array().unwrap() {
+        for field in ["summary", "advice"] {
+            let text = check[field].as_str().unwrap_or_default();
+            assert!(
+                !text.chars().any(|c| c.is_control()),
+                "{}: {field} {text:?}",
+                check["id"]
+            );
+        }
+    }
+}

@@ -329,9 +329,25 @@ fn counts(checks: &[Check]) -> Counts {
     }
 }
 
+/// `text` as the terminal shows it: on one line, control characters
+/// neutralised.
+fn clean(text: &str) -> String {
+    crate::terminal::printable(&crate::terminal::one_line(text)).into_owned()
+}
+
 fn print(setup: &Setup, checks: &[Check], json: bool) {
     let counts = counts(checks);
     if json {
+        // What DNS and servers said, cleaned as for the terminal: a field
+        // printed by `jq -r` must not carry their control characters.
+        let checks: Vec<Check> = checks
+            .iter()
+            .map(|c| Check {
+                summary: clean(&c.summary),
+                advice: c.advice.as_deref().map(clean),
+                ..c.clone()
+            })
+            .collect();
         let v = serde_json::json!({
             "version": JSON_VERSION,
             "from": setup.from,
