@@ -273,10 +273,10 @@ async fn rsa_and_ed25519_signatures_verify_with_dkimpy_in_each_canonicalization(
             assert_eq!(tag(&got, "a"), a, "{case}");
             assert_eq!(tag(&got, "d"), "example.org", "the From: domain");
             assert_eq!(tag(&got, "s"), selector);
-            // The fields the message has, bottom up, and From oversigned;
+            // The fields the message has, bottom up, then the trusted ones
+            // once more (From among them);
             // Bcc was removed before signing, Date and Message-ID added.
             let h = tag(&got, "h").to_ascii_lowercase();
-            assert!(h.ends_with(":from"), "{case}: {h}");
             assert_eq!(
                 h.split(':').filter(|x| *x == "from").count(),
                 2,
@@ -385,6 +385,20 @@ async fn a_tampered_body_an_added_from_or_another_key_fails_verification() {
             [false],
             "{selector}: Subject changed"
         );
+        // A second Subject, or a Reply-To the message did not have, added
+        // on top: the trusted fields are oversigned.
+        for added in [
+            b"Subject: read this instead\r\n".as_slice(),
+            b"Reply-To: <thief@attacker.example>\r\n",
+        ] {
+            let tampered = [added, &got].concat();
+            assert_eq!(
+                f.verify(&tampered).await,
+                [false],
+                "{selector}: {} added",
+                String::from_utf8_lossy(added).trim_end()
+            );
+        }
         // Another key's record under this selector (same algorithm).
         let other = if selector == "rsa" {
             "rsa-other"
@@ -552,8 +566,8 @@ async fn sendmail_mode_signs_with_the_account_s_key_after_adding_from() {
     assert_eq!(tag(got, "c"), "simple/simple");
     assert_eq!(tag(got, "d"), "example.org", "the added From's domain");
     assert!(
-        tag(got, "h").ends_with(":From:From"),
-        "the added From is signed"
+        tag(got, "h").contains(":From:From:"),
+        "the added From is signed, and oversigned"
     );
     assert_eq!(f.verify(got).await, [true]);
 }

@@ -41,8 +41,8 @@ use crate::cli::SendArgs;
 use crate::fail::Failure;
 
 /// The header fields signed when present: RFC 6376 §5.4.1's list, the
-/// MIME fields, and RFC 8058's List-Unsubscribe-Post. From is signed once
-/// more than it occurs (oversigned), so no From can be added.
+/// MIME fields, and RFC 8058's List-Unsubscribe-Post. Those of
+/// [`OVERSIGNED`] are signed once more than they occur.
 pub(crate) const SIGNED_FIELDS: &[&str] = &[
     "From",
     "Sender",
@@ -75,6 +75,27 @@ pub(crate) const SIGNED_FIELDS: &[&str] = &[
     "List-Post",
     "List-Owner",
     "List-Archive",
+];
+
+/// The fields a reader trusts, signed once more than they occur (RFC 6376
+/// §8.15): a From, Subject or Reply-To added to a signed message, above or
+/// below, breaks the signature instead of passing unsigned.
+pub(crate) const OVERSIGNED: &[&str] = &[
+    "From",
+    "Sender",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "To",
+    "Cc",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 ];
 
 /// One of DKIM's two canonicalisations (RFC 6376 §3.4).

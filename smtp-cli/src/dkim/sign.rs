@@ -8,7 +8,7 @@ use mail_auth::dkim::{Canonicalization as Canon, DkimSigner, Done};
 use smtp_core::address::Mailbox;
 use smtp_core::data::{BdatEncoder, BodyRules, BodyType};
 
-use super::{Canonicalization, Key, Options, SIGNED_FIELDS, dns_name};
+use super::{Canonicalization, Key, OVERSIGNED, Options, SIGNED_FIELDS, dns_name};
 use crate::fail::{EX_SOFTWARE, Failure};
 use crate::message::{Prepared, field_name, read_body};
 
@@ -92,7 +92,20 @@ impl Signer {
         {
             return Ok(Signed::AlreadySigned);
         }
-        if !present.iter().any(|f| f.eq_ignore_ascii_case("From")) {
+        let froms = present
+            .iter()
+            .filter(|f| f.eq_ignore_ascii_case("From"))
+            .count();
+        if froms > 1 {
+            // Readers show one From and DMARC aligns on one: which one is
+            // anyone's guess (RFC 5322 §3.6 allows exactly one).
+            return Err(Failure::data(format!(
+                "{}: the message has {froms} From: header fields, and RFC 5322 allows one; \
+                 nothing was sent: keep one From: (it may list several addresses)",
+                p.name
+            )));
+        }
+        if froms == 0 {
             // RFC 5322 §3.6 requires From, and DKIM must sign it (RFC 6376
             // §5.4): a receiver refuses or distrusts the message either way.
             return Err(Failure::data(format!(
@@ -103,8 +116,10 @@ impl Signer {
             )));
         }
         let h = fields_to_sign(&present);
-        if h.len() == 1 {
-            // Only the oversigned From: mail-auth would refuse to sign.
+        if !h.iter().any(|f| {
+            !f.eq_ignore_ascii_case("From") && present.iter().any(|p| p.eq_ignore_ascii_case(f))
+        }) {
+            // Only From: a message with nothing else to sign is refused.
             return Err(Failure::data(format!(
                 "{}: the message has none of the header fields DKIM signs (From, Subject, Date, \
                  …); nothing was sent",
@@ -198,16 +213,20 @@ pub(super) fn field_names(head: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// `h=`: each field of [`SIGNED_FIELDS`] the message has, and From once
-/// more (mail-auth signs every instance of a listed field, and lists a
-/// name it did not find as an absent one): a From added later breaks the
-/// signature.
+/// `h=` as mail-auth takes it: each field of [`SIGNED_FIELDS`] the
+/// message has, named once (mail-auth signs every instance of a listed
+/// name); each of [`OVERSIGNED`] named once more, present or not (mail-auth
+/// lists a name it did not find as an absent instance): a From, Subject or
+/// Reply-To added to the message later breaks the signature.
 pub(super) fn fields_to_sign(present: &[String]) -> Vec<String> {
-    let mut h: Vec<String> = SIGNED_FIELDS
-        .iter()
-        .filter(|f| present.iter().any(|p| p.eq_ignore_ascii_case(f)))
-        .map(|f| (*f).to_owned())
-        .collect();
-    h.push("From".to_owned());
+    let mut h = Vec::new();
+    for field in SIGNED_FIELDS {
+        if present.iter().any(|p| p.eq_ignore_ascii_case(field)) {
+            h.push((*field).to_owned());
+        }
+        if OVERSIGNED.contains(field) {
+            h.push((*field).to_owned());
+        }
+    }
     h
 }

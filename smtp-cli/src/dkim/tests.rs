@@ -252,22 +252,36 @@ fn a_key_file_s_error_names_the_file_and_stops_before_sending() {
 }
 
 #[test]
-fn the_signed_fields_are_those_present_with_from_once_more() {
+fn the_signed_fields_are_those_present_and_the_trusted_ones_once_more() {
     let present = field_names(MESSAGE.as_bytes());
     assert_eq!(
         present,
         ["From", "To", "Subject", "Date", "Message-ID", "X-Mailer"]
     );
-    assert_eq!(
-        fields_to_sign(&present),
-        ["From", "Subject", "Date", "Message-ID", "To", "From"]
-    );
+    let h = fields_to_sign(&present);
+    let times = |f: &str| h.iter().filter(|x| x.as_str() == f).count();
+    // Present and trusted: the instance(s), and one more.
+    for f in ["From", "To", "Subject", "Date", "Message-ID"] {
+        assert_eq!(times(f), 2, "{f}: {h:?}");
+    }
+    // Absent but trusted: named once, an absent instance, so that one
+    // added later breaks the signature.
+    for f in [
+        "Reply-To",
+        "Sender",
+        "Cc",
+        "Content-Type",
+        "List-Unsubscribe",
+    ] {
+        assert_eq!(times(f), 1, "{f}: {h:?}");
+    }
+    // Not signed.
+    assert_eq!(times("X-Mailer"), 0);
     // Folded lines are not fields; names match in any case.
     let head = b"subject: a\r\n b\r\nFROM: x@example.org\r\n\r\n";
-    assert_eq!(
-        fields_to_sign(&field_names(head)),
-        ["From", "Subject", "From"]
-    );
+    let h = fields_to_sign(&field_names(head));
+    assert_eq!(h.iter().filter(|x| x.as_str() == "Subject").count(), 2);
+    assert_eq!(h.iter().filter(|x| x.as_str() == "From").count(), 2);
 }
 
 #[test]
@@ -291,8 +305,10 @@ fn a_signature_goes_on_top_and_is_counted_in_the_size() {
     assert_eq!(p.size, size + (p.head.len() - head.len()) as u64);
     assert_eq!(
         tag(&p.head, "h"),
-        "Message-ID:Date:Subject:To:From:From",
-        "the fields bottom up, then the absent From"
+        "Message-ID:Date:Subject:To:From:From:Sender:Reply-To:Subject:Date:Message-ID:To:Cc:\
+         In-Reply-To:References:MIME-Version:Content-Type:Content-Transfer-Encoding:\
+         List-Unsubscribe:List-Unsubscribe-Post",
+        "the fields bottom up, then the absent instances of the trusted ones"
     );
     assert_eq!(tag(&p.head, "d"), "example.org");
 }
@@ -471,6 +487,22 @@ fn a_message_without_from_is_refused_even_with_a_signing_domain() {
             e.message
         );
     }
+}
+
+#[test]
+fn a_message_with_two_from_fields_is_refused() {
+    let key = Key::from_pem(to_pem("RSA PRIVATE KEY", rsa_pkcs1()).as_bytes()).unwrap();
+    // Readers show the first; the signing domain would come from one of
+    // them: which is anyone's guess.
+    let two = b"From: a@example.org\r\nFrom: evil@attacker.example\r\nSubject: x\r\n\r\nhi\r\n";
+    let mut p = prepared(two);
+    let e = Signer::new(key, &options("relaxed"))
+        .unwrap()
+        .sign(&mut p)
+        .err()
+        .unwrap();
+    assert_eq!(e.code, crate::fail::EX_DATAERR);
+    assert!(e.message.contains("2 From: header fields"), "{}", e.message);
 }
 
 #[test]
