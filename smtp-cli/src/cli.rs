@@ -546,6 +546,9 @@ pub(crate) struct SetupArgs {
     /// The port the usual names are tried on for STARTTLS (tests).
     #[arg(long, hide = true, default_value_t = 587)]
     pub(crate) starttls_port: u16,
+    /// The port autoconfiguration documents are fetched from (tests).
+    #[arg(long, hide = true, default_value_t = 443)]
+    pub(crate) https_port: u16,
 }
 
 /// Who logs in, and where the password comes from (at most one source;

@@ -2,9 +2,13 @@
 //! domain, test it and the login, and save it as an account.
 //!
 //! 1. Candidates: RFC 6186 SRV records (`_submissions._tcp` for implicit
-//!    TLS, `_submission._tcp` for STARTTLS); when there are none, the usual
-//!    names (`smtp.DOMAIN`, `mail.DOMAIN`) on 465 and 587. Every lookup
-//!    goes through the resolver (`--dns-server`), never the system's.
+//!    TLS, `_submission._tcp` for STARTTLS), then the domain's
+//!    autoconfiguration document (`https://autoconfig.DOMAIN/mail/config-v1.1.xml`,
+//!    else `https://DOMAIN/.well-known/autoconfig/mail/config-v1.1.xml`;
+//!    fetched with a verified certificate, at most 64 KiB, parsed strictly:
+//!    [`autoconfig`]); when neither names one, the usual names
+//!    (`smtp.DOMAIN`, `mail.DOMAIN`) on 465 and 587. Every lookup goes
+//!    through the resolver (`--dns-server`), never the system's.
 //! 2. Each candidate is probed (TLS under Required, so that a bad
 //!    certificate is seen and named rather than only refused; EHLO; the
 //!    AUTH mechanisms) and ranked: usable before broken, a verified
@@ -16,6 +20,8 @@
 //! 4. The account is written into the config file (mode 0600) after a
 //!    confirmation (`--yes` for scripts); the password only with
 //!    `--store-password`.
+
+mod autoconfig;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::IpAddr;
@@ -31,6 +37,7 @@ use smtp_core::ehlo::ClientId;
 use smtp_core::sasl::Credentials;
 use smtp_core::{Error, Event, Timeouts, TlsPolicy};
 use smtp_dns::{HickoryResolver, RecordResolver};
+use smtp_tls::https::HttpsGet;
 use smtp_tls::{Error as TlsError, Server, TcpTransport, Trust};
 
 use crate::advice;
@@ -48,9 +55,11 @@ const MAX_ADDRESSES: usize = 3;
 /// Where a candidate came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum Source6186 {
+enum Origin {
     /// An RFC 6186 SRV record.
     Srv,
+    /// The domain's autoconfiguration document.
+    Autoconfig,
     /// The usual names, tried when nothing is published.
     Guess,
 }
@@ -61,7 +70,7 @@ struct Candidate {
     host: String,
     port: u16,
     implicit_tls: bool,
-    source: Source6186,
+    source: Origin,
 }
 
 /// What probing a candidate found.
@@ -144,12 +153,23 @@ struct Report {
     version: u32,
     address: String,
     domain: String,
+    /// Each autoconfiguration URL tried and what it gave.
+    autoconfig: Vec<AutoconfigTry>,
     candidates: Vec<Probed>,
     chosen: Option<Candidate>,
     login: Option<Login>,
     account: Option<AccountReport>,
     send_command: Option<String>,
     error: Option<ErrorReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct AutoconfigTry {
+    url: String,
+    status: Option<u16>,
+    /// SMTP servers with TLS it names.
+    servers: usize,
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -196,6 +216,7 @@ pub(crate) async fn run(args: SetupArgs) -> Result<u8, Failure> {
         version: JSON_VERSION,
         address: address.clone(),
         domain: domain.clone(),
+        autoconfig: Vec::new(),
         candidates: Vec::new(),
         chosen: None,
         login: None,
@@ -206,16 +227,28 @@ pub(crate) async fn run(args: SetupArgs) -> Result<u8, Failure> {
     let out = Out { json: args.json };
 
     // 1. Candidates.
-    let candidates = discover(&resolver, &domain, &args).await;
+    let (candidates, tries) = discover(&resolver, &trust, &domain, &address, &args).await;
+    for t in &tries {
+        let what = match (&t.error, t.status) {
+            (Some(e), _) => e.clone(),
+            (None, Some(200)) => format!("{} SMTP server(s) with TLS", t.servers),
+            (None, Some(status)) => format!("HTTP {status}"),
+            (None, None) => "?".to_owned(),
+        };
+        out.line(&format!("autoconfig {}: {what}", t.url));
+    }
+    report.autoconfig = tries;
+    let from = |o: Origin| candidates.iter().any(|c| c.source == o);
+    let origin = match (from(Origin::Srv), from(Origin::Autoconfig)) {
+        (true, true) => "from its SRV records and its autoconfiguration",
+        (true, false) => "from its SRV records",
+        (false, true) => "from its autoconfiguration",
+        (false, false) => "nothing published: the usual names",
+    };
     out.line(&format!(
-        "{domain}: {} candidate submission server{} ({})",
+        "{domain}: {} candidate submission server{} ({origin})",
         candidates.len(),
         if candidates.len() == 1 { "" } else { "s" },
-        if candidates.iter().any(|c| c.source == Source6186::Srv) {
-            "from its SRV records"
-        } else {
-            "no SRV records: the usual names"
-        }
     ));
 
     // 2. Probe and rank.
@@ -420,8 +453,15 @@ impl Out {
 }
 
 /// The candidates, best-known first: SRV records by priority (implicit
-/// TLS first at equal priority), else the usual names.
-async fn discover(resolver: &HickoryResolver, domain: &str, args: &SetupArgs) -> Vec<Candidate> {
+/// TLS first at equal priority), then the autoconfiguration's servers in
+/// its order; else the usual names. Also each autoconfiguration URL tried.
+async fn discover(
+    resolver: &HickoryResolver,
+    trust: &Trust,
+    domain: &str,
+    address: &str,
+    args: &SetupArgs,
+) -> (Vec<Candidate>, Vec<AutoconfigTry>) {
     let mut found: Vec<(u16, Candidate)> = Vec::new();
     for (service, implicit_tls) in [("_submissions._tcp", true), ("_submission._tcp", false)] {
         let records = resolver
@@ -436,16 +476,24 @@ async fn discover(resolver: &HickoryResolver, domain: &str, args: &SetupArgs) ->
             found.push((
                 r.priority,
                 Candidate {
-                    host: r.target,
+                    host: r.target.to_ascii_lowercase(),
                     port: r.port,
                     implicit_tls,
-                    source: Source6186::Srv,
+                    source: Origin::Srv,
                 },
             ));
         }
     }
     found.sort_by_key(|(priority, c)| (*priority, !c.implicit_tls));
     let mut candidates: Vec<Candidate> = found.into_iter().map(|(_, c)| c).collect();
+    let (servers, tries) =
+        autoconfig_servers(resolver, trust, domain, address, args.https_port).await;
+    candidates.extend(servers.into_iter().map(|s| Candidate {
+        host: s.hostname,
+        port: s.port,
+        implicit_tls: s.implicit_tls,
+        source: Origin::Autoconfig,
+    }));
     if candidates.is_empty() {
         for name in ["smtp", "mail"] {
             for (port, implicit_tls) in [(args.implicit_port, true), (args.starttls_port, false)] {
@@ -453,13 +501,76 @@ async fn discover(resolver: &HickoryResolver, domain: &str, args: &SetupArgs) ->
                     host: format!("{name}.{domain}"),
                     port,
                     implicit_tls,
-                    source: Source6186::Guess,
+                    source: Origin::Guess,
                 });
             }
         }
     }
-    candidates.dedup_by(|a, b| a.host == b.host && a.port == b.port);
-    candidates
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|c| seen.insert((c.host.clone(), c.port)));
+    (candidates, tries)
+}
+
+/// The SMTP servers of the first autoconfiguration document found: at
+/// `autoconfig.DOMAIN`, else at the domain's `.well-known` path. A host
+/// that does not exist is skipped without a word.
+async fn autoconfig_servers(
+    resolver: &HickoryResolver,
+    trust: &Trust,
+    domain: &str,
+    address: &str,
+    port: u16,
+) -> (Vec<autoconfig::Outgoing>, Vec<AutoconfigTry>) {
+    let get = HttpsGet::new(trust.clone()).with_timeout(Duration::from_secs(10));
+    let autoconfig_host = format!("autoconfig.{domain}");
+    let places = [
+        (autoconfig_host.as_str(), "/mail/config-v1.1.xml"),
+        (domain, "/.well-known/autoconfig/mail/config-v1.1.xml"),
+    ];
+    let mut tries = Vec::new();
+    for (host, path) in places {
+        let authority = if port == 443 {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut t = AutoconfigTry {
+            url: format!("https://{authority}{path}"),
+            status: None,
+            servers: 0,
+            error: None,
+        };
+        let addrs = match resolver.addresses(host).await {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) | Err(DnsError::NxDomain) => continue,
+            Err(e) => {
+                t.error = Some(format!("cannot look up {host}: {e}"));
+                tries.push(t);
+                continue;
+            }
+        };
+        match get.get(host, &addrs, port, path).await {
+            Ok(r) => {
+                t.status = Some(r.status);
+                if r.status == 200 {
+                    match autoconfig::parse(&r.body, address) {
+                        Ok(servers) => {
+                            t.servers = servers.len();
+                            tries.push(t);
+                            if !servers.is_empty() {
+                                return (servers, tries);
+                            }
+                            continue;
+                        }
+                        Err(e) => t.error = Some(format!("not used: {e}")),
+                    }
+                }
+            }
+            Err(e) => t.error = Some(e.to_string()),
+        }
+        tries.push(t);
+    }
+    (Vec::new(), tries)
 }
 
 fn is_oauth(mechanism: &str) -> bool {

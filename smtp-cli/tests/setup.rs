@@ -15,6 +15,7 @@ use serde_json::Value;
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::certs::{Identity, TestCa};
 use smtp_testkit::dns::{DnsServer, Zone};
+use smtp_testkit::https::{HttpsServer, Pages};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp");
@@ -276,6 +277,7 @@ async fn without_srv_records_the_usual_names_are_probed() {
     let (dir, pem) = dir_with_ca(&ca);
     let implicit = smtp.addr().port().to_string();
     let starttls = closed_port().to_string();
+    let https = closed_port().to_string();
     let run = setup(
         &dns,
         dir.path(),
@@ -287,6 +289,8 @@ async fn without_srv_records_the_usual_names_are_probed() {
             &implicit,
             "--starttls-port",
             &starttls,
+            "--https-port",
+            &https,
         ],
     )
     .await;
@@ -294,6 +298,16 @@ async fn without_srv_records_the_usual_names_are_probed() {
     assert!(dns.queried("_submissions._tcp.example.test"));
     assert!(dns.queried("_submission._tcp.example.test"));
     assert!(dns.queried("mail.example.test"));
+    // The autoconfiguration was looked for first: at autoconfig.example.test
+    // (which does not exist) and at the domain's .well-known path (refused).
+    assert!(dns.queried("autoconfig.example.test"));
+    let tries = run.json["autoconfig"].as_array().unwrap();
+    assert_eq!(tries.len(), 1, "{tries:?}");
+    assert!(
+        tries[0]["url"].as_str().unwrap().contains("example.test:"),
+        "{tries:?}"
+    );
+    assert!(tries[0]["error"].is_string(), "{tries:?}");
     let hosts: Vec<String> = run
         .candidates()
         .iter()
@@ -436,4 +450,53 @@ async fn without_yes_and_without_a_terminal_nothing_is_written() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
     assert!(config(dir.path()).is_none());
+}
+
+#[tokio::test]
+async fn an_autoconfiguration_document_names_the_server_used() {
+    let ca = TestCa::new();
+    let smtp = server(ca.leaf(&["relay.example.test"]), true).await;
+    let xml = format!(
+        "<?xml version=\"1.0\"?>\n<clientConfig version=\"1.1\">\
+         <emailProvider id=\"example.test\"><domain>example.test</domain>\
+         <outgoingServer type=\"smtp\"><hostname>relay.%EMAILDOMAIN%</hostname>\
+         <port>{}</port><socketType>SSL</socketType>\
+         <authentication>password-cleartext</authentication>\
+         <username>%EMAILADDRESS%</username></outgoingServer>\
+         </emailProvider></clientConfig>",
+        smtp.addr().port()
+    );
+    let web = HttpsServer::start(
+        ca.leaf(&["autoconfig.example.test"]),
+        Pages::new().page("/mail/config-v1.1.xml", "text/xml", xml),
+    )
+    .await
+    .expect("the HTTPS server starts");
+    let zone = Zone::new()
+        .a("autoconfig.example.test", LOOPBACK)
+        .a("relay.example.test", LOOPBACK);
+    let dns = dns(zone).await;
+    let (dir, pem) = dir_with_ca(&ca);
+    let https = web.addr().port().to_string();
+    let run = setup(
+        &dns,
+        dir.path(),
+        &pem,
+        PASSWORD,
+        &["alice@example.test", "--https-port", &https],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.json, run.stderr);
+    assert_eq!(web.requests(), ["/mail/config-v1.1.xml"]);
+    assert_eq!(run.json["autoconfig"][0]["servers"], 1, "{}", run.json);
+    assert_eq!(run.candidates().len(), 1, "{}", run.json);
+    assert_eq!(run.json["chosen"]["host"], "relay.example.test");
+    assert_eq!(run.json["chosen"]["source"], "autoconfig");
+    // The usual names were not needed.
+    assert!(!dns.queried("smtp.example.test"), "{:?}", dns.queries());
+    let file: toml::Table = toml::from_str(&config(dir.path()).unwrap()).unwrap();
+    assert_eq!(
+        file["accounts"]["example.test"]["server"].as_str(),
+        Some("relay.example.test")
+    );
 }
