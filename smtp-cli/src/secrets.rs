@@ -23,6 +23,54 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_owned()
 }
 
+/// Asks for the password on the terminal that is standard input, the
+/// question on standard error, with echo turned off while it is typed
+/// (the line feed still shows). The terminal's settings are put back
+/// whatever happens to the read.
+pub(crate) fn prompt(question: &str) -> Result<String, Failure> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsFd;
+
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    let terminal = |e: rustix::io::Errno| {
+        Failure::config(format!(
+            "cannot turn off the terminal's echo to ask for the password ({e}); use \
+             --password-env, --password-file or --password-command"
+        ))
+    };
+    let saved = tcgetattr(fd).map_err(terminal)?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(fd, OptionalActions::Flush, &quiet).map_err(terminal)?;
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{}", crate::terminal::printable(question));
+    let _ = err.flush();
+    drop(err);
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let _ = tcsetattr(fd, OptionalActions::Now, &saved);
+    read.map_err(|e| Failure::config(format!("cannot read the password: {e}")))?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err(Failure::config("no password given"));
+    }
+    Ok(password)
+}
+
+/// The password when no source is named: `SMTP_PASSWORD` when it is set,
+/// else asked for on the terminal when standard input is one, else the
+/// error that says how to give one.
+pub(crate) fn read_default(user: &str, host: &str) -> Result<String, Failure> {
+    use std::io::IsTerminal;
+    if std::env::var_os(DEFAULT_ENV).is_none() && std::io::stdin().is_terminal() {
+        return prompt(&format!("password for {user} at {host}: "));
+    }
+    read(Source::Env(DEFAULT_ENV))
+}
+
 /// Reads the secret. Errors name the source, never the secret.
 pub(crate) fn read(source: Source<'_>) -> Result<String, Failure> {
     match source {

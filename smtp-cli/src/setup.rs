@@ -45,7 +45,7 @@ use crate::cli::{AuthArg, SetupArgs};
 use crate::config;
 use crate::fail::{EX_NOPERM, EX_OK, EX_PROTOCOL, EX_UNAVAILABLE, Failure};
 use crate::output::{ErrorReport, JSON_VERSION};
-use crate::secrets::{self, DEFAULT_ENV, Source};
+use crate::secrets::{self, DEFAULT_ENV};
 use crate::send::{hostname, trust};
 use crate::settings::mechanism;
 
@@ -320,7 +320,7 @@ pub(crate) async fn run(args: SetupArgs) -> Result<u8, Failure> {
     let user = args.login.user.clone().unwrap_or_else(|| address.clone());
     let mut secret = None;
     if offers_auth {
-        let password = match password(&args) {
+        let password = match password(&args, &user, &chosen_candidate.host) {
             Ok(p) => p,
             Err(f) => return out.fail(report, f),
         };
@@ -836,18 +836,18 @@ fn login_failure(e: &Error, user: &str, oauth_only: bool) -> (&'static str, Stri
 }
 
 /// The password: from the option that names its source, else
-/// `SMTP_PASSWORD`.
-fn password(args: &SetupArgs) -> Result<String, Failure> {
+/// `SMTP_PASSWORD`, else asked for on the terminal.
+fn password(args: &SetupArgs, user: &str, host: &str) -> Result<String, Failure> {
     if let Some(source) = args.login.source()? {
         return secrets::read(source);
     }
-    if std::env::var_os(DEFAULT_ENV).is_some() {
-        return secrets::read(Source::Env(DEFAULT_ENV));
+    if std::env::var_os(DEFAULT_ENV).is_none() && !std::io::stdin().is_terminal() {
+        return Err(Failure::config(format!(
+            "no password: set {DEFAULT_ENV}, give --password-env, --password-file or \
+             --password-command, or run on a terminal to be asked for it"
+        )));
     }
-    Err(Failure::config(format!(
-        "no password: set {DEFAULT_ENV}, or give --password-env, --password-file or \
-         --password-command"
-    )))
+    secrets::read_default(user, host)
 }
 
 /// The account as the config file holds it.

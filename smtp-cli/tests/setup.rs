@@ -500,3 +500,138 @@ async fn an_autoconfiguration_document_names_the_server_used() {
         Some("relay.example.test")
     );
 }
+
+/// A pseudo-terminal: its master side, and its terminal side (a second
+/// handle to it stays with the caller, so the terminal outlives the child).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("a pseudo-terminal");
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    (std::fs::File::from(master), terminal)
+}
+
+/// Runs `command` with a terminal as its standard input; types `password`
+/// once the prompt is on stderr; returns the exit status, stdout, stderr,
+/// and what the terminal showed while the password was typed.
+async fn with_terminal(mut command: Command, password: &str) -> (i32, String, String, String) {
+    use std::io::{Read, Write};
+    use tokio::io::AsyncReadExt;
+    let (mut master, terminal) = pty();
+    let mut child = command
+        .stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 256];
+    // The prompt comes after the echo is off: type only then.
+    while !String::from_utf8_lossy(&seen).contains("password for") {
+        let n = stderr.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    master
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let mut rest = Vec::new();
+    stderr.read_to_end(&mut rest).await.unwrap();
+    seen.extend_from_slice(&rest);
+    let out = child.wait_with_output().await.unwrap();
+    // The echo is back on after the prompt: a marker typed now shows.
+    master.write_all(b"MARK\n").unwrap();
+    let shown = tokio::task::spawn_blocking(move || {
+        let mut shown = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !String::from_utf8_lossy(&shown).contains("MARK") {
+            let n = master.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            shown.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    })
+    .await
+    .unwrap();
+    drop(terminal);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&seen).into_owned(),
+        shown,
+    )
+}
+
+#[tokio::test]
+async fn on_a_terminal_setup_asks_for_the_password_without_echo() {
+    let ca = TestCa::new();
+    let smtp = server(ca.leaf(&["submit.example.test"]), true).await;
+    let zone = Zone::new()
+        .srv(
+            "_submissions._tcp.example.test",
+            0,
+            1,
+            smtp.addr().port(),
+            "submit.example.test",
+        )
+        .a("submit.example.test", LOOPBACK);
+    let dns = dns(zone).await;
+    let (dir, pem) = dir_with_ca(&ca);
+    let mut command = Command::new(BIN);
+    command
+        .args(["setup", "--json", "--yes", "--dns-server"])
+        .arg(dns.addr().to_string())
+        .arg("--ca-file")
+        .arg(&pem)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .arg("alice@example.test")
+        .env_remove("SMTP_PASSWORD");
+    let (code, stdout, stderr, shown) = with_terminal(command, PASSWORD).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("password for alice@example.test at submit.example.test"),
+        "{stderr}"
+    );
+    assert!(
+        !shown.contains("horse"),
+        "the password was echoed: {shown:?}"
+    );
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["login"]["ok"], true, "{json}");
+    let text = config(dir.path()).unwrap();
+    assert!(!text.contains(PASSWORD), "{text}");
+}
+
+#[tokio::test]
+async fn on_a_terminal_send_asks_for_the_password_when_no_option_gives_one() {
+    let ca = TestCa::new();
+    let smtp = server(ca.leaf(&["localhost"]), false).await;
+    let mut command = Command::new(BIN);
+    command
+        .args(["send", "--tls", "required", "--server"])
+        .arg(format!("127.0.0.1:{}", smtp.addr().port()))
+        .args(["--user", USER, "--from", USER, "--to", "bob@example.test"])
+        .args(["--subject", "hi", "--body", "hello"])
+        .env_remove("SMTP_PASSWORD")
+        .env("XDG_CONFIG_HOME", "/nonexistent");
+    let (code, stdout, stderr, shown) = with_terminal(command, PASSWORD).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("password for alice@example.test at 127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(
+        !shown.contains("horse"),
+        "the password was echoed: {shown:?}"
+    );
+    assert_eq!(smtp.messages().len(), 1);
+}
