@@ -124,7 +124,12 @@ impl Probed {
                 auth_list(&self.auth)
             ),
         };
-        format!("{}:{} ({how}, {:?}): {state}", c.host, c.port, c.source)
+        let from = match c.source {
+            Origin::Srv => "SRV record",
+            Origin::Autoconfig => "autoconfiguration",
+            Origin::Guess => "usual name",
+        };
+        format!("{}:{} ({how}, {from}): {state}", c.host, c.port)
     }
 }
 
