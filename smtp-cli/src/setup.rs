@@ -1033,3 +1033,86 @@ fn shell_word(word: &str) -> String {
         format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use smtp_core::reply::{EnhancedCode, Reply, ReplyCode};
+    use smtp_core::sasl::Mechanism;
+
+    use super::*;
+
+    fn refused(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Error {
+        Error::AuthenticationFailed {
+            mechanism: Mechanism::Plain,
+            reply: Reply::new(
+                ReplyCode::new(code).unwrap(),
+                enhanced.and_then(|(c, s, d)| EnhancedCode::new(c, s, d)),
+                vec![text.to_owned()],
+            ),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_refused_login_is_named_by_what_the_provider_wants() {
+        let kind = |e: &Error, oauth_only| login_failure(e, "a@example.org", oauth_only).0;
+        let wrong = refused(535, Some((5, 7, 8)), "authentication credentials invalid");
+        assert_eq!(kind(&wrong, false), "wrong-password");
+        let (_, words) = login_failure(&wrong, "a@example.org", false);
+        assert!(words.contains("wrong user name or password"), "{words}");
+        let app = refused(
+            534,
+            Some((5, 7, 9)),
+            "Application-specific password required",
+        );
+        assert_eq!(kind(&app, false), "app-password");
+        let app = refused(535, None, "Please use an app password for this account");
+        assert_eq!(kind(&app, false), "app-password");
+        let oauth = refused(535, None, "use OAuth to log in");
+        assert_eq!(kind(&oauth, false), "oauth2");
+        assert_eq!(kind(&wrong, true), "oauth2");
+        let later = refused(454, Some((4, 7, 0)), "temporary authentication failure");
+        assert_eq!(kind(&later, false), "temporary");
+    }
+
+    #[test]
+    fn an_account_is_appended_or_replaced_and_the_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("config.toml");
+        let account = |server: &str| {
+            let mut t = toml::Table::new();
+            t.insert("server".into(), server.into());
+            t
+        };
+        write_account(&path, "work", account("a.example")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            format!("# mine\n{text}\n[accounts.home]\nserver = \"h.example\"\n"),
+        )
+        .unwrap();
+        write_account(&path, "new", account("n.example")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# mine\n"), "{text}");
+        write_account(&path, "work", account("b.example")).unwrap();
+        let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let accounts = file["accounts"].as_table().unwrap();
+        assert_eq!(accounts["work"]["server"].as_str(), Some("b.example"));
+        assert_eq!(accounts["home"]["server"].as_str(), Some("h.example"));
+        assert_eq!(accounts["new"]["server"].as_str(), Some("n.example"));
+        assert_eq!(accounts.len(), 3);
+        // A file `send` could not read is not written over.
+        std::fs::write(&path, "[accounts.x]\nbogus = 1\n").unwrap();
+        assert!(write_account(&path, "work", account("c.example")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[accounts.x]\nbogus = 1\n"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+        }
+    }
+}
