@@ -679,7 +679,7 @@ impl Probing<'_> {
             if let Some(t) = &report.tls {
                 probed.tls = true;
                 probed.verified = t.verified;
-                probed.verify_error = t.verify_error.as_deref().map(advice::flags);
+                probed.verify_error = t.verify_error.as_deref().map(setup_flags);
             }
             probed.auth = report
                 .capabilities
@@ -758,6 +758,19 @@ impl Probing<'_> {
         }
         login
     }
+}
+
+/// A verification verdict with smtp-tls's advice said in setup's terms:
+/// `setup` has no policy to weaken, only `--ca-file`.
+fn setup_flags(text: &str) -> String {
+    text.replace(
+        smtp_tls::UNKNOWN_ISSUER_ADVICE,
+        "if it is your provider's own CA, give it with --ca-file",
+    )
+    .replace(
+        smtp_tls::PINNING_ADVICE,
+        "if it is the server's own, give that certificate with --ca-file (it is then pinned)",
+    )
 }
 
 /// Every attempt failed to connect (or was cut before the greeting): the

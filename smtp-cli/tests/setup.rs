@@ -363,11 +363,10 @@ async fn a_candidate_with_a_bad_certificate_ranks_below_a_verified_one_and_is_na
     assert_eq!(c[0]["verified"], true);
     assert_eq!(c[1]["host"], "bad.example.test");
     assert_eq!(c[1]["verified"], false);
-    assert!(
-        c[1]["verify_error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{}",
-        run.json
-    );
+    // Named, with the one remedy setup has (it has no --tls to weaken).
+    let why = c[1]["verify_error"].as_str().unwrap();
+    assert!(why.contains("not signed by a trusted authority"), "{why}");
+    assert!(why.contains("--ca-file") && !why.contains("--tls"), "{why}");
     assert_eq!(run.json["chosen"]["host"], "good.example.test");
     assert_eq!(run.json["chosen"]["implicit_tls"], false);
 }
@@ -634,4 +633,59 @@ async fn on_a_terminal_send_asks_for_the_password_when_no_option_gives_one() {
         "the password was echoed: {shown:?}"
     );
     assert_eq!(smtp.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_document_is_named_and_the_well_known_one_is_used() {
+    let ca = TestCa::new();
+    let smtp = server(ca.leaf(&["relay.example.test"]), false).await;
+    let good = format!(
+        "<clientConfig version=\"1.1\"><emailProvider id=\"example.test\">\
+         <outgoingServer type=\"smtp\"><hostname>relay.example.test</hostname>\
+         <port>{}</port><socketType>STARTTLS</socketType></outgoingServer>\
+         </emailProvider></clientConfig>",
+        smtp.addr().port()
+    );
+    let web = HttpsServer::start(
+        ca.leaf(&["autoconfig.example.test", "example.test"]),
+        Pages::new()
+            .page(
+                "/mail/config-v1.1.xml",
+                "text/xml",
+                "<!DOCTYPE x [<!ENTITY h \"evil.example\">]><clientConfig/>",
+            )
+            .page(
+                "/.well-known/autoconfig/mail/config-v1.1.xml",
+                "text/xml",
+                good,
+            ),
+    )
+    .await
+    .expect("the HTTPS server starts");
+    let zone = Zone::new()
+        .a("autoconfig.example.test", LOOPBACK)
+        .a("example.test", LOOPBACK)
+        .a("relay.example.test", LOOPBACK);
+    let dns = dns(zone).await;
+    let (dir, pem) = dir_with_ca(&ca);
+    let https = web.addr().port().to_string();
+    let run = setup(
+        &dns,
+        dir.path(),
+        &pem,
+        PASSWORD,
+        &["alice@example.test", "--https-port", &https],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.json, run.stderr);
+    let tries = run.json["autoconfig"].as_array().unwrap();
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    assert!(
+        tries[0]["error"].as_str().unwrap().contains("DOCTYPE"),
+        "{tries:?}"
+    );
+    assert_eq!(tries[1]["servers"], 1, "{tries:?}");
+    assert_eq!(run.json["chosen"]["host"], "relay.example.test");
+    assert_eq!(run.json["chosen"]["implicit_tls"], false);
+    assert_eq!(run.json["chosen"]["source"], "autoconfig");
 }
