@@ -594,7 +594,9 @@ async fn on_a_terminal_setup_asks_for_the_password_without_echo() {
         .arg(dir.path().join("config.toml"))
         .arg("alice@example.test")
         .env_remove("SMTP_PASSWORD");
-    let (code, stdout, stderr, shown) = with_terminal(command, PASSWORD).await;
+    // Typed with a slip, corrected with Backspace.
+    let typed = "correct horsX\x7fe";
+    let (code, stdout, stderr, shown) = with_terminal(command, typed).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stderr.contains("password for alice@example.test at submit.example.test"),
@@ -688,4 +690,40 @@ async fn a_malformed_document_is_named_and_the_well_known_one_is_used() {
     assert_eq!(run.json["chosen"]["host"], "relay.example.test");
     assert_eq!(run.json["chosen"]["implicit_tls"], false);
     assert_eq!(run.json["chosen"]["source"], "autoconfig");
+}
+
+#[tokio::test]
+async fn ctrl_c_at_the_prompt_gives_up_writes_nothing_and_gives_the_echo_back() {
+    let ca = TestCa::new();
+    let smtp = server(ca.leaf(&["submit.example.test"]), true).await;
+    let zone = Zone::new()
+        .srv(
+            "_submissions._tcp.example.test",
+            0,
+            1,
+            smtp.addr().port(),
+            "submit.example.test",
+        )
+        .a("submit.example.test", LOOPBACK);
+    let dns = dns(zone).await;
+    let (dir, pem) = dir_with_ca(&ca);
+    let mut command = Command::new(BIN);
+    command
+        .args(["setup", "--yes", "--dns-server"])
+        .arg(dns.addr().to_string())
+        .arg("--ca-file")
+        .arg(&pem)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .arg("alice@example.test")
+        .env_remove("SMTP_PASSWORD");
+    // Ctrl-C after part of the password.
+    let (code, stdout, stderr, shown) = with_terminal(command, "corr\x03").await;
+    assert_eq!(code, 130, "{stdout}\n{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!shown.contains("corr"), "{shown:?}");
+    // with_terminal saw the echo come back (its marker showed).
+    assert!(shown.contains("MARK"));
+    assert!(config(dir.path()).is_none());
+    assert!(smtp.sessions().len() <= 1, "no login was tried");
 }
