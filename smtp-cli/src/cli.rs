@@ -57,6 +57,10 @@ pub(crate) enum Command {
     /// blocklists, the domain's MX. Each check says PASS, WARN or FAIL
     /// and what to do; exit 1 when any FAILs.
     Doctor(Box<DoctorArgs>),
+    /// Find the submission server for an address (SRV records, else the
+    /// usual names), test it and the login without sending mail, and save
+    /// it as an account in the config file.
+    Setup(Box<SetupArgs>),
 }
 
 /// Encryption policy.
@@ -495,6 +499,56 @@ pub(crate) struct ProbeArgs {
     /// Seconds to wait for each reply (default 30).
     #[arg(long, value_name = "SECS")]
     pub(crate) command_timeout: Option<u64>,
+}
+
+/// `smtp setup`.
+#[derive(Debug, Args)]
+pub(crate) struct SetupArgs {
+    /// The address to send as (you@example.org).
+    pub(crate) address: String,
+    /// The account's name in the config file (default: the address's domain).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) account: Option<String>,
+    /// The config file (default: $XDG_CONFIG_HOME/smtp/config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The login to test (user: the address unless given).
+    #[command(flatten)]
+    pub(crate) login: LoginArgs,
+    /// Store the password itself in the config file (mode 0600); without
+    /// it, the account names where the password comes from, or nothing.
+    #[arg(long)]
+    pub(crate) store_password: bool,
+    /// Write without asking (for scripts).
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+    /// Print each step's findings as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Extra trusted CA certificates (PEM); kept in the account.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Nameserver, IP[:PORT] (default: the system's).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub(crate) dns_server: Option<String>,
+    /// Name to send with EHLO (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) helo: Option<String>,
+    /// Seconds to wait for each connection (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) connect_timeout: Option<u64>,
+    /// Seconds to wait for each reply (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) command_timeout: Option<u64>,
+    /// The port the usual names are tried on for implicit TLS (tests).
+    #[arg(long, hide = true, default_value_t = 465)]
+    pub(crate) implicit_port: u16,
+    /// The port the usual names are tried on for STARTTLS (tests).
+    #[arg(long, hide = true, default_value_t = 587)]
+    pub(crate) starttls_port: u16,
+    /// The port autoconfiguration documents are fetched from (tests).
+    #[arg(long, hide = true, default_value_t = 443)]
+    pub(crate) https_port: u16,
 }
 
 /// Who logs in, and where the password comes from (at most one source;

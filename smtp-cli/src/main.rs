@@ -29,6 +29,7 @@ mod reencode;
 mod secrets;
 mod send;
 mod settings;
+mod setup;
 mod sink;
 mod spool;
 mod stdin;
@@ -186,6 +187,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
         Command::Sink(args) => sink::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Doctor(args) => doctor::run(*args).await,
+        Command::Setup(args) => setup::run(*args).await,
         Command::Dkim(args) => match &args.command {
             cli::DkimCommand::Keygen(a) => dkim::keygen(a),
             cli::DkimCommand::Record(a) => dkim::record(a),
@@ -251,6 +253,7 @@ fn main() -> ExitCode {
         Command::Probe(a) if a.json => Some(false),
         Command::Mx(a) if a.json => Some(false),
         Command::Doctor(a) if a.json => Some(false),
+        Command::Setup(a) if a.json => Some(false),
         Command::Dkim(a) => match &a.command {
             cli::DkimCommand::Keygen(k) if k.json => Some(false),
             cli::DkimCommand::Record(r) if r.json => Some(false),

@@ -11,7 +11,7 @@ use crate::cli::{AuthArg, SendArgs, TlsArg};
 use crate::config::{self, Account};
 use crate::dkim;
 use crate::fail::Failure;
-use crate::secrets::{self, DEFAULT_ENV, Source};
+use crate::secrets::{self, Source};
 use crate::send::hostname;
 
 /// The SASL choice an `--auth` value stands for.
@@ -204,14 +204,19 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
                 Some(source) => secrets::read(source)?,
                 None => match password {
                     Some(p) => p,
-                    None => secrets::read(
-                        password_env
-                            .as_deref()
-                            .map(Source::Env)
-                            .or(password_file.as_deref().map(Source::File))
-                            .or(password_command.as_deref().map(Source::Command))
-                            .unwrap_or(Source::Env(DEFAULT_ENV)),
-                    )?,
+                    None => match password_env
+                        .as_deref()
+                        .map(Source::Env)
+                        .or(password_file.as_deref().map(Source::File))
+                        .or(password_command.as_deref().map(Source::Command))
+                    {
+                        Some(source) => secrets::read(source)?,
+                        // SMTP_PASSWORD, else asked for on a terminal.
+                        None => secrets::read_default(
+                            &username,
+                            server.as_ref().map_or("the server", |(h, _)| h.as_str()),
+                        )?,
+                    },
                 },
             };
             Some(secrets::credentials(

@@ -7,7 +7,8 @@
 //!
 //! It also implements [`RecordResolver`]: the TXT and PTR lookups that
 //! checking a sending set-up needs (SPF, DMARC and DKIM records, reverse
-//! DNS; `smtp doctor`), which MX planning does not.
+//! DNS; `smtp doctor`), and the SRV lookups that finding a submission
+//! server needs (RFC 6186; `smtp setup`), which MX planning does not.
 //!
 //! | DNS answer | becomes |
 //! |---|---|
@@ -70,6 +71,27 @@ pub trait RecordResolver: Resolver {
     /// The names the PTR records of `ip` give (reverse DNS), without the
     /// trailing dot.
     async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError>;
+    /// The SRV records at `name` (RFC 2782), e.g.
+    /// `_submissions._tcp.example.org` for RFC 6186's submission servers,
+    /// in the order the answer gave them (the caller sorts by priority and
+    /// weight). A target of `.` (the service is not offered here) is kept
+    /// as the empty string.
+    async fn srv(&self, name: &str) -> Result<Vec<SrvRecord>, DnsError>;
+}
+
+/// One SRV record (RFC 2782): `target:port`, tried by ascending
+/// `priority`, `weight` sharing the load among equal priorities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SrvRecord {
+    /// Lower is tried first.
+    pub priority: u16,
+    /// Relative share among records of the same priority.
+    pub weight: u16,
+    /// The port the service listens on.
+    pub port: u16,
+    /// The host, without the trailing dot; empty for `.` (RFC 2782: the
+    /// service is decidedly not available at this domain).
+    pub target: String,
 }
 
 /// A resolver that could not be set up.
@@ -220,6 +242,25 @@ impl RecordResolver for HickoryResolver {
                 .iter()
                 .filter_map(|r| match &r.data {
                     RData::PTR(ptr) => Some(ptr.0.to_ascii().trim_end_matches('.').to_owned()),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => classify(&e).map(|()| Vec::new()),
+        }
+    }
+
+    async fn srv(&self, name: &str) -> Result<Vec<SrvRecord>, DnsError> {
+        match self.inner.srv_lookup(absolute(name)).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::SRV(srv) => Some(SrvRecord {
+                        priority: srv.priority,
+                        weight: srv.weight,
+                        port: srv.port,
+                        target: srv.target.to_ascii().trim_end_matches('.').to_owned(),
+                    }),
                     _ => None,
                 })
                 .collect()),

@@ -176,3 +176,72 @@ async fn ptr_records_name_the_address() {
         Err(DnsError::NxDomain)
     );
 }
+
+#[tokio::test]
+async fn srv_records_give_target_port_priority_and_weight() {
+    use smtp_dns::{RecordResolver, SrvRecord};
+    let zone = Zone::new()
+        .srv(
+            "_submissions._tcp.example.test",
+            0,
+            1,
+            465,
+            "smtp.example.test",
+        )
+        .srv(
+            "_submission._tcp.example.test",
+            10,
+            5,
+            587,
+            "mail.example.test.",
+        )
+        .srv("_submission._tcp.none.test", 0, 0, 0, ".")
+        .a("example.test", v4(1))
+        .servfail("_submissions._tcp.broken.test");
+    let server = DnsServer::start(zone).await.unwrap();
+    let resolver =
+        HickoryResolver::with_nameserver(server.addr(), Duration::from_millis(500)).unwrap();
+    assert_eq!(
+        resolver
+            .srv("_submissions._tcp.example.test")
+            .await
+            .unwrap(),
+        [SrvRecord {
+            priority: 0,
+            weight: 1,
+            port: 465,
+            target: "smtp.example.test".into()
+        }]
+    );
+    assert_eq!(
+        resolver.srv("_submission._tcp.example.test").await.unwrap(),
+        [SrvRecord {
+            priority: 10,
+            weight: 5,
+            port: 587,
+            target: "mail.example.test".into()
+        }]
+    );
+    assert_eq!(
+        resolver.srv("_submission._tcp.none.test").await.unwrap(),
+        [SrvRecord {
+            priority: 0,
+            weight: 0,
+            port: 0,
+            target: String::new()
+        }]
+    );
+    // The domain exists but publishes no SRV there: NODATA.
+    assert_eq!(
+        resolver.srv("example.test").await.unwrap(),
+        Vec::<SrvRecord>::new()
+    );
+    assert_eq!(
+        resolver.srv("_submission._tcp.nowhere.test").await,
+        Err(DnsError::NxDomain)
+    );
+    assert!(matches!(
+        resolver.srv("_submissions._tcp.broken.test").await,
+        Err(DnsError::Temporary(_))
+    ));
+}

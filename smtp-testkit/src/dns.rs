@@ -1,6 +1,6 @@
 //! A DNS server on loopback serving a zone built in code.
 //!
-//! Build a [`Zone`] with MX, A, AAAA, CNAME, TXT and PTR records, mark names that must
+//! Build a [`Zone`] with MX, A, AAAA, CNAME, TXT, PTR and SRV records, mark names that must
 //! fail ([`Zone::servfail`]) or never answer ([`Zone::timeout`]), then serve
 //! it with [`DnsServer::start`] on `127.0.0.1`, UDP and TCP on the same
 //! ephemeral port. Point the resolver under test at [`DnsServer::addr`] and
@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,6 +201,19 @@ impl Zone {
         let target = parse_name(target, "PTR target");
         let owner = Name::from(ip).to_ascii();
         self.add(&owner, RData::PTR(PTR(target)))
+    }
+
+    /// Adds an SRV record (RFC 2782) at `name` (e.g.
+    /// `_submissions._tcp.example.org`): the service is at `target:port`.
+    /// A `target` of `"."` says the service is not offered.
+    #[must_use]
+    pub fn srv(self, name: &str, priority: u16, weight: u16, port: u16, target: &str) -> Self {
+        let target = if target == "." {
+            Name::root()
+        } else {
+            parse_name(target, "SRV target")
+        };
+        self.add(name, RData::SRV(SRV::new(priority, weight, port, target)))
     }
 
     /// Makes any query for `name` answer SERVFAIL.

@@ -5,6 +5,7 @@
 //! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
 //!   and keeps what it receives.
 //! - [`dns`]: a DNS server on loopback serving a zone built in code.
+//! - [`https`]: a tiny HTTPS server on loopback serving fixed paths.
 //! - [`flaky`]: a plaintext server with a queue's faults: greylisting, a
 //!   cap of messages per connection, a stall, refused authentication.
 //! - [`sansio`]: the sans-IO client driven directly by transcript scripts,
@@ -17,6 +18,7 @@ pub mod capture;
 pub mod certs;
 pub mod dns;
 pub mod flaky;
+pub mod https;
 pub mod sansio;
 pub mod script;
 

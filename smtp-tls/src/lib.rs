@@ -44,6 +44,10 @@
 //! and is for programs that send mail as it comes. Failures are one type,
 //! [`Error`], split by who is at fault.
 //!
+//! [`https::HttpsGet`] fetches the few documents mail set-up reads over the
+//! web (a domain's autoconfiguration, MTA-STS policies) on the same rustls
+//! stack, the certificate always verified.
+//!
 //! # Tracing
 //!
 //! Each session runs in a `smtp.session` span (host, port, policy); the TLS
@@ -92,6 +96,7 @@ mod body;
 mod certificate;
 mod connector;
 mod error;
+pub mod https;
 mod pool;
 mod session;
 mod settings;

@@ -461,6 +461,11 @@ mod tests {
             self.asked();
             self.ptr.get(&ip).cloned().ok_or(DnsError::NxDomain)
         }
+        async fn srv(&self, _: &str) -> Result<Vec<smtp_dns::SrvRecord>, DnsError> {
+            // SPF evaluation looks up no SRV records.
+            self.asked();
+            Err(DnsError::NxDomain)
+        }
     }
 
     fn run(fake: &Fake, ip: &str, domain: &str) -> Evaluation {

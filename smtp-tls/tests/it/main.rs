@@ -8,6 +8,7 @@ mod certs;
 mod direct;
 mod faults;
 mod handshake;
+mod https;
 mod interop;
 mod pinning;
 mod presented;
