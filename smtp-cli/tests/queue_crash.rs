@@ -26,7 +26,7 @@ const LEASE: &str = "1";
 /// The server waits this long before keeping each message and answering
 /// its end of data, so that kills land mid-session and the whole run
 /// outlasts the kills (an unkilled run takes some 5 s in debug).
-const DATA_DELAY: Duration = Duration::from_millis(4);
+const DATA_DELAY: Duration = Duration::from_millis(12);
 /// The final, unkilled run must finish within this.
 const DEADLINE: Duration = Duration::from_secs(120);
 

@@ -425,7 +425,14 @@ impl Runner {
                         }
                     }
                     Some(done) = recording.next(), if !recording.is_empty() => recorded[done?] = true,
-                    _ = renew.tick() => self.renew(&mut leases, &recorded).await,
+                    _ = renew.tick() => {
+                        // Recordings first: one that began its transaction
+                        // holds the write lock, and is polled only here.
+                        while let Some(done) = recording.next().await {
+                            recorded[done?] = true;
+                        }
+                        self.renew(&mut leases, &recorded).await;
+                    }
                     () = &mut abandon => break None,
                 }
             };

@@ -126,7 +126,15 @@ impl Runner {
                         let (k, done) = done?;
                         recorded[k] = done;
                     }
-                    _ = renew.tick() => self.renew(&mut leases, &recorded).await,
+                    _ = renew.tick() => {
+                        // Recordings first: one that began its transaction
+                        // holds the write lock, and is polled only here.
+                        while let Some(done) = recording.next().await {
+                            let (k, done) = done?;
+                            recorded[k] = done;
+                        }
+                        self.renew(&mut leases, &recorded).await;
+                    }
                     () = &mut abandon => break None,
                 }
             };

@@ -102,6 +102,18 @@ CREATE INDEX recipients_leased ON recipients (lease_until_ms) WHERE state = 'del
 impl SqliteStore {
     pub(super) async fn migrate(&self) -> Result<()> {
         let doing = "creating the queue's schema";
+        // A queue already at this version needs no write lock: opening it
+        // for `list` or `stats` must not wait for a runner's commit. (A new
+        // file has no table yet: the read fails and the write path runs.)
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_optional(&self.pool)
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        if current == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
         let mut tx = self.begin(doing).await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&mut *tx)
