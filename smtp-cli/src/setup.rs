@@ -513,8 +513,20 @@ async fn discover(
     }
     let mut seen = std::collections::HashSet::new();
     candidates.retain(|c| seen.insert((c.host.clone(), c.port)));
+    // Each is probed in turn, a silent one for the whole timeout: what a
+    // domain publishes cannot make setup run for hours.
+    if candidates.len() > MAX_CANDIDATES {
+        tell!(
+            "smtp: note: {} candidates found; the first {MAX_CANDIDATES} by preference are probed",
+            candidates.len()
+        );
+        candidates.truncate(MAX_CANDIDATES);
+    }
     (candidates, tries)
 }
+
+/// Candidates probed at most (a domain publishes one or two of each kind).
+const MAX_CANDIDATES: usize = 8;
 
 /// The SMTP servers of the first autoconfiguration document found: at
 /// `autoconfig.DOMAIN`, else at the domain's `.well-known` path. A host
@@ -897,15 +909,17 @@ fn account_table(
         t.insert("auth".into(), v.get_name().into());
     }
     if user.is_some() {
-        if let Some(v) = &args.login.password_env {
+        // --store-password is asked for explicitly: it wins over the
+        // source the password came from.
+        if let (true, Some(s)) = (args.store_password, secret) {
+            t.insert("password".into(), s.into());
+        } else if let Some(v) = &args.login.password_env {
             t.insert("password_env".into(), v.clone().into());
         } else if let Some(f) = &args.login.password_file {
             let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
             t.insert("password_file".into(), f.display().to_string().into());
         } else if let Some(cmd) = &args.login.password_command {
             t.insert("password_command".into(), cmd.clone().into());
-        } else if let (true, Some(s)) = (args.store_password, secret) {
-            t.insert("password".into(), s.into());
         }
     }
     t
@@ -931,8 +945,8 @@ fn confirm(question: &str) -> Result<bool, Failure> {
 }
 
 /// Puts `account` as `[accounts.NAME]` into the file at `path`: a new
-/// account is appended as text (the rest of the file, comments included,
-/// stays as it is); an existing one is replaced, the file written anew.
+/// account is appended as text, an existing one's lines replaced; the rest
+/// of the file, comments included, stays as it is.
 /// Other accounts are never touched. The file is written to a temporary
 /// file of mode 0600 beside it and renamed over it.
 fn write_account(path: &Path, name: &str, account: toml::Table) -> Result<(), Failure> {
@@ -946,21 +960,37 @@ fn write_account(path: &Path, name: &str, account: toml::Table) -> Result<(), Fa
             )));
         }
     };
-    let mut doc: toml::Table = toml::from_str(&existing)
+    let doc: toml::Table = toml::from_str(&existing)
         .map_err(|e| Failure::config(format!("{}: {e}; nothing written", path.display())))?;
     let has = doc
         .get("accounts")
         .and_then(toml::Value::as_table)
         .is_some_and(|a| a.contains_key(name));
     let text = if has {
-        let accounts = doc
+        let mut expected = doc.clone();
+        let accounts = expected
             .get_mut("accounts")
             .and_then(toml::Value::as_table_mut)
             .ok_or_else(|| {
                 Failure::config(format!("{}: accounts is not a table", path.display()))
             })?;
-        accounts.insert(name.to_owned(), account.into());
-        toml::to_string(&doc).map_err(|e| Failure::config(e.to_string()))?
+        accounts.insert(name.to_owned(), account.clone().into());
+        // The account's own lines replaced, the rest of the file (comments,
+        // order) as it was; checked by reading it back. Where the account
+        // is written some other way, the file is written anew.
+        match replaced_in_place(&existing, name, &account)
+            .filter(|t| toml::from_str::<toml::Table>(t).ok().as_ref() == Some(&expected))
+        {
+            Some(text) => text,
+            None => {
+                tell!(
+                    "smtp: note: {} is written anew (its comments are not kept): account {name:?} \
+                     is not a [accounts.NAME] table of its own",
+                    path.display()
+                );
+                toml::to_string(&expected).map_err(|e| Failure::config(e.to_string()))?
+            }
+        }
     } else {
         let mut accounts = toml::Table::new();
         accounts.insert(name.to_owned(), account.into());
@@ -990,6 +1020,66 @@ fn write_account(path: &Path, name: &str, account: toml::Table) -> Result<(), Fa
         return Err(Failure::io(&format!("writing {}", path.display()), &e));
     }
     Ok(())
+}
+
+/// `text` with the lines of table `[accounts.NAME]` (its header to the
+/// next table header) replaced by `account`; `None` when there is not
+/// exactly one such table.
+fn replaced_in_place(text: &str, name: &str, account: &toml::Table) -> Option<String> {
+    let header_of = |line: &str| -> Option<Vec<String>> {
+        let t = line.trim_start();
+        if !t.starts_with('[') {
+            return None;
+        }
+        // A header line parsed by TOML itself: its path of keys.
+        let parsed: toml::Table = toml::from_str(&format!("{}\n", t.trim_end())).ok()?;
+        let mut path = Vec::new();
+        let mut table = &parsed;
+        while let Some((key, value)) = table.iter().next() {
+            path.push(key.clone());
+            match value.as_table() {
+                Some(t) if table.len() == 1 => table = t,
+                _ => break,
+            }
+        }
+        Some(path)
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let headers: Vec<(usize, Vec<String>)> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| header_of(l).map(|p| (i, p)))
+        .collect();
+    let ours = |p: &Vec<String>| p.len() >= 2 && p[0] == "accounts" && p[1] == name;
+    let mine: Vec<usize> = headers
+        .iter()
+        .filter(|(_, p)| ours(p))
+        .map(|(i, _)| *i)
+        .collect();
+    let [start] = mine[..] else {
+        return None;
+    };
+    let mut end = headers
+        .iter()
+        .map(|(i, _)| *i)
+        .find(|i| *i > start)
+        .unwrap_or(lines.len());
+    // Comments and blank lines just above the next table are that table's.
+    while end > start + 1 && {
+        let l = lines[end - 1].trim();
+        l.is_empty() || l.starts_with('#')
+    } {
+        end -= 1;
+    }
+    let mut wrapper = toml::Table::new();
+    let mut accounts = toml::Table::new();
+    accounts.insert(name.to_owned(), account.clone().into());
+    wrapper.insert("accounts".into(), accounts.into());
+    let new = toml::to_string(&wrapper).ok()?;
+    let mut out: String = lines[..start].concat();
+    out.push_str(&new);
+    out.push_str(&lines[end..].concat());
+    Some(out)
 }
 
 fn temp_beside(path: &Path) -> PathBuf {
@@ -1107,7 +1197,27 @@ mod tests {
         write_account(&path, "new", account("n.example")).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# mine\n"), "{text}");
+        std::fs::write(
+            &path,
+            std::fs::read_to_string(&path).unwrap().replace(
+                "[accounts.home]",
+                "# home's own note\n[accounts.home] # inline",
+            ),
+        )
+        .unwrap();
         write_account(&path, "work", account("b.example")).unwrap();
+        // Replaced in place: every comment and the order stay.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# mine\n"), "{text}");
+        assert!(
+            text.contains("# home's own note\n[accounts.home] # inline"),
+            "{text}"
+        );
+        let order: Vec<usize> = ["[accounts.work]", "[accounts.home]", "[accounts.new]"]
+            .iter()
+            .map(|h| text.find(h).unwrap())
+            .collect();
+        assert!(order.is_sorted(), "{text}");
         let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let accounts = file["accounts"].as_table().unwrap();
         assert_eq!(accounts["work"]["server"].as_str(), Some("b.example"));

@@ -264,6 +264,40 @@ async fn the_password_is_stored_only_when_asked() {
         Some(PASSWORD)
     );
     assert!(file["accounts"]["example.test"].get("password").is_none());
+    // --store-password with --password-env: stored as asked, not the
+    // variable's name.
+    let out = Command::new(BIN)
+        .args([
+            "setup",
+            "--yes",
+            "--store-password",
+            "--password-env",
+            "MY_PW",
+            "--account",
+            "from-env",
+            "--dns-server",
+        ])
+        .arg(dns.addr().to_string())
+        .arg("--ca-file")
+        .arg(&pem)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .arg("alice@example.test")
+        .env("MY_PW", PASSWORD)
+        .env_remove("SMTP_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file: toml::Table = toml::from_str(&config(dir.path()).unwrap()).unwrap();
+    let account = &file["accounts"]["from-env"];
+    assert_eq!(account["password"].as_str(), Some(PASSWORD));
+    assert!(account.get("password_env").is_none(), "{account}");
 }
 
 #[tokio::test]
@@ -415,6 +449,25 @@ async fn a_port_that_refuses_is_diagnosed_as_blocked() {
     assert_eq!(run.code, 69, "{}\n{}", run.json, run.stderr);
     let problem = run.candidates()[0]["problem"].as_str().unwrap();
     assert!(problem.contains("probably blocked"), "{problem}");
+    assert!(config(dir.path()).is_none());
+}
+
+#[tokio::test]
+async fn a_domain_publishing_many_servers_gets_only_the_first_eight_probed() {
+    let ca = TestCa::new();
+    let port = closed_port();
+    let mut zone = Zone::new();
+    for i in 0..30u16 {
+        let host = format!("s{i}.example.test");
+        zone = zone
+            .srv("_submissions._tcp.example.test", i, 1, port, &host)
+            .a(&host, LOOPBACK);
+    }
+    let dns = dns(zone).await;
+    let (dir, pem) = dir_with_ca(&ca);
+    let run = setup(&dns, dir.path(), &pem, PASSWORD, &["alice@example.test"]).await;
+    assert_eq!(run.candidates().len(), 8, "{}", run.json);
+    assert!(run.stderr.contains("30 candidates found"), "{}", run.stderr);
     assert!(config(dir.path()).is_none());
 }
 
