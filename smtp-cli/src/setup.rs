@@ -275,15 +275,20 @@ pub(crate) async fn run(args: SetupArgs) -> Result<u8, Failure> {
     let chosen = match report.candidates.first() {
         Some(p) if p.usable() && p.verified => p,
         Some(p) if p.usable() => {
+            let why = p.verify_error.as_deref().unwrap_or("?");
+            // The verdict may carry the advice already: said once.
+            let advice = if why.contains("--ca-file") {
+                ""
+            } else {
+                ": if that is your provider's own CA, give it with --ca-file"
+            };
             let f = Failure::new(
                 EX_PROTOCOL,
                 format!(
                     "no candidate has a certificate that verifies; the best, {}:{}, has one \
-                     that does not ({}): if that is your provider's own CA, give it with \
-                     --ca-file; nothing was written",
-                    p.candidate.host,
-                    p.candidate.port,
-                    p.verify_error.as_deref().unwrap_or("?")
+                     that does not ({why}){advice}; setup needs a verified certificate, so \
+                     nothing was written",
+                    p.candidate.host, p.candidate.port,
                 ),
             )
             .kind("tls");
