@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use smtp_testkit::closed_port;
 use smtp_testkit::dns::{DnsServer, Zone};
 use smtp_testkit::script::{Script, ScriptedServer};
 use tokio::process::Command;
@@ -51,12 +52,6 @@ fn good_zone() -> Zone {
         .a("mx.example.org", Ipv4Addr::new(192, 0, 2, 10))
         .ptr(seen(), "mail.example.org")
         .a("mail.example.org", SEEN)
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then let go).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 struct Run {

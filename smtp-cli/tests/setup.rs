@@ -14,6 +14,7 @@ use std::process::Stdio;
 use serde_json::Value;
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_testkit::certs::{Identity, TestCa};
+use smtp_testkit::closed_port;
 use smtp_testkit::dns::{DnsServer, Zone};
 use smtp_testkit::https::{HttpsServer, Pages};
 use tokio::process::Command;
@@ -38,12 +39,6 @@ async fn server(identity: Identity, implicit_tls: bool) -> CaptureServer {
 
 async fn dns(zone: Zone) -> DnsServer {
     DnsServer::start(zone).await.expect("the DNS server starts")
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then let go).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 struct Run {

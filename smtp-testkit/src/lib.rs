@@ -22,6 +22,15 @@ pub mod https;
 pub mod sansio;
 pub mod script;
 
+/// A port on 127.0.0.1 where nothing listens (bound, then let go): a
+/// connection to it is refused at once.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a port on 127.0.0.1")
+}
+
 /// The README's example, compiled as a doctest.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
