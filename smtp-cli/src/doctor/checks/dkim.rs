@@ -296,6 +296,12 @@ fn key_shape(k: &str, public: &[u8]) -> Result<(), BadKey> {
         Some(2 + n + len)
     };
     match k {
+        // 32 octets first: an Ed25519 key, whatever its first octets look
+        // like (one in 256 starts as a DER SEQUENCE would).
+        "rsa" if public.len() == 32 => Err(BadKey {
+            what: "says k=rsa, but its p= is 32 octets, an Ed25519 key (k=ed25519)".into(),
+            cut: false,
+        }),
         "rsa" => match der_len() {
             Some(total) if total == public.len() => Ok(()),
             Some(total) if total > public.len() => Err(BadKey {
@@ -304,10 +310,6 @@ fn key_shape(k: &str, public: &[u8]) -> Result<(), BadKey> {
                     public.len()
                 ),
                 cut: true,
-            }),
-            _ if public.len() == 32 => Err(BadKey {
-                what: "says k=rsa, but its p= is 32 octets, an Ed25519 key (k=ed25519)".into(),
-                cut: false,
             }),
             _ => Err(BadKey {
                 what: format!(
@@ -346,5 +348,15 @@ mod tests {
         assert_eq!(tag(&t, "v"), Some("DKIM1"));
         assert_eq!(tag(&t, "p"), Some("MIIBIjANBgkq"));
         assert_eq!(tag(&t, "h"), None);
+    }
+
+    #[test]
+    fn a_32_octet_key_under_k_rsa_is_an_ed25519_one_even_if_it_looks_like_der() {
+        let mut public = [7u8; 32];
+        public[0] = 0x30;
+        public[1] = 0x74;
+        let e = key_shape("rsa", &public).unwrap_err();
+        assert!(e.what.contains("an Ed25519 key"), "{}", e.what);
+        assert!(!e.cut);
     }
 }
