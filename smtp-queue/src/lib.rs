@@ -147,6 +147,7 @@ mod error;
 mod event;
 pub mod log;
 mod notify;
+pub mod rate;
 mod runner;
 mod schedule;
 mod spool;
