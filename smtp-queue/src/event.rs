@@ -105,4 +105,18 @@ pub enum RunEvent {
         /// The recipients it reports failed or expired.
         recipients: Vec<String>,
     },
+    /// The relay account's sending budget (its rate limits) is spent
+    /// for now: `messages` messages wait for it, the first until `until`:
+    /// on the open session when that is near, else released (not counted
+    /// as an attempt) and due again at their expected turn.
+    WaitingForBudget {
+        /// The budget's key (the relay account).
+        key: String,
+        /// When the first of them may go.
+        until: SystemTime,
+        /// How many wait.
+        messages: usize,
+        /// Released to come due later (else waiting on the session).
+        released: bool,
+    },
 }

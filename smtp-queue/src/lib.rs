@@ -161,7 +161,7 @@ mod verdict;
 pub use error::{Error, Result};
 pub use event::RunEvent;
 pub use notify::{Notified, enqueue_owed};
-pub use runner::{Runner, RunnerConfig, Summary, mx_destination};
+pub use runner::{Runner, RunnerConfig, Summary, mx_destination, relay_budget_key};
 pub use schedule::{Next, Schedule, random_unit};
 pub use spool::SpoolBody;
 pub use sqlite::{LogPlace, SCHEMA_VERSION, SqliteSettings, SqliteStore};

@@ -198,6 +198,86 @@ pub fn finish_ms(limits: &[Limit], tats: &[Option<i64>], count: u64, now_ms: i64
         .unwrap_or(now_ms)
 }
 
+/// The earliest time (epoch milliseconds, not before `now_ms`) a take of
+/// `cost` units would be allowed.
+pub fn next_ms(limits: &[Limit], tats: &[Option<i64>], cost: u32, now_ms: i64) -> i64 {
+    let mut tats = tats.to_vec();
+    match take(limits, &mut tats, cost, now_ms) {
+        Decision::Allowed => now_ms,
+        Decision::WaitUntil(t) => t,
+    }
+}
+
+/// A budget as a store keeps it: under one key (a relay account), every
+/// limit it was taken under, each with its TAT, and which of them are the
+/// limits last set for the key (remembered, for a runner given none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The key: `relay:HOST:PORT` or `relay:HOST:PORT:USER`.
+    pub key: String,
+    /// The limits kept, in no particular order.
+    pub limits: Vec<Kept>,
+}
+
+/// One limit of a [`Budget`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The limit.
+    pub limit: Limit,
+    /// Its TAT (epoch milliseconds); `None` when never taken from.
+    pub tat_ms: Option<i64>,
+    /// One of the limits last set for the key.
+    pub remembered: bool,
+}
+
+impl Budget {
+    /// The limits last set for the key (empty when none are, or they were
+    /// cleared).
+    pub fn remembered(&self) -> Vec<Limit> {
+        let mut limits: Vec<Limit> = self
+            .limits
+            .iter()
+            .filter(|k| k.remembered)
+            .map(|k| k.limit)
+            .collect();
+        limits.sort_by_key(|l| (l.rate.per, l.rate.count, l.burst));
+        limits
+    }
+
+    /// The TATs of `limits`, in their order (`None` for one not kept).
+    pub fn tats(&self, limits: &[Limit]) -> Vec<Option<i64>> {
+        limits
+            .iter()
+            .map(|l| {
+                self.limits
+                    .iter()
+                    .find(|k| k.limit == *l)
+                    .and_then(|k| k.tat_ms)
+            })
+            .collect()
+    }
+
+    /// When one unit may next go under `limits` (not before `now_ms`).
+    pub fn next_free_ms(&self, limits: &[Limit], now_ms: i64) -> i64 {
+        next_ms(limits, &self.tats(limits), 1, now_ms)
+    }
+}
+
+/// `limits` as written on a command line: `30/minute, 500/day (burst 5)`.
+pub fn describe(limits: &[Limit]) -> String {
+    let rates: Vec<String> = limits
+        .iter()
+        .map(|l| {
+            if l.burst > 1 {
+                format!("{} (burst {})", l.rate, l.burst)
+            } else {
+                l.rate.to_string()
+            }
+        })
+        .collect();
+    rates.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -279,6 +359,26 @@ mod tests {
         assert_eq!(finish_ms(&limits, &[None], 1, 0), 0);
         assert_eq!(finish_ms(&limits, &[None], 61, 0), 60_000);
         assert_eq!(finish_ms(&limits, &[Some(30_000)], 1, 0), 30_000);
+    }
+
+    #[test]
+    fn a_kept_budget_gives_the_tats_of_the_limits_asked_for() {
+        let minute = Limit::new(rate("60/minute"));
+        let day = Limit::new(rate("500/day")).with_burst(5);
+        let budget = Budget {
+            key: "relay:h:587".into(),
+            limits: vec![
+                Kept { limit: day, tat_ms: Some(500_000), remembered: true },
+                Kept { limit: minute, tat_ms: Some(10_000), remembered: false },
+            ],
+        };
+        assert_eq!(budget.remembered(), vec![day]);
+        assert_eq!(budget.tats(&[minute, day]), vec![Some(10_000), Some(500_000)]);
+        assert_eq!(budget.tats(&[Limit::new(rate("1/s"))]), vec![None]);
+        // 60/minute: the TAT is 10 s on, one unit goes at 9 s.
+        assert_eq!(budget.next_free_ms(&[minute], 0), 9_000);
+        assert_eq!(budget.next_free_ms(&[minute], 20_000), 20_000);
+        assert_eq!(describe(&[minute, day]), "60/minute, 500/day (burst 5)");
     }
 
     proptest! {

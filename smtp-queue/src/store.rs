@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use smtp_core::delivery::{BodySource, TlsInfo};
 
 use crate::error::{Error, Result};
+use crate::rate::{Budget, Decision, Limit};
 use crate::state::{RecipientState, Transition};
 
 /// A queued message's id: 28 lower-case hex digits, the enqueue time in
@@ -540,6 +541,29 @@ pub trait Store: Send + Sync {
         notification: NewMessage,
         now: SystemTime,
     ) -> Result<Option<MessageId>>;
+
+    /// Takes `cost` units from budget `key` under every one of `limits`
+    /// (GCRA, [`crate::rate::take`]), or from none, atomically: every
+    /// handle on the queue (every runner, in any process) shares the
+    /// budget, and a restart does not reset it. Nothing is taken when the
+    /// answer is to wait.
+    async fn take_budget(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u32,
+        now: SystemTime,
+    ) -> Result<Decision>;
+
+    /// Budget `key` as kept, if it was ever taken from or given limits.
+    async fn budget(&self, key: &str) -> Result<Option<Budget>>;
+
+    /// Every budget kept, by key.
+    async fn budgets(&self) -> Result<Vec<Budget>>;
+
+    /// Remembers `limits` as those last set for `key` (what a runner given
+    /// none applies); an empty list forgets them. The budgets' TATs stay.
+    async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()>;
 }
 
 /// A stored reverse-path's address, without angle brackets: `None` for

@@ -32,11 +32,14 @@ use smtp_tls::{Outgoing, Server};
 mod direct;
 mod notify;
 pub use self::direct::mx_destination;
+pub use self::rated::relay_budget_key;
+mod rated;
 mod record;
 mod relay;
 
 use crate::error::{Error, Result};
 use crate::event::RunEvent;
+use crate::rate::Limit;
 use crate::schedule::Schedule;
 use crate::stop::Stop;
 use crate::store::{Attempt, BodyKind, Claimed, MessageId, Outcome, RecipientId, Store};
@@ -67,6 +70,16 @@ pub struct RunnerConfig {
     /// The `From:` of delivery status notifications; default
     /// `MAILER-DAEMON@` the EHLO name (see [`crate::dsn`]).
     pub notify_from: Option<String>,
+    /// The relay account's rate limits (standard delivery; empty: none).
+    /// See `runner/rated.rs`: a message costs one unit per recipient.
+    pub rate: Vec<Limit>,
+    /// The key of the budget the limits take from, shared by every
+    /// runner on the queue; default [`relay_budget_key`] of the relay.
+    pub budget_key: Option<String>,
+    /// Under a rate, how long a session waits for the budget with the
+    /// connection kept open; a longer wait closes it and releases what
+    /// it held, due at its expected turn. Default 30 s.
+    pub rate_wait: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -82,6 +95,9 @@ impl Default for RunnerConfig {
             backoff: Schedule::default(),
             stop_grace: Duration::from_secs(10),
             notify_from: None,
+            rate: Vec::new(),
+            budget_key: None,
+            rate_wait: Duration::from_secs(30),
         }
     }
 }
@@ -133,6 +149,24 @@ impl RunnerConfig {
     #[must_use]
     pub fn with_notify_from(mut self, from: impl Into<String>) -> Self {
         self.notify_from = Some(from.into());
+        self
+    }
+    /// Sets the relay account's rate limits (they combine: each is kept).
+    #[must_use]
+    pub fn with_rate(mut self, limits: Vec<Limit>) -> Self {
+        self.rate = limits;
+        self
+    }
+    /// Sets the key of the budget the rate limits take from.
+    #[must_use]
+    pub fn with_budget_key(mut self, key: impl Into<String>) -> Self {
+        self.budget_key = Some(key.into());
+        self
+    }
+    /// Sets how long a session waits for the budget on an open connection.
+    #[must_use]
+    pub fn with_rate_wait(mut self, wait: Duration) -> Self {
+        self.rate_wait = wait;
         self
     }
     /// Sets the retry schedule (and the destination back-off's).
@@ -263,6 +297,21 @@ impl Runner {
         &self.destination
     }
 
+    /// The key of the budget the rate limits take from: the configured
+    /// one, else the relay account's ([`relay_budget_key`]); `None` in
+    /// direct delivery.
+    pub fn budget_key(&self) -> Option<String> {
+        match &self.mode {
+            Mode::Relay(relay) => Some(
+                self.config
+                    .budget_key
+                    .clone()
+                    .unwrap_or_else(|| relay_budget_key(relay)),
+            ),
+            Mode::Direct(_) => None,
+        }
+    }
+
     /// What was recorded so far.
     pub fn summary(&self) -> Summary {
         lock(&self.summary).clone()
@@ -280,6 +329,10 @@ impl Runner {
             self.notify_owed().await?;
             let now = SystemTime::now();
             if self.backed_off(now).await?.is_some() {
+                break;
+            }
+            if let (Mode::Relay(relay), false) = (&self.mode, self.config.rate.is_empty()) {
+                self.run_rated(relay, stop).await?;
                 break;
             }
             let claimed = self

@@ -63,9 +63,47 @@ impl Runner {
         };
         // Set up: the sessions waiting behind this one may start.
         self.relay_proven.send_replace(true);
+        let sent = self.send_on(&mut session, &sending, &mut outgoing, stop).await?;
+        drop(outgoing);
+        let session_error = session.error().cloned();
+        if session.is_open() {
+            // QUIT, unless a stop's grace runs out first.
+            tokio::select! {
+                _ = session.close() => {}
+                () = self.abandoned(stop) => {}
+            }
+        }
+        let delivered_any = sent.delivered_any();
+        if delivered_any {
+            self.store.clear_backoff(&self.destination).await?;
+        }
+        let mut why = Unrecorded::default();
+        self.record_sent(&sending, &sent, delivered_any, &mut why).await?;
+        let release_at = self.concluded(&mut why, delivered_any, session_error).await?;
+        for (claimed, lease) in sending.iter().zip(&sent.leases) {
+            self.release(claimed, lease, release_at).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `sending` (as `outgoing`) pipelined on an open session,
+    /// recording each message delivered to every recipient as its reply
+    /// arrives and renewing the leases of the others; returns what is
+    /// known of each when the session went idle, or when a stop's grace ran
+    /// out (then what had not settled is `None`).
+    pub(super) async fn send_on(
+        &self,
+        session: &mut Session,
+        sending: &[Claimed],
+        outgoing: &mut [smtp_tls::Outgoing],
+        stop: &Stop,
+    ) -> Result<Sent> {
         let mut leases: Vec<Lease> = sending.iter().map(|c| c.lease.clone()).collect();
         let host = session.peer().to_string();
         let tls = session.tls().cloned();
+        // The client numbers the messages it takes from 0 over the whole
+        // session: this send's are numbered from what it took before.
+        let base = session.messages_sent();
         // Messages settle in order: the k-th settled outcome is the k-th
         // message's, which is what is known if the session is abandoned.
         // A message every recipient of which was accepted is recorded as
@@ -82,12 +120,15 @@ impl Runner {
                 if let Some(o) = seen.settled() {
                     let _ = tx.send(o.clone());
                 }
-                // The session is new: its client numbers the messages it
-                // takes from 0, in `sending`'s order (it refuses none: each
-                // has recipients; once over, it takes no more and sends
+                // The client numbers the messages it takes in `sending`'s
+                // order, from `base` (it refuses none: each has
+                // recipients; once over, it takes no more and sends
                 // nothing).
                 if let smtp_core::Event::BodyWanted(id) = seen.event()
-                    && let Some(k) = usize::try_from(id.index()).ok()
+                    && let Some(k) = id
+                        .index()
+                        .checked_sub(base)
+                        .and_then(|k| usize::try_from(k).ok())
                     && let Some(sent) = data_sent.get_mut(k)
                 {
                     *sent = true;
@@ -98,7 +139,7 @@ impl Runner {
                     }
                 }
             };
-            let send = session.send_all(&mut outgoing, &mut observe);
+            let send = session.send_all(outgoing, &mut observe);
             tokio::pin!(send);
             let every = self.config.lease / 3;
             let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -169,32 +210,36 @@ impl Runner {
                     known
                 }
             };
-        let session_error = session.error().cloned();
-        drop(outgoing);
-        if session.is_open() {
-            // QUIT, unless a stop's grace runs out first.
-            tokio::select! {
-                _ = session.close() => {}
-                () = self.abandoned(stop) => {}
-            }
-        }
-        let delivered_any = results.iter().flatten().flatten().any(|o| {
-            o.recipients
-                .iter()
-                .any(|r| r.status == smtp_core::RecipientStatus::Accepted)
-        });
-        if delivered_any {
-            self.store.clear_backoff(&self.destination).await?;
-        }
-        let mut why = Unrecorded::default();
-        for (((claimed, lease), result), done) in
-            sending.iter().zip(&leases).zip(results).zip(&recorded)
+        Ok(Sent {
+            results,
+            recorded,
+            leases,
+            host,
+            tls,
+        })
+    }
+
+    /// Records the outcome of every message of `sent` not recorded yet;
+    /// what is not recorded (released below) says why in `why`.
+    pub(super) async fn record_sent(
+        &self,
+        sending: &[Claimed],
+        sent: &Sent,
+        delivered_any: bool,
+        why: &mut Unrecorded,
+    ) -> Result<()> {
+        let (host, tls) = (&sent.host, sent.tls.as_ref());
+        for (((claimed, lease), result), done) in sending
+            .iter()
+            .zip(&sent.leases)
+            .zip(&sent.results)
+            .zip(&sent.recorded)
         {
-            let Some(result) = result.filter(|_| !done) else {
+            let Some(result) = result.as_ref().filter(|_| !done) else {
                 continue;
             };
-            let verdicts: Vec<(RecipientId, Verdict)> = match &result {
-                Ok(outcome) => by_recipient(claimed, outcome, &host, tls.as_ref()),
+            let verdicts: Vec<(RecipientId, Verdict)> = match result {
+                Ok(outcome) => by_recipient(claimed, outcome, host, tls),
                 Err(e) => {
                     let attempt = Attempt {
                         text: e.to_string(),
@@ -220,7 +265,7 @@ impl Runner {
             let outcomes: Vec<(RecipientId, Outcome)> = verdicts
                 .into_iter()
                 .filter_map(|(id, v)| {
-                    self.outcome_of(claimed, id, v, delivered_any, now, &mut why)
+                    self.outcome_of(claimed, id, v, delivered_any, now, why)
                         .map(|o| (id, o))
                 })
                 .collect();
@@ -228,18 +273,49 @@ impl Runner {
                 self.record(claimed, lease, outcomes).await?;
             }
         }
+        Ok(())
+    }
+
+    /// After a session: holds or backs off the destination as `why` says;
+    /// returns when what it did not settle is due again (`None`: at once).
+    pub(super) async fn concluded(
+        &self,
+        why: &mut Unrecorded,
+        delivered_any: bool,
+        session_error: Option<smtp_core::Error>,
+    ) -> Result<Option<SystemTime>> {
         let now = SystemTime::now();
-        let mut release_at = None;
         if let Some(reason) = why.hold.take() {
-            release_at = Some(self.hold(&reason, now).await?);
-        } else if let (false, Some(reason)) = (delivered_any, &why.ended) {
+            return Ok(Some(self.hold(&reason, now).await?));
+        }
+        if let (false, Some(reason)) = (delivered_any, &why.ended) {
             self.back_off(reason, now).await?;
         } else if let Some(e) = session_error.filter(|_| why.ended.is_some()) {
             tracing::info!(destination = %self.destination, error = %e, "session ended; the rest is due again at once");
         }
-        for (claimed, lease) in sending.iter().zip(&leases) {
-            self.release(claimed, lease, release_at).await?;
-        }
-        Ok(())
+        Ok(None)
+    }
+}
+
+/// What a send on a session left (see [`Runner::send_on`]).
+pub(super) struct Sent {
+    /// Each message's result; `None`: abandoned on a stop before it.
+    pub(super) results: Vec<Option<std::result::Result<MessageOutcome, smtp_tls::Error>>>,
+    /// Each message recorded already (every recipient delivered).
+    pub(super) recorded: Vec<bool>,
+    /// The leases, as renewed.
+    pub(super) leases: Vec<Lease>,
+    host: String,
+    tls: Option<smtp_core::delivery::TlsInfo>,
+}
+
+impl Sent {
+    /// Whether any recipient was accepted.
+    pub(super) fn delivered_any(&self) -> bool {
+        self.results.iter().flatten().flatten().any(|o| {
+            o.recipients
+                .iter()
+                .any(|r| r.status == smtp_core::RecipientStatus::Accepted)
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! body files.
 //!
 //! ```text
-//! <spool>/queue.db         messages, recipients, leases, back-off (+ -wal, -shm)
+//! <spool>/queue.db         messages, recipients, leases, back-off, budgets (+ -wal, -shm)
 //! <spool>/bodies/<id>      a body over 64 KiB, written before the enqueue commits
 //!                          (smaller ones are rows of `message_bodies`)
 //! <spool>/tmp/             bodies being written (left-overs are swept on open)
@@ -45,6 +45,7 @@ use sqlx::{Sqlite, Transaction};
 
 use crate::error::{Error, Result};
 use crate::log::{Entry, OutcomeLog};
+use crate::rate::{Budget, Decision, Limit};
 use crate::spool::Spool;
 use crate::store::{
     Backoff, Claimed, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome, RecipientId,
@@ -52,6 +53,7 @@ use crate::store::{
 };
 
 mod admin;
+mod budget;
 mod claim;
 mod enqueue;
 mod notify;
@@ -60,7 +62,7 @@ mod rows;
 mod schema;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).
@@ -440,5 +442,27 @@ impl Store for SqliteStore {
         now: SystemTime,
     ) -> Result<Option<MessageId>> {
         notify::enqueue_notification(self, of, notification, now).await
+    }
+
+    async fn take_budget(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u32,
+        now: SystemTime,
+    ) -> Result<Decision> {
+        budget::take_budget(self, key, limits, cost, now).await
+    }
+
+    async fn budget(&self, key: &str) -> Result<Option<Budget>> {
+        budget::budget(self, key).await
+    }
+
+    async fn budgets(&self) -> Result<Vec<Budget>> {
+        budget::budgets(self).await
+    }
+
+    async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()> {
+        budget::remember_limits(self, key, limits, now).await
     }
 }

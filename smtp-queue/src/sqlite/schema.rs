@@ -9,6 +9,8 @@
 //! | 1 | messages, recipients, lease_generation, backoff |
 //! | 2 | `messages.dsn_owed_ms`, `messages.dsn_id`: the delivery status notification owed to the sender, and the one enqueued |
 //! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
+//! | 4 | partial indexes: only waiting and leased recipients indexed by when they are due |
+//! | 5 | `budgets`: sending budgets (relay rate limits) and the limits remembered per relay account |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -95,6 +97,25 @@ DROP INDEX recipients_due;
 DROP INDEX recipients_lease;
 CREATE INDEX recipients_waiting ON recipients (next_attempt_ms) WHERE state IN ('queued', 'deferred');
 CREATE INDEX recipients_leased ON recipients (lease_until_ms) WHERE state = 'delivering';
+",
+    ),
+    (
+        5,
+        // Sending budgets (relay rate limits): one row per key (a relay
+        // account) and limit (`Limit::key`), its TAT (GCRA), the limit
+        // itself, and whether it is one of the limits last set for the key.
+        "
+CREATE TABLE budgets (
+    key         TEXT NOT NULL,
+    limit_key   TEXT NOT NULL,
+    tat_ms      INTEGER,
+    rate_count  INTEGER NOT NULL,
+    rate_per_ms INTEGER NOT NULL,
+    burst       INTEGER NOT NULL,
+    remembered  INTEGER NOT NULL DEFAULT 0,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (key, limit_key)
+);
 ",
     ),
 ];

@@ -87,6 +87,8 @@ pub struct Received {
     pub tls: bool,
     /// The authenticated user, if any.
     pub auth_user: Option<String>,
+    /// When the end of its data arrived.
+    pub received_at: std::time::SystemTime,
 }
 
 /// One connection's record.

@@ -402,6 +402,7 @@ impl<'a> Session<'a> {
             data,
             tls: self.tls,
             auth_user: self.user.clone(),
+            received_at: std::time::SystemTime::now(),
         };
         self.reset_transaction();
         if too_big {

@@ -1,0 +1,176 @@
+//! Sending budgets ([`crate::rate`]): one row per (key, limit) holding the
+//! limit's TAT, taken from under the write lock so that every runner on
+//! the queue shares it and a restart does not reset it.
+//!
+//! A take is one `BEGIN IMMEDIATE` transaction: read the key's rows,
+//! decide with [`rate::take`], write the moved TATs, commit. Two handles
+//! (two processes) taking at once wait for each other's lock, so their
+//! takes never overlap. It commits with `synchronous=NORMAL`, as the
+//! runner's other work: a killed process loses nothing; a power loss may
+//! forget the last takes (then a few more may go than the limit allows).
+
+use std::time::{Duration, SystemTime};
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::SqliteStore;
+use super::rows::get;
+use crate::error::{Error, Result};
+use crate::rate::{self, Budget, Decision, Kept, Limit, Rate};
+use crate::store::millis;
+
+const COLUMNS: &str = "key, limit_key, tat_ms, rate_count, rate_per_ms, burst, remembered";
+
+pub(super) async fn take_budget(
+    store: &SqliteStore,
+    key: &str,
+    limits: &[Limit],
+    cost: u32,
+    now: SystemTime,
+) -> Result<Decision> {
+    if limits.is_empty() {
+        return Ok(Decision::Allowed);
+    }
+    let doing = "taking from a sending budget";
+    let now_ms = millis(now)?;
+    let mut tx = store.begin(doing).await?;
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM budgets WHERE key = $1"))
+        .bind(key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let kept = budget_of(key, &rows)?;
+    let mut tats = kept.tats(limits);
+    let decision = rate::take(limits, &mut tats, cost, now_ms);
+    if decision == Decision::Allowed {
+        for (limit, tat) in limits.iter().zip(&tats) {
+            upsert(limit, key, *tat, now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::db(doing, e))?;
+        }
+        tx.commit().await.map_err(|e| Error::db(doing, e))?;
+    }
+    // Waiting: nothing written; the transaction rolls back on drop.
+    Ok(decision)
+}
+
+/// The statement that sets `limit`'s TAT under `key`, creating its row
+/// (not remembered) if need be.
+fn upsert(
+    limit: &Limit,
+    key: &str,
+    tat: Option<i64>,
+    now_ms: i64,
+) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>> {
+    sqlx::query(
+        "INSERT INTO budgets (key, limit_key, tat_ms, rate_count, rate_per_ms, burst, remembered, updated_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7)
+         ON CONFLICT (key, limit_key) DO UPDATE SET tat_ms = excluded.tat_ms, updated_ms = excluded.updated_ms",
+    )
+    .bind(key.to_owned())
+    .bind(limit.key())
+    .bind(tat)
+    .bind(i64::from(limit.rate.count))
+    .bind(per_ms(limit))
+    .bind(i64::from(limit.burst))
+    .bind(now_ms)
+}
+
+pub(super) async fn budget(store: &SqliteStore, key: &str) -> Result<Option<Budget>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM budgets WHERE key = $1"))
+        .bind(key)
+        .fetch_all(&store.pool)
+        .await
+        .map_err(|e| Error::db("reading a sending budget", e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    budget_of(key, &rows).map(Some)
+}
+
+pub(super) async fn budgets(store: &SqliteStore) -> Result<Vec<Budget>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM budgets ORDER BY key"))
+        .fetch_all(&store.pool)
+        .await
+        .map_err(|e| Error::db("reading the sending budgets", e))?;
+    let mut out = Vec::new();
+    for group in rows.chunk_by(|a, b| a.try_get::<String, _>("key").ok() == b.try_get("key").ok()) {
+        let key: String = get(&group[0], "key")?;
+        out.push(budget_of(&key, group)?);
+    }
+    Ok(out)
+}
+
+pub(super) async fn remember_limits(
+    store: &SqliteStore,
+    key: &str,
+    limits: &[Limit],
+    now: SystemTime,
+) -> Result<()> {
+    let doing = "remembering a budget's limits";
+    let now_ms = millis(now)?;
+    let mut tx = store.begin(doing).await?;
+    sqlx::query("UPDATE budgets SET remembered = 0, updated_ms = $2 WHERE key = $1")
+        .bind(key)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    // Limits no longer set whose budget is whole again tell nothing.
+    sqlx::query("DELETE FROM budgets WHERE key = $1 AND (tat_ms IS NULL OR tat_ms <= $2)")
+        .bind(key)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    for limit in limits {
+        // A limit kept already keeps its TAT.
+        sqlx::query(
+            "INSERT INTO budgets (key, limit_key, tat_ms, rate_count, rate_per_ms, burst, remembered, updated_ms)
+             VALUES ($1, $2, NULL, $3, $4, $5, 1, $6)
+             ON CONFLICT (key, limit_key) DO UPDATE SET remembered = 1, updated_ms = excluded.updated_ms",
+        )
+        .bind(key)
+        .bind(limit.key())
+        .bind(i64::from(limit.rate.count))
+        .bind(per_ms(limit))
+        .bind(i64::from(limit.burst))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    }
+    tx.commit().await.map_err(|e| Error::db(doing, e))
+}
+
+fn per_ms(limit: &Limit) -> i64 {
+    i64::try_from(limit.rate.per.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The rows of one key as a [`Budget`].
+fn budget_of(key: &str, rows: &[SqliteRow]) -> Result<Budget> {
+    let corrupt = |what: &str| Error::corrupt(None, format!("budget {key:?}: {what}"));
+    let mut limits = Vec::with_capacity(rows.len());
+    for row in rows {
+        let count: i64 = get(row, "rate_count")?;
+        let per_ms: i64 = get(row, "rate_per_ms")?;
+        let burst: i64 = get(row, "burst")?;
+        let rate = u32::try_from(count)
+            .ok()
+            .zip(u64::try_from(per_ms).ok())
+            .and_then(|(c, ms)| Rate::new(c, Duration::from_millis(ms)))
+            .ok_or_else(|| corrupt("a rate of zero"))?;
+        let burst = u32::try_from(burst).map_err(|_| corrupt("a burst out of range"))?;
+        limits.push(Kept {
+            limit: Limit::new(rate).with_burst(burst),
+            tat_ms: get(row, "tat_ms")?,
+            remembered: get::<i64>(row, "remembered")? != 0,
+        });
+    }
+    Ok(Budget {
+        key: key.to_owned(),
+        limits,
+    })
+}
