@@ -278,6 +278,8 @@ pub(crate) struct RetryArgs {
     /// Messages sent on one connection, at most (default 100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) per_connection: Option<u16>,
+    #[command(flatten)]
+    pub(crate) rate: crate::rate::RateArgs,
 }
 
 /// How the log is written.

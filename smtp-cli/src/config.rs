@@ -8,6 +8,8 @@
 //! user = "alice@example.com"
 //! password_command = "pass show smtp/work"
 //! from = "alice@example.com"
+//! rate = ["30/minute", "500/day"]   # the relay's caps (see --rate)
+//! burst = 1
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,6 +50,11 @@ pub(crate) struct Account {
     pub(crate) dkim_selector: Option<String>,
     pub(crate) dkim_domain: Option<String>,
     pub(crate) dkim_canonicalization: Option<String>,
+    /// The relay account's rate limits (`["30/minute", "500/day"]`) and
+    /// burst, as `--rate` and `--burst`.
+    #[serde(default)]
+    pub(crate) rate: Vec<String>,
+    pub(crate) burst: Option<u32>,
 }
 
 /// `$XDG_CONFIG_HOME/smtp/config.toml` or `~/.config/smtp/config.toml`.

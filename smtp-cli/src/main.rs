@@ -25,6 +25,7 @@ mod output;
 mod probe;
 mod progress;
 mod queue;
+mod rate;
 mod reencode;
 mod secrets;
 mod send;

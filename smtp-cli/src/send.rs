@@ -211,7 +211,7 @@ fn trace(verbose: bool, t: Trace<'_>) {
     }
 }
 
-pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
+pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
     if args.notify_sender && args.queue.is_none() {
         // Without the queue there is no later to send it from: this
         // run's report already names every failure.
@@ -231,6 +231,11 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
         )));
     }
     let s = settings_with(&args, !args.queue_only)?;
+    let rate = crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?;
+    if matches!(rate, crate::rate::Choice::Limits(_)) && args.queue.is_none() {
+        // The queue keeps the budget: a rate sends through it.
+        args.queue = Some(PathBuf::new());
+    }
     // The key is read before any message: a wrong one stops the command
     // before standard input is taken or anything is sent.
     let mut signer = s.dkim.as_ref().map(Signer::load).transpose()?;
@@ -299,6 +304,7 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
             retry: &args.retry,
             notify_sender: args.notify_sender,
             run_line: crate::queue::run_command(&args),
+            rate,
         };
         if args.queue_only {
             // Nothing is delivered: the relay's settings are for the

@@ -44,6 +44,8 @@ pub(crate) struct Settings {
     pub(crate) timeouts: Timeouts,
     /// DKIM signing, when asked for (the key is read by `smtp send` only).
     pub(crate) dkim: Option<dkim::Options>,
+    /// The account's rate limits and burst (`--rate` and `--burst` win).
+    pub(crate) rate: (Vec<String>, Option<u32>),
 }
 
 /// `Name <addr>`, `"Name" <addr>`, `<addr>` or `addr`: the display name
@@ -151,6 +153,8 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         dkim_selector,
         dkim_domain,
         dkim_canonicalization,
+        rate,
+        burst,
     } = account;
     let dkim = dkim::options(
         args,
@@ -260,6 +264,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         dns_server: args.dns_server.clone().or(dns_server),
         timeouts,
         dkim,
+        rate: (rate, burst),
     })
 }
 

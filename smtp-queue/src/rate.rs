@@ -375,8 +375,8 @@ mod tests {
         assert_eq!(budget.remembered(), vec![day]);
         assert_eq!(budget.tats(&[minute, day]), vec![Some(10_000), Some(500_000)]);
         assert_eq!(budget.tats(&[Limit::new(rate("1/s"))]), vec![None]);
-        // 60/minute: the TAT is 10 s on, one unit goes at 9 s.
-        assert_eq!(budget.next_free_ms(&[minute], 0), 9_000);
+        // Burst 1: the next unit goes once the TAT (10 s) is reached.
+        assert_eq!(budget.next_free_ms(&[minute], 0), 10_000);
         assert_eq!(budget.next_free_ms(&[minute], 20_000), 20_000);
         assert_eq!(describe(&[minute, day]), "60/minute, 500/day (burst 5)");
     }

@@ -37,6 +37,7 @@ pub(super) async fn run(
         QueueCommand::Purge(args) => purge(&store, &args, json).await,
         QueueCommand::Stats => {
             let stats = store.stats().await.map_err(queue_error)?;
+            let budgets = budgets(&store).await?;
             if json {
                 let states: serde_json::Map<String, serde_json::Value> = stats
                     .recipients
@@ -45,17 +46,53 @@ pub(super) async fn run(
                     .collect();
                 say!(
                     "{}",
-                    serde_json::json!({ "messages": stats.messages, "recipients": states })
+                    serde_json::json!({ "messages": stats.messages, "recipients": states,
+                        "budgets": budgets.iter().map(|(key, limits, next)| serde_json::json!({
+                            "key": key, "limits": limits, "next_free": next.map(rfc3339),
+                        })).collect::<Vec<_>>() })
                 );
             } else {
                 say!("messages: {}", stats.messages);
                 for (s, n) in &stats.recipients {
                     say!("{s}: {n}");
                 }
+                for (key, limits, next) in &budgets {
+                    let next = next.map_or_else(|| "now".to_owned(), rfc3339);
+                    let limits = if limits.is_empty() { "none remembered" } else { limits };
+                    say!("budget {key}: {limits}; next free slot: {next}");
+                }
             }
             Ok(EX_OK)
         }
     }
+}
+
+/// Each budget kept: its key, its remembered limits in words, and its
+/// next free slot under them (or under every limit kept, when none is
+/// remembered); `None` when that is now.
+async fn budgets(
+    store: &SqliteStore,
+) -> Result<Vec<(String, String, Option<SystemTime>)>, Failure> {
+    let now = SystemTime::now();
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    for b in store.budgets().await.map_err(queue_error)? {
+        let remembered = b.remembered();
+        let under = if remembered.is_empty() {
+            b.limits.iter().map(|k| k.limit).collect()
+        } else {
+            remembered.clone()
+        };
+        let next = b.next_free_ms(&under, now_ms);
+        let next = (next > now_ms).then(|| {
+            SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(next).unwrap_or(0))
+        });
+        out.push((b.key, smtp_queue::rate::describe(&remembered), next));
+    }
+    Ok(out)
 }
 
 fn parse_id(id: &str) -> Result<MessageId, Failure> {

@@ -58,6 +58,10 @@ pub(crate) fn run_command(args: &SendArgs) -> String {
     flag("--concurrency", m(r.concurrency));
     flag("--per-destination", m(r.per_destination));
     flag("--per-connection", m(r.per_connection));
+    for rate in &r.rate.rate {
+        flag("--rate", Some(rate.clone()));
+    }
+    flag("--burst", r.rate.burst.map(|b| b.to_string()));
     if args.implicit_tls {
         words.push("--implicit-tls".to_owned());
     }

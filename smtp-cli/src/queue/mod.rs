@@ -108,7 +108,7 @@ async fn open_existing(dir: Option<&Path>) -> Result<Arc<SqliteStore>, Failure> 
     open_at(&dir).await
 }
 
-fn queue_error(e: smtp_queue::Error) -> Failure {
+pub(crate) fn queue_error(e: smtp_queue::Error) -> Failure {
     match e {
         smtp_queue::Error::NotFound(id) => {
             Failure::new(EX_NOINPUT, format!("no message {id} in the queue")).kind("not-found")
@@ -201,6 +201,32 @@ fn warn(event: &RunEvent) {
                 recipients.join(", ")
             );
         }),
+        RunEvent::WaitingForBudget {
+            key,
+            until,
+            messages,
+            released,
+        } => {
+            let secs = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            // Waits of a second or two on the session are the rate at work.
+            if *released || secs >= 5 {
+                let how = if *released {
+                    "released, each due at its turn"
+                } else {
+                    "on the open connection"
+                };
+                progress::suspend(|| {
+                    tell!(
+                        "smtp: waiting for the rate budget of {key} until {} (in {secs}s): {messages} message{} ({how})",
+                        rfc3339(*until),
+                        if *messages == 1 { "" } else { "s" }
+                    );
+                });
+            }
+        }
         _ => {}
     }
 }

@@ -75,6 +75,8 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
         )?)),
     };
     let mut config = config(&args.retry, matches!(via, Via::Direct(_)));
+    let rate = crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?;
+    config = crate::rate::apply(&store, &via, &rate, config).await?;
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
     }

@@ -45,6 +45,8 @@ pub(crate) struct Queued<'a> {
     /// The `smtp queue run …` command that delivers what stays queued
     /// ([`run_command`](super::run_command)).
     pub(crate) run_line: String,
+    /// The rate limits (`--rate`, the account's, or those remembered).
+    pub(crate) rate: crate::rate::Choice,
 }
 
 /// The batch to enqueue: each prepared message with its envelope.
@@ -205,9 +207,31 @@ pub(crate) async fn send(
         move |e: &RunEvent| lock(&live).event(e)
     };
     let direct = matches!(via, Via::Direct(_));
-    let runner = via
-        .runner(store.clone(), config(retry, direct))
-        .with_observer(observer);
+    let config = crate::rate::apply(&store, &via, &queued.rate, config(retry, direct)).await?;
+    let rated = match &config.rate {
+        limits if limits.is_empty() => None,
+        limits => {
+            let units: u64 = envelopes.iter().map(|e| e.to.len() as u64).sum();
+            let finish = crate::rate::expected_finish(&store, &config, units).await?;
+            finish.map(|t| (smtp_queue::rate::describe(limits), t))
+        }
+    };
+    if let Some((limits, finish)) = &rated {
+        let n = ids.len();
+        let secs = finish
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs();
+        progress::suspend(|| {
+            tell!(
+                "smtp: {n} message{} at {limits}: expected to finish around {} (in {})",
+                if n == 1 { "" } else { "s" },
+                rfc3339(*finish),
+                crate::rate::span(secs)
+            );
+        });
+    }
+    let runner = via.runner(store.clone(), config).with_observer(observer);
     let linger = Duration::from_secs(retry.linger.unwrap_or(60));
     let ended = loop {
         runner.run_due(&stop).await.map_err(queue_error)?;
@@ -299,6 +323,12 @@ pub(crate) async fn send(
                 summary.deferred,
                 rfc3339(next)
             );
+            if rated.is_some() {
+                tell!(
+                    "smtp: they wait for the rate budget: `smtp queue run --watch` (or the queue \
+                     service) sends the rest as it allows"
+                );
+            }
             Ok(report.exit_code())
         }
         Ended::Final => Ok(report.exit_code()),

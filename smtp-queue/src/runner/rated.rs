@@ -309,6 +309,9 @@ impl Runner {
         let Some(first) = late.iter().map(|(_, t)| *t).min() else {
             return Ok(());
         };
+        let last = late.iter().map(|(_, t)| *t).max().unwrap_or(first);
+        tracing::info!(budget = key, messages = late.len(), first_ms = first, last_ms = last,
+            "waiting for the rate budget: released unattempted, each due at its turn");
         self.emit(&RunEvent::WaitingForBudget {
             key: key.to_owned(),
             until: from_millis(first),

@@ -1,0 +1,234 @@
+//! `--rate N/PERIOD` (repeatable) and `--burst N`: the relay account's
+//! rate limits, as `smtp send` and `smtp queue run` take them, or an
+//! account's `rate = ["30/minute", "500/day"]` and `burst = 5`.
+//!
+//! The queue keeps the budget (shared by every runner, kept across
+//! restarts) and remembers the limits last set for the relay account:
+//! a `queue run` given none applies those, and says so; `--rate none`
+//! clears them.
+
+use std::time::SystemTime;
+
+use clap::Args;
+use smtp_queue::rate::{Limit, Rate, describe};
+use smtp_queue::{RunnerConfig, SqliteStore, Store};
+
+use crate::fail::Failure;
+use crate::queue::{Via, queue_error};
+
+/// The rate flags.
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct RateArgs {
+    /// The relay account's rate limit: N/second, N/minute, N/hour or
+    /// N/day; repeat to combine (`--rate 30/minute --rate 500/day`). A
+    /// message counts one per recipient. The queue keeps the budget,
+    /// shared by every `queue run` on it and across restarts, so `send`
+    /// with a rate uses the queue (as --queue does: the default
+    /// directory unless --queue names one). The limits are remembered for
+    /// the relay account: a later `queue run` without --rate applies
+    /// them; `--rate none` clears them.
+    #[arg(long = "rate", value_name = "N/PERIOD")]
+    pub(crate) rate: Vec<String>,
+    /// With --rate: how many may go at once (default 1: evenly spread, so
+    /// that no window of one period ever holds more than N; with B, a
+    /// window holds at most N + B − 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) burst: Option<u32>,
+}
+
+/// What the flags (or the account) say about the rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// Nothing said: apply the limits remembered for the relay account.
+    Unsaid,
+    /// `--rate none`: no limits, and forget the remembered ones.
+    Clear,
+    /// These limits.
+    Limits(Vec<Limit>),
+}
+
+/// Parses rates and a burst as written on the command line or in the
+/// config file.
+pub(crate) fn choice(rates: &[String], burst: Option<u32>) -> Result<Choice, String> {
+    if rates.is_empty() {
+        return match burst {
+            Some(_) => Err("--burst goes with --rate".into()),
+            None => Ok(Choice::Unsaid),
+        };
+    }
+    if rates.iter().any(|r| r.trim().eq_ignore_ascii_case("none")) {
+        if rates.len() > 1 {
+            return Err("--rate none clears the limits: give it alone".into());
+        }
+        return Ok(Choice::Clear);
+    }
+    let mut limits = Vec::with_capacity(rates.len());
+    for text in rates {
+        let rate: Rate = text.parse()?;
+        let limit = Limit::new(rate).with_burst(burst.unwrap_or(1));
+        if !limits.contains(&limit) {
+            limits.push(limit);
+        }
+    }
+    Ok(Choice::Limits(limits))
+}
+
+/// The flags' choice, else the account's.
+pub(crate) fn resolve(
+    args: &RateArgs,
+    account: (&[String], Option<u32>),
+) -> Result<Choice, Failure> {
+    match choice(&args.rate, args.burst).map_err(|e| Failure::usage(format!("--rate: {e}")))? {
+        Choice::Unsaid if args.burst.is_none() => choice(account.0, account.1)
+            .map_err(|e| Failure::config(format!("the account's rate: {e}"))),
+        said => Ok(said),
+    }
+}
+
+/// `config` under the rate `choice` for the relay `via` goes through:
+/// the limits given are remembered for the relay account, `Clear`
+/// forgets them, and with none given the remembered ones apply (said on
+/// stderr).
+pub(crate) async fn apply(
+    store: &SqliteStore,
+    via: &Via,
+    choice: &Choice,
+    config: RunnerConfig,
+) -> Result<RunnerConfig, Failure> {
+    let Via::Relay(server) = via else {
+        return match choice {
+            Choice::Limits(_) => Err(Failure::usage(
+                "--rate limits a relay account: it needs --server (or an account with one); \
+                 direct delivery is not rate limited",
+            )),
+            _ => Ok(config),
+        };
+    };
+    let key = smtp_queue::relay_budget_key(server);
+    let now = SystemTime::now();
+    match choice {
+        Choice::Limits(limits) => {
+            store
+                .remember_limits(&key, limits, now)
+                .await
+                .map_err(queue_error)?;
+            Ok(config.with_rate(limits.clone()).with_budget_key(key))
+        }
+        Choice::Clear => {
+            store
+                .remember_limits(&key, &[], now)
+                .await
+                .map_err(queue_error)?;
+            tell!("smtp: rate limits for {key} cleared");
+            Ok(config)
+        }
+        Choice::Unsaid => {
+            let remembered = store
+                .budget(&key)
+                .await
+                .map_err(queue_error)?
+                .map(|b| b.remembered())
+                .unwrap_or_default();
+            if remembered.is_empty() {
+                return Ok(config);
+            }
+            tell!(
+                "smtp: applying the rate limits remembered for {key}: {} (--rate changes them, \
+                 --rate none clears them)",
+                describe(&remembered)
+            );
+            Ok(config.with_rate(remembered).with_budget_key(key))
+        }
+    }
+}
+
+/// When `units` more (recipients), taken from now on, will have gone
+/// under `config`'s limits: `None` without limits.
+pub(crate) async fn expected_finish(
+    store: &SqliteStore,
+    config: &RunnerConfig,
+    units: u64,
+) -> Result<Option<SystemTime>, Failure> {
+    let (limits, Some(key)) = (&config.rate, &config.budget_key) else {
+        return Ok(None);
+    };
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    let now = SystemTime::now();
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let tats = match store.budget(key).await.map_err(queue_error)? {
+        Some(b) => b.tats(limits),
+        None => vec![None; limits.len()],
+    };
+    let ms = smtp_queue::rate::finish_ms(limits, &tats, units, now_ms);
+    Ok(Some(
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    ))
+}
+
+/// `secs` in words: `45s`, `7 min`, `3 h 20 min`.
+pub(crate) fn span(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{} min", s.div_ceil(60)),
+        s => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rates_combine_and_take_the_burst() {
+        let rates = ["30/minute".to_owned(), "500/day".to_owned()];
+        let Choice::Limits(limits) = choice(&rates, Some(5)).unwrap() else {
+            panic!("limits expected");
+        };
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[0].rate.count, 30);
+        assert_eq!(limits[0].rate.per, Duration::from_secs(60));
+        assert_eq!(limits[1].rate.per, Duration::from_secs(86_400));
+        assert!(limits.iter().all(|l| l.burst == 5));
+        let Choice::Limits(one) = choice(&["10/second".to_owned()], None).unwrap() else {
+            panic!("limits expected");
+        };
+        assert_eq!(one[0].burst, 1, "the default burst spreads evenly");
+    }
+
+    #[test]
+    fn none_clears_and_nothing_said_is_unsaid() {
+        assert_eq!(choice(&["none".to_owned()], None), Ok(Choice::Clear));
+        assert_eq!(choice(&[], None), Ok(Choice::Unsaid));
+        assert!(choice(&[], Some(3)).unwrap_err().contains("--burst"));
+        assert!(
+            choice(&["none".to_owned(), "3/s".to_owned()], None)
+                .unwrap_err()
+                .contains("alone")
+        );
+        let e = choice(&["30/fortnight".to_owned()], None).unwrap_err();
+        assert!(e.contains("N/minute"), "{e}");
+    }
+
+    #[test]
+    fn the_flags_win_over_the_account() {
+        let account = ["100/hour".to_owned()];
+        let flags = RateArgs {
+            rate: vec!["5/second".into()],
+            burst: None,
+        };
+        let Choice::Limits(l) = resolve(&flags, (&account, None)).unwrap() else {
+            panic!("limits expected");
+        };
+        assert_eq!(l[0].rate.count, 5);
+        let Choice::Limits(l) = resolve(&RateArgs::default(), (&account, Some(2))).unwrap() else {
+            panic!("limits expected");
+        };
+        assert_eq!((l[0].rate.count, l[0].burst), (100, 2));
+    }
+}
