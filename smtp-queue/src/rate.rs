@@ -368,12 +368,23 @@ mod tests {
         let budget = Budget {
             key: "relay:h:587".into(),
             limits: vec![
-                Kept { limit: day, tat_ms: Some(500_000), remembered: true },
-                Kept { limit: minute, tat_ms: Some(10_000), remembered: false },
+                Kept {
+                    limit: day,
+                    tat_ms: Some(500_000),
+                    remembered: true,
+                },
+                Kept {
+                    limit: minute,
+                    tat_ms: Some(10_000),
+                    remembered: false,
+                },
             ],
         };
         assert_eq!(budget.remembered(), vec![day]);
-        assert_eq!(budget.tats(&[minute, day]), vec![Some(10_000), Some(500_000)]);
+        assert_eq!(
+            budget.tats(&[minute, day]),
+            vec![Some(10_000), Some(500_000)]
+        );
         assert_eq!(budget.tats(&[Limit::new(rate("1/s"))]), vec![None]);
         // Burst 1: the next unit goes once the TAT (10 s) is reached.
         assert_eq!(budget.next_free_ms(&[minute], 0), 10_000);

@@ -84,7 +84,10 @@ async fn a_reopened_store_keeps_the_budget_spent() {
     let d = store.take_budget("k", &limits, 1, now).await.unwrap();
     assert!(matches!(d, Decision::WaitUntil(_)), "{d:?}");
     let budget = store.budget("k").await.unwrap().unwrap();
-    let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     assert_eq!(budget.next_free_ms(&limits, now_ms), now_ms + 1000);
 }
 
@@ -132,7 +135,9 @@ async fn the_limits_last_set_for_a_key_are_remembered_until_cleared() {
 #[tokio::test]
 async fn a_rated_runner_keeps_the_bound_and_releases_unattempted_with_their_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let server = CaptureServer::start(CaptureConfig::default()).await.unwrap();
+    let server = CaptureServer::start(CaptureConfig::default())
+        .await
+        .unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
     enqueue(&store, 30).await;
     let relay = Server::new("127.0.0.1", server.addr().port()).with_policy(TlsPolicy::None);
@@ -181,10 +186,13 @@ async fn a_rated_runner_keeps_the_bound_and_releases_unattempted_with_their_turn
         "{last:?}"
     );
     running.await.unwrap().unwrap();
-    assert!(events.lock().unwrap().iter().any(|e| matches!(
-        e,
-        RunEvent::WaitingForBudget { released: true, .. }
-    )));
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, RunEvent::WaitingForBudget { released: true, .. }))
+    );
     let all = server.wait_for_messages(30, Duration::from_secs(5)).await;
     assert_eq!(all.len(), 30);
     let mut at: Vec<SystemTime> = all.iter().map(|m| m.received_at).collect();

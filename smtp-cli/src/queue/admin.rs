@@ -58,7 +58,11 @@ pub(super) async fn run(
                 }
                 for (key, limits, next) in &budgets {
                     let next = next.map_or_else(|| "now".to_owned(), rfc3339);
-                    let limits = if limits.is_empty() { "none remembered" } else { limits };
+                    let limits = if limits.is_empty() {
+                        "none remembered"
+                    } else {
+                        limits
+                    };
                     say!("budget {key}: {limits}; next free slot: {next}");
                 }
             }

@@ -209,7 +209,8 @@ impl Runner {
                 delivered_any = true;
                 self.store.clear_backoff(&self.destination).await?;
             }
-            self.record_sent(&sending, &sent, delivered_any, &mut why).await?;
+            self.record_sent(&sending, &sent, delivered_any, &mut why)
+                .await?;
             let abandoned = sent.results.iter().any(Option::is_none);
             let troubled = why.hold.is_some() || why.ended.is_some();
             for (claimed, lease) in sending.into_iter().zip(sent.leases) {
@@ -310,8 +311,13 @@ impl Runner {
             return Ok(());
         };
         let last = late.iter().map(|(_, t)| *t).max().unwrap_or(first);
-        tracing::info!(budget = key, messages = late.len(), first_ms = first, last_ms = last,
-            "waiting for the rate budget: released unattempted, each due at its turn");
+        tracing::info!(
+            budget = key,
+            messages = late.len(),
+            first_ms = first,
+            last_ms = last,
+            "waiting for the rate budget: released unattempted, each due at its turn"
+        );
         self.emit(&RunEvent::WaitingForBudget {
             key: key.to_owned(),
             until: from_millis(first),
@@ -356,7 +362,11 @@ impl Runner {
         let now = SystemTime::now();
         let soon = now + self.config.lease * 2 / 3;
         for c in pending.iter_mut().filter(|c| c.lease.until < soon) {
-            match self.store.renew(&c.lease, now + self.config.lease, now).await {
+            match self
+                .store
+                .renew(&c.lease, now + self.config.lease, now)
+                .await
+            {
                 Ok(l) => c.lease = l,
                 Err(e) => {
                     tracing::warn!(message_id = %c.lease.message, error = %e, "lease not renewed");

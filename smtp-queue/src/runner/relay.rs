@@ -63,7 +63,9 @@ impl Runner {
         };
         // Set up: the sessions waiting behind this one may start.
         self.relay_proven.send_replace(true);
-        let sent = self.send_on(&mut session, &sending, &mut outgoing, stop).await?;
+        let sent = self
+            .send_on(&mut session, &sending, &mut outgoing, stop)
+            .await?;
         drop(outgoing);
         let session_error = session.error().cloned();
         if session.is_open() {
@@ -78,8 +80,11 @@ impl Runner {
             self.store.clear_backoff(&self.destination).await?;
         }
         let mut why = Unrecorded::default();
-        self.record_sent(&sending, &sent, delivered_any, &mut why).await?;
-        let release_at = self.concluded(&mut why, delivered_any, session_error).await?;
+        self.record_sent(&sending, &sent, delivered_any, &mut why)
+            .await?;
+        let release_at = self
+            .concluded(&mut why, delivered_any, session_error)
+            .await?;
         for (claimed, lease) in sending.iter().zip(&sent.leases) {
             self.release(claimed, lease, release_at).await?;
         }
