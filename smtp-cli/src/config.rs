@@ -122,3 +122,28 @@ fn world_readable(path: &Path) -> bool {
 fn world_readable(_: &Path) -> bool {
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_s_rate_and_burst_read_as_the_flags_do() {
+        let file: File = toml::from_str(
+            "[accounts.relay]\nserver = \"smtp.example.com\"\nrate = [\"30/minute\", \"500/day\"]\nburst = 5\n",
+        )
+        .unwrap();
+        let a = &file.accounts["relay"];
+        assert_eq!(a.rate, ["30/minute", "500/day"]);
+        let crate::rate::Choice::Limits(limits) = crate::rate::choice(&a.rate, a.burst).unwrap()
+        else {
+            panic!("limits expected");
+        };
+        assert_eq!(limits.len(), 2);
+        assert!(limits.iter().all(|l| l.burst == 5));
+        // Without them: no rate.
+        let file: File = toml::from_str("[accounts.x]\nserver = \"h\"\n").unwrap();
+        assert!(file.accounts["x"].rate.is_empty());
+        assert!(toml::from_str::<File>("[accounts.x]\nrate = \"30/minute\"\n").is_err());
+    }
+}
