@@ -47,8 +47,8 @@ use crate::error::{Error, Result};
 use crate::log::{Entry, OutcomeLog};
 use crate::spool::Spool;
 use crate::store::{
-    Backoff, Claimed, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome, RecipientId,
-    RetryTarget, Stats, Store,
+    Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
+    RecipientId, RetryTarget, Stats, Store,
 };
 
 mod admin;
@@ -60,7 +60,7 @@ mod rows;
 mod schema;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).
@@ -440,5 +440,14 @@ impl Store for SqliteStore {
         now: SystemTime,
     ) -> Result<Option<MessageId>> {
         notify::enqueue_notification(self, of, notification, now).await
+    }
+
+    async fn enqueue_once(
+        &self,
+        key: &str,
+        batch: Vec<NewMessage>,
+        now: SystemTime,
+    ) -> Result<Enqueued> {
+        enqueue::enqueue_once(self, key, batch, now).await
     }
 }

@@ -9,6 +9,8 @@
 //! | 1 | messages, recipients, lease_generation, backoff |
 //! | 2 | `messages.dsn_owed_ms`, `messages.dsn_id`: the delivery status notification owed to the sender, and the one enqueued |
 //! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
+//! | 4 | partial indexes of waiting and leased recipients |
+//! | 5 | `merges`: the key of each batch enqueued once (a mail merge), committed with it |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -95,6 +97,19 @@ DROP INDEX recipients_due;
 DROP INDEX recipients_lease;
 CREATE INDEX recipients_waiting ON recipients (next_attempt_ms) WHERE state IN ('queued', 'deferred');
 CREATE INDEX recipients_leased ON recipients (lease_until_ms) WHERE state = 'delivering';
+",
+    ),
+    (
+        5,
+        // A batch enqueued once under a key (`Store::enqueue_once`): the
+        // row commits with the batch, so a re-run finds it or finds
+        // nothing enqueued.
+        "
+CREATE TABLE merges (
+    key        TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    messages   INTEGER NOT NULL
+);
 ",
     ),
 ];
