@@ -58,9 +58,23 @@ impl List {
             }
         }
         let mut rows = Vec::new();
+        // The line a record starts on, from its byte offset (the reader's
+        // own line count stands before the blank lines it skipped).
+        let (mut counted_to, mut line) = (0usize, 1u64);
         for record in reader.records() {
             let record = record.map_err(utf8)?;
-            let line = record.position().map_or(0, csv::Position::line);
+            let mut start = record
+                .position()
+                .map_or(counted_to, |p| {
+                    usize::try_from(p.byte()).unwrap_or(usize::MAX)
+                })
+                .min(bytes.len());
+            while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
+                start += 1;
+            }
+            let start = start.max(counted_to);
+            line += memchr::memchr_iter(b'\n', &bytes[counted_to..start]).count() as u64;
+            counted_to = start;
             // A blank line is no row.
             if record.iter().all(|f| f.trim().is_empty()) && record.len() <= 1 {
                 continue;

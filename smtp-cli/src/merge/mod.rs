@@ -232,10 +232,11 @@ pub(crate) async fn run(
 
 /// The template's bytes, the fields each message gets its own of, and
 /// what goes into the key besides the list.
-fn template(
-    args: &SendArgs,
-    s: &Settings,
-) -> Result<(Vec<u8>, Vec<&'static str>, Vec<Vec<u8>>), Failure> {
+type Source = (Vec<u8>, Vec<&'static str>, Vec<Vec<u8>>);
+
+/// The template's bytes, the fields each message gets its own of, and
+/// what goes into the key besides the list.
+fn template(args: &SendArgs, s: &Settings) -> Result<Source, Failure> {
     let m = &args.merge;
     let composing = args.subject.is_some()
         || args.body.is_some()
