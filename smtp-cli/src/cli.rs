@@ -238,6 +238,8 @@ pub(crate) struct SendArgs {
     /// above it (without this, such a message is sent as it is).
     #[arg(long)]
     pub(crate) dkim_add: bool,
+    #[command(flatten)]
+    pub(crate) merge: crate::merge::args::MergeArgs,
     /// Invoked as `sendmail`: quiet on success, report on stderr, and a
     /// From: added from the user's own address when nothing else gives one.
     #[arg(skip)]

@@ -101,6 +101,11 @@ pub(crate) struct Composition<'a> {
     pub(crate) cc: &'a [String],
     pub(crate) subject: &'a str,
     pub(crate) body: &'a str,
+    /// An HTML body: with a text body, the two as multipart/alternative.
+    pub(crate) html: Option<&'a str>,
+    /// The subject is in `headers`, written as given (a merge's template,
+    /// whose placeholders an encoding would hide).
+    pub(crate) raw_subject: bool,
     pub(crate) attachments: &'a [PathBuf],
     pub(crate) headers: &'a [(String, String)],
 }
@@ -114,6 +119,8 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
         cc,
         subject,
         body,
+        html,
+        raw_subject,
         attachments,
         headers,
     } = *c;
@@ -130,10 +137,16 @@ pub(crate) fn compose(c: &Composition<'_>) -> Result<Vec<u8>, Failure> {
     let cc: Vec<String> = cc.iter().map(|a| header_address(a, utf8)).collect();
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     let cc: Vec<&str> = cc.iter().map(String::as_str).collect();
-    let mut builder = mail_builder::MessageBuilder::new()
-        .from(from_addr)
-        .subject(subject)
-        .text_body(body);
+    let mut builder = mail_builder::MessageBuilder::new().from(from_addr);
+    if !raw_subject {
+        builder = builder.subject(subject);
+    }
+    builder = match html {
+        // Only an HTML body: no empty text part beside it.
+        Some(h) if body.is_empty() => builder.html_body(h),
+        Some(h) => builder.text_body(body).html_body(h),
+        None => builder.text_body(body),
+    };
     builder = if to.is_empty() {
         // Only hidden recipients: an empty group, as MTAs write it, rather
         // than an empty To: that some receivers refuse.

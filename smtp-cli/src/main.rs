@@ -20,6 +20,7 @@ mod fail;
 mod greeting;
 mod identity;
 mod log;
+mod merge;
 mod message;
 mod output;
 mod probe;
@@ -34,6 +35,7 @@ mod setup;
 mod sink;
 mod spool;
 mod stdin;
+mod unsubscribe;
 
 use std::ffi::OsString;
 use std::path::Path;

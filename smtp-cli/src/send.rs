@@ -51,6 +51,8 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
     let composing = args.subject.is_some()
         || args.body.is_some()
         || args.body_file.is_some()
+        || args.merge.body_html.is_some()
+        || args.merge.body_html_file.is_some()
         || !args.attach.is_empty();
     let host = s.helo.clone();
     if composing {
@@ -67,6 +69,13 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
             (Some(b), _) => b.clone(),
             (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Failure::no_input(f, &e))?,
             (None, None) => String::new(),
+        };
+        let html = match (&args.merge.body_html, &args.merge.body_html_file) {
+            (Some(h), _) => Some(h.clone()),
+            (None, Some(f)) => {
+                Some(std::fs::read_to_string(f).map_err(|e| Failure::no_input(f, &e))?)
+            }
+            (None, None) => None,
         };
         let fields = HeaderFields::read(&args.header)?;
         if args.subject.is_some() && fields.subject.is_some() {
@@ -87,6 +96,8 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
                 .or(fields.subject.as_deref())
                 .unwrap_or(""),
             body: &body,
+            html: html.as_deref(),
+            raw_subject: false,
             attachments: &args.attach,
             headers: &fields.rest,
         })?;
@@ -239,7 +250,33 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
     // The key is read before any message: a wrong one stops the command
     // before standard input is taken or anything is sent.
     let mut signer = s.dkim.as_ref().map(Signer::load).transpose()?;
+    if args.merge.merge.is_some() {
+        let via = || {
+            let client_id =
+                ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
+            Ok(match &s.server {
+                Some((host, port)) => {
+                    crate::queue::Via::Relay(relay(&s, host, *port, client_id, args.verbose)?)
+                }
+                None => crate::queue::Via::Direct(Box::new(direct_parts(
+                    &s,
+                    client_id,
+                    false,
+                    args.mx_port,
+                )?)),
+            })
+        };
+        return crate::merge::run(&args, &s, signer, via).await;
+    }
     let mut prepared = messages(&args, &s)?;
+    if let Some(u) = crate::unsubscribe::Unsubscribe::new(
+        args.merge.unsubscribe.as_deref(),
+        args.merge.unsubscribe_mailto.as_deref(),
+    )? {
+        for m in &mut prepared {
+            u.add_to(m)?;
+        }
+    }
     if args.sendmail {
         add_missing_from(&args, &s, &mut prepared);
     } else {

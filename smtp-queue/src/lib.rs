@@ -168,7 +168,7 @@ pub use sqlite::{LogPlace, SCHEMA_VERSION, SqliteSettings, SqliteStore};
 pub use state::{IllegalTransition, RecipientState, Transition, UnknownState};
 pub use stop::Stop;
 pub use store::{
-    Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Lease, ListFilter, MessageId,
-    MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo, RetryTarget,
-    Stats, Store, TlsFacts,
+    Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Enqueued, Lease, ListFilter,
+    MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo,
+    RetryTarget, Stats, Store, TlsFacts,
 };

@@ -564,6 +564,40 @@ pub trait Store: Send + Sync {
     /// Remembers `limits` as those last set for `key` (what a runner given
     /// none applies); an empty list forgets them. The budgets' TATs stay.
     async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()>;
+    /// Enqueues `batch` once under `key` (a digest of what produced it,
+    /// e.g. a mail merge's inputs): the key is recorded in the same
+    /// transaction as the batch, so either both are committed or neither
+    /// is, and a second call with the same key enqueues nothing and says
+    /// when the first did, and how many messages it had. Its bodies are
+    /// then never read.
+    ///
+    /// The default refuses: a store that cannot record the key in the
+    /// batch's own transaction must not pretend to be idempotent.
+    async fn enqueue_once(
+        &self,
+        key: &str,
+        batch: Vec<NewMessage>,
+        now: SystemTime,
+    ) -> Result<Enqueued> {
+        let _ = (key, batch, now);
+        Err(Error::Misuse(
+            "this store cannot enqueue a batch once under a key".into(),
+        ))
+    }
+}
+
+/// What [`Store::enqueue_once`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The batch was enqueued now: its message ids, in order.
+    New(Vec<MessageId>),
+    /// A batch with this key was enqueued before; nothing was now.
+    Already {
+        /// When that batch was enqueued.
+        at: SystemTime,
+        /// How many messages it had.
+        messages: u64,
+    },
 }
 
 /// A stored reverse-path's address, without angle brackets: `None` for

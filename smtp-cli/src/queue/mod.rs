@@ -35,7 +35,7 @@ mod send;
 
 pub(crate) use self::command::run_command;
 pub(crate) use self::run::run;
-pub(crate) use self::send::{Queued, enqueue_only, send};
+pub(crate) use self::send::{Queued, enqueue_only, options, send, send_once};
 
 pub(crate) use self::report::rfc3339;
 #[cfg(test)]

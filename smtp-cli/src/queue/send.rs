@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use smtp_core::Envelope;
 use smtp_core::data::BodyType;
 use smtp_queue::{
-    Body, BodyKind, MessageId, MessageOptions, NewMessage, RunEvent, SqliteStore, Stop, Store,
+    Body, BodyKind, Enqueued, MessageId, MessageOptions, NewMessage, RunEvent, SqliteStore, Stop,
+    Store,
 };
 
 use super::report::{Live, Pending, report_from_store};
@@ -21,7 +22,7 @@ use super::{
 use crate::cli::RetryArgs;
 use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
 use crate::message::{Prepared, PreparedBody};
-use crate::output::{ErrorReport, JSON_VERSION, counted};
+use crate::output::{ErrorReport, JSON_VERSION, Sent, counted};
 use crate::progress::{self, Mode};
 
 /// How a `send --queue` run ended.
@@ -187,8 +188,7 @@ pub(crate) async fn send(
     envelopes: &[Envelope],
     mode: Mode,
 ) -> Result<u8, Failure> {
-    let (dir, retry) = (queued.dir, queued.retry);
-    let store = open(Some(dir)).await?;
+    let store = open(Some(queued.dir)).await?;
     let sent = crate::send::sent(&prepared, envelopes);
     let batch = batch(queued, &prepared, envelopes);
     // Once enqueued, the messages are the queue's to read: what was
@@ -200,8 +200,88 @@ pub(crate) async fn send(
     let _registered = Registered::new(&stop);
     let names: Vec<&str> = sent.iter().map(|s| s.name.as_str()).collect();
     let ids = enqueue_parts(&store, batch, &names, SystemTime::now()).await?;
-    progress::begin(&sent, mode);
-    let live = Arc::new(Mutex::new(Live::new(&ids, &sent)));
+    deliver(queued, via, &store, &ids, &sent, mode, &stop).await
+}
+
+/// `smtp send --merge`: enqueues `batch` once under `key` (all of it in
+/// one transaction, or nothing), then delivers it as [`send`] does. When
+/// the key was enqueued before (a re-run after an interruption), nothing
+/// is enqueued: it says so, and delivers what is due, as `smtp queue run`.
+/// `sent` names each message of `batch` and its recipients.
+pub(crate) async fn send_once(
+    queued: &Queued<'_>,
+    via: Option<Via>,
+    key: &str,
+    batch: Vec<NewMessage>,
+    sent: Vec<Sent>,
+    mode: Mode,
+) -> Result<(u8, Vec<MessageId>, Arc<SqliteStore>), Failure> {
+    let store = open(Some(queued.dir)).await?;
+    let stop = Stop::new();
+    let _registered = Registered::new(&stop);
+    let enqueued = store
+        .enqueue_once(key, batch, SystemTime::now())
+        .await
+        .map_err(queue_error)?;
+    let ids = match enqueued {
+        Enqueued::New(ids) => ids,
+        Enqueued::Already { at, messages } => {
+            tell!(
+                "smtp: this merge was already enqueued at {} ({}): nothing enqueued again; \
+                 delivering what is due in the queue",
+                rfc3339(at),
+                counted(usize::try_from(messages).unwrap_or(usize::MAX), "message")
+            );
+            let Some(via) = via else {
+                say!("deliver with: {}", queued.run_line);
+                return Ok((EX_OK, Vec::new(), store));
+            };
+            let direct = matches!(via, Via::Direct(_));
+            let config =
+                crate::rate::apply(&store, &via, &queued.rate, config(queued.retry, direct))
+                    .await?;
+            let runner = via
+                .runner(store.clone(), config)
+                .with_observer(super::report);
+            runner.run_due(&stop).await.map_err(queue_error)?;
+            let code = if stop.is_stopped() {
+                match SIGNALLED.load(Ordering::SeqCst) {
+                    0 => EXIT_SIGINT,
+                    code => code,
+                }
+            } else {
+                EX_OK
+            };
+            return Ok((code, Vec::new(), store));
+        }
+    };
+    let Some(via) = via else {
+        say!(
+            "queued {} in {}; nothing delivered yet",
+            counted(ids.len(), "message"),
+            queued.dir.display()
+        );
+        say!("deliver with: {}", queued.run_line);
+        return Ok((EX_OK, ids, store));
+    };
+    let code = deliver(queued, via, &store, &ids, &sent, mode, &stop).await?;
+    Ok((code, ids, store))
+}
+
+/// Delivers the enqueued `ids` (named by `sent`) until every recipient is
+/// final or only later retries remain, or `stop`; reports as `send` does.
+async fn deliver(
+    queued: &Queued<'_>,
+    via: Via,
+    store: &Arc<SqliteStore>,
+    ids: &[MessageId],
+    sent: &[Sent],
+    mode: Mode,
+    stop: &Stop,
+) -> Result<u8, Failure> {
+    let (retry, stop) = (queued.retry, stop.clone());
+    progress::begin(sent, mode);
+    let live = Arc::new(Mutex::new(Live::new(ids, sent)));
     let observer = {
         let live = live.clone();
         move |e: &RunEvent| lock(&live).event(e)
@@ -211,7 +291,7 @@ pub(crate) async fn send(
     let rated = match &config.rate {
         limits if limits.is_empty() => None,
         limits => {
-            let units: u64 = envelopes.iter().map(|e| e.to.len() as u64).sum();
+            let units: u64 = sent.iter().map(|s| s.recipients.len() as u64).sum();
             let finish = crate::rate::expected_finish(&store, &config, units).await?;
             finish.map(|t| (smtp_queue::rate::describe(limits), t))
         }
@@ -277,7 +357,7 @@ pub(crate) async fn send(
             Pending::NotAttempted
         }
     };
-    let mut report = report_from_store(&store, &ids, &sent, &pending).await?;
+    let mut report = report_from_store(store, ids, sent, &pending).await?;
     if interrupted {
         report.fault = Some((
             EX_TEMPFAIL,
@@ -335,7 +415,7 @@ pub(crate) async fn send(
     }
 }
 
-fn options(e: &Envelope, notify_sender: bool) -> MessageOptions {
+pub(crate) fn options(e: &Envelope, notify_sender: bool) -> MessageOptions {
     let mut o = MessageOptions::default();
     o.notify_sender = notify_sender;
     o.body = match e.body {

@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::spool::{Stored, Written};
 use crate::state::RecipientState;
-use crate::store::{MessageId, MessageOptions, NewMessage, RecipientId, millis};
+use crate::store::{
+    Enqueued, MessageId, MessageOptions, NewMessage, RecipientId, from_millis, millis,
+};
 
 pub(super) fn check_envelope(message: &NewMessage) -> Result<()> {
     ReversePath::parse(&message.from).map_err(|e| {
@@ -160,6 +162,26 @@ pub(super) async fn enqueue(
     now: SystemTime,
 ) -> Result<Vec<MessageId>> {
     let now_ms = millis(now)?;
+    let written = spool_batch(store, batch, now).await?;
+    match store.insert_batch(&written, now_ms).await {
+        Ok(entries) => {
+            store.write_log(&entries);
+            Ok(written.into_iter().map(|s| s.id).collect())
+        }
+        Err(e) => {
+            unspool(store, &written).await;
+            Err(e)
+        }
+    }
+}
+
+/// Checks the envelopes, gives each message its id and stores the bodies
+/// (files synced, or in hand to commit inline).
+async fn spool_batch(
+    store: &SqliteStore,
+    batch: Vec<NewMessage>,
+    now: SystemTime,
+) -> Result<Vec<Spooled>> {
     for message in &batch {
         check_envelope(message)?;
     }
@@ -176,7 +198,7 @@ pub(super) async fn enqueue(
         envelopes.push((id.clone(), Envelope { from, to, options }));
         bodies.push((id, body));
     }
-    let written: Vec<Spooled> = store
+    Ok(store
         .spool
         .write_all(bodies)
         .await?
@@ -187,16 +209,82 @@ pub(super) async fn enqueue(
             message,
             stored,
         })
-        .collect();
-    match store.insert_batch(&written, now_ms).await {
-        Ok(entries) => {
+        .collect())
+}
+
+/// Removes the body files of messages whose envelopes were not committed.
+async fn unspool(store: &SqliteStore, written: &[Spooled]) {
+    for Spooled { id, .. } in written {
+        let _ = store.spool.remove(id).await;
+    }
+}
+
+/// The batch enqueued under `key`, if one was.
+async fn merge_row<'e>(db: impl sqlx::SqliteExecutor<'e>, key: &str) -> Result<Option<Enqueued>> {
+    let row = sqlx::query("SELECT created_ms, messages FROM merges WHERE key = $1")
+        .bind(key)
+        .fetch_optional(db)
+        .await
+        .map_err(|e| Error::db("reading the enqueued batches", e))?;
+    row.map(|r| {
+        Ok(Enqueued::Already {
+            at: from_millis(get(&r, "created_ms")?),
+            messages: u64::try_from(get::<i64>(&r, "messages")?).unwrap_or(0),
+        })
+    })
+    .transpose()
+}
+
+/// [`Store::enqueue_once`](crate::Store::enqueue_once): the key's row and
+/// the batch in one durable transaction. A key already there (found
+/// before the bodies are read, or inserted by a concurrent call in the
+/// meantime) enqueues nothing.
+pub(super) async fn enqueue_once(
+    store: &SqliteStore,
+    key: &str,
+    batch: Vec<NewMessage>,
+    now: SystemTime,
+) -> Result<Enqueued> {
+    if let Some(found) = merge_row(&store.pool, key).await? {
+        return Ok(found);
+    }
+    let now_ms = millis(now)?;
+    let messages = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+    let written = spool_batch(store, batch, now).await?;
+    let doing = "enqueueing";
+    let committed = async {
+        let mut tx = store.begin_durable(doing).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO merges (key, created_ms, messages) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .bind(messages)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?
+        .rows_affected();
+        if inserted == 0 {
+            let found = merge_row(&mut *tx, key).await?;
+            return Ok(Err(found));
+        }
+        let entries = insert(&mut tx, &written, now_ms).await?;
+        tx.commit().await.map_err(|e| Error::db(doing, e))?;
+        Ok(Ok(entries))
+    }
+    .await;
+    match committed {
+        Ok(Ok(entries)) => {
             store.write_log(&entries);
-            Ok(written.into_iter().map(|s| s.id).collect())
+            Ok(Enqueued::New(written.into_iter().map(|s| s.id).collect()))
+        }
+        Ok(Err(found)) => {
+            unspool(store, &written).await;
+            found.ok_or_else(|| Error::Misuse("a batch's key vanished as it was read".into()))
         }
         Err(e) => {
-            for Spooled { id, .. } in &written {
-                let _ = store.spool.remove(id).await;
-            }
+            unspool(store, &written).await;
             Err(e)
         }
     }
@@ -282,4 +370,91 @@ pub(super) struct Envelope {
     pub(super) from: String,
     pub(super) to: Vec<String>,
     pub(super) options: MessageOptions,
+}
+
+#[cfg(test)]
+mod tests {
+    use smtp_core::delivery::MemoryBody;
+
+    use super::*;
+    use crate::store::{Body, Store};
+
+    fn batch(n: usize) -> Vec<NewMessage> {
+        (0..n)
+            .map(|i| NewMessage {
+                from: "a@example.org".into(),
+                to: vec![format!("r{i}@example.net")],
+                body: Body::Source(Box::new(MemoryBody::new(format!(
+                    "Subject: {i}\r\n\r\nhello {i}\r\n"
+                )))),
+                options: MessageOptions::default(),
+            })
+            .collect()
+    }
+
+    /// A body whose source fails.
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl BodySource for Broken {
+        async fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("the producer went away"))
+        }
+        async fn rewind(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_enqueued_once_under_a_key_is_not_enqueued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let first = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let Enqueued::New(ids) = store.enqueue_once("k1", batch(3), first).await.unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(ids.len(), 3);
+        let again = store
+            .enqueue_once("k1", batch(3), SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Enqueued::Already {
+                at: first,
+                messages: 3
+            }
+        );
+        assert_eq!(store.stats().await.unwrap().messages, 3);
+        // Another key is another batch.
+        let other = store.enqueue_once("k2", batch(2), first).await.unwrap();
+        assert!(matches!(other, Enqueued::New(ids) if ids.len() == 2));
+        assert_eq!(store.stats().await.unwrap().messages, 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_leaves_neither_messages_nor_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let mut broken = batch(5);
+        broken.push(NewMessage {
+            from: "a@example.org".into(),
+            to: vec!["x@example.net".into()],
+            body: Body::Source(Box::new(Broken)),
+            options: MessageOptions::default(),
+        });
+        assert!(
+            store
+                .enqueue_once("k", broken, SystemTime::now())
+                .await
+                .is_err()
+        );
+        assert_eq!(store.stats().await.unwrap().messages, 0);
+        // The same key goes in whole next time.
+        let done = store
+            .enqueue_once("k", batch(6), SystemTime::now())
+            .await
+            .unwrap();
+        assert!(matches!(done, Enqueued::New(ids) if ids.len() == 6));
+    }
 }

@@ -48,8 +48,8 @@ use crate::log::{Entry, OutcomeLog};
 use crate::rate::{Budget, Decision, Limit};
 use crate::spool::Spool;
 use crate::store::{
-    Backoff, Claimed, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome, RecipientId,
-    RetryTarget, Stats, Store,
+    Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
+    RecipientId, RetryTarget, Stats, Store,
 };
 
 mod admin;
@@ -62,7 +62,7 @@ mod rows;
 mod schema;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).
@@ -464,5 +464,14 @@ impl Store for SqliteStore {
 
     async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()> {
         budget::remember_limits(self, key, limits, now).await
+    }
+
+    async fn enqueue_once(
+        &self,
+        key: &str,
+        batch: Vec<NewMessage>,
+        now: SystemTime,
+    ) -> Result<Enqueued> {
+        enqueue::enqueue_once(self, key, batch, now).await
     }
 }

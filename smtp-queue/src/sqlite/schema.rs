@@ -11,6 +11,7 @@
 //! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
 //! | 4 | partial indexes: only waiting and leased recipients indexed by when they are due |
 //! | 5 | `budgets`: sending budgets (relay rate limits) and the limits remembered per relay account |
+//! | 6 | `merges`: the key of each batch enqueued once (a mail merge), committed with it |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -115,6 +116,19 @@ CREATE TABLE budgets (
     remembered  INTEGER NOT NULL DEFAULT 0,
     updated_ms  INTEGER NOT NULL,
     PRIMARY KEY (key, limit_key)
+);
+",
+    ),
+    (
+        6,
+        // A batch enqueued once under a key (`Store::enqueue_once`): the
+        // row commits with the batch, so a re-run finds it or finds
+        // nothing enqueued.
+        "
+CREATE TABLE merges (
+    key        TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    messages   INTEGER NOT NULL
 );
 ",
     ),
