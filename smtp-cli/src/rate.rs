@@ -85,6 +85,18 @@ pub(crate) fn resolve(
     }
 }
 
+/// Limits need a relay (`relay`: one is given): direct delivery is not
+/// rate limited. `smtp send` checks before it enqueues anything.
+pub(crate) fn needs_relay(choice: &Choice, relay: bool) -> Result<(), Failure> {
+    match choice {
+        Choice::Limits(_) if !relay => Err(Failure::usage(
+            "--rate limits a relay account: it needs --server (or an account with one); \
+             direct delivery is not rate limited",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `config` under the rate `choice` for the relay `via` goes through:
 /// the limits given are remembered for the relay account, `Clear`
 /// forgets them, and with none given the remembered ones apply (said on
@@ -96,13 +108,8 @@ pub(crate) async fn apply(
     config: RunnerConfig,
 ) -> Result<RunnerConfig, Failure> {
     let Via::Relay(server) = via else {
-        return match choice {
-            Choice::Limits(_) => Err(Failure::usage(
-                "--rate limits a relay account: it needs --server (or an account with one); \
-                 direct delivery is not rate limited",
-            )),
-            _ => Ok(config),
-        };
+        needs_relay(choice, false)?;
+        return Ok(config);
     };
     let key = smtp_queue::relay_budget_key(server);
     let now = SystemTime::now();

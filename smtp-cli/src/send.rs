@@ -243,6 +243,8 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
     }
     let s = settings_with(&args, !args.queue_only)?;
     let rate = crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?;
+    // Before anything is enqueued: a usage error leaves no message behind.
+    crate::rate::needs_relay(&rate, s.server.is_some())?;
     if matches!(rate, crate::rate::Choice::Limits(_)) && args.queue.is_none() {
         // The queue keeps the budget: a rate sends through it.
         args.queue = Some(PathBuf::new());
