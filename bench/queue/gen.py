@@ -13,7 +13,14 @@
   d{i:04}.test, MX 10 mx.d{i:04}.test, whose A record is 127.0.0.{2 + i % HOSTS}.
 - DIR/transport: the same mapping for Postfix (`d0000.test smtp:[127.0.0.2]:PORT`).
 - DIR/sinks: the sink addresses, one a line.
+- DIR/merge.csv and DIR/merge.eml: the same COUNT messages as a mail merge
+  (`smtp send --merge merge.csv --template merge.eml`): one row per message
+  in the same order (columns email, name, no, word, text; text holds the
+  body's personalised lines), and a template with {{column}} placeholders
+  that renders each row to the message file of the same number (but for
+  the Message-ID, which a merge makes per message).
 """
+import csv
 import os
 import random
 import sys
@@ -46,6 +53,7 @@ rng.shuffle(order)
 words = ("account invoice order parcel renewal balance reminder delivery "
          "subscription statement payment receipt update notice schedule").split()
 paths = []
+rows = []
 for n, i in enumerate(order):
     d = i % domains
     name = f"Recipient {i:05d}"
@@ -58,6 +66,7 @@ for n, i in enumerate(order):
             f"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
             f"Dear {name},\r\n\r\n")
     body = head
+    lines = []
     # A line is at most 80 bytes: the message ends within one line of target.
     target = rng.randint(1024 + 80, 2048)
     while True:
@@ -68,6 +77,9 @@ for n, i in enumerate(order):
         if len(body) + len(line) + 40 > target:
             break
         body += line + "\r\n"
+        lines.append(line)
+    word = head.split("Subject: Your ", 1)[1].split(" ", 1)[0]
+    rows.append((f"u{i:05d}@d{d:04}.test", name, f"{i:05d}", word, "\r\n".join(lines)))
     body += f"\r\nKind regards,\r\nThe bench ({i:05d})\r\n"
     path = f"{out}/msgs/m{n:05d}.eml"
     with open(path, "w", newline="") as f:
@@ -75,3 +87,16 @@ for n, i in enumerate(order):
     paths.append(path)
 with open(f"{out}/list", "w") as f:
     f.write("\n".join(paths) + "\n")
+with open(f"{out}/merge.csv", "w", newline="") as f:
+    w = csv.writer(f, lineterminator="\r\n")
+    w.writerow(("email", "name", "no", "word", "text"))
+    w.writerows(rows)
+with open(f"{out}/merge.eml", "w", newline="") as f:
+    f.write("From: Bench Sender <sender@bench.test>\r\n"
+            "To: {{name}} <{{email}}>\r\n"
+            "Subject: Your {{word}} no. {{no}}\r\n"
+            "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+            "Message-ID: <bench-{{no}}@bench.test>\r\n"
+            "MIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+            "Dear {{name}},\r\n\r\n{{text}}\r\n\r\nKind regards,\r\nThe bench ({{no}})\r\n")

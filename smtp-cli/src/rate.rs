@@ -78,11 +78,12 @@ pub(crate) fn resolve(
     args: &RateArgs,
     account: (&[String], Option<u32>),
 ) -> Result<Choice, Failure> {
-    match choice(&args.rate, args.burst).map_err(|e| Failure::usage(format!("--rate: {e}")))? {
-        Choice::Unsaid if args.burst.is_none() => choice(account.0, account.1)
-            .map_err(|e| Failure::config(format!("the account's rate: {e}"))),
-        said => Ok(said),
+    if args.rate.is_empty() && !account.0.is_empty() {
+        // The account's rate, with --burst (if given) over its burst.
+        return choice(account.0, args.burst.or(account.1))
+            .map_err(|e| Failure::config(format!("the account's rate: {e}")));
     }
+    choice(&args.rate, args.burst).map_err(|e| Failure::usage(format!("--rate: {e}")))
 }
 
 /// Limits need a relay (`relay`: one is given): direct delivery is not
@@ -237,5 +238,15 @@ mod tests {
             panic!("limits expected");
         };
         assert_eq!((l[0].rate.count, l[0].burst), (100, 2));
+        // --burst alone goes with the account's rate.
+        let flags = RateArgs {
+            rate: Vec::new(),
+            burst: Some(7),
+        };
+        let Choice::Limits(l) = resolve(&flags, (&account, Some(2))).unwrap() else {
+            panic!("limits expected");
+        };
+        assert_eq!((l[0].rate.count, l[0].burst), (100, 7));
+        assert!(resolve(&flags, (&[], None)).is_err());
     }
 }
