@@ -34,10 +34,12 @@ mod notify;
 pub use self::direct::mx_destination;
 mod record;
 mod relay;
+mod shaper;
 
 use crate::error::{Error, Result};
 use crate::event::RunEvent;
 use crate::schedule::Schedule;
+use crate::shaping::Shaping;
 use crate::stop::Stop;
 use crate::store::{Attempt, BodyKind, Claimed, MessageId, Outcome, RecipientId, Store};
 
@@ -67,6 +69,11 @@ pub struct RunnerConfig {
     /// The `From:` of delivery status notifications; default
     /// `MAILER-DAEMON@` the EHLO name (see [`crate::dsn`]).
     pub notify_from: Option<String>,
+    /// Direct delivery's shapes per destination (sessions, messages per
+    /// session, rate) over `per_destination` and `per_connection`, and
+    /// how a "slow down" reply throttles them. Default: the built-in
+    /// table ([`Shaping::builtin`]).
+    pub shaping: Shaping,
 }
 
 impl Default for RunnerConfig {
@@ -82,6 +89,7 @@ impl Default for RunnerConfig {
             backoff: Schedule::default(),
             stop_grace: Duration::from_secs(10),
             notify_from: None,
+            shaping: Shaping::builtin(),
         }
     }
 }
@@ -133,6 +141,12 @@ impl RunnerConfig {
     #[must_use]
     pub fn with_notify_from(mut self, from: impl Into<String>) -> Self {
         self.notify_from = Some(from.into());
+        self
+    }
+    /// Sets direct delivery's traffic shaping.
+    #[must_use]
+    pub fn with_shaping(mut self, shaping: Shaping) -> Self {
+        self.shaping = shaping;
         self
     }
     /// Sets the retry schedule (and the destination back-off's).
@@ -190,6 +204,8 @@ pub struct Runner {
     /// is to be): sessions may then start together. A watch, so that the
     /// sessions waiting behind the first start the moment it is set.
     relay_proven: tokio::sync::watch::Sender<bool>,
+    /// Direct delivery's shapes, throttles and rate budgets.
+    shaper: Arc<shaper::Shaper>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -210,13 +226,18 @@ impl Runner {
             store,
             mode: Mode::Relay(relay),
             destination,
-            config,
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
             relay_proven: tokio::sync::watch::Sender::new(false),
+            shaper: Arc::new(shaper::Shaper::new(
+                config.shaping.clone(),
+                config.per_destination,
+                config.per_connection,
+            )),
+            config,
         }
     }
 
@@ -241,13 +262,18 @@ impl Runner {
                 plans: Mutex::new(HashMap::new()),
             }),
             destination: "direct".to_owned(),
-            config,
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
             relay_proven: tokio::sync::watch::Sender::new(false),
+            shaper: Arc::new(shaper::Shaper::new(
+                config.shaping.clone(),
+                config.per_destination,
+                config.per_connection,
+            )),
+            config,
         }
     }
 

@@ -9,6 +9,8 @@
 //! | 1 | messages, recipients, lease_generation, backoff |
 //! | 2 | `messages.dsn_owed_ms`, `messages.dsn_id`: the delivery status notification owed to the sender, and the one enqueued |
 //! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
+//! | 4 | partial indexes of waiting and leased recipients |
+//! | 5 | `throttles`: each destination's adaptive limits after a "slow down" reply |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -95,6 +97,24 @@ DROP INDEX recipients_due;
 DROP INDEX recipients_lease;
 CREATE INDEX recipients_waiting ON recipients (next_attempt_ms) WHERE state IN ('queued', 'deferred');
 CREATE INDEX recipients_leased ON recipients (lease_until_ms) WHERE state = 'delivering';
+",
+    ),
+    (
+        5,
+        // Traffic shaping: a destination's limits lowered after its
+        // servers said "slow down" (crate::shaping::Throttle); the row is
+        // deleted once they are back to the shape.
+        "
+CREATE TABLE throttles (
+    destination     TEXT PRIMARY KEY,
+    connections     INTEGER NOT NULL,
+    rate_per_min    INTEGER,
+    ceiling_per_min INTEGER,
+    reason          TEXT NOT NULL,
+    since_ms        INTEGER NOT NULL,
+    cut_ms          INTEGER NOT NULL,
+    until_ms        INTEGER NOT NULL
+);
 ",
     ),
 ];
