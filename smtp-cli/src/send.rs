@@ -298,6 +298,7 @@ pub(crate) async fn run(args: SendArgs) -> Result<u8, Failure> {
             dir,
             retry: &args.retry,
             notify_sender: args.notify_sender,
+            config: args.config.as_deref(),
             run_line: crate::queue::run_command(&args),
         };
         if args.queue_only {

@@ -42,6 +42,8 @@ pub(crate) struct Queued<'a> {
     pub(crate) retry: &'a RetryArgs,
     /// `--notify-sender`.
     pub(crate) notify_sender: bool,
+    /// `--config`: the file of accounts and direct delivery's shaping.
+    pub(crate) config: Option<&'a Path>,
     /// The `smtp queue run …` command that delivers what stays queued
     /// ([`run_command`](super::run_command)).
     pub(crate) run_line: String,
@@ -206,7 +208,7 @@ pub(crate) async fn send(
     };
     let direct = matches!(via, Via::Direct(_));
     let runner = via
-        .runner(store.clone(), config(retry, direct))
+        .runner(store.clone(), config(retry, direct, queued.config)?)
         .with_observer(observer);
     let linger = Duration::from_secs(retry.linger.unwrap_or(60));
     let ended = loop {
