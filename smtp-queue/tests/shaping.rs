@@ -265,7 +265,7 @@ async fn a_throttle_is_kept_read_back_and_lifted_in_the_store() {
         .throttles(Some(&["mx:c.test".to_owned()]))
         .await
         .unwrap();
-    assert_eq!(only, [other.clone()]);
+    assert_eq!(only, [other]);
     let cut = Throttle {
         connections: 2,
         ..throttle.clone()
