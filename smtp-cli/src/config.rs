@@ -10,12 +10,22 @@
 //! from = "alice@example.com"
 //! rate = ["30/minute", "500/day"]   # the relay's caps (see --rate)
 //! burst = 1
+//!
+//! # Direct delivery's traffic shaping (over the built-in table):
+//! [destinations."*.google.com"]
+//! connections = 2
+//! messages_per_connection = 50
+//! rate = "20/second"
+//! burst = 5
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use smtp_queue::rate::{Limit, Rate};
+use smtp_queue::shaping::{Pattern, Rule, Shaping};
 
 use crate::cli::{AuthArg, TlsArg};
 use crate::fail::Failure;
@@ -25,6 +35,25 @@ use crate::fail::Failure;
 pub(crate) struct File {
     #[serde(default)]
     pub(crate) accounts: BTreeMap<String, Account>,
+    /// Direct delivery's shapes by MX host pattern (`*.example.com` or a
+    /// host name), over the built-in table.
+    #[serde(default)]
+    pub(crate) destinations: BTreeMap<String, Destination>,
+}
+
+/// A `[destinations."PATTERN"]` table: what it leaves out comes from the
+/// command line's (or the built-in) defaults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Destination {
+    /// Sessions at once.
+    pub(crate) connections: Option<u16>,
+    /// Messages per session.
+    pub(crate) messages_per_connection: Option<u16>,
+    /// Messages per period: `N/second|minute|hour|day`.
+    pub(crate) rate: Option<Rate>,
+    /// Messages that may go at once within the rate (default 1).
+    pub(crate) burst: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -112,6 +141,73 @@ pub(crate) fn load(path: Option<&Path>, name: Option<&str>) -> Result<Option<Acc
     Ok(account)
 }
 
+/// Direct delivery's shaping: the built-in table under the file's
+/// `[destinations]` (the most specific pattern first: host names, then
+/// the longest suffix). No file (at the default place): the built-in
+/// table alone.
+pub(crate) fn shaping(path: Option<&Path>) -> Result<Shaping, Failure> {
+    let explicit = path.is_some();
+    let Some(path) = path.map(Path::to_path_buf).or_else(default_path) else {
+        return Ok(Shaping::builtin());
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Shaping::builtin());
+        }
+        Err(e) => {
+            return Err(Failure::config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    shaping_of(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))
+}
+
+/// [`shaping`] from the file's text.
+fn shaping_of(text: &str) -> Result<Shaping, String> {
+    let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut rules = Vec::new();
+    for (written, d) in file.destinations {
+        let here = format!("[destinations.{written:?}]");
+        let pattern = Pattern::parse(&written).ok_or_else(|| {
+            format!("{here}: a pattern is a host name or `*.` and a domain (e.g. \"*.google.com\")")
+        })?;
+        if d.connections == Some(0) || d.messages_per_connection == Some(0) {
+            return Err(format!(
+                "{here}: connections and messages_per_connection are at least 1"
+            ));
+        }
+        if d.burst.is_some() && d.rate.is_none() {
+            return Err(format!(
+                "{here}: burst needs a rate (e.g. rate = \"20/second\")"
+            ));
+        }
+        if d.burst == Some(0) {
+            return Err(format!("{here}: burst is at least 1"));
+        }
+        let rule = Rule {
+            connections: d.connections.map(usize::from),
+            messages_per_connection: d.messages_per_connection.map(usize::from),
+            rate: d
+                .rate
+                .map(|r| Limit::new(r).with_burst(d.burst.unwrap_or(1))),
+        };
+        rules.push((pattern, rule));
+    }
+    // Most specific first: a host name, then the longest domain.
+    rules.sort_by_key(|(p, _)| {
+        (
+            p.as_str().starts_with('*'),
+            std::cmp::Reverse(p.as_str().len()),
+        )
+    });
+    Ok(rules
+        .into_iter()
+        .fold(Shaping::builtin(), |s, (p, r)| s.with_rule(p, r)))
+}
+
 #[cfg(unix)]
 fn world_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -145,5 +241,80 @@ mod tests {
         let file: File = toml::from_str("[accounts.x]\nserver = \"h\"\n").unwrap();
         assert!(file.accounts["x"].rate.is_empty());
         assert!(toml::from_str::<File>("[accounts.x]\nrate = \"30/minute\"\n").is_err());
+    }
+
+    #[test]
+    fn destinations_override_and_add_to_the_builtin_table() {
+        let s = shaping_of(
+            r#"
+[accounts.work]
+server = "smtp.example.com"
+
+[destinations."*.google.com"]
+connections = 1
+rate = "20/second"
+burst = 5
+
+[destinations."*.example.org"]
+messages_per_connection = 7
+
+[destinations."mx1.example.org"]
+connections = 3
+"#,
+        )
+        .unwrap();
+        let gmail = s.shape("mx:aspmx.l.google.com", 2, 100);
+        assert_eq!(gmail.connections, 1);
+        assert_eq!(gmail.messages_per_connection, 100);
+        let rate: Rate = "20/second".parse().unwrap();
+        assert_eq!(gmail.rate, Some(Limit::new(rate).with_burst(5)));
+        // The host name is more specific than the domain's pattern.
+        assert_eq!(s.shape("mx:mx1.example.org", 2, 100).connections, 3);
+        assert_eq!(
+            s.shape("mx:mx1.example.org", 2, 100)
+                .messages_per_connection,
+            100
+        );
+        assert_eq!(
+            s.shape("mx:mx2.example.org", 2, 100)
+                .messages_per_connection,
+            7
+        );
+        // The built-in table still holds for the rest.
+        assert_eq!(s.shape("mx:mx01.mail.icloud.com", 9, 100).connections, 2);
+        assert_eq!(shaping_of("").unwrap(), Shaping::builtin());
+    }
+
+    #[test]
+    fn a_destination_with_an_unknown_key_or_a_bad_value_is_refused() {
+        for (text, says) in [
+            (
+                "[destinations.\"*.google.com\"]\nconnection = 2\n",
+                "unknown field `connection`",
+            ),
+            (
+                "[destinations.\"*.google.com\"]\nrate = \"20/fortnight\"\n",
+                "N/minute",
+            ),
+            (
+                "[destinations.\"*.google.com\"]\nburst = 5\n",
+                "burst needs a rate",
+            ),
+            (
+                "[destinations.\"*.google.com\"]\nconnections = 0\n",
+                "at least 1",
+            ),
+            (
+                "[destinations.\"a.*.com\"]\nconnections = 1\n",
+                "a pattern is",
+            ),
+            (
+                "[destination.\"*.google.com\"]\nconnections = 1\n",
+                "unknown field `destination`",
+            ),
+        ] {
+            let e = shaping_of(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

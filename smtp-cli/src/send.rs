@@ -342,6 +342,7 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
             dir,
             retry: &args.retry,
             notify_sender: args.notify_sender,
+            config: args.config.as_deref(),
             run_line: crate::queue::run_command(&args),
             rate,
         };

@@ -119,4 +119,16 @@ pub enum RunEvent {
         /// Released to come due later (else waiting on the session).
         released: bool,
     },
+    /// A destination's servers said "slow down": its limits were lowered
+    /// (direct delivery; see [`crate::shaping`]).
+    Throttled {
+        /// The destination's key.
+        destination: String,
+        /// Sessions at once, now.
+        connections: u32,
+        /// Messages per minute, now (if limited).
+        rate_per_min: Option<u32>,
+        /// The reply.
+        reason: String,
+    },
 }

@@ -14,6 +14,7 @@ use smtp_core::delivery::{BodySource, TlsInfo};
 
 use crate::error::{Error, Result};
 use crate::rate::{Budget, Decision, Limit};
+use crate::shaping::Throttle;
 use crate::state::{RecipientState, Transition};
 
 /// A queued message's id: 28 lower-case hex digits, the enqueue time in
@@ -523,6 +524,16 @@ pub trait Store: Send + Sync {
 
     /// Forgets a destination's back-off (after a success).
     async fn clear_backoff(&self, destination: &str) -> Result<()>;
+
+    /// Keeps a destination's adaptive throttle (replacing its last).
+    async fn set_throttle(&self, throttle: &Throttle) -> Result<()>;
+
+    /// The throttles kept for `only` these destinations, or for all,
+    /// by destination.
+    async fn throttles(&self, only: Option<&[String]>) -> Result<Vec<Throttle>>;
+
+    /// Lifts a destination's throttle (its limits are back to its shape).
+    async fn clear_throttle(&self, destination: &str) -> Result<()>;
 
     /// Messages owed a delivery status notification and not yet given
     /// one, oldest first, at most `limit`: each asked for it, has a

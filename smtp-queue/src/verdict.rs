@@ -101,13 +101,176 @@ pub(crate) fn verdict(o: &RecipientOutcome, host: &str, tls: Option<&TlsInfo>) -
     }
 }
 
+/// Whether a reply says "slow down": the server limits how fast or how
+/// many at once this sender may send, so the destination's limits are to
+/// be lowered ([`crate::shaping`]).
+///
+/// A 421, 450, 451 or 452 whose enhanced code is `4.7.x` (security or
+/// policy: Gmail's 4.7.28, Microsoft's 4.7.500, Yahoo's 4.7.0) or whose
+/// text speaks of a rate, a limit, too many, throttling, slowing down or
+/// something exceeded. Not a signal: greylisting (a recipient's first
+/// try, answered `4.7.1` by many), a recipient's own mailbox (`4.2.x`:
+/// full, over quota, receiving too fast) and too many recipients in one
+/// message (`4.5.3`, which the session splits).
+pub(crate) fn is_rate_signal(code: u16, enhanced: Option<&str>, text: &str) -> bool {
+    if !matches!(code, 421 | 450 | 451 | 452) {
+        return false;
+    }
+    let text = text.to_ascii_lowercase();
+    let greylisting = ["greylist", "graylist", "grey list", "gray list", "postgrey"]
+        .iter()
+        .any(|w| text.contains(w));
+    let mailbox = enhanced.is_some_and(|e| e.starts_with("4.2.") || e == "4.5.3")
+        || [
+            "quota",
+            "mailbox full",
+            "too many recipients",
+            "insufficient system storage",
+        ]
+        .iter()
+        .any(|w| text.contains(w));
+    if greylisting || mailbox {
+        return false;
+    }
+    if enhanced.is_some_and(|e| e.starts_with("4.7.")) {
+        return true;
+    }
+    let words: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let word = |w: &str| words.contains(&w);
+    word("rate")
+        || word("rates")
+        || words.iter().any(|w| w.starts_with("ratelimit"))
+        || ["too many", "slow down", "throttl", "exceeded", "limit"]
+            .iter()
+            .any(|w| text.contains(w))
+}
+
+/// The rate signal in an outcome's reply, as the reply reads (code,
+/// enhanced code, text), if it is one.
+pub(crate) fn rate_signal(o: &RecipientOutcome) -> Option<String> {
+    let reply = o.reply.as_ref()?;
+    let code = reply.code().as_u16();
+    let enhanced = reply.enhanced_code().map(|e| e.to_string());
+    let text = reply.text();
+    is_rate_signal(code, enhanced.as_deref(), &text).then(|| match enhanced {
+        Some(e) => format!("{code} {e} {text}"),
+        None => format!("{code} {text}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use smtp_core::address::Mailbox;
     use smtp_core::reply::{Reply, ReplyCode};
     use smtp_core::{Phase, RecipientOutcome, RecipientStatus};
 
-    use super::{Verdict, verdict};
+    use super::{Verdict, is_rate_signal, verdict};
+
+    /// Real replies (as providers document or send them), and whether
+    /// each says "slow down".
+    const REPLIES: &[(u16, Option<&str>, &str, bool)] = &[
+        (
+            421,
+            Some("4.7.28"),
+            "[192.0.2.1] Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.",
+            true,
+        ),
+        (
+            421,
+            Some("4.7.0"),
+            "[192.0.2.1] Our system has detected an unusual rate of unsolicited mail",
+            true,
+        ),
+        (
+            451,
+            Some("4.7.500"),
+            "Server busy. Please try again later from [192.0.2.1]. (S77719)",
+            true,
+        ),
+        (
+            421,
+            Some("4.7.0"),
+            "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1",
+            true,
+        ),
+        (
+            421,
+            Some("4.7.0"),
+            "Too many concurrent SMTP connections from this IP address; please try again later.",
+            true,
+        ),
+        (421, None, "Too many connections from your IP", true),
+        (450, None, "Rate limit exceeded, try again later", true),
+        (451, None, "Ratelimited: too fast", true),
+        (452, Some("4.3.2"), "Connection throttled", true),
+        (421, Some("4.3.2"), "Please slow down", true),
+        (451, Some("4.7.0"), "rate limited", true),
+        (
+            451,
+            Some("4.7.1"),
+            "Greylisting in action, please come back later",
+            false,
+        ),
+        (451, Some("4.7.1"), "greylisted, try again later", false),
+        (
+            450,
+            Some("4.2.0"),
+            "<b@example.net>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.net.html",
+            false,
+        ),
+        (
+            452,
+            Some("4.2.1"),
+            "The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.",
+            false,
+        ),
+        (
+            452,
+            Some("4.2.2"),
+            "The email account that you tried to reach is over quota.",
+            false,
+        ),
+        (452, Some("4.5.3"), "Too many recipients", false),
+        (
+            451,
+            Some("4.3.0"),
+            "Temporary local problem, please try again later",
+            false,
+        ),
+        (
+            421,
+            None,
+            "Service not available, closing transmission channel",
+            false,
+        ),
+        (
+            451,
+            None,
+            "Moderated list: your message waits for approval",
+            false,
+        ),
+        (550, Some("5.7.1"), "Rate limit exceeded permanently", false),
+        (
+            454,
+            Some("4.7.0"),
+            "TLS not available due to local problem",
+            false,
+        ),
+    ];
+
+    #[test]
+    fn slow_down_replies_are_told_from_greylisting_and_full_mailboxes() {
+        for (code, enhanced, text, signal) in REPLIES {
+            assert_eq!(
+                is_rate_signal(*code, *enhanced, text),
+                *signal,
+                "{code} {enhanced:?} {text}"
+            );
+        }
+    }
 
     fn deferred(phase: Phase, code: Option<u16>) -> RecipientOutcome {
         RecipientOutcome {

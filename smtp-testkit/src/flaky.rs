@@ -1,6 +1,7 @@
 //! A plaintext SMTP server on 127.0.0.1 with the faults a delivery queue
 //! must ride out: greylisting, a cap of messages per connection (`421`),
-//! a stall mid-run, refused authentication.
+//! a stall mid-run, refused authentication, and a provider's throttling
+//! (sessions at once, messages per second).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +40,13 @@ pub struct FlakyConfig {
     /// waited is seen in [`FlakyServer::open_at_data_ends`], and a client
     /// that opens its sessions one after another is slowed, not stuck.
     pub hold_data_until_connections: Option<(usize, Duration)>,
+    /// Sessions at once: a connection beyond this many open is greeted
+    /// `421 4.7.0 Too many connections` and closed.
+    pub max_sessions: Option<usize>,
+    /// At most this many messages (MAIL commands accepted) in any window
+    /// of the given length, over all sessions: a MAIL beyond gets `451
+    /// 4.7.0 rate limited` (a provider's "slow down").
+    pub rate: Option<(usize, Duration)>,
 }
 
 /// A message as received.
@@ -62,6 +70,13 @@ struct State {
     auth_attempts: usize,
     /// Connections open when each end-of-data reply was given, in order.
     open_at_data_ends: Vec<usize>,
+    /// When each MAIL was accepted, for [`FlakyConfig::rate`].
+    mails: std::collections::VecDeque<Instant>,
+    /// For each throttling reply (421 at the greeting, 451 to MAIL), how
+    /// many messages had been accepted before it.
+    throttled_at: Vec<usize>,
+    /// The most messages accepted on one connection.
+    max_per_session: usize,
 }
 
 /// A running [`FlakyConfig`] server; stopped on drop.
@@ -153,6 +168,24 @@ impl FlakyServer {
         lock(&self.state).open_at_data_ends.clone()
     }
 
+    /// The most connections open at once so far.
+    pub fn max_open(&self) -> usize {
+        self.open.borrow().max_open
+    }
+
+    /// The most messages accepted on one connection so far.
+    pub fn max_per_session(&self) -> usize {
+        lock(&self.state).max_per_session
+    }
+
+    /// For each throttling reply given ([`FlakyConfig::max_sessions`],
+    /// [`FlakyConfig::rate`]), in order, how many messages had been
+    /// accepted before it: where in the run the client was told to slow
+    /// down, independent of the machine's speed.
+    pub fn throttled_at(&self) -> Vec<usize> {
+        lock(&self.state).throttled_at.clone()
+    }
+
     /// How many times each recipient was delivered to.
     pub fn deliveries(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
@@ -170,6 +203,7 @@ impl FlakyServer {
 struct Conns {
     open: usize,
     accepted: usize,
+    max_open: usize,
 }
 
 /// One connection counted open, from its accept until dropped.
@@ -180,6 +214,7 @@ impl Open {
         conns.send_modify(|c| {
             c.open += 1;
             c.accepted += 1;
+            c.max_open = c.max_open.max(c.open);
         });
         Self(conns)
     }
@@ -218,10 +253,26 @@ async fn serve(
         write.write_all(format!("{reply}\r\n").as_bytes()).await?;
         return Ok(());
     }
+    if config
+        .max_sessions
+        .is_some_and(|max| open.0.borrow().open > max)
+    {
+        {
+            let mut s = lock(state);
+            let n = s.messages.len();
+            s.throttled_at.push(n);
+        }
+        write
+            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+            .await?;
+        return Ok(());
+    }
     write.write_all(b"220 flaky.test ESMTP\r\n").await?;
     let mut on_this = 0usize;
     let mut from = String::new();
     let mut to: Vec<String> = Vec::new();
+    // A transaction is open (MAIL accepted).
+    let mut in_mail = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -255,9 +306,36 @@ async fn serve(
                     .await?;
                 return Ok(());
             }
-            from = address(line.get(10..).unwrap_or(""));
+            let limited = config.rate.is_some_and(|(max, window)| {
+                let mut s = lock(state);
+                let now = Instant::now();
+                while s
+                    .mails
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= window)
+                {
+                    s.mails.pop_front();
+                }
+                if s.mails.len() >= max {
+                    let n = s.messages.len();
+                    s.throttled_at.push(n);
+                    true
+                } else {
+                    s.mails.push_back(now);
+                    false
+                }
+            });
             to.clear();
-            "250 2.1.0 ok\r\n".into()
+            in_mail = !limited;
+            if limited {
+                "451 4.7.0 rate limited, slow down\r\n".into()
+            } else {
+                from = address(line.get(10..).unwrap_or(""));
+                to.clear();
+                "250 2.1.0 ok\r\n".into()
+            }
+        } else if upper.starts_with("RCPT") && !in_mail {
+            "503 5.5.1 MAIL first\r\n".into()
         } else if upper.starts_with("RCPT") {
             let rcpt = address(line.get(8..).unwrap_or(""));
             let greylisted = config.greylist.is_some_and(|wait| {
@@ -291,7 +369,12 @@ async fn serve(
                     data.extend_from_slice(&l);
                 }
                 on_this += 1;
-                lock(state).data_ends += 1;
+                in_mail = false;
+                {
+                    let mut s = lock(state);
+                    s.data_ends += 1;
+                    s.max_per_session = s.max_per_session.max(on_this);
+                }
                 if let Some(delay) = config.data_delay {
                     tokio::time::sleep(delay).await;
                 }
@@ -311,6 +394,7 @@ async fn serve(
             }
         } else if upper.starts_with("RSET") {
             to.clear();
+            in_mail = false;
             "250 2.0.0 ok\r\n".into()
         } else if upper.starts_with("NOOP") {
             "250 2.0.0 ok\r\n".into()

@@ -190,6 +190,7 @@ pub(crate) async fn run(
         dir: &dir,
         retry: &args.retry,
         notify_sender: args.notify_sender,
+        config: args.config.as_deref(),
         run_line: crate::queue::run_command(args),
         rate: crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?,
     };

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use smtp_queue::{ListFilter, MessageId, RecipientState, RetryTarget, SqliteStore, Store};
+use smtp_queue::{
+    ListFilter, MessageId, RecipientState, RetryTarget, SqliteStore, Store, Throttle,
+};
 
 use super::{queue_error, rfc3339};
 use crate::cli::{ListArgs, PurgeArgs, QueueCommand, QueueRetryArgs};
@@ -38,18 +40,24 @@ pub(super) async fn run(
         QueueCommand::Stats => {
             let stats = store.stats().await.map_err(queue_error)?;
             let budgets = budgets(&store).await?;
+            let throttles = store.throttles(None).await.map_err(queue_error)?;
             if json {
                 let states: serde_json::Map<String, serde_json::Value> = stats
                     .recipients
                     .iter()
                     .map(|(s, n)| (s.to_string(), (*n).into()))
                     .collect();
+                let throttles: Vec<_> = throttles.iter().map(throttle_json).collect();
                 say!(
                     "{}",
-                    serde_json::json!({ "messages": stats.messages, "recipients": states,
+                    serde_json::json!({
+                        "messages": stats.messages,
+                        "recipients": states,
                         "budgets": budgets.iter().map(|(key, limits, next)| serde_json::json!({
                             "key": key, "limits": limits, "next_free": next.map(rfc3339),
-                        })).collect::<Vec<_>>() })
+                        })).collect::<Vec<_>>(),
+                        "throttles": throttles,
+                    })
                 );
             } else {
                 say!("messages: {}", stats.messages);
@@ -65,6 +73,7 @@ pub(super) async fn run(
                     };
                     say!("budget {key}: {limits}; next free slot: {next}");
                 }
+                print_throttles(&throttles);
             }
             Ok(EX_OK)
         }
@@ -97,6 +106,41 @@ async fn budgets(
         out.push((b.key, smtp_queue::rate::describe(&remembered), next));
     }
     Ok(out)
+}
+
+/// Destinations whose servers said "slow down", with the limits they
+/// have now, why and since when (direct delivery's traffic shaping).
+fn print_throttles(throttles: &[Throttle]) {
+    if throttles.is_empty() {
+        return;
+    }
+    say!("throttled destinations (limits lowered after a \"slow down\" reply):");
+    for t in throttles {
+        let rate = t
+            .rate_per_min
+            .map_or_else(String::new, |r| format!(", {r}/minute"));
+        say!(
+            "  {}: {} connection{}{rate} since {} (next step up {}): {}",
+            t.destination,
+            t.connections,
+            if t.connections == 1 { "" } else { "s" },
+            rfc3339(t.since),
+            rfc3339(t.until),
+            joined(&t.reason)
+        );
+    }
+}
+
+fn throttle_json(t: &Throttle) -> serde_json::Value {
+    serde_json::json!({
+        "destination": t.destination,
+        "connections": t.connections,
+        "rate_per_minute": t.rate_per_min,
+        "reason": joined(&t.reason),
+        "since": rfc3339(t.since),
+        "last_cut": rfc3339(t.cut),
+        "next_step": rfc3339(t.until),
+    })
 }
 
 fn parse_id(id: &str) -> Result<MessageId, Failure> {

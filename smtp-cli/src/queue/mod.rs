@@ -328,12 +328,15 @@ const DIRECT_CONCURRENCY: u16 = 32;
 /// one domain to share sessions.
 const DIRECT_CLAIM: u32 = 2000;
 
-fn config(retry: &RetryArgs, direct: bool) -> RunnerConfig {
+/// The runner's settings from the options; in direct delivery, with the
+/// traffic shaping of the config file at `file` (or the default place).
+fn config(retry: &RetryArgs, direct: bool, file: Option<&Path>) -> Result<RunnerConfig, Failure> {
     let mut config = RunnerConfig::default().with_schedule(schedule(retry));
     if direct {
         config = config
             .with_concurrency(DIRECT_CONCURRENCY.into())
-            .with_claim(DIRECT_CLAIM);
+            .with_claim(DIRECT_CLAIM)
+            .with_shaping(crate::config::shaping(file)?);
     }
     if let Some(secs) = retry.stop_grace {
         config = config.with_stop_grace(Duration::from_secs(secs));
@@ -347,7 +350,7 @@ fn config(retry: &RetryArgs, direct: bool) -> RunnerConfig {
     if let Some(n) = retry.per_connection {
         config = config.with_per_connection(n.into());
     }
-    config
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
 }
 
 async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> Result<u8, Failure> {
+    let config_file = args.config.clone();
     let send = SendArgs {
         server: args.server,
         port: args.port,
@@ -74,7 +75,11 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
             args.mx_port,
         )?)),
     };
-    let mut config = config(&args.retry, matches!(via, Via::Direct(_)));
+    let mut config = config(
+        &args.retry,
+        matches!(via, Via::Direct(_)),
+        config_file.as_deref(),
+    )?;
     let rate = crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?;
     config = crate::rate::apply(&store, &via, &rate, config).await?;
     if let Some(secs) = args.lease {

@@ -43,6 +43,8 @@ pub(crate) struct Queued<'a> {
     pub(crate) retry: &'a RetryArgs,
     /// `--notify-sender`.
     pub(crate) notify_sender: bool,
+    /// `--config`: the file of accounts and direct delivery's shaping.
+    pub(crate) config: Option<&'a Path>,
     /// The `smtp queue run …` command that delivers what stays queued
     /// ([`run_command`](super::run_command)).
     pub(crate) run_line: String,
@@ -237,9 +239,13 @@ pub(crate) async fn send_once(
                 return Ok((EX_OK, Vec::new(), store));
             };
             let direct = matches!(via, Via::Direct(_));
-            let config =
-                crate::rate::apply(&store, &via, &queued.rate, config(queued.retry, direct))
-                    .await?;
+            let config = crate::rate::apply(
+                &store,
+                &via,
+                &queued.rate,
+                config(queued.retry, direct, queued.config)?,
+            )
+            .await?;
             let runner = via
                 .runner(store.clone(), config)
                 .with_observer(super::report);
@@ -287,7 +293,8 @@ async fn deliver(
         move |e: &RunEvent| lock(&live).event(e)
     };
     let direct = matches!(via, Via::Direct(_));
-    let config = crate::rate::apply(&store, &via, &queued.rate, config(retry, direct)).await?;
+    let config = config(retry, direct, queued.config)?;
+    let config = crate::rate::apply(&store, &via, &queued.rate, config).await?;
     let rated = match &config.rate {
         limits if limits.is_empty() => None,
         limits => {

@@ -6,11 +6,10 @@
 //! set of MX host names ([`mx_destination`]): domains served by the same hosts
 //! share sessions, back-off and holds. A message's recipients at one
 //! destination go in one transaction; a destination's messages go
-//! [`RunnerConfig::per_connection`](super::RunnerConfig) at a time on one
-//! session ([`deliver_batch`], hosts in MX order), at most
-//! [`RunnerConfig::per_destination`](super::RunnerConfig) sessions per
-//! destination and [`RunnerConfig::concurrency`](super::RunnerConfig) in
-//! all. Each recipient's outcome is classified as on the relay path; a
+//! its shape's messages per connection at a time on one session
+//! ([`deliver_batch`], hosts in MX order), at most its shape's sessions at
+//! once and [`RunnerConfig::concurrency`](super::RunnerConfig) in all, each
+//! message paced by its rate (`runner/shaper.rs`, [`crate::shaping`]). Each recipient's outcome is classified as on the relay path; a
 //! message is recorded as soon as it settles, while its session goes on.
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,12 +27,13 @@ use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
 use tokio::sync::Semaphore;
 
 use super::record::Unrecorded;
+use super::shaper::{Paced, Slot};
 use super::{Runner, Unreadable, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
 use crate::store::{Attempt, Backoff, Claimed, Lease, MessageId, Outcome, RecipientId};
-use crate::verdict::verdict;
+use crate::verdict::{rate_signal, verdict};
 
 /// What direct delivery needs: DNS, connections, and the options.
 pub(crate) struct Direct {
@@ -115,6 +115,9 @@ struct Round<'a> {
     release_at: Mutex<Vec<Option<SystemTime>>>,
     /// Sessions per destination.
     slots: HashMap<String, Arc<Semaphore>>,
+    /// Per destination: the permits its semaphore holds, and how many it
+    /// should (fewer after a cut: sessions that end give theirs up).
+    sizes: Mutex<HashMap<String, (usize, usize)>>,
     /// The destinations' back-offs, read once for the round and kept up to
     /// date by its sessions (a store read spared per session).
     backoffs: Mutex<HashMap<String, Backoff>>,
@@ -158,12 +161,15 @@ impl Runner {
         } else {
             self.plan_round(direct, &claimed).await?
         };
-        let per = self.config.per_destination.max(1);
+        let now = SystemTime::now();
         let mut slots = HashMap::new();
+        let mut sizes = HashMap::new();
         for job in &jobs {
-            slots
-                .entry(job.destination.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(per)));
+            slots.entry(job.destination.clone()).or_insert_with(|| {
+                let per = self.shaper.effective(&job.destination, now).connections;
+                sizes.insert(job.destination.clone(), (per, per));
+                Arc::new(Semaphore::new(per))
+            });
         }
         let destinations: Vec<String> = slots.keys().cloned().collect();
         let backoffs = self
@@ -177,6 +183,7 @@ impl Runner {
             claimed: &claimed,
             release_at: Mutex::new(vec![None; claimed.len()]),
             slots,
+            sizes: Mutex::new(sizes),
             backoffs: Mutex::new(backoffs),
         };
         let results: Vec<Result<()>> = futures_util::stream::iter(jobs)
@@ -259,9 +266,11 @@ impl Runner {
             self.record(&claimed[c], &claimed[c].lease, outcomes)
                 .await?;
         }
-        let per = self.config.per_connection.max(1);
+        let keys: Vec<String> = groups.keys().cloned().collect();
+        self.shaper.load(self.store.as_ref(), &keys, now).await?;
         let mut jobs: Vec<Vec<Job>> = Vec::new();
         for (key, (plan, messages)) in groups {
+            let per = self.shaper.per_session(&key, now);
             let mut units: Vec<Unit> = messages
                 .into_iter()
                 .map(|(claimed, mut positions)| {
@@ -304,8 +313,13 @@ impl Runner {
         let Some(slot) = round.slots.get(&job.destination) else {
             return Ok(());
         };
-        let Ok(_permit) = slot.acquire().await else {
+        let Ok(permit) = slot.acquire().await else {
             return Ok(());
+        };
+        let _slot = Slot {
+            permit: Some(permit),
+            sizes: &round.sizes,
+            destination: job.destination.clone(),
         };
         if stop.is_stopped() {
             return Ok(());
@@ -346,7 +360,12 @@ impl Runner {
             ) {
                 (Ok(envelope), Ok(body)) => {
                     envelopes.push(envelope);
-                    bodies.push(body);
+                    bodies.push(Box::new(Paced {
+                        inner: body,
+                        shaper: self.shaper.clone(),
+                        destination: job.destination.clone(),
+                        paced: false,
+                    }));
                     units.push(unit);
                 }
                 (Err(why), _) | (_, Err(why)) => {
@@ -472,6 +491,19 @@ impl Runner {
             .iter()
             .flatten()
             .any(|d| d.outcome.status == RecipientStatus::Accepted);
+        // "Slow down": the destination's limits are lowered, instead of
+        // backing it off as a whole.
+        let signal = report
+            .messages
+            .iter()
+            .flatten()
+            .find_map(|d| rate_signal(&d.outcome));
+        if let Some(reason) = &signal
+            && let Some(connections) = self.throttled(&job.destination, reason).await?
+            && let Some((_, target)) = lock(&round.sizes).get_mut(&job.destination)
+        {
+            *target = connections;
+        }
         // Cleared only where there is something to clear: a write spared
         // per session.
         if delivered_any && backoff.is_some() {
@@ -498,7 +530,7 @@ impl Runner {
         let now = SystemTime::now();
         let until = if let Some(reason) = hold {
             Some(self.hold_at(&job.destination, &reason, now).await?)
-        } else if let (false, Some(reason)) = (delivered_any, ended) {
+        } else if let (false, Some(reason), None) = (delivered_any, ended, &signal) {
             // Nothing got through: say why, in the words that help.
             let reason = report
                 .diagnosis

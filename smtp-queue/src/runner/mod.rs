@@ -36,11 +36,13 @@ pub use self::rated::relay_budget_key;
 mod rated;
 mod record;
 mod relay;
+mod shaper;
 
 use crate::error::{Error, Result};
 use crate::event::RunEvent;
 use crate::rate::Limit;
 use crate::schedule::Schedule;
+use crate::shaping::Shaping;
 use crate::stop::Stop;
 use crate::store::{Attempt, BodyKind, Claimed, MessageId, Outcome, RecipientId, Store};
 
@@ -80,6 +82,11 @@ pub struct RunnerConfig {
     /// connection kept open; a longer wait closes it and releases what
     /// it held, due at its expected turn. Default 30 s.
     pub rate_wait: Duration,
+    /// Direct delivery's shapes per destination (sessions, messages per
+    /// session, rate) over `per_destination` and `per_connection`, and
+    /// how a "slow down" reply throttles them. Default: the built-in
+    /// table ([`Shaping::builtin`]).
+    pub shaping: Shaping,
 }
 
 impl Default for RunnerConfig {
@@ -98,6 +105,7 @@ impl Default for RunnerConfig {
             rate: Vec::new(),
             budget_key: None,
             rate_wait: Duration::from_secs(30),
+            shaping: Shaping::builtin(),
         }
     }
 }
@@ -169,6 +177,12 @@ impl RunnerConfig {
         self.rate_wait = wait;
         self
     }
+    /// Sets direct delivery's traffic shaping.
+    #[must_use]
+    pub fn with_shaping(mut self, shaping: Shaping) -> Self {
+        self.shaping = shaping;
+        self
+    }
     /// Sets the retry schedule (and the destination back-off's).
     #[must_use]
     pub fn with_schedule(mut self, schedule: Schedule) -> Self {
@@ -224,6 +238,8 @@ pub struct Runner {
     /// is to be): sessions may then start together. A watch, so that the
     /// sessions waiting behind the first start the moment it is set.
     relay_proven: tokio::sync::watch::Sender<bool>,
+    /// Direct delivery's shapes, throttles and rate budgets.
+    shaper: Arc<shaper::Shaper>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -244,13 +260,18 @@ impl Runner {
             store,
             mode: Mode::Relay(relay),
             destination,
-            config,
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
             relay_proven: tokio::sync::watch::Sender::new(false),
+            shaper: Arc::new(shaper::Shaper::new(
+                config.shaping.clone(),
+                config.per_destination,
+                config.per_connection,
+            )),
+            config,
         }
     }
 
@@ -275,13 +296,18 @@ impl Runner {
                 plans: Mutex::new(HashMap::new()),
             }),
             destination: "direct".to_owned(),
-            config,
             observer: Arc::new(|_| {}),
             summary: Mutex::new(Summary::default()),
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
             relay_proven: tokio::sync::watch::Sender::new(false),
+            shaper: Arc::new(shaper::Shaper::new(
+                config.shaping.clone(),
+                config.per_destination,
+                config.per_connection,
+            )),
+            config,
         }
     }
 

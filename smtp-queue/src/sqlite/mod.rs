@@ -2,7 +2,7 @@
 //! body files.
 //!
 //! ```text
-//! <spool>/queue.db         messages, recipients, leases, back-off, budgets (+ -wal, -shm)
+//! <spool>/queue.db         messages, recipients, leases, back-off, budgets, throttles (+ -wal, -shm)
 //! <spool>/bodies/<id>      a body over 64 KiB, written before the enqueue commits
 //!                          (smaller ones are rows of `message_bodies`)
 //! <spool>/tmp/             bodies being written (left-overs are swept on open)
@@ -46,6 +46,7 @@ use sqlx::{Sqlite, Transaction};
 use crate::error::{Error, Result};
 use crate::log::{Entry, OutcomeLog};
 use crate::rate::{Budget, Decision, Limit};
+use crate::shaping::Throttle;
 use crate::spool::Spool;
 use crate::store::{
     Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
@@ -60,9 +61,10 @@ mod notify;
 mod record;
 mod rows;
 mod schema;
+mod throttle;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).
@@ -429,6 +431,18 @@ impl Store for SqliteStore {
 
     async fn clear_backoff(&self, destination: &str) -> Result<()> {
         admin::clear_backoff(self, destination).await
+    }
+
+    async fn set_throttle(&self, throttle: &Throttle) -> Result<()> {
+        throttle::set_throttle(self, throttle).await
+    }
+
+    async fn throttles(&self, only: Option<&[String]>) -> Result<Vec<Throttle>> {
+        throttle::throttles(self, only).await
+    }
+
+    async fn clear_throttle(&self, destination: &str) -> Result<()> {
+        throttle::clear_throttle(self, destination).await
     }
 
     async fn owed_notifications(&self, limit: u32) -> Result<Vec<MessageInfo>> {

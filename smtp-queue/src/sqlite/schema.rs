@@ -12,6 +12,7 @@
 //! | 4 | partial indexes: only waiting and leased recipients indexed by when they are due |
 //! | 5 | `budgets`: sending budgets (relay rate limits) and the limits remembered per relay account |
 //! | 6 | `merges`: the key of each batch enqueued once (a mail merge), committed with it |
+//! | 7 | `throttles`: each destination's adaptive limits after a "slow down" reply |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -129,6 +130,24 @@ CREATE TABLE merges (
     key        TEXT PRIMARY KEY,
     created_ms INTEGER NOT NULL,
     messages   INTEGER NOT NULL
+);
+",
+    ),
+    (
+        7,
+        // Traffic shaping: a destination's limits lowered after its
+        // servers said "slow down" (crate::shaping::Throttle); the row is
+        // deleted once they are back to the shape.
+        "
+CREATE TABLE throttles (
+    destination     TEXT PRIMARY KEY,
+    connections     INTEGER NOT NULL,
+    rate_per_min    INTEGER,
+    ceiling_per_min INTEGER,
+    reason          TEXT NOT NULL,
+    since_ms        INTEGER NOT NULL,
+    cut_ms          INTEGER NOT NULL,
+    until_ms        INTEGER NOT NULL
 );
 ",
     ),
