@@ -294,12 +294,12 @@ async fn deliver(
     };
     let direct = matches!(via, Via::Direct(_));
     let config = config(retry, direct, queued.config)?;
-    let config = crate::rate::apply(&store, &via, &queued.rate, config).await?;
+    let config = crate::rate::apply(store, &via, &queued.rate, config).await?;
     let rated = match &config.rate {
         limits if limits.is_empty() => None,
         limits => {
             let units: u64 = sent.iter().map(|s| s.recipients.len() as u64).sum();
-            let finish = crate::rate::expected_finish(&store, &config, units).await?;
+            let finish = crate::rate::expected_finish(store, &config, units).await?;
             finish.map(|t| (smtp_queue::rate::describe(limits), t))
         }
     };
