@@ -255,7 +255,7 @@ pub(crate) fn expand(template: &[String], files: &Files, port: u16, to: &[&str],
     let smtp = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "smtp".to_owned());
-    let timeout = (deadline.as_secs() / 3).max(1).to_string();
+    let timeout = (deadline.as_secs() / 4).max(1).to_string();
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let values = [
         ("{smtp}", smtp),

@@ -22,7 +22,7 @@ const MAX_LINE: usize = 64 * 1024;
 const HOLD: Duration = Duration::from_secs(1);
 /// How long the server listens for a client running ahead (after its new
 /// EHLO following injection; after DATA with held replies).
-const LISTEN_AHEAD: Duration = Duration::from_millis(400);
+const LISTEN_AHEAD: Duration = Duration::from_secs(1);
 /// An endless reply stops after this much, whatever the client does.
 const MAX_ENDLESS: usize = 64 * 1024 * 1024;
 
