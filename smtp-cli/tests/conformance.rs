@@ -198,6 +198,7 @@ async fn junit_xml_has_a_testcase_per_case_with_failures_and_skips() {
         "baseline,421-dot,cert-*,implicit-tls",
         "--junit",
         xml.to_str().unwrap(),
+        "--verifies-certificates",
         "--",
     ];
     args.extend(cmd.iter().map(String::as_str));

@@ -256,6 +256,7 @@ pub(crate) fn expand(template: &[String], files: &Files, port: u16, to: &[&str],
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "smtp".to_owned());
     let timeout = (deadline.as_secs() / 4).max(1).to_string();
+    let long_timeout = (deadline.as_secs() / 2).max(1).to_string();
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let values = [
         ("{smtp}", smtp),
@@ -269,6 +270,7 @@ pub(crate) fn expand(template: &[String], files: &Files, port: u16, to: &[&str],
         ("{ca-file}", path(&files.ca)),
         ("{dir}", path(&files.dir)),
         ("{timeout}", timeout),
+        ("{long-timeout}", long_timeout),
         ("{to}", to.join(",")),
     ];
     let mut argv = Vec::new();
