@@ -21,7 +21,9 @@ fn root() -> PathBuf {
 }
 
 fn profile(name: &str) -> PathBuf {
-    root().join("conformance/profiles").join(format!("{name}.toml"))
+    root()
+        .join("conformance/profiles")
+        .join(format!("{name}.toml"))
 }
 
 async fn conformance(args: &[&str]) -> Output {
@@ -83,10 +85,24 @@ async fn matches_its_pins(name: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["verdict"] != c["expected"].as_str().map_or(Value::from("pass"), Value::from))
-        .map(|c| format!("{}: {} ({}), pinned {}", c["id"], c["verdict"], c["detail"], c["expected"]))
+        .filter(|c| {
+            c["verdict"]
+                != c["expected"]
+                    .as_str()
+                    .map_or(Value::from("pass"), Value::from)
+        })
+        .map(|c| {
+            format!(
+                "{}: {} ({}), pinned {}",
+                c["id"], c["verdict"], c["detail"], c["expected"]
+            )
+        })
         .collect();
-    assert!(off.is_empty(), "{name} differs from its pins:\n{}\nall: {map:#?}", off.join("\n"));
+    assert!(
+        off.is_empty(),
+        "{name} differs from its pins:\n{}\nall: {map:#?}",
+        off.join("\n")
+    );
     assert_eq!(code, Some(0), "--pinned exits 0 when every verdict matches");
 }
 
@@ -119,7 +135,15 @@ fn broken() -> Vec<String> {
     let script = root().join("tests/conformance/broken_client.py");
     let mut v = vec!["python3".to_owned(), script.to_string_lossy().into_owned()];
     v.extend(
-        ["{host}", "{port}", "{from}", "{password-file}", "{message}", "{to}"].map(str::to_owned),
+        [
+            "{host}",
+            "{port}",
+            "{from}",
+            "{password-file}",
+            "{message}",
+            "{to}",
+        ]
+        .map(str::to_owned),
     );
     v
 }
@@ -133,27 +157,57 @@ async fn a_broken_client_fails_each_judge_with_its_one_line() {
     let (map, _, code) = verdicts(&args).await;
     assert_eq!(code, Some(1), "a failed case makes exit 1");
     for (id, says) in [
-        ("starttls-missing", "sent MAIL FROM without TLS, though it requires TLS"),
-        ("starttls-injection", "took the reply injected before the TLS handshake"),
-        ("starttls-stripped-auth", "sent the password in the clear (no TLS)"),
-        ("cert-self-signed", "sent AUTH over TLS to a server whose certificate is self-signed"),
-        ("auth-refused", "sent MAIL FROM after its authentication was refused"),
+        (
+            "starttls-missing",
+            "sent MAIL FROM without TLS, though it requires TLS",
+        ),
+        (
+            "starttls-injection",
+            "took the reply injected before the TLS handshake",
+        ),
+        (
+            "starttls-stripped-auth",
+            "sent the password in the clear (no TLS)",
+        ),
+        (
+            "cert-self-signed",
+            "sent AUTH over TLS to a server whose certificate is self-signed",
+        ),
+        (
+            "auth-refused",
+            "sent MAIL FROM after its authentication was refused",
+        ),
         ("rcpt-partial", "partial rejection not reported"),
-        ("rcpt-all-refused", "sent DATA after every recipient was refused"),
-        ("lost-after-dot", "exited 0 after the connection was lost before the reply"),
+        (
+            "rcpt-all-refused",
+            "sent DATA after every recipient was refused",
+        ),
+        (
+            "lost-after-dot",
+            "exited 0 after the connection was lost before the reply",
+        ),
         ("421-dot", "exited 0 after a 421 to the end of data"),
         ("silent-greeting", "hung: still running after"),
         ("drip-greeting", "hung: still running after"),
-        ("ehlo-refused", "sent MAIL FROM after EHLO was refused, without HELO"),
+        (
+            "ehlo-refused",
+            "sent MAIL FROM after EHLO was refused, without HELO",
+        ),
         ("pipelining-held", "sent the message body before the 354"),
-        ("size-exceeded", "sent the message body though it is larger than the advertised SIZE"),
+        (
+            "size-exceeded",
+            "sent the message body though it is larger than the advertised SIZE",
+        ),
         ("data-bare-cr", "put a bare CR on the wire inside DATA"),
         ("data-lf-dot-lf", "put a bare LF on the wire inside DATA"),
         ("data-dot-lines", "ended the data early"),
     ] {
         let (verdict, detail) = &map[id];
         assert_eq!(verdict, "fail", "{id}: {detail}");
-        assert!(detail.starts_with(says), "{id}: `{detail}` should start `{says}`");
+        assert!(
+            detail.starts_with(says),
+            "{id}: `{detail}` should start `{says}`"
+        );
         assert!(!detail.contains('\n'), "{id}: one line");
     }
     // The same judges pass: the broken client does deliver a plain message.
@@ -178,11 +232,17 @@ async fn opportunistic_mode_is_judged_by_delivery_and_exit_status_agreeing() {
     .await;
     assert_eq!(
         map["starttls-missing"],
-        ("fail".into(), "reported success (exit 0) but nothing was delivered".into())
+        (
+            "fail".into(),
+            "reported success (exit 0) but nothing was delivered".into()
+        )
     );
     assert_eq!(
         map["ehlo-refused"],
-        ("fail".into(), "did not fall back to HELO after EHLO was refused".into())
+        (
+            "fail".into(),
+            "did not fall back to HELO after EHLO was refused".into()
+        )
     );
 }
 
@@ -280,9 +340,18 @@ async fn the_docs_list_every_case_and_usage_errors_exit_2() {
         .collect();
     assert!(ids.len() > 30, "{list}");
     for id in ids {
-        assert!(docs.contains(&format!("`{id}`")), "docs/conformance.md does not list `{id}`");
+        assert!(
+            docs.contains(&format!("`{id}`")),
+            "docs/conformance.md does not list `{id}`"
+        );
     }
     assert_eq!(conformance(&[]).await.status.code(), Some(2));
-    assert_eq!(conformance(&["--cases", "nope", "--", "true"]).await.status.code(), Some(2));
+    assert_eq!(
+        conformance(&["--cases", "nope", "--", "true"])
+            .await
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(conformance(&["--bogus"]).await.status.code(), Some(2));
 }

@@ -111,8 +111,9 @@ impl Check {
                 .then(|| first_command(e, &["AUTH", "MAIL"], Some(false)))
                 .flatten()
                 .map(|v| format!("sent {v} outside TLS, though it requires TLS")),
-            Self::Delivered => (!e.delivered())
-                .then(|| format!("did not deliver the message (exit {exit})")),
+            Self::Delivered => {
+                (!e.delivered()).then(|| format!("did not deliver the message (exit {exit})"))
+            }
             Self::NotDelivered => e
                 .delivered()
                 .then(|| "the server accepted a message it should not have".to_owned()),
@@ -124,8 +125,9 @@ impl Check {
                 _ => None,
             },
             Self::NoCommand(verb, s) => first_command(e, &[verb], None).and(say(s)),
-            Self::NoCommandInTls(s) => first_command(e, &["AUTH", "MAIL"], Some(true))
-                .map(|v| s.replace("{verb}", v)),
+            Self::NoCommandInTls(s) => {
+                first_command(e, &["AUTH", "MAIL"], Some(true)).map(|v| s.replace("{verb}", v))
+            }
             Self::NoSecretInClear => secret_in_clear(e),
             Self::NoInjection => e.sessions.iter().any(|s| s.acted_on_injection).then(|| {
                 "took the reply injected before the TLS handshake as the answer to its \
@@ -133,9 +135,11 @@ impl Check {
                     .to_owned()
             }),
             Self::HeloFallback => helo_fallback(e),
-            Self::NoBodyBefore354 => e.sessions.iter().any(|s| s.body_before_354).then(|| {
-                "sent the message body before the 354 (pipelined past DATA)".to_owned()
-            }),
+            Self::NoBodyBefore354 => {
+                e.sessions.iter().any(|s| s.body_before_354).then(|| {
+                    "sent the message body before the 354 (pipelined past DATA)".to_owned()
+                })
+            }
             Self::NoBody(s) => e
                 .sessions
                 .iter()
@@ -212,7 +216,9 @@ fn dirty(raw: &[u8], terminated: bool) -> Option<String> {
             ));
         }
         if b == b'\r' && raw.get(i + 1) != Some(&b'\n') {
-            return Some(format!("put a bare CR on the wire inside DATA (at octet {i})"));
+            return Some(format!(
+                "put a bare CR on the wire inside DATA (at octet {i})"
+            ));
         }
     }
     let marker = END_MARKER.as_bytes();
@@ -233,8 +239,16 @@ mod tests {
     #[test]
     fn dirty_data_names_what_is_wrong() {
         assert!(dirty(b"a\r\nEND-OF-MESSAGE", true).is_none());
-        assert!(dirty(b"a\nEND-OF-MESSAGE", true).unwrap().contains("bare LF"));
-        assert!(dirty(b"a\rb\r\nEND-OF-MESSAGE", true).unwrap().contains("bare CR"));
+        assert!(
+            dirty(b"a\nEND-OF-MESSAGE", true)
+                .unwrap()
+                .contains("bare LF")
+        );
+        assert!(
+            dirty(b"a\rb\r\nEND-OF-MESSAGE", true)
+                .unwrap()
+                .contains("bare CR")
+        );
         assert!(dirty(b"a\r\nb", true).unwrap().contains("early"));
         assert!(dirty(b"a\r\nb", false).unwrap().contains("never ended"));
     }

@@ -143,14 +143,20 @@ fn load(path: &Path) -> Result<Client, String> {
     let client: Client = toml::from_str(&text)
         .map_err(|e| format!("the profile {} does not parse: {e}", path.display()))?;
     if client.command.is_empty() {
-        return Err(format!("the profile {} has an empty command", path.display()));
+        return Err(format!(
+            "the profile {} has an empty command",
+            path.display()
+        ));
     }
     if let Some(bad) = client
         .expected
         .keys()
         .find(|k| !cases::CASES.iter().any(|c| c.id == *k))
     {
-        return Err(format!("the profile {} pins an unknown case `{bad}`", path.display()));
+        return Err(format!(
+            "the profile {} pins an unknown case `{bad}`",
+            path.display()
+        ));
     }
     Ok(client)
 }
@@ -196,8 +202,12 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
     if args.deadline == 0 || args.jobs == 0 {
         return usage("--deadline and --jobs take a number above 0".into());
     }
-    let bench = runner::Bench::new(Duration::from_secs(args.deadline))
-        .map_err(|e| Failure::new(crate::fail::EX_SOFTWARE, format!("cannot prepare the cases: {e}")))?;
+    let bench = runner::Bench::new(Duration::from_secs(args.deadline)).map_err(|e| {
+        Failure::new(
+            crate::fail::EX_SOFTWARE,
+            format!("cannot prepare the cases: {e}"),
+        )
+    })?;
     let (bench, client) = (Arc::new(bench), Arc::new(client));
     let gate = Arc::new(tokio::sync::Semaphore::new(args.jobs));
     let tasks: Vec<_> = selected
@@ -212,7 +222,12 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for t in tasks {
-        results.push(t.await.map_err(|e| Failure::new(crate::fail::EX_SOFTWARE, format!("a case failed to run: {e}")))?);
+        results.push(t.await.map_err(|e| {
+            Failure::new(
+                crate::fail::EX_SOFTWARE,
+                format!("a case failed to run: {e}"),
+            )
+        })?);
     }
     let name = if client.about.is_empty() {
         client.name.clone()
@@ -220,8 +235,12 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
         format!("{} ({})", client.name, client.about)
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(&name, &results))
-            .map_err(|e| Failure::new(crate::fail::EX_CANTCREAT, format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(path, report::junit(&name, &results)).map_err(|e| {
+            Failure::new(
+                crate::fail::EX_CANTCREAT,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     }
     if args.json {
         println!("{}", report::json(&name, &results));

@@ -201,8 +201,7 @@ fn xml_text(s: &str) -> String {
 
 /// `--list`: the case table in Markdown (docs/conformance.md holds it).
 pub(crate) fn list(cases: &[&Case]) -> String {
-    let mut out =
-        String::from("| case | the server | passes when | RFC |\n|---|---|---|---|\n");
+    let mut out = String::from("| case | the server | passes when | RFC |\n|---|---|---|---|\n");
     for c in cases {
         let _ = writeln!(
             out,

@@ -74,7 +74,11 @@ impl Bench {
             Cert::WrongName => &self.wrong_name,
             Cert::SelfSigned => &self.self_signed,
         };
-        let password = if s.auth_refused { "not-the-password" } else { PASSWORD };
+        let password = if s.auth_refused {
+            "not-the-password"
+        } else {
+            PASSWORD
+        };
         let fault = s.fault.map(|(phase, f)| {
             let f = match f {
                 Fault::Reply421 => {
@@ -145,7 +149,11 @@ fn skip_reason(case: &Case, client: &Client) -> Option<&'static str> {
 
 /// Runs one case; never fails (a case that cannot be set up is a FAIL
 /// saying why).
-pub(crate) async fn run_case(case: &'static Case, client: Arc<Client>, bench: Arc<Bench>) -> CaseResult {
+pub(crate) async fn run_case(
+    case: &'static Case,
+    client: Arc<Client>,
+    bench: Arc<Bench>,
+) -> CaseResult {
     let started = Instant::now();
     let result = |verdict, exit: Option<Exit>, output: String| CaseResult {
         id: case.id,
@@ -159,26 +167,58 @@ pub(crate) async fn run_case(case: &'static Case, client: Arc<Client>, bench: Ar
         return result(Verdict::Skip(why.to_owned()), None, String::new());
     }
     let implicit = client.mode == Mode::Implicit || case.needs.contains(&Needs::Implicit);
-    let template = match (&client.implicit_command, case.needs.contains(&Needs::Implicit)) {
+    let template = match (
+        &client.implicit_command,
+        case.needs.contains(&Needs::Implicit),
+    ) {
         (Some(t), true) => t,
         _ => &client.command,
     };
     let server = match HostileServer::start(bench.config(case, implicit)).await {
         Ok(s) => s,
-        Err(e) => return result(Verdict::Fail(format!("cannot start the server: {e}")), None, String::new()),
+        Err(e) => {
+            return result(
+                Verdict::Fail(format!("cannot start the server: {e}")),
+                None,
+                String::new(),
+            );
+        }
     };
     let dir = bench.dir.join(case.id);
     let files = match write_files(&dir, case, &bench.ca_pem) {
         Ok(f) => f,
-        Err(e) => return result(Verdict::Fail(format!("cannot write the case's files: {e}")), None, String::new()),
+        Err(e) => {
+            return result(
+                Verdict::Fail(format!("cannot write the case's files: {e}")),
+                None,
+                String::new(),
+            );
+        }
     };
     let recipients: Vec<&str> = TO.iter().copied().take(case.recipients).collect();
-    let argv = expand(template, &files, server.addr().port(), &recipients, bench.deadline);
-    let (exit, output) = match spawn(&argv, client.stdin.then_some(&files.message), &dir, bench.deadline).await {
+    let argv = expand(
+        template,
+        &files,
+        server.addr().port(),
+        &recipients,
+        bench.deadline,
+    );
+    let (exit, output) = match spawn(
+        &argv,
+        client.stdin.then_some(&files.message),
+        &dir,
+        bench.deadline,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             let program = argv.first().map(String::as_str).unwrap_or("");
-            return result(Verdict::Fail(format!("cannot run `{program}`: {e}")), None, String::new());
+            return result(
+                Verdict::Fail(format!("cannot run `{program}`: {e}")),
+                None,
+                String::new(),
+            );
         }
     };
     // The server reads what the client sent last (QUIT) a moment later.
@@ -238,7 +278,11 @@ pub(crate) fn message(case: &Case) -> Vec<u8> {
     let body = match case.message {
         Message::Normal => "The body of a test message.\r\n".to_owned(),
         Message::Big => "A message larger than the server's SIZE.\r\n".repeat(20),
-        Message::BareLf => return format!("{head}Line one.\r\nLine two.\r\n{END_MARKER}\r\n").replace("\r\n", "\n").into_bytes(),
+        Message::BareLf => {
+            return format!("{head}Line one.\r\nLine two.\r\n{END_MARKER}\r\n")
+                .replace("\r\n", "\n")
+                .into_bytes();
+        }
         Message::BareCr => "A line with a bare\rCR inside.\r\n".to_owned(),
         Message::LfDotLf => format!("Before.\n.\n{smuggled}"),
         Message::CrlfDotLf => format!("Before.\r\n.\n{smuggled}"),
@@ -251,7 +295,13 @@ pub(crate) fn message(case: &Case) -> Vec<u8> {
 /// docs/conformance.md): an argument that is exactly `{to}` becomes one
 /// argument per recipient, `{to:FLAG}` becomes `FLAG r1 FLAG r2`, and
 /// `{to}` inside a longer argument the comma-separated list.
-pub(crate) fn expand(template: &[String], files: &Files, port: u16, to: &[&str], deadline: Duration) -> Vec<String> {
+pub(crate) fn expand(
+    template: &[String],
+    files: &Files,
+    port: u16,
+    to: &[&str],
+    deadline: Duration,
+) -> Vec<String> {
     let smtp = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "smtp".to_owned());
@@ -294,9 +344,17 @@ pub(crate) fn expand(template: &[String], files: &Files, port: u16, to: &[&str],
 /// Runs the command in a process group of its own, with `stdin` as its
 /// standard input (else nothing) and `dir` as its home; kills the group at
 /// the deadline. Returns how it ended and the end of its output.
-async fn spawn(argv: &[String], stdin: Option<&PathBuf>, dir: &Path, deadline: Duration) -> std::io::Result<(Exit, String)> {
+async fn spawn(
+    argv: &[String],
+    stdin: Option<&PathBuf>,
+    dir: &Path,
+    deadline: Duration,
+) -> std::io::Result<(Exit, String)> {
     let Some((program, args)) = argv.split_first() else {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "empty command",
+        ));
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -326,7 +384,10 @@ async fn spawn(argv: &[String], stdin: Option<&PathBuf>, dir: &Path, deadline: D
             }
         }
         Err(_) => {
-            if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
                 let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
             let _ = child.wait().await;

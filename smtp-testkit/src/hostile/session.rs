@@ -456,7 +456,11 @@ impl Session {
     async fn mail(&mut self, arg: &str) -> io::Result<Flow> {
         let declared = arg
             .split_whitespace()
-            .filter_map(|p| p.get(..5).filter(|k| k.eq_ignore_ascii_case("SIZE=")).and(p.get(5..)))
+            .filter_map(|p| {
+                p.get(..5)
+                    .filter(|k| k.eq_ignore_ascii_case("SIZE="))
+                    .and(p.get(5..))
+            })
             .find_map(|v| v.parse::<u64>().ok());
         let text = if self.tx.from.is_some() {
             "503 5.5.1 nested MAIL\r\n"
@@ -493,11 +497,19 @@ impl Session {
         }
         if self.tx.from.is_none() || self.tx.rcpts.is_empty() {
             return self
-                .reply(Some(Phase::Data), "554 5.5.1 no valid recipients\r\n", false)
+                .reply(
+                    Some(Phase::Data),
+                    "554 5.5.1 no valid recipients\r\n",
+                    false,
+                )
                 .await;
         }
         if self
-            .reply(Some(Phase::Data), "354 end data with <CRLF>.<CRLF>\r\n", false)
+            .reply(
+                Some(Phase::Data),
+                "354 end data with <CRLF>.<CRLF>\r\n",
+                false,
+            )
             .await?
             == Flow::End
         {
@@ -571,7 +583,9 @@ fn address(arg: &str) -> String {
         return String::new();
     };
     let rest = &arg[start + 1..];
-    rest.find('>').map(|end| rest[..end].to_owned()).unwrap_or_default()
+    rest.find('>')
+        .map(|end| rest[..end].to_owned())
+        .unwrap_or_default()
 }
 
 /// Base64 decoded as (lossy) UTF-8.

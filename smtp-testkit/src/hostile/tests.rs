@@ -33,7 +33,9 @@ async fn read_reply(tcp: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn records_the_raw_data_and_a_bare_lf_on_the_wire() {
-    let server = HostileServer::start(HostileConfig::default()).await.unwrap();
+    let server = HostileServer::start(HostileConfig::default())
+        .await
+        .unwrap();
     let mut c = TcpStream::connect(server.addr()).await.unwrap();
     assert!(read_reply(&mut c).await.starts_with("220 "));
     for (cmd, want) in [
