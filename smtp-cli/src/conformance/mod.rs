@@ -25,6 +25,7 @@ mod cases;
 mod judge;
 mod report;
 mod runner;
+mod server;
 
 use report::Kind;
 

@@ -12,9 +12,10 @@ use smtp_testkit::certs::{Identity, TestCa};
 use smtp_testkit::hostile::{self, HostileConfig, HostileServer};
 use tokio::io::AsyncReadExt;
 
-use super::cases::{Case, Cert, Fault, Message, Needs, StartTls};
+use super::cases::{Case, Message, Needs};
 use super::judge::{END_MARKER, Evidence, Exit, judge};
 use super::report::{CaseResult, Verdict};
+use super::server::{Cert, Fault, StartTls};
 use super::{Client, Mode};
 
 pub(crate) const USER: &str = "conformance";
