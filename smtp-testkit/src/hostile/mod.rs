@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! client ──bytes──> HostileServer ── per connection ──> SessionRecord
-//!                   (HostileConfig: TLS, AUTH, SIZE,        wire: [Chunk{from, tls, bytes}]
+//!                   (HostileConfig: TLS, AUTH, SIZE,        wire: [Chunk{from: Side, tls, bytes}]
 //!                    PIPELINING with held replies,          commands: [Command{line, tls}]
 //!                    injection after STARTTLS's 220,        messages: [DataRecord{raw, …}]
 //!                    one Fault at one Phase)                flags: injection acted on, …
@@ -134,7 +134,7 @@ impl Default for HostileConfig {
 
 /// Who sent a chunk of the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum From {
+pub enum Side {
     /// The client.
     Client,
     /// The server.
@@ -145,7 +145,7 @@ pub enum From {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     /// Who sent them.
-    pub from: From,
+    pub from: Side,
     /// Inside TLS (the plaintext within it is what is kept).
     pub tls: bool,
     /// The bytes.
@@ -213,7 +213,7 @@ impl SessionRecord {
     pub fn client_plaintext(&self) -> Vec<u8> {
         self.wire
             .iter()
-            .filter(|c| c.from == From::Client && !c.tls)
+            .filter(|c| c.from == Side::Client && !c.tls)
             .flat_map(|c| c.bytes.iter().copied())
             .collect()
     }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::{Chunk, Command, DataRecord, Fault, From, HostileConfig, MAX_RECORDED, Phase};
+use super::{Chunk, Command, DataRecord, Fault, HostileConfig, MAX_RECORDED, Phase, Side};
 use super::{SessionRecord, verb};
 
 mod auth;
@@ -93,7 +93,7 @@ impl Session {
         }
     }
 
-    fn keep(&mut self, from: From, bytes: &[u8]) {
+    fn keep(&mut self, from: Side, bytes: &[u8]) {
         let tls = self.tls;
         if self.recorded + bytes.len() > MAX_RECORDED {
             self.note(|r| r.truncated = true);
@@ -120,7 +120,7 @@ impl Session {
             Stream::Tls(s) => s.read(&mut chunk).await?,
             Stream::Closed => 0,
         };
-        self.keep(From::Client, &chunk[..n]);
+        self.keep(Side::Client, &chunk[..n]);
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
@@ -132,7 +132,7 @@ impl Session {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.keep(From::Server, bytes);
+        self.keep(Side::Server, bytes);
         match &mut self.stream {
             Stream::Plain(s) => s.write_all(bytes).await,
             Stream::Tls(s) => {

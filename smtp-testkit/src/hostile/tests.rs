@@ -56,7 +56,7 @@ async fn records_the_raw_data_and_a_bare_lf_on_the_wire() {
     assert!(s.messages[0].accepted);
     assert!(s.sent("MAIL", Some(false)));
     assert!(!s.sent("MAIL", Some(true)));
-    assert_eq!(s.wire[0].from, From::Server);
+    assert_eq!(s.wire[0].from, Side::Server);
 }
 
 #[tokio::test]
