@@ -61,6 +61,9 @@ pub(crate) enum Command {
     /// usual names), test it and the login without sending mail, and save
     /// it as an account in the config file.
     Setup(Box<SetupArgs>),
+    /// Conformance suites: `client` runs hostile-server cases against any
+    /// SMTP client's command line and judges what reached the wire.
+    Conformance(crate::conformance::ConformanceArgs),
 }
 
 /// Encryption policy.

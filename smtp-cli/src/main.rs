@@ -13,6 +13,7 @@ mod advice;
 mod cli;
 mod compose;
 mod config;
+mod conformance;
 mod demo;
 mod dkim;
 mod doctor;
@@ -191,6 +192,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
         Command::Demo(args) => demo::run(args).await,
         Command::Doctor(args) => doctor::run(*args).await,
         Command::Setup(args) => setup::run(*args).await,
+        Command::Conformance(args) => conformance::run(args).await,
         Command::Dkim(args) => match &args.command {
             cli::DkimCommand::Keygen(a) => dkim::keygen(a),
             cli::DkimCommand::Record(a) => dkim::record(a),
@@ -231,7 +233,13 @@ fn main() -> ExitCode {
             // error, with sysexits' code rather than clap's 2.
             Err(e) => {
                 let _ = e.print();
-                return ExitCode::from(if e.use_stderr() { fail::EX_USAGE } else { 0 });
+                // `conformance` exits 2 for usage, as test runners do.
+                let usage = if args.first().map(String::as_str) == Some("conformance") {
+                    conformance::EXIT_USAGE
+                } else {
+                    fail::EX_USAGE
+                };
+                return ExitCode::from(if e.use_stderr() { usage } else { 0 });
             }
         }
     };

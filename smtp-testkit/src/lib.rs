@@ -5,6 +5,10 @@
 //! - [`capture`]: a capture server that accepts mail (optionally TLS and AUTH)
 //!   and keeps what it receives.
 //! - [`dns`]: a DNS server on loopback serving a zone built in code.
+//! - [`hostile`]: a hostile SMTP server that answers any client, misbehaves
+//!   at one chosen phase (421, silence, drip-feed, endless replies,
+//!   injection after STARTTLS's 220, held pipelined replies) and records
+//!   the raw wire, on which side of TLS, to judge the client by.
 //! - [`https`]: a tiny HTTPS server on loopback serving fixed paths.
 //! - [`flaky`]: a plaintext server with a queue's faults: greylisting, a
 //!   cap of messages per connection, a stall, refused authentication.
@@ -18,6 +22,7 @@ pub mod capture;
 pub mod certs;
 pub mod dns;
 pub mod flaky;
+pub mod hostile;
 pub mod https;
 pub mod sansio;
 pub mod script;

@@ -1,0 +1,216 @@
+//! The results: a table, `--json`, JUnit XML, and the case list.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use quick_xml::escape::escape;
+
+use super::cases::Case;
+
+/// A case's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Pass,
+    /// What the client did wrong, in one line.
+    Fail(String),
+    /// Why the case does not apply to this client.
+    Skip(String),
+}
+
+impl Verdict {
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Self::Pass => Kind::Pass,
+            Self::Fail(_) => Kind::Fail,
+            Self::Skip(_) => Kind::Skip,
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Self::Pass => "",
+            Self::Fail(s) | Self::Skip(s) => s,
+        }
+    }
+}
+
+/// A verdict without its detail: what a profile pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Kind {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "FAIL",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+/// One case's result.
+#[derive(Debug)]
+pub(crate) struct CaseResult {
+    pub(crate) id: &'static str,
+    pub(crate) verdict: Verdict,
+    /// The profile's pinned verdict, if it has one.
+    pub(crate) expected: Option<Kind>,
+    /// The client's exit status (`hung`, `signal N`), when it ran.
+    pub(crate) exit: Option<String>,
+    pub(crate) elapsed: Duration,
+    /// The end of the client's output.
+    pub(crate) output: String,
+}
+
+impl CaseResult {
+    /// The verdict differs from the profile's pin (a missing pin is `pass`).
+    pub(crate) fn unexpected(&self) -> bool {
+        self.verdict.kind() != self.expected.unwrap_or(Kind::Pass)
+    }
+}
+
+/// The table: case, verdict, one line.
+pub(crate) fn table(client: &str, results: &[CaseResult], pinned: bool) -> String {
+    let mut out = format!("conformance of `{client}` as an SMTP client\n\n");
+    let width = results.iter().map(|r| r.id.len()).max().unwrap_or(4);
+    for r in results {
+        let mark = if pinned && r.unexpected() {
+            format!("  (pinned: {})", r.expected.unwrap_or(Kind::Pass).name())
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "{:width$}  {:4}  {}{mark}",
+            r.id,
+            r.verdict.kind().name(),
+            r.verdict.detail()
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
+    let _ = write!(
+        out,
+        "\n{} passed, {} failed, {} skipped",
+        count(Kind::Pass),
+        count(Kind::Fail),
+        count(Kind::Skip)
+    );
+    if pinned {
+        let off = results.iter().filter(|r| r.unexpected()).count();
+        let _ = write!(out, "; {off} differ from the profile's pinned verdicts");
+    }
+    out.push('\n');
+    out
+}
+
+/// `--json`: one object.
+pub(crate) fn json(client: &str, results: &[CaseResult]) -> serde_json::Value {
+    let cases: Vec<_> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "verdict": r.verdict.kind().name().to_ascii_lowercase(),
+                "detail": r.verdict.detail(),
+                "expected": r.expected.map(|k| k.name().to_ascii_lowercase()),
+                "exit": r.exit,
+                "elapsed_ms": r.elapsed.as_millis() as u64,
+                "output": r.output,
+            })
+        })
+        .collect();
+    let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
+    serde_json::json!({
+        "client": client,
+        "passed": count(Kind::Pass),
+        "failed": count(Kind::Fail),
+        "skipped": count(Kind::Skip),
+        "cases": cases,
+    })
+}
+
+/// JUnit XML (the common subset CI systems read): one `<testsuite>`, a
+/// `<testcase>` per case with `<failure>` or `<skipped>`.
+pub(crate) fn junit(client: &str, results: &[CaseResult]) -> String {
+    let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
+    let total: f64 = results.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        x,
+        "<testsuites name=\"smtp conformance client\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">",
+        results.len(),
+        count(Kind::Fail),
+        count(Kind::Skip)
+    );
+    let _ = writeln!(
+        x,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{total:.3}\">",
+        escape(client),
+        results.len(),
+        count(Kind::Fail),
+        count(Kind::Skip)
+    );
+    for r in results {
+        let _ = write!(
+            x,
+            "    <testcase classname=\"smtp.conformance.client\" name=\"{}\" time=\"{:.3}\"",
+            escape(r.id),
+            r.elapsed.as_secs_f64()
+        );
+        match &r.verdict {
+            Verdict::Pass => x.push_str("/>\n"),
+            Verdict::Fail(why) => {
+                let _ = writeln!(
+                    x,
+                    ">\n      <failure message=\"{}\" type=\"conformance\">{}</failure>\n      <system-out>{}</system-out>\n    </testcase>",
+                    escape(why.as_str()),
+                    escape(why.as_str()),
+                    escape(xml_text(&r.output).as_str())
+                );
+            }
+            Verdict::Skip(why) => {
+                let _ = writeln!(
+                    x,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    escape(why.as_str())
+                );
+            }
+        }
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// Text without the control characters XML 1.0 cannot hold.
+fn xml_text(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\n' | '\t') {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `--list`: the case table in Markdown (docs/conformance.md holds it).
+pub(crate) fn list(cases: &[&Case]) -> String {
+    let mut out = String::from("| case | the server | passes when | RFC |\n|---|---|---|---|\n");
+    for c in cases {
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} |",
+            c.id,
+            c.server_does.replace('|', "\\|"),
+            c.passes.replace('|', "\\|"),
+            c.rfc
+        );
+    }
+    out
+}
