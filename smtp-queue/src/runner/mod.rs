@@ -361,15 +361,7 @@ impl Runner {
                 self.run_rated(relay, stop).await?;
                 break;
             }
-            let claimed = self
-                .store
-                .claim_due(
-                    now,
-                    self.config.claim,
-                    &self.config.worker,
-                    self.config.lease,
-                )
-                .await?;
+            let claimed = self.claim(now).await?;
             if claimed.is_empty() {
                 break;
             }
@@ -542,6 +534,44 @@ impl Runner {
             .await
             .map_err(Unreadable::from)?;
         Ok(Outgoing { envelope, body })
+    }
+
+    /// `batch`'s messages ready to go, beside the claims they came from;
+    /// one that cannot be read is recorded as [`unreadable`](Self::unreadable)
+    /// says (a corrupt one fails alone; the others go on).
+    pub(super) async fn readable(
+        &self,
+        batch: Vec<Claimed>,
+    ) -> Result<(Vec<Outgoing>, Vec<Claimed>)> {
+        let mut outgoing = Vec::with_capacity(batch.len());
+        let mut sending = Vec::with_capacity(batch.len());
+        for claimed in batch {
+            match self.outgoing(&claimed).await {
+                Ok(o) => {
+                    outgoing.push(o);
+                    sending.push(claimed);
+                }
+                Err(why) => {
+                    let ids = claimed.recipients.iter().map(|r| r.id);
+                    let outcomes = self.unreadable(&claimed, ids, &why);
+                    self.record(&claimed, &claimed.lease, outcomes).await?;
+                }
+            }
+        }
+        Ok((outgoing, sending))
+    }
+
+    /// Claims what is due at `now`, as the configuration says (how many,
+    /// for whom, for how long).
+    async fn claim(&self, now: SystemTime) -> Result<Vec<Claimed>> {
+        self.store
+            .claim_due(
+                now,
+                self.config.claim,
+                &self.config.worker,
+                self.config.lease,
+            )
+            .await
     }
 
     /// The outcomes of `ids`, recipients of a message that could not be

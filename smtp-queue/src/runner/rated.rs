@@ -75,15 +75,7 @@ impl Runner {
                 if self.backed_off(now).await?.is_some() {
                     break;
                 }
-                let claimed = self
-                    .store
-                    .claim_due(
-                        now,
-                        self.config.claim,
-                        &self.config.worker,
-                        self.config.lease,
-                    )
-                    .await?;
+                let claimed = self.claim(now).await?;
                 if claimed.is_empty() {
                     // Nothing due: wait on the session for what falls due
                     // soon, else end.
@@ -188,21 +180,7 @@ impl Runner {
                     }
                 }
             };
-            let mut outgoing = Vec::with_capacity(chunk.len());
-            let mut sending = Vec::with_capacity(chunk.len());
-            for claimed in chunk {
-                match self.outgoing(&claimed).await {
-                    Ok(o) => {
-                        outgoing.push(o);
-                        sending.push(claimed);
-                    }
-                    Err(why) => {
-                        let ids = claimed.recipients.iter().map(|r| r.id);
-                        let outcomes = self.unreadable(&claimed, ids, &why);
-                        self.record(&claimed, &claimed.lease, outcomes).await?;
-                    }
-                }
-            }
+            let (mut outgoing, sending) = self.readable(chunk).await?;
             let sent = self.send_on(&mut s, &sending, &mut outgoing, stop).await?;
             drop(outgoing);
             if sent.delivered_any() && !delivered_any {

@@ -31,21 +31,7 @@ impl Runner {
             return self.release_all(&batch, Some(until)).await;
         }
         // Bodies first: a corrupt one fails its message, the others go on.
-        let mut outgoing = Vec::with_capacity(batch.len());
-        let mut sending = Vec::with_capacity(batch.len());
-        for claimed in batch {
-            match self.outgoing(&claimed).await {
-                Ok(o) => {
-                    outgoing.push(o);
-                    sending.push(claimed);
-                }
-                Err(why) => {
-                    let ids = claimed.recipients.iter().map(|r| r.id);
-                    let outcomes = self.unreadable(&claimed, ids, &why);
-                    self.record(&claimed, &claimed.lease, outcomes).await?;
-                }
-            }
-        }
+        let (mut outgoing, sending) = self.readable(batch).await?;
         if sending.is_empty() {
             return Ok(());
         }
