@@ -256,17 +256,7 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
         let via = || {
             let client_id =
                 ClientId::parse(&s.helo).map_err(|e| Failure::usage(format!("--helo: {e}")))?;
-            Ok(match &s.server {
-                Some((host, port)) => {
-                    crate::queue::Via::Relay(relay(&s, host, *port, client_id, args.verbose)?)
-                }
-                None => crate::queue::Via::Direct(Box::new(direct_parts(
-                    &s,
-                    client_id,
-                    false,
-                    args.mx_port,
-                )?)),
-            })
+            queue_via(&s, client_id, &args)
         };
         return crate::merge::run(&args, &s, signer, via).await;
     }
@@ -351,17 +341,7 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
             // `queue run` that will, and are checked then.
             return crate::queue::enqueue_only(&queued, &prepared, &envelopes, args.json).await;
         }
-        let via = match &s.server {
-            Some((host, port)) => {
-                crate::queue::Via::Relay(relay(&s, host, *port, client_id, args.verbose)?)
-            }
-            None => crate::queue::Via::Direct(Box::new(direct_parts(
-                &s,
-                client_id,
-                false,
-                args.mx_port,
-            )?)),
-        };
+        let via = queue_via(&s, client_id, &args)?;
         return crate::queue::send(&queued, via, prepared, &envelopes, mode(&args)).await;
     }
     let mut report = match &s.server {
@@ -507,6 +487,23 @@ async fn standard(
         tell!("smtp: {}", advice::error_text(e));
     }
     Ok(Report::reconciled(&sent, found))
+}
+
+/// How the queue delivers what `send --queue` (or a merge) enqueued:
+/// through the relay when one is set, else directly.
+fn queue_via(
+    s: &Settings,
+    client_id: ClientId,
+    args: &SendArgs,
+) -> Result<crate::queue::Via, Failure> {
+    Ok(match &s.server {
+        Some((host, port)) => {
+            crate::queue::Via::Relay(relay(s, host, *port, client_id, args.verbose)?)
+        }
+        None => {
+            crate::queue::Via::Direct(Box::new(direct_parts(s, client_id, false, args.mx_port)?))
+        }
+    })
 }
 
 /// The relay's settings for standard delivery (credentials included, from
