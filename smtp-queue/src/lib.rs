@@ -71,6 +71,23 @@
 //! # }
 //! ```
 //!
+//! # Sending in bulk: rates, shapes, throttles
+//!
+//! - **Relay rate limits** ([`RunnerConfig::with_rate`], [`rate`]): a
+//!   relay account's caps (`30/minute`, `500/day`) as GCRA budgets the
+//!   store keeps ([`Store::take_budget`]), shared by every runner on the
+//!   queue and kept across restarts; a message costs one unit per
+//!   recipient and is taken from the budget before it is handed to the
+//!   session; what must wait is released unattempted, due at its turn.
+//! - **Traffic shaping** in direct delivery ([`shaping`],
+//!   [`RunnerConfig::with_shaping`]): per destination, sessions at once,
+//!   messages per session and a rate, from a built-in table of the large
+//!   providers or the caller's rules; a "slow down" reply throttles the
+//!   destination ([`Throttle`], kept in the store) until it recovers.
+//! - **Enqueue once** ([`Store::enqueue_once`]): a batch under a key,
+//!   committed with it, so a re-run (a mail merge after an interruption)
+//!   enqueues nothing twice.
+//!
 //! # The store on its own
 //!
 //! ```no_run

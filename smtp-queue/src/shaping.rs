@@ -20,7 +20,7 @@
 //!
 //! # The adaptive rule
 //!
-//! A rate signal ([`is_rate_signal`](crate::is_rate_signal)) cuts the
+//! A rate signal (a "slow down" reply: `verdict::is_rate_signal`) cuts the
 //! destination's limits ([`Throttle::cut`]): connections halved (at least
 //! 1), the rate halved (from the rate in force, or else from the rate just
 //! observed). Signals within [`Adaptive::settle`] of the last cut are
