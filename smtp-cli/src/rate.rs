@@ -116,6 +116,21 @@ pub(crate) async fn apply(
     let now = SystemTime::now();
     match choice {
         Choice::Limits(limits) => {
+            let before = store
+                .budget(&key)
+                .await
+                .map_err(queue_error)?
+                .map(|b| b.remembered())
+                .unwrap_or_default();
+            let mut sorted = limits.clone();
+            sorted.sort_by_key(|l| (l.rate.per, l.rate.count, l.burst));
+            if !before.is_empty() && before != sorted {
+                tell!(
+                    "smtp: the rate limits for {key} change from {} to {}: the budget already                      spent carries over",
+                    describe(&before),
+                    describe(limits)
+                );
+            }
             store
                 .remember_limits(&key, limits, now)
                 .await
@@ -168,7 +183,7 @@ pub(crate) async fn expected_finish(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let tats = match store.budget(key).await.map_err(queue_error)? {
-        Some(b) => b.tats(limits),
+        Some(b) => b.tats(limits, now_ms),
         None => vec![None; limits.len()],
     };
     let ms = smtp_queue::rate::finish_ms(limits, &tats, units, now_ms);

@@ -244,22 +244,40 @@ impl Budget {
         limits
     }
 
-    /// The TATs of `limits`, in their order (`None` for one not kept).
-    pub fn tats(&self, limits: &[Limit]) -> Vec<Option<i64>> {
+    /// The TATs of `limits` at `now_ms`, in their order (`None` for one
+    /// never taken from while the account's budget is whole).
+    ///
+    /// A limit not kept under this key starts where the account's budget
+    /// stands: its debt (the units the most spent kept limit is ahead of
+    /// `now_ms`, counted in that limit's intervals) is carried over in the
+    /// new limit's intervals, at most its rate and burst (a full period).
+    /// So writing a rate another way (`60/hour` for `1/minute`, `1440/day`)
+    /// gives no fresh budget; a larger burst still lets its extra go.
+    pub fn tats(&self, limits: &[Limit], now_ms: i64) -> Vec<Option<i64>> {
+        let debt = self
+            .limits
+            .iter()
+            .filter_map(|k| {
+                let ahead = u64::try_from(k.tat_ms?.saturating_sub(now_ms)).ok()?;
+                let interval = u64::try_from(k.limit.rate.interval_ms()).ok()?;
+                (ahead > 0).then(|| i64::try_from(ahead.div_ceil(interval)).unwrap_or(i64::MAX))
+            })
+            .max();
         limits
             .iter()
-            .map(|l| {
-                self.limits
-                    .iter()
-                    .find(|k| k.limit == *l)
-                    .and_then(|k| k.tat_ms)
+            .map(|l| match self.limits.iter().find(|k| k.limit == *l) {
+                Some(k) => k.tat_ms,
+                None => debt.map(|units| {
+                    let cap = i64::from(l.rate.count).saturating_add(i64::from(l.burst));
+                    now_ms.saturating_add(units.min(cap).saturating_mul(l.rate.interval_ms()))
+                }),
             })
             .collect()
     }
 
     /// When one unit may next go under `limits` (not before `now_ms`).
     pub fn next_free_ms(&self, limits: &[Limit], now_ms: i64) -> i64 {
-        next_ms(limits, &self.tats(limits), 1, now_ms)
+        next_ms(limits, &self.tats(limits, now_ms), 1, now_ms)
     }
 }
 
@@ -382,10 +400,23 @@ mod tests {
         };
         assert_eq!(budget.remembered(), vec![day]);
         assert_eq!(
-            budget.tats(&[minute, day]),
+            budget.tats(&[minute, day], 0),
             vec![Some(10_000), Some(500_000)]
         );
-        assert_eq!(budget.tats(&[Limit::new(rate("1/s"))]), vec![None]);
+        // A limit never kept takes over the debt, the most units a kept
+        // limit is ahead: the minute's 10 s are 10 of its 1 s units (the
+        // day's 500 s only 3 of its 172.8 s), 100 ms at 100/s.
+        assert_eq!(
+            budget.tats(&[Limit::new(rate("100/s"))], 0),
+            vec![Some(100)]
+        );
+        // At most one period of the new limit (its rate and burst: 2 units).
+        assert_eq!(
+            budget.tats(&[Limit::new(rate("1/s"))], 0),
+            vec![Some(2_000)]
+        );
+        // Once the budget is whole, a new limit starts whole.
+        assert_eq!(budget.tats(&[Limit::new(rate("1/s"))], 600_000), vec![None]);
         // Burst 1: the next unit goes once the TAT (10 s) is reached.
         assert_eq!(budget.next_free_ms(&[minute], 0), 10_000);
         assert_eq!(budget.next_free_ms(&[minute], 20_000), 20_000);

@@ -105,13 +105,15 @@ pub(crate) fn verdict(o: &RecipientOutcome, host: &str, tls: Option<&TlsInfo>) -
 /// many at once this sender may send, so the destination's limits are to
 /// be lowered ([`crate::shaping`]).
 ///
-/// A 421, 450, 451 or 452 whose enhanced code is `4.7.x` (security or
-/// policy: Gmail's 4.7.28, Microsoft's 4.7.500, Yahoo's 4.7.0) or whose
-/// text speaks of a rate, a limit, too many, throttling, slowing down or
-/// something exceeded. Not a signal: greylisting (a recipient's first
-/// try, answered `4.7.1` by many), a recipient's own mailbox (`4.2.x`:
-/// full, over quota, receiving too fast) and too many recipients in one
-/// message (`4.5.3`, which the session splits).
+/// A 421, 450, 451 or 452 whose enhanced code says so (Gmail's `4.7.28`,
+/// Microsoft's `4.7.500`) or whose text speaks of a rate, a limit, too
+/// many, throttling, slowing down, volume or a busy server. A `4.7.x`
+/// alone is not: it is any security or policy refusal (a client host
+/// without a name, TLS required), most of them about one message or
+/// host. Not a signal either: greylisting (a recipient's first try,
+/// answered `4.7.1` by many), a recipient's own mailbox (`4.2.x`: full,
+/// over quota, receiving too fast), a size limit, and too many recipients
+/// in one message (`4.5.3`, which the session splits).
 pub(crate) fn is_rate_signal(code: u16, enhanced: Option<&str>, text: &str) -> bool {
     if !matches!(code, 421 | 450 | 451 | 452) {
         return false;
@@ -126,13 +128,14 @@ pub(crate) fn is_rate_signal(code: u16, enhanced: Option<&str>, text: &str) -> b
             "mailbox full",
             "too many recipients",
             "insufficient system storage",
+            "size",
         ]
         .iter()
         .any(|w| text.contains(w));
     if greylisting || mailbox {
         return false;
     }
-    if enhanced.is_some_and(|e| e.starts_with("4.7.")) {
+    if matches!(enhanced, Some("4.7.28" | "4.7.500")) {
         return true;
     }
     let words: Vec<&str> = text
@@ -142,8 +145,10 @@ pub(crate) fn is_rate_signal(code: u16, enhanced: Option<&str>, text: &str) -> b
     let word = |w: &str| words.contains(&w);
     word("rate")
         || word("rates")
+        || word("busy")
+        || word("volume")
         || words.iter().any(|w| w.starts_with("ratelimit"))
-        || ["too many", "slow down", "throttl", "exceeded", "limit"]
+        || ["too many", "too fast", "slow down", "throttl", "limit"]
             .iter()
             .any(|w| text.contains(w))
 }
@@ -253,6 +258,25 @@ mod tests {
             false,
         ),
         (550, Some("5.7.1"), "Rate limit exceeded permanently", false),
+        (
+            450,
+            Some("4.7.1"),
+            "Client host rejected: cannot find your hostname, [192.0.2.1]",
+            false,
+        ),
+        (452, Some("4.3.1"), "Message size limit exceeded", false),
+        (
+            451,
+            Some("4.7.0"),
+            "Must issue a STARTTLS command first",
+            false,
+        ),
+        (
+            451,
+            Some("4.7.1"),
+            "Sender address rejected: domain has no MX",
+            false,
+        ),
         (
             454,
             Some("4.7.0"),

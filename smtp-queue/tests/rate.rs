@@ -34,6 +34,39 @@ async fn enqueue(store: &SqliteStore, n: usize) {
 }
 
 #[tokio::test]
+async fn the_same_cap_written_another_way_gets_no_fresh_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let now = SystemTime::now();
+    let soon = now + Duration::from_secs(1);
+    let minute = [limit("1/minute", 1)];
+    assert_eq!(
+        store.take_budget("k", &minute, 1, now).await.unwrap(),
+        Decision::Allowed
+    );
+    assert!(matches!(
+        store.take_budget("k", &minute, 1, soon).await.unwrap(),
+        Decision::WaitUntil(_)
+    ));
+    // 60/hour and 1440/day are the same cap: the minute's spent unit
+    // carries over, so neither lets a second message go within the minute.
+    for other in ["60/hour", "1440/day", "2/minute"] {
+        let d = store
+            .take_budget("k", &[limit(other, 1)], 1, soon)
+            .await
+            .unwrap();
+        assert!(matches!(d, Decision::WaitUntil(_)), "{other}: {d:?}");
+    }
+    // A budget whole again (a minute on) starts a new limit whole.
+    let later = now + Duration::from_secs(61);
+    let d = store
+        .take_budget("k", &[limit("60/hour", 1)], 1, later)
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::Allowed);
+}
+
+#[tokio::test]
 async fn takes_from_two_handles_at_once_never_exceed_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     let a = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
@@ -108,7 +141,7 @@ async fn the_limits_last_set_for_a_key_are_remembered_until_cleared() {
     store.remember_limits("k", &limits[..1], now).await.unwrap();
     let kept = store.budget("k").await.unwrap().unwrap();
     assert_eq!(kept.remembered(), limits[..1].to_vec());
-    assert!(kept.tats(&limits[..1])[0].is_some());
+    assert!(kept.tats(&limits[..1], 0)[0].is_some());
     // Cleared (`--rate none`): nothing remembered; the budgets listed.
     store.remember_limits("k", &[], now).await.unwrap();
     let all = store.budgets().await.unwrap();

@@ -239,7 +239,7 @@ impl Runner {
         let now = SystemTime::now();
         let now_ms = millis(now)?;
         let tats = match self.store.budget(key).await? {
-            Some(b) => b.tats(limits),
+            Some(b) => b.tats(limits, now_ms),
             None => vec![None; limits.len()],
         };
         let horizon = millis(now + self.config.rate_wait)?;
@@ -269,7 +269,7 @@ impl Runner {
         let now_ms = millis(SystemTime::now())?;
         let until_ms = millis(until)?;
         let tats = match self.store.budget(key).await? {
-            Some(b) => b.tats(limits),
+            Some(b) => b.tats(limits, now_ms),
             None => vec![None; limits.len()],
         };
         let mut units = 0u64;

@@ -41,7 +41,7 @@ pub(super) async fn take_budget(
         .await
         .map_err(|e| Error::db(doing, e))?;
     let kept = budget_of(key, &rows)?;
-    let mut tats = kept.tats(limits);
+    let mut tats = kept.tats(limits, now_ms);
     let decision = rate::take(limits, &mut tats, cost, now_ms);
     if decision == Decision::Allowed {
         for (limit, tat) in limits.iter().zip(&tats) {
