@@ -254,3 +254,80 @@ async fn junit_and_the_docs_list_every_check() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("vrfy-expn") && table.contains("FAIL"), "{table}");
 }
+
+/// Every verdict, for the failure message.
+fn show(map: &BTreeMap<String, (String, String)>) -> String {
+    map.iter()
+        .map(|(id, (v, d))| format!("{id}: {v} {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_hardened_postfix_passes_every_check() {
+    let bench = Bench::new();
+    let pf = servers::Postfix::start(&bench.valid(), servers::PostfixSetup::Hardened).await;
+    let target = format!("127.0.0.1:{}", pf.port);
+    let (map, code) = verdicts(&target, &bench.ca_file(), &[]).await;
+    for id in ALL {
+        assert_eq!(map[id].0, "pass", "{id}:\n{}\n{}", show(&map), pf.log());
+    }
+    assert_eq!(code, Some(0));
+}
+
+/// Postfix 3.7's default `smtpd_forbid_bare_newline = no` (Debian 12
+/// ships 3.7.11, whose `yes` means "normalize": only CRLF.CRLF ends the
+/// data): it ends the data at `\n.\n`, `\n.\r\n` and `\r\n.\n` and runs
+/// the smuggled transaction (CVE-2023-51764). And with
+/// `disable_vrfy_command = no`, VRFY answers 252 for postmaster and 550
+/// for an unknown user: addresses can be told apart. The rest passes.
+#[tokio::test]
+async fn postfix_with_its_defaults_is_open_to_smuggling_and_vrfy() {
+    let bench = Bench::new();
+    let pf = servers::Postfix::start(&bench.valid(), servers::PostfixSetup::Defaults).await;
+    let target = format!("127.0.0.1:{}", pf.port);
+    let (map, code) = verdicts(&target, &bench.ca_file(), &[]).await;
+    assert_eq!(
+        map["smuggling"],
+        (
+            "fail".to_owned(),
+            "took these as the end of data and ran the smuggled commands: \\n.\\n (250 250 250 354 250), \\n.\\r\\n (250 250 250 354 250), \\r\\n.\\n (250 250 250 354 250)".to_owned()
+        ),
+        "{}",
+        show(&map)
+    );
+    assert_eq!(map["vrfy-expn"].0, "fail", "{}", show(&map));
+    assert!(
+        map["vrfy-expn"]
+            .1
+            .starts_with("VRFY accepts postmaster and refuses an unknown user (warning)"),
+        "{}",
+        show(&map)
+    );
+    for id in ALL.iter().filter(|&&id| id != "smuggling" && id != "vrfy-expn") {
+        assert_eq!(map[*id].0, "pass", "{id}:\n{}", show(&map));
+    }
+    assert_eq!(code, Some(1));
+}
+
+/// aiosmtpd 1.4.3 (Debian 12, +deb12u1: the CVE-2024-27305 fix) with its
+/// Sink handler: safe from smuggling; no PIPELINING; and an open relay,
+/// because its handlers decide whom to accept and Sink accepts anyone.
+#[tokio::test]
+async fn aiosmtpd_verdicts_are_pinned() {
+    let bench = Bench::new();
+    let server = servers::Aiosmtpd::start(&bench.valid()).await;
+    let target = format!("127.0.0.1:{}", server.port);
+    let (map, code) = verdicts(&target, &bench.ca_file(), &[]).await;
+    for id in ALL {
+        let want = match id {
+            "open-relay" => "fail",
+            "pipelining" => "skip",
+            _ => "pass",
+        };
+        assert_eq!(map[id].0, want, "{id}:\n{}", show(&map));
+    }
+    assert!(map["open-relay"].1.starts_with("accepted RCPT TO:<relay-test@outside-2.example>"));
+    assert_eq!(map["pipelining"].1, "PIPELINING not advertised");
+    assert_eq!(code, Some(1));
+}

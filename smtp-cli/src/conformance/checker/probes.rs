@@ -210,14 +210,17 @@ pub(super) async fn open_relay(ctx: &Ctx) -> Outcome {
 }
 
 /// `vrfy-expn`: VRFY postmaster, EXPN postmaster; an address in a 250,
-/// 251 or 252 is exposed.
+/// 251 or 252 is exposed; so is a VRFY that refuses an unknown user
+/// where it accepted postmaster (it tells real addresses from others).
 pub(super) async fn vrfy_expn(ctx: &Ctx) -> Outcome {
     let (mut conn, _) = match open(ctx, true).await {
         Ok(x) => x,
         Err(e) => return Outcome::Fail(e),
     };
     let mut seen = Vec::new();
-    for command in ["VRFY postmaster", "EXPN postmaster"] {
+    let mut classes = Vec::new();
+    let unknown = format!("VRFY conformance-no-such-user-{}", std::process::id());
+    for command in ["VRFY postmaster", "EXPN postmaster", unknown.as_str()] {
         match conn.command(command).await {
             Ok(r) => {
                 let exposes = matches!(r.code, 250 | 251)
@@ -229,11 +232,30 @@ pub(super) async fn vrfy_expn(ctx: &Ctx) -> Outcome {
                         r.brief()
                     ));
                 }
-                seen.push(format!("{}: {}", command, r.code));
+                seen.push(format!("{}: {}", verb_and_arg(command), r.code));
+                classes.push(r.class());
             }
             Err(e) => return Outcome::Fail(e),
         }
     }
     conn.quit().await;
+    if let [vrfy, _, unknown] = classes[..]
+        && vrfy == 2
+        && unknown == 5
+    {
+        return Outcome::Fail(format!(
+            "VRFY accepts postmaster and refuses an unknown user (warning): it tells \
+             real addresses from others ({})",
+            seen.join(", ")
+        ));
+    }
     Outcome::Pass(seen.join(", "))
+}
+
+fn verb_and_arg(command: &str) -> &str {
+    if command.contains("no-such-user") {
+        "VRFY unknown"
+    } else {
+        command
+    }
 }
