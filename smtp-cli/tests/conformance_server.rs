@@ -155,7 +155,12 @@ async fn each_check_fails_on_the_server_with_its_flaw() {
         ),
         (
             "vrfy-expn",
-            Box::new(|c| c.flaws = Flaws { answer_vrfy: true, ..Flaws::default() }),
+            Box::new(|c| {
+                c.flaws = Flaws {
+                    answer_vrfy: true,
+                    ..Flaws::default()
+                }
+            }),
             "answers `VRFY postmaster` with 250 2.1.5 Postmaster <postmaster@hostile.test> (warning)",
         ),
         (
@@ -170,7 +175,10 @@ async fn each_check_fails_on_the_server_with_its_flaw() {
         let (map, code) = verdicts(&target, &bench.ca_file(), &["--checks", id]).await;
         let (verdict, detail) = &map[id];
         assert_eq!(verdict, "fail", "{id}: {detail}");
-        assert!(detail.starts_with(says), "{id}: `{detail}` should start `{says}`");
+        assert!(
+            detail.starts_with(says),
+            "{id}: `{detail}` should start `{says}`"
+        );
         assert!(!detail.contains('\n'));
         assert_eq!(code, Some(1), "{id}");
     }
@@ -198,7 +206,13 @@ async fn bad_certificates_fail_naming_what_is_wrong() {
     }
     // Without --ca-file, the test CA is not trusted.
     let server = bench.hostile(|_| {}).await;
-    let out = checker(&[&server.addr().to_string(), "--json", "--checks", "tls-certificate"]).await;
+    let out = checker(&[
+        &server.addr().to_string(),
+        "--json",
+        "--checks",
+        "tls-certificate",
+    ])
+    .await;
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         json["cases"][0]["detail"]
@@ -214,11 +228,20 @@ async fn outside_loopback_it_needs_authorisation_and_a_recipient() {
     let out = checker(&["192.0.2.1:25"]).await;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--i-am-authorised") && err.contains("not on this machine"), "{err}");
+    assert!(
+        err.contains("--i-am-authorised") && err.contains("not on this machine"),
+        "{err}"
+    );
     let out = checker(&["192.0.2.1:25", "--i-am-authorised"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rcpt"));
-    assert_eq!(checker(&["127.0.0.1:1", "--checks", "nope"]).await.status.code(), Some(2));
+    assert_eq!(
+        checker(&["127.0.0.1:1", "--checks", "nope"])
+            .await
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(checker(&[]).await.status.code(), Some(2));
 }
 
@@ -248,11 +271,17 @@ async fn junit_and_the_docs_list_every_check() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     let text = std::fs::read_to_string(&xml).unwrap();
-    assert!(text.contains("classname=\"smtp.conformance.server\""), "{text}");
+    assert!(
+        text.contains("classname=\"smtp.conformance.server\""),
+        "{text}"
+    );
     assert_eq!(text.matches("<testcase ").count(), 2, "{text}");
     assert_eq!(text.matches("<failure ").count(), 1, "{text}");
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("vrfy-expn") && table.contains("FAIL"), "{table}");
+    assert!(
+        table.contains("vrfy-expn") && table.contains("FAIL"),
+        "{table}"
+    );
 }
 
 /// Every verdict, for the failure message.
@@ -304,7 +333,10 @@ async fn postfix_with_its_defaults_is_open_to_smuggling_and_vrfy() {
         "{}",
         show(&map)
     );
-    for id in ALL.iter().filter(|&&id| id != "smuggling" && id != "vrfy-expn") {
+    for id in ALL
+        .iter()
+        .filter(|&&id| id != "smuggling" && id != "vrfy-expn")
+    {
         assert_eq!(map[*id].0, "pass", "{id}:\n{}", show(&map));
     }
     assert_eq!(code, Some(1));
@@ -327,7 +359,11 @@ async fn aiosmtpd_verdicts_are_pinned() {
         };
         assert_eq!(map[id].0, want, "{id}:\n{}", show(&map));
     }
-    assert!(map["open-relay"].1.starts_with("accepted RCPT TO:<relay-test@outside-2.example>"));
+    assert!(
+        map["open-relay"]
+            .1
+            .starts_with("accepted RCPT TO:<relay-test@outside-2.example>")
+    );
     assert_eq!(map["pipelining"].1, "PIPELINING not advertised");
     assert_eq!(code, Some(1));
 }

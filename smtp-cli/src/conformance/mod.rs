@@ -245,17 +245,22 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
         format!("{} ({})", client.name, client.about)
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(report::Role::Client, &name, &results)).map_err(|e| {
-            Failure::new(
-                crate::fail::EX_CANTCREAT,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })?;
+        std::fs::write(path, report::junit(report::Role::Client, &name, &results)).map_err(
+            |e| {
+                Failure::new(
+                    crate::fail::EX_CANTCREAT,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            },
+        )?;
     }
     if args.json {
         println!("{}", report::json(report::Role::Client, &name, &results));
     } else {
-        print!("{}", report::table(report::Role::Client, &name, &results, args.pinned));
+        print!(
+            "{}",
+            report::table(report::Role::Client, &name, &results, args.pinned)
+        );
     }
     let failed = if args.pinned {
         results.iter().any(report::CaseResult::unexpected)

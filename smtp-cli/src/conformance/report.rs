@@ -137,7 +137,11 @@ pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: b
         count(Kind::Pass),
         count(Kind::Fail),
         count(Kind::Skip),
-        if role == Role::Client { "skipped" } else { "n/a" }
+        if role == Role::Client {
+            "skipped"
+        } else {
+            "n/a"
+        }
     );
     if pinned {
         let off = results.iter().filter(|r| r.unexpected()).count();

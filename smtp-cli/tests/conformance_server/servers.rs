@@ -20,7 +20,10 @@ fn pem(label: &str, der: &[u8]) -> String {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 /// Writes the chain and key as PEM files: (cert, key).
@@ -101,7 +104,10 @@ impl Postfix {
             .arg(d.join("data"))
             .status()
             .unwrap();
-        assert!(status.success(), "chown postfix: is the postfix user there?");
+        assert!(
+            status.success(),
+            "chown postfix: is the postfix user there?"
+        );
         let (cert, key) = write_identity(id, &d.join("etc"));
         std::fs::write(d.join("etc/transport"), "server.test discard:\n").unwrap();
         let port = free_port();
@@ -218,7 +224,12 @@ impl Drop for Postfix {
         // Wait for the master (and its children) to go, or be a zombie.
         for _ in 0..100 {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')) {
+            if stat.is_empty()
+                || stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z'))
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -241,7 +252,10 @@ impl Aiosmtpd {
             .args(["-c", "import aiosmtpd"])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "aiosmtpd is not installed (apt-get install python3-aiosmtpd)");
+        assert!(
+            ok,
+            "aiosmtpd is not installed (apt-get install python3-aiosmtpd)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_identity(id, dir.path());
         let port = free_port();

@@ -42,7 +42,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) rcpt: Option<String>,
     /// The sender of the test messages.
-    #[arg(long, value_name = "ADDR", default_value = "conformance-check@outside-1.example")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "conformance-check@outside-1.example"
+    )]
     pub(crate) from: String,
     /// An outside domain the server must not relay to (open-relay).
     #[arg(long, value_name = "DOMAIN", default_value = "outside-2.example")]
@@ -149,7 +153,8 @@ pub(super) struct Target {
 
 impl Target {
     pub(super) fn server_name(&self) -> ServerName<'static> {
-        ServerName::try_from(self.name.clone()).unwrap_or(ServerName::IpAddress(self.addr.ip().into()))
+        ServerName::try_from(self.name.clone())
+            .unwrap_or(ServerName::IpAddress(self.addr.ip().into()))
     }
 }
 
@@ -302,7 +307,9 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
 async fn resolve(given: &str) -> Result<(String, Vec<SocketAddr>), String> {
     let (host, port) = match given.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
-            let port = p.parse::<u16>().map_err(|_| format!("bad port in `{given}`"))?;
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("bad port in `{given}`"))?;
             (h, port)
         }
         _ => (given, 25),

@@ -62,7 +62,10 @@ pub(super) async fn starttls_injection(ctx: &Ctx) -> Outcome {
     };
     if r.code != 220 {
         conn.quit().await;
-        return Outcome::Pass(format!("refused STARTTLS with input after it: {}", r.brief()));
+        return Outcome::Pass(format!(
+            "refused STARTTLS with input after it: {}",
+            r.brief()
+        ));
     }
     if conn.buffered() > 0 {
         return Outcome::Fail(
@@ -102,10 +105,9 @@ pub(super) async fn auth_plaintext(ctx: &Ctx) -> Outcome {
         .iter()
         .find(|c| c.starts_with("AUTH ") || c.starts_with("AUTH="))
         .map(|c| c.chars().take(80).collect::<String>());
-    let cleartext = auth.as_deref().is_some_and(|a| {
-        a.split([' ', '='])
-            .any(|m| m == "PLAIN" || m == "LOGIN")
-    });
+    let cleartext = auth
+        .as_deref()
+        .is_some_and(|a| a.split([' ', '=']).any(|m| m == "PLAIN" || m == "LOGIN"));
     match (auth, cleartext, starttls) {
         (Some(a), true, true) => Outcome::Fail(format!(
             "offers `{a}` before STARTTLS (warning): a client may send its password in the clear"
@@ -156,7 +158,11 @@ pub(super) async fn pipelining(ctx: &Ctx) -> Outcome {
     let codes = codes.join(", ");
     let [mail, good, bad, data] = [&replies[0], &replies[1], &replies[2], &replies[3]];
     if mail.class() != 2 {
-        return Outcome::NotApplicable(format!("MAIL FROM:<{}> refused: {}", ctx.from, mail.brief()));
+        return Outcome::NotApplicable(format!(
+            "MAIL FROM:<{}> refused: {}",
+            ctx.from,
+            mail.brief()
+        ));
     }
     if good.class() != 2 {
         return Outcome::NotApplicable(format!("RCPT TO:<{}> refused: {}", ctx.rcpt, good.brief()));
@@ -182,7 +188,9 @@ pub(super) async fn open_relay(ctx: &Ctx) -> Outcome {
         Err(e) => return Outcome::Fail(e),
     };
     let result = async {
-        let mail = conn.command("MAIL FROM:<conformance@outside-1.example>").await?;
+        let mail = conn
+            .command("MAIL FROM:<conformance@outside-1.example>")
+            .await?;
         if mail.class() != 2 {
             return Ok(Outcome::Pass(format!(
                 "refused MAIL from an outside sender: {}",
@@ -201,7 +209,11 @@ pub(super) async fn open_relay(ctx: &Ctx) -> Outcome {
                 "deferred the outside recipient ({}): greylisting? inconclusive",
                 rcpt.brief()
             )),
-            _ => Outcome::Pass(format!("refused relaying to {}: {}", ctx.relay_domain, rcpt.brief())),
+            _ => Outcome::Pass(format!(
+                "refused relaying to {}: {}",
+                ctx.relay_domain,
+                rcpt.brief()
+            )),
         })
     }
     .await;

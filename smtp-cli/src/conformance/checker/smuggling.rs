@@ -82,7 +82,9 @@ async fn one(ctx: &Ctx, variant: &str, shown: &str) -> Result<Verdict, String> {
     // The first reply has the whole timeout; any more must follow soon.
     match conn.reply().await {
         Ok(r) => replies.push(r),
-        Err(e) if e.contains("closed") => return Ok(Verdict::Safe("closed without a reply".into())),
+        Err(e) if e.contains("closed") => {
+            return Ok(Verdict::Safe("closed without a reply".into()));
+        }
         Err(e) => return Err(format!("{e} (after the data)")),
     }
     while replies.len() < MAX_REPLIES {

@@ -160,12 +160,11 @@ pub(super) async fn certificate(ctx: &Ctx) -> Outcome {
         ),
         Err(_) => return Outcome::Fail("the certificate cannot be decoded".into()),
     };
-    let verifier = match WebPkiServerVerifier::builder_with_provider(ctx.roots.clone(), provider())
-        .build()
-    {
-        Ok(v) => v,
-        Err(e) => return Outcome::Fail(format!("no trust anchors: {e}")),
-    };
+    let verifier =
+        match WebPkiServerVerifier::builder_with_provider(ctx.roots.clone(), provider()).build() {
+            Ok(v) => v,
+            Err(e) => return Outcome::Fail(format!("no trust anchors: {e}")),
+        };
     let name = ctx.target.server_name();
     let verdict = verifier.verify_server_cert(leaf, rest, &name, &[], UnixTime::now());
     let host = &ctx.target.name;

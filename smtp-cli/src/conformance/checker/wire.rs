@@ -68,7 +68,10 @@ pub(super) struct Conn {
 
 impl Conn {
     /// Connects and reads the greeting.
-    pub(super) async fn connect(target: &Target, timeout: Duration) -> Result<(Self, Reply), String> {
+    pub(super) async fn connect(
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<(Self, Reply), String> {
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(target.addr))
             .await
             .map_err(|_| format!("connecting to {} timed out", target.addr))?
@@ -170,7 +173,12 @@ impl Conn {
             };
             match tokio::time::timeout_at(until.min(deadline), self.read_more()).await {
                 Err(_) if lines.is_empty() && self.buf.is_empty() => return Ok(None),
-                Err(_) => return Err(format!("a reply unfinished after {} s", self.timeout.as_secs())),
+                Err(_) => {
+                    return Err(format!(
+                        "a reply unfinished after {} s",
+                        self.timeout.as_secs()
+                    ));
+                }
                 Ok(r) => r?,
             }
         }
@@ -206,7 +214,12 @@ impl Conn {
         let connect = TlsConnector::from(config).connect(name, tcp);
         let tls = tokio::time::timeout(self.timeout, connect)
             .await
-            .map_err(|_| format!("the TLS handshake timed out after {} s", self.timeout.as_secs()))?
+            .map_err(|_| {
+                format!(
+                    "the TLS handshake timed out after {} s",
+                    self.timeout.as_secs()
+                )
+            })?
             .map_err(|e| format!("the TLS handshake failed: {e}"))?;
         Ok(Self {
             stream: Stream::Tls(Box::new(tls)),
@@ -258,7 +271,10 @@ mod tests {
 
     #[test]
     fn reply_lines_parse_or_say_why_not() {
-        assert_eq!(parse_line(b"250-a b\r\n").unwrap(), (250, true, "a b".into()));
+        assert_eq!(
+            parse_line(b"250-a b\r\n").unwrap(),
+            (250, true, "a b".into())
+        );
         assert_eq!(parse_line(b"354\n").unwrap(), (354, false, String::new()));
         assert!(parse_line(b"25x ok\r\n").is_err());
         assert!(parse_line(b"\xff\xfe\r\n").is_err());
