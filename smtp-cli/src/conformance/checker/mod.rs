@@ -285,7 +285,12 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
             note,
         });
     }
-    let subject = format!("{given} ({})", ctx.target.addr);
+    let addr = ctx.target.addr.to_string();
+    let subject = if addr == given {
+        addr
+    } else {
+        format!("{given} ({addr})")
+    };
     if let Some(path) = &args.junit {
         std::fs::write(path, report::junit(Role::Server, &subject, &results)).map_err(|e| {
             Failure::new(

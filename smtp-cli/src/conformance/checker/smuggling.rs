@@ -29,8 +29,12 @@ pub(super) async fn check(ctx: &Ctx) -> Outcome {
         match one(ctx, variant, shown).await {
             Ok(Verdict::Safe(how)) => safe.push(format!("{shown} {how}")),
             Ok(Verdict::Smuggled(codes)) => findings.push(format!("{shown} ({codes})")),
-            Ok(Verdict::Refused(why)) => return Outcome::NotApplicable(why),
-            Err(e) => return Outcome::Fail(format!("{shown}: {e}")),
+            // Findings so far stand, whatever comes after them.
+            Ok(Verdict::Refused(why)) if findings.is_empty() => {
+                return Outcome::NotApplicable(why);
+            }
+            Err(e) if findings.is_empty() => return Outcome::Fail(format!("{shown}: {e}")),
+            Ok(Verdict::Refused(_)) | Err(_) => break,
         }
     }
     if findings.is_empty() {
