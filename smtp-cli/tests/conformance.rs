@@ -132,8 +132,14 @@ async fn curl_matches_its_pinned_verdicts() {
 
 /// The broken client's command line, with the placeholders.
 fn broken() -> Vec<String> {
+    broken_with(&[])
+}
+
+/// The broken client with its own flags (`--sloppy`) first.
+fn broken_with(flags: &[&str]) -> Vec<String> {
     let script = root().join("tests/conformance/broken_client.py");
     let mut v = vec!["python3".to_owned(), script.to_string_lossy().into_owned()];
+    v.extend(flags.iter().map(|f| (*f).to_owned()));
     v.extend(
         [
             "{host}",
@@ -213,6 +219,32 @@ async fn a_broken_client_fails_each_judge_with_its_one_line() {
     // The same judges pass: the broken client does deliver a plain message.
     assert_eq!(map["baseline"].0, "pass");
     assert_eq!(map["implicit-tls"].0, "skip");
+}
+
+#[tokio::test]
+async fn a_sloppy_client_fails_the_judges_the_broken_one_cannot_reach() {
+    // No EHLO, no STARTTLS, one command at a time, exit 1 always: MAIL in
+    // the clear (TlsOnly), a message delivered past a server that refused
+    // EHLO with 421 (NotDelivered), exit 1 after a delivery (ExitZero).
+    require("python3");
+    let cmd = broken_with(&["--sloppy"]);
+    let mut args = vec!["--cases", "baseline,421-ehlo,pipelining-held", "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    let (map, _, code) = verdicts(&args).await;
+    assert_eq!(code, Some(1));
+    for (id, says) in [
+        ("baseline", "sent MAIL outside TLS, though it requires TLS"),
+        (
+            "421-ehlo",
+            "the server accepted a message it should not have",
+        ),
+        (
+            "pipelining-held",
+            "exited 1 though the message was delivered",
+        ),
+    ] {
+        assert_eq!(map[id], ("fail".to_owned(), says.to_owned()), "{id}");
+    }
 }
 
 #[tokio::test]

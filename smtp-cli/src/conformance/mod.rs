@@ -10,7 +10,8 @@
 //!                       └── --cases, --deadline, --jobs                      (table, JSON, JUnit)
 //! ```
 //!
-//! (`smtp conformance server`, checking a server, is to come.)
+//! `smtp conformance server HOST[:PORT]` checks a server for its operator
+//! (`checker/`; `server.rs` is the client suite's servers).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::fail::Failure;
 
 mod cases;
+mod checker;
 mod judge;
 mod report;
 mod runner;
@@ -30,9 +32,9 @@ mod server;
 use report::Kind;
 
 /// Exit status when every case passes (or, with `--pinned`, matches).
-const EXIT_PASS: u8 = 0;
+pub(crate) const EXIT_PASS: u8 = 0;
 /// Exit status when a case fails.
-const EXIT_FAIL: u8 = 1;
+pub(crate) const EXIT_FAIL: u8 = 1;
 /// Exit status for a usage error.
 pub(crate) const EXIT_USAGE: u8 = 2;
 
@@ -51,6 +53,12 @@ pub(crate) enum ConformanceCommand {
     /// {message} {user} {password-file} {ca-file}; see docs/conformance.md).
     /// Exit 0 when every case passes, 1 when one fails, 2 for usage.
     Client(ClientArgs),
+    /// Check a mail server you run: SMTP smuggling, STARTTLS injection,
+    /// AUTH before TLS, PIPELINING, open relay, VRFY/EXPN, TLS version and
+    /// certificate. Only loopback unless --i-am-authorised; the smuggling
+    /// and pipelining checks send test mail to --rcpt. Exit 0 when every
+    /// check passes, 1 when one fails, 2 for usage.
+    Server(checker::ServerArgs),
 }
 
 /// How the client treats TLS.
@@ -166,6 +174,7 @@ fn load(path: &Path) -> Result<Client, String> {
 pub(crate) async fn run(args: ConformanceArgs) -> Result<u8, Failure> {
     match args.command {
         ConformanceCommand::Client(a) => client(a).await,
+        ConformanceCommand::Server(a) => checker::run(a).await,
     }
 }
 
@@ -236,17 +245,22 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
         format!("{} ({})", client.name, client.about)
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(&name, &results)).map_err(|e| {
-            Failure::new(
-                crate::fail::EX_CANTCREAT,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })?;
+        std::fs::write(path, report::junit(report::Role::Client, &name, &results)).map_err(
+            |e| {
+                Failure::new(
+                    crate::fail::EX_CANTCREAT,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            },
+        )?;
     }
     if args.json {
-        println!("{}", report::json(&name, &results));
+        println!("{}", report::json(report::Role::Client, &name, &results));
     } else {
-        print!("{}", report::table(&name, &results, args.pinned));
+        print!(
+            "{}",
+            report::table(report::Role::Client, &name, &results, args.pinned)
+        );
     }
     let failed = if args.pinned {
         results.iter().any(report::CaseResult::unexpected)

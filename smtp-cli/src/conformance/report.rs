@@ -65,6 +65,11 @@ pub(crate) struct CaseResult {
     pub(crate) elapsed: Duration,
     /// The end of the client's output.
     pub(crate) output: String,
+    /// The RFC sections (or CVEs) behind the case.
+    pub(crate) reference: &'static str,
+    /// What a passing check found (the server checker's facts), shown
+    /// where a failure's detail would be.
+    pub(crate) note: String,
 }
 
 impl CaseResult {
@@ -74,9 +79,43 @@ impl CaseResult {
     }
 }
 
+/// What is under test: an SMTP `client` or `server`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+
+    /// How a skip is called: a client's case is skipped; a server's
+    /// check does not apply (n/a).
+    fn skip(self) -> &'static str {
+        match self {
+            Self::Client => "skip",
+            Self::Server => "n/a",
+        }
+    }
+}
+
+impl CaseResult {
+    fn shown(&self) -> &str {
+        match &self.verdict {
+            Verdict::Pass => &self.note,
+            v => v.detail(),
+        }
+    }
+}
+
 /// The table: case, verdict, one line.
-pub(crate) fn table(client: &str, results: &[CaseResult], pinned: bool) -> String {
-    let mut out = format!("conformance of `{client}` as an SMTP client\n\n");
+pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: bool) -> String {
+    let mut out = format!("conformance of `{subject}` as an SMTP {}\n\n", role.name());
     let width = results.iter().map(|r| r.id.len()).max().unwrap_or(4);
     for r in results {
         let mark = if pinned && r.unexpected() {
@@ -84,21 +123,25 @@ pub(crate) fn table(client: &str, results: &[CaseResult], pinned: bool) -> Strin
         } else {
             String::new()
         };
-        let line = format!(
-            "{:width$}  {:4}  {}{mark}",
-            r.id,
-            r.verdict.kind().name(),
-            r.verdict.detail()
-        );
+        let kind = match r.verdict.kind() {
+            Kind::Skip => role.skip(),
+            k => k.name(),
+        };
+        let line = format!("{:width$}  {kind:4}  {}{mark}", r.id, r.shown());
         let _ = writeln!(out, "{}", line.trim_end());
     }
     let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
     let _ = write!(
         out,
-        "\n{} passed, {} failed, {} skipped",
+        "\n{} passed, {} failed, {} {}",
         count(Kind::Pass),
         count(Kind::Fail),
-        count(Kind::Skip)
+        count(Kind::Skip),
+        if role == Role::Client {
+            "skipped"
+        } else {
+            "n/a"
+        }
     );
     if pinned {
         let off = results.iter().filter(|r| r.unexpected()).count();
@@ -109,14 +152,15 @@ pub(crate) fn table(client: &str, results: &[CaseResult], pinned: bool) -> Strin
 }
 
 /// `--json`: one object.
-pub(crate) fn json(client: &str, results: &[CaseResult]) -> serde_json::Value {
+pub(crate) fn json(role: Role, subject: &str, results: &[CaseResult]) -> serde_json::Value {
     let cases: Vec<_> = results
         .iter()
         .map(|r| {
             serde_json::json!({
                 "id": r.id,
                 "verdict": r.verdict.kind().name().to_ascii_lowercase(),
-                "detail": r.verdict.detail(),
+                "detail": r.shown(),
+                "reference": r.reference,
                 "expected": r.expected.map(|k| k.name().to_ascii_lowercase()),
                 "exit": r.exit,
                 "elapsed_ms": r.elapsed.as_millis() as u64,
@@ -126,7 +170,7 @@ pub(crate) fn json(client: &str, results: &[CaseResult]) -> serde_json::Value {
         .collect();
     let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
     serde_json::json!({
-        "client": client,
+        role.name(): subject,
         "passed": count(Kind::Pass),
         "failed": count(Kind::Fail),
         "skipped": count(Kind::Skip),
@@ -136,13 +180,14 @@ pub(crate) fn json(client: &str, results: &[CaseResult]) -> serde_json::Value {
 
 /// JUnit XML (the common subset CI systems read): one `<testsuite>`, a
 /// `<testcase>` per case with `<failure>` or `<skipped>`.
-pub(crate) fn junit(client: &str, results: &[CaseResult]) -> String {
+pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String {
+    let what = role.name();
     let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
     let total: f64 = results.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         x,
-        "<testsuites name=\"smtp conformance client\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">",
+        "<testsuites name=\"smtp conformance {what}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">",
         results.len(),
         count(Kind::Fail),
         count(Kind::Skip)
@@ -150,7 +195,7 @@ pub(crate) fn junit(client: &str, results: &[CaseResult]) -> String {
     let _ = writeln!(
         x,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{total:.3}\">",
-        escape(client),
+        escape(subject),
         results.len(),
         count(Kind::Fail),
         count(Kind::Skip)
@@ -158,7 +203,7 @@ pub(crate) fn junit(client: &str, results: &[CaseResult]) -> String {
     for r in results {
         let _ = write!(
             x,
-            "    <testcase classname=\"smtp.conformance.client\" name=\"{}\" time=\"{:.3}\"",
+            "    <testcase classname=\"smtp.conformance.{what}\" name=\"{}\" time=\"{:.3}\"",
             escape(r.id),
             r.elapsed.as_secs_f64()
         );

@@ -163,6 +163,8 @@ pub(crate) async fn run_case(
         exit: exit.map(|e| e.to_string()),
         elapsed: started.elapsed(),
         output,
+        reference: case.rfc,
+        note: String::new(),
     };
     if let Some(why) = skip_reason(case, &client) {
         return result(Verdict::Skip(why.to_owned()), None, String::new());

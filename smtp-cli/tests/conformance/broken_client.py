@@ -10,12 +10,20 @@
   and sends DATA whatever the recipients' replies;
 - sends the message bytes as they are (bare LF, no dot-stuffing);
 - exits 0 whatever happens after the dot (lost reply, 421, rejection).
-Usage: broken_client.py HOST PORT FROM PASSWORD-FILE MESSAGE TO...
+With --sloppy first, a different set of faults, for the judges the first
+set cannot reach: no EHLO and no STARTTLS at all (straight to MAIL after
+the greeting, so MAIL goes in the clear and a server refusing EHLO still
+gets the message), one command at a time, and exit 1 whatever happens.
+Usage: broken_client.py [--sloppy] HOST PORT FROM PASSWORD-FILE MESSAGE TO...
 """
 import base64, socket, ssl, sys
 
-host, port, sender, pwfile, msgfile = sys.argv[1:6]
-rcpts = sys.argv[6:]
+args = sys.argv[1:]
+sloppy = args[:1] == ["--sloppy"]
+if sloppy:
+    args = args[1:]
+host, port, sender, pwfile, msgfile = args[:5]
+rcpts = args[5:]
 password = open(pwfile).read().strip()
 message = open(msgfile, "rb").read()
 sock = socket.create_connection((host, int(port)))
@@ -39,6 +47,18 @@ def send(s):
     sock.sendall(s if isinstance(s, bytes) else s.encode() + b"\r\n")
 
 reply()
+if sloppy:
+    send(b"MAIL FROM:<%s>\r\n" % sender.encode())
+    reply()
+    for r in rcpts:
+        send(b"RCPT TO:<%s>\r\n" % r.encode())
+        reply()
+    send("DATA")
+    if reply()[0].startswith("354"):
+        send(message + b".\r\n")
+        reply()
+    send("QUIT")
+    sys.exit(1)
 send("EHLO broken.test")
 caps = reply()
 if caps[0].startswith("5"):

@@ -109,6 +109,28 @@ pub struct HostileConfig {
     pub reject_rcpt: Vec<(String, String)>,
     /// The one fault, at its phase.
     pub fault: Option<(Phase, Fault)>,
+    /// The domains it takes mail for; RCPT to any other is refused with
+    /// `554 5.7.1 relay access denied`. Empty: every domain (an open relay).
+    pub local_domains: Vec<String>,
+    /// The flaws a server checker must find (all off by default).
+    pub flaws: Flaws,
+}
+
+/// Flaws of a badly written or badly configured server, for
+/// `smtp conformance server` to find. [`Default`]: none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flaws {
+    /// A line ends at a bare LF too, so `\n.\n`, `\n.\r\n` and `\r\n.\n`
+    /// end the data: SMTP smuggling's lenient receiver (CVE-2023-51764).
+    pub bare_lf_ends_data: bool,
+    /// What the client pipelined after STARTTLS is kept and answered
+    /// inside TLS (CVE-2011-0411).
+    pub keep_input_after_starttls: bool,
+    /// VRFY and EXPN answered `250` with the address.
+    pub answer_vrfy: bool,
+    /// Advertises PIPELINING but discards what follows each command in
+    /// the same read.
+    pub drop_pipelined: bool,
 }
 
 impl Default for HostileConfig {
@@ -128,6 +150,8 @@ impl Default for HostileConfig {
             ehlo_reply: None,
             reject_rcpt: Vec::new(),
             fault: None,
+            local_domains: Vec::new(),
+            flaws: Flaws::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ use super::{Chunk, Command, DataRecord, Fault, HostileConfig, MAX_RECORDED, Phas
 use super::{SessionRecord, verb};
 
 mod auth;
+mod flaws;
 
 /// A client line longer than this ends the session.
 const MAX_LINE: usize = 64 * 1024;
@@ -294,6 +295,9 @@ impl Session {
             if self.command(&verb, &arg).await? == Flow::End {
                 break;
             }
+            if self.config.flaws.drop_pipelined && !self.config.hold_replies {
+                self.buf.clear();
+            }
         }
         Ok(())
     }
@@ -315,6 +319,7 @@ impl Session {
                 self.reply(None, "250 2.0.0 reset\r\n", true).await
             }
             "NOOP" => self.reply(None, "250 2.0.0 ok\r\n", false).await,
+            "VRFY" | "EXPN" if self.config.flaws.answer_vrfy => self.vrfy(arg).await,
             "QUIT" => {
                 self.reply(None, "221 2.0.0 bye\r\n", false).await?;
                 Ok(Flow::End)
@@ -380,7 +385,9 @@ impl Session {
         self.write(&bytes).await?;
         // RFC 3207 §4.2: what the client pipelined after STARTTLS is
         // discarded, and so is all it said before.
-        self.buf.clear();
+        if !config.flaws.keep_input_after_starttls {
+            self.buf.clear();
+        }
         self.tx = Transaction::default();
         if self.handshake().await.is_err() {
             return Ok(Flow::End);
@@ -413,6 +420,8 @@ impl Session {
         let to = address(arg);
         let text = if self.tx.from.is_none() {
             "503 5.5.1 need MAIL first\r\n".to_owned()
+        } else if let Some(refusal) = self.refuse_rcpt(&to) {
+            refusal.to_owned()
         } else if let Some((_, r)) = self
             .config
             .reject_rcpt
@@ -484,6 +493,9 @@ impl Session {
     /// The octets up to the first `CRLF.CRLF` (the DATA line's CRLF counts
     /// as the first CRLF) and whether it came.
     async fn read_data(&mut self) -> io::Result<(Vec<u8>, bool)> {
+        if self.config.flaws.bare_lf_ends_data {
+            return self.read_data_leniently().await;
+        }
         let mut data = std::mem::take(&mut self.buf);
         let mut from = 0;
         loop {
