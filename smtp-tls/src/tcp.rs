@@ -344,11 +344,22 @@ impl Transport for TcpTransport {
             "TLS handshake done"
         );
         if let Some(reason) = &info.verify_error {
-            tracing::warn!(
+            // The policy chose to encrypt without verifying: a fact to
+            // note, not a fault to warn of each session, and not the
+            // advice to use the policy already in use.
+            let reason = [
+                crate::verify::UNKNOWN_ISSUER_ADVICE,
+                crate::verify::PINNING_ADVICE,
+            ]
+            .iter()
+            .fold(reason.clone(), |r, advice| {
+                r.replace(&format!("; {advice}"), "")
+            });
+            tracing::info!(
                 server_name = name_text,
                 policy = %self.handshake.policy,
                 %reason,
-                "certificate verification failed; encrypting without it, as the policy allows"
+                "certificate not verified; encrypting without it, as the policy allows"
             );
         }
         self.stream = Stream::Tls(Box::new(stream));
