@@ -186,7 +186,7 @@ fn an_interrupted_merge_run_again_is_not_enqueued_again_and_nobody_gets_it_twice
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        stderr.contains("already enqueued") && stderr.contains("(5 messages)"),
+        stderr.contains("already enqueued at") && stderr.contains("all 5 recipients skipped"),
         "{stderr}"
     );
     let mut all = stalling.deliveries();
