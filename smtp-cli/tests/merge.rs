@@ -535,7 +535,11 @@ fn rows_of_a_list_with_cr_line_ends_are_named_by_their_line() {
     let out_dir = dir.path().join("out");
     let out = dry_run(
         &list,
-        &["--skip-bad-rows", "--dry-run-dir", out_dir.to_str().unwrap()],
+        &[
+            "--skip-bad-rows",
+            "--dry-run-dir",
+            out_dir.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -618,7 +622,11 @@ fn a_value_shaped_like_an_encoded_word_is_shown_as_written() {
     let raw = String::from_utf8_lossy(&bytes);
     assert!(!raw.contains(spoof), "{raw}");
     let m = mail_parser::MessageParser::default().parse(&bytes).unwrap();
-    assert_eq!(m.subject(), Some(format!("Hello {spoof}").as_str()), "{raw}");
+    assert_eq!(
+        m.subject(),
+        Some(format!("Hello {spoof}").as_str()),
+        "{raw}"
+    );
     let from = m.from().unwrap().first().unwrap();
     assert_eq!(from.name(), Some(spoof), "{raw}");
     assert_eq!(from.address(), Some("n@example.com"));
@@ -649,7 +657,10 @@ fn an_address_in_angle_brackets_is_the_bare_address_everywhere() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let raw = std::fs::read_to_string(out_dir.join("row-2.eml")).unwrap();
     assert!(raw.contains("To: <c1@example.net>\r\n"), "{raw}");
-    assert!(raw.contains("<https://example.com/u?e=c1%40example.net>"), "{raw}");
+    assert!(
+        raw.contains("<https://example.com/u?e=c1%40example.net>"),
+        "{raw}"
+    );
     assert!(raw.contains("Sent to c1@example.net."), "{raw}");
     assert!(!raw.contains("<<") && !raw.contains("%3C"), "{raw}");
 }

@@ -77,6 +77,8 @@ pub(crate) async fn run(
     }
     let csv = std::fs::read(list_path).map_err(|e| Failure::no_input(list_path, &e))?;
     let list = List::read(list_path, &csv)?;
+    // The rows are parsed: the file's bytes are not needed again.
+    drop(csv);
     let (template, replace, key_inputs) = template(args, s)?;
     let unsubscribe = Unsubscribe::new(m.unsubscribe.as_deref(), m.unsubscribe_mailto.as_deref())?;
     let has_unsubscribe = unsubscribe.is_some();
@@ -441,21 +443,19 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Failure::new(
-                    crate::fail::EX_CANTCREAT,
-                    format!(
-                        "{shown} exists: a dry run never overwrites a file (nor follows a link): \
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::new(
+                crate::fail::EX_CANTCREAT,
+                format!(
+                    "{shown} exists: a dry run never overwrites a file (nor follows a link): \
                          give an empty --dry-run-dir"
-                    ),
-                )
-            } else {
-                Failure::io(&shown, &e)
-            }
-        })?;
+                ),
+            )
+        } else {
+            Failure::io(&shown, &e)
+        }
+    })?;
     file.write_all(bytes)
         .and_then(|()| file.flush())
         .map_err(|e| Failure::io(&shown, &e))

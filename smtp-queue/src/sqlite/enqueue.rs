@@ -326,7 +326,8 @@ pub(super) async fn enqueue_once(
     let mut places = Vec::new();
     let mut reduced = Vec::new();
     let mut addresses = Vec::new();
-    for (((place, mut message), keep), folded) in batch.into_iter().enumerate().zip(kept).zip(folded)
+    for (((place, mut message), keep), folded) in
+        batch.into_iter().enumerate().zip(kept).zip(folded)
     {
         if keep.is_empty() {
             continue;
@@ -377,7 +378,7 @@ pub(super) async fn enqueue_once(
                 .map_err(db)?;
         if usize::try_from(count).ok() != Some(known.len()) {
             // Another call enqueued under the key since: leave out what it did.
-            let (_, now_known) = recorded(&mut *tx, key).await?;
+            let (_, now_known) = recorded(&mut tx, key).await?;
             let (kept, more) = select(&addresses, &now_known);
             skipped += more;
             let (mut w, mut a) = (Vec::new(), Vec::new());
