@@ -186,7 +186,7 @@ fn an_interrupted_merge_run_again_is_not_enqueued_again_and_nobody_gets_it_twice
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        stderr.contains("already enqueued") && stderr.contains("(5 messages)"),
+        stderr.contains("already enqueued at") && stderr.contains("all 5 recipients skipped"),
         "{stderr}"
     );
     let mut all = stalling.deliveries();
@@ -364,4 +364,303 @@ fn dkim_signs_the_unsubscribe_fields_of_a_single_message() {
     let signed: Vec<&str> = h.split(':').collect();
     assert!(signed.contains(&"list-unsubscribe"), "{h}");
     assert!(signed.contains(&"list-unsubscribe-post"), "{h}");
+}
+
+/// The recipients a server was given, sorted.
+fn recipients(server: &FlakyServer) -> Vec<String> {
+    let mut all: Vec<String> = server
+        .messages()
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn an_edited_list_run_again_sends_only_to_recipients_not_sent_to_before() {
+    let rt = runtime();
+    let server = rt
+        .block_on(FlakyServer::start(FlakyConfig::default()))
+        .unwrap();
+    let addr = server.addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    let q = dir.path().join("q");
+    let (qs, ls) = (q.to_str().unwrap(), list.to_str().unwrap());
+    let rows = [
+        "a@example.net,A,1",
+        "<b@example.net>,B,2",
+        "c@example.net,C,3",
+    ];
+    std::fs::write(&list, format!("email,name,id\n{}\n", rows.join("\n"))).unwrap();
+    let out = smtp(&merge_args(&addr, qs, ls));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        recipients(&server),
+        ["a@example.net", "b@example.net", "c@example.net"]
+    );
+    let b = server
+        .messages()
+        .into_iter()
+        .find(|m| m.rcpt_to == ["b@example.net"])
+        .unwrap();
+    let data = String::from_utf8_lossy(&b.data);
+    assert!(data.contains("To: <b@example.net>\r\n"), "{data}");
+
+    // One row appended (a forgotten one): only it goes.
+    std::fs::write(
+        &list,
+        format!("email,name,id\n{}\nd@example.net,D,4\n", rows.join("\n")),
+    )
+    .unwrap();
+    let out = smtp(&merge_args(&addr, qs, ls));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr.contains("first enqueued at") && stderr.contains("3 recipients skipped"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 delivered"), "{stderr}");
+    assert_eq!(server.messages().len(), 4);
+    assert_eq!(server.messages()[3].rcpt_to, ["d@example.net"]);
+
+    // Reordered, CRLF line ends, a domain in capitals, brackets dropped:
+    // nobody again.
+    std::fs::write(
+        &list,
+        "email,name,id\r\nd@example.net,D,4\r\nc@EXAMPLE.NET,C,3\r\nb@example.net,B,2\r\n\
+         a@example.net,A,1\r\n",
+    )
+    .unwrap();
+    let out = smtp(&merge_args(&addr, qs, ls));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr.contains("already enqueued at") && stderr.contains("all 4 recipients skipped"),
+        "{stderr}"
+    );
+    assert_eq!(server.messages().len(), 4);
+
+    // Another message to the same list is another merge.
+    let mut args = merge_args(&addr, qs, ls);
+    args[6] = "Second issue for {{name}}";
+    let out = smtp(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(server.messages().len(), 8);
+}
+
+#[test]
+fn a_recipient_twice_in_the_list_gets_the_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    std::fs::write(
+        &list,
+        "email,name\na@example.net,A\nb@example.net,B\na@Example.NET,A again\n",
+    )
+    .unwrap();
+    let out = smtp(&[
+        "send",
+        "--merge",
+        list.to_str().unwrap(),
+        "--from",
+        "n@example.com",
+        "--subject",
+        "Hi {{name}}",
+        "--body",
+        "x",
+        "--dry-run=10",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 4: a@example.net is on line 2 too"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 of 2 messages shown"), "{stderr}");
+}
+
+/// `smtp send --merge LIST` with a composed message using `name`, `--dry-run=10` and `extra`.
+fn dry_run(list: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "send",
+        "--merge",
+        list.to_str().unwrap(),
+        "--from",
+        "n@example.com",
+        "--subject",
+        "Hello {{name}}",
+        "--body",
+        "Dear {{name}}, {{note}}",
+        "--dry-run=10",
+    ];
+    args.extend_from_slice(extra);
+    smtp(&args)
+}
+
+#[test]
+fn a_control_character_in_a_value_is_a_bad_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    std::fs::write(
+        &list,
+        "email,name,note\na@example.net,A,nul\0here\nb@example.net,B,esc\x1b[31m\n\
+         c@example.net,C,\"tab\tand\nline\"\nd@example.net,D\x07,bell\n",
+    )
+    .unwrap();
+    let out = dry_run(&list, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(
+        stderr.contains("line 2: the note column holds a control character (U+0000 NUL)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3: the note column") && stderr.contains("U+001B ESC"));
+    assert!(stderr.contains("line 6: the name column") && stderr.contains("U+0007 BEL"));
+    assert!(stderr.contains("lines 2, 3, 6 "), "{stderr}");
+    let out = dry_run(&list, &["--skip-bad-rows"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 1 messages shown"));
+}
+
+#[test]
+fn rows_of_a_list_with_cr_line_ends_are_named_by_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    std::fs::write(
+        &list,
+        "email,name,note\ra@example.net,A,x\rnot-an-address,B,x\rc@example.net,C,x\r",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = dry_run(
+        &list,
+        &[
+            "--skip-bad-rows",
+            "--dry-run-dir",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3: "),
+        "{}",
+        text(&out)
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["row-2.eml", "row-4.eml"]);
+    let c = std::fs::read_to_string(out_dir.join("row-4.eml")).unwrap();
+    assert!(c.contains("To: <c@example.net>"), "{c}");
+}
+
+#[test]
+fn a_dry_run_dir_gets_new_private_files_and_follows_no_link() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    std::fs::write(&list, "email,name,note\na@example.net,A,x\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let out = dry_run(&list, &["--dry-run-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mode = std::fs::metadata(out_dir.join("row-2.eml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Again into the same directory: refused, the file kept.
+    let out = dry_run(&list, &["--dry-run-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(73), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
+
+    // A link planted where a row goes is not followed.
+    let planted = dir.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join("row-2.eml")).unwrap();
+    let dangling = dir.path().join("nowhere");
+    let list2 = dir.path().join("list2.csv");
+    std::fs::write(&list2, "email,name,note\n\nb@example.net,B,x\n").unwrap();
+    std::os::unix::fs::symlink(&dangling, planted.join("row-3.eml")).unwrap();
+    for l in [&list, &list2] {
+        let out = dry_run(l, &["--dry-run-dir", planted.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(73), "{}", text(&out));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(!dangling.exists());
+}
+
+#[test]
+fn a_value_shaped_like_an_encoded_word_is_shown_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    let spoof = "=?utf-8?q?Boss=0ABcc:_ceo@example.org?=";
+    std::fs::write(&list, format!("email,name,note\na@example.net,{spoof},x\n")).unwrap();
+    let template = dir.path().join("t.eml");
+    std::fs::write(
+        &template,
+        "From: {{name}} <n@example.com>\nSubject: Hello {{name}}\n\nx\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = smtp(&[
+        "send",
+        "--merge",
+        list.to_str().unwrap(),
+        "--template",
+        template.to_str().unwrap(),
+        "--dry-run",
+        "--dry-run-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let bytes = std::fs::read(out_dir.join("row-2.eml")).unwrap();
+    let raw = String::from_utf8_lossy(&bytes);
+    assert!(!raw.contains(spoof), "{raw}");
+    let m = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+    assert_eq!(
+        m.subject(),
+        Some(format!("Hello {spoof}").as_str()),
+        "{raw}"
+    );
+    let from = m.from().unwrap().first().unwrap();
+    assert_eq!(from.name(), Some(spoof), "{raw}");
+    assert_eq!(from.address(), Some("n@example.com"));
+}
+
+#[test]
+fn an_address_in_angle_brackets_is_the_bare_address_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    std::fs::write(&list, "email,name,note\n\" <c1@example.net> \",C,x\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let out = smtp(&[
+        "send",
+        "--merge",
+        list.to_str().unwrap(),
+        "--from",
+        "n@example.com",
+        "--subject",
+        "Hi",
+        "--body",
+        "Sent to {{email}}.",
+        "--unsubscribe",
+        "https://example.com/u?e={{email}}",
+        "--dry-run",
+        "--dry-run-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let raw = std::fs::read_to_string(out_dir.join("row-2.eml")).unwrap();
+    assert!(raw.contains("To: <c1@example.net>\r\n"), "{raw}");
+    assert!(
+        raw.contains("<https://example.com/u?e=c1%40example.net>"),
+        "{raw}"
+    );
+    assert!(raw.contains("Sent to c1@example.net."), "{raw}");
+    assert!(!raw.contains("<<") && !raw.contains("%3C"), "{raw}");
 }

@@ -84,9 +84,10 @@
 //!   messages per session and a rate, from a built-in table of the large
 //!   providers or the caller's rules; a "slow down" reply throttles the
 //!   destination ([`Throttle`], kept in the store) until it recovers.
-//! - **Enqueue once** ([`Store::enqueue_once`]): a batch under a key,
-//!   committed with it, so a re-run (a mail merge after an interruption)
-//!   enqueues nothing twice.
+//! - **Enqueue once** ([`Store::enqueue_once`]): a batch under a key, each
+//!   recipient recorded under it in the batch's transaction, so a re-run
+//!   (a mail merge after an interruption, or with its list grown) enqueues
+//!   no recipient twice.
 //!
 //! # The store on its own
 //!

@@ -575,15 +575,23 @@ pub trait Store: Send + Sync {
     /// Remembers `limits` as those last set for `key` (what a runner given
     /// none applies); an empty list forgets them. The budgets' TATs stay.
     async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()>;
-    /// Enqueues `batch` once under `key` (a digest of what produced it,
-    /// e.g. a mail merge's inputs): the key is recorded in the same
-    /// transaction as the batch, so either both are committed or neither
-    /// is, and a second call with the same key enqueues nothing and says
-    /// when the first did, and how many messages it had. Its bodies are
-    /// then never read.
+    /// Enqueues `batch` under `key` (a digest of what the messages say,
+    /// e.g. a mail merge's template and options, not its list) so that no
+    /// recipient is enqueued twice under it: each recipient enqueued is
+    /// recorded under the key in the same transaction as the batch, so
+    /// either both are committed or neither is.
     ///
-    /// The default refuses: a store that cannot record the key in the
-    /// batch's own transaction must not pretend to be idempotent.
+    /// A recipient recorded under the key before (by an earlier call, or
+    /// earlier in this batch) is left out of its message; a message none
+    /// of whose recipients is left is not enqueued, and its body is never
+    /// read. Recipients are compared with the local part as written and
+    /// the domain case-insensitively (`Ann@Example.ORG` is
+    /// `Ann@example.org`, not `ann@example.org`). So the same batch again
+    /// enqueues nothing, and a longer one only the messages to recipients
+    /// not seen before, whatever the order.
+    ///
+    /// The default refuses: a store that cannot record the recipients in
+    /// the batch's own transaction must not pretend to be idempotent.
     async fn enqueue_once(
         &self,
         key: &str,
@@ -599,16 +607,24 @@ pub trait Store: Send + Sync {
 
 /// What [`Store::enqueue_once`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Enqueued {
-    /// The batch was enqueued now: its message ids, in order.
-    New(Vec<MessageId>),
-    /// A batch with this key was enqueued before; nothing was now.
-    Already {
-        /// When that batch was enqueued.
-        at: SystemTime,
-        /// How many messages it had.
-        messages: u64,
-    },
+pub struct Enqueued {
+    /// One entry per message of the batch, in order: its id, or `None`
+    /// when it was not enqueued (each of its recipients had been enqueued
+    /// under the key already).
+    pub ids: Vec<Option<MessageId>>,
+    /// Recipients left out because they had been enqueued under the key
+    /// already (before this call, or earlier in this batch).
+    pub skipped: u64,
+    /// When the key was first used, if it was before this call; `None`
+    /// when this call recorded it.
+    pub first: Option<SystemTime>,
+}
+
+impl Enqueued {
+    /// The ids of the messages enqueued by this call, in order.
+    pub fn new_ids(&self) -> impl Iterator<Item = &MessageId> {
+        self.ids.iter().flatten()
+    }
 }
 
 /// A stored reverse-path's address, without angle brackets: `None` for

@@ -1257,3 +1257,68 @@ async fn files_made_in_another_users_queue_belong_to_the_queue_s_owner() {
     assert_eq!(uid(&bodies[0]), owner);
     store.close().await;
 }
+
+/// A body that must never be read (its message's recipients were all
+/// enqueued under the key before).
+struct Unread;
+
+#[async_trait]
+impl BodySource for Unread {
+    async fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::other("a skipped message's body was read"))
+    }
+    async fn rewind(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn enqueue_once_enqueues_only_recipients_new_under_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let list = ["a@example.net", "b@example.net", "c@example.net"];
+    let batch: Vec<NewMessage> = list.iter().map(|to| message(&[to], "x")).collect();
+    let done = store.enqueue_once("news-1", batch, t(0)).await.unwrap();
+    assert_eq!(done.new_ids().count(), 3);
+    assert_eq!((done.skipped, done.first), (0, None));
+
+    // The same list, reordered, a domain in capitals, one row appended:
+    // only the new recipient; the others' bodies are never read.
+    let mut again: Vec<NewMessage> = ["c@example.net", "a@EXAMPLE.net", "b@example.net"]
+        .iter()
+        .map(|to| NewMessage {
+            body: Body::Source(Box::new(Unread)),
+            ..message(&[to], "x")
+        })
+        .collect();
+    again.push(message(&["d@example.net"], "x"));
+    let done = store.enqueue_once("news-1", again, t(60)).await.unwrap();
+    assert_eq!(done.skipped, 3);
+    assert_eq!(done.first, Some(t(0)));
+    assert_eq!(done.ids[..3], [None, None, None]);
+    let new = done.ids[3].clone().unwrap();
+    assert_eq!(
+        store.show(&new).await.unwrap().recipients[0].address,
+        "d@example.net"
+    );
+    assert_eq!(store.stats().await.unwrap().messages, 4);
+
+    // Recorded for good: the key outlives its messages.
+    let all = store.list(&ListFilter::default()).await.unwrap();
+    for m in &all {
+        store.delete(&m.id, t(100)).await.unwrap();
+    }
+    let same: Vec<NewMessage> = list
+        .iter()
+        .map(|to| NewMessage {
+            body: Body::Source(Box::new(Unread)),
+            ..message(&[to], "x")
+        })
+        .collect();
+    let done = store.enqueue_once("news-1", same, t(120)).await.unwrap();
+    assert_eq!((done.new_ids().count(), done.skipped), (0, 3));
+    // Another key (another message) goes to all of them.
+    let batch: Vec<NewMessage> = list.iter().map(|to| message(&[to], "y")).collect();
+    let done = store.enqueue_once("news-2", batch, t(180)).await.unwrap();
+    assert_eq!((done.new_ids().count(), done.first), (3, None));
+}

@@ -29,7 +29,8 @@ pub(crate) struct MergeArgs {
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "3",
           requires = "merge")]
     pub(crate) dry_run: Option<usize>,
-    /// With --dry-run: write them to DIR/row-LINE.eml instead of standard output.
+    /// With --dry-run: write them to DIR/row-LINE.eml instead of standard
+    /// output (new files, mode 0600; an existing file is never overwritten).
     #[arg(long, value_name = "DIR", requires = "dry_run")]
     pub(crate) dry_run_dir: Option<PathBuf>,
     /// HTML body of a composed message (with a text body: multipart/alternative).

@@ -1,7 +1,10 @@
 //! A template's header fields rendered per row: values never break a line
 //! (a value holding CR or LF is a bad row, so no field can be injected),
 //! non-ASCII text goes as RFC 2047 encoded words, and in address fields
-//! only the display name is encoded, each address checked.
+//! only the display name is encoded, each address checked. Text holding
+//! `=?` (what an encoded word starts with) is encoded whole, so that a
+//! value shaped like an encoded word shows as written, never decoded
+//! into other text.
 
 use mail_builder::headers::Header as _;
 use mail_builder::headers::address::Address;
@@ -143,8 +146,14 @@ impl Field {
         match parts {
             Value::Text(t) => {
                 let v = t.render(value, Escape::None);
-                mail_builder::headers::text::Text::new(v.trim().to_owned())
-                    .write_header(&mut out, column);
+                let v = v.trim();
+                if v.contains("=?") {
+                    out.extend_from_slice(encoded_words(v, column).join("\r\n ").as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    mail_builder::headers::text::Text::new(v.to_owned())
+                        .write_header(&mut out, column);
+                }
             }
             Value::Structured(t) => {
                 let v = t.render(value, Escape::None);
@@ -159,6 +168,8 @@ impl Field {
             }
             Value::Addresses(list) => {
                 let mut addresses = Vec::new();
+                // Display names holding `=?`, written by hand.
+                let mut literal = false;
                 for (d, a) in list {
                     let address = a.render(value, Escape::None);
                     let address = address.trim();
@@ -176,17 +187,75 @@ impl Field {
                     };
                     let display = d.render(value, Escape::None);
                     let display = display.trim();
-                    addresses.push(if display.is_empty() {
-                        Address::from(written)
-                    } else {
-                        Address::from((display.to_owned(), written))
-                    });
+                    literal |= display.contains("=?");
+                    addresses.push((display.to_owned(), written));
                 }
-                Address::new_list(addresses).write_header(&mut out, column);
+                if literal {
+                    // One address a line, each written as mail_builder
+                    // would (from column 1), or with its display name in
+                    // encoded words.
+                    let items: Vec<String> = addresses
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (display, written))| {
+                            if display.contains("=?") {
+                                let mut words =
+                                    encoded_words(&display, if i == 0 { column } else { 1 });
+                                words.push(format!("<{written}>"));
+                                return words.join("\r\n ");
+                            }
+                            let mut one = Vec::new();
+                            address(display, written)
+                                .write_header(&mut one, if i == 0 { column } else { 1 });
+                            String::from_utf8_lossy(&one).trim_end().to_owned()
+                        })
+                        .collect();
+                    out.extend_from_slice(items.join(",\r\n ").as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    let addresses = addresses
+                        .into_iter()
+                        .map(|(display, written)| address(display, written))
+                        .collect();
+                    Address::new_list(addresses).write_header(&mut out, column);
+                }
             }
         }
         Ok(out)
     }
+}
+
+/// `written` with its display name, if it has one.
+fn address(display: String, written: String) -> Address<'static> {
+    if display.is_empty() {
+        Address::from(written)
+    } else {
+        Address::from((display, written))
+    }
+}
+
+/// `text` as RFC 2047 encoded words (UTF-8, base64), each holding whole
+/// characters and fitting a line of 78 (the first from `column`, the
+/// others after a folding space), to be separated by folding white space
+/// (which decoding drops between encoded words).
+fn encoded_words(text: &str, column: usize) -> Vec<String> {
+    use base64::Engine as _;
+    // `=?utf-8?b?` and `?=`, and a line's 78 characters.
+    const FRAME: usize = 12;
+    let octets = |column: usize| (78usize.saturating_sub(column + FRAME) / 4 * 3).max(6);
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let room = octets(if words.is_empty() { column } else { 1 });
+        let mut end = (start + room).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&text.as_bytes()[start..end]);
+        words.push(format!("=?utf-8?b?{b64}?="));
+        start = end;
+    }
+    words
 }
 
 /// The items of an address list: split at commas outside quotes, angle
@@ -283,6 +352,44 @@ mod tests {
             render("In-Reply-To: <{{id}}>\r\n", &[("id", "1@x")]).unwrap(),
             "In-Reply-To: <1@x>\r\n"
         );
+    }
+
+    #[test]
+    fn a_value_shaped_like_an_encoded_word_shows_as_written() {
+        let spoof = "=?utf-8?q?Invoice=0ABcc:_boss@example.org?=";
+        for field in [
+            "Subject: Hi {{v}}\r\n",
+            "X-Note: {{v}}\r\n",
+            "To: {{v}} <a@example.org>, Other <o@example.org>\r\n",
+        ] {
+            let out = render(field, &[("v", spoof)]).unwrap();
+            assert!(out.is_ascii(), "{out}");
+            assert!(!out.contains(spoof), "{field}: {out}");
+            for line in out.trim_end().split("\r\n") {
+                assert!(line.len() <= 78, "{out}");
+            }
+            let message = format!("{out}\r\nx");
+            let parsed = mail_parser::MessageParser::default()
+                .parse(message.as_bytes())
+                .unwrap();
+            if field.starts_with("Subject") {
+                assert_eq!(parsed.subject(), Some(format!("Hi {spoof}").as_str()));
+            } else if field.starts_with("To") {
+                let to: Vec<_> = parsed.to().unwrap().iter().collect();
+                assert_eq!(to.len(), 2, "{out}");
+                assert_eq!(to[0].name(), Some(spoof), "{out}");
+                assert_eq!(to[0].address(), Some("a@example.org"));
+                assert_eq!(to[1].name(), Some("Other"), "{out}");
+            }
+        }
+        // Long and non-ASCII: whole characters in each word.
+        let long = format!("=?{}", "é".repeat(80));
+        let out = render("Subject: {{v}}\r\n", &[("v", long.as_str())]).unwrap();
+        let message = format!("{out}\r\nx");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(message.as_bytes())
+            .unwrap();
+        assert_eq!(parsed.subject(), Some(long.as_str()));
     }
 
     proptest::proptest! {

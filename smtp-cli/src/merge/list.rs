@@ -1,6 +1,6 @@
 //! The recipient list: a CSV file with a header row, in UTF-8. Rows are
 //! named by the line they start on, as an editor shows it (the header
-//! row is line 1).
+//! row is line 1), whatever the line ends: LF, CRLF or CR alone.
 
 use std::path::Path;
 
@@ -73,7 +73,7 @@ impl List {
                 start += 1;
             }
             let start = start.max(counted_to);
-            line += memchr::memchr_iter(b'\n', &bytes[counted_to..start]).count() as u64;
+            line += line_ends(&bytes[counted_to..start]);
             counted_to = start;
             // A blank line is no row.
             if record.iter().all(|f| f.trim().is_empty()) && record.len() <= 1 {
@@ -93,6 +93,15 @@ impl List {
     }
 }
 
+/// The line ends in `bytes`: each LF, CRLF, and CR not followed by LF.
+fn line_ends(bytes: &[u8]) -> u64 {
+    let lf = memchr::memchr_iter(b'\n', bytes).count();
+    let cr_alone = memchr::memchr_iter(b'\r', bytes)
+        .filter(|&i| bytes.get(i + 1) != Some(&b'\n'))
+        .count();
+    (lf + cr_alone) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +117,21 @@ mod tests {
         let lines: Vec<u64> = l.rows.iter().map(|r| r.line).collect();
         assert_eq!(lines, [2, 4, 6]);
         assert_eq!(l.rows[1].values[1], "B\nwith a line");
+    }
+
+    #[test]
+    fn rows_are_named_by_their_line_whatever_the_line_ends() {
+        let lf = "email,name\na@x.org,A\n\n\"b@x.org\",\"B\nwith a line\"\nc@x.org,C\n";
+        for (ends, text) in [
+            ("LF", lf.to_owned()),
+            ("CRLF", lf.replace('\n', "\r\n")),
+            ("CR", lf.replace('\n', "\r")),
+        ] {
+            let l = List::read(Path::new("l.csv"), text.as_bytes()).unwrap();
+            let lines: Vec<u64> = l.rows.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [2, 4, 6], "{ends}");
+            assert_eq!(l.rows[2].values, ["c@x.org", "C"], "{ends}");
+        }
     }
 
     #[test]

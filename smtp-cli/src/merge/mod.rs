@@ -13,10 +13,15 @@
 //!                                         ▼   as `send --queue` does
 //! ```
 //!
-//! The key is a SHA-256 over every input that shapes the messages, so the
-//! same command run again after an interruption finds its batch enqueued
-//! and only delivers what is due: nobody gets the merge twice.
+//! The key is a SHA-256 over every input that shapes the message but the
+//! list (template or compose inputs, recipient column, sender,
+//! unsubscribe and DKIM options); the queue records each recipient
+//! enqueued under it with the batch. So the same command run again after
+//! an interruption, or with the list edited (rows added, reordered, other
+//! line ends), enqueues only the recipients not enqueued before and
+//! delivers what is due: nobody gets the message twice.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -72,6 +77,8 @@ pub(crate) async fn run(
     }
     let csv = std::fs::read(list_path).map_err(|e| Failure::no_input(list_path, &e))?;
     let list = List::read(list_path, &csv)?;
+    // The rows are parsed: the file's bytes are not needed again.
+    drop(csv);
     let (template, replace, key_inputs) = template(args, s)?;
     let unsubscribe = Unsubscribe::new(m.unsubscribe.as_deref(), m.unsubscribe_mailto.as_deref())?;
     let has_unsubscribe = unsubscribe.is_some();
@@ -98,16 +105,43 @@ pub(crate) async fn run(
     let mut bad: Vec<(u64, String)> = Vec::new();
     let mut good: Vec<(usize, smtp_core::data::BodyType, u64)> = Vec::new();
     let mut sender: Option<String> = s.from.clone();
+    // Each recipient once, as the queue compares them (the domain's case
+    // aside), at the line it is first on.
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut twice = 0usize;
     for (i, row) in merge.list.rows.iter().enumerate() {
         match merge.render(row, None) {
             Ok(msg) => {
                 if sender.is_none() {
                     sender.clone_from(&msg.prepared.from);
                 }
+                let r = &msg.recipient;
+                let folded = format!(
+                    "{}@{}",
+                    r.local_part(),
+                    r.domain().as_str().to_ascii_lowercase()
+                );
+                if let Some(first) = seen.get(&folded) {
+                    tell!(
+                        "{}: line {}: {r} is on line {first} too: it gets the message once",
+                        merge.name,
+                        row.line
+                    );
+                    twice += 1;
+                    continue;
+                }
+                seen.insert(folded, row.line);
                 good.push((i, msg.prepared.body_type, msg.prepared.size));
             }
             Err(why) => bad.push((row.line, why)),
         }
+    }
+    drop(seen);
+    if twice > 0 {
+        tell!(
+            "smtp: {} left out: each recipient gets the message once",
+            crate::output::counted(twice, "repeated recipient")
+        );
     }
     if !bad.is_empty() {
         for (line, why) in &bad {
@@ -162,7 +196,7 @@ pub(crate) async fn run(
         Failure::usage("no sender: give -f/--from, or a From: field in the template")
     })?;
     let from = ReversePath::parse(&sender).map_err(|e| Failure::data(format!("sender: {e}")))?;
-    let key = key(&csv, &key_inputs, args, &sender);
+    let key = key(&key_inputs, args, &sender);
     let merge = Arc::new(merge);
     let mut batch = Vec::with_capacity(good.len());
     let mut sent = Vec::with_capacity(good.len());
@@ -318,17 +352,17 @@ fn template(args: &SendArgs, s: &Settings) -> Result<Source, Failure> {
     Ok((bytes, vec!["Message-ID", "Date"], key))
 }
 
-/// The merge's key: SHA-256 over the list, the template's inputs, and the
-/// options that change what is sent, each length-prefixed.
-fn key(csv: &[u8], inputs: &[Vec<u8>], args: &SendArgs, sender: &str) -> String {
+/// The merge's key, naming the message (not the list): SHA-256 over the
+/// template's inputs and the options that change what is sent, each
+/// length-prefixed. The queue records each recipient enqueued under it.
+fn key(inputs: &[Vec<u8>], args: &SendArgs, sender: &str) -> String {
     let m = &args.merge;
     let mut h = Sha256::new();
     let mut part = |b: &[u8]| {
         h.update((b.len() as u64).to_be_bytes());
         h.update(b);
     };
-    part(b"smtp-merge-1");
-    part(csv);
+    part(b"smtp-merge-2");
     for i in inputs {
         part(i);
     }
@@ -341,7 +375,7 @@ fn key(csv: &[u8], inputs: &[Vec<u8>], args: &SendArgs, sender: &str) -> String 
             .unwrap_or_default()
             .as_bytes(),
     );
-    part(&[u8::from(m.skip_bad_rows), u8::from(args.notify_sender)]);
+    part(&[u8::from(args.notify_sender)]);
     for o in [&args.dkim_selector, &args.dkim_domain] {
         part(o.as_deref().unwrap_or_default().as_bytes());
     }
@@ -358,7 +392,13 @@ fn dry_run(
     signer: Option<&Mutex<Signer>>,
 ) -> Result<u8, Failure> {
     if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(|e| Failure::io(&dir.display().to_string(), &e))?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| Failure::io(&dir.display().to_string(), &e))?;
     }
     for &(i, _, _) in good.iter().take(n) {
         let row = &merge.list.rows[i];
@@ -369,8 +409,7 @@ fn dry_run(
         match dir {
             Some(dir) => {
                 let path = dir.join(format!("row-{}.eml", row.line));
-                std::fs::write(&path, &bytes)
-                    .map_err(|e| Failure::io(&path.display().to_string(), &e))?;
+                write_new(&path, &bytes)?;
                 say!("{} (to {})", path.display(), msg.recipient);
             }
             None => {
@@ -390,4 +429,34 @@ fn dry_run(
         good.len()
     );
     Ok(EX_OK)
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only
+/// (0600: the rows are people's data). An existing file, or a symbolic
+/// link planted there, is refused, never written through.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let shown = path.display().to_string();
+    let mut options = std::fs::OpenOptions::new();
+    // O_CREAT|O_EXCL: fails on any existing name, a symbolic link (even a
+    // dangling one) included; the link is never followed.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::new(
+                crate::fail::EX_CANTCREAT,
+                format!(
+                    "{shown} exists: a dry run never overwrites a file (nor follows a link): \
+                         give an empty --dry-run-dir"
+                ),
+            )
+        } else {
+            Failure::io(&shown, &e)
+        }
+    })?;
+    file.write_all(bytes)
+        .and_then(|()| file.flush())
+        .map_err(|e| Failure::io(&shown, &e))
 }

@@ -27,6 +27,10 @@ pub(crate) struct Merge {
     template: Entity,
     /// The recipient column.
     to: usize,
+    /// The columns a placeholder names (in the template or the
+    /// unsubscribe fields): their values are checked for control
+    /// characters.
+    used: Vec<usize>,
     unsubscribe: Option<Unsubscribe>,
     /// The template has no To: one is added per row.
     add_to: bool,
@@ -46,9 +50,10 @@ impl Merge {
     /// Parses `template` (any line ends) against `list`'s columns. A
     /// placeholder naming no column, like a template that does not
     /// parse, is the whole run's error. `replace` names the fields every
-    /// message gets its own of.
+    /// message gets its own of. The recipient column's values become bare
+    /// addresses (` <a@example.org> ` is `a@example.org`), for every use.
     pub(crate) fn new(
-        list: List,
+        mut list: List,
         name: String,
         template: &[u8],
         to_column: &str,
@@ -91,11 +96,23 @@ impl Merge {
             ));
         }
         let add_to = !template.head.iter().any(|f| f.is("to"));
+        for row in &mut list.rows {
+            if let Some(v) = row.values.get_mut(to) {
+                let bare = bare_address(v);
+                if bare.len() != v.len() {
+                    *v = bare.to_owned();
+                }
+            }
+        }
+        let mut used: Vec<usize> = used.iter().filter_map(|(c, _)| list.index(c)).collect();
+        used.sort_unstable();
+        used.dedup();
         Ok(Self {
             list,
             name,
             template,
             to,
+            used,
             unsubscribe,
             add_to,
             replace,
@@ -138,6 +155,14 @@ impl Merge {
     ) -> Result<Message, String> {
         let recipient = self.recipient(row)?;
         let columns = &self.list.columns;
+        for &i in &self.used {
+            if let Some(c) = row.values.get(i).and_then(|v| control(v)) {
+                return Err(format!(
+                    "the {} column holds a control character ({c}): remove it from the list",
+                    columns[i]
+                ));
+            }
+        }
         let value = |c: &str| {
             columns
                 .iter()
@@ -178,6 +203,31 @@ impl Merge {
             recipient,
         })
     }
+}
+
+/// `value` without surrounding whitespace and one pair of surrounding
+/// angle brackets.
+fn bare_address(value: &str) -> &str {
+    let v = value.trim();
+    v.strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .map_or(v, str::trim)
+}
+
+/// The first control character in `value` that no part of a message may
+/// carry as text: C0 controls and DEL, but for TAB and the line breaks
+/// (a header field refuses those itself; a text part makes them CRLF).
+fn control(value: &str) -> Option<String> {
+    const NAMES: [&str; 32] = [
+        "NUL", "SOH", "STX", "ETX", "EOT", "ENQ", "ACK", "BEL", "BS", "TAB", "LF", "VT", "FF",
+        "CR", "SO", "SI", "DLE", "DC1", "DC2", "DC3", "DC4", "NAK", "SYN", "ETB", "CAN", "EM",
+        "SUB", "ESC", "FS", "GS", "RS", "US",
+    ];
+    let c = value
+        .bytes()
+        .find(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f)?;
+    let name = NAMES.get(usize::from(c)).copied().unwrap_or("DEL");
+    Some(format!("U+{c:04X} {name}"))
 }
 
 /// The message's bytes, as they go (header section and body).

@@ -205,11 +205,13 @@ pub(crate) async fn send(
     deliver(queued, via, &store, &ids, &sent, mode, &stop).await
 }
 
-/// `smtp send --merge`: enqueues `batch` once under `key` (all of it in
-/// one transaction, or nothing), then delivers it as [`send`] does. When
-/// the key was enqueued before (a re-run after an interruption), nothing
-/// is enqueued: it says so, and delivers what is due, as `smtp queue run`.
-/// `sent` names each message of `batch` and its recipients.
+/// `smtp send --merge`: enqueues `batch` under `key` (all of it in one
+/// transaction, or nothing), each recipient at most once under the key,
+/// then delivers it as [`send`] does. Recipients enqueued under the key
+/// before (a re-run after an interruption, or a list grown since) are
+/// left out, and said so; when none is left, it delivers what is due in
+/// the queue, as `smtp queue run`. `sent` names each message of `batch`
+/// and its recipients. Returns the ids enqueued now.
 pub(crate) async fn send_once(
     queued: &Queued<'_>,
     via: Option<Via>,
@@ -221,46 +223,79 @@ pub(crate) async fn send_once(
     let store = open(Some(queued.dir)).await?;
     let stop = Stop::new();
     let _registered = Registered::new(&stop);
-    let enqueued = store
+    let Enqueued {
+        ids,
+        skipped,
+        first,
+    } = store
         .enqueue_once(key, batch, SystemTime::now())
         .await
         .map_err(queue_error)?;
-    let ids = match enqueued {
-        Enqueued::New(ids) => ids,
-        Enqueued::Already { at, messages } => {
+    let mut left_out = Vec::new();
+    let (ids, sent): (Vec<MessageId>, Vec<Sent>) = ids
+        .into_iter()
+        .zip(sent)
+        .filter_map(|(id, s)| match id {
+            Some(id) => Some((id, s)),
+            None => {
+                left_out.push(s.name);
+                None
+            }
+        })
+        .unzip();
+    let skipped = usize::try_from(skipped).unwrap_or(usize::MAX);
+    if let Some(at) = first {
+        if ids.is_empty() {
             tell!(
-                "smtp: this merge was already enqueued at {} ({}): nothing enqueued again; \
-                 delivering what is due in the queue",
+                "smtp: this merge was already enqueued at {}: all {} skipped (each was enqueued \
+                 then or since); nothing enqueued again; delivering what is due in the queue",
                 rfc3339(at),
-                counted(usize::try_from(messages).unwrap_or(usize::MAX), "message")
+                counted(skipped, "recipient")
             );
-            let Some(via) = via else {
-                say!("deliver with: {}", queued.run_line);
-                return Ok((EX_OK, Vec::new(), store));
-            };
-            let direct = matches!(via, Via::Direct(_));
-            let config = crate::rate::apply(
-                &store,
-                &via,
-                &queued.rate,
-                config(queued.retry, direct, queued.config)?,
-            )
-            .await?;
-            let runner = via
-                .runner(store.clone(), config)
-                .with_observer(super::report);
-            runner.run_due(&stop).await.map_err(queue_error)?;
-            let code = if stop.is_stopped() {
-                match SIGNALLED.load(Ordering::SeqCst) {
-                    0 => EXIT_SIGINT,
-                    code => code,
-                }
-            } else {
-                EX_OK
-            };
-            return Ok((code, Vec::new(), store));
+        } else {
+            tell!(
+                "smtp: this merge was first enqueued at {}: {} skipped (enqueued then or since{}); \
+                 {} enqueued now",
+                rfc3339(at),
+                counted(skipped, "recipient"),
+                named(&left_out),
+                counted(ids.len(), "new message")
+            );
         }
-    };
+    } else if skipped > 0 {
+        tell!(
+            "smtp: {} skipped: already in this merge{}",
+            counted(skipped, "recipient"),
+            named(&left_out)
+        );
+    }
+    if ids.is_empty() {
+        let Some(via) = via else {
+            say!("deliver with: {}", queued.run_line);
+            return Ok((EX_OK, Vec::new(), store));
+        };
+        let direct = matches!(via, Via::Direct(_));
+        let config = crate::rate::apply(
+            &store,
+            &via,
+            &queued.rate,
+            config(queued.retry, direct, queued.config)?,
+        )
+        .await?;
+        let runner = via
+            .runner(store.clone(), config)
+            .with_observer(super::report);
+        runner.run_due(&stop).await.map_err(queue_error)?;
+        let code = if stop.is_stopped() {
+            match SIGNALLED.load(Ordering::SeqCst) {
+                0 => EXIT_SIGINT,
+                code => code,
+            }
+        } else {
+            EX_OK
+        };
+        return Ok((code, Vec::new(), store));
+    }
     let Some(via) = via else {
         say!(
             "queued {} in {}; nothing delivered yet",
@@ -272,6 +307,16 @@ pub(crate) async fn send_once(
     };
     let code = deliver(queued, via, &store, &ids, &sent, mode, &stop).await?;
     Ok((code, ids, store))
+}
+
+/// `: NAME, NAME, …` for a few names (the messages left out), else nothing.
+fn named(names: &[String]) -> String {
+    const SHOWN: usize = 10;
+    match names.len() {
+        0 => String::new(),
+        n if n <= SHOWN => format!(": {}", names.join(", ")),
+        n => format!(": {}, … ({n} in all)", names[..SHOWN].join(", ")),
+    }
 }
 
 /// Delivers the enqueued `ids` (named by `sent`) until every recipient is

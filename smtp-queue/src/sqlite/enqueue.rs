@@ -1,7 +1,7 @@
 //! Messages in and out: the enqueue (bodies to the spool, then the
 //! envelopes in one transaction) and opening a stored body.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use smtp_core::address::{Mailbox, ReversePath};
@@ -219,69 +219,214 @@ async fn unspool(store: &SqliteStore, written: &[Spooled]) {
     }
 }
 
-/// The batch enqueued under `key`, if one was.
-async fn merge_row<'e>(db: impl sqlx::SqliteExecutor<'e>, key: &str) -> Result<Option<Enqueued>> {
-    let row = sqlx::query("SELECT created_ms, messages FROM merges WHERE key = $1")
-        .bind(key)
-        .fetch_optional(db)
-        .await
-        .map_err(|e| Error::db("reading the enqueued batches", e))?;
-    row.map(|r| {
-        Ok(Enqueued::Already {
-            at: from_millis(get(&r, "created_ms")?),
-            messages: u64::try_from(get::<i64>(&r, "messages")?).unwrap_or(0),
-        })
-    })
-    .transpose()
+/// A recipient as a key records it: the local part as written, the
+/// domain in lower-case A-labels (`Ann@Example.ORG` → `Ann@example.org`).
+pub(crate) fn recorded_address(to: &str) -> Result<String> {
+    let m = Mailbox::parse(to)
+        .map_err(|e| Error::Misuse(format!("the recipient {to:?} does not parse: {e}")))?;
+    Ok(format!(
+        "{}@{}",
+        m.local_part(),
+        m.domain().as_str().to_ascii_lowercase()
+    ))
 }
 
-/// [`Store::enqueue_once`](crate::Store::enqueue_once): the key's row and
-/// the batch in one durable transaction. A key already there (found
-/// before the bodies are read, or inserted by a concurrent call in the
-/// meantime) enqueues nothing.
+/// The key's row (its id and when it was first used) and the recipients
+/// recorded under it.
+async fn recorded(
+    db: &mut sqlx::SqliteConnection,
+    key: &str,
+) -> Result<(Option<(i64, i64)>, HashSet<String>)> {
+    let doing = "reading the recipients enqueued under a key";
+    let row = sqlx::query("SELECT id, created_ms FROM merges WHERE key = $1")
+        .bind(key)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let Some(row) = row else {
+        return Ok((None, HashSet::new()));
+    };
+    let id: i64 = get(&row, "id")?;
+    let addresses: Vec<String> =
+        sqlx::query_scalar("SELECT address FROM merge_recipients WHERE merge_id = $1")
+            .bind(id)
+            .fetch_all(&mut *db)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+    Ok((
+        Some((id, get(&row, "created_ms")?)),
+        addresses.into_iter().collect(),
+    ))
+}
+
+/// Of each message's recipients (`folded`, as [`recorded_address`] gives
+/// them), those to enqueue: not in `known`, nor earlier in the batch.
+/// Returns, per message, the positions kept, and how many were left out.
+fn select(folded: &[Vec<String>], known: &HashSet<String>) -> (Vec<Vec<usize>>, u64) {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut skipped = 0;
+    let kept = folded
+        .iter()
+        .map(|to| {
+            let mut keep = Vec::with_capacity(to.len());
+            for (i, a) in to.iter().enumerate() {
+                if known.contains(a) || !seen.insert(a) {
+                    skipped += 1;
+                } else {
+                    keep.push(i);
+                }
+            }
+            keep
+        })
+        .collect();
+    (kept, skipped)
+}
+
+/// `v` with only the items at `positions` (ascending).
+fn only<T>(v: Vec<T>, positions: &[usize]) -> Vec<T> {
+    v.into_iter()
+        .enumerate()
+        .filter(|(i, _)| positions.binary_search(i).is_ok())
+        .map(|(_, t)| t)
+        .collect()
+}
+
+/// [`Store::enqueue_once`](crate::Store::enqueue_once): the recipients
+/// recorded under `key` are read first, so that the bodies of messages
+/// with none left are never read; then, in one durable transaction, read
+/// again (a concurrent call may have added some: its recipients are left
+/// out now), the new ones recorded and the batch inserted.
 pub(super) async fn enqueue_once(
     store: &SqliteStore,
     key: &str,
     batch: Vec<NewMessage>,
     now: SystemTime,
 ) -> Result<Enqueued> {
-    if let Some(found) = merge_row(&store.pool, key).await? {
-        return Ok(found);
+    for message in &batch {
+        check_envelope(message)?;
     }
     let now_ms = millis(now)?;
-    let messages = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-    let written = spool_batch(store, batch, now).await?;
     let doing = "enqueueing";
+    let (found, known) = {
+        let mut conn = store
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+        recorded(&mut conn, key).await?
+    };
+    let n = batch.len();
+    let folded: Vec<Vec<String>> = batch
+        .iter()
+        .map(|m| m.to.iter().map(|t| recorded_address(t)).collect())
+        .collect::<Result<_>>()?;
+    let (kept, mut skipped) = select(&folded, &known);
+    // The messages with recipients left: their place in the batch, the
+    // message with only those, and their recorded addresses.
+    let mut places = Vec::new();
+    let mut reduced = Vec::new();
+    let mut addresses = Vec::new();
+    for (((place, mut message), keep), folded) in
+        batch.into_iter().enumerate().zip(kept).zip(folded)
+    {
+        if keep.is_empty() {
+            continue;
+        }
+        message.to = only(message.to, &keep);
+        places.push(place);
+        reduced.push(message);
+        addresses.push(only(folded, &keep));
+    }
+    let mut ids = vec![None; n];
+    let first = found.map(|(_, at)| from_millis(at));
+    if reduced.is_empty() {
+        return Ok(Enqueued {
+            ids,
+            skipped,
+            first,
+        });
+    }
+    let mut written = spool_batch(store, reduced, now).await?;
+    let mut dropped = Vec::new();
     let committed = async {
         let mut tx = store.begin_durable(doing).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO merges (key, created_ms, messages) VALUES ($1, $2, $3) \
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(now_ms)
-        .bind(messages)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| Error::db(doing, e))?
-        .rows_affected();
-        if inserted == 0 {
-            let found = merge_row(&mut *tx, key).await?;
-            return Ok(Err(found));
+        let db = |e| Error::db(doing, e);
+        let row = sqlx::query("SELECT id, created_ms FROM merges WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let (merge_id, first) = match row {
+            Some(r) => (get::<i64>(&r, "id")?, Some(get::<i64>(&r, "created_ms")?)),
+            None => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO merges (key, created_ms) VALUES ($1, $2) RETURNING id",
+                )
+                .bind(key)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                (id, None)
+            }
+        };
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM merge_recipients WHERE merge_id = $1")
+                .bind(merge_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if usize::try_from(count).ok() != Some(known.len()) {
+            // Another call enqueued under the key since: leave out what it did.
+            let (_, now_known) = recorded(&mut tx, key).await?;
+            let (kept, more) = select(&addresses, &now_known);
+            skipped += more;
+            let (mut w, mut a) = (Vec::new(), Vec::new());
+            for (((mut spooled, folded), keep), place) in std::mem::take(&mut written)
+                .into_iter()
+                .zip(std::mem::take(&mut addresses))
+                .zip(kept)
+                .zip(std::mem::take(&mut places))
+            {
+                if keep.is_empty() {
+                    dropped.push(spooled);
+                    continue;
+                }
+                spooled.message.to = only(spooled.message.to, &keep);
+                w.push(spooled);
+                a.push(only(folded, &keep));
+                places.push(place);
+            }
+            (written, addresses) = (w, a);
+        }
+        let rows: Vec<&String> = addresses.iter().flatten().collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            QueryBuilder::<Sqlite>::new("INSERT INTO merge_recipients (merge_id, address) ")
+                .push_values(chunk, |mut row, address| {
+                    row.push_bind(merge_id).push_bind(address.as_str());
+                })
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         let entries = insert(&mut tx, &written, now_ms).await?;
-        tx.commit().await.map_err(|e| Error::db(doing, e))?;
-        Ok(Ok(entries))
+        tx.commit().await.map_err(db)?;
+        Ok((entries, first))
     }
     .await;
+    unspool(store, &dropped).await;
     match committed {
-        Ok(Ok(entries)) => {
+        Ok((entries, first)) => {
             store.write_log(&entries);
-            Ok(Enqueued::New(written.into_iter().map(|s| s.id).collect()))
-        }
-        Ok(Err(found)) => {
-            unspool(store, &written).await;
-            found.ok_or_else(|| Error::Misuse("a batch's key vanished as it was read".into()))
+            for (place, s) in places.into_iter().zip(written) {
+                ids[place] = Some(s.id);
+            }
+            Ok(Enqueued {
+                ids,
+                skipped,
+                first: first.map(from_millis),
+            })
         }
         Err(e) => {
             unspool(store, &written).await;
@@ -405,31 +550,113 @@ mod tests {
         }
     }
 
+    fn new(e: &Enqueued) -> usize {
+        e.new_ids().count()
+    }
+
     #[tokio::test]
     async fn a_batch_enqueued_once_under_a_key_is_not_enqueued_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         let first = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let Enqueued::New(ids) = store.enqueue_once("k1", batch(3), first).await.unwrap() else {
-            panic!("new")
-        };
-        assert_eq!(ids.len(), 3);
+        let done = store.enqueue_once("k1", batch(3), first).await.unwrap();
+        assert_eq!((new(&done), done.skipped, done.first), (3, 0, None));
         let again = store
             .enqueue_once("k1", batch(3), SystemTime::now())
             .await
             .unwrap();
         assert_eq!(
             again,
-            Enqueued::Already {
-                at: first,
-                messages: 3
+            Enqueued {
+                ids: vec![None; 3],
+                skipped: 3,
+                first: Some(first)
             }
         );
         assert_eq!(store.stats().await.unwrap().messages, 3);
         // Another key is another batch.
         let other = store.enqueue_once("k2", batch(2), first).await.unwrap();
-        assert!(matches!(other, Enqueued::New(ids) if ids.len() == 2));
+        assert_eq!((new(&other), other.first), (2, None));
         assert_eq!(store.stats().await.unwrap().messages, 5);
+    }
+
+    #[tokio::test]
+    async fn only_recipients_new_under_the_key_are_enqueued_whatever_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let first = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        store.enqueue_once("k", batch(3), first).await.unwrap();
+        // Reversed, the domain in capitals, one more at the end.
+        let mut longer = batch(4);
+        longer.reverse();
+        for m in &mut longer {
+            m.to[0] = m.to[0].replace("example.net", "EXAMPLE.Net");
+        }
+        let done = store
+            .enqueue_once("k", longer, SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!(done.skipped, 3);
+        assert_eq!(done.first, Some(first));
+        assert!(done.ids[0].is_some() && done.ids[1..].iter().all(Option::is_none));
+        let info = store.show(done.ids[0].as_ref().unwrap()).await.unwrap();
+        assert_eq!(info.recipients[0].address, "r3@EXAMPLE.Net");
+        assert_eq!(store.stats().await.unwrap().messages, 4);
+        // The local part is compared as written: R0 is not r0.
+        let mut upper = batch(1);
+        upper[0].to = vec!["R0@example.net".into()];
+        let done = store
+            .enqueue_once("k", upper, SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!((new(&done), done.skipped), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_recipient_twice_in_a_batch_or_a_message_gets_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let mut b = batch(3);
+        b[2].to = vec!["r0@example.net".into()];
+        b[1].to.push("x@example.net".into());
+        b[1].to.push("<x@Example.NET>".into());
+        let done = store.enqueue_once("k", b, SystemTime::now()).await.unwrap();
+        assert_eq!(done.skipped, 2);
+        assert!(done.ids[2].is_none());
+        let info = store.show(done.ids[1].as_ref().unwrap()).await.unwrap();
+        let to: Vec<_> = info.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(to, ["r1@example.net", "x@example.net"]);
+        // A message partly known goes to the rest only.
+        let mut b = batch(1);
+        b[0].to.push("y@example.net".into());
+        let done = store.enqueue_once("k", b, SystemTime::now()).await.unwrap();
+        assert_eq!(done.skipped, 1);
+        let info = store.show(done.ids[0].as_ref().unwrap()).await.unwrap();
+        assert_eq!(info.recipients.len(), 1);
+        assert_eq!(info.recipients[0].address, "y@example.net");
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_under_one_key_enqueue_each_recipient_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .enqueue_once("k", batch(50), SystemTime::now())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for c in calls {
+            total += new(&c.await.unwrap());
+        }
+        assert_eq!(total, 50);
+        assert_eq!(store.stats().await.unwrap().messages, 50);
     }
 
     #[tokio::test]
@@ -455,6 +682,6 @@ mod tests {
             .enqueue_once("k", batch(6), SystemTime::now())
             .await
             .unwrap();
-        assert!(matches!(done, Enqueued::New(ids) if ids.len() == 6));
+        assert_eq!((new(&done), done.skipped, done.first), (6, 0, None));
     }
 }

@@ -11,7 +11,7 @@
 //! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
 //! | 4 | partial indexes: only waiting and leased recipients indexed by when they are due |
 //! | 5 | `budgets`: sending budgets (relay rate limits) and the limits remembered per relay account |
-//! | 6 | `merges`: the key of each batch enqueued once (a mail merge), committed with it |
+//! | 6 | `merges`, `merge_recipients`: each key of `Store::enqueue_once` (a mail merge's message) and every recipient enqueued under it, committed with the batch |
 //! | 7 | `throttles`: each destination's adaptive limits after a "slow down" reply |
 
 use super::{SCHEMA_VERSION, SqliteStore};
@@ -122,14 +122,21 @@ CREATE TABLE budgets (
     ),
     (
         6,
-        // A batch enqueued once under a key (`Store::enqueue_once`): the
-        // row commits with the batch, so a re-run finds it or finds
-        // nothing enqueued.
+        // Batches enqueued once under a key (`Store::enqueue_once`): the
+        // key (a mail merge's message, not its list), and each recipient
+        // enqueued under it (`local@domain`, the domain in lower-case
+        // A-labels), committed with the batch: a re-run, or a longer list,
+        // enqueues only the recipients not there.
         "
 CREATE TABLE merges (
-    key        TEXT PRIMARY KEY,
-    created_ms INTEGER NOT NULL,
-    messages   INTEGER NOT NULL
+    id         INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE merge_recipients (
+    merge_id INTEGER NOT NULL REFERENCES merges(id) ON DELETE CASCADE,
+    address  TEXT NOT NULL,
+    PRIMARY KEY (merge_id, address)
 );
 ",
     ),
