@@ -97,7 +97,6 @@ fn ten_thousand_rows_with_three_bad_ones_are_refused_then_sent_without_them() {
     );
     assert!(server.messages().is_empty());
 
-    let started = Instant::now();
     args.push("--skip-bad-rows");
     let out = smtp(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -106,6 +105,12 @@ fn ten_thousand_rows_with_three_bad_ones_are_refused_then_sent_without_them() {
         stderr.contains("9997 delivered, 0 failed, 0 deferred, 0 waiting"),
         "{stderr}"
     );
+    // A list this long without List-Unsubscribe, and unsigned: both said.
+    assert!(
+        stderr.contains("recipients and no List-Unsubscribe"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not DKIM-signed"), "{stderr}");
     let messages = server.messages();
     assert_eq!(messages.len(), 9_997);
     for m in &messages {
@@ -121,11 +126,6 @@ fn ten_thousand_rows_with_three_bad_ones_are_refused_then_sent_without_them() {
             "{data}"
         );
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(300),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 fn queue_is_empty(q: &str) -> bool {
