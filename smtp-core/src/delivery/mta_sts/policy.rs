@@ -210,7 +210,7 @@ pub fn parse(body: &[u8]) -> Result<Policy, PolicyError> {
                 max_age = Some(age);
             }
             "mx" => {
-                mx.push(MxPattern::parse(value).ok_or_else(|| invalid(format!("mx {value:?}")))?)
+                mx.push(MxPattern::parse(value).ok_or_else(|| invalid(format!("mx {value:?}")))?);
             }
             other => {
                 if other.is_empty()
