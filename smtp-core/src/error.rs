@@ -365,6 +365,15 @@ pub enum PolicyError {
         /// The refusal.
         reply: Reply,
     },
+    /// The recipient domain's MTA-STS policy (RFC 8461, mode enforce)
+    /// could not be met: no allowed MX host, no STARTTLS, or a certificate
+    /// that did not verify for the MX host name. Never sent in plaintext.
+    MtaSts {
+        /// The policy, e.g. "MTA-STS policy of example.com (enforce)".
+        policy: String,
+        /// What failed.
+        detail: String,
+    },
     /// Credentials are set but the server offers no AUTH.
     AuthNotOffered {
         /// Whether the session was encrypted.
@@ -384,6 +393,11 @@ impl fmt::Display for PolicyError {
                 f,
                 "server refused STARTTLS ({reply}); encryption is {policy} — try again later; \
                  the policy optional allows plaintext, or use implicit TLS (port 465)"
+            ),
+            Self::MtaSts { policy, detail } => write!(
+                f,
+                "{policy} not met: {detail}; the message waits for a host that meets it \
+                 (never sent in plaintext)"
             ),
             Self::AuthNotOffered { tls: false } => f.write_str(
                 "credentials are set but the server offers no AUTH on this plaintext session; \

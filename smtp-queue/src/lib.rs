@@ -164,6 +164,7 @@ pub mod dsn;
 mod error;
 mod event;
 pub mod log;
+pub mod mta_sts;
 mod notify;
 pub mod rate;
 mod runner;
@@ -175,6 +176,7 @@ mod state;
 mod stop;
 mod store;
 pub mod time;
+pub mod tls_report;
 mod verdict;
 
 pub use error::{Error, Result};

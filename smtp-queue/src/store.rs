@@ -535,6 +535,32 @@ pub trait Store: Send + Sync {
     /// Lifts a destination's throttle (its limits are back to its shape).
     async fn clear_throttle(&self, destination: &str) -> Result<()>;
 
+    /// The MTA-STS policy cached for `domain` (RFC 8461 §5.1), expired or
+    /// not.
+    async fn sts_policy(
+        &self,
+        domain: &str,
+    ) -> Result<Option<smtp_core::delivery::mta_sts::InForce>>;
+
+    /// Caches a policy (replacing the domain's last).
+    async fn put_sts_policy(&self, policy: &smtp_core::delivery::mta_sts::InForce) -> Result<()>;
+
+    /// Counts TLS-RPT session results (RFC 8460) on the day of `now`.
+    async fn add_tls_results(
+        &self,
+        results: &[crate::tls_report::TlsResult],
+        now: SystemTime,
+    ) -> Result<()>;
+
+    /// The counts of the days from `since`'s to `until`'s (exclusive), of
+    /// one policy domain or all, each with its day's start.
+    async fn tls_results(
+        &self,
+        since: SystemTime,
+        until: SystemTime,
+        domain: Option<&str>,
+    ) -> Result<Vec<(SystemTime, crate::tls_report::TlsResult)>>;
+
     /// Messages owed a delivery status notification and not yet given
     /// one, oldest first, at most `limit`: each asked for it, has a
     /// non-null sender, and every recipient is final, one or more failed

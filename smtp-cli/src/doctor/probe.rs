@@ -98,6 +98,7 @@ pub(super) async fn outbound(resolver: &dyn RecordResolver, setup: &Setup) -> Ou
                     addr,
                     failure: Some(failure),
                     error: None,
+                    tls: None,
                 });
                 continue;
             }
@@ -133,6 +134,7 @@ pub(super) async fn outbound(resolver: &dyn RecordResolver, setup: &Setup) -> Ou
             addr,
             failure: None,
             error: report.error,
+            tls: None,
         });
     }
     let tried = attempts

@@ -84,6 +84,7 @@ impl Probing<'_> {
                         addr,
                         failure: Some(failure),
                         error: None,
+                        tls: None,
                     }));
                     continue;
                 }
@@ -114,6 +115,7 @@ impl Probing<'_> {
                     addr: peer,
                     failure: None,
                     error: Some(e.clone()),
+                    tls: None,
                 });
                 continue;
             }

@@ -24,7 +24,9 @@ mod report;
 mod transport;
 
 pub mod direct;
+pub mod mta_sts;
 pub mod mx;
+pub mod tls_rpt;
 
 pub use driver::{Bodies, Driver, Until, drive};
 pub use report::SessionReport;

@@ -21,8 +21,10 @@ use futures_util::stream::FuturesUnordered;
 use smtp_core::RecipientStatus;
 use smtp_core::delivery::BodySource;
 use smtp_core::delivery::direct::{
-    Connector, Decided, DirectOptions, Trace, deliver_batch, plan_domain,
+    Connector, Decided, DirectOptions, TlsPolicySource, Trace, deliver_batch, enforce,
+    no_allowed_host, plan_domain, session_results,
 };
+use smtp_core::delivery::mta_sts::DomainTls;
 use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
 use tokio::sync::Semaphore;
 
@@ -40,6 +42,8 @@ pub(crate) struct Direct {
     pub(crate) resolver: Arc<dyn Resolver>,
     pub(crate) connector: Arc<dyn Connector>,
     pub(crate) options: DirectOptions,
+    /// MTA-STS policies (RFC 8461), when on.
+    pub(crate) mta_sts: Option<Arc<crate::mta_sts::MtaSts>>,
     /// Plans made lately, by domain: a bulk run's rounds meet the same
     /// domains again and again.
     pub(crate) plans: Mutex<HashMap<String, (Instant, Planned)>>,
@@ -105,7 +109,14 @@ struct Job {
     destination: String,
     plan: Arc<MxPlan>,
     units: Vec<Unit>,
+    /// The domains of the destination that have an MTA-STS policy.
+    policies: Arc<Vec<(String, DomainTls)>>,
+    /// The policy enforced on the destination's sessions (one domain's).
+    enforced: Option<DomainTls>,
 }
+
+/// A destination's plan, its messages' recipients, its domains' policies.
+type Group = (Arc<MxPlan>, Positions, Vec<(String, DomainTls)>);
 
 /// What a round shares between its jobs.
 struct Round<'a> {
@@ -219,29 +230,61 @@ impl Runner {
                 domains.entry(domain).or_default().push((c, i));
             }
         }
-        let plans: Vec<(String, Planned)> = futures_util::stream::iter(domains.keys().cloned())
-            .map(|domain| async move {
-                let plan = direct.plan(&domain).await;
-                (domain, plan)
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
+        let plans: Vec<(String, Planned, DomainTls)> =
+            futures_util::stream::iter(domains.keys().cloned())
+                .map(|domain| async move {
+                    let plan = direct.plan(&domain).await;
+                    let tls = match (&plan, &direct.mta_sts) {
+                        (Ok(_), Some(m)) => m.domain_tls(&domain).await,
+                        _ => DomainTls::default(),
+                    };
+                    (domain, plan, tls)
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
         let now = SystemTime::now();
         // Per destination: the plan and each message's positions.
-        let mut groups: BTreeMap<String, (Arc<MxPlan>, Positions)> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut unplanned: BTreeMap<usize, Vec<(RecipientId, Outcome)>> = BTreeMap::new();
-        for (domain, plan) in plans {
+        for (domain, plan, tls) in plans {
             let members = domains.remove(&domain).unwrap_or_default();
+            // Under an enforced MTA-STS policy only the hosts it allows;
+            // none allowed: deferred, naming the policy.
+            let plan = match plan {
+                Ok(plan) => {
+                    let applied = tls.apply(&plan, direct.options.config.tls);
+                    if let Some(refusal) = no_allowed_host(&tls, &applied) {
+                        let attempt = Attempt {
+                            text: refusal.to_string(),
+                            ..Attempt::default()
+                        };
+                        for (c, i) in members {
+                            let message = &claimed[c];
+                            let id = message.recipients[i].id;
+                            let outcome = self.retry(message, id, attempt.clone(), now);
+                            unplanned.entry(c).or_default().push((id, outcome));
+                        }
+                        continue;
+                    }
+                    Ok(applied.plan)
+                }
+                Err(e) => Err(e),
+            };
             match plan {
                 Ok(plan) => {
-                    let key = mx_destination(&plan);
+                    // Domains under different enforced policies never
+                    // share a session.
+                    let key = format!("{}{}", mx_destination(&plan), tls.key());
                     lock(&self.mx_destinations).insert(domain.clone(), key.clone());
-                    let (_, messages) = groups
+                    let (_, messages, policies) = groups
                         .entry(key)
-                        .or_insert_with(|| (Arc::new(plan), BTreeMap::new()));
+                        .or_insert_with(|| (Arc::new(plan), BTreeMap::new(), Vec::new()));
                     for (c, i) in members {
                         messages.entry(c).or_default().push(i);
+                    }
+                    if tls.mta_sts.is_some() {
+                        policies.push((domain.clone(), tls));
                     }
                 }
                 Err(e) => {
@@ -269,7 +312,12 @@ impl Runner {
         let keys: Vec<String> = groups.keys().cloned().collect();
         self.shaper.load(self.store.as_ref(), &keys, now).await?;
         let mut jobs: Vec<Vec<Job>> = Vec::new();
-        for (key, (plan, messages)) in groups {
+        for (key, (plan, messages, policies)) in groups {
+            let enforced = policies
+                .iter()
+                .find(|(_, t)| t.enforced())
+                .map(|(_, t)| t.clone());
+            let policies = Arc::new(policies);
             let per = self.shaper.per_session(&key, now);
             let mut units: Vec<Unit> = messages
                 .into_iter()
@@ -285,6 +333,8 @@ impl Runner {
                     destination: key.clone(),
                     plan: plan.clone(),
                     units,
+                    policies: policies.clone(),
+                    enforced: enforced.clone(),
                 });
                 units = rest;
             }
@@ -392,6 +442,11 @@ impl Runner {
             destination: job.destination.clone(),
             messages: units.len(),
         });
+        // Under an enforced MTA-STS policy: TLS verified for the MX host.
+        let mut options = direct.options.clone();
+        if let Some(tls) = &job.enforced {
+            options.config.tls = tls.apply(&job.plan, options.config.tls).tls;
+        }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Decided>)>();
         // The messages whose data began to go out (to any host): only
         // those can have reached a server if the session is abandoned.
@@ -417,7 +472,7 @@ impl Runner {
                 &job.plan,
                 &envelopes,
                 &mut bodies,
-                &direct.options,
+                &options,
                 &trace,
                 &mut settled,
             );
@@ -469,7 +524,7 @@ impl Runner {
                 recorded[k] = true;
             }
         }
-        let Some(report) = report else {
+        let Some(mut report) = report else {
             tracing::warn!(destination = %job.destination,
                 "stopped: a session did not finish in time; what it had not settled is released");
             let data_sent = std::mem::take(&mut *lock(&data_sent));
@@ -486,6 +541,19 @@ impl Runner {
             }
             return Ok(());
         };
+        if let Some(tls) = &job.enforced {
+            for decided in &mut report.messages {
+                enforce(tls, decided);
+            }
+        }
+        if let Some(m) = &direct.mta_sts {
+            for (domain, tls) in job.policies.iter() {
+                for (host, result) in session_results(tls, &report.attempts) {
+                    m.session(domain, tls, &host, result);
+                }
+            }
+            m.flush(self.store.as_ref()).await?;
+        }
         let delivered_any = report
             .messages
             .iter()

@@ -275,6 +275,18 @@ impl Runner {
         }
     }
 
+    /// Direct delivery under each domain's MTA-STS policy (RFC 8461):
+    /// under `enforce`, only the MX hosts it allows, over TLS verified for
+    /// the MX host name, or deferred naming the policy; each session's
+    /// result counted for TLS-RPT. No effect on a relay runner.
+    #[must_use]
+    pub fn with_mta_sts(mut self, mta_sts: Arc<crate::mta_sts::MtaSts>) -> Self {
+        if let Mode::Direct(direct) = &mut self.mode {
+            direct.mta_sts = Some(mta_sts);
+        }
+        self
+    }
+
     /// A runner delivering directly to each recipient domain's mail
     /// servers (MX records through `resolver`, connections through
     /// `connector`). Domains served by the same MX hosts are one
@@ -293,6 +305,7 @@ impl Runner {
                 resolver,
                 connector,
                 options,
+                mta_sts: None,
                 plans: Mutex::new(HashMap::new()),
             }),
             destination: "direct".to_owned(),

@@ -57,6 +57,7 @@ mod admin;
 mod budget;
 mod claim;
 mod enqueue;
+mod mta_sts;
 mod notify;
 mod record;
 mod rows;
@@ -64,7 +65,7 @@ mod schema;
 mod throttle;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).
@@ -443,6 +444,34 @@ impl Store for SqliteStore {
 
     async fn clear_throttle(&self, destination: &str) -> Result<()> {
         throttle::clear_throttle(self, destination).await
+    }
+
+    async fn sts_policy(
+        &self,
+        domain: &str,
+    ) -> Result<Option<smtp_core::delivery::mta_sts::InForce>> {
+        mta_sts::sts_policy(self, domain).await
+    }
+
+    async fn put_sts_policy(&self, policy: &smtp_core::delivery::mta_sts::InForce) -> Result<()> {
+        mta_sts::put_sts_policy(self, policy).await
+    }
+
+    async fn add_tls_results(
+        &self,
+        results: &[crate::tls_report::TlsResult],
+        now: SystemTime,
+    ) -> Result<()> {
+        mta_sts::add_tls_results(self, results, now).await
+    }
+
+    async fn tls_results(
+        &self,
+        since: SystemTime,
+        until: SystemTime,
+        domain: Option<&str>,
+    ) -> Result<Vec<(SystemTime, crate::tls_report::TlsResult)>> {
+        mta_sts::tls_results(self, since, until, domain).await
     }
 
     async fn owed_notifications(&self, limit: u32) -> Result<Vec<MessageInfo>> {

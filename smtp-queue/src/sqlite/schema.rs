@@ -13,6 +13,7 @@
 //! | 5 | `budgets`: sending budgets (relay rate limits) and the limits remembered per relay account |
 //! | 6 | `merges`, `merge_recipients`: each key of `Store::enqueue_once` (a mail merge's message) and every recipient enqueued under it, committed with the batch |
 //! | 7 | `throttles`: each destination's adaptive limits after a "slow down" reply |
+//! | 8 | `mta_sts_policies`: MTA-STS policies cached per domain; `tls_results`: TLS-RPT session results counted per day |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -155,6 +156,32 @@ CREATE TABLE throttles (
     since_ms        INTEGER NOT NULL,
     cut_ms          INTEGER NOT NULL,
     until_ms        INTEGER NOT NULL
+);
+",
+    ),
+    (
+        8,
+        // MTA-STS (RFC 8461): the policy last fetched for each domain, kept
+        // in force until it expires when a refresh fails. TLS-RPT (RFC
+        // 8460): sessions counted by day, policy and result.
+        "
+CREATE TABLE mta_sts_policies (
+    domain    TEXT PRIMARY KEY,
+    id        TEXT NOT NULL,
+    policy    TEXT NOT NULL,
+    fetched_s INTEGER NOT NULL,
+    expires_s INTEGER NOT NULL
+);
+CREATE TABLE tls_results (
+    day           INTEGER NOT NULL,
+    policy_domain TEXT NOT NULL,
+    policy_type   TEXT NOT NULL,
+    policy_string TEXT NOT NULL,
+    mx_host       TEXT NOT NULL,
+    receiving_mx  TEXT NOT NULL,
+    result        TEXT NOT NULL,
+    count         INTEGER NOT NULL,
+    PRIMARY KEY (day, policy_domain, policy_type, policy_string, receiving_mx, result)
 );
 ",
     ),

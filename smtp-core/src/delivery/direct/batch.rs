@@ -106,6 +106,7 @@ pub async fn deliver_batch(
                     addr,
                     failure: Some(failure),
                     error: None,
+                    tls: None,
                 });
                 continue;
             }
@@ -182,6 +183,7 @@ pub async fn deliver_batch(
             addr,
             failure: None,
             error,
+            tls,
         });
     }
     walk.report(envelopes, options.port)

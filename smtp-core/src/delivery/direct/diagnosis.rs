@@ -130,6 +130,7 @@ mod tests {
             addr: SocketAddr::from(([192, 0, 2, last], 25)),
             failure: Some(failure),
             error: None,
+            tls: None,
         };
         let mut attempts = vec![
             attempt(1, ConnectFailure::Unreachable),

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::address::Mailbox;
 use crate::client::{Config, Event};
+use crate::delivery::mta_sts::DomainTls;
 use crate::delivery::mx::{MxPlan, PlanError, PlanKind, PlannedHost, Resolver, plan};
 use crate::delivery::{BodySource, TlsInfo, Transport};
 use crate::envelope::{Envelope, RecipientOutcome, RecipientStatus};
@@ -30,9 +31,13 @@ use crate::phase::Phase;
 
 mod batch;
 mod diagnosis;
+mod requirement;
 
 pub use self::batch::{BatchReport, Decided, deliver_batch, is_final};
 pub use self::diagnosis::{Diagnosis, diagnose};
+pub use self::requirement::{
+    NoRequirements, TlsPolicySource, enforce, no_allowed_host, session_results,
+};
 
 /// Why a connection attempt failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +141,8 @@ pub struct Attempt {
     pub failure: Option<ConnectFailure>,
     /// The session's fault, if it ended with one.
     pub error: Option<Error>,
+    /// The session's TLS facts, if it got as far as TLS.
+    pub tls: Option<TlsInfo>,
 }
 
 /// What became of one domain.
@@ -155,6 +162,8 @@ pub struct DomainReport {
     pub tls: Option<TlsInfo>,
     /// Why it failed, when that can be said.
     pub diagnosis: Option<Diagnosis>,
+    /// The TLS requirements the domain was delivered under (MTA-STS).
+    pub requirements: DomainTls,
 }
 
 /// Delivers one message to every recipient's own mail servers. `pick(n)`
@@ -234,6 +243,33 @@ pub async fn deliver_traced(
     pick: &(dyn Fn(usize) -> usize + Sync),
     trace: &(dyn Fn(Trace<'_>) + Sync),
 ) -> Vec<DomainReport> {
+    deliver_under(
+        resolver,
+        connector,
+        envelope,
+        body,
+        options,
+        pick,
+        trace,
+        &NoRequirements,
+    )
+    .await
+}
+
+/// [`deliver_traced`] under each domain's TLS requirements from `source`
+/// (MTA-STS): under `enforce`, only the MX hosts the policy allows, over
+/// TLS verified for the MX host name, or deferred naming the policy.
+#[allow(clippy::too_many_arguments)]
+pub async fn deliver_under(
+    resolver: &dyn Resolver,
+    connector: &dyn Connector,
+    envelope: &Envelope,
+    body: BodyFactory<'_>,
+    options: &DirectOptions,
+    pick: &(dyn Fn(usize) -> usize + Sync),
+    trace: &(dyn Fn(Trace<'_>) + Sync),
+    source: &dyn TlsPolicySource,
+) -> Vec<DomainReport> {
     let mut domains: BTreeMap<String, Vec<Mailbox>> = BTreeMap::new();
     for rcpt in &envelope.to {
         domains
@@ -243,11 +279,17 @@ pub async fn deliver_traced(
     }
     let jobs = domains.into_iter().map(|(domain, rcpts)| async move {
         let span = tracing::info_span!("smtp.direct", domain = %domain);
-        deliver_domain(
-            resolver, connector, envelope, domain, rcpts, body, options, pick, trace,
-        )
-        .instrument(span)
-        .await
+        let parts = Parts {
+            resolver,
+            connector,
+            options,
+            pick,
+            trace,
+            source,
+        };
+        deliver_domain(&parts, envelope, domain, rcpts, body)
+            .instrument(span)
+            .await
     });
     futures_util::stream::iter(jobs)
         .buffered(options.concurrency.max(1))
@@ -287,19 +329,37 @@ pub async fn plan_domain(
     plan(resolver, domain, &mut pick, options.max_addresses).await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every domain's delivery shares.
+struct Parts<'a> {
+    resolver: &'a dyn Resolver,
+    connector: &'a dyn Connector,
+    options: &'a DirectOptions,
+    pick: &'a (dyn Fn(usize) -> usize + Sync),
+    trace: &'a (dyn Fn(Trace<'_>) + Sync),
+    source: &'a dyn TlsPolicySource,
+}
+
 async fn deliver_domain(
-    resolver: &dyn Resolver,
-    connector: &dyn Connector,
+    parts: &Parts<'_>,
     envelope: &Envelope,
     domain: String,
     rcpts: Vec<Mailbox>,
     body: BodyFactory<'_>,
-    options: &DirectOptions,
-    pick: &(dyn Fn(usize) -> usize + Sync),
-    trace: &(dyn Fn(Trace<'_>) + Sync),
 ) -> DomainReport {
+    let Parts {
+        resolver,
+        connector,
+        options,
+        pick,
+        trace,
+        source,
+    } = *parts;
     let plan = plan_domain(resolver, &domain, options, pick).await;
+    let requirements = if plan.is_ok() {
+        source.domain_tls(&domain).await
+    } else {
+        DomainTls::default()
+    };
     let mut report = DomainReport {
         domain,
         plan: plan.clone(),
@@ -308,6 +368,7 @@ async fn deliver_domain(
         host: None,
         tls: None,
         diagnosis: None,
+        requirements,
     };
     let outcome_all = |rcpts: Vec<Mailbox>, phase, error: &Error, status| {
         rcpts
@@ -342,23 +403,34 @@ async fn deliver_domain(
             return report;
         }
     };
+    let applied = report.requirements.apply(&plan, options.config.tls);
+    if let Some(error) = no_allowed_host(&report.requirements, &applied) {
+        report.outcomes = outcome_all(rcpts, Phase::Connect, &error, RecipientStatus::Deferred);
+        return report;
+    }
+    let mut options = options.clone();
+    options.config.tls = applied.tls;
     let envelopes = [Envelope {
         to: rcpts,
         ..envelope.clone()
     }];
     let batch = deliver_batch(
         connector,
-        &plan,
+        &applied.plan,
         &envelopes,
         &mut bodies,
-        options,
+        &options,
         trace,
         &mut |_, _| {},
     )
     .await;
+    for (host, result) in session_results(&report.requirements, &batch.attempts) {
+        source.session(&report.domain, &report.requirements, &host, result);
+    }
     report.attempts = batch.attempts;
     report.diagnosis = batch.diagnosis;
-    let decided = batch.messages.into_iter().next().unwrap_or_default();
+    let mut decided = batch.messages.into_iter().next().unwrap_or_default();
+    enforce(&report.requirements, &mut decided);
     // The host of the session that decided last.
     if let Some(d) = decided.iter().rev().find(|d| d.host.is_some()) {
         report.host.clone_from(&d.host);

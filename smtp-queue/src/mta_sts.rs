@@ -1,0 +1,360 @@
+//! MTA-STS (RFC 8461) fetched and cached, for direct delivery: the
+//! [`TlsPolicySource`] the runner (and `smtp send`'s direct path) deliver
+//! under. The rules themselves are `smtp_core::delivery::mta_sts`'s; here
+//! is the IO they need:
+//!
+//! - DNS: `_mta-sts.<domain>` TXT (and `_smtp._tls.<domain>` for TLS-RPT),
+//!   the addresses of `mta-sts.<domain>`, through a [`RecordResolver`];
+//! - HTTPS: `https://mta-sts.<domain>/.well-known/mta-sts.txt` with
+//!   [`HttpsGet`]: the certificate verified for that name, 10 s, 64 KiB,
+//!   `text/plain` required, redirects not followed;
+//! - the cache: the queue's store ([`StoreCache`]) or a JSON file
+//!   ([`FileCache`]). A cached policy stays in force until it expires when
+//!   a refresh fails; a policy that is invalid (a bad version, over 64 KiB,
+//!   …) is ignored with a warning.
+//!
+//! Each session's result under a policy is kept for TLS-RPT (RFC 8460):
+//! [`MtaSts::flush`] counts them in the store.
+//!
+//! This lives in `smtp-queue` rather than `smtp-tls`: it needs DNS
+//! (`smtp-dns`), HTTPS (`smtp-tls`) and a durable cache (the store), and
+//! this is the crate that holds all three.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use smtp_core::delivery::direct::TlsPolicySource;
+use smtp_core::delivery::mta_sts::{
+    self, DomainTls, InForce, Mode, PolicyFileError, Refresh, clamp_max_age, refresh,
+};
+use smtp_core::delivery::tls_rpt::{self, ResultType};
+use smtp_dns::RecordResolver;
+use smtp_tls::Trust;
+use smtp_tls::https::{HttpsError, HttpsGet};
+
+use crate::store::Store;
+use crate::tls_report::TlsResult;
+
+/// The path of the policy file.
+pub const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
+
+/// Where policies are cached.
+#[async_trait]
+pub trait PolicyCache: Send + Sync {
+    /// The policy cached for `domain`, expired or not.
+    async fn get(&self, domain: &str) -> Option<InForce>;
+    /// Caches `policy`, replacing the domain's last.
+    async fn put(&self, policy: &InForce);
+}
+
+/// The queue's store as the cache.
+pub struct StoreCache(pub Arc<dyn Store>);
+
+#[async_trait]
+impl PolicyCache for StoreCache {
+    async fn get(&self, domain: &str) -> Option<InForce> {
+        self.0
+            .sts_policy(domain)
+            .await
+            .inspect_err(|e| tracing::warn!(domain, "MTA-STS cache: {e}"))
+            .ok()
+            .flatten()
+    }
+
+    async fn put(&self, policy: &InForce) {
+        if let Err(e) = self.0.put_sts_policy(policy).await {
+            tracing::warn!(domain = %policy.domain, "MTA-STS cache: {e}");
+        }
+    }
+}
+
+/// A JSON file as the cache (`smtp send` without a queue): one object,
+/// domain → `{id, policy, fetched, expires}`. Kept to
+/// [`FileCache::MAX_DOMAINS`] domains.
+pub struct FileCache {
+    path: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl FileCache {
+    /// Domains kept at most; past it the oldest fetched go.
+    pub const MAX_DOMAINS: usize = 1000;
+
+    /// A cache in `path` (created when first written).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn read(&self) -> BTreeMap<String, serde_json::Value> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl PolicyCache for FileCache {
+    async fn get(&self, domain: &str) -> Option<InForce> {
+        let _guard = self.lock.lock().await;
+        let entry = self.read().remove(domain)?;
+        let policy = mta_sts::policy::parse(entry["policy"].as_str()?.as_bytes()).ok()?;
+        Some(InForce {
+            domain: domain.to_owned(),
+            id: entry["id"].as_str()?.to_owned(),
+            policy,
+            fetched_at: entry["fetched"].as_u64()?,
+            expires_at: entry["expires"].as_u64()?,
+            from_cache: true,
+        })
+    }
+
+    async fn put(&self, p: &InForce) {
+        let _guard = self.lock.lock().await;
+        let mut all = self.read();
+        all.insert(
+            p.domain.clone(),
+            serde_json::json!({
+                "id": p.id,
+                "policy": p.policy.lines().join("\r\n"),
+                "fetched": p.fetched_at,
+                "expires": p.expires_at,
+            }),
+        );
+        while all.len() > Self::MAX_DOMAINS {
+            let oldest = all
+                .iter()
+                .min_by_key(|(_, v)| v["fetched"].as_u64().unwrap_or(0))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                all.remove(&k);
+            }
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&all)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            tracing::warn!(path = %self.path.display(), "MTA-STS cache not written: {e}");
+        }
+    }
+}
+
+/// MTA-STS policies for direct delivery: looked up, fetched, cached.
+pub struct MtaSts {
+    resolver: Arc<dyn RecordResolver>,
+    https: HttpsGet,
+    port: u16,
+    cache: Arc<dyn PolicyCache>,
+    results: Mutex<Vec<TlsResult>>,
+}
+
+impl MtaSts {
+    /// Policies through `resolver`, fetched trusting `trust` (the web PKI
+    /// roots and any extra anchors), cached in `cache`.
+    pub fn new(
+        resolver: Arc<dyn RecordResolver>,
+        trust: Trust,
+        cache: Arc<dyn PolicyCache>,
+    ) -> Self {
+        Self {
+            resolver,
+            https: HttpsGet::new(trust)
+                .with_timeout(Duration::from_secs(10))
+                .with_max_body(mta_sts::MAX_POLICY_SIZE),
+            port: 443,
+            cache,
+            results: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The HTTPS port policies are fetched from (443; tests use others).
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Counts the session results heard since the last flush in `store`
+    /// (TLS-RPT).
+    pub async fn flush(&self, store: &dyn Store) -> crate::Result<()> {
+        let results = std::mem::take(&mut *lock(&self.results));
+        if results.is_empty() {
+            return Ok(());
+        }
+        store.add_tls_results(&results, SystemTime::now()).await
+    }
+
+    /// The session results heard since the last flush, taken.
+    pub fn take_results(&self) -> Vec<TlsResult> {
+        std::mem::take(&mut *lock(&self.results))
+    }
+
+    fn note(&self, result: TlsResult) {
+        let mut results = lock(&self.results);
+        // Bounded: a runner flushes after each session.
+        if results.len() < 100_000 {
+            results.push(result);
+        }
+    }
+
+    /// Fetches and parses `domain`'s policy.
+    async fn fetch(&self, domain: &str) -> Result<mta_sts::Policy, (ResultType, String)> {
+        let host = format!("mta-sts.{domain}");
+        let fetch_error = |detail: String| (ResultType::StsPolicyFetchError, detail);
+        let addrs = self
+            .resolver
+            .addresses(&host)
+            .await
+            .map_err(|e| fetch_error(format!("{host}: {e}")))?;
+        let response = self
+            .https
+            .get(&host, &addrs, self.port, POLICY_PATH)
+            .await
+            .map_err(|e| match e {
+                HttpsError::Tls { .. } => (ResultType::StsWebpkiInvalid, e.to_string()),
+                HttpsError::TooLarge { .. } => (ResultType::StsPolicyInvalid, e.to_string()),
+                e => fetch_error(e.to_string()),
+            })?;
+        if response.status != 200 {
+            return Err(fetch_error(format!(
+                "https://{host}{POLICY_PATH} answered {} (redirects are not followed)",
+                response.status
+            )));
+        }
+        let content_type = response.header("content-type").unwrap_or_default();
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        if !media.eq_ignore_ascii_case("text/plain") {
+            return Err((
+                ResultType::StsPolicyInvalid,
+                format!("the policy's Content-Type is {content_type:?}, not text/plain"),
+            ));
+        }
+        mta_sts::policy::parse(&response.body)
+            .map_err(|e: PolicyFileError| (ResultType::StsPolicyInvalid, e.to_string()))
+    }
+
+    /// The TLS-RPT record of `domain`, for the log.
+    async fn tls_rpt(&self, domain: &str) -> Option<tls_rpt::TlsRptRecord> {
+        let txts = self
+            .resolver
+            .txt(&format!("_smtp._tls.{domain}"))
+            .await
+            .ok()?;
+        tls_rpt::select(&txts)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[async_trait]
+impl TlsPolicySource for MtaSts {
+    async fn domain_tls(&self, domain: &str) -> DomainTls {
+        let now = unix_now();
+        let cached = self.cache.get(domain).await;
+        let record = match self.resolver.txt(&format!("_mta-sts.{domain}")).await {
+            Ok(txts) => mta_sts::record::select(&txts).ok(),
+            Err(e) => {
+                tracing::info!(domain, "MTA-STS TXT lookup failed: {e}");
+                None
+            }
+        };
+        let live = cached.filter(|c| c.expires_at > now);
+        match refresh(live.as_ref(), record.as_ref(), now) {
+            Refresh::NoPolicy => DomainTls::default(),
+            Refresh::UseCached => DomainTls {
+                mta_sts: live,
+                problem: None,
+            },
+            Refresh::Fetch { id } => match self.fetch(domain).await {
+                Ok(policy) => {
+                    let fetched = InForce {
+                        domain: domain.to_owned(),
+                        id,
+                        expires_at: now.saturating_add(clamp_max_age(policy.max_age)),
+                        policy,
+                        fetched_at: now,
+                        from_cache: false,
+                    };
+                    self.cache.put(&fetched).await;
+                    if let Some(rpt) = self.tls_rpt(domain).await {
+                        tracing::info!(domain, rua = ?rpt.rua, "TLS-RPT reports requested");
+                    }
+                    DomainTls {
+                        mta_sts: Some(fetched),
+                        problem: None,
+                    }
+                }
+                Err((kind, detail)) => {
+                    let kept = live.as_ref().map_or("no policy".to_owned(), |p| {
+                        format!("{} (cached)", p.label())
+                    });
+                    tracing::warn!(
+                        domain,
+                        "MTA-STS policy of {domain} ignored ({kind}): {detail}; delivering under {kept}"
+                    );
+                    self.note(TlsResult {
+                        policy_domain: domain.to_owned(),
+                        policy_type: if live.is_some() {
+                            "sts"
+                        } else {
+                            "no-policy-found"
+                        }
+                        .to_owned(),
+                        policy_string: live.as_ref().map(|p| p.policy.lines()).unwrap_or_default(),
+                        mx_host: live
+                            .as_ref()
+                            .map(|p| p.policy.mx.iter().map(ToString::to_string).collect())
+                            .unwrap_or_default(),
+                        receiving_mx: String::new(),
+                        result: kind,
+                        count: 1,
+                    });
+                    DomainTls {
+                        mta_sts: live,
+                        problem: Some((kind, detail)),
+                    }
+                }
+            },
+        }
+    }
+
+    fn session(&self, domain: &str, tls: &DomainTls, host: &str, result: ResultType) {
+        let Some(p) = &tls.mta_sts else { return };
+        if result != ResultType::Success && p.policy.mode == Mode::Testing {
+            tracing::warn!(
+                domain,
+                host,
+                "{} would refuse this session ({result}); delivered as testing allows",
+                p.label()
+            );
+        }
+        self.note(TlsResult {
+            policy_domain: domain.to_owned(),
+            policy_type: "sts".to_owned(),
+            policy_string: p.policy.lines(),
+            mx_host: p.policy.mx.iter().map(ToString::to_string).collect(),
+            receiving_mx: host.to_owned(),
+            result,
+            count: 1,
+        });
+    }
+}
