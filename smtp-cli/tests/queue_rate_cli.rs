@@ -441,18 +441,34 @@ fn queue_only_remembers_the_rate_for_a_plain_queue_run() {
         let out = smtp(
             home,
             &[
-                "send", "--queue", q, "--queue-only", "--server", &addr, "--tls", "none", "-t",
-                "--rate", "1/minute", file,
+                "send",
+                "--queue",
+                q,
+                "--queue-only",
+                "--server",
+                &addr,
+                "--tls",
+                "none",
+                "-t",
+                "--rate",
+                "1/minute",
+                file,
             ],
         );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
     let stats = smtp(home, &["queue", "stats", "--queue", q]);
     let s = String::from_utf8_lossy(&stats.stdout);
-    assert!(s.contains(&format!("budget {key}: 1/minute")), "{}", text(&stats));
+    assert!(
+        s.contains(&format!("budget {key}: 1/minute")),
+        "{}",
+        text(&stats)
+    );
     let out = smtp(
         home,
-        &["queue", "run", "--queue", q, "--server", &addr, "--tls", "none"],
+        &[
+            "queue", "run", "--queue", q, "--server", &addr, "--tls", "none",
+        ],
     );
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     assert!(
@@ -469,24 +485,54 @@ fn queue_only_remembers_the_rate_for_a_plain_queue_run() {
     let out = smtp(
         home,
         &[
-            "send", "--queue", q, "--queue-only", "--server", &addr, "--tls", "none", "--user",
-            "alice", "-t", "--rate", "2/minute", &files[0],
+            "send",
+            "--queue",
+            q,
+            "--queue-only",
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "--user",
+            "alice",
+            "-t",
+            "--rate",
+            "2/minute",
+            &files[0],
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stats = smtp(home, &["queue", "stats", "--queue", q]);
     let s = String::from_utf8_lossy(&stats.stdout);
-    assert!(s.contains(&format!("budget {key}:alice: 2/minute")), "{}", text(&stats));
+    assert!(
+        s.contains(&format!("budget {key}:alice: 2/minute")),
+        "{}",
+        text(&stats)
+    );
     // --rate none with --queue-only clears them too.
     let out = smtp(
         home,
         &[
-            "send", "--queue", q, "--queue-only", "--server", &addr, "--tls", "none", "-t",
-            "--rate", "none", &files[1],
+            "send",
+            "--queue",
+            q,
+            "--queue-only",
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "-t",
+            "--rate",
+            "none",
+            &files[1],
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(stderr(&out).contains(&format!("rate limits for {key} cleared")), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("rate limits for {key} cleared")),
+        "{}",
+        text(&out)
+    );
 }
 
 /// `--rate 10/second --rate 3/minute`: the second paces, the minute caps:
@@ -504,8 +550,20 @@ fn a_longer_limit_caps_without_slowing_the_pace() {
     let q = q.to_str().unwrap();
     let files = message_files(dir.path(), 5);
     let mut args = vec![
-        "send", "--server", &addr, "--tls", "none", "--queue", q, "-t", "--rate", "10/second",
-        "--rate", "3/minute", "--linger", "2",
+        "send",
+        "--server",
+        &addr,
+        "--tls",
+        "none",
+        "--queue",
+        q,
+        "-t",
+        "--rate",
+        "10/second",
+        "--rate",
+        "3/minute",
+        "--linger",
+        "2",
     ];
     args.extend(files.iter().map(String::as_str));
     let out = smtp(home, &args);
@@ -524,7 +582,10 @@ fn a_longer_limit_caps_without_slowing_the_pace() {
     let now = now_ms();
     let w = waiting(home, q);
     assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w.iter().all(|(a, next)| *a == 0 && *next > now + 50_000), "{w:?}");
+    assert!(
+        w.iter().all(|(a, next)| *a == 0 && *next > now + 50_000),
+        "{w:?}"
+    );
     let stats = smtp(home, &["queue", "stats", "--queue", q]);
     let s = String::from_utf8_lossy(&stats.stdout);
     assert!(
@@ -535,6 +596,9 @@ fn a_longer_limit_caps_without_slowing_the_pace() {
         text(&stats)
     );
     let stats = json(&smtp(home, &["queue", "stats", "--queue", q, "--json"]));
-    assert_eq!(stats["budgets"][0]["caps"][0]["limit"], "3/minute", "{stats}");
+    assert_eq!(
+        stats["budgets"][0]["caps"][0]["limit"], "3/minute",
+        "{stats}"
+    );
     assert_eq!(stats["budgets"][0]["caps"][0]["used"], 3, "{stats}");
 }

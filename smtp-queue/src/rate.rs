@@ -624,6 +624,16 @@ mod tests {
         assert_eq!(rate("500/day").per, Duration::from_secs(86_400));
         assert_eq!(rate(" 100 / Hours ").count, 100);
         assert_eq!(rate("5/s").per, Duration::from_secs(1));
+        for (text, secs) in [
+            ("30/min", 60),
+            ("30/m", 60),
+            ("3/sec", 1),
+            ("3/h", 3600),
+            ("3/d", 86_400),
+            ("3/minutes", 60),
+        ] {
+            assert_eq!(rate(text).per, Duration::from_secs(secs), "{text}");
+        }
         assert_eq!(rate("30/minute").to_string(), "30/minute");
         assert_eq!(rate("2/h").to_string(), "2/hour");
         for bad in ["30", "x/minute", "30/fortnight", "-1/minute", "30/"] {
