@@ -682,7 +682,7 @@ mod tests {
         let limits = [second, hour];
         let mut tats = [None, None];
         let mut log = Vec::new();
-        let mut go = |tats: &mut [Option<i64>], log: &mut Vec<Take>, now| {
+        let go = |tats: &mut [Option<i64>], log: &mut Vec<Take>, now| {
             let d = take(&limits, tats, log, 1, now);
             if d == Decision::Allowed {
                 log.push(Take {
