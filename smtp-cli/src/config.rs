@@ -8,8 +8,8 @@
 //! user = "alice@example.com"
 //! password_command = "pass show smtp/work"
 //! from = "alice@example.com"
-//! rate = ["30/minute", "500/day"]   # the relay's caps (see --rate)
-//! burst = 1
+//! rate = ["30/minute", "500/day"]   # the relay's limits (see --rate);
+//! burst = 1                         # one alone: rate = "30/minute"
 //!
 //! # Direct delivery's traffic shaping (over the built-in table):
 //! [destinations."*.google.com"]
@@ -79,11 +79,26 @@ pub(crate) struct Account {
     pub(crate) dkim_selector: Option<String>,
     pub(crate) dkim_domain: Option<String>,
     pub(crate) dkim_canonicalization: Option<String>,
-    /// The relay account's rate limits (`["30/minute", "500/day"]`) and
-    /// burst, as `--rate` and `--burst`.
-    #[serde(default)]
+    /// The relay account's rate limits (`["30/minute", "500/day"]`, or
+    /// one: `"30/minute"`) and burst, as `--rate` and `--burst`.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub(crate) rate: Vec<String>,
     pub(crate) burst: Option<u32>,
+}
+
+/// A string, or a list of them (`rate = "30/minute"` as `[destinations]`
+/// takes it, or `rate = ["30/minute", "500/day"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a rate (\"30/minute\") or a list of rates")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// `$XDG_CONFIG_HOME/smtp/config.toml` or `~/.config/smtp/config.toml`.
@@ -236,11 +251,16 @@ mod tests {
             panic!("limits expected");
         };
         assert_eq!(limits.len(), 2);
-        assert!(limits.iter().all(|l| l.burst == 5));
+        // The burst is the pace's, the shortest limit's.
+        assert_eq!((limits[0].burst, limits[1].burst), (5, 1));
         // Without them: no rate.
         let file: File = toml::from_str("[accounts.x]\nserver = \"h\"\n").unwrap();
         assert!(file.accounts["x"].rate.is_empty());
-        assert!(toml::from_str::<File>("[accounts.x]\nrate = \"30/minute\"\n").is_err());
+        // One alone as a string, as [destinations] takes it.
+        let file: File = toml::from_str("[accounts.x]\nrate = \"30/min\"\n").unwrap();
+        assert_eq!(file.accounts["x"].rate, ["30/min"]);
+        let e = toml::from_str::<File>("[accounts.x]\nrate = 30\n").unwrap_err();
+        assert!(e.to_string().contains("a list of rates"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `--rate N/PERIOD` (repeatable) and `--burst N`: the relay account's
 //! rate limits, as `smtp send` and `smtp queue run` take them, or an
-//! account's `rate = ["30/minute", "500/day"]` and `burst = 5`.
+//! account's `rate = ["30/minute", "500/day"]` (or one, `rate =
+//! "30/minute"`) and `burst = 5`. The shortest limit paces (evenly, with
+//! the burst); every longer one is a cap, exact, that slows nothing until
+//! it is reached ([`smtp_queue::rate`]).
 //!
 //! The queue keeps the budget (shared by every runner, kept across
 //! restarts) and remembers the limits last set for the relay account:
@@ -10,7 +13,7 @@
 use std::time::SystemTime;
 
 use clap::Args;
-use smtp_queue::rate::{Limit, Rate, describe};
+use smtp_queue::rate::{Budget, Limit, Rate, describe, pace_of};
 use smtp_queue::{RunnerConfig, SqliteStore, Store};
 
 use crate::fail::Failure;
@@ -20,8 +23,11 @@ use crate::queue::{Via, queue_error};
 #[derive(Debug, Args, Default, Clone)]
 pub(crate) struct RateArgs {
     /// The relay account's rate limit: N/second, N/minute, N/hour or
-    /// N/day; repeat to combine (`--rate 30/minute --rate 500/day`). A
-    /// message counts one per recipient. The queue keeps the budget,
+    /// N/day (also /sec, /s, /min, /m, /h, /d); repeat to combine
+    /// (`--rate 30/minute --rate 500/day`): the shortest paces, evenly,
+    /// and each longer one is a cap, never exceeded in any window of its
+    /// period, that slows nothing until it is reached. A message counts
+    /// one per recipient. The queue keeps the budget,
     /// shared by every `queue run` on it and across restarts, so `send`
     /// with a rate uses the queue (as --queue does: the default
     /// directory unless --queue names one). The limits are remembered for
@@ -29,9 +35,10 @@ pub(crate) struct RateArgs {
     /// them; `--rate none` clears them.
     #[arg(long = "rate", value_name = "N/PERIOD")]
     pub(crate) rate: Vec<String>,
-    /// With --rate: how many may go at once (default 1: evenly spread, so
-    /// that no window of one period ever holds more than N; with B, a
-    /// window holds at most N + B − 1).
+    /// With --rate: how many may go at once under the pace, the shortest
+    /// limit (default 1: evenly spread, so that no window of its period
+    /// ever holds more than N; with B, a window holds at most N + B − 1).
+    /// The longer limits (caps) have no burst.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) burst: Option<u32>,
 }
@@ -64,11 +71,14 @@ pub(crate) fn choice(rates: &[String], burst: Option<u32>) -> Result<Choice, Str
     }
     let mut limits = Vec::with_capacity(rates.len());
     for text in rates {
-        let rate: Rate = text.parse()?;
-        let limit = Limit::new(rate).with_burst(burst.unwrap_or(1));
+        let limit = Limit::new(text.parse::<Rate>()?);
         if !limits.contains(&limit) {
             limits.push(limit);
         }
+    }
+    // The burst is the pace's (the shortest limit); the caps have none.
+    if let Some(pace) = pace_of(&limits) {
+        limits[pace] = limits[pace].with_burst(burst.unwrap_or(1));
     }
     Ok(Choice::Limits(limits))
 }
@@ -113,11 +123,27 @@ pub(crate) async fn apply(
         return Ok(config);
     };
     let key = smtp_queue::relay_budget_key(server);
+    Ok(match remember(store, &key, choice).await? {
+        Some(limits) => config.with_rate(limits).with_budget_key(key),
+        None => config,
+    })
+}
+
+/// Remembers the limits `choice` gives for the relay account `key` (said
+/// on stderr when they change), forgets them for `Clear`, and with none
+/// given finds those remembered (said on stderr): the limits to send
+/// under, `None` for none. `smtp send --queue-only` calls it alone, so
+/// that a later plain `queue run` applies the limits.
+pub(crate) async fn remember(
+    store: &SqliteStore,
+    key: &str,
+    choice: &Choice,
+) -> Result<Option<Vec<Limit>>, Failure> {
     let now = SystemTime::now();
     match choice {
         Choice::Limits(limits) => {
             let before = store
-                .budget(&key)
+                .budget(key)
                 .await
                 .map_err(queue_error)?
                 .map(|b| b.remembered())
@@ -126,47 +152,50 @@ pub(crate) async fn apply(
             sorted.sort_by_key(|l| (l.rate.per, l.rate.count, l.burst));
             if !before.is_empty() && before != sorted {
                 tell!(
-                    "smtp: the rate limits for {key} change from {} to {}: the budget already                      spent carries over",
+                    "smtp: the rate limits for {key} change from {} to {}: the budget already \
+                     spent carries over",
                     describe(&before),
                     describe(limits)
                 );
             }
             store
-                .remember_limits(&key, limits, now)
+                .remember_limits(key, limits, now)
                 .await
                 .map_err(queue_error)?;
-            Ok(config.with_rate(limits.clone()).with_budget_key(key))
+            Ok(Some(limits.clone()))
         }
         Choice::Clear => {
             store
-                .remember_limits(&key, &[], now)
+                .remember_limits(key, &[], now)
                 .await
                 .map_err(queue_error)?;
             tell!("smtp: rate limits for {key} cleared");
-            Ok(config)
+            Ok(None)
         }
         Choice::Unsaid => {
             let remembered = store
-                .budget(&key)
+                .budget(key)
                 .await
                 .map_err(queue_error)?
                 .map(|b| b.remembered())
                 .unwrap_or_default();
             if remembered.is_empty() {
-                return Ok(config);
+                return Ok(None);
             }
             tell!(
                 "smtp: applying the rate limits remembered for {key}: {} (--rate changes them, \
                  --rate none clears them)",
                 describe(&remembered)
             );
-            Ok(config.with_rate(remembered).with_budget_key(key))
+            Ok(Some(remembered))
         }
     }
 }
 
 /// When `units` more (recipients), taken from now on, will have gone
-/// under `config`'s limits: `None` without limits.
+/// under `config`'s limits (the pace and the caps, counting what the
+/// caps' windows hold already; an estimate: a message of several
+/// recipients goes whole): `None` without limits.
 pub(crate) async fn expected_finish(
     store: &SqliteStore,
     config: &RunnerConfig,
@@ -182,11 +211,12 @@ pub(crate) async fn expected_finish(
     let now_ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let tats = match store.budget(key).await.map_err(queue_error)? {
-        Some(b) => b.tats(limits, now_ms),
-        None => vec![None; limits.len()],
-    };
-    let ms = smtp_queue::rate::finish_ms(limits, &tats, units, now_ms);
+    let budget = store
+        .budget(key)
+        .await
+        .map_err(queue_error)?
+        .unwrap_or_else(|| Budget::empty(key));
+    let ms = budget.finish_ms(limits, units, now_ms);
     Ok(Some(
         SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
     ))
@@ -217,7 +247,8 @@ mod tests {
         assert_eq!(limits[0].rate.count, 30);
         assert_eq!(limits[0].rate.per, Duration::from_secs(60));
         assert_eq!(limits[1].rate.per, Duration::from_secs(86_400));
-        assert!(limits.iter().all(|l| l.burst == 5));
+        // The burst is the pace's; the day is a cap, without one.
+        assert_eq!((limits[0].burst, limits[1].burst), (5, 1));
         let Choice::Limits(one) = choice(&["10/second".to_owned()], None).unwrap() else {
             panic!("limits expected");
         };

@@ -335,6 +335,7 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
             config: args.config.as_deref(),
             run_line: crate::queue::run_command(&args),
             rate,
+            relay_key: relay_key(&s),
         };
         if args.queue_only {
             // Nothing is delivered: the relay's settings are for the
@@ -504,6 +505,14 @@ fn queue_via(
             crate::queue::Via::Direct(Box::new(direct_parts(s, client_id, false, args.mx_port)?))
         }
     })
+}
+
+/// The rate budget key of the relay account `s` names (host, port and
+/// user name: no password is read for it); `None` without a relay.
+pub(crate) fn relay_key(s: &Settings) -> Option<String> {
+    let (host, port) = s.server.as_ref()?;
+    let port = port.or(s.port).unwrap_or(587);
+    Some(smtp_queue::rate::relay_key(host, port, s.user.as_deref()))
 }
 
 /// The relay's settings for standard delivery (credentials included, from

@@ -34,6 +34,10 @@ pub(crate) struct Settings {
     pub(crate) implicit_tls: bool,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) credentials: Option<Credentials>,
+    /// The user name AUTH is sent with (the command line's, else the
+    /// account's), also when the password was not read (`send
+    /// --queue-only`): it names the relay account's rate budget.
+    pub(crate) user: Option<String>,
     pub(crate) auth: AuthChoice,
     pub(crate) helo: String,
     /// The sender's address (from `--from` or the account), without any
@@ -199,6 +203,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
             }
         };
     let user = args.login.user.clone().or(user);
+    let user_name = user.clone();
     let credentials = match user {
         None => None,
         Some(_) if !read_secret => None,
@@ -265,6 +270,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         timeouts,
         dkim,
         rate: (rate, burst),
+        user: user_name,
     })
 }
 

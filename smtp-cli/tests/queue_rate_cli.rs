@@ -315,7 +315,7 @@ fn an_accounts_rate_in_the_config_file_is_honoured() {
         &config,
         format!(
             "[accounts.relay]\nserver = \"127.0.0.1:{port}\"\ntls = \"none\"\n\
-             rate = [\"2/second\"]\n"
+             rate = \"2/s\"\n"
         ),
     )
     .unwrap();
@@ -420,4 +420,185 @@ fn bad_rates_are_usage_errors_and_nothing_is_enqueued() {
         assert!(stderr(&out).contains("--rate"), "{rate}: {}", text(&out));
     }
     assert!(server.messages().is_empty());
+}
+
+/// `send --queue-only --rate` remembers the limits for the relay account
+/// (keyed by host, port and user, no password read), so that a plain
+/// `queue run` (the service recipe) applies them.
+#[test]
+fn queue_only_remembers_the_rate_for_a_plain_queue_run() {
+    let rt = runtime();
+    let server = capture(&rt);
+    let addr = server.addr().to_string();
+    let port = server.addr().port();
+    let key = format!("relay:127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let q = dir.path().join("q");
+    let q = q.to_str().unwrap();
+    let files = message_files(dir.path(), 5);
+    for file in &files {
+        let out = smtp(
+            home,
+            &[
+                "send",
+                "--queue",
+                q,
+                "--queue-only",
+                "--server",
+                &addr,
+                "--tls",
+                "none",
+                "-t",
+                "--rate",
+                "1/minute",
+                file,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let stats = smtp(home, &["queue", "stats", "--queue", q]);
+    let s = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        s.contains(&format!("budget {key}: 1/minute")),
+        "{}",
+        text(&stats)
+    );
+    let out = smtp(
+        home,
+        &[
+            "queue", "run", "--queue", q, "--server", &addr, "--tls", "none",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "applying the rate limits remembered for {key}: 1/minute"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(server.messages().len(), 1, "{}", text(&out));
+    assert_eq!(waiting(home, q).len(), 4);
+
+    // With a user: the account's key, and no password asked for.
+    let out = smtp(
+        home,
+        &[
+            "send",
+            "--queue",
+            q,
+            "--queue-only",
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "--user",
+            "alice",
+            "-t",
+            "--rate",
+            "2/minute",
+            &files[0],
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stats = smtp(home, &["queue", "stats", "--queue", q]);
+    let s = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        s.contains(&format!("budget {key}:alice: 2/minute")),
+        "{}",
+        text(&stats)
+    );
+    // --rate none with --queue-only clears them too.
+    let out = smtp(
+        home,
+        &[
+            "send",
+            "--queue",
+            q,
+            "--queue-only",
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "-t",
+            "--rate",
+            "none",
+            &files[1],
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("rate limits for {key} cleared")),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `--rate 10/second --rate 3/minute`: the second paces, the minute caps:
+/// three go at once (100 ms apart), the rest wait for the first to leave
+/// the minute; the estimate and `queue stats` say so.
+#[test]
+fn a_longer_limit_caps_without_slowing_the_pace() {
+    let rt = runtime();
+    let server = capture(&rt);
+    let addr = server.addr().to_string();
+    let key = format!("relay:127.0.0.1:{}", server.addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let q = dir.path().join("q");
+    let q = q.to_str().unwrap();
+    let files = message_files(dir.path(), 5);
+    let mut args = vec![
+        "send",
+        "--server",
+        &addr,
+        "--tls",
+        "none",
+        "--queue",
+        q,
+        "-t",
+        "--rate",
+        "10/second",
+        "--rate",
+        "3/minute",
+        "--linger",
+        "2",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let out = smtp(home, &args);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let err = stderr(&out);
+    // The fifth a minute and 100 ms on.
+    assert!(
+        finish_line(&err).contains("at 10/second, 3/minute: expected")
+            && finish_line(&err).ends_with("(in 1 min)"),
+        "{err}"
+    );
+    let at = arrivals(&server);
+    assert_eq!(at.len(), 3, "{}", text(&out));
+    assert_spaced(&at, Duration::from_millis(100), Duration::from_millis(30));
+    assert!(at[2].duration_since(at[0]).unwrap() < Duration::from_secs(2));
+    let now = now_ms();
+    let w = waiting(home, q);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w.iter().all(|(a, next)| *a == 0 && *next > now + 50_000),
+        "{w:?}"
+    );
+    let stats = smtp(home, &["queue", "stats", "--queue", q]);
+    let s = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        s.contains(&format!(
+            "budget {key}: 10/second, 3/minute; 3/minute: 3 used in the last minute; next free slot: 20"
+        )),
+        "{}",
+        text(&stats)
+    );
+    let stats = json(&smtp(home, &["queue", "stats", "--queue", q, "--json"]));
+    assert_eq!(
+        stats["budgets"][0]["caps"][0]["limit"], "3/minute",
+        "{stats}"
+    );
+    assert_eq!(stats["budgets"][0]["caps"][0]["used"], 3, "{stats}");
 }

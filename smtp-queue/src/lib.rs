@@ -74,8 +74,10 @@
 //! # Sending in bulk: rates, shapes, throttles
 //!
 //! - **Relay rate limits** ([`RunnerConfig::with_rate`], [`rate`]): a
-//!   relay account's caps (`30/minute`, `500/day`) as GCRA budgets the
-//!   store keeps ([`Store::take_budget`]), shared by every runner on the
+//!   relay account's caps (`30/minute`, `500/day`: the shortest paces,
+//!   GCRA, evenly spread; the longer ones are exact caps over a log of
+//!   takes) as budgets the store keeps ([`Store::take_budget`]), shared
+//!   by every runner on the
 //!   queue and kept across restarts; a message costs one unit per
 //!   recipient and is taken from the budget before it is handed to the
 //!   session; what must wait is released unattempted, due at its turn.

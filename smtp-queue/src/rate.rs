@@ -1,19 +1,33 @@
 //! Sending rates: "N per period" budgets, as rented relays cap accounts
 //! (`30/minute`, `500/day`) and as destinations are shaped.
 //!
-//! A budget is kept as GCRA (the generic cell rate algorithm): one number
-//! per limit, its *theoretical arrival time* (TAT), the time the budget is
-//! spent up to. Taking `cost` units moves it `cost × T` on, where `T` is
-//! the period divided by `N`; it is allowed while the TAT stays within
-//! `burst × T` of now. So with a burst of 1 (the default) sends are spread
-//! evenly, one every `T`, and **no window of one period ever holds more
-//! than `N`**; with a burst of `B`, `B` may go at once and a window holds at
-//! most `N + B − 1`. A single take larger than the burst (a message with
-//! more recipients than the burst) goes alone once the budget is whole.
+//! Of a budget's limits, **the shortest paces** and **every longer one is
+//! a cap** ([`pace_of`]; a single limit is the pace):
+//!
+//! - The pace is kept as GCRA (the generic cell rate algorithm): one
+//!   number, its *theoretical arrival time* (TAT), the time the budget is
+//!   spent up to. Taking `cost` units moves it `cost × T` on, where `T` is
+//!   the period divided by `N`; it is allowed while the TAT stays within
+//!   `burst × T` of now. So with a burst of 1 (the default) sends are
+//!   spread evenly, one every `T`, and **no window of one period ever
+//!   holds more than `N`**; with a burst of `B`, `B` may go at once and a
+//!   window holds at most `N + B − 1`. A single take larger than the burst
+//!   (a message with more recipients than the burst) goes alone once the
+//!   budget is whole.
+//! - A cap is exact: **no sliding window of its period ever holds more
+//!   than its `N`**, counted from the log of takes ([`Take`]). It does not
+//!   slow sending until it is reached; then a take waits until enough of
+//!   the oldest takes have left the window. A cap has no burst (its
+//!   `burst` is not used). A single take larger than a cap goes alone once
+//!   the cap's window is empty.
+//!
+//! So `30/minute` and `500/day` send one every 2 s until 500 have gone in
+//! a day, then one as each of those leaves the day's window.
 //!
 //! The functions here are pure and work in epoch milliseconds, the unit
 //! the stores keep; a store that shares a budget between runners keeps the
-//! TAT in a row and applies [`take`] under its write lock.
+//! pace's TAT in a row and the takes in a log, and applies [`take`] under
+//! its write lock.
 
 use std::fmt;
 use std::str::FromStr;
@@ -139,6 +153,18 @@ impl Limit {
     }
 }
 
+/// The budget key of a relay account: `relay:HOST:PORT`, with `:USER`
+/// when the relay authenticates (the cap is the account's); the host in
+/// lower case. Needs no password: `smtp send --queue-only` remembers
+/// limits under it without reading one.
+pub fn relay_key(host: &str, port: u16, user: Option<&str>) -> String {
+    let host = host.to_ascii_lowercase();
+    match user {
+        Some(user) => format!("relay:{host}:{port}:{user}"),
+        None => format!("relay:{host}:{port}"),
+    }
+}
+
 /// What [`take`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -148,75 +174,267 @@ pub enum Decision {
     WaitUntil(i64),
 }
 
-/// Takes `cost` units at `now_ms` from every limit, or from none:
-/// `tats[i]` is `limits[i]`'s TAT (`None` for a budget never used) and is
-/// moved on when allowed.
-pub fn take(limits: &[Limit], tats: &mut [Option<i64>], cost: u32, now_ms: i64) -> Decision {
-    let mut wait = None::<i64>;
-    let mut next = Vec::with_capacity(limits.len());
-    for (limit, tat) in limits.iter().zip(tats.iter()) {
-        let t = limit.rate.interval_ms();
-        let start = tat.unwrap_or(now_ms).max(now_ms);
-        let new_tat = start.saturating_add(t.saturating_mul(i64::from(cost)));
-        let allowed_from = if cost > limit.burst.max(1) {
-            // Larger than the burst: alone, once the budget is whole.
-            start
-        } else {
-            new_tat.saturating_sub(t.saturating_mul(i64::from(limit.burst.max(1))))
-        };
-        if allowed_from > now_ms {
-            wait = Some(wait.map_or(allowed_from, |w| w.max(allowed_from)));
+/// One take from a budget, as its log keeps it: when, and how many units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Take {
+    /// When (epoch milliseconds).
+    pub at_ms: i64,
+    /// How many units (recipients).
+    pub units: u32,
+}
+
+/// The index of the limit that paces (GCRA) among `limits`: the one of
+/// the shortest period (of those, the fewest per period, then the smallest
+/// burst). Every other limit is a cap. `None` for no limits.
+pub fn pace_of(limits: &[Limit]) -> Option<usize> {
+    limits
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, l)| (l.rate.per, l.rate.count, l.burst))
+        .map(|(i, _)| i)
+}
+
+fn period_ms(limit: &Limit) -> i64 {
+    i64::try_from(limit.rate.per.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// The units of `takes` within the window of `limit`'s period that ends
+/// at `now_ms` (taken after `now_ms − period`).
+pub fn window_sum(limit: &Limit, takes: &[Take], now_ms: i64) -> u64 {
+    let from = now_ms.saturating_sub(period_ms(limit));
+    takes
+        .iter()
+        .filter(|t| t.at_ms > from)
+        .map(|t| u64::from(t.units))
+        .sum()
+}
+
+/// The earliest time, not before `now_ms`, that a take of `cost` units
+/// keeps `limit`, as a cap, within its count: when the window of its
+/// period then holds at most `count − cost` units of `takes` (ordered by
+/// time). A take larger than the cap waits for an empty window.
+pub fn cap_allows_ms(limit: &Limit, takes: &[Take], cost: u32, now_ms: i64) -> i64 {
+    let period = period_ms(limit);
+    let from = now_ms.saturating_sub(period);
+    let room = u64::from(limit.rate.count).saturating_sub(u64::from(cost));
+    let inside: Vec<&Take> = takes.iter().filter(|t| t.at_ms > from).collect();
+    let mut sum: u64 = inside.iter().map(|t| u64::from(t.units)).sum();
+    // The oldest leave first: each leaves the window a period after it.
+    let mut at = now_ms;
+    for t in inside {
+        if sum <= room {
+            break;
         }
-        next.push(new_tat);
+        sum -= u64::from(t.units);
+        at = at.max(t.at_ms.saturating_add(period));
     }
-    if let Some(until) = wait {
-        return Decision::WaitUntil(until);
+    at
+}
+
+/// Takes `cost` units at `now_ms` from every limit, or from none. The
+/// pace ([`pace_of`]) is GCRA: `tats[i]` is its TAT (`None` for a budget
+/// never used), moved on when allowed. Every other limit is a cap, checked
+/// against `takes`, the budget's log ordered by time (the caller adds
+/// this take to it when allowed); the caps' `tats` are left as they are.
+pub fn take(
+    limits: &[Limit],
+    tats: &mut [Option<i64>],
+    takes: &[Take],
+    cost: u32,
+    now_ms: i64,
+) -> Decision {
+    let Some(pace) = pace_of(limits) else {
+        return Decision::Allowed;
+    };
+    let limit = &limits[pace];
+    let t = limit.rate.interval_ms();
+    let start = tats
+        .get(pace)
+        .copied()
+        .flatten()
+        .unwrap_or(now_ms)
+        .max(now_ms);
+    let new_tat = start.saturating_add(t.saturating_mul(i64::from(cost)));
+    let mut allowed_from = if cost > limit.burst.max(1) {
+        // Larger than the burst: alone, once the budget is whole.
+        start
+    } else {
+        new_tat.saturating_sub(t.saturating_mul(i64::from(limit.burst.max(1))))
+    };
+    for (i, cap) in limits.iter().enumerate() {
+        if i != pace {
+            allowed_from = allowed_from.max(cap_allows_ms(cap, takes, cost, now_ms));
+        }
     }
-    for (tat, new) in tats.iter_mut().zip(next) {
-        *tat = Some(new);
+    if allowed_from > now_ms {
+        return Decision::WaitUntil(allowed_from);
+    }
+    if let Some(tat) = tats.get_mut(pace) {
+        *tat = Some(new_tat);
     }
     Decision::Allowed
 }
 
-/// When `count` more units, taken one at a time from `now_ms` on, will all
-/// have been allowed: what a queue waiting for its budget can expect.
-pub fn finish_ms(limits: &[Limit], tats: &[Option<i64>], count: u64, now_ms: i64) -> i64 {
-    limits
+/// The turns of units taken one at a time from `now_ms` on, each as soon
+/// as every limit allows: what a queue waiting for its budget can expect
+/// ([`turns`]). An estimate where messages have several recipients (a
+/// message is taken whole, not a unit at a time).
+#[derive(Clone, Debug)]
+pub struct Turns {
+    now_ms: i64,
+    /// The pace: its interval, burst, TAT.
+    pace: Option<(i64, i64, Option<i64>)>,
+    /// Each cap: its period, count, the takes within its window (oldest
+    /// first) and their units.
+    caps: Vec<(i64, u64, std::collections::VecDeque<Take>, u64)>,
+    last_ms: i64,
+}
+
+/// The turns under `limits` (with the pace's TAT in `tats` and the
+/// budget's log `takes`, ordered by time) of units taken from `now_ms` on.
+pub fn turns(limits: &[Limit], tats: &[Option<i64>], takes: &[Take], now_ms: i64) -> Turns {
+    let pace_index = pace_of(limits);
+    let pace = pace_index.map(|i| {
+        let l = &limits[i];
+        (
+            l.rate.interval_ms(),
+            i64::from(l.burst.max(1)),
+            tats.get(i).copied().flatten(),
+        )
+    });
+    let caps = limits
         .iter()
-        .zip(tats)
-        .map(|(limit, tat)| {
-            let t = limit.rate.interval_ms();
-            let start = tat.unwrap_or(now_ms).max(now_ms);
-            // The last of `count` goes when the TAT, moved on by all of
-            // them, is within the burst.
-            let last = start
-                .saturating_add(t.saturating_mul(i64::try_from(count).unwrap_or(i64::MAX)))
-                .saturating_sub(t.saturating_mul(i64::from(limit.burst.max(1))));
-            last.max(now_ms)
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != pace_index)
+        .map(|(_, l)| {
+            let period = period_ms(l);
+            let from = now_ms.saturating_sub(period);
+            let window: std::collections::VecDeque<Take> =
+                takes.iter().filter(|t| t.at_ms > from).copied().collect();
+            let sum = window.iter().map(|t| u64::from(t.units)).sum();
+            (period, u64::from(l.rate.count), window, sum)
         })
-        .max()
-        .unwrap_or(now_ms)
+        .collect();
+    Turns {
+        now_ms,
+        pace,
+        caps,
+        last_ms: now_ms,
+    }
+}
+
+impl Turns {
+    /// The turn of the next unit.
+    pub fn next_unit(&mut self) -> i64 {
+        let mut at = self.last_ms.max(self.now_ms);
+        if let Some((t, burst, tat)) = self.pace {
+            let start = tat.unwrap_or(at).max(at);
+            at = at.max(
+                start
+                    .saturating_add(t)
+                    .saturating_sub(t.saturating_mul(burst)),
+            );
+        }
+        for (period, count, window, sum) in &self.caps {
+            // Walk the oldest until one more fits; they leave by `at`.
+            let mut left = *sum;
+            for take in window.iter() {
+                let gone = take.at_ms <= at.saturating_sub(*period);
+                if !gone && left < *count {
+                    break;
+                }
+                left -= u64::from(take.units);
+                at = at.max(take.at_ms.saturating_add(*period));
+            }
+        }
+        if let Some((t, _, tat)) = &mut self.pace {
+            *tat = Some(tat.unwrap_or(at).max(at).saturating_add(*t));
+        }
+        for (period, _, window, sum) in &mut self.caps {
+            let from = at.saturating_sub(*period);
+            while window.front().is_some_and(|t| t.at_ms <= from) {
+                if let Some(t) = window.pop_front() {
+                    *sum -= u64::from(t.units);
+                }
+            }
+            window.push_back(Take {
+                at_ms: at,
+                units: 1,
+            });
+            *sum += 1;
+        }
+        self.last_ms = at;
+        at
+    }
+
+    /// The turn of the last of `units` more (`now_ms` for none).
+    pub fn after(&mut self, units: u64) -> i64 {
+        let mut at = self.last_ms.max(self.now_ms);
+        for _ in 0..units {
+            at = self.next_unit();
+        }
+        at
+    }
+}
+
+/// When `count` more units, taken one at a time from `now_ms` on, will all
+/// have been allowed: what a queue waiting for its budget can expect. An
+/// estimate: messages are taken whole, not a unit at a time.
+pub fn finish_ms(
+    limits: &[Limit],
+    tats: &[Option<i64>],
+    takes: &[Take],
+    count: u64,
+    now_ms: i64,
+) -> i64 {
+    let Some(pace) = pace_of(limits) else {
+        return now_ms;
+    };
+    if limits.len() == 1 {
+        // The pace alone: the last of `count` goes when the TAT, moved on
+        // by all of them, is within the burst.
+        let limit = &limits[pace];
+        let t = limit.rate.interval_ms();
+        let start = tats[pace].unwrap_or(now_ms).max(now_ms);
+        let last = start
+            .saturating_add(t.saturating_mul(i64::try_from(count).unwrap_or(i64::MAX)))
+            .saturating_sub(t.saturating_mul(i64::from(limit.burst.max(1))));
+        return last.max(now_ms);
+    }
+    turns(limits, tats, takes, now_ms).after(count)
 }
 
 /// The earliest time (epoch milliseconds, not before `now_ms`) a take of
 /// `cost` units would be allowed.
-pub fn next_ms(limits: &[Limit], tats: &[Option<i64>], cost: u32, now_ms: i64) -> i64 {
+pub fn next_ms(
+    limits: &[Limit],
+    tats: &[Option<i64>],
+    takes: &[Take],
+    cost: u32,
+    now_ms: i64,
+) -> i64 {
     let mut tats = tats.to_vec();
-    match take(limits, &mut tats, cost, now_ms) {
+    match take(limits, &mut tats, takes, cost, now_ms) {
         Decision::Allowed => now_ms,
         Decision::WaitUntil(t) => t,
     }
 }
 
 /// A budget as a store keeps it: under one key (a relay account), every
-/// limit it was taken under, each with its TAT, and which of them are the
-/// limits last set for the key (remembered, for a runner given none).
+/// limit it was taken under, each with its TAT, which of them are the
+/// limits last set for the key (remembered, for a runner given none), and
+/// the log of its recent takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Budget {
     /// The key: `relay:HOST:PORT` or `relay:HOST:PORT:USER`.
     pub key: String,
     /// The limits kept, in no particular order.
     pub limits: Vec<Kept>,
+    /// The takes logged, oldest first (at least those within the longest
+    /// period of the limits).
+    pub takes: Vec<Take>,
 }
 
 /// One limit of a [`Budget`].
@@ -224,13 +442,23 @@ pub struct Budget {
 pub struct Kept {
     /// The limit.
     pub limit: Limit,
-    /// Its TAT (epoch milliseconds); `None` when never taken from.
+    /// Its TAT (epoch milliseconds) when it paced; `None` when it never
+    /// did (never taken from, or only as a cap).
     pub tat_ms: Option<i64>,
     /// One of the limits last set for the key.
     pub remembered: bool,
 }
 
 impl Budget {
+    /// A budget never taken from.
+    pub fn empty(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            limits: Vec::new(),
+            takes: Vec::new(),
+        }
+    }
+
     /// The limits last set for the key (empty when none are, or they were
     /// cleared).
     pub fn remembered(&self) -> Vec<Limit> {
@@ -244,16 +472,37 @@ impl Budget {
         limits
     }
 
-    /// The TATs of `limits` at `now_ms`, in their order (`None` for one
-    /// never taken from while the account's budget is whole).
+    /// The TATs of `limits` at `now_ms`, in their order: the pace's
+    /// ([`pace_of`]; `None` while the account's budget is whole), `None`
+    /// for the caps (they count the log).
     ///
-    /// A limit not kept under this key starts where the account's budget
-    /// stands: its debt (the units the most spent kept limit is ahead of
-    /// `now_ms`, counted in that limit's intervals) is carried over in the
-    /// new limit's intervals, at most its rate and burst (a full period).
-    /// So writing a rate another way (`60/hour` for `1/minute`, `1440/day`)
-    /// gives no fresh budget; a larger burst still lets its extra go.
+    /// The pace's TAT is the later of two, so that a change of limits
+    /// gives no fresh budget:
+    ///
+    /// - its own, kept when it paced before; else the debt of the
+    ///   account: the units the most spent kept limit is ahead of
+    ///   `now_ms`, counted in that limit's intervals, carried over in the
+    ///   pace's intervals;
+    /// - the log's takes within the pace's period, replayed through it
+    ///   (so a former cap that paces now, as `500/day` once `30/minute` is
+    ///   dropped, counts what went in the day).
+    ///
+    /// The two carried over are at most the pace's rate and burst (a full
+    /// period) ahead. So writing a rate another way (`60/hour` for
+    /// `1/minute`, `1440/day`) gives no fresh budget; a larger burst still
+    /// lets its extra go. The caps need no carry-over: the log counts
+    /// every take, whatever limits it was taken under.
     pub fn tats(&self, limits: &[Limit], now_ms: i64) -> Vec<Option<i64>> {
+        let mut tats = vec![None; limits.len()];
+        let Some(pace) = pace_of(limits) else {
+            return tats;
+        };
+        let l = &limits[pace];
+        let own = self
+            .limits
+            .iter()
+            .find(|k| k.limit == *l)
+            .and_then(|k| k.tat_ms);
         let debt = self
             .limits
             .iter()
@@ -263,30 +512,77 @@ impl Budget {
                 (ahead > 0).then(|| i64::try_from(ahead.div_ceil(interval)).unwrap_or(i64::MAX))
             })
             .max();
-        limits
+        let t = l.rate.interval_ms();
+        let most =
+            now_ms.saturating_add(t.saturating_mul(i64::from(l.rate.count) + i64::from(l.burst)));
+        let carried = debt.map(|units| {
+            let cap = i64::from(l.rate.count).saturating_add(i64::from(l.burst));
+            now_ms.saturating_add(units.min(cap).saturating_mul(t))
+        });
+        let from = now_ms.saturating_sub(period_ms(l));
+        let replayed = self
+            .takes
             .iter()
-            .map(|l| match self.limits.iter().find(|k| k.limit == *l) {
-                Some(k) => k.tat_ms,
-                None => debt.map(|units| {
-                    let cap = i64::from(l.rate.count).saturating_add(i64::from(l.burst));
-                    now_ms.saturating_add(units.min(cap).saturating_mul(l.rate.interval_ms()))
-                }),
+            .filter(|k| k.at_ms > from)
+            .fold(None::<i64>, |tat, k| {
+                Some(
+                    tat.unwrap_or(k.at_ms)
+                        .max(k.at_ms)
+                        .saturating_add(t.saturating_mul(i64::from(k.units))),
+                )
             })
-            .collect()
+            .filter(|tat| *tat > now_ms)
+            .map(|tat| tat.min(most));
+        // Its own TAT, when kept, is the pace's history: no carry-over.
+        let carried = if own.is_some() { own } else { carried };
+        tats[pace] = [carried, replayed].into_iter().flatten().max();
+        tats
     }
 
     /// When one unit may next go under `limits` (not before `now_ms`).
     pub fn next_free_ms(&self, limits: &[Limit], now_ms: i64) -> i64 {
-        next_ms(limits, &self.tats(limits, now_ms), 1, now_ms)
+        next_ms(limits, &self.tats(limits, now_ms), &self.takes, 1, now_ms)
+    }
+
+    /// When `count` more units may all have gone under `limits`
+    /// ([`finish_ms`]: an estimate).
+    pub fn finish_ms(&self, limits: &[Limit], count: u64, now_ms: i64) -> i64 {
+        finish_ms(
+            limits,
+            &self.tats(limits, now_ms),
+            &self.takes,
+            count,
+            now_ms,
+        )
+    }
+
+    /// The turns of units taken under `limits` from `now_ms` on.
+    pub fn turns(&self, limits: &[Limit], now_ms: i64) -> Turns {
+        turns(limits, &self.tats(limits, now_ms), &self.takes, now_ms)
+    }
+
+    /// Each cap among `limits` (every limit but the pace) with the units
+    /// taken within its period up to `now_ms`.
+    pub fn cap_usage(&self, limits: &[Limit], now_ms: i64) -> Vec<(Limit, u64)> {
+        let pace = pace_of(limits);
+        limits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != pace)
+            .map(|(_, l)| (*l, window_sum(l, &self.takes, now_ms)))
+            .collect()
     }
 }
 
-/// `limits` as written on a command line: `30/minute, 500/day (burst 5)`.
+/// `limits` as written on a command line: `30/minute (burst 5), 500/day`
+/// (a burst is said for the pace only: the caps have none).
 pub fn describe(limits: &[Limit]) -> String {
+    let pace = pace_of(limits);
     let rates: Vec<String> = limits
         .iter()
-        .map(|l| {
-            if l.burst > 1 {
+        .enumerate()
+        .map(|(i, l)| {
+            if l.burst > 1 && Some(i) == pace {
                 format!("{} (burst {})", l.rate, l.burst)
             } else {
                 l.rate.to_string()
@@ -294,6 +590,19 @@ pub fn describe(limits: &[Limit]) -> String {
         })
         .collect();
     rates.join(", ")
+}
+
+/// A period in words, for "used in the last …": `minute`, `day`, or
+/// `90000 ms`.
+pub fn period_words(per: Duration) -> String {
+    let secs = per.as_secs();
+    match PERIODS
+        .iter()
+        .find(|(_, s)| *s == secs && per.subsec_nanos() == 0)
+    {
+        Some((names, _)) => names[0].to_owned(),
+        None => format!("{} ms", per.as_millis()),
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +624,16 @@ mod tests {
         assert_eq!(rate("500/day").per, Duration::from_secs(86_400));
         assert_eq!(rate(" 100 / Hours ").count, 100);
         assert_eq!(rate("5/s").per, Duration::from_secs(1));
+        for (text, secs) in [
+            ("30/min", 60),
+            ("30/m", 60),
+            ("3/sec", 1),
+            ("3/h", 3600),
+            ("3/d", 86_400),
+            ("3/minutes", 60),
+        ] {
+            assert_eq!(rate(text).per, Duration::from_secs(secs), "{text}");
+        }
         assert_eq!(rate("30/minute").to_string(), "30/minute");
         assert_eq!(rate("2/h").to_string(), "2/hour");
         for bad in ["30", "x/minute", "30/fortnight", "-1/minute", "30/"] {
@@ -328,10 +647,16 @@ mod tests {
     fn a_burst_of_one_spreads_sends_evenly() {
         let limits = [Limit::new(rate("60/minute"))];
         let mut tats = [None];
-        assert_eq!(take(&limits, &mut tats, 1, 0), Decision::Allowed);
-        assert_eq!(take(&limits, &mut tats, 1, 0), Decision::WaitUntil(1000));
-        assert_eq!(take(&limits, &mut tats, 1, 999), Decision::WaitUntil(1000));
-        assert_eq!(take(&limits, &mut tats, 1, 1000), Decision::Allowed);
+        assert_eq!(take(&limits, &mut tats, &[], 1, 0), Decision::Allowed);
+        assert_eq!(
+            take(&limits, &mut tats, &[], 1, 0),
+            Decision::WaitUntil(1000)
+        );
+        assert_eq!(
+            take(&limits, &mut tats, &[], 1, 999),
+            Decision::WaitUntil(1000)
+        );
+        assert_eq!(take(&limits, &mut tats, &[], 1, 1000), Decision::Allowed);
         assert_eq!(tats, [Some(2000)]);
     }
 
@@ -340,43 +665,128 @@ mod tests {
         let limits = [Limit::new(rate("10/second")).with_burst(3)];
         let mut tats = [None];
         for _ in 0..3 {
-            assert_eq!(take(&limits, &mut tats, 1, 0), Decision::Allowed);
+            assert_eq!(take(&limits, &mut tats, &[], 1, 0), Decision::Allowed);
         }
-        assert_eq!(take(&limits, &mut tats, 1, 0), Decision::WaitUntil(100));
+        assert_eq!(
+            take(&limits, &mut tats, &[], 1, 0),
+            Decision::WaitUntil(100)
+        );
     }
 
     #[test]
-    fn combined_limits_take_from_all_or_none() {
-        let limits = [
-            Limit::new(rate("2/second")).with_burst(2),
-            Limit::new(rate("3/hour")),
-        ];
+    fn the_shortest_limit_paces_and_the_longer_ones_cap() {
+        let hour = Limit::new(rate("3/hour"));
+        let second = Limit::new(rate("2/second")).with_burst(2);
+        assert_eq!(pace_of(&[hour, second]), Some(1));
+        assert_eq!(pace_of(&[]), None);
+        let limits = [second, hour];
         let mut tats = [None, None];
-        assert_eq!(take(&limits, &mut tats, 1, 0), Decision::Allowed);
-        // The hourly budget waits 20 minutes; the per-second one is untouched.
-        let before = tats;
+        let mut log = Vec::new();
+        let go = |tats: &mut [Option<i64>], log: &mut Vec<Take>, now| {
+            let d = take(&limits, tats, log, 1, now);
+            if d == Decision::Allowed {
+                log.push(Take {
+                    at_ms: now,
+                    units: 1,
+                });
+            }
+            d
+        };
+        // The cap does not slow sending: the pace's burst of 2, then 500 ms.
+        assert_eq!(go(&mut tats, &mut log, 0), Decision::Allowed);
+        assert_eq!(go(&mut tats, &mut log, 10), Decision::Allowed);
+        assert_eq!(go(&mut tats, &mut log, 20), Decision::WaitUntil(500));
+        // Waiting: nothing was taken.
+        assert_eq!(tats, [Some(1000), None]);
+        assert_eq!(go(&mut tats, &mut log, 500), Decision::Allowed);
+        // Three in the hour: the fourth waits for the first to leave it.
         assert_eq!(
-            take(&limits, &mut tats, 1, 10),
-            Decision::WaitUntil(1_200_000)
+            go(&mut tats, &mut log, 5000),
+            Decision::WaitUntil(3_600_000)
         );
-        assert_eq!(tats, before);
+        assert_eq!(go(&mut tats, &mut log, 3_600_000), Decision::Allowed);
+        assert_eq!(
+            go(&mut tats, &mut log, 3_600_001),
+            Decision::WaitUntil(3_600_010)
+        );
+        assert_eq!(window_sum(&hour, &log, 3_600_000), 3);
+    }
+
+    #[test]
+    fn thirty_a_minute_and_500_a_day_send_500_at_2_s_then_wait_for_the_day() {
+        let limits = [Limit::new(rate("30/minute")), Limit::new(rate("500/day"))];
+        let mut tats = [None, None];
+        let mut log: Vec<Take> = Vec::new();
+        let mut now = 1_000_000;
+        let mut sent = Vec::new();
+        let predicted = turns(&limits, &tats, &log, now).after(501);
+        while sent.len() < 501 {
+            match take(&limits, &mut tats, &log, 1, now) {
+                Decision::Allowed => {
+                    log.push(Take {
+                        at_ms: now,
+                        units: 1,
+                    });
+                    sent.push(now);
+                }
+                Decision::WaitUntil(t) => now = t,
+            }
+        }
+        let first = sent[0];
+        for (i, at) in sent[..500].iter().enumerate() {
+            assert_eq!(*at, first + 2000 * i as i64, "{i}");
+        }
+        // 500 in 998 s; the 501st as the first leaves the day.
+        assert_eq!(sent[500], first + 86_400_000);
+        assert_eq!(predicted, sent[500]);
+        let estimate = finish_ms(&limits, &[None, None], &[], 500, first);
+        assert_eq!(estimate, first + 998_000);
+        // A larger burst goes at once, the cap still holds.
+        let limits = [
+            Limit::new(rate("30/minute")).with_burst(30),
+            Limit::new(rate("500/day")),
+        ];
+        assert_eq!(finish_ms(&limits, &[None, None], &[], 30, 0), 0);
+        assert_eq!(finish_ms(&limits, &[None, None], &[], 501, 0), 86_400_000);
+    }
+
+    #[test]
+    fn a_take_larger_than_a_cap_waits_for_an_empty_window() {
+        let limits = [Limit::new(rate("100/second")), Limit::new(rate("3/minute"))];
+        let log = [
+            Take { at_ms: 0, units: 1 },
+            Take {
+                at_ms: 10,
+                units: 1,
+            },
+        ];
+        assert_eq!(cap_allows_ms(&limits[1], &log, 1, 20), 20);
+        assert_eq!(cap_allows_ms(&limits[1], &log, 2, 20), 60_000);
+        assert_eq!(cap_allows_ms(&limits[1], &log, 5, 20), 60_010);
+        assert_eq!(next_ms(&limits, &[None, None], &log, 5, 20), 60_010);
     }
 
     #[test]
     fn a_take_larger_than_the_burst_goes_alone_when_the_budget_is_whole() {
         let limits = [Limit::new(rate("1/second"))];
         let mut tats = [None];
-        assert_eq!(take(&limits, &mut tats, 5, 0), Decision::Allowed);
-        assert_eq!(take(&limits, &mut tats, 1, 0), Decision::WaitUntil(5000));
-        assert_eq!(take(&limits, &mut tats, 5, 4999), Decision::WaitUntil(5000));
+        assert_eq!(take(&limits, &mut tats, &[], 5, 0), Decision::Allowed);
+        assert_eq!(
+            take(&limits, &mut tats, &[], 1, 0),
+            Decision::WaitUntil(5000)
+        );
+        assert_eq!(
+            take(&limits, &mut tats, &[], 5, 4999),
+            Decision::WaitUntil(5000)
+        );
     }
 
     #[test]
     fn the_finish_time_counts_the_budget_already_spent() {
         let limits = [Limit::new(rate("60/minute"))];
-        assert_eq!(finish_ms(&limits, &[None], 1, 0), 0);
-        assert_eq!(finish_ms(&limits, &[None], 61, 0), 60_000);
-        assert_eq!(finish_ms(&limits, &[Some(30_000)], 1, 0), 30_000);
+        assert_eq!(finish_ms(&limits, &[None], &[], 1, 0), 0);
+        assert_eq!(finish_ms(&limits, &[None], &[], 61, 0), 60_000);
+        assert_eq!(finish_ms(&limits, &[Some(30_000)], &[], 1, 0), 30_000);
     }
 
     #[test]
@@ -397,12 +807,11 @@ mod tests {
                     remembered: false,
                 },
             ],
+            takes: Vec::new(),
         };
         assert_eq!(budget.remembered(), vec![day]);
-        assert_eq!(
-            budget.tats(&[minute, day], 0),
-            vec![Some(10_000), Some(500_000)]
-        );
+        // The minute paces; the day caps (no TAT: the log counts).
+        assert_eq!(budget.tats(&[minute, day], 0), vec![Some(10_000), None]);
         // A limit never kept takes over the debt, the most units a kept
         // limit is ahead: the minute's 10 s are 10 of its 1 s units (the
         // day's 500 s only 3 of its 172.8 s), 100 ms at 100/s.
@@ -420,7 +829,44 @@ mod tests {
         // Burst 1: the next unit goes once the TAT (10 s) is reached.
         assert_eq!(budget.next_free_ms(&[minute], 0), 10_000);
         assert_eq!(budget.next_free_ms(&[minute], 20_000), 20_000);
-        assert_eq!(describe(&[minute, day]), "60/minute, 500/day (burst 5)");
+        assert_eq!(describe(&[minute, day]), "60/minute, 500/day");
+        assert_eq!(
+            describe(&[minute.with_burst(5), day]),
+            "60/minute (burst 5), 500/day"
+        );
+    }
+
+    #[test]
+    fn a_former_cap_that_paces_counts_the_log() {
+        // 500 went at 2 s under 30/minute and 500/day; 30/minute dropped:
+        // 500/day paces, replaying the day's log, and sends nothing more
+        // until the first take leaves the day.
+        let day = Limit::new(rate("500/day"));
+        let budget = Budget {
+            key: "k".into(),
+            limits: vec![Kept {
+                limit: day,
+                tat_ms: None,
+                remembered: true,
+            }],
+            takes: (0..500)
+                .map(|i| Take {
+                    at_ms: i * 2000,
+                    units: 1,
+                })
+                .collect(),
+        };
+        let now = 1_000_000;
+        let next = budget.next_free_ms(&[day], now);
+        assert_eq!(next, 86_400_000);
+        assert_eq!(
+            budget.cap_usage(&[Limit::new(rate("30/minute")), day], now),
+            vec![(day, 500)]
+        );
+        assert_eq!(period_words(day.rate.per), "day");
+        // Replayed at most a full period ahead.
+        let minute = Limit::new(rate("1/minute"));
+        assert_eq!(budget.tats(&[minute], now), vec![Some(now + 120_000)]);
     }
 
     proptest! {
@@ -437,7 +883,7 @@ mod tests {
             let mut sent = Vec::new();
             for gap in gaps {
                 now += gap;
-                if take(&[limit], &mut tats, 1, now) == Decision::Allowed {
+                if take(&[limit], &mut tats, &[], 1, now) == Decision::Allowed {
                     sent.push(now);
                 }
             }
@@ -445,6 +891,73 @@ mod tests {
                 let within = sent[i..].iter().take_while(|t| **t < start + 1000).count();
                 prop_assert!((within as u32) < count + burst, "{within} in a second");
             }
+        }
+
+        /// With a pace and caps, whenever takes are tried: no window of
+        /// the pace's period holds more than N + B − 1, no window of a
+        /// cap's more than its N; and a take is refused only when one
+        /// more would break a bound.
+        #[test]
+        fn caps_hold_exactly_and_the_pace_holds(
+            pace_count in 1u32..6, burst in 1u32..4,
+            caps in proptest::collection::vec((1u32..30, 2u64..20), 1..3),
+            gaps in proptest::collection::vec(0i64..700, 1..300),
+        ) {
+            let mut limits = vec![
+                Limit::new(Rate::new(pace_count, Duration::from_secs(1)).unwrap()).with_burst(burst),
+            ];
+            for (count, secs) in &caps {
+                limits.push(Limit::new(Rate::new(*count, Duration::from_secs(*secs)).unwrap()));
+            }
+            let mut tats = vec![None; limits.len()];
+            let mut log = Vec::new();
+            let mut now = 0;
+            for gap in gaps {
+                now += gap;
+                if take(&limits, &mut tats, &log, 1, now) == Decision::Allowed {
+                    log.push(Take { at_ms: now, units: 1 });
+                }
+            }
+            let sent: Vec<i64> = log.iter().map(|t| t.at_ms).collect();
+            for (k, limit) in limits.iter().enumerate() {
+                let period = limit.rate.per.as_millis() as i64;
+                let most = if k == 0 { limit.rate.count + burst - 1 } else { limit.rate.count };
+                for (i, start) in sent.iter().enumerate() {
+                    let within = sent[i..].iter().take_while(|t| **t < start + period).count();
+                    prop_assert!((within as u32) <= most, "{within} in {period} ms under {limit:?}");
+                }
+            }
+        }
+
+        /// The predicted turns are the turns takes get when tried at them.
+        #[test]
+        fn the_turns_are_those_takes_get(
+            pace_count in 1u32..6, burst in 1u32..4,
+            caps in proptest::collection::vec((1u32..30, 2u64..20), 0..3),
+            n in 1usize..80,
+        ) {
+            let mut limits = vec![
+                Limit::new(Rate::new(pace_count, Duration::from_secs(1)).unwrap()).with_burst(burst),
+            ];
+            for (count, secs) in &caps {
+                limits.push(Limit::new(Rate::new(*count, Duration::from_secs(*secs)).unwrap()));
+            }
+            let mut tats = vec![None; limits.len()];
+            let mut log = Vec::new();
+            let mut predicted = turns(&limits, &tats, &log, 0);
+            let mut now = 0;
+            for _ in 0..n {
+                let expected = predicted.next_unit();
+                loop {
+                    match take(&limits, &mut tats, &log, 1, now) {
+                        Decision::Allowed => break,
+                        Decision::WaitUntil(t) => { prop_assert!(t > now); now = t; }
+                    }
+                }
+                prop_assert_eq!(now, expected);
+                log.push(Take { at_ms: now, units: 1 });
+            }
+            prop_assert_eq!(finish_ms(&limits, &vec![None; limits.len()], &[], n as u64, 0), now);
         }
     }
 }

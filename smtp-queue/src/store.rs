@@ -580,7 +580,9 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<MessageId>>;
 
     /// Takes `cost` units from budget `key` under every one of `limits`
-    /// (GCRA, [`crate::rate::take`]), or from none, atomically: every
+    /// (the shortest paces, GCRA; the longer ones cap, counted from the
+    /// key's log of takes: [`crate::rate::take`]), or from none,
+    /// atomically: every
     /// handle on the queue (every runner, in any process) shares the
     /// budget, and a restart does not reset it. Nothing is taken when the
     /// answer is to wait.
@@ -592,14 +594,16 @@ pub trait Store: Send + Sync {
         now: SystemTime,
     ) -> Result<Decision>;
 
-    /// Budget `key` as kept, if it was ever taken from or given limits.
+    /// Budget `key` as kept (its limits, and its takes within the longest
+    /// period of them), if it was ever taken from or given limits.
     async fn budget(&self, key: &str) -> Result<Option<Budget>>;
 
     /// Every budget kept, by key.
     async fn budgets(&self) -> Result<Vec<Budget>>;
 
     /// Remembers `limits` as those last set for `key` (what a runner given
-    /// none applies); an empty list forgets them. The budgets' TATs stay.
+    /// none applies); an empty list forgets them. The budgets' TATs and
+    /// takes stay.
     async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()>;
     /// Enqueues `batch` under `key` (a digest of what the messages say,
     /// e.g. a mail merge's template and options, not its list) so that no

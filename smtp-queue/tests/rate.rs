@@ -66,6 +66,69 @@ async fn the_same_cap_written_another_way_gets_no_fresh_budget() {
     assert_eq!(d, Decision::Allowed);
 }
 
+/// `30/minute` and `500/day`: the minute paces (one every 2 s), the day
+/// caps exactly from the store's log of takes, kept across a reopen.
+#[tokio::test]
+async fn thirty_a_minute_and_500_a_day_send_500_at_2_s_then_wait_for_the_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [limit("30/minute", 1), limit("500/day", 1)];
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let at = |ms: i64| start + Duration::from_millis(ms as u64);
+    {
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        for i in 0..500 {
+            let d = store
+                .take_budget("k", &limits, 1, at(i * 2000))
+                .await
+                .unwrap();
+            assert_eq!(d, Decision::Allowed, "{i}");
+            if i == 0 {
+                // Not before the pace's 2 s.
+                let d = store.take_budget("k", &limits, 1, at(1999)).await.unwrap();
+                assert!(matches!(d, Decision::WaitUntil(_)), "{d:?}");
+            }
+        }
+        store.close().await;
+    }
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let start_ms = start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // The 501st waits until the first leaves the day's window.
+    let d = store
+        .take_budget("k", &limits, 1, at(1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::WaitUntil(start_ms + 86_400_000));
+    let budget = store.budget("k").await.unwrap().unwrap();
+    assert_eq!(
+        budget.cap_usage(&limits, start_ms + 1_000_000),
+        vec![(limits[1], 500)]
+    );
+    assert_eq!(
+        budget.next_free_ms(&limits, start_ms + 1_000_000),
+        start_ms + 86_400_000
+    );
+    // 30/minute dropped: 500/day paces and counts the day's log.
+    let d = store
+        .take_budget("k", &limits[1..], 1, at(1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::WaitUntil(start_ms + 86_400_000));
+    // A day on, the first has left: one more goes, not two at once.
+    let d = store
+        .take_budget("k", &limits, 1, at(86_400_000))
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::Allowed);
+    let d = store
+        .take_budget("k", &limits, 1, at(86_401_000))
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::WaitUntil(start_ms + 86_402_000));
+}
+
 #[tokio::test]
 async fn takes_from_two_handles_at_once_never_exceed_the_budget() {
     let dir = tempfile::tempdir().unwrap();

@@ -227,6 +227,7 @@ pub(crate) async fn run(
         config: args.config.as_deref(),
         run_line: crate::queue::run_command(args),
         rate: crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?,
+        relay_key: crate::send::relay_key(s),
     };
     let via = if args.queue_only { None } else { Some(via()?) };
     let mode = crate::progress::Mode {

@@ -53,8 +53,11 @@ pub(super) async fn run(
                     serde_json::json!({
                         "messages": stats.messages,
                         "recipients": states,
-                        "budgets": budgets.iter().map(|(key, limits, next)| serde_json::json!({
-                            "key": key, "limits": limits, "next_free": next.map(rfc3339),
+                        "budgets": budgets.iter().map(|b| serde_json::json!({
+                            "key": b.key, "limits": b.limits, "next_free": b.next.map(rfc3339),
+                            "caps": b.caps.iter().map(|(limit, used, _)| serde_json::json!({
+                                "limit": limit, "used": used,
+                            })).collect::<Vec<_>>(),
                         })).collect::<Vec<_>>(),
                         "throttles": throttles,
                     })
@@ -64,14 +67,22 @@ pub(super) async fn run(
                 for (s, n) in &stats.recipients {
                     say!("{s}: {n}");
                 }
-                for (key, limits, next) in &budgets {
-                    let next = next.map_or_else(|| "now".to_owned(), rfc3339);
-                    let limits = if limits.is_empty() {
+                for b in &budgets {
+                    let next = b.next.map_or_else(|| "now".to_owned(), rfc3339);
+                    let limits = if b.limits.is_empty() {
                         "none remembered"
                     } else {
-                        limits
+                        &b.limits
                     };
-                    say!("budget {key}: {limits}; next free slot: {next}");
+                    // Each cap's use: "500/day: 37 used in the last day".
+                    let caps: String = b
+                        .caps
+                        .iter()
+                        .map(|(limit, used, period)| {
+                            format!("; {limit}: {used} used in the last {period}")
+                        })
+                        .collect();
+                    say!("budget {}: {limits}{caps}; next free slot: {next}", b.key);
                 }
                 print_throttles(&throttles);
             }
@@ -80,12 +91,22 @@ pub(super) async fn run(
     }
 }
 
-/// Each budget kept: its key, its remembered limits in words, and its
-/// next free slot under them (or under every limit kept, when none is
-/// remembered); `None` when that is now.
-async fn budgets(
-    store: &SqliteStore,
-) -> Result<Vec<(String, String, Option<SystemTime>)>, Failure> {
+/// A budget as `queue stats` shows it.
+struct BudgetLine {
+    key: String,
+    /// The remembered limits in words (empty: none).
+    limits: String,
+    /// The next free slot; `None` when that is now.
+    next: Option<SystemTime>,
+    /// Each cap (every limit but the shortest): in words, the units taken
+    /// within its period, the period in words.
+    caps: Vec<(String, u64, String)>,
+}
+
+/// Each budget kept: its key, its remembered limits in words, its next
+/// free slot under them (or under every limit kept, when none is
+/// remembered), and what its caps' windows hold.
+async fn budgets(store: &SqliteStore) -> Result<Vec<BudgetLine>, Failure> {
     let now = SystemTime::now();
     let now_ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -93,7 +114,7 @@ async fn budgets(
     let mut out = Vec::new();
     for b in store.budgets().await.map_err(queue_error)? {
         let remembered = b.remembered();
-        let under = if remembered.is_empty() {
+        let under: Vec<_> = if remembered.is_empty() {
             b.limits.iter().map(|k| k.limit).collect()
         } else {
             remembered.clone()
@@ -103,7 +124,23 @@ async fn budgets(
             SystemTime::UNIX_EPOCH
                 + std::time::Duration::from_millis(u64::try_from(next).unwrap_or(0))
         });
-        out.push((b.key, smtp_queue::rate::describe(&remembered), next));
+        let caps = b
+            .cap_usage(&under, now_ms)
+            .into_iter()
+            .map(|(l, used)| {
+                (
+                    l.rate.to_string(),
+                    used,
+                    smtp_queue::rate::period_words(l.rate.per),
+                )
+            })
+            .collect();
+        out.push(BudgetLine {
+            key: b.key,
+            limits: smtp_queue::rate::describe(&remembered),
+            next,
+            caps,
+        });
     }
     Ok(out)
 }

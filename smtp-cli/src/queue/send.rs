@@ -50,6 +50,25 @@ pub(crate) struct Queued<'a> {
     pub(crate) run_line: String,
     /// The rate limits (`--rate`, the account's, or those remembered).
     pub(crate) rate: crate::rate::Choice,
+    /// The rate budget key of the relay account (`None`: direct
+    /// delivery): `--queue-only` remembers the limits under it, for the
+    /// `queue run` that delivers.
+    pub(crate) relay_key: Option<String>,
+}
+
+/// `--queue-only`: remembers the rate limits given (or clears them) for
+/// the relay account, as a `queue run` with them would, so that a plain
+/// `queue run` applies them; nothing when none are given.
+async fn remember_for_later(store: &SqliteStore, queued: &Queued<'_>) -> Result<(), Failure> {
+    if queued.rate == crate::rate::Choice::Unsaid {
+        return Ok(());
+    }
+    match &queued.relay_key {
+        Some(key) => crate::rate::remember(store, key, &queued.rate)
+            .await
+            .map(drop),
+        None => crate::rate::needs_relay(&queued.rate, false),
+    }
 }
 
 /// The batch to enqueue: each prepared message with its envelope.
@@ -130,6 +149,7 @@ pub(crate) async fn enqueue_only(
 ) -> Result<u8, Failure> {
     let dir = directory(Some(queued.dir))?;
     let store = open_at(&dir).await?;
+    remember_for_later(&store, queued).await?;
     let now = SystemTime::now();
     let names: Vec<&str> = prepared.iter().map(|m| m.name.as_str()).collect();
     let ids = enqueue_parts(&store, batch(queued, prepared, envelopes), &names, now).await?;
@@ -221,6 +241,9 @@ pub(crate) async fn send_once(
     mode: Mode,
 ) -> Result<(u8, Vec<MessageId>, Arc<SqliteStore>), Failure> {
     let store = open(Some(queued.dir)).await?;
+    if via.is_none() {
+        remember_for_later(&store, queued).await?;
+    }
     let stop = Stop::new();
     let _registered = Registered::new(&stop);
     let Enqueued {

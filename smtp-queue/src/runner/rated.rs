@@ -8,7 +8,8 @@
 //! budget, not connections, is what limits it) and:
 //!
 //! 1. claims what is due; of it, keeps what its expected turn
-//!    ([`rate::finish_ms`]) puts within [`RunnerConfig::rate_wait`]
+//!    ([`rate::Turns`]: the pace and the caps; an estimate for messages
+//!    of several recipients) puts within [`RunnerConfig::rate_wait`]
 //!    (30 s by default) and releases the rest at once, unattempted, each
 //!    due at its expected turn, so that `list` shows when it will go;
 //! 2. takes each kept message's cost from the budget before handing it to
@@ -36,13 +37,13 @@ use crate::store::{Claimed, from_millis, millis};
 
 /// The budget key of a relay account: `relay:HOST:PORT`, with `:USER`
 /// when the relay authenticates (the cap is the account's); the host in
-/// lower case.
+/// lower case ([`rate::relay_key`]).
 pub fn relay_budget_key(relay: &Server) -> String {
-    let host = relay.host.to_ascii_lowercase();
-    match &relay.credentials {
-        Some(c) => format!("relay:{host}:{}:{}", relay.port, c.username()),
-        None => format!("relay:{host}:{}", relay.port),
-    }
+    rate::relay_key(
+        &relay.host,
+        relay.port,
+        relay.credentials.as_ref().map(|c| c.username()),
+    )
 }
 
 /// A message's cost: its recipients (relays count those).
@@ -238,16 +239,18 @@ impl Runner {
         let limits = &self.config.rate;
         let now = SystemTime::now();
         let now_ms = millis(now)?;
-        let tats = match self.store.budget(key).await? {
-            Some(b) => b.tats(limits, now_ms),
-            None => vec![None; limits.len()],
-        };
+        let budget = self
+            .store
+            .budget(key)
+            .await?
+            .unwrap_or_else(|| rate::Budget::empty(key));
+        let mut turns = budget.turns(limits, now_ms);
         let horizon = millis(now + self.config.rate_wait)?;
-        let mut units: u64 = pending.iter().map(|c| u64::from(cost(c))).sum();
+        let units: u64 = pending.iter().map(|c| u64::from(cost(c))).sum();
+        turns.after(units);
         let mut late = Vec::new();
         for c in claimed {
-            units += u64::from(cost(&c));
-            let turn = rate::finish_ms(limits, &tats, units, now_ms);
+            let turn = turns.after(u64::from(cost(&c)));
             if turn <= horizon && late.is_empty() {
                 pending.push_back(c);
             } else {
@@ -268,16 +271,16 @@ impl Runner {
         let limits = &self.config.rate;
         let now_ms = millis(SystemTime::now())?;
         let until_ms = millis(until)?;
-        let tats = match self.store.budget(key).await? {
-            Some(b) => b.tats(limits, now_ms),
-            None => vec![None; limits.len()],
-        };
-        let mut units = 0u64;
+        let budget = self
+            .store
+            .budget(key)
+            .await?
+            .unwrap_or_else(|| rate::Budget::empty(key));
+        let mut turns = budget.turns(limits, now_ms);
         let late = held
             .into_iter()
             .map(|c| {
-                units += u64::from(cost(&c));
-                let turn = rate::finish_ms(limits, &tats, units, now_ms).max(until_ms);
+                let turn = turns.after(u64::from(cost(&c))).max(until_ms);
                 (c, turn)
             })
             .collect();

@@ -145,7 +145,7 @@ impl Shaper {
                     None => Decision::Allowed,
                     Some(l) => {
                         let mut tats = [d.tat];
-                        let decision = take(&[l], &mut tats, 1, now_ms);
+                        let decision = take(&[l], &mut tats, &[], 1, now_ms);
                         d.tat = tats[0];
                         decision
                     }

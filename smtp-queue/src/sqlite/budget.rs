@@ -1,9 +1,13 @@
 //! Sending budgets ([`crate::rate`]): one row per (key, limit) holding the
-//! limit's TAT, taken from under the write lock so that every runner on
-//! the queue shares it and a restart does not reset it.
+//! pace's TAT, and a log of the key's takes (`budget_takes`) that the caps
+//! count, taken from under the write lock so that every runner on the
+//! queue shares them and a restart does not reset them.
 //!
-//! A take is one `BEGIN IMMEDIATE` transaction: read the key's rows,
-//! decide with [`rate::take`], write the moved TATs, commit. Two handles
+//! A take is one `BEGIN IMMEDIATE` transaction: read the key's rows and
+//! the takes within the longest period of its limits, decide with
+//! [`rate::take`], write the pace's moved TAT, log the take, prune the log
+//! of takes older than a day (or the longest period, if longer: so that a
+//! cap added later counts what went before it), commit. Two handles
 //! (two processes) taking at once wait for each other's lock, so their
 //! takes never overlap. It commits with `synchronous=NORMAL`, as the
 //! runner's other work: a killed process loses nothing; a power loss may
@@ -17,10 +21,14 @@ use sqlx::sqlite::SqliteRow;
 use super::SqliteStore;
 use super::rows::get;
 use crate::error::{Error, Result};
-use crate::rate::{self, Budget, Decision, Kept, Limit, Rate};
+use crate::rate::{self, Budget, Decision, Kept, Limit, Rate, Take};
 use crate::store::millis;
 
 const COLUMNS: &str = "key, limit_key, tat_ms, rate_count, rate_per_ms, burst, remembered";
+
+/// How long the log keeps takes at least: a day, the longest period a
+/// rate is written with.
+const LOG_KEPT_MS: i64 = 86_400_000;
 
 pub(super) async fn take_budget(
     store: &SqliteStore,
@@ -34,15 +42,24 @@ pub(super) async fn take_budget(
     }
     let doing = "taking from a sending budget";
     let now_ms = millis(now)?;
+    let longest = limits.iter().map(per_ms).max().unwrap_or(0);
     let mut tx = store.begin(doing).await?;
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM budgets WHERE key = $1"))
         .bind(key)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| Error::db(doing, e))?;
-    let kept = budget_of(key, &rows)?;
+    let takes = sqlx::query(
+        "SELECT at_ms, units FROM budget_takes WHERE key = $1 AND at_ms > $2 ORDER BY at_ms",
+    )
+    .bind(key)
+    .bind(now_ms.saturating_sub(longest))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| Error::db(doing, e))?;
+    let kept = budget_of(key, &rows, &takes)?;
     let mut tats = kept.tats(limits, now_ms);
-    let decision = rate::take(limits, &mut tats, cost, now_ms);
+    let decision = rate::take(limits, &mut tats, &kept.takes, cost, now_ms);
     if decision == Decision::Allowed {
         for (limit, tat) in limits.iter().zip(&tats) {
             upsert(limit, key, *tat, now_ms)
@@ -50,14 +67,28 @@ pub(super) async fn take_budget(
                 .await
                 .map_err(|e| Error::db(doing, e))?;
         }
+        sqlx::query("INSERT INTO budget_takes (key, at_ms, units) VALUES ($1, $2, $3)")
+            .bind(key)
+            .bind(now_ms)
+            .bind(i64::from(cost))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+        sqlx::query("DELETE FROM budget_takes WHERE key = $1 AND at_ms <= $2")
+            .bind(key)
+            .bind(now_ms.saturating_sub(longest.max(LOG_KEPT_MS)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
         tx.commit().await.map_err(|e| Error::db(doing, e))?;
     }
     // Waiting: nothing written; the transaction rolls back on drop.
     Ok(decision)
 }
 
-/// The statement that sets `limit`'s TAT under `key`, creating its row
-/// (not remembered) if need be.
+/// The statement that sets `limit`'s TAT under `key` (a cap's, `None`,
+/// leaves the TAT it had when it paced), creating its row (not
+/// remembered) if need be.
 fn upsert(
     limit: &Limit,
     key: &str,
@@ -67,7 +98,7 @@ fn upsert(
     sqlx::query(
         "INSERT INTO budgets (key, limit_key, tat_ms, rate_count, rate_per_ms, burst, remembered, updated_ms)
          VALUES ($1, $2, $3, $4, $5, $6, 0, $7)
-         ON CONFLICT (key, limit_key) DO UPDATE SET tat_ms = excluded.tat_ms, updated_ms = excluded.updated_ms",
+         ON CONFLICT (key, limit_key) DO UPDATE SET tat_ms = COALESCE(excluded.tat_ms, budgets.tat_ms), updated_ms = excluded.updated_ms",
     )
     .bind(key.to_owned())
     .bind(limit.key())
@@ -84,10 +115,29 @@ pub(super) async fn budget(store: &SqliteStore, key: &str) -> Result<Option<Budg
         .fetch_all(&store.pool)
         .await
         .map_err(|e| Error::db("reading a sending budget", e))?;
-    if rows.is_empty() {
+    let takes = logged(store, key, &rows).await?;
+    if rows.is_empty() && takes.is_empty() {
         return Ok(None);
     }
-    budget_of(key, &rows).map(Some)
+    budget_of(key, &rows, &takes).map(Some)
+}
+
+/// The takes of `key` within the longest period of its limits (`rows`)
+/// before its last take.
+async fn logged(store: &SqliteStore, key: &str, rows: &[SqliteRow]) -> Result<Vec<SqliteRow>> {
+    let mut longest = 0i64;
+    for row in rows {
+        longest = longest.max(get::<i64>(row, "rate_per_ms")?);
+    }
+    sqlx::query(
+        "SELECT at_ms, units FROM budget_takes WHERE key = $1
+         AND at_ms > (SELECT MAX(at_ms) FROM budget_takes WHERE key = $1) - $2 ORDER BY at_ms",
+    )
+    .bind(key)
+    .bind(longest)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(|e| Error::db("reading a sending budget's takes", e))
 }
 
 pub(super) async fn budgets(store: &SqliteStore) -> Result<Vec<Budget>> {
@@ -98,7 +148,8 @@ pub(super) async fn budgets(store: &SqliteStore) -> Result<Vec<Budget>> {
     let mut out = Vec::new();
     for group in rows.chunk_by(|a, b| a.try_get::<String, _>("key").ok() == b.try_get("key").ok()) {
         let key: String = get(&group[0], "key")?;
-        out.push(budget_of(&key, group)?);
+        let takes = logged(store, &key, group).await?;
+        out.push(budget_of(&key, group, &takes)?);
     }
     Ok(out)
 }
@@ -149,8 +200,8 @@ fn per_ms(limit: &Limit) -> i64 {
     i64::try_from(limit.rate.per.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The rows of one key as a [`Budget`].
-fn budget_of(key: &str, rows: &[SqliteRow]) -> Result<Budget> {
+/// The rows of one key, and its takes (by time), as a [`Budget`].
+fn budget_of(key: &str, rows: &[SqliteRow], takes: &[SqliteRow]) -> Result<Budget> {
     let corrupt = |what: &str| Error::corrupt(None, format!("budget {key:?}: {what}"));
     let mut limits = Vec::with_capacity(rows.len());
     for row in rows {
@@ -169,8 +220,17 @@ fn budget_of(key: &str, rows: &[SqliteRow]) -> Result<Budget> {
             remembered: get::<i64>(row, "remembered")? != 0,
         });
     }
+    let mut logged = Vec::with_capacity(takes.len());
+    for row in takes {
+        logged.push(Take {
+            at_ms: get(row, "at_ms")?,
+            units: u32::try_from(get::<i64>(row, "units")?)
+                .map_err(|_| corrupt("a take out of range"))?,
+        });
+    }
     Ok(Budget {
         key: key.to_owned(),
         limits,
+        takes: logged,
     })
 }

@@ -10,7 +10,7 @@
 //! | 2 | `messages.dsn_owed_ms`, `messages.dsn_id`: the delivery status notification owed to the sender, and the one enqueued |
 //! | 3 | `message_bodies`: bodies up to `SqliteSettings::inline_bodies` octets, committed with their envelope |
 //! | 4 | partial indexes: only waiting and leased recipients indexed by when they are due |
-//! | 5 | `budgets`: sending budgets (relay rate limits) and the limits remembered per relay account |
+//! | 5 | `budgets`, `budget_takes`: sending budgets (relay rate limits: the pace's TAT, the log of takes the caps count) and the limits remembered per relay account |
 //! | 6 | `merges`, `merge_recipients`: each key of `Store::enqueue_once` (a mail merge's message) and every recipient enqueued under it, committed with the batch |
 //! | 7 | `throttles`: each destination's adaptive limits after a "slow down" reply |
 //! | 8 | `mta_sts_policies`: MTA-STS policies cached per domain; `tls_results`: TLS-RPT session results counted per day |
@@ -105,8 +105,10 @@ CREATE INDEX recipients_leased ON recipients (lease_until_ms) WHERE state = 'del
     (
         5,
         // Sending budgets (relay rate limits): one row per key (a relay
-        // account) and limit (`Limit::key`), its TAT (GCRA), the limit
-        // itself, and whether it is one of the limits last set for the key.
+        // account) and limit (`Limit::key`), its TAT (GCRA, when it
+        // paces), the limit itself, and whether it is one of the limits
+        // last set for the key; and the log of each key's takes, which
+        // the caps count (pruned on each take).
         "
 CREATE TABLE budgets (
     key         TEXT NOT NULL,
@@ -119,6 +121,12 @@ CREATE TABLE budgets (
     updated_ms  INTEGER NOT NULL,
     PRIMARY KEY (key, limit_key)
 );
+CREATE TABLE budget_takes (
+    key   TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    units INTEGER NOT NULL
+);
+CREATE INDEX budget_takes_by_key ON budget_takes (key, at_ms);
 ",
     ),
     (
