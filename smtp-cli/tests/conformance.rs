@@ -587,3 +587,51 @@ async fn sigterm_kills_the_clients_and_removes_the_scratch_directory() {
     assert!(!alive(pid), "the client {pid} still runs");
     assert!(!scratch[0].path().exists(), "the scratch directory is left");
 }
+
+#[tokio::test]
+async fn junit_and_the_table_survive_control_characters_from_the_client() {
+    require("python3");
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "client.sh",
+        "printf '\\357\\277\\276\\357\\277\\277 ]]> <x> & \\033[2J\\033]0;title\\007 \\001\\013\\r\\n' \
+         | tee /dev/stderr\nexit 1",
+    );
+    let xml = dir.path().join("out.xml");
+    let out = conformance_in(
+        dir.path(),
+        &[
+            "--cases",
+            "baseline,421-*",
+            "--junit",
+            xml.to_str().unwrap(),
+            "--",
+            "./client.sh",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("never connected"), "{table}");
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character reached the terminal: {table:?}"
+    );
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.dom.minidom as m; d = m.parse(sys.argv[1]); \
+                      print(len(d.getElementsByTagName('failure')))",
+        ])
+        .arg(&xml)
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "python3 rejects the JUnit file: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        std::fs::read_to_string(&xml).unwrap_or_default()
+    );
+    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "7");
+}

@@ -3,9 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use quick_xml::escape::escape;
-
 use super::cases::Case;
+use crate::terminal::{one_line, printable};
 
 /// A case's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,9 +112,16 @@ impl CaseResult {
     }
 }
 
-/// The table: case, verdict, one line.
+/// The table: case, verdict, one line. Every text in it that a server or
+/// client chose (reply text, output, the command line) is made
+/// printable: no control character reaches the terminal.
 pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: bool) -> String {
-    let mut out = format!("conformance of `{subject}` as an SMTP {}\n\n", role.name());
+    let shown = |t: &str| printable(&one_line(t)).into_owned();
+    let mut out = format!(
+        "conformance of `{}` as an SMTP {}\n\n",
+        shown(subject),
+        role.name()
+    );
     let width = results.iter().map(|r| r.id.len()).max().unwrap_or(4);
     for r in results {
         let mark = if pinned && r.unexpected() {
@@ -127,7 +133,7 @@ pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: b
             Kind::Skip => role.skip(),
             k => k.name(),
         };
-        let line = format!("{:width$}  {kind:4}  {}{mark}", r.id, r.shown());
+        let line = format!("{:width$}  {kind:4}  {}{mark}", r.id, shown(r.shown()));
         let _ = writeln!(out, "{}", line.trim_end());
     }
     let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
@@ -195,7 +201,7 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
     let _ = writeln!(
         x,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{total:.3}\">",
-        escape(subject),
+        xml(subject),
         results.len(),
         count(Kind::Fail),
         count(Kind::Skip)
@@ -204,7 +210,7 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
         let _ = write!(
             x,
             "    <testcase classname=\"smtp.conformance.{what}\" name=\"{}\" time=\"{:.3}\"",
-            escape(r.id),
+            xml(r.id),
             r.elapsed.as_secs_f64()
         );
         match &r.verdict {
@@ -213,16 +219,16 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
                 let _ = writeln!(
                     x,
                     ">\n      <failure message=\"{}\" type=\"conformance\">{}</failure>\n      <system-out>{}</system-out>\n    </testcase>",
-                    escape(why.as_str()),
-                    escape(why.as_str()),
-                    escape(xml_text(&r.output).as_str())
+                    xml(why),
+                    xml(why),
+                    xml(&r.output)
                 );
             }
             Verdict::Skip(why) => {
                 let _ = writeln!(
                     x,
                     ">\n      <skipped message=\"{}\"/>\n    </testcase>",
-                    escape(why.as_str())
+                    xml(why)
                 );
             }
         }
@@ -231,17 +237,32 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
     x
 }
 
-/// Text without the control characters XML 1.0 cannot hold.
-fn xml_text(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() && !matches!(c, '\n' | '\t') {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect()
+/// `text` fit for an XML 1.0 attribute value or element text: `&`, `<`,
+/// `>` and both quotes escaped, tab, CR and LF as character references
+/// (an attribute keeps them), and every character XML 1.0 cannot hold (C0
+/// controls but those three, U+FFFE, U+FFFF, lone surrogates cannot occur
+/// in a `str`) replaced by U+FFFD. Every text the JUnit file holds goes
+/// through it.
+pub(crate) fn xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => out.push(char::REPLACEMENT_CHARACTER),
+            // Allowed in XML 1.0 but discouraged, and terminal controls
+            // when the file is shown: C1 and DEL.
+            '\u{7f}'..='\u{9f}' => out.push(char::REPLACEMENT_CHARACTER),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `--list`: the case table in Markdown (docs/conformance.md holds it).
@@ -258,4 +279,45 @@ pub(crate) fn list(cases: &[&Case]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_text_holds_only_what_xml_1_0_allows() {
+        let nasty = "a\u{1}b\u{b}c\u{1b}[31m\u{7}\u{fffe}\u{ffff}]]><x a=\"1\">&'\r\n\t\u{85}";
+        let x = xml(nasty);
+        assert_eq!(
+            x,
+            "a\u{fffd}b\u{fffd}c\u{fffd}[31m\u{fffd}\u{fffd}\u{fffd}]]&gt;&lt;x a=&quot;1&quot;&gt;&amp;&apos;&#13;&#10;&#9;\u{fffd}"
+        );
+        let doc = format!("<r a=\"{x}\">{x}</r>");
+        let mut reader = quick_xml::Reader::from_str(&doc);
+        loop {
+            match reader.read_event() {
+                Ok(quick_xml::events::Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!("{e}: {doc}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_shows_no_control_character() {
+        let r = CaseResult {
+            id: "x",
+            verdict: Verdict::Fail("554 \u{1b}[31mRED\u{7}\u{1b}]0;title\u{7}\r\nnext".into()),
+            expected: None,
+            exit: None,
+            elapsed: Duration::ZERO,
+            output: String::new(),
+            reference: "",
+            note: String::new(),
+        };
+        let t = table(Role::Client, "evil\u{1b}[2J", &[r], false);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 5, "{t}");
+    }
 }
