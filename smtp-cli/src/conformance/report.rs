@@ -69,6 +69,8 @@ pub(crate) struct CaseResult {
     /// What a passing check found (the server checker's facts), shown
     /// where a failure's detail would be.
     pub(crate) note: String,
+    /// How to fix a FAIL (the server checker), shown under it.
+    pub(crate) hint: String,
 }
 
 impl CaseResult {
@@ -135,6 +137,9 @@ pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: b
         };
         let line = format!("{:width$}  {kind:4}  {}{mark}", r.id, shown(r.shown()));
         let _ = writeln!(out, "{}", line.trim_end());
+        if r.verdict.kind() == Kind::Fail && !r.hint.is_empty() {
+            let _ = writeln!(out, "{:width$}        fix: {}", "", shown(&r.hint));
+        }
     }
     let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
     let _ = write!(
@@ -171,6 +176,7 @@ pub(crate) fn json(role: Role, subject: &str, results: &[CaseResult]) -> serde_j
                 "exit": r.exit,
                 "elapsed_ms": r.elapsed.as_millis() as u64,
                 "output": r.output,
+                "fix": (!r.hint.is_empty()).then_some(&r.hint),
             })
         })
         .collect();
@@ -216,11 +222,16 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
         match &r.verdict {
             Verdict::Pass => x.push_str("/>\n"),
             Verdict::Fail(why) => {
+                let body = if r.hint.is_empty() {
+                    why.clone()
+                } else {
+                    format!("{why}\nfix: {}", r.hint)
+                };
                 let _ = writeln!(
                     x,
                     ">\n      <failure message=\"{}\" type=\"conformance\">{}</failure>\n      <system-out>{}</system-out>\n    </testcase>",
                     xml(why),
-                    xml(why),
+                    xml(&body),
                     xml(&r.output)
                 );
             }
@@ -315,6 +326,7 @@ mod tests {
             output: String::new(),
             reference: "",
             note: String::new(),
+            hint: String::new(),
         };
         let t = table(Role::Client, "evil\u{1b}[2J", &[r], false);
         assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");

@@ -207,6 +207,7 @@ pub(crate) async fn run_case(
         output,
         reference: case.rfc,
         note: String::new(),
+        hint: String::new(),
     };
     if let Some(why) = skip_reason(case, &client) {
         return result(Verdict::Skip(why.to_owned()), None, String::new());
