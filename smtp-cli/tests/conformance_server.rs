@@ -599,3 +599,29 @@ async fn it_authenticates_for_the_test_messages_and_never_prints_the_password() 
     assert!(all.contains("AUTH as user refused"), "{all}");
     assert!(!all.contains("wrong-secret"), "{all}");
 }
+
+#[tokio::test]
+async fn our_own_sink_is_not_open_to_smuggling() {
+    use tokio::io::AsyncBufReadExt;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let mut sink = Command::new(BIN)
+        .args(["sink", "--listen", &addr])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sink.stderr.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap_or_default();
+    assert!(first.contains("listening on"), "{first}");
+    let bench = Bench::new();
+    let (map, _) = verdicts(&addr, &bench.ca_file(), &["--checks", "smuggling"]).await;
+    assert_eq!(map["smuggling"].0, "pass", "{:?}", map["smuggling"]);
+    assert!(
+        map["smuggling"].1.contains("\\n.\\n rejected: 550 5.5.2"),
+        "{:?}",
+        map["smuggling"]
+    );
+}
