@@ -635,3 +635,72 @@ async fn junit_and_the_table_survive_control_characters_from_the_client() {
     );
     assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "7");
 }
+
+#[tokio::test]
+async fn pinned_verdicts_that_match_are_not_junit_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "client.sh",
+        "echo 'no server for me' >&2\nexit 1",
+    );
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        "name = \"p\"\ntls = \"required\"\ncommand = [\"./client.sh\", \"{port}\"]\n\
+         [expected]\n\"baseline\" = \"fail\"\n\"421-ehlo\" = \"fail\"\n",
+    )
+    .unwrap();
+    let xml = dir.path().join("out.xml");
+    let common = [
+        "--profile",
+        profile.to_str().unwrap(),
+        "--pinned",
+        "--cases",
+        "baseline,421-*",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--junit", xml.to_str().unwrap()]);
+    let out = conformance_in(dir.path(), &args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "421-greeting and others differ from their pins"
+    );
+    let text = std::fs::read_to_string(&xml).unwrap();
+    let case = |id: &str| {
+        let start = text.find(&format!("name=\"{id}\"")).unwrap();
+        let end = text[start..]
+            .find("</testcase>")
+            .map_or(text.len(), |e| start + e);
+        text[start..end].to_owned()
+    };
+    assert!(
+        case("baseline").contains("<skipped message=\"pinned: FAIL: the client never connected"),
+        "{text}"
+    );
+    assert!(case("421-ehlo").contains("<skipped"), "{text}");
+    assert!(case("421-greeting").contains("<failure"), "{text}");
+    assert!(
+        text.contains("failures=\"5\" errors=\"0\" skipped=\"2\""),
+        "{text}"
+    );
+    let mut args = common.to_vec();
+    args.push("--json");
+    let out = conformance_in(dir.path(), &args).await;
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["differ"], 5);
+    let by_id = |id: &str| {
+        json["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id("baseline")["pinned"], "fail");
+    assert_eq!(by_id("baseline")["matches_pin"], true);
+    assert_eq!(by_id("421-greeting")["pinned"], Value::Null);
+    assert_eq!(by_id("421-greeting")["matches_pin"], false);
+}

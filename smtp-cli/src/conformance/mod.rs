@@ -264,14 +264,16 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
         format!("{} ({})", client.name, client.about)
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(report::Role::Client, &name, &results)).map_err(
-            |e| {
-                Failure::new(
-                    crate::fail::EX_CANTCREAT,
-                    format!("cannot write {}: {e}", path.display()),
-                )
-            },
-        )?;
+        std::fs::write(
+            path,
+            report::junit(report::Role::Client, &name, &results, args.pinned),
+        )
+        .map_err(|e| {
+            Failure::new(
+                crate::fail::EX_CANTCREAT,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     }
     if args.json {
         println!("{}", report::json(report::Role::Client, &name, &results));

@@ -177,6 +177,8 @@ pub(crate) fn json(role: Role, subject: &str, results: &[CaseResult]) -> serde_j
                 "elapsed_ms": r.elapsed.as_millis() as u64,
                 "output": r.output,
                 "fix": (!r.hint.is_empty()).then_some(&r.hint),
+                "pinned": r.expected.map(|k| k.name().to_ascii_lowercase()),
+                "matches_pin": !r.unexpected(),
             })
         })
         .collect();
@@ -186,15 +188,17 @@ pub(crate) fn json(role: Role, subject: &str, results: &[CaseResult]) -> serde_j
         "passed": count(Kind::Pass),
         "failed": count(Kind::Fail),
         "skipped": count(Kind::Skip),
+        "differ": results.iter().filter(|r| r.unexpected()).count(),
         "cases": cases,
     })
 }
 
 /// JUnit XML (the common subset CI systems read): one `<testsuite>`, a
 /// `<testcase>` per case with `<failure>` or `<skipped>`.
-pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String {
+pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult], pinned: bool) -> String {
     let what = role.name();
-    let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
+    let shown: Vec<Verdict> = results.iter().map(|r| junit_verdict(r, pinned)).collect();
+    let count = |k: Kind| shown.iter().filter(|v| v.kind() == k).count();
     let total: f64 = results.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
@@ -212,14 +216,14 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
         count(Kind::Fail),
         count(Kind::Skip)
     );
-    for r in results {
+    for (r, verdict) in results.iter().zip(&shown) {
         let _ = write!(
             x,
             "    <testcase classname=\"smtp.conformance.{what}\" name=\"{}\" time=\"{:.3}\"",
             xml(r.id),
             r.elapsed.as_secs_f64()
         );
-        match &r.verdict {
+        match verdict {
             Verdict::Pass => x.push_str("/>\n"),
             Verdict::Fail(why) => {
                 let body = if r.hint.is_empty() {
@@ -246,6 +250,30 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
     }
     x.push_str("  </testsuite>\n</testsuites>\n");
     x
+}
+
+/// How a case shows in JUnit. With `--pinned`, a case whose verdict
+/// matches a pinned FAIL or skip is `<skipped message="pinned: …">` (CI
+/// shows it, and the build stays green); a verdict that differs from its
+/// pin is a `<failure>`, a pass included ("update the pin").
+fn junit_verdict(r: &CaseResult, pinned: bool) -> Verdict {
+    let pin = r.expected.unwrap_or(Kind::Pass);
+    match (&r.verdict, pinned) {
+        (v, false) => v.clone(),
+        (Verdict::Pass, true) if pin == Kind::Pass => Verdict::Pass,
+        (Verdict::Pass, true) => Verdict::Fail(format!(
+            "passes now, but the profile pins {}: update the pin",
+            pin.name()
+        )),
+        (v, true) if v.kind() == pin => {
+            Verdict::Skip(format!("pinned: {}: {}", pin.name(), v.detail()))
+        }
+        (Verdict::Fail(why), true) => Verdict::Fail(format!("{why} (pinned: {})", pin.name())),
+        (Verdict::Skip(why), true) => Verdict::Fail(format!(
+            "skipped ({why}), but the profile pins {}",
+            pin.name()
+        )),
+    }
 }
 
 /// `text` fit for an XML 1.0 attribute value or element text: `&`, `<`,

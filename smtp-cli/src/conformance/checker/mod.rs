@@ -353,12 +353,14 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
         format!("{given} ({addr})")
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(Role::Server, &subject, &results)).map_err(|e| {
-            Failure::new(
-                crate::fail::EX_CANTCREAT,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })?;
+        std::fs::write(path, report::junit(Role::Server, &subject, &results, false)).map_err(
+            |e| {
+                Failure::new(
+                    crate::fail::EX_CANTCREAT,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            },
+        )?;
     }
     if args.json {
         println!("{}", report::json(Role::Server, &subject, &results));
