@@ -483,13 +483,13 @@ async fn bad_inputs_and_an_unreachable_server_are_usage_errors() {
 #[tokio::test]
 async fn a_check_has_an_overall_deadline() {
     let bench = Bench::new();
-    // Each reply within --timeout, but the greeting drips a byte a second.
+    // A server that never greets: each session waits --timeout (5 s).
     let server = bench
         .hostile(|c| {
             c.fault = Some((
                 smtp_testkit::hostile::Phase::Greeting,
                 smtp_testkit::hostile::Fault::Silence,
-            ))
+            ));
         })
         .await;
     let target = server.addr().to_string();
