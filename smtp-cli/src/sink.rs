@@ -14,6 +14,9 @@ pub(crate) async fn run(args: SinkArgs) -> Result<u8, Failure> {
         // Stored before the 250: once `smtp send` says accepted, the file
         // is in new/.
         maildir: args.maildir.clone(),
+        // Only CRLF.CRLF ends the data; a bare CR or LF refuses the
+        // message: our own sink must not be open to SMTP smuggling.
+        strict_data: true,
         ..CaptureConfig::default()
     };
     if args.tls_self_signed {

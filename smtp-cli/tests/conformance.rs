@@ -387,3 +387,320 @@ async fn the_docs_list_every_case_and_usage_errors_exit_2() {
     );
     assert_eq!(conformance(&["--bogus"]).await.status.code(), Some(2));
 }
+
+/// `smtp conformance client ARGS` run in `dir`, with `TMPDIR` there too.
+async fn conformance_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("conformance")
+        .arg("client")
+        .args(args)
+        .current_dir(dir)
+        .env("TMPDIR", dir)
+        .output()
+        .await
+        .expect("smtp runs")
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_connects_fails_every_case_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // A relative path: the client runs in our current directory.
+    script(
+        dir.path(),
+        "client.sh",
+        "echo \"client: bad option $1\" >&2\nexit 1",
+    );
+    let out = conformance_in(
+        dir.path(),
+        &[
+            "--json",
+            "--deadline",
+            DEADLINE,
+            "--cases",
+            "421-*,silent-*,baseline",
+            "--",
+            "./client.sh",
+            "--bogus",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cases = json["cases"].as_array().unwrap();
+    assert!(cases.len() > 10);
+    for c in cases {
+        assert_eq!(c["verdict"], "fail", "{c}");
+        assert_eq!(
+            c["detail"],
+            "the client never connected (check the command line: client: bad option --bogus)",
+            "{c}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_client_or_an_unknown_placeholder_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = conformance_in(dir.path(), &["--", "./not-there.sh", "{port}"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-there.sh"));
+    let out = conformance_in(dir.path(), &["--", "no-such-smtp-client-here"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = conformance_in(dir.path(), &["--", "true", "--helo={hostname}"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown placeholder `{hostname}`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Braces that are not placeholders stay as they are.
+    let out = conformance_in(
+        dir.path(),
+        &["--cases", "baseline", "--", "true", "${X}", "{}"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn a_value_substituted_is_never_expanded_again() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("tmp{password}");
+    std::fs::create_dir(&dir).unwrap();
+    let log = top.path().join("args");
+    script(
+        top.path(),
+        "client.sh",
+        &format!("echo \"$@\" > '{}'\nexit 1", log.display()),
+    );
+    let client = top.path().join("client.sh");
+    let out = conformance_in(
+        &dir,
+        &[
+            "--cases",
+            "baseline",
+            "--",
+            client.to_str().unwrap(),
+            "{dir}",
+            "{message}",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let args = std::fs::read_to_string(&log).unwrap();
+    assert!(args.contains("tmp{password}"), "{args}");
+    assert!(!args.contains("Tr0ub4dor"), "the password leaked: {args}");
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_daemon_left_behind_by_the_client_dies_with_the_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    script(
+        dir.path(),
+        "client.sh",
+        &format!("sleep 300 &\necho $! > '{}'\nexit 1", pidfile.display()),
+    );
+    let out = conformance_in(dir.path(), &["--cases", "baseline", "--", "./client.sh"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!alive(pid), "the client's child {pid} outlived its case");
+}
+
+#[tokio::test]
+async fn sigterm_kills_the_clients_and_removes_the_scratch_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    script(
+        dir.path(),
+        "client.sh",
+        &format!("echo $$ > '{}'\nexec sleep 300", pidfile.display()),
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "conformance",
+            "client",
+            "--cases",
+            "baseline",
+            "--deadline",
+            "60",
+            "--",
+        ])
+        .arg("./client.sh")
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while !pidfile.exists() && waited < 100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let scratch: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("smtp-conformance-")
+        })
+        .collect();
+    assert_eq!(scratch.len(), 1, "the scratch directory is under TMPDIR");
+    let smtp = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(smtp, rustix::process::Signal::TERM).unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits at once")
+        .unwrap();
+    assert_eq!(status.code(), Some(143));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!alive(pid), "the client {pid} still runs");
+    assert!(!scratch[0].path().exists(), "the scratch directory is left");
+}
+
+#[tokio::test]
+async fn junit_and_the_table_survive_control_characters_from_the_client() {
+    require("python3");
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "client.sh",
+        "printf '\\357\\277\\276\\357\\277\\277 ]]> <x> & \\033[2J\\033]0;title\\007 \\001\\013\\r\\n' \
+         | tee /dev/stderr\nexit 1",
+    );
+    let xml = dir.path().join("out.xml");
+    let out = conformance_in(
+        dir.path(),
+        &[
+            "--cases",
+            "baseline,421-*",
+            "--junit",
+            xml.to_str().unwrap(),
+            "--",
+            "./client.sh",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("never connected"), "{table}");
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character reached the terminal: {table:?}"
+    );
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.dom.minidom as m; d = m.parse(sys.argv[1]); \
+                      print(len(d.getElementsByTagName('failure')))",
+        ])
+        .arg(&xml)
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "python3 rejects the JUnit file: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        std::fs::read_to_string(&xml).unwrap_or_default()
+    );
+    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "7");
+}
+
+#[tokio::test]
+async fn pinned_verdicts_that_match_are_not_junit_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "client.sh",
+        "echo 'no server for me' >&2\nexit 1",
+    );
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        "name = \"p\"\ntls = \"required\"\ncommand = [\"./client.sh\", \"{port}\"]\n\
+         [expected]\n\"baseline\" = \"fail\"\n\"421-ehlo\" = \"fail\"\n",
+    )
+    .unwrap();
+    let xml = dir.path().join("out.xml");
+    let common = [
+        "--profile",
+        profile.to_str().unwrap(),
+        "--pinned",
+        "--cases",
+        "baseline,421-*",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--junit", xml.to_str().unwrap()]);
+    let out = conformance_in(dir.path(), &args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "421-greeting and others differ from their pins"
+    );
+    let text = std::fs::read_to_string(&xml).unwrap();
+    let case = |id: &str| {
+        let start = text.find(&format!("name=\"{id}\"")).unwrap();
+        let end = text[start..]
+            .find("</testcase>")
+            .map_or(text.len(), |e| start + e);
+        text[start..end].to_owned()
+    };
+    assert!(
+        case("baseline").contains("<skipped message=\"pinned: FAIL: the client never connected"),
+        "{text}"
+    );
+    assert!(case("421-ehlo").contains("<skipped"), "{text}");
+    assert!(case("421-greeting").contains("<failure"), "{text}");
+    assert!(
+        text.contains("failures=\"5\" errors=\"0\" skipped=\"2\""),
+        "{text}"
+    );
+    let mut args = common.to_vec();
+    args.push("--json");
+    let out = conformance_in(dir.path(), &args).await;
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["differ"], 5);
+    let by_id = |id: &str| {
+        json["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id("baseline")["pinned"], "fail");
+    assert_eq!(by_id("baseline")["matches_pin"], true);
+    assert_eq!(by_id("421-greeting")["pinned"], Value::Null);
+    assert_eq!(by_id("421-greeting")["matches_pin"], false);
+}

@@ -367,3 +367,261 @@ async fn aiosmtpd_verdicts_are_pinned() {
     assert_eq!(map["pipelining"].1, "PIPELINING not advertised");
     assert_eq!(code, Some(1));
 }
+
+/// A scripted server on 127.0.0.1: greets, then answers each line with
+/// `answer(line)` (None: close). One connection at a time, forever.
+async fn scripted(answer: fn(&str) -> Option<Vec<u8>>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 scripted\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match answer(&line) {
+                        Some(bytes) => {
+                            if w.write_all(&bytes).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn pipelining_fails_on_a_3xx_to_mail_and_starttls_injection_is_na_without_a_handshake() {
+    let bench = Bench::new();
+    let no_tls = scripted(|line| {
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        Some(match verb.as_str() {
+            "EHLO" => b"250-scripted\r\n250 PIPELINING\r\n".to_vec(),
+            "MAIL" => b"354 go ahead\r\n".to_vec(),
+            _ => b"250 ok\r\n".to_vec(),
+        })
+    })
+    .await;
+    let (map, _) = verdicts(
+        &no_tls.to_string(),
+        &bench.ca_file(),
+        &["--checks", "pipelining"],
+    )
+    .await;
+    assert_eq!(map["pipelining"].0, "fail", "{:?}", map["pipelining"]);
+    assert!(
+        map["pipelining"]
+            .1
+            .starts_with("answered MAIL with 354 go ahead: replies out of order"),
+        "{:?}",
+        map["pipelining"]
+    );
+    // A handshake that fails: plaintext where TLS should be.
+    let broken_tls = scripted(|line| {
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        Some(match verb.as_str() {
+            "EHLO" => b"250-scripted\r\n250 STARTTLS\r\n".to_vec(),
+            "STAR" => b"220 go\r\n".to_vec(),
+            "NOOP" => Vec::new(),
+            // The ClientHello (or a timeout): plaintext where TLS should be.
+            _ => b"250 plaintext after STARTTLS\r\n".to_vec(),
+        })
+    })
+    .await;
+    let (map, _) = verdicts(
+        &broken_tls.to_string(),
+        &bench.ca_file(),
+        &["--checks", "starttls-injection"],
+    )
+    .await;
+    assert_eq!(
+        map["starttls-injection"].0, "skip",
+        "{:?}",
+        map["starttls-injection"]
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_and_an_unreachable_server_are_usage_errors() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = checker(&[&target]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no table: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bench = Bench::new();
+    let server = bench.hostile(|_| {}).await;
+    let target = server.addr().to_string();
+    for bad in [
+        ["--from", "a@b.test\r\nRSET"],
+        ["--rcpt", "x@server.test>\r\nVRFY root"],
+        ["--rcpt", ""],
+        ["--relay-domain", "a.test\nNOOP"],
+        ["--from", "<a@b.test>"],
+    ] {
+        let out = checker(&[&target, bad[0], bad[1]]).await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    assert!(
+        server.sessions().iter().all(|s| s.commands.is_empty()),
+        "nothing was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_check_has_an_overall_deadline() {
+    let bench = Bench::new();
+    // A server that never greets: each session waits --timeout (5 s).
+    let server = bench
+        .hostile(|c| {
+            c.fault = Some((
+                smtp_testkit::hostile::Phase::Greeting,
+                smtp_testkit::hostile::Fault::Silence,
+            ));
+        })
+        .await;
+    let target = server.addr().to_string();
+    let started = std::time::Instant::now();
+    let (map, code) = verdicts(
+        &target,
+        &bench.ca_file(),
+        &["--checks", "smuggling", "--check-timeout", "1"],
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        map["smuggling"].1,
+        "the check did not finish within 1 s (--check-timeout)"
+    );
+}
+
+#[tokio::test]
+async fn fails_come_with_a_fix_and_loopback_notes_mynetworks() {
+    let bench = Bench::new();
+    let server = bench
+        .hostile(|c| {
+            c.local_domains.clear();
+            c.flaws.bare_lf_ends_data = true;
+        })
+        .await;
+    let target = server.addr().to_string();
+    let out = checker(&[
+        &target,
+        "--rcpt",
+        RCPT,
+        "--ca-file",
+        bench.ca_file().to_str().unwrap(),
+        "--checks",
+        "open-relay,smuggling",
+    ])
+    .await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    let fixes: Vec<&str> = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with("fix: "))
+        .collect();
+    assert_eq!(fixes.len(), 2, "{table}");
+    assert!(fixes.iter().all(|l| l.contains("mynetworks")), "{table}");
+    assert!(
+        table.contains("smtpd_forbid_bare_newline_exclusions"),
+        "{table}"
+    );
+    assert!(table.contains("reject_unauth_destination"), "{table}");
+}
+
+#[tokio::test]
+async fn it_authenticates_for_the_test_messages_and_never_prints_the_password() {
+    let bench = Bench::new();
+    let server = bench.hostile(|_| {}).await;
+    let target = server.addr().to_string();
+    let pw = bench.dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let out = checker(&[
+        &target,
+        "--rcpt",
+        RCPT,
+        "--ca-file",
+        bench.ca_file().to_str().unwrap(),
+        "--checks",
+        "smuggling,pipelining",
+        "--user",
+        "user",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let auths = server
+        .sessions()
+        .iter()
+        .filter(|s| s.sent("AUTH", Some(true)))
+        .count();
+    assert_eq!(auths, 7, "six smuggling sessions and the pipelining one");
+    // A wrong password: refused, and still not printed.
+    std::fs::write(&pw, "wrong-secret\n").unwrap();
+    let out = checker(&[
+        &target,
+        "--rcpt",
+        RCPT,
+        "--checks",
+        "smuggling",
+        "--user",
+        "user",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--ca-file",
+        bench.ca_file().to_str().unwrap(),
+    ])
+    .await;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("AUTH as user refused"), "{all}");
+    assert!(!all.contains("wrong-secret"), "{all}");
+}
+
+#[tokio::test]
+async fn our_own_sink_is_not_open_to_smuggling() {
+    use tokio::io::AsyncBufReadExt;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let mut sink = Command::new(BIN)
+        .args(["sink", "--listen", &addr])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sink.stderr.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap_or_default();
+    assert!(first.contains("listening on"), "{first}");
+    let bench = Bench::new();
+    let (map, _) = verdicts(&addr, &bench.ca_file(), &["--checks", "smuggling"]).await;
+    assert_eq!(map["smuggling"].0, "pass", "{:?}", map["smuggling"]);
+    assert!(
+        map["smuggling"].1.contains("\\n.\\n rejected: 550 5.5.2"),
+        "{:?}",
+        map["smuggling"]
+    );
+}

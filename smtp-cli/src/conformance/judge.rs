@@ -38,6 +38,10 @@ impl fmt::Display for Exit {
 pub(crate) struct Evidence {
     pub(crate) exit: Exit,
     pub(crate) sessions: Vec<SessionRecord>,
+    /// What the client exceeded, if it flooded the server.
+    pub(crate) flooded: Option<String>,
+    /// The first line of the client's standard error.
+    pub(crate) first_error_line: String,
     /// The client declared TLS required (else opportunistic).
     pub(crate) required: bool,
     pub(crate) password: String,
@@ -58,6 +62,10 @@ impl Evidence {
 pub(crate) enum Check {
     /// Finished before the deadline (every case also checks this first).
     Bounded,
+    /// Stayed within the server's bounds on what it records (every case).
+    NotFlooded,
+    /// Connected to the case's server at all (every case).
+    Connected,
     /// In required mode: AUTH and MAIL only inside TLS.
     TlsOnly,
     /// The server accepted the message.
@@ -87,8 +95,11 @@ pub(crate) enum Check {
 }
 
 /// The first failing check's one line, or `None` when the case passes.
+/// Every case first checks the client finished in time, did not flood
+/// the server, and connected at all.
 pub(crate) fn judge(checks: &[Check], e: &Evidence) -> Option<String> {
-    std::iter::once(&Check::Bounded)
+    [Check::Bounded, Check::NotFlooded, Check::Connected]
+        .iter()
         .chain(checks)
         .find_map(|c| c.fails(e))
 }
@@ -106,6 +117,18 @@ impl Check {
                 Exit::Signal(s) => Some(format!("crashed: killed by signal {s}")),
                 Exit::Code(_) => None,
             },
+            Self::NotFlooded => e
+                .flooded
+                .as_ref()
+                .map(|why| format!("flooded the server: {why} (the session was ended)")),
+            Self::Connected => e.sessions.is_empty().then(|| {
+                let first = crate::terminal::one_line(e.first_error_line.trim());
+                if first.is_empty() {
+                    "the client never connected (check the command line)".to_owned()
+                } else {
+                    format!("the client never connected (check the command line: {first})")
+                }
+            }),
             Self::TlsOnly => e
                 .required
                 .then(|| first_command(e, &["AUTH", "MAIL"], Some(false)))

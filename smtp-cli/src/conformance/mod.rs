@@ -212,12 +212,31 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
     if args.deadline == 0 || args.jobs == 0 {
         return usage("--deadline and --jobs take a number above 0".into());
     }
+    if let Err(e) = runner::check_command(&client, Duration::from_secs(args.deadline)) {
+        return usage(e);
+    }
     let bench = runner::Bench::new(Duration::from_secs(args.deadline)).map_err(|e| {
         Failure::new(
             crate::fail::EX_SOFTWARE,
             format!("cannot prepare the cases: {e}"),
         )
     })?;
+    // Ctrl-C or SIGTERM: the clients' process groups killed, the scratch
+    // directory (with the password file) removed, exit 130 or 143.
+    let scratch = bench.dir().to_owned();
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Failure::new(crate::fail::EX_SOFTWARE, format!("signal handler: {e}")))?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::new(crate::fail::EX_SOFTWARE, format!("signal handler: {e}")))?;
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = sigint.recv() => 130,
+            _ = sigterm.recv() => 143,
+        };
+        runner::kill_running();
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::process::exit(code);
+    });
     let (bench, client) = (Arc::new(bench), Arc::new(client));
     let gate = Arc::new(tokio::sync::Semaphore::new(args.jobs));
     let tasks: Vec<_> = selected
@@ -245,14 +264,16 @@ async fn client(args: ClientArgs) -> Result<u8, Failure> {
         format!("{} ({})", client.name, client.about)
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(report::Role::Client, &name, &results)).map_err(
-            |e| {
-                Failure::new(
-                    crate::fail::EX_CANTCREAT,
-                    format!("cannot write {}: {e}", path.display()),
-                )
-            },
-        )?;
+        std::fs::write(
+            path,
+            report::junit(report::Role::Client, &name, &results, args.pinned),
+        )
+        .map_err(|e| {
+            Failure::new(
+                crate::fail::EX_CANTCREAT,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
     }
     if args.json {
         println!("{}", report::json(report::Role::Client, &name, &results));

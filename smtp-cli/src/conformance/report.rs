@@ -3,9 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use quick_xml::escape::escape;
-
 use super::cases::Case;
+use crate::terminal::{one_line, printable};
 
 /// A case's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +69,8 @@ pub(crate) struct CaseResult {
     /// What a passing check found (the server checker's facts), shown
     /// where a failure's detail would be.
     pub(crate) note: String,
+    /// How to fix a FAIL (the server checker), shown under it.
+    pub(crate) hint: String,
 }
 
 impl CaseResult {
@@ -113,9 +114,16 @@ impl CaseResult {
     }
 }
 
-/// The table: case, verdict, one line.
+/// The table: case, verdict, one line. Every text in it that a server or
+/// client chose (reply text, output, the command line) is made
+/// printable: no control character reaches the terminal.
 pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: bool) -> String {
-    let mut out = format!("conformance of `{subject}` as an SMTP {}\n\n", role.name());
+    let shown = |t: &str| printable(&one_line(t)).into_owned();
+    let mut out = format!(
+        "conformance of `{}` as an SMTP {}\n\n",
+        shown(subject),
+        role.name()
+    );
     let width = results.iter().map(|r| r.id.len()).max().unwrap_or(4);
     for r in results {
         let mark = if pinned && r.unexpected() {
@@ -127,8 +135,11 @@ pub(crate) fn table(role: Role, subject: &str, results: &[CaseResult], pinned: b
             Kind::Skip => role.skip(),
             k => k.name(),
         };
-        let line = format!("{:width$}  {kind:4}  {}{mark}", r.id, r.shown());
+        let line = format!("{:width$}  {kind:4}  {}{mark}", r.id, shown(r.shown()));
         let _ = writeln!(out, "{}", line.trim_end());
+        if r.verdict.kind() == Kind::Fail && !r.hint.is_empty() {
+            let _ = writeln!(out, "{:width$}        fix: {}", "", shown(&r.hint));
+        }
     }
     let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
     let _ = write!(
@@ -165,6 +176,9 @@ pub(crate) fn json(role: Role, subject: &str, results: &[CaseResult]) -> serde_j
                 "exit": r.exit,
                 "elapsed_ms": r.elapsed.as_millis() as u64,
                 "output": r.output,
+                "fix": (!r.hint.is_empty()).then_some(&r.hint),
+                "pinned": r.expected.map(|k| k.name().to_ascii_lowercase()),
+                "matches_pin": !r.unexpected(),
             })
         })
         .collect();
@@ -174,15 +188,17 @@ pub(crate) fn json(role: Role, subject: &str, results: &[CaseResult]) -> serde_j
         "passed": count(Kind::Pass),
         "failed": count(Kind::Fail),
         "skipped": count(Kind::Skip),
+        "differ": results.iter().filter(|r| r.unexpected()).count(),
         "cases": cases,
     })
 }
 
 /// JUnit XML (the common subset CI systems read): one `<testsuite>`, a
 /// `<testcase>` per case with `<failure>` or `<skipped>`.
-pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String {
+pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult], pinned: bool) -> String {
     let what = role.name();
-    let count = |k: Kind| results.iter().filter(|r| r.verdict.kind() == k).count();
+    let shown: Vec<Verdict> = results.iter().map(|r| junit_verdict(r, pinned)).collect();
+    let count = |k: Kind| shown.iter().filter(|v| v.kind() == k).count();
     let total: f64 = results.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
@@ -195,34 +211,39 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
     let _ = writeln!(
         x,
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{total:.3}\">",
-        escape(subject),
+        xml(subject),
         results.len(),
         count(Kind::Fail),
         count(Kind::Skip)
     );
-    for r in results {
+    for (r, verdict) in results.iter().zip(&shown) {
         let _ = write!(
             x,
             "    <testcase classname=\"smtp.conformance.{what}\" name=\"{}\" time=\"{:.3}\"",
-            escape(r.id),
+            xml(r.id),
             r.elapsed.as_secs_f64()
         );
-        match &r.verdict {
+        match verdict {
             Verdict::Pass => x.push_str("/>\n"),
             Verdict::Fail(why) => {
+                let body = if r.hint.is_empty() {
+                    why.clone()
+                } else {
+                    format!("{why}\nfix: {}", r.hint)
+                };
                 let _ = writeln!(
                     x,
                     ">\n      <failure message=\"{}\" type=\"conformance\">{}</failure>\n      <system-out>{}</system-out>\n    </testcase>",
-                    escape(why.as_str()),
-                    escape(why.as_str()),
-                    escape(xml_text(&r.output).as_str())
+                    xml(why),
+                    xml(&body),
+                    xml(&r.output)
                 );
             }
             Verdict::Skip(why) => {
                 let _ = writeln!(
                     x,
                     ">\n      <skipped message=\"{}\"/>\n    </testcase>",
-                    escape(why.as_str())
+                    xml(why)
                 );
             }
         }
@@ -231,17 +252,56 @@ pub(crate) fn junit(role: Role, subject: &str, results: &[CaseResult]) -> String
     x
 }
 
-/// Text without the control characters XML 1.0 cannot hold.
-fn xml_text(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() && !matches!(c, '\n' | '\t') {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect()
+/// How a case shows in JUnit. With `--pinned`, a case whose verdict
+/// matches a pinned FAIL or skip is `<skipped message="pinned: …">` (CI
+/// shows it, and the build stays green); a verdict that differs from its
+/// pin is a `<failure>`, a pass included ("update the pin").
+fn junit_verdict(r: &CaseResult, pinned: bool) -> Verdict {
+    let pin = r.expected.unwrap_or(Kind::Pass);
+    match (&r.verdict, pinned) {
+        (v, false) => v.clone(),
+        (Verdict::Pass, true) if pin == Kind::Pass => Verdict::Pass,
+        (Verdict::Pass, true) => Verdict::Fail(format!(
+            "passes now, but the profile pins {}: update the pin",
+            pin.name()
+        )),
+        (v, true) if v.kind() == pin => {
+            Verdict::Skip(format!("pinned: {}: {}", pin.name(), v.detail()))
+        }
+        (Verdict::Fail(why), true) => Verdict::Fail(format!("{why} (pinned: {})", pin.name())),
+        (Verdict::Skip(why), true) => Verdict::Fail(format!(
+            "skipped ({why}), but the profile pins {}",
+            pin.name()
+        )),
+    }
+}
+
+/// `text` fit for an XML 1.0 attribute value or element text: `&`, `<`,
+/// `>` and both quotes escaped, tab, CR and LF as character references
+/// (an attribute keeps them), and every character XML 1.0 cannot hold (C0
+/// controls but those three, U+FFFE, U+FFFF, lone surrogates cannot occur
+/// in a `str`) replaced by U+FFFD. Every text the JUnit file holds goes
+/// through it.
+pub(crate) fn xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => out.push(char::REPLACEMENT_CHARACTER),
+            // Allowed in XML 1.0 but discouraged, and terminal controls
+            // when the file is shown: C1 and DEL.
+            '\u{7f}'..='\u{9f}' => out.push(char::REPLACEMENT_CHARACTER),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `--list`: the case table in Markdown (docs/conformance.md holds it).
@@ -258,4 +318,46 @@ pub(crate) fn list(cases: &[&Case]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_text_holds_only_what_xml_1_0_allows() {
+        let nasty = "a\u{1}b\u{b}c\u{1b}[31m\u{7}\u{fffe}\u{ffff}]]><x a=\"1\">&'\r\n\t\u{85}";
+        let x = xml(nasty);
+        assert_eq!(
+            x,
+            "a\u{fffd}b\u{fffd}c\u{fffd}[31m\u{fffd}\u{fffd}\u{fffd}]]&gt;&lt;x a=&quot;1&quot;&gt;&amp;&apos;&#13;&#10;&#9;\u{fffd}"
+        );
+        let doc = format!("<r a=\"{x}\">{x}</r>");
+        let mut reader = quick_xml::Reader::from_str(&doc);
+        loop {
+            match reader.read_event() {
+                Ok(quick_xml::events::Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!("{e}: {doc}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_shows_no_control_character() {
+        let r = CaseResult {
+            id: "x",
+            verdict: Verdict::Fail("554 \u{1b}[31mRED\u{7}\u{1b}]0;title\u{7}\r\nnext".into()),
+            expected: None,
+            exit: None,
+            elapsed: Duration::ZERO,
+            output: String::new(),
+            reference: "",
+            note: String::new(),
+            hint: String::new(),
+        };
+        let t = table(Role::Client, "evil\u{1b}[2J", &[r], false);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 5, "{t}");
+    }
 }

@@ -2,7 +2,8 @@
 //! the placeholders filled in, one process (group) per case with a
 //! deadline, then the judge.
 
-use std::os::unix::fs::PermissionsExt as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -67,6 +68,11 @@ impl Bench {
         })
     }
 
+    /// The scratch directory (every case's files under it).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn config(&self, case: &Case, implicit: bool) -> HostileConfig {
         let s = case.server;
         let id = match s.cert {
@@ -129,6 +135,42 @@ impl Bench {
     }
 }
 
+/// The client's command lines expand (no unknown placeholder) and their
+/// program exists: a usage error before any case runs, rather than every
+/// case failing to start.
+pub(crate) fn check_command(client: &Client, deadline: Duration) -> Result<(), String> {
+    let dir = PathBuf::from("/nonexistent");
+    let files = Files {
+        message: dir.join("message.eml"),
+        password: dir.join("password"),
+        ca: dir.join("ca.pem"),
+        dir: dir.clone(),
+    };
+    for template in std::iter::once(&client.command).chain(&client.implicit_command) {
+        let argv = expand(template, &files, 25, &TO, deadline)?;
+        let Some(program) = argv.first() else {
+            return Err("the client's command is empty".into());
+        };
+        let found = if program.contains('/') {
+            Path::new(program).is_file()
+        } else {
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        };
+        if !found {
+            return Err(format!(
+                "cannot find the client's program `{program}`{}",
+                if program.contains('/') {
+                    " (a relative path is taken from the current directory)"
+                } else {
+                    " in PATH"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why `client` cannot run `case`, if it cannot.
 fn skip_reason(case: &Case, client: &Client) -> Option<&'static str> {
     case.needs.iter().find_map(|n| match n {
@@ -165,6 +207,7 @@ pub(crate) async fn run_case(
         output,
         reference: case.rfc,
         note: String::new(),
+        hint: String::new(),
     };
     if let Some(why) = skip_reason(case, &client) {
         return result(Verdict::Skip(why.to_owned()), None, String::new());
@@ -199,14 +242,17 @@ pub(crate) async fn run_case(
         }
     };
     let recipients: Vec<&str> = TO.iter().copied().take(case.recipients).collect();
-    let argv = expand(
+    let argv = match expand(
         template,
         &files,
         server.addr().port(),
         &recipients,
         bench.deadline,
-    );
-    let (exit, output) = match spawn(
+    ) {
+        Ok(a) => a,
+        Err(e) => return result(Verdict::Fail(e), None, String::new()),
+    };
+    let ran = match spawn(
         &argv,
         client.stdin.then_some(&files.message),
         &dir,
@@ -224,11 +270,14 @@ pub(crate) async fn run_case(
             );
         }
     };
+    let (exit, output) = (ran.exit, ran.output);
     // The server reads what the client sent last (QUIT) a moment later.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let evidence = Evidence {
         exit,
         sessions: server.sessions(),
+        flooded: server.flooded(),
+        first_error_line: ran.first_error_line,
         required: client.mode != Mode::Opportunistic,
         password: PASSWORD.to_owned(),
         deadline: bench.deadline,
@@ -263,8 +312,13 @@ fn write_files(dir: &Path, case: &Case, ca_pem: &str) -> std::io::Result<Files> 
         dir: dir.to_owned(),
     };
     std::fs::write(&files.message, message(case))?;
-    std::fs::write(&files.password, PASSWORD)?;
-    std::fs::set_permissions(&files.password, std::fs::Permissions::from_mode(0o600))?;
+    // 0600 from its creation: never readable by others, not even briefly.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&files.password)?
+        .write_all(PASSWORD.as_bytes())?;
     std::fs::write(&files.ca, ca_pem)?;
     Ok(files)
 }
@@ -294,38 +348,59 @@ pub(crate) fn message(case: &Case) -> Vec<u8> {
     format!("{head}{body}{END_MARKER}\r\n").into_bytes()
 }
 
+/// The placeholders `expand` knows (besides `{to:FLAG}`).
+pub(crate) const PLACEHOLDERS: [&str; 13] = [
+    "smtp",
+    "host",
+    "port",
+    "from",
+    "to",
+    "message",
+    "user",
+    "password",
+    "password-file",
+    "ca-file",
+    "dir",
+    "timeout",
+    "long-timeout",
+];
+
 /// The command line with its placeholders filled in (see
 /// docs/conformance.md): an argument that is exactly `{to}` becomes one
 /// argument per recipient, `{to:FLAG}` becomes `FLAG r1 FLAG r2`, and
-/// `{to}` inside a longer argument the comma-separated list.
+/// `{to}` inside a longer argument the comma-separated list. One pass
+/// over the template: a value put in is never expanded again. `{name}`
+/// with a lower-case name that is not a placeholder is an error naming
+/// it; other braces (`${HOME}`, `{}`) stay as they are.
 pub(crate) fn expand(
     template: &[String],
     files: &Files,
     port: u16,
     to: &[&str],
     deadline: Duration,
-) -> Vec<String> {
+) -> Result<Vec<String>, String> {
     let smtp = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "smtp".to_owned());
-    let timeout = (deadline.as_secs() / 4).max(1).to_string();
-    let long_timeout = (deadline.as_secs() / 2).max(1).to_string();
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let values = [
-        ("{smtp}", smtp),
-        ("{host}", "127.0.0.1".to_owned()),
-        ("{port}", port.to_string()),
-        ("{from}", FROM.to_owned()),
-        ("{message}", path(&files.message)),
-        ("{user}", USER.to_owned()),
-        ("{password}", PASSWORD.to_owned()),
-        ("{password-file}", path(&files.password)),
-        ("{ca-file}", path(&files.ca)),
-        ("{dir}", path(&files.dir)),
-        ("{timeout}", timeout),
-        ("{long-timeout}", long_timeout),
-        ("{to}", to.join(",")),
-    ];
+    let value = |name: &str| -> Option<String> {
+        Some(match name {
+            "smtp" => smtp.clone(),
+            "host" => "127.0.0.1".to_owned(),
+            "port" => port.to_string(),
+            "from" => FROM.to_owned(),
+            "to" => to.join(","),
+            "message" => path(&files.message),
+            "user" => USER.to_owned(),
+            "password" => PASSWORD.to_owned(),
+            "password-file" => path(&files.password),
+            "ca-file" => path(&files.ca),
+            "dir" => path(&files.dir),
+            "timeout" => (deadline.as_secs() / 4).max(1).to_string(),
+            "long-timeout" => (deadline.as_secs() / 2).max(1).to_string(),
+            _ => return None,
+        })
+    };
     let mut argv = Vec::new();
     for arg in template {
         if arg == "{to}" {
@@ -339,20 +414,90 @@ pub(crate) fn expand(
             }
             continue;
         }
-        argv.push(values.iter().fold(arg.clone(), |a, (k, v)| a.replace(k, v)));
+        argv.push(substitute(arg, &value)?);
     }
-    argv
+    Ok(argv)
 }
 
-/// Runs the command in a process group of its own, with `stdin` as its
-/// standard input (else nothing) and `dir` as its home; kills the group at
-/// the deadline. Returns how it ended and the end of its output.
+/// One pass over `arg`: each `{name}` replaced by its value.
+fn substitute(arg: &str, value: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let name = after.find('}').map(|close| &after[..close]);
+        let is_name = name.is_some_and(|n| {
+            n.starts_with(|c: char| c.is_ascii_lowercase())
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == ':')
+        });
+        match name {
+            Some(n) if is_name => {
+                if n.starts_with("to:") {
+                    return Err(format!(
+                        "`{{{n}}}` must be an argument on its own (`{{to}}` inside an argument \
+                         gives the recipients comma-separated)"
+                    ));
+                }
+                let v = value(n).ok_or_else(|| {
+                    format!(
+                        "unknown placeholder `{{{n}}}` (known: {{{}}}, {{to:FLAG}})",
+                        PLACEHOLDERS.join("} {")
+                    )
+                })?;
+                out.push_str(&v);
+                rest = &after[n.len() + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// How a client's run ended.
+struct Ran {
+    exit: Exit,
+    /// The end of its output (stdout, then stderr).
+    output: String,
+    /// The first line of its standard error (for "never connected").
+    first_error_line: String,
+}
+
+/// The process groups of the clients running now: killed on Ctrl-C or
+/// SIGTERM ([`kill_running`]).
+static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every running client's process group (on a signal).
+pub(crate) fn kill_running() {
+    if let Ok(running) = RUNNING.lock() {
+        for &pgid in running.iter() {
+            kill_group(pgid);
+        }
+    }
+}
+
+fn kill_group(pgid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Runs the command in a process group of its own, in the invoker's
+/// current directory, with `stdin` as its standard input (else nothing)
+/// and `dir` as its home; kills the group at the deadline and, whatever
+/// happened, once it ended (so children it left behind die too). Returns
+/// how it ended and its output.
 async fn spawn(
     argv: &[String],
     stdin: Option<&PathBuf>,
     dir: &Path,
     deadline: Duration,
-) -> std::io::Result<(Exit, String)> {
+) -> std::io::Result<Ran> {
     let Some((program, args)) = argv.split_first() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -361,7 +506,6 @@ async fn spawn(
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .current_dir(dir)
         .env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir)
         .env_remove("SMTP_PASSWORD")
@@ -374,9 +518,19 @@ async fn spawn(
         None => Stdio::null(),
     });
     let mut child = cmd.spawn()?;
+    let pgid = child.id().map(|p| p as i32);
+    if let (Some(p), Ok(mut running)) = (pgid, RUNNING.lock()) {
+        running.push(p);
+    }
     let out = child.stdout.take().map(|o| tokio::spawn(tail(o)));
     let err = child.stderr.take().map(|e| tokio::spawn(tail(e)));
-    let exit = match tokio::time::timeout(deadline, child.wait()).await {
+    let waited = tokio::time::timeout(deadline, child.wait()).await;
+    // The group dies now, whether the client finished or not: a child it
+    // left behind (a daemon) must not outlive the case.
+    if let Some(p) = pgid {
+        kill_group(p);
+    }
+    let exit = match waited {
         Ok(status) => {
             let status = status?;
             use std::os::unix::process::ExitStatusExt as _;
@@ -387,38 +541,60 @@ async fn spawn(
             }
         }
         Err(_) => {
-            if let Some(pid) = child
-                .id()
-                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-            {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
             let _ = child.wait().await;
             Exit::Hung
         }
     };
+    if let (Some(p), Ok(mut running)) = (pgid, RUNNING.lock()) {
+        running.retain(|&r| r != p);
+    }
     let mut output = String::new();
-    for task in [out, err].into_iter().flatten() {
-        // A grandchild may hold the pipe open: take what came by now.
-        if let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_millis(500), task).await {
+    let mut first_error_line = String::new();
+    for (i, task) in [out, err].into_iter().enumerate() {
+        let Some(task) = task else { continue };
+        // A grandchild (in another session) may hold the pipe open: take
+        // what came by now.
+        if let Ok(Ok((head, bytes))) = tokio::time::timeout(Duration::from_millis(500), task).await
+        {
             output.push_str(&String::from_utf8_lossy(&bytes));
+            if i == 1 {
+                first_error_line = String::from_utf8_lossy(&head).into_owned();
+            }
         }
     }
-    Ok((exit, output))
+    Ok(Ran {
+        exit,
+        output,
+        first_error_line,
+    })
 }
 
-/// Reads to the end, keeping the last [`MAX_OUTPUT`] octets.
-async fn tail(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+/// Reads to the end, keeping the first line (at most 200 octets) and the
+/// last [`MAX_OUTPUT`] octets.
+async fn tail(mut r: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, Vec<u8>) {
     let mut kept = Vec::new();
+    let mut head: Option<Vec<u8>> = None;
+    let mut first = Vec::new();
     let mut chunk = [0u8; 4096];
     while let Ok(n) = r.read(&mut chunk).await {
         if n == 0 {
             break;
+        }
+        if head.is_none() {
+            first.extend_from_slice(&chunk[..n]);
+            if let Some(nl) = first.iter().position(|&b| b == b'\n') {
+                first.truncate(nl);
+                head = Some(std::mem::take(&mut first));
+            } else if first.len() >= 200 {
+                head = Some(std::mem::take(&mut first));
+            }
         }
         kept.extend_from_slice(&chunk[..n]);
         if kept.len() > MAX_OUTPUT {
             kept.drain(..kept.len() - MAX_OUTPUT);
         }
     }
-    kept
+    let mut head = head.unwrap_or(first);
+    head.truncate(200);
+    (head, kept)
 }

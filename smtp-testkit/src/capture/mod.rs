@@ -52,6 +52,12 @@ pub struct CaptureConfig {
     /// `new/`) before answering its end of data: a 250 means it is on disk.
     /// A message that cannot be stored gets a 451 instead.
     pub maildir: Option<PathBuf>,
+    /// Only `CRLF.CRLF` ends the data, and a message holding a bare CR or
+    /// LF is refused (`550 5.5.2`, after the real end), as Postfix's
+    /// `smtpd_forbid_bare_newline = reject` does: no SMTP smuggling. Off
+    /// by default, where a bare LF ends a line (the lenient reading many
+    /// tests feed on purpose); `smtp sink` turns it on.
+    pub strict_data: bool,
 }
 
 impl Default for CaptureConfig {
@@ -70,6 +76,7 @@ impl Default for CaptureConfig {
             no_ehlo: false,
             chunking: false,
             maildir: None,
+            strict_data: false,
         }
     }
 }

@@ -312,29 +312,43 @@ impl<'a> Session<'a> {
             return Ok(Flow::Continue);
         }
         self.reply("354 end data with <CRLF>.<CRLF>\r\n").await?;
-        let Some((data, too_big)) = self.read_data().await? else {
+        let Some((data, too_big, bare)) = self.read_data().await? else {
             return Ok(Flow::End);
         };
         self.log
             .transcript
             .push(format!("C: <{} octets of data>", data.len()));
+        if bare {
+            self.reset_transaction();
+            self.reply("550 5.5.2 bare CR or LF in the message data: only CRLF ends a line\r\n")
+                .await?;
+            return Ok(Flow::Continue);
+        }
         self.finish_message(data, too_big).await?;
         Ok(Flow::Continue)
     }
 
     /// DATA's lines up to the lone dot, dot-unstuffed, as long as they stay
-    /// within the size limit, and whether some did not; `None` when the
-    /// client closed the connection first.
-    async fn read_data(&mut self) -> io::Result<Option<(Vec<u8>, bool)>> {
+    /// within the size limit, whether some did not, and (with
+    /// `strict_data`, where only CRLF ends a line) whether a bare CR or LF
+    /// came; `None` when the client closed the connection first.
+    async fn read_data(&mut self) -> io::Result<Option<(Vec<u8>, bool, bool)>> {
         let mut data = Vec::new();
         let mut too_big = false;
+        let mut bare = false;
         loop {
-            let Some(l) = self.read_line().await? else {
+            let line = if self.config.strict_data {
+                self.lines.next_crlf(&mut self.stream).await?
+            } else {
+                self.read_line().await?
+            };
+            let Some(l) = line else {
                 return Ok(None);
             };
             if l == b"." {
-                return Ok(Some((data, too_big)));
+                return Ok(Some((data, too_big, bare)));
             }
+            bare |= self.config.strict_data && (l.contains(&b'\r') || l.contains(&b'\n'));
             if data.len() + l.len() > self.config.max_message_size {
                 too_big = true;
                 continue;

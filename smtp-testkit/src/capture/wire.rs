@@ -80,6 +80,29 @@ impl Lines {
         }
     }
 
+    /// The next line ended by CRLF, without it: a bare LF or CR stays in
+    /// the line; `None` when the client closed the connection.
+    pub(super) async fn next_crlf(&mut self, stream: &mut Stream) -> io::Result<Option<Vec<u8>>> {
+        let mut from = 0;
+        loop {
+            if let Some(pos) = self.buf[from..].windows(2).position(|w| w == b"\r\n") {
+                let mut line: Vec<u8> = self.buf.drain(..from + pos + 2).collect();
+                line.truncate(line.len() - 2);
+                return Ok(Some(line));
+            }
+            from = self.buf.len().saturating_sub(1);
+            if self.buf.len() > MAX_LINE {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     /// Reads exactly `n` bytes (a BDAT chunk), keeping them in `into` while
     /// it stays within `limit` bytes and dropping them past it. False when
     /// the client closed the connection first.

@@ -29,6 +29,19 @@ mod session;
 
 /// At most this many bytes of the wire are recorded per connection.
 pub const MAX_RECORDED: usize = 4 * 1024 * 1024;
+/// At most this many command lines are recorded per connection; one more
+/// floods the server (the session ends).
+pub const MAX_COMMANDS: usize = 1000;
+/// At most this many bytes of command lines per connection.
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// At most this many messages per connection.
+pub const MAX_MESSAGES: usize = 16;
+/// At most this many connections per server (a case); more are closed at
+/// once and flood the server.
+pub const MAX_CONNECTIONS: usize = 16;
+/// At most this many bytes recorded in all, over every connection (wire,
+/// commands and data together); beyond it the client floods the server.
+pub const MAX_CASE_BYTES: usize = 24 * 1024 * 1024;
 
 /// Where in the session a fault strikes: instead of the reply to this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +243,9 @@ pub struct SessionRecord {
     pub body_before_354: bool,
     /// Part of the wire was not recorded (over [`MAX_RECORDED`]).
     pub truncated: bool,
+    /// The client went over a bound on what is recorded (commands,
+    /// messages, bytes): what it exceeded. The session was ended there.
+    pub flooded: Option<String>,
 }
 
 impl SessionRecord {
@@ -261,12 +277,37 @@ fn verb(line: &str) -> String {
 
 type Records = Arc<Mutex<Vec<Arc<Mutex<SessionRecord>>>>>;
 
+/// What every connection of one server shares: the bytes recorded so far
+/// and the first flood.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    bytes: std::sync::atomic::AtomicUsize,
+    flooded: Mutex<Option<String>>,
+}
+
+impl Budget {
+    /// Takes `n` bytes from the case's budget; false when it is spent.
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.bytes.fetch_add(n, Ordering::Relaxed);
+        before + n <= MAX_CASE_BYTES
+    }
+
+    /// Notes the first flood.
+    fn flood(&self, why: String) {
+        if let Ok(mut f) = self.flooded.lock() {
+            f.get_or_insert(why);
+        }
+    }
+}
+
 /// A running hostile server on 127.0.0.1; stopped (its connections too)
 /// on drop.
 #[derive(Debug)]
 pub struct HostileServer {
     addr: SocketAddr,
     records: Records,
+    budget: Arc<Budget>,
     task: JoinHandle<()>,
 }
 
@@ -283,6 +324,8 @@ impl HostileServer {
         let addr = listener.local_addr()?;
         let records: Records = Arc::default();
         let shared = records.clone();
+        let budget = Arc::new(Budget::default());
+        let shared_budget = budget.clone();
         let config = Arc::new(config);
         let task = tokio::spawn(async move {
             // Dropping the set (the task aborted) aborts every connection.
@@ -293,10 +336,22 @@ impl HostileServer {
                         let Ok((tcp, _)) = accepted else { break };
                         let _ = tcp.set_nodelay(true);
                         let record = Arc::new(Mutex::new(SessionRecord::default()));
-                        if let Ok(mut all) = shared.lock() {
-                            all.push(record.clone());
+                        let Ok(mut all) = shared.lock() else { break };
+                        if all.len() >= MAX_CONNECTIONS {
+                            // Closed at once, not recorded.
+                            shared_budget.flood(format!(
+                                "opened more than {MAX_CONNECTIONS} connections"
+                            ));
+                            continue;
                         }
-                        sessions.spawn(session::serve(tcp, config.clone(), record));
+                        all.push(record.clone());
+                        drop(all);
+                        sessions.spawn(session::serve(
+                            tcp,
+                            config.clone(),
+                            record,
+                            shared_budget.clone(),
+                        ));
                     }
                     Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
                 }
@@ -305,6 +360,7 @@ impl HostileServer {
         Ok(Self {
             addr,
             records,
+            budget,
             task,
         })
     }
@@ -312,6 +368,13 @@ impl HostileServer {
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the client exceeded first, if it flooded the server: too many
+    /// connections, commands, messages or bytes (see [`MAX_COMMANDS`] and
+    /// the other bounds). What came after it was not recorded.
+    pub fn flooded(&self) -> Option<String> {
+        self.budget.flooded.lock().ok().and_then(|f| f.clone())
     }
 
     /// Every connection's record so far, in the order they came.

@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::{Chunk, Command, DataRecord, Fault, HostileConfig, MAX_RECORDED, Phase, Side};
-use super::{SessionRecord, verb};
+use super::{Budget, Chunk, Command, DataRecord, Fault, HostileConfig, MAX_RECORDED, Phase, Side};
+use super::{MAX_COMMAND_BYTES, MAX_COMMANDS, MAX_MESSAGES, SessionRecord, verb};
 
 mod auth;
 mod flaws;
@@ -49,7 +49,14 @@ struct Transaction {
 struct Session {
     config: Arc<HostileConfig>,
     record: Arc<Mutex<SessionRecord>>,
+    budget: Arc<Budget>,
     recorded: usize,
+    /// Commands recorded: how many, how many bytes.
+    commands: (usize, usize),
+    /// Data bytes recorded over every message.
+    data_bytes: usize,
+    /// The client went over a bound: the session ends (reads see the end).
+    flooded: bool,
     stream: Stream,
     buf: Vec<u8>,
     tls: bool,
@@ -67,11 +74,16 @@ pub(super) async fn serve(
     tcp: TcpStream,
     config: Arc<HostileConfig>,
     record: Arc<Mutex<SessionRecord>>,
+    budget: Arc<Budget>,
 ) {
     let mut s = Session {
         config,
         record,
+        budget,
         recorded: 0,
+        commands: (0, 0),
+        data_bytes: 0,
+        flooded: false,
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
         tls: false,
@@ -94,10 +106,27 @@ impl Session {
         }
     }
 
+    /// The client went over a bound: recorded, and the session ends.
+    fn flood(&mut self, why: String) {
+        if !self.flooded {
+            self.flooded = true;
+            self.budget.flood(why.clone());
+            self.note(|r| r.flooded = Some(why));
+        }
+    }
+
     fn keep(&mut self, from: Side, bytes: &[u8]) {
         let tls = self.tls;
         if self.recorded + bytes.len() > MAX_RECORDED {
             self.note(|r| r.truncated = true);
+            return;
+        }
+        if !self.budget.take(bytes.len()) {
+            self.note(|r| r.truncated = true);
+            self.flood(format!(
+                "sent more than {} MiB in all",
+                super::MAX_CASE_BYTES >> 20
+            ));
             return;
         }
         self.recorded += bytes.len();
@@ -113,8 +142,12 @@ impl Session {
         });
     }
 
-    /// Reads more from the client into the buffer; 0 when it left.
+    /// Reads more from the client into the buffer; 0 when it left (or
+    /// flooded the server).
     async fn read_more(&mut self) -> io::Result<usize> {
+        if self.flooded {
+            return Ok(0);
+        }
         let mut chunk = [0u8; 8192];
         let n = match &mut self.stream {
             Stream::Plain(s) => s.read(&mut chunk).await?,
@@ -122,6 +155,9 @@ impl Session {
             Stream::Closed => 0,
         };
         self.keep(Side::Client, &chunk[..n]);
+        if self.flooded {
+            return Ok(0);
+        }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
@@ -289,6 +325,19 @@ impl Session {
             } else {
                 line.clone()
             };
+            self.commands.0 += 1;
+            self.commands.1 += logged.len();
+            if self.commands.0 > MAX_COMMANDS {
+                self.flood(format!("sent more than {MAX_COMMANDS} commands"));
+                break;
+            }
+            if self.commands.1 > MAX_COMMAND_BYTES {
+                self.flood(format!(
+                    "sent more than {} KiB of commands",
+                    MAX_COMMAND_BYTES >> 10
+                ));
+                break;
+            }
             let tls = self.tls;
             self.note(|r| r.commands.push(Command { line: logged, tls }));
             let arg = line.get(verb.len()..).unwrap_or("").trim().to_owned();
@@ -461,6 +510,19 @@ impl Session {
             return Ok(Flow::End);
         }
         let (raw, terminated) = self.read_data().await?;
+        self.data_bytes += raw.len();
+        let messages = self.record.lock().map(|r| r.messages.len()).unwrap_or(0);
+        if messages >= MAX_MESSAGES {
+            self.flood(format!("sent more than {MAX_MESSAGES} messages"));
+            return Ok(Flow::End);
+        }
+        if self.data_bytes > MAX_RECORDED {
+            self.flood(format!(
+                "sent more than {} MiB of message data",
+                MAX_RECORDED >> 20
+            ));
+            return Ok(Flow::End);
+        }
         let too_big = raw.len() > self.config.size;
         let rcpts = std::mem::take(&mut self.tx.rcpts);
         self.tx = Transaction::default();

@@ -96,3 +96,73 @@ async fn a_fault_replaces_its_phase_reply_and_held_replies_come_as_a_group() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(held.sessions()[0].body_before_354);
 }
+
+#[tokio::test]
+async fn a_client_flooding_commands_is_cut_off_and_its_record_bounded() {
+    let server = HostileServer::start(HostileConfig::default())
+        .await
+        .unwrap();
+    let mut c = TcpStream::connect(server.addr()).await.unwrap();
+    read_reply(&mut c).await;
+    let line = format!("NOOP {}\r\n", "x".repeat(60_000));
+    let mut cut_off = false;
+    for _ in 0..200 {
+        if c.write_all(line.as_bytes()).await.is_err() {
+            cut_off = true;
+            break;
+        }
+    }
+    // The server ends the session: reads reach the end.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut sink)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let why = server.flooded().expect("flooded");
+    assert!(why.contains("KiB of commands"), "{why}");
+    let s = &server.sessions()[0];
+    let bytes: usize = s.commands.iter().map(|c| c.line.len()).sum();
+    assert!(bytes <= MAX_COMMAND_BYTES, "{bytes}");
+    assert!(s.flooded.is_some());
+    let _ = cut_off;
+}
+
+#[tokio::test]
+async fn many_commands_and_connections_flood_the_server() {
+    let server = HostileServer::start(HostileConfig::default())
+        .await
+        .unwrap();
+    let mut c = TcpStream::connect(server.addr()).await.unwrap();
+    read_reply(&mut c).await;
+    let _ = c
+        .write_all("NOOP\r\n".repeat(MAX_COMMANDS + 10).as_bytes())
+        .await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut sink)).await;
+    assert!(server.sessions()[0].commands.len() <= MAX_COMMANDS);
+    assert!(server.flooded().unwrap().contains("commands"));
+
+    let server = HostileServer::start(HostileConfig::default())
+        .await
+        .unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 5 {
+        conns.push(TcpStream::connect(server.addr()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.sessions().len(), MAX_CONNECTIONS);
+    assert!(server.flooded().unwrap().contains("connections"));
+}
+
+#[tokio::test]
+async fn too_many_messages_flood_the_server() {
+    let server = HostileServer::start(HostileConfig::default())
+        .await
+        .unwrap();
+    let mut c = TcpStream::connect(server.addr()).await.unwrap();
+    read_reply(&mut c).await;
+    let tx = "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nx\r\n.\r\n";
+    let _ = c.write_all(tx.repeat(MAX_MESSAGES + 4).as_bytes()).await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut sink)).await;
+    assert!(server.sessions()[0].messages.len() <= MAX_MESSAGES);
+    assert!(server.flooded().unwrap().contains("messages"));
+}

@@ -60,6 +60,17 @@ pub(crate) struct ServerArgs {
     /// Seconds any one connect, write or reply may take.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub(crate) timeout: u64,
+    /// Seconds a whole check may take (all its sessions).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub(crate) check_timeout: u64,
+    /// Authenticate (AUTH PLAIN, inside TLS only) before the test
+    /// messages of the smuggling and pipelining checks, for a server that
+    /// takes mail only from its users. With --password-file.
+    #[arg(long, value_name = "USER", requires = "password_file")]
+    pub(crate) user: Option<String>,
+    /// A file holding the password for --user (its first line).
+    #[arg(long, value_name = "FILE", requires = "user")]
+    pub(crate) password_file: Option<PathBuf>,
     /// Checks to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', value_name = "ID,…")]
     pub(crate) checks: Vec<String>,
@@ -82,6 +93,8 @@ pub(super) struct Check {
     pub(super) reference: &'static str,
     /// It sends mail to `--rcpt`.
     pub(super) sends_mail: bool,
+    /// How to fix a FAIL, in a line (Postfix and Exim settings).
+    pub(super) fix: &'static str,
 }
 
 pub(super) static CHECKS: &[Check] = &[
@@ -91,6 +104,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "the server ended the data early and answered the smuggled commands: spoofed mail can pass through an outbound server into this one",
         reference: "RFC 5321 §4.1.1.4, §2.3.8; CVE-2023-51764/51765/51766",
         sends_mail: true,
+        fix: "Postfix ≥ 3.5.23: smtpd_forbid_bare_newline = normalize (or yes), smtpd_forbid_bare_newline_exclusions = (empty); Exim ≥ 4.97.1",
     },
     Check {
         id: "starttls-injection",
@@ -98,6 +112,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "the server answered inside TLS the NOOP sent before it: a man in the middle can inject commands",
         reference: "RFC 3207 §4.2; CVE-2011-0411",
         sends_mail: false,
+        fix: "upgrade the server: Postfix ≥ 2.8 and current Exim discard what was pipelined after STARTTLS",
     },
     Check {
         id: "auth-plaintext",
@@ -105,6 +120,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "AUTH PLAIN or LOGIN offered before TLS (a warning): clients may send passwords in the clear",
         reference: "RFC 8314 §3, RFC 4954 §4",
         sends_mail: false,
+        fix: "Postfix: smtpd_tls_auth_only = yes; Exim: server_advertise_condition = ${if def:tls_in_cipher}",
     },
     Check {
         id: "pipelining",
@@ -112,6 +128,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "the server advertises PIPELINING but loses, reorders or misanswers pipelined commands",
         reference: "RFC 2920 §3",
         sends_mail: true,
+        fix: "upgrade, or stop advertising PIPELINING: Postfix smtpd_discard_ehlo_keywords = pipelining; Exim pipelining_advertise_hosts =",
     },
     Check {
         id: "open-relay",
@@ -119,6 +136,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "the server accepts mail for any domain from anyone: an open relay",
         reference: "RFC 5321 §3.6.2, RFC 2505 §2.2",
         sends_mail: false,
+        fix: "Postfix: smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination (mynetworks only your hosts); Exim: relay_from_hosts, domains = +local_domains : +relay_to_domains",
     },
     Check {
         id: "vrfy-expn",
@@ -126,6 +144,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "the server confirms addresses (a warning): address harvesting",
         reference: "RFC 5321 §3.5.3, §7.3",
         sends_mail: false,
+        fix: "Postfix: disable_vrfy_command = yes; Exim: no acl_smtp_vrfy / acl_smtp_expn",
     },
     Check {
         id: "tls-version",
@@ -133,6 +152,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "no STARTTLS, or no TLS 1.2 or later (mail travels in plaintext)",
         reference: "RFC 3207, RFC 8996, RFC 8314 §4.1",
         sends_mail: false,
+        fix: "Postfix: smtpd_tls_security_level = may, smtpd_tls_chain_files, smtpd_tls_protocols = >=TLSv1.2; Exim: tls_certificate, tls_privatekey",
     },
     Check {
         id: "tls-certificate",
@@ -140,6 +160,7 @@ pub(super) static CHECKS: &[Check] = &[
         fail_means: "expired (or within 14 days of it), not for this name, self-signed or an incomplete chain",
         reference: "RFC 8314 §4.1, RFC 6125 §6, RFC 5280 §4.1.2.5",
         sends_mail: false,
+        fix: "a certificate for this name from a trusted CA, not expiring, with its full chain: Postfix smtpd_tls_chain_files; Exim tls_certificate",
     },
 ];
 
@@ -168,6 +189,8 @@ pub(super) struct Ctx {
     pub(super) from: String,
     pub(super) rcpt: String,
     pub(super) relay_domain: String,
+    /// `--user` and the password: AUTH before the test messages.
+    pub(super) auth: Option<(String, String)>,
 }
 
 /// A check's result.
@@ -200,9 +223,19 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
     let Some(given) = args.target.as_deref() else {
         return usage("give the server as HOST or HOST:PORT".into());
     };
-    if args.timeout == 0 {
-        return usage("--timeout takes a number above 0".into());
+    if args.timeout == 0 || args.check_timeout == 0 {
+        return usage("--timeout and --check-timeout take a number above 0".into());
     }
+    if let Err(e) = check_inputs(&args) {
+        return usage(e);
+    }
+    let auth = match (&args.user, &args.password_file) {
+        (Some(user), Some(path)) => match read_password(path) {
+            Ok(p) => Some((user.clone(), p)),
+            Err(e) => return usage(e),
+        },
+        _ => None,
+    };
     let (host, addrs) = match resolve(given).await {
         Ok(x) => x,
         Err(e) => return usage(e),
@@ -238,6 +271,18 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
             Err(e) => return usage(e),
         }
     }
+    // A server that cannot be reached at all: one error, not a FAIL per check.
+    let timeout = Duration::from_secs(args.timeout);
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addrs[0])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return usage(format!("cannot connect to {given} ({}): {e}", addrs[0])),
+        Err(_) => {
+            return usage(format!(
+                "cannot connect to {given} ({}): no answer within {} s",
+                addrs[0], args.timeout
+            ));
+        }
+    }
     if sends {
         crate::terminal::error_line(&format!(
             "smtp conformance server: the smuggling and pipelining checks send test messages \
@@ -255,24 +300,39 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
         from: args.from.clone(),
         rcpt,
         relay_domain: args.relay_domain.clone(),
+        auth,
     };
     let mut results = Vec::new();
     for check in selected {
         let started = Instant::now();
-        let outcome = match check.id {
-            "smuggling" => smuggling::check(&ctx).await,
-            "starttls-injection" => probes::starttls_injection(&ctx).await,
-            "auth-plaintext" => probes::auth_plaintext(&ctx).await,
-            "pipelining" => probes::pipelining(&ctx).await,
-            "open-relay" => probes::open_relay(&ctx).await,
-            "vrfy-expn" => probes::vrfy_expn(&ctx).await,
-            "tls-version" => tls::version(&ctx).await,
-            _ => tls::certificate(&ctx).await,
+        let one = async {
+            match check.id {
+                "smuggling" => smuggling::check(&ctx).await,
+                "starttls-injection" => probes::starttls_injection(&ctx).await,
+                "auth-plaintext" => probes::auth_plaintext(&ctx).await,
+                "pipelining" => probes::pipelining(&ctx).await,
+                "open-relay" => probes::open_relay(&ctx).await,
+                "vrfy-expn" => probes::vrfy_expn(&ctx).await,
+                "tls-version" => tls::version(&ctx).await,
+                _ => tls::certificate(&ctx).await,
+            }
         };
+        let outcome = tokio::time::timeout(Duration::from_secs(args.check_timeout), one)
+            .await
+            .unwrap_or_else(|_| {
+                Outcome::Fail(format!(
+                    "the check did not finish within {} s (--check-timeout)",
+                    args.check_timeout
+                ))
+            });
         let (verdict, note) = match outcome {
             Outcome::Pass(n) => (Verdict::Pass, n),
             Outcome::Fail(why) => (Verdict::Fail(why), String::new()),
             Outcome::NotApplicable(why) => (Verdict::Skip(why), String::new()),
+        };
+        let hint = match &verdict {
+            Verdict::Fail(_) => fix_hint(check, loopback),
+            _ => String::new(),
         };
         results.push(CaseResult {
             id: check.id,
@@ -283,6 +343,7 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
             output: String::new(),
             reference: check.reference,
             note,
+            hint,
         });
     }
     let addr = ctx.target.addr.to_string();
@@ -292,12 +353,14 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
         format!("{given} ({addr})")
     };
     if let Some(path) = &args.junit {
-        std::fs::write(path, report::junit(Role::Server, &subject, &results)).map_err(|e| {
-            Failure::new(
-                crate::fail::EX_CANTCREAT,
-                format!("cannot write {}: {e}", path.display()),
-            )
-        })?;
+        std::fs::write(path, report::junit(Role::Server, &subject, &results, false)).map_err(
+            |e| {
+                Failure::new(
+                    crate::fail::EX_CANTCREAT,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            },
+        )?;
     }
     if args.json {
         println!("{}", report::json(Role::Server, &subject, &results));
@@ -306,6 +369,68 @@ pub(crate) async fn run(args: ServerArgs) -> Result<u8, Failure> {
     }
     let failed = results.iter().any(|r| r.verdict.kind() == Kind::Fail);
     Ok(if failed { EXIT_FAIL } else { EXIT_PASS })
+}
+
+/// The fix for a FAIL of `check`; from loopback, the open-relay and
+/// smuggling hints say why Postfix may look worse from here than from
+/// outside.
+fn fix_hint(check: &Check, loopback: bool) -> String {
+    let mut hint = check.fix.to_owned();
+    if loopback {
+        match check.id {
+            "open-relay" => hint.push_str(
+                ". Checked from 127.0.0.1: Postfix trusts mynetworks (127.0.0.0/8 by \
+                 default) and permit_mynetworks relays for it; check from a host outside \
+                 mynetworks before concluding",
+            ),
+            "smuggling" => hint.push_str(
+                ". Checked from 127.0.0.1: Postfix's smtpd_forbid_bare_newline_exclusions \
+                 defaults to $mynetworks (127.0.0.0/8), so loopback clients are exempt \
+                 unless it is set empty",
+            ),
+            _ => {}
+        }
+    }
+    hint
+}
+
+/// `--from`, `--rcpt` and `--relay-domain` go into command lines: no
+/// line ends (they would be sent as extra commands), no control
+/// characters, no `<` or `>`; none empty.
+fn check_inputs(args: &ServerArgs) -> Result<(), String> {
+    let fields = [
+        ("--from", Some(args.from.as_str())),
+        ("--rcpt", args.rcpt.as_deref()),
+        ("--relay-domain", Some(args.relay_domain.as_str())),
+        ("--user", args.user.as_deref()),
+    ];
+    for (name, value) in fields {
+        let Some(v) = value else { continue };
+        if v.is_empty() {
+            return Err(format!("{name} is empty"));
+        }
+        if v.chars().any(|c| c.is_control() || c == '<' || c == '>') {
+            return Err(format!(
+                "{name} must not hold CR, LF, other control characters, `<` or `>`: {:?}",
+                crate::terminal::printable(v)
+            ));
+        }
+        if name != "--user" && v.contains(char::is_whitespace) {
+            return Err(format!("{name} must not hold spaces"));
+        }
+    }
+    Ok(())
+}
+
+/// The first line of the password file (never printed).
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.is_empty() {
+        return Err(format!("the password file {} is empty", path.display()));
+    }
+    Ok(password)
 }
 
 /// HOST[:PORT] → the host as given and its addresses.

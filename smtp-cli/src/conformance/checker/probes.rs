@@ -34,6 +34,37 @@ pub(super) async fn open(ctx: &Ctx, tls: bool) -> Result<(Conn, Vec<String>), St
     Ok((conn, caps))
 }
 
+/// [`open`] with TLS, then AUTH PLAIN when `--user` was given (inside
+/// TLS only; the password never appears in what is reported).
+pub(super) async fn open_authenticated(ctx: &Ctx) -> Result<(Conn, Vec<String>), String> {
+    let (mut conn, caps) = open(ctx, true).await?;
+    let Some((user, password)) = &ctx.auth else {
+        return Ok((conn, caps));
+    };
+    if !conn.is_tls() {
+        conn.quit().await;
+        return Err(
+            "no STARTTLS: --user given, and the password is never sent in the clear".into(),
+        );
+    }
+    let plain = caps.iter().any(|c| {
+        (c.starts_with("AUTH ") || c.starts_with("AUTH="))
+            && c.split([' ', '=']).any(|m| m == "PLAIN")
+    });
+    if !plain {
+        conn.quit().await;
+        return Err("--user given but AUTH PLAIN is not offered after STARTTLS".into());
+    }
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    let r = conn.command(&format!("AUTH PLAIN {token}")).await?;
+    if r.code != 235 {
+        conn.quit().await;
+        return Err(format!("AUTH as {user} refused: {}", r.brief()));
+    }
+    Ok((conn, caps))
+}
+
 async fn ehlo(conn: &mut Conn) -> Result<Vec<String>, String> {
     let r = conn.command(&format!("EHLO {EHLO_NAME}")).await?;
     if r.class() != 2 {
@@ -77,7 +108,11 @@ pub(super) async fn starttls_injection(ctx: &Ctx) -> Outcome {
         .await
     {
         Ok(c) => c,
-        Err(e) => return Outcome::Pass(format!("{e}; the NOOP was not run inside TLS")),
+        Err(e) => {
+            return Outcome::NotApplicable(format!(
+                "{e}: cannot tell whether the NOOP would run inside TLS"
+            ));
+        }
     };
     match conn.reply_within(quiet(ctx)).await {
         Ok(Some(r)) => Outcome::Fail(format!(
@@ -104,7 +139,7 @@ pub(super) async fn auth_plaintext(ctx: &Ctx) -> Outcome {
     let auth = caps
         .iter()
         .find(|c| c.starts_with("AUTH ") || c.starts_with("AUTH="))
-        .map(|c| c.chars().take(80).collect::<String>());
+        .map(|c| super::wire::shorten(c, 80));
     let cleartext = auth
         .as_deref()
         .is_some_and(|a| a.split([' ', '=']).any(|m| m == "PLAIN" || m == "LOGIN"));
@@ -123,7 +158,7 @@ pub(super) async fn auth_plaintext(ctx: &Ctx) -> Outcome {
 /// `pipelining`: MAIL, RCPT, a malformed RCPT and DATA in one write; four
 /// replies, in order. The DATA is abandoned (the connection dropped).
 pub(super) async fn pipelining(ctx: &Ctx) -> Outcome {
-    let (mut conn, caps) = match open(ctx, true).await {
+    let (mut conn, caps) = match open_authenticated(ctx).await {
         Ok(x) => x,
         Err(e) => return Outcome::Fail(e),
     };
@@ -157,6 +192,19 @@ pub(super) async fn pipelining(ctx: &Ctx) -> Outcome {
     let codes: Vec<_> = replies.iter().map(|r| r.code.to_string()).collect();
     let codes = codes.join(", ");
     let [mail, good, bad, data] = [&replies[0], &replies[1], &replies[2], &replies[3]];
+    // A 3xx (354) to anything but DATA: replies misordered or lost.
+    for (r, what) in [
+        (mail, "MAIL"),
+        (good, "the first RCPT"),
+        (bad, "the second RCPT"),
+    ] {
+        if r.class() == 3 {
+            return Outcome::Fail(format!(
+                "answered {what} with {}: replies out of order or lost ({codes})",
+                r.brief()
+            ));
+        }
+    }
     if mail.class() != 2 {
         return Outcome::NotApplicable(format!(
             "MAIL FROM:<{}> refused: {}",

@@ -5,7 +5,7 @@
 //! ends the data at the variant answers the smuggled commands too: more
 //! than the one reply to the real end of data.
 
-use super::probes::{open, quiet};
+use super::probes::{open_authenticated, quiet};
 use super::{Ctx, Outcome};
 
 /// The non-standard ends of data tried, and how they are shown.
@@ -58,7 +58,7 @@ enum Verdict {
 }
 
 async fn one(ctx: &Ctx, variant: &str, shown: &str) -> Result<Verdict, String> {
-    let (mut conn, _) = open(ctx, true).await?;
+    let (mut conn, _) = open_authenticated(ctx).await?;
     for line in [
         format!("MAIL FROM:<{}>", ctx.from),
         format!("RCPT TO:<{}>", ctx.rcpt),

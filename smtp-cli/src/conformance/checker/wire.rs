@@ -34,10 +34,10 @@ impl Reply {
 
     /// The first line as it came, shortened: `250 2.1.0 ok`.
     pub(super) fn brief(&self) -> String {
-        let text: String = self
+        let text = self
             .lines
             .first()
-            .map(|l| l.chars().take(80).collect())
+            .map(|l| shorten(l, 80))
             .unwrap_or_default();
         format!("{} {text}", self.code).trim_end().to_owned()
     }
@@ -243,7 +243,7 @@ fn parse_line(raw: &[u8]) -> Result<(u16, bool, String), String> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
     let bad = || {
-        let shown: String = text.chars().take(60).collect();
+        let shown = shorten(&text, 60);
         format!("a malformed reply line: {shown:?}")
     };
     let code = text
@@ -259,6 +259,18 @@ fn parse_line(raw: &[u8]) -> Result<(u16, bool, String), String> {
         Some(_) => return Err(bad()),
     };
     Ok((code, more, rest.to_owned()))
+}
+
+/// `text` cut to at most `max` characters (never inside one), with `…`
+/// when something was cut.
+pub(super) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => {
+            let cut = text[..end].char_indices().last().map_or(0, |(i, _)| i);
+            format!("{}…", &text[..cut])
+        }
+    }
 }
 
 fn verb(line: &str) -> &str {
@@ -279,5 +291,13 @@ mod tests {
         assert!(parse_line(b"25x ok\r\n").is_err());
         assert!(parse_line(b"\xff\xfe\r\n").is_err());
         assert!(parse_line(b"250+x\r\n").is_err());
+    }
+
+    #[test]
+    fn shortened_text_is_cut_at_a_character_with_an_ellipsis() {
+        assert_eq!(shorten("abc", 3), "abc");
+        assert_eq!(shorten("abcd", 3), "ab…");
+        assert_eq!(shorten("ééééé", 3), "éé…");
+        assert_eq!(shorten("€€€€", 4), "€€€€");
     }
 }
