@@ -38,11 +38,48 @@ use crate::store::{Claimed, from_millis, millis};
 /// when the relay authenticates (the cap is the account's); the host in
 /// lower case.
 pub fn relay_budget_key(relay: &Server) -> String {
-    let host = relay.host.to_ascii_lowercase();
-    match &relay.credentials {
-        Some(c) => format!("relay:{host}:{}:{}", relay.port, c.username()),
-        None => format!("relay:{host}:{}", relay.port),
+    account_key(
+        &relay.host,
+        relay.port,
+        relay.credentials.as_ref().map(|c| c.username()),
+    )
+}
+
+/// `relay:HOST:PORT[:USER]`, the host in lower case.
+fn account_key(host: &str, port: u16, user: Option<&str>) -> String {
+    let host = host.to_ascii_lowercase();
+    match user {
+        Some(user) => format!("relay:{host}:{port}:{user}"),
+        None => format!("relay:{host}:{port}"),
     }
+}
+
+/// The route of messages delivered through `relay`
+/// ([`MessageOptions::route`](crate::MessageOptions::route)): the relay
+/// account ([`relay_budget_key`]) and how it is reached,
+/// `relay:HOST:PORT[:USER] tls=POLICY[ implicit]`. The user name is in
+/// it, never a secret.
+pub fn relay_route(relay: &Server) -> String {
+    relay_route_for(
+        &relay.host,
+        relay.port,
+        relay.credentials.as_ref().map(|c| c.username()),
+        relay.policy,
+        relay.implicit_tls,
+    )
+}
+
+/// [`relay_route`] from its parts, for a program that records a route
+/// without building the [`Server`] (nor reading its password).
+pub fn relay_route_for(
+    host: &str,
+    port: u16,
+    user: Option<&str>,
+    policy: smtp_core::TlsPolicy,
+    implicit_tls: bool,
+) -> String {
+    let implicit = if implicit_tls { " implicit" } else { "" };
+    format!("{} tls={policy}{implicit}", account_key(host, port, user))
 }
 
 /// A message's cost: its recipients (relays count those).
@@ -79,7 +116,7 @@ impl Runner {
                 if claimed.is_empty() {
                     // Nothing due: wait on the session for what falls due
                     // soon, else end.
-                    let soon = self.store.next_due().await?.filter(|t| {
+                    let soon = self.next_due().await?.filter(|t| {
                         t.duration_since(SystemTime::now()).unwrap_or_default()
                             <= self.config.rate_wait
                     });
