@@ -34,6 +34,9 @@ pub(crate) struct Settings {
     pub(crate) implicit_tls: bool,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) credentials: Option<Credentials>,
+    /// The user name AUTH goes with, also when the password was not read
+    /// (`send --queue --queue-only`): part of the queue's route.
+    pub(crate) user: Option<String>,
     pub(crate) auth: AuthChoice,
     pub(crate) helo: String,
     /// The sender's address (from `--from` or the account), without any
@@ -199,6 +202,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
             }
         };
     let user = args.login.user.clone().or(user);
+    let user_name = user.clone();
     let credentials = match user {
         None => None,
         Some(_) if !read_secret => None,
@@ -257,6 +261,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         implicit_tls: args.implicit_tls || implicit_tls.unwrap_or(false),
         ca_file: args.ca_file.clone().or(ca_file),
         credentials,
+        user: user_name,
         auth: mechanism(args.login.auth.or(auth).unwrap_or(AuthArg::Auto)),
         helo: args.helo.clone().or(helo).unwrap_or_else(hostname),
         from: sender.as_ref().map(|(_, a)| a.clone()),

@@ -164,6 +164,7 @@ pub(crate) async fn run(
     let from = ReversePath::parse(&sender).map_err(|e| Failure::data(format!("sender: {e}")))?;
     let key = key(&csv, &key_inputs, args, &sender);
     let merge = Arc::new(merge);
+    let route = crate::send::queue_route(s);
     let mut batch = Vec::with_capacity(good.len());
     let mut sent = Vec::with_capacity(good.len());
     for &(i, body_type, size) in &good {
@@ -182,7 +183,7 @@ pub(crate) async fn run(
             from: from.to_string(),
             to: vec![to.to_string()],
             body: Body::Source(Box::new(Rendered::new(merge.clone(), i, signer.clone()))),
-            options: crate::queue::options(&envelope, args.notify_sender),
+            options: crate::queue::options(&envelope, args.notify_sender, &route),
         });
     }
     let dir = args.queue.clone().unwrap_or_default();
@@ -193,6 +194,7 @@ pub(crate) async fn run(
         config: args.config.as_deref(),
         run_line: crate::queue::run_command(args),
         rate: crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?,
+        route,
     };
     let via = if args.queue_only { None } else { Some(via()?) };
     let mode = crate::progress::Mode {
