@@ -75,10 +75,15 @@ pub(super) async fn run(
                 for w in &routes {
                     say!(
                         "route {}: {} waiting, {} due now ({})",
-                        w.route.as_deref().map_or_else(|| "none".to_owned(), |r| joined(r).into_owned()),
+                        w.route
+                            .as_deref()
+                            .map_or_else(|| "none".to_owned(), |r| joined(r).into_owned()),
                         counted(usize::try_from(w.messages).unwrap_or(usize::MAX), "message"),
                         w.due,
-                        counted(usize::try_from(w.recipients).unwrap_or(usize::MAX), "recipient"),
+                        counted(
+                            usize::try_from(w.recipients).unwrap_or(usize::MAX),
+                            "recipient"
+                        ),
                     );
                 }
                 for (key, limits, next) in &budgets {

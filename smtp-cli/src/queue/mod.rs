@@ -23,8 +23,8 @@ use smtp_tls::Server;
 
 use crate::cli::RetryArgs;
 use crate::fail::{EX_NOINPUT, EX_TEMPFAIL, Failure};
-use crate::progress;
 use crate::output::counted;
+use crate::progress;
 use crate::terminal::joined;
 
 mod admin;

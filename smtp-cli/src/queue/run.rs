@@ -230,11 +230,7 @@ async fn tell_why_waiting(
     if waiting == 0 {
         return Ok(None);
     }
-    let Some(next) = store
-        .next_due_for(Some(route))
-        .await
-        .map_err(queue_error)?
-    else {
+    let Some(next) = store.next_due_for(Some(route)).await.map_err(queue_error)? else {
         return Ok(None);
     };
     // Not before the relay's back-off ends.
