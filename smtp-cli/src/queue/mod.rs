@@ -1,9 +1,13 @@
 //! `smtp send --queue` and `smtp queue …`: the durable delivery queue.
 //!
-//! The relay is not stored with queued messages: `queue run` is given it
-//! again (flags or `--account`), and credentials are resolved at run time
-//! from the command line, config file or environment as `send` does, so no
-//! secret is ever written into the queue.
+//! The relay's credentials are not stored with queued messages: `queue
+//! run` is given the relay again (flags or `--account`), and credentials
+//! are resolved at run time from the command line, config file or
+//! environment as `send` does, so no secret is ever written into the
+//! queue. Each message does keep its route (the relay account and TLS
+//! policy, user name included, or `direct`: `crate::send::queue_route`),
+//! and a run delivers only its own route's messages; those it leaves are
+//! said ([`tell_other_routes`]).
 //!
 //! `send.rs` is `smtp send --queue`, `run.rs` the `smtp queue` commands
 //! (`queue run` above all; what a run recorded, for its exit code and
