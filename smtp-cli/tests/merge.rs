@@ -18,11 +18,11 @@ fn smtp(args: &[&str]) -> std::process::Output {
 /// A flaky server on `addr` again, once the one there before is gone (its
 /// listener closes as its task ends, a moment after the drop).
 fn restart_on(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> FlakyServer {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match rt.block_on(FlakyServer::start_on(addr, FlakyConfig::default())) {
             Ok(server) => return server,
-            Err(e) if std::time::Instant::now() >= deadline => panic!("{addr}: {e}"),
+            Err(e) if Instant::now() >= deadline => panic!("{addr}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }

@@ -372,12 +372,12 @@ pub(super) async fn waiting_by_route(
     };
     rows.iter()
         .map(|row| {
-            let mut w = RouteWaiting::default();
-            w.route = get(row, "route")?;
-            w.messages = count(row, "messages")?;
-            w.recipients = count(row, "recipients")?;
-            w.due = count(row, "due")?;
-            Ok(w)
+            Ok(RouteWaiting {
+                route: get(row, "route")?,
+                messages: count(row, "messages")?,
+                recipients: count(row, "recipients")?,
+                due: count(row, "due")?,
+            })
         })
         .collect()
 }
