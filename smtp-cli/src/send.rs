@@ -336,6 +336,7 @@ pub(crate) async fn run(mut args: SendArgs) -> Result<u8, Failure> {
             run_line: crate::queue::run_command(&args),
             rate,
             relay_key: relay_key(&s),
+            route: queue_route(&s),
         };
         if args.queue_only {
             // Nothing is delivered: the relay's settings are for the
@@ -515,6 +516,29 @@ pub(crate) fn relay_key(s: &Settings) -> Option<String> {
     Some(smtp_queue::rate::relay_key(host, port, s.user.as_deref()))
 }
 
+/// The relay's port, encryption policy and whether TLS is implicit, as
+/// the settings give them (`port` the one in `--server HOST:PORT`).
+fn relay_parts(s: &Settings, port: Option<u16>) -> (u16, TlsPolicy, bool) {
+    let port = port.or(s.port).unwrap_or(587);
+    let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Certified).into();
+    (port, policy, s.implicit_tls || port == 465)
+}
+
+/// The route (`smtp_queue::MessageOptions::route`) of what `send --queue`
+/// and `--merge` enqueue with these settings: the one the runner
+/// [`queue_via`] builds takes (`smtp_queue::relay_route` of [`relay`]'s
+/// server, or direct delivery's), found without reading the password
+/// (`--queue-only` does not) or the CA file.
+pub(crate) fn queue_route(s: &Settings) -> String {
+    match &s.server {
+        Some((host, port)) => {
+            let (port, policy, implicit) = relay_parts(s, *port);
+            smtp_queue::relay_route_for(host, port, s.user.as_deref(), policy, implicit)
+        }
+        None => smtp_queue::DIRECT_ROUTE.to_owned(),
+    }
+}
+
 /// The relay's settings for standard delivery (credentials included, from
 /// the command line, the config file or the environment).
 pub(crate) fn relay(
@@ -524,10 +548,9 @@ pub(crate) fn relay(
     client_id: ClientId,
     verbose: bool,
 ) -> Result<Server, Failure> {
-    let port = port.or(s.port).unwrap_or(587);
-    let policy: TlsPolicy = s.tls.unwrap_or(TlsArg::Certified).into();
+    let (port, policy, implicit) = relay_parts(s, port);
     let mut server = Server::new(host, port)
-        .with_implicit_tls(s.implicit_tls || port == 465)
+        .with_implicit_tls(implicit)
         .with_policy(policy)
         .with_trust(trust(s.ca_file.as_deref())?)
         .with_client_id(client_id)

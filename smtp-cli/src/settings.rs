@@ -36,7 +36,8 @@ pub(crate) struct Settings {
     pub(crate) credentials: Option<Credentials>,
     /// The user name AUTH is sent with (the command line's, else the
     /// account's), also when the password was not read (`send
-    /// --queue-only`): it names the relay account's rate budget.
+    /// --queue-only`): it names the relay account's rate budget and is
+    /// part of the queue's route.
     pub(crate) user: Option<String>,
     pub(crate) auth: AuthChoice,
     pub(crate) helo: String,
@@ -262,6 +263,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         implicit_tls: args.implicit_tls || implicit_tls.unwrap_or(false),
         ca_file: args.ca_file.clone().or(ca_file),
         credentials,
+        user: user_name,
         auth: mechanism(args.login.auth.or(auth).unwrap_or(AuthArg::Auto)),
         helo: args.helo.clone().or(helo).unwrap_or_else(hostname),
         from: sender.as_ref().map(|(_, a)| a.clone()),
@@ -270,7 +272,6 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         timeouts,
         dkim,
         rate: (rate, burst),
-        user: user_name,
     })
 }
 

@@ -15,6 +15,19 @@ fn smtp(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A flaky server on `addr` again, once the one there before is gone (its
+/// listener closes as its task ends, a moment after the drop).
+fn restart_on(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> FlakyServer {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match rt.block_on(FlakyServer::start_on(addr, FlakyConfig::default())) {
+            Ok(server) => return server,
+            Err(e) if Instant::now() >= deadline => panic!("{addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,10 +188,12 @@ fn an_interrupted_merge_run_again_is_not_enqueued_again_and_nobody_gets_it_twice
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
 
-    // The same command again (the relay back to health).
-    let good = rt
-        .block_on(FlakyServer::start(FlakyConfig::default()))
-        .unwrap();
+    // The same command again (the relay back to health, on its address:
+    // the route the merge was enqueued for).
+    let before = stalling.deliveries();
+    let back = stalling.addr();
+    drop(stalling);
+    let good = restart_on(&rt, back);
     let good_addr = good.addr().to_string();
     let mut args = merge_args(&good_addr, qs, ls);
     args.extend(["--per-connection", "1"]);
@@ -189,7 +204,7 @@ fn an_interrupted_merge_run_again_is_not_enqueued_again_and_nobody_gets_it_twice
         stderr.contains("already enqueued at") && stderr.contains("all 5 recipients skipped"),
         "{stderr}"
     );
-    let mut all = stalling.deliveries();
+    let mut all = before;
     for (rcpt, n) in good.deliveries() {
         *all.entry(rcpt).or_default() += n;
     }

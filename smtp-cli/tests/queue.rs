@@ -43,6 +43,19 @@ fn send_args<'a>(server: &'a str, queue: &'a str, to: &'a [String]) -> Vec<&'a s
     a
 }
 
+/// A flaky server on `addr` again, once the one there before is gone (its
+/// listener closes as its task ends, a moment after the drop).
+fn restart_on(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> FlakyServer {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match rt.block_on(FlakyServer::start_on(addr, FlakyConfig::default())) {
+            Ok(server) => return server,
+            Err(e) if Instant::now() >= deadline => panic!("{addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -254,9 +267,12 @@ fn interrupted_send_queue_is_resumed_by_queue_run_each_recipient_once() {
     assert!(stderr.contains("4 still queued"), "{stderr}");
 
     // Released, not leased: `queue run` at once delivers the rest.
-    let good = rt
-        .block_on(FlakyServer::start(FlakyConfig::default()))
-        .unwrap();
+    // The relay back on the same address: the route the messages were
+    // enqueued for (a run through another relay would leave them).
+    let before = stalling.deliveries();
+    let back = stalling.addr();
+    drop(stalling);
+    let good = restart_on(&rt, back);
     let good_addr = good.addr().to_string();
     let run = smtp(&[
         "queue", "run", "--queue", qs, "--server", &good_addr, "--tls", "none",
@@ -268,13 +284,13 @@ fn interrupted_send_queue_is_resumed_by_queue_run_each_recipient_once() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let mut all = stalling.deliveries();
+    let mut all = before.clone();
     for (rcpt, n) in good.deliveries() {
         *all.entry(rcpt).or_default() += n;
     }
     assert_eq!(all.len(), 5, "{all:?}");
     assert!(all.values().all(|n| *n == 1), "each exactly once: {all:?}");
-    assert_eq!(stalling.deliveries().len(), 1);
+    assert_eq!(before.len(), 1);
 }
 
 #[test]
@@ -357,9 +373,12 @@ fn an_interrupted_send_queue_says_only_of_the_message_in_flight_that_it_may_go_t
         assert!(Instant::now() < deadline, "the slow server kept nothing");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let good = rt
-        .block_on(FlakyServer::start(FlakyConfig::default()))
-        .unwrap();
+    // The relay back on the same address: the route the messages were
+    // enqueued for (a run through another relay would leave them).
+    let before = slow.deliveries();
+    let back = slow.addr();
+    drop(slow);
+    let good = restart_on(&rt, back);
     let good_addr = good.addr().to_string();
     let run = smtp(&[
         "queue", "run", "--queue", qs, "--server", &good_addr, "--tls", "none",
@@ -371,7 +390,7 @@ fn an_interrupted_send_queue_says_only_of_the_message_in_flight_that_it_may_go_t
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let mut all = slow.deliveries();
+    let mut all = before;
     for (rcpt, n) in good.deliveries() {
         *all.entry(rcpt).or_default() += n;
     }
@@ -1009,4 +1028,211 @@ fn a_second_signal_says_of_a_message_whose_session_was_cut_off_that_it_may_have_
     assert_eq!(maybe.len(), 1, "the message in flight may have gone: {v}");
     assert_eq!(not.len(), 2, "{v}");
     assert!(not.iter().all(|t| t.contains("not delivered")), "{v}");
+}
+
+// ---- Routes: a queue remembers how each message is to be delivered.
+
+/// Runs `smtp` with `args`, `SMTP_PASSWORD` set to `password` (or unset).
+fn smtp_with(args: &[&str], password: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_smtp"));
+    c.args(args).env_remove("SMTP_PASSWORD");
+    if let Some(p) = password {
+        c.env("SMTP_PASSWORD", p);
+    }
+    c.output().unwrap()
+}
+
+fn all_of(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn subjects_of(messages: &[smtp_testkit::capture::Received]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(&m.data)
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The new user's report: a password reset enqueued for the TLS+AUTH
+/// relay account, then a mail merge (and a `queue run`) through another,
+/// plaintext relay on the same queue. The reset never goes through the
+/// second relay; both commands say it waits for its route; a `queue run`
+/// with the first account delivers it there, over TLS, authenticated.
+#[test]
+fn a_message_goes_only_through_the_relay_and_policy_it_was_enqueued_for() {
+    use smtp_testkit::capture::{CaptureConfig, CaptureServer};
+    use smtp_testkit::certs::Identity;
+    let rt = runtime();
+    let secure = rt
+        .block_on(CaptureServer::start(CaptureConfig {
+            tls: Some(Identity::self_signed(&["relay.test"])),
+            auth: Some(("alice".into(), "pw".into())),
+            require_auth: true,
+            ..CaptureConfig::default()
+        }))
+        .unwrap();
+    let plain = rt
+        .block_on(CaptureServer::start(CaptureConfig::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    let queue = format!("--queue={}", q.display());
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[accounts.relay]\nserver = \"127.0.0.1:{}\"\ntls = \"required\"\nuser = \"alice\"\n",
+            secure.addr().port()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let route = format!(
+        "relay:127.0.0.1:{}:alice tls=required",
+        secure.addr().port()
+    );
+
+    // 1. Enqueued for the account; no password needed to enqueue.
+    let out = smtp_with(
+        &[
+            "send",
+            &queue,
+            "--queue-only",
+            "--config",
+            config,
+            "--account",
+            "relay",
+            "--from",
+            "app@example.com",
+            "--to",
+            "user@example.net",
+            "--subject",
+            "password reset",
+            "--body",
+            "your link",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", all_of(&out));
+
+    // 2. A merge through the plaintext relay, on the same queue.
+    let list = dir.path().join("small.csv");
+    std::fs::write(&list, "email,name\np1@example.net,P1\np2@example.net,P2\n").unwrap();
+    let plain_addr = plain.addr().to_string();
+    let out = smtp_with(
+        &[
+            "send",
+            "--merge",
+            list.to_str().unwrap(),
+            "--from",
+            "news@example.com",
+            "--subject",
+            "news for {{name}}",
+            "--body",
+            "Dear {{name}}.",
+            &queue,
+            "--server",
+            &plain_addr,
+            "--tls",
+            "none",
+            "--linger",
+            "2",
+        ],
+        None,
+    );
+    let text = all_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let mut got = subjects_of(&plain.messages());
+    got.sort();
+    assert_eq!(got, ["news for P1", "news for P2"], "{text}");
+    assert_eq!(
+        text.matches("wait for another route").count()
+            + text.matches("waits for another route").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "1 message in this queue waits for another route: {route}"
+        )),
+        "{text}"
+    );
+    // Its report counts its own two messages only.
+    assert!(text.contains("merge of 2 messages: 2 delivered"), "{text}");
+
+    // 3. `queue run` through the plaintext relay leaves it too, and says so.
+    let out = smtp_with(
+        &[
+            "queue",
+            "run",
+            &queue,
+            "--server",
+            &plain_addr,
+            "--tls",
+            "none",
+        ],
+        None,
+    );
+    let text = all_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("waits for another route: {route}")),
+        "{text}"
+    );
+    assert_eq!(plain.messages().len(), 2, "{text}");
+    assert!(secure.messages().is_empty());
+
+    // list, show and stats name each message's route.
+    let out = smtp_with(&["queue", "list", &queue, "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let routes: Vec<&str> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["route"].as_str().unwrap())
+        .collect();
+    let plain_route = format!("relay:127.0.0.1:{} tls=none", plain.addr().port());
+    assert_eq!(routes, [route.as_str(), &plain_route, &plain_route], "{v}");
+    let reset = v["messages"][0]["id"].as_str().unwrap().to_owned();
+    let out = smtp_with(&["queue", "show", &queue, &reset], None);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("route: {route}")), "{shown}");
+    let out = smtp_with(&["queue", "stats", &queue, "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["routes"][0]["route"], route.as_str(), "{v}");
+    assert_eq!(v["routes"][0]["waiting_messages"], 1, "{v}");
+    assert_eq!(v["routes"][0]["due_messages"], 1, "{v}");
+
+    // 4. The first account's run delivers it there, over TLS, with AUTH.
+    let out = smtp_with(
+        &[
+            "queue",
+            "run",
+            &queue,
+            "--config",
+            config,
+            "--account",
+            "relay",
+        ],
+        Some("pw"),
+    );
+    let text = all_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("another route"), "{text}");
+    let received = secure.messages();
+    assert_eq!(subjects_of(&received), ["password reset"], "{text}");
+    assert!(received[0].tls, "{received:?}");
+    assert_eq!(received[0].auth_user.as_deref(), Some("alice"));
+    assert_eq!(plain.messages().len(), 2);
 }

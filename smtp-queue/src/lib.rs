@@ -183,8 +183,11 @@ mod verdict;
 
 pub use error::{Error, Result};
 pub use event::RunEvent;
-pub use notify::{Notified, enqueue_owed};
-pub use runner::{Runner, RunnerConfig, Summary, mx_destination, relay_budget_key};
+pub use notify::{Notified, enqueue_owed, enqueue_owed_via};
+pub use runner::{
+    DIRECT_ROUTE, Runner, RunnerConfig, Summary, mx_destination, relay_budget_key, relay_route,
+    relay_route_for,
+};
 pub use schedule::{Next, Schedule, random_unit};
 pub use shaping::{Shaping, Throttle};
 pub use spool::SpoolBody;
@@ -194,5 +197,5 @@ pub use stop::Stop;
 pub use store::{
     Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Enqueued, Lease, ListFilter,
     MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo,
-    RetryTarget, Stats, Store, TlsFacts,
+    RetryTarget, RouteWaiting, Stats, Store, TlsFacts,
 };

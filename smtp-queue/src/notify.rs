@@ -36,14 +36,30 @@ pub struct Notified {
 /// however many workers do this at the same time. A message whose
 /// notification cannot be written (its body unreadable, its sender not an
 /// address) is logged and left owed; a storage failure is returned.
+///
+/// Each notification keeps its original's route
+/// ([`MessageOptions::route`]): it goes the way the original was sent.
+/// An original without one gives its notification none either;
+/// [`enqueue_owed_via`] gives it a route.
 pub async fn enqueue_owed(
     store: &dyn Store,
     reporter: &Reporter,
     now: SystemTime,
 ) -> Result<Vec<Notified>> {
+    enqueue_owed_via(store, reporter, None, now).await
+}
+
+/// [`enqueue_owed`], the notification of an original without a route
+/// getting `route` (the [`Runner`](crate::Runner)'s own).
+pub async fn enqueue_owed_via(
+    store: &dyn Store,
+    reporter: &Reporter,
+    route: Option<&str>,
+    now: SystemTime,
+) -> Result<Vec<Notified>> {
     let mut done = Vec::new();
     for info in store.owed_notifications(BATCH).await? {
-        match enqueue_one(store, reporter, &info, now).await {
+        match enqueue_one(store, reporter, &info, route, now).await {
             Ok(Some(n)) => done.push(n),
             Ok(None) | Err(Error::NotFound(_)) => {}
             Err(e @ (Error::Corrupt { .. } | Error::Misuse(_))) => {
@@ -60,6 +76,7 @@ async fn enqueue_one(
     store: &dyn Store,
     reporter: &Reporter,
     info: &MessageInfo,
+    route: Option<&str>,
     now: SystemTime,
 ) -> Result<Option<Notified>> {
     let o = &info.options;
@@ -72,7 +89,7 @@ async fn enqueue_one(
             utf8: o.smtputf8,
             eight_bit: o.body != BodyKind::SevenBit,
         };
-        match try_enqueue(store, reporter, info, returned, None, now).await {
+        match try_enqueue(store, reporter, info, route, returned, None, now).await {
             Ok(done) => return Ok(done),
             // Its headers, at least, may still be read.
             Err(e) => tracing::warn!(message_id = %info.id, error = %e,
@@ -88,13 +105,14 @@ async fn enqueue_one(
         ),
         None => (Returned::Nothing, None),
     };
-    try_enqueue(store, reporter, info, returned, headers, now).await
+    try_enqueue(store, reporter, info, route, returned, headers, now).await
 }
 
 async fn try_enqueue(
     store: &dyn Store,
     reporter: &Reporter,
     info: &MessageInfo,
+    route: Option<&str>,
     returned: Returned,
     headers: Option<Vec<u8>>,
     now: SystemTime,
@@ -137,6 +155,9 @@ async fn try_enqueue(
     options.smtputf8 = !n.to.is_ascii();
     // RFC 8689 §5: a notification of a REQUIRETLS message asks for it too.
     options.require_tls = info.options.require_tls;
+    // The way the original went (its relay account and TLS policy), not
+    // whichever runner happens to enqueue the notification.
+    options.route = info.options.route.clone().or(route.map(str::to_owned));
     let message = NewMessage {
         from: "<>".into(),
         to: vec![n.to.clone()],

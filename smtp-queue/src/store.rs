@@ -144,6 +144,15 @@ pub struct MessageOptions {
     /// 3464) once every recipient is final and one or more failed or
     /// expired; none for a null sender. See [`crate::dsn`].
     pub notify_sender: bool,
+    /// How the message is to be delivered, recorded when it is enqueued:
+    /// `relay:HOST:PORT[:USER] tls=POLICY[ implicit]` for standard
+    /// delivery ([`relay_route`](crate::relay_route)), `direct` for
+    /// direct delivery ([`DIRECT_ROUTE`](crate::DIRECT_ROUTE)). A
+    /// [`Runner`](crate::Runner) claims only the messages of its own
+    /// route, and those without one (enqueued before routes were kept, or
+    /// by a program that sets none), which any runner delivers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// One message to enqueue.
@@ -371,6 +380,21 @@ impl Stats {
     }
 }
 
+/// Messages waiting for one route ([`Store::waiting_by_route`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteWaiting {
+    /// The route ([`MessageOptions::route`]); `None` for messages enqueued
+    /// without one, which any runner delivers.
+    pub route: Option<String>,
+    /// Messages with a recipient waiting (queued or deferred).
+    pub messages: u64,
+    /// Their waiting recipients.
+    pub recipients: u64,
+    /// Of `messages`, those with a recipient due at the time asked about.
+    pub due: u64,
+}
+
 /// A destination (a relay, or a set of MX hosts) not to be tried before a
 /// time. The key is the runner's: the store only keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -415,9 +439,25 @@ pub trait Store: Send + Sync {
 
     /// Claims up to `limit` messages' due recipients (waiting ones whose
     /// time has come, and those of expired leases) for `worker`, each
-    /// message under its own lease lasting `lease`.
+    /// message under its own lease lasting `lease`, whatever their route:
+    /// [`claim_due_for`](Self::claim_due_for) with `None`.
     async fn claim_due(
         &self,
+        now: SystemTime,
+        limit: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        self.claim_due_for(None, now, limit, worker, lease).await
+    }
+
+    /// [`claim_due`](Self::claim_due) of the messages of one route only:
+    /// with `Some(route)`, messages whose [`MessageOptions::route`] is
+    /// `route` or none (enqueued without one); with `None`, every message.
+    /// The others are not touched: they wait for a runner of their route.
+    async fn claim_due_for(
+        &self,
+        route: Option<&str>,
         now: SystemTime,
         limit: u32,
         worker: &str,
@@ -495,8 +535,22 @@ pub trait Store: Send + Sync {
     /// Counts.
     async fn stats(&self) -> Result<Stats>;
 
-    /// When the next recipient falls due (or a lease expires), if any waits.
-    async fn next_due(&self) -> Result<Option<SystemTime>>;
+    /// When the next recipient falls due (or a lease expires), if any
+    /// waits, whatever its message's route: [`next_due_for`](Self::next_due_for)
+    /// with `None`.
+    async fn next_due(&self) -> Result<Option<SystemTime>> {
+        self.next_due_for(None).await
+    }
+
+    /// [`next_due`](Self::next_due) among the messages
+    /// [`claim_due_for`](Self::claim_due_for) would claim for `route`
+    /// (its own and route-less ones; every message for `None`).
+    async fn next_due_for(&self, route: Option<&str>) -> Result<Option<SystemTime>>;
+
+    /// Messages with a recipient waiting (queued or deferred), counted per
+    /// route, by route (route-less ones first); `due` counts those with a
+    /// recipient due at `now`.
+    async fn waiting_by_route(&self, now: SystemTime) -> Result<Vec<RouteWaiting>>;
 
     /// Backs a destination off until `not_before`, counting one more
     /// failure; returns the record.

@@ -198,6 +198,7 @@ pub(crate) async fn run(
     let from = ReversePath::parse(&sender).map_err(|e| Failure::data(format!("sender: {e}")))?;
     let key = key(&key_inputs, args, &sender);
     let merge = Arc::new(merge);
+    let route = crate::send::queue_route(s);
     let mut batch = Vec::with_capacity(good.len());
     let mut sent = Vec::with_capacity(good.len());
     for &(i, body_type, size) in &good {
@@ -216,7 +217,7 @@ pub(crate) async fn run(
             from: from.to_string(),
             to: vec![to.to_string()],
             body: Body::Source(Box::new(Rendered::new(merge.clone(), i, signer.clone()))),
-            options: crate::queue::options(&envelope, args.notify_sender),
+            options: crate::queue::options(&envelope, args.notify_sender, &route),
         });
     }
     let dir = args.queue.clone().unwrap_or_default();
@@ -228,6 +229,7 @@ pub(crate) async fn run(
         run_line: crate::queue::run_command(args),
         rate: crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?,
         relay_key: crate::send::relay_key(s),
+        route,
     };
     let via = if args.queue_only { None } else { Some(via()?) };
     let mode = crate::progress::Mode {

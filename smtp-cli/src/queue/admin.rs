@@ -39,6 +39,10 @@ pub(super) async fn run(
         QueueCommand::Purge(args) => purge(&store, &args, json).await,
         QueueCommand::Stats => {
             let stats = store.stats().await.map_err(queue_error)?;
+            let routes = store
+                .waiting_by_route(SystemTime::now())
+                .await
+                .map_err(queue_error)?;
             let budgets = budgets(&store).await?;
             let throttles = store.throttles(None).await.map_err(queue_error)?;
             if json {
@@ -60,12 +64,30 @@ pub(super) async fn run(
                             })).collect::<Vec<_>>(),
                         })).collect::<Vec<_>>(),
                         "throttles": throttles,
+                        "routes": routes.iter().map(|w| serde_json::json!({
+                            "route": w.route, "waiting_messages": w.messages,
+                            "waiting_recipients": w.recipients, "due_messages": w.due,
+                        })).collect::<Vec<_>>(),
                     })
                 );
             } else {
                 say!("messages: {}", stats.messages);
                 for (s, n) in &stats.recipients {
                     say!("{s}: {n}");
+                }
+                for w in &routes {
+                    say!(
+                        "route {}: {} waiting, {} due now ({})",
+                        w.route
+                            .as_deref()
+                            .map_or_else(|| "none".to_owned(), |r| joined(r).into_owned()),
+                        counted(usize::try_from(w.messages).unwrap_or(usize::MAX), "message"),
+                        w.due,
+                        counted(
+                            usize::try_from(w.recipients).unwrap_or(usize::MAX),
+                            "recipient"
+                        ),
+                    );
                 }
                 for b in &budgets {
                     let next = b.next.map_or_else(|| "now".to_owned(), rfc3339);
@@ -456,6 +478,15 @@ fn millis(t: SystemTime) -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
+/// A message's route in words: enqueued before routes were kept, a
+/// message has none, and any run delivers it.
+fn route_text(route: Option<&str>) -> String {
+    route.map_or_else(
+        || "none (enqueued before routes were kept: any run delivers it)".to_owned(),
+        |r| joined(r).into_owned(),
+    )
+}
+
 /// A message as `queue show --json` prints it, and each of `queue list --json`'s.
 fn message_json(m: &smtp_queue::MessageInfo) -> serde_json::Value {
     let recipients: Vec<_> = m
@@ -476,7 +507,8 @@ fn message_json(m: &smtp_queue::MessageInfo) -> serde_json::Value {
     serde_json::json!({ "id": m.id.as_str(), "from": from, "created_ms": millis(m.created),
         "created": rfc3339(m.created), "size": m.body_size, "recipients": recipients,
         "notify_sender": m.options.notify_sender,
-        "notification": m.notification.as_ref().map(MessageId::as_str) })
+        "notification": m.notification.as_ref().map(MessageId::as_str),
+        "route": m.options.route })
 }
 
 fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
@@ -486,6 +518,7 @@ fn print_message(m: &smtp_queue::MessageInfo, json: bool) {
     }
     // As mailq: id, size, arrival, sender (stored with its brackets).
     say!("{} {} {} {}", m.id, m.body_size, rfc3339(m.created), m.from);
+    say!("  route: {}", route_text(m.options.route.as_deref()));
     for r in &m.recipients {
         let last = r.last.as_ref().map_or(String::new(), |a| {
             let text = joined(&a.text);

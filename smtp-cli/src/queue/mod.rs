@@ -1,9 +1,13 @@
 //! `smtp send --queue` and `smtp queue …`: the durable delivery queue.
 //!
-//! The relay is not stored with queued messages: `queue run` is given it
-//! again (flags or `--account`), and credentials are resolved at run time
-//! from the command line, config file or environment as `send` does, so no
-//! secret is ever written into the queue.
+//! The relay's credentials are not stored with queued messages: `queue
+//! run` is given the relay again (flags or `--account`), and credentials
+//! are resolved at run time from the command line, config file or
+//! environment as `send` does, so no secret is ever written into the
+//! queue. Each message does keep its route (the relay account and TLS
+//! policy, user name included, or `direct`: `crate::send::queue_route`),
+//! and a run delivers only its own route's messages; those it leaves are
+//! said ([`tell_other_routes`]).
 //!
 //! `send.rs` is `smtp send --queue`, `run.rs` the `smtp queue` commands
 //! (`queue run` above all; what a run recorded, for its exit code and
@@ -16,11 +20,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smtp_queue::{Attempt, Outcome, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop};
+use smtp_queue::{
+    Attempt, Outcome, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop, Store,
+};
 use smtp_tls::Server;
 
 use crate::cli::RetryArgs;
 use crate::fail::{EX_NOINPUT, EX_TEMPFAIL, Failure};
+use crate::output::counted;
 use crate::progress;
 use crate::terminal::joined;
 
@@ -229,6 +236,57 @@ fn warn(event: &RunEvent) {
         }
         _ => {}
     }
+}
+
+/// Says once (on stderr, or in the log when it is on) how many messages
+/// wait in the queue for routes other than `mine`, the runner's: it does
+/// not take them (they go only through the relay account and TLS policy
+/// they were enqueued for, or directly), so a run that leaves them must
+/// not be silent about them. Returns how many.
+async fn tell_other_routes(store: &SqliteStore, mine: &str, logging: bool) -> Result<u64, Failure> {
+    let others: Vec<(String, u64)> = store
+        .waiting_by_route(std::time::SystemTime::now())
+        .await
+        .map_err(queue_error)?
+        .into_iter()
+        .filter_map(|w| w.route.filter(|r| r != mine).map(|r| (r, w.messages)))
+        .collect();
+    let total: u64 = others.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return Ok(0);
+    }
+    let n = counted(usize::try_from(total).unwrap_or(usize::MAX), "message");
+    let verb = if total == 1 { "waits" } else { "wait" };
+    let direct = others.iter().any(|(r, _)| r == smtp_queue::DIRECT_ROUTE);
+    let relays = others.iter().any(|(r, _)| r != smtp_queue::DIRECT_ROUTE);
+    let how = match (relays, direct) {
+        (true, false) => {
+            "deliver them with `smtp queue run --account …` or the flags they were sent with"
+        }
+        (false, _) => "deliver them with `smtp queue run` without --server (direct delivery)",
+        (true, true) => {
+            "deliver them with `smtp queue run --account …` or the flags they were sent with;              the direct ones with `smtp queue run` without --server"
+        }
+    };
+    let text = match others.as_slice() {
+        [(route, _)] => format!("{n} in this queue {verb} for another route: {route} ({how})"),
+        _ => {
+            let each: Vec<String> = others
+                .iter()
+                .map(|(route, k)| format!("{k} for {route}"))
+                .collect();
+            format!(
+                "{n} in this queue {verb} for other routes: {} ({how})",
+                each.join("; ")
+            )
+        }
+    };
+    if logging {
+        tracing::warn!(target: "smtp_cli::queue", messages = total, "{text}");
+    } else {
+        progress::suspend(|| tell!("smtp: {text}"));
+    }
+    Ok(total)
 }
 
 /// While `send --queue` delivers, SIGINT and SIGTERM stop its runner

@@ -10,7 +10,7 @@ use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, SqliteStore, Sto
 use super::recorded::{self, Left, Recorded};
 use super::{
     Via, admin, config, directory, exists, lock, metrics, open_at, open_existing, queue_error,
-    report, rfc3339, scrape, warn,
+    report, rfc3339, scrape, tell_other_routes, warn,
 };
 use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, SendArgs};
 use crate::fail::{EX_OK, Failure};
@@ -131,8 +131,12 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
             signals.stop();
         }
     });
+    let route = runner.route();
     if args.watch {
-        tracing::info!(target: "smtp_cli::queue", destination = runner.destination(), "watching the queue");
+        tracing::info!(target: "smtp_cli::queue", destination = runner.destination(),
+            route = %route, "watching the queue");
+        // Said once, at the start: a service runs on.
+        tell_other_routes(&store, &route, logging).await?;
     }
     let summary = if args.watch {
         runner.watch(&stop).await
@@ -141,7 +145,17 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
     }
     .map_err(queue_error)?;
     let stats = store.stats().await.map_err(queue_error)?;
-    let waiting = stats.count(RecipientState::Queued) + stats.count(RecipientState::Deferred);
+    // What waits for this run's route (and route-less messages, which any
+    // run takes): others' are said apart, and do not make this run's
+    // exit code.
+    let waiting: u64 = store
+        .waiting_by_route(SystemTime::now())
+        .await
+        .map_err(queue_error)?
+        .iter()
+        .filter(|w| w.route.as_deref().is_none_or(|r| r == route))
+        .map(|w| w.recipients)
+        .sum();
     let leased = stats.count(RecipientState::Delivering);
     // A watcher stopped on request has done its job, whatever waits.
     let stopped = args.watch && stop.is_stopped();
@@ -149,10 +163,14 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
         tracing::info!(target: "smtp_cli::queue", waiting, leased, "stopped");
     }
     let (outcomes, counts) = std::mem::take(&mut *lock(&recorded)).into_report();
+    if !args.watch {
+        tell_other_routes(&store, &route, logging).await?;
+    }
     let wait = !summary.held.is_empty() || waiting > 0 || leased > 0;
     let next = if wait {
         tell_why_waiting(
             &store,
+            &route,
             relay.as_deref(),
             &summary.held,
             waiting,
@@ -186,6 +204,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
 /// due. Returns that time (not before the relay's back-off ends).
 async fn tell_why_waiting(
     store: &SqliteStore,
+    route: &str,
     relay: Option<&str>,
     held: &[(String, String)],
     waiting: u64,
@@ -211,7 +230,7 @@ async fn tell_why_waiting(
     if waiting == 0 {
         return Ok(None);
     }
-    let Some(next) = store.next_due().await.map_err(queue_error)? else {
+    let Some(next) = store.next_due_for(Some(route)).await.map_err(queue_error)? else {
         return Ok(None);
     };
     // Not before the relay's back-off ends.

@@ -17,7 +17,7 @@ use smtp_queue::{
 use super::report::{Live, Pending, report_from_store};
 use super::{
     EXIT_SIGINT, Registered, SIGNALLED, Via, config, directory, lock, open, open_at, queue_error,
-    rfc3339,
+    rfc3339, tell_other_routes,
 };
 use crate::cli::RetryArgs;
 use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
@@ -54,6 +54,9 @@ pub(crate) struct Queued<'a> {
     /// delivery): `--queue-only` remembers the limits under it, for the
     /// `queue run` that delivers.
     pub(crate) relay_key: Option<String>,
+    /// The route the messages are enqueued with (`crate::send::queue_route`):
+    /// only a runner of that route delivers them.
+    pub(crate) route: String,
 }
 
 /// `--queue-only`: remembers the rate limits given (or clears them) for
@@ -90,7 +93,7 @@ fn batch(queued: &Queued<'_>, prepared: &[Prepared], envelopes: &[Envelope]) -> 
             from: e.from.to_string(),
             to: e.to.iter().map(ToString::to_string).collect(),
             body: Body::Source(Box::new(PreparedBody::new(m))),
-            options: options(e, queued.notify_sender),
+            options: options(e, queued.notify_sender, &queued.route),
         })
         .collect()
 }
@@ -309,6 +312,7 @@ pub(crate) async fn send_once(
             .runner(store.clone(), config)
             .with_observer(super::report);
         runner.run_due(&stop).await.map_err(queue_error)?;
+        tell_other_routes(&store, &runner.route(), crate::log::is_on()).await?;
         let code = if stop.is_stopped() {
             match SIGNALLED.load(Ordering::SeqCst) {
                 0 => EXIT_SIGINT,
@@ -443,6 +447,9 @@ async fn deliver(
         ));
     }
     progress::finish(&report, mode);
+    // Only this run's messages are reported; others its runner may not
+    // take are said to wait, once.
+    tell_other_routes(store, &runner.route(), crate::log::is_on()).await?;
     let summary = report.summary();
     let resume = &queued.run_line;
     match ended {
@@ -490,9 +497,10 @@ async fn deliver(
     }
 }
 
-pub(crate) fn options(e: &Envelope, notify_sender: bool) -> MessageOptions {
+pub(crate) fn options(e: &Envelope, notify_sender: bool, route: &str) -> MessageOptions {
     let mut o = MessageOptions::default();
     o.notify_sender = notify_sender;
+    o.route = Some(route.to_owned());
     o.body = match e.body {
         BodyType::SevenBit => BodyKind::SevenBit,
         BodyType::EightBitMime => BodyKind::EightBit,

@@ -32,7 +32,7 @@ use smtp_tls::{Outgoing, Server};
 mod direct;
 mod notify;
 pub use self::direct::mx_destination;
-pub use self::rated::relay_budget_key;
+pub use self::rated::{relay_budget_key, relay_route, relay_route_for};
 mod rated;
 mod record;
 mod relay;
@@ -87,7 +87,16 @@ pub struct RunnerConfig {
     /// how a "slow down" reply throttles them. Default: the built-in
     /// table ([`Shaping::builtin`]).
     pub shaping: Shaping,
+    /// The route whose messages this runner claims (with route-less
+    /// ones), and that the notifications it enqueues for route-less
+    /// messages get; default the relay's ([`relay_route`]), or
+    /// [`DIRECT_ROUTE`] in direct delivery. See [`Runner::route`].
+    pub route: Option<String>,
 }
+
+/// The route of messages delivered directly to their domains' MX hosts
+/// ([`MessageOptions::route`](crate::MessageOptions::route)).
+pub const DIRECT_ROUTE: &str = "direct";
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -106,6 +115,7 @@ impl Default for RunnerConfig {
             budget_key: None,
             rate_wait: Duration::from_secs(30),
             shaping: Shaping::builtin(),
+            route: None,
         }
     }
 }
@@ -151,6 +161,13 @@ impl RunnerConfig {
     #[must_use]
     pub fn with_stop_grace(mut self, grace: Duration) -> Self {
         self.stop_grace = grace;
+        self
+    }
+    /// Sets the route whose messages the runner claims (instead of the
+    /// one its relay, or direct delivery, gives).
+    #[must_use]
+    pub fn with_route(mut self, route: impl Into<String>) -> Self {
+        self.route = Some(route.into());
         self
     }
     /// Sets the `From:` address of delivery status notifications.
@@ -336,6 +353,26 @@ impl Runner {
         &self.destination
     }
 
+    /// The route whose messages this runner claims, besides those enqueued
+    /// without one ([`MessageOptions::route`](crate::MessageOptions::route)):
+    /// [`RunnerConfig::route`] when set, else the relay's
+    /// ([`relay_route`]), or [`DIRECT_ROUTE`] in direct delivery.
+    pub fn route(&self) -> String {
+        if let Some(route) = &self.config.route {
+            return route.clone();
+        }
+        match &self.mode {
+            Mode::Relay(relay) => relay_route(relay),
+            Mode::Direct(_) => DIRECT_ROUTE.to_owned(),
+        }
+    }
+
+    /// When the next of this runner's messages falls due (or its lease
+    /// expires): the store's [`next_due_for`](Store::next_due_for) its route.
+    pub(super) async fn next_due(&self) -> Result<Option<SystemTime>> {
+        self.store.next_due_for(Some(&self.route())).await
+    }
+
     /// The key of the budget the rate limits take from: the configured
     /// one, else the relay account's ([`relay_budget_key`]); `None` in
     /// direct delivery.
@@ -439,7 +476,9 @@ impl Runner {
         while !stop.is_stopped() {
             self.run_due(stop).await?;
             let now = SystemTime::now();
-            let next = match (self.store.next_due().await?, self.backed_off(now).await?) {
+            // This runner's messages only: others' due ones are not its to
+            // take, and must not wake it.
+            let next = match (self.next_due().await?, self.backed_off(now).await?) {
                 (Some(due), Some(until)) => Some(due.max(until)),
                 (due, None) => due,
                 (None, Some(_)) => None,
@@ -574,11 +613,13 @@ impl Runner {
         Ok((outgoing, sending))
     }
 
-    /// Claims what is due at `now`, as the configuration says (how many,
-    /// for whom, for how long).
+    /// Claims what is due at `now` of this runner's route (and route-less
+    /// messages), as the configuration says (how many, for whom, for how
+    /// long).
     async fn claim(&self, now: SystemTime) -> Result<Vec<Claimed>> {
         self.store
-            .claim_due(
+            .claim_due_for(
+                Some(&self.route()),
                 now,
                 self.config.claim,
                 &self.config.worker,

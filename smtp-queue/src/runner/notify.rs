@@ -14,8 +14,14 @@ impl Runner {
     /// Enqueues the notifications owed (one left owed by a crash too).
     pub(super) async fn notify_owed(&self) -> Result<()> {
         let reporter = self.reporter();
-        let done =
-            crate::notify::enqueue_owed(self.store.as_ref(), &reporter, SystemTime::now()).await?;
+        let route = self.route();
+        let done = crate::notify::enqueue_owed_via(
+            self.store.as_ref(),
+            &reporter,
+            Some(&route),
+            SystemTime::now(),
+        )
+        .await?;
         for n in done {
             tracing::info!(message_id = %n.message, notification = %n.notification, to = %n.to,
                 "delivery status notification enqueued");

@@ -46,6 +46,37 @@ pub fn relay_budget_key(relay: &Server) -> String {
     )
 }
 
+/// The route of messages delivered through `relay`
+/// ([`MessageOptions::route`](crate::MessageOptions::route)): the relay
+/// account ([`relay_budget_key`]) and how it is reached,
+/// `relay:HOST:PORT[:USER] tls=POLICY[ implicit]`. The user name is in
+/// it, never a secret.
+pub fn relay_route(relay: &Server) -> String {
+    relay_route_for(
+        &relay.host,
+        relay.port,
+        relay.credentials.as_ref().map(|c| c.username()),
+        relay.policy,
+        relay.implicit_tls,
+    )
+}
+
+/// [`relay_route`] from its parts, for a program that records a route
+/// without building the [`Server`] (nor reading its password).
+pub fn relay_route_for(
+    host: &str,
+    port: u16,
+    user: Option<&str>,
+    policy: smtp_core::TlsPolicy,
+    implicit_tls: bool,
+) -> String {
+    let implicit = if implicit_tls { " implicit" } else { "" };
+    format!(
+        "{} tls={policy}{implicit}",
+        rate::relay_key(host, port, user)
+    )
+}
+
 /// A message's cost: its recipients (relays count those).
 fn cost(claimed: &Claimed) -> u32 {
     u32::try_from(claimed.recipients.len())
@@ -80,7 +111,7 @@ impl Runner {
                 if claimed.is_empty() {
                     // Nothing due: wait on the session for what falls due
                     // soon, else end.
-                    let soon = self.store.next_due().await?.filter(|t| {
+                    let soon = self.next_due().await?.filter(|t| {
                         t.duration_since(SystemTime::now()).unwrap_or_default()
                             <= self.config.rate_wait
                     });

@@ -7,13 +7,13 @@ use std::time::SystemTime;
 use super::rows::{attempts_of, get, message_id_of, options_of, recipient_of, size_of, state_of};
 use sqlx::sqlite::SqliteRow;
 
-use super::{LEASED, RECIPIENT_COLUMNS, SqliteStore, WAITING};
+use super::{LEASED, RECIPIENT_COLUMNS, SqliteStore, WAITING, route_takes};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::{RecipientState, Transition};
 use crate::store::{
-    Backoff, ListFilter, MessageId, MessageInfo, RecipientId, RecipientInfo, RetryTarget, Stats,
-    from_millis, millis,
+    Backoff, ListFilter, MessageId, MessageInfo, RecipientId, RecipientInfo, RetryTarget,
+    RouteWaiting, Stats, from_millis, millis,
 };
 
 pub(super) async fn list(store: &SqliteStore, filter: &ListFilter) -> Result<Vec<MessageInfo>> {
@@ -303,21 +303,83 @@ pub(super) async fn stats(store: &SqliteStore) -> Result<Stats> {
 }
 
 /// The earliest time anything is due: a waiting recipient's next attempt
-/// or a lease's expiry, each through its partial index.
-pub(super) fn next_due_sql() -> String {
+/// or a lease's expiry, each through its partial index. With `routed`,
+/// among the messages a runner of route `$1` takes: each half walks its
+/// index in time order and looks each recipient's message up by its key
+/// until one is of the route (or of none).
+pub(super) fn next_due_sql(routed: bool) -> String {
+    if !routed {
+        return format!(
+            "SELECT MIN(due) FROM (
+                 SELECT MIN(next_attempt_ms) AS due FROM recipients WHERE {WAITING}
+                 UNION ALL SELECT MIN(lease_until_ms) FROM recipients WHERE {LEASED})"
+        );
+    }
+    let takes = route_takes("$1");
     format!(
         "SELECT MIN(due) FROM (
-             SELECT MIN(next_attempt_ms) AS due FROM recipients WHERE {WAITING}
-             UNION ALL SELECT MIN(lease_until_ms) FROM recipients WHERE {LEASED})"
+             SELECT * FROM (SELECT next_attempt_ms AS due FROM recipients
+                 JOIN messages m ON m.id = message_id
+                 WHERE {WAITING} AND {takes} ORDER BY next_attempt_ms LIMIT 1)
+             UNION ALL
+             SELECT * FROM (SELECT lease_until_ms AS due FROM recipients
+                 JOIN messages m ON m.id = message_id
+                 WHERE {LEASED} AND {takes} ORDER BY lease_until_ms LIMIT 1))"
     )
 }
 
-pub(super) async fn next_due(store: &SqliteStore) -> Result<Option<SystemTime>> {
-    let due: Option<i64> = sqlx::query_scalar(&next_due_sql())
+pub(super) async fn next_due(
+    store: &SqliteStore,
+    route: Option<&str>,
+) -> Result<Option<SystemTime>> {
+    let sql = next_due_sql(route.is_some());
+    let mut query = sqlx::query_scalar(&sql);
+    if let Some(route) = route {
+        query = query.bind(route);
+    }
+    let due: Option<i64> = query
         .fetch_one(&store.pool)
         .await
         .map_err(|e| Error::db("finding the next due time", e))?;
     Ok(due.map(from_millis))
+}
+
+/// Messages with a waiting recipient, per route: through the partial
+/// index of waiting recipients, each message looked up by its key.
+pub(super) fn waiting_by_route_sql() -> String {
+    format!(
+        "SELECT m.options ->> 'route' AS route, COUNT(DISTINCT message_id) AS messages,
+             COUNT(*) AS recipients,
+             COUNT(DISTINCT CASE WHEN next_attempt_ms <= $1 THEN message_id END) AS due
+         FROM recipients JOIN messages m ON m.id = message_id
+         WHERE {WAITING}
+         GROUP BY 1 ORDER BY 1"
+    )
+}
+
+pub(super) async fn waiting_by_route(
+    store: &SqliteStore,
+    now: SystemTime,
+) -> Result<Vec<RouteWaiting>> {
+    let doing = "counting waiting messages per route";
+    let rows = sqlx::query(&waiting_by_route_sql())
+        .bind(millis(now)?)
+        .fetch_all(&store.pool)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let count = |row: &SqliteRow, column: &str| -> Result<u64> {
+        Ok(u64::try_from(get::<i64>(row, column)?).unwrap_or(0))
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(RouteWaiting {
+                route: get(row, "route")?,
+                messages: count(row, "messages")?,
+                recipients: count(row, "recipients")?,
+                due: count(row, "due")?,
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn set_backoff(

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::rows::{attempts_of, get, options_of, size_of, state_of};
-use super::{DUE, LEASED, SqliteStore, WAITING};
+use super::{DUE, LEASED, SqliteStore, WAITING, route_takes};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::state::Transition;
@@ -12,23 +12,37 @@ use crate::store::{Claimed, ClaimedRecipient, Lease, MessageId, RecipientId, fro
 
 /// The ids of messages due at `$1`, at most `$2`: oldest first by the
 /// second, and within a second by recipient domain. Each half reads
-/// through its partial index: only due recipients are read.
-pub(super) fn due_messages() -> String {
+/// through its partial index: only due recipients are read. With
+/// `routed`, only messages of route `$3` and route-less ones: each due
+/// recipient's message is looked up by its key ([`route_takes`]), so
+/// finished messages are never read.
+pub(super) fn due_messages(routed: bool) -> String {
+    let (join, filter) = if routed {
+        (
+            "JOIN messages m ON m.id = d.message_id",
+            format!("WHERE {}", route_takes("$3")),
+        )
+    } else {
+        ("", String::new())
+    };
     format!(
-        "SELECT message_id FROM (
+        "SELECT d.message_id FROM (
              SELECT message_id, next_attempt_ms AS due, address FROM recipients
              WHERE {WAITING} AND next_attempt_ms <= $1
              UNION ALL
              SELECT message_id, lease_until_ms AS due, address FROM recipients
-             WHERE {LEASED} AND lease_until_ms <= $1)
-         GROUP BY message_id
-         ORDER BY MIN(due) / 1000, MIN(lower(substr(address, instr(address, '@') + 1))), message_id
+             WHERE {LEASED} AND lease_until_ms <= $1) AS d
+         {join} {filter}
+         GROUP BY d.message_id
+         ORDER BY MIN(d.due) / 1000, MIN(lower(substr(d.address, instr(d.address, '@') + 1))),
+             d.message_id
          LIMIT $2"
     )
 }
 
 pub(super) async fn claim_due(
     store: &SqliteStore,
+    route: Option<&str>,
     now: SystemTime,
     limit: u32,
     worker: &str,
@@ -45,9 +59,12 @@ pub(super) async fn claim_due(
     // Oldest first by the second, and within a second by recipient
     // domain: a claim of a bulk enqueue then holds runs of messages to
     // the same domain, which direct delivery sends on shared sessions.
-    let ids: Vec<String> = sqlx::query_scalar(&due_messages())
-        .bind(now_ms)
-        .bind(i64::from(limit))
+    let sql = due_messages(route.is_some());
+    let mut query = sqlx::query_scalar(&sql).bind(now_ms).bind(i64::from(limit));
+    if let Some(route) = route {
+        query = query.bind(route);
+    }
+    let ids: Vec<String> = query
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| Error::db(doing, e))?;

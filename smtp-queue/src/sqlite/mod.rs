@@ -50,7 +50,7 @@ use crate::shaping::Throttle;
 use crate::spool::Spool;
 use crate::store::{
     Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
-    RecipientId, RetryTarget, Stats, Store,
+    RecipientId, RetryTarget, RouteWaiting, Stats, Store,
 };
 
 mod admin;
@@ -76,6 +76,12 @@ pub(super) const LEASED: &str = "state = 'delivering'";
 /// A recipient is due: waiting and its time has come, or its lease expired.
 pub(super) const DUE: &str = "((state IN ('queued', 'deferred') AND next_attempt_ms <= $1)
     OR (state = 'delivering' AND lease_until_ms <= $1))";
+
+/// Message `m` is one a runner of the route bound as `param` takes: of
+/// that route, or of none (enqueued before routes were kept).
+pub(super) fn route_takes(param: &str) -> String {
+    format!("(m.options ->> 'route' IS NULL OR m.options ->> 'route' = {param})")
+}
 
 pub(super) const RECIPIENT_COLUMNS: &str = "id, message_id, address, state, attempts, next_attempt_ms, lease_generation, \
     lease_worker, lease_until_ms, last_code, last_enhanced, last_text, last_host, last_tls, updated_ms";
@@ -340,14 +346,15 @@ impl Store for SqliteStore {
         enqueue::enqueue(self, batch, now).await
     }
 
-    async fn claim_due(
+    async fn claim_due_for(
         &self,
+        route: Option<&str>,
         now: SystemTime,
         limit: u32,
         worker: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        claim::claim_due(self, now, limit, worker, lease).await
+        claim::claim_due(self, route, now, limit, worker, lease).await
     }
 
     async fn renew(&self, lease: &Lease, until: SystemTime, now: SystemTime) -> Result<Lease> {
@@ -408,8 +415,12 @@ impl Store for SqliteStore {
         admin::stats(self).await
     }
 
-    async fn next_due(&self) -> Result<Option<SystemTime>> {
-        admin::next_due(self).await
+    async fn next_due_for(&self, route: Option<&str>) -> Result<Option<SystemTime>> {
+        admin::next_due(self, route).await
+    }
+
+    async fn waiting_by_route(&self, now: SystemTime) -> Result<Vec<RouteWaiting>> {
+        admin::waiting_by_route(self, now).await
     }
 
     async fn set_backoff(

@@ -369,14 +369,15 @@ mod tests {
         );
     }
 
-    /// The plan SQLite makes for `sql` (its `detail` column, joined).
-    async fn plan(store: &SqliteStore, sql: &str) -> String {
-        let details = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .bind(0_i64)
-            .bind(10_i64)
-            .fetch_all(&store.pool)
-            .await
-            .unwrap();
+    /// The plan SQLite makes for `sql` (its `detail` column, joined), its
+    /// parameters bound to `binds`.
+    async fn plan(store: &SqliteStore, sql: &str, binds: &[&str]) -> String {
+        let sql = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let details = query.fetch_all(&store.pool).await.unwrap();
         details
             .iter()
             .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
@@ -390,15 +391,58 @@ mod tests {
         let store = SqliteStore::open(dir.path()).await.unwrap();
         // Without statistics, as a fresh queue is: the partial indexes are
         // used because the queries repeat their conditions word for word.
-        let claim = plan(&store, &super::super::claim::due_messages()).await;
-        assert!(claim.contains("recipients_waiting"), "{claim}");
-        assert!(claim.contains("recipients_leased"), "{claim}");
-        assert!(!claim.contains("SCAN recipients"), "{claim}");
-        let next = plan(&store, &super::super::admin::next_due_sql()).await;
-        assert!(
-            next.contains("recipients_waiting") && next.contains("recipients_leased"),
-            "{next}"
-        );
-        assert!(!next.contains("SCAN recipients"), "{next}");
+        // A runner's claim and next due time (of its route) look each due
+        // recipient's message up by its key: finished messages are never
+        // read, nor are all messages scanned.
+        let route = "relay:smtp.example.com:587 tls=certified";
+        for (what, sql, binds) in [
+            (
+                "claim",
+                super::super::claim::due_messages(false),
+                vec!["0", "10"],
+            ),
+            (
+                "claim for a route",
+                super::super::claim::due_messages(true),
+                vec!["0", "10", route],
+            ),
+            ("next due", super::super::admin::next_due_sql(false), vec![]),
+            (
+                "next due for a route",
+                super::super::admin::next_due_sql(true),
+                vec![route],
+            ),
+        ] {
+            let plan = plan(&store, &sql, &binds).await;
+            assert!(
+                plan.contains("recipients_waiting") && plan.contains("recipients_leased"),
+                "{what}: {plan}"
+            );
+            assert!(reads_only_partial_indexes(&plan), "{what}: {plan}");
+        }
+        let per_route = plan(&store, &super::super::admin::waiting_by_route_sql(), &["0"]).await;
+        assert!(per_route.contains("recipients_waiting"), "{per_route}");
+        assert!(reads_only_partial_indexes(&per_route), "{per_route}");
+    }
+
+    /// Whether `plan` reads recipients only through the partial indexes
+    /// (a search, or a walk of the index in order: it holds only waiting,
+    /// or only leased, recipients) and messages only by their key.
+    fn reads_only_partial_indexes(plan: &str) -> bool {
+        plan.split("; ").all(|step| {
+            let table = step
+                .strip_prefix("SCAN ")
+                .or_else(|| step.strip_prefix("SEARCH "))
+                .and_then(|rest| rest.split(' ').next());
+            match table {
+                Some("recipients") => {
+                    step.contains("INDEX recipients_waiting")
+                        || step.contains("INDEX recipients_leased")
+                }
+                Some("messages" | "m") => step.starts_with("SEARCH ") && step.contains("(id=?)"),
+                // A subquery's rows, a temporary b-tree.
+                _ => true,
+            }
+        })
     }
 }
