@@ -93,6 +93,7 @@ pub(super) fn recipient_report(
         cert_verified: last.and_then(|a| a.tls.as_ref().map(|t| t.verified)),
         queued: waiting.then_some(true),
         next_attempt: waiting.then(|| rfc3339(next)),
+        mta_sts: None,
     }
 }
 
