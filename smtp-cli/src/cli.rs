@@ -114,16 +114,16 @@ pub(crate) struct MtaStsArgs {
         value_name = "on|off",
         default_value = "on"
     )]
-    pub(crate) mode: Switch,
+    pub(crate) mta_sts: Switch,
     /// The port MTA-STS policies are fetched from (tests).
     #[arg(long = "mta-sts-port", value_name = "N", hide = true)]
-    pub(crate) port: Option<u16>,
+    pub(crate) mta_sts_port: Option<u16>,
 }
 
 impl MtaStsArgs {
     /// True unless `--mta-sts off`.
     pub(crate) fn on(&self) -> bool {
-        self.mode == Switch::On
+        self.mta_sts == Switch::On
     }
 }
 

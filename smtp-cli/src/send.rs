@@ -656,7 +656,7 @@ pub(crate) fn direct_parts(
     let trust = trust(s.ca_file.as_deref())?;
     let mta_sts = sts.on().then(|| StsParts {
         trust: trust.clone(),
-        port: sts.port.unwrap_or(443),
+        port: sts.mta_sts_port.unwrap_or(443),
     });
     let connector = MxConnector::new(policy, trust, s.timeouts);
     let config = Config::new(client_id)
