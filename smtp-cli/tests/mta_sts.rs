@@ -222,8 +222,17 @@ fn queue_run_under_enforce_delivers_and_tls_report_counts_the_session() {
     let queue = w.path("queue");
     let (code, out, err) = w.send(&["--queue", &queue, "--queue-only"]);
     assert_eq!(code, Some(0), "{out}\n{err}");
-    let (code, out, err) = w.smtp(&["queue", "--queue", &queue, "run"], &w.delivery());
+    let (code, out, err) = w.smtp(
+        &["queue", "--queue", &queue, "run", "--log-format", "json"],
+        &w.delivery(),
+    );
     assert_eq!(code, Some(0), "{out}\n{err}");
+    // The delivery's log entry names the policy's mode.
+    let entry = err
+        .lines()
+        .find(|l| l.contains("\"delivered\""))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(entry.contains("\"mta_sts\":\"enforce\""), "{entry}");
     let got = w.mx.messages();
     assert_eq!(got.len(), 1, "{out}\n{err}");
     assert!(got[0].tls);
