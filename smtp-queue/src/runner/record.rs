@@ -370,6 +370,7 @@ impl Runner {
 /// The one line logged for each recorded outcome: an INFO event, target
 /// `smtp_queue::delivery`, whose fields say what happened to whom, where,
 /// and what the server said (see the crate's "Tracing" section).
+#[allow(clippy::too_many_arguments)]
 fn log_outcome(
     message: &crate::store::MessageId,
     recipient: &str,
