@@ -217,7 +217,7 @@ fn send_under_enforce_with_a_good_certificate_says_so() {
 }
 
 #[test]
-fn queue_run_under_enforce_delivers_and_tls_report_counts_the_session() {
+fn queue_run_under_enforce_delivers_and_tls_report_counts_the_sessions() {
     let w = World::new(|ca| ca.leaf(&["mx1.example.com"]), ENFORCE);
     let queue = w.path("queue");
     let (code, out, err) = w.send(&["--queue", &queue, "--queue-only"]);
@@ -300,6 +300,13 @@ fn queue_run_under_enforce_delivers_and_tls_report_counts_the_session() {
     );
     assert_eq!(code, Some(0));
     assert_eq!(json(&out), serde_json::json!([]));
+    // send --queue names the mode as plain send does.
+    let (code, out, err) = w.send(&["--queue", &queue, "--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let r = &json(&out)["messages"][0]["recipients"][0];
+    assert_eq!(r["status"], "accepted", "{r}");
+    assert_eq!(r["mta_sts"], "enforce", "{r}");
+    assert_eq!(w.mx.messages().len(), 2);
 }
 
 #[test]

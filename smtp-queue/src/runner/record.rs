@@ -181,6 +181,7 @@ impl Runner {
                 enqueued: claimed.created,
                 outcome,
                 taken_over,
+                mta_sts,
             });
         }
         Ok(())
