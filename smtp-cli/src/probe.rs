@@ -374,11 +374,8 @@ async fn mta_sts_policy(
     domain: &str,
 ) -> Result<(serde_json::Value, Vec<String>), Failure> {
     use smtp_core::delivery::direct::TlsPolicySource;
-    use smtp_queue::mta_sts::{FileCache, MtaSts, PolicyCache};
-    let cache: std::sync::Arc<dyn PolicyCache> = match crate::send::sts_cache_file() {
-        Some(path) => std::sync::Arc::new(FileCache::new(path)),
-        None => std::sync::Arc::new(NoCache),
-    };
+    use smtp_queue::mta_sts::MtaSts;
+    let cache = crate::send::sts_cache();
     let sts = MtaSts::new(resolver, trust(args.ca_file.as_deref())?, cache)
         .with_port(args.mta_sts_port.unwrap_or(443));
     let tls = sts.domain_tls(domain).await;
@@ -430,17 +427,6 @@ async fn mta_sts_policy(
         ));
     }
     Ok((json, lines))
-}
-
-/// No cache (no home directory to keep one in).
-struct NoCache;
-
-#[async_trait::async_trait]
-impl smtp_queue::mta_sts::PolicyCache for NoCache {
-    async fn get(&self, _: &str) -> Option<smtp_core::delivery::mta_sts::InForce> {
-        None
-    }
-    async fn put(&self, _: &smtp_core::delivery::mta_sts::InForce) {}
 }
 
 pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {

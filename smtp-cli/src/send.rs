@@ -629,6 +629,26 @@ pub(crate) fn sts_cache_file() -> Option<PathBuf> {
     Some(base.join("smtp").join("mta-sts.json"))
 }
 
+/// The cache of `smtp send` and `smtp mx`: the file, or none at all (each
+/// policy fetched again) without a home directory to keep it in.
+pub(crate) fn sts_cache() -> Arc<dyn smtp_queue::mta_sts::PolicyCache> {
+    match sts_cache_file() {
+        Some(path) => Arc::new(smtp_queue::mta_sts::FileCache::new(path)),
+        None => Arc::new(NoCache),
+    }
+}
+
+/// No cache.
+struct NoCache;
+
+#[async_trait::async_trait]
+impl smtp_queue::mta_sts::PolicyCache for NoCache {
+    async fn get(&self, _: &str) -> Option<smtp_core::delivery::mta_sts::InForce> {
+        None
+    }
+    async fn put(&self, _: &smtp_core::delivery::mta_sts::InForce) {}
+}
+
 /// Direct delivery's parts from the settings (`--dns-server`, `--tls`,
 /// `--ca-file`, timeouts), `--mx-port` and `--mta-sts`.
 pub(crate) fn direct_parts(
@@ -681,9 +701,8 @@ async fn direct(
     envelopes: Vec<Envelope>,
 ) -> Result<Report, Failure> {
     let parts = direct_parts(s, client_id, args.verbose, args.mx_port, args.mta_sts)?;
-    // Policies are cached in a file between runs (none without a home).
-    let sts = sts_cache_file()
-        .and_then(|path| parts.mta_sts(Arc::new(smtp_queue::mta_sts::FileCache::new(path))));
+    // Policies are cached in a file between runs.
+    let sts = parts.mta_sts(sts_cache());
     let source: &dyn smtp_core::delivery::direct::TlsPolicySource = match &sts {
         Some(m) => m,
         None => &NoRequirements,
