@@ -117,6 +117,13 @@ mod tests {
             ..SendArgs::default()
         };
         assert_eq!(run_command(&args), "smtp queue run");
+        // MTA-STS is on unless turned off.
+        let mut args = SendArgs {
+            queue: Some(PathBuf::new()),
+            ..SendArgs::default()
+        };
+        args.mta_sts.mta_sts = crate::cli::Switch::Off;
+        assert_eq!(run_command(&args), "smtp queue run --mta-sts off");
         // A relative one is made absolute: the line is run from elsewhere.
         let args = SendArgs {
             queue: Some(PathBuf::from("q2")),
