@@ -91,6 +91,42 @@ impl From<TlsArg> for smtp_core::TlsPolicy {
     }
 }
 
+/// On or off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Switch {
+    /// On.
+    #[default]
+    On,
+    /// Off.
+    Off,
+}
+
+/// MTA-STS in direct delivery: `--mta-sts on|off` and the hidden port the
+/// policy is fetched from (tests).
+#[derive(Debug, Args, Default, Clone, Copy)]
+pub(crate) struct MtaStsArgs {
+    /// Direct delivery: honour the recipient domains' MTA-STS policies
+    /// (RFC 8461): under `enforce`, only the MX hosts the policy names,
+    /// over TLS verified for their names, or deferred (default on).
+    #[arg(
+        long = "mta-sts",
+        value_enum,
+        value_name = "on|off",
+        default_value = "on"
+    )]
+    pub(crate) mta_sts: Switch,
+    /// The port MTA-STS policies are fetched from (tests).
+    #[arg(long = "mta-sts-port", value_name = "N", hide = true)]
+    pub(crate) mta_sts_port: Option<u16>,
+}
+
+impl MtaStsArgs {
+    /// True unless `--mta-sts off`.
+    pub(crate) fn on(&self) -> bool {
+        self.mta_sts == Switch::On
+    }
+}
+
 /// SASL mechanism.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -171,6 +207,8 @@ pub(crate) struct SendArgs {
     /// Port for direct delivery (default 25).
     #[arg(long, value_name = "N")]
     pub(crate) mx_port: Option<u16>,
+    #[command(flatten)]
+    pub(crate) mta_sts: MtaStsArgs,
     /// Seconds to wait for a connection.
     #[arg(long, value_name = "SECS")]
     pub(crate) connect_timeout: Option<u64>,
@@ -337,6 +375,32 @@ pub(crate) enum QueueCommand {
     Purge(PurgeArgs),
     /// Counts per state.
     Stats,
+    /// TLS-RPT (RFC 8460) aggregate reports of direct delivery's sessions
+    /// under MTA-STS policies, as JSON (one per policy domain).
+    TlsReport(TlsReportArgs),
+}
+
+/// `smtp queue tls-report`: which days, which domain, who reports.
+#[derive(Debug, Args, Default)]
+pub(crate) struct TlsReportArgs {
+    /// One UTC day, YYYY-MM-DD (default: yesterday).
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["since", "until"])]
+    pub(crate) day: Option<String>,
+    /// From this UTC day on, YYYY-MM-DD (with --until).
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "until")]
+    pub(crate) since: Option<String>,
+    /// Until this UTC day, YYYY-MM-DD, included.
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "since")]
+    pub(crate) until: Option<String>,
+    /// Only this policy domain.
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) domain: Option<String>,
+    /// The report's organization-name (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) org: Option<String>,
+    /// The report's contact-info (default: postmaster@ this host's name).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) contact: Option<String>,
 }
 
 /// `smtp queue purge`: which finished messages go.
@@ -464,6 +528,8 @@ pub(crate) struct QueueRunArgs {
     /// Port for direct delivery (default 25).
     #[arg(long, value_name = "N")]
     pub(crate) mx_port: Option<u16>,
+    #[command(flatten)]
+    pub(crate) mta_sts: MtaStsArgs,
     /// Seconds to wait for a connection (as `send`'s).
     #[arg(long, value_name = "SECS")]
     pub(crate) connect_timeout: Option<u64>,
@@ -589,6 +655,15 @@ pub(crate) struct MxArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Don't look up the domain's MTA-STS policy.
+    #[arg(long)]
+    pub(crate) no_mta_sts: bool,
+    /// Extra trusted CA certificates (PEM), for the MTA-STS policy host.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// The port MTA-STS policies are fetched from (tests).
+    #[arg(long = "mta-sts-port", value_name = "N", hide = true)]
+    pub(crate) mta_sts_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

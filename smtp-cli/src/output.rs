@@ -202,6 +202,11 @@ pub(crate) struct RecipientReport {
     /// (RFC 3339, UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) next_attempt: Option<String>,
+    /// Direct delivery: the mode of the MTA-STS policy the recipient's
+    /// domain was delivered under (`enforce`, `testing`, `none`); absent
+    /// without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mta_sts: Option<String>,
 }
 
 impl RecipientReport {
@@ -218,6 +223,7 @@ impl RecipientReport {
             cert_verified: None,
             queued: None,
             next_attempt: None,
+            mta_sts: None,
         }
     }
 
@@ -264,6 +270,7 @@ impl RecipientReport {
             cert_verified: tls.map(|t| t.verified),
             queued: None,
             next_attempt: None,
+            mta_sts: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! `smtp probe` and `smtp mx`: look, do not send.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use smtp_core::delivery::mx::{Resolver, plan};
@@ -366,6 +366,69 @@ struct MxHost {
     error: Option<String>,
 }
 
+/// The domain's MTA-STS policy as `smtp mx` shows it (through the same
+/// file cache as `smtp send`): JSON, and the text lines.
+async fn mta_sts_policy(
+    args: &MxArgs,
+    resolver: std::sync::Arc<HickoryResolver>,
+    domain: &str,
+) -> Result<(serde_json::Value, Vec<String>), Failure> {
+    use smtp_core::delivery::direct::TlsPolicySource;
+    use smtp_queue::mta_sts::MtaSts;
+    let cache = crate::send::sts_cache();
+    let sts = MtaSts::new(resolver, trust(args.ca_file.as_deref())?, cache)
+        .with_port(args.mta_sts_port.unwrap_or(443));
+    let tls = sts.domain_tls(domain).await;
+    let problem = tls
+        .problem
+        .as_ref()
+        .map(|(kind, detail)| serde_json::json!({"result_type": kind.as_str(), "detail": detail}));
+    let Some(p) = &tls.mta_sts else {
+        let mut lines = vec!["MTA-STS: no policy".to_owned()];
+        if let Some((kind, detail)) = &tls.problem {
+            lines.push(format!("  ignored ({kind}): {detail}"));
+        }
+        return Ok((
+            serde_json::json!({"policy": null, "problem": problem}),
+            lines,
+        ));
+    };
+    let mx: Vec<String> = p.policy.mx.iter().map(ToString::to_string).collect();
+    let source = if p.from_cache { "cache" } else { "fetched" };
+    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at);
+    let json = serde_json::json!({
+        "policy": {
+            "mode": p.policy.mode.to_string(),
+            "mx": mx,
+            "max_age": p.policy.max_age,
+            "id": p.id,
+            "source": source,
+            "expires": smtp_queue::time::rfc3339(expires),
+        },
+        "problem": problem,
+    });
+    let mut lines = vec![
+        format!(
+            "MTA-STS: {} (id {}, max_age {}, {})",
+            p.policy.mode,
+            p.id,
+            p.policy.max_age,
+            if p.from_cache {
+                "from cache"
+            } else {
+                "fetched"
+            }
+        ),
+        format!("  mx: {}", mx.join(", ")),
+    ];
+    if let Some((kind, detail)) = &tls.problem {
+        lines.push(format!(
+            "  refresh failed ({kind}): {detail}; the cached policy stays"
+        ));
+    }
+    Ok((json, lines))
+}
+
 pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
     let resolver = match &args.dns_server {
         Some(ns) => HickoryResolver::with_nameserver(
@@ -387,6 +450,12 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
     .await;
     match result {
         Ok(p) => {
+            let resolver = std::sync::Arc::new(resolver);
+            let sts = if args.no_mta_sts {
+                None
+            } else {
+                Some(mta_sts_policy(&args, resolver, domain.as_str()).await?)
+            };
             let hosts: Vec<MxHost> = p
                 .hosts
                 .iter()
@@ -407,6 +476,7 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
                     "domain": p.domain,
                     "kind": kind,
                     "hosts": hosts,
+                    "mta_sts": sts.as_ref().map(|(json, _)| json),
                 });
                 say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
@@ -422,6 +492,9 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
                 for h in &hosts {
                     let what = h.error.clone().unwrap_or_else(|| h.addresses.join(" "));
                     say!("  {:>5}  {}  {what}", h.preference, h.host);
+                }
+                for line in sts.iter().flat_map(|(_, lines)| lines) {
+                    say!("{line}");
                 }
             }
             Ok(EX_OK)

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use smtp_core::address::{Mailbox, ReversePath};
-use smtp_core::delivery::direct::{DirectOptions, Trace, deliver_traced};
+use std::sync::Arc;
+
+use smtp_core::delivery::direct::{DirectOptions, NoRequirements, Trace, deliver_under};
 use smtp_core::delivery::{BodySource, TlsInfo};
 use smtp_core::ehlo::ClientId;
 use smtp_core::{
@@ -14,7 +16,7 @@ use smtp_dns::HickoryResolver;
 use smtp_tls::{Error as TlsError, MxConnector, Observed, Outgoing, Server, Trust};
 
 use crate::advice;
-use crate::cli::{SendArgs, TlsArg};
+use crate::cli::{MtaStsArgs, SendArgs, TlsArg};
 use crate::compose::{Composition, HeaderFields, compose};
 use crate::dkim::{Signed, Signer};
 use crate::fail::{EX_NOHOST, EX_PROTOCOL, EX_TEMPFAIL, Failure};
@@ -502,9 +504,13 @@ fn queue_via(
         Some((host, port)) => {
             crate::queue::Via::Relay(relay(s, host, *port, client_id, args.verbose)?)
         }
-        None => {
-            crate::queue::Via::Direct(Box::new(direct_parts(s, client_id, false, args.mx_port)?))
-        }
+        None => crate::queue::Via::Direct(Box::new(direct_parts(
+            s,
+            client_id,
+            false,
+            args.mx_port,
+            args.mta_sts,
+        )?)),
     })
 }
 
@@ -611,20 +617,78 @@ pub(crate) fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
         .collect()
 }
 
-/// What direct delivery needs: DNS, connections, options.
+/// What direct delivery needs: DNS, connections, options, and the
+/// MTA-STS settings (None with `--mta-sts off`).
 pub(crate) struct DirectParts {
-    pub(crate) resolver: HickoryResolver,
+    pub(crate) resolver: Arc<HickoryResolver>,
     pub(crate) connector: MxConnector,
     pub(crate) options: DirectOptions,
+    pub(crate) mta_sts: Option<StsParts>,
+}
+
+/// Where MTA-STS policies are fetched from: the trust for the policy
+/// host's certificate (the web PKI and `--ca-file`) and the HTTPS port.
+pub(crate) struct StsParts {
+    pub(crate) trust: Trust,
+    pub(crate) port: u16,
+}
+
+impl DirectParts {
+    /// The MTA-STS source over `cache`, unless it is off.
+    pub(crate) fn mta_sts(
+        &self,
+        cache: Arc<dyn smtp_queue::mta_sts::PolicyCache>,
+    ) -> Option<smtp_queue::mta_sts::MtaSts> {
+        let sts = self.mta_sts.as_ref()?;
+        Some(
+            smtp_queue::mta_sts::MtaSts::new(self.resolver.clone(), sts.trust.clone(), cache)
+                .with_port(sts.port),
+        )
+    }
+}
+
+/// The file `smtp send` (without a queue) caches MTA-STS policies in:
+/// `$XDG_CACHE_HOME/smtp/mta-sts.json` (default `~/.cache`).
+pub(crate) fn sts_cache_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("smtp").join("mta-sts.json"))
+}
+
+/// The cache of `smtp send` and `smtp mx`: the file, or none at all (each
+/// policy fetched again) without a home directory to keep it in.
+pub(crate) fn sts_cache() -> Arc<dyn smtp_queue::mta_sts::PolicyCache> {
+    match sts_cache_file() {
+        Some(path) => Arc::new(smtp_queue::mta_sts::FileCache::new(path)),
+        None => Arc::new(NoCache),
+    }
+}
+
+/// No cache.
+struct NoCache;
+
+#[async_trait::async_trait]
+impl smtp_queue::mta_sts::PolicyCache for NoCache {
+    async fn get(&self, _: &str) -> Option<smtp_core::delivery::mta_sts::InForce> {
+        None
+    }
+    async fn put(&self, _: &smtp_core::delivery::mta_sts::InForce) {}
 }
 
 /// Direct delivery's parts from the settings (`--dns-server`, `--tls`,
-/// `--ca-file`, timeouts) and `--mx-port`.
+/// `--ca-file`, timeouts), `--mx-port` and `--mta-sts`.
 pub(crate) fn direct_parts(
     s: &Settings,
     client_id: ClientId,
     verbose: bool,
     mx_port: Option<u16>,
+    sts: MtaStsArgs,
 ) -> Result<DirectParts, Failure> {
     if s.credentials.is_some() {
         return Err(Failure::usage(
@@ -641,7 +705,12 @@ pub(crate) fn direct_parts(
         None => HickoryResolver::system(),
     }
     .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
-    let connector = MxConnector::new(policy, trust(s.ca_file.as_deref())?, s.timeouts);
+    let trust = trust(s.ca_file.as_deref())?;
+    let mta_sts = sts.on().then(|| StsParts {
+        trust: trust.clone(),
+        port: sts.mta_sts_port.unwrap_or(443),
+    });
+    let connector = MxConnector::new(policy, trust, s.timeouts);
     let config = Config::new(client_id)
         .with_tls(policy)
         .with_timeouts(s.timeouts)
@@ -649,9 +718,10 @@ pub(crate) fn direct_parts(
     let mut options = DirectOptions::new(config);
     options.port = mx_port.unwrap_or(25);
     Ok(DirectParts {
-        resolver,
+        resolver: Arc::new(resolver),
         connector,
         options,
+        mta_sts,
     })
 }
 
@@ -662,23 +732,31 @@ async fn direct(
     prepared: &[Prepared],
     envelopes: Vec<Envelope>,
 ) -> Result<Report, Failure> {
+    let parts = direct_parts(s, client_id, args.verbose, args.mx_port, args.mta_sts)?;
+    // Policies are cached in a file between runs.
+    let sts = parts.mta_sts(sts_cache());
+    let source: &dyn smtp_core::delivery::direct::TlsPolicySource = match &sts {
+        Some(m) => m,
+        None => &NoRequirements,
+    };
     let DirectParts {
         resolver,
         connector,
         options,
-    } = direct_parts(s, client_id, args.verbose, args.mx_port)?;
+        ..
+    } = &parts;
     let sent = sent(prepared, &envelopes);
     progress::begin(&sent, mode(args));
     let mut messages = Vec::new();
     for (index, (m, envelope)) in prepared.iter().zip(envelopes).enumerate() {
         let factory =
             || -> std::io::Result<Box<dyn BodySource>> { Ok(Box::new(PreparedBody::new(m))) };
-        let domains = deliver_traced(
-            &resolver,
-            &connector,
+        let domains = deliver_under(
+            resolver.as_ref(),
+            connector,
             &envelope,
             &factory,
-            &options,
+            options,
             &smtp_tls::random_below,
             &|t| {
                 if let Trace::Session {
@@ -690,6 +768,7 @@ async fn direct(
                 }
                 trace(args.verbose, t);
             },
+            source,
         )
         .await;
         let mut recipients = Vec::new();
@@ -699,9 +778,10 @@ async fn direct(
         for d in &domains {
             tell_binary_cause(args, cause, &d.outcomes);
             for o in &d.outcomes {
-                recipients.push(
-                    RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()).explained(o, cause),
-                );
+                let mut r =
+                    RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()).explained(o, cause);
+                r.mta_sts = d.requirements.mode().map(|m| m.to_string());
+                recipients.push(r);
             }
             if let Some(x) = &d.diagnosis {
                 diagnosis.push(format!("{}: {}", d.domain, advice::diagnosis_text(x)));
@@ -712,7 +792,19 @@ async fn direct(
                 .iter()
                 .any(|o| o.status != RecipientStatus::Accepted)
             {
-                errors.extend(d.attempts.iter().filter_map(|a| a.error.clone()));
+                // Under an enforced MTA-STS policy a TLS failure is the
+                // policy's refusal: deferred (75), not a policy error of
+                // ours (76).
+                let refused = |e: &smtp_core::Error| {
+                    d.requirements.enforced()
+                        && matches!(e, smtp_core::Error::Tls(_) | smtp_core::Error::Policy(_))
+                };
+                errors.extend(
+                    d.attempts
+                        .iter()
+                        .filter_map(|a| a.error.clone())
+                        .filter(|e| !refused(e)),
+                );
             }
         }
         // Keep the envelope's order of recipients.

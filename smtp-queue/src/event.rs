@@ -32,6 +32,9 @@ pub enum RunEvent {
         /// The recipient was taken over from an expired lease: the message
         /// may have reached it before (at-least-once).
         taken_over: bool,
+        /// Direct delivery: the mode of the MTA-STS policy the recipient's
+        /// domain was delivered under, if it has one.
+        mta_sts: Option<smtp_core::delivery::mta_sts::Mode>,
     },
     /// The reply to the end of data was lost: the server may have the
     /// message; it is deferred and a retry may deliver it twice.

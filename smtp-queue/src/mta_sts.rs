@@ -137,17 +137,35 @@ impl PolicyCache for FileCache {
             }
         }
         if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            // Private: which domains one mails is nobody else's business.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            let _ = builder.create(dir);
         }
         let tmp = self.path.with_extension("json.tmp");
         let written = serde_json::to_vec(&all)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|bytes| write_private(&tmp, &bytes))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(e) = written {
             tracing::warn!(path = %self.path.display(), "MTA-STS cache not written: {e}");
         }
     }
+}
+
+/// Writes `bytes` to a new `path` readable by its owner only (0600).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// MTA-STS policies for direct delivery: looked up, fetched, cached.

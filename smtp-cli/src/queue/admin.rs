@@ -37,6 +37,7 @@ pub(super) async fn run(
         QueueCommand::Retry(args) => retry(&store, &args, json).await,
         QueueCommand::Delete { ids } => delete(&store, &ids, json).await,
         QueueCommand::Purge(args) => purge(&store, &args, json).await,
+        QueueCommand::TlsReport(args) => super::tls_report::run(&store, &args).await,
         QueueCommand::Stats => {
             let stats = store.stats().await.map_err(queue_error)?;
             let routes = store

@@ -47,6 +47,7 @@ pub(crate) fn run_command(args: &SendArgs) -> String {
     flag("--helo", args.helo.clone());
     flag("--dns-server", args.dns_server.clone());
     flag("--mx-port", args.mx_port.map(|p| p.to_string()));
+    flag("--mta-sts", (!args.mta_sts.on()).then(|| "off".to_owned()));
     let n = |v: Option<u64>| v.map(|v| v.to_string());
     flag("--connect-timeout", n(args.connect_timeout));
     flag("--command-timeout", n(args.command_timeout));
@@ -116,6 +117,13 @@ mod tests {
             ..SendArgs::default()
         };
         assert_eq!(run_command(&args), "smtp queue run");
+        // MTA-STS is on unless turned off.
+        let mut args = SendArgs {
+            queue: Some(PathBuf::new()),
+            ..SendArgs::default()
+        };
+        args.mta_sts.mta_sts = crate::cli::Switch::Off;
+        assert_eq!(run_command(&args), "smtp queue run --mta-sts off");
         // A relative one is made absolute: the line is run from elsewhere.
         let args = SendArgs {
             queue: Some(PathBuf::from("q2")),

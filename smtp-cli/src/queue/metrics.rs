@@ -290,6 +290,7 @@ mod tests {
             enqueued: SystemTime::now() - age,
             outcome,
             taken_over: false,
+            mta_sts: None,
         }
     }
 

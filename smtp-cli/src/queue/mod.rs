@@ -39,6 +39,7 @@ mod report;
 mod run;
 mod scrape;
 mod send;
+mod tls_report;
 
 pub(crate) use self::command::run_command;
 pub(crate) use self::run::run;
@@ -350,13 +351,15 @@ impl Via {
             }
             Self::Direct(d) => {
                 let d = *d;
-                Runner::direct(
-                    store,
-                    Arc::new(d.resolver),
-                    Arc::new(d.connector),
-                    d.options,
-                    config,
-                )
+                // Policies are cached in the queue's store.
+                let cache = Arc::new(smtp_queue::mta_sts::StoreCache(store.clone()));
+                let sts = d.mta_sts(cache);
+                let runner =
+                    Runner::direct(store, d.resolver, Arc::new(d.connector), d.options, config);
+                match sts {
+                    Some(sts) => runner.with_mta_sts(Arc::new(sts)),
+                    None => runner,
+                }
             }
         }
     }

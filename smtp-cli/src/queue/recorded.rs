@@ -42,6 +42,7 @@ impl Recorded {
             message,
             recipient,
             outcome,
+            mta_sts,
             ..
         } = event
         else {
@@ -51,7 +52,8 @@ impl Recorded {
         // `next` is used only for a recipient still waiting: a deferred
         // one, which has it.
         let next = next.unwrap_or(SystemTime::UNIX_EPOCH);
-        let line = recipient_report(recipient, state, attempt, next, Pending::NotAttempted);
+        let mut line = recipient_report(recipient, state, attempt, next, Pending::NotAttempted);
+        line.mta_sts = mta_sts.map(|m| m.to_string());
         let place = *self.places.entry(message.clone()).or_insert_with(|| {
             self.messages.push((message.clone(), Vec::new()));
             self.messages.len() - 1
@@ -164,6 +166,7 @@ mod tests {
             enqueued: SystemTime::UNIX_EPOCH,
             outcome,
             taken_over: false,
+            mta_sts: None,
         }
     }
 

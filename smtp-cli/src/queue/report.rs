@@ -93,6 +93,7 @@ pub(super) fn recipient_report(
         cert_verified: last.and_then(|a| a.tls.as_ref().map(|t| t.verified)),
         queued: waiting.then_some(true),
         next_attempt: waiting.then(|| rfc3339(next)),
+        mta_sts: None,
     }
 }
 
@@ -121,6 +122,9 @@ pub(super) struct Live {
     addresses: Vec<Vec<String>>,
     /// The recipients a stop found in flight, by message.
     in_flight: HashSet<(MessageId, String)>,
+    /// The MTA-STS mode each recipient with a policy was last recorded
+    /// under (direct delivery), for the report.
+    sts_modes: HashMap<(MessageId, String), String>,
 }
 
 impl Live {
@@ -135,6 +139,7 @@ impl Live {
             names: sent.iter().map(|s| s.name.clone()).collect(),
             addresses: sent.iter().map(|s| s.recipients.clone()).collect(),
             in_flight: HashSet::new(),
+            sts_modes: HashMap::new(),
         }
     }
 
@@ -147,6 +152,11 @@ impl Live {
             .filter(|(_, (_, slots))| slots.iter().any(Option::is_none))
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// The MTA-STS modes recorded (taken: asked once, at the end).
+    pub(super) fn take_sts_modes(&mut self) -> HashMap<(MessageId, String), String> {
+        std::mem::take(&mut self.sts_modes)
     }
 
     /// The recipients a stop found in flight (taken: asked once, at the end).
@@ -177,11 +187,16 @@ impl Live {
             message,
             recipient,
             outcome,
+            mta_sts,
             ..
         } = event
         else {
             return;
         };
+        if let Some(mode) = mta_sts {
+            self.sts_modes
+                .insert((message.clone(), recipient.clone()), mode.to_string());
+        }
         let (state, attempt) = match outcome {
             Outcome::Deferred { attempt, next } => {
                 progress::suspend(|| {
@@ -214,13 +229,15 @@ impl Live {
             return;
         };
         if let Some(slot) = slots.get_mut(place) {
-            *slot = Some(recipient_report(
+            let mut line = recipient_report(
                 recipient,
                 state,
                 attempt,
                 SystemTime::now(),
                 Pending::NotAttempted,
-            ));
+            );
+            line.mta_sts = mta_sts.map(|m| m.to_string());
+            *slot = Some(line);
         }
         if slots.iter().all(Option::is_some) {
             // Handed over, not copied: a long list keeps no second copy.

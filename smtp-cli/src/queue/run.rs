@@ -73,6 +73,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
             client_id,
             false,
             args.mx_port,
+            args.mta_sts,
         )?)),
     };
     let mut config = config(

@@ -429,6 +429,7 @@ async fn deliver(
     progress::done_sending();
     let interrupted = matches!(ended, Ended::Interrupted);
     let in_flight = lock(&live).take_in_flight();
+    let sts_modes = lock(&live).take_sts_modes();
     let pending = |id: &MessageId, address: &str| {
         if interrupted {
             in_flight.pending(id, address)
@@ -437,6 +438,14 @@ async fn deliver(
         }
     };
     let mut report = report_from_store(store, ids, sent, &pending).await?;
+    // The store keeps no MTA-STS mode: the run's events told it.
+    if !sts_modes.is_empty() {
+        for (id, m) in ids.iter().zip(report.messages.iter_mut()) {
+            for r in &mut m.recipients {
+                r.mta_sts = sts_modes.get(&(id.clone(), r.address.clone())).cloned();
+            }
+        }
+    }
     if interrupted {
         report.fault = Some((
             EX_TEMPFAIL,

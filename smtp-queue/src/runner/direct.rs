@@ -219,6 +219,7 @@ impl Runner {
     async fn plan_round(&self, direct: &Direct, claimed: &[Claimed]) -> Result<Vec<Job>> {
         // This round's domains only: the map stays as small as a claim.
         lock(&self.mx_destinations).clear();
+        lock(&self.sts_modes).clear();
         let mut domains: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
         for (c, message) in claimed.iter().enumerate() {
             for (i, r) in message.recipients.iter().enumerate() {
@@ -277,6 +278,9 @@ impl Runner {
                     // share a session.
                     let key = format!("{}{}", mx_destination(&plan), tls.key());
                     lock(&self.mx_destinations).insert(domain.clone(), key.clone());
+                    if let Some(mode) = tls.mode() {
+                        lock(&self.sts_modes).insert(domain.clone(), mode);
+                    }
                     let (_, messages, policies) = groups
                         .entry(key)
                         .or_insert_with(|| (Arc::new(plan), BTreeMap::new(), Vec::new()));

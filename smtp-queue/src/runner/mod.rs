@@ -251,6 +251,9 @@ pub struct Runner {
     /// Direct delivery: each planned domain's destination (its MX host
     /// set), for logs and metrics.
     mx_destinations: Mutex<HashMap<String, String>>,
+    /// Direct delivery: the MTA-STS mode each planned domain of the round
+    /// is delivered under (domains without a policy absent), for logs.
+    sts_modes: Mutex<HashMap<String, smtp_core::delivery::mta_sts::Mode>>,
     /// A session with the relay has been set up (authenticated, when it
     /// is to be): sessions may then start together. A watch, so that the
     /// sessions waiting behind the first start the moment it is set.
@@ -282,6 +285,7 @@ impl Runner {
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
+            sts_modes: Mutex::new(HashMap::new()),
             relay_proven: tokio::sync::watch::Sender::new(false),
             shaper: Arc::new(shaper::Shaper::new(
                 config.shaping.clone(),
@@ -331,6 +335,7 @@ impl Runner {
             held_reported: Mutex::new(HashSet::new()),
             unsettled: Mutex::new(HashMap::new()),
             mx_destinations: Mutex::new(HashMap::new()),
+            sts_modes: Mutex::new(HashMap::new()),
             relay_proven: tokio::sync::watch::Sender::new(false),
             shaper: Arc::new(shaper::Shaper::new(
                 config.shaping.clone(),
@@ -550,6 +555,16 @@ impl Runner {
                     .unwrap_or_else(|| format!("direct:{domain}"))
             }
         }
+    }
+
+    /// The MTA-STS mode `address`'s domain was delivered under this
+    /// round (direct delivery), if it has a policy.
+    pub(super) fn sts_mode_of(&self, address: &str) -> Option<smtp_core::delivery::mta_sts::Mode> {
+        let domain = address
+            .rsplit_once('@')
+            .map_or(address, |(_, domain)| domain.trim_end_matches('>'))
+            .to_ascii_lowercase();
+        lock(&self.sts_modes).get(&domain).copied()
     }
 
     /// `text` without the relay's secret in any form AUTH sends it in: a

@@ -163,10 +163,12 @@ impl Runner {
                 + u32::from(outcome.attempt().is_some());
             let recipient = address(claimed, id);
             let destination = self.destination_of(&recipient);
+            let mta_sts = self.sts_mode_of(&recipient);
             log_outcome(
                 &claimed.lease.message,
                 &recipient,
                 &destination,
+                mta_sts,
                 &outcome,
                 attempts,
                 taken_over,
@@ -179,6 +181,7 @@ impl Runner {
                 enqueued: claimed.created,
                 outcome,
                 taken_over,
+                mta_sts,
             });
         }
         Ok(())
@@ -368,10 +371,12 @@ impl Runner {
 /// The one line logged for each recorded outcome: an INFO event, target
 /// `smtp_queue::delivery`, whose fields say what happened to whom, where,
 /// and what the server said (see the crate's "Tracing" section).
+#[allow(clippy::too_many_arguments)]
 fn log_outcome(
     message: &crate::store::MessageId,
     recipient: &str,
     destination: &str,
+    mta_sts: Option<smtp_core::delivery::mta_sts::Mode>,
     outcome: &Outcome,
     attempts: u32,
     taken_over: bool,
@@ -395,6 +400,7 @@ fn log_outcome(
         message_id = %message,
         recipient,
         destination,
+        mta_sts = mta_sts.map(|m| m.to_string()),
         outcome = word,
         code = a.and_then(|a| a.code),
         enhanced_code = a.and_then(|a| a.enhanced.as_deref()),
