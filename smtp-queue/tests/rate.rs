@@ -293,14 +293,15 @@ async fn a_rated_runner_keeps_the_bound_and_releases_unattempted_with_their_turn
     assert_eq!(all.len(), 30);
     let mut at: Vec<SystemTime> = all.iter().map(|m| m.received_at).collect();
     at.sort();
-    // GCRA: n + 1 arrivals span at least (n + 1 − burst) intervals
-    // (a few ms of slack for the time between the take and the arrival).
+    // GCRA: n + 1 arrivals span at least (n + 1 − burst) intervals. The
+    // budget bounds the takes; an arrival comes a little after its take,
+    // by as much as the machine's load delays it: 50 ms of slack.
     for i in 0..at.len() {
         for j in i + 3..at.len() {
             let span = at[j].duration_since(at[i]).unwrap();
             let least = Duration::from_millis(100 * (j - i - 2) as u64);
             assert!(
-                span + Duration::from_millis(15) >= least,
+                span + Duration::from_millis(50) >= least,
                 "arrivals {i}..={j} within {span:?}, less than {least:?}"
             );
         }
