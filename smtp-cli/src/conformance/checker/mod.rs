@@ -29,7 +29,7 @@ mod wire;
 /// `smtp conformance server`.
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// The server: HOST or HOST:PORT (default port 25; [v6]:PORT).
+    /// The server: `HOST` or `HOST:PORT` (default port 25; `[v6]:PORT`).
     #[arg(value_name = "HOST[:PORT]", required_unless_present = "list")]
     pub(crate) target: Option<String>,
     /// Check a server outside 127.0.0.0/8 and ::1: say that you run it or
@@ -433,7 +433,7 @@ fn read_password(path: &std::path::Path) -> Result<String, String> {
     Ok(password)
 }
 
-/// HOST[:PORT] → the host as given and its addresses.
+/// `HOST[:PORT]` → the host as given and its addresses.
 async fn resolve(given: &str) -> Result<(String, Vec<SocketAddr>), String> {
     let (host, port) = match given.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
