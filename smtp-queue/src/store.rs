@@ -17,80 +17,8 @@ use crate::rate::{Budget, Decision, Limit};
 use crate::shaping::Throttle;
 use crate::state::{RecipientState, Transition};
 
-/// A queued message's id: 28 lower-case hex digits, the enqueue time in
-/// milliseconds (12) then 64 random bits (16), so ids sort by age. Safe as
-/// a file name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MessageId(String);
-
-impl MessageId {
-    /// A new id for a message enqueued at `now`.
-    pub fn generate(now: SystemTime) -> Self {
-        let ms = millis(now).unwrap_or(0) as u64 & 0xffff_ffff_ffff;
-        let mut random = [0u8; 8];
-        if getrandom::fill(&mut random).is_err() {
-            // No system randomness: the time's nanoseconds and a counter
-            // still keep ids unique within this process.
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let nanos = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            random = (u64::from(nanos) << 32 ^ n).to_le_bytes();
-        }
-        Self(format!("{ms:012x}{:016x}", u64::from_le_bytes(random)))
-    }
-
-    /// Parses an id as printed; anything else is refused (ids name files).
-    pub fn parse(text: &str) -> Result<Self> {
-        let ok = text.len() == 28
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(Error::Misuse(format!(
-                "{text:?} is not a message id (28 lower-case hex digits)"
-            )))
-        }
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for MessageId {
-    type Error = Error;
-    fn try_from(text: String) -> Result<Self> {
-        Self::parse(&text)
-    }
-}
-
-impl From<MessageId> for String {
-    fn from(id: MessageId) -> Self {
-        id.0
-    }
-}
-
-/// A recipient's id, unique in its store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RecipientId(pub i64);
-
-impl fmt::Display for RecipientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+mod id;
+pub use self::id::{MessageId, RecipientId};
 
 /// Where a new message's body comes from. Either way it is streamed into
 /// the spool, never held whole.
@@ -737,46 +665,4 @@ pub(crate) fn from_millis(ms: i64) -> SystemTime {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The runner may hold any store behind `Box<dyn Store>` or `Arc<dyn Store>`.
-    #[test]
-    fn the_store_trait_is_object_safe() {
-        fn boxed(_: Option<Box<dyn Store>>) {}
-        boxed(None);
-    }
-
-    #[test]
-    fn message_ids_sort_by_time_and_parse_back() {
-        let early = MessageId::generate(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
-        let late = MessageId::generate(SystemTime::UNIX_EPOCH + Duration::from_secs(2));
-        assert!(early < late);
-        assert_eq!(MessageId::parse(early.as_str()).unwrap(), early);
-        for bad in [
-            "",
-            "../../etc/passwd",
-            "0123456789abcdef0123456789aG",
-            "0123",
-        ] {
-            assert!(MessageId::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_null_reverse_path_has_no_address() {
-        for null in ["", "<>", " <> "] {
-            assert_eq!(sender_address(null), None, "{null:?}");
-        }
-        assert_eq!(sender_address("<a@example.com>"), Some("a@example.com"));
-        assert_eq!(sender_address("a@example.com"), Some("a@example.com"));
-    }
-
-    #[test]
-    fn times_are_kept_as_epoch_milliseconds() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(millis(t).unwrap(), 1_700_000_000_123);
-        assert_eq!(from_millis(1_700_000_000_123), t);
-        assert!(millis(SystemTime::UNIX_EPOCH - Duration::from_secs(1)).is_err());
-    }
-}
+mod tests;
