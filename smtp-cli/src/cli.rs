@@ -112,23 +112,22 @@ pub(crate) enum Switch {
 pub(crate) struct MtaStsArgs {
     /// Direct delivery: honour the recipient domains' MTA-STS policies
     /// (RFC 8461): under `enforce`, only the MX hosts the policy names,
-    /// over TLS verified for their names, or deferred (default on).
-    #[arg(
-        long = "mta-sts",
-        value_enum,
-        value_name = "on|off",
-        default_value = "on"
-    )]
-    pub(crate) mta_sts: Switch,
+    /// over TLS verified for their names, or deferred (default on, or
+    /// the account's `mta_sts`).
+    #[arg(long = "mta-sts", value_enum, value_name = "on|off")]
+    pub(crate) mta_sts: Option<Switch>,
     /// The port MTA-STS policies are fetched from (tests).
     #[arg(long = "mta-sts-port", value_name = "N", hide = true)]
     pub(crate) mta_sts_port: Option<u16>,
 }
 
 impl MtaStsArgs {
-    /// True unless `--mta-sts off`.
-    pub(crate) fn on(&self) -> bool {
-        self.mta_sts == Switch::On
+    /// `--mta-sts` if given, else the account's `mta_sts`, else on.
+    pub(crate) fn on(&self, account: Option<bool>) -> bool {
+        self.mta_sts
+            .map(|s| s == Switch::On)
+            .or(account)
+            .unwrap_or(true)
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) struct Account {
     #[serde(default, deserialize_with = "one_or_many")]
     pub(crate) rate: Vec<String>,
     pub(crate) burst: Option<u32>,
+    /// Direct delivery: honour MTA-STS policies (`--mta-sts`; default true).
+    pub(crate) mta_sts: Option<bool>,
 }
 
 /// A string, or a list of them (`rate = "30/minute"` as `[destinations]`

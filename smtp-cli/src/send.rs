@@ -542,6 +542,26 @@ pub(crate) fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
         .collect()
 }
 
+/// Under an MTA-STS policy in `testing` mode the message went as before;
+/// what `enforce` would have refused is said, as TLS-RPT would report it.
+fn tell_testing_failures(d: &smtp_core::delivery::direct::DomainReport) {
+    if d.requirements.mode() != Some(smtp_core::delivery::mta_sts::Mode::Testing) {
+        return;
+    }
+    let label = d.requirements.to_string();
+    for (host, result) in smtp_core::delivery::direct::session_results(&d.requirements, &d.attempts)
+    {
+        if result != smtp_core::delivery::tls_rpt::ResultType::Success {
+            progress::suspend(|| {
+                tell!(
+                    "warning: {host}: {label} would refuse this session ({result}); \
+                     delivered as testing allows"
+                );
+            });
+        }
+    }
+}
+
 async fn direct(
     args: &SendArgs,
     s: &Settings,
@@ -594,6 +614,7 @@ async fn direct(
         let cause = m.binary_cause.as_ref();
         for d in &domains {
             tell_binary_cause(args, cause, &d.outcomes);
+            tell_testing_failures(d);
             for o in &d.outcomes {
                 let mut r =
                     RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()).explained(o, cause);

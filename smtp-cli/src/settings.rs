@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     pub(crate) dkim: Option<dkim::Options>,
     /// The account's rate limits and burst (`--rate` and `--burst` win).
     pub(crate) rate: (Vec<String>, Option<u32>),
+    /// Direct delivery honours MTA-STS (`--mta-sts`, else the account's).
+    pub(crate) mta_sts: bool,
 }
 
 /// `Name <addr>`, `"Name" <addr>`, `<addr>` or `addr`: the display name
@@ -160,6 +162,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         dkim_canonicalization,
         rate,
         burst,
+        mta_sts,
     } = account;
     let dkim = dkim::options(
         args,
@@ -272,6 +275,7 @@ pub(crate) fn settings_with(args: &SendArgs, read_secret: bool) -> Result<Settin
         timeouts,
         dkim,
         rate: (rate, burst),
+        mta_sts: args.mta_sts.on(mta_sts),
     })
 }
 

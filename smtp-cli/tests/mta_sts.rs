@@ -203,6 +203,47 @@ fn send_with_mta_sts_off_delivers_as_before() {
 }
 
 #[test]
+fn send_under_testing_with_a_bad_certificate_delivers_and_says_enforce_would_refuse() {
+    let w = World::new(
+        |ca| ca.leaf(&["wrong.example.net"]),
+        &ENFORCE.replace("enforce", "testing"),
+    );
+    let (code, out, err) = w.send(&["--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let r = &json(&out)["messages"][0]["recipients"][0];
+    assert_eq!(r["status"], "accepted", "{r}");
+    assert_eq!(r["mta_sts"], "testing", "{r}");
+    assert_eq!(r["cert_verified"], false, "{r}");
+    assert!(
+        err.contains("MTA-STS policy of example.com (testing) would refuse this session"),
+        "{err}"
+    );
+    assert!(err.contains("certificate-host-mismatch"), "{err}");
+    assert_eq!(w.mx.messages().len(), 1);
+}
+
+#[test]
+fn an_account_turns_mta_sts_off_and_the_command_line_wins() {
+    let w = World::new(|ca| ca.leaf(&["wrong.example.net"]), ENFORCE);
+    let config = w.path("config.toml");
+    std::fs::write(&config, "[accounts.direct]\nmta_sts = false\n").unwrap();
+    let account = ["--config", config.as_str(), "--account", "direct"];
+    let (code, out, err) = w.send(&account);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(w.mx.messages().len(), 1);
+    assert!(w.https.requests().is_empty(), "no policy fetched");
+    let mut on = account.to_vec();
+    on.extend(["--mta-sts", "on"]);
+    let (code, out, err) = w.send(&on);
+    assert_eq!(code, Some(75), "{out}\n{err}");
+    assert!(
+        out.contains("MTA-STS policy of example.com (enforce)"),
+        "{out}\n{err}"
+    );
+    assert_eq!(w.mx.messages().len(), 1, "the second one was not sent");
+}
+
+#[test]
 fn send_under_enforce_with_a_good_certificate_says_so() {
     let w = World::new(|ca| ca.leaf(&["mx1.example.com"]), ENFORCE);
     let (code, out, err) = w.send(&["--json"]);

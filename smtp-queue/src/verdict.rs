@@ -1,7 +1,7 @@
 //! [`Verdict`]: what a recipient's outcome in a session means for the queue.
 
 use smtp_core::delivery::TlsInfo;
-use smtp_core::{Fault, Phase, RecipientOutcome, RecipientStatus};
+use smtp_core::{Fault, Phase, PolicyError, RecipientOutcome, RecipientStatus};
 
 use crate::store::{Attempt, TlsFacts};
 
@@ -25,6 +25,7 @@ pub(crate) enum Verdict {
     SessionEnded(Attempt),
     /// A configuration or policy fault of the session (authentication
     /// refused or required, the TLS policy not met): hold the destination.
+    /// Not a domain's MTA-STS policy not met: that is a [`Verdict::Retry`].
     Hold(Attempt),
 }
 
@@ -60,6 +61,20 @@ pub(crate) fn verdict(o: &RecipientOutcome, host: &str, tls: Option<&TlsInfo>) -
                 .reply
                 .as_ref()
                 .is_some_and(|r| r.is_authentication_required());
+            // A domain's MTA-STS policy not met is that domain's problem
+            // (or an attacker on the path), not this sender's settings: an
+            // attempt, deferred on the schedule with the policy named, so
+            // the message expires and its sender hears of it if it never
+            // clears (RFC 8461, section 5.1).
+            if matches!(
+                o.error,
+                Some(smtp_core::Error::Policy(PolicyError::MtaSts { .. }))
+            ) {
+                return Verdict::Retry {
+                    attempt: a,
+                    unknown: false,
+                };
+            }
             if auth_required || matches!(fault, Some(Fault::Configuration | Fault::Policy)) {
                 return Verdict::Hold(a);
             }
@@ -339,5 +354,34 @@ mod tests {
                 "{phase:?} {code}: {v:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_mta_sts_policy_not_met_is_a_retry_naming_it_and_a_tls_policy_fault_holds() {
+        let mut sts = deferred(Phase::StartTls, None);
+        sts.error = Some(smtp_core::Error::Policy(smtp_core::PolicyError::MtaSts {
+            policy: "MTA-STS policy of example.com (enforce)".into(),
+            detail: "no STARTTLS".into(),
+        }));
+        match verdict(&sts, "mx1.example.com", None) {
+            Verdict::Retry {
+                attempt,
+                unknown: false,
+            } => assert!(
+                attempt
+                    .text
+                    .contains("MTA-STS policy of example.com (enforce) not met"),
+                "{}",
+                attempt.text
+            ),
+            v => panic!("{v:?}"),
+        }
+        let mut own = deferred(Phase::StartTls, None);
+        own.error = Some(smtp_core::Error::Policy(
+            smtp_core::PolicyError::StartTlsNotOffered {
+                policy: smtp_core::TlsPolicy::Required,
+            },
+        ));
+        assert!(matches!(verdict(&own, "mx", None), Verdict::Hold(_)));
     }
 }

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use smtp_core::delivery::direct::ConnectFailure;
-use smtp_core::delivery::{ReadOutcome, TlsFailure, TlsFailureKind, TlsInfo, Transport};
+use smtp_core::delivery::{
+    CertificateFault, ReadOutcome, TlsFailure, TlsFailureKind, TlsInfo, Transport,
+};
 use smtp_core::sasl::{DerivedKey, KeyDerivation};
 use smtp_core::{Timeouts, TlsPolicy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -210,17 +212,25 @@ fn info(stream: &TlsStream<TcpStream>, server_name: &str, verdict: &Verdict) -> 
         .negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_default();
-    let verdict = verdict.lock().ok().and_then(|v| v.verdict.clone());
-    let (verified, verify_error) = match verdict {
-        Some(Ok(())) => (true, None),
-        Some(Err(e)) => (false, Some(e)),
-        None => (false, Some("the certificate was not checked".to_owned())),
+    let (verdict, fault) = verdict
+        .lock()
+        .map(|v| (v.verdict.clone(), v.fault))
+        .unwrap_or_default();
+    let (verified, verify_error, verify_fault) = match verdict {
+        Some(Ok(())) => (true, None, None),
+        Some(Err(e)) => (false, Some(e), fault),
+        None => (
+            false,
+            Some("the certificate was not checked".to_owned()),
+            Some(CertificateFault::NotTrusted),
+        ),
     };
     TlsInfo {
         version,
         cipher_suite,
         verified,
         verify_error,
+        verify_fault,
         certificate: conn.peer_certificates().and_then(certificate::describe),
         server_name: server_name.to_owned(),
     }

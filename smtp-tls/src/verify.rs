@@ -16,6 +16,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, Error, SignatureScheme};
 
+use smtp_core::delivery::CertificateFault;
+
 use crate::certificate::MAX_CHAIN;
 
 /// What the verifier of one handshake saw and concluded, shared with the
@@ -31,6 +33,8 @@ pub(crate) struct Verification {
     pub(crate) presented: Vec<CertificateDer<'static>>,
     /// `None` until verification ran; the reason in words when it failed.
     pub(crate) verdict: Option<Result<(), String>>,
+    /// The failure's kind, when it failed.
+    pub(crate) fault: Option<CertificateFault>,
 }
 
 /// Runs webpki's verification, records its verdict for the report, and —
@@ -121,6 +125,7 @@ impl ServerCertVerifier for Verifier {
                     .map(|_| ())
                     .map_err(|e| describe(e, server_name)),
             );
+            seen.fault = result.as_ref().err().map(fault);
         }
         if self.accept_unverified {
             Ok(ServerCertVerified::assertion())
@@ -180,6 +185,19 @@ pub const UNKNOWN_ISSUER_ADVICE: &str =
 /// the API's terms, as [`UNKNOWN_ISSUER_ADVICE`] does.
 pub const PINNING_ADVICE: &str = "add that exact certificate as a trust anchor (it is then \
                                   pinned), or use the policy Required to encrypt without verifying";
+
+/// A certificate error's kind, for programs (TLS-RPT's result types).
+pub(crate) fn fault(error: &Error) -> CertificateFault {
+    match error {
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => CertificateFault::NameMismatch,
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => CertificateFault::Expired,
+        _ => CertificateFault::NotTrusted,
+    }
+}
 
 /// A certificate error in words a user can act on.
 pub(crate) fn describe(error: &Error, server_name: &ServerName<'_>) -> String {

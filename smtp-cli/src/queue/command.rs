@@ -47,7 +47,10 @@ pub(crate) fn run_command(args: &SendArgs) -> String {
     flag("--helo", args.helo.clone());
     flag("--dns-server", args.dns_server.clone());
     flag("--mx-port", args.mx_port.map(|p| p.to_string()));
-    flag("--mta-sts", (!args.mta_sts.on()).then(|| "off".to_owned()));
+    flag(
+        "--mta-sts",
+        (args.mta_sts.mta_sts == Some(crate::cli::Switch::Off)).then(|| "off".to_owned()),
+    );
     let n = |v: Option<u64>| v.map(|v| v.to_string());
     flag("--connect-timeout", n(args.connect_timeout));
     flag("--command-timeout", n(args.command_timeout));
@@ -122,7 +125,7 @@ mod tests {
             queue: Some(PathBuf::new()),
             ..SendArgs::default()
         };
-        args.mta_sts.mta_sts = crate::cli::Switch::Off;
+        args.mta_sts.mta_sts = Some(crate::cli::Switch::Off);
         assert_eq!(run_command(&args), "smtp queue run --mta-sts off");
         // A relative one is made absolute: the line is run from elsewhere.
         let args = SendArgs {

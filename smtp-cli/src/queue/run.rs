@@ -59,6 +59,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
         config: args.config,
         account: args.account,
         dns_server: args.dns_server,
+        mta_sts: args.mta_sts,
         connect_timeout: args.connect_timeout,
         command_timeout: args.command_timeout,
         ..SendArgs::default()

@@ -180,7 +180,7 @@ pub(crate) fn direct_parts(
     }
     .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
     let trust = trust(s.ca_file.as_deref())?;
-    let mta_sts = sts.on().then(|| StsParts {
+    let mta_sts = s.mta_sts.then(|| StsParts {
         trust: trust.clone(),
         port: sts.mta_sts_port.unwrap_or(443),
     });

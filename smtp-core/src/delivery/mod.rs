@@ -31,6 +31,6 @@ pub mod tls_rpt;
 pub use driver::{Bodies, Driver, Until, drive};
 pub use report::SessionReport;
 pub use transport::{
-    BodySource, MemoryBody, PeerCertificate, ReadOutcome, TlsFailure, TlsFailureKind, TlsInfo,
-    Transport,
+    BodySource, CertificateFault, MemoryBody, PeerCertificate, ReadOutcome, TlsFailure,
+    TlsFailureKind, TlsInfo, Transport,
 };

@@ -34,10 +34,27 @@ pub struct TlsInfo {
     /// Why verification failed, when it did (the session may still be in use
     /// under the Optional and Required policies).
     pub verify_error: Option<String>,
+    /// What kind of verification failure, for programs that act on it
+    /// (TLS-RPT's result types); set with [`verify_error`](Self::verify_error).
+    pub verify_fault: Option<CertificateFault>,
     /// The certificate the server presented.
     pub certificate: Option<PeerCertificate>,
     /// The name the certificate was checked against (SNI).
     pub server_name: String,
+}
+
+/// Why a certificate did not verify, in the kinds programs act on (the
+/// certificate result types of RFC 8460, section 4.3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateFault {
+    /// Not valid for the name it was checked against.
+    NameMismatch,
+    /// Past its end of validity.
+    Expired,
+    /// Not signed by a trusted authority (self-signed, a private CA), not
+    /// valid yet, revoked, malformed, or refused for another reason.
+    NotTrusted,
 }
 
 /// A server's certificate as a user checks it, the way `msmtp

@@ -19,9 +19,9 @@
 
 use std::fmt;
 
-use crate::delivery::TlsInfo;
 use crate::delivery::mx::MxPlan;
 use crate::delivery::tls_rpt::ResultType;
+use crate::delivery::{CertificateFault, TlsInfo};
 use crate::error::{Error, PolicyError};
 use crate::policy::TlsPolicy;
 
@@ -201,8 +201,11 @@ pub fn session_result(host: &str, tls: Option<&TlsInfo>, error: Option<&Error>) 
             )),
         )
         | (None, None) => ResultType::StartTlsNotSupported,
-        (Some(t), _) => match &t.certificate {
-            Some(c)
+        (Some(t), _) => match (t.verify_fault, &t.certificate) {
+            (Some(CertificateFault::Expired), _) => ResultType::CertificateExpired,
+            (Some(CertificateFault::NameMismatch), _) => ResultType::CertificateHostMismatch,
+            (Some(_), _) => ResultType::CertificateNotTrusted,
+            (None, Some(c))
                 if !c
                     .names
                     .iter()
