@@ -21,7 +21,11 @@
 //! NULLMX   nomail.test
 //! SERVFAIL broken.test
 //! TIMEOUT  silent.test
+//! TXT      _mta-sts.d0001.test  v=STSv1; id=20260101
 //! ```
+//!
+//! A TXT record's text is the rest of its line (no quotes; a `#` still
+//! starts a comment).
 //!
 //! `--domains N` builds, for each `i` in `0..N`, the domain `d{i:04}.test`
 //! with `MX 10 mx.d{i:04}.test`, and that host's A record `127.0.0.{2 + i % K}`
@@ -145,6 +149,18 @@ fn parse(text: &str) -> Result<Zone, String> {
             [kind, domain] if kind.eq_ignore_ascii_case("NULLMX") => zone.null_mx(&name(domain)?),
             [kind, host] if kind.eq_ignore_ascii_case("SERVFAIL") => zone.servfail(&name(host)?),
             [kind, host] if kind.eq_ignore_ascii_case("TIMEOUT") => zone.timeout(&name(host)?),
+            // The text is the rest of the line, as written (spaces kept).
+            [kind, host, _, ..] if kind.eq_ignore_ascii_case("TXT") => {
+                let text = line
+                    .trim_start()
+                    .split_at(kind.len())
+                    .1
+                    .trim_start()
+                    .split_at(host.len())
+                    .1
+                    .trim();
+                zone.txt(&name(host)?, text)
+            }
             _ => return Err(bad("not a record")),
         };
     }
