@@ -542,16 +542,32 @@ pub(crate) fn sent(prepared: &[Prepared], envelopes: &[Envelope]) -> Vec<Sent> {
         .collect()
 }
 
-/// Under an MTA-STS policy in `testing` mode the message went as before;
-/// what `enforce` would have refused is said, as TLS-RPT would report it.
-fn tell_testing_failures(d: &smtp_core::delivery::direct::DomainReport) {
-    if d.requirements.mode() != Some(smtp_core::delivery::mta_sts::Mode::Testing) {
+/// What plain `send` (which keeps no log) says about a domain's MTA-STS
+/// policy: a policy that could not be had (ignored, or the cached one kept),
+/// and under `testing` what `enforce` would have refused, as TLS-RPT
+/// reports it.
+fn tell_mta_sts(d: &smtp_core::delivery::direct::DomainReport) {
+    use smtp_core::delivery::mta_sts::Mode;
+    use smtp_core::delivery::tls_rpt::ResultType;
+    let tls = &d.requirements;
+    if let Some((kind, detail)) = &tls.problem {
+        let kept = tls.mta_sts.as_ref().map_or("no policy".to_owned(), |p| {
+            format!("{} (cached)", p.label())
+        });
+        progress::suspend(|| {
+            tell!(
+                "warning: MTA-STS policy of {} ignored ({kind}): {}; delivering under {kept}",
+                d.domain,
+                crate::terminal::one_line(detail)
+            );
+        });
+    }
+    if tls.mode() != Some(Mode::Testing) {
         return;
     }
-    let label = d.requirements.to_string();
-    for (host, result) in smtp_core::delivery::direct::session_results(&d.requirements, &d.attempts)
-    {
-        if result != smtp_core::delivery::tls_rpt::ResultType::Success {
+    let label = tls.to_string();
+    for (host, result) in smtp_core::delivery::direct::session_results(tls, &d.attempts) {
+        if result != ResultType::Success {
             progress::suspend(|| {
                 tell!(
                     "warning: {host}: {label} would refuse this session ({result}); \
@@ -614,7 +630,7 @@ async fn direct(
         let cause = m.binary_cause.as_ref();
         for d in &domains {
             tell_binary_cause(args, cause, &d.outcomes);
-            tell_testing_failures(d);
+            tell_mta_sts(d);
             for o in &d.outcomes {
                 let mut r =
                     RecipientReport::new(o, d.host.as_deref(), d.tls.as_ref()).explained(o, cause);

@@ -223,6 +223,25 @@ fn send_under_testing_with_a_bad_certificate_delivers_and_says_enforce_would_ref
 }
 
 #[test]
+fn send_with_a_policy_of_a_bad_version_warns_and_delivers_as_without_one() {
+    let w = World::new(
+        |ca| ca.leaf(&["wrong.example.net"]),
+        &ENFORCE.replace("STSv1", "STSv9"),
+    );
+    let (code, out, err) = w.send(&["--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("warning: MTA-STS policy of example.com ignored (sts-policy-invalid): ")
+            && err.contains("delivering under no policy"),
+        "{err}"
+    );
+    let r = &json(&out)["messages"][0]["recipients"][0];
+    assert_eq!(r["status"], "accepted", "{r}");
+    assert!(r.get("mta_sts").is_none(), "{r}");
+    assert_eq!(w.mx.messages().len(), 1);
+}
+
+#[test]
 fn an_account_turns_mta_sts_off_and_the_command_line_wins() {
     let w = World::new(|ca| ca.leaf(&["wrong.example.net"]), ENFORCE);
     let config = w.path("config.toml");
