@@ -57,7 +57,8 @@
 # be; both tools' queues are there), KEEP=1 (keep the work directory),
 # SKIP_POSTFIX=1, OUR_BOUND (the session bound `smtp send --queue` runs
 # with: default 32, smtp-cli's default for direct delivery; it is passed
-# as --concurrency).
+# as --concurrency), OUR_FLAGS (more flags for our runs, e.g.
+# "--mta-sts off" to measure what MTA-STS lookups cost).
 #
 # Needs: postfix (smtp-sink, the postfix command and daemons, the user
 # postfix), python3, root for the Postfix run (its master starts as root).
@@ -185,6 +186,8 @@ phase_cpu() { # NAME: DNS server and sinks CPU seconds since the last call
 }
 
 direct=(--dns-server "$dns" --mx-port "$port" --concurrency "$our_bound")
+# shellcheck disable=SC2206 # OUR_FLAGS is split into words on purpose
+direct+=(${OUR_FLAGS:-})
 
 # 1. Ours, end to end.
 echo "ours: end to end ..." >&2

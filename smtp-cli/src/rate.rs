@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 use smtp_queue::rate::{Budget, Limit, Rate, describe, pace_of};
-use smtp_queue::{RunnerConfig, SqliteStore, Store};
+use smtp_queue::{RunnerConfig, Store};
 
 use crate::fail::Failure;
 use crate::queue::{Via, queue_error};
@@ -113,7 +113,7 @@ pub(crate) fn needs_relay(choice: &Choice, relay: bool) -> Result<(), Failure> {
 /// forgets them, and with none given the remembered ones apply (said on
 /// stderr).
 pub(crate) async fn apply(
-    store: &SqliteStore,
+    store: &dyn Store,
     via: &Via,
     choice: &Choice,
     config: RunnerConfig,
@@ -135,7 +135,7 @@ pub(crate) async fn apply(
 /// under, `None` for none. `smtp send --queue-only` calls it alone, so
 /// that a later plain `queue run` applies the limits.
 pub(crate) async fn remember(
-    store: &SqliteStore,
+    store: &dyn Store,
     key: &str,
     choice: &Choice,
 ) -> Result<Option<Vec<Limit>>, Failure> {
@@ -197,7 +197,7 @@ pub(crate) async fn remember(
 /// caps' windows hold already; an estimate: a message of several
 /// recipients goes whole): `None` without limits.
 pub(crate) async fn expected_finish(
-    store: &SqliteStore,
+    store: &dyn Store,
     config: &RunnerConfig,
     units: u64,
 ) -> Result<Option<SystemTime>, Failure> {

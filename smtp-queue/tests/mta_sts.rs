@@ -274,6 +274,53 @@ async fn enforce_skips_an_mx_host_the_policy_does_not_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_no_mx_host_matching_defers_and_reports_each_host_left_out() {
+    let ca = TestCa::new();
+    let (port, mx) = mx_servers(&[
+        (
+            "mx.other.test",
+            "127.0.0.2",
+            Some(ca.leaf(&["mx.other.test"])),
+        ),
+        ("mx.elsewhere.test", "127.0.0.3", None),
+    ])
+    .await;
+    let dns = DnsServer::start(zone(
+        "1",
+        &[
+            ("mx.other.test", "127.0.0.2"),
+            ("mx.elsewhere.test", "127.0.0.3"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let https = policy_server(&ca, ENFORCE).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_message(dir.path()).await;
+    let runner = runner(store.clone(), &dns, &ca, port, https.addr().port());
+    let _ = one_round(&runner, &store).await;
+    deferred_naming_the_policy(&store).await;
+    for server in &mx {
+        assert!(server.sessions().is_empty(), "no host is contacted");
+    }
+    let reports = tls_report(&store).await;
+    let p = &reports[0]["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts");
+    assert_eq!(p["summary"]["total-failure-session-count"], 2);
+    let mut hosts: Vec<&str> = p["failure-details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["result-type"], "validation-failure");
+            d["receiving-mx-hostname"].as_str().unwrap()
+        })
+        .collect();
+    hosts.sort_unstable();
+    assert_eq!(hosts, ["mx.elsewhere.test", "mx.other.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforce_without_starttls_or_with_a_bad_or_expired_certificate_defers_naming_the_policy() {
     let ca = TestCa::new();
     let (port, mx) = mx_servers(&[

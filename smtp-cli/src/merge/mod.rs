@@ -29,7 +29,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use smtp_core::Envelope;
 use smtp_core::address::ReversePath;
-use smtp_queue::{Body, NewMessage, RecipientState, Store};
+use smtp_queue::{Body, NewMessage, RecipientState};
 
 use crate::cli::SendArgs;
 use crate::compose::{Composition, HeaderFields, compose};

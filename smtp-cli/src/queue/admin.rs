@@ -8,9 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use smtp_queue::{
-    ListFilter, MessageId, RecipientState, RetryTarget, SqliteStore, Store, Throttle,
-};
+use smtp_queue::{ListFilter, MessageId, RecipientState, RetryTarget, Store, Throttle};
 
 use super::{queue_error, rfc3339};
 use crate::cli::{ListArgs, PurgeArgs, QueueCommand, QueueRetryArgs};
@@ -20,31 +18,31 @@ use crate::terminal::joined;
 
 /// Runs one of the subcommands other than `run` on `store`.
 pub(super) async fn run(
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     command: QueueCommand,
     json: bool,
 ) -> Result<u8, Failure> {
     match command {
         // Dispatched before the store is opened.
         QueueCommand::Run(_) => Ok(EX_OK),
-        QueueCommand::List(filter) => list(&store, &filter, json).await,
+        QueueCommand::List(filter) => list(store.as_ref(), &filter, json).await,
         QueueCommand::Show { id } => {
             let id = parse_id(&id)?;
             let m = store.show(&id).await.map_err(queue_error)?;
             print_message(&m, json);
             Ok(EX_OK)
         }
-        QueueCommand::Retry(args) => retry(&store, &args, json).await,
-        QueueCommand::Delete { ids } => delete(&store, &ids, json).await,
-        QueueCommand::Purge(args) => purge(&store, &args, json).await,
-        QueueCommand::TlsReport(args) => super::tls_report::run(&store, &args).await,
+        QueueCommand::Retry(args) => retry(store.as_ref(), &args, json).await,
+        QueueCommand::Delete { ids } => delete(store.as_ref(), &ids, json).await,
+        QueueCommand::Purge(args) => purge(store.as_ref(), &args, json).await,
+        QueueCommand::TlsReport(args) => super::tls_report::run(store.as_ref(), &args).await,
         QueueCommand::Stats => {
             let stats = store.stats().await.map_err(queue_error)?;
             let routes = store
                 .waiting_by_route(SystemTime::now())
                 .await
                 .map_err(queue_error)?;
-            let budgets = budgets(&store).await?;
+            let budgets = budgets(store.as_ref()).await?;
             let throttles = store.throttles(None).await.map_err(queue_error)?;
             if json {
                 let states: serde_json::Map<String, serde_json::Value> = stats
@@ -129,7 +127,7 @@ struct BudgetLine {
 /// Each budget kept: its key, its remembered limits in words, its next
 /// free slot under them (or under every limit kept, when none is
 /// remembered), and what its caps' windows hold.
-async fn budgets(store: &SqliteStore) -> Result<Vec<BudgetLine>, Failure> {
+async fn budgets(store: &dyn Store) -> Result<Vec<BudgetLine>, Failure> {
     let now = SystemTime::now();
     let now_ms = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -207,7 +205,7 @@ fn parse_id(id: &str) -> Result<MessageId, Failure> {
     MessageId::parse(id).map_err(|e| Failure::usage(e.to_string()))
 }
 
-async fn list(store: &SqliteStore, filter: &ListArgs, json: bool) -> Result<u8, Failure> {
+async fn list(store: &dyn Store, filter: &ListArgs, json: bool) -> Result<u8, Failure> {
     let state = filter
         .state
         .as_deref()
@@ -250,7 +248,7 @@ async fn list(store: &SqliteStore, filter: &ListArgs, json: bool) -> Result<u8, 
 /// to be there (on stderr; exit 66) while the others are removed all the
 /// same. An id that is not one is a usage error before anything is
 /// removed; a store error stops there, after what was removed.
-async fn delete(store: &SqliteStore, ids: &[String], json: bool) -> Result<u8, Failure> {
+async fn delete(store: &dyn Store, ids: &[String], json: bool) -> Result<u8, Failure> {
     let mut wanted: Vec<MessageId> = Vec::with_capacity(ids.len());
     for id in ids {
         let id = parse_id(id)?;
@@ -321,7 +319,7 @@ fn not_found(ids: &[MessageId]) -> Failure {
 /// of which is final (delivered, failed, expired) and was last changed
 /// longer than AGE ago (default 0: every finished message), except those
 /// whose notification is owed and not yet enqueued.
-async fn purge(store: &SqliteStore, args: &PurgeArgs, json: bool) -> Result<u8, Failure> {
+async fn purge(store: &dyn Store, args: &PurgeArgs, json: bool) -> Result<u8, Failure> {
     let now = SystemTime::now();
     let age = args.older_than.unwrap_or_default();
     let before = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -343,7 +341,7 @@ async fn purge(store: &SqliteStore, args: &PurgeArgs, json: bool) -> Result<u8, 
 /// store does, with the retry). The store cannot list the destinations
 /// backed off, so with an id only the relay named by `--server` or
 /// `--account` is cleared; without one, a note says what else may hold.
-async fn retry(store: &SqliteStore, args: &QueueRetryArgs, json: bool) -> Result<u8, Failure> {
+async fn retry(store: &dyn Store, args: &QueueRetryArgs, json: bool) -> Result<u8, Failure> {
     let (target, relay) = match (&args.id, args.all) {
         (Some(id), _) => (RetryTarget::Message(parse_id(id)?), relay_key(args)?),
         (None, true) => (RetryTarget::All, None),

@@ -71,14 +71,14 @@ fn directory(dir: Option<&Path>) -> Result<PathBuf, Failure> {
 /// Opens the queue in `dir`, creating it when there is none: `send
 /// --queue` and `queue run --watch` (a service may start before anything
 /// is queued).
-async fn open(dir: Option<&Path>) -> Result<Arc<SqliteStore>, Failure> {
+async fn open(dir: Option<&Path>) -> Result<Arc<dyn Store>, Failure> {
     open_at(&directory(dir)?).await
 }
 
-async fn open_at(dir: &Path) -> Result<Arc<SqliteStore>, Failure> {
+async fn open_at(dir: &Path) -> Result<Arc<dyn Store>, Failure> {
     SqliteStore::open(dir)
         .await
-        .map(Arc::new)
+        .map(|s| Arc::new(s) as Arc<dyn Store>)
         .map_err(|e| Failure::new(EX_TEMPFAIL, format!("queue {}: {e}", dir.display())))
 }
 
@@ -91,7 +91,7 @@ fn exists(dir: &Path) -> bool {
 /// or change a queue (and a one-off `queue run`) refuse a directory
 /// without `queue.db` (66) rather than create an empty queue where a
 /// mistyped `--queue` points.
-async fn open_existing(dir: Option<&Path>) -> Result<Arc<SqliteStore>, Failure> {
+async fn open_existing(dir: Option<&Path>) -> Result<Arc<dyn Store>, Failure> {
     let given = dir.is_some_and(|d| !d.as_os_str().is_empty());
     let dir = directory(dir)?;
     if !exists(&dir) {
@@ -244,7 +244,7 @@ fn warn(event: &RunEvent) {
 /// not take them (they go only through the relay account and TLS policy
 /// they were enqueued for, or directly), so a run that leaves them must
 /// not be silent about them. Returns how many.
-async fn tell_other_routes(store: &SqliteStore, mine: &str, logging: bool) -> Result<u64, Failure> {
+async fn tell_other_routes(store: &dyn Store, mine: &str, logging: bool) -> Result<u64, Failure> {
     let others: Vec<(String, u64)> = store
         .waiting_by_route(std::time::SystemTime::now())
         .await
@@ -343,7 +343,7 @@ pub(crate) enum Via {
 }
 
 impl Via {
-    fn runner(self, store: Arc<SqliteStore>, config: RunnerConfig) -> Runner {
+    fn runner(self, store: Arc<dyn Store>, config: RunnerConfig) -> Runner {
         match self {
             Self::Relay(server) => {
                 warn_plaintext_secret(&server);

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use smtp_core::RecipientStatus;
-use smtp_queue::{Attempt, MessageId, Outcome, RecipientState, RunEvent, SqliteStore, Store};
+use smtp_queue::{Attempt, MessageId, Outcome, RecipientState, RunEvent, Store};
 
 use super::{queue_error, warn, why};
 use crate::fail::Failure;
@@ -280,7 +280,7 @@ impl InFlight {
 /// The report of the enqueued messages as the queue holds them now;
 /// `pending` says why a recipient still waiting has no outcome.
 pub(super) async fn report_from_store(
-    store: &SqliteStore,
+    store: &dyn Store,
     ids: &[MessageId],
     sent: &[Sent],
     pending: &dyn Fn(&MessageId, &str) -> Pending,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use smtp_core::ehlo::ClientId;
-use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, SqliteStore, Stop, Store};
+use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, Stop, Store};
 
 use super::recorded::{self, Left, Recorded};
 use super::{
@@ -46,7 +46,7 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
     admin::run(store, args.command, args.json).await
 }
 
-async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> Result<u8, Failure> {
+async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Result<u8, Failure> {
     let config_file = args.config.clone();
     let send = SendArgs {
         server: args.server,
@@ -83,7 +83,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
         config_file.as_deref(),
     )?;
     let rate = crate::rate::resolve(&args.retry.rate, (&s.rate.0, s.rate.1))?;
-    config = crate::rate::apply(&store, &via, &rate, config).await?;
+    config = crate::rate::apply(store.as_ref(), &via, &rate, config).await?;
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
     }
@@ -138,7 +138,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
         tracing::info!(target: "smtp_cli::queue", destination = runner.destination(),
             route = %route, "watching the queue");
         // Said once, at the start: a service runs on.
-        tell_other_routes(&store, &route, logging).await?;
+        tell_other_routes(store.as_ref(), &route, logging).await?;
     }
     let summary = if args.watch {
         runner.watch(&stop).await
@@ -166,12 +166,12 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
     }
     let (outcomes, counts) = std::mem::take(&mut *lock(&recorded)).into_report();
     if !args.watch {
-        tell_other_routes(&store, &route, logging).await?;
+        tell_other_routes(store.as_ref(), &route, logging).await?;
     }
     let wait = !summary.held.is_empty() || waiting > 0 || leased > 0;
     let next = if wait {
         tell_why_waiting(
-            &store,
+            store.as_ref(),
             &route,
             relay.as_deref(),
             &summary.held,
@@ -205,7 +205,7 @@ async fn run_queue(store: Arc<SqliteStore>, args: QueueRunArgs, json: bool) -> R
 /// leased by another run, the relay backed off or held, when the next is
 /// due. Returns that time (not before the relay's back-off ends).
 async fn tell_why_waiting(
-    store: &SqliteStore,
+    store: &dyn Store,
     route: &str,
     relay: Option<&str>,
     held: &[(String, String)],
@@ -260,7 +260,7 @@ fn in_secs(t: SystemTime, now: SystemTime) -> u64 {
 /// `delivering`): one under way, or one killed before it could release
 /// them, whose leases must run out before they are claimed again.
 async fn tell_leased(
-    store: &SqliteStore,
+    store: &dyn Store,
     leased: u64,
     now: SystemTime,
     logging: bool,
@@ -338,7 +338,7 @@ fn tell_backoff(b: &Backoff, held_now: bool, now: SystemTime, logging: bool) {
 /// a task of their own; returns them for the runner's observer.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 ) -> Result<Arc<metrics::Metrics>, Failure> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -10,8 +10,7 @@ use std::time::{Duration, SystemTime};
 use smtp_core::Envelope;
 use smtp_core::data::BodyType;
 use smtp_queue::{
-    Body, BodyKind, Enqueued, MessageId, MessageOptions, NewMessage, RunEvent, SqliteStore, Stop,
-    Store,
+    Body, BodyKind, Enqueued, MessageId, MessageOptions, NewMessage, RunEvent, Stop, Store,
 };
 
 use super::report::{Live, Pending, report_from_store};
@@ -62,7 +61,7 @@ pub(crate) struct Queued<'a> {
 /// `--queue-only`: remembers the rate limits given (or clears them) for
 /// the relay account, as a `queue run` with them would, so that a plain
 /// `queue run` applies them; nothing when none are given.
-async fn remember_for_later(store: &SqliteStore, queued: &Queued<'_>) -> Result<(), Failure> {
+async fn remember_for_later(store: &dyn Store, queued: &Queued<'_>) -> Result<(), Failure> {
     if queued.rate == crate::rate::Choice::Unsaid {
         return Ok(());
     }
@@ -108,7 +107,7 @@ const ENQUEUE_PART: usize = 1000;
 /// queued (a runner will deliver them) and from which message on nothing
 /// was: never "nothing" when something was.
 async fn enqueue_parts(
-    store: &SqliteStore,
+    store: &dyn Store,
     batch: Vec<NewMessage>,
     names: &[&str],
     now: SystemTime,
@@ -152,10 +151,16 @@ pub(crate) async fn enqueue_only(
 ) -> Result<u8, Failure> {
     let dir = directory(Some(queued.dir))?;
     let store = open_at(&dir).await?;
-    remember_for_later(&store, queued).await?;
+    remember_for_later(store.as_ref(), queued).await?;
     let now = SystemTime::now();
     let names: Vec<&str> = prepared.iter().map(|m| m.name.as_str()).collect();
-    let ids = enqueue_parts(&store, batch(queued, prepared, envelopes), &names, now).await?;
+    let ids = enqueue_parts(
+        store.as_ref(),
+        batch(queued, prepared, envelopes),
+        &names,
+        now,
+    )
+    .await?;
     let recipients: usize = envelopes.iter().map(|e| e.to.len()).sum();
     if json {
         let messages: Vec<_> = ids
@@ -224,7 +229,7 @@ pub(crate) async fn send(
     let stop = Stop::new();
     let _registered = Registered::new(&stop);
     let names: Vec<&str> = sent.iter().map(|s| s.name.as_str()).collect();
-    let ids = enqueue_parts(&store, batch, &names, SystemTime::now()).await?;
+    let ids = enqueue_parts(store.as_ref(), batch, &names, SystemTime::now()).await?;
     deliver(queued, via, &store, &ids, &sent, mode, &stop).await
 }
 
@@ -242,10 +247,10 @@ pub(crate) async fn send_once(
     batch: Vec<NewMessage>,
     sent: Vec<Sent>,
     mode: Mode,
-) -> Result<(u8, Vec<MessageId>, Arc<SqliteStore>), Failure> {
+) -> Result<(u8, Vec<MessageId>, Arc<dyn Store>), Failure> {
     let store = open(Some(queued.dir)).await?;
     if via.is_none() {
-        remember_for_later(&store, queued).await?;
+        remember_for_later(store.as_ref(), queued).await?;
     }
     let stop = Stop::new();
     let _registered = Registered::new(&stop);
@@ -302,7 +307,7 @@ pub(crate) async fn send_once(
         };
         let direct = matches!(via, Via::Direct(_));
         let config = crate::rate::apply(
-            &store,
+            store.as_ref(),
             &via,
             &queued.rate,
             config(queued.retry, direct, queued.config)?,
@@ -312,7 +317,7 @@ pub(crate) async fn send_once(
             .runner(store.clone(), config)
             .with_observer(super::report);
         runner.run_due(&stop).await.map_err(queue_error)?;
-        tell_other_routes(&store, &runner.route(), crate::log::is_on()).await?;
+        tell_other_routes(store.as_ref(), &runner.route(), crate::log::is_on()).await?;
         let code = if stop.is_stopped() {
             match SIGNALLED.load(Ordering::SeqCst) {
                 0 => EXIT_SIGINT,
@@ -351,7 +356,7 @@ fn named(names: &[String]) -> String {
 async fn deliver(
     queued: &Queued<'_>,
     via: Via,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     ids: &[MessageId],
     sent: &[Sent],
     mode: Mode,
@@ -366,12 +371,12 @@ async fn deliver(
     };
     let direct = matches!(via, Via::Direct(_));
     let config = config(retry, direct, queued.config)?;
-    let config = crate::rate::apply(store, &via, &queued.rate, config).await?;
+    let config = crate::rate::apply(store.as_ref(), &via, &queued.rate, config).await?;
     let rated = match &config.rate {
         limits if limits.is_empty() => None,
         limits => {
             let units: u64 = sent.iter().map(|s| s.recipients.len() as u64).sum();
-            let finish = crate::rate::expected_finish(store, &config, units).await?;
+            let finish = crate::rate::expected_finish(store.as_ref(), &config, units).await?;
             finish.map(|t| (smtp_queue::rate::describe(limits), t))
         }
     };
@@ -437,7 +442,7 @@ async fn deliver(
             Pending::NotAttempted
         }
     };
-    let mut report = report_from_store(store, ids, sent, &pending).await?;
+    let mut report = report_from_store(store.as_ref(), ids, sent, &pending).await?;
     // The store keeps no MTA-STS mode: the run's events told it.
     if !sts_modes.is_empty() {
         for (id, m) in ids.iter().zip(report.messages.iter_mut()) {
@@ -458,7 +463,7 @@ async fn deliver(
     progress::finish(&report, mode);
     // Only this run's messages are reported; others its runner may not
     // take are said to wait, once.
-    tell_other_routes(store, &runner.route(), crate::log::is_on()).await?;
+    tell_other_routes(store.as_ref(), &runner.route(), crate::log::is_on()).await?;
     let summary = report.summary();
     let resume = &queued.run_line;
     match ended {
@@ -539,7 +544,7 @@ mod tests {
     #[tokio::test]
     async fn a_part_that_fails_after_others_were_enqueued_says_how_many_are_queued() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = smtp_queue::SqliteStore::open(dir.path()).await.unwrap();
         let message = |body: Body| NewMessage {
             from: "a@example.org".into(),
             to: vec!["b@example.net".into()],
@@ -567,7 +572,7 @@ mod tests {
         assert_eq!(store.stats().await.unwrap().messages, 1000);
         // Nothing committed yet: the plain error.
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = smtp_queue::SqliteStore::open(dir.path()).await.unwrap();
         let err = enqueue_parts(
             &store,
             vec![message(Body::Source(Box::new(Broken)))],

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use smtp_queue::Store;
 use smtp_queue::tls_report::{Reporter, TlsResult, report};
-use smtp_queue::{SqliteStore, Store};
 
 use super::queue_error;
 use crate::cli::TlsReportArgs;
@@ -73,7 +73,7 @@ fn range(args: &TlsReportArgs) -> Result<(SystemTime, SystemTime), Failure> {
 }
 
 /// Prints a JSON array of reports: one per policy domain and day.
-pub(super) async fn run(store: &SqliteStore, args: &TlsReportArgs) -> Result<u8, Failure> {
+pub(super) async fn run(store: &dyn Store, args: &TlsReportArgs) -> Result<u8, Failure> {
     let (since, until) = range(args)?;
     let domain = args.domain.as_deref().map(str::to_ascii_lowercase);
     let rows = store

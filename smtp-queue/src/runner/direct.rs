@@ -26,6 +26,7 @@ use smtp_core::delivery::direct::{
 };
 use smtp_core::delivery::mta_sts::DomainTls;
 use smtp_core::delivery::mx::{MxPlan, PlanError, Resolver};
+use smtp_core::delivery::tls_rpt::ResultType;
 use tokio::sync::Semaphore;
 
 use super::record::Unrecorded;
@@ -256,6 +257,20 @@ impl Runner {
                 Ok(plan) => {
                     let applied = tls.apply(&plan, direct.options.config.tls);
                     if let Some(refusal) = no_allowed_host(&tls, &applied) {
+                        // Logged under the destination and mode it would
+                        // have had, and counted for TLS-RPT: each MX host
+                        // the policy leaves out is a failed session
+                        // (`validation-failure`, RFC 8460 section 4.3.2.4).
+                        let key = format!("{}{}", mx_destination(&plan), tls.key());
+                        lock(&self.mx_destinations).insert(domain.clone(), key);
+                        if let Some(mode) = tls.mode() {
+                            lock(&self.sts_modes).insert(domain.clone(), mode);
+                        }
+                        if let Some(m) = &direct.mta_sts {
+                            for host in &applied.excluded {
+                                m.session(&domain, &tls, host, ResultType::ValidationFailure);
+                            }
+                        }
                         let attempt = Attempt {
                             text: refusal.to_string(),
                             ..Attempt::default()
@@ -312,6 +327,9 @@ impl Runner {
         for (c, outcomes) in unplanned {
             self.record(&claimed[c], &claimed[c].lease, outcomes)
                 .await?;
+        }
+        if let Some(m) = &direct.mta_sts {
+            m.flush(self.store.as_ref()).await?;
         }
         let keys: Vec<String> = groups.keys().cloned().collect();
         self.shaper.load(self.store.as_ref(), &keys, now).await?;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::{Attempt, Decided};
 use crate::delivery::mta_sts::{Applied, DomainTls, session_result};
 use crate::delivery::tls_rpt::ResultType;
+use crate::delivery::{TlsFailureKind, TlsInfo};
 use crate::envelope::RecipientStatus;
 use crate::error::{Error, PolicyError};
 
@@ -94,9 +95,138 @@ pub fn enforce(tls: &DomainTls, decided: &mut [Decided]) {
             )
         );
         if d.outcome.status != RecipientStatus::Accepted && tls_failure {
-            let cause = d.outcome.error.as_ref().map(ToString::to_string);
-            d.outcome.error = tls.refusal(&cause.unwrap_or_default());
+            let host = d.host.as_deref().unwrap_or("the MX host");
+            let cause = unmet(host, d.tls.as_ref(), d.outcome.error.as_ref());
+            d.outcome.error = tls.refusal(&cause);
             d.outcome.status = RecipientStatus::Deferred;
+        }
+    }
+}
+
+/// What `host` lacked, in the policy's terms. Not the TLS error's own
+/// advice (another `--tls`, pinning a certificate): no setting of the
+/// sender's changes what the domain's policy requires.
+fn unmet(host: &str, tls: Option<&TlsInfo>, error: Option<&Error>) -> String {
+    let names = || {
+        tls.and_then(|t| t.certificate.as_ref())
+            .filter(|c| !c.names.is_empty())
+            .map(|c| format!(" (it names {})", c.names.join(", ")))
+            .unwrap_or_default()
+    };
+    let result = session_result(host, tls, error);
+    let what = match result {
+        ResultType::StartTlsNotSupported => "offers no STARTTLS".to_owned(),
+        ResultType::CertificateHostMismatch => {
+            format!("presents a certificate not valid for its name{}", names())
+        }
+        ResultType::CertificateExpired => "presents an expired certificate".to_owned(),
+        ResultType::CertificateNotTrusted => {
+            "presents a certificate not signed by a trusted authority".to_owned()
+        }
+        _ => match error {
+            Some(Error::Tls(f)) if f.kind == TlsFailureKind::TimedOut => {
+                "did not finish the TLS handshake in time".to_owned()
+            }
+            Some(Error::Tls(f)) if f.kind == TlsFailureKind::PlaintextPeer => {
+                "answered in plaintext after STARTTLS".to_owned()
+            }
+            _ => "failed the TLS handshake".to_owned(),
+        },
+    };
+    format!("{host} {what} ({result})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Mailbox;
+    use crate::delivery::mta_sts::{InForce, Mode, MxPattern, Policy};
+    use crate::delivery::{CertificateFault, PeerCertificate};
+    use crate::envelope::RecipientOutcome;
+    use crate::phase::Phase;
+    use crate::policy::TlsPolicy;
+
+    fn enforced() -> DomainTls {
+        DomainTls {
+            mta_sts: Some(InForce {
+                domain: "example.com".into(),
+                id: "1".into(),
+                policy: Policy {
+                    mode: Mode::Enforce,
+                    mx: vec![MxPattern::parse("*.example.com").unwrap()],
+                    max_age: 86400,
+                },
+                fetched_at: 0,
+                expires_at: u64::MAX,
+                from_cache: false,
+            }),
+            problem: None,
+        }
+    }
+
+    fn decided(error: Error, tls: Option<TlsInfo>) -> Decided {
+        Decided {
+            outcome: RecipientOutcome {
+                recipient: Mailbox::parse("rcpt@example.com").unwrap(),
+                status: RecipientStatus::Deferred,
+                phase: Phase::StartTls,
+                reply: None,
+                error: Some(error),
+            },
+            host: Some("mx1.example.com".into()),
+            tls,
+        }
+    }
+
+    /// The refusal names the policy and what the host lacked, never the
+    /// TLS error's advice about the sender's own settings.
+    #[test]
+    fn a_refusal_says_what_the_host_lacked_without_advice_about_settings() {
+        let mismatch = TlsInfo {
+            verified: false,
+            verify_error: Some("… or use --tls required to encrypt without verifying".into()),
+            verify_fault: Some(CertificateFault::NameMismatch),
+            certificate: Some(PeerCertificate {
+                names: vec!["wrong.example.net".into()],
+                ..PeerCertificate::default()
+            }),
+            ..TlsInfo::default()
+        };
+        let cases = [
+            (
+                decided(
+                    Error::Policy(PolicyError::StartTlsNotOffered {
+                        policy: TlsPolicy::Certified,
+                    }),
+                    None,
+                ),
+                "mx1.example.com offers no STARTTLS (starttls-not-supported)",
+            ),
+            (
+                decided(
+                    Error::Tls(crate::delivery::TlsFailure::new(
+                        TlsFailureKind::Certificate,
+                        "use --tls required",
+                    )),
+                    Some(mismatch),
+                ),
+                "mx1.example.com presents a certificate not valid for its name \
+                 (it names wrong.example.net) (certificate-host-mismatch)",
+            ),
+        ];
+        for (mut d, want) in cases {
+            enforce(&enforced(), std::slice::from_mut(&mut d));
+            let text = d.outcome.error.unwrap().to_string();
+            assert!(
+                text.starts_with("MTA-STS policy of example.com (enforce) not met: "),
+                "{text}"
+            );
+            assert!(text.contains(want), "{text}");
+            assert!(
+                !text.contains("--tls") && !text.contains("policy optional"),
+                "{text}"
+            );
+            assert_eq!(d.outcome.status, RecipientStatus::Deferred);
         }
     }
 }
