@@ -372,8 +372,10 @@ async fn mta_sts_policy(
     args: &MxArgs,
     resolver: std::sync::Arc<HickoryResolver>,
     domain: &str,
+    hosts: &[String],
 ) -> Result<(serde_json::Value, Vec<String>), Failure> {
     use smtp_core::delivery::direct::TlsPolicySource;
+    use smtp_core::delivery::mta_sts::Mode;
     use smtp_queue::mta_sts::MtaSts;
     let cache = crate::send::sts_cache();
     let sts = MtaSts::new(resolver, trust(args.ca_file.as_deref())?, cache)
@@ -394,6 +396,11 @@ async fn mta_sts_policy(
         ));
     };
     let mx: Vec<String> = p.policy.mx.iter().map(ToString::to_string).collect();
+    // The MX hosts the policy does not name: never used under enforce.
+    let excluded: Vec<&String> = hosts
+        .iter()
+        .filter(|h| p.policy.mode != Mode::None && !p.policy.allows(h))
+        .collect();
     let source = if p.from_cache { "cache" } else { "fetched" };
     let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at);
     let json = serde_json::json!({
@@ -405,6 +412,7 @@ async fn mta_sts_policy(
             "source": source,
             "expires": smtp_queue::time::rfc3339(expires),
         },
+        "not_named": excluded,
         "problem": problem,
     });
     let mut lines = vec![
@@ -421,6 +429,25 @@ async fn mta_sts_policy(
         ),
         format!("  mx: {}", mx.join(", ")),
     ];
+    if !excluded.is_empty() {
+        let names: Vec<&str> = excluded.iter().map(|h| h.as_str()).collect();
+        let under = if p.policy.mode == Mode::Enforce {
+            "never used"
+        } else {
+            "would not be used under enforce"
+        };
+        lines.push(format!(
+            "  not named by the policy: {} ({under})",
+            names.join(", ")
+        ));
+        if excluded.len() == hosts.len() && p.policy.mode == Mode::Enforce {
+            lines.push(
+                "  no MX host matches the policy: mail to this domain is deferred until the \
+                 policy's mx patterns or the MX records change"
+                    .to_owned(),
+            );
+        }
+    }
     if let Some((kind, detail)) = &tls.problem {
         lines.push(format!(
             "  refresh failed ({kind}): {detail}; the cached policy stays"
@@ -454,7 +481,8 @@ pub(crate) async fn mx(args: MxArgs) -> Result<u8, Failure> {
             let sts = if args.no_mta_sts {
                 None
             } else {
-                Some(mta_sts_policy(&args, resolver, domain.as_str()).await?)
+                let names: Vec<String> = p.hosts.iter().map(|h| h.name.clone()).collect();
+                Some(mta_sts_policy(&args, resolver, domain.as_str(), &names).await?)
             };
             let hosts: Vec<MxHost> = p
                 .hosts

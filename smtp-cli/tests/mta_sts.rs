@@ -391,3 +391,22 @@ fn mx_shows_the_policy_fetched_then_from_cache() {
     assert_eq!(p["source"], "cache");
     assert_eq!(w.https.requests().len(), 1);
 }
+
+#[test]
+fn mx_says_when_no_mx_host_matches_the_policy() {
+    let policy = ENFORCE.replace("*.example.com", "mail.example.com");
+    let w = World::new(|ca| ca.leaf(&["mx1.example.com"]), &policy);
+    let (code, out, err) = w.smtp(&["mx", "example.com"], &w.here());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("not named by the policy: mx1.example.com (never used)"),
+        "{out}"
+    );
+    assert!(out.contains("no MX host matches the policy"), "{out}");
+    let (_, out, _) = w.smtp(&["mx", "example.com", "--json"], &w.here());
+    assert_eq!(json(&out)["mta_sts"]["not_named"][0], "mx1.example.com");
+    // A policy naming it: nothing said.
+    let w = World::new(|ca| ca.leaf(&["mx1.example.com"]), ENFORCE);
+    let (_, out, _) = w.smtp(&["mx", "example.com"], &w.here());
+    assert!(!out.contains("not named"), "{out}");
+}

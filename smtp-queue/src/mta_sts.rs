@@ -245,8 +245,13 @@ impl MtaSts {
                 e => fetch_error(e.to_string()),
             })?;
         if response.status != 200 {
+            let redirect = if (300..400).contains(&response.status) {
+                " (redirects are not followed, RFC 8461 section 3.3)"
+            } else {
+                ""
+            };
             return Err(fetch_error(format!(
-                "https://{host}{POLICY_PATH} answered {} (redirects are not followed)",
+                "https://{host}{POLICY_PATH} answered {}{redirect}",
                 response.status
             )));
         }

@@ -5,7 +5,8 @@
 //! a malformed or hostile answer), serve them with [`HttpsServer::start`]
 //! and a certificate ([`crate::certs`]), and check what was asked with
 //! [`HttpsServer::requests`]. Unknown paths get `404`. Each response is
-//! followed by TLS's close_notify and the end of the connection.
+//! followed by TLS's close_notify and the end of the connection (or, with
+//! [`Pages::cut`], the end of the connection alone).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -41,6 +42,9 @@ const IDLE: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, Default)]
 pub struct Pages {
     responses: BTreeMap<String, Vec<u8>>,
+    /// Paths whose connection is cut after the response, without TLS's
+    /// close_notify.
+    cut: Vec<String>,
 }
 
 impl Pages {
@@ -68,6 +72,15 @@ impl Pages {
     pub fn raw(mut self, path: &str, response: impl Into<Vec<u8>>) -> Self {
         self.responses.insert(path.to_owned(), response.into());
         self
+    }
+
+    /// These bytes, then the TCP connection closed without TLS's
+    /// close_notify (what a truncating attacker, or a careless server,
+    /// does).
+    #[must_use]
+    pub fn cut(mut self, path: &str, response: impl Into<Vec<u8>>) -> Self {
+        self.cut.push(path.to_owned());
+        self.raw(path, response)
     }
 }
 
@@ -162,5 +175,10 @@ async fn serve(
         .get(path)
         .map_or(&not_found[..], Vec::as_slice);
     tls.write_all(response).await?;
+    if pages.cut.iter().any(|c| c == path) {
+        tls.flush().await?;
+        let (tcp, _) = tls.get_mut();
+        return tcp.shutdown().await;
+    }
     tls.shutdown().await
 }

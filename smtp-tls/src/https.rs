@@ -108,11 +108,20 @@ pub enum HttpsError {
         attempts: Vec<(SocketAddr, io::Error)>,
     },
     /// The TLS handshake failed, or the certificate did not verify for the
-    /// host; or the connection was cut without TLS's close_notify.
+    /// host.
     Tls {
         /// The host.
         host: String,
         /// The rustls error, in words.
+        detail: String,
+    },
+    /// The connection failed after the handshake (reset, or cut without
+    /// TLS's close_notify where only that could tell a whole body from a
+    /// truncated one).
+    Io {
+        /// The host.
+        host: String,
+        /// What happened.
         detail: String,
     },
     /// The exchange did not finish within the deadline.
@@ -153,16 +162,15 @@ impl fmt::Display for HttpsError {
                 write!(f, "{host}: no address to connect to")
             }
             Self::Connect { host, attempts } => {
-                write!(f, "cannot connect to {host}:")?;
-                for (addr, e) in attempts {
-                    write!(f, " {addr}: {e};")?;
-                }
-                Ok(())
+                let tried: Vec<String> =
+                    attempts.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+                write!(f, "cannot connect to {host}: {}", tried.join("; "))
             }
             Self::Tls { host, detail } => write!(
                 f,
                 "TLS with {host} failed: {detail} (the certificate must verify for {host})"
             ),
+            Self::Io { host, detail } => write!(f, "the connection to {host} failed: {detail}"),
             Self::TimedOut { host, after } => {
                 write!(f, "{host} did not answer within {}s", after.as_secs())
             }
@@ -286,10 +294,12 @@ impl HttpsGet {
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: smtp-toolkit\r\n\
              Accept: */*\r\nConnection: close\r\n\r\n"
         );
-        tls.write_all(request.as_bytes())
-            .await
-            .map_err(|e| tls_error(e.to_string()))?;
-        tls.flush().await.map_err(|e| tls_error(e.to_string()))?;
+        let io_error = |e: io::Error| HttpsError::Io {
+            host: host.to_owned(),
+            detail: e.to_string(),
+        };
+        tls.write_all(request.as_bytes()).await.map_err(io_error)?;
+        tls.flush().await.map_err(io_error)?;
         read_response(&mut tls, host, self.max_body).await
     }
 }
@@ -308,9 +318,13 @@ async fn read_response<R: tokio::io::AsyncRead + Unpin>(
         host: host.to_owned(),
         limit,
     };
-    let read_error = |e: io::Error| HttpsError::Tls {
+    let read_error = |e: io::Error| HttpsError::Io {
         host: host.to_owned(),
-        detail: e.to_string(),
+        detail: if e.kind() == io::ErrorKind::UnexpectedEof {
+            format!("{e} (without a Content-Length only that tells a whole body from a cut one)")
+        } else {
+            e.to_string()
+        },
     };
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];

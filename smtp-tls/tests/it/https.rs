@@ -87,7 +87,8 @@ async fn a_body_over_the_cap_or_chunked_is_refused() {
             "/chunked",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
         )
-        .raw("/to-close", "HTTP/1.1 200 OK\r\n\r\nuntil the end");
+        .raw("/to-close", "HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        .cut("/cut", "HTTP/1.1 200 OK\r\n\r\nmode: enforce\r\n");
     let server = start(ca.leaf(&["docs.example.test"]), pages).await;
     let port = server.addr().port();
     let get = HttpsGet::new(trusting(&ca)).with_max_body(64);
@@ -106,4 +107,13 @@ async fn a_body_over_the_cap_or_chunked_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.body, b"until the end");
+    // Delimited by the end of the connection, and that end is not TLS's:
+    // the body may be cut short. Refused, as a failed connection (not a
+    // certificate that failed to verify).
+    let e = get
+        .get("docs.example.test", &[LOOPBACK], port, "/cut")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, HttpsError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("close_notify"), "{e}");
 }

@@ -203,11 +203,11 @@ pub fn parse(body: &[u8]) -> Result<Policy, PolicyError> {
                     && value.bytes().all(|b| b.is_ascii_digit()))
                 .then(|| value.parse::<u64>().ok())
                 .flatten()
-                .filter(|&a| a <= MAX_AGE_LIMIT)
-                .ok_or_else(|| {
-                    invalid(format!("max_age {value:?} (0 to {MAX_AGE_LIMIT} seconds)"))
-                })?;
-                max_age = Some(age);
+                .ok_or_else(|| invalid(format!("max_age {value:?} (up to 10 digits)")))?;
+                // The grammar allows 10 digits; a value above the maximum
+                // is clamped to it, not a reason to drop the protection
+                // the domain asked for.
+                max_age = Some(age.min(MAX_AGE_LIMIT));
             }
             "mx" => {
                 mx.push(MxPattern::parse(value).ok_or_else(|| invalid(format!("mx {value:?}")))?);
@@ -279,6 +279,9 @@ mod tests {
         assert_eq!(parse(lf).unwrap().mode, Mode::Testing);
         let none = b"version: STSv1\nmode: none\nmax_age: 0\n";
         assert_eq!(parse(none).unwrap().mode, Mode::None);
+        // Above the maximum: clamped, the policy kept.
+        let long = b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 9999999999\n";
+        assert_eq!(parse(long).unwrap().max_age, MAX_AGE_LIMIT);
     }
 
     #[test]
@@ -289,7 +292,7 @@ mod tests {
             b"version: STSv1\nmode: enforce\nmx: a.example\n",
             b"version: STSv1\nmode: enforce\nmax_age: 1\n",
             b"version: STSv1\nmode: Enforce\nmx: a.example\nmax_age: 1\n",
-            b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 31557601\n",
+            b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 12345678901\n",
             b"version: STSv1\nmode: enforce\nmx: a.example\nmax_age: -1\n",
             b"version: STSv1\nmode: enforce\nmode: none\nmx: a.example\nmax_age: 1\n",
             b"version: STSv1\nmode: enforce\nmx: a..example\nmax_age: 1\n",
