@@ -410,3 +410,42 @@ fn mx_says_when_no_mx_host_matches_the_policy() {
     let (_, out, _) = w.smtp(&["mx", "example.com"], &w.here());
     assert!(!out.contains("not named"), "{out}");
 }
+
+#[test]
+fn a_message_queued_with_mta_sts_off_waits_for_a_run_without_it_and_the_other_way_round() {
+    let w = World::new(|ca| ca.leaf(&["wrong.example.net"]), ENFORCE);
+    let queue = w.path("queue");
+    // Enqueued under the policy: a run with --mta-sts off leaves it.
+    let (code, out, err) = w.send(&["--queue", &queue, "--queue-only"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let (code, out, err) = w.smtp(
+        &["queue", "--queue", &queue, "run", "--mta-sts", "off"],
+        &w.delivery(),
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("1 message in this queue waits for another route: direct")
+            && err.contains("`smtp queue run` without --server"),
+        "{out}\n{err}"
+    );
+    w.nothing_in_plaintext();
+    // Enqueued with --mta-sts off: a run under MTA-STS leaves it; one
+    // without delivers it.
+    let queue = w.path("queue-off");
+    let (code, out, err) = w.send(&["--queue", &queue, "--queue-only", "--mta-sts", "off"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let (code, out, err) = w.smtp(&["queue", "--queue", &queue, "run"], &w.delivery());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("waits for another route: direct mta-sts=off")
+            && err.contains("`smtp queue run --mta-sts off` without --server"),
+        "{out}\n{err}"
+    );
+    assert!(w.mx.messages().is_empty());
+    let (code, out, err) = w.smtp(
+        &["queue", "--queue", &queue, "run", "--mta-sts", "off"],
+        &w.delivery(),
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(w.mx.messages().len(), 1, "{out}\n{err}");
+}

@@ -185,8 +185,8 @@ pub use error::{Error, Result};
 pub use event::RunEvent;
 pub use notify::{Notified, enqueue_owed, enqueue_owed_via};
 pub use runner::{
-    DIRECT_ROUTE, Runner, RunnerConfig, Summary, mx_destination, relay_budget_key, relay_route,
-    relay_route_for,
+    DIRECT_ROUTE, DIRECT_ROUTE_WITHOUT_MTA_STS, Runner, RunnerConfig, Summary, mx_destination,
+    relay_budget_key, relay_route, relay_route_for,
 };
 pub use schedule::{Next, Schedule, random_unit};
 pub use shaping::{Shaping, Throttle};

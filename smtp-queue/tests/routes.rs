@@ -13,9 +13,10 @@ use smtp_core::TlsPolicy;
 use smtp_core::delivery::{BodySource, MemoryBody};
 use smtp_queue::rate::{Budget, Decision, Limit};
 use smtp_queue::{
-    Attempt, Backoff, Body, Claimed, DIRECT_ROUTE, Enqueued, Lease, ListFilter, MessageId,
-    MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientState, RetryTarget,
-    RouteWaiting, Runner, RunnerConfig, SqliteStore, Stats, Stop, Store, Throttle, relay_route,
+    Attempt, Backoff, Body, Claimed, DIRECT_ROUTE, DIRECT_ROUTE_WITHOUT_MTA_STS, Enqueued, Lease,
+    ListFilter, MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId,
+    RecipientState, RetryTarget, RouteWaiting, Runner, RunnerConfig, SqliteStore, Stats, Stop,
+    Store, Throttle, relay_route,
 };
 use smtp_testkit::dns::{DnsServer, Zone};
 use smtp_testkit::flaky::{FlakyConfig, FlakyServer};
@@ -193,24 +194,36 @@ async fn direct_and_relay_runners_do_not_take_each_others_messages() {
     let store = store_with(
         dir.path(),
         vec![
-            message("x@d.test", "direct", Some(DIRECT_ROUTE)),
+            message("x@d.test", "direct", Some(DIRECT_ROUTE_WITHOUT_MTA_STS)),
             message("y@d.test", "relayed", Some(&route)),
+            message("w@d.test", "under MTA-STS", Some(DIRECT_ROUTE)),
         ],
     )
     .await;
+    // A direct runner without MTA-STS: its own route only, never a message
+    // enqueued to go under the domains' policies.
     let direct = direct_runner(store.clone(), &dns, mx.addr().port());
-    assert_eq!(direct.route(), DIRECT_ROUTE);
+    assert_eq!(direct.route(), DIRECT_ROUTE_WITHOUT_MTA_STS);
     direct.run_due(&Stop::new()).await.unwrap();
     assert_eq!(subjects(&mx), ["direct"]);
     let relayed = Runner::new(store.clone(), relay(&relay_server), RunnerConfig::default());
     relayed.run_due(&Stop::new()).await.unwrap();
     assert_eq!(subjects(&relay_server), ["relayed"]);
     assert_eq!(subjects(&mx), ["direct"], "the MX got nothing more");
+    assert_eq!(
+        store.stats().await.unwrap().count(RecipientState::Queued),
+        1,
+        "the message under MTA-STS waits for a runner with it"
+    );
     // And the other way round: a relay runner leaves a direct message.
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(
         dir.path(),
-        vec![message("z@d.test", "direct2", Some(DIRECT_ROUTE))],
+        vec![message(
+            "z@d.test",
+            "direct2",
+            Some(DIRECT_ROUTE_WITHOUT_MTA_STS),
+        )],
     )
     .await;
     let relayed = Runner::new(store.clone(), relay(&relay_server), RunnerConfig::default());

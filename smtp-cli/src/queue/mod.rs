@@ -258,16 +258,33 @@ async fn tell_other_routes(store: &dyn Store, mine: &str, logging: bool) -> Resu
     }
     let n = counted(usize::try_from(total).unwrap_or(usize::MAX), "message");
     let verb = if total == 1 { "waits" } else { "wait" };
-    let direct = others.iter().any(|(r, _)| r == smtp_queue::DIRECT_ROUTE);
-    let relays = others.iter().any(|(r, _)| r != smtp_queue::DIRECT_ROUTE);
-    let how = match (relays, direct) {
-        (true, false) => {
-            "deliver them with `smtp queue run --account …` or the flags they were sent with"
-        }
-        (false, _) => "deliver them with `smtp queue run` without --server (direct delivery)",
+    let is_direct =
+        |r: &str| r == smtp_queue::DIRECT_ROUTE || r == smtp_queue::DIRECT_ROUTE_WITHOUT_MTA_STS;
+    let relays = others.iter().any(|(r, _)| !is_direct(r));
+    let direct = match (
+        others.iter().any(|(r, _)| r == smtp_queue::DIRECT_ROUTE),
+        others
+            .iter()
+            .any(|(r, _)| r == smtp_queue::DIRECT_ROUTE_WITHOUT_MTA_STS),
+    ) {
+        (false, false) => None,
+        (true, false) => Some("`smtp queue run` without --server"),
+        (false, true) => Some("`smtp queue run --mta-sts off` without --server"),
         (true, true) => {
-            "deliver them with `smtp queue run --account …` or the flags they were sent with;              the direct ones with `smtp queue run` without --server"
+            Some("`smtp queue run` without --server (those with mta-sts=off: with --mta-sts off)")
         }
+    };
+    let how = match (relays, direct) {
+        (true, None) => {
+            "deliver them with `smtp queue run --account …` or the flags they were sent with"
+                .to_owned()
+        }
+        (false, Some(d)) => format!("deliver them with {d} (direct delivery)"),
+        (true, Some(d)) => format!(
+            "deliver them with `smtp queue run --account …` or the flags they were sent with; \
+             the direct ones with {d}"
+        ),
+        (false, None) => String::new(),
     };
     let text = match others.as_slice() {
         [(route, _)] => format!("{n} in this queue {verb} for another route: {route} ({how})"),

@@ -65,7 +65,8 @@ pub(crate) fn queue_route(s: &Settings) -> String {
             let (port, policy, implicit) = relay_parts(s, *port);
             smtp_queue::relay_route_for(host, port, s.user.as_deref(), policy, implicit)
         }
-        None => smtp_queue::DIRECT_ROUTE.to_owned(),
+        None if s.mta_sts => smtp_queue::DIRECT_ROUTE.to_owned(),
+        None => smtp_queue::DIRECT_ROUTE_WITHOUT_MTA_STS.to_owned(),
     }
 }
 

@@ -55,8 +55,15 @@ pub struct RunnerConfig {
 }
 
 /// The route of messages delivered directly to their domains' MX hosts
-/// ([`MessageOptions::route`](crate::MessageOptions::route)).
+/// ([`MessageOptions::route`](crate::MessageOptions::route)), under their
+/// MTA-STS policies ([`Runner::with_mta_sts`](super::Runner::with_mta_sts)).
 pub const DIRECT_ROUTE: &str = "direct";
+
+/// The route of messages delivered directly without MTA-STS: enqueued so
+/// on purpose (`--mta-sts off`), they go only through a runner without it,
+/// and the others never through one: like a relay's TLS policy, whether a
+/// domain's policy is honoured is decided when the message is enqueued.
+pub const DIRECT_ROUTE_WITHOUT_MTA_STS: &str = "direct mta-sts=off";
 
 impl Default for RunnerConfig {
     fn default() -> Self {

@@ -32,7 +32,7 @@ use smtp_tls::{Outgoing, Server};
 mod config;
 mod direct;
 mod notify;
-pub use self::config::{DIRECT_ROUTE, RunnerConfig};
+pub use self::config::{DIRECT_ROUTE, DIRECT_ROUTE_WITHOUT_MTA_STS, RunnerConfig};
 pub use self::direct::mx_destination;
 pub use self::rated::{relay_budget_key, relay_route, relay_route_for};
 mod rated;
@@ -197,14 +197,16 @@ impl Runner {
     /// The route whose messages this runner claims, besides those enqueued
     /// without one ([`MessageOptions::route`](crate::MessageOptions::route)):
     /// [`RunnerConfig::route`] when set, else the relay's
-    /// ([`relay_route`]), or [`DIRECT_ROUTE`] in direct delivery.
+    /// ([`relay_route`]), or in direct delivery [`DIRECT_ROUTE`] (with
+    /// MTA-STS) or [`DIRECT_ROUTE_WITHOUT_MTA_STS`].
     pub fn route(&self) -> String {
         if let Some(route) = &self.config.route {
             return route.clone();
         }
         match &self.mode {
             Mode::Relay(relay) => relay_route(relay),
-            Mode::Direct(_) => DIRECT_ROUTE.to_owned(),
+            Mode::Direct(d) if d.mta_sts.is_some() => DIRECT_ROUTE.to_owned(),
+            Mode::Direct(_) => DIRECT_ROUTE_WITHOUT_MTA_STS.to_owned(),
         }
     }
 
