@@ -168,6 +168,7 @@ mod event;
 pub mod log;
 pub mod mta_sts;
 mod notify;
+mod postgres;
 pub mod rate;
 mod runner;
 mod schedule;
@@ -184,6 +185,7 @@ mod verdict;
 pub use error::{Error, Result};
 pub use event::RunEvent;
 pub use notify::{Notified, enqueue_owed, enqueue_owed_via};
+pub use postgres::{PG_SCHEMA_VERSION, PgSettings, PgStore, redact_url};
 pub use runner::{
     DIRECT_ROUTE, Runner, RunnerConfig, Summary, mx_destination, relay_budget_key, relay_route,
     relay_route_for,
@@ -197,5 +199,5 @@ pub use stop::Stop;
 pub use store::{
     Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Enqueued, Lease, ListFilter,
     MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo,
-    RetryTarget, RouteWaiting, Stats, Store, TlsFacts,
+    RetryTarget, RouteWaiting, Stats, Store, TlsFacts, WorkerActivity,
 };

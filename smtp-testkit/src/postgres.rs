@@ -14,6 +14,13 @@
 //!       it does not stop in time, remove <tmp>
 //! ```
 //!
+//! [`Cluster::shared`] is one cluster for a whole test binary (each test
+//! makes its own database, [`Cluster::fresh_database`]). A static is never
+//! dropped, so a watcher process does the drop's work when the test
+//! process exits, however it exits: it waits for the end of a pipe only
+//! the test process holds, then stops the server by its PID and removes
+//! the directory.
+//!
 //! It never skips: missing binaries, or a server that does not start, are
 //! a panic that says what to install, with the server log's tail. The
 //! system's own PostgreSQL service is never touched.
@@ -27,7 +34,9 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the server gets to accept connections.
@@ -51,6 +60,8 @@ pub struct Cluster {
     port: u16,
     /// Run the binaries as this user (when we are root).
     run_as: Option<String>,
+    /// The shared cluster's watcher and the pipe it waits on.
+    watcher: Option<(Child, ChildStdin)>,
 }
 
 impl Cluster {
@@ -68,10 +79,53 @@ impl Cluster {
             bin,
             port: 0,
             run_as,
+            watcher: None,
         };
         cluster.init();
         cluster.launch();
         cluster
+    }
+
+    /// One cluster for the whole test binary, started on first use and
+    /// stopped (its directory removed) when the process exits.
+    pub fn shared() -> &'static Self {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let mut cluster = Self::start();
+            cluster.watch();
+            cluster
+        })
+    }
+
+    /// A new database with a name no other call in this process gave;
+    /// its URL.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.create_database(&format!("t{}_{n}", std::process::id()))
+    }
+
+    /// Starts the watcher that stops the server once this process's end
+    /// of its stdin closes (the process exited).
+    fn watch(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        let script = format!(
+            "cat >/dev/null; kill -INT {pid} 2>/dev/null; i=0; \
+             while kill -0 {pid} 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
+             kill -KILL {pid} 2>/dev/null; rm -rf '{}'",
+            self.dir.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("smtp-testkit: cannot start the cluster's watcher: {e}"));
+        let Some(pipe) = child.stdin.take() else {
+            panic!("smtp-testkit: the cluster's watcher has no stdin");
+        };
+        self.watcher = Some((child, pipe));
     }
 
     /// The port on 127.0.0.1.

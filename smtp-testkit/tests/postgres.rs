@@ -144,3 +144,39 @@ fn two_clusters_run_side_by_side() {
     assert_eq!(psql(&a.url(), "SELECT 'a'"), "a");
     assert_eq!(psql(&b.url(), "SELECT 'b'"), "b");
 }
+
+#[test]
+#[ignore = "run by the_shared_cluster_is_stopped_when_the_process_exits"]
+fn use_the_shared_cluster() {
+    let cluster = Cluster::shared();
+    let url = cluster.fresh_database();
+    assert_eq!(psql(&url, "SELECT 1"), "1");
+    println!(
+        "PID={} DIR={}",
+        cluster.pid().unwrap(),
+        cluster.dir().display()
+    );
+}
+
+#[test]
+fn the_shared_cluster_is_stopped_when_the_process_exits() {
+    let out = rerun("use_the_shared_cluster", &[], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let line = text.lines().find(|l| l.starts_with("PID=")).expect(&text);
+    let (pid, dir) = line
+        .strip_prefix("PID=")
+        .and_then(|l| l.split_once(" DIR="))
+        .unwrap();
+    let pid: u32 = pid.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (alive(pid) || std::path::Path::new(dir).exists()) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !alive(pid),
+        "the shared postmaster {pid} outlived its process"
+    );
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is still there");
+}
