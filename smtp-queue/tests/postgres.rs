@@ -521,3 +521,32 @@ async fn a_fleet_shares_one_budget_across_handles() {
     assert!(alone >= 1);
     assert_eq!(allowed, alone, "three handles share one budget");
 }
+
+#[tokio::test]
+async fn open_chooses_the_store_by_the_url() {
+    let url = Cluster::shared().fresh_database();
+    assert!(smtp_queue::is_postgres_url(&url));
+    assert!(smtp_queue::is_postgres_url("PostgreSQL://h/db"));
+    assert!(!smtp_queue::is_postgres_url("/var/spool/smtp-queue"));
+    let pg = smtp_queue::open(&url).await.unwrap();
+    pg.enqueue(vec![small(&["a@example.net"])], t(0))
+        .await
+        .unwrap();
+    // It is the database's: another handle by URL sees the message.
+    assert_eq!(
+        PgStore::connect(&url)
+            .await
+            .unwrap()
+            .stats()
+            .await
+            .unwrap()
+            .messages,
+        1
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = smtp_queue::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sqlite.stats().await.unwrap().messages, 0);
+    assert!(dir.path().join("queue.db").is_file());
+}
