@@ -44,6 +44,28 @@ pub enum Error {
         /// The newest version this build understands.
         supported: i64,
     },
+    /// The PostgreSQL database failed (unreachable, a connection lost, a
+    /// statement refused). Nothing of the operation was committed; it may
+    /// be retried once the server is back.
+    Database {
+        /// What the store was doing, e.g. `claiming due recipients`.
+        doing: String,
+        /// The database, its URL with any password replaced by `***`.
+        database: String,
+        /// The underlying failure (its text scrubbed of the password).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The PostgreSQL queue's schema is newer than this build knows: a
+    /// newer release migrated it, and workers of this one must not write
+    /// to it.
+    DatabaseSchemaTooNew {
+        /// The database, its URL with any password replaced by `***`.
+        database: String,
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
     /// The lease no longer holds these recipients: it expired and another
     /// worker claimed them (a newer generation), or they were retried or
     /// deleted. Nothing was recorded; the newer holder's result stands.
@@ -134,6 +156,24 @@ impl fmt::Display for Error {
                  use the newer release that wrote it",
                 path.display()
             ),
+            Self::Database {
+                doing,
+                database,
+                source,
+            } => write!(
+                f,
+                "the queue's database {database} failed while {doing}: {source}; nothing was committed: \
+                 check that the PostgreSQL server is up and reachable and that the role may write"
+            ),
+            Self::DatabaseSchemaTooNew {
+                database,
+                found,
+                supported,
+            } => write!(
+                f,
+                "this queue's schema is version {found}, this smtp knows up to {supported}: upgrade smtp \
+                 (the queue is {database})"
+            ),
             Self::StaleLease {
                 message,
                 generation,
@@ -152,7 +192,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Storage { source, .. } => Some(&**source),
+            Self::Storage { source, .. } | Self::Database { source, .. } => Some(&**source),
             Self::IllegalTransition(t) => Some(t),
             _ => None,
         }

@@ -129,6 +129,21 @@
 //! # }
 //! ```
 //!
+//! # Many hosts: the PostgreSQL store
+//!
+//! [`PgStore`] keeps the queue in PostgreSQL for workers on many hosts:
+//! claims with `FOR UPDATE SKIP LOCKED` under fenced leases, bodies in
+//! 256 KiB chunks streamed both ways, budgets kept fleet-wide, the outcome
+//! log as a table ([`PgStore::outcomes`]), each worker's heartbeat
+//! ([`Store::workers`]), versioned migrations under an advisory lock.
+//! [`open`] picks it for a `postgres://` URL, the SQLite store otherwise:
+//!
+//! ```text
+//!  host A: Runner ─┐                      ┌─ messages, recipients (leases, generation)
+//!  host B: Runner ─┼─ PgStore ── SQL ─────┼─ body_chunks (256 KiB bytea)
+//!  host C: Runner ─┘   SKIP LOCKED        └─ outcome_log, workers, budgets, throttles
+//! ```
+//!
 //! # Tracing
 //!
 //! The runner logs one INFO event per recorded outcome, target
@@ -168,6 +183,7 @@ mod event;
 pub mod log;
 pub mod mta_sts;
 mod notify;
+mod postgres;
 pub mod rate;
 mod runner;
 mod schedule;
@@ -184,6 +200,7 @@ mod verdict;
 pub use error::{Error, Result};
 pub use event::RunEvent;
 pub use notify::{Notified, enqueue_owed, enqueue_owed_via};
+pub use postgres::{PG_SCHEMA_VERSION, PgSettings, PgStore, redact_url};
 pub use runner::{
     DIRECT_ROUTE, DIRECT_ROUTE_WITHOUT_MTA_STS, Runner, RunnerConfig, Summary, mx_destination,
     relay_budget_key, relay_route, relay_route_for,
@@ -194,8 +211,26 @@ pub use spool::SpoolBody;
 pub use sqlite::{LogPlace, SCHEMA_VERSION, SqliteSettings, SqliteStore};
 pub use state::{IllegalTransition, RecipientState, Transition, UnknownState};
 pub use stop::Stop;
+/// Opens the queue named by `url_or_dir`: a `postgres://` or
+/// `postgresql://` URL opens the PostgreSQL store ([`PgStore::open`]),
+/// anything else is a spool directory for the SQLite store
+/// ([`SqliteStore::open`]). Both create or upgrade their schema.
+pub async fn open(url_or_dir: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if is_postgres_url(url_or_dir) {
+        Ok(std::sync::Arc::new(PgStore::open(url_or_dir).await?))
+    } else {
+        Ok(std::sync::Arc::new(SqliteStore::open(url_or_dir).await?))
+    }
+}
+
+/// Whether `text` names a PostgreSQL queue (`postgres://`, `postgresql://`).
+pub fn is_postgres_url(text: &str) -> bool {
+    let lower = text.get(..13).unwrap_or(text).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
 pub use store::{
     Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Enqueued, Lease, ListFilter,
     MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo,
-    RetryTarget, RouteWaiting, Stats, Store, TlsFacts,
+    RetryTarget, RouteWaiting, Stats, Store, TlsFacts, WorkerActivity,
 };

@@ -295,13 +295,13 @@ fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Where a body to store is read from.
-enum Reader {
+pub(crate) enum Reader {
     Source(Box<dyn BodySource>),
     File(tokio::fs::File, PathBuf),
 }
 
 impl Reader {
-    async fn open(body: Body) -> Result<Self> {
+    pub(crate) async fn open(body: Body) -> Result<Self> {
         Ok(match body {
             Body::Source(source) => Self::Source(source),
             Body::File(path) => {
@@ -313,7 +313,7 @@ impl Reader {
         })
     }
 
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
         match self {
             Self::Source(source) => source
                 .read(buf)
@@ -444,7 +444,7 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

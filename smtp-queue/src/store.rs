@@ -323,6 +323,27 @@ pub struct RouteWaiting {
     pub due: u64,
 }
 
+/// A worker's activity on the queue (`smtp queue stats`), from
+/// [`Store::workers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerActivity {
+    /// The worker id its claims are made under.
+    pub worker: String,
+    /// The host it runs on, when the store keeps it (PostgreSQL does).
+    pub host: Option<String>,
+    /// Its process id there, when the store keeps it.
+    pub pid: Option<u32>,
+    /// Its first claim, when the store keeps it.
+    pub started: Option<SystemTime>,
+    /// Its last claim or lease renewal: its heartbeat.
+    pub last_seen: SystemTime,
+    /// Messages it holds under live leases (at the time asked about).
+    pub leases: u64,
+    /// Recipients it holds under live leases.
+    pub recipients: u64,
+}
+
 /// A destination (a relay, or a set of MX hosts) not to be tried before a
 /// time. The key is the runner's: the store only keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -613,6 +634,17 @@ pub trait Store: Send + Sync {
         let _ = (key, batch, now);
         Err(Error::Misuse(
             "this store cannot enqueue a batch once under a key".into(),
+        ))
+    }
+
+    /// The workers seen on the queue, by worker id: each one's last claim
+    /// or renewal (its heartbeat) and what it holds under live leases at
+    /// `now`. The default refuses: a store that keeps no trace of its
+    /// workers has nothing true to say.
+    async fn workers(&self, now: SystemTime) -> Result<Vec<WorkerActivity>> {
+        let _ = now;
+        Err(Error::Misuse(
+            "this store keeps no record of its workers".into(),
         ))
     }
 }

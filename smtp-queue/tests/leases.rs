@@ -1,16 +1,17 @@
 //! Property: whatever workers do and however time moves, no recipient is
 //! ever held by two live leases, and a lease records exactly when it still
-//! holds all of its recipients. Real SQLite on disk.
+//! holds all of its recipients. Real SQLite on disk, and PostgreSQL on a
+//! throwaway cluster (a database per case).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
 use smtp_core::delivery::MemoryBody;
-use smtp_queue::{
-    Attempt, Body, Claimed, Error, MessageOptions, NewMessage, Outcome, RecipientId, SqliteStore,
-    Store,
-};
+use smtp_queue::{Attempt, Body, Claimed, Error, MessageOptions, NewMessage, Outcome, RecipientId};
+
+mod common;
+use common::backend::Backend;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -54,9 +55,8 @@ fn t(s: u64) -> SystemTime {
 /// The model: which lease generation holds each recipient, until when.
 type Held = HashMap<RecipientId, (i64, SystemTime)>;
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn run(b: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let store = b.open().await;
     let batch = (0..4)
         .map(|i| NewMessage {
             from: "a@example.com".into(),
@@ -196,6 +196,12 @@ proptest! {
     #[test]
     fn no_recipient_is_ever_held_by_two_live_leases(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(ops))?;
+        rt.block_on(run(Backend::sqlite(), ops))?;
+    }
+
+    #[test]
+    fn no_recipient_is_ever_held_by_two_live_leases_on_postgres(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(Backend::postgres(), ops))?;
     }
 }

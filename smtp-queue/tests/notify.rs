@@ -19,6 +19,7 @@ use smtp_queue::{
 use sqlx::Connection;
 
 mod common;
+use common::backend::Backend;
 use common::{files_in, files_only, read_all};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -52,7 +53,7 @@ fn reply(code: u16, enhanced: &str, text: &str) -> Attempt {
 }
 /// Enqueues `m` at t(0), claims it and records `outcomes` (by position).
 async fn settle(
-    store: &SqliteStore,
+    store: &dyn Store,
     m: NewMessage,
     outcomes: Vec<Outcome>,
 ) -> (MessageId, smtp_queue::Claimed) {
@@ -216,10 +217,8 @@ async fn a_version_1_queue_is_upgraded_on_open_and_keeps_what_it_held() {
 
 // ---- Owed exactly when the last recipient is final with a failure.
 
-#[tokio::test]
-async fn the_last_recipient_final_with_a_failure_makes_a_notification_owed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = files_only(dir.path()).await;
+async fn the_last_recipient_final_with_a_failure_makes_a_notification_owed(b: Backend) {
+    let store = b.open().await;
     let id = store
         .enqueue(
             vec![notifying(
@@ -273,12 +272,10 @@ async fn the_last_recipient_final_with_a_failure_makes_a_notification_owed() {
     assert_eq!(store.owed_notifications(10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn an_expiry_after_deferrals_makes_a_notification_owed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = files_only(dir.path()).await;
+async fn an_expiry_after_deferrals_makes_a_notification_owed(b: Backend) {
+    let store = b.open().await;
     let (id, c) = settle(
-        &store,
+        &*store,
         notifying("alice@example.com", &["carol@grey.example"], ORIGINAL),
         vec![Outcome::Deferred {
             attempt: reply(451, "4.7.1", "greylisted"),
@@ -310,24 +307,24 @@ async fn an_expiry_after_deferrals_makes_a_notification_owed() {
     assert_eq!(owed[0].recipients[0].state, RecipientState::Expired);
 }
 
-#[tokio::test]
-async fn none_is_owed_without_the_option_for_a_null_sender_or_with_every_recipient_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = files_only(dir.path()).await;
+async fn none_is_owed_without_the_option_for_a_null_sender_or_with_every_recipient_delivered(
+    b: Backend,
+) {
+    let store = b.open().await;
     let failed = || Outcome::Failed(reply(550, "5.1.1", "no such user"));
     let mut plain = notifying("alice@example.com", &["nobody@example.net"], ORIGINAL);
     plain.options.notify_sender = false;
-    settle(&store, plain, vec![failed()]).await;
+    settle(&*store, plain, vec![failed()]).await;
     for null in ["<>", ""] {
         settle(
-            &store,
+            &*store,
             notifying(null, &["nobody@example.net"], ORIGINAL),
             vec![failed()],
         )
         .await;
     }
     settle(
-        &store,
+        &*store,
         notifying("alice@example.com", &["bob@example.net"], ORIGINAL),
         vec![Outcome::Delivered(reply(250, "2.0.0", "ok"))],
     )
@@ -335,7 +332,7 @@ async fn none_is_owed_without_the_option_for_a_null_sender_or_with_every_recipie
     assert!(store.owed_notifications(10).await.unwrap().is_empty());
     let reporter = Reporter::new("client.example.org");
     assert!(
-        enqueue_owed(&store, &reporter, t(5))
+        enqueue_owed(&*store, &reporter, t(5))
             .await
             .unwrap()
             .is_empty()
@@ -391,15 +388,13 @@ async fn a_notification_is_enqueued_once_however_often_it_is_asked_for() {
     assert_eq!(files_in(&dir.path().join("bodies")), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_workers_on_one_queue_enqueue_one_notification_per_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Arc::new(files_only(dir.path()).await);
-    let b = Arc::new(files_only(dir.path()).await);
+async fn two_workers_on_one_queue_enqueue_one_notification_per_message(backend: Backend) {
+    let a = backend.open().await;
+    let b = backend.open().await;
     let n = 10;
     for i in 0..n {
         settle(
-            &a,
+            &*a,
             notifying(
                 &format!("<sender{i}@example.com>"),
                 &["nobody@example.net"],
@@ -410,7 +405,7 @@ async fn two_workers_on_one_queue_enqueue_one_notification_per_message() {
         .await;
     }
     let reporter = Reporter::new("client.example.org");
-    let run = |store: Arc<SqliteStore>| {
+    let run = |store: Arc<dyn Store>| {
         let reporter = reporter.clone();
         tokio::spawn(async move { enqueue_owed(store.as_ref(), &reporter, t(5)).await })
     };
@@ -422,7 +417,8 @@ async fn two_workers_on_one_queue_enqueue_one_notification_per_message() {
     notified.dedup();
     assert_eq!(notified.len(), n);
     assert_eq!(a.stats().await.unwrap().messages, 2 * n as u64);
-    assert_eq!(files_in(&dir.path().join("bodies")), 2 * n);
+    // Each original and its one notification, and no other message.
+    assert_eq!(a.stats().await.unwrap().messages, 2 * n as u64);
     assert!(a.owed_notifications(100).await.unwrap().is_empty());
 }
 
@@ -471,12 +467,10 @@ async fn a_failed_transaction_leaves_no_body_and_the_notification_still_owed() {
     );
 }
 
-#[tokio::test]
-async fn purge_keeps_a_message_until_its_notification_is_enqueued() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = files_only(dir.path()).await;
+async fn purge_keeps_a_message_until_its_notification_is_enqueued(b: Backend) {
+    let store = b.open().await;
     let (id, _) = settle(
-        &store,
+        &*store,
         notifying("alice@example.com", &["nobody@example.net"], ORIGINAL),
         vec![Outcome::Failed(reply(550, "5.1.1", "no such user"))],
     )
@@ -494,7 +488,7 @@ async fn purge_keeps_a_message_until_its_notification_is_enqueued() {
 // ---- What the notification returns of the original.
 
 /// The third part of the notification enqueued for `id`, with its type.
-async fn third_part(store: &SqliteStore, id: &MessageId) -> (String, String) {
+async fn third_part(store: &dyn Store, id: &MessageId) -> (String, String) {
     let dsn = store.show(id).await.unwrap().notification.unwrap();
     let mut body = store.open_body(&dsn).await.unwrap();
     let text = String::from_utf8(read_all(&mut *body).await.unwrap()).unwrap();
@@ -516,29 +510,27 @@ async fn third_part(store: &SqliteStore, id: &MessageId) -> (String, String) {
     (kind, content.to_owned())
 }
 
-#[tokio::test]
-async fn the_notification_returns_the_header_section_or_for_ret_full_the_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = files_only(dir.path()).await;
+async fn the_notification_returns_the_header_section_or_for_ret_full_the_message(b: Backend) {
+    let store = b.open().await;
     let reporter = Reporter::new("client.example.org");
     let failed = || vec![Outcome::Failed(reply(550, "5.1.1", "no such user"))];
 
     let (headers_only, _) = settle(
-        &store,
+        &*store,
         notifying("alice@example.com", &["nobody@example.net"], ORIGINAL),
         failed(),
     )
     .await;
     let mut full = notifying("alice@example.com", &["nobody@example.net"], ORIGINAL);
     full.options.dsn_ret_full = Some(true);
-    let (whole, _) = settle(&store, full, failed()).await;
+    let (whole, _) = settle(&*store, full, failed()).await;
     let big_body = format!(
         "Subject: big\r\n\r\n{}",
         "0123456789abcdef".repeat(FULL_LIMIT as usize / 16 + 1)
     );
     let mut big = notifying("alice@example.com", &["nobody@example.net"], &big_body);
     big.options.dsn_ret_full = Some(true);
-    let (too_big, _) = settle(&store, big, failed()).await;
+    let (too_big, _) = settle(&*store, big, failed()).await;
     let mut eight = notifying(
         "alice@example.com",
         &["nobody@example.net"],
@@ -546,28 +538,28 @@ async fn the_notification_returns_the_header_section_or_for_ret_full_the_message
     );
     eight.options.body = BodyKind::EightBit;
     eight.options.dsn_ret_full = Some(true);
-    let (eight_bit, _) = settle(&store, eight, failed()).await;
+    let (eight_bit, _) = settle(&*store, eight, failed()).await;
 
-    let done = enqueue_owed(&store, &reporter, t(5)).await.unwrap();
+    let done = enqueue_owed(&*store, &reporter, t(5)).await.unwrap();
     assert_eq!(done.len(), 4);
     assert!(
         done.iter()
             .all(|n| n.to == "alice@example.com" && n.recipients == ["nobody@example.net"])
     );
 
-    let (kind, content) = third_part(&store, &headers_only).await;
+    let (kind, content) = third_part(&*store, &headers_only).await;
     assert_eq!(kind, "text/rfc822-headers");
     assert_eq!(
         content,
         "From: alice@example.com\r\nTo: bob@example.net\r\nSubject: lunch\r\n"
     );
-    let (kind, content) = third_part(&store, &whole).await;
+    let (kind, content) = third_part(&*store, &whole).await;
     assert_eq!(kind, "message/rfc822");
     assert_eq!(content, ORIGINAL);
-    let (kind, content) = third_part(&store, &too_big).await;
+    let (kind, content) = third_part(&*store, &too_big).await;
     assert_eq!(kind, "text/rfc822-headers", "over {FULL_LIMIT} octets");
     assert_eq!(content, "Subject: big\r\n");
-    let (kind, content) = third_part(&store, &eight_bit).await;
+    let (kind, content) = third_part(&*store, &eight_bit).await;
     assert_eq!(kind, "message/rfc822");
     assert!(content.contains("d\u{e9}j\u{e0} vu"), "{content}");
     // An 8-bit original makes its notification 8-bit; the others are 7-bit.
@@ -682,3 +674,14 @@ async fn the_runner_delivers_the_notification_from_the_null_sender_to_the_sender
     runner.run_due(&Stop::new()).await.unwrap();
     assert_eq!(server.messages().len(), 2);
 }
+
+both!();
+
+both!(
+    two_workers_on_one_queue_enqueue_one_notification_per_message,
+    the_last_recipient_final_with_a_failure_makes_a_notification_owed,
+    an_expiry_after_deferrals_makes_a_notification_owed,
+    none_is_owed_without_the_option_for_a_null_sender_or_with_every_recipient_delivered,
+    purge_keeps_a_message_until_its_notification_is_enqueued,
+    the_notification_returns_the_header_section_or_for_ret_full_the_message,
+);

@@ -1,5 +1,5 @@
 //! Relay rate limits: the store-kept budgets (shared by handles, kept
-//! across a reopen, remembered limits) and the rated runner against a
+//! across a reopen, remembered limits; on SQLite and PostgreSQL alike) and the rated runner against a
 //! capture server on 127.0.0.1.
 
 use std::sync::Arc;
@@ -14,6 +14,9 @@ use smtp_queue::{
 };
 use smtp_testkit::capture::{CaptureConfig, CaptureServer};
 use smtp_tls::Server;
+
+mod common;
+use common::backend::Backend;
 
 fn limit(text: &str, burst: u32) -> Limit {
     Limit::new(text.parse().unwrap()).with_burst(burst)
@@ -33,10 +36,8 @@ async fn enqueue(store: &SqliteStore, n: usize) {
     store.enqueue(batch, SystemTime::now()).await.unwrap();
 }
 
-#[tokio::test]
-async fn the_same_cap_written_another_way_gets_no_fresh_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn the_same_cap_written_another_way_gets_no_fresh_budget(b: Backend) {
+    let store = b.open().await;
     let now = SystemTime::now();
     let soon = now + Duration::from_secs(1);
     let minute = [limit("1/minute", 1)];
@@ -129,11 +130,9 @@ async fn thirty_a_minute_and_500_a_day_send_500_at_2_s_then_wait_for_the_day() {
     assert_eq!(d, Decision::WaitUntil(start_ms + 86_402_000));
 }
 
-#[tokio::test]
-async fn takes_from_two_handles_at_once_never_exceed_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
-    let b = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+async fn takes_from_two_handles_at_once_never_exceed_the_budget(backend: Backend) {
+    let a = backend.open().await;
+    let b = backend.open().await;
     // 10 at once, then one every 6 minutes: 40 takes at one instant from
     // two handles get exactly 10.
     let limits = vec![limit("10/hour", 10)];
@@ -165,18 +164,15 @@ async fn takes_from_two_handles_at_once_never_exceed_the_budget() {
     );
 }
 
-#[tokio::test]
-async fn a_reopened_store_keeps_the_budget_spent() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_reopened_store_keeps_the_budget_spent(b: Backend) {
     let limits = [limit("60/minute", 1)];
     let now = SystemTime::now();
     {
-        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let store = b.open().await;
         let d = store.take_budget("k", &limits, 1, now).await.unwrap();
         assert_eq!(d, Decision::Allowed);
-        store.close().await;
     }
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = b.open().await;
     let d = store.take_budget("k", &limits, 1, now).await.unwrap();
     assert!(matches!(d, Decision::WaitUntil(_)), "{d:?}");
     let budget = store.budget("k").await.unwrap().unwrap();
@@ -187,10 +183,8 @@ async fn a_reopened_store_keeps_the_budget_spent() {
     assert_eq!(budget.next_free_ms(&limits, now_ms), now_ms + 1000);
 }
 
-#[tokio::test]
-async fn the_limits_last_set_for_a_key_are_remembered_until_cleared() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn the_limits_last_set_for_a_key_are_remembered_until_cleared(b: Backend) {
+    let store = b.open().await;
     let now = SystemTime::now();
     let limits = vec![limit("30/minute", 1), limit("500/day", 5)];
     assert!(store.budget("k").await.unwrap().is_none());
@@ -212,7 +206,7 @@ async fn the_limits_last_set_for_a_key_are_remembered_until_cleared() {
     assert!(all[0].remembered().is_empty());
     // Reopened: still cleared, still listed.
     drop(store);
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = b.open().await;
     assert!(
         store
             .budget("k")
@@ -311,3 +305,10 @@ async fn a_rated_runner_keeps_the_bound_and_releases_unattempted_with_their_turn
     assert_eq!(runner.summary().delivered, 30);
     assert_eq!(runner.summary().deferred, 0);
 }
+
+both!(
+    takes_from_two_handles_at_once_never_exceed_the_budget,
+    a_reopened_store_keeps_the_budget_spent,
+    the_limits_last_set_for_a_key_are_remembered_until_cleared,
+    the_same_cap_written_another_way_gets_no_fresh_budget,
+);

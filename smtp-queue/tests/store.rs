@@ -1,4 +1,6 @@
-//! The SQLite store on a real file in a temporary directory: no mocks.
+//! The store contract, on SQLite (a real file in a temporary directory)
+//! and on PostgreSQL (a throwaway cluster): no mocks. `both!` runs a test
+//! on each; what looks at SQLite's files stays SQLite-only.
 
 use std::collections::HashSet;
 use std::io;
@@ -8,13 +10,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use smtp_core::delivery::{BodySource, MemoryBody};
-use smtp_queue::log::Entry;
 use smtp_queue::{
     Attempt, Body, Error, ListFilter, MessageOptions, NewMessage, Next, Outcome, RecipientState,
     RetryTarget, SCHEMA_VERSION, Schedule, SqliteStore, Store, TlsFacts,
 };
 
 mod common;
+use common::backend::Backend;
 use common::{files_in, files_only, read_all};
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -59,18 +61,8 @@ fn reply(code: u16, text: &str) -> Attempt {
     }
 }
 
-fn log_entries(dir: &Path) -> Vec<Entry> {
-    std::fs::read_to_string(dir.join("outcomes.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-#[tokio::test]
-async fn an_enqueued_message_is_claimed_sent_and_recorded_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn an_enqueued_message_is_claimed_sent_and_recorded_delivered(b: Backend) {
+    let store = b.open().await;
     let ids = store
         .enqueue(
             vec![message(
@@ -145,10 +137,8 @@ async fn an_enqueued_message_is_claimed_sent_and_recorded_delivered() {
     assert_eq!(stats.count(RecipientState::Delivered), 2);
 }
 
-#[tokio::test]
-async fn the_queue_age_is_the_oldest_message_still_waiting_not_the_oldest_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn the_queue_age_is_the_oldest_message_still_waiting_not_the_oldest_kept(b: Backend) {
+    let store = b.open().await;
     assert_eq!(store.stats().await.unwrap().oldest_waiting, None);
     store
         .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
@@ -194,10 +184,8 @@ async fn the_queue_age_is_the_oldest_message_still_waiting_not_the_oldest_kept()
     assert_eq!(stats.oldest_waiting, Some(t(10)));
 }
 
-#[tokio::test]
-async fn a_deferred_recipient_comes_back_due_at_the_scheduled_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_deferred_recipient_comes_back_due_at_the_scheduled_time(b: Backend) {
+    let store = b.open().await;
     store
         .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
         .await
@@ -250,10 +238,8 @@ async fn a_deferred_recipient_comes_back_due_at_the_scheduled_time() {
     assert!(again[0].lease.generation > c.lease.generation);
 }
 
-#[tokio::test]
-async fn a_recipient_past_its_lifetime_expires_and_stays_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_recipient_past_its_lifetime_expires_and_stays_expired(b: Backend) {
+    let store = b.open().await;
     let ids = store
         .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
         .await
@@ -315,10 +301,10 @@ async fn a_recipient_past_its_lifetime_expires_and_stays_expired() {
     );
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_and_the_stale_holder_cannot_overwrite_the_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn an_expired_lease_is_taken_over_and_the_stale_holder_cannot_overwrite_the_result(
+    b: Backend,
+) {
+    let store = b.open().await;
     store
         .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
         .await
@@ -396,10 +382,8 @@ async fn an_expired_lease_is_taken_over_and_the_stale_holder_cannot_overwrite_th
     assert_eq!(shown[0].recipients[0].state, RecipientState::Delivered);
 }
 
-#[tokio::test]
-async fn callers_committed_together_are_each_checked_against_their_own_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn callers_committed_together_are_each_checked_against_their_own_lease(b: Backend) {
+    let store = b.open().await;
     store
         .enqueue(
             vec![
@@ -476,7 +460,7 @@ async fn callers_committed_together_are_each_checked_against_their_own_lease() {
         .flat_map(|m| m.recipients.iter().map(|r| r.state))
         .collect();
     assert_eq!(states, vec![RecipientState::Delivered; 6], "{shown:?}");
-    let log = log_entries(dir.path());
+    let log = b.log().await;
     let delivered = log.iter().filter(|e| e.event == "delivered").count();
     let failed = log.iter().filter(|e| e.event == "failed").count();
     assert_eq!(
@@ -492,10 +476,8 @@ async fn callers_committed_together_are_each_checked_against_their_own_lease() {
     );
 }
 
-#[tokio::test]
-async fn a_lease_that_expired_but_was_not_taken_over_still_records_and_renews() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_lease_that_expired_but_was_not_taken_over_still_records_and_renews(b: Backend) {
+    let store = b.open().await;
     store
         .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
         .await
@@ -524,10 +506,8 @@ async fn a_lease_that_expired_but_was_not_taken_over_still_records_and_renews() 
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_released_recipient_waits_for_its_destinations_backoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_released_recipient_waits_for_its_destinations_backoff(b: Backend) {
+    let store = b.open().await;
     store
         .enqueue(vec![message(&["bob@example.net"], "x\r\n")], t(0))
         .await
@@ -580,10 +560,8 @@ async fn a_released_recipient_waits_for_its_destinations_backoff() {
     assert_eq!(store.backoff("mx:mx.example.net").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn retry_makes_waiting_recipients_due_now_and_clears_backoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn retry_makes_waiting_recipients_due_now_and_clears_backoff(b: Backend) {
+    let store = b.open().await;
     let ids = store
         .enqueue(
             vec![
@@ -691,10 +669,8 @@ async fn delete_and_purge_remove_rows_and_body_files() {
     assert_eq!(store.stats().await.unwrap().messages, 0);
 }
 
-#[tokio::test]
-async fn list_filters_by_state_oldest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn list_filters_by_state_oldest_first(b: Backend) {
+    let store = b.open().await;
     let first = store
         .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
         .await
@@ -745,10 +721,8 @@ impl BodySource for Broken {
     }
 }
 
-#[tokio::test]
-async fn a_batch_that_fails_midway_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_batch_that_fails_midway_leaves_nothing_behind(b: Backend) {
+    let store = b.open().await;
     let mut broken = message(&["b@example.net"], "");
     broken.body = Body::Source(Box::new(Broken(100_000)));
     let batch = vec![
@@ -760,8 +734,10 @@ async fn a_batch_that_fails_midway_leaves_nothing_behind() {
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     assert!(err.to_string().contains("the producer went away"), "{err}");
     assert_eq!(store.stats().await.unwrap().messages, 0);
-    assert_eq!(files_in(&dir.path().join("bodies")), 0);
-    assert_eq!(files_in(&dir.path().join("tmp")), 0);
+    if let Some(dir) = b.dir() {
+        assert_eq!(files_in(&dir.join("bodies")), 0);
+        assert_eq!(files_in(&dir.join("tmp")), 0);
+    }
 
     let bad = vec![
         message(&["a@example.net"], "1\r\n"),
@@ -769,13 +745,15 @@ async fn a_batch_that_fails_midway_leaves_nothing_behind() {
     ];
     let err = store.enqueue(bad, t(0)).await.unwrap_err();
     assert!(matches!(err, Error::Misuse(_)), "{err}");
-    assert_eq!(files_in(&dir.path().join("bodies")), 0);
+    if let Some(dir) = b.dir() {
+        assert_eq!(files_in(&dir.join("bodies")), 0);
+    }
     let empty = vec![message(&[], "1\r\n")];
     assert!(matches!(
         store.enqueue(empty, t(0)).await,
         Err(Error::Misuse(_))
     ));
-    assert!(log_entries(dir.path()).is_empty());
+    assert!(b.log().await.is_empty());
 }
 
 #[tokio::test]
@@ -834,21 +812,21 @@ async fn digest(body: &mut dyn BodySource) -> io::Result<(u64, Vec<u8>)> {
     }
 }
 
-#[tokio::test]
-async fn a_body_of_many_mebibytes_streams_in_and_out_in_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_body_of_many_mebibytes_streams_in_and_out_in_chunks(b: Backend) {
+    let store = b.open().await;
     let len = 12 * 1024 * 1024 + 7;
     let mut m = message(&["a@example.net"], "");
     m.body = Body::Source(Box::new(Generated { len, pos: 0 }));
     let ids = store.enqueue(vec![m], t(0)).await.unwrap();
     let expected = digest(&mut Generated { len, pos: 0 }).await.unwrap();
-    assert_eq!(
-        std::fs::metadata(dir.path().join("bodies").join(ids[0].as_str()))
-            .unwrap()
-            .len(),
-        len
-    );
+    if let Some(dir) = b.dir() {
+        assert_eq!(
+            std::fs::metadata(dir.join("bodies").join(ids[0].as_str()))
+                .unwrap()
+                .len(),
+            len
+        );
+    }
     let mut body = store.open_body(&ids[0]).await.unwrap();
     assert_eq!(digest(&mut *body).await.unwrap(), expected);
     assert_eq!(store.show(&ids[0]).await.unwrap().body_size, len);
@@ -950,33 +928,28 @@ async fn a_schema_from_a_newer_version_is_refused() {
     assert!(err.to_string().contains("newer"), "{err}");
 }
 
-#[tokio::test]
-async fn a_reopened_store_keeps_what_was_enqueued() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_reopened_store_keeps_what_was_enqueued(b: Backend) {
+    let store = b.open().await;
     let ids = store
         .enqueue(vec![message(&["a@example.net"], "1\r\n")], t(0))
         .await
         .unwrap();
-    store.close().await;
     drop(store);
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let store = b.open().await;
     assert_eq!(
         store.show(&ids[0]).await.unwrap().recipients[0].state,
         RecipientState::Queued
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_handles_on_one_queue_never_claim_the_same_recipient() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = std::sync::Arc::new(SqliteStore::open(dir.path()).await.unwrap());
-    let b = std::sync::Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+async fn two_handles_on_one_queue_never_claim_the_same_recipient(backend: Backend) {
+    let a = backend.open().await;
+    let b = backend.open().await;
     let batch: Vec<_> = (0..30)
         .map(|i| message(&["a@example.net", "b@example.net"], &format!("{i}\r\n")))
         .collect();
     a.enqueue(batch, t(0)).await.unwrap();
-    let run = |store: std::sync::Arc<SqliteStore>, worker: &'static str| {
+    let run = |store: std::sync::Arc<dyn Store>, worker: &'static str| {
         tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
@@ -997,10 +970,8 @@ async fn two_handles_on_one_queue_never_claim_the_same_recipient() {
     assert_eq!(all.len(), 60);
 }
 
-#[tokio::test]
-async fn the_outcome_log_has_one_line_per_transition_with_the_facts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn the_outcome_log_has_one_line_per_transition_with_the_facts(b: Backend) {
+    let store = b.open().await;
     store
         .enqueue(
             vec![message(&["a@example.net", "b@example.net"], "1\r\n")],
@@ -1031,7 +1002,7 @@ async fn the_outcome_log_has_one_line_per_transition_with_the_facts() {
         )
         .await
         .unwrap();
-    let entries = log_entries(dir.path());
+    let entries = b.log().await;
     let events: Vec<_> = entries.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         events,
@@ -1064,11 +1035,7 @@ async fn the_outcome_log_has_one_line_per_transition_with_the_facts() {
         )
         .await;
     assert!(refused.is_err());
-    assert_eq!(
-        log_entries(dir.path()).len(),
-        6,
-        "a refused change is not logged"
-    );
+    assert_eq!(b.log().await.len(), 6, "a refused change is not logged");
 }
 
 #[tokio::test]
@@ -1168,10 +1135,8 @@ async fn the_queue_is_private_to_its_owner_whatever_the_umask() {
     }
 }
 
-#[tokio::test]
-async fn a_batch_of_many_messages_keeps_every_recipient_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn a_batch_of_many_messages_keeps_every_recipient_in_place(b: Backend) {
+    let store = b.open().await;
     // More than one INSERT's worth of messages and of recipients.
     let batch: Vec<NewMessage> = (0..1_200)
         .map(|i| {
@@ -1199,7 +1164,7 @@ async fn a_batch_of_many_messages_keeps_every_recipient_in_place() {
             by_id.insert(r.id, (info.id.clone(), r.address.clone()));
         }
     }
-    let entries = log_entries(dir.path());
+    let entries = b.log().await;
     assert_eq!(entries.len(), 2_400);
     for e in entries {
         assert_eq!(
@@ -1272,10 +1237,8 @@ impl BodySource for Unread {
     }
 }
 
-#[tokio::test]
-async fn enqueue_once_enqueues_only_recipients_new_under_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).await.unwrap();
+async fn enqueue_once_enqueues_only_recipients_new_under_the_key(b: Backend) {
+    let store = b.open().await;
     let list = ["a@example.net", "b@example.net", "c@example.net"];
     let batch: Vec<NewMessage> = list.iter().map(|to| message(&[to], "x")).collect();
     let done = store.enqueue_once("news-1", batch, t(0)).await.unwrap();
@@ -1322,3 +1285,23 @@ async fn enqueue_once_enqueues_only_recipients_new_under_the_key() {
     let done = store.enqueue_once("news-2", batch, t(180)).await.unwrap();
     assert_eq!((done.new_ids().count(), done.first), (3, None));
 }
+
+both!(
+    a_batch_that_fails_midway_leaves_nothing_behind,
+    a_body_of_many_mebibytes_streams_in_and_out_in_chunks,
+    a_reopened_store_keeps_what_was_enqueued,
+    two_handles_on_one_queue_never_claim_the_same_recipient,
+    an_enqueued_message_is_claimed_sent_and_recorded_delivered,
+    the_queue_age_is_the_oldest_message_still_waiting_not_the_oldest_kept,
+    a_deferred_recipient_comes_back_due_at_the_scheduled_time,
+    a_recipient_past_its_lifetime_expires_and_stays_expired,
+    an_expired_lease_is_taken_over_and_the_stale_holder_cannot_overwrite_the_result,
+    callers_committed_together_are_each_checked_against_their_own_lease,
+    a_lease_that_expired_but_was_not_taken_over_still_records_and_renews,
+    a_released_recipient_waits_for_its_destinations_backoff,
+    retry_makes_waiting_recipients_due_now_and_clears_backoff,
+    list_filters_by_state_oldest_first,
+    the_outcome_log_has_one_line_per_transition_with_the_facts,
+    a_batch_of_many_messages_keeps_every_recipient_in_place,
+    enqueue_once_enqueues_only_recipients_new_under_the_key,
+);

@@ -12,6 +12,8 @@
 //! - [`https`]: a tiny HTTPS server on loopback serving fixed paths.
 //! - [`flaky`]: a plaintext server with a queue's faults: greylisting, a
 //!   cap of messages per connection, a stall, refused authentication.
+//! - [`postgres`]: a throwaway PostgreSQL cluster (initdb into a temporary
+//!   directory, a server on 127.0.0.1), stopped and removed on drop.
 //! - [`sansio`]: the sans-IO client driven directly by transcript scripts,
 //!   with a virtual clock.
 //! - [`script`]: a scripted fake SMTP server that reads like a transcript,
@@ -24,6 +26,7 @@ pub mod dns;
 pub mod flaky;
 pub mod hostile;
 pub mod https;
+pub mod postgres;
 pub mod sansio;
 pub mod script;
 

@@ -270,3 +270,36 @@ pub(super) async fn release(
     store.write_log(&entries);
     Ok(entries.len() as u64)
 }
+
+/// The workers holding leases (live or expired, not yet taken over): the
+/// SQLite store keeps no table of workers, so a worker is known while it
+/// holds recipients; its heartbeat is its last claim or renewal of them.
+pub(super) async fn workers(
+    store: &SqliteStore,
+    now: SystemTime,
+) -> Result<Vec<crate::store::WorkerActivity>> {
+    let rows = sqlx::query(&format!(
+        "SELECT lease_worker AS worker, MAX(updated_ms) AS seen,
+             COUNT(DISTINCT CASE WHEN lease_until_ms > $1 THEN message_id END) AS leases,
+             COUNT(CASE WHEN lease_until_ms > $1 THEN 1 END) AS recipients
+         FROM recipients WHERE {LEASED} AND lease_worker IS NOT NULL
+         GROUP BY lease_worker ORDER BY lease_worker"
+    ))
+    .bind(millis(now)?)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(|e| Error::db("reading the workers' leases", e))?;
+    rows.iter()
+        .map(|row| {
+            Ok(crate::store::WorkerActivity {
+                worker: get(row, "worker")?,
+                host: None,
+                pid: None,
+                started: None,
+                last_seen: from_millis(get(row, "seen")?),
+                leases: u64::try_from(get::<i64>(row, "leases")?).unwrap_or(0),
+                recipients: u64::try_from(get::<i64>(row, "recipients")?).unwrap_or(0),
+            })
+        })
+        .collect()
+}

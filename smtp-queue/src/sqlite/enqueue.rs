@@ -18,7 +18,7 @@ use crate::store::{
     Enqueued, MessageId, MessageOptions, NewMessage, RecipientId, from_millis, millis,
 };
 
-pub(super) fn check_envelope(message: &NewMessage) -> Result<()> {
+pub(crate) fn check_envelope(message: &NewMessage) -> Result<()> {
     ReversePath::parse(&message.from).map_err(|e| {
         Error::Misuse(format!(
             "the reverse-path {:?} does not parse: {e}",

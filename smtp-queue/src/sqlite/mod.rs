@@ -64,6 +64,8 @@ mod rows;
 mod schema;
 mod throttle;
 
+pub(crate) use enqueue::{check_envelope, recorded_address};
+
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = 8;
 
@@ -527,5 +529,9 @@ impl Store for SqliteStore {
         now: SystemTime,
     ) -> Result<Enqueued> {
         enqueue::enqueue_once(self, key, batch, now).await
+    }
+
+    async fn workers(&self, now: SystemTime) -> Result<Vec<crate::store::WorkerActivity>> {
+        claim::workers(self, now).await
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test file uses some).
 #![allow(dead_code)]
 
+pub(crate) mod backend;
+
 use std::io;
 use std::path::Path;
 use std::time::Duration;
