@@ -388,7 +388,10 @@ async fn mta_sts_policy(
     let Some(p) = &tls.mta_sts else {
         let mut lines = vec!["MTA-STS: no policy".to_owned()];
         if let Some((kind, detail)) = &tls.problem {
-            lines.push(format!("  ignored ({kind}): {detail}"));
+            lines.push(format!(
+                "  ignored ({kind}): {}",
+                crate::terminal::one_line(detail)
+            ));
         }
         return Ok((
             serde_json::json!({"policy": null, "problem": problem}),
@@ -402,7 +405,10 @@ async fn mta_sts_policy(
         .filter(|h| p.policy.mode != Mode::None && !p.policy.allows(h))
         .collect();
     let source = if p.from_cache { "cache" } else { "fetched" };
-    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at);
+    // A cache file is outside input: no overflow on a far expiry.
+    let expires = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(p.expires_at))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let json = serde_json::json!({
         "policy": {
             "mode": p.policy.mode.to_string(),
@@ -450,7 +456,8 @@ async fn mta_sts_policy(
     }
     if let Some((kind, detail)) = &tls.problem {
         lines.push(format!(
-            "  refresh failed ({kind}): {detail}; the cached policy stays"
+            "  refresh failed ({kind}): {}; the cached policy stays",
+            crate::terminal::one_line(detail)
         ));
     }
     Ok((json, lines))

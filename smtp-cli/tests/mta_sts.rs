@@ -449,3 +449,20 @@ fn a_message_queued_with_mta_sts_off_waits_for_a_run_without_it_and_the_other_wa
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert_eq!(w.mx.messages().len(), 1, "{out}\n{err}");
 }
+
+#[test]
+fn mx_survives_a_cache_entry_with_a_far_expiry() {
+    let w = World::new(|ca| ca.leaf(&["mx1.example.com"]), ENFORCE);
+    let cache = Path::new(&w.path("cache")).join("smtp");
+    std::fs::create_dir_all(&cache).unwrap();
+    let entry = serde_json::json!({"example.com": {
+        "id": "20260101",
+        "policy": ENFORCE,
+        "fetched": 1,
+        "expires": u64::MAX,
+    }});
+    std::fs::write(cache.join("mta-sts.json"), entry.to_string()).unwrap();
+    let (code, out, err) = w.smtp(&["mx", "example.com"], &w.here());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("from cache"), "{out}");
+}

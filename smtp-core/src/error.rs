@@ -396,8 +396,7 @@ impl fmt::Display for PolicyError {
             ),
             Self::MtaSts { policy, detail } => write!(
                 f,
-                "{policy} not met: {detail}; the message waits for a host that meets it \
-                 (never sent in plaintext)"
+                "{policy} not met: {detail}; deferred, never sent in plaintext"
             ),
             Self::AuthNotOffered { tls: false } => f.write_str(
                 "credentials are set but the server offers no AUTH on this plaintext session; \

@@ -74,13 +74,20 @@ impl PolicyCache for StoreCache {
 /// A JSON file as the cache (`smtp send` without a queue): one object,
 /// domain → `{id, policy, fetched, expires}`. Kept to
 /// [`FileCache::MAX_DOMAINS`] domains.
+///
+/// Several `smtp` processes share it: each change is a read, change and
+/// rename under an exclusive lock on `<file>.lock`, so none loses
+/// another's policies. Past the cap, expired policies go first, then the
+/// oldest fetched of those not in `enforce`; an `enforce` policy still in
+/// force is never pushed out (a new one is then not kept), so nobody can
+/// flush a domain's protection by making this machine fetch many others.
 pub struct FileCache {
     path: PathBuf,
     lock: tokio::sync::Mutex<()>,
 }
 
 impl FileCache {
-    /// Domains kept at most; past it the oldest fetched go.
+    /// Domains kept at most.
     pub const MAX_DOMAINS: usize = 1000;
 
     /// A cache in `path` (created when first written).
@@ -96,6 +103,49 @@ impl FileCache {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// The lock on the cache among processes, held while it lives.
+    fn lock_file(&self) -> std::io::Result<std::fs::File> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(self.path.with_extension("json.lock"))?;
+        file.lock()?;
+        Ok(file)
+    }
+
+    /// `all` cut to [`Self::MAX_DOMAINS`], keeping `kept` if it can.
+    fn evict(all: &mut BTreeMap<String, serde_json::Value>, kept: &str, now: u64) {
+        let expires = |v: &serde_json::Value| v["expires"].as_u64().unwrap_or(0);
+        if all.len() > Self::MAX_DOMAINS {
+            all.retain(|k, v| k == kept || expires(v) > now);
+        }
+        let enforced = |v: &serde_json::Value| {
+            v["policy"]
+                .as_str()
+                .is_some_and(|p| p.lines().any(|l| l.trim() == "mode: enforce"))
+        };
+        while all.len() > Self::MAX_DOMAINS {
+            let oldest = all
+                .iter()
+                .filter(|(k, v)| k.as_str() != kept && !enforced(v))
+                .min_by_key(|(_, v)| v["fetched"].as_u64().unwrap_or(0))
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    all.remove(&k);
+                }
+                None => {
+                    tracing::warn!(
+                        domain = kept,
+                        "MTA-STS cache full of enforce policies in force; this one is not kept"
+                    );
+                    all.remove(kept);
+                }
+            }
+        }
     }
 }
 
@@ -117,25 +167,6 @@ impl PolicyCache for FileCache {
 
     async fn put(&self, p: &InForce) {
         let _guard = self.lock.lock().await;
-        let mut all = self.read();
-        all.insert(
-            p.domain.clone(),
-            serde_json::json!({
-                "id": p.id,
-                "policy": p.policy.lines().join("\r\n"),
-                "fetched": p.fetched_at,
-                "expires": p.expires_at,
-            }),
-        );
-        while all.len() > Self::MAX_DOMAINS {
-            let oldest = all
-                .iter()
-                .min_by_key(|(_, v)| v["fetched"].as_u64().unwrap_or(0))
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                all.remove(&k);
-            }
-        }
         if let Some(dir) = self.path.parent() {
             // Private: which domains one mails is nobody else's business.
             let mut builder = std::fs::DirBuilder::new();
@@ -144,11 +175,26 @@ impl PolicyCache for FileCache {
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             let _ = builder.create(dir);
         }
-        let tmp = self.path.with_extension("json.tmp");
-        let written = serde_json::to_vec(&all)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_private(&tmp, &bytes))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        let written = self.lock_file().and_then(|_lock| {
+            let mut all = self.read();
+            all.insert(
+                p.domain.clone(),
+                serde_json::json!({
+                    "id": p.id,
+                    "policy": p.policy.lines().join("\r\n"),
+                    "fetched": p.fetched_at,
+                    "expires": p.expires_at,
+                }),
+            );
+            Self::evict(&mut all, &p.domain, p.fetched_at);
+            let tmp = self
+                .path
+                .with_extension(format!("json.tmp.{}", std::process::id()));
+            serde_json::to_vec(&all)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| write_private(&tmp, &bytes))
+                .and_then(|()| std::fs::rename(&tmp, &self.path))
+        });
         if let Err(e) = written {
             tracing::warn!(path = %self.path.display(), "MTA-STS cache not written: {e}");
         }
@@ -379,5 +425,98 @@ impl TlsPolicySource for MtaSts {
             result,
             count: 1,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_force(domain: &str, mode: &str, fetched_at: u64) -> InForce {
+        let text = format!("version: STSv1\nmode: {mode}\nmx: *.{domain}\nmax_age: 86400\n");
+        InForce {
+            domain: domain.to_owned(),
+            id: "1".to_owned(),
+            policy: mta_sts::policy::parse(text.as_bytes()).unwrap(),
+            fetched_at,
+            expires_at: fetched_at + 86_400,
+            from_cache: false,
+        }
+    }
+
+    fn entry(p: &InForce) -> serde_json::Value {
+        serde_json::json!({
+            "id": p.id,
+            "policy": p.policy.lines().join("\r\n"),
+            "fetched": p.fetched_at,
+            "expires": p.expires_at,
+        })
+    }
+
+    /// Processes (here: caches on one file, each with its own in-process
+    /// lock) writing at once lose none of each other's policies.
+    #[test]
+    fn caches_on_one_file_writing_at_once_keep_every_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mta-sts.json");
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let cache = FileCache::new(path);
+                    for j in 0..4 {
+                        rt.block_on(cache.put(&in_force(&format!("d{i}-{j}.test"), "enforce", 10)));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let cache = FileCache::new(path);
+        assert_eq!(cache.read().len(), 64);
+        assert!(rt.block_on(cache.get("d15-3.test")).is_some());
+    }
+
+    /// Past the cap: expired first, then the oldest not in enforce; an
+    /// enforce policy in force is never pushed out by newer ones.
+    #[test]
+    fn a_full_cache_never_pushes_out_an_enforce_policy_in_force() {
+        let now = 1_000_000;
+        let mut all = BTreeMap::new();
+        let victim = in_force("victim.test", "enforce", now - 100);
+        all.insert("victim.test".to_owned(), entry(&victim));
+        for i in 0..FileCache::MAX_DOMAINS {
+            let p = in_force(&format!("a{i}.test"), "enforce", now + i as u64);
+            all.insert(p.domain.clone(), entry(&p));
+        }
+        FileCache::evict(&mut all, "a999.test", now + 999);
+        assert_eq!(all.len(), FileCache::MAX_DOMAINS);
+        assert!(all.contains_key("victim.test"), "the victim stays");
+        assert!(!all.contains_key("a999.test"), "the newest is not kept");
+        // A testing policy goes before any enforce one; an expired one first.
+        let t = in_force("t.test", "testing", now - 50);
+        all.insert("t.test".to_owned(), entry(&t));
+        all.remove("a0.test");
+        let mut expired = in_force("old.test", "enforce", 0);
+        expired.expires_at = 1;
+        all.insert("old.test".to_owned(), entry(&expired));
+        let n = in_force("new.test", "testing", now + 2000);
+        all.insert("new.test".to_owned(), entry(&n));
+        FileCache::evict(&mut all, "new.test", now + 2000);
+        assert_eq!(all.len(), FileCache::MAX_DOMAINS);
+        assert!(!all.contains_key("old.test"));
+        assert!(all.contains_key("new.test") && all.contains_key("victim.test"));
+        let n2 = in_force("new2.test", "enforce", now + 3000);
+        all.insert("new2.test".to_owned(), entry(&n2));
+        FileCache::evict(&mut all, "new2.test", now + 3000);
+        assert!(!all.contains_key("t.test"), "the testing policy went");
+        assert!(all.contains_key("new2.test") && all.contains_key("victim.test"));
     }
 }

@@ -310,15 +310,17 @@ impl Transport for TcpTransport {
             Some(Err(e)) => {
                 // Prefer the verifier's own words for certificate failures,
                 // and show the certificate it saw, verified or not.
-                let (recorded, certificate) = match verdict.lock() {
+                let (recorded, certificate, fault) = match verdict.lock() {
                     Ok(seen) => (
                         seen.verdict.clone().and_then(Result::err),
                         certificate::describe(&seen.presented),
+                        seen.fault,
                     ),
-                    Err(_) => (None, None),
+                    Err(_) => (None, None, None),
                 };
                 let failure = match recorded {
-                    Some(words) => TlsFailure::new(TlsFailureKind::Certificate, words),
+                    Some(words) => TlsFailure::new(TlsFailureKind::Certificate, words)
+                        .with_certificate_fault(fault),
                     None => handshake_failure(&e),
                 };
                 Err(failure.with_certificate(certificate))

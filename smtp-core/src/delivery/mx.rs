@@ -182,6 +182,10 @@ fn is_reserved_nonexistent(domain: &str) -> bool {
     d == "invalid" || d.ends_with(".invalid")
 }
 
+/// The most MX hosts a plan holds (the lowest preferences; Postfix tries
+/// at most 5 addresses by default).
+pub const MAX_MX_HOSTS: usize = 16;
+
 /// Plans delivery to `domain`. `pick(n)` returns a number below `n`, used to
 /// shuffle equal preferences (pass a random source; tests pass a fixed one).
 pub async fn plan(
@@ -230,14 +234,21 @@ pub async fn plan(
         (PlanKind::Mx, sorted)
     };
     shuffle_equal_preferences(&mut hosts, pick);
+    // The most preferred hosts only, their addresses looked up at once: a
+    // domain with a thousand MX records, or hosts whose lookups never
+    // answer, costs one lookup's timeout, not one per host in turn.
+    hosts.truncate(MAX_MX_HOSTS);
+    let lookups =
+        futures_util::future::join_all(hosts.iter().map(|(_, name)| resolver.addresses(name)))
+            .await;
     let mut planned = Vec::new();
     let mut budget = max_addresses;
     let mut temporary = None;
-    for (preference, name) in hosts {
+    for ((preference, name), lookup) in hosts.into_iter().zip(lookups) {
         if budget == 0 {
             break;
         }
-        let (mut addresses, error) = match resolver.addresses(&name).await {
+        let (mut addresses, error) = match lookup {
             Ok(a) => (a, None),
             Err(e) => {
                 if let DnsError::Temporary(d) = &e {
@@ -352,6 +363,35 @@ mod tests {
         pick: &mut (dyn FnMut(usize) -> usize + Send),
     ) -> Result<MxPlan, PlanError> {
         plan(dns, "example.net", pick, 5).await
+    }
+
+    /// A domain's thousand MX hosts whose address lookups each take 10 s:
+    /// the 16 most preferred are looked up, at once.
+    #[tokio::test(start_paused = true)]
+    async fn many_slow_mx_hosts_cost_one_lookup_s_time_not_one_each() {
+        struct Slow(std::sync::atomic::AtomicUsize);
+        #[async_trait]
+        impl Resolver for Slow {
+            async fn mx(&self, _: &str) -> Result<Vec<MxRecord>, DnsError> {
+                Ok((0..1000u16)
+                    .map(|i| mx(i, &format!("mx{i}.example.net")))
+                    .collect())
+            }
+            async fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, DnsError> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                Err(DnsError::Temporary("timed out".into()))
+            }
+        }
+        let dns = Slow(std::sync::atomic::AtomicUsize::new(0));
+        let start = tokio::time::Instant::now();
+        let e = plan(&dns, "example.net", &mut first, 5).await.unwrap_err();
+        assert!(matches!(e, PlanError::Temporary { .. }), "{e}");
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(10));
+        assert_eq!(
+            dns.0.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_MX_HOSTS
+        );
     }
 
     #[tokio::test]

@@ -93,6 +93,8 @@ pub struct TlsFailure {
     pub detail: String,
     /// The server's certificate, when one was presented.
     pub certificate: Option<Box<PeerCertificate>>,
+    /// Why the certificate was refused, for a [`TlsFailureKind::Certificate`].
+    pub certificate_fault: Option<CertificateFault>,
 }
 
 impl TlsFailure {
@@ -102,7 +104,15 @@ impl TlsFailure {
             kind,
             detail: detail.into(),
             certificate: None,
+            certificate_fault: None,
         }
+    }
+
+    /// The same failure, with why the certificate was refused.
+    #[must_use]
+    pub fn with_certificate_fault(mut self, fault: Option<CertificateFault>) -> Self {
+        self.certificate_fault = fault;
+        self
     }
 
     /// The same failure, with the certificate the server presented.

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 
 use super::{Attempt, Decided};
-use crate::delivery::mta_sts::{Applied, DomainTls, session_result};
+use crate::delivery::mta_sts::{Applied, DomainTls, Mode, session_result};
 use crate::delivery::tls_rpt::ResultType;
 use crate::delivery::{TlsFailureKind, TlsInfo};
 use crate::envelope::RecipientStatus;
@@ -45,14 +45,23 @@ pub fn session_results(tls: &DomainTls, attempts: &[Attempt]) -> Vec<(String, Re
     if tls.mta_sts.is_none() {
         return Vec::new();
     }
+    let named = |host: &str| {
+        tls.mta_sts
+            .as_ref()
+            .is_none_or(|p| p.policy.mode == Mode::None || p.policy.allows(host))
+    };
     attempts
         .iter()
         .filter(|a| a.failure.is_none())
         .map(|a| {
-            (
-                a.host.clone(),
-                session_result(&a.host, a.tls.as_ref(), a.error.as_ref()),
-            )
+            // A host the policy does not name (tried only under
+            // `testing`) fails it, however good its TLS.
+            let result = if named(&a.host) {
+                session_result(&a.host, a.tls.as_ref(), a.error.as_ref())
+            } else {
+                ResultType::ValidationFailure
+            };
+            (a.host.clone(), result)
         })
         .collect()
 }
@@ -63,17 +72,34 @@ pub fn no_allowed_host(tls: &DomainTls, applied: &Applied) -> Option<Error> {
         return None;
     }
     let patterns = tls.mta_sts.as_ref().map_or_else(String::new, |p| {
-        p.policy
-            .mx
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        some(
+            &p.policy
+                .mx
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        )
     });
     tls.refusal(&format!(
         "none of the MX hosts ({}) matches the policy's mx patterns ({patterns})",
-        applied.excluded.join(", ")
+        some(&applied.excluded)
     ))
+}
+
+/// The first few of `items`, and how many more: a refusal is recorded
+/// with each attempt, and a domain's DNS or policy can list thousands.
+fn some(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
 }
 
 /// Under `enforce`: every recipient left undelivered by a TLS failure
@@ -140,19 +166,23 @@ fn unmet(host: &str, tls: Option<&TlsInfo>, error: Option<&Error>) -> String {
 mod tests {
     use super::*;
     use crate::address::Mailbox;
-    use crate::delivery::mta_sts::{InForce, Mode, MxPattern, Policy};
+    use crate::delivery::mta_sts::{InForce, MxPattern, Policy};
     use crate::delivery::{CertificateFault, PeerCertificate};
     use crate::envelope::RecipientOutcome;
     use crate::phase::Phase;
     use crate::policy::TlsPolicy;
 
     fn enforced() -> DomainTls {
+        under(Mode::Enforce)
+    }
+
+    fn under(mode: Mode) -> DomainTls {
         DomainTls {
             mta_sts: Some(InForce {
                 domain: "example.com".into(),
                 id: "1".into(),
                 policy: Policy {
-                    mode: Mode::Enforce,
+                    mode,
                     mx: vec![MxPattern::parse("*.example.com").unwrap()],
                     max_age: 86400,
                 },
@@ -228,5 +258,88 @@ mod tests {
             );
             assert_eq!(d.outcome.status, RecipientStatus::Deferred);
         }
+    }
+
+    fn attempt(host: &str, tls: Option<TlsInfo>, error: Option<Error>) -> Attempt {
+        Attempt {
+            host: host.into(),
+            addr: "127.0.0.1:25".parse().unwrap(),
+            failure: None,
+            error,
+            tls,
+        }
+    }
+
+    #[test]
+    fn session_results_count_an_unnamed_host_and_a_refused_certificate_as_failures() {
+        let verified = TlsInfo {
+            verified: true,
+            ..TlsInfo::default()
+        };
+        // Under testing, a host the policy does not name fails it, however
+        // good its TLS; a named one with verified TLS succeeds.
+        let results = session_results(
+            &under(Mode::Testing),
+            &[
+                attempt("evil.attacker.test", Some(verified.clone()), None),
+                attempt("mx1.example.com", Some(verified.clone()), None),
+            ],
+        );
+        assert_eq!(
+            results,
+            [
+                ("evil.attacker.test".into(), ResultType::ValidationFailure),
+                ("mx1.example.com".into(), ResultType::Success),
+            ]
+        );
+        // Under mode none nothing is unnamed.
+        let results = session_results(
+            &under(Mode::None),
+            &[attempt("evil.attacker.test", Some(verified), None)],
+        );
+        assert_eq!(results[0].1, ResultType::Success);
+        // A certificate refused in the handshake (Certified throughout):
+        // by why it was refused.
+        for (fault, want) in [
+            (CertificateFault::Expired, ResultType::CertificateExpired),
+            (
+                CertificateFault::NameMismatch,
+                ResultType::CertificateHostMismatch,
+            ),
+            (
+                CertificateFault::NotTrusted,
+                ResultType::CertificateNotTrusted,
+            ),
+        ] {
+            let refused = crate::delivery::TlsFailure::new(TlsFailureKind::Certificate, "x")
+                .with_certificate_fault(Some(fault));
+            let results = session_results(
+                &enforced(),
+                &[attempt("mx1.example.com", None, Some(Error::Tls(refused)))],
+            );
+            assert_eq!(results[0].1, want, "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_for_no_allowed_host_names_a_few_hosts_and_counts_the_rest() {
+        let plan = crate::delivery::mx::MxPlan {
+            domain: "example.com".into(),
+            kind: crate::delivery::mx::PlanKind::Mx,
+            hosts: (0..300)
+                .map(|i| crate::delivery::mx::PlannedHost {
+                    name: format!("mx{i}.elsewhere.test"),
+                    preference: 10,
+                    addresses: vec!["127.0.0.1".parse().unwrap()],
+                    error: None,
+                })
+                .collect(),
+        };
+        let tls = enforced();
+        let applied = tls.apply(&plan, TlsPolicy::Optional);
+        let text = no_allowed_host(&tls, &applied).unwrap().to_string();
+        assert!(text.contains("mx4.elsewhere.test and 295 more"), "{text}");
+        assert!(!text.contains("mx5.elsewhere.test"), "{text}");
+        assert!(text.len() < 400, "{}", text.len());
     }
 }

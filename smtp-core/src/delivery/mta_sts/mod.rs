@@ -21,7 +21,7 @@ use std::fmt;
 
 use crate::delivery::mx::MxPlan;
 use crate::delivery::tls_rpt::ResultType;
-use crate::delivery::{CertificateFault, TlsInfo};
+use crate::delivery::{CertificateFault, TlsFailureKind, TlsInfo};
 use crate::error::{Error, PolicyError};
 use crate::policy::TlsPolicy;
 
@@ -87,10 +87,15 @@ pub enum Refresh {
 /// RFC 8461 §5.1: a cached policy is used until it expires; a TXT record
 /// whose id differs from the cached one means a new policy to fetch; no
 /// valid TXT record leaves a cached policy in force until it expires.
+/// A policy past half its life is fetched again even under the same id
+/// (section 10.2 asks senders to refresh before expiry): otherwise it
+/// would lapse on schedule, and an attacker who then blocks the fetch
+/// would have the domain unprotected. A failed refresh keeps it.
 pub fn refresh(cached: Option<&InForce>, record: Option<&StsRecord>, now: u64) -> Refresh {
     let live = cached.filter(|c| c.expires_at > now);
+    let fresh = |c: &InForce| now < c.fetched_at + c.expires_at.saturating_sub(c.fetched_at) / 2;
     match (live, record) {
-        (Some(c), Some(r)) if c.id == r.id => Refresh::UseCached,
+        (Some(c), Some(r)) if c.id == r.id && fresh(c) => Refresh::UseCached,
         (_, Some(r)) => Refresh::Fetch { id: r.id.clone() },
         (Some(_), None) => Refresh::UseCached,
         (None, None) => Refresh::NoPolicy,
@@ -215,6 +220,14 @@ pub fn session_result(host: &str, tls: Option<&TlsInfo>, error: Option<&Error>) 
             }
             _ => ResultType::CertificateNotTrusted,
         },
+        // Refused in the handshake (the policy Certified throughout).
+        (None, Some(Error::Tls(f))) if f.kind == TlsFailureKind::Certificate => {
+            match f.certificate_fault {
+                Some(CertificateFault::Expired) => ResultType::CertificateExpired,
+                Some(CertificateFault::NameMismatch) => ResultType::CertificateHostMismatch,
+                _ => ResultType::CertificateNotTrusted,
+            }
+        }
         (None, Some(_)) => ResultType::ValidationFailure,
     }
 }
@@ -271,9 +284,14 @@ mod tests {
     fn a_changed_id_is_fetched_and_a_live_cache_outlives_a_missing_record() {
         let c = in_force(Mode::Enforce, "1", 100);
         let r = |id: &str| StsRecord { id: id.into() };
-        assert_eq!(refresh(Some(&c), Some(&r("1")), 50), Refresh::UseCached);
+        assert_eq!(refresh(Some(&c), Some(&r("1")), 49), Refresh::UseCached);
+        // Half its life gone: fetched again before it lapses.
         assert_eq!(
-            refresh(Some(&c), Some(&r("2")), 50),
+            refresh(Some(&c), Some(&r("1")), 50),
+            Refresh::Fetch { id: "1".into() }
+        );
+        assert_eq!(
+            refresh(Some(&c), Some(&r("2")), 20),
             Refresh::Fetch { id: "2".into() }
         );
         assert_eq!(

@@ -40,7 +40,15 @@ impl std::error::Error for RecordError {}
 
 /// The one `v=STSv1` record among a name's TXT records, parsed.
 pub fn select(txts: &[String]) -> Result<StsRecord, RecordError> {
-    let candidates: Vec<&String> = txts.iter().filter(|t| t.starts_with("v=STSv1")).collect();
+    // RFC 8461 section 3.1: records that do not begin with `v=STSv1;` are
+    // discarded (so a `v=STSv10` beside the real one changes nothing).
+    let candidates: Vec<&String> = txts
+        .iter()
+        .filter(|t| {
+            t.strip_prefix("v=STSv1")
+                .is_some_and(|rest| rest.trim_start_matches([' ', '\t']).starts_with(';'))
+        })
+        .collect();
     match candidates.as_slice() {
         [] => Err(RecordError::Absent),
         [one] => parse(one),
@@ -139,5 +147,10 @@ mod tests {
             s(&["v=STSv1; id=1", "v=STSv1; id=2"]),
             Err(RecordError::Several(2))
         );
+        // Records that only start like the version are not candidates.
+        for other in ["v=STSv10; id=2", "v=STSv1x; id=2", "v=STSv1"] {
+            assert_eq!(s(&["v=STSv1; id=1", other]).unwrap().id, "1", "{other}");
+        }
+        assert_eq!(s(&["v=STSv1 ; id=3"]).unwrap().id, "3");
     }
 }
