@@ -375,4 +375,75 @@ async fn two_runners_on_one_queue_never_open_more_than_the_shape_between_them(b:
     );
 }
 
-both!(two_runners_on_one_queue_never_open_more_than_the_shape_between_them);
+/// A worker killed mid-session (its slots never given back) holds the
+/// destination's 2 slots until their lease runs out: no runner connects
+/// before then, and one delivers everything after.
+async fn a_dead_workers_slots_hold_until_their_lease_then_free_themselves(b: Backend) {
+    const N: usize = 6;
+    let server = FlakyServer::start(FlakyConfig::default()).await.unwrap();
+    let zone = Zone::new()
+        .mx("bulk.test", 10, MX)
+        .a(MX, "127.0.0.1".parse().unwrap());
+    let dns = DnsServer::start(zone).await.unwrap();
+    let store = b.open().await;
+    let batch = (0..N)
+        .map(|i| NewMessage {
+            from: "sender@example.com".into(),
+            to: vec![format!("r{i}@bulk.test")],
+            body: Body::Source(Box::new(MemoryBody::new(format!(
+                "Subject: {i}\r\n\r\nmessage {i}\r\n"
+            )))),
+            options: MessageOptions::default(),
+        })
+        .collect();
+    store.enqueue(batch, SystemTime::now()).await.unwrap();
+    // The dead worker's slots: both of the shape's, 3 s left on them.
+    let lease = Duration::from_secs(3);
+    let now = SystemTime::now();
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let slot = store
+            .take_slot(DEST, 2, "dead", now + lease, now)
+            .await
+            .unwrap();
+        dead.push(slot.unwrap());
+    }
+    let start = Instant::now();
+    let live = b.open().await;
+    let r = runner(live.clone(), &dns, server.addr().port(), "live");
+    let before_expiry = async {
+        tokio::time::sleep(lease - Duration::from_millis(300)).await;
+        server.connections()
+    };
+    let ((), connections_before) = tokio::join!(
+        deliver_all(&r, live.as_ref(), N as u64, Duration::from_secs(60)),
+        before_expiry
+    );
+    assert_eq!(connections_before, 0, "a session opened on a held slot");
+    assert!(start.elapsed() >= lease, "{:?}", start.elapsed());
+    let deliveries = server.deliveries();
+    assert_eq!(deliveries.len(), N);
+    assert!(deliveries.values().all(|n| *n == 1), "{deliveries:?}");
+    // Removed by the live worker's take: the dead one's renewal is refused.
+    for slot in &dead {
+        assert_eq!(
+            store
+                .renew_slot(slot, SystemTime::now() + lease)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert!(
+        store
+            .slots(None, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+both!(
+    two_runners_on_one_queue_never_open_more_than_the_shape_between_them,
+    a_dead_workers_slots_hold_until_their_lease_then_free_themselves,
+);

@@ -5,7 +5,8 @@
 //!
 //! A take is one `BEGIN IMMEDIATE` transaction: remove the slots expired
 //! at `now` (of every destination: a dead worker's), count the
-//! destination's, add one if fewer than the limit, commit. Two handles
+//! destination's, add one if fewer than the limit, commit; unless a
+//! plain read before it already counts the limit held. Two handles
 //! (two processes) taking at once wait for each other's write lock, so
 //! their counts never miss each other's slots. Generations come from
 //! `AUTOINCREMENT`: never given twice, even after the row is removed.
@@ -32,19 +33,32 @@ pub(super) async fn take_slot(
     let doing = "taking a destination's connection slot";
     let now_ms = millis(now)?;
     let until_ms = millis(until)?;
+    // All held, as a plain read sees it: refused without the write lock
+    // (a session waiting for a slot asks again and again; the runners'
+    // recordings should not queue behind it). Only a grant needs the
+    // transaction.
+    let count = "SELECT COUNT(*) FROM slots WHERE destination = $1 AND until_ms > $2";
+    let held: i64 = sqlx::query_scalar(count)
+        .bind(destination)
+        .bind(now_ms)
+        .fetch_one(&store.pool)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    if held >= i64::from(limit) {
+        return Ok(None);
+    }
     let mut tx = store.begin(doing).await?;
     sqlx::query("DELETE FROM slots WHERE until_ms <= $1")
         .bind(now_ms)
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db(doing, e))?;
-    let held: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE destination = $1 AND until_ms > $2")
-            .bind(destination)
-            .bind(now_ms)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| Error::db(doing, e))?;
+    let held: i64 = sqlx::query_scalar(count)
+        .bind(destination)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
     let slot = if held < i64::from(limit) {
         let generation: i64 = sqlx::query_scalar(
             "INSERT INTO slots (destination, worker, until_ms, taken_ms) VALUES ($1, $2, $3, $4)
