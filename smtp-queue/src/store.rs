@@ -397,6 +397,10 @@ pub struct Backoff {
 ///   transaction that makes its last recipient final, when one failed or
 ///   expired; [`enqueue_notification`](Self::enqueue_notification) then
 ///   enqueues exactly one for it.
+/// - [`take_slot`](Self::take_slot) grants a destination's connection
+///   slot only while fewer than the limit asked with are held unexpired,
+///   atomically across every handle; expired slots are free, and a stale
+///   holder's renewal or release never touches a slot taken after it.
 /// - Times are the caller's `now`; the store reads no clock.
 #[async_trait]
 pub trait Store: Send + Sync {
