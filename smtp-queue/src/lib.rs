@@ -86,6 +86,9 @@
 //!   messages per session and a rate, from a built-in table of the large
 //!   providers or the caller's rules; a "slow down" reply throttles the
 //!   destination ([`Throttle`], kept in the store) until it recovers.
+//!   A destination's sessions at once count every runner on the queue:
+//!   each session holds a slot the store leases ([`Store::take_slot`]),
+//!   freed when it ends, or when its lease runs out if its worker died.
 //! - **Enqueue once** ([`Store::enqueue_once`]): a batch under a key, each
 //!   recipient recorded under it in the batch's transaction, so a re-run
 //!   (a mail merge after an interruption, or with its list grown) enqueues
@@ -133,7 +136,8 @@
 //!
 //! [`PgStore`] keeps the queue in PostgreSQL for workers on many hosts:
 //! claims with `FOR UPDATE SKIP LOCKED` under fenced leases, bodies in
-//! 256 KiB chunks streamed both ways, budgets kept fleet-wide, the outcome
+//! 256 KiB chunks streamed both ways, budgets and connection slots kept
+//! fleet-wide, the outcome
 //! log as a table ([`PgStore::outcomes`]), each worker's heartbeat
 //! ([`Store::workers`]), versioned migrations under an advisory lock.
 //! [`open`] picks it for a `postgres://` URL, the SQLite store otherwise:
@@ -232,5 +236,5 @@ pub fn is_postgres_url(text: &str) -> bool {
 pub use store::{
     Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Enqueued, Lease, ListFilter,
     MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo,
-    RetryTarget, RouteWaiting, Stats, Store, TlsFacts, WorkerActivity,
+    RetryTarget, RouteWaiting, SlotLease, Stats, Store, TlsFacts, WorkerActivity,
 };

@@ -111,6 +111,24 @@ pub struct Lease {
     pub until: SystemTime,
 }
 
+/// A worker's hold on one of a destination's connection slots
+/// ([`Store::take_slot`]): while it is held and unexpired, it counts
+/// against the destination's limit for the whole fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotLease {
+    /// The destination's key (`mx:…`, `relay:…`).
+    pub destination: String,
+    /// Store-wide increasing number of this slot, never given twice: a
+    /// slot that expired and was taken again is another number, so the
+    /// old holder's renewal or release does not touch the new one's.
+    pub generation: i64,
+    /// Who holds it.
+    pub worker: String,
+    /// When it expires, unless renewed; then it no longer counts and is
+    /// removed by the next take.
+    pub until: SystemTime,
+}
+
 /// A claimed recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimedRecipient {
@@ -379,6 +397,10 @@ pub struct Backoff {
 ///   transaction that makes its last recipient final, when one failed or
 ///   expired; [`enqueue_notification`](Self::enqueue_notification) then
 ///   enqueues exactly one for it.
+/// - [`take_slot`](Self::take_slot) grants a destination's connection
+///   slot only while fewer than the limit asked with are held unexpired,
+///   atomically across every handle; expired slots are free, and a stale
+///   holder's renewal or release never touches a slot taken after it.
 /// - Times are the caller's `now`; the store reads no clock.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -608,6 +630,37 @@ pub trait Store: Send + Sync {
     /// none applies); an empty list forgets them. The budgets' TATs and
     /// takes stay.
     async fn remember_limits(&self, key: &str, limits: &[Limit], now: SystemTime) -> Result<()>;
+
+    /// Takes one of `destination`'s connection slots for `worker` until
+    /// `until`, if fewer than `limit` unexpired slots are held for it (by
+    /// any worker, through any handle on the queue); `None` when they are
+    /// all held. Atomic: takers at once never hold more than `limit`
+    /// between them. Slots expired at `now` do not count and are removed,
+    /// so a worker that died frees its slots once their leases run out.
+    async fn take_slot(
+        &self,
+        destination: &str,
+        limit: u32,
+        worker: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Result<Option<SlotLease>>;
+
+    /// Extends `slot` to `until`; `None` when it is no longer held (it
+    /// expired and a take removed it, or it was released): nothing is
+    /// changed then, and a slot taken since by another is not touched.
+    /// A slot that expired but was not removed yet is renewed: no take
+    /// came since, so it was never counted free.
+    async fn renew_slot(&self, slot: &SlotLease, until: SystemTime) -> Result<Option<SlotLease>>;
+
+    /// Gives `slot` back; `false` when it was no longer held (nothing is
+    /// changed then).
+    async fn release_slot(&self, slot: &SlotLease) -> Result<bool>;
+
+    /// The slots held and unexpired at `now`, of one destination or all,
+    /// by destination and generation.
+    async fn slots(&self, destination: Option<&str>, now: SystemTime) -> Result<Vec<SlotLease>>;
+
     /// Enqueues `batch` under `key` (a digest of what the messages say,
     /// e.g. a mail merge's template and options, not its list) so that no
     /// recipient is enqueued twice under it: each recipient enqueued is

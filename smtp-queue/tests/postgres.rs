@@ -354,6 +354,56 @@ async fn a_schema_newer_than_this_build_is_refused_saying_to_upgrade() {
     }
 }
 
+/// A version-1 database (before connection slots) is upgraded on open:
+/// its messages kept, the `slots` table made, takes counted in it.
+#[tokio::test]
+async fn a_version_1_database_gets_connection_slots_on_open_and_keeps_its_messages() {
+    let url = Cluster::shared().fresh_database();
+    let store = PgStore::open(&url).await.unwrap();
+    let id = store
+        .enqueue(vec![small(&["bob@example.net"])], t(0))
+        .await
+        .unwrap()
+        .remove(0);
+    store.close().await;
+    // Back to version 1: its tables, its version row.
+    let mut conn = sql(&url).await;
+    sqlx::query("DROP TABLE slots")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM schema_version WHERE version > 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        PgStore::connect(&url).await,
+        Err(Error::Misuse(_))
+    ));
+    let store = PgStore::open(&url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(PG_SCHEMA_VERSION, 2);
+    assert_eq!(store.show(&id).await.unwrap().recipients.len(), 1);
+    let slot = store
+        .take_slot("mx:a.test", 1, "w", t(60), t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .take_slot("mx:a.test", 1, "w2", t(60), t(1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.slots(None, t(1)).await.unwrap(), [slot]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_starting_at_once_on_a_new_database_all_open_it_and_it_is_migrated_once() {
     let url = Cluster::shared().fresh_database();

@@ -15,8 +15,8 @@ use smtp_queue::rate::{Budget, Decision, Limit};
 use smtp_queue::{
     Attempt, Backoff, Body, Claimed, DIRECT_ROUTE, DIRECT_ROUTE_WITHOUT_MTA_STS, Enqueued, Lease,
     ListFilter, MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId,
-    RecipientState, RetryTarget, RouteWaiting, Runner, RunnerConfig, SqliteStore, Stats, Stop,
-    Store, Throttle, relay_route,
+    RecipientState, RetryTarget, RouteWaiting, Runner, RunnerConfig, SlotLease, SqliteStore, Stats,
+    Stop, Store, Throttle, relay_route,
 };
 use smtp_testkit::dns::{DnsServer, Zone};
 use smtp_testkit::flaky::{FlakyConfig, FlakyServer};
@@ -449,6 +449,35 @@ impl Store for Counting {
     }
     async fn clear_throttle(&self, destination: &str) -> smtp_queue::Result<()> {
         self.inner.clear_throttle(destination).await
+    }
+    async fn take_slot(
+        &self,
+        destination: &str,
+        limit: u32,
+        worker: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> smtp_queue::Result<Option<SlotLease>> {
+        self.inner
+            .take_slot(destination, limit, worker, until, now)
+            .await
+    }
+    async fn renew_slot(
+        &self,
+        slot: &SlotLease,
+        until: SystemTime,
+    ) -> smtp_queue::Result<Option<SlotLease>> {
+        self.inner.renew_slot(slot, until).await
+    }
+    async fn release_slot(&self, slot: &SlotLease) -> smtp_queue::Result<bool> {
+        self.inner.release_slot(slot).await
+    }
+    async fn slots(
+        &self,
+        destination: Option<&str>,
+        now: SystemTime,
+    ) -> smtp_queue::Result<Vec<SlotLease>> {
+        self.inner.slots(destination, now).await
     }
     async fn owed_notifications(&self, limit: u32) -> smtp_queue::Result<Vec<MessageInfo>> {
         self.inner.owed_notifications(limit).await

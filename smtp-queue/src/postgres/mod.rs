@@ -9,8 +9,8 @@
 //! outcome_log     the outcome log, one row per state change (the SQLite
 //!                 store's outcomes.jsonl), written in the change's transaction
 //! workers         each worker's host, pid, first and last claim or renewal
-//! backoff, budgets, budget_takes, throttles, merges, merge_recipients,
-//! mta_sts_policies, tls_results   as in the SQLite store
+//! backoff, budgets, budget_takes, throttles, slots, merges,
+//! merge_recipients, mta_sts_policies, tls_results   as in the SQLite store
 //! schema_version  one row per version reached
 //! ```
 //!
@@ -31,7 +31,10 @@
 //!   checks its files. A body is never held whole in memory.
 //! - **Budgets and throttles** live in the database, and each take runs
 //!   under a transaction-scoped advisory lock on its key: rate limits hold
-//!   across the whole fleet.
+//!   across the whole fleet. So do **connection slots**
+//!   ([`Store::take_slot`]): each session to a destination holds one
+//!   under a lease, taken under an advisory lock on the destination, so
+//!   its connection limit counts every worker's sessions.
 //! - **The outcome log** is the table `outcome_log`, written in the same
 //!   transaction as the change it records (so it never misses one), read
 //!   with [`PgStore::outcomes`].
@@ -60,7 +63,7 @@ use crate::rate::{Budget, Decision, Limit};
 use crate::shaping::Throttle;
 use crate::store::{
     Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
-    RecipientId, RetryTarget, RouteWaiting, Stats, Store, WorkerActivity,
+    RecipientId, RetryTarget, RouteWaiting, SlotLease, Stats, Store, WorkerActivity,
 };
 
 mod admin;
@@ -74,6 +77,7 @@ mod notify;
 mod record;
 mod rows;
 mod schema;
+mod slot;
 mod throttle;
 
 pub use self::schema::PG_SCHEMA_VERSION;
@@ -434,6 +438,29 @@ impl Store for PgStore {
 
     async fn clear_backoff(&self, destination: &str) -> Result<()> {
         admin::clear_backoff(self, destination).await
+    }
+
+    async fn take_slot(
+        &self,
+        destination: &str,
+        limit: u32,
+        worker: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Result<Option<SlotLease>> {
+        slot::take_slot(self, destination, limit, worker, until, now).await
+    }
+
+    async fn renew_slot(&self, slot: &SlotLease, until: SystemTime) -> Result<Option<SlotLease>> {
+        slot::renew_slot(self, slot, until).await
+    }
+
+    async fn release_slot(&self, slot: &SlotLease) -> Result<bool> {
+        slot::release_slot(self, slot).await
+    }
+
+    async fn slots(&self, destination: Option<&str>, now: SystemTime) -> Result<Vec<SlotLease>> {
+        slot::slots(self, destination, now).await
     }
 
     async fn set_throttle(&self, throttle: &Throttle) -> Result<()> {

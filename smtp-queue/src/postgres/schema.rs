@@ -7,12 +7,13 @@
 //! | version | change |
 //! |---|---|
 //! | 1 | the SQLite store's tables as of its version 8, bodies in `body_chunks`, `outcome_log`, `workers`, the `lease_generation` sequence |
+//! | 2 | `slots`: each destination's connection slots held under a lease (`Store::take_slot`), as the SQLite store's version 9 |
 
 use super::PgStore;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes and understands.
-pub const PG_SCHEMA_VERSION: i64 = 1;
+pub const PG_SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock migrations are made under (any constant will do;
 /// this one spells "smtpq").
@@ -20,7 +21,8 @@ const MIGRATION_LOCK: i64 = 0x0073_6d74_7071;
 
 /// Each migration takes the schema from the version before it to its
 /// own. Never edited once released: later changes are new entries.
-const MIGRATIONS: &[(i64, &str)] = &[(
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
     1,
     "
 CREATE TABLE messages (
@@ -144,7 +146,25 @@ CREATE TABLE workers (
     last_seen_ms BIGINT NOT NULL
 );
 ",
-)];
+    ),
+    (
+        2,
+        // Connection slots: one row per session to a destination, held by
+        // a worker until `until_ms` (renewed while the session runs); a
+        // BIGSERIAL generation, never given twice.
+        "
+CREATE TABLE slots (
+    generation  BIGSERIAL PRIMARY KEY,
+    destination TEXT NOT NULL,
+    worker      TEXT NOT NULL,
+    until_ms    BIGINT NOT NULL,
+    taken_ms    BIGINT NOT NULL
+);
+CREATE INDEX slots_by_destination ON slots (destination, until_ms);
+CREATE INDEX slots_by_expiry ON slots (until_ms)
+",
+    ),
+];
 
 impl PgStore {
     /// Creates or upgrades the schema to [`PG_SCHEMA_VERSION`].

@@ -8,7 +8,9 @@
 //! destination go in one transaction; a destination's messages go
 //! its shape's messages per connection at a time on one session
 //! ([`deliver_batch`], hosts in MX order), at most its shape's sessions at
-//! once and [`RunnerConfig::concurrency`](super::RunnerConfig) in all, each
+//! once (for every runner on the queue together: each session holds a
+//! slot the store leases, [`Runner::fleet_slot`]) and
+//! [`RunnerConfig::concurrency`](super::RunnerConfig) in all, each
 //! message paced by its rate (`runner/shaper.rs`, [`crate::shaping`]). Each recipient's outcome is classified as on the relay path; a
 //! message is recorded as soon as it settles, while its session goes on.
 
@@ -35,7 +37,7 @@ use super::{Runner, Unreadable, lock};
 use crate::error::Result;
 use crate::event::RunEvent;
 use crate::stop::Stop;
-use crate::store::{Attempt, Backoff, Claimed, Lease, MessageId, Outcome, RecipientId};
+use crate::store::{Attempt, Backoff, Claimed, Lease, MessageId, Outcome, RecipientId, SlotLease};
 use crate::verdict::{rate_signal, verdict};
 
 /// What direct delivery needs: DNS, connections, and the options.
@@ -58,6 +60,21 @@ pub(crate) type Planned = std::result::Result<MxPlan, PlanError>;
 const PLAN_TTL: Duration = Duration::from_secs(60);
 /// Plans kept at most; past it the cache starts again.
 const PLANS_KEPT: usize = 100_000;
+
+/// How long a session waits for a fleet slot to its destination (every
+/// one held by this and other workers) before its messages are released.
+/// Sessions end all the time in a bulk run: a slot usually comes free
+/// within this, and the messages claimed go out without another claim.
+/// Bounded, so that a job waiting does not keep the round's sessions to
+/// other destinations waiting behind it, nor its messages from a worker
+/// with room for them.
+const SLOT_WAIT: Duration = Duration::from_secs(3);
+/// How often, about, the store is asked again for a slot meanwhile.
+const SLOT_POLL: Duration = Duration::from_millis(100);
+/// When messages released for want of a slot are due again: soon, but
+/// not at once (a worker that finds every slot held does not claim the
+/// same messages again and again while the others' sessions run).
+const SLOT_RETRY: Duration = Duration::from_secs(1);
 
 impl Direct {
     /// `domain`'s plan: from the cache when it is fresh; a temporary DNS
@@ -373,8 +390,10 @@ impl Runner {
         Ok(order)
     }
 
-    /// One session to a destination: its messages, each recorded as it
-    /// settles, the rest when the session is over.
+    /// One session to a destination, if it may open: a place among this
+    /// runner's sessions to it, then a slot among the whole fleet's
+    /// ([`Runner::fleet_slot`]), given back when the session is over.
+    /// Without a fleet slot its messages are released, due again soon.
     async fn run_job(
         &self,
         direct: &Direct,
@@ -405,6 +424,81 @@ impl Runner {
             }
             return Ok(());
         }
+        let Some(held) = self.fleet_slot(&job.destination, stop).await? else {
+            if !stop.is_stopped() {
+                tracing::debug!(destination = %job.destination,
+                    "the destination's connections are all in use by other workers: its messages are released");
+                let at = SystemTime::now() + SLOT_RETRY;
+                for unit in &job.units {
+                    round.release_later(unit.claimed, at);
+                }
+            }
+            return Ok(());
+        };
+        let mut held = Some(held);
+        let result = self
+            .session(direct, round, job, stop, backoff, &mut held)
+            .await;
+        // Given back even when the session failed: a slot kept would count
+        // against the destination until its lease ran out.
+        let released = match &held {
+            Some(s) => self.store.release_slot(s).await.map(drop),
+            None => Ok(()),
+        };
+        result.and(released)
+    }
+
+    /// A slot among the fleet's sessions to `destination` (its
+    /// connections now, throttle included), held under this worker's id
+    /// for a lease, asked of the store again every [`SLOT_POLL`] or so
+    /// while all are held, for [`SLOT_WAIT`] at most. `None` when none
+    /// came free in time, or on a stop.
+    pub(super) async fn fleet_slot(
+        &self,
+        destination: &str,
+        stop: &Stop,
+    ) -> Result<Option<SlotLease>> {
+        let started = Instant::now();
+        loop {
+            let now = SystemTime::now();
+            let limit = self.shaper.effective(destination, now).connections;
+            let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+            let until = now + self.config.lease;
+            let worker = &self.config.worker;
+            if let Some(held) = self
+                .store
+                .take_slot(destination, limit, worker, until, now)
+                .await?
+            {
+                return Ok(Some(held));
+            }
+            if started.elapsed() >= SLOT_WAIT || stop.is_stopped() {
+                return Ok(None);
+            }
+            // Jittered: workers waiting at once do not ask in step.
+            let jitter = u32::try_from(smtp_tls::random_below(100)).unwrap_or(0);
+            let poll = SLOT_POLL / 2 + SLOT_POLL * jitter / 100;
+            tokio::select! {
+                () = stop.stopped() => return Ok(None),
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// One session to a destination: its messages, each recorded as it
+    /// settles, the rest when the session is over. `held`, its fleet
+    /// slot, is renewed with the messages' leases (and forgotten if the
+    /// store no longer has it).
+    async fn session(
+        &self,
+        direct: &Direct,
+        round: &Round<'_>,
+        job: Job,
+        stop: &Stop,
+        backoff: Option<Backoff>,
+        held: &mut Option<SlotLease>,
+    ) -> Result<()> {
+        let now = SystemTime::now();
         // Envelopes and bodies (read in one go): a message that cannot be
         // read fails alone.
         let message_ids: Vec<MessageId> = job
@@ -528,6 +622,7 @@ impl Runner {
                             recorded[done?] = true;
                         }
                         self.renew(&mut leases, &recorded).await;
+                        self.renew_slot(held).await;
                     }
                     () = &mut abandon => break None,
                 }
@@ -639,6 +734,27 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// Extends the session's fleet slot by a lease; one the store no
+    /// longer has (this worker stalled past its lease and another took
+    /// the slot) is forgotten: the session goes on, but no longer counts.
+    async fn renew_slot(&self, held: &mut Option<SlotLease>) {
+        let Some(slot) = held.as_ref() else {
+            return;
+        };
+        let until = SystemTime::now() + self.config.lease;
+        match self.store.renew_slot(slot, until).await {
+            Ok(Some(renewed)) => *held = Some(renewed),
+            Ok(None) => {
+                tracing::warn!(destination = %slot.destination,
+                    "the session's connection slot expired and was taken: the destination may get one session more than its limit until this one ends");
+                *held = None;
+            }
+            Err(e) => {
+                tracing::warn!(destination = %slot.destination, error = %e, "connection slot not renewed");
+            }
+        }
     }
 
     /// Records a message that settled while its session went on: every

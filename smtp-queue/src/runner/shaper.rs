@@ -6,6 +6,10 @@
 //! Budgets and the rate observed live in the runner's memory (per
 //! runner); throttles are read from the store at each round (recovered
 //! and written back when a step is due) and written when a signal cuts.
+//! Sessions at once are counted twice: by the runner (a semaphore per
+//! destination, [`Slot`]), then for the whole queue by a slot the store
+//! leases ([`Store::take_slot`], taken in `runner/direct.rs` with the
+//! limit [`Shaper::effective`] gives).
 //! Messages are paced as their data is about to go: a [`Paced`] body
 //! waits for the destination's budget at its first read.
 

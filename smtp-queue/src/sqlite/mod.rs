@@ -50,7 +50,7 @@ use crate::shaping::Throttle;
 use crate::spool::Spool;
 use crate::store::{
     Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
-    RecipientId, RetryTarget, RouteWaiting, Stats, Store,
+    RecipientId, RetryTarget, RouteWaiting, SlotLease, Stats, Store,
 };
 
 mod admin;
@@ -62,12 +62,13 @@ mod notify;
 mod record;
 mod rows;
 mod schema;
+mod slot;
 mod throttle;
 
 pub(crate) use enqueue::{check_envelope, recorded_address};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).
@@ -445,6 +446,29 @@ impl Store for SqliteStore {
 
     async fn clear_backoff(&self, destination: &str) -> Result<()> {
         admin::clear_backoff(self, destination).await
+    }
+
+    async fn take_slot(
+        &self,
+        destination: &str,
+        limit: u32,
+        worker: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Result<Option<SlotLease>> {
+        slot::take_slot(self, destination, limit, worker, until, now).await
+    }
+
+    async fn renew_slot(&self, slot: &SlotLease, until: SystemTime) -> Result<Option<SlotLease>> {
+        slot::renew_slot(self, slot, until).await
+    }
+
+    async fn release_slot(&self, slot: &SlotLease) -> Result<bool> {
+        slot::release_slot(self, slot).await
+    }
+
+    async fn slots(&self, destination: Option<&str>, now: SystemTime) -> Result<Vec<SlotLease>> {
+        slot::slots(self, destination, now).await
     }
 
     async fn set_throttle(&self, throttle: &Throttle) -> Result<()> {

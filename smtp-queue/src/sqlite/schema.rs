@@ -14,6 +14,7 @@
 //! | 6 | `merges`, `merge_recipients`: each key of `Store::enqueue_once` (a mail merge's message) and every recipient enqueued under it, committed with the batch |
 //! | 7 | `throttles`: each destination's adaptive limits after a "slow down" reply |
 //! | 8 | `mta_sts_policies`: MTA-STS policies cached per domain; `tls_results`: TLS-RPT session results counted per day |
+//! | 9 | `slots`: each destination's connection slots held under a lease (`Store::take_slot`) |
 
 use super::{SCHEMA_VERSION, SqliteStore};
 use crate::error::{Error, Result};
@@ -193,6 +194,25 @@ CREATE TABLE tls_results (
 );
 ",
     ),
+    (
+        9,
+        // Connection slots: one row per session to a destination, held by
+        // a worker until `until_ms` (renewed while the session runs);
+        // AUTOINCREMENT so that a generation is never given twice, even
+        // after its row is removed (a stale holder never touches a new
+        // slot).
+        "
+CREATE TABLE slots (
+    generation  INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    worker      TEXT NOT NULL,
+    until_ms    INTEGER NOT NULL,
+    taken_ms    INTEGER NOT NULL
+);
+CREATE INDEX slots_by_destination ON slots (destination, until_ms);
+CREATE INDEX slots_by_expiry ON slots (until_ms);
+",
+    ),
 ];
 
 impl SqliteStore {
@@ -367,6 +387,22 @@ mod tests {
                 "recipients_waiting"
             ]
         );
+        // Version 9's connection slots: the table, and takes that use it.
+        let now = SystemTime::now();
+        let until = now + std::time::Duration::from_secs(60);
+        let slot = store
+            .take_slot("mx:a.test", 1, "w", until, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .take_slot("mx:a.test", 1, "w", until, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.slots(None, now).await.unwrap(), [slot]);
     }
 
     /// The plan SQLite makes for `sql` (its `detail` column, joined), its
