@@ -344,6 +344,27 @@ fn queue_run_under_enforce_delivers_and_tls_report_counts_the_sessions() {
     assert_eq!(p["summary"]["total-failure-session-count"], 0);
     assert!(p["summary"]["total-successful-session-count"].is_u64());
     assert!(p["failure-details"].as_array().unwrap().is_empty());
+    // --rua: where the report goes, from the domain's _smtp._tls record.
+    let dns = w.dns.addr().to_string();
+    let (code, out, err) = w.smtp(
+        &[
+            "queue",
+            "--queue",
+            &queue,
+            "tls-report",
+            "--day",
+            today,
+            "--rua",
+            "--dns-server",
+            &dns,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("smtp: example.com: reports go to mailto:tls@example.com"),
+        "{err}"
+    );
     // Another domain: nothing.
     let (code, out, _) = w.smtp(
         &[

@@ -74,6 +74,14 @@ pub(crate) struct TlsReportArgs {
     /// The report's contact-info (default: postmaster@ this host's name).
     #[arg(long, value_name = "ADDR")]
     pub(crate) contact: Option<String>,
+    /// Also say, on stderr, where each report goes: the `rua` of the
+    /// domain's `_smtp._tls` TXT record (looked up now), or that it
+    /// publishes none.
+    #[arg(long)]
+    pub(crate) rua: bool,
+    /// Nameserver for --rua, IP[:PORT].
+    #[arg(long, value_name = "IP[:PORT]", requires = "rua")]
+    pub(crate) dns_server: Option<String>,
 }
 
 /// `smtp queue purge`: which finished messages go.

@@ -99,11 +99,49 @@ pub(super) async fn run(store: &dyn Store, args: &TlsReportArgs) -> Result<u8, F
     if reports.is_empty() {
         tell!("smtp: no sessions under an MTA-STS policy in that time");
     }
+    if args.rua {
+        tell_rua(args, &reports).await?;
+    }
     say!(
         "{}",
         serde_json::to_string_pretty(&reports).unwrap_or_default()
     );
     Ok(EX_OK)
+}
+
+/// Where each report's domain asks for it (RFC 8460 section 3): its
+/// `_smtp._tls` record's `rua`, looked up now.
+async fn tell_rua(args: &TlsReportArgs, reports: &[serde_json::Value]) -> Result<(), Failure> {
+    use smtp_dns::{HickoryResolver, RecordResolver};
+    let resolver = match &args.dns_server {
+        Some(ns) => HickoryResolver::with_nameserver(
+            HickoryResolver::parse_nameserver(ns).map_err(|e| Failure::usage(e.to_string()))?,
+            Duration::from_secs(5),
+        ),
+        None => HickoryResolver::system(),
+    }
+    .map_err(|e| Failure::config(format!("{e} (use --dns-server IP[:PORT])")))?;
+    let mut domains: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| r["policies"].as_array().into_iter().flatten())
+        .filter_map(|p| p["policy"]["policy-domain"].as_str())
+        .collect();
+    domains.sort_unstable();
+    domains.dedup();
+    for domain in domains {
+        let record = resolver
+            .txt(&format!("_smtp._tls.{domain}"))
+            .await
+            .map(|txts| smtp_core::delivery::tls_rpt::select(&txts));
+        match record {
+            Ok(Some(r)) => tell!("smtp: {domain}: reports go to {}", r.rua.join(", ")),
+            Ok(None) => tell!(
+                "smtp: {domain}: no TLS-RPT record (_smtp._tls.{domain}): nobody to send its report to"
+            ),
+            Err(e) => tell!("smtp: {domain}: TLS-RPT record not found now: {e}"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
