@@ -189,6 +189,7 @@ pub mod mta_sts;
 mod notify;
 mod postgres;
 pub mod rate;
+mod rows;
 mod runner;
 mod schedule;
 pub mod shaping;
