@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use smtp_core::ehlo::ClientId;
 use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, Stop, Store};
 
+use super::place::exists;
 use super::recorded::{self, Left, Recorded};
 use super::{
-    Via, admin, config, directory, exists, lock, metrics, open_at, open_existing, queue_error,
-    report, rfc3339, scrape, tell_other_routes, warn,
+    Place, Via, admin, config, lock, metrics, queue_error, report, rfc3339, scrape,
+    tell_other_routes, warn,
 };
 use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, SendArgs};
 use crate::fail::{EX_OK, Failure};
@@ -28,22 +29,63 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
             ));
         }
         crate::log::install(run.log_format, run.watch)?;
-        let store = if run.watch {
+        let place = Place::resolve(args.queue.as_deref(), run.config.as_deref())?;
+        let store = match &place {
             // A service may start before anything is queued: it creates
             // the queue, and says where.
-            let dir = directory(args.queue.as_deref())?;
-            if !exists(&dir) {
-                tracing::info!(target: "smtp_cli::queue", queue = %dir.display(),
-                    "no queue there yet: created an empty one");
+            Place::Dir(dir) if run.watch => {
+                if !exists(dir) {
+                    tracing::info!(target: "smtp_cli::queue", queue = %place,
+                        "no queue there yet: created an empty one");
+                }
+                place.open_for_work().await?
             }
-            open_at(&dir).await?
-        } else {
-            open_existing(args.queue.as_deref()).await?
+            Place::Dir(_) => place.open_existing(args.queue.is_some()).await?,
+            // A database with no schema yet gets one; an older one is
+            // refused (`queue migrate`).
+            Place::Postgres(_) => place.open_for_work().await?,
         };
         return run_queue(store, *run, args.json).await;
     }
-    let store = open_existing(args.queue.as_deref()).await?;
-    admin::run(store, args.command, args.json).await
+    let config = match &args.command {
+        QueueCommand::Retry(r) => r.config.as_deref(),
+        _ => None,
+    };
+    let place = Place::resolve(args.queue.as_deref(), config)?;
+    if let QueueCommand::Migrate = args.command {
+        return migrate(&place, args.json).await;
+    }
+    let store = place.open_existing(args.queue.is_some()).await?;
+    admin::run(store, args.command, args.json, place.is_postgres()).await
+}
+
+/// `smtp queue migrate`: creates or upgrades the queue's schema and says
+/// what it did.
+async fn migrate(place: &Place, json: bool) -> Result<u8, Failure> {
+    let m = place.migrate().await?;
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({
+                "queue": place.to_string(),
+                "from": m.from,
+                "to": m.to,
+                "changed": m.changed(),
+            })
+        );
+    } else {
+        match m.from {
+            None => say!("queue {place}: created the schema, version {}", m.to),
+            Some(from) if from != m.to => {
+                say!(
+                    "queue {place}: upgraded the schema from version {from} to {}",
+                    m.to
+                );
+            }
+            Some(_) => say!("queue {place}: the schema is current (version {})", m.to),
+        }
+    }
+    Ok(EX_OK)
 }
 
 async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Result<u8, Failure> {
