@@ -176,6 +176,11 @@ pub(crate) struct QueueRunArgs {
     /// recipients are taken over by another once their lease expires.
     #[arg(long, value_name = "SECS", hide = true)]
     pub(crate) lease: Option<u64>,
+    /// Messages claimed at a time (default 200 through a relay, 2000 in
+    /// direct delivery): with several workers on one PostgreSQL queue, a
+    /// smaller claim spreads the work among them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) claim: Option<u32>,
     /// The relay, HOST[:PORT] (default: the account's).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) server: Option<String>,

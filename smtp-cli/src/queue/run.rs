@@ -129,6 +129,9 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
     }
+    if let Some(n) = args.claim {
+        config = config.with_claim(n);
+    }
     let metrics = match args.metrics {
         Some(addr) => Some(serve_metrics(addr, store.clone()).await?),
         None => None,
@@ -183,7 +186,7 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
         tell_other_routes(store.as_ref(), &route, logging).await?;
     }
     let summary = if args.watch {
-        runner.watch(&stop).await
+        watch_through_outages(&runner, &stop).await
     } else {
         runner.run_due(&stop).await
     }
@@ -240,6 +243,32 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
     } else {
         recorded::exit_code(&outcomes, wait)
     })
+}
+
+/// `queue run --watch`: a failure of the queue's database (a server
+/// restarting, a connection cut) does not end the service. What the
+/// failed round held stays leased until the leases run out, then this
+/// worker or another takes it again (a message whose reply had come but
+/// was not recorded may be delivered twice: at most one per session that
+/// was under way); the watch resumes after a pause.
+async fn watch_through_outages(
+    runner: &smtp_queue::Runner,
+    stop: &Stop,
+) -> Result<smtp_queue::Summary, smtp_queue::Error> {
+    const PAUSE: Duration = Duration::from_secs(2);
+    loop {
+        match runner.watch(stop).await {
+            Err(e @ smtp_queue::Error::Database { .. }) if !stop.is_stopped() => {
+                tracing::warn!(target: "smtp_cli::queue", error = %e, retry_in_s = PAUSE.as_secs(),
+                    "the queue's database failed; the round under way is left to its leases; resuming");
+                tokio::select! {
+                    () = stop.stopped() => {}
+                    () = tokio::time::sleep(PAUSE) => {}
+                }
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Says why recipients still wait, on stderr (or in the log, with the log
