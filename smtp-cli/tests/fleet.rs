@@ -394,6 +394,110 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
     }
 }
 
+/// Makes the shared cluster ask role `role` (new, owner of a new
+/// database) for `password` over TCP (everyone else stays trusted);
+/// returns the database's URL without a password.
+fn password_role(rt: &tokio::runtime::Runtime, role: &str, password: &str) -> String {
+    let cluster = Cluster::shared();
+    let url = cluster.fresh_database();
+    let hba = cluster.dir().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    // The first matching line wins: this one goes before the trust lines.
+    std::fs::write(
+        &hba,
+        format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();
+        let db = url.rsplit('/').next().unwrap();
+        for sql in [
+            format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+            format!("ALTER DATABASE {db} OWNER TO {role}"),
+            format!("GRANT ALL ON SCHEMA public TO {role}"),
+        ] {
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+        }
+        let _: bool = sqlx::query_scalar("SELECT pg_reload_conf()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    let url = url.replace("postgres@", &format!("{role}@"));
+    // The reload is the postmaster's to do: wait until it asks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.block_on(sqlx::PgPool::connect(&url)).is_ok() {
+        assert!(Instant::now() < deadline, "pg_hba.conf not reloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    url
+}
+
+#[test]
+fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
+    const PASSWORD: &str = "Pw-Secret-4711";
+    let rt = runtime();
+    let url = password_role(&rt, "fleetpw", PASSWORD);
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let migrate = ["queue", "migrate", "--queue", url.as_str()];
+    // None given: the server refuses, and nothing says a password.
+    let out = command(home, &migrate)
+        .env("PGPASSFILE", home.join("none"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(text(&out).contains("fleetpw@127.0.0.1"), "{}", text(&out));
+    // PGPASSWORD.
+    let out = command(home, &migrate)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
+    // The password file PGPASSFILE names (0600, as libpq wants it).
+    let port = Cluster::shared().port();
+    let pgpass = home.join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:{port}:*:fleetpw:{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = command(home, &["queue", "stats", "--queue", &url])
+        .env("PGPASSFILE", &pgpass)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The config file's URL, with the password; a wrong one is refused
+    // without being said.
+    let config = home.join("config.toml");
+    for (password, code) in [(PASSWORD, 0), ("Wrong-Guess-0815", 75)] {
+        let with = url.replace("fleetpw@", &format!("fleetpw:{password}@"));
+        std::fs::write(&config, format!("queue = \"{with}\"\n")).unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let out = command(
+            home,
+            &[
+                "queue",
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--server",
+                "127.0.0.1:9",
+                "--tls",
+                "none",
+            ],
+        )
+        .env("PGPASSFILE", home.join("none"))
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        assert!(!text(&out).contains(password), "{}", text(&out));
+        if code != 0 {
+            assert!(text(&out).contains("fleetpw:***@"), "{}", text(&out));
+        }
+    }
+}
+
 #[test]
 fn three_workers_deliver_every_recipient_exactly_once_and_stats_tells_them_apart() {
     let n = env_or("SMTP_FLEET_MESSAGES", 2000);
