@@ -323,6 +323,28 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
     assert_eq!(m["from"], serde_json::Value::Null, "{m}");
     assert_eq!(m["to"], smtp_queue::PG_SCHEMA_VERSION);
     assert_eq!(m["changed"], true);
+    // A worker's first use of an empty database creates the schema.
+    let empty = Cluster::shared().fresh_database();
+    let out = smtp(
+        home,
+        &[
+            "queue",
+            "run",
+            "--queue",
+            &empty,
+            "--server",
+            "127.0.0.1:9",
+            "--tls",
+            "none",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let m = json(&smtp(
+        home,
+        &["queue", "migrate", "--queue", &empty, "--json"],
+    ));
+    assert_eq!(m["from"], smtp_queue::PG_SCHEMA_VERSION, "{m}");
+    assert_eq!(m["changed"], false, "{m}");
     let out = smtp(home, &["queue", "migrate", "--queue", &url]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
