@@ -238,13 +238,15 @@ pub(crate) struct SendArgs {
     /// Sendmail compatibility: the sender's full name for a From: that is added.
     #[arg(short = 'F', value_name = "NAME", hide = true)]
     pub(crate) full_name: Option<String>,
-    /// Enqueue durably in this queue (default `$XDG_STATE_HOME/smtp/queue`),
-    /// then deliver; deferred recipients are retried (`smtp queue run`).
-    /// Before message files, write `--queue=DIR` (or a bare `--queue`
-    /// after them).
+    /// Enqueue durably in this queue, then deliver; deferred recipients
+    /// are retried (`smtp queue run`). A directory, or a PostgreSQL URL
+    /// `postgres://USER@HOST/DB` (password from PGPASSWORD or ~/.pgpass,
+    /// never the URL); default: the config file's `queue`, else
+    /// `$XDG_STATE_HOME/smtp/queue`. Before message files, write
+    /// `--queue=DIR` (or a bare `--queue` after them).
     // The empty path given by a bare `--queue` stands for the default:
     // clap's own PathBuf parser refuses an empty value.
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
+    #[arg(long, value_name = "DIR|URL", num_args = 0..=1, default_missing_value = "",
           value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub(crate) queue: Option<PathBuf>,
     /// With --queue: enqueue durably and exit 0 without delivering

@@ -1,6 +1,10 @@
 //! Named accounts in a TOML file, holding the same settings as the options.
 //!
 //! ```toml
+//! # The queue, when --queue is not given: a directory, or a PostgreSQL
+//! # URL (the one place a URL may hold its password: chmod 600 the file).
+//! queue = "postgres://smtp@db.internal/smtpq"
+//!
 //! [accounts.work]
 //! server = "smtp.example.com"
 //! port = 587
@@ -33,6 +37,9 @@ use crate::fail::Failure;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct File {
+    /// The queue when `--queue` is not given: a directory or a
+    /// `postgres://` URL.
+    pub(crate) queue: Option<String>,
     #[serde(default)]
     pub(crate) accounts: BTreeMap<String, Account>,
     /// Direct delivery's shapes by MX host pattern (`*.example.com` or a
@@ -156,6 +163,38 @@ pub(crate) fn load(path: Option<&Path>, name: Option<&str>) -> Result<Option<Acc
         );
     }
     Ok(account)
+}
+
+/// The file's top-level `queue` (a directory or a PostgreSQL URL), if
+/// any. A missing file at the default place is no queue; one named with
+/// `--config` must exist. Warns, as for an account's password, when the
+/// URL holds a password and other users can read the file.
+pub(crate) fn queue(path: Option<&Path>) -> Result<Option<String>, Failure> {
+    let explicit = path.is_some();
+    let Some(path) = path.map(Path::to_path_buf).or_else(default_path) else {
+        return Ok(None);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Failure::config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let file: File =
+        toml::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+    let queue = file.queue.filter(|q| !q.is_empty());
+    if queue.as_deref().is_some_and(crate::queue::url_has_password) && world_readable(&path) {
+        tell!(
+            "warning: {} holds a database password and other users can read it; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(queue)
 }
 
 /// Direct delivery's shaping: the built-in table under the file's

@@ -236,6 +236,6 @@ pub fn is_postgres_url(text: &str) -> bool {
 
 pub use store::{
     Attempt, Backoff, Body, BodyKind, Claimed, ClaimedRecipient, Enqueued, Lease, ListFilter,
-    MessageId, MessageInfo, MessageOptions, NewMessage, Outcome, RecipientId, RecipientInfo,
-    RetryTarget, RouteWaiting, SlotLease, Stats, Store, TlsFacts, WorkerActivity,
+    MessageId, MessageInfo, MessageOptions, Migration, NewMessage, Outcome, RecipientId,
+    RecipientInfo, RetryTarget, RouteWaiting, SlotLease, Stats, Store, TlsFacts, WorkerActivity,
 };

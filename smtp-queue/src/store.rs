@@ -302,6 +302,23 @@ pub enum RetryTarget {
     All,
 }
 
+/// What bringing a store's schema to this build's version did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The version found: `None` when there was no schema (it was
+    /// created).
+    pub from: Option<i64>,
+    /// The version now.
+    pub to: i64,
+}
+
+impl Migration {
+    /// Whether anything was created or upgraded.
+    pub fn changed(&self) -> bool {
+        self.from != Some(self.to)
+    }
+}
+
 /// Counts across the queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

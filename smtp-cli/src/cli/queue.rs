@@ -13,8 +13,11 @@ use super::{LogFormat, LoginArgs, MtaStsArgs, RetryArgs, TlsArg};
 pub(crate) struct QueueArgs {
     #[command(subcommand)]
     pub(crate) command: QueueCommand,
-    /// The queue's directory (default `$XDG_STATE_HOME/smtp/queue`).
-    #[arg(long, global = true, value_name = "DIR")]
+    /// The queue: a directory, or a PostgreSQL database as
+    /// `postgres://USER@HOST[:PORT]/DB` (no password: PGPASSWORD,
+    /// ~/.pgpass or the config file's `queue`). Default: the config file's
+    /// `queue`, else `$XDG_STATE_HOME/smtp/queue`.
+    #[arg(long, global = true, value_name = "DIR|URL")]
     pub(crate) queue: Option<PathBuf>,
     /// Print JSON.
     #[arg(long, global = true)]
@@ -46,8 +49,12 @@ pub(crate) enum QueueCommand {
     /// Remove finished messages: every recipient delivered, failed or
     /// expired (and a notification owed, enqueued).
     Purge(PurgeArgs),
-    /// Counts per state.
+    /// Counts per state, waiting routes, budgets, throttles; on
+    /// PostgreSQL, each worker's leases and last heartbeat.
     Stats,
+    /// Create or upgrade the queue's schema and say what was done (a
+    /// PostgreSQL queue's workers never upgrade it themselves).
+    Migrate,
     /// TLS-RPT (RFC 8460) aggregate reports of direct delivery's sessions
     /// under MTA-STS policies, as JSON (one per policy domain).
     TlsReport(TlsReportArgs),
@@ -177,6 +184,11 @@ pub(crate) struct QueueRunArgs {
     /// recipients are taken over by another once their lease expires.
     #[arg(long, value_name = "SECS", hide = true)]
     pub(crate) lease: Option<u64>,
+    /// Messages claimed at a time (default 200 through a relay, 2000 in
+    /// direct delivery): with several workers on one PostgreSQL queue, a
+    /// smaller claim spreads the work among them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) claim: Option<u32>,
     /// The relay, HOST[:PORT] (default: the account's).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub(crate) server: Option<String>,

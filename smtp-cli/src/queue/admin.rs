@@ -1,5 +1,5 @@
 //! `smtp queue list|show|retry|delete|purge|stats`: reading and changing a queue
-//! that exists (see [`super::open_existing`]).
+//! that exists (see [`super::Place::open_existing`]).
 //!
 //! Every line goes out through `say!`/`tell!`: a stored reply text is the
 //! server's choice, so it is printed on one line ([`joined`]) with nothing
@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use smtp_queue::{ListFilter, MessageId, RecipientState, RetryTarget, Store, Throttle};
+use smtp_queue::{
+    ListFilter, MessageId, RecipientState, RetryTarget, Store, Throttle, WorkerActivity,
+};
 
 use super::{queue_error, rfc3339};
 use crate::cli::{ListArgs, PurgeArgs, QueueCommand, QueueRetryArgs};
@@ -17,14 +19,16 @@ use crate::output::{ErrorReport, JSON_VERSION, counted};
 use crate::terminal::joined;
 
 /// Runs one of the subcommands other than `run` on `store`.
+/// `fleet`: the store keeps its workers (PostgreSQL), for `stats`.
 pub(super) async fn run(
     store: Arc<dyn Store>,
     command: QueueCommand,
     json: bool,
+    fleet: bool,
 ) -> Result<u8, Failure> {
     match command {
         // Dispatched before the store is opened.
-        QueueCommand::Run(_) => Ok(EX_OK),
+        QueueCommand::Run(_) | QueueCommand::Migrate => Ok(EX_OK),
         QueueCommand::List(filter) => list(store.as_ref(), &filter, json).await,
         QueueCommand::Show { id } => {
             let id = parse_id(&id)?;
@@ -44,6 +48,12 @@ pub(super) async fn run(
                 .map_err(queue_error)?;
             let budgets = budgets(store.as_ref()).await?;
             let throttles = store.throttles(None).await.map_err(queue_error)?;
+            let now = SystemTime::now();
+            let workers = if fleet {
+                store.workers(now).await.map_err(queue_error)?
+            } else {
+                Vec::new()
+            };
             if json {
                 let states: serde_json::Map<String, serde_json::Value> = stats
                     .recipients
@@ -63,6 +73,7 @@ pub(super) async fn run(
                             })).collect::<Vec<_>>(),
                         })).collect::<Vec<_>>(),
                         "throttles": throttles,
+                        "workers": fleet.then(|| workers.iter().map(worker_json).collect::<Vec<_>>()),
                         "routes": routes.iter().map(|w| serde_json::json!({
                             "route": w.route, "waiting_messages": w.messages,
                             "waiting_recipients": w.recipients, "due_messages": w.due,
@@ -106,10 +117,50 @@ pub(super) async fn run(
                     say!("budget {}: {limits}{caps}; next free slot: {next}", b.key);
                 }
                 print_throttles(&throttles);
+                for w in &workers {
+                    say!("{}", worker_line(w, now));
+                }
             }
             Ok(EX_OK)
         }
     }
+}
+
+/// A worker as `queue stats --json` shows it.
+fn worker_json(w: &WorkerActivity) -> serde_json::Value {
+    serde_json::json!({
+        "worker": w.worker,
+        "host": w.host,
+        "pid": w.pid,
+        "started": w.started.map(rfc3339),
+        "last_heartbeat": rfc3339(w.last_seen),
+        "leases": w.leases,
+        "recipients": w.recipients,
+    })
+}
+
+/// A worker as `queue stats` says it: `worker ID: host H, pid P, N
+/// leases (M recipients), last heartbeat T (S s ago)`.
+fn worker_line(w: &WorkerActivity, now: SystemTime) -> String {
+    let ago = now
+        .duration_since(w.last_seen)
+        .unwrap_or_default()
+        .as_secs();
+    let host = w
+        .host
+        .as_deref()
+        .map_or_else(String::new, |h| format!(", host {}", joined(h)));
+    let pid = w.pid.map_or_else(String::new, |p| format!(", pid {p}"));
+    format!(
+        "worker {}{host}{pid}: {} ({}), last heartbeat {} ({ago}s ago)",
+        joined(&w.worker),
+        counted(usize::try_from(w.leases).unwrap_or(usize::MAX), "lease"),
+        counted(
+            usize::try_from(w.recipients).unwrap_or(usize::MAX),
+            "recipient"
+        ),
+        rfc3339(w.last_seen),
+    )
 }
 
 /// A budget as `queue stats` shows it.

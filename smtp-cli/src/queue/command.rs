@@ -29,7 +29,12 @@ pub(crate) fn run_command(args: &SendArgs) -> String {
             .map(|p| lossy(p.as_os_str()))
     };
     let name = |v: Option<clap::builder::PossibleValue>| v.map(|p| p.get_name().to_owned());
-    flag("--queue", path(&args.queue));
+    // A PostgreSQL URL as given (never with a password: refused).
+    let queue = match args.queue.as_deref().and_then(|q| q.to_str()) {
+        Some(url) if smtp_queue::is_postgres_url(url) => Some(url.to_owned()),
+        _ => path(&args.queue),
+    };
+    flag("--queue", queue);
     flag("--config", path(&args.config));
     flag("--account", args.account.clone());
     flag("--server", args.server.clone());

@@ -12,17 +12,17 @@
 //! `send.rs` is `smtp send --queue`, `run.rs` the `smtp queue` commands
 //! (`queue run` above all; what a run recorded, for its exit code and
 //! `--json`, in `recorded.rs`), `admin.rs` list/show/retry/delete/stats;
-//! this file holds what they share: the queue's directory, the runner's
-//! settings, signals, and the lines told as outcomes are recorded.
+//! `place.rs` where the queue is (a directory or a PostgreSQL URL) and
+//! how each command opens it; this file holds what they share: the
+//! runner's settings, signals, and the lines told as outcomes are
+//! recorded.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smtp_queue::{
-    Attempt, Outcome, RunEvent, Runner, RunnerConfig, Schedule, SqliteStore, Stop, Store,
-};
+use smtp_queue::{Attempt, Outcome, RunEvent, Runner, RunnerConfig, Schedule, Stop, Store};
 use smtp_tls::Server;
 
 use crate::cli::RetryArgs;
@@ -34,6 +34,7 @@ use crate::terminal::joined;
 mod admin;
 mod command;
 mod metrics;
+mod place;
 mod recorded;
 mod report;
 mod run;
@@ -42,6 +43,7 @@ mod send;
 mod tls_report;
 
 pub(crate) use self::command::run_command;
+pub(crate) use self::place::{Place, url_has_password};
 pub(crate) use self::run::run;
 pub(crate) use self::send::{Queued, enqueue_only, options, send, send_once};
 
@@ -53,68 +55,6 @@ use self::report::{Pending, recipient_report};
 pub(crate) const EXIT_SIGINT: u8 = 130;
 /// The exit code after SIGTERM (128 + 15).
 pub(crate) const EXIT_SIGTERM: u8 = 143;
-
-/// The queue's directory: `dir`, else `$XDG_STATE_HOME/smtp/queue`, else
-/// `~/.local/state/smtp/queue`.
-fn directory(dir: Option<&Path>) -> Result<PathBuf, Failure> {
-    if let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
-        return Ok(d.to_owned());
-    }
-    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(state).join("smtp/queue"));
-    }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| Failure::config("no --queue DIR, XDG_STATE_HOME or HOME"))?;
-    Ok(PathBuf::from(home).join(".local/state/smtp/queue"))
-}
-
-/// Opens the queue in `dir`, creating it when there is none: `send
-/// --queue` and `queue run --watch` (a service may start before anything
-/// is queued).
-async fn open(dir: Option<&Path>) -> Result<Arc<dyn Store>, Failure> {
-    open_at(&directory(dir)?).await
-}
-
-async fn open_at(dir: &Path) -> Result<Arc<dyn Store>, Failure> {
-    SqliteStore::open(dir)
-        .await
-        .map(|s| Arc::new(s) as Arc<dyn Store>)
-        .map_err(|e| Failure::new(EX_TEMPFAIL, format!("queue {}: {e}", dir.display())))
-}
-
-/// Whether `dir` holds a queue (its database).
-fn exists(dir: &Path) -> bool {
-    dir.join("queue.db").is_file()
-}
-
-/// Opens the queue in `dir` only when there is one: the commands that read
-/// or change a queue (and a one-off `queue run`) refuse a directory
-/// without `queue.db` (66) rather than create an empty queue where a
-/// mistyped `--queue` points.
-async fn open_existing(dir: Option<&Path>) -> Result<Arc<dyn Store>, Failure> {
-    let given = dir.is_some_and(|d| !d.as_os_str().is_empty());
-    let dir = directory(dir)?;
-    if !exists(&dir) {
-        let why = if dir.is_dir() {
-            "it holds no queue.db"
-        } else if dir.exists() {
-            "not a directory"
-        } else {
-            "no such directory"
-        };
-        let hint = if given {
-            "a mistyped --queue? `smtp send --queue DIR` creates a queue"
-        } else {
-            "nothing was queued there yet: `smtp send --queue` creates it"
-        };
-        return Err(Failure::new(
-            EX_NOINPUT,
-            format!("no queue in {}: {why} ({hint})", dir.display()),
-        )
-        .kind("no-queue"));
-    }
-    open_at(&dir).await
-}
 
 pub(crate) fn queue_error(e: smtp_queue::Error) -> Failure {
     match e {
@@ -409,7 +349,9 @@ const DIRECT_CLAIM: u32 = 2000;
 /// The runner's settings from the options; in direct delivery, with the
 /// traffic shaping of the config file at `file` (or the default place).
 fn config(retry: &RetryArgs, direct: bool, file: Option<&Path>) -> Result<RunnerConfig, Failure> {
-    let mut config = RunnerConfig::default().with_schedule(schedule(retry));
+    let mut config = RunnerConfig::default()
+        .with_schedule(schedule(retry))
+        .with_worker(place::worker_id());
     if direct {
         config = config
             .with_concurrency(DIRECT_CONCURRENCY.into())

@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use smtp_core::ehlo::ClientId;
 use smtp_queue::{Backoff, ListFilter, RecipientState, RunEvent, Stop, Store};
 
+use super::place::exists;
 use super::recorded::{self, Left, Recorded};
 use super::{
-    Via, admin, config, directory, exists, lock, metrics, open_at, open_existing, queue_error,
-    report, rfc3339, scrape, tell_other_routes, warn,
+    Place, Via, admin, config, lock, metrics, queue_error, report, rfc3339, scrape,
+    tell_other_routes, warn,
 };
 use crate::cli::{QueueArgs, QueueCommand, QueueRunArgs, SendArgs};
 use crate::fail::{EX_OK, Failure};
@@ -28,22 +29,63 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
             ));
         }
         crate::log::install(run.log_format, run.watch)?;
-        let store = if run.watch {
+        let place = Place::resolve(args.queue.as_deref(), run.config.as_deref())?;
+        let store = match &place {
             // A service may start before anything is queued: it creates
             // the queue, and says where.
-            let dir = directory(args.queue.as_deref())?;
-            if !exists(&dir) {
-                tracing::info!(target: "smtp_cli::queue", queue = %dir.display(),
-                    "no queue there yet: created an empty one");
+            Place::Dir(dir) if run.watch => {
+                if !exists(dir) {
+                    tracing::info!(target: "smtp_cli::queue", queue = %place,
+                        "no queue there yet: created an empty one");
+                }
+                place.open_for_work().await?
             }
-            open_at(&dir).await?
-        } else {
-            open_existing(args.queue.as_deref()).await?
+            Place::Dir(_) => place.open_existing(args.queue.is_some()).await?,
+            // A database with no schema yet gets one; an older one is
+            // refused (`queue migrate`).
+            Place::Postgres(_) => place.open_for_work().await?,
         };
         return run_queue(store, *run, args.json).await;
     }
-    let store = open_existing(args.queue.as_deref()).await?;
-    admin::run(store, args.command, args.json).await
+    let config = match &args.command {
+        QueueCommand::Retry(r) => r.config.as_deref(),
+        _ => None,
+    };
+    let place = Place::resolve(args.queue.as_deref(), config)?;
+    if let QueueCommand::Migrate = args.command {
+        return migrate(&place, args.json).await;
+    }
+    let store = place.open_existing(args.queue.is_some()).await?;
+    admin::run(store, args.command, args.json, place.is_postgres()).await
+}
+
+/// `smtp queue migrate`: creates or upgrades the queue's schema and says
+/// what it did.
+async fn migrate(place: &Place, json: bool) -> Result<u8, Failure> {
+    let m = place.migrate().await?;
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({
+                "queue": place.to_string(),
+                "from": m.from,
+                "to": m.to,
+                "changed": m.changed(),
+            })
+        );
+    } else {
+        match m.from {
+            None => say!("queue {place}: created the schema, version {}", m.to),
+            Some(from) if from != m.to => {
+                say!(
+                    "queue {place}: upgraded the schema from version {from} to {}",
+                    m.to
+                );
+            }
+            Some(_) => say!("queue {place}: the schema is current (version {})", m.to),
+        }
+    }
+    Ok(EX_OK)
 }
 
 async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Result<u8, Failure> {
@@ -86,6 +128,9 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
     config = crate::rate::apply(store.as_ref(), &via, &rate, config).await?;
     if let Some(secs) = args.lease {
         config = config.with_lease(Duration::from_secs(secs.max(1)));
+    }
+    if let Some(n) = args.claim {
+        config = config.with_claim(n);
     }
     let metrics = match args.metrics {
         Some(addr) => Some(serve_metrics(addr, store.clone()).await?),
@@ -141,7 +186,7 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
         tell_other_routes(store.as_ref(), &route, logging).await?;
     }
     let summary = if args.watch {
-        runner.watch(&stop).await
+        watch_through_outages(&runner, &stop).await
     } else {
         runner.run_due(&stop).await
     }
@@ -198,6 +243,32 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
     } else {
         recorded::exit_code(&outcomes, wait)
     })
+}
+
+/// `queue run --watch`: a failure of the queue's database (a server
+/// restarting, a connection cut) does not end the service. What the
+/// failed round held stays leased until the leases run out, then this
+/// worker or another takes it again (a message whose reply had come but
+/// was not recorded may be delivered twice: at most one per session that
+/// was under way); the watch resumes after a pause.
+async fn watch_through_outages(
+    runner: &smtp_queue::Runner,
+    stop: &Stop,
+) -> Result<smtp_queue::Summary, smtp_queue::Error> {
+    const PAUSE: Duration = Duration::from_secs(2);
+    loop {
+        match runner.watch(stop).await {
+            Err(e @ smtp_queue::Error::Database { .. }) if !stop.is_stopped() => {
+                tracing::warn!(target: "smtp_cli::queue", error = %e, retry_in_s = PAUSE.as_secs(),
+                    "the queue's database failed; the round under way is left to its leases; resuming");
+                tokio::select! {
+                    () = stop.stopped() => {}
+                    () = tokio::time::sleep(PAUSE) => {}
+                }
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Says why recipients still wait, on stderr (or in the log, with the log

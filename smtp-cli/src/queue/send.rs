@@ -15,8 +15,8 @@ use smtp_queue::{
 
 use super::report::{Live, Pending, report_from_store};
 use super::{
-    EXIT_SIGINT, Registered, SIGNALLED, Via, config, directory, lock, open, open_at, queue_error,
-    rfc3339, tell_other_routes,
+    EXIT_SIGINT, Place, Registered, SIGNALLED, Via, config, lock, queue_error, rfc3339,
+    tell_other_routes,
 };
 use crate::cli::RetryArgs;
 use crate::fail::{EX_OK, EX_TEMPFAIL, Failure};
@@ -36,7 +36,8 @@ enum Ended {
 
 /// `smtp send --queue`'s own settings.
 pub(crate) struct Queued<'a> {
-    /// The queue's directory (empty: the default).
+    /// `--queue` as given: a directory or a PostgreSQL URL (empty: the
+    /// config file's `queue`, else the default directory).
     pub(crate) dir: &'a Path,
     /// The retry schedule and how long to linger.
     pub(crate) retry: &'a RetryArgs,
@@ -138,6 +139,13 @@ async fn enqueue_parts(
     }
 }
 
+impl Queued<'_> {
+    /// Where the queue is.
+    fn place(&self) -> Result<Place, Failure> {
+        Place::resolve(Some(self.dir), self.config)
+    }
+}
+
 /// `smtp send --queue --queue-only` (sendmail's `-odq`): enqueue in one
 /// batch, durably, and exit 0 without delivering; say how many were queued
 /// and the `smtp queue run` command that delivers them (`--json`: one
@@ -149,8 +157,8 @@ pub(crate) async fn enqueue_only(
     envelopes: &[Envelope],
     json: bool,
 ) -> Result<u8, Failure> {
-    let dir = directory(Some(queued.dir))?;
-    let store = open_at(&dir).await?;
+    let place = queued.place()?;
+    let store = place.open_for_work().await?;
     remember_for_later(store.as_ref(), queued).await?;
     let now = SystemTime::now();
     let names: Vec<&str> = prepared.iter().map(|m| m.name.as_str()).collect();
@@ -182,7 +190,7 @@ pub(crate) async fn enqueue_only(
             .collect();
         let v = serde_json::json!({
             "version": JSON_VERSION,
-            "queue": dir.display().to_string(),
+            "queue": place.to_string(),
             "messages": messages,
             "summary": { "messages": ids.len(), "recipients": recipients },
             "run": queued.run_line,
@@ -197,7 +205,7 @@ pub(crate) async fn enqueue_only(
             "queued {} ({}) in {}{one}; nothing delivered yet",
             counted(ids.len(), "message"),
             counted(recipients, "recipient"),
-            dir.display()
+            place
         );
         say!("deliver with: {}", queued.run_line);
     }
@@ -218,7 +226,7 @@ pub(crate) async fn send(
     envelopes: &[Envelope],
     mode: Mode,
 ) -> Result<u8, Failure> {
-    let store = open(Some(queued.dir)).await?;
+    let store = queued.place()?.open_for_work().await?;
     let sent = crate::send::sent(&prepared, envelopes);
     let batch = batch(queued, &prepared, envelopes);
     // Once enqueued, the messages are the queue's to read: what was
@@ -248,7 +256,7 @@ pub(crate) async fn send_once(
     sent: Vec<Sent>,
     mode: Mode,
 ) -> Result<(u8, Vec<MessageId>, Arc<dyn Store>), Failure> {
-    let store = open(Some(queued.dir)).await?;
+    let store = queued.place()?.open_for_work().await?;
     if via.is_none() {
         remember_for_later(store.as_ref(), queued).await?;
     }

@@ -144,6 +144,11 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to the queue at `url` (`postgres://` or `postgresql://`)
     /// with the default settings, creating or upgrading its schema.
+    ///
+    /// What the URL leaves out comes from the environment as libpq takes
+    /// it: the password from `PGPASSWORD`, else the password file
+    /// (`PGPASSFILE`, else `~/.pgpass`); `PGHOST`, `PGPORT`, `PGUSER`,
+    /// `PGDATABASE`, `PGAPPNAME`.
     pub async fn open(url: &str) -> Result<Self> {
         Self::open_with(url, PgSettings::default()).await
     }
@@ -168,6 +173,16 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Connects to the queue at `url` without reading or changing its
+    /// schema: for a caller that decides itself, with
+    /// [`schema_version`](Self::schema_version) and
+    /// [`migrate`](Self::migrate), what to do with a database that has no
+    /// schema yet or an older one. Other operations on a schema that is
+    /// not this build's fail.
+    pub async fn attach(url: &str) -> Result<Self> {
+        Self::connect_with(url, PgSettings::default()).await
+    }
+
     async fn connect_with(url: &str, settings: PgSettings) -> Result<Self> {
         let database = redact_url(url);
         let secrets = secrets_of(url);
@@ -176,7 +191,14 @@ impl PgStore {
             database: database.clone(),
             source: scrub(&e.to_string(), &secrets).into(),
         })?;
-        let options = options.application_name("smtp-queue");
+        // The session's name in `pg_stat_activity`: the URL's
+        // `application_name` or PGAPPNAME when given (a fleet can name
+        // each worker), else ours.
+        let options = if options.get_application_name().is_some() {
+            options
+        } else {
+            options.application_name("smtp-queue")
+        };
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)

@@ -11,6 +11,7 @@
 
 use super::PgStore;
 use crate::error::{Error, Result};
+use crate::store::Migration;
 
 /// The schema version this build writes and understands.
 pub const PG_SCHEMA_VERSION: i64 = 2;
@@ -167,13 +168,20 @@ CREATE INDEX slots_by_expiry ON slots (until_ms)
 ];
 
 impl PgStore {
-    /// Creates or upgrades the schema to [`PG_SCHEMA_VERSION`].
-    pub(super) async fn migrate(&self) -> Result<()> {
+    /// Creates or upgrades the schema to [`PG_SCHEMA_VERSION`], in one
+    /// transaction under an advisory lock (a second worker migrating at
+    /// once waits, then finds the work done), and says what it found.
+    /// Refuses a schema newer than this build knows
+    /// ([`Error::DatabaseSchemaTooNew`]).
+    pub async fn migrate(&self) -> Result<Migration> {
         let doing = "creating the queue's schema";
         // Already current: no lock, no write (readers and a fleet of
         // workers restarting do not queue up on the advisory lock).
-        if self.found_version().await? == Some(PG_SCHEMA_VERSION) {
-            return Ok(());
+        if self.schema_version().await? == Some(PG_SCHEMA_VERSION) {
+            return Ok(Migration {
+                from: Some(PG_SCHEMA_VERSION),
+                to: PG_SCHEMA_VERSION,
+            });
         }
         let mut tx = self.begin(doing).await?;
         // Held to the end of the transaction: a second worker starting at
@@ -217,12 +225,16 @@ impl PgStore {
                 .await
                 .map_err(self.db(doing))?;
         }
-        tx.commit().await.map_err(self.db(doing))
+        tx.commit().await.map_err(self.db(doing))?;
+        Ok(Migration {
+            from: found,
+            to: PG_SCHEMA_VERSION,
+        })
     }
 
     /// Refuses a schema other than this build's (without writing).
     pub(super) async fn check_version(&self) -> Result<()> {
-        match self.found_version().await? {
+        match self.schema_version().await? {
             Some(PG_SCHEMA_VERSION) => Ok(()),
             Some(found) if found > PG_SCHEMA_VERSION => Err(self.too_new(found)),
             found => Err(Error::Misuse(format!(
@@ -234,8 +246,9 @@ impl PgStore {
         }
     }
 
-    /// The schema's version, `None` before any.
-    async fn found_version(&self) -> Result<Option<i64>> {
+    /// The schema's version, `None` before any (a database never
+    /// migrated). Reads only.
+    pub async fn schema_version(&self) -> Result<Option<i64>> {
         let doing = "reading the queue's schema version";
         let exists: bool = sqlx::query_scalar("SELECT to_regclass('schema_version') IS NOT NULL")
             .fetch_one(&self.pool)

@@ -49,8 +49,8 @@ use crate::rate::{Budget, Decision, Limit};
 use crate::shaping::Throttle;
 use crate::spool::Spool;
 use crate::store::{
-    Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, NewMessage, Outcome,
-    RecipientId, RetryTarget, RouteWaiting, SlotLease, Stats, Store,
+    Backoff, Claimed, Enqueued, Lease, ListFilter, MessageId, MessageInfo, Migration, NewMessage,
+    Outcome, RecipientId, RetryTarget, RouteWaiting, SlotLease, Stats, Store,
 };
 
 mod admin;
@@ -150,6 +150,8 @@ pub struct SqliteStore {
     records: std::sync::Mutex<Vec<record::PendingRecord>>,
     /// Held by the caller committing a group.
     recording: tokio::sync::Mutex<()>,
+    /// What opening did to the schema.
+    migration: Migration,
 }
 
 impl SqliteStore {
@@ -222,6 +224,7 @@ impl SqliteStore {
             settings.max_connections.max(1),
         )
         .await?;
+        let migration = schema::migrate(&pool, &db).await?;
         let log = match &settings.log {
             LogPlace::Spool => {
                 let path = dir.join("outcomes.jsonl");
@@ -242,10 +245,16 @@ impl SqliteStore {
             db,
             records: std::sync::Mutex::new(Vec::new()),
             recording: tokio::sync::Mutex::new(()),
+            migration,
         };
-        store.migrate().await?;
         store.sweep(settings.sweep_after).await?;
         Ok(store)
+    }
+
+    /// What opening did to the schema: created it (`from` is `None`),
+    /// upgraded it, or found it current.
+    pub fn migration(&self) -> Migration {
+        self.migration
     }
 
     /// The database file.

@@ -16,8 +16,13 @@
 //! | 8 | `mta_sts_policies`: MTA-STS policies cached per domain; `tls_results`: TLS-RPT session results counted per day |
 //! | 9 | `slots`: each destination's connection slots held under a lease (`Store::take_slot`) |
 
-use super::{SCHEMA_VERSION, SqliteStore};
+use std::path::Path;
+
+use sqlx::SqlitePool;
+
+use super::SCHEMA_VERSION;
 use crate::error::{Error, Result};
+use crate::store::Migration;
 
 /// The schema, version 1, as its first release created it (never edited:
 /// later versions are migrations).
@@ -215,69 +220,78 @@ CREATE INDEX slots_by_expiry ON slots (until_ms);
     ),
 ];
 
-impl SqliteStore {
-    pub(super) async fn migrate(&self) -> Result<()> {
-        let doing = "creating the queue's schema";
-        // A queue already at this version needs no write lock: opening it
-        // for `list` or `stats` must not wait for a runner's commit. (A new
-        // file has no table yet: the read fails and the write path runs.)
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_optional(&self.pool)
-            .await
-            .ok()
-            .flatten()
-            .flatten();
-        if current == Some(SCHEMA_VERSION) {
-            return Ok(());
-        }
-        let mut tx = self.begin(doing).await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::db(doing, e))?;
-        let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| Error::db(doing, e))?;
-        let mut version = match found {
-            None => {
-                sqlx::raw_sql(SCHEMA_V1)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db(doing, e))?;
-                1
-            }
-            Some(found) if found > SCHEMA_VERSION => {
-                return Err(Error::SchemaTooNew {
-                    path: self.db.clone(),
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
-            }
-            Some(found) => found,
-        };
-        let fresh = found.is_none();
-        let from = version;
-        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
-            if !fresh {
-                tracing::info!(path = %self.db.display(), from = version, to, "upgrading the queue's schema");
-            }
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| Error::db("upgrading the queue's schema", e))?;
-            version = *to;
-        }
-        if found != Some(version) {
-            // One row per version reached: the table keeps the history.
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(version)
+/// Creates or upgrades the schema of the database at `db` through `pool`.
+pub(super) async fn migrate(pool: &SqlitePool, db: &Path) -> Result<Migration> {
+    let doing = "creating the queue's schema";
+    // A queue already at this version needs no write lock: opening it
+    // for `list` or `stats` must not wait for a runner's commit. (A new
+    // file has no table yet: the read fails and the write path runs.)
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+        .flatten();
+    if current == Some(SCHEMA_VERSION) {
+        return Ok(Migration {
+            from: current,
+            to: SCHEMA_VERSION,
+        });
+    }
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| Error::db(doing, e))?;
+    let mut version = match found {
+        None => {
+            sqlx::raw_sql(SCHEMA_V1)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| Error::db(doing, e))?;
+            1
         }
-        tx.commit().await.map_err(|e| Error::db(doing, e))
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(Error::SchemaTooNew {
+                path: db.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Some(found) => found,
+    };
+    let fresh = found.is_none();
+    let from = version;
+    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > from) {
+        if !fresh {
+            tracing::info!(path = %db.display(), from = version, to, "upgrading the queue's schema");
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db("upgrading the queue's schema", e))?;
+        version = *to;
     }
+    if found != Some(version) {
+        // One row per version reached: the table keeps the history.
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::db(doing, e))?;
+    }
+    tx.commit().await.map_err(|e| Error::db(doing, e))?;
+    Ok(Migration {
+        from: found,
+        to: version,
+    })
 }
 
 #[cfg(test)]
@@ -286,6 +300,8 @@ mod tests {
 
     use smtp_core::delivery::MemoryBody;
     use sqlx::sqlite::SqliteConnectOptions;
+
+    use crate::SqliteStore;
     use sqlx::{ConnectOptions, Connection};
 
     use super::*;
@@ -336,6 +352,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            store.migration(),
+            Migration {
+                from: Some(1),
+                to: SCHEMA_VERSION
+            }
+        );
         let info = store.show(&id).await.unwrap();
         assert_eq!(info.recipients[0].address, "b@example.net");
         let mut read = store.open_body(&id).await.unwrap();
@@ -372,6 +395,7 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(rows, 1);
+        assert!(!store.migration().changed());
         // Version 4's partial indexes replaced version 1's.
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL ORDER BY name",
