@@ -395,6 +395,45 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
     let stats = json(&smtp(home, &["queue", "stats", "--json"]));
     assert_eq!(stats["messages"], 1, "{stats}");
     assert_eq!(stats["workers"], serde_json::json!([]), "{stats}");
+    // An older schema (version 1, before connection slots): a worker
+    // refuses it and says to migrate; `queue migrate` upgrades it.
+    let old = Cluster::shared().fresh_database();
+    let out = smtp(home, &["queue", "migrate", "--queue", &old]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&old).await.unwrap();
+        sqlx::query("DROP TABLE slots")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM schema_version WHERE version > 1")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    let out = smtp(
+        home,
+        &[
+            "queue",
+            "run",
+            "--queue",
+            &old,
+            "--server",
+            "127.0.0.1:9",
+            "--tls",
+            "none",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("smtp queue migrate"), "{}", text(&out));
+    let m = json(&smtp(
+        home,
+        &["queue", "migrate", "--queue", &old, "--json"],
+    ));
+    assert_eq!(m["from"], 1, "{m}");
+    assert_eq!(m["to"], smtp_queue::PG_SCHEMA_VERSION, "{m}");
+    assert_eq!(m["changed"], true, "{m}");
     // A schema newer than this build: refused by workers and readers.
     rt.block_on(async {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
