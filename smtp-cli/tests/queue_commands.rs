@@ -980,3 +980,38 @@ fn queue_run_takes_the_timeouts_send_takes() {
     );
     drop(held);
 }
+
+/// Open sessions per destination (the fleet-wide connection slots) in
+/// `queue stats`, whichever runner holds them.
+#[test]
+fn queue_stats_shows_the_sessions_open_per_destination() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q");
+    enqueue(&rt, &q, &["a@example.net"]);
+    rt.block_on(async {
+        let store = SqliteStore::open(&q).await.unwrap();
+        let now = SystemTime::now();
+        let until = now + Duration::from_secs(300);
+        for worker in ["host-a:1", "host-b:2", "host-b:2"] {
+            store
+                .take_slot("mx:mx.example.net", 3, worker, until, now)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        store.close().await;
+    });
+    let q = q.to_str().unwrap();
+    let out = smtp(&["queue", "--queue", q, "stats"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert!(
+        text(&out.stdout)
+            .contains("sessions to mx:mx.example.net: 3 open (held by host-a:1, host-b:2)"),
+        "{}",
+        both(&out)
+    );
+    let v = json(&smtp(&["queue", "--queue", q, "stats", "--json"]));
+    assert_eq!(v["sessions"][0]["destination"], "mx:mx.example.net", "{v}");
+    assert_eq!(v["sessions"][0]["open"], 3, "{v}");
+}

@@ -54,6 +54,11 @@ pub(super) async fn run(
             } else {
                 Vec::new()
             };
+            // Sessions open now, per destination, whichever runner holds them.
+            let mut slots: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for slot in store.slots(None, now).await.map_err(queue_error)? {
+                slots.entry(slot.destination).or_default().push(slot.worker);
+            }
             if json {
                 let states: serde_json::Map<String, serde_json::Value> = stats
                     .recipients
@@ -73,6 +78,9 @@ pub(super) async fn run(
                             })).collect::<Vec<_>>(),
                         })).collect::<Vec<_>>(),
                         "throttles": throttles,
+                        "sessions": slots.iter().map(|(d, holders)| serde_json::json!({
+                            "destination": d, "open": holders.len(), "workers": holders,
+                        })).collect::<Vec<_>>(),
                         "workers": fleet.then(|| workers.iter().map(worker_json).collect::<Vec<_>>()),
                         "routes": routes.iter().map(|w| serde_json::json!({
                             "route": w.route, "waiting_messages": w.messages,
@@ -117,6 +125,17 @@ pub(super) async fn run(
                     say!("budget {}: {limits}{caps}; next free slot: {next}", b.key);
                 }
                 print_throttles(&throttles);
+                for (destination, holders) in &slots {
+                    let mut by: Vec<&String> = holders.iter().collect();
+                    by.sort_unstable();
+                    by.dedup();
+                    say!(
+                        "sessions to {}: {} open (held by {})",
+                        joined(destination),
+                        holders.len(),
+                        by.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                }
                 for w in &workers {
                     say!("{}", worker_line(w, now));
                 }
