@@ -23,7 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use smtp_core::RecipientStatus;
 use smtp_core::delivery::BodySource;
 use smtp_core::delivery::direct::{
-    Connector, Decided, DirectOptions, TlsPolicySource, Trace, deliver_batch, enforce,
+    Connector, Decided, DirectOptions, TlsPolicySource, TlsSession, Trace, deliver_batch, enforce,
     no_allowed_host, plan_domain, session_results,
 };
 use smtp_core::delivery::mta_sts::DomainTls;
@@ -285,7 +285,9 @@ impl Runner {
                         }
                         if let Some(m) = &direct.mta_sts {
                             for host in &applied.excluded {
-                                m.session(&domain, &tls, host, ResultType::ValidationFailure);
+                                let session =
+                                    TlsSession::new(host.clone(), ResultType::ValidationFailure);
+                                m.session(&domain, &tls, &session);
                             }
                         }
                         let attempt = Attempt {
@@ -665,8 +667,8 @@ impl Runner {
         }
         if let Some(m) = &direct.mta_sts {
             for (domain, tls) in job.policies.iter() {
-                for (host, result) in session_results(tls, &report.attempts) {
-                    m.session(domain, tls, &host, result);
+                for session in session_results(tls, &report.attempts) {
+                    m.session(domain, tls, &session);
                 }
             }
             m.flush(self.store.as_ref()).await?;
