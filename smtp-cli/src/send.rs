@@ -566,7 +566,8 @@ fn tell_mta_sts(d: &smtp_core::delivery::direct::DomainReport) {
         return;
     }
     let label = tls.to_string();
-    for (host, result) in smtp_core::delivery::direct::session_results(tls, &d.attempts) {
+    for session in smtp_core::delivery::direct::session_results(tls, &d.attempts) {
+        let (host, result) = (&session.host, session.result);
         if result != ResultType::Success {
             progress::suspend(|| {
                 tell!(

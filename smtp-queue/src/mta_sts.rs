@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use smtp_core::delivery::direct::TlsPolicySource;
+use smtp_core::delivery::direct::{TlsPolicySource, TlsSession};
 use smtp_core::delivery::mta_sts::{
     self, DomainTls, InForce, Mode, PolicyFileError, Refresh, clamp_max_age, refresh,
 };
@@ -394,6 +394,8 @@ impl TlsPolicySource for MtaSts {
                             .map(|p| p.policy.mx.iter().map(ToString::to_string).collect())
                             .unwrap_or_default(),
                         receiving_mx: String::new(),
+                        sending_ip: None,
+                        receiving_ip: None,
                         result: kind,
                         count: 1,
                     });
@@ -406,8 +408,9 @@ impl TlsPolicySource for MtaSts {
         }
     }
 
-    fn session(&self, domain: &str, tls: &DomainTls, host: &str, result: ResultType) {
+    fn session(&self, domain: &str, tls: &DomainTls, session: &TlsSession) {
         let Some(p) = &tls.mta_sts else { return };
+        let (host, result) = (session.host.as_str(), session.result);
         if result != ResultType::Success && p.policy.mode == Mode::Testing {
             tracing::warn!(
                 domain,
@@ -422,6 +425,8 @@ impl TlsPolicySource for MtaSts {
             policy_string: p.policy.lines(),
             mx_host: p.policy.mx.iter().map(ToString::to_string).collect(),
             receiving_mx: host.to_owned(),
+            sending_ip: session.sending_ip,
+            receiving_ip: session.receiving_ip,
             result,
             count: 1,
         });

@@ -442,7 +442,9 @@ pub trait Store: Send + Sync {
     /// Caches a policy (replacing the domain's last).
     async fn put_sts_policy(&self, policy: &smtp_core::delivery::mta_sts::InForce) -> Result<()>;
 
-    /// Counts TLS-RPT session results (RFC 8460) on the day of `now`.
+    /// Counts TLS-RPT session results (RFC 8460) on the day of `now`:
+    /// results alike in everything but `count` (policy, MX host, both
+    /// addresses, result) are summed.
     async fn add_tls_results(
         &self,
         results: &[crate::tls_report::TlsResult],

@@ -3,6 +3,7 @@
 //! aggregate report in RFC 8460 §4's JSON ([`report`]).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
@@ -10,7 +11,8 @@ use smtp_core::delivery::tls_rpt::ResultType;
 
 use crate::time::rfc3339;
 
-/// A count of sessions with one result, under one policy, to one host.
+/// A count of sessions with one result, under one policy, to one host,
+/// between one pair of addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsResult {
     /// The policy domain (the recipient domain).
@@ -23,6 +25,13 @@ pub struct TlsResult {
     pub mx_host: Vec<String>,
     /// The MX host the session went to (empty for a policy fetch failure).
     pub receiving_mx: String,
+    /// The local address the session was made from (`sending-mta-ip`);
+    /// `None` without a session (a policy fetch failure, a host the policy
+    /// left out) or when the transport did not tell it.
+    pub sending_ip: Option<IpAddr>,
+    /// The address the session connected to (`receiving-ip`); `None`
+    /// without a session.
+    pub receiving_ip: Option<IpAddr>,
     /// The result.
     pub result: ResultType,
     /// How many sessions.
@@ -47,8 +56,9 @@ pub fn report(
     results: &[TlsResult],
 ) -> Vec<Value> {
     // Per domain, per policy (type and string): successes, failures by
-    // (result, host).
-    type Counts = (u64, BTreeMap<(String, String), u64>, Vec<String>);
+    // (result, host, sending address, receiving address).
+    type Failure = (String, String, Option<IpAddr>, Option<IpAddr>);
+    type Counts = (u64, BTreeMap<Failure, u64>, Vec<String>);
     let mut domains: BTreeMap<&str, BTreeMap<(&str, &[String]), Counts>> = BTreeMap::new();
     for r in results {
         let entry = domains
@@ -61,7 +71,12 @@ pub fn report(
         } else {
             *entry
                 .1
-                .entry((r.result.as_str().to_owned(), r.receiving_mx.clone()))
+                .entry((
+                    r.result.as_str().to_owned(),
+                    r.receiving_mx.clone(),
+                    r.sending_ip,
+                    r.receiving_ip,
+                ))
                 .or_default() += r.count;
         }
     }
@@ -75,11 +90,17 @@ pub fn report(
                     let failed: u64 = failures.values().sum();
                     let details: Vec<Value> = failures
                         .into_iter()
-                        .map(|((result, host), n)| {
+                        .map(|((result, host, sending, receiving), n)| {
                             let mut d = json!({
                                 "result-type": result,
                                 "failed-session-count": n,
                             });
+                            if let Some(ip) = sending {
+                                d["sending-mta-ip"] = json!(ip.to_string());
+                            }
+                            if let Some(ip) = receiving {
+                                d["receiving-ip"] = json!(ip.to_string());
+                            }
                             if !host.is_empty() {
                                 d["receiving-mx-hostname"] = json!(host);
                             }
@@ -124,6 +145,8 @@ mod tests {
             policy_string: vec!["version: STSv1".into()],
             mx_host: vec!["*.example.com".into()],
             receiving_mx: host.into(),
+            sending_ip: None,
+            receiving_ip: None,
             result,
             count,
         };
@@ -148,5 +171,98 @@ mod tests {
             p["failure-details"][0]["result-type"],
             "starttls-not-supported"
         );
+    }
+
+    /// Each failure detail names the addresses of its sessions when they
+    /// are known (RFC 8460 section 4.3: `sending-mta-ip`, `receiving-ip`),
+    /// one detail per pair; successes are summed whatever their addresses;
+    /// a failure without a session (a policy fetch) names none.
+    #[test]
+    fn failure_details_name_both_addresses_when_known() {
+        let ip = |s: &str| -> Option<IpAddr> { Some(s.parse().unwrap()) };
+        let r = |result, host: &str, sending, receiving, count| TlsResult {
+            policy_domain: "example.com".into(),
+            policy_type: "sts".into(),
+            policy_string: vec!["version: STSv1".into()],
+            mx_host: vec!["*.example.com".into()],
+            receiving_mx: host.into(),
+            sending_ip: sending,
+            receiving_ip: receiving,
+            result,
+            count,
+        };
+        let reporter = Reporter {
+            organization: "o".into(),
+            contact: "c".into(),
+        };
+        let mismatch = ResultType::CertificateHostMismatch;
+        let out = report(
+            &reporter,
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH,
+            &[
+                r(
+                    ResultType::Success,
+                    "mx1.example.com",
+                    ip("192.0.2.1"),
+                    ip("198.51.100.1"),
+                    3,
+                ),
+                r(
+                    ResultType::Success,
+                    "mx2.example.com",
+                    ip("2001:db8::1"),
+                    ip("2001:db8::25"),
+                    4,
+                ),
+                r(
+                    mismatch,
+                    "mx1.example.com",
+                    ip("192.0.2.1"),
+                    ip("198.51.100.1"),
+                    2,
+                ),
+                r(
+                    mismatch,
+                    "mx1.example.com",
+                    ip("192.0.2.1"),
+                    ip("198.51.100.2"),
+                    1,
+                ),
+                r(
+                    mismatch,
+                    "mx1.example.com",
+                    ip("192.0.2.1"),
+                    ip("198.51.100.1"),
+                    5,
+                ),
+                r(ResultType::StsPolicyFetchError, "", None, None, 1),
+            ],
+        );
+        let p = &out[0]["policies"][0];
+        assert_eq!(p["summary"]["total-successful-session-count"], 7);
+        assert_eq!(p["summary"]["total-failure-session-count"], 9);
+        let details = p["failure-details"].as_array().unwrap();
+        assert_eq!(details.len(), 3, "{details:?}");
+        let find = |receiving: &str| {
+            details
+                .iter()
+                .find(|d| d["receiving-ip"] == receiving)
+                .unwrap_or_else(|| panic!("no detail for {receiving}: {details:?}"))
+        };
+        let one = find("198.51.100.1");
+        assert_eq!(one["result-type"], "certificate-host-mismatch");
+        assert_eq!(one["sending-mta-ip"], "192.0.2.1");
+        assert_eq!(one["receiving-mx-hostname"], "mx1.example.com");
+        assert_eq!(one["failed-session-count"], 7);
+        assert_eq!(find("198.51.100.2")["failed-session-count"], 1);
+        let fetch = details
+            .iter()
+            .find(|d| d["result-type"] == "sts-policy-fetch-error")
+            .unwrap();
+        for field in ["sending-mta-ip", "receiving-ip", "receiving-mx-hostname"] {
+            assert!(fetch.get(field).is_none(), "{fetch}");
+        }
+        assert_eq!(fetch["failed-session-count"], 1);
     }
 }

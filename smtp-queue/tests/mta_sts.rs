@@ -313,6 +313,9 @@ async fn enforce_with_no_mx_host_matching_defers_and_reports_each_host_left_out(
         .iter()
         .map(|d| {
             assert_eq!(d["result-type"], "validation-failure");
+            // No session: no addresses to name.
+            assert!(d.get("receiving-ip").is_none(), "{d}");
+            assert!(d.get("sending-mta-ip").is_none(), "{d}");
             d["receiving-mx-hostname"].as_str().unwrap()
         })
         .collect();
@@ -374,9 +377,22 @@ async fn enforce_without_starttls_or_with_a_bad_or_expired_certificate_defers_na
     assert!(types.contains(&"starttls-not-supported"), "{types:?}");
     assert!(types.contains(&"certificate-host-mismatch"), "{types:?}");
     assert!(types.contains(&"certificate-expired"), "{types:?}");
+    // Each detail names its session's addresses (RFC 8460 section 4.3):
+    // the MX's address connected to, and the loopback address connected
+    // from, both strings that are IP addresses.
+    let addresses = [
+        ("mx1.example.com", "127.0.0.2"),
+        ("mx2.example.com", "127.0.0.3"),
+        ("mx3.example.com", "127.0.0.4"),
+    ];
     for d in &details {
         assert!(d["failed-session-count"].is_u64());
-        assert!(d["receiving-mx-hostname"].is_string());
+        let host = d["receiving-mx-hostname"].as_str().unwrap();
+        let receiving: IpAddr = d["receiving-ip"].as_str().unwrap().parse().unwrap();
+        let sending: IpAddr = d["sending-mta-ip"].as_str().unwrap().parse().unwrap();
+        let want = addresses.iter().find(|(h, _)| *h == host).unwrap().1;
+        assert_eq!(receiving, ip(want), "{d}");
+        assert_eq!(sending, ip("127.0.0.1"), "{d}");
     }
 }
 
@@ -483,5 +499,9 @@ async fn a_policy_with_a_bad_version_or_too_large_is_ignored() {
             reports[0]["policies"][0]["failure-details"][0]["result-type"],
             "sts-policy-invalid"
         );
+        // A policy fetch is no session: no addresses.
+        let detail = &reports[0]["policies"][0]["failure-details"][0];
+        assert!(detail.get("receiving-ip").is_none(), "{detail}");
+        assert!(detail.get("sending-mta-ip").is_none(), "{detail}");
     }
 }

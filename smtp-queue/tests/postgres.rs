@@ -372,6 +372,7 @@ async fn a_version_1_database_gets_connection_slots_on_open_and_keeps_its_messag
         .execute(&mut conn)
         .await
         .unwrap();
+    tls_results_as_in_version_2(&mut conn).await;
     sqlx::query("DELETE FROM schema_version WHERE version > 1")
         .execute(&mut conn)
         .await
@@ -386,8 +387,8 @@ async fn a_version_1_database_gets_connection_slots_on_open_and_keeps_its_messag
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2]);
-    assert_eq!(PG_SCHEMA_VERSION, 2);
+    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(PG_SCHEMA_VERSION, 3);
     assert_eq!(store.show(&id).await.unwrap().recipients.len(), 1);
     let slot = store
         .take_slot("mx:a.test", 1, "w", t(60), t(0))
@@ -402,6 +403,104 @@ async fn a_version_1_database_gets_connection_slots_on_open_and_keeps_its_messag
         None
     );
     assert_eq!(store.slots(None, t(1)).await.unwrap(), [slot]);
+}
+
+/// `tls_results` as versions 1 and 2 made it (no addresses in its key),
+/// holding one count of 4 `certificate-expired` sessions to
+/// mx1.example.com today.
+async fn tls_results_as_in_version_2(conn: &mut sqlx::PgConnection) {
+    let day = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    for statement in [
+        "DROP TABLE tls_results".to_owned(),
+        "CREATE TABLE tls_results (
+            day           BIGINT NOT NULL,
+            policy_domain TEXT NOT NULL,
+            policy_type   TEXT NOT NULL,
+            policy_string TEXT NOT NULL,
+            mx_host       TEXT NOT NULL,
+            receiving_mx  TEXT NOT NULL,
+            result        TEXT NOT NULL,
+            count         BIGINT NOT NULL,
+            PRIMARY KEY (day, policy_domain, policy_type, policy_string, receiving_mx, result)
+        )"
+        .to_owned(),
+        format!(
+            "INSERT INTO tls_results VALUES ({day}, 'example.com', 'sts', '[]', '[]',
+                 'mx1.example.com', 'certificate-expired', 4)"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// A version-2 database (TLS-RPT counted without addresses) is upgraded
+/// to version 3 on open: its counts kept, without addresses; new counts
+/// keyed by their addresses too.
+#[tokio::test]
+async fn a_version_2_database_keeps_its_tls_results_and_counts_them_by_address() {
+    use std::net::IpAddr;
+
+    use smtp_core::delivery::tls_rpt::ResultType;
+    use smtp_queue::tls_report::TlsResult;
+
+    let url = Cluster::shared().fresh_database();
+    PgStore::open(&url).await.unwrap().close().await;
+    let mut conn = sql(&url).await;
+    tls_results_as_in_version_2(&mut conn).await;
+    sqlx::query("DELETE FROM schema_version WHERE version > 2")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let store = PgStore::open(&url).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3]);
+    let ip = |s: &str| -> Option<IpAddr> { Some(s.parse().unwrap()) };
+    let counted = |sending, receiving, count| TlsResult {
+        policy_domain: "example.com".into(),
+        policy_type: "sts".into(),
+        policy_string: Vec::new(),
+        mx_host: Vec::new(),
+        receiving_mx: "mx1.example.com".into(),
+        sending_ip: sending,
+        receiving_ip: receiving,
+        result: ResultType::CertificateExpired,
+        count,
+    };
+    let a = counted(ip("127.0.0.1"), ip("127.0.0.2"), 1);
+    let b = counted(ip("127.0.0.1"), ip("::1"), 2);
+    let now = SystemTime::now();
+    store
+        .add_tls_results(&[a.clone(), b, a], now)
+        .await
+        .unwrap();
+    let mut rows: Vec<TlsResult> = store
+        .tls_results(
+            now - Duration::from_secs(1),
+            now + Duration::from_secs(1),
+            None,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    rows.sort_by_key(|r| (r.receiving_ip, r.count));
+    assert_eq!(
+        rows,
+        [
+            counted(None, None, 4),
+            counted(ip("127.0.0.1"), ip("127.0.0.2"), 2),
+            counted(ip("127.0.0.1"), ip("::1"), 2),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,9 @@ impl Handshake {
 pub struct TcpTransport {
     stream: Stream,
     peer: SocketAddr,
+    /// The socket's own address, read once when connected (the stream is
+    /// taken apart for the TLS upgrade).
+    local: Option<SocketAddr>,
     handshake: Handshake,
     tls: Option<TlsInfo>,
 }
@@ -78,6 +81,7 @@ impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpTransport")
             .field("peer", &self.peer)
+            .field("local", &self.local)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -166,9 +170,11 @@ impl TcpTransport {
                     // Commands are written whole, one write per pipelined
                     // group: Nagle would only add a round trip of delay.
                     let _ = tcp.set_nodelay(true);
+                    let local = tcp.local_addr().ok();
                     let mut t = Self {
                         stream: Stream::Plain(tcp),
                         peer: addr,
+                        local,
                         handshake,
                         tls: None,
                     };
@@ -193,6 +199,12 @@ impl TcpTransport {
     /// The address connected to.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The local address connected from (`None` only if the system would
+    /// not say).
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local
     }
 }
 
@@ -394,6 +406,10 @@ impl Transport for TcpTransport {
     fn tls_info(&self) -> Option<TlsInfo> {
         self.tls.clone()
     }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
 }
 
 /// A failed handshake's kind and words, from the typed rustls error inside
@@ -428,6 +444,27 @@ fn handshake_failure(e: &io::Error) -> TlsFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transport tells the address it connected from: the one the
+    /// server sees as its peer (TLS-RPT's `sending-mta-ip`).
+    #[tokio::test]
+    async fn a_connection_tells_its_local_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = TcpTransport::connect_mx(
+            "mx.example.test",
+            addr,
+            TlsPolicy::None,
+            &Trust::new(),
+            &Timeouts::default(),
+        )
+        .await
+        .unwrap();
+        let (_, seen) = listener.accept().await.unwrap();
+        assert_eq!(Transport::local_addr(&t), Some(seen));
+        assert_eq!(t.local(), Some(seen));
+        assert_eq!(t.peer(), addr);
+    }
 
     fn kind_of(cause: rustls::Error) -> TlsFailureKind {
         handshake_failure(&io::Error::new(io::ErrorKind::InvalidData, cause)).kind

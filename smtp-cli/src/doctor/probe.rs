@@ -96,6 +96,7 @@ pub(super) async fn outbound(resolver: &dyn RecordResolver, setup: &Setup) -> Ou
                 attempts.push(Attempt {
                     host,
                     addr,
+                    local: None,
                     failure: Some(failure),
                     error: None,
                     tls: None,
@@ -132,6 +133,7 @@ pub(super) async fn outbound(resolver: &dyn RecordResolver, setup: &Setup) -> Ou
         attempts.push(Attempt {
             host,
             addr,
+            local: transport.local_addr(),
             failure: None,
             error: report.error,
             tls: None,

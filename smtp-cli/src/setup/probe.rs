@@ -82,6 +82,7 @@ impl Probing<'_> {
                     attempts.extend(a.into_iter().map(|(addr, failure)| Attempt {
                         host: c.host.clone(),
                         addr,
+                        local: None,
                         failure: Some(failure),
                         error: None,
                         tls: None,
@@ -113,6 +114,7 @@ impl Probing<'_> {
                 attempts.push(Attempt {
                     host: c.host.clone(),
                     addr: peer,
+                    local: transport.local(),
                     failure: None,
                     error: Some(e.clone()),
                     tls: None,

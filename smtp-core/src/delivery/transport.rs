@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,6 +187,13 @@ pub trait Transport: Send {
 
     /// The TLS facts, if the connection is encrypted.
     fn tls_info(&self) -> Option<TlsInfo>;
+
+    /// The local address of the connection (its source address and port),
+    /// when the transport has one to tell: TLS-RPT reports it as
+    /// `sending-mta-ip` (RFC 8460 section 4.3). `None` by default.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 
     /// Runs a SCRAM key derivation: pure, but up to the iteration cap's
     /// worth of CPU (tens of milliseconds by default). This default runs it

@@ -8,13 +8,14 @@
 //! |---|---|
 //! | 1 | the SQLite store's tables as of its version 8, bodies in `body_chunks`, `outcome_log`, `workers`, the `lease_generation` sequence |
 //! | 2 | `slots`: each destination's connection slots held under a lease (`Store::take_slot`), as the SQLite store's version 9 |
+//! | 3 | `tls_results.sending_ip`, `tls_results.receiving_ip` in its key: TLS-RPT results counted per pair of addresses too, as the SQLite store's version 10 |
 
 use super::PgStore;
 use crate::error::{Error, Result};
 use crate::store::Migration;
 
 /// The schema version this build writes and understands.
-pub const PG_SCHEMA_VERSION: i64 = 2;
+pub const PG_SCHEMA_VERSION: i64 = 3;
 
 /// The advisory lock migrations are made under (any constant will do;
 /// this one spells "smtpq").
@@ -163,6 +164,20 @@ CREATE TABLE slots (
 );
 CREATE INDEX slots_by_destination ON slots (destination, until_ms);
 CREATE INDEX slots_by_expiry ON slots (until_ms)
+",
+    ),
+    (
+        3,
+        // TLS-RPT: each session's addresses (`sending-mta-ip`,
+        // `receiving-ip`, RFC 8460 section 4.3) in the key, empty when
+        // unknown (a policy fetch, a host the policy left out, results
+        // counted before this version).
+        "
+ALTER TABLE tls_results ADD COLUMN sending_ip TEXT NOT NULL DEFAULT '';
+ALTER TABLE tls_results ADD COLUMN receiving_ip TEXT NOT NULL DEFAULT '';
+ALTER TABLE tls_results DROP CONSTRAINT tls_results_pkey;
+ALTER TABLE tls_results ADD PRIMARY KEY (day, policy_domain, policy_type, policy_string,
+    receiving_mx, sending_ip, receiving_ip, result)
 ",
     ),
 ];

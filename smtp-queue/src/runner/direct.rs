@@ -442,8 +442,8 @@ impl Runner {
         }
         if let Some(m) = &direct.mta_sts {
             for (domain, tls) in job.policies.iter() {
-                for (host, result) in session_results(tls, &report.attempts) {
-                    m.session(domain, tls, &host, result);
+                for session in session_results(tls, &report.attempts) {
+                    m.session(domain, tls, &session);
                 }
             }
             m.flush(self.store.as_ref()).await?;

@@ -68,7 +68,7 @@ mod throttle;
 pub(crate) use enqueue::{check_envelope, recorded_address};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// A recipient waits for its next attempt (the condition of the partial
 /// index `recipients_waiting`, which SQLite uses only for this very text).

@@ -1,6 +1,6 @@
 //! MTA-STS policies cached per domain (RFC 8461 §5.1) and TLS-RPT
 //! session results counted per day (RFC 8460): `mta_sts_policies` and
-//! `tls_results` (schema version 8).
+//! `tls_results` (schema versions 8 and 10).
 
 use std::time::{Duration, SystemTime};
 
@@ -62,6 +62,11 @@ fn day_of(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
 }
 
+/// An address as the `tls_results` key holds it: empty when unknown.
+fn ip_text(ip: Option<std::net::IpAddr>) -> String {
+    ip.map(|ip| ip.to_string()).unwrap_or_default()
+}
+
 pub(super) async fn add_tls_results(
     store: &SqliteStore,
     results: &[TlsResult],
@@ -73,9 +78,10 @@ pub(super) async fn add_tls_results(
     for r in results {
         sqlx::query(
             "INSERT INTO tls_results (day, policy_domain, policy_type, policy_string, mx_host,
-                 receiving_mx, result, count)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (day, policy_domain, policy_type, policy_string, receiving_mx, result)
+                 receiving_mx, sending_ip, receiving_ip, result, count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (day, policy_domain, policy_type, policy_string, receiving_mx,
+                 sending_ip, receiving_ip, result)
              DO UPDATE SET count = count + excluded.count",
         )
         .bind(day)
@@ -84,6 +90,8 @@ pub(super) async fn add_tls_results(
         .bind(serde_json::to_string(&r.policy_string).unwrap_or_default())
         .bind(serde_json::to_string(&r.mx_host).unwrap_or_default())
         .bind(&r.receiving_mx)
+        .bind(ip_text(r.sending_ip))
+        .bind(ip_text(r.receiving_ip))
         .bind(r.result.as_str())
         .bind(i64::try_from(r.count).unwrap_or(i64::MAX))
         .execute(&mut *tx)
@@ -100,10 +108,11 @@ pub(super) async fn tls_results(
     domain: Option<&str>,
 ) -> Result<Vec<(SystemTime, TlsResult)>> {
     let rows = sqlx::query(
-        "SELECT day, policy_domain, policy_type, policy_string, mx_host, receiving_mx, result,
-                count
+        "SELECT day, policy_domain, policy_type, policy_string, mx_host, receiving_mx,
+                sending_ip, receiving_ip, result, count
          FROM tls_results WHERE day >= $1 AND day < $2 AND ($3 IS NULL OR policy_domain = $3)
-         ORDER BY day, policy_domain, policy_type, receiving_mx, result",
+         ORDER BY day, policy_domain, policy_type, receiving_mx, result, sending_ip,
+                  receiving_ip",
     )
     .bind(day_of(since))
     .bind(day_of(until).max(day_of(since) + 1))
@@ -127,6 +136,8 @@ pub(super) async fn tls_results(
                 policy_string: list(get(&row, "policy_string")?),
                 mx_host: list(get(&row, "mx_host")?),
                 receiving_mx: get(&row, "receiving_mx")?,
+                sending_ip: get::<String>(&row, "sending_ip")?.parse().ok(),
+                receiving_ip: get::<String>(&row, "receiving_ip")?.parse().ok(),
                 result,
                 count: u64::try_from(get::<i64>(&row, "count")?).unwrap_or(0),
             },

@@ -15,6 +15,7 @@
 //! | 7 | `throttles`: each destination's adaptive limits after a "slow down" reply |
 //! | 8 | `mta_sts_policies`: MTA-STS policies cached per domain; `tls_results`: TLS-RPT session results counted per day |
 //! | 9 | `slots`: each destination's connection slots held under a lease (`Store::take_slot`) |
+//! | 10 | `tls_results.sending_ip`, `tls_results.receiving_ip`: TLS-RPT results counted per pair of addresses too (empty when unknown) |
 
 use std::path::Path;
 
@@ -216,6 +217,36 @@ CREATE TABLE slots (
 );
 CREATE INDEX slots_by_destination ON slots (destination, until_ms);
 CREATE INDEX slots_by_expiry ON slots (until_ms);
+",
+    ),
+    (
+        10,
+        // TLS-RPT: each session's addresses (`sending-mta-ip`,
+        // `receiving-ip`, RFC 8460 section 4.3) in the key, empty when
+        // unknown (a policy fetch, a host the policy left out, results
+        // counted before this version). A new key: the table is made
+        // again, its counts kept.
+        "
+CREATE TABLE tls_results_v10 (
+    day           INTEGER NOT NULL,
+    policy_domain TEXT NOT NULL,
+    policy_type   TEXT NOT NULL,
+    policy_string TEXT NOT NULL,
+    mx_host       TEXT NOT NULL,
+    receiving_mx  TEXT NOT NULL,
+    sending_ip    TEXT NOT NULL DEFAULT '',
+    receiving_ip  TEXT NOT NULL DEFAULT '',
+    result        TEXT NOT NULL,
+    count         INTEGER NOT NULL,
+    PRIMARY KEY (day, policy_domain, policy_type, policy_string, receiving_mx,
+                 sending_ip, receiving_ip, result)
+);
+INSERT INTO tls_results_v10 (day, policy_domain, policy_type, policy_string, mx_host,
+                             receiving_mx, result, count)
+    SELECT day, policy_domain, policy_type, policy_string, mx_host, receiving_mx, result, count
+    FROM tls_results;
+DROP TABLE tls_results;
+ALTER TABLE tls_results_v10 RENAME TO tls_results;
 ",
     ),
 ];
@@ -427,6 +458,98 @@ mod tests {
                 .is_none()
         );
         assert_eq!(store.slots(None, now).await.unwrap(), [slot]);
+    }
+
+    /// A version-9 queue (TLS-RPT counted without addresses) is upgraded
+    /// to version 10 on open: its counts kept, without addresses; new
+    /// counts keyed by their addresses too.
+    #[tokio::test]
+    async fn a_version_9_queue_keeps_its_tls_results_and_counts_them_by_address() {
+        use std::net::IpAddr;
+
+        use smtp_core::delivery::tls_rpt::ResultType;
+
+        use crate::tls_report::TlsResult;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        drop(store);
+        // Back to version 9: its `tls_results`, one count in it.
+        let mut conn = SqliteConnectOptions::new()
+            .filename(dir.path().join("queue.db"))
+            .connect()
+            .await
+            .unwrap();
+        let now = SystemTime::now();
+        let day = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        sqlx::raw_sql(&format!(
+            "DROP TABLE tls_results;
+             CREATE TABLE tls_results (
+                 day           INTEGER NOT NULL,
+                 policy_domain TEXT NOT NULL,
+                 policy_type   TEXT NOT NULL,
+                 policy_string TEXT NOT NULL,
+                 mx_host       TEXT NOT NULL,
+                 receiving_mx  TEXT NOT NULL,
+                 result        TEXT NOT NULL,
+                 count         INTEGER NOT NULL,
+                 PRIMARY KEY (day, policy_domain, policy_type, policy_string, receiving_mx, result)
+             );
+             INSERT INTO tls_results VALUES ({day}, 'example.com', 'sts', '[]', '[]',
+                 'mx1.example.com', 'certificate-expired', 4);
+             DELETE FROM schema_version;
+             INSERT INTO schema_version (version) VALUES (9);"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(version, 10);
+        let ip = |s: &str| -> Option<IpAddr> { Some(s.parse().unwrap()) };
+        let counted = |sending, receiving, count| TlsResult {
+            policy_domain: "example.com".into(),
+            policy_type: "sts".into(),
+            policy_string: Vec::new(),
+            mx_host: Vec::new(),
+            receiving_mx: "mx1.example.com".into(),
+            sending_ip: sending,
+            receiving_ip: receiving,
+            result: ResultType::CertificateExpired,
+            count,
+        };
+        let a = counted(ip("127.0.0.1"), ip("127.0.0.2"), 1);
+        let b = counted(ip("127.0.0.1"), ip("::1"), 2);
+        store
+            .add_tls_results(&[a.clone(), b.clone(), a.clone()], now)
+            .await
+            .unwrap();
+        let day_start = now - std::time::Duration::from_secs(1);
+        let mut rows: Vec<TlsResult> = store
+            .tls_results(day_start, now + std::time::Duration::from_secs(1), None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        rows.sort_by_key(|r| (r.receiving_ip, r.count));
+        assert_eq!(
+            rows,
+            [
+                counted(None, None, 4),
+                counted(ip("127.0.0.1"), ip("127.0.0.2"), 2),
+                counted(ip("127.0.0.1"), ip("::1"), 2),
+            ]
+        );
     }
 
     /// The plan SQLite makes for `sql` (its `detail` column, joined), its

@@ -104,6 +104,7 @@ pub async fn deliver_batch(
                 walk.attempts.push(Attempt {
                     host: host.to_owned(),
                     addr,
+                    local: None,
                     failure: Some(failure),
                     error: None,
                     tls: None,
@@ -112,6 +113,7 @@ pub async fn deliver_batch(
             }
         };
         let now = transport.now();
+        let local = transport.local_addr();
         let mut client = Client::new(options.config.clone(), now);
         // The client numbers the messages it takes from 0: its n-th is
         // `pending[n]`.
@@ -181,6 +183,7 @@ pub async fn deliver_batch(
         walk.attempts.push(Attempt {
             host: host.to_owned(),
             addr,
+            local,
             failure: None,
             error,
             tls,

@@ -128,6 +128,7 @@ mod tests {
         let attempt = |last: u8, failure| Attempt {
             host: format!("mx{last}.example.net"),
             addr: SocketAddr::from(([192, 0, 2, last], 25)),
+            local: None,
             failure: Some(failure),
             error: None,
             tls: None,

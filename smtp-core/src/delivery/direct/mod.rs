@@ -36,7 +36,7 @@ mod requirement;
 pub use self::batch::{BatchReport, Decided, deliver_batch, is_final};
 pub use self::diagnosis::{Diagnosis, diagnose};
 pub use self::requirement::{
-    NoRequirements, TlsPolicySource, enforce, no_allowed_host, session_results,
+    NoRequirements, TlsPolicySource, TlsSession, enforce, no_allowed_host, session_results,
 };
 
 /// Why a connection attempt failed.
@@ -137,6 +137,10 @@ pub struct Attempt {
     pub host: String,
     /// The address.
     pub addr: SocketAddr,
+    /// The local address the connection was made from, when the
+    /// transport tells it ([`Transport::local_addr`]); `None` when the
+    /// connection failed.
+    pub local: Option<SocketAddr>,
     /// `None` when a session ran; otherwise why the connection failed.
     pub failure: Option<ConnectFailure>,
     /// The session's fault, if it ended with one.
@@ -424,8 +428,8 @@ async fn deliver_domain(
         &mut |_, _| {},
     )
     .await;
-    for (host, result) in session_results(&report.requirements, &batch.attempts) {
-        source.session(&report.domain, &report.requirements, &host, result);
+    for session in session_results(&report.requirements, &batch.attempts) {
+        source.session(&report.domain, &report.requirements, &session);
     }
     report.attempts = batch.attempts;
     report.diagnosis = batch.diagnosis;

@@ -4,6 +4,8 @@
 //! session went (for TLS-RPT, RFC 8460); [`enforce`] turns the failures an
 //! `enforce` policy causes into refusals that name it.
 
+use std::net::IpAddr;
+
 use async_trait::async_trait;
 
 use super::{Attempt, Decided};
@@ -21,9 +23,47 @@ pub trait TlsPolicySource: Send + Sync {
     /// noted in [`DomainTls::problem`].
     async fn domain_tls(&self, domain: &str) -> DomainTls;
 
-    /// A session to `host` for `domain` under `tls` ended with `result`.
-    fn session(&self, domain: &str, tls: &DomainTls, host: &str, result: ResultType) {
-        let _ = (domain, tls, host, result);
+    /// A session for `domain` under `tls` ended as `session` says (its
+    /// host, result, and the addresses at both ends when known).
+    fn session(&self, domain: &str, tls: &DomainTls, session: &TlsSession) {
+        let _ = (domain, tls, session);
+    }
+}
+
+/// One session as TLS-RPT counts it (RFC 8460 section 4.3): the MX host,
+/// the result, and the addresses of the connection when there was one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSession {
+    /// The MX host (`receiving-mx-hostname`).
+    pub host: String,
+    /// The result.
+    pub result: ResultType,
+    /// The address connected to (`receiving-ip`); `None` without a
+    /// connection (a host the policy left out).
+    pub receiving_ip: Option<IpAddr>,
+    /// The local address it was connected from (`sending-mta-ip`), when
+    /// the transport told it.
+    pub sending_ip: Option<IpAddr>,
+}
+
+impl TlsSession {
+    /// A session to `host` that ended with `result`, its addresses unknown.
+    pub fn new(host: impl Into<String>, result: ResultType) -> Self {
+        Self {
+            host: host.into(),
+            result,
+            receiving_ip: None,
+            sending_ip: None,
+        }
+    }
+
+    /// The addresses at both ends: `receiving` connected to, from `sending`.
+    #[must_use]
+    pub fn with_addresses(mut self, receiving: Option<IpAddr>, sending: Option<IpAddr>) -> Self {
+        self.receiving_ip = receiving;
+        self.sending_ip = sending;
+        self
     }
 }
 
@@ -38,10 +78,10 @@ impl TlsPolicySource for NoRequirements {
     }
 }
 
-/// Each session's result under a policy: `(host, result)` for every
-/// attempt that got as far as a session (a refused connection says
-/// nothing about TLS). Nothing without a policy.
-pub fn session_results(tls: &DomainTls, attempts: &[Attempt]) -> Vec<(String, ResultType)> {
+/// Each session's result under a policy, with its host and addresses,
+/// for every attempt that got as far as a session (a refused connection
+/// says nothing about TLS). Nothing without a policy.
+pub fn session_results(tls: &DomainTls, attempts: &[Attempt]) -> Vec<TlsSession> {
     if tls.mta_sts.is_none() {
         return Vec::new();
     }
@@ -61,7 +101,8 @@ pub fn session_results(tls: &DomainTls, attempts: &[Attempt]) -> Vec<(String, Re
             } else {
                 ResultType::ValidationFailure
             };
-            (a.host.clone(), result)
+            TlsSession::new(a.host.clone(), result)
+                .with_addresses(Some(a.addr.ip()), a.local.map(|l| l.ip()))
         })
         .collect()
 }
@@ -260,10 +301,15 @@ mod tests {
         }
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn attempt(host: &str, tls: Option<TlsInfo>, error: Option<Error>) -> Attempt {
         Attempt {
             host: host.into(),
             addr: "127.0.0.1:25".parse().unwrap(),
+            local: Some("127.0.0.9:40000".parse().unwrap()),
             failure: None,
             error,
             tls,
@@ -285,11 +331,14 @@ mod tests {
                 attempt("mx1.example.com", Some(verified.clone()), None),
             ],
         );
+        let addresses = (Some(ip("127.0.0.1")), Some(ip("127.0.0.9")));
         assert_eq!(
             results,
             [
-                ("evil.attacker.test".into(), ResultType::ValidationFailure),
-                ("mx1.example.com".into(), ResultType::Success),
+                TlsSession::new("evil.attacker.test", ResultType::ValidationFailure)
+                    .with_addresses(addresses.0, addresses.1),
+                TlsSession::new("mx1.example.com", ResultType::Success)
+                    .with_addresses(addresses.0, addresses.1),
             ]
         );
         // Under mode none nothing is unnamed.
@@ -297,7 +346,18 @@ mod tests {
             &under(Mode::None),
             &[attempt("evil.attacker.test", Some(verified), None)],
         );
-        assert_eq!(results[0].1, ResultType::Success);
+        assert_eq!(results[0].result, ResultType::Success);
+        // A transport that does not tell its local address: no sending IP,
+        // the receiving one still known.
+        let mut untold = attempt("mx1.example.com", None, None);
+        untold.local = None;
+        let results = session_results(&enforced(), &[untold]);
+        assert_eq!(results[0].receiving_ip, Some(ip("127.0.0.1")));
+        assert_eq!(results[0].sending_ip, None);
+        // A connection that failed is no session.
+        let mut refused = attempt("mx1.example.com", None, None);
+        refused.failure = Some(super::super::ConnectFailure::Refused);
+        assert!(session_results(&enforced(), &[refused]).is_empty());
         // A certificate refused in the handshake (Certified throughout):
         // by why it was refused.
         for (fault, want) in [
@@ -317,7 +377,7 @@ mod tests {
                 &enforced(),
                 &[attempt("mx1.example.com", None, Some(Error::Tls(refused)))],
             );
-            assert_eq!(results[0].1, want, "{fault:?}");
+            assert_eq!(results[0].result, want, "{fault:?}");
         }
     }
 

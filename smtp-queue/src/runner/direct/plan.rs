@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use smtp_core::delivery::direct::{TlsPolicySource, no_allowed_host, plan_domain};
+use smtp_core::delivery::direct::{TlsPolicySource, TlsSession, no_allowed_host, plan_domain};
 use smtp_core::delivery::mta_sts::DomainTls;
 use smtp_core::delivery::mx::{MxPlan, PlanError};
 use smtp_core::delivery::tls_rpt::ResultType;
@@ -142,7 +142,9 @@ impl Runner {
                         }
                         if let Some(m) = &direct.mta_sts {
                             for host in &applied.excluded {
-                                m.session(&domain, &tls, host, ResultType::ValidationFailure);
+                                let session =
+                                    TlsSession::new(host.clone(), ResultType::ValidationFailure);
+                                m.session(&domain, &tls, &session);
                             }
                         }
                         let attempt = Attempt {
