@@ -311,6 +311,17 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
         );
         assert!(all.contains("postgres:***@"), "{all}");
     }
+    // Nothing listening: said at once, with the reason (not a pool's
+    // timeout 30 s later).
+    let nobody = format!(
+        "postgres://smtp@127.0.0.1:{}/q",
+        smtp_testkit::closed_port()
+    );
+    let started = std::time::Instant::now();
+    let out = smtp(home, &["queue", "stats", "--queue", &nobody]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(text(&out).contains("refused"), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // A reader before any schema: no queue there, said so (66).
     let out = smtp(home, &["queue", "list", "--queue", &url]);
     assert_eq!(out.status.code(), Some(66), "{}", text(&out));
@@ -395,21 +406,22 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
     let stats = json(&smtp(home, &["queue", "stats", "--json"]));
     assert_eq!(stats["messages"], 1, "{stats}");
     assert_eq!(stats["workers"], serde_json::json!([]), "{stats}");
-    // An older schema (version 1, before connection slots): a worker
-    // refuses it and says to migrate; `queue migrate` upgrades it.
+    // An older schema (version 2, before TLS-RPT counted addresses): a
+    // worker refuses it and says to migrate; `queue migrate` upgrades it.
     let old = Cluster::shared().fresh_database();
     let out = smtp(home, &["queue", "migrate", "--queue", &old]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     rt.block_on(async {
         let pool = sqlx::PgPool::connect(&old).await.unwrap();
-        sqlx::query("DROP TABLE slots")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("DELETE FROM schema_version WHERE version > 1")
-            .execute(&pool)
-            .await
-            .unwrap();
+        for undo in [
+            "ALTER TABLE tls_results DROP COLUMN sending_ip",
+            "ALTER TABLE tls_results DROP COLUMN receiving_ip",
+            "ALTER TABLE tls_results ADD PRIMARY KEY \
+             (day, policy_domain, policy_type, policy_string, receiving_mx, result)",
+            "DELETE FROM schema_version WHERE version > 2",
+        ] {
+            sqlx::query(undo).execute(&pool).await.unwrap();
+        }
         pool.close().await;
     });
     let out = smtp(
@@ -431,7 +443,7 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
         home,
         &["queue", "migrate", "--queue", &old, "--json"],
     ));
-    assert_eq!(m["from"], 1, "{m}");
+    assert_eq!(m["from"], 2, "{m}");
     assert_eq!(m["to"], smtp_queue::PG_SCHEMA_VERSION, "{m}");
     assert_eq!(m["changed"], true, "{m}");
     // A schema newer than this build: refused by workers and readers.
@@ -503,13 +515,19 @@ fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let migrate = ["queue", "migrate", "--queue", url.as_str()];
-    // None given: the server refuses, and nothing says a password.
+    // None given: the server refuses the login, a setting to fix (78,
+    // not a failure to retry), said with where a password can come from.
     let out = command(home, &migrate)
         .env("PGPASSFILE", home.join("none"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(text(&out).contains("fleetpw@127.0.0.1"), "{}", text(&out));
+    assert!(
+        text(&out).contains("refused the login") && text(&out).contains("PGPASSWORD"),
+        "{}",
+        text(&out)
+    );
     // PGPASSWORD.
     let out = command(home, &migrate)
         .env("PGPASSWORD", PASSWORD)
@@ -530,7 +548,7 @@ fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
     // The config file's URL, with the password; a wrong one is refused
     // without being said.
     let config = home.join("config.toml");
-    for (password, code) in [(PASSWORD, 0), ("Wrong-Guess-0815", 75)] {
+    for (password, code) in [(PASSWORD, 0), ("Wrong-Guess-0815", 78)] {
         let with = url.replace("fleetpw@", &format!("fleetpw:{password}@"));
         std::fs::write(&config, format!("queue = \"{with}\"\n")).unwrap();
         std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))

@@ -55,6 +55,15 @@ pub enum Error {
         /// The underlying failure (its text scrubbed of the password).
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The PostgreSQL server refused the login (SQLSTATE class 28: a wrong
+    /// or missing password, a role not allowed): a setting to fix, not a
+    /// failure to retry.
+    DatabaseLogin {
+        /// The database, its URL with any password replaced by `***`.
+        database: String,
+        /// The server's words (scrubbed of the password).
+        detail: String,
+    },
     /// The PostgreSQL queue's schema is newer than this build knows: a
     /// newer release migrated it, and workers of this one must not write
     /// to it.
@@ -164,6 +173,13 @@ impl fmt::Display for Error {
                 f,
                 "the queue's database {database} failed while {doing}: {source}; nothing was committed: \
                  check that the PostgreSQL server is up and reachable and that the role may write"
+            ),
+            Self::DatabaseLogin { database, detail } => write!(
+                f,
+                "the queue's database {database} refused the login: {detail}; give the role's \
+                 password with PGPASSWORD, a ~/.pgpass line (host:port:database:user:password, \
+                 the file mode 0600: one others can read is ignored) or the config file's \
+                 queue URL"
             ),
             Self::DatabaseSchemaTooNew {
                 database,

@@ -196,6 +196,10 @@ impl Place {
     fn error(&self, e: smtp_queue::Error) -> Failure {
         match self {
             // The store's errors name the database, redacted.
+            // A refused login is a setting to fix: retrying cannot help.
+            Self::Postgres(_) if matches!(e, smtp_queue::Error::DatabaseLogin { .. }) => {
+                Failure::new(EX_CONFIG, format!("queue: {e}")).kind("database-login")
+            }
             Self::Postgres(_) => Failure::new(EX_TEMPFAIL, format!("queue: {e}")),
             Self::Dir(dir) => Failure::new(EX_TEMPFAIL, format!("queue {}: {e}", dir.display())),
         }

@@ -199,16 +199,48 @@ impl PgStore {
         } else {
             options.application_name("smtp-queue")
         };
+        let failed = |e: sqlx::Error| {
+            let detail = scrub(&e.to_string(), &secrets);
+            // SQLSTATE class 28: invalid authorization (a wrong password).
+            match e.as_database_error().and_then(|d| d.code()) {
+                Some(code) if code.starts_with("28") => Error::DatabaseLogin {
+                    database: database.clone(),
+                    detail,
+                },
+                _ => Error::Database {
+                    doing: "connecting".into(),
+                    database: database.clone(),
+                    source: detail.into(),
+                },
+            }
+        };
+        // One connection first, for the real reason when there is none (a
+        // pool retries until its timeout and then says only that).
+        match tokio::time::timeout(
+            settings.acquire_timeout,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => return Err(failed(e)),
+            Err(_) => {
+                return Err(Error::Database {
+                    doing: "connecting".into(),
+                    database: database.clone(),
+                    source: format!("no answer within {} s", settings.acquire_timeout.as_secs())
+                        .into(),
+                });
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await
-            .map_err(|e| Error::Database {
-                doing: "connecting".into(),
-                database: database.clone(),
-                source: scrub(&e.to_string(), &secrets).into(),
-            })?;
+            .map_err(failed)?;
         Ok(Self {
             pool,
             database,
