@@ -317,11 +317,11 @@ fn the_queue_commands_take_a_postgres_url_and_never_echo_a_password() {
         "postgres://smtp@127.0.0.1:{}/q",
         smtp_testkit::closed_port()
     );
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let out = smtp(home, &["queue", "stats", "--queue", &nobody]);
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     assert!(text(&out).contains("refused"), "{}", text(&out));
-    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(20));
     // A reader before any schema: no queue there, said so (66).
     let out = smtp(home, &["queue", "list", "--queue", &url]);
     assert_eq!(out.status.code(), Some(66), "{}", text(&out));
