@@ -435,3 +435,55 @@ async fn a_stop_names_in_flight_only_the_message_whose_data_went_out() {
     let kept: Vec<String> = slow.deliveries().into_keys().collect();
     assert_eq!(kept, named[0]);
 }
+
+/// A worker whose leases another took over (it stalled past them: a
+/// pause, a partition) stops its session at its next renewal instead of
+/// sending the other worker's messages a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_leases_were_taken_over_stops_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = FlakyServer::start(FlakyConfig {
+        data_delay: Some(Duration::from_millis(300)),
+        ..FlakyConfig::default()
+    })
+    .await
+    .unwrap();
+    let store = queue(12, dir.path()).await;
+    let runner = Runner::new(
+        store.clone(),
+        relay(&slow),
+        RunnerConfig::default()
+            .with_concurrency(1)
+            .with_lease(Duration::from_millis(1500))
+            .with_worker("stalled"),
+    );
+    let stop = Stop::new();
+    let taken = async {
+        while slow.data_ends() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Another worker, whose clock says the leases ran out: it takes
+        // every recipient the first one holds.
+        let later = SystemTime::now() + Duration::from_secs(10);
+        let claimed = store
+            .claim_due(later, 100, "other", Duration::from_secs(60))
+            .await
+            .unwrap();
+        (slow.data_ends(), claimed.len())
+    };
+    let (run, (sent_before, taken_over)) = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join(runner.run_due(&stop), taken),
+    )
+    .await
+    .expect("the run ends");
+    run.unwrap();
+    assert!(taken_over >= 8, "{taken_over}");
+    // At most the messages under way when the takeover was noticed (a
+    // renewal comes every third of the lease: 0.5 s, about two messages).
+    let sent = slow.data_ends();
+    assert!(
+        sent <= sent_before + 3,
+        "sent {sent} of 12 after the takeover at {sent_before}"
+    );
+}

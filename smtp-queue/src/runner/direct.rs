@@ -328,8 +328,10 @@ impl Runner {
         // A round's later sessions start late: renew what is half spent.
         let mut recorded = vec![false; units.len()];
         let half = now + self.config.lease / 2;
-        if leases.iter().any(|l| l.until < half) {
-            self.renew(&mut leases, &recorded).await;
+        if leases.iter().any(|l| l.until < half) && self.renew(&mut leases, &recorded).await {
+            // Taken over while this round waited: the messages are another
+            // worker's now (the round's end releases what is left).
+            return Ok(());
         }
         self.emit(&RunEvent::Connecting {
             destination: job.destination.clone(),
@@ -398,7 +400,9 @@ impl Runner {
                         while let Some(done) = recording.next().await {
                             recorded[done?] = true;
                         }
-                        self.renew(&mut leases, &recorded).await;
+                        if self.renew(&mut leases, &recorded).await {
+                            break None;
+                        }
                         self.renew_slot(held).await;
                     }
                     () = &mut abandon => break None,

@@ -369,10 +369,13 @@ impl Runner {
         }
     }
 
-    /// Renews the leases of held messages past a third of their length.
+    /// Renews the leases of held messages past a third of their length;
+    /// a message whose lease another worker took over (this one stalled
+    /// past it) is dropped from `pending`: it is theirs to send.
     async fn renew_pending(&self, pending: &mut VecDeque<Claimed>) {
         let now = SystemTime::now();
         let soon = now + self.config.lease * 2 / 3;
+        let mut lost = Vec::new();
         for c in pending.iter_mut().filter(|c| c.lease.until < soon) {
             match self
                 .store
@@ -380,11 +383,17 @@ impl Runner {
                 .await
             {
                 Ok(l) => c.lease = l,
+                Err(e @ crate::Error::StaleLease { .. }) => {
+                    tracing::warn!(message_id = %c.lease.message, error = %e,
+                        "lease lost to another worker: the message is theirs");
+                    lost.push(c.lease.message.clone());
+                }
                 Err(e) => {
                     tracing::warn!(message_id = %c.lease.message, error = %e, "lease not renewed");
                 }
             }
         }
+        pending.retain(|c| !lost.contains(&c.lease.message));
     }
 
     /// QUITs, unless a stop's grace runs out first.

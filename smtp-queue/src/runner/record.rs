@@ -250,16 +250,27 @@ impl Runner {
     }
 
     /// Renews the leases of the messages not yet recorded (`done`).
-    pub(super) async fn renew(&self, leases: &mut [Lease], done: &[bool]) {
+    /// Returns true when one was taken over by another worker (this one
+    /// stalled past it: a pause, a partition): the session must stop, or
+    /// it would send that worker's messages a second time.
+    #[must_use]
+    pub(super) async fn renew(&self, leases: &mut [Lease], done: &[bool]) -> bool {
         let now = SystemTime::now();
+        let mut lost = false;
         for (lease, _) in leases.iter_mut().zip(done).filter(|(_, done)| !**done) {
             match self.store.renew(lease, now + self.config.lease, now).await {
                 Ok(l) => *lease = l,
+                Err(e @ Error::StaleLease { .. }) => {
+                    lost = true;
+                    tracing::warn!(message_id = %lease.message, error = %e,
+                        "lease lost to another worker: this session stops, the messages are theirs");
+                }
                 Err(e) => {
                     tracing::warn!(message_id = %lease.message, error = %e, "lease not renewed");
                 }
             }
         }
+        lost
     }
 
     /// The session could not be opened.

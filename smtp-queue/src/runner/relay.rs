@@ -165,7 +165,9 @@ impl Runner {
                             let (k, done) = done?;
                             recorded[k] = done;
                         }
-                        self.renew(&mut leases, &recorded).await;
+                        if self.renew(&mut leases, &recorded).await {
+                            break None;
+                        }
                     }
                     () = &mut abandon => break None,
                 }
