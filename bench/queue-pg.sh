@@ -138,7 +138,7 @@ for _ in $(seq 600); do
 done
 "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres ||
     die "postgres did not accept connections: $(tail -5 "$work/pg/server.log")"
-pg_version=$("$pg_bin/postgres" --version | awk '{print $NF}')
+pg_version=$("$pg_bin/postgres" --version | awk '{print $3}')
 pg_settings=$("$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -Atc \
     "select string_agg(name || '=' || current_setting(name), ', ' order by name) from pg_settings
      where name in ('fsync', 'synchronous_commit', 'shared_buffers', 'wal_level', 'full_page_writes', 'max_connections')")
@@ -345,7 +345,7 @@ for n in workers:
     print(f"| PostgreSQL, {n} | {count / d['done']:,.0f} | {d['done']:.2f} | {count / d['done'] / sqlite_rate:.2f} "
           f"| {user:.2f} + {sys_:.2f} | {d['pg_cpu']:.2f} | {rss} MiB | {sess(d):,} "
           f"| {', '.join(str(x['rc']) for x in w)} |")
-    rows.append((f"PostgreSQL, {n} workers", d, user + sys_))
+    rows.append((f"PostgreSQL, {n} worker{'s' * (n != '1')}", d, user + sys_))
 print("\nCPU seconds during each delivery, by whom (machine: all CPUs busy over the watched seconds;"
       " other: what no column accounts for, such as other work on the machine):\n")
 print("| run | watched s | machine | ours | PostgreSQL | DNS server | sinks | irq+softirq | kernel threads | watcher | other |")
