@@ -66,6 +66,28 @@ pub(crate) fn size_of(row: &impl Columns) -> Result<u64> {
     u64::try_from(n).map_err(|_| Error::corrupt(None, format!("a body of {n} octets")))
 }
 
+/// The id of a message row (`id`, `options`, `body_size`) whose columns
+/// read; `None`, with a warning, for one that does not: a claim leaves it
+/// out rather than fail for every message.
+pub(crate) fn readable_message(row: &impl Columns) -> Option<String> {
+    let id = row.text("id").ok()?;
+    let Ok(message) = MessageId::parse(&id) else {
+        tracing::error!(
+            id,
+            "a message row with an id that is not one is left out of claims"
+        );
+        return None;
+    };
+    match size_of(row).and_then(|_| options_of(row, &message)) {
+        Ok(_) => Some(id),
+        Err(e) => {
+            tracing::error!(message_id = %message, error = %e,
+                "a corrupt message is left out of claims: `smtp queue delete` it");
+            None
+        }
+    }
+}
+
 pub(crate) fn recipient_of(row: &impl Columns) -> Result<RecipientInfo> {
     let message = message_id_of(row, "message_id")?;
     let text = row.text_or_null("last_text")?;

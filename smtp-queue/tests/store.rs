@@ -1286,7 +1286,41 @@ async fn enqueue_once_enqueues_only_recipients_new_under_the_key(b: Backend) {
     assert_eq!((done.new_ids().count(), done.first), (3, None));
 }
 
+/// A message whose row does not read (its options, its size) is left out
+/// of claims; the others are claimed and delivered as ever.
+async fn a_corrupt_message_is_left_out_of_claims_and_the_others_go(b: Backend) {
+    let store = b.open().await;
+    let batch = (0..3)
+        .map(|i| message(&[&format!("r{i}@example.net")], "Subject: x\r\n\r\nx\r\n"))
+        .collect();
+    let ids = store.enqueue(batch, t(0)).await.unwrap();
+    let bad = ids[0].as_str();
+    let options = if b.is_postgres() {
+        "'{\"body\": \"bogus\"}'::jsonb"
+    } else {
+        "'{\"body\": \"bogus\"}'"
+    };
+    b.exec(&format!(
+        "UPDATE messages SET options = {options} WHERE id = '{bad}'"
+    ))
+    .await;
+    b.exec(&format!(
+        "UPDATE messages SET body_size = -5 WHERE id = '{}'",
+        ids[1].as_str()
+    ))
+    .await;
+    let claimed = store.claim_due(t(1), 10, "w", LEASE).await.unwrap();
+    let got: Vec<&str> = claimed.iter().map(|c| c.lease.message.as_str()).collect();
+    assert_eq!(got, [ids[2].as_str()]);
+    // And again: the corrupt ones are still waiting (for `delete`), not lost.
+    assert_eq!(
+        store.stats().await.unwrap().count(RecipientState::Queued),
+        2
+    );
+}
+
 both!(
+    a_corrupt_message_is_left_out_of_claims_and_the_others_go,
     a_batch_that_fails_midway_leaves_nothing_behind,
     a_body_of_many_mebibytes_streams_in_and_out_in_chunks,
     a_reopened_store_keeps_what_was_enqueued,

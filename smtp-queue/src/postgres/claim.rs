@@ -85,6 +85,19 @@ pub(super) async fn claim_due(
     }
     let ids: Vec<String> = query.fetch_all(&mut *tx).await.map_err(&db)?;
     heartbeat(store, &mut tx, worker, now_ms).await?;
+    // A message whose row does not read is left out (said once per
+    // claim), not the whole claim: one corrupt row must not stop a fleet.
+    let readable: std::collections::HashSet<String> = sqlx::query(
+        "SELECT id, options::text AS options, body_size FROM messages WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(&db)?
+    .iter()
+    .filter_map(|m| crate::rows::readable_message(m))
+    .collect();
+    let ids: Vec<String> = ids.into_iter().filter(|id| readable.contains(id)).collect();
     if ids.is_empty() {
         tx.commit().await.map_err(&db)?;
         return Ok(Vec::new());

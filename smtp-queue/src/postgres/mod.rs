@@ -235,9 +235,15 @@ impl PgStore {
                 });
             }
         }
+        // Connections are renewed every few minutes: a session setting
+        // changed while one was open (`default_transaction_read_only`, a
+        // `statement_timeout`) stays with that connection, and would keep
+        // failing statements long after it was set back.
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
+            .max_lifetime(Some(Duration::from_secs(120)))
+            .idle_timeout(Some(Duration::from_secs(60)))
             .connect_with(options)
             .await
             .map_err(failed)?;

@@ -41,6 +41,26 @@ impl Backend {
         }
     }
 
+    /// Runs one SQL statement on the queue's database, behind the store's
+    /// back (tampering, as a broken disk or a careless operator would).
+    #[allow(dead_code)]
+    pub(crate) async fn exec(&self, sql: &str) {
+        use sqlx::Connection;
+        match self {
+            Self::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            Self::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+
     /// The spool directory (SQLite only).
     pub(crate) fn dir(&self) -> Option<&Path> {
         match self {
