@@ -95,7 +95,7 @@ pub(super) async fn claim_due(
     .await
     .map_err(&db)?
     .iter()
-    .filter_map(|m| crate::rows::readable_message(m))
+    .filter_map(crate::rows::readable_message)
     .collect();
     let ids: Vec<String> = ids.into_iter().filter(|id| readable.contains(id)).collect();
     if ids.is_empty() {

@@ -94,7 +94,7 @@ pub(super) async fn claim_due(
     // claim), not the whole claim: one corrupt row must not stop delivery.
     let readable: std::collections::HashSet<String> = messages
         .iter()
-        .filter_map(|m| crate::rows::readable_message(m))
+        .filter_map(crate::rows::readable_message)
         .collect();
     let ids: Vec<String> = ids.into_iter().filter(|id| readable.contains(id)).collect();
     if ids.is_empty() {
