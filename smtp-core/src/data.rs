@@ -525,6 +525,24 @@ pub struct BodyFacts {
 }
 
 impl BodyFacts {
+    /// The facts of a message scanned in two parts, `self` then `next`,
+    /// split right after a line end (a header section and its body): a
+    /// body scanned once can be joined to many header sections. A split
+    /// anywhere else may give other facts.
+    #[must_use]
+    pub fn then(self, next: Self) -> Self {
+        Self {
+            eight_bit: self.eight_bit || next.eight_bit,
+            nul: self.nul || next.nul,
+            longest_line: self.longest_line.max(next.longest_line),
+            first_long_line: self
+                .first_long_line
+                .or(next.first_long_line.map(|line| line + self.lines)),
+            lines: self.lines + next.lines,
+            encoded_size: self.encoded_size + next.encoded_size,
+        }
+    }
+
     /// The rules the body needs: 7-bit, 8BITMIME, or BINARYMIME (for NUL or
     /// over-long lines).
     pub fn rules(&self) -> BodyRules {

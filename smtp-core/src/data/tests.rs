@@ -422,3 +422,16 @@ fn clean_chunks_are_recognised_and_unclean_ones_are_not() {
     // Dots are only a matter where they are stuffed (DATA, not BDAT).
     assert!(clean(b".a\r\n.b\r\n", true, 0, false).is_some());
 }
+
+proptest! {
+    #[test]
+    fn facts_of_two_parts_split_after_a_line_end_join(
+        head in body_bytes(),
+        body in prop_oneof![mostly_clean(), body_bytes()],
+    ) {
+        let mut head = head;
+        head.extend_from_slice(b"\r\n");
+        let joined = facts_with(&[&head], false).then(facts_with(&[&body], false));
+        prop_assert_eq!(joined, facts_with(&[&head, &body], false));
+    }
+}
