@@ -125,7 +125,7 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
         args.messages.clone()
     };
     // A file given many times is read and scanned once.
-    let mut files = Files::default();
+    let mut files = Files::new(&inputs);
     inputs
         .iter()
         .map(|p| {

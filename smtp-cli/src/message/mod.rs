@@ -246,8 +246,13 @@ fn scan_file(
 /// body is sent as the first was: from memory, or from the file checked to
 /// be unchanged, and through the encoder, which takes a clean body whole
 /// but checks every octet it takes.
+///
+/// Only files named more than once are kept: a run of many distinct files
+/// holds nothing more than before.
 #[derive(Default)]
 pub(crate) struct Files {
+    /// The paths given more than once.
+    repeated: std::collections::HashSet<PathBuf>,
     seen: HashMap<Identity, Seen>,
     buf: Vec<u8>,
     /// Octets of repeated files' bodies held in memory.
@@ -301,6 +306,21 @@ impl Seen {
 }
 
 impl Files {
+    /// For a run that prepares `paths`, in any order.
+    pub(crate) fn new<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Self {
+        let mut once = std::collections::HashSet::new();
+        let mut repeated = std::collections::HashSet::new();
+        for p in paths {
+            if !once.insert(p) {
+                repeated.insert(p.clone());
+            }
+        }
+        Self {
+            repeated,
+            ..Self::default()
+        }
+    }
+
     /// Prepares the message file at `path`, reusing what an earlier one
     /// of the same identity gave.
     pub(crate) fn prepare(
@@ -309,6 +329,10 @@ impl Files {
         name: String,
         hostname: &str,
     ) -> Result<Prepared, Failure> {
+        if !self.repeated.contains(path) {
+            let scanned = scan_file(path, None, &name, &mut self.buf)?;
+            return scanned.prepare(name, hostname);
+        }
         let identity = std::fs::metadata(path)
             .map(|m| Identity::of(&m))
             .map_err(|e| Failure::no_input(path, &e))?;

@@ -184,7 +184,7 @@ fn what_is_not_a_header_section_is_refused() {
 fn a_file_given_again_is_reused_and_each_copy_without_a_message_id_gets_its_own() {
     let with_id = message(10);
     let path = message_file("again", &with_id);
-    let mut files = Files::default();
+    let mut files = Files::new(&[path.clone(), path.clone()]);
     let a = files.prepare(&path, "a".into(), "client.example").unwrap();
     let b = files.prepare(&path, "b".into(), "client.example").unwrap();
     assert_eq!((a.name.as_str(), b.name.as_str()), ("a", "b"));
@@ -299,7 +299,7 @@ async fn a_clean_file_changed_after_its_scan_is_never_sent_raw() {
 async fn a_large_file_given_again_is_sent_from_memory_the_same() {
     let bytes = message(1000); // 80 KiB: streams from its file the first time
     let path = message_file("repeated", &bytes);
-    let mut files = Files::default();
+    let mut files = Files::new(&[path.clone(), path.clone(), path.clone()]);
     let first = files.prepare(&path, "1".into(), "client.example").unwrap();
     assert!(matches!(first.body, Body::File { .. }));
     let second = files.prepare(&path, "2".into(), "client.example").unwrap();
@@ -315,4 +315,20 @@ async fn a_large_file_given_again_is_sent_from_memory_the_same() {
         assert_eq!(p.size, first.size);
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_file_named_once_is_not_kept() {
+    let bytes = message(10);
+    let (a, b) = (
+        message_file("once-a", &bytes),
+        message_file("once-b", &bytes),
+    );
+    let mut files = Files::new(&[a.clone(), b.clone()]);
+    let pa = files.prepare(&a, "a".into(), "client.example").unwrap();
+    let pb = files.prepare(&b, "b".into(), "client.example").unwrap();
+    assert!(files.seen.is_empty());
+    assert_eq!((pa.head, pa.size), (pb.head, pb.size));
+    std::fs::remove_file(&a).unwrap();
+    std::fs::remove_file(&b).unwrap();
 }
