@@ -337,6 +337,17 @@ if mrg:
     cpu_line("merge", {"user": mrg["user"], "sys": mrg["sys"]}, mrg)
 if pf:
     cpu_line("Postfix", {"Postfix": pf["postfix_cpu"], "injector": pf["user"] + pf["sys"]}, pf)
+print("\nCPU per message (the tool's own user + system, divided by the messages):\n")
+print("| run | CPU s | ms per message |")
+print("|---|---|---|")
+for name, r in (("ours, end to end (enqueue included)", e2e), ("ours, enqueue only", enq),
+                ("ours, delivery only (`smtp queue run`)", dlv)):
+    c = r["user"] + r["sys"]
+    print(f"| {name} | {c:.2f} | {c / count * 1e3:.3f} |")
+if pf:
+    c = pf["postfix_cpu"] + pf["user"] + pf["sys"]
+    print(f"| Postfix, injection included | {c:.2f} | {c / count * 1e3:.3f} |")
+    print(f"| Postfix alone | {pf['postfix_cpu']:.2f} | {pf['postfix_cpu'] / count * 1e3:.3f} |")
 if noisy:
     print("\nWARNING: other work took more than a tenth of the machine during " + "; ".join(noisy)
           + " of CPU: those figures are not clean; run again on a quiet machine.")

@@ -4,7 +4,7 @@
 
 /// What identifies the content of a file without reading it again: the
 /// same inode, size and change times.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Identity {
     dev: u64,
     ino: u64,
@@ -14,6 +14,11 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
+    /// The file's size in octets.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     #[cfg(unix)]
     pub(crate) fn of(m: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;

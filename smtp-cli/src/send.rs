@@ -16,7 +16,7 @@ use crate::compose::{Composition, HeaderFields, compose};
 use crate::dkim::{Signed, Signer};
 use crate::fail::{EX_NOHOST, EX_PROTOCOL, EX_TEMPFAIL, Failure};
 use crate::greeting::GreetingHint;
-use crate::message::{Input, Prepared, PreparedBody, prepare};
+use crate::message::{Files, Input, Prepared, PreparedBody, prepare};
 use crate::output::{ErrorReport, MessageReport, RecipientReport, Report, Sent, needs_binary};
 use crate::progress::{self, Mode};
 use crate::settings::{Settings, settings_with};
@@ -124,6 +124,8 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
     } else {
         args.messages.clone()
     };
+    // A file given many times is read and scanned once.
+    let mut files = Files::new(&inputs);
     inputs
         .iter()
         .map(|p| {
@@ -134,7 +136,7 @@ fn messages(args: &SendArgs, s: &Settings) -> Result<Vec<Prepared>, Failure> {
                     &host,
                 )
             } else {
-                prepare(Input::File(p.clone(), None), p.display().to_string(), &host)
+                files.prepare(p, p.display().to_string(), &host)
             }
         })
         .collect()

@@ -13,7 +13,12 @@
 //! BINARYMIME bodies (BDAT with [`BodyRules::BINARY`]) pass unchanged.
 //!
 //! The hot loop copies whole runs between line ends (found with `memchr`),
-//! never byte by byte.
+//! never byte by byte. A chunk that is already its own encoding ("clean":
+//! CRLF line ends only, no line starting with a dot where dots are stuffed,
+//! within the rules) is recognised by one pass over it and copied whole;
+//! any other chunk goes through the line-by-line loop. The check runs on
+//! the very bytes that are copied, so a body that changed after it was
+//! scanned is still encoded, never sent raw.
 
 use std::fmt;
 
@@ -183,6 +188,71 @@ struct Lines {
     bytes_in: u64,
     seen: Seen,
     failed: Option<BodyError>,
+    /// Try [`clean`] on each chunk first (off only in tests, as the
+    /// reference the fast path is checked against).
+    fast: bool,
+}
+
+/// What [`clean`] learned about a chunk that is its own encoding.
+#[derive(Clone, Copy, Debug)]
+struct Clean {
+    /// Line ends (CRLF) in the chunk.
+    ends: u64,
+    /// Octets after the last line end (the whole chunk when it has none).
+    tail: u64,
+    /// The longest line, counting the `line_len` octets before the chunk.
+    longest: u64,
+    eight_bit: bool,
+    nul: bool,
+}
+
+/// Whether `chunk`, following a line of `line_len` octets (`at_line_start`
+/// when it starts a line) with no CR pending, is its own encoding: every
+/// LF preceded by a CR and every CR followed by an LF within it, and, when
+/// `stuff`, no line that starts with a dot. One pass over the octets (the
+/// 8-bit and NUL checks vectorise), plus a step per line end.
+fn clean(chunk: &[u8], at_line_start: bool, line_len: u64, stuff: bool) -> Option<Clean> {
+    if stuff && at_line_start && chunk.first() == Some(&b'.') {
+        return None;
+    }
+    let mut ends = 0u64;
+    // Where the current line's content starts, and its octets before the chunk.
+    let mut start = 0usize;
+    let mut carried = line_len;
+    let mut longest = 0u64;
+    for lf in memchr::memchr_iter(b'\n', chunk) {
+        // An LF at 0 follows the previous chunk's last octet, which is no
+        // CR (none is pending): a bare LF.
+        if lf == 0 || chunk[lf - 1] != b'\r' {
+            return None;
+        }
+        if stuff && chunk.get(lf + 1) == Some(&b'.') {
+            return None;
+        }
+        // The content runs up to the CR; `lf - 1 >= start` as the CR
+        // belongs to this line.
+        longest = longest.max(carried + (lf - 1 - start) as u64);
+        carried = 0;
+        start = lf + 1;
+        ends += 1;
+    }
+    // Every LF has its own CR before it: as many CRs as LFs means no CR
+    // stands alone (nor ends the chunk).
+    if memchr::memchr_iter(b'\r', chunk).count() as u64 != ends {
+        return None;
+    }
+    let tail = (chunk.len() - start) as u64;
+    longest = longest.max(carried + tail);
+    let (or, min) = chunk
+        .iter()
+        .fold((0u8, u8::MAX), |(or, min), &b| (or | b, min.min(b)));
+    Some(Clean {
+        ends,
+        tail: if ends == 0 { carried + tail } else { tail },
+        longest,
+        eight_bit: or & 0x80 != 0,
+        nul: min == 0,
+    })
 }
 
 impl Lines {
@@ -198,7 +268,38 @@ impl Lines {
             bytes_in: 0,
             seen: Seen::default(),
             failed: None,
+            fast: true,
         }
+    }
+
+    /// Takes `chunk` whole if it is clean and within the rules (with no CR
+    /// pending); false leaves everything to the line-by-line loop, which
+    /// also names any error.
+    fn encode_clean(&mut self, chunk: &[u8], out: &mut impl Sink) -> bool {
+        if !self.fast || self.pending_cr {
+            return false;
+        }
+        let Some(c) = clean(chunk, self.at_line_start, self.line_len, self.stuff) else {
+            return false;
+        };
+        // Anything the loop would refuse or record by line number is left to it.
+        if self
+            .rules
+            .max_line_len
+            .is_some_and(|limit| c.longest > limit as u64)
+            || (self.enforce && c.eight_bit && !self.rules.allow_8bit)
+            || (self.enforce && c.nul && !self.rules.allow_nul)
+        {
+            return false;
+        }
+        out.put(chunk);
+        self.seen.eight_bit |= c.eight_bit;
+        self.seen.nul |= c.nul;
+        self.seen.longest_line = self.seen.longest_line.max(c.longest);
+        self.line += c.ends;
+        self.line_len = c.tail;
+        self.at_line_start = c.ends > 0 && c.tail == 0;
+        true
     }
 
     fn end_line(&mut self, out: &mut impl Sink) {
@@ -259,6 +360,9 @@ impl Lines {
         }
         if chunk.is_empty() {
             // Keep a pending CR pending: only a byte can tell whether an LF follows.
+            return Ok(());
+        }
+        if self.encode_clean(chunk, out) {
             return Ok(());
         }
         let mut rest = chunk;
@@ -421,6 +525,24 @@ pub struct BodyFacts {
 }
 
 impl BodyFacts {
+    /// The facts of a message scanned in two parts, `self` then `next`,
+    /// split right after a line end (a header section and its body): a
+    /// body scanned once can be joined to many header sections. A split
+    /// anywhere else may give other facts.
+    #[must_use]
+    pub fn then(self, next: Self) -> Self {
+        Self {
+            eight_bit: self.eight_bit || next.eight_bit,
+            nul: self.nul || next.nul,
+            longest_line: self.longest_line.max(next.longest_line),
+            first_long_line: self
+                .first_long_line
+                .or(next.first_long_line.map(|line| line + self.lines)),
+            lines: self.lines + next.lines,
+            encoded_size: self.encoded_size + next.encoded_size,
+        }
+    }
+
     /// The rules the body needs: 7-bit, 8BITMIME, or BINARYMIME (for NUL or
     /// over-long lines).
     pub fn rules(&self) -> BodyRules {
@@ -467,6 +589,40 @@ impl BodyScanner {
             lines: self.lines.line - 1,
             encoded_size: self.size.0,
         }
+    }
+}
+
+#[cfg(test)]
+impl Lines {
+    /// The line-by-line loop alone: the reference the clean-chunk path is
+    /// checked against.
+    fn reference(mut self) -> Self {
+        self.fast = false;
+        self
+    }
+}
+
+#[cfg(test)]
+impl DataEncoder {
+    fn reference(mut self) -> Self {
+        self.lines = self.lines.reference();
+        self
+    }
+}
+
+#[cfg(test)]
+impl BdatEncoder {
+    fn reference(mut self) -> Self {
+        self.lines = self.lines.reference();
+        self
+    }
+}
+
+#[cfg(test)]
+impl BodyScanner {
+    fn reference(mut self) -> Self {
+        self.lines = self.lines.reference();
+        self
     }
 }
 

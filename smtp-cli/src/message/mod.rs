@@ -6,6 +6,7 @@
 //! standard input is spooled privately ([`Spool`]); a message file's body
 //! streams from the file, which is checked to be the one scanned.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use smtp_core::data::{BodyFacts, BodyRules, BodyScanner, BodyType};
 use smtp_core::delivery::BodySource;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fail::Failure;
 use crate::identity::Identity;
@@ -28,6 +28,13 @@ const MAX_HEADER: usize = 1024 * 1024;
 /// one session); a larger one streams from its file.
 const INLINE_BODY: usize = 32 * 1024;
 
+/// A file given more than once with a body up to this size is read into
+/// memory when it is seen the second time, within [`REPEATED_IN_MEMORY`]
+/// for all such files: each copy is then sent without reading the file
+/// again.
+const REPEATED_BODY: u64 = 8 * 1024 * 1024;
+const REPEATED_IN_MEMORY: u64 = 32 * 1024 * 1024;
+
 /// What a body source reports when its file is not the one scanned.
 const CHANGED: &str = "the message file changed after it was read; nothing was sent, send it again";
 
@@ -40,7 +47,7 @@ pub(crate) enum Input {
 }
 
 /// A message ready to send: its rewritten header section and its body.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Prepared {
     /// What to call it in reports.
     pub(crate) name: String,
@@ -122,7 +129,7 @@ pub(crate) fn prepare(input: Input, name: String, hostname: &str) -> Result<Prep
             let mut scanner = BodyScanner::new();
             scanner.scan(&head.bytes);
             scanner.scan(rest);
-            head.into_prepared(name, Body::Memory(Arc::from(rest)), scanner)
+            head.into_prepared(name, Body::Memory(Arc::from(rest)), &scanner.finish())
         }
         Input::File(path, spool) => prepare_file(&path, spool, name, hostname),
     }
@@ -134,6 +141,42 @@ fn prepare_file(
     name: String,
     hostname: &str,
 ) -> Result<Prepared, Failure> {
+    let mut buf = Vec::new();
+    let scanned = scan_file(path, spool, &name, &mut buf)?;
+    scanned.prepare(name, hostname)
+}
+
+/// A message file as read once: its header section as in the file, its
+/// body, and the facts of that body alone.
+struct Scanned {
+    raw_head: Vec<u8>,
+    body: Body,
+    body_facts: BodyFacts,
+    /// The file's, as it was while it was read.
+    identity: Identity,
+}
+
+impl Scanned {
+    fn prepare(&self, name: String, hostname: &str) -> Result<Prepared, Failure> {
+        let head = Head::read(&self.raw_head, &name, hostname)?;
+        let mut scanner = BodyScanner::new();
+        scanner.scan(&head.bytes);
+        // The rewritten header section ends with a line end, so the
+        // body's own facts join its facts.
+        let facts = scanner.finish().then(self.body_facts);
+        head.into_prepared(name, self.body.clone(), &facts)
+    }
+}
+
+/// Reads the file at `path` once: the header section, then the body,
+/// scanned chunk by chunk (a large body is never held whole) and kept in
+/// memory when small. `buf` is the read buffer, reused from file to file.
+fn scan_file(
+    path: &Path,
+    spool: Option<Arc<Spool>>,
+    name: &str,
+    buf: &mut Vec<u8>,
+) -> Result<Scanned, Failure> {
     let mut file = std::fs::File::open(path).map_err(|e| Failure::no_input(path, &e))?;
     let identity = |f: &std::fs::File| {
         f.metadata()
@@ -141,12 +184,10 @@ fn prepare_file(
             .map_err(|e| Failure::no_input(path, &e))
     };
     let before = identity(&file)?;
+    buf.resize(64 * 1024, 0);
     let mut head = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
     let end = loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Failure::no_input(path, &e))?;
+        let n = file.read(buf).map_err(|e| Failure::no_input(path, &e))?;
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = header_end(&head, n == 0) {
             break end;
@@ -159,17 +200,11 @@ fn prepare_file(
     };
     // What was read past the header section is the body's first bytes.
     let first = head.split_off(end);
-    let head = Head::read(&head, &name, hostname)?;
-    // The whole message is scanned once for BODY= and SIZE=, chunk by
-    // chunk: a large body is never held whole.
     let mut scanner = BodyScanner::new();
-    scanner.scan(&head.bytes);
     scanner.scan(&first);
     let mut kept = (first.len() <= INLINE_BODY).then_some(first);
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Failure::no_input(path, &e))?;
+        let n = file.read(buf).map_err(|e| Failure::no_input(path, &e))?;
         if n == 0 {
             break;
         }
@@ -191,11 +226,145 @@ fn prepare_file(
         None => Body::File {
             path: path.to_owned(),
             offset: end as u64,
-            identity: after,
+            identity: after.clone(),
             _spool: spool,
         },
     };
-    head.into_prepared(name, body, scanner)
+    Ok(Scanned {
+        raw_head: head,
+        body,
+        body_facts: scanner.finish(),
+        identity: after,
+    })
+}
+
+/// Message files prepared so far in one run, by identity, and the read
+/// buffer they share. A file given again (the same device, inode, size and
+/// times: [`Identity`]) is not read or scanned again: its header section is
+/// rewritten from what was read (for a Message-ID of its own when it had
+/// none), or the whole message is reused when nothing was added to it. Its
+/// body is sent as the first was: from memory, or from the file checked to
+/// be unchanged, and through the encoder, which takes a clean body whole
+/// but checks every octet it takes.
+///
+/// Only files named more than once are kept: a run of many distinct files
+/// holds nothing more than before.
+#[derive(Default)]
+pub(crate) struct Files {
+    /// The paths given more than once.
+    repeated: std::collections::HashSet<PathBuf>,
+    seen: HashMap<Identity, Seen>,
+    buf: Vec<u8>,
+    /// Octets of repeated files' bodies held in memory.
+    held: u64,
+}
+
+struct Seen {
+    scanned: Scanned,
+    /// The message as prepared, when preparing it again gives the same
+    /// (no Date or Message-ID was added).
+    prepared: Option<Prepared>,
+    /// Its body was tried for memory ([`Seen::hold`]), held or not.
+    tried: bool,
+}
+
+impl Seen {
+    /// A body sent from its file is read into memory, if it is no larger
+    /// than [`REPEATED_BODY`] and `room`, and still has the facts of its
+    /// scan (a change the identity missed leaves it in its file, where the
+    /// send finds it). Returns the octets now held.
+    fn hold(&mut self, name: &str, room: u64) -> Option<u64> {
+        let Body::File { identity, .. } = &self.scanned.body else {
+            return None;
+        };
+        if std::mem::replace(&mut self.tried, true) {
+            return None;
+        }
+        let size = identity.size();
+        if size > REPEATED_BODY.min(room) {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(size).ok()?);
+        let mut scanner = BodyScanner::new();
+        read_body(&self.scanned.body, name, |chunk| {
+            scanner.scan(chunk);
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })
+        .ok()?;
+        if scanner.finish() != self.scanned.body_facts {
+            return None;
+        }
+        let held = bytes.len() as u64;
+        let body = Body::Memory(Arc::from(bytes));
+        if let Some(p) = &mut self.prepared {
+            p.body = body.clone();
+        }
+        self.scanned.body = body;
+        Some(held)
+    }
+}
+
+impl Files {
+    /// For a run that prepares `paths`, in any order.
+    pub(crate) fn new<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Self {
+        let mut once = std::collections::HashSet::new();
+        let mut repeated = std::collections::HashSet::new();
+        for p in paths {
+            if !once.insert(p) {
+                repeated.insert(p.clone());
+            }
+        }
+        Self {
+            repeated,
+            ..Self::default()
+        }
+    }
+
+    /// Prepares the message file at `path`, reusing what an earlier one
+    /// of the same identity gave.
+    pub(crate) fn prepare(
+        &mut self,
+        path: &Path,
+        name: String,
+        hostname: &str,
+    ) -> Result<Prepared, Failure> {
+        if !self.repeated.contains(path) {
+            let scanned = scan_file(path, None, &name, &mut self.buf)?;
+            return scanned.prepare(name, hostname);
+        }
+        let identity = std::fs::metadata(path)
+            .map(|m| Identity::of(&m))
+            .map_err(|e| Failure::no_input(path, &e))?;
+        if let Some(seen) = self.seen.get_mut(&identity) {
+            if let Some(held) = seen.hold(&name, REPEATED_IN_MEMORY - self.held) {
+                self.held += held;
+            }
+            return match &seen.prepared {
+                Some(p) => Ok(Prepared { name, ..p.clone() }),
+                None => seen.scanned.prepare(name, hostname),
+            };
+        }
+        let scanned = scan_file(path, None, &name, &mut self.buf)?;
+        let head = Head::read(&scanned.raw_head, &name, hostname)?;
+        let generated = head.generated;
+        let mut scanner = BodyScanner::new();
+        scanner.scan(&head.bytes);
+        let facts = scanner.finish().then(scanned.body_facts);
+        let prepared = head.into_prepared(name, scanned.body.clone(), &facts)?;
+        // Long lines are re-encoded from the file (rare): not kept.
+        if facts.first_long_line.is_none() {
+            // Keyed by the identity of what was read: the file is opened
+            // after the look-up above, and may have been replaced between.
+            let seen = Seen {
+                prepared: (!generated).then(|| prepared.clone()),
+                scanned,
+                tried: false,
+            };
+            self.seen.insert(seen.scanned.identity.clone(), seen);
+        }
+        Ok(prepared)
+    }
 }
 
 /// Feeds the body to `f` in chunks: from memory, or from its file, which
@@ -244,6 +413,8 @@ pub(crate) fn read_body(
 /// A header section as read and rewritten.
 struct Head {
     bytes: Vec<u8>,
+    /// A Date or Message-ID was added: reading it again gives another.
+    generated: bool,
     from: Option<String>,
     recipients: Vec<String>,
     long_lines: HeadFacts,
@@ -348,6 +519,7 @@ impl Head {
         bytes.extend_from_slice(&remove_header(&without_bcc, b"resent-bcc"));
         Ok(Self {
             bytes,
+            generated: !(has_date && has_id),
             from,
             recipients,
             long_lines,
@@ -358,21 +530,20 @@ impl Head {
         self,
         name: String,
         body: Body,
-        scanner: BodyScanner,
+        facts: &BodyFacts,
     ) -> Result<Prepared, Failure> {
-        let facts = scanner.finish();
         let p = Prepared {
             name,
             head: self.bytes,
             body,
             from: self.from,
             recipients: self.recipients,
-            body_type: body_type(&facts),
+            body_type: body_type(facts),
             size: facts.encoded_size,
             notes: Vec::new(),
             binary_cause: None,
         };
-        reencode::long_lines(p, self.long_lines, &facts)
+        reencode::long_lines(p, self.long_lines, facts)
     }
 }
 
@@ -490,7 +661,15 @@ fn header_recipients(m: &mail_parser::Message<'_>) -> Vec<String> {
 /// thousands of messages holds one file at a time). The file must be the
 /// one scanned, when it is opened and again after its last byte: otherwise
 /// the read fails, which makes the session give up this message without
-/// ending its data, so a server never takes a mix of two files.
+/// ending its data, so a server never takes a mix of two files. Whatever
+/// is read still goes through the session's encoder, which checks every
+/// octet it takes whole.
+///
+/// The file is read on the session's thread, not handed to a blocking
+/// pool: a read of a file in the page cache costs a few microseconds, and
+/// each hand-off cost more than that (a wake-up of the pool's thread and
+/// one of the session's, per 64 KiB). A file on a slow disk holds the
+/// sessions that share the thread while it is read.
 pub(crate) struct PreparedBody {
     head: Vec<u8>,
     pos: usize,
@@ -500,7 +679,7 @@ pub(crate) struct PreparedBody {
 
 enum FileState {
     NotOpened,
-    Open(tokio::fs::File),
+    Open(std::fs::File),
     Finished,
 }
 
@@ -516,6 +695,47 @@ impl PreparedBody {
             body: p.body.clone(),
             file: FileState::NotOpened,
         }
+    }
+
+    /// Reads the body's file, opening it on the first read.
+    fn read_file(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Body::File {
+            path,
+            offset,
+            identity,
+            ..
+        } = &self.body
+        else {
+            return Ok(0);
+        };
+        if let FileState::NotOpened = self.file {
+            let mut f = std::fs::File::open(path).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    changed()
+                } else {
+                    e
+                }
+            })?;
+            if Identity::of(&f.metadata()?) != *identity {
+                return Err(changed());
+            }
+            f.seek(io::SeekFrom::Start(*offset))?;
+            self.file = FileState::Open(f);
+        }
+        let FileState::Open(f) = &mut self.file else {
+            return Ok(0);
+        };
+        let n = f.read(buf)?;
+        if n == 0 {
+            // Changed in place while it was sent, or replaced under its name.
+            let same = Identity::of(&f.metadata()?) == *identity
+                && std::fs::metadata(path).is_ok_and(|m| Identity::of(&m) == *identity);
+            self.file = FileState::Finished;
+            if !same {
+                return Err(changed());
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -534,45 +754,7 @@ impl BodySource for PreparedBody {
             self.pos += n;
             return Ok(n);
         }
-        let Body::File {
-            path,
-            offset,
-            identity,
-            ..
-        } = &self.body
-        else {
-            return Ok(0);
-        };
-        if let FileState::NotOpened = self.file {
-            let mut f = tokio::fs::File::open(path).await.map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    changed()
-                } else {
-                    e
-                }
-            })?;
-            if Identity::of(&f.metadata().await?) != *identity {
-                return Err(changed());
-            }
-            f.seek(io::SeekFrom::Start(*offset)).await?;
-            self.file = FileState::Open(f);
-        }
-        let FileState::Open(f) = &mut self.file else {
-            return Ok(0);
-        };
-        let n = f.read(buf).await?;
-        if n == 0 {
-            // Changed in place while it was sent, or replaced under its name.
-            let same = Identity::of(&f.metadata().await?) == *identity
-                && tokio::fs::metadata(path)
-                    .await
-                    .is_ok_and(|m| Identity::of(&m) == *identity);
-            self.file = FileState::Finished;
-            if !same {
-                return Err(changed());
-            }
-        }
-        Ok(n)
+        self.read_file(buf)
     }
 
     async fn rewind(&mut self) -> io::Result<()> {

@@ -179,3 +179,156 @@ fn what_is_not_a_header_section_is_refused() {
         b"Subject: hi\r\n  folded\r\nDate: Sun, 29 Nov 2026 02:00:00 +0000\r\nMessage-ID: <a@b>\r\n\r\n"
     );
 }
+
+#[test]
+fn a_file_given_again_is_reused_and_each_copy_without_a_message_id_gets_its_own() {
+    let with_id = message(10);
+    let path = message_file("again", &with_id);
+    let mut files = Files::new(&[path.clone(), path.clone()]);
+    let a = files.prepare(&path, "a".into(), "client.example").unwrap();
+    let b = files.prepare(&path, "b".into(), "client.example").unwrap();
+    assert_eq!((a.name.as_str(), b.name.as_str()), ("a", "b"));
+    assert_eq!(
+        (&a.head, a.size, a.body_type),
+        (&b.head, b.size, b.body_type)
+    );
+    assert_eq!(files.seen.len(), 1);
+    // The same as prepared alone.
+    let alone = prepare_path(&path).unwrap();
+    assert_eq!((&alone.head, alone.size), (&a.head, a.size));
+
+    let without_id = remove_header(&with_id, b"message-id");
+    std::fs::write(&path, &without_id).unwrap();
+    let c = files.prepare(&path, "c".into(), "client.example").unwrap();
+    let d = files.prepare(&path, "d".into(), "client.example").unwrap();
+    assert_eq!(files.seen.len(), 2, "the changed file was read again");
+    let id = |p: &Prepared| {
+        let head = String::from_utf8(p.head.clone()).unwrap();
+        head.lines()
+            .find(|l| l.starts_with("Message-ID:"))
+            .map(str::to_owned)
+    };
+    assert!(id(&c).is_some());
+    assert_ne!(id(&c), id(&d), "each copy gets its own Message-ID");
+    assert_eq!(c.size, d.size);
+    assert_eq!(c.size, prepare_path(&path).unwrap().size);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// What the session puts on the wire for `body`'s bytes over DATA,
+/// read as the driver reads them (64 KiB at a time), or the read error.
+async fn data_on_the_wire(body: &mut PreparedBody, rules: BodyRules) -> io::Result<Vec<u8>> {
+    let mut enc = smtp_core::data::DataEncoder::new(rules);
+    let mut wire = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf).await?;
+        if n == 0 {
+            enc.finish(&mut wire).unwrap();
+            return Ok(wire);
+        }
+        enc.encode(&buf[..n], &mut wire).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_clean_file_changed_after_its_scan_is_never_sent_raw() {
+    let clean = message(2000); // 160 KiB: streams from the file, in several chunks
+    let path = message_file("late-dot", &clean);
+    let p = prepare_path(&path).unwrap();
+    assert!(matches!(p.body, Body::File { .. }));
+    assert_eq!(
+        data_on_the_wire(&mut PreparedBody::new(&p), BodyRules::SEVEN_BIT)
+            .await
+            .unwrap(),
+        [&clean[..], b".\r\n"].concat(),
+        "clean: the file's bytes, then the end mark"
+    );
+    // A dot-line and a smuggled command written into the file after the
+    // scan, the size kept: at a line start, across the 64 KiB chunk
+    // boundary, and behind a bare CR and a bare LF.
+    let smuggle = b".\r\nMAIL FROM:<evil@example.org>\r\n";
+    // The body's first chunk starts after the header section, in the file.
+    let body = header_end(&clean, true).unwrap();
+    let boundary = body + 64 * 1024;
+    for (at, before) in [
+        (body + 79 * 10, &b""[..]), // at a line start (lines are 79 octets)
+        (boundary - 3, b"\r\n"),    // the dot ends the first chunk
+        (boundary - 2, b"\r\n"),    // the dot starts the second
+        (boundary - 1, b"\r\n"),    // the CRLF before it split between them
+        (100_000, b"x\r"),
+        (120_000, b"x\n"),
+    ] {
+        let mut changed = clean.clone();
+        let insert = [before, smuggle].concat();
+        changed.splice(at..at + insert.len(), insert.iter().copied());
+        std::fs::write(&path, &changed).unwrap();
+        // Whatever the identity check says (here it notices: nothing is
+        // read), the bytes that go out are encoded...
+        assert!(
+            data_on_the_wire(&mut PreparedBody::new(&p), BodyRules::SEVEN_BIT)
+                .await
+                .is_err()
+        );
+        // ...and had it missed the change (a write within the file
+        // system's timestamp granularity), they are still encoded: the
+        // end of data only at the end.
+        let mut fooled = p.clone();
+        if let Body::File { identity, .. } = &mut fooled.body {
+            *identity = Identity::of(&std::fs::metadata(&path).unwrap());
+        }
+        let wire = data_on_the_wire(&mut PreparedBody::new(&fooled), BodyRules::SEVEN_BIT)
+            .await
+            .unwrap();
+        let end = wire.len() - 3;
+        assert!(
+            !wire[..end].windows(5).any(|w| w == b"\r\n.\r\n"),
+            "an early end of data at {at}"
+        );
+        assert!(wire.ends_with(b"\r\n.\r\n"));
+        assert!(
+            wire.windows(smuggle.len() + 1)
+                .any(|w| w == [&b"."[..], smuggle].concat()),
+            "the dot-line is stuffed at {at}"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn a_large_file_given_again_is_sent_from_memory_the_same() {
+    let bytes = message(1000); // 80 KiB: streams from its file the first time
+    let path = message_file("repeated", &bytes);
+    let mut files = Files::new(&[path.clone(), path.clone(), path.clone()]);
+    let first = files.prepare(&path, "1".into(), "client.example").unwrap();
+    assert!(matches!(first.body, Body::File { .. }));
+    let second = files.prepare(&path, "2".into(), "client.example").unwrap();
+    let third = files.prepare(&path, "3".into(), "client.example").unwrap();
+    assert!(matches!(second.body, Body::Memory(_)));
+    assert!(matches!(third.body, Body::Memory(_)));
+    assert_eq!(
+        files.held,
+        (bytes.len() - header_end(&bytes, true).unwrap()) as u64
+    );
+    for p in [&first, &second, &third] {
+        assert_eq!(read_all(&mut PreparedBody::new(p)).await.unwrap(), bytes);
+        assert_eq!(p.size, first.size);
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_file_named_once_is_not_kept() {
+    let bytes = message(10);
+    let (a, b) = (
+        message_file("once-a", &bytes),
+        message_file("once-b", &bytes),
+    );
+    let mut files = Files::new(&[a.clone(), b.clone()]);
+    let pa = files.prepare(&a, "a".into(), "client.example").unwrap();
+    let pb = files.prepare(&b, "b".into(), "client.example").unwrap();
+    assert!(files.seen.is_empty());
+    assert_eq!((pa.head, pa.size), (pb.head, pb.size));
+    std::fs::remove_file(&a).unwrap();
+    std::fs::remove_file(&b).unwrap();
+}

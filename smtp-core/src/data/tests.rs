@@ -260,3 +260,178 @@ proptest! {
         }
     }
 }
+
+/// What an encoder put out, and how it ended.
+type Wire = (Vec<u8>, Result<(), BodyError>);
+
+/// The two encoders, as the tests drive them.
+trait Encoder {
+    fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError>;
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError>;
+}
+
+impl Encoder for DataEncoder {
+    fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
+        Self::encode(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        Self::finish(self, out)
+    }
+}
+
+impl Encoder for BdatEncoder {
+    fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
+        Self::encode(self, chunk, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        Self::finish(self, out)
+    }
+}
+
+/// What an encoder put out for `chunks` (an error stops it), then the finish.
+fn encode_all(mut enc: impl Encoder, chunks: &[&[u8]]) -> Wire {
+    let mut out = Vec::new();
+    for c in chunks {
+        if let Err(e) = enc.encode(c, &mut out) {
+            return (out, Err(e));
+        }
+    }
+    let r = enc.finish(&mut out);
+    (out, r)
+}
+
+fn data_with(chunks: &[&[u8]], rules: BodyRules, reference: bool) -> Wire {
+    let enc = DataEncoder::new(rules);
+    encode_all(if reference { enc.reference() } else { enc }, chunks)
+}
+
+fn bdat_with(chunks: &[&[u8]], rules: BodyRules, reference: bool) -> Wire {
+    let enc = BdatEncoder::new(rules);
+    encode_all(if reference { enc.reference() } else { enc }, chunks)
+}
+
+fn facts_with(chunks: &[&[u8]], reference: bool) -> BodyFacts {
+    let mut s = BodyScanner::new();
+    if reference {
+        s = s.reference();
+    }
+    for c in chunks {
+        s.scan(c);
+    }
+    s.finish()
+}
+
+/// Mostly clean text (CRLF lines of 0 to 80 octets), with now and then
+/// what makes it unclean: a bare CR or LF, a line starting with a dot, an
+/// 8-bit octet, a NUL, a line over 998 octets.
+fn mostly_clean() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop_oneof![
+        20 => proptest::collection::vec(b' '..=b'~', 0..80).prop_map(|mut l| {
+            l.retain(|&b| b != b'.');
+            l.extend_from_slice(b"\r\n");
+            l
+        }),
+        1 => Just(b".\r\n".to_vec()),
+        1 => Just(b".dot\r\n".to_vec()),
+        1 => Just(b"bare lf\n".to_vec()),
+        1 => Just(b"bare cr\r".to_vec()),
+        1 => Just(b"no end".to_vec()),
+        1 => Just(b"caf\xc3\xa9\r\n".to_vec()),
+        1 => Just(b"n\0l\r\n".to_vec()),
+        1 => Just([vec![b'x'; 999], b"\r\n".to_vec()].concat()),
+        1 => Just(b"a.b.\r\n".to_vec()),
+    ];
+    proptest::collection::vec(line, 0..40).prop_map(|lines| lines.concat())
+}
+
+#[test]
+fn a_clean_chunk_is_copied_whole_and_a_dot_line_is_still_stuffed() {
+    let clean = b"one\r\ntwo\r\n";
+    let (out, r) = data_with(&[clean], BodyRules::SEVEN_BIT, false);
+    assert_eq!((out.as_slice(), r), (&b"one\r\ntwo\r\n.\r\n"[..], Ok(())));
+    // The same body with a late dot-line, bare CR or bare LF: encoded.
+    for (late, wire) in [
+        (
+            &b"one\r\n.\r\nMAIL FROM:<x>\r\n"[..],
+            &b"one\r\n..\r\nMAIL FROM:<x>\r\n.\r\n"[..],
+        ),
+        (b"one\r\n\r.\rMAIL\r\n", b"one\r\n\r\n..\r\nMAIL\r\n.\r\n"),
+        (b"one\n.\nMAIL\r\n", b"one\r\n..\r\nMAIL\r\n.\r\n"),
+        (b".\r\n", b"..\r\n.\r\n"),
+    ] {
+        assert_eq!(data_with(&[late], BodyRules::SEVEN_BIT, false).0, wire);
+        // After a clean chunk, too.
+        let (out, _) = data_with(&[clean, late], BodyRules::SEVEN_BIT, false);
+        assert_eq!(out, [&clean[..], wire].concat());
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_clean_path_puts_the_same_bytes_on_the_wire_as_the_line_loop(
+        body in prop_oneof![mostly_clean(), body_bytes()],
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let pieces = chunked(&body, &cuts);
+        for rules in [BodyRules::SEVEN_BIT, BodyRules::EIGHT_BIT_MIME, BodyRules::BINARY,
+                      BodyRules { binary: false, ..BodyRules::BINARY }] {
+            prop_assert_eq!(data_with(&pieces, rules, false), data_with(&pieces, rules, true));
+            prop_assert_eq!(bdat_with(&pieces, rules, false), bdat_with(&pieces, rules, true));
+        }
+        prop_assert_eq!(facts_with(&pieces, false), facts_with(&pieces, true));
+    }
+
+    #[test]
+    fn a_clean_body_goes_out_unchanged_with_the_end_mark(
+        lines in proptest::collection::vec(proptest::collection::vec(b' '..=b'~', 0..200), 0..50),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut body = Vec::new();
+        for mut l in lines {
+            if l.first() == Some(&b'.') { l[0] = b'x'; }
+            body.extend_from_slice(&l);
+            body.extend_from_slice(b"\r\n");
+        }
+        let pieces = chunked(&body, &cuts);
+        let (wire, r) = data_with(&pieces, BodyRules::SEVEN_BIT, false);
+        prop_assert_eq!(r, Ok(()));
+        prop_assert_eq!(wire, [&body[..], b".\r\n"].concat());
+        let facts = facts_with(&pieces, false);
+        prop_assert_eq!(facts.encoded_size, body.len() as u64);
+    }
+}
+
+#[test]
+fn clean_chunks_are_recognised_and_unclean_ones_are_not() {
+    let c = clean(b"ab\r\n\r\ncde", false, 3, true).expect("clean");
+    assert_eq!((c.ends, c.tail, c.longest), (2, 3, 5));
+    let c = clean(b"abc", false, 3, true).expect("clean");
+    assert_eq!((c.ends, c.tail, c.longest), (0, 6, 6));
+    assert!(clean(b"\xff\0\r\n", true, 0, true).is_some_and(|c| c.eight_bit && c.nul));
+    for unclean in [
+        &b".a\r\n"[..],
+        b"a\r\n.b\r\n",
+        b"a\nb",
+        b"a\rb",
+        b"a\r",
+        b"\nb",
+        b"a\r\r\n",
+    ] {
+        assert!(clean(unclean, true, 0, true).is_none(), "{unclean:?}");
+    }
+    // Dots are only a matter where they are stuffed (DATA, not BDAT).
+    assert!(clean(b".a\r\n.b\r\n", true, 0, false).is_some());
+}
+
+proptest! {
+    #[test]
+    fn facts_of_two_parts_split_after_a_line_end_join(
+        head in body_bytes(),
+        body in prop_oneof![mostly_clean(), body_bytes()],
+    ) {
+        let mut head = head;
+        head.extend_from_slice(b"\r\n");
+        let joined = facts_with(&[&head], false).then(facts_with(&[&body], false));
+        prop_assert_eq!(joined, facts_with(&[&head, &body], false));
+    }
+}

@@ -176,7 +176,9 @@ impl Driver {
         transport: &mut T,
         limit: Duration,
     ) -> bool {
-        if !client.poll_transmit(&mut self.out) {
+        // Appends to what the body left gathered, if anything.
+        let _ = client.poll_transmit(&mut self.out);
+        if self.out.is_empty() {
             return true;
         }
         let deadline = transport.now() + limit;
@@ -212,7 +214,18 @@ impl Driver {
             return;
         }
         loop {
-            let n = match source.read(&mut self.buf).await {
+            // A body's bytes are gathered into writes of at most about a
+            // chunk: a small body (its header section and its body may be
+            // read apart) goes out whole, with its end mark and the next
+            // message's commands. Each read has at least half a chunk of room.
+            if self.out.len() >= CHUNK / 2 && !self.flush(client, transport, data_block).await {
+                return;
+            }
+            let room = CHUNK.saturating_sub(self.out.len());
+            let n = match source
+                .read(self.buf.get_mut(..room).unwrap_or_default())
+                .await
+            {
                 Ok(n) => n,
                 Err(e) => {
                     // Never end the data early: a truncated message must not be accepted.
@@ -222,7 +235,10 @@ impl Driver {
             };
             let now = transport.now();
             if n == 0 {
+                // The end mark goes with the last of the body and, when
+                // pipelining, the next message's commands: one write.
                 let _ = client.body_end(now);
+                self.flush(client, transport, data_block).await;
                 return;
             }
             if client
@@ -231,9 +247,7 @@ impl Driver {
             {
                 return;
             }
-            if !self.flush(client, transport, data_block).await {
-                return;
-            }
+            let _ = client.poll_transmit(&mut self.out);
         }
     }
 }
