@@ -199,6 +199,26 @@ impl Shaping {
             rate: rule.rate,
         }
     }
+
+    /// The most messages any destination takes at once: its sessions
+    /// times its messages per session, the largest over every rule and
+    /// the defaults. A direct-delivery claim takes at most this many
+    /// messages of one domain ([`crate::Store::claim_due_spread`]): more
+    /// would wait in the round for a session while other domains wait
+    /// for the next claim.
+    pub fn widest(&self, connections: usize, per_connection: usize) -> usize {
+        let product = |r: &Rule| {
+            r.connections
+                .unwrap_or(connections)
+                .max(1)
+                .saturating_mul(r.messages_per_connection.unwrap_or(per_connection).max(1))
+        };
+        self.rules
+            .iter()
+            .chain(&self.table)
+            .map(|(_, r)| product(r))
+            .fold(product(&Rule::default()), usize::max)
+    }
 }
 
 /// How throttles cut and recover.
@@ -338,6 +358,23 @@ mod tests {
         for bad in ["", "*", "*.", "a.*.com", "**.com"] {
             assert!(Pattern::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_widest_shape_is_the_largest_over_the_rules_and_the_defaults() {
+        let none = Shaping::none();
+        assert_eq!(none.widest(2, 100), 200);
+        // Gmail's 5 sessions of 100 are the table's widest.
+        assert_eq!(Shaping::builtin().widest(2, 100), 500);
+        assert_eq!(Shaping::builtin().widest(8, 100), 800);
+        let one_rule = Shaping::none().with_rule(
+            Pattern::parse("mx.big.test").unwrap(),
+            Rule {
+                connections: Some(6),
+                ..Rule::default()
+            },
+        );
+        assert_eq!(one_rule.widest(2, 50), 300);
     }
 
     #[test]

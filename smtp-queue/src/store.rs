@@ -298,11 +298,33 @@ pub trait Store: Send + Sync {
     /// with `Some(route)`, messages whose [`MessageOptions::route`] is
     /// `route` or none (enqueued without one); with `None`, every message.
     /// The others are not touched: they wait for a runner of their route.
+    /// [`claim_due_spread`](Self::claim_due_spread) without a cap.
     async fn claim_due_for(
         &self,
         route: Option<&str>,
         now: SystemTime,
         limit: u32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        self.claim_due_spread(route, now, limit, None, worker, lease)
+            .await
+    }
+
+    /// [`claim_due_for`](Self::claim_due_for), with at most `per_domain`
+    /// messages of any one recipient domain (a message counts for the
+    /// domain of its first due recipient, in the order of the claim). A
+    /// claim of direct delivery then spreads over the domains due: one big
+    /// domain's run, which its destination takes a few sessions at a time,
+    /// does not fill the claim while every other domain waits for the
+    /// next one (and, in a fleet, while the other workers' claims hold more
+    /// of the same domain, waiting for the same slots).
+    async fn claim_due_spread(
+        &self,
+        route: Option<&str>,
+        now: SystemTime,
+        limit: u32,
+        per_domain: Option<u32>,
         worker: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>>;

@@ -197,6 +197,65 @@ async fn domains_on_the_same_mx_hosts_share_one_session() {
     }
 }
 
+/// A claim is spread over the domains due: a big domain's run (sorted
+/// first) does not fill the claim while the small domains wait for later
+/// rounds. Each destination takes 1 session of 5 messages at once, so a
+/// claim takes at most 5 messages of a domain (the widest shape).
+#[tokio::test]
+async fn one_big_domain_does_not_keep_the_others_waiting_for_later_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FlakyServer::start(FlakyConfig::default()).await.unwrap();
+    let mut zone = Zone::new()
+        .mx("a-big.test", 10, "mx.a-big.test")
+        .a("mx.a-big.test", "127.0.0.1".parse().unwrap());
+    let mut messages: Vec<NewMessage> = (0..40)
+        .map(|i| message(&[&format!("u{i}@a-big.test")], i))
+        .collect();
+    for d in 0..4 {
+        zone = zone
+            .mx(&format!("small{d}.test"), 10, &format!("mx.small{d}.test"))
+            .a(&format!("mx.small{d}.test"), "127.0.0.1".parse().unwrap());
+        for i in 0..2 {
+            messages.push(message(&[&format!("u{i}@small{d}.test")], 100 + i));
+        }
+    }
+    let dns = DnsServer::start(zone).await.unwrap();
+    let store = store_with(dir.path(), messages).await;
+    let config = RunnerConfig::default()
+        .with_schedule(fast())
+        .with_claim(20)
+        .with_per_destination(1)
+        .with_per_connection(5)
+        .with_shaping(smtp_queue::Shaping::none());
+    let (runner, events) = observed(direct_runner_with(
+        store.clone(),
+        &dns,
+        server.addr().port(),
+        config,
+    ));
+    run_until_delivered(&runner, &store, 48).await;
+    assert_eq!(
+        store
+            .stats()
+            .await
+            .unwrap()
+            .count(RecipientState::Delivered),
+        48
+    );
+    let sessions = connecting(&events);
+    let big: Vec<usize> = (0..sessions.len())
+        .filter(|&k| sessions[k].0 == "mx:mx.a-big.test")
+        .collect();
+    let last_small = (0..sessions.len())
+        .rfind(|&k| sessions[k].0 != "mx:mx.a-big.test")
+        .unwrap();
+    // Every small domain went in the first claim, beside the big one's
+    // first five: before the big one's second session.
+    assert!(last_small < big[1], "{sessions:?}");
+    assert!(sessions.iter().all(|(_, n)| *n <= 5), "{sessions:?}");
+    assert_eq!(big.len(), 8, "{sessions:?}");
+}
+
 #[tokio::test]
 async fn a_refused_greeting_moves_every_message_on_to_the_next_mx_host() {
     let dir = tempfile::tempdir().unwrap();

@@ -360,17 +360,18 @@ impl Store for Counting {
     ) -> smtp_queue::Result<Vec<MessageId>> {
         self.inner.enqueue(batch, now).await
     }
-    async fn claim_due_for(
+    async fn claim_due_spread(
         &self,
         route: Option<&str>,
         now: SystemTime,
         limit: u32,
+        per_domain: Option<u32>,
         worker: &str,
         lease: Duration,
     ) -> smtp_queue::Result<Vec<Claimed>> {
         self.claims.fetch_add(1, Ordering::SeqCst);
         self.inner
-            .claim_due_for(route, now, limit, worker, lease)
+            .claim_due_spread(route, now, limit, per_domain, worker, lease)
             .await
     }
     async fn renew(

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use smtp_core::delivery::{BodySource, MemoryBody};
 use smtp_queue::{
-    Attempt, Body, Error, ListFilter, MessageOptions, NewMessage, Next, Outcome, RecipientState,
-    RetryTarget, SCHEMA_VERSION, Schedule, SqliteStore, Store, TlsFacts,
+    Attempt, Body, Claimed, Error, ListFilter, MessageOptions, NewMessage, Next, Outcome,
+    RecipientState, RetryTarget, SCHEMA_VERSION, Schedule, SqliteStore, Store, TlsFacts,
 };
 
 mod common;
@@ -157,7 +157,7 @@ async fn the_queue_age_is_the_oldest_message_still_waiting_not_the_oldest_kept(b
     let claimed = store.claim_due(t(30), 2, "w", LEASE).await.unwrap();
     assert_eq!(claimed.len(), 2);
     let (first, second) = (&claimed[0], &claimed[1]);
-    let rid = |c: &smtp_queue::Claimed| c.recipients[0].id;
+    let rid = |c: &Claimed| c.recipients[0].id;
     store
         .record(
             &first.lease,
@@ -408,14 +408,14 @@ async fn callers_committed_together_are_each_checked_against_their_own_lease(b: 
     // b takes over a's expired leases and claims the new messages.
     let new = store.claim_due(t(30), 10, "b", LEASE).await.unwrap();
     assert_eq!(new.len(), 4);
-    let by_first = |claims: &[smtp_queue::Claimed], address: &str| {
+    let by_first = |claims: &[Claimed], address: &str| {
         claims
             .iter()
             .find(|c| c.recipients[0].address == address)
             .cloned()
             .unwrap()
     };
-    let outcomes = |c: &smtp_queue::Claimed, code: u16| {
+    let outcomes = |c: &Claimed, code: u16| {
         c.recipients
             .iter()
             .map(|r| {
@@ -1319,7 +1319,95 @@ async fn a_corrupt_message_is_left_out_of_claims_and_the_others_go(b: Backend) {
     );
 }
 
+/// A spread claim takes at most N messages of a domain (a message counts
+/// for its first due recipient's domain, in any case of letters), and the
+/// rest of the claim from the other domains due; the next claim takes the
+/// big domain's next N. Without the cap, the first claim would be the big
+/// domain's alone ("a-big" sorts first).
+async fn a_spread_claim_takes_at_most_n_messages_of_a_domain(b: Backend) {
+    let store = b.open().await;
+    let mut batch = Vec::new();
+    for i in 0..30 {
+        let host = if i % 2 == 0 {
+            "a-big.test"
+        } else {
+            "A-BIG.test"
+        };
+        batch.push(message(&[&format!("u{i}@{host}")], "x"));
+    }
+    for d in 0..4 {
+        for i in 0..3 {
+            batch.push(message(&[&format!("u{i}@small{d}.test")], "x"));
+        }
+    }
+    // Two recipients: counted for a-big (first by domain), not small9.
+    batch.push(message(&["v@small9.test", "w@a-big.test"], "x"));
+    store.enqueue(batch, t(0)).await.unwrap();
+    let domains = |claimed: &[Claimed]| {
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for c in claimed {
+            let first = c.recipients.iter().map(|r| r.address.to_ascii_lowercase());
+            let domain = first
+                .filter_map(|a| a.split_once('@').map(|(_, d)| d.to_owned()))
+                .min()
+                .unwrap();
+            *by.entry(domain).or_default() += 1;
+        }
+        by
+    };
+    let first = store
+        .claim_due_spread(None, t(1), 20, Some(5), "w1", LEASE)
+        .await
+        .unwrap();
+    let by = domains(&first);
+    assert_eq!(by.get("a-big.test"), Some(&5), "{by:?}");
+    for d in 0..4 {
+        assert_eq!(by.get(&format!("small{d}.test")), Some(&3), "{by:?}");
+    }
+    assert_eq!(first.len(), 17, "{by:?}");
+    // Another worker: the big domain's next five, nothing else is left.
+    let second = store
+        .claim_due_spread(None, t(1), 20, Some(5), "w2", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(domains(&second).get("a-big.test"), Some(&5));
+    assert_eq!(second.len(), 5);
+    // Uncapped, a claim takes what is left, in order.
+    let rest = store
+        .claim_due_for(None, t(1), 100, "w3", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(domains(&rest).get("a-big.test"), Some(&21));
+    assert_eq!(rest.len(), 21);
+    // A route's claim counts only its own messages: each is spread alike.
+    let routed = if b.is_postgres() {
+        Backend::postgres()
+    } else {
+        Backend::sqlite()
+    };
+    let store = routed.open().await;
+    let mut batch = Vec::new();
+    for route in ["direct", "relay:x:25"] {
+        for i in 0..4 {
+            let mut m = message(&[&format!("u{i}@a.test")], "x");
+            m.options.route = Some(route.into());
+            batch.push(m);
+        }
+    }
+    store.enqueue(batch, t(0)).await.unwrap();
+    let got = store
+        .claim_due_spread(Some("direct"), t(1), 10, Some(2), "w", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got.iter()
+            .all(|c| c.options.route.as_deref() == Some("direct"))
+    );
+}
+
 both!(
+    a_spread_claim_takes_at_most_n_messages_of_a_domain,
     a_corrupt_message_is_left_out_of_claims_and_the_others_go,
     a_batch_that_fails_midway_leaves_nothing_behind,
     a_body_of_many_mebibytes_streams_in_and_out_in_chunks,

@@ -37,25 +37,47 @@ use crate::store::{
 
 /// The due messages at `$1`, at most `$2`, locked, skipping those another
 /// transaction holds: oldest first by the second, and within a second by
-/// recipient domain (runs of one domain share direct-delivery sessions).
-/// With `routed`, only messages of route `$3` and route-less ones.
-fn due_messages(routed: bool) -> String {
-    let filter = if routed {
-        format!("WHERE {}", route_takes("$3"))
+/// recipient domain (a message's first due recipient's: runs of one
+/// domain share direct-delivery sessions). With `routed`, only messages
+/// of route `$3` and route-less ones. With `spread`, at most the next
+/// parameter's number of messages per domain, counted among the route's
+/// due messages ([`Store::claim_due_spread`]).
+///
+/// [`Store::claim_due_spread`]: crate::Store::claim_due_spread
+fn due_messages(routed: bool, spread: bool) -> String {
+    let (join, filter) = if routed {
+        (
+            "JOIN messages m ON m.id = r.message_id",
+            format!("WHERE {}", route_takes("$3")),
+        )
     } else {
-        String::new()
+        ("", String::new())
+    };
+    let due = format!(
+        "SELECT r.message_id, MIN(r.due) / 1000 AS second,
+             MIN(lower(split_part(r.address, '@', 2))) AS domain
+         FROM (SELECT message_id, next_attempt_ms AS due, address FROM recipients
+               WHERE {WAITING} AND next_attempt_ms <= $1
+               UNION ALL
+               SELECT message_id, lease_until_ms AS due, address FROM recipients
+               WHERE {LEASED} AND lease_until_ms <= $1) AS r
+         {join} {filter}
+         GROUP BY r.message_id"
+    );
+    let due = if spread {
+        let cap = if routed { "$4" } else { "$3" };
+        format!(
+            "SELECT * FROM (
+                 SELECT g.*, ROW_NUMBER() OVER (PARTITION BY domain ORDER BY second, message_id) AS nth
+                 FROM ({due}) AS g) AS ranked
+             WHERE nth <= {cap}"
+        )
+    } else {
+        due
     };
     format!(
-        "SELECT m.id FROM messages m JOIN (
-             SELECT message_id, MIN(due) AS due, MIN(lower(split_part(address, '@', 2))) AS domain
-             FROM (SELECT message_id, next_attempt_ms AS due, address FROM recipients
-                   WHERE {WAITING} AND next_attempt_ms <= $1
-                   UNION ALL
-                   SELECT message_id, lease_until_ms AS due, address FROM recipients
-                   WHERE {LEASED} AND lease_until_ms <= $1) AS r
-             GROUP BY message_id) AS d ON d.message_id = m.id
-         {filter}
-         ORDER BY d.due / 1000, d.domain, m.id
+        "SELECT m.id FROM messages m JOIN ({due}) AS d ON d.message_id = m.id
+         ORDER BY d.second, d.domain, m.id
          LIMIT $2
          FOR NO KEY UPDATE OF m SKIP LOCKED"
     )
@@ -66,6 +88,7 @@ pub(super) async fn claim_due(
     route: Option<&str>,
     now: SystemTime,
     limit: u32,
+    per_domain: Option<u32>,
     worker: &str,
     lease: Duration,
 ) -> Result<Vec<Claimed>> {
@@ -78,10 +101,13 @@ pub(super) async fn claim_due(
     let until = now + lease;
     let until_ms = millis(until)?;
     let mut tx = store.begin(doing).await?;
-    let sql = due_messages(route.is_some());
+    let sql = due_messages(route.is_some(), per_domain.is_some());
     let mut query = sqlx::query_scalar(&sql).bind(now_ms).bind(i64::from(limit));
     if let Some(route) = route {
         query = query.bind(route);
+    }
+    if let Some(cap) = per_domain {
+        query = query.bind(i64::from(cap));
     }
     let ids: Vec<String> = query.fetch_all(&mut *tx).await.map_err(&db)?;
     heartbeat(store, &mut tx, worker, now_ms).await?;

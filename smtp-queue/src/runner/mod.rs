@@ -468,13 +468,24 @@ impl Runner {
 
     /// Claims what is due at `now` of this runner's route (and route-less
     /// messages), as the configuration says (how many, for whom, for how
-    /// long).
+    /// long); in direct delivery, spread over the domains due: no more of
+    /// one domain than the widest destination takes at once
+    /// ([`Shaping::widest`](crate::shaping::Shaping::widest)).
     async fn claim(&self, now: SystemTime) -> Result<Vec<Claimed>> {
+        let per_domain = match self.mode {
+            Mode::Direct(_) => {
+                let c = &self.config;
+                let widest = c.shaping.widest(c.per_destination, c.per_connection);
+                Some(u32::try_from(widest).unwrap_or(u32::MAX))
+            }
+            Mode::Relay(_) => None,
+        };
         self.store
-            .claim_due_for(
+            .claim_due_spread(
                 Some(&self.route()),
                 now,
                 self.config.claim,
+                per_domain,
                 &self.config.worker,
                 self.config.lease,
             )

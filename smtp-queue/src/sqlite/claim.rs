@@ -11,12 +11,16 @@ use crate::state::Transition;
 use crate::store::{Claimed, ClaimedRecipient, Lease, MessageId, RecipientId, from_millis, millis};
 
 /// The ids of messages due at `$1`, at most `$2`: oldest first by the
-/// second, and within a second by recipient domain. Each half reads
-/// through its partial index: only due recipients are read. With
-/// `routed`, only messages of route `$3` and route-less ones: each due
-/// recipient's message is looked up by its key ([`route_takes`]), so
-/// finished messages are never read.
-pub(super) fn due_messages(routed: bool) -> String {
+/// second, and within a second by recipient domain (a message's first due
+/// recipient's). Each half reads through its partial index: only due
+/// recipients are read. With `routed`, only messages of route `$3` and
+/// route-less ones: each due recipient's message is looked up by its key
+/// ([`route_takes`]), so finished messages are never read. With `spread`,
+/// at most the next parameter's number of messages per domain
+/// ([`Store::claim_due_spread`]).
+///
+/// [`Store::claim_due_spread`]: crate::Store::claim_due_spread
+pub(super) fn due_messages(routed: bool, spread: bool) -> String {
     let (join, filter) = if routed {
         (
             "JOIN messages m ON m.id = d.message_id",
@@ -25,19 +29,30 @@ pub(super) fn due_messages(routed: bool) -> String {
     } else {
         ("", String::new())
     };
-    format!(
-        "SELECT d.message_id FROM (
+    let due = format!(
+        "SELECT d.message_id, MIN(d.due) / 1000 AS second,
+             MIN(lower(substr(d.address, instr(d.address, '@') + 1))) AS domain
+         FROM (
              SELECT message_id, next_attempt_ms AS due, address FROM recipients
              WHERE {WAITING} AND next_attempt_ms <= $1
              UNION ALL
              SELECT message_id, lease_until_ms AS due, address FROM recipients
              WHERE {LEASED} AND lease_until_ms <= $1) AS d
          {join} {filter}
-         GROUP BY d.message_id
-         ORDER BY MIN(d.due) / 1000, MIN(lower(substr(d.address, instr(d.address, '@') + 1))),
-             d.message_id
-         LIMIT $2"
-    )
+         GROUP BY d.message_id"
+    );
+    let due = if spread {
+        let cap = if routed { "$4" } else { "$3" };
+        format!(
+            "SELECT * FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY domain ORDER BY second, message_id) AS nth
+                 FROM ({due}))
+             WHERE nth <= {cap}"
+        )
+    } else {
+        due
+    };
+    format!("SELECT message_id FROM ({due}) ORDER BY second, domain, message_id LIMIT $2")
 }
 
 pub(super) async fn claim_due(
@@ -45,6 +60,7 @@ pub(super) async fn claim_due(
     route: Option<&str>,
     now: SystemTime,
     limit: u32,
+    per_domain: Option<u32>,
     worker: &str,
     lease: Duration,
 ) -> Result<Vec<Claimed>> {
@@ -59,10 +75,13 @@ pub(super) async fn claim_due(
     // Oldest first by the second, and within a second by recipient
     // domain: a claim of a bulk enqueue then holds runs of messages to
     // the same domain, which direct delivery sends on shared sessions.
-    let sql = due_messages(route.is_some());
+    let sql = due_messages(route.is_some(), per_domain.is_some());
     let mut query = sqlx::query_scalar(&sql).bind(now_ms).bind(i64::from(limit));
     if let Some(route) = route {
         query = query.bind(route);
+    }
+    if let Some(cap) = per_domain {
+        query = query.bind(i64::from(cap));
     }
     let ids: Vec<String> = query
         .fetch_all(&mut *tx)

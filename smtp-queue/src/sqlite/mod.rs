@@ -358,15 +358,16 @@ impl Store for SqliteStore {
         enqueue::enqueue(self, batch, now).await
     }
 
-    async fn claim_due_for(
+    async fn claim_due_spread(
         &self,
         route: Option<&str>,
         now: SystemTime,
         limit: u32,
+        per_domain: Option<u32>,
         worker: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        claim::claim_due(self, route, now, limit, worker, lease).await
+        claim::claim_due(self, route, now, limit, per_domain, worker, lease).await
     }
 
     async fn renew(&self, lease: &Lease, until: SystemTime, now: SystemTime) -> Result<Lease> {

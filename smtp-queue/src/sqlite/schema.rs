@@ -581,13 +581,18 @@ mod tests {
         for (what, sql, binds) in [
             (
                 "claim",
-                super::super::claim::due_messages(false),
+                super::super::claim::due_messages(false, false),
                 vec!["0", "10"],
             ),
             (
                 "claim for a route",
-                super::super::claim::due_messages(true),
+                super::super::claim::due_messages(true, false),
                 vec!["0", "10", route],
+            ),
+            (
+                "claim for a route, spread over domains",
+                super::super::claim::due_messages(true, true),
+                vec!["0", "10", route, "3"],
             ),
             ("next due", super::super::admin::next_due_sql(false), vec![]),
             (
