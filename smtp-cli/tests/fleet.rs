@@ -10,7 +10,9 @@
 //! - SIGKILLed workers (restarted) and a cut database connection: every
 //!   recipient delivered, duplicates within what a crash may repeat, no
 //!   lease left held;
-//! - `--rate 600/minute` holds across three workers through one relay.
+//! - `--rate 600/minute` holds across three workers through one relay;
+//! - a database outage (the cluster stopped, then started again) is said
+//!   when it begins and when it ends, and the worker delivers on.
 //!
 //! Sizes: the fleet test delivers 2,000 messages over 200 domains (two
 //! cores shared in CI); `SMTP_FLEET_MESSAGES` and `SMTP_FLEET_DOMAINS` set
@@ -545,6 +547,20 @@ fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Readable by others, libpq's rule ignores it: the refusal says so.
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = command(home, &["queue", "stats", "--queue", &url])
+        .env("PGPASSFILE", &pgpass)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("is mode 644, readable by others")
+            && text(&out).contains(&format!("chmod 600 {}", pgpass.display())),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
     // The config file's URL, with the password; a wrong one is refused
     // without being said.
     let config = home.join("config.toml");
@@ -574,6 +590,24 @@ fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
         if code != 0 {
             assert!(text(&out).contains("fleetpw:***@"), "{}", text(&out));
         }
+    }
+    // Every `smtp queue` command takes the config file's queue.
+    let with = url.replace("fleetpw@", &format!("fleetpw:{PASSWORD}@"));
+    std::fs::write(&config, format!("queue = \"{with}\"\n")).unwrap();
+    let config = config.to_str().unwrap();
+    for args in [
+        &["queue", "stats", "--config", config][..],
+        &["queue", "list", "--config", config],
+        &["queue", "--config", config, "purge"],
+        &["queue", "retry", "--all", "--config", config],
+        &["queue", "migrate", "--config", config],
+    ] {
+        let out = command(home, args)
+            .env("PGPASSFILE", home.join("none"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
     }
 }
 
@@ -649,6 +683,31 @@ fn three_workers_deliver_every_recipient_exactly_once_and_stats_tells_them_apart
     for w in workers {
         assert_eq!(w.stop(), Some(0));
     }
+    // A worker silent for two days, holding nothing, is counted, not
+    // listed (each restart is a new one); --json still lists it.
+    let two_days_ago = now_ms() - 2 * 24 * 3600 * 1000;
+    sql_count(
+        &rt,
+        &url,
+        &format!(
+            "WITH w AS (UPDATE workers SET last_seen_ms = {two_days_ago}
+             WHERE worker = (SELECT MIN(worker) FROM workers) RETURNING 1)
+             SELECT COUNT(*) FROM w"
+        ),
+    );
+    let out = smtp(home, &["queue", "stats", "--queue", &url]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.lines().filter(|l| l.starts_with("worker ")).count(),
+        2,
+        "{said}"
+    );
+    assert!(
+        said.contains("1 more worker(s) silent for over a day, holding nothing"),
+        "{said}"
+    );
+    let stats = json(&smtp(home, &["queue", "stats", "--queue", &url, "--json"]));
+    assert_eq!(stats["workers"].as_array().unwrap().len(), 3, "{stats}");
 }
 
 #[test]
@@ -819,4 +878,80 @@ fn a_rate_of_600_a_minute_holds_across_three_workers_through_one_relay() {
     // Each recipient at most once.
     let seen = received(std::slice::from_ref(&relay));
     assert!(seen.values().all(|&k| k == 1), "a recipient twice");
+}
+
+/// Waits until `worker`'s log holds `text`, panicking with the log after
+/// `timeout`.
+fn wait_for_log(worker: &Worker, text: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !worker.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the worker's log within {timeout:?}:\n{}",
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_database_outage_is_said_when_it_begins_and_when_it_ends_and_the_worker_resumes() {
+    let rt = runtime();
+    // A cluster of its own: this test stops it.
+    let mut cluster = Cluster::start();
+    let url = cluster.create_database("outage");
+    let sinks = sinks(&rt, 2);
+    let dns = rt.block_on(DnsServer::start(zone(4, 2))).unwrap();
+    let mut addresses = enqueue(&rt, &url, 20, 4);
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let args = direct_args(&url, &dns, sinks[0].addr().port());
+    let worker = Worker::start(home, "outage", &strs(&args));
+    wait_all_delivered(&rt, &url, &sinks, 20, Duration::from_secs(120), &[&worker]);
+    // The server goes away: said once when the worker's next claim fails
+    // (each try waits for a connection, 30 s at most), not at every try.
+    cluster.stop();
+    wait_for_log(
+        &worker,
+        "the queue's database failed",
+        Duration::from_secs(90),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.resume();
+    wait_for_log(
+        &worker,
+        "the queue's database answers again",
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        worker.log().matches("the queue's database failed").count(),
+        1,
+        "{}",
+        worker.log()
+    );
+    // And it delivers what is enqueued after.
+    let more: Vec<String> = (20..40).map(|i| format!("u{i}@d{}.test", i % 4)).collect();
+    rt.block_on(async {
+        let store = PgStore::open(&url).await.unwrap();
+        let batch = more
+            .iter()
+            .map(|to| NewMessage {
+                from: "sender@example.com".into(),
+                to: vec![to.clone()],
+                body: Body::Source(Box::new(MemoryBody::new(format!(
+                    "To: {to}\r\nSubject: after\r\n\r\nafter the outage\r\n"
+                )))),
+                options: MessageOptions::default(),
+            })
+            .collect();
+        store.enqueue(batch, SystemTime::now()).await.unwrap();
+        store.close().await;
+    });
+    addresses.extend(more);
+    wait_all_delivered(&rt, &url, &sinks, 40, Duration::from_secs(120), &[&worker]);
+    let seen = received(&sinks);
+    for a in &addresses {
+        assert_eq!(seen.get(a), Some(&1), "{a}");
+    }
+    assert_eq!(worker.stop(), Some(0));
 }

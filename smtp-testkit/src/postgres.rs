@@ -254,6 +254,20 @@ impl Cluster {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port on 127.0.0.1");
+        self.serve();
+    }
+
+    /// Starts the server again after [`stop`](Self::stop), on the same
+    /// port and data (an outage that ends); waits until it accepts
+    /// connections. Does nothing while it runs.
+    pub fn resume(&mut self) {
+        if self.server.is_none() {
+            self.serve();
+        }
+    }
+
+    /// Runs the postmaster on `self.port` and waits until it accepts.
+    fn serve(&mut self) {
         let log = self.log_file();
         let child = self
             .command("postgres")

@@ -19,6 +19,10 @@ pub(crate) struct QueueArgs {
     /// `queue`, else `$XDG_STATE_HOME/smtp/queue`.
     #[arg(long, global = true, value_name = "DIR|URL")]
     pub(crate) queue: Option<PathBuf>,
+    /// Config file (TOML): its `queue`, accounts (`queue run`, `queue
+    /// retry`) and destination shapes. Default: `$XDG_CONFIG_HOME/smtp/config.toml`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Print JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -117,8 +121,8 @@ pub(crate) struct QueueRetryArgs {
     /// The relay's port (default 587, or the account's).
     #[arg(long, conflicts_with = "all")]
     pub(crate) port: Option<u16>,
-    /// Config file of named accounts (TOML), for --account.
-    #[arg(long, value_name = "FILE", requires = "account")]
+    /// The global `--config` ([`QueueArgs::config`]), for --account.
+    #[arg(skip)]
     pub(crate) config: Option<PathBuf>,
     /// With an id: also clear the back-off of this account's relay.
     #[arg(long, value_name = "NAME", conflicts_with = "all")]
@@ -209,8 +213,8 @@ pub(crate) struct QueueRunArgs {
     /// Name to send with EHLO.
     #[arg(long, value_name = "NAME")]
     pub(crate) helo: Option<String>,
-    /// Config file of named accounts (TOML).
-    #[arg(long, value_name = "FILE")]
+    /// The global `--config` ([`QueueArgs::config`]).
+    #[arg(skip)]
     pub(crate) config: Option<PathBuf>,
     /// Account from the config file.
     #[arg(long, value_name = "NAME")]

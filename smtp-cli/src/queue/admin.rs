@@ -136,14 +136,30 @@ pub(super) async fn run(
                         by.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(", ")
                     );
                 }
-                for w in &workers {
+                // Every restart is a new worker: the ones long gone are
+                // counted, not listed (`--json` lists them all).
+                let (shown, gone): (Vec<_>, Vec<_>) = workers.iter().partition(|w| {
+                    w.leases > 0
+                        || now.duration_since(w.last_seen).unwrap_or_default() < WORKER_SHOWN_FOR
+                });
+                for w in shown {
                     say!("{}", worker_line(w, now));
+                }
+                if !gone.is_empty() {
+                    say!(
+                        "{} more worker(s) silent for over a day, holding nothing (--json lists them)",
+                        gone.len()
+                    );
                 }
             }
             Ok(EX_OK)
         }
     }
 }
+
+/// How long `queue stats` lists a worker that holds nothing after its
+/// last heartbeat.
+const WORKER_SHOWN_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A worker as `queue stats --json` shows it.
 fn worker_json(w: &WorkerActivity) -> serde_json::Value {

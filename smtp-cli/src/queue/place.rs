@@ -198,12 +198,38 @@ impl Place {
             // The store's errors name the database, redacted.
             // A refused login is a setting to fix: retrying cannot help.
             Self::Postgres(_) if matches!(e, smtp_queue::Error::DatabaseLogin { .. }) => {
-                Failure::new(EX_CONFIG, format!("queue: {e}")).kind("database-login")
+                let mut text = format!("queue: {e}");
+                if let Some((file, mode)) = ignored_password_file() {
+                    text.push_str(&format!(
+                        ". {} is mode {mode:o}, readable by others, so it was not read: \
+                         chmod 600 {}",
+                        file.display(),
+                        file.display()
+                    ));
+                }
+                Failure::new(EX_CONFIG, text).kind("database-login")
             }
             Self::Postgres(_) => Failure::new(EX_TEMPFAIL, format!("queue: {e}")),
             Self::Dir(dir) => Failure::new(EX_TEMPFAIL, format!("queue {}: {e}", dir.display())),
         }
     }
+}
+
+/// The password file PostgreSQL's clients read (`PGPASSFILE`, else
+/// `~/.pgpass`) and its mode, when it exists but group or others may read
+/// it: the driver, as libpq, then ignores it (with a warning only in a log
+/// that a one-off command does not show).
+fn ignored_password_file() -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("PGPASSWORD").is_some() {
+        return None;
+    }
+    let file = match std::env::var_os("PGPASSFILE") {
+        Some(f) => PathBuf::from(f),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
+    };
+    let mode = std::fs::metadata(&file).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some((file, mode))
 }
 
 impl fmt::Display for Place {

@@ -19,7 +19,14 @@ use crate::output::counted;
 use crate::terminal::joined;
 
 /// `smtp queue …`.
-pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
+pub(crate) async fn run(mut args: QueueArgs) -> Result<u8, Failure> {
+    // `--config` is global to `smtp queue`; the commands that read more
+    // than its `queue` get it here.
+    match &mut args.command {
+        QueueCommand::Run(run) => run.config.clone_from(&args.config),
+        QueueCommand::Retry(retry) => retry.config.clone_from(&args.config),
+        _ => {}
+    }
     if let QueueCommand::Run(run) = args.command {
         if run.watch && args.json {
             // A service's outcomes would pile up in memory until it stops.
@@ -47,11 +54,7 @@ pub(crate) async fn run(args: QueueArgs) -> Result<u8, Failure> {
         };
         return run_queue(store, *run, args.json).await;
     }
-    let config = match &args.command {
-        QueueCommand::Retry(r) => r.config.as_deref(),
-        _ => None,
-    };
-    let place = Place::resolve(args.queue.as_deref(), config)?;
+    let place = Place::resolve(args.queue.as_deref(), args.config.as_deref())?;
     if let QueueCommand::Migrate = args.command {
         return migrate(&place, args.json).await;
     }
@@ -186,7 +189,7 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
         tell_other_routes(store.as_ref(), &route, logging).await?;
     }
     let summary = if args.watch {
-        watch_through_outages(&runner, &stop).await
+        watch_through_outages(&runner, store.as_ref(), &stop).await
     } else {
         runner.run_due(&stop).await
     }
@@ -250,23 +253,52 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
 /// failed round held stays leased until the leases run out, then this
 /// worker or another takes it again (a message whose reply had come but
 /// was not recorded may be delivered twice: at most one per session that
-/// was under way); the watch resumes after a pause.
+/// was under way). The database is asked again every few seconds (each
+/// try waits for a connection as every operation does, 30 s at most);
+/// the outage is said when it begins, again every minute while it lasts,
+/// and when it ends, and the watch resumes then.
 async fn watch_through_outages(
     runner: &smtp_queue::Runner,
+    store: &dyn Store,
     stop: &Stop,
 ) -> Result<smtp_queue::Summary, smtp_queue::Error> {
     const PAUSE: Duration = Duration::from_secs(2);
+    const REMIND: Duration = Duration::from_secs(60);
     loop {
-        match runner.watch(stop).await {
-            Err(e @ smtp_queue::Error::Database { .. }) if !stop.is_stopped() => {
-                tracing::warn!(target: "smtp_cli::queue", error = %e, retry_in_s = PAUSE.as_secs(),
-                    "the queue's database failed; the round under way is left to its leases; resuming");
-                tokio::select! {
-                    () = stop.stopped() => {}
-                    () = tokio::time::sleep(PAUSE) => {}
-                }
-            }
+        let e = match runner.watch(stop).await {
+            Err(e @ smtp_queue::Error::Database { .. }) if !stop.is_stopped() => e,
             done => return done,
+        };
+        tracing::warn!(target: "smtp_cli::queue", error = %e,
+            "the queue's database failed; the round under way is left to its leases; \
+             trying it again every {} s", PAUSE.as_secs());
+        let since = std::time::Instant::now();
+        let mut said = since;
+        let mut tries = 1u64;
+        loop {
+            tokio::select! {
+                () = stop.stopped() => break,
+                () = tokio::time::sleep(PAUSE) => {}
+            }
+            match store.next_due().await {
+                Ok(_) => {
+                    // At the failure's level: a log filtered to warnings
+                    // says when the outage ended too.
+                    tracing::warn!(target: "smtp_cli::queue", down_s = since.elapsed().as_secs(),
+                        tries, "the queue's database answers again; resuming");
+                    break;
+                }
+                Err(e @ smtp_queue::Error::Database { .. }) => {
+                    tries += 1;
+                    if said.elapsed() >= REMIND {
+                        said = std::time::Instant::now();
+                        tracing::warn!(target: "smtp_cli::queue", error = %e,
+                            down_s = since.elapsed().as_secs(), tries,
+                            "the queue's database still fails; nothing is claimed meanwhile");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }
