@@ -249,14 +249,13 @@ async fn run_queue(store: Arc<dyn Store>, args: QueueRunArgs, json: bool) -> Res
 }
 
 /// `queue run --watch`: a failure of the queue's database (a server
-/// restarting, a connection cut) does not end the service. What the
-/// failed round held stays leased until the leases run out, then this
-/// worker or another takes it again (a message whose reply had come but
-/// was not recorded may be delivered twice: at most one per session that
-/// was under way). The database is asked again every few seconds (each
-/// try waits for a connection as every operation does, 30 s at most);
-/// the outage is said when it begins, again every minute while it lasts,
-/// and when it ends, and the watch resumes then.
+/// restarting, a connection cut) does not end the service. The database
+/// is asked again every few seconds (each try waits for a connection as
+/// every operation does, 30 s at most); the outage is said when it
+/// begins, again every minute while it lasts, and when it ends. Then what
+/// the failed round held is released, due at once (a message whose reply
+/// had come but was not recorded is delivered twice: at most one per
+/// session that was under way), and the watch resumes.
 async fn watch_through_outages(
     runner: &smtp_queue::Runner,
     store: &dyn Store,
@@ -270,8 +269,8 @@ async fn watch_through_outages(
             done => return done,
         };
         tracing::warn!(target: "smtp_cli::queue", error = %e,
-            "the queue's database failed; the round under way is left to its leases; \
-             trying it again every {} s", PAUSE.as_secs());
+            "the queue's database failed; what the round under way held waits until it \
+             answers again; trying it every {} s", PAUSE.as_secs());
         let since = std::time::Instant::now();
         let mut said = since;
         let mut tries = 1u64;
@@ -280,12 +279,22 @@ async fn watch_through_outages(
                 () = stop.stopped() => break,
                 () = tokio::time::sleep(PAUSE) => {}
             }
-            match store.next_due().await {
-                Ok(_) => {
+            // What the failed round held goes back now, not when its
+            // leases run out: nothing of this worker is under way.
+            let answer = match store.next_due().await {
+                Ok(_) => runner.release_unsettled().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(released) => {
                     // At the failure's level: a log filtered to warnings
                     // says when the outage ended too.
-                    tracing::warn!(target: "smtp_cli::queue", down_s = since.elapsed().as_secs(),
-                        tries, "the queue's database answers again; resuming");
+                    tracing::warn!(target: "smtp_cli::queue",
+                        since_warning_s = since.elapsed().as_secs(), failed_tries = tries,
+                        released,
+                        "the queue's database answers again; what this worker held is due \
+                         again at once (a message whose reply came but was not recorded goes \
+                         twice); resuming");
                     break;
                 }
                 Err(e @ smtp_queue::Error::Database { .. }) => {
@@ -293,7 +302,7 @@ async fn watch_through_outages(
                     if said.elapsed() >= REMIND {
                         said = std::time::Instant::now();
                         tracing::warn!(target: "smtp_cli::queue", error = %e,
-                            down_s = since.elapsed().as_secs(), tries,
+                            since_warning_s = since.elapsed().as_secs(), failed_tries = tries,
                             "the queue's database still fails; nothing is claimed meanwhile");
                     }
                 }

@@ -43,7 +43,7 @@ mod shaper;
 use crate::error::{Error, Result};
 use crate::event::RunEvent;
 use crate::stop::Stop;
-use crate::store::{Attempt, BodyKind, Claimed, MessageId, Outcome, RecipientId, Store};
+use crate::store::{Attempt, BodyKind, Claimed, Lease, MessageId, Outcome, RecipientId, Store};
 
 /// Counts of what a run recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,9 +81,11 @@ pub struct Runner {
     observer: Observer,
     summary: Mutex<Summary>,
     held_reported: Mutex<HashSet<String>>,
-    /// Recipients claimed and not yet recorded, by message: a message
-    /// whose every recipient was recorded has nothing to release.
-    unsettled: Mutex<HashMap<MessageId, usize>>,
+    /// Recipients claimed and not yet recorded, by message, with the
+    /// lease they are held under: a message whose every recipient was
+    /// recorded has nothing to release; what a failed round left is
+    /// released by [`Runner::release_unsettled`].
+    unsettled: Mutex<HashMap<MessageId, (Lease, usize)>>,
     /// Direct delivery: each planned domain's destination (its MX host
     /// set), for logs and metrics.
     mx_destinations: Mutex<HashMap<String, String>>,
@@ -261,7 +263,10 @@ impl Runner {
             {
                 let mut unsettled = lock(&self.unsettled);
                 for c in &claimed {
-                    unsettled.insert(c.lease.message.clone(), c.recipients.len());
+                    unsettled.insert(
+                        c.lease.message.clone(),
+                        (c.lease.clone(), c.recipients.len()),
+                    );
                 }
             }
             if let Mode::Direct(direct) = &self.mode {
@@ -310,6 +315,41 @@ impl Runner {
             }
         }
         Ok(self.summary())
+    }
+
+    /// Gives back what a failed [`run_due`](Self::run_due) or
+    /// [`watch`](Self::watch) left held (the queue's database failed
+    /// under a round, which then ends without releasing): every message
+    /// claimed and neither settled nor released, due at once instead of
+    /// when its lease runs out. Call it only after such a failure, when no
+    /// session of this runner is under way: a recipient whose data went
+    /// out but whose outcome could not be recorded is delivered again, as
+    /// it would be once its lease ran out. A lease taken over meanwhile is
+    /// left alone. Returns how many recipients were released; on an error
+    /// what is left stays for the next call.
+    pub async fn release_unsettled(&self) -> Result<u64> {
+        let held: Vec<(MessageId, Lease)> = lock(&self.unsettled)
+            .iter()
+            .map(|(id, (lease, left))| (id.clone(), lease.clone(), *left))
+            .filter(|(_, _, left)| *left > 0)
+            .map(|(id, lease, _)| (id, lease))
+            .collect();
+        let mut released = 0;
+        for (id, lease) in held {
+            match self.store.release(&lease, None, SystemTime::now()).await {
+                Ok(n) => released += n,
+                Err(Error::StaleLease { .. }) => {}
+                Err(e) => {
+                    lock(&self.summary).released += released;
+                    return Err(e);
+                }
+            }
+            lock(&self.unsettled).remove(&id);
+        }
+        // Settled ones need nothing.
+        lock(&self.unsettled).retain(|_, (_, left)| *left > 0);
+        lock(&self.summary).released += released;
+        Ok(released)
     }
 
     /// [`run_due`](Self::run_due), then sleeps until the next recipient
@@ -505,7 +545,7 @@ impl Runner {
         let text = why.to_string();
         if matches!(why, Unreadable::Local(_)) {
             tracing::warn!(message_id = %claimed.lease.message, error = %text,
-                "a message's body could not be read; deferred");
+                "a message's body could not be read; deferring it");
         }
         ids.map(|id| {
             let attempt = Attempt {

@@ -126,7 +126,10 @@ impl Runner {
                 {
                     let mut unsettled = super::lock(&self.unsettled);
                     for c in &claimed {
-                        unsettled.insert(c.lease.message.clone(), c.recipients.len());
+                        unsettled.insert(
+                            c.lease.message.clone(),
+                            (c.lease.clone(), c.recipients.len()),
+                        );
                     }
                 }
                 self.pace(&key, &mut pending, claimed).await?;

@@ -142,7 +142,7 @@ impl Runner {
             }
             Err(e) => return Err(e),
         }
-        if let Some(left) = lock(&self.unsettled).get_mut(&lease.message) {
+        if let Some((_, left)) = lock(&self.unsettled).get_mut(&lease.message) {
             *left = left.saturating_sub(outcomes.len());
         }
         let now = SystemTime::now();
@@ -196,7 +196,7 @@ impl Runner {
         // Every recipient recorded: nothing is left to give back.
         {
             let mut unsettled = lock(&self.unsettled);
-            if unsettled.get(&lease.message) == Some(&0) {
+            if unsettled.get(&lease.message).map(|(_, left)| *left) == Some(0) {
                 unsettled.remove(&lease.message);
                 return Ok(());
             }
