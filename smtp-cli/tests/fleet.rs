@@ -532,6 +532,27 @@ fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
         "{}",
         text(&out)
     );
+    // And says where it looked.
+    assert!(
+        text(&out).contains(&format!(
+            "No password was found: none in the URL, PGPASSWORD unset, and no password file {}",
+            home.join("none").display()
+        )),
+        "{}",
+        text(&out)
+    );
+    // A wrong PGPASSWORD is named as what was tried.
+    let out = command(home, &migrate)
+        .env("PGPASSWORD", "Not-The-One-1234")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("The password tried was PGPASSWORD's"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("Not-The-One-1234"), "{}", text(&out));
     // PGPASSWORD.
     let out = command(home, &migrate)
         .env("PGPASSWORD", PASSWORD)
@@ -591,6 +612,11 @@ fn the_password_comes_from_pgpassword_the_password_file_or_the_config_file() {
         assert!(!text(&out).contains(password), "{}", text(&out));
         if code != 0 {
             assert!(text(&out).contains("fleetpw:***@"), "{}", text(&out));
+            assert!(
+                text(&out).contains("the one in the config file's queue URL"),
+                "{}",
+                text(&out)
+            );
         }
     }
     // Every `smtp queue` command takes the config file's queue.

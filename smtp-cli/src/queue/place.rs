@@ -197,17 +197,9 @@ impl Place {
         match self {
             // The store's errors name the database, redacted.
             // A refused login is a setting to fix: retrying cannot help.
-            Self::Postgres(_) if matches!(e, smtp_queue::Error::DatabaseLogin { .. }) => {
-                let mut text = format!("queue: {e}");
-                if let Some((file, mode)) = ignored_password_file() {
-                    text.push_str(&format!(
-                        ". {} is mode {mode:o}, readable by others, so it was not read: \
-                         chmod 600 {}",
-                        file.display(),
-                        file.display()
-                    ));
-                }
-                Failure::new(EX_CONFIG, text).kind("database-login")
+            Self::Postgres(url) if matches!(e, smtp_queue::Error::DatabaseLogin { .. }) => {
+                Failure::new(EX_CONFIG, format!("queue: {e}. {}", password_source(url)))
+                    .kind("database-login")
             }
             Self::Postgres(_) => Failure::new(EX_TEMPFAIL, format!("queue: {e}")),
             Self::Dir(dir) => Failure::new(EX_TEMPFAIL, format!("queue {}: {e}", dir.display())),
@@ -215,21 +207,42 @@ impl Place {
     }
 }
 
-/// The password file PostgreSQL's clients read (`PGPASSFILE`, else
-/// `~/.pgpass`) and its mode, when it exists but group or others may read
-/// it: the driver, as libpq, then ignores it (with a warning only in a log
-/// that a one-off command does not show).
-fn ignored_password_file() -> Option<(PathBuf, u32)> {
+/// Where the password of a refused login came from, as the driver looks
+/// for it (the URL, then `PGPASSWORD`, then the password file), and so
+/// what to fix. A password file that group or others may read is
+/// ignored by the driver, as by libpq (its warning goes only to a log a
+/// one-off command does not show): said with the fix.
+fn password_source(url: &str) -> String {
     use std::os::unix::fs::PermissionsExt;
+    if url_has_password(url) {
+        return "The password tried was the one in the config file's queue URL".into();
+    }
     if std::env::var_os("PGPASSWORD").is_some() {
-        return None;
+        return "The password tried was PGPASSWORD's".into();
     }
     let file = match std::env::var_os("PGPASSFILE") {
-        Some(f) => PathBuf::from(f),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
+        Some(f) => Some(PathBuf::from(f)),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")),
     };
-    let mode = std::fs::metadata(&file).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then_some((file, mode))
+    let Some(file) = file else {
+        return "No password was found: none in the URL, PGPASSWORD unset, no HOME for ~/.pgpass"
+            .into();
+    };
+    let shown = file.display();
+    match std::fs::metadata(&file) {
+        Err(_) => format!(
+            "No password was found: none in the URL, PGPASSWORD unset, and no password file \
+             {shown}"
+        ),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => format!(
+            "{shown} is mode {:o}, readable by others, so it was not read: chmod 600 {shown}",
+            m.permissions().mode() & 0o777
+        ),
+        Ok(_) => format!(
+            "The password tried was from {shown}, or none when no line there matches \
+             host:port:database:user"
+        ),
+    }
 }
 
 impl fmt::Display for Place {
