@@ -380,7 +380,7 @@ fn queue_run_says_when_recipients_are_leased_by_another_run() {
     );
     assert!(first.split(' ').nth(2).unwrap().ends_with('Z'), "{listed}");
     assert!(
-        listed.ends_with("-- 2 messages, 2 recipients (2 waiting), 1 KiB\n"),
+        listed.ends_with("-- 2 messages, 2 recipients (0 waiting, 2 being delivered), 1 KiB\n"),
         "{listed}"
     );
     // retry cannot make them due, and says why rather than "0 due now".

@@ -172,7 +172,8 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "the queue's database {database} failed while {doing}: {source}; nothing was committed: \
-                 check that the PostgreSQL server is up and reachable and that the role may write"
+                 check that the PostgreSQL server is up and reachable (and, for a change, that \
+                 the role may write)"
             ),
             Self::DatabaseLogin { database, detail } => write!(
                 f,

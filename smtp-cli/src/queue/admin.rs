@@ -314,14 +314,24 @@ async fn list(store: &dyn Store, filter: &ListArgs, json: bool) -> Result<u8, Fa
         }
         // As mailq ends: how much, and how much of it still waits.
         let recipients: usize = list.iter().map(|m| m.recipients.len()).sum();
-        let waiting = list
+        let unfinished = list
             .iter()
             .flat_map(|m| &m.recipients)
-            .filter(|r| !r.state.is_final())
+            .filter(|r| !r.state.is_final());
+        let leased = unfinished
+            .clone()
+            .filter(|r| r.state == RecipientState::Delivering)
             .count();
+        let waiting = unfinished.count() - leased;
+        // Leased ones are being delivered, not waiting.
+        let leased = if leased > 0 {
+            format!(", {leased} being delivered")
+        } else {
+            String::new()
+        };
         let octets: u64 = list.iter().map(|m| m.body_size).sum();
         say!(
-            "-- {}, {} ({waiting} waiting), {} KiB",
+            "-- {}, {} ({waiting} waiting{leased}), {} KiB",
             counted(list.len(), "message"),
             counted(recipients, "recipient"),
             octets.div_ceil(1024)
