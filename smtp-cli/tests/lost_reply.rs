@@ -4,7 +4,6 @@
 //! delivery — not hand the message to the next MX host as well.
 
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use smtp_testkit::dns::{DnsServer, Zone};
@@ -43,7 +42,8 @@ fn closes_after_the_dot(greeting: &str) -> Script {
     .unwrap()
 }
 
-async fn run(mut c: Command) -> Output {
+/// Runs a [`send`], then removes its directory.
+async fn run((mut c, _dir): (Command, tempfile::TempDir)) -> Output {
     tokio::time::timeout(Duration::from_secs(30), c.output())
         .await
         .expect("smtp finishes")
@@ -53,15 +53,11 @@ async fn run(mut c: Command) -> Output {
 const MESSAGE: &str = "From: a@example.org\r\nTo: b@m.test, c@m.test\r\nSubject: s\r\n\
     Date: Tue, 1 Dec 2026 02:00:00 +0000\r\nMessage-ID: <lost@example.org>\r\n\r\nb\r\n";
 
-/// `smtp send` of [`MESSAGE`] (written to a file of its own) to b@ and c@.
-fn send(args: &[&str], json: bool) -> Command {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "smtp-lost-reply-{}-{}",
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+/// `smtp send` of [`MESSAGE`] (written to a file of its own, in the
+/// directory returned beside it) to b@ and c@.
+fn send(args: &[&str], json: bool) -> (Command, tempfile::TempDir) {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
     let file = dir.join("message.eml");
     std::fs::write(&file, MESSAGE).unwrap();
     let mut c = Command::new(BIN);
@@ -78,7 +74,7 @@ fn send(args: &[&str], json: bool) -> Command {
         .args(json.then_some("--json"))
         .arg(&file)
         .env("XDG_CONFIG_HOME", dir.join("no-config"));
-    c
+    (c, temp)
 }
 
 /// Both recipients deferred with the unknown outcome, exit 75.
