@@ -123,81 +123,71 @@ impl Runner {
         // Per destination: the plan and each message's positions.
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut unplanned: BTreeMap<usize, Vec<(RecipientId, Outcome)>> = BTreeMap::new();
+        // Recipients that go in no session this round: failed when `permanent`,
+        // else deferred on the schedule.
+        let mut unplan = |members: Vec<(usize, usize)>, text: String, permanent: bool| {
+            let attempt = Attempt {
+                text,
+                ..Attempt::default()
+            };
+            for (c, i) in members {
+                let message = &claimed[c];
+                let id = message.recipients[i].id;
+                let outcome = if permanent {
+                    Outcome::Failed(attempt.clone())
+                } else {
+                    self.retry(message, id, attempt.clone(), now)
+                };
+                unplanned.entry(c).or_default().push((id, outcome));
+            }
+        };
         for (domain, plan, tls) in plans {
             let members = domains.remove(&domain).unwrap_or_default();
-            // Under an enforced MTA-STS policy only the hosts it allows;
-            // none allowed: deferred, naming the policy.
             let plan = match plan {
-                Ok(plan) => {
-                    let applied = tls.apply(&plan, direct.options.config.tls);
-                    if let Some(refusal) = no_allowed_host(&tls, &applied) {
-                        // Logged under the destination and mode it would
-                        // have had, and counted for TLS-RPT: each MX host
-                        // the policy leaves out is a failed session
-                        // (`validation-failure`, RFC 8460 section 4.3.2.4).
-                        let key = format!("{}{}", mx_destination(&plan), tls.key());
-                        lock(&self.mx_destinations).insert(domain.clone(), key);
-                        if let Some(mode) = tls.mode() {
-                            lock(&self.sts_modes).insert(domain.clone(), mode);
-                        }
-                        if let Some(m) = &direct.mta_sts {
-                            for host in &applied.excluded {
-                                let session =
-                                    TlsSession::new(host.clone(), ResultType::ValidationFailure);
-                                m.session(&domain, &tls, &session);
-                            }
-                        }
-                        let attempt = Attempt {
-                            text: refusal.to_string(),
-                            ..Attempt::default()
-                        };
-                        for (c, i) in members {
-                            let message = &claimed[c];
-                            let id = message.recipients[i].id;
-                            let outcome = self.retry(message, id, attempt.clone(), now);
-                            unplanned.entry(c).or_default().push((id, outcome));
-                        }
-                        continue;
-                    }
-                    Ok(applied.plan)
-                }
-                Err(e) => Err(e),
-            };
-            match plan {
-                Ok(plan) => {
-                    // Domains under different enforced policies never
-                    // share a session.
-                    let key = format!("{}{}", mx_destination(&plan), tls.key());
-                    lock(&self.mx_destinations).insert(domain.clone(), key.clone());
-                    if let Some(mode) = tls.mode() {
-                        lock(&self.sts_modes).insert(domain.clone(), mode);
-                    }
-                    let (_, messages, policies) = groups
-                        .entry(key)
-                        .or_insert_with(|| (Arc::new(plan), BTreeMap::new(), Vec::new()));
-                    for (c, i) in members {
-                        messages.entry(c).or_default().push(i);
-                    }
-                    if tls.mta_sts.is_some() {
-                        policies.push((domain.clone(), tls));
-                    }
-                }
+                Ok(plan) => plan,
                 Err(e) => {
-                    let attempt = Attempt {
-                        text: e.to_string(),
-                        ..Attempt::default()
-                    };
-                    for (c, i) in members {
-                        let message = &claimed[c];
-                        let id = message.recipients[i].id;
-                        let outcome = if e.is_permanent() {
-                            Outcome::Failed(attempt.clone())
-                        } else {
-                            self.retry(message, id, attempt.clone(), now)
-                        };
-                        unplanned.entry(c).or_default().push((id, outcome));
+                    unplan(members, e.to_string(), e.is_permanent());
+                    continue;
+                }
+            };
+            // Under an enforced MTA-STS policy only the hosts it allows.
+            let applied = tls.apply(&plan, direct.options.config.tls);
+            let refusal = no_allowed_host(&tls, &applied);
+            // Logged under its destination and mode (the one it would have
+            // had, when refused). Domains under different enforced policies
+            // never share a session.
+            let shown = if refusal.is_some() {
+                &plan
+            } else {
+                &applied.plan
+            };
+            let key = format!("{}{}", mx_destination(shown), tls.key());
+            lock(&self.mx_destinations).insert(domain.clone(), key.clone());
+            if let Some(mode) = tls.mode() {
+                lock(&self.sts_modes).insert(domain.clone(), mode);
+            }
+            if let Some(refusal) = refusal {
+                // None allowed: deferred, naming the policy, and counted
+                // for TLS-RPT: each MX host the policy leaves out is a
+                // failed session (`validation-failure`, RFC 8460 section
+                // 4.3.2.4).
+                if let Some(m) = &direct.mta_sts {
+                    for host in &applied.excluded {
+                        let session = TlsSession::new(host.clone(), ResultType::ValidationFailure);
+                        m.session(&domain, &tls, &session);
                     }
                 }
+                unplan(members, refusal.to_string(), false);
+                continue;
+            }
+            let (_, messages, policies) = groups
+                .entry(key)
+                .or_insert_with(|| (Arc::new(applied.plan), BTreeMap::new(), Vec::new()));
+            for (c, i) in members {
+                messages.entry(c).or_default().push(i);
+            }
+            if tls.mta_sts.is_some() {
+                policies.push((domain.clone(), tls));
             }
         }
         for (c, outcomes) in unplanned {
