@@ -1,6 +1,7 @@
 //! Reading the rows both stores share the shape of: a recipient's row and
 //! its typed columns, the same in SQLite and PostgreSQL (the SQL selects
-//! the same columns, options as text).
+//! the same columns, options as text); and the key columns of a TLS-RPT
+//! result row, written the same in both.
 
 use std::str::FromStr;
 
@@ -132,4 +133,15 @@ pub(crate) fn recipient_of(row: &impl Columns) -> Result<RecipientInfo> {
         lease,
         updated: from_millis(row.int("updated_ms")?),
     })
+}
+
+/// The day (since the epoch, UTC) of `t`: the `tls_results` day.
+pub(crate) fn day_of(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
+}
+
+/// An address as the `tls_results` key holds it: empty when unknown.
+pub(crate) fn ip_text(ip: Option<std::net::IpAddr>) -> String {
+    ip.map(|ip| ip.to_string()).unwrap_or_default()
 }

@@ -10,6 +10,7 @@ use smtp_core::delivery::tls_rpt::ResultType;
 use super::SqliteStore;
 use super::rows::get;
 use crate::error::{Error, Result};
+use crate::rows::{day_of, ip_text};
 use crate::tls_report::TlsResult;
 
 pub(super) async fn sts_policy(store: &SqliteStore, domain: &str) -> Result<Option<InForce>> {
@@ -54,17 +55,6 @@ pub(super) async fn put_sts_policy(store: &SqliteStore, p: &InForce) -> Result<(
     .await
     .map_err(|e| Error::db("caching an MTA-STS policy", e))?;
     Ok(())
-}
-
-/// The day (since the epoch, UTC) of `t`.
-fn day_of(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
-}
-
-/// An address as the `tls_results` key holds it: empty when unknown.
-fn ip_text(ip: Option<std::net::IpAddr>) -> String {
-    ip.map(|ip| ip.to_string()).unwrap_or_default()
 }
 
 pub(super) async fn add_tls_results(
