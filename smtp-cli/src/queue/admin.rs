@@ -314,24 +314,23 @@ async fn list(store: &dyn Store, filter: &ListArgs, json: bool) -> Result<u8, Fa
         }
         // As mailq ends: how much, and how much of it still waits.
         let recipients: usize = list.iter().map(|m| m.recipients.len()).sum();
-        let unfinished = list
-            .iter()
-            .flat_map(|m| &m.recipients)
-            .filter(|r| !r.state.is_final());
-        let leased = unfinished
-            .clone()
-            .filter(|r| r.state == RecipientState::Delivering)
-            .count();
-        let waiting = unfinished.count() - leased;
         // Leased ones are being delivered, not waiting.
-        let leased = if leased > 0 {
+        let (mut waiting, mut leased) = (0, 0);
+        for r in list.iter().flat_map(|m| &m.recipients) {
+            match r.state {
+                RecipientState::Delivering => leased += 1,
+                s if !s.is_final() => waiting += 1,
+                _ => {}
+            }
+        }
+        let delivering = if leased > 0 {
             format!(", {leased} being delivered")
         } else {
             String::new()
         };
         let octets: u64 = list.iter().map(|m| m.body_size).sum();
         say!(
-            "-- {}, {} ({waiting} waiting{leased}), {} KiB",
+            "-- {}, {} ({waiting} waiting{delivering}), {} KiB",
             counted(list.len(), "message"),
             counted(recipients, "recipient"),
             octets.div_ceil(1024)
